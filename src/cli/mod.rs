@@ -1,0 +1,84 @@
+//! Command-line front end: argument definitions and dispatch.
+//!
+//! Each subcommand lives in its own file. Commands return [`CliError`]s with
+//! a message a person can act on; `main` prints it on one line.
+
+mod exec_output;
+pub mod service_admin;
+pub mod sim;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::secret::SecretError;
+use crate::service::drivers::DriverError;
+use crate::service::inventory::InventoryError;
+
+/// switchyard: one broker per host for remote access to network devices.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file (default: $XDG_CONFIG_HOME/switchyard/config.toml if present).
+    #[arg(long, global = true, env = "SWITCHYARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log line format on stderr (overrides the config file).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The service that sits next to the devices: inventory, users, run.
+    Service(service_admin::ServiceArgs),
+    /// Start simulated devices, each an SSH server speaking a small network-OS CLI.
+    Sim(sim::SimArgs),
+}
+
+/// Errors a command reports to the person who ran it.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+impl CliError {
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Io { what, source }
+    }
+}
+
+/// Runs a parsed command. `shutdown` fires on SIGINT/SIGTERM.
+pub async fn run(
+    cli: Cli,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Service(args) => service_admin::run(args, &settings).await,
+        Command::Sim(args) => sim::run(args, shutdown).await,
+    }
+}

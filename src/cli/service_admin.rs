@@ -1,0 +1,410 @@
+//! `switchyard service ...`: inventory administration and local exec.
+//!
+//! Commands that change what the service protects (devices, users) need the
+//! admin password; listings and `info` do not read any secret and work
+//! without it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use super::CliError;
+use super::exec_output::{DeviceReport, ExecPrinter};
+use crate::config::Settings;
+use crate::secret::{Secret, SecretSource};
+use crate::service::drivers::{DeviceTarget, Drivers};
+use crate::service::inventory::{DeviceScope, DriverKind, Inventory, NewDevice, NewRemoteUser};
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// The inventory database.
+    #[arg(long, global = true, env = "SWITCHYARD_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// File holding the admin password (else $CREDENTIALS_DIRECTORY/admin-password, else a prompt).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub admin_password_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: ServiceCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a new inventory, sealed under an admin password.
+    Init,
+    /// Manage devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Manage remote users (who may use this service).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Show the inventory's facts, including the TLS fingerprint callers pin.
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run commands on devices right here, through the device drivers.
+    Exec(LocalExecArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DriverArg {
+    Ssh,
+    Simulator,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Add a device.
+    Add {
+        name: String,
+        /// Host name or address (not needed for the simulator driver).
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long, default_value_t = 22)]
+        port: u16,
+        #[arg(long, value_enum, default_value = "ssh")]
+        driver: DriverArg,
+        /// IOS, IOS-XE, NX-OS, LINUX, ... (free-form).
+        #[arg(long, default_value = "GENERIC")]
+        device_type: String,
+        #[arg(long)]
+        username: Option<String>,
+        /// File holding the device password.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// Prompt for the device password.
+        #[arg(long, conflicts_with = "password_file")]
+        ask_password: bool,
+        /// OpenSSH private key file for public-key authentication.
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// Free-form attribute, repeatable.
+        #[arg(long = "attr", value_name = "KEY=VALUE")]
+        attrs: Vec<String>,
+    },
+    /// List devices (never shows secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a device.
+    Remove { name: String },
+    /// Forget a device's recorded SSH host key, after checking that its new
+    /// key is genuine; the next connection records the new one.
+    ForgetHostKey { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a remote user.
+    Add {
+        name: String,
+        /// File holding the user's password (else a prompt).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// Devices the user may reach: comma-separated globs.
+        #[arg(long, default_value = "*", value_name = "GLOB")]
+        devices: String,
+        /// Create the user disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// List remote users.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a remote user.
+    Remove { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct LocalExecArgs {
+    /// Devices to run on.
+    #[arg(required = true)]
+    pub devices: Vec<String>,
+    /// Command to run (repeatable; run in order).
+    #[arg(short = 'c', long = "command", required = true)]
+    pub commands: Vec<String>,
+    /// Per-command timeout in seconds.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// One JSON object per device on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: ServiceArgs, settings: &Settings) -> Result<ExitCode, CliError> {
+    let db = args.db.clone().ok_or_else(|| {
+        CliError::Usage("no inventory given: pass --db PATH or set SWITCHYARD_DB".into())
+    })?;
+    let admin = || admin_password(args.admin_password_file.as_deref(), false);
+    match args.command {
+        ServiceCommand::Init => {
+            let password = admin_password(args.admin_password_file.as_deref(), true)?;
+            let inv = Inventory::init(&db, &password)?;
+            let info = inv.info()?;
+            println!("initialized inventory {}", db.display());
+            println!("TLS fingerprint (SHA-256): {}", info.tls_fingerprint);
+        }
+        ServiceCommand::Device(cmd) => device_command(&db, cmd, admin)?,
+        ServiceCommand::User(cmd) => user_command(&db, cmd, admin)?,
+        ServiceCommand::Info { json } => {
+            let info = Inventory::open_unsealed(&db)?.info()?;
+            if json {
+                print_json(&info);
+            } else {
+                println!("inventory:        {}", info.path.display());
+                println!("schema version:   {}", info.schema_version);
+                println!("devices:          {}", info.devices);
+                println!("remote users:     {}", info.remote_users);
+                println!("TLS fingerprint:  {}", info.tls_fingerprint);
+            }
+        }
+        ServiceCommand::Exec(exec) => return local_exec(&db, exec, admin()?, settings).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn admin_password(file: Option<&Path>, confirm: bool) -> Result<Secret, CliError> {
+    Ok(SecretSource {
+        what: "admin password",
+        file_flag: "--admin-password-file",
+        file,
+        credential: Some("admin-password"),
+        confirm,
+    }
+    .read()?)
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    );
+}
+
+fn parse_attrs(attrs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+    attrs
+        .iter()
+        .map(|a| {
+            a.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| CliError::Usage(format!("--attr {a:?} is not KEY=VALUE")))
+        })
+        .collect()
+}
+
+fn device_command(
+    db: &Path,
+    cmd: DeviceCommand,
+    admin: impl Fn() -> Result<Secret, CliError>,
+) -> Result<(), CliError> {
+    match cmd {
+        DeviceCommand::Add {
+            name,
+            host,
+            port,
+            driver,
+            device_type,
+            username,
+            password_file,
+            ask_password,
+            key_file,
+            attrs,
+        } => {
+            let driver = match driver {
+                DriverArg::Ssh => DriverKind::Ssh,
+                DriverArg::Simulator => DriverKind::Simulator,
+            };
+            let host = match (host, driver) {
+                (Some(h), _) => h,
+                (None, DriverKind::Simulator) => "simulated".to_string(),
+                (None, DriverKind::Ssh) => {
+                    return Err(CliError::Usage("an ssh device needs --host".into()));
+                }
+            };
+            let password = if password_file.is_some() || ask_password {
+                Some(
+                    SecretSource {
+                        what: "device password",
+                        file_flag: "--password-file",
+                        file: password_file.as_deref(),
+                        credential: None,
+                        confirm: false,
+                    }
+                    .read()?,
+                )
+            } else {
+                None
+            };
+            let private_key = key_file
+                .map(|path| {
+                    std::fs::read_to_string(&path)
+                        .map(Secret::new)
+                        .map_err(CliError::io(format!(
+                            "cannot read key file {}",
+                            path.display()
+                        )))
+                })
+                .transpose()?;
+            let device = NewDevice {
+                name: name.clone(),
+                host,
+                port,
+                device_type: device_type.to_ascii_uppercase(),
+                driver,
+                attributes: parse_attrs(&attrs)?,
+                username,
+                password,
+                private_key,
+            };
+            Inventory::open(db, &admin()?)?.add_device(&device)?;
+            println!("added device {name}");
+        }
+        DeviceCommand::List { json } => {
+            let devices = Inventory::open_unsealed(db)?.devices()?;
+            if json {
+                print_json(&devices);
+            } else {
+                println!(
+                    "{:<20} {:<24} {:>5}  {:<10} {:<10} USER",
+                    "NAME", "HOST", "PORT", "TYPE", "DRIVER"
+                );
+                for d in devices {
+                    println!(
+                        "{:<20} {:<24} {:>5}  {:<10} {:<10} {}",
+                        d.name,
+                        d.host,
+                        d.port,
+                        d.device_type,
+                        d.driver.as_str(),
+                        d.username.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+        }
+        DeviceCommand::Remove { name } => {
+            Inventory::open(db, &admin()?)?.remove_device(&name)?;
+            println!("removed device {name}");
+        }
+        DeviceCommand::ForgetHostKey { name } => {
+            Inventory::open(db, &admin()?)?.forget_host_key(&name)?;
+            println!("forgot the host key of {name}; the next connection records a new one");
+        }
+    }
+    Ok(())
+}
+
+fn user_command(
+    db: &Path,
+    cmd: UserCommand,
+    admin: impl Fn() -> Result<Secret, CliError>,
+) -> Result<(), CliError> {
+    match cmd {
+        UserCommand::Add {
+            name,
+            password_file,
+            devices,
+            disabled,
+        } => {
+            let mut inv = Inventory::open(db, &admin()?)?;
+            let password = SecretSource {
+                what: "user password",
+                file_flag: "--password-file",
+                file: password_file.as_deref(),
+                credential: None,
+                confirm: true,
+            }
+            .read()?;
+            inv.add_user(&NewRemoteUser {
+                name: name.clone(),
+                password: Some(password),
+                devices: DeviceScope::parse(&devices)?,
+                enabled: !disabled,
+            })?;
+            println!("added remote user {name}");
+        }
+        UserCommand::List { json } => {
+            let users = Inventory::open_unsealed(db)?.users()?;
+            if json {
+                print_json(&users);
+            } else {
+                println!("{:<32} {:<8} DEVICES", "NAME", "ENABLED");
+                for u in users {
+                    println!(
+                        "{:<32} {:<8} {}",
+                        u.name,
+                        if u.enabled { "yes" } else { "no" },
+                        u.devices.patterns().join(",")
+                    );
+                }
+            }
+        }
+        UserCommand::Remove { name } => {
+            Inventory::open(db, &admin()?)?.remove_user(&name)?;
+            println!("removed remote user {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn local_exec(
+    db: &Path,
+    args: LocalExecArgs,
+    admin: Secret,
+    settings: &Settings,
+) -> Result<ExitCode, CliError> {
+    let timeout = args
+        .timeout
+        .map(|s| {
+            Duration::try_from_secs_f64(s).map_err(|_| {
+                CliError::Usage("--timeout must be a positive number of seconds".into())
+            })
+        })
+        .transpose()?;
+    let mut inv = Inventory::open(db, &admin)?;
+    let mut targets = Vec::with_capacity(args.devices.len());
+    for name in &args.devices {
+        let device = inv.device(name)?;
+        targets.push(DeviceTarget {
+            credentials: inv.device_credentials(name)?,
+            name: device.name,
+            host: device.host,
+            port: device.port,
+            driver: device.driver,
+            known_host_key: device.host_key,
+        });
+    }
+    let drivers = Drivers::new(settings.ssh.clone());
+    let mut printer = ExecPrinter::new(args.json, targets.len());
+    let mut running: FuturesUnordered<_> = targets
+        .iter()
+        .map(|t| async {
+            let result = drivers.exec(t, &args.commands, timeout).await;
+            (t.name.clone(), result)
+        })
+        .collect();
+    let mut failed = 0usize;
+    while let Some((device, result)) = running.next().await {
+        if let Ok(exec) = &result
+            && let Some(key) = &exec.learned_host_key
+        {
+            inv.record_host_key(&device, key)?;
+        }
+        let report = DeviceReport::new(device, result);
+        failed += usize::from(!report.succeeded());
+        printer.print(&report);
+    }
+    printer.finish();
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

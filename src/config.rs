@@ -1,0 +1,194 @@
+//! The only module that knows the configuration file format.
+//!
+//! Settings come from, in rising priority: built-in defaults, a TOML file
+//! (`--config PATH`, else `$XDG_CONFIG_HOME/switchyard/config.toml` when it
+//! exists), and `SWITCHYARD_*` environment variables where `__` separates
+//! sections (`SWITCHYARD_SSH__IDLE_TIMEOUT_SECS=30`). Everything is converted
+//! to domain types here; no other module sees these structs' field names.
+//! `deploy/config/switchyard.toml` documents every option and its default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::logging::LogFormat;
+use crate::service::drivers::ssh::SshDriverConfig;
+
+/// Errors while loading settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Value(String),
+}
+
+/// Everything the daemons and commands read from configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    pub ssh: SshDriverConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    #[serde(default)]
+    log: LogSection,
+    #[serde(default)]
+    ssh: SshSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LogSection {
+    format: String,
+    filter: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            filter: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SshSection {
+    connect_timeout_secs: f64,
+    command_timeout_secs: f64,
+    idle_timeout_secs: f64,
+    max_sessions_per_connection: usize,
+    max_output_bytes: u64,
+}
+
+impl Default for SshSection {
+    fn default() -> Self {
+        let d = SshDriverConfig::default();
+        Self {
+            connect_timeout_secs: d.connect_timeout.as_secs_f64(),
+            command_timeout_secs: d.command_timeout.as_secs_f64(),
+            idle_timeout_secs: d.idle_timeout.as_secs_f64(),
+            max_sessions_per_connection: d.max_sessions_per_connection,
+            max_output_bytes: d.max_output_bytes,
+        }
+    }
+}
+
+/// The default config file location, if one can be named.
+pub fn default_config_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("switchyard").join("config.toml"))
+}
+
+/// Loads settings. An explicitly named file must exist; the default file is
+/// read only when present.
+pub fn load(explicit: Option<&Path>) -> Result<Settings, ConfigError> {
+    let mut builder = config::Config::builder();
+    match explicit {
+        Some(path) if !path.exists() => {
+            return Err(ConfigError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        Some(path) => builder = builder.add_source(config::File::from(path)),
+        None => {
+            if let Some(path) = default_config_path().filter(|p| p.exists()) {
+                builder = builder.add_source(config::File::from(path));
+            }
+        }
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix("SWITCHYARD")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true),
+    );
+    let raw: FileSettings = builder.build()?.try_deserialize()?;
+    raw.into_settings()
+}
+
+fn secs(name: &str, value: f64) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| ConfigError::Value(format!("{name} must be a non-negative number of seconds")))
+}
+
+impl FileSettings {
+    fn into_settings(self) -> Result<Settings, ConfigError> {
+        let log_format = match self.log.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::Value(format!(
+                    "log.format must be \"text\" or \"json\", not {other:?}"
+                )));
+            }
+        };
+        let s = self.ssh;
+        if s.max_sessions_per_connection == 0 {
+            return Err(ConfigError::Value(
+                "ssh.max_sessions_per_connection must be at least 1".into(),
+            ));
+        }
+        Ok(Settings {
+            log_format,
+            log_filter: self.log.filter,
+            ssh: SshDriverConfig {
+                connect_timeout: secs("ssh.connect_timeout_secs", s.connect_timeout_secs)?,
+                command_timeout: secs("ssh.command_timeout_secs", s.command_timeout_secs)?,
+                idle_timeout: secs("ssh.idle_timeout_secs", s.idle_timeout_secs)?,
+                max_sessions_per_connection: s.max_sessions_per_connection,
+                max_output_bytes: s.max_output_bytes,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[log]\nformat = \"json\"\n[ssh]\nidle_timeout_secs = 2.5\n",
+        )
+        .unwrap();
+        let s = load(Some(&path)).unwrap();
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.ssh.idle_timeout, Duration::from_millis(2500));
+        assert_eq!(
+            s.ssh.connect_timeout,
+            SshDriverConfig::default().connect_timeout
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[ssh]\nidle_timout_secs = 1\n").unwrap();
+        assert!(load(Some(&path)).is_err());
+        std::fs::write(&path, "[log]\nformat = \"xml\"\n").unwrap();
+        let err = load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("log.format"), "{err}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = load(Some(Path::new("/nonexistent/switchyard.toml"))).unwrap_err();
+        assert!(matches!(err, ConfigError::Missing { .. }));
+    }
+}

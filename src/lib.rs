@@ -1,0 +1,15 @@
+//! Switchyard: a connection broker for remote access to network devices.
+//!
+//! The binary (`src/main.rs`) is a thin edge; everything lives here. See
+//! `ARCHITECTURE.md` at the repository root for the code map.
+
+pub mod cli;
+pub mod config;
+pub mod fsutil;
+pub mod logging;
+pub mod secret;
+pub mod service;
+pub mod sim;
+pub mod task;
+pub mod tls;
+pub mod wire;

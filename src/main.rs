@@ -1,0 +1,67 @@
+//! The `switchyard` binary: arguments, logging, configuration and signals.
+//! Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use switchyard::cli::{self, Cli, LogFormatArg};
+use switchyard::logging::{self, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = switchyard::config::load(cli.config.as_deref())?;
+    let format = match cli.log_format {
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        None => settings.log_format,
+    };
+    logging::init(format, &settings.log_filter);
+    switchyard::tls::install_crypto_provider();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let _signals = spawn_signal_handler(shutdown.clone())?;
+        Ok(cli::run(cli, settings, shutdown).await?)
+    })
+}
+
+/// The first SIGINT/SIGTERM cancels `shutdown`; a second exits at once.
+fn spawn_signal_handler(
+    shutdown: CancellationToken,
+) -> anyhow::Result<switchyard::task::AbortOnDrop<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(switchyard::task::AbortOnDrop::new(tokio::spawn(
+        async move {
+            let mut first = true;
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                if !first {
+                    std::process::exit(130);
+                }
+                first = false;
+                shutdown.cancel();
+            }
+        },
+    )))
+}

@@ -1,0 +1,567 @@
+//! The SSH driver: a real SSH client (russh) with a pool of warm connections.
+//!
+//! Owns: one [`SshPool`] of authenticated connections, keyed by device,
+//! address and user; each connection carries up to
+//! `max_sessions_per_connection` concurrent channels (one per command), and
+//! a device that refuses a channel (its session limit) gets another
+//! connection. Idle connections close after `idle_timeout`, reaped by a task
+//! the pool owns. Host keys are trusted on first use and checked on every
+//! later connect: a changed key is refused, never accepted.
+//!
+//! On failure: a connect or auth failure fails the whole device exec with a
+//! [`DriverError`]; a command that times out or loses its connection fails
+//! alone with a [`CommandError`]; a dead connection is dropped from the pool
+//! and the next command opens a fresh one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use russh::client::{self, Handle, Msg};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{Channel, ChannelMsg};
+use tokio::net::TcpStream;
+use tracing::{Instrument, debug, debug_span};
+
+use super::{CommandError, CommandOutput, CommandResult, DeviceExec, DeviceTarget, DriverError};
+use crate::task::AbortOnDrop;
+
+/// Tunables of the SSH driver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SshDriverConfig {
+    /// TCP connect + SSH handshake + authentication.
+    pub connect_timeout: Duration,
+    /// Default per-command timeout.
+    pub command_timeout: Duration,
+    /// How long an unused connection stays open (0 = close at once).
+    pub idle_timeout: Duration,
+    /// Channels per connection before another connection is opened
+    /// (OpenSSH's `MaxSessions` defaults to 10).
+    pub max_sessions_per_connection: usize,
+    /// Largest output accepted from one command.
+    pub max_output_bytes: u64,
+}
+
+impl Default for SshDriverConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_sessions_per_connection: 8,
+            max_output_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    device: String,
+    host: String,
+    port: u16,
+    username: String,
+}
+
+type SshHandle = Handle<HostKeyCheck>;
+
+struct PooledConn {
+    id: u64,
+    handle: Arc<SshHandle>,
+    open_channels: usize,
+    /// Lowered when the device refuses a channel below our configured limit.
+    capacity: usize,
+    idle_since: Instant,
+}
+
+#[derive(Default)]
+struct PoolState {
+    conns: HashMap<PoolKey, Vec<PooledConn>>,
+    next_id: u64,
+}
+
+struct PoolShared {
+    config: SshDriverConfig,
+    client_config: Arc<client::Config>,
+    state: Mutex<PoolState>,
+    connects: AtomicU64,
+}
+
+/// Counters for status output and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections open now.
+    pub connections: usize,
+    /// Connections opened since the pool started (handshakes made).
+    pub connects: u64,
+}
+
+/// The pool of warm SSH connections. Dropping it closes every connection
+/// and stops its reaper.
+pub struct SshPool {
+    shared: Arc<PoolShared>,
+    _reaper: AbortOnDrop<()>,
+}
+
+impl std::fmt::Debug for SshPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshPool")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// A channel slot on one pooled connection; returns the slot when dropped.
+struct Lease {
+    shared: Arc<PoolShared>,
+    key: PoolKey,
+    id: u64,
+    handle: Arc<SshHandle>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut state = lock(&self.shared.state);
+        let close_now = self.shared.config.idle_timeout.is_zero();
+        if let Some(list) = state.conns.get_mut(&self.key) {
+            if let Some(conn) = list.iter_mut().find(|c| c.id == self.id) {
+                conn.open_channels = conn.open_channels.saturating_sub(1);
+                conn.idle_since = Instant::now();
+            }
+            if close_now {
+                list.retain(|c| c.open_channels > 0);
+            }
+            if list.is_empty() {
+                state.conns.remove(&self.key);
+            }
+        }
+    }
+}
+
+fn lock(m: &Mutex<PoolState>) -> std::sync::MutexGuard<'_, PoolState> {
+    // The state stays consistent even if a holder panicked: every update is
+    // a single assignment. Recover rather than cascade the panic.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SshPool {
+    /// Creates a pool and its idle reaper. Needs a tokio runtime.
+    pub fn new(config: SshDriverConfig) -> Self {
+        let client_config = Arc::new(client::Config {
+            inactivity_timeout: None,
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_max: 3,
+            nodelay: true,
+            ..Default::default()
+        });
+        let shared = Arc::new(PoolShared {
+            config,
+            client_config,
+            state: Mutex::new(PoolState::default()),
+            connects: AtomicU64::new(0),
+        });
+        let period = (shared.config.idle_timeout / 2)
+            .clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let reaper = tokio::spawn(reap(Arc::downgrade(&shared), period));
+        Self {
+            shared,
+            _reaper: AbortOnDrop::new(reaper),
+        }
+    }
+
+    pub fn config(&self) -> &SshDriverConfig {
+        &self.shared.config
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let state = lock(&self.shared.state);
+        PoolStats {
+            connections: state.conns.values().map(Vec::len).sum(),
+            connects: self.shared.connects.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs each command on its own channel, in order.
+    pub async fn exec(
+        &self,
+        target: &DeviceTarget,
+        commands: &[String],
+        timeout: Duration,
+    ) -> Result<DeviceExec, DriverError> {
+        let span = debug_span!("ssh_exec", device = %target.name);
+        async {
+            let mut learned_host_key = None;
+            let mut results = Vec::with_capacity(commands.len());
+            for command in commands {
+                let started = Instant::now();
+                let (lease, mut channel) =
+                    match self.open_channel(target, &mut learned_host_key).await {
+                        Ok(pair) => pair,
+                        Err(e) if results.is_empty() => return Err(e),
+                        Err(e) => {
+                            results.push(CommandResult {
+                                command: command.clone(),
+                                duration: started.elapsed(),
+                                outcome: Err(CommandError::ConnectionLost(e.to_string())),
+                            });
+                            continue;
+                        }
+                    };
+                let limit = self.shared.config.max_output_bytes;
+                let outcome =
+                    match tokio::time::timeout(timeout, run_command(&mut channel, command, limit))
+                        .await
+                    {
+                        Ok(outcome) => outcome,
+                        Err(_) => {
+                            // Free the device's session; the command may still run there.
+                            let _ = channel.close().await;
+                            Err(CommandError::TimedOut(timeout))
+                        }
+                    };
+                drop(lease);
+                results.push(CommandResult {
+                    command: command.clone(),
+                    duration: started.elapsed(),
+                    outcome,
+                });
+            }
+            Ok(DeviceExec {
+                results,
+                learned_host_key,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Finds a connection with a free channel slot (or makes one) and opens
+    /// a session channel on it.
+    async fn open_channel(
+        &self,
+        target: &DeviceTarget,
+        learned_host_key: &mut Option<String>,
+    ) -> Result<(Lease, Channel<Msg>), DriverError> {
+        let username =
+            target
+                .credentials
+                .username
+                .clone()
+                .ok_or_else(|| DriverError::NoUsername {
+                    device: target.name.clone(),
+                })?;
+        let key = PoolKey {
+            device: target.name.clone(),
+            host: target.host.clone(),
+            port: target.port,
+            username,
+        };
+        // A few rounds: a pooled connection may have died or hit the
+        // device's session limit since we last used it.
+        let mut last_error = None;
+        for _ in 0..4 {
+            let lease = match self.reserve(&key) {
+                Some(lease) => lease,
+                None => {
+                    let (handle, seen) = connect(&self.shared, target, &key).await?;
+                    if target.known_host_key.is_none() {
+                        *learned_host_key = seen;
+                    }
+                    self.insert(&key, handle)
+                }
+            };
+            match lease.handle.channel_open_session().await {
+                Ok(channel) => return Ok((lease, channel)),
+                Err(russh::Error::ChannelOpenFailure(reason)) => {
+                    debug!(
+                        ?reason,
+                        "device refused a channel; treating the connection as full"
+                    );
+                    self.mark_full(&lease);
+                    last_error = Some(format!("channel refused: {reason:?}"));
+                }
+                Err(e) => {
+                    debug!(error = %e, "pooled connection is dead; dropping it");
+                    self.remove(&lease);
+                    last_error = Some(e.to_string());
+                }
+            }
+        }
+        Err(DriverError::Ssh {
+            device: target.name.clone(),
+            reason: last_error.unwrap_or_else(|| "no usable connection".into()),
+        })
+    }
+
+    fn reserve(&self, key: &PoolKey) -> Option<Lease> {
+        let mut state = lock(&self.shared.state);
+        let list = state.conns.get_mut(key)?;
+        list.retain(|c| !c.handle.is_closed());
+        let conn = list
+            .iter_mut()
+            .filter(|c| c.open_channels < c.capacity)
+            .min_by_key(|c| c.open_channels)?;
+        conn.open_channels += 1;
+        Some(Lease {
+            shared: self.shared.clone(),
+            key: key.clone(),
+            id: conn.id,
+            handle: conn.handle.clone(),
+        })
+    }
+
+    fn insert(&self, key: &PoolKey, handle: SshHandle) -> Lease {
+        let handle = Arc::new(handle);
+        let mut state = lock(&self.shared.state);
+        state.next_id += 1;
+        let id = state.next_id;
+        state
+            .conns
+            .entry(key.clone())
+            .or_default()
+            .push(PooledConn {
+                id,
+                handle: handle.clone(),
+                open_channels: 1,
+                capacity: self.shared.config.max_sessions_per_connection,
+                idle_since: Instant::now(),
+            });
+        Lease {
+            shared: self.shared.clone(),
+            key: key.clone(),
+            id,
+            handle,
+        }
+    }
+
+    fn mark_full(&self, lease: &Lease) {
+        let mut state = lock(&self.shared.state);
+        if let Some(conn) = state
+            .conns
+            .get_mut(&lease.key)
+            .and_then(|l| l.iter_mut().find(|c| c.id == lease.id))
+        {
+            // The refused channel is ours; the others that are open fit.
+            conn.capacity = conn.open_channels.saturating_sub(1).max(1);
+        }
+    }
+
+    fn remove(&self, lease: &Lease) {
+        let mut state = lock(&self.shared.state);
+        if let Some(list) = state.conns.get_mut(&lease.key) {
+            list.retain(|c| c.id != lease.id);
+        }
+    }
+}
+
+async fn reap(shared: Weak<PoolShared>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let idle = shared.config.idle_timeout;
+        let mut state = lock(&shared.state);
+        for list in state.conns.values_mut() {
+            list.retain(|c| {
+                !c.handle.is_closed() && (c.open_channels > 0 || c.idle_since.elapsed() < idle)
+            });
+        }
+        state.conns.retain(|_, list| !list.is_empty());
+    }
+}
+
+/// Checks the server's host key against the recorded one and remembers
+/// what was presented, for trust-on-first-use and for error messages.
+struct HostKeyCheck {
+    expected: Option<PublicKey>,
+    presented: Arc<Mutex<Option<PublicKey>>>,
+}
+
+impl client::Handler for HostKeyCheck {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let key = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            PublicKeyOrCertificate::Certificate(cert) => PublicKey::from(cert.public_key().clone()),
+        };
+        let ok = self
+            .expected
+            .as_ref()
+            .is_none_or(|expected| expected.key_data() == key.key_data());
+        *self.presented.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
+        Ok(ok)
+    }
+}
+
+fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// Opens and authenticates one connection. Returns it with the host key
+/// presented (OpenSSH form).
+async fn connect(
+    shared: &PoolShared,
+    target: &DeviceTarget,
+    key: &PoolKey,
+) -> Result<(SshHandle, Option<String>), DriverError> {
+    let device = target.name.clone();
+    let expected = target
+        .known_host_key
+        .as_deref()
+        .map(PublicKey::from_openssh)
+        .transpose()
+        .map_err(|e| DriverError::BadHostKey {
+            device: device.clone(),
+            reason: e.to_string(),
+        })?;
+    let presented = Arc::new(Mutex::new(None));
+    let check = HostKeyCheck {
+        expected: expected.clone(),
+        presented: presented.clone(),
+    };
+    let after = shared.config.connect_timeout;
+    let attempt = async {
+        let addr = format!("{}:{}", key.host, key.port);
+        let stream = TcpStream::connect(&addr)
+            .await
+            .map_err(|e| DriverError::Connect {
+                device: device.clone(),
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        let _ = stream.set_nodelay(true);
+        let mut handle = client::connect_stream(shared.client_config.clone(), stream, check)
+            .await
+            .map_err(|e| match e {
+                russh::Error::UnknownKey => {
+                    let seen = presented.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    DriverError::HostKeyChanged {
+                        device: device.clone(),
+                        expected: expected.as_ref().map(fingerprint).unwrap_or_default(),
+                        presented: seen.as_ref().map(fingerprint).unwrap_or_default(),
+                    }
+                }
+                other => DriverError::Ssh {
+                    device: device.clone(),
+                    reason: other.to_string(),
+                },
+            })?;
+        authenticate(&mut handle, target, &key.username).await?;
+        Ok::<_, DriverError>(handle)
+    };
+    let handle =
+        tokio::time::timeout(after, attempt)
+            .await
+            .map_err(|_| DriverError::ConnectTimeout {
+                device: device.clone(),
+                after,
+            })??;
+    shared.connects.fetch_add(1, Ordering::Relaxed);
+    debug!(device = %device, "ssh connection established");
+    let seen = presented
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|k| k.to_openssh().ok());
+    Ok((handle, seen))
+}
+
+async fn authenticate(
+    handle: &mut SshHandle,
+    target: &DeviceTarget,
+    username: &str,
+) -> Result<(), DriverError> {
+    let device = &target.name;
+    let ssh_err = |e: russh::Error| DriverError::Ssh {
+        device: device.clone(),
+        reason: e.to_string(),
+    };
+    let creds = &target.credentials;
+    if creds.password.is_none() && creds.private_key.is_none() {
+        return Err(DriverError::NoCredentials {
+            device: device.clone(),
+        });
+    }
+    if let Some(pem) = &creds.private_key {
+        let key = russh::keys::decode_secret_key(pem.expose(), None).map_err(|e| {
+            DriverError::BadPrivateKey {
+                device: device.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let hash = handle
+            .best_supported_rsa_hash()
+            .await
+            .map_err(ssh_err)?
+            .flatten();
+        let result = handle
+            .authenticate_publickey(username, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+            .await
+            .map_err(ssh_err)?;
+        if result.success() {
+            return Ok(());
+        }
+    }
+    if let Some(password) = &creds.password {
+        let result = handle
+            .authenticate_password(username, password.expose())
+            .await
+            .map_err(ssh_err)?;
+        if result.success() {
+            return Ok(());
+        }
+    }
+    Err(DriverError::AuthenticationFailed {
+        device: device.clone(),
+        user: username.to_string(),
+    })
+}
+
+/// Runs one command on an open channel and collects its output.
+async fn run_command(
+    channel: &mut Channel<Msg>,
+    command: &str,
+    limit: u64,
+) -> Result<CommandOutput, CommandError> {
+    channel
+        .exec(true, command)
+        .await
+        .map_err(|e| CommandError::ConnectionLost(e.to_string()))?;
+    let mut output = Vec::new();
+    let mut exit_status = None;
+    let mut closed = false;
+    while let Some(msg) = channel.wait().await {
+        match msg {
+            ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
+                if output.len() as u64 + data.len() as u64 > limit {
+                    let _ = channel.close().await;
+                    return Err(CommandError::TooMuchOutput { limit });
+                }
+                output.extend_from_slice(&data);
+            }
+            ChannelMsg::ExitStatus { exit_status: s } => exit_status = Some(s),
+            ChannelMsg::Failure => return Err(CommandError::Refused),
+            ChannelMsg::Close => {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    if !closed && exit_status.is_none() {
+        return Err(CommandError::ConnectionLost(
+            "the connection closed before the command finished".into(),
+        ));
+    }
+    Ok(CommandOutput {
+        output: String::from_utf8_lossy(&output).into_owned(),
+        exit_status,
+    })
+}

@@ -1,0 +1,270 @@
+//! Device records: where a device is, how to reach it, and its sealed
+//! credentials.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde::Serialize;
+
+use super::{Inventory, InventoryError, now_secs};
+use crate::secret::Secret;
+
+/// How the service talks to a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// A real SSH client; works for real devices and `switchyard sim` ones.
+    Ssh,
+    /// The simulated network-OS CLI run in-process, with no network at all.
+    Simulator,
+}
+
+impl DriverKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ssh => "ssh",
+            Self::Simulator => "simulator",
+        }
+    }
+}
+
+impl std::str::FromStr for DriverKind {
+    type Err = InventoryError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ssh" => Ok(Self::Ssh),
+            "simulator" => Ok(Self::Simulator),
+            other => Err(InventoryError::Invalid(format!(
+                "unknown driver {other:?}: use \"ssh\" or \"simulator\""
+            ))),
+        }
+    }
+}
+
+/// A device as listed: everything but its secrets.
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub device_type: String,
+    pub driver: DriverKind,
+    pub attributes: BTreeMap<String, String>,
+    pub username: Option<String>,
+    pub has_password: bool,
+    pub has_private_key: bool,
+    /// The SSH host key recorded at first contact (OpenSSH format).
+    pub host_key: Option<String>,
+}
+
+/// A device to add.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub device_type: String,
+    pub driver: DriverKind,
+    pub attributes: BTreeMap<String, String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// An OpenSSH private key (PEM text).
+    pub private_key: Option<Secret>,
+}
+
+/// A device's unsealed credentials, wiped from memory on drop.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceCredentials {
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub private_key: Option<Secret>,
+}
+
+/// A credentials row as stored: username, sealed password, sealed key.
+type SealedCredentials = (Option<String>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn password_context(name: &str) -> String {
+    format!("device:{name}:password")
+}
+
+fn private_key_context(name: &str) -> String {
+    format!("device:{name}:private_key")
+}
+
+/// Device names appear in commands, logs and globs: keep them plain.
+fn validate_name(name: &str) -> Result<(), InventoryError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(InventoryError::Invalid(format!(
+            "invalid device name {name:?}: use 1-128 letters, digits, '-', '_', '.', ':' or '/'"
+        )))
+    }
+}
+
+const DEVICE_COLUMNS: &str = "name, host, port, device_type, driver, attributes, username, \
+     password_sealed IS NOT NULL, private_key_sealed IS NOT NULL, host_key";
+
+fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, InventoryError>> {
+    let driver: String = row.get(4)?;
+    let attributes: String = row.get(5)?;
+    let port: i64 = row.get(2)?;
+    Ok((|| {
+        Ok(Device {
+            name: row.get(0)?,
+            host: row.get(1)?,
+            port: u16::try_from(port)
+                .map_err(|_| InventoryError::Corrupt(format!("port {port} out of range")))?,
+            device_type: row.get(3)?,
+            driver: driver.parse()?,
+            attributes: serde_json::from_str(&attributes)
+                .map_err(|e| InventoryError::Corrupt(format!("attributes: {e}")))?,
+            username: row.get(6)?,
+            has_password: row.get(7)?,
+            has_private_key: row.get(8)?,
+            host_key: row.get(9)?,
+        })
+    })())
+}
+
+impl Inventory {
+    /// Adds a device; its secrets are sealed before they reach the file.
+    pub fn add_device(&mut self, device: &NewDevice) -> Result<(), InventoryError> {
+        validate_name(&device.name)?;
+        if device.host.trim().is_empty() {
+            return Err(InventoryError::Invalid("a device needs a host".into()));
+        }
+        if device.port == 0 {
+            return Err(InventoryError::Invalid(
+                "port 0 is not a device port".into(),
+            ));
+        }
+        let key = self.key()?;
+        let password = device
+            .password
+            .as_ref()
+            .map(|p| key.seal(&password_context(&device.name), p.expose().as_bytes()))
+            .transpose()?;
+        let private_key = device
+            .private_key
+            .as_ref()
+            .map(|p| key.seal(&private_key_context(&device.name), p.expose().as_bytes()))
+            .transpose()?;
+        let attributes = serde_json::to_string(&device.attributes)
+            .map_err(|e| InventoryError::Invalid(format!("attributes: {e}")))?;
+        let result = self.conn.execute(
+            "INSERT INTO devices (name, host, port, device_type, driver, attributes, username, \
+             password_sealed, private_key_sealed, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                device.name,
+                device.host,
+                device.port,
+                device.device_type,
+                device.driver.as_str(),
+                attributes,
+                device.username,
+                password,
+                private_key,
+                now_secs() as i64,
+            ],
+        );
+        match result {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(InventoryError::DuplicateDevice(device.name.clone()))
+            }
+            other => other.map(drop).map_err(Into::into),
+        }
+    }
+
+    /// Removes a device.
+    pub fn remove_device(&mut self, name: &str) -> Result<(), InventoryError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM devices WHERE name = ?1", [name])?;
+        if n == 0 {
+            return Err(InventoryError::UnknownDevice(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Every device, by name.
+    pub fn devices(&self) -> Result<Vec<Device>, InventoryError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY name"
+        ))?;
+        let rows = stmt.query_map([], device_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// One device.
+    pub fn device(&self, name: &str) -> Result<Device, InventoryError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE name = ?1"
+        ))?;
+        stmt.query_row([name], device_from_row)
+            .optional()?
+            .ok_or_else(|| InventoryError::UnknownDevice(name.to_string()))?
+    }
+
+    /// A device's credentials, unsealed. Needs the admin password.
+    pub fn device_credentials(&self, name: &str) -> Result<DeviceCredentials, InventoryError> {
+        let key = self.key()?;
+        let row: Option<SealedCredentials> = self
+            .conn
+            .query_row(
+                "SELECT username, password_sealed, private_key_sealed FROM devices WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let (username, password, private_key) =
+            row.ok_or_else(|| InventoryError::UnknownDevice(name.to_string()))?;
+        let unseal = |context: String, sealed: Option<Vec<u8>>| {
+            sealed
+                .map(|s| -> Result<Secret, InventoryError> {
+                    let plain = key.open(&context, &s)?;
+                    let text = std::str::from_utf8(&plain)
+                        .map_err(|_| InventoryError::Corrupt("secret is not UTF-8".into()))?;
+                    Ok(Secret::new(text))
+                })
+                .transpose()
+        };
+        Ok(DeviceCredentials {
+            username,
+            password: unseal(password_context(name), password)?,
+            private_key: unseal(private_key_context(name), private_key)?,
+        })
+    }
+
+    /// Records the SSH host key first seen for a device (trust on first use).
+    pub fn record_host_key(&mut self, name: &str, host_key: &str) -> Result<(), InventoryError> {
+        let n = self.conn.execute(
+            "UPDATE devices SET host_key = ?2 WHERE name = ?1",
+            params![name, host_key],
+        )?;
+        if n == 0 {
+            return Err(InventoryError::UnknownDevice(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Forgets a device's recorded host key, after an operator has checked
+    /// that the device really changed it.
+    pub fn forget_host_key(&mut self, name: &str) -> Result<(), InventoryError> {
+        let n = self
+            .conn
+            .execute("UPDATE devices SET host_key = NULL WHERE name = ?1", [name])?;
+        if n == 0 {
+            return Err(InventoryError::UnknownDevice(name.to_string()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,205 @@
+//! Remote users: who may use this service, and which devices they may reach.
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::{Inventory, InventoryError, now_secs};
+use crate::secret::Secret;
+use crate::service::password;
+
+/// Which devices a remote user may reach: a list of glob patterns over
+/// device names (`*` = all).
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct DeviceScope {
+    patterns: Vec<String>,
+    #[serde(skip)]
+    set: GlobSet,
+}
+
+impl DeviceScope {
+    /// Parses a comma-separated list of globs (`"*"`, `"core-*,edge-1"`).
+    pub fn parse(list: &str) -> Result<Self, InventoryError> {
+        let patterns: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .collect();
+        if patterns.is_empty() {
+            return Err(InventoryError::Invalid(
+                "a device scope needs at least one pattern (use \"*\" for all devices)".into(),
+            ));
+        }
+        Self::from_patterns(patterns)
+    }
+
+    fn from_patterns(patterns: Vec<String>) -> Result<Self, InventoryError> {
+        let mut builder = GlobSetBuilder::new();
+        for p in &patterns {
+            let glob = Glob::new(p)
+                .map_err(|e| InventoryError::Invalid(format!("bad device pattern {p:?}: {e}")))?;
+            builder.add(glob);
+        }
+        let set = builder
+            .build()
+            .map_err(|e| InventoryError::Invalid(format!("bad device patterns: {e}")))?;
+        Ok(Self { patterns, set })
+    }
+
+    /// All devices.
+    pub fn all() -> Self {
+        // "*" always compiles.
+        Self::from_patterns(vec!["*".into()]).unwrap_or_else(|_| Self {
+            patterns: vec![],
+            set: GlobSet::empty(),
+        })
+    }
+
+    pub fn allows(&self, device: &str) -> bool {
+        self.set.is_match(device)
+    }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+}
+
+/// A remote user as listed (the password hash stays inside).
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoteUser {
+    pub name: String,
+    pub devices: DeviceScope,
+    pub enabled: bool,
+    pub has_password: bool,
+}
+
+/// A remote user to add.
+#[derive(Debug, Clone)]
+pub struct NewRemoteUser {
+    pub name: String,
+    pub password: Option<Secret>,
+    pub devices: DeviceScope,
+    pub enabled: bool,
+}
+
+impl Inventory {
+    /// Adds a remote user; the password is stored as an Argon2id hash.
+    pub fn add_user(&mut self, user: &NewRemoteUser) -> Result<(), InventoryError> {
+        if user.name.trim().is_empty() || user.name.len() > 256 {
+            return Err(InventoryError::Invalid(
+                "a user name needs 1-256 characters".into(),
+            ));
+        }
+        let hash = user
+            .password
+            .as_ref()
+            .map(password::hash_password)
+            .transpose()
+            .map_err(|e| InventoryError::Invalid(e.to_string()))?;
+        let devices = serde_json::to_string(user.devices.patterns())
+            .map_err(|e| InventoryError::Invalid(e.to_string()))?;
+        let result = self.conn.execute(
+            "INSERT INTO remote_users (name, password_hash, devices, enabled, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![user.name, hash, devices, user.enabled, now_secs() as i64],
+        );
+        match result {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(InventoryError::DuplicateUser(user.name.clone()))
+            }
+            other => other.map(drop).map_err(Into::into),
+        }
+    }
+
+    pub fn remove_user(&mut self, name: &str) -> Result<(), InventoryError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM remote_users WHERE name = ?1", [name])?;
+        if n == 0 {
+            return Err(InventoryError::UnknownUser(name.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn users(&self) -> Result<Vec<RemoteUser>, InventoryError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name, devices, enabled, password_hash IS NOT NULL FROM remote_users ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get(2)?,
+                r.get(3)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (name, devices, enabled, has_password) = row?;
+            Ok(RemoteUser {
+                name,
+                devices: scope_from_json(&devices)?,
+                enabled,
+                has_password,
+            })
+        })
+        .collect()
+    }
+
+    /// Checks a remote user's password. Unknown, disabled and
+    /// password-less users all fail the same way, so the answer tells an
+    /// attacker nothing about which names exist.
+    pub fn authenticate_user(
+        &self,
+        name: &str,
+        password: &Secret,
+    ) -> Result<Option<RemoteUser>, InventoryError> {
+        let row: Option<(String, Option<String>, bool)> = self
+            .conn
+            .query_row(
+                "SELECT devices, password_hash, enabled FROM remote_users WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((devices, Some(hash), true)) = row else {
+            return Ok(None);
+        };
+        let ok = password::verify_password(&hash, password)
+            .map_err(|e| InventoryError::Corrupt(e.to_string()))?;
+        if !ok {
+            return Ok(None);
+        }
+        Ok(Some(RemoteUser {
+            name: name.to_string(),
+            devices: scope_from_json(&devices)?,
+            enabled: true,
+            has_password: true,
+        }))
+    }
+}
+
+fn scope_from_json(json: &str) -> Result<DeviceScope, InventoryError> {
+    let patterns: Vec<String> = serde_json::from_str(json)
+        .map_err(|e| InventoryError::Corrupt(format!("device scope: {e}")))?;
+    DeviceScope::from_patterns(patterns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_globs() {
+        let s = DeviceScope::parse("core-*, edge-1").unwrap();
+        assert!(s.allows("core-7"));
+        assert!(s.allows("edge-1"));
+        assert!(!s.allows("edge-2"));
+        assert!(DeviceScope::all().allows("anything"));
+        assert!(DeviceScope::parse(" , ").is_err());
+        assert!(DeviceScope::parse("[").is_err());
+    }
+}

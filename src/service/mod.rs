@@ -1,0 +1,11 @@
+//! `switchyard service`: the remote side that sits next to the devices.
+//!
+//! It owns the inventory (devices, remote users, sealed credentials) and the
+//! device drivers. **Invariant:** nothing here imports `crate::broker` or the
+//! CLI; the service is a library the broker may also run in-process.
+
+pub mod drivers;
+pub mod identity;
+pub mod inventory;
+pub mod password;
+pub mod seal;

@@ -1,0 +1,55 @@
+//! Password hashes for remote users: Argon2id in PHC string form.
+//!
+//! The PHC string carries its own salt and cost, so stored hashes keep
+//! verifying after the defaults change. Verification is constant-time.
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+
+use crate::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("cannot hash password: {0}")]
+    Hash(String),
+    #[error("stored password hash is not a valid Argon2 PHC string")]
+    BadHash,
+}
+
+fn hasher() -> Argon2<'static> {
+    // OWASP's Argon2id recommendation: 19 MiB, 2 passes, 1 lane.
+    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Hashes a new password.
+pub fn hash_password(password: &Secret) -> Result<String, PasswordError> {
+    let salt = SaltString::generate(&mut OsRng);
+    hasher()
+        .hash_password(password.expose().as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| PasswordError::Hash(e.to_string()))
+}
+
+/// Checks a password against a stored hash.
+pub fn verify_password(stored: &str, password: &Secret) -> Result<bool, PasswordError> {
+    let parsed = PasswordHash::new(stored).map_err(|_| PasswordError::BadHash)?;
+    Ok(hasher()
+        .verify_password(password.expose().as_bytes(), &parsed)
+        .is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_is_argon2id_and_verifies() {
+        let h = hash_password(&Secret::new("pw")).unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(verify_password(&h, &Secret::new("pw")).unwrap());
+        assert!(!verify_password(&h, &Secret::new("pw2")).unwrap());
+        assert!(verify_password("garbage", &Secret::new("pw")).is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! Task ownership helpers: every spawned task has an owner that stops it.
+
+use tokio::task::JoinHandle;
+
+/// Aborts the wrapped task when dropped, so a background task never
+/// outlives the value that owns it.
+#[derive(Debug)]
+pub struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    pub fn new(handle: JoinHandle<T>) -> Self {
+        Self(handle)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
