@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Prepares a Debian host (as root) for the test suite: OpenSSH server and
+# client, sshpass, and a local account with a password for the SSH driver's
+# password-authentication tests. Safe to run again.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+need=()
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
+command -v sshpass >/dev/null || need+=(sshpass)
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# sshd's privilege-separation directory.
+mkdir -p /run/sshd
+chmod 0755 /run/sshd
+
+# The account the tests log into over SSH (tests/common/sshd.rs knows it).
+if ! id switchyard-test >/dev/null 2>&1; then
+    useradd --create-home --shell /bin/sh switchyard-test
+fi
+echo 'switchyard-test:switchyard-test-password' | chpasswd

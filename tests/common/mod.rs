@@ -1,0 +1,50 @@
+//! Shared test harness: a real OpenSSH server, simulated devices, and the
+//! `switchyard` binary. Nothing here uses fixed ports or sleeps to
+//! synchronize; waits are on conditions, with deadlines.
+
+#![allow(dead_code)]
+
+pub mod sshd;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Installs the process crypto provider (idempotent).
+pub fn init() {
+    switchyard::tls::install_crypto_provider();
+}
+
+/// Awaits `fut`, failing the test if it takes longer than `secs`.
+pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not finish within {secs}s"),
+    }
+}
+
+/// Polls `cond` until it holds, failing after `secs`. For state that has no
+/// event to wait on (a pool reaping idle connections).
+pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen within {secs}s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `switchyard` binary built for this test run.
+pub fn switchyard_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_switchyard")
+}
+
+/// The ed25519 key data of an OpenSSH public-key line, without the comment.
+pub fn key_body(openssh: &str) -> String {
+    openssh
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,288 @@
+//! The SSH driver against a real OpenSSH server started by the test.
+
+mod common;
+
+use std::time::Duration;
+
+use common::sshd::{Sshd, TEST_PASSWORD, TEST_USER};
+use common::{eventually, init, key_body, within};
+use switchyard::secret::Secret;
+use switchyard::service::drivers::ssh::{SshDriverConfig, SshPool};
+use switchyard::service::drivers::{CommandError, DeviceTarget, DriverError};
+use switchyard::service::inventory::{DeviceCredentials, DriverKind};
+
+fn target(port: u16, password: &str) -> DeviceTarget {
+    DeviceTarget {
+        name: "linux-1".into(),
+        host: "127.0.0.1".into(),
+        port,
+        driver: DriverKind::Ssh,
+        credentials: DeviceCredentials {
+            username: Some(TEST_USER.into()),
+            password: Some(Secret::new(password)),
+            private_key: None,
+        },
+        known_host_key: None,
+    }
+}
+
+fn cmds(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+const T: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_returns_output_exit_status_and_learns_host_key() {
+    init();
+    let sshd = Sshd::start(10).await;
+    let pool = SshPool::new(SshDriverConfig::default());
+    let exec = within(
+        30,
+        "exec",
+        pool.exec(
+            &target(sshd.port, TEST_PASSWORD),
+            &cmds(&["echo hello", "echo oops >&2; exit 3"]),
+            T,
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", sshd.log()));
+    let first = exec.results[0].outcome.as_ref().unwrap();
+    assert_eq!(first.output, "hello\n");
+    assert_eq!(first.exit_status, Some(0));
+    let second = exec.results[1].outcome.as_ref().unwrap();
+    assert_eq!(second.output, "oops\n");
+    assert_eq!(second.exit_status, Some(3));
+    let learned = exec
+        .learned_host_key
+        .expect("first contact records the key");
+    assert_eq!(key_body(&learned), key_body(&sshd.host_public_key()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_key_authentication() {
+    init();
+    let sshd = Sshd::start(10).await;
+    let pool = SshPool::new(SshDriverConfig::default());
+    let mut t = target(sshd.port, "");
+    t.credentials.password = None;
+    t.credentials.private_key = Some(Secret::new(sshd.client_private_key()));
+    let exec = within(30, "exec", pool.exec(&t, &cmds(&["id -un"]), T))
+        .await
+        .unwrap();
+    assert_eq!(
+        exec.results[0].outcome.as_ref().unwrap().output.trim(),
+        TEST_USER
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_commands_reuse_one_connection() {
+    init();
+    let sshd = Sshd::start(10).await;
+    let pool = SshPool::new(SshDriverConfig::default());
+    let mut t = target(sshd.port, TEST_PASSWORD);
+    for i in 0..5 {
+        let exec = within(30, "exec", pool.exec(&t, &cmds(&[&format!("echo {i}")]), T))
+            .await
+            .unwrap();
+        if let Some(key) = exec.learned_host_key {
+            t.known_host_key = Some(key);
+        }
+        assert_eq!(
+            exec.results[0].outcome.as_ref().unwrap().output,
+            format!("{i}\n")
+        );
+    }
+    assert_eq!(pool.stats().connects, 1, "warm connection reused");
+    assert_eq!(pool.stats().connections, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_limit_opens_more_connections() {
+    init();
+    // The device allows 2 channels per connection; we would use up to 8.
+    let sshd = Sshd::start(2).await;
+    let pool = SshPool::new(SshDriverConfig::default());
+    let t = target(sshd.port, TEST_PASSWORD);
+    let command = cmds(&["sleep 0.3; echo done"]);
+    let runs = (0..6).map(|_| pool.exec(&t, &command, T));
+    let results = within(60, "6 concurrent execs", futures::future::join_all(runs)).await;
+    for r in results {
+        let exec = r.unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", sshd.log()));
+        assert_eq!(exec.results[0].outcome.as_ref().unwrap().output, "done\n");
+    }
+    assert!(
+        pool.stats().connects >= 2,
+        "expected more than one connection, stats {:?}",
+        pool.stats()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_timeout_fails_that_command_only() {
+    init();
+    let sshd = Sshd::start(10).await;
+    let pool = SshPool::new(SshDriverConfig::default());
+    let t = target(sshd.port, TEST_PASSWORD);
+    let exec = within(
+        30,
+        "exec",
+        pool.exec(
+            &t,
+            &cmds(&["sleep 30", "echo after"]),
+            Duration::from_millis(300),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        exec.results[0].outcome,
+        Err(CommandError::TimedOut(Duration::from_millis(300)))
+    );
+    assert_eq!(exec.results[1].outcome.as_ref().unwrap().output, "after\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_an_authentication_error() {
+    init();
+    let sshd = Sshd::start(10).await;
+    let pool = SshPool::new(SshDriverConfig::default());
+    let err = within(
+        30,
+        "exec",
+        pool.exec(&target(sshd.port, "wrong"), &cmds(&["true"]), T),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, DriverError::AuthenticationFailed { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains(TEST_USER));
+    assert!(
+        !err.to_string().contains("wrong"),
+        "password must not be echoed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_host_is_a_connect_error() {
+    init();
+    // A port that was just free: nothing listens there now.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let pool = SshPool::new(SshDriverConfig::default());
+    let err = within(
+        30,
+        "exec",
+        pool.exec(&target(port, "x"), &cmds(&["true"]), T),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, DriverError::Connect { .. }), "{err}");
+    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_host_times_out_connecting() {
+    init();
+    // Accepts TCP but never speaks SSH.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let pool = SshPool::new(SshDriverConfig {
+        connect_timeout: Duration::from_millis(300),
+        ..Default::default()
+    });
+    let err = within(
+        30,
+        "exec",
+        pool.exec(&target(port, "x"), &cmds(&["true"]), T),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, DriverError::ConnectTimeout { .. }), "{err}");
+    drop(listener);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_host_key_is_refused() {
+    init();
+    let sshd = Sshd::start(10).await;
+    let pool = SshPool::new(SshDriverConfig::default());
+    let mut t = target(sshd.port, TEST_PASSWORD);
+    // Recorded key belongs to some other machine.
+    t.known_host_key = Some(switchyard::sim::server::public_host_key_for("elsewhere"));
+    let err = within(30, "exec", pool.exec(&t, &cmds(&["true"]), T))
+        .await
+        .unwrap_err();
+    let DriverError::HostKeyChanged {
+        expected,
+        presented,
+        ..
+    } = &err
+    else {
+        panic!("expected HostKeyChanged, got {err}");
+    };
+    assert!(expected.starts_with("SHA256:") && presented.starts_with("SHA256:"));
+    assert_ne!(expected, presented);
+    assert_eq!(pool.stats().connects, 0);
+
+    // The genuine key is accepted.
+    t.known_host_key = Some(sshd.host_public_key());
+    let exec = within(30, "exec", pool.exec(&t, &cmds(&["true"]), T))
+        .await
+        .unwrap();
+    assert!(exec.learned_host_key.is_none(), "nothing new to record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed() {
+    init();
+    let sshd = Sshd::start(10).await;
+    let pool = SshPool::new(SshDriverConfig {
+        idle_timeout: Duration::from_millis(200),
+        ..Default::default()
+    });
+    within(
+        30,
+        "exec",
+        pool.exec(&target(sshd.port, TEST_PASSWORD), &cmds(&["true"]), T),
+    )
+    .await
+    .unwrap();
+    eventually(10, "idle connection reaped", || {
+        pool.stats().connections == 0
+    })
+    .await;
+    assert_eq!(pool.stats().connects, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_output_is_cut_off() {
+    init();
+    let sshd = Sshd::start(10).await;
+    let pool = SshPool::new(SshDriverConfig {
+        max_output_bytes: 1000,
+        ..Default::default()
+    });
+    let exec = within(
+        30,
+        "exec",
+        pool.exec(
+            &target(sshd.port, TEST_PASSWORD),
+            &cmds(&["head -c 100000 /dev/zero", "echo fine"]),
+            T,
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        exec.results[0].outcome,
+        Err(CommandError::TooMuchOutput { limit: 1000 })
+    );
+    assert_eq!(exec.results[1].outcome.as_ref().unwrap().output, "fine\n");
+}
