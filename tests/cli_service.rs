@@ -1,0 +1,276 @@
+//! `switchyard service ...` as a user runs it: the real binary, real files.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::{init, switchyard_bin};
+use switchyard::sim::server::{SimFleet, SimFleetConfig};
+
+const ADMIN_PW: &str = "Adm1n-marker-never-logged";
+const DEVICE_PW: &str = "Dev1ce-marker-never-logged";
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin-pw"), format!("{ADMIN_PW}\n")).unwrap();
+        std::fs::write(dir.path().join("wrong-pw"), "nope\n").unwrap();
+        std::fs::write(dir.path().join("device-pw"), format!("{DEVICE_PW}\n")).unwrap();
+        std::fs::write(dir.path().join("sim-pw"), "admin\n").unwrap();
+        std::fs::write(dir.path().join("user-pw"), "user-password\n").unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.path("inv.db")
+    }
+
+    /// Runs `switchyard service <args>` with the inventory and admin
+    /// password, maximum logging, and no config file of the host's.
+    fn service(&self, args: &[&str]) -> Output {
+        self.service_with_admin("admin-pw", args)
+    }
+
+    fn service_with_admin(&self, pw_file: &str, args: &[&str]) -> Output {
+        std::process::Command::new(switchyard_bin())
+            .arg("service")
+            .arg("--db")
+            .arg(self.db())
+            .arg("--admin-password-file")
+            .arg(self.path(pw_file))
+            .args(args)
+            .env("RUST_LOG", "trace")
+            .env("XDG_CONFIG_HOME", self.dir.path())
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .unwrap()
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn assert_no_secrets(out: &Output) {
+    for stream in [&out.stdout, &out.stderr] {
+        let text = String::from_utf8_lossy(stream);
+        assert!(!text.contains(ADMIN_PW), "admin password leaked: {text}");
+        assert!(!text.contains(DEVICE_PW), "device password leaked: {text}");
+    }
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn admin_commands_manage_devices_and_users() {
+    let env = Env::new();
+    let out = env.service(&["init"]);
+    assert!(ok(&out).contains("TLS fingerprint"));
+    assert_no_secrets(&out);
+
+    let info = json(&ok(&env.service(&["info", "--json"])));
+    let fingerprint = info["tls_fingerprint"].as_str().unwrap();
+    assert_eq!(fingerprint.len(), 95);
+
+    let pw = env.path("device-pw");
+    let out = env.service(&[
+        "device", "add", "core-1", "--host", "192.0.2.10", "--port", "2222",
+        "--device-type", "ios-xe", "--username", "netops",
+        "--password-file", pw.to_str().unwrap(), "--attr", "site=lab", "--attr", "role=core",
+    ]);
+    ok(&out);
+    assert_no_secrets(&out);
+    ok(&env.service(&["device", "add", "sim-a", "--driver", "simulator"]));
+
+    let duplicate = env.service(&["device", "add", "core-1", "--host", "x"]);
+    assert!(!duplicate.status.success());
+    assert!(String::from_utf8_lossy(&duplicate.stderr).contains("already exists"));
+
+    let list = json(&ok(&env.service(&["device", "list", "--json"])));
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["name"], "core-1");
+    assert_eq!(list[0]["device_type"], "IOS-XE");
+    assert_eq!(list[0]["port"], 2222);
+    assert_eq!(list[0]["attributes"]["role"], "core");
+    assert_eq!(list[0]["has_password"], true);
+    assert_eq!(list[1]["driver"], "simulator");
+    assert!(!list[0].to_string().contains(DEVICE_PW));
+
+    let upw = env.path("user-pw");
+    ok(&env.service(&["user", "add", "alice", "--password-file", upw.to_str().unwrap(), "--devices", "core-*"]));
+    let users = json(&ok(&env.service(&["user", "list", "--json"])));
+    assert_eq!(users[0]["name"], "alice");
+    assert_eq!(users[0]["devices"][0], "core-*");
+    assert!(!users.to_string().contains("argon2"), "hash must not be listed");
+
+    ok(&env.service(&["user", "remove", "alice"]));
+    ok(&env.service(&["device", "remove", "sim-a"]));
+    let info = json(&ok(&env.service(&["info", "--json"])));
+    assert_eq!(info["devices"], 1);
+    assert_eq!(info["remote_users"], 0);
+    assert_eq!(info["tls_fingerprint"], fingerprint, "identity is stable");
+
+    let unknown = env.service(&["device", "remove", "ghost"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no device named \"ghost\""));
+}
+
+#[test]
+fn wrong_admin_password_is_one_clear_line() {
+    let env = Env::new();
+    ok(&env.service(&["init"]));
+    let out = env.service_with_admin("wrong-pw", &["device", "add", "r1", "--host", "h"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: wrong admin password"), "{stderr}");
+    assert_no_secrets(&out);
+}
+
+#[test]
+fn missing_inventory_names_the_init_command() {
+    let env = Env::new();
+    let out = env.service(&["device", "list"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("switchyard service init --db"), "{stderr}");
+}
+
+#[test]
+fn admin_password_arrives_as_a_systemd_credential() {
+    let env = Env::new();
+    ok(&env.service(&["init"]));
+    let creds = env.path("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::copy(env.path("admin-pw"), creds.join("admin-password")).unwrap();
+    let out = std::process::Command::new(switchyard_bin())
+        .args(["service", "--db"])
+        .arg(env.db())
+        .args(["device", "add", "r9", "--driver", "simulator"])
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .env("XDG_CONFIG_HOME", env.dir.path())
+        .output()
+        .unwrap();
+    ok(&out);
+}
+
+#[test]
+fn config_errors_from_the_environment_are_reported() {
+    let env = Env::new();
+    let out = std::process::Command::new(switchyard_bin())
+        .args(["service", "--db"])
+        .arg(env.db())
+        .arg("info")
+        .env("XDG_CONFIG_HOME", env.dir.path())
+        .env("SWITCHYARD_SSH__MAX_SESSIONS_PER_CONNECTION", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ssh.max_sessions_per_connection"), "{stderr}");
+}
+
+fn exec_json(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(json)
+        .collect()
+}
+
+#[test]
+fn local_exec_on_the_in_process_simulator() {
+    let env = Env::new();
+    ok(&env.service(&["init"]));
+    ok(&env.service(&["device", "add", "edge-1", "--driver", "simulator"]));
+    let out = env.service(&["exec", "edge-1", "-c", "show version", "-c", "show nope", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "a failed command fails the run");
+    let reports = exec_json(&out);
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0]["device"], "edge-1");
+    assert_eq!(reports[0]["status"], "failure");
+    assert_eq!(reports[0]["results"][0]["status"], "success");
+    assert!(reports[0]["results"][0]["output"].as_str().unwrap().contains("edge-1 uptime"));
+    assert_eq!(reports[0]["results"][1]["status"], "failure");
+
+    let out = env.service(&["exec", "ghost", "-c", "show version"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no device named \"ghost\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_exec_over_ssh_records_the_host_key() {
+    init();
+    let fleet = SimFleet::start(SimFleetConfig {
+        count: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let env = Env::new();
+    ok(&env.service(&["init"]));
+    let pw = env.path("sim-pw");
+    for ep in fleet.endpoints() {
+        ok(&env.service(&[
+            "device", "add", &ep.name, "--host", "127.0.0.1", "--port", &ep.port.to_string(),
+            "--username", "admin", "--password-file", pw.to_str().unwrap(),
+        ]));
+    }
+    ok(&env.service(&["device", "add", "dead", "--host", "127.0.0.1", "--port", &dead_port().to_string(), "--username", "u", "--password-file", pw.to_str().unwrap()]));
+
+    let env2 = &env;
+    let out = tokio::task::spawn_blocking({
+        let db = env2.db();
+        let admin = env2.path("admin-pw");
+        let home = env2.dir.path().to_path_buf();
+        move || run_exec(&db, &admin, &home)
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "the dead device fails the run");
+    let mut reports = exec_json(&out);
+    reports.sort_by_key(|r| r["device"].as_str().unwrap().to_string());
+    assert_eq!(reports.len(), 3);
+    assert_eq!(reports[0]["status"], "failure");
+    assert!(reports[0]["error"].as_str().unwrap().contains("cannot connect to dead"));
+    for r in &reports[1..] {
+        assert_eq!(r["status"], "success", "{r}");
+        assert!(r["results"][0]["output"].as_str().unwrap().contains("uptime"));
+    }
+    let list = json(&ok(&env.service(&["device", "list", "--json"])));
+    let sim1 = list.as_array().unwrap().iter().find(|d| d["name"] == "sim-001").unwrap();
+    assert!(sim1["host_key"].as_str().unwrap().starts_with("ssh-ed25519 "));
+    fleet.shutdown().await;
+}
+
+fn run_exec(db: &Path, admin: &Path, home: &Path) -> Output {
+    std::process::Command::new(switchyard_bin())
+        .args(["service", "--db"])
+        .arg(db)
+        .arg("--admin-password-file")
+        .arg(admin)
+        .args(["exec", "sim-001", "sim-002", "dead", "-c", "show version", "--json"])
+        .env("XDG_CONFIG_HOME", home)
+        .output()
+        .unwrap()
+}
+
+fn dead_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
