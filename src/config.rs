@@ -187,6 +187,15 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid_and_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config/switchyard.toml");
+        let s = load(Some(&path)).unwrap();
+        assert_eq!(s.ssh, SshDriverConfig::default());
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.log_filter, "info");
+    }
+
+    #[test]
     fn missing_explicit_file_is_an_error() {
         let err = load(Some(Path::new("/nonexistent/switchyard.toml"))).unwrap_err();
         assert!(matches!(err, ConfigError::Missing { .. }));

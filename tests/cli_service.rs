@@ -91,9 +91,23 @@ fn admin_commands_manage_devices_and_users() {
 
     let pw = env.path("device-pw");
     let out = env.service(&[
-        "device", "add", "core-1", "--host", "192.0.2.10", "--port", "2222",
-        "--device-type", "ios-xe", "--username", "netops",
-        "--password-file", pw.to_str().unwrap(), "--attr", "site=lab", "--attr", "role=core",
+        "device",
+        "add",
+        "core-1",
+        "--host",
+        "192.0.2.10",
+        "--port",
+        "2222",
+        "--device-type",
+        "ios-xe",
+        "--username",
+        "netops",
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--attr",
+        "site=lab",
+        "--attr",
+        "role=core",
     ]);
     ok(&out);
     assert_no_secrets(&out);
@@ -115,11 +129,22 @@ fn admin_commands_manage_devices_and_users() {
     assert!(!list[0].to_string().contains(DEVICE_PW));
 
     let upw = env.path("user-pw");
-    ok(&env.service(&["user", "add", "alice", "--password-file", upw.to_str().unwrap(), "--devices", "core-*"]));
+    ok(&env.service(&[
+        "user",
+        "add",
+        "alice",
+        "--password-file",
+        upw.to_str().unwrap(),
+        "--devices",
+        "core-*",
+    ]));
     let users = json(&ok(&env.service(&["user", "list", "--json"])));
     assert_eq!(users[0]["name"], "alice");
     assert_eq!(users[0]["devices"][0], "core-*");
-    assert!(!users.to_string().contains("argon2"), "hash must not be listed");
+    assert!(
+        !users.to_string().contains("argon2"),
+        "hash must not be listed"
+    );
 
     ok(&env.service(&["user", "remove", "alice"]));
     ok(&env.service(&["device", "remove", "sim-a"]));
@@ -184,7 +209,10 @@ fn config_errors_from_the_environment_are_reported() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("ssh.max_sessions_per_connection"), "{stderr}");
+    assert!(
+        stderr.contains("ssh.max_sessions_per_connection"),
+        "{stderr}"
+    );
 }
 
 fn exec_json(out: &Output) -> Vec<serde_json::Value> {
@@ -199,14 +227,27 @@ fn local_exec_on_the_in_process_simulator() {
     let env = Env::new();
     ok(&env.service(&["init"]));
     ok(&env.service(&["device", "add", "edge-1", "--driver", "simulator"]));
-    let out = env.service(&["exec", "edge-1", "-c", "show version", "-c", "show nope", "--json"]);
+    let out = env.service(&[
+        "exec",
+        "edge-1",
+        "-c",
+        "show version",
+        "-c",
+        "show nope",
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(1), "a failed command fails the run");
     let reports = exec_json(&out);
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0]["device"], "edge-1");
     assert_eq!(reports[0]["status"], "failure");
     assert_eq!(reports[0]["results"][0]["status"], "success");
-    assert!(reports[0]["results"][0]["output"].as_str().unwrap().contains("edge-1 uptime"));
+    assert!(
+        reports[0]["results"][0]["output"]
+            .as_str()
+            .unwrap()
+            .contains("edge-1 uptime")
+    );
     assert_eq!(reports[0]["results"][1]["status"], "failure");
 
     let out = env.service(&["exec", "ghost", "-c", "show version"]);
@@ -227,11 +268,32 @@ async fn local_exec_over_ssh_records_the_host_key() {
     let pw = env.path("sim-pw");
     for ep in fleet.endpoints() {
         ok(&env.service(&[
-            "device", "add", &ep.name, "--host", "127.0.0.1", "--port", &ep.port.to_string(),
-            "--username", "admin", "--password-file", pw.to_str().unwrap(),
+            "device",
+            "add",
+            &ep.name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &ep.port.to_string(),
+            "--username",
+            "admin",
+            "--password-file",
+            pw.to_str().unwrap(),
         ]));
     }
-    ok(&env.service(&["device", "add", "dead", "--host", "127.0.0.1", "--port", &dead_port().to_string(), "--username", "u", "--password-file", pw.to_str().unwrap()]));
+    ok(&env.service(&[
+        "device",
+        "add",
+        "dead",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &dead_port().to_string(),
+        "--username",
+        "u",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]));
 
     let env2 = &env;
     let out = tokio::task::spawn_blocking({
@@ -247,14 +309,34 @@ async fn local_exec_over_ssh_records_the_host_key() {
     reports.sort_by_key(|r| r["device"].as_str().unwrap().to_string());
     assert_eq!(reports.len(), 3);
     assert_eq!(reports[0]["status"], "failure");
-    assert!(reports[0]["error"].as_str().unwrap().contains("cannot connect to dead"));
+    assert!(
+        reports[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect to dead")
+    );
     for r in &reports[1..] {
         assert_eq!(r["status"], "success", "{r}");
-        assert!(r["results"][0]["output"].as_str().unwrap().contains("uptime"));
+        assert!(
+            r["results"][0]["output"]
+                .as_str()
+                .unwrap()
+                .contains("uptime")
+        );
     }
     let list = json(&ok(&env.service(&["device", "list", "--json"])));
-    let sim1 = list.as_array().unwrap().iter().find(|d| d["name"] == "sim-001").unwrap();
-    assert!(sim1["host_key"].as_str().unwrap().starts_with("ssh-ed25519 "));
+    let sim1 = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "sim-001")
+        .unwrap();
+    assert!(
+        sim1["host_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("ssh-ed25519 ")
+    );
     fleet.shutdown().await;
 }
 
@@ -264,7 +346,15 @@ fn run_exec(db: &Path, admin: &Path, home: &Path) -> Output {
         .arg(db)
         .arg("--admin-password-file")
         .arg(admin)
-        .args(["exec", "sim-001", "sim-002", "dead", "-c", "show version", "--json"])
+        .args([
+            "exec",
+            "sim-001",
+            "sim-002",
+            "dead",
+            "-c",
+            "show version",
+            "--json",
+        ])
         .env("XDG_CONFIG_HOME", home)
         .output()
         .unwrap()

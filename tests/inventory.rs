@@ -50,7 +50,9 @@ fn all_bytes(db: &Path) -> Vec<u8> {
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 #[test]
@@ -66,9 +68,18 @@ fn device_secrets_never_reach_the_file_in_plain_text() {
     drop(inv);
     let closed_bytes = all_bytes(&db);
     for bytes in [&open_bytes, &closed_bytes] {
-        assert!(contains(bytes, "netops"), "sanity: plain fields are in the file");
-        assert!(!contains(bytes, DEVICE_PASSWORD), "device password in plain text");
-        assert!(!contains(bytes, "KEYMATERIAL-unique-marker"), "private key in plain text");
+        assert!(
+            contains(bytes, "netops"),
+            "sanity: plain fields are in the file"
+        );
+        assert!(
+            !contains(bytes, DEVICE_PASSWORD),
+            "device password in plain text"
+        );
+        assert!(
+            !contains(bytes, "KEYMATERIAL-unique-marker"),
+            "private key in plain text"
+        );
         assert!(!contains(bytes, "admin-pw"), "admin password in plain text");
     }
     // And they come back intact with the admin password.
@@ -88,7 +99,10 @@ fn wrong_admin_password_fails_and_changes_nothing() {
     drop(inv);
     let before = Sha256::digest(std::fs::read(&db).unwrap());
     let err = Inventory::open(&db, &Secret::new("wrong")).unwrap_err();
-    assert!(matches!(err, InventoryError::WrongAdminPassword(_)), "{err}");
+    assert!(
+        matches!(err, InventoryError::WrongAdminPassword(_)),
+        "{err}"
+    );
     assert!(err.to_string().contains("wrong admin password"));
     let after = Sha256::digest(std::fs::read(&db).unwrap());
     assert_eq!(before, after, "file changed after a failed open");

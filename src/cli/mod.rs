@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own file. Commands return [`CliError`]s with
 //! a message a person can act on; `main` prints it on one line.
 
+pub mod demo;
 mod exec_output;
 pub mod service_admin;
 pub mod sim;
@@ -44,6 +45,8 @@ pub enum Command {
     Service(service_admin::ServiceArgs),
     /// Start simulated devices, each an SSH server speaking a small network-OS CLI.
     Sim(sim::SimArgs),
+    /// Start a throw-away demo set-up and print commands to try.
+    Demo(demo::DemoArgs),
 }
 
 /// Errors a command reports to the person who ran it.
@@ -80,5 +83,6 @@ pub async fn run(
     match cli.command {
         Command::Service(args) => service_admin::run(args, &settings).await,
         Command::Sim(args) => sim::run(args, shutdown).await,
+        Command::Demo(args) => demo::run(args, shutdown).await,
     }
 }
