@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is a thin edge; everything lives here. See
 //! `ARCHITECTURE.md` at the repository root for the code map.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod fsutil;

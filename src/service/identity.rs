@@ -2,8 +2,9 @@
 //! `init`. Callers pin the certificate by its SHA-256 fingerprint, so no CA
 //! is involved for direct connections.
 
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
+
+use crate::wire::pin::Fingerprint;
 
 /// A freshly generated identity. The private key is sealed before storage.
 pub struct GeneratedIdentity {
@@ -29,13 +30,7 @@ pub fn generate(subject_alt_names: Vec<String>) -> Result<GeneratedIdentity, Ide
 /// The fingerprint callers pin: lowercase hex SHA-256 of the DER certificate,
 /// bytes separated by colons (as `openssl x509 -fingerprint -sha256` shows it).
 pub fn fingerprint(cert_der: &[u8]) -> String {
-    let digest = Sha256::digest(cert_der);
-    let hex = hex::encode(digest);
-    hex.as_bytes()
-        .chunks(2)
-        .map(|pair| std::str::from_utf8(pair).unwrap_or("??"))
-        .collect::<Vec<_>>()
-        .join(":")
+    Fingerprint::of(cert_der).to_string()
 }
 
 #[cfg(test)]

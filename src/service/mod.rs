@@ -7,5 +7,8 @@
 pub mod drivers;
 pub mod identity;
 pub mod inventory;
+pub mod ops;
 pub mod password;
+pub mod ratelimit;
+pub mod rpc;
 pub mod seal;

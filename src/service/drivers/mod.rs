@@ -7,6 +7,7 @@
 
 pub mod simulated;
 pub mod ssh;
+pub mod terminal;
 
 use std::time::Duration;
 
@@ -134,6 +135,20 @@ impl Drivers {
                 commands,
                 self.ssh.config().max_output_bytes,
             )),
+        }
+    }
+
+    /// Opens an interactive shell on a device. Returns the terminal and, on
+    /// first contact, the host key to record.
+    pub async fn terminal(
+        &self,
+        target: &DeviceTarget,
+        cols: u16,
+        rows: u16,
+    ) -> Result<(terminal::Terminal, Option<String>), DriverError> {
+        match target.driver {
+            DriverKind::Ssh => self.ssh.terminal(target, cols, rows).await,
+            DriverKind::Simulator => Ok((terminal::simulated(&target.name), None)),
         }
     }
 }

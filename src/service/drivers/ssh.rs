@@ -22,8 +22,10 @@ use russh::client::{self, Handle, Msg};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tracing::{Instrument, debug, debug_span};
 
+use super::terminal::{TERMINAL_QUEUE, Terminal, TerminalInput};
 use super::{CommandError, CommandOutput, CommandResult, DeviceExec, DeviceTarget, DriverError};
 use crate::task::AbortOnDrop;
 
@@ -233,6 +235,31 @@ impl SshPool {
         }
         .instrument(span)
         .await
+    }
+
+    /// Opens an interactive shell (pty + shell) on a device. Returns the
+    /// terminal and, on first contact, the host key to record.
+    pub async fn terminal(
+        &self,
+        target: &DeviceTarget,
+        cols: u16,
+        rows: u16,
+    ) -> Result<(Terminal, Option<String>), DriverError> {
+        let mut learned = None;
+        let (lease, channel) = self.open_channel(target, &mut learned).await?;
+        let ssh_err = |e: russh::Error| DriverError::Ssh {
+            device: target.name.clone(),
+            reason: e.to_string(),
+        };
+        channel
+            .request_pty(false, "xterm", cols.into(), rows.into(), 0, 0, &[])
+            .await
+            .map_err(ssh_err)?;
+        channel.request_shell(true).await.map_err(ssh_err)?;
+        let (in_tx, in_rx) = mpsc::channel(TERMINAL_QUEUE);
+        let (out_tx, out_rx) = mpsc::channel(TERMINAL_QUEUE);
+        let bridge = tokio::spawn(bridge_terminal(lease, channel, in_rx, out_tx));
+        Ok((Terminal::new(in_tx, out_rx, bridge), learned))
     }
 
     /// Finds a connection with a free channel slot (or makes one) and opens
@@ -522,6 +549,41 @@ async fn authenticate(
         device: device.clone(),
         user: username.to_string(),
     })
+}
+
+/// Moves bytes between a terminal's channels and an SSH shell channel until
+/// either side ends. Holds the lease so the channel slot stays counted.
+async fn bridge_terminal(
+    _lease: Lease,
+    mut channel: Channel<Msg>,
+    mut input: mpsc::Receiver<TerminalInput>,
+    output: mpsc::Sender<Vec<u8>>,
+) {
+    loop {
+        tokio::select! {
+            msg = input.recv() => match msg {
+                Some(TerminalInput::Data(bytes)) => {
+                    if channel.data(&bytes[..]).await.is_err() {
+                        break;
+                    }
+                }
+                Some(TerminalInput::Resize { cols, rows }) => {
+                    let _ = channel.window_change(cols.into(), rows.into(), 0, 0).await;
+                }
+                None => break,
+            },
+            msg = channel.wait() => match msg {
+                Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
+                    if output.send(data.to_vec()).await.is_err() {
+                        break;
+                    }
+                }
+                Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => break,
+                Some(_) => {}
+            },
+        }
+    }
+    let _ = channel.close().await;
 }
 
 /// Runs one command on an open channel and collects its output.

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use zeroize::Zeroizing;
 
 pub use devices::{Device, DeviceCredentials, DriverKind, NewDevice};
-pub use users::{DeviceScope, NewRemoteUser, RemoteUser};
+pub use users::{DeviceScope, LoginRecord, NewRemoteUser, RemoteUser};
 
 use crate::secret::Secret;
 use crate::service::identity;

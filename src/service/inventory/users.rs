@@ -149,14 +149,10 @@ impl Inventory {
         .collect()
     }
 
-    /// Checks a remote user's password. Unknown, disabled and
-    /// password-less users all fail the same way, so the answer tells an
-    /// attacker nothing about which names exist.
-    pub fn authenticate_user(
-        &self,
-        name: &str,
-        password: &Secret,
-    ) -> Result<Option<RemoteUser>, InventoryError> {
+    /// What a login check needs: the user and its password hash. Split from
+    /// the check itself so a caller can hash (slow, tens of milliseconds)
+    /// without holding the inventory.
+    pub fn login_record(&self, name: &str) -> Result<Option<LoginRecord>, InventoryError> {
         let row: Option<(String, Option<String>, bool)> = self
             .conn
             .query_row(
@@ -165,20 +161,56 @@ impl Inventory {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        let Some((devices, Some(hash), true)) = row else {
-            return Ok(None);
-        };
-        let ok = password::verify_password(&hash, password)
-            .map_err(|e| InventoryError::Corrupt(e.to_string()))?;
-        if !ok {
-            return Ok(None);
+        row.map(|(devices, password_hash, enabled)| {
+            Ok(LoginRecord {
+                user: RemoteUser {
+                    name: name.to_string(),
+                    devices: scope_from_json(&devices)?,
+                    enabled,
+                    has_password: password_hash.is_some(),
+                },
+                password_hash,
+            })
+        })
+        .transpose()
+    }
+
+    /// Checks a remote user's password (see [`LoginRecord::verify`]).
+    pub fn authenticate_user(
+        &self,
+        name: &str,
+        password: &Secret,
+    ) -> Result<Option<RemoteUser>, InventoryError> {
+        Ok(LoginRecord::verify(self.login_record(name)?, password))
+    }
+}
+
+/// A remote user with its stored password hash.
+#[derive(Debug, Clone)]
+pub struct LoginRecord {
+    pub user: RemoteUser,
+    password_hash: Option<String>,
+}
+
+/// A valid Argon2id hash of a random password: unknown users are checked
+/// against it so they take as long as known ones.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c3dpdGNoeWFyZC1kdW1teQ$Q6fNq0c4w3mY6t7s1lXl0tYJ2wYVbZy4m3kH8n7yqXo";
+
+impl LoginRecord {
+    /// The user if `password` is right and the user is enabled. Unknown,
+    /// disabled and password-less users all fail the same way and take the
+    /// same time, so the answer tells an attacker nothing about which names
+    /// exist.
+    pub fn verify(record: Option<Self>, password: &Secret) -> Option<RemoteUser> {
+        let hash = record
+            .as_ref()
+            .and_then(|r| r.password_hash.as_deref())
+            .unwrap_or(DUMMY_HASH);
+        let ok = password::verify_password(hash, password).unwrap_or(false);
+        match record {
+            Some(r) if ok && r.user.enabled && r.password_hash.is_some() => Some(r.user),
+            _ => None,
         }
-        Ok(Some(RemoteUser {
-            name: name.to_string(),
-            devices: scope_from_json(&devices)?,
-            enabled: true,
-            has_password: true,
-        }))
     }
 }
 
@@ -201,5 +233,13 @@ mod tests {
         assert!(DeviceScope::all().allows("anything"));
         assert!(DeviceScope::parse(" , ").is_err());
         assert!(DeviceScope::parse("[").is_err());
+    }
+
+    #[test]
+    fn dummy_hash_is_a_real_hash_so_unknown_users_cost_the_same() {
+        assert_eq!(
+            password::verify_password(DUMMY_HASH, &Secret::new("x")).unwrap(),
+            false
+        );
     }
 }

@@ -1,0 +1,383 @@
+//! Service operations, independent of any transport.
+//!
+//! Owns: the service's inventory connection and its device drivers. The
+//! RPC socket and the broker's integrated mode both call [`ServiceOps`], so
+//! a request behaves the same however it arrived.
+//!
+//! Takes: `authenticate` (user + password → [`Principal`]) and `handle`
+//! (one request → [`Response`] events on a bounded channel).
+//!
+//! On failure: a request that cannot run at all gets one `Response::Error`;
+//! a device that fails gets an `ExecDeviceDone` carrying the error while the
+//! other devices go on; when the caller goes away (its receiver is dropped)
+//! the work stops at the next event.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::drivers::{DeviceExec, DeviceTarget, DriverError, Drivers};
+use super::inventory::{DeviceScope, Inventory, InventoryError, LoginRecord};
+use crate::secret::Secret;
+use crate::wire::messages::{
+    DeviceInfo, ErrorCode, Request, RequestEnvelope, Response, TerminalInput, WireError,
+};
+
+/// Output chunk size in exec responses; well under the frame limit.
+pub const OUTPUT_CHUNK: usize = 256 * 1024;
+
+/// An authenticated remote user.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user: String,
+    pub scope: DeviceScope,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("wrong user name or password")]
+    Unauthenticated,
+    #[error("no device named {0:?} on this service")]
+    UnknownDevice(String),
+    #[error("user {user:?} may not reach device {device:?}")]
+    NotPermitted { user: String, device: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the request's deadline passed")]
+    DeadlineExceeded,
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl OpsError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Unauthenticated => ErrorCode::Unauthenticated,
+            Self::UnknownDevice(_) => ErrorCode::NotFound,
+            Self::NotPermitted { .. } => ErrorCode::PermissionDenied,
+            Self::Invalid(_) => ErrorCode::InvalidArgument,
+            Self::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+            Self::Driver(DriverError::ConnectTimeout { .. }) => ErrorCode::DeadlineExceeded,
+            Self::Driver(_) => ErrorCode::Unavailable,
+            Self::Inventory(_) | Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    pub fn to_wire(&self) -> WireError {
+        WireError::new(self.code(), self.to_string())
+    }
+}
+
+/// The service's operations over one inventory.
+pub struct ServiceOps {
+    name: String,
+    // rusqlite connections are not Sync. Every hold is one short query; the
+    // slow parts (password hashing, device I/O) run outside the lock.
+    inventory: Mutex<Inventory>,
+    drivers: Drivers,
+}
+
+impl std::fmt::Debug for ServiceOps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceOps")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl ServiceOps {
+    pub fn new(name: impl Into<String>, inventory: Inventory, drivers: Drivers) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            inventory: Mutex::new(inventory),
+            drivers,
+        })
+    }
+
+    /// The name the service gives itself in greetings and errors.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn drivers(&self) -> &Drivers {
+        &self.drivers
+    }
+
+    fn inventory(&self) -> MutexGuard<'_, Inventory> {
+        self.inventory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks a remote user's password (Argon2id, off the async threads).
+    pub async fn authenticate(
+        &self,
+        username: &str,
+        password: Secret,
+    ) -> Result<Principal, OpsError> {
+        let record = self.inventory().login_record(username)?;
+        let user = tokio::task::spawn_blocking(move || LoginRecord::verify(record, &password))
+            .await
+            .map_err(|e| OpsError::Internal(e.to_string()))?;
+        user.map(|u| Principal {
+            user: u.name,
+            scope: u.devices,
+        })
+        .ok_or(OpsError::Unauthenticated)
+    }
+
+    /// A principal for the inventory's owner (integrated mode, where the
+    /// admin password already proved who the caller is).
+    pub fn owner() -> Principal {
+        Principal {
+            user: "admin".into(),
+            scope: DeviceScope::all(),
+        }
+    }
+
+    /// Runs one request, sending its responses to `out`. `input` carries a
+    /// terminal's keystrokes; other requests ignore it.
+    pub async fn handle(
+        &self,
+        principal: &Principal,
+        envelope: RequestEnvelope,
+        input: mpsc::Receiver<TerminalInput>,
+        out: mpsc::Sender<Response>,
+    ) {
+        let deadline = envelope.deadline_ms.map(Duration::from_millis);
+        let work = self.dispatch(principal, envelope.request, deadline, input, &out);
+        let result = match deadline {
+            Some(d) => tokio::time::timeout(d, work)
+                .await
+                .unwrap_or(Err(OpsError::DeadlineExceeded)),
+            None => work.await,
+        };
+        if let Err(e) = result {
+            debug!(user = %principal.user, error = %e, "request failed");
+            let _ = out.send(Response::Error(e.to_wire())).await;
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        principal: &Principal,
+        request: Request,
+        deadline: Option<Duration>,
+        input: mpsc::Receiver<TerminalInput>,
+        out: &mpsc::Sender<Response>,
+    ) -> Result<(), OpsError> {
+        match request {
+            Request::Ping => {
+                let _ = out.send(Response::Pong).await;
+                Ok(())
+            }
+            Request::Inventory => {
+                let devices = self.inventory_for(principal)?;
+                let _ = out.send(Response::Inventory(devices)).await;
+                Ok(())
+            }
+            Request::Exec {
+                devices,
+                commands,
+                timeout_ms,
+            } => {
+                let timeout = match (timeout_ms.map(Duration::from_millis), deadline) {
+                    (Some(t), Some(d)) => Some(t.min(d)),
+                    (t, d) => t.or(d),
+                };
+                self.exec(principal, &devices, &commands, timeout, out)
+                    .await
+            }
+            Request::Terminal { device, cols, rows } => {
+                self.terminal(principal, &device, cols, rows, input, out)
+                    .await
+            }
+        }
+    }
+
+    /// The devices `principal` may reach.
+    pub fn inventory_for(&self, principal: &Principal) -> Result<Vec<DeviceInfo>, OpsError> {
+        Ok(self
+            .inventory()
+            .devices()?
+            .into_iter()
+            .filter(|d| principal.scope.allows(&d.name))
+            .map(|d| DeviceInfo {
+                name: d.name,
+                host: d.host,
+                port: d.port,
+                device_type: d.device_type,
+                attributes: d.attributes,
+            })
+            .collect())
+    }
+
+    /// Looks devices up and unseals their credentials, checking the scope.
+    fn resolve(
+        &self,
+        principal: &Principal,
+        names: &[String],
+    ) -> Result<Vec<DeviceTarget>, OpsError> {
+        if names.is_empty() {
+            return Err(OpsError::Invalid("name at least one device".into()));
+        }
+        let inv = self.inventory();
+        names
+            .iter()
+            .map(|name| {
+                if !principal.scope.allows(name) {
+                    return Err(OpsError::NotPermitted {
+                        user: principal.user.clone(),
+                        device: name.clone(),
+                    });
+                }
+                let device = inv.device(name).map_err(|e| match e {
+                    InventoryError::UnknownDevice(n) => OpsError::UnknownDevice(n),
+                    other => other.into(),
+                })?;
+                Ok(DeviceTarget {
+                    credentials: inv.device_credentials(name)?,
+                    name: device.name,
+                    host: device.host,
+                    port: device.port,
+                    driver: device.driver,
+                    known_host_key: device.host_key,
+                })
+            })
+            .collect()
+    }
+
+    fn record_host_key(&self, device: &str, key: &str) {
+        if let Err(e) = self.inventory().record_host_key(device, key) {
+            warn!(device, error = %e, "cannot record the device's host key");
+        }
+    }
+
+    async fn exec(
+        &self,
+        principal: &Principal,
+        devices: &[String],
+        commands: &[String],
+        timeout: Option<Duration>,
+        out: &mpsc::Sender<Response>,
+    ) -> Result<(), OpsError> {
+        if commands.is_empty() {
+            return Err(OpsError::Invalid("name at least one command".into()));
+        }
+        let targets = self.resolve(principal, devices)?;
+        let mut running: FuturesUnordered<_> =
+            targets
+                .iter()
+                .enumerate()
+                .map(|(i, t)| async move {
+                    (i as u32, t, self.drivers.exec(t, commands, timeout).await)
+                })
+                .collect();
+        while let Some((index, target, result)) = running.next().await {
+            if let Ok(DeviceExec {
+                learned_host_key: Some(key),
+                ..
+            }) = &result
+            {
+                self.record_host_key(&target.name, key);
+            }
+            for response in exec_responses(index, result) {
+                if out.send(response).await.is_err() {
+                    return Ok(()); // the caller went away; dropping `running` cancels the rest
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn terminal(
+        &self,
+        principal: &Principal,
+        device: &str,
+        cols: u16,
+        rows: u16,
+        mut input: mpsc::Receiver<TerminalInput>,
+        out: &mpsc::Sender<Response>,
+    ) -> Result<(), OpsError> {
+        let target = self
+            .resolve(principal, &[device.to_string()])?
+            .pop()
+            .ok_or_else(|| OpsError::UnknownDevice(device.to_string()))?;
+        let (mut terminal, learned) = self.drivers.terminal(&target, cols, rows).await?;
+        if let Some(key) = learned {
+            self.record_host_key(&target.name, &key);
+        }
+        if out.send(Response::TerminalReady).await.is_err() {
+            return Ok(());
+        }
+        loop {
+            tokio::select! {
+                keys = input.recv() => match keys {
+                    Some(keys) => {
+                        if terminal.input.send(keys).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => return Ok(()),
+                },
+                screen = terminal.output.recv() => match screen {
+                    Some(bytes) => {
+                        if out.send(Response::TerminalOutput(bytes)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+        let _ = out.send(Response::TerminalClosed).await;
+        Ok(())
+    }
+}
+
+/// One device's exec result as protocol events: output chunks and a
+/// completion per command, then the device's completion.
+pub fn exec_responses(device: u32, result: Result<DeviceExec, DriverError>) -> Vec<Response> {
+    let exec = match result {
+        Ok(exec) => exec,
+        Err(e) => {
+            return vec![Response::ExecDeviceDone {
+                device,
+                error: Some(OpsError::from(e).to_wire()),
+            }];
+        }
+    };
+    let mut events = Vec::new();
+    for (index, r) in exec.results.into_iter().enumerate() {
+        let command = index as u32;
+        let (exit_status, error) = match r.outcome {
+            Ok(o) => {
+                let bytes = o.output.into_bytes();
+                events.extend(bytes.chunks(OUTPUT_CHUNK).map(|c| Response::ExecOutput {
+                    device,
+                    command,
+                    data: c.to_vec(),
+                }));
+                (o.exit_status, None)
+            }
+            Err(e) => (None, Some(e.to_string())),
+        };
+        events.push(Response::ExecCommandDone {
+            device,
+            command,
+            exit_status,
+            duration_us: r.duration.as_micros().min(u64::MAX as u128) as u64,
+            error,
+        });
+    }
+    events.push(Response::ExecDeviceDone {
+        device,
+        error: None,
+    });
+    events
+}

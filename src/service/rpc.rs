@@ -1,0 +1,354 @@
+//! The service RPC socket: QUIC (TLS 1.3, ALPN `switchyard/1`) on UDP.
+//!
+//! Owns: the QUIC endpoint, every connection accepted on it and every
+//! request task on those connections (a cancellation tree rooted in
+//! [`RpcServer`]; `shutdown` or drop ends them all).
+//!
+//! Takes: connections. Each must authenticate on its first stream within
+//! `auth_timeout`; after that every request rides its own bidirectional
+//! stream (at most `max_concurrent_streams` at once, enforced by QUIC flow
+//! control), handled by [`ServiceOps`].
+//!
+//! On failure: a wrong password gets `AuthResponse::Rejected` and the
+//! connection is closed with `UNAUTHENTICATED`; repeated failures from one
+//! address or for one user are locked out for a while; an oversized,
+//! malformed or wrong-version frame closes that one connection with
+//! `PROTOCOL_VIOLATION`. Other connections are never affected. A caller
+//! that stops reading its stream (it went away) cancels that request.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::drivers::terminal::TERMINAL_QUEUE;
+use super::inventory::TlsIdentity;
+use super::ops::{OpsError, Principal, ServiceOps};
+use super::ratelimit::{FailureLimiter, LimiterConfig};
+use crate::secret::Secret;
+use crate::wire::conn::{self, ConnError, TransportLimits, read_frame, write_frame};
+use crate::wire::messages::{
+    AuthRequest, AuthResponse, ErrorCode, Request, RequestEnvelope, Response, TerminalInput,
+    WireError, close_code,
+};
+
+/// Settings of the RPC socket.
+#[derive(Debug, Clone)]
+pub struct RpcConfig {
+    pub listen: SocketAddr,
+    pub limits: TransportLimits,
+    /// Time a new connection has to authenticate.
+    pub auth_timeout: Duration,
+    pub login_limiter: LimiterConfig,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8181)),
+            limits: TransportLimits::default(),
+            auth_timeout: Duration::from_secs(10),
+            login_limiter: LimiterConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: ConnError },
+}
+
+struct Shared {
+    ops: Arc<ServiceOps>,
+    limits: TransportLimits,
+    auth_timeout: Duration,
+    limiter: Mutex<FailureLimiter>,
+}
+
+/// A running RPC socket.
+pub struct RpcServer {
+    local_addr: SocketAddr,
+    endpoint: Endpoint,
+    cancel: CancellationToken,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl RpcServer {
+    /// Binds the socket and starts accepting.
+    pub fn start(
+        ops: Arc<ServiceOps>,
+        identity: TlsIdentity,
+        config: RpcConfig,
+    ) -> Result<Self, RpcError> {
+        let endpoint = conn::server_endpoint(
+            config.listen,
+            identity.cert_der,
+            &identity.key_der,
+            &config.limits,
+        )
+        .and_then(|e| Ok((e.local_addr()?, e)))
+        .map_err(|source| RpcError::Listen {
+            addr: config.listen,
+            source,
+        });
+        let (local_addr, endpoint) = endpoint?;
+        let shared = Arc::new(Shared {
+            ops,
+            limits: config.limits,
+            auth_timeout: config.auth_timeout,
+            limiter: Mutex::new(FailureLimiter::new(config.login_limiter)),
+        });
+        let cancel = CancellationToken::new();
+        let accept = tokio::spawn(
+            accept_loop(endpoint.clone(), shared, cancel.clone())
+                .instrument(info_span!("rpc", addr = %local_addr)),
+        );
+        info!(addr = %local_addr, "service RPC socket listening");
+        Ok(Self {
+            local_addr,
+            endpoint,
+            cancel,
+            accept,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Closes every connection and waits (briefly) for the peers to learn.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.endpoint.close(
+            VarInt::from_u32(close_code::SHUTTING_DOWN),
+            b"service shutting down",
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.accept.abort();
+        self.endpoint.close(
+            VarInt::from_u32(close_code::SHUTTING_DOWN),
+            b"service shutting down",
+        );
+    }
+}
+
+async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    let span = info_span!("rpc_conn", peer = %incoming.remote_address());
+                    connections.spawn(
+                        serve_connection(incoming, shared.clone(), cancel.child_token()).instrument(span),
+                    );
+                }
+                None => break,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.shutdown().await;
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    let principal =
+        match tokio::time::timeout(shared.auth_timeout, authenticate(&conn, &shared)).await {
+            Ok(Some(principal)) => principal,
+            Ok(None) => return,
+            Err(_) => {
+                conn.close(
+                    VarInt::from_u32(close_code::UNAUTHENTICATED),
+                    b"authentication timed out",
+                );
+                return;
+            }
+        };
+    let principal = Arc::new(principal);
+    let mut requests = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    requests.spawn(serve_request(conn.clone(), send, recv, shared.clone(), principal.clone()));
+                }
+                Err(e) => {
+                    debug!(reason = %e, "connection closed");
+                    break;
+                }
+            },
+            Some(_) = requests.join_next(), if !requests.is_empty() => {}
+        }
+    }
+    requests.shutdown().await;
+}
+
+/// Runs the login exchange; `None` when the connection was refused (it is
+/// closed here with the reason).
+async fn authenticate(conn: &Connection, shared: &Shared) -> Option<Principal> {
+    let (mut send, mut recv) = conn.accept_bi().await.ok()?;
+    let max = shared.limits.max_frame;
+    let request: AuthRequest = match read_frame(&mut recv, max).await {
+        Ok(Some(r)) => r,
+        Ok(None) | Err(ConnError::Read(_)) | Err(ConnError::Truncated) => return None,
+        Err(e) => {
+            conn.close(
+                VarInt::from_u32(close_code::PROTOCOL_VIOLATION),
+                e.to_string().as_bytes(),
+            );
+            return None;
+        }
+    };
+    let ip_key = format!("ip:{}", conn.remote_address().ip());
+    let user_key = format!("user:{}", request.username);
+    let locked = {
+        let limiter = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        limiter
+            .check(&ip_key, now)
+            .and(limiter.check(&user_key, now))
+    };
+    let outcome = match locked {
+        Err(wait) => Err(WireError::new(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "too many failed logins; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        )),
+        Ok(()) => {
+            let result = shared
+                .ops
+                .authenticate(&request.username, Secret::new(request.password.as_str()))
+                .await;
+            let mut limiter = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
+            match result {
+                Ok(principal) => {
+                    limiter.record_success(&user_key);
+                    limiter.record_success(&ip_key);
+                    Ok(principal)
+                }
+                Err(e) => {
+                    if matches!(e, OpsError::Unauthenticated) {
+                        let now = Instant::now();
+                        limiter.record_failure(&user_key, now);
+                        limiter.record_failure(&ip_key, now);
+                    }
+                    Err(e.to_wire())
+                }
+            }
+        }
+    };
+    match outcome {
+        Ok(principal) => {
+            info!(user = %principal.user, client = %request.client, "remote user authenticated");
+            let reply = AuthResponse::Accepted {
+                service: shared.ops.name().to_string(),
+            };
+            write_frame(&mut send, &reply, max).await.ok()?;
+            send.finish().ok()?;
+            Some(principal)
+        }
+        Err(error) => {
+            warn!(user = %request.username, reason = %error, "login refused");
+            let _ = write_frame(&mut send, &AuthResponse::Rejected(error), max).await;
+            let _ = send.finish();
+            // Let the reply arrive before the connection goes.
+            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+            conn.close(
+                VarInt::from_u32(close_code::UNAUTHENTICATED),
+                b"login refused",
+            );
+            None
+        }
+    }
+}
+
+async fn serve_request(
+    conn: Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    shared: Arc<Shared>,
+    principal: Arc<Principal>,
+) {
+    let max = shared.limits.max_frame;
+    let violation = |e: &ConnError| {
+        conn.close(
+            VarInt::from_u32(close_code::PROTOCOL_VIOLATION),
+            e.to_string().as_bytes(),
+        );
+    };
+    let envelope: RequestEnvelope = match read_frame(&mut recv, max).await {
+        Ok(Some(envelope)) => envelope,
+        Ok(None) => return,
+        Err(e @ ConnError::Frame(_)) => return violation(&e),
+        Err(e) => {
+            debug!(error = %e, "request stream failed");
+            return;
+        }
+    };
+    let is_terminal = matches!(envelope.request, Request::Terminal { .. });
+    let (in_tx, in_rx) = mpsc::channel::<TerminalInput>(TERMINAL_QUEUE);
+    let (out_tx, mut out_rx) = mpsc::channel::<Response>(64);
+    let stopped = send.stopped();
+    let work = shared.ops.handle(&principal, envelope, in_rx, out_tx);
+    let pump_in = async {
+        while is_terminal {
+            match read_frame::<TerminalInput>(&mut recv, max).await {
+                Ok(Some(input)) => {
+                    if in_tx.send(input).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e @ ConnError::Frame(_)) => {
+                    violation(&e);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        drop(in_tx);
+    };
+    let pump_out = async {
+        while let Some(response) = out_rx.recv().await {
+            if write_frame(&mut send, &response, max).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    };
+    tokio::select! {
+        _ = async { tokio::join!(work, pump_in, pump_out) } => {}
+        stop = stopped => {
+            if let Ok(Some(code)) = stop {
+                debug!(%code, "caller stopped reading; request cancelled");
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Messages of the service RPC protocol (ALPN `switchyard/1`).
+//!
+//! A connection's first bidirectional stream carries one [`AuthRequest`]
+//! and one [`AuthResponse`]. Every later request opens its own stream: the
+//! client sends one [`RequestEnvelope`] (and, for a terminal, then
+//! [`TerminalInput`] frames); the service answers with [`Response`] frames
+//! and finishes the stream. Exec output is chunked so no frame grows with a
+//! device's output.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// ALPN protocol id of the service RPC socket.
+pub const ALPN: &[u8] = b"switchyard/1";
+
+/// QUIC application close codes.
+pub mod close_code {
+    /// Normal close.
+    pub const DONE: u32 = 0;
+    /// Authentication failed or was not attempted in time.
+    pub const UNAUTHENTICATED: u32 = 1;
+    /// A frame was oversized, malformed, or out of order.
+    pub const PROTOCOL_VIOLATION: u32 = 2;
+    /// The service is shutting down.
+    pub const SHUTTING_DOWN: u32 = 3;
+}
+
+/// First message on a connection.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AuthRequest {
+    pub username: String,
+    pub password: String,
+    /// Free-form client description, for the service's logs.
+    pub client: String,
+}
+
+impl std::fmt::Debug for AuthRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthRequest")
+            .field("username", &self.username)
+            .field("password", &"[redacted]")
+            .field("client", &self.client)
+            .finish()
+    }
+}
+
+impl Drop for AuthRequest {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.password);
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AuthResponse {
+    Accepted { service: String },
+    Rejected(WireError),
+}
+
+/// Error categories, mapped one-to-one onto gRPC codes at the front door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    InvalidArgument,
+    Unauthenticated,
+    PermissionDenied,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    DeadlineExceeded,
+    Cancelled,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl WireError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A request and the time the caller is still willing to wait.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    /// Milliseconds left of the caller's deadline, if it set one.
+    pub deadline_ms: Option<u64>,
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// The devices this user may reach.
+    Inventory,
+    /// Run `commands` in order on each of `devices` (concurrently across
+    /// devices). `timeout_ms` bounds each command.
+    Exec {
+        devices: Vec<String>,
+        commands: Vec<String>,
+        timeout_ms: Option<u64>,
+    },
+    /// An interactive shell on a device; then [`TerminalInput`] frames flow
+    /// from the client and `Terminal*` responses from the service.
+    Terminal {
+        device: String,
+        cols: u16,
+        rows: u16,
+    },
+    /// Liveness check.
+    Ping,
+}
+
+/// A device as callers see it (no credentials).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub device_type: String,
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Inventory(Vec<DeviceInfo>),
+    /// A piece of one command's output (`device`/`command` index the request).
+    ExecOutput {
+        device: u32,
+        command: u32,
+        data: Vec<u8>,
+    },
+    /// One command finished (its output, if any, came before).
+    ExecCommandDone {
+        device: u32,
+        command: u32,
+        exit_status: Option<u32>,
+        duration_us: u64,
+        error: Option<String>,
+    },
+    /// All of one device's commands finished, or the device failed.
+    ExecDeviceDone {
+        device: u32,
+        error: Option<WireError>,
+    },
+    TerminalReady,
+    TerminalOutput(Vec<u8>),
+    TerminalClosed,
+    Pong,
+    /// The request failed as a whole.
+    Error(WireError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TerminalInput {
+    Data(Vec<u8>),
+    Resize { cols: u16, rows: u16 },
+}
