@@ -318,7 +318,12 @@ async fn serve_request(
     let stopped = send.stopped();
     let work = shared.ops.handle(&principal, envelope, in_rx, out_tx);
     let pump_in = async {
-        while is_terminal {
+        // Owned here: when the caller ends its input, the terminal ends.
+        let in_tx = in_tx;
+        if !is_terminal {
+            return;
+        }
+        loop {
             match read_frame::<TerminalInput>(&mut recv, max).await {
                 Ok(Some(input)) => {
                     if in_tx.send(input).await.is_err() {
@@ -333,7 +338,6 @@ async fn serve_request(
                 Err(_) => break,
             }
         }
-        drop(in_tx);
     };
     let pump_out = async {
         while let Some(response) = out_rx.recv().await {
