@@ -81,7 +81,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<ExitCode, CliError> {
     match cli.command {
-        Command::Service(args) => service_admin::run(args, &settings).await,
+        Command::Service(args) => service_admin::run(args, &settings, shutdown).await,
         Command::Sim(args) => sim::run(args, shutdown).await,
         Command::Demo(args) => demo::run(args, shutdown).await,
     }

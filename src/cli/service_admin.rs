@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use futures::stream::{FuturesUnordered, StreamExt};
+use tokio_util::sync::CancellationToken;
 
 use super::CliError;
 use super::exec_output::{DeviceReport, ExecPrinter};
@@ -18,6 +19,8 @@ use crate::config::Settings;
 use crate::secret::{Secret, SecretSource};
 use crate::service::drivers::{DeviceTarget, Drivers};
 use crate::service::inventory::{DeviceScope, DriverKind, Inventory, NewDevice, NewRemoteUser};
+use crate::service::ops::ServiceOps;
+use crate::service::rpc::{RpcConfig, RpcServer};
 
 #[derive(Debug, Args)]
 pub struct ServiceArgs {
@@ -48,6 +51,21 @@ pub enum ServiceCommand {
     },
     /// Run commands on devices right here, through the device drivers.
     Exec(LocalExecArgs),
+    /// Run the service: the RPC socket callers (brokers) connect to.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// UDP address of the RPC socket (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:8181")]
+    pub listen: std::net::SocketAddr,
+    /// Name the service gives itself (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Write `{"rpc_addr": ..., "fingerprint": ...}` here once listening.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -138,7 +156,11 @@ pub struct LocalExecArgs {
     pub json: bool,
 }
 
-pub async fn run(args: ServiceArgs, settings: &Settings) -> Result<ExitCode, CliError> {
+pub async fn run(
+    args: ServiceArgs,
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> Result<ExitCode, CliError> {
     let db = args.db.clone().ok_or_else(|| {
         CliError::Usage("no inventory given: pass --db PATH or set SWITCHYARD_DB".into())
     })?;
@@ -166,6 +188,9 @@ pub async fn run(args: ServiceArgs, settings: &Settings) -> Result<ExitCode, Cli
             }
         }
         ServiceCommand::Exec(exec) => return local_exec(&db, exec, admin()?, settings).await,
+        ServiceCommand::Run(run) => {
+            return run_service(&db, run, admin()?, settings, shutdown).await;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -407,4 +432,43 @@ async fn local_exec(
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn run_service(
+    db: &Path,
+    args: RunArgs,
+    admin: Secret,
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> Result<ExitCode, CliError> {
+    let inv = Inventory::open(db, &admin)?;
+    drop(admin);
+    let identity = inv.tls_identity()?;
+    let fingerprint = crate::service::identity::fingerprint(&identity.cert_der);
+    let name = args.name.unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "switchyard-service".into())
+    });
+    let ops = ServiceOps::new(name, inv, Drivers::new(settings.ssh.clone()));
+    let server = RpcServer::start(
+        ops,
+        identity,
+        RpcConfig {
+            listen: args.listen,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| CliError::Usage(e.to_string()))?;
+    let addr = server.local_addr();
+    let ready = serde_json::json!({ "rpc_addr": addr.to_string(), "fingerprint": fingerprint });
+    match &args.ready_file {
+        Some(path) => crate::fsutil::write_atomically(path, format!("{ready}\n").as_bytes())
+            .map_err(CliError::io(format!("cannot write {}", path.display())))?,
+        None => println!("{ready}"),
+    }
+    shutdown.cancelled().await;
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
 }

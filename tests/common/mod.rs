@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod service;
 pub mod sshd;
 
 use std::future::Future;

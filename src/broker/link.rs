@@ -1,0 +1,193 @@
+//! The transport-neutral link interface.
+//!
+//! A [`LinkChannel`] is what a request needs from a link: a way to open one
+//! call. Every transport speaks the same request/response messages, so the
+//! front door and sessions never know whether a service is reached directly
+//! over QUIC or run in-process; the cloud relay plugs in the same way.
+
+use quinn::{RecvStream, SendStream};
+use tokio::sync::mpsc;
+
+use crate::wire::conn::{ConnError, read_frame, write_frame};
+use crate::wire::messages::{ErrorCode, RequestEnvelope, Response, TerminalInput, WireError};
+
+/// Why a link or a call on it failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkError {
+    #[error("service {target} is unreachable: {reason}")]
+    Unreachable { target: String, reason: String },
+    #[error(
+        "service {target} presented certificate {presented}, expected {expected}; \
+         if the service was re-initialized, check its fingerprint with \
+         `switchyard service info` and pass it as the fingerprint"
+    )]
+    FingerprintMismatch {
+        target: String,
+        expected: String,
+        presented: String,
+    },
+    #[error("service {target} refused the login: {error}")]
+    Rejected { target: String, error: WireError },
+    #[error("connection to service {target} was lost: {reason}")]
+    Lost { target: String, reason: String },
+    #[error("{0}")]
+    Remote(WireError),
+    #[error("protocol error talking to service {target}: {reason}")]
+    Protocol { target: String, reason: String },
+    #[error("{0}")]
+    Closed(String),
+}
+
+impl LinkError {
+    /// The error category (mapped to a gRPC code at the front door).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Unreachable { .. } | Self::Lost { .. } | Self::Closed(_) => {
+                ErrorCode::Unavailable
+            }
+            Self::FingerprintMismatch { .. } => ErrorCode::PermissionDenied,
+            Self::Rejected { error, .. } | Self::Remote(error) => error.code,
+            Self::Protocol { .. } => ErrorCode::Internal,
+        }
+    }
+}
+
+/// A handle to open calls on a link.
+#[derive(Clone)]
+pub enum LinkChannel {
+    /// A QUIC connection to a service's RPC socket (or, later, a relayed one).
+    Quic {
+        conn: quinn::Connection,
+        target: String,
+        max_frame: usize,
+    },
+    /// The service library in this process.
+    Local {
+        ops: std::sync::Arc<crate::service::ops::ServiceOps>,
+        principal: std::sync::Arc<crate::service::ops::Principal>,
+    },
+}
+
+/// One call in progress: responses in, terminal input out.
+pub enum CallStream {
+    Quic {
+        send: SendStream,
+        recv: RecvStream,
+        target: String,
+        max_frame: usize,
+    },
+    Local {
+        responses: mpsc::Receiver<Response>,
+        input: Option<mpsc::Sender<TerminalInput>>,
+        _task: crate::task::AbortOnDrop<()>,
+    },
+}
+
+impl LinkChannel {
+    /// Opens a call: sends the request; responses come from the stream.
+    pub async fn call(&self, envelope: RequestEnvelope) -> Result<CallStream, LinkError> {
+        match self {
+            Self::Quic {
+                conn,
+                target,
+                max_frame,
+            } => {
+                let lost = |e: &dyn std::fmt::Display| LinkError::Lost {
+                    target: target.clone(),
+                    reason: e.to_string(),
+                };
+                let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+                write_frame(&mut send, &envelope, *max_frame)
+                    .await
+                    .map_err(|e| lost(&e))?;
+                Ok(CallStream::Quic {
+                    send,
+                    recv,
+                    target: target.clone(),
+                    max_frame: *max_frame,
+                })
+            }
+            Self::Local { ops, principal } => {
+                let (in_tx, in_rx) =
+                    mpsc::channel(crate::service::drivers::terminal::TERMINAL_QUEUE);
+                let (out_tx, out_rx) = mpsc::channel(64);
+                let ops = ops.clone();
+                let principal = principal.clone();
+                let task = tokio::spawn(async move {
+                    ops.handle(&principal, envelope, in_rx, out_tx).await;
+                });
+                Ok(CallStream::Local {
+                    responses: out_rx,
+                    input: Some(in_tx),
+                    _task: crate::task::AbortOnDrop::new(task),
+                })
+            }
+        }
+    }
+}
+
+impl CallStream {
+    /// The next response; `None` when the call is complete.
+    pub async fn next(&mut self) -> Option<Result<Response, LinkError>> {
+        match self {
+            Self::Quic {
+                recv,
+                target,
+                max_frame,
+                ..
+            } => match read_frame::<Response>(recv, *max_frame).await {
+                Ok(Some(Response::Error(e))) => Some(Err(LinkError::Remote(e))),
+                Ok(Some(r)) => Some(Ok(r)),
+                Ok(None) => None,
+                Err(ConnError::Frame(e)) => Some(Err(LinkError::Protocol {
+                    target: target.clone(),
+                    reason: e.to_string(),
+                })),
+                Err(e) => Some(Err(LinkError::Lost {
+                    target: target.clone(),
+                    reason: e.to_string(),
+                })),
+            },
+            Self::Local { responses, .. } => match responses.recv().await? {
+                Response::Error(e) => Some(Err(LinkError::Remote(e))),
+                r => Some(Ok(r)),
+            },
+        }
+    }
+
+    /// Sends terminal input.
+    pub async fn send_input(&mut self, input: TerminalInput) -> Result<(), LinkError> {
+        match self {
+            Self::Quic {
+                send,
+                target,
+                max_frame,
+                ..
+            } => write_frame(send, &input, *max_frame)
+                .await
+                .map_err(|e| LinkError::Lost {
+                    target: target.clone(),
+                    reason: e.to_string(),
+                }),
+            Self::Local {
+                input: Some(tx), ..
+            } => tx
+                .send(input)
+                .await
+                .map_err(|_| LinkError::Closed("the terminal has ended".into())),
+            Self::Local { input: None, .. } => {
+                Err(LinkError::Closed("the terminal input is closed".into()))
+            }
+        }
+    }
+
+    /// Ends the caller's input (the terminal's end of file).
+    pub fn finish_input(&mut self) {
+        match self {
+            Self::Quic { send, .. } => {
+                let _ = send.finish();
+            }
+            Self::Local { input, .. } => *input = None,
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! `switchyard broker`: the per-host daemon.
+
+pub mod direct_client;
+pub mod link;

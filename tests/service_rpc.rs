@@ -1,0 +1,366 @@
+//! The service RPC socket over real QUIC/TLS on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::service::{ALICE_PASSWORD, TestService, ssh_device, start_service};
+use common::within;
+use switchyard::broker::direct_client::{DirectConnection, DirectTarget, connect};
+use switchyard::broker::link::{LinkChannel, LinkError};
+use switchyard::secret::Secret;
+use switchyard::service::ratelimit::LimiterConfig;
+use switchyard::service::rpc::RpcConfig;
+use switchyard::wire::conn::{TransportLimits, client_endpoint};
+use switchyard::wire::frame::PROTOCOL_VERSION;
+use switchyard::wire::messages::{
+    ErrorCode, Request, RequestEnvelope, Response, TerminalInput, close_code,
+};
+use tokio::io::AsyncReadExt;
+
+fn target(svc: &TestService, user: &str, password: &str) -> DirectTarget {
+    DirectTarget {
+        label: svc.addr().to_string(),
+        addr: svc.addr(),
+        username: user.into(),
+        password: Secret::new(password),
+        fingerprint: Some(svc.fingerprint),
+    }
+}
+
+async fn login(
+    svc: &TestService,
+    user: &str,
+    password: &str,
+) -> Result<DirectConnection, LinkError> {
+    let endpoint = client_endpoint(svc.addr()).unwrap();
+    within(
+        20,
+        "login",
+        connect(
+            &endpoint,
+            &target(svc, user, password),
+            &TransportLimits::default(),
+        ),
+    )
+    .await
+}
+
+fn channel(c: &DirectConnection, svc: &TestService) -> LinkChannel {
+    LinkChannel::Quic {
+        conn: c.conn.clone(),
+        target: svc.addr().to_string(),
+        max_frame: TransportLimits::default().max_frame,
+    }
+}
+
+fn req(request: Request) -> RequestEnvelope {
+    RequestEnvelope {
+        deadline_ms: None,
+        request,
+    }
+}
+
+async fn collect(ch: &LinkChannel, envelope: RequestEnvelope) -> Result<Vec<Response>, LinkError> {
+    let mut call = ch.call(envelope).await?;
+    let mut out = Vec::new();
+    while let Some(r) = within(30, "response", call.next()).await {
+        out.push(r?);
+    }
+    Ok(out)
+}
+
+fn exec(devices: &[&str], commands: &[&str]) -> RequestEnvelope {
+    req(Request::Exec {
+        devices: devices.iter().map(|s| s.to_string()).collect(),
+        commands: commands.iter().map(|s| s.to_string()).collect(),
+        timeout_ms: None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_inventory_and_exec_stream_per_device() {
+    let svc = start_service(&[], RpcConfig::default());
+    let c = login(&svc, "alice", ALICE_PASSWORD).await.unwrap();
+    assert_eq!(c.service_name, "test-service");
+    assert_eq!(c.fingerprint, svc.fingerprint);
+    let ch = channel(&c, &svc);
+
+    let inv = collect(&ch, req(Request::Inventory)).await.unwrap();
+    let Response::Inventory(devices) = &inv[0] else {
+        panic!("{inv:?}")
+    };
+    let names: Vec<_> = devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["core-1", "core-2", "edge-1"]);
+    assert_eq!(devices[2].attributes["role"], "edge");
+
+    let events = collect(
+        &ch,
+        exec(&["core-1", "edge-1"], &["show version", "show nope"]),
+    )
+    .await
+    .unwrap();
+    let mut output = [String::new(), String::new()];
+    let mut done = [false, false];
+    for e in &events {
+        match e {
+            Response::ExecOutput {
+                device,
+                command: 0,
+                data,
+            } => {
+                output[*device as usize].push_str(&String::from_utf8_lossy(data));
+            }
+            Response::ExecCommandDone {
+                command: 1,
+                exit_status,
+                ..
+            } => assert_eq!(*exit_status, Some(1)),
+            Response::ExecDeviceDone {
+                device,
+                error: None,
+            } => done[*device as usize] = true,
+            _ => {}
+        }
+    }
+    assert_eq!(done, [true, true]);
+    assert!(output[0].contains("core-1 uptime"));
+    assert!(output[1].contains("edge-1 uptime"));
+    // Ping rides its own stream too.
+    assert_eq!(
+        collect(&ch, req(Request::Ping)).await.unwrap(),
+        vec![Response::Pong]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_rejected_then_locked_out() {
+    let svc = start_service(
+        &[],
+        RpcConfig {
+            login_limiter: LimiterConfig {
+                max_failures: 3,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    for _ in 0..3 {
+        let Err(LinkError::Rejected { error, .. }) = login(&svc, "alice", "wrong").await else {
+            panic!("wrong password accepted");
+        };
+        assert_eq!(error.code, ErrorCode::Unauthenticated);
+        assert!(!error.message.contains("wrong\""), "{error}");
+    }
+    // Locked out now, even with the right password.
+    let Err(LinkError::Rejected { error, .. }) = login(&svc, "alice", ALICE_PASSWORD).await else {
+        panic!("lockout not applied");
+    };
+    assert_eq!(error.code, ErrorCode::ResourceExhausted);
+    assert!(error.message.contains("too many failed logins"));
+    // Unknown users are refused exactly like wrong passwords.
+    let svc2 = start_service(&[], RpcConfig::default());
+    let Err(LinkError::Rejected { error, .. }) = login(&svc2, "mallory", "x").await else {
+        panic!("unknown user accepted");
+    };
+    assert_eq!(error.code, ErrorCode::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_fingerprint_mismatch_is_refused() {
+    let svc = start_service(&[], RpcConfig::default());
+    let endpoint = client_endpoint(svc.addr()).unwrap();
+    let mut t = target(&svc, "alice", ALICE_PASSWORD);
+    t.fingerprint = Some(switchyard::wire::pin::Fingerprint([7; 32]));
+    let err = within(
+        20,
+        "connect",
+        connect(&endpoint, &t, &TransportLimits::default()),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        matches!(err, LinkError::FingerprintMismatch { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&svc.fingerprint.to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scope_unknown_devices_and_bad_requests_are_clear_errors() {
+    let svc = start_service(&[], RpcConfig::default());
+    let bob = login(&svc, "bob", "bob-password").await.unwrap();
+    let ch = channel(&bob, &svc);
+    let inv = collect(&ch, req(Request::Inventory)).await.unwrap();
+    let Response::Inventory(devices) = &inv[0] else {
+        panic!()
+    };
+    assert_eq!(devices.len(), 2, "bob sees core-* only");
+    let Err(LinkError::Remote(e)) = collect(&ch, exec(&["edge-1"], &["show version"])).await else {
+        panic!("scope not enforced");
+    };
+    assert_eq!(e.code, ErrorCode::PermissionDenied);
+    let Err(LinkError::Remote(e)) = collect(&ch, exec(&["core-9"], &["show version"])).await else {
+        panic!("unknown device accepted");
+    };
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert!(e.message.contains("core-9"));
+    let Err(LinkError::Remote(e)) = collect(&ch, exec(&["core-1"], &[])).await else {
+        panic!()
+    };
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_propagates_to_the_service() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let svc = start_service(&[ssh_device("hang-1", port)], RpcConfig::default());
+    let c = login(&svc, "alice", ALICE_PASSWORD).await.unwrap();
+    let ch = channel(&c, &svc);
+    let mut envelope = exec(&["hang-1"], &["true"]);
+    envelope.deadline_ms = Some(300);
+    let Err(LinkError::Remote(e)) = collect(&ch, envelope).await else {
+        panic!("no deadline error")
+    };
+    assert_eq!(e.code, ErrorCode::DeadlineExceeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_going_away_cancels_the_device_work() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let svc = start_service(&[ssh_device("hang-1", port)], RpcConfig::default());
+    let c = login(&svc, "alice", ALICE_PASSWORD).await.unwrap();
+    let ch = channel(&c, &svc);
+    let call = ch.call(exec(&["hang-1"], &["true"])).await.unwrap();
+    // The service is now connecting to the device and waiting for SSH.
+    let (mut device_side, _) = within(20, "device connect", silent.accept()).await.unwrap();
+    drop(call);
+    // Cancelled: the service drops its device connection.
+    let mut buf = [0u8; 64];
+    loop {
+        let n = within(10, "device connection closed", device_side.read(&mut buf))
+            .await
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_frames_cut_off_only_that_connection() {
+    let svc = start_service(&[], RpcConfig::default());
+    let good = login(&svc, "alice", ALICE_PASSWORD).await.unwrap();
+    for bad in [
+        // Header claims 64 MiB.
+        vec![PROTOCOL_VERSION, 0x04, 0, 0, 0],
+        // Valid header, garbage body.
+        vec![PROTOCOL_VERSION, 0, 0, 0, 3, 0xff, 0xff, 0xff],
+        // Another protocol version.
+        vec![9, 0, 0, 0, 1, 0],
+    ] {
+        let c = login(&svc, "alice", ALICE_PASSWORD).await.unwrap();
+        let (mut send, _recv) = c.conn.open_bi().await.unwrap();
+        send.write_all(&bad).await.unwrap();
+        let _ = send.finish();
+        let reason = within(10, "connection closed", c.conn.closed()).await;
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(
+                    close.error_code,
+                    quinn::VarInt::from_u32(close_code::PROTOCOL_VIOLATION)
+                );
+            }
+            other => panic!("unexpected close: {other}"),
+        }
+    }
+    // The well-behaved connection is unaffected.
+    let ch = channel(&good, &svc);
+    assert_eq!(
+        collect(&ch, req(Request::Ping)).await.unwrap(),
+        vec![Response::Pong]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_limit_pushes_back_instead_of_queueing() {
+    let svc = start_service(
+        &[],
+        RpcConfig {
+            limits: TransportLimits {
+                max_concurrent_streams: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    let c = login(&svc, "alice", ALICE_PASSWORD).await.unwrap();
+    let ch = channel(&c, &svc);
+    let open_terminal = || {
+        req(Request::Terminal {
+            device: "core-1".into(),
+            cols: 80,
+            rows: 24,
+        })
+    };
+    let mut t1 = ch.call(open_terminal()).await.unwrap();
+    let _t2 = ch.call(open_terminal()).await.unwrap();
+    // Both slots are taken: a third stream cannot open until one ends.
+    let third = tokio::time::timeout(Duration::from_millis(300), c.conn.open_bi()).await;
+    assert!(third.is_err(), "a third concurrent stream was allowed");
+    assert_eq!(
+        within(10, "ready", t1.next()).await.unwrap().unwrap(),
+        Response::TerminalReady
+    );
+    t1.send_input(TerminalInput::Data(b"exit\r".to_vec()))
+        .await
+        .unwrap();
+    while let Some(r) = within(10, "terminal end", t1.next()).await {
+        r.unwrap();
+    }
+    t1.finish_input();
+    drop(t1);
+    within(10, "stream after one ended", c.conn.open_bi())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_session_on_a_device() {
+    let svc = start_service(&[], RpcConfig::default());
+    let c = login(&svc, "alice", ALICE_PASSWORD).await.unwrap();
+    let ch = channel(&c, &svc);
+    let mut t = ch
+        .call(req(Request::Terminal {
+            device: "core-2".into(),
+            cols: 80,
+            rows: 24,
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        within(10, "ready", t.next()).await.unwrap().unwrap(),
+        Response::TerminalReady
+    );
+    t.send_input(TerminalInput::Data(b"show clock\r".to_vec()))
+        .await
+        .unwrap();
+    let mut screen = String::new();
+    while !screen.contains("UTC") || !screen.ends_with("core-2#") {
+        match within(10, "output", t.next()).await.unwrap().unwrap() {
+            Response::TerminalOutput(b) => screen.push_str(&String::from_utf8_lossy(&b)),
+            other => panic!("{other:?}"),
+        }
+    }
+    t.send_input(TerminalInput::Data(b"exit\r".to_vec()))
+        .await
+        .unwrap();
+    let mut closed = false;
+    while let Some(r) = within(10, "close", t.next()).await {
+        closed |= r.unwrap() == Response::TerminalClosed;
+    }
+    assert!(closed);
+}
