@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::broker::direct_link::LinkConfig;
+use crate::broker::registry::RegistrySettings;
 use crate::logging::LogFormat;
 use crate::service::drivers::ssh::SshDriverConfig;
 
@@ -32,6 +34,17 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_filter: String,
     pub ssh: SshDriverConfig,
+    pub broker: BrokerSettings,
+}
+
+/// Broker settings, in domain terms.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// Front-door socket (`None`: the default path).
+    pub socket: Option<PathBuf>,
+    pub socket_group: Option<u32>,
+    pub registry: RegistrySettings,
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,6 +54,71 @@ struct FileSettings {
     log: LogSection,
     #[serde(default)]
     ssh: SshSection,
+    #[serde(default)]
+    broker: BrokerSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct BrokerSection {
+    socket: Option<PathBuf>,
+    socket_group: Option<String>,
+    share_group: Option<String>,
+    state_dir: Option<PathBuf>,
+    idle_timeout_secs: f64,
+    connect_timeout_secs: f64,
+    named_idle_timeout_secs: f64,
+    attach_grace_secs: f64,
+    reconnect_min_secs: f64,
+    reconnect_max_secs: f64,
+    drain_timeout_secs: f64,
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        let r = RegistrySettings::default();
+        Self {
+            socket: None,
+            socket_group: None,
+            share_group: None,
+            state_dir: None,
+            idle_timeout_secs: r.link.idle_timeout.as_secs_f64(),
+            connect_timeout_secs: r.link.connect_timeout.as_secs_f64(),
+            named_idle_timeout_secs: r.named_idle_timeout.as_secs_f64(),
+            attach_grace_secs: r.attach_grace.as_secs_f64(),
+            reconnect_min_secs: r.link.reconnect_min.as_secs_f64(),
+            reconnect_max_secs: r.link.reconnect_max.as_secs_f64(),
+            drain_timeout_secs: 10.0,
+        }
+    }
+}
+
+/// The default state directory: `$STATE_DIRECTORY` (systemd), else
+/// `$XDG_STATE_HOME/switchyard`, else `~/.local/state/switchyard`.
+pub fn default_state_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    Some(base.join("switchyard"))
+}
+
+fn group_id(option: &str, name: Option<String>) -> Result<Option<u32>, ConfigError> {
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return Ok(None);
+    };
+    match nix::unistd::Group::from_name(&name) {
+        Ok(Some(group)) => Ok(Some(group.gid.as_raw())),
+        Ok(None) => Err(ConfigError::Value(format!(
+            "{option}: no group named {name:?}"
+        ))),
+        Err(e) => Err(ConfigError::Value(format!(
+            "{option}: cannot look up group {name:?}: {e}"
+        ))),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,11 +185,20 @@ pub fn load(explicit: Option<&Path>) -> Result<Settings, ConfigError> {
             }
         }
     }
+    // Only SWITCHYARD_<SECTION>__<KEY> variables are settings; others
+    // (SWITCHYARD_SOCKET, SWITCHYARD_DB, ...) are command defaults.
+    let overrides: config::Map<String, String> = std::env::vars()
+        .filter(|(k, _)| {
+            k.strip_prefix("SWITCHYARD_")
+                .is_some_and(|rest| rest.contains("__"))
+        })
+        .collect();
     builder = builder.add_source(
         config::Environment::with_prefix("SWITCHYARD")
             .prefix_separator("_")
             .separator("__")
-            .try_parsing(true),
+            .try_parsing(true)
+            .source(Some(overrides)),
     );
     let raw: FileSettings = builder.build()?.try_deserialize()?;
     raw.into_settings()
@@ -139,7 +226,30 @@ impl FileSettings {
                 "ssh.max_sessions_per_connection must be at least 1".into(),
             ));
         }
+        let b = self.broker;
+        let broker = BrokerSettings {
+            socket: b.socket,
+            socket_group: group_id("broker.socket_group", b.socket_group)?,
+            drain_timeout: secs("broker.drain_timeout_secs", b.drain_timeout_secs)?,
+            registry: RegistrySettings {
+                link: LinkConfig {
+                    idle_timeout: secs("broker.idle_timeout_secs", b.idle_timeout_secs)?,
+                    connect_timeout: secs("broker.connect_timeout_secs", b.connect_timeout_secs)?,
+                    reconnect_min: secs("broker.reconnect_min_secs", b.reconnect_min_secs)?,
+                    reconnect_max: secs("broker.reconnect_max_secs", b.reconnect_max_secs)?,
+                    ..Default::default()
+                },
+                named_idle_timeout: secs(
+                    "broker.named_idle_timeout_secs",
+                    b.named_idle_timeout_secs,
+                )?,
+                attach_grace: secs("broker.attach_grace_secs", b.attach_grace_secs)?,
+                share_group: group_id("broker.share_group", b.share_group)?,
+                state_dir: b.state_dir.or_else(default_state_dir),
+            },
+        };
         Ok(Settings {
+            broker,
             log_format,
             log_filter: self.log.filter,
             ssh: SshDriverConfig {

@@ -30,11 +30,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     logging::init(format, &settings.log_filter);
     switchyard::tls::install_crypto_provider();
 
+    // actix actors run on the System arbiter inside the multi-thread tokio
+    // runtime that also serves tonic.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let system = actix_rt::System::with_tokio_rt(|| runtime);
+    system.block_on(async {
         let shutdown = CancellationToken::new();
         let _signals = spawn_signal_handler(shutdown.clone())?;
         Ok(cli::run(cli, settings, shutdown).await?)

@@ -9,3 +9,6 @@ pub mod pb {
 /// Encoded descriptor set of `proto/`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/switchyard_descriptor.bin"));
+
+pub mod client;
+pub mod convert;

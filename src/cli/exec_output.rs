@@ -1,11 +1,16 @@
 //! How exec results are shown: readable blocks on a terminal, or one JSON
-//! object per device per line for scripts.
+//! object per device per line for scripts. Results arrive as events (output
+//! chunks, command completions, device completions) from the broker or
+//! from local drivers; [`ExecCollector`] assembles them per device.
 
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::service::drivers::{CommandResult, DeviceExec, DriverError};
+use crate::wire::messages::Response;
 
-/// One device's results, in the shape both printers use.
+/// One device's results.
 #[derive(Debug, Serialize)]
 pub struct DeviceReport {
     pub device: String,
@@ -15,7 +20,7 @@ pub struct DeviceReport {
     pub results: Vec<CommandReport>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CommandReport {
     pub command: String,
     pub status: &'static str,
@@ -29,104 +34,200 @@ pub struct CommandReport {
 const SUCCESS: &str = "success";
 const FAILURE: &str = "failure";
 
-impl CommandReport {
-    fn new(r: &CommandResult) -> Self {
-        let duration_ms = r.duration.as_secs_f64() * 1000.0;
-        match &r.outcome {
-            Ok(out) => Self {
-                command: r.command.clone(),
-                status: if out.exit_status.unwrap_or(0) == 0 {
-                    SUCCESS
-                } else {
-                    FAILURE
-                },
-                output: out.output.clone(),
-                exit_status: out.exit_status,
-                duration_ms,
-                error: None,
-            },
-            Err(e) => Self {
-                command: r.command.clone(),
-                status: FAILURE,
-                output: String::new(),
-                exit_status: None,
-                duration_ms,
-                error: Some(e.to_string()),
-            },
-        }
-    }
-}
-
 impl DeviceReport {
-    pub fn new(device: String, result: Result<DeviceExec, DriverError>) -> Self {
-        match result {
-            Ok(exec) => {
-                let results: Vec<_> = exec.results.iter().map(CommandReport::new).collect();
-                let ok = results.iter().all(|r| r.status == SUCCESS);
-                Self {
-                    device,
-                    status: if ok { SUCCESS } else { FAILURE },
-                    error: None,
-                    results,
-                }
-            }
-            Err(e) => Self {
-                device,
-                status: FAILURE,
-                error: Some(e.to_string()),
-                results: Vec::new(),
-            },
-        }
-    }
-
     pub fn succeeded(&self) -> bool {
         self.status == SUCCESS
     }
 }
 
-/// Prints reports as they arrive.
+#[derive(Default)]
+struct Partial {
+    outputs: Vec<Vec<u8>>,
+    results: Vec<Option<CommandReport>>,
+}
+
+/// Assembles exec events into per-device reports.
+pub struct ExecCollector {
+    devices: Vec<String>,
+    commands: Vec<String>,
+    partial: Vec<Partial>,
+}
+
+impl ExecCollector {
+    pub fn new(devices: Vec<String>, commands: Vec<String>) -> Self {
+        let partial = devices
+            .iter()
+            .map(|_| Partial {
+                outputs: vec![Vec::new(); commands.len()],
+                results: vec![None; commands.len()],
+            })
+            .collect();
+        Self {
+            devices,
+            commands,
+            partial,
+        }
+    }
+
+    pub fn output(&mut self, device: u32, command: u32, data: &[u8]) {
+        if let Some(out) = self
+            .partial
+            .get_mut(device as usize)
+            .and_then(|p| p.outputs.get_mut(command as usize))
+        {
+            out.extend_from_slice(data);
+        }
+    }
+
+    pub fn command_done(
+        &mut self,
+        device: u32,
+        command: u32,
+        exit_status: Option<u32>,
+        duration_us: u64,
+        error: Option<String>,
+    ) {
+        let Some(p) = self.partial.get_mut(device as usize) else {
+            return;
+        };
+        let Some(name) = self.commands.get(command as usize) else {
+            return;
+        };
+        let output =
+            String::from_utf8_lossy(&std::mem::take(&mut p.outputs[command as usize])).into_owned();
+        let ok = error.is_none() && exit_status.unwrap_or(0) == 0;
+        p.results[command as usize] = Some(CommandReport {
+            command: name.clone(),
+            status: if ok { SUCCESS } else { FAILURE },
+            output,
+            exit_status,
+            duration_ms: duration_us as f64 / 1000.0,
+            error,
+        });
+    }
+
+    /// The device's report, once it is done.
+    pub fn device_done(&mut self, device: u32, error: Option<String>) -> Option<DeviceReport> {
+        let name = self.devices.get(device as usize)?.clone();
+        let p = std::mem::take(self.partial.get_mut(device as usize)?);
+        let results: Vec<CommandReport> = p.results.into_iter().flatten().collect();
+        let ok = error.is_none() && results.iter().all(|r| r.status == SUCCESS);
+        Some(DeviceReport {
+            device: name,
+            status: if ok { SUCCESS } else { FAILURE },
+            error,
+            results,
+        })
+    }
+
+    /// Feeds a protocol event (local drivers produce these).
+    pub fn feed(&mut self, event: Response) -> Option<DeviceReport> {
+        match event {
+            Response::ExecOutput {
+                device,
+                command,
+                data,
+            } => {
+                self.output(device, command, &data);
+                None
+            }
+            Response::ExecCommandDone {
+                device,
+                command,
+                exit_status,
+                duration_us,
+                error,
+            } => {
+                self.command_done(device, command, exit_status, duration_us, error);
+                None
+            }
+            Response::ExecDeviceDone { device, error } => {
+                self.device_done(device, error.map(|e| e.message))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Prints reports as they arrive, with a progress bar on a terminal when
+/// several devices are involved.
 pub struct ExecPrinter {
     json: bool,
     total: usize,
     done: usize,
+    failed: usize,
+    progress: Option<ProgressBar>,
 }
 
 impl ExecPrinter {
     pub fn new(json: bool, total: usize) -> Self {
+        let progress = (!json && total > 1 && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(total as u64);
+            if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} devices {msg}") {
+                bar.set_style(style);
+            }
+            bar
+        });
         Self {
             json,
             total,
             done: 0,
+            failed: 0,
+            progress,
         }
     }
 
     pub fn print(&mut self, report: &DeviceReport) {
         self.done += 1;
+        self.failed += usize::from(!report.succeeded());
         if self.json {
             println!("{}", serde_json::to_string(report).unwrap_or_default());
             return;
         }
-        let summary = match &report.error {
-            Some(e) => format!("{FAILURE}: {e}"),
-            None => report.status.to_string(),
-        };
-        println!(
-            "=== {} [{}/{}] {}",
-            report.device, self.done, self.total, summary
-        );
-        for r in &report.results {
-            let status = match (&r.error, r.exit_status) {
-                (Some(e), _) => format!(" ({e})"),
-                (None, Some(code)) if code != 0 => format!(" (exit status {code})"),
-                _ => String::new(),
-            };
-            println!("--- {}{} [{:.1} ms]", r.command, status, r.duration_ms);
-            print!("{}", r.output);
-            if !r.output.is_empty() && !r.output.ends_with('\n') {
-                println!();
+        let text = render(report, self.done, self.total);
+        match &self.progress {
+            Some(bar) => {
+                bar.suspend(|| print!("{text}"));
+                bar.inc(1);
+                if self.failed > 0 {
+                    bar.set_message(format!("({} failed)", self.failed));
+                }
             }
+            None => print!("{text}"),
         }
     }
 
-    pub fn finish(&self) {}
+    /// Number of devices that failed so far.
+    pub fn failed(&self) -> usize {
+        self.failed
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.progress {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn render(report: &DeviceReport, done: usize, total: usize) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let summary = match &report.error {
+        Some(e) => format!("{FAILURE}: {e}"),
+        None => report.status.to_string(),
+    };
+    let _ = writeln!(out, "=== {} [{done}/{total}] {summary}", report.device);
+    for r in &report.results {
+        let status = match (&r.error, r.exit_status) {
+            (Some(e), _) => format!(" ({e})"),
+            (None, Some(code)) if code != 0 => format!(" (exit status {code})"),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "--- {}{} [{:.1} ms]", r.command, status, r.duration_ms);
+        out.push_str(&r.output);
+        if !r.output.is_empty() && !r.output.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
 }

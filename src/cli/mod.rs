@@ -3,8 +3,10 @@
 //! Each subcommand lives in its own file. Commands return [`CliError`]s with
 //! a message a person can act on; `main` prints it on one line.
 
+pub mod broker;
 pub mod demo;
 mod exec_output;
+pub mod remote;
 pub mod service_admin;
 pub mod sim;
 
@@ -29,6 +31,10 @@ pub struct Cli {
     /// Log line format on stderr (overrides the config file).
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormatArg>,
+    /// The broker's socket (default: $SWITCHYARD_SOCKET, else
+    /// $XDG_RUNTIME_DIR/switchyard/broker.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -47,6 +53,34 @@ pub enum Command {
     Sim(sim::SimArgs),
     /// Start a throw-away demo set-up and print commands to try.
     Demo(demo::DemoArgs),
+    /// Run the broker daemon: one per host, shared by every local caller.
+    Broker,
+    /// Create a named service kept by the broker for this user.
+    #[command(subcommand)]
+    Connect(remote::ConnectCommand),
+    /// Forget a named service.
+    Disconnect { name: String },
+    /// List a service's devices.
+    Inventory {
+        /// The named service.
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run commands on devices of a service.
+    Exec(remote::ExecArgs),
+    /// Open an interactive session with a device's shell.
+    Terminal {
+        /// The named service.
+        name: String,
+        /// The device.
+        device: String,
+    },
+    /// Show sessions, named services and links.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Errors a command reports to the person who ran it.
@@ -60,11 +94,21 @@ pub enum CliError {
     Driver(#[from] DriverError),
     #[error("{0}")]
     Usage(String),
+    #[error("the broker is not running at {}; start it with `switchyard broker`", socket.display())]
+    BrokerDown { socket: PathBuf },
+    #[error("{}", .0.message())]
+    Remote(tonic::Status),
     #[error("{what}: {source}")]
     Io {
         what: String,
         source: std::io::Error,
     },
+}
+
+impl From<tonic::Status> for CliError {
+    fn from(status: tonic::Status) -> Self {
+        Self::Remote(status)
+    }
 }
 
 impl CliError {
@@ -80,9 +124,17 @@ pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<ExitCode, CliError> {
+    let socket = crate::broker::socket::client_path(cli.socket.as_deref());
     match cli.command {
         Command::Service(args) => service_admin::run(args, &settings, shutdown).await,
         Command::Sim(args) => sim::run(args, shutdown).await,
         Command::Demo(args) => demo::run(args, shutdown).await,
+        Command::Broker => broker::run(cli.socket, settings, shutdown).await,
+        Command::Connect(cmd) => remote::connect(&socket, cmd).await,
+        Command::Disconnect { name } => remote::disconnect(&socket, name).await,
+        Command::Inventory { name, json } => remote::inventory(&socket, name, json).await,
+        Command::Exec(args) => remote::exec(&socket, args).await,
+        Command::Terminal { name, device } => remote::terminal(&socket, name, device).await,
+        Command::Status { json } => remote::status(&socket, json).await,
     }
 }

@@ -14,12 +14,12 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::CliError;
-use super::exec_output::{DeviceReport, ExecPrinter};
+use super::exec_output::{ExecCollector, ExecPrinter};
 use crate::config::Settings;
 use crate::secret::{Secret, SecretSource};
 use crate::service::drivers::{DeviceTarget, Drivers};
 use crate::service::inventory::{DeviceScope, DriverKind, Inventory, NewDevice, NewRemoteUser};
-use crate::service::ops::ServiceOps;
+use crate::service::ops::{ServiceOps, exec_responses};
 use crate::service::rpc::{RpcConfig, RpcServer};
 
 #[derive(Debug, Args)]
@@ -408,25 +408,30 @@ async fn local_exec(
     }
     let drivers = Drivers::new(settings.ssh.clone());
     let mut printer = ExecPrinter::new(args.json, targets.len());
+    let mut collector = ExecCollector::new(args.devices.clone(), args.commands.clone());
+    let (drivers, commands) = (&drivers, &args.commands);
     let mut running: FuturesUnordered<_> = targets
         .iter()
-        .map(|t| async {
-            let result = drivers.exec(t, &args.commands, timeout).await;
-            (t.name.clone(), result)
+        .enumerate()
+        .map(|(i, t)| async move {
+            let result = drivers.exec(t, commands, timeout).await;
+            (i as u32, t.name.clone(), result)
         })
         .collect();
-    let mut failed = 0usize;
-    while let Some((device, result)) = running.next().await {
+    while let Some((index, device, result)) = running.next().await {
         if let Ok(exec) = &result
             && let Some(key) = &exec.learned_host_key
         {
             inv.record_host_key(&device, key)?;
         }
-        let report = DeviceReport::new(device, result);
-        failed += usize::from(!report.succeeded());
-        printer.print(&report);
+        for event in exec_responses(index, result) {
+            if let Some(report) = collector.feed(event) {
+                printer.print(&report);
+            }
+        }
     }
     printer.finish();
+    let failed = printer.failed();
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

@@ -20,14 +20,48 @@ pub const ALICE_PASSWORD: &str = "alice-password";
 
 pub struct TestService {
     pub dir: tempfile::TempDir,
-    pub server: RpcServer,
+    pub server: Option<RpcServer>,
     pub fingerprint: Fingerprint,
+    addr: SocketAddr,
+    config: RpcConfig,
 }
 
 impl TestService {
     pub fn addr(&self) -> SocketAddr {
-        self.server.local_addr()
+        self.addr
     }
+
+    /// Stops the RPC socket (connections are closed).
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+
+    /// Starts the RPC socket again on the same address and inventory.
+    pub fn restart(&mut self) {
+        let inv = Inventory::open(
+            &self.dir.path().join("inv.db"),
+            &Secret::new(ADMIN_PASSWORD),
+        )
+        .unwrap();
+        let (ops, identity) = ops_for(inv);
+        let config = RpcConfig {
+            listen: self.addr,
+            ..self.config.clone()
+        };
+        self.server = Some(RpcServer::start(ops, identity, config).unwrap());
+    }
+}
+
+fn ops_for(inv: Inventory) -> (Arc<ServiceOps>, switchyard::service::inventory::TlsIdentity) {
+    let identity = inv.tls_identity().unwrap();
+    let ops = ServiceOps::new(
+        "test-service",
+        inv,
+        Drivers::new(SshDriverConfig::default()),
+    );
+    (ops, identity)
 }
 
 pub fn cheap_kdf() -> KdfParams {
@@ -101,25 +135,18 @@ pub fn start_service(extra: &[NewDevice], config: RpcConfig) -> TestService {
     super::init();
     let dir = tempfile::tempdir().unwrap();
     let inv = make_inventory(&dir.path().join("inv.db"), extra);
-    let identity = inv.tls_identity().unwrap();
+    let (ops, identity) = ops_for(inv);
     let fingerprint = Fingerprint::of(&identity.cert_der);
-    let ops = ServiceOps::new(
-        "test-service",
-        inv,
-        Drivers::new(SshDriverConfig::default()),
-    );
-    let server = RpcServer::start(
-        Arc::clone(&ops),
-        identity,
-        RpcConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ..config
-        },
-    )
-    .unwrap();
+    let config = RpcConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..config
+    };
+    let server = RpcServer::start(ops, identity, config.clone()).unwrap();
     TestService {
         dir,
-        server,
+        addr: server.local_addr(),
+        server: Some(server),
         fingerprint,
+        config,
     }
 }

@@ -1,0 +1,252 @@
+//! Conversions between protobuf messages and domain types, and error
+//! mapping to gRPC status codes.
+
+use std::time::Duration;
+
+use tonic::Status;
+
+use super::pb;
+use crate::broker::error::BrokerError;
+use crate::broker::link::LinkError;
+use crate::broker::registry::{ServiceRef, StatusInfo};
+use crate::broker::session::SessionEvent;
+use crate::wire::messages::{DeviceInfo, ErrorCode, Response};
+
+/// The gRPC status for an error category.
+pub fn status(code: ErrorCode, message: impl Into<String>) -> Status {
+    let message = message.into();
+    match code {
+        ErrorCode::InvalidArgument => Status::invalid_argument(message),
+        ErrorCode::Unauthenticated => Status::unauthenticated(message),
+        ErrorCode::PermissionDenied => Status::permission_denied(message),
+        ErrorCode::NotFound => Status::not_found(message),
+        ErrorCode::ResourceExhausted => Status::resource_exhausted(message),
+        ErrorCode::Unavailable => Status::unavailable(message),
+        ErrorCode::DeadlineExceeded => Status::deadline_exceeded(message),
+        ErrorCode::Cancelled => Status::cancelled(message),
+        ErrorCode::Internal => Status::internal(message),
+    }
+}
+
+/// The gRPC code name, for events that carry an error inside a stream.
+pub fn code_name(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+        ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+        ErrorCode::PermissionDenied => "PERMISSION_DENIED",
+        ErrorCode::NotFound => "NOT_FOUND",
+        ErrorCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        ErrorCode::Unavailable => "UNAVAILABLE",
+        ErrorCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        ErrorCode::Cancelled => "CANCELLED",
+        ErrorCode::Internal => "INTERNAL",
+    }
+}
+
+impl From<BrokerError> for Status {
+    fn from(e: BrokerError) -> Self {
+        status(e.code(), e.to_string())
+    }
+}
+
+impl From<LinkError> for Status {
+    fn from(e: LinkError) -> Self {
+        status(e.code(), e.to_string())
+    }
+}
+
+/// Reads a `ServiceRef` message.
+pub fn service_ref(r: Option<pb::ServiceRef>) -> Result<ServiceRef, Status> {
+    let r = r.ok_or_else(|| {
+        Status::invalid_argument("name the service (session_id + service_id, or name)")
+    })?;
+    match (
+        r.session_id.is_empty(),
+        r.service_id.is_empty(),
+        r.name.is_empty(),
+    ) {
+        (false, false, true) => Ok(ServiceRef::InSession {
+            session_id: r.session_id,
+            service_id: r.service_id,
+        }),
+        (true, true, false) => Ok(ServiceRef::Named(r.name)),
+        _ => Err(Status::invalid_argument(
+            "name the service either by session_id + service_id or by name",
+        )),
+    }
+}
+
+pub fn device(d: DeviceInfo) -> pb::Device {
+    pb::Device {
+        name: d.name,
+        host: d.host,
+        port: d.port.into(),
+        device_type: d.device_type,
+        attributes: d.attributes.into_iter().collect(),
+    }
+}
+
+/// An exec response as a gRPC event (`None` for responses exec never sends).
+pub fn exec_event(r: Response) -> Option<pb::ExecEvent> {
+    use pb::exec_event::Event;
+    let (device, event) = match r {
+        Response::ExecOutput {
+            device,
+            command,
+            data,
+        } => (device, Event::Output(pb::CommandOutput { command, data })),
+        Response::ExecCommandDone {
+            device,
+            command,
+            exit_status,
+            duration_us,
+            error,
+        } => (
+            device,
+            Event::CommandDone(pb::CommandDone {
+                command,
+                exit_status,
+                duration_us,
+                error: error.unwrap_or_default(),
+            }),
+        ),
+        Response::ExecDeviceDone { device, error } => (
+            device,
+            Event::DeviceDone(pb::DeviceDone {
+                error_code: error
+                    .as_ref()
+                    .map(|e| code_name(e.code).to_string())
+                    .unwrap_or_default(),
+                error: error.map(|e| e.message).unwrap_or_default(),
+            }),
+        ),
+        _ => return None,
+    };
+    Some(pb::ExecEvent {
+        device,
+        event: Some(event),
+    })
+}
+
+/// A terminal response as a gRPC event.
+pub fn terminal_event(r: Response) -> Option<pb::TerminalEvent> {
+    use pb::terminal_event::Event;
+    let event = match r {
+        Response::TerminalReady => Event::Ready(pb::TerminalReady {}),
+        Response::TerminalOutput(data) => Event::Data(data),
+        Response::TerminalClosed => Event::Closed(pb::TerminalClosed {}),
+        _ => return None,
+    };
+    Some(pb::TerminalEvent { event: Some(event) })
+}
+
+pub fn session_event(e: SessionEvent) -> pb::SessionEvent {
+    use pb::session_event::Event;
+    pb::SessionEvent {
+        event: Some(match e {
+            SessionEvent::Attached { session_id } => Event::Attached(pb::Attached { session_id }),
+            SessionEvent::ShuttingDown { reason } => {
+                Event::ShuttingDown(pb::ShuttingDown { reason })
+            }
+        }),
+    }
+}
+
+pub fn status_response(s: StatusInfo) -> pb::StatusResponse {
+    pb::StatusResponse {
+        sessions: s
+            .sessions
+            .into_iter()
+            .map(|x| pb::SessionStatus {
+                session_id: x.session_id,
+                client_name: x.client_name,
+                pid: x.pid.unwrap_or(0),
+                services: x.services,
+                in_flight: x.in_flight,
+            })
+            .collect(),
+        named_services: s
+            .named
+            .into_iter()
+            .map(|n| pb::NamedServiceStatus {
+                name: n.name,
+                link_id: format!("L{}", n.link),
+                idle_secs: n.idle.as_secs(),
+            })
+            .collect(),
+        links: s
+            .links
+            .into_iter()
+            .map(|l| pb::LinkStatus {
+                link_id: format!("L{}", l.id),
+                target: l.key.target,
+                principal: l.key.username,
+                transport: l.transport.to_string(),
+                state: l.state.as_str().to_string(),
+                holders: l.holders,
+                in_flight: l.in_flight,
+                connects: l.connects,
+                last_error: l.last_error.unwrap_or_default(),
+                fingerprint: l.fingerprint.map(|f| f.to_string()).unwrap_or_default(),
+            })
+            .collect(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// Parses a `grpc-timeout` header value (`<digits><unit>`, unit one of
+/// H M S m u n).
+pub fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The caller's deadline, if it set one.
+pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(grpc_timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(grpc_timeout("7n"), Some(Duration::from_nanos(7)));
+        assert_eq!(grpc_timeout("S"), None);
+        assert_eq!(grpc_timeout("123456789S"), None);
+        assert_eq!(grpc_timeout("5x"), None);
+        assert_eq!(grpc_timeout(""), None);
+    }
+
+    #[test]
+    fn errors_map_to_grpc_codes() {
+        let s: Status = BrokerError::NotFound("no device".into()).into();
+        assert_eq!(s.code(), tonic::Code::NotFound);
+        let s: Status = LinkError::Lost {
+            target: "svc:8181".into(),
+            reason: "reset".into(),
+        }
+        .into();
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(s.message().contains("svc:8181"));
+    }
+}

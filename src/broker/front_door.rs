@@ -1,0 +1,369 @@
+//! The front door: the broker's gRPC API on a Unix socket.
+//!
+//! Owns: nothing long-lived — each handler turns one gRPC call into
+//! messages to the registry and links, and a call on a link. Response
+//! streams *are* the calls (no task per call): when the caller goes away,
+//! tonic drops the stream and with it the call, which stops the service's
+//! work too.
+//!
+//! **Invariant:** the caller's identity comes only from `SO_PEERCRED`; a
+//! connection without peer credentials is refused.
+
+use std::pin::Pin;
+
+use actix::Addr;
+use futures::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::direct_link::{Acquire, InFlight};
+use super::error::BrokerError;
+use super::link::CallStream;
+use super::peer::Peer;
+use super::registry::{
+    Disconnect, GetSession, OpenSession, Resolve, ServiceDirect, ServiceRef, SessionRegistry,
+    Status as StatusMsg,
+};
+use super::session::{AttachSession, EndSession};
+use crate::api::convert;
+use crate::api::pb::{self, broker_server::Broker};
+use crate::secret::Secret;
+use crate::wire::messages::{
+    Request as WireRequest, RequestEnvelope, Response as WireResponse, TerminalInput,
+};
+use crate::wire::pin::Fingerprint;
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The gRPC service implementation.
+#[derive(Clone)]
+pub struct FrontDoor {
+    registry: Addr<SessionRegistry>,
+}
+
+impl FrontDoor {
+    pub fn new(registry: Addr<SessionRegistry>) -> Self {
+        Self { registry }
+    }
+}
+
+fn peer<T>(request: &Request<T>) -> Result<Peer, Status> {
+    let cred = request
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .ok_or_else(|| {
+            Status::permission_denied(
+                "caller credentials unavailable: connect over the broker's Unix socket",
+            )
+        })?;
+    Ok(Peer {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid().and_then(|p| u32::try_from(p).ok()),
+    })
+}
+
+fn mailbox(e: actix::MailboxError) -> Status {
+    BrokerError::mailbox(e).into()
+}
+
+/// A call in progress with what keeps it accounted for.
+struct OpenCall {
+    call: CallStream,
+    cancel: CancellationToken,
+    _in_flight: InFlight,
+}
+
+impl FrontDoor {
+    async fn open_call(
+        &self,
+        peer: Peer,
+        service: ServiceRef,
+        envelope: RequestEnvelope,
+    ) -> Result<OpenCall, Status> {
+        let resolved = self
+            .registry
+            .send(Resolve { peer, service })
+            .await
+            .map_err(mailbox)??;
+        let acquired = resolved
+            .link
+            .send(Acquire { hold: false })
+            .await
+            .map_err(mailbox)??;
+        let mut in_flight = acquired.in_flight;
+        if let Some(counter) = resolved.session_in_flight {
+            in_flight = in_flight.also(counter);
+        }
+        let call = acquired.channel.call(envelope).await?;
+        Ok(OpenCall {
+            call,
+            cancel: resolved.cancel,
+            _in_flight: in_flight,
+        })
+    }
+}
+
+fn cancelled() -> Status {
+    Status::cancelled("the session ended or the broker is shutting down")
+}
+
+#[tonic::async_trait]
+impl Broker for FrontDoor {
+    async fn open_session(
+        &self,
+        request: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let peer = peer(&request)?;
+        let client_name = request.into_inner().client_name;
+        let session_id = self
+            .registry
+            .send(OpenSession { peer, client_name })
+            .await
+            .map_err(mailbox)??;
+        Ok(Response::new(pb::OpenSessionResponse { session_id }))
+    }
+
+    type AttachStream = EventStream<pb::SessionEvent>;
+
+    async fn attach(
+        &self,
+        request: Request<pb::AttachRequest>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let peer = peer(&request)?;
+        let session_id = request.into_inner().session_id;
+        let session = self
+            .registry
+            .send(GetSession { peer, session_id })
+            .await
+            .map_err(mailbox)??;
+        let events = session.send(AttachSession).await.map_err(mailbox)??;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(events)
+            .map(|e| Ok(convert::session_event(e)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let peer = peer(&request)?;
+        let session_id = request.into_inner().session_id;
+        let session = self
+            .registry
+            .send(GetSession { peer, session_id })
+            .await
+            .map_err(mailbox)??;
+        session.send(EndSession).await.map_err(mailbox)?;
+        Ok(Response::new(pb::CloseSessionResponse {}))
+    }
+
+    async fn service_direct(
+        &self,
+        request: Request<pb::ServiceDirectRequest>,
+    ) -> Result<Response<pb::ServiceResponse>, Status> {
+        let peer = peer(&request)?;
+        let r = request.into_inner();
+        let fingerprint = match r.fingerprint.as_str() {
+            "" => None,
+            text => Some(Fingerprint::parse(text).ok_or_else(|| {
+                Status::invalid_argument("fingerprint must be 32 bytes of hex (colons allowed)")
+            })?),
+        };
+        let port = match r.port {
+            0 => 8181,
+            p => u16::try_from(p).map_err(|_| Status::invalid_argument("port must be 1-65535"))?,
+        };
+        let info = self
+            .registry
+            .send(ServiceDirect {
+                peer,
+                session_id: Some(r.session_id).filter(|s| !s.is_empty()),
+                name: Some(r.name).filter(|s| !s.is_empty()),
+                username: r.username,
+                host: r.host,
+                port,
+                password: Some(r.password).filter(|p| !p.is_empty()).map(Secret::new),
+                fingerprint,
+            })
+            .await
+            .map_err(mailbox)??;
+        Ok(Response::new(pb::ServiceResponse {
+            service_id: info.service_id.unwrap_or_default(),
+            name: info.name.unwrap_or_default(),
+            service_name: info.service_name,
+            fingerprint: info.fingerprint.map(|f| f.to_string()).unwrap_or_default(),
+            reused: info.reused,
+        }))
+    }
+
+    async fn disconnect(
+        &self,
+        request: Request<pb::DisconnectRequest>,
+    ) -> Result<Response<pb::DisconnectResponse>, Status> {
+        let peer = peer(&request)?;
+        let name = request.into_inner().name;
+        self.registry
+            .send(Disconnect { peer, name })
+            .await
+            .map_err(mailbox)??;
+        Ok(Response::new(pb::DisconnectResponse {}))
+    }
+
+    async fn inventory(
+        &self,
+        request: Request<pb::InventoryRequest>,
+    ) -> Result<Response<pb::InventoryResponse>, Status> {
+        let peer = peer(&request)?;
+        let deadline = convert::deadline(request.metadata());
+        let service = convert::service_ref(request.into_inner().service)?;
+        let envelope = RequestEnvelope {
+            deadline_ms: deadline.map(|d| d.as_millis() as u64),
+            request: WireRequest::Inventory,
+        };
+        let mut open = self.open_call(peer, service, envelope).await?;
+        let response = tokio::select! {
+            _ = open.cancel.cancelled() => return Err(cancelled()),
+            r = open.call.next() => r,
+        };
+        match response {
+            Some(Ok(WireResponse::Inventory(devices))) => {
+                Ok(Response::new(pb::InventoryResponse {
+                    devices: devices.into_iter().map(convert::device).collect(),
+                }))
+            }
+            Some(Err(e)) => Err(e.into()),
+            other => Err(Status::internal(format!(
+                "unexpected reply to inventory: {other:?}"
+            ))),
+        }
+    }
+
+    type ExecStream = EventStream<pb::ExecEvent>;
+
+    async fn exec(
+        &self,
+        request: Request<pb::ExecRequest>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let peer = peer(&request)?;
+        let deadline = convert::deadline(request.metadata());
+        let r = request.into_inner();
+        let service = convert::service_ref(r.service)?;
+        let envelope = RequestEnvelope {
+            deadline_ms: deadline.map(|d| d.as_millis() as u64),
+            request: WireRequest::Exec {
+                devices: r.devices,
+                commands: r.commands,
+                timeout_ms: Some(r.timeout_ms).filter(|t| *t > 0),
+            },
+        };
+        let open = self.open_call(peer, service, envelope).await?;
+        let stream = futures::stream::unfold(Some(open), |state| async move {
+            let mut open = state?;
+            loop {
+                let next = tokio::select! {
+                    _ = open.cancel.cancelled() => return Some((Err(cancelled()), None)),
+                    next = open.call.next() => next,
+                };
+                match next {
+                    None => return None,
+                    Some(Err(e)) => return Some((Err(e.into()), None)),
+                    Some(Ok(response)) => {
+                        if let Some(event) = convert::exec_event(response) {
+                            return Some((Ok(event), Some(open)));
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type TerminalStream = EventStream<pb::TerminalEvent>;
+
+    async fn terminal(
+        &self,
+        request: Request<Streaming<pb::TerminalRequest>>,
+    ) -> Result<Response<Self::TerminalStream>, Status> {
+        let peer = peer(&request)?;
+        let mut input = request.into_inner();
+        let first = input
+            .message()
+            .await?
+            .and_then(|m| m.input)
+            .ok_or_else(|| {
+                Status::invalid_argument("the first terminal message must open a device")
+            })?;
+        let pb::terminal_request::Input::Open(open_req) = first else {
+            return Err(Status::invalid_argument(
+                "the first terminal message must open a device",
+            ));
+        };
+        let service = convert::service_ref(open_req.service)?;
+        let size = open_req
+            .size
+            .unwrap_or(pb::WindowSize { cols: 80, rows: 24 });
+        let envelope = RequestEnvelope {
+            deadline_ms: None,
+            request: WireRequest::Terminal {
+                device: open_req.device,
+                cols: size.cols.min(u16::MAX.into()) as u16,
+                rows: size.rows.min(u16::MAX.into()) as u16,
+            },
+        };
+        let open = self.open_call(peer, service, envelope).await?;
+        let stream = futures::stream::unfold(Some((open, Some(input))), |state| async move {
+            let (mut open, mut input) = state?;
+            loop {
+                tokio::select! {
+                    _ = open.cancel.cancelled() => return Some((Err(cancelled()), None)),
+                    msg = async { input.as_mut()?.message().await.ok() }, if input.is_some() => {
+                        use pb::terminal_request::Input;
+                        let sent = match msg.flatten().and_then(|m| m.input) {
+                            Some(Input::Data(bytes)) => open.call.send_input(TerminalInput::Data(bytes)).await,
+                            Some(Input::Resize(s)) => open.call.send_input(TerminalInput::Resize {
+                                cols: s.cols.min(u16::MAX.into()) as u16,
+                                rows: s.rows.min(u16::MAX.into()) as u16,
+                            }).await,
+                            Some(Input::Open(_)) => return Some((Err(Status::invalid_argument("the terminal is already open")), None)),
+                            None => {
+                                // The caller finished its input.
+                                open.call.finish_input();
+                                input = None;
+                                Ok(())
+                            }
+                        };
+                        if let Err(e) = sent {
+                            return Some((Err(e.into()), None));
+                        }
+                    }
+                    next = open.call.next() => match next {
+                        None => return None,
+                        Some(Err(e)) => return Some((Err(e.into()), None)),
+                        Some(Ok(response)) => {
+                            if let Some(event) = convert::terminal_event(response) {
+                                return Some((Ok(event), Some((open, input))));
+                            }
+                        }
+                    },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let peer = peer(&request)?;
+        let info = self
+            .registry
+            .send(StatusMsg { peer })
+            .await
+            .map_err(mailbox)?;
+        Ok(Response::new(convert::status_response(info)))
+    }
+}

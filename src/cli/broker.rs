@@ -1,0 +1,34 @@
+//! `switchyard broker`: runs the daemon in the foreground.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+
+use super::CliError;
+use crate::broker::{self, BrokerConfig};
+use crate::config::Settings;
+
+pub async fn run(
+    socket: Option<PathBuf>,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<ExitCode, CliError> {
+    let b = settings.broker;
+    let socket = socket
+        .or(b.socket)
+        .or_else(|| std::env::var_os("SWITCHYARD_SOCKET").map(PathBuf::from))
+        .unwrap_or_else(broker::socket::default_path);
+    let config = BrokerConfig {
+        socket,
+        socket_group: b.socket_group,
+        registry: b.registry,
+        drain_timeout: b.drain_timeout,
+    };
+    broker::run(config, shutdown, |path| {
+        eprintln!("switchyard broker listening on {}", path.display());
+    })
+    .await
+    .map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(ExitCode::SUCCESS)
+}

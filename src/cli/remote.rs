@@ -1,0 +1,366 @@
+//! Client commands that talk to the broker over its public gRPC API:
+//! `connect`, `disconnect`, `inventory`, `exec`, `terminal`, `status`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use tokio::sync::mpsc;
+
+use super::CliError;
+use super::exec_output::{ExecCollector, ExecPrinter};
+use crate::api::pb;
+use crate::secret::SecretSource;
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectCommand {
+    /// Connect straight to a service's RPC socket.
+    Direct {
+        /// Name for the service, used by later commands.
+        name: String,
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value_t = 8181)]
+        port: u16,
+        /// Remote user on the service.
+        #[arg(long)]
+        user: String,
+        /// File holding the remote user's password (else a prompt; may be
+        /// skipped when a live link for this user already exists).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// Expected certificate fingerprint (`switchyard service info`).
+        #[arg(long)]
+        fingerprint: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The named service.
+    pub name: String,
+    /// Devices to run on.
+    #[arg(required = true)]
+    pub devices: Vec<String>,
+    /// Command to run (repeatable; run in order).
+    #[arg(short = 'c', long = "command", required = true)]
+    pub commands: Vec<String>,
+    /// Per-command timeout in seconds.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// One JSON object per device on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+async fn broker_client(
+    socket: &Path,
+) -> Result<pb::broker_client::BrokerClient<tonic::transport::Channel>, CliError> {
+    crate::api::client::connect(socket)
+        .await
+        .map_err(|_| CliError::BrokerDown {
+            socket: socket.to_path_buf(),
+        })
+}
+
+fn named(name: &str) -> Option<pb::ServiceRef> {
+    Some(pb::ServiceRef {
+        name: name.to_string(),
+        ..Default::default()
+    })
+}
+
+pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, CliError> {
+    let ConnectCommand::Direct {
+        name,
+        host,
+        port,
+        user,
+        password_file,
+        fingerprint,
+    } = cmd;
+    let mut broker = broker_client(socket).await?;
+    // With no password file and no terminal, try the live link first.
+    let password = match password_file {
+        Some(_) => Some(
+            SecretSource {
+                what: "remote user password",
+                file_flag: "--password-file",
+                file: password_file.as_deref(),
+                credential: None,
+                confirm: false,
+            }
+            .read()?,
+        ),
+        None => None,
+    };
+    let request = |password: String| pb::ServiceDirectRequest {
+        name: name.clone(),
+        username: user.clone(),
+        host: host.clone(),
+        port: port.into(),
+        password,
+        fingerprint: fingerprint.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let result = match password {
+        Some(p) => broker.service_direct(request(p.expose().to_string())).await,
+        None => match broker.service_direct(request(String::new())).await {
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                let p = SecretSource {
+                    what: "remote user password",
+                    file_flag: "--password-file",
+                    file: None,
+                    credential: None,
+                    confirm: false,
+                }
+                .read()?;
+                broker.service_direct(request(p.expose().to_string())).await
+            }
+            other => other,
+        },
+    };
+    let info = result?.into_inner();
+    println!(
+        "connected {name} to {} at {host}:{port} as {user}{}",
+        info.service_name,
+        if info.reused {
+            " (shared an existing link)"
+        } else {
+            ""
+        }
+    );
+    println!("certificate fingerprint: {}", info.fingerprint);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn disconnect(socket: &Path, name: String) -> Result<ExitCode, CliError> {
+    let mut broker = broker_client(socket).await?;
+    broker
+        .disconnect(pb::DisconnectRequest { name: name.clone() })
+        .await?;
+    println!("disconnected {name}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn inventory(socket: &Path, name: String, json: bool) -> Result<ExitCode, CliError> {
+    let mut broker = broker_client(socket).await?;
+    let devices = broker
+        .inventory(pb::InventoryRequest {
+            service: named(&name),
+        })
+        .await?
+        .into_inner()
+        .devices;
+    if json {
+        let list: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "name": d.name, "host": d.host, "port": d.port,
+                    "device_type": d.device_type, "attributes": d.attributes,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+    } else {
+        println!("{:<24} {:<24} {:>5}  TYPE", "NAME", "HOST", "PORT");
+        for d in devices {
+            println!(
+                "{:<24} {:<24} {:>5}  {}",
+                d.name, d.host, d.port, d.device_type
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn exec(socket: &Path, args: ExecArgs) -> Result<ExitCode, CliError> {
+    let timeout_ms = match args.timeout {
+        Some(s) => Duration::try_from_secs_f64(s)
+            .map_err(|_| CliError::Usage("--timeout must be a positive number of seconds".into()))?
+            .as_millis() as u64,
+        None => 0,
+    };
+    let mut broker = broker_client(socket).await?;
+    let mut events = broker
+        .exec(pb::ExecRequest {
+            service: named(&args.name),
+            devices: args.devices.clone(),
+            commands: args.commands.clone(),
+            timeout_ms,
+        })
+        .await?
+        .into_inner();
+    let mut printer = ExecPrinter::new(args.json, args.devices.len());
+    let mut collector = ExecCollector::new(args.devices, args.commands);
+    while let Some(event) = events.message().await? {
+        use pb::exec_event::Event;
+        let device = event.device;
+        match event.event {
+            Some(Event::Output(o)) => collector.output(device, o.command, &o.data),
+            Some(Event::CommandDone(d)) => collector.command_done(
+                device,
+                d.command,
+                d.exit_status,
+                d.duration_us,
+                Some(d.error).filter(|e| !e.is_empty()),
+            ),
+            Some(Event::DeviceDone(d)) => {
+                if let Some(report) =
+                    collector.device_done(device, Some(d.error).filter(|e| !e.is_empty()))
+                {
+                    printer.print(&report);
+                }
+            }
+            None => {}
+        }
+    }
+    printer.finish();
+    Ok(if printer.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
+    let mut broker = broker_client(socket).await?;
+    let s = broker.status(pb::StatusRequest {}).await?.into_inner();
+    if json {
+        let value = serde_json::json!({
+            "version": s.version,
+            "sessions": s.sessions.iter().map(|x| serde_json::json!({
+                "session_id": x.session_id, "client_name": x.client_name, "pid": x.pid,
+                "services": x.services, "in_flight": x.in_flight,
+            })).collect::<Vec<_>>(),
+            "named_services": s.named_services.iter().map(|n| serde_json::json!({
+                "name": n.name, "link_id": n.link_id, "idle_secs": n.idle_secs,
+            })).collect::<Vec<_>>(),
+            "links": s.links.iter().map(|l| serde_json::json!({
+                "link_id": l.link_id, "target": l.target, "principal": l.principal,
+                "transport": l.transport, "state": l.state, "holders": l.holders,
+                "in_flight": l.in_flight, "connects": l.connects,
+                "last_error": l.last_error, "fingerprint": l.fingerprint,
+            })).collect::<Vec<_>>(),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("sessions: {}", s.sessions.len());
+    for x in &s.sessions {
+        println!(
+            "  {}  pid {}  {}  services {}  in flight {}",
+            x.session_id, x.pid, x.client_name, x.services, x.in_flight
+        );
+    }
+    println!("named services: {}", s.named_services.len());
+    for n in &s.named_services {
+        println!("  {}  link {}  idle {} s", n.name, n.link_id, n.idle_secs);
+    }
+    println!("links: {}", s.links.len());
+    for l in &s.links {
+        println!(
+            "  {} {} as {} ({}) {}  holders {}  in flight {}  connects {}{}",
+            l.link_id,
+            l.target,
+            l.principal,
+            l.transport,
+            l.state,
+            l.holders,
+            l.in_flight,
+            l.connects,
+            if l.last_error.is_empty() {
+                String::new()
+            } else {
+                format!("  last error: {}", l.last_error)
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Restores the terminal mode when dropped.
+struct RawMode(bool);
+
+impl RawMode {
+    fn enable() -> Self {
+        let on = std::io::stdin().is_terminal() && crossterm::terminal::enable_raw_mode().is_ok();
+        Self(on)
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = crossterm::terminal::disable_raw_mode();
+        }
+    }
+}
+
+pub async fn terminal(socket: &Path, name: String, device: String) -> Result<ExitCode, CliError> {
+    use pb::terminal_request::Input;
+    let mut broker = broker_client(socket).await?;
+    let (cols, rows) = crossterm::terminal::size().unwrap_or((80, 24));
+    let (tx, rx) = mpsc::channel::<pb::TerminalRequest>(64);
+    tx.send(pb::TerminalRequest {
+        input: Some(Input::Open(pb::TerminalOpen {
+            service: named(&name),
+            device,
+            size: Some(pb::WindowSize {
+                cols: cols.into(),
+                rows: rows.into(),
+            }),
+        })),
+    })
+    .await
+    .map_err(|_| CliError::Usage("terminal closed".into()))?;
+    let mut events = broker
+        .terminal(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    // Keystrokes come from a blocking reader thread: stdin has no async
+    // reads that can be cancelled. It ends with stdin (EOF) or when the
+    // session ends and the channel closes.
+    let reader_tx = tx.clone();
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 1024];
+        loop {
+            match std::io::Read::read(&mut stdin, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let msg = pb::TerminalRequest {
+                        input: Some(Input::Data(buf[..n].to_vec())),
+                    };
+                    if reader_tx.blocking_send(msg).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    drop(tx);
+    let _raw = RawMode::enable();
+    let mut stdout = std::io::stdout();
+    while let Some(event) = events.message().await? {
+        use pb::terminal_event::Event;
+        match event.event {
+            Some(Event::Data(bytes)) => {
+                let _ = stdout.write_all(&bytes);
+                let _ = stdout.flush();
+            }
+            Some(Event::Closed(_)) => break,
+            Some(Event::Ready(_)) | None => {}
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,600 @@
+//! The broker end to end: a real broker process, a real service on
+//! loopback QUIC, real gRPC over the Unix socket.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::broker::TestBroker;
+use common::service::{ALICE_PASSWORD, TestService, ssh_device, start_service};
+use common::within;
+use switchyard::api::pb;
+use switchyard::service::rpc::RpcConfig;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic::Code;
+
+fn direct(
+    svc: &TestService,
+    session: &str,
+    name: &str,
+    password: &str,
+) -> pb::ServiceDirectRequest {
+    pb::ServiceDirectRequest {
+        session_id: session.into(),
+        name: name.into(),
+        username: "alice".into(),
+        host: "127.0.0.1".into(),
+        port: svc.addr().port().into(),
+        password: password.into(),
+        fingerprint: String::new(),
+    }
+}
+
+fn in_session(session: &str, service: &str) -> Option<pb::ServiceRef> {
+    Some(pb::ServiceRef {
+        session_id: session.into(),
+        service_id: service.into(),
+        name: String::new(),
+    })
+}
+
+fn named(name: &str) -> Option<pb::ServiceRef> {
+    Some(pb::ServiceRef {
+        name: name.into(),
+        ..Default::default()
+    })
+}
+
+async fn status(broker: &TestBroker) -> pb::StatusResponse {
+    broker
+        .client()
+        .await
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Runs an exec and returns each device's (outputs, device error).
+async fn run_exec(
+    client: &mut pb::broker_client::BrokerClient<tonic::transport::Channel>,
+    service: Option<pb::ServiceRef>,
+    devices: &[&str],
+    commands: &[&str],
+) -> Result<Vec<(String, String)>, tonic::Status> {
+    let mut stream = client
+        .exec(pb::ExecRequest {
+            service,
+            devices: devices.iter().map(|s| s.to_string()).collect(),
+            commands: commands.iter().map(|s| s.to_string()).collect(),
+            timeout_ms: 0,
+        })
+        .await?
+        .into_inner();
+    let mut out = vec![(String::new(), String::new()); devices.len()];
+    while let Some(event) = within(30, "exec event", stream.message()).await? {
+        let d = event.device as usize;
+        match event.event {
+            Some(pb::exec_event::Event::Output(o)) => {
+                out[d].0.push_str(&String::from_utf8_lossy(&o.data))
+            }
+            Some(pb::exec_event::Event::DeviceDone(done)) => out[d].1 = done.error,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+async fn open_attached(
+    client: &mut pb::broker_client::BrokerClient<tonic::transport::Channel>,
+) -> (String, tonic::Streaming<pb::SessionEvent>) {
+    let id = client
+        .open_session(pb::OpenSessionRequest {
+            client_name: "test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    let mut attach = client
+        .attach(pb::AttachRequest {
+            session_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = within(10, "attached", attach.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        first.event,
+        Some(pb::session_event::Event::Attached(_))
+    ));
+    (id, attach)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_share_one_link_for_the_same_credentials() {
+    let svc = start_service(&[], RpcConfig::default());
+    let broker = TestBroker::start(&[]).await;
+    let mut a = broker.client().await;
+    let mut b = broker.client().await;
+    let (sa, _ha) = open_attached(&mut a).await;
+    let (sb, _hb) = open_attached(&mut b).await;
+
+    let first = a
+        .service_direct(direct(&svc, &sa, "", ALICE_PASSWORD))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.reused);
+    assert_eq!(first.service_name, "test-service");
+    assert_eq!(
+        first.fingerprint,
+        svc.fingerprint.to_string(),
+        "learned on first use"
+    );
+    let second = b
+        .service_direct(direct(&svc, &sb, "", ALICE_PASSWORD))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(second.reused, "same user, same password: shared link");
+
+    // A different password never rides the live link: it gets its own
+    // login, which the service refuses.
+    let wrong = b
+        .service_direct(direct(&svc, &sb, "", "not-alices"))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+    // No password at all reuses the live link of this local user.
+    let third = b
+        .service_direct(direct(&svc, &sb, "", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(third.reused);
+
+    let out = run_exec(
+        &mut a,
+        in_session(&sa, &first.service_id),
+        &["core-1", "edge-1"],
+        &["show version"],
+    )
+    .await
+    .unwrap();
+    assert!(out[0].0.contains("core-1 uptime"));
+    assert!(out[1].0.contains("edge-1 uptime"));
+    let out = run_exec(
+        &mut b,
+        in_session(&sb, &second.service_id),
+        &["core-2"],
+        &["show clock"],
+    )
+    .await
+    .unwrap();
+    assert!(out[0].0.contains("UTC"));
+
+    let s = status(&broker).await;
+    assert_eq!(s.links.len(), 1, "{s:?}");
+    assert_eq!(s.links[0].connects, 1);
+    assert_eq!(s.links[0].state, "up");
+    assert_eq!(s.links[0].transport, "direct");
+    assert_eq!(s.links[0].holders, 3);
+    assert_eq!(s.sessions.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_processes_exec_through_one_named_service() {
+    let svc = start_service(&[], RpcConfig::default());
+    let broker = TestBroker::start(&[]).await;
+    let pw = broker.dir.path().join("alice-pw");
+    std::fs::write(&pw, format!("{ALICE_PASSWORD}\n")).unwrap();
+    let out = broker
+        .command()
+        .args([
+            "connect",
+            "direct",
+            "lab",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &svc.addr().port().to_string(),
+            "--user",
+            "alice",
+            "--password-file",
+        ])
+        .arg(&pw)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let runs = (0..20).map(|i| {
+        let mut cmd = broker.command();
+        let device = ["core-1", "core-2", "edge-1"][i % 3];
+        cmd.args(["exec", "lab", device, "-c", "show version", "--json"]);
+        async move { cmd.output().await.unwrap() }
+    });
+    let outputs = within(120, "20 execs", futures::future::join_all(runs)).await;
+    for out in outputs {
+        assert!(
+            out.status.success(),
+            "exec failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["status"], "success");
+        assert!(
+            report["results"][0]["output"]
+                .as_str()
+                .unwrap()
+                .contains("uptime")
+        );
+    }
+    let s = status(&broker).await;
+    assert_eq!(s.links.len(), 1);
+    assert_eq!(
+        s.links[0].connects, 1,
+        "all 20 processes shared one handshake"
+    );
+    assert_eq!(s.named_services[0].name, "lab");
+
+    let out = broker
+        .command()
+        .args(["status", "--json"])
+        .output()
+        .await
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["links"][0]["connects"], 1);
+
+    // Disconnect forgets the name; the link closes once idle.
+    let out = broker
+        .command()
+        .args(["disconnect", "lab"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let out = broker
+        .command()
+        .args(["exec", "lab", "core-1", "-c", "show clock"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no named service \"lab\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_errors_for_bad_input() {
+    let svc = start_service(&[], RpcConfig::default());
+    let broker = TestBroker::start(&[("SWITCHYARD_BROKER__CONNECT_TIMEOUT_SECS", "2")]).await;
+    let mut c = broker.client().await;
+    let (s, _hold) = open_attached(&mut c).await;
+    let e = c
+        .service_direct(direct(&svc, &s, "", "wrong"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("refused the login"), "{e:?}");
+
+    let svc_id = c
+        .service_direct(direct(&svc, &s, "", ALICE_PASSWORD))
+        .await
+        .unwrap()
+        .into_inner()
+        .service_id;
+    let e = run_exec(
+        &mut c,
+        in_session(&s, &svc_id),
+        &["nope-1"],
+        &["show version"],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("nope-1"));
+    let e = run_exec(
+        &mut c,
+        in_session(&s, "v999"),
+        &["core-1"],
+        &["show version"],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = run_exec(&mut c, in_session("s0-bogus", &svc_id), &["core-1"], &["x"])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Nothing listens on this UDP port.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let mut req = direct(&svc, &s, "", ALICE_PASSWORD);
+    req.port = port.into();
+    let e = within(60, "unreachable", c.service_direct(req))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains(&format!("127.0.0.1:{port}")));
+
+    // Pinned fingerprint that does not match.
+    let mut req = direct(&svc, &s, "", ALICE_PASSWORD);
+    req.fingerprint = "00".repeat(32);
+    let e = c.service_direct(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let mut req = direct(&svc, &s, "", ALICE_PASSWORD);
+    req.fingerprint = "zz".into();
+    assert_eq!(
+        c.service_direct(req).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reflection_and_socket_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let broker = TestBroker::start(&[]).await;
+    let mode = std::fs::metadata(broker.socket())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660);
+    let channel = switchyard::api::client::channel(&broker.socket())
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "switchyard.v1.Broker".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    // A second broker on the same socket refuses to start.
+    let out = tokio::process::Command::new(common::switchyard_bin())
+        .arg("broker")
+        .arg("--socket")
+        .arg(broker.socket())
+        .env("XDG_STATE_HOME", broker.dir.path().join("state2"))
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another broker is already serving"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_says_how_to_start_a_missing_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(common::switchyard_bin())
+        .args(["status"])
+        .env("SWITCHYARD_SOCKET", dir.path().join("nope.sock"))
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the broker is not running") && err.contains("switchyard broker"),
+        "{err}"
+    );
+}
+
+/// Helper process for the kill test: holds a session with an exec in
+/// flight, says READY, and waits to be killed. Runs only when asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process for caller_killed_mid_exec_is_released"]
+async fn helper_hold_session_with_exec_in_flight() {
+    let (Ok(socket), Ok(port)) = (std::env::var("HELPER_SOCKET"), std::env::var("HELPER_PORT"))
+    else {
+        return;
+    };
+    let mut c = switchyard::api::client::connect(std::path::Path::new(&socket))
+        .await
+        .unwrap();
+    let (s, _hold) = open_attached(&mut c).await;
+    let svc = c
+        .service_direct(pb::ServiceDirectRequest {
+            session_id: s.clone(),
+            username: "alice".into(),
+            host: "127.0.0.1".into(),
+            port: port.parse().unwrap(),
+            password: ALICE_PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut exec = c
+        .exec(pb::ExecRequest {
+            service: in_session(&s, &svc.service_id),
+            devices: vec!["hang-1".into()],
+            commands: vec!["true".into()],
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    println!("READY {s}");
+    let _ = exec.message().await;
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_killed_mid_exec_is_released_within_a_second() {
+    // A device that accepts TCP and never answers: the exec hangs there.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let svc = start_service(
+        &[ssh_device("hang-1", silent.local_addr().unwrap().port())],
+        RpcConfig::default(),
+    );
+    let broker = TestBroker::start(&[]).await;
+
+    // Another session, busy on its own, must not notice.
+    let mut other = broker.client().await;
+    let (so, _hold) = open_attached(&mut other).await;
+    let other_svc = other
+        .service_direct(direct(&svc, &so, "", ALICE_PASSWORD))
+        .await
+        .unwrap()
+        .into_inner()
+        .service_id;
+
+    let mut helper = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_hold_session_with_exec_in_flight",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("HELPER_SOCKET", broker.socket())
+        .env("HELPER_PORT", svc.addr().port().to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(helper.stdout.take().unwrap()).lines();
+    let session = within(60, "helper ready", async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("helper exited early");
+            if let Some(id) = line.strip_prefix("READY ") {
+                return id.to_string();
+            }
+        }
+    })
+    .await;
+    // The helper's exec is in flight at the service (connecting to the device).
+    let (mut device_side, _) = within(20, "device connect", silent.accept()).await.unwrap();
+    let s = status(&broker).await;
+    let held = s
+        .sessions
+        .iter()
+        .find(|x| x.session_id == session)
+        .expect("helper session listed");
+    assert_eq!(held.in_flight, 1);
+
+    helper.start_kill().unwrap();
+    let killed = Instant::now();
+    helper.wait().await.unwrap();
+    loop {
+        let s = status(&broker).await;
+        if !s.sessions.iter().any(|x| x.session_id == session) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "session not released within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Its in-flight exec was cancelled all the way to the device.
+    let mut buf = [0u8; 64];
+    loop {
+        use tokio::io::AsyncReadExt;
+        if within(10, "device connection closed", device_side.read(&mut buf))
+            .await
+            .unwrap_or(0)
+            == 0
+        {
+            break;
+        }
+    }
+    let out = run_exec(
+        &mut other,
+        in_session(&so, &other_svc),
+        &["core-1"],
+        &["show clock"],
+    )
+    .await
+    .unwrap();
+    assert!(out[0].0.contains("UTC"), "the other session is unaffected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_restart_fails_in_flight_calls_fast_then_recovers() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut svc = start_service(
+        &[ssh_device("hang-1", silent.local_addr().unwrap().port())],
+        RpcConfig::default(),
+    );
+    let broker = TestBroker::start(&[
+        ("SWITCHYARD_BROKER__RECONNECT_MIN_SECS", "0.05"),
+        ("SWITCHYARD_BROKER__RECONNECT_MAX_SECS", "0.3"),
+    ])
+    .await;
+    let mut c = broker.client().await;
+    c.service_direct(direct(&svc, "", "lab", ALICE_PASSWORD))
+        .await
+        .unwrap();
+
+    // An exec hangs at the device while the service goes away.
+    let mut hung = broker.client().await;
+    let in_flight =
+        tokio::spawn(
+            async move { run_exec(&mut hung, named("lab"), &["hang-1"], &["true"]).await },
+        );
+    let _device = within(20, "device connect", silent.accept()).await.unwrap();
+    svc.stop().await;
+    let e = within(10, "in-flight call fails fast", in_flight)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().contains(&svc.addr().to_string()),
+        "names the service: {e:?}"
+    );
+
+    // While the service is down, calls fail fast instead of hanging.
+    let e = within(
+        10,
+        "call while down",
+        run_exec(&mut c, named("lab"), &["core-1"], &["show clock"]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+
+    // Back on the same address: the link reconnects by itself.
+    svc.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match run_exec(&mut c, named("lab"), &["core-1"], &["show clock"]).await {
+            Ok(out) => {
+                assert!(out[0].0.contains("UTC"));
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                assert!(Instant::now() < deadline, "no reconnect: {}", broker.log());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let s = status(&broker).await;
+    assert_eq!(s.links[0].connects, 2);
+    assert_eq!(s.links[0].state, "up");
+}
