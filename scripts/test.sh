@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup-test-host.sh
+echo "== Python test dependencies"
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/python/requirements.txt
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -12,3 +14,6 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --all-targets --locked
+echo "== Python tests (grpcio against a real broker)"
+cargo build --locked
+SWITCHYARD_BIN="$PWD/target/debug/switchyard" python3 -m pytest -q tests/python

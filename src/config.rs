@@ -301,6 +301,14 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config/switchyard.toml");
         let s = load(Some(&path)).unwrap();
         assert_eq!(s.ssh, SshDriverConfig::default());
+        let (got, want) = (&s.broker.registry, RegistrySettings::default());
+        assert_eq!(got.link.idle_timeout, want.link.idle_timeout);
+        assert_eq!(got.link.connect_timeout, want.link.connect_timeout);
+        assert_eq!(got.link.reconnect_min, want.link.reconnect_min);
+        assert_eq!(got.link.reconnect_max, want.link.reconnect_max);
+        assert_eq!(got.named_idle_timeout, want.named_idle_timeout);
+        assert_eq!(got.attach_grace, want.attach_grace);
+        assert_eq!(s.broker.drain_timeout, Duration::from_secs(10));
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(s.log_filter, "info");
     }

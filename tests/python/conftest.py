@@ -1,0 +1,111 @@
+"""Fixtures: a real `switchyard service` and `switchyard broker`, and gRPC
+stubs generated from proto/ with grpcio-tools."""
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = os.environ.get("SWITCHYARD_BIN", str(ROOT / "target" / "debug" / "switchyard"))
+ADMIN_PW = "py-admin-password"
+ALICE_PW = "py-alice-password"
+
+
+def read_line(proc, stream, want, timeout=30.0):
+    """Returns the first line of `stream` containing `want` (bounded). A
+    thread keeps draining the stream afterwards so the process never
+    blocks on a full pipe."""
+    lines = queue.Queue()
+
+    def pump():
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    seen = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {want!r} within {timeout}s; got {seen}")
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            continue
+        if line is None:
+            raise AssertionError(f"process exited ({proc.poll()}) before {want!r}: {seen}")
+        seen.append(line)
+        if want in line:
+            return line
+
+
+def run(*args, **kw):
+    return subprocess.run([BIN, *args], check=True, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="session")
+def stubs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stubs")
+    from grpc_tools import protoc
+
+    rc = protoc.main([
+        "grpc_tools.protoc",
+        f"-I{ROOT / 'proto'}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        "switchyard/v1/broker.proto",
+    ])
+    assert rc == 0, "protoc failed"
+    sys.path.insert(0, str(out))
+    from switchyard.v1 import broker_pb2, broker_pb2_grpc
+
+    return broker_pb2, broker_pb2_grpc
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory):
+    d = tmp_path_factory.mktemp("service")
+    db = d / "inv.db"
+    (d / "admin").write_text(ADMIN_PW + "\n")
+    (d / "alice").write_text(ALICE_PW + "\n")
+    admin = ["--db", str(db), "--admin-password-file", str(d / "admin")]
+    run("service", *admin, "init")
+    for name in ("core-1", "core-2", "edge-1"):
+        run("service", *admin, "device", "add", name, "--driver", "simulator")
+    run("service", *admin, "user", "add", "alice", "--password-file", str(d / "alice"))
+    proc = subprocess.Popen(
+        [BIN, "service", *admin, "run", "--listen", "127.0.0.1:0", "--name", "py-service"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        ready = json.loads(read_line(proc, proc.stdout, "rpc_addr"))
+        host, port = ready["rpc_addr"].rsplit(":", 1)
+        yield {"host": host, "port": int(port), "fingerprint": ready["fingerprint"]}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def broker(tmp_path):
+    sock = tmp_path / "broker.sock"
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"), XDG_CONFIG_HOME=str(tmp_path))
+    env.pop("SWITCHYARD_SOCKET", None)
+    proc = subprocess.Popen(
+        [BIN, "broker", "--socket", str(sock)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        read_line(proc, proc.stderr, "switchyard broker listening on")
+        yield sock
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
