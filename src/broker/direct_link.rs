@@ -161,6 +161,7 @@ pub struct LinkInfo {
 }
 
 pub struct DirectLink {
+    published: tokio::sync::watch::Sender<Option<LinkChannel>>,
     id: LinkId,
     key: LinkKey,
     password: Secret,
@@ -187,6 +188,11 @@ pub struct DirectLink {
 
 /// Everything needed to create a link.
 pub struct NewDirectLink {
+    /// Where the link publishes its live channel, so callers can skip a
+    /// message round trip while it is up.
+    pub published: tokio::sync::watch::Sender<Option<LinkChannel>>,
+    /// Requests running on the link (shared with its callers' guards).
+    pub in_flight: Arc<AtomicU32>,
     pub id: LinkId,
     pub key: LinkKey,
     pub password: Secret,
@@ -199,6 +205,7 @@ impl DirectLink {
     pub fn new(n: NewDirectLink) -> Self {
         let backoff = Backoff::new(n.config.reconnect_min, n.config.reconnect_max);
         Self {
+            published: n.published,
             id: n.id,
             key: n.key,
             password: n.password,
@@ -213,7 +220,7 @@ impl DirectLink {
             connecting: false,
             waiters: Vec::new(),
             holders: 0,
-            in_flight: Arc::new(AtomicU32::new(0)),
+            in_flight: n.in_flight,
             connects: 0,
             last_error: None,
             backoff,
@@ -318,6 +325,11 @@ impl DirectLink {
                 info!(link = self.id, target = %self.key.target, user = %self.key.username, connects = self.connects, "link up");
                 let generation = self.generation;
                 let watch = connected.conn.clone();
+                self.published.send_replace(Some(LinkChannel::Quic {
+                    conn: connected.conn.clone(),
+                    target: self.key.target.clone(),
+                    max_frame: self.config.limits.max_frame,
+                }));
                 self.conn = Some(connected.conn);
                 ctx.spawn(
                     async move { watch.closed().await }
@@ -365,6 +377,7 @@ impl DirectLink {
         }
         warn!(link = self.id, target = %self.key.target, %reason, "link lost");
         self.conn = None;
+        self.published.send_replace(None);
         self.last_error = Some(LinkError::Lost {
             target: self.key.target.clone(),
             reason: reason.to_string(),
@@ -442,6 +455,7 @@ impl Actor for DirectLink {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.published.send_replace(None);
         if let Some(conn) = self.conn.take() {
             conn.close(0u32.into(), b"link closed");
         }

@@ -88,16 +88,23 @@ impl FrontDoor {
             .send(Resolve { peer, service })
             .await
             .map_err(mailbox)??;
-        let acquired = resolved
-            .link
-            .send(Acquire { hold: false })
-            .await
-            .map_err(mailbox)??;
-        let mut in_flight = acquired.in_flight;
+        // Fast path: the link published a live channel. Otherwise ask the
+        // link, which fails fast while it reconnects.
+        let (channel, mut in_flight) = match resolved.channel {
+            Some(channel) => (channel, InFlight::new(vec![resolved.link_in_flight])),
+            None => {
+                let acquired = resolved
+                    .link
+                    .send(Acquire { hold: false })
+                    .await
+                    .map_err(mailbox)??;
+                (acquired.channel, acquired.in_flight)
+            }
+        };
         if let Some(counter) = resolved.session_in_flight {
             in_flight = in_flight.also(counter);
         }
-        let call = acquired.channel.call(envelope).await?;
+        let call = channel.call(envelope).await?;
         Ok(OpenCall {
             call,
             cancel: resolved.cancel,

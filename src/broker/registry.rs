@@ -33,6 +33,7 @@ use super::direct_link::{
 };
 use super::error::BrokerError;
 use super::known_services::KnownServices;
+use super::link::LinkChannel;
 use super::peer::{Owner, Peer, owner_for};
 use super::session::{EndSession, NotifyShutdown, Session};
 use crate::secret::Secret;
@@ -74,6 +75,9 @@ struct SessionEntry {
 }
 
 struct LinkEntry {
+    /// The link's live channel, as it publishes it.
+    channel: tokio::sync::watch::Receiver<Option<LinkChannel>>,
+    in_flight: Arc<AtomicU32>,
     key: LinkKey,
     password_tag: [u8; 32],
     /// The certificate the link verified (known once it connected).
@@ -329,7 +333,11 @@ impl SessionRegistry {
                     .fingerprint
                     .or_else(|| self.known.get(owner, &key.target));
                 let id = self.next();
+                let (published, channel) = tokio::sync::watch::channel(None);
+                let in_flight = Arc::new(AtomicU32::new(0));
                 let addr = DirectLink::new(NewDirectLink {
+                    published,
+                    in_flight: in_flight.clone(),
                     id,
                     key: key.clone(),
                     password: password.clone(),
@@ -342,6 +350,8 @@ impl SessionRegistry {
                 self.links.insert(
                     id,
                     LinkEntry {
+                        channel,
+                        in_flight,
                         key,
                         password_tag: tag,
                         fingerprint: None,
@@ -497,6 +507,9 @@ pub enum ServiceRef {
 /// when its session (or the broker) ends.
 pub struct Resolved {
     pub link: Addr<DirectLink>,
+    /// The link's channel while it is up (no further message needed).
+    pub channel: Option<LinkChannel>,
+    pub link_in_flight: Arc<AtomicU32>,
     pub cancel: CancellationToken,
     pub session_in_flight: Option<Arc<AtomicU32>>,
 }
@@ -545,6 +558,8 @@ impl Handler<Resolve> for SessionRegistry {
         })?;
         Ok(Resolved {
             link: link.addr.clone(),
+            channel: link.channel.borrow().clone(),
+            link_in_flight: link.in_flight.clone(),
             cancel,
             session_in_flight,
         })

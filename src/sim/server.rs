@@ -192,6 +192,9 @@ async fn serve_device(
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
+                    // russh applies `nodelay` only in its own accept loop;
+                    // without it, small replies wait out delayed ACKs (40 ms).
+                    let _ = socket.set_nodelay(true);
                     let handler = SimConnection {
                         device: device.clone(),
                         credentials: credentials.clone(),
