@@ -209,8 +209,11 @@ async fn broker_exec(
     while let Some(ev) = s.message().await? {
         match ev.event {
             Some(pb::exec_event::Event::Output(o)) => bytes += o.data.len(),
-            Some(pb::exec_event::Event::DeviceDone(d)) if !d.error.is_empty() => {
-                return Err(tonic::Status::internal(d.error));
+            Some(pb::exec_event::Event::DeviceResult(r)) => {
+                if !r.error.is_empty() {
+                    return Err(tonic::Status::internal(r.error));
+                }
+                bytes += r.commands.iter().map(|c| c.output.len()).sum::<usize>();
             }
             _ => {}
         }

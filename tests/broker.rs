@@ -79,7 +79,12 @@ async fn run_exec(
             Some(pb::exec_event::Event::Output(o)) => {
                 out[d].0.push_str(&String::from_utf8_lossy(&o.data))
             }
-            Some(pb::exec_event::Event::DeviceDone(done)) => out[d].1 = done.error,
+            Some(pb::exec_event::Event::DeviceResult(r)) => {
+                for c in r.commands {
+                    out[d].0.push_str(&String::from_utf8_lossy(&c.output));
+                }
+                out[d].1 = r.error;
+            }
             _ => {}
         }
     }

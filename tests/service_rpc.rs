@@ -103,25 +103,17 @@ async fn login_inventory_and_exec_stream_per_device() {
     let mut output = [String::new(), String::new()];
     let mut done = [false, false];
     for e in &events {
-        match e {
-            Response::ExecOutput {
-                device,
-                command: 0,
-                data,
-            } => {
-                output[*device as usize].push_str(&String::from_utf8_lossy(data));
-            }
-            Response::ExecCommandDone {
-                command: 1,
-                exit_status,
-                ..
-            } => assert_eq!(*exit_status, Some(1)),
-            Response::ExecDeviceDone {
-                device,
-                error: None,
-            } => done[*device as usize] = true,
-            _ => {}
-        }
+        let Response::ExecDevice {
+            device,
+            commands,
+            error: None,
+        } = e
+        else {
+            panic!("unexpected event {e:?}");
+        };
+        output[*device as usize] = String::from_utf8_lossy(&commands[0].output).into_owned();
+        assert_eq!(commands[1].exit_status, Some(1), "show nope fails");
+        done[*device as usize] = true;
     }
     assert_eq!(done, [true, true]);
     assert!(output[0].contains("core-1 uptime"));

@@ -8,7 +8,8 @@ use tonic::Status;
 use super::pb;
 use crate::broker::error::BrokerError;
 use crate::broker::link::LinkError;
-use crate::broker::registry::{ServiceRef, StatusInfo};
+use crate::broker::registry::StatusInfo;
+use crate::broker::routes::ServiceRef;
 use crate::broker::session::SessionEvent;
 use crate::wire::messages::{DeviceInfo, ErrorCode, Response};
 
@@ -95,24 +96,23 @@ pub fn exec_event(r: Response) -> Option<pb::ExecEvent> {
             command,
             data,
         } => (device, Event::Output(pb::CommandOutput { command, data })),
-        Response::ExecCommandDone {
+        Response::ExecDevice {
             device,
-            command,
-            exit_status,
-            duration_us,
+            commands,
             error,
         } => (
             device,
-            Event::CommandDone(pb::CommandDone {
-                command,
-                exit_status,
-                duration_us,
-                error: error.unwrap_or_default(),
-            }),
-        ),
-        Response::ExecDeviceDone { device, error } => (
-            device,
-            Event::DeviceDone(pb::DeviceDone {
+            Event::DeviceResult(pb::DeviceResult {
+                commands: commands
+                    .into_iter()
+                    .map(|c| pb::CommandResult {
+                        command: c.command,
+                        output: c.output,
+                        exit_status: c.exit_status,
+                        duration_us: c.duration_us,
+                        error: c.error.unwrap_or_default(),
+                    })
+                    .collect(),
                 error_code: error
                     .as_ref()
                     .map(|e| code_name(e.code).to_string())

@@ -22,9 +22,9 @@ use super::error::BrokerError;
 use super::link::CallStream;
 use super::peer::Peer;
 use super::registry::{
-    Disconnect, GetSession, OpenSession, Resolve, ServiceDirect, ServiceRef, SessionRegistry,
-    Status as StatusMsg,
+    Disconnect, GetSession, OpenSession, ServiceDirect, SessionRegistry, Status as StatusMsg,
 };
+use super::routes::{Routes, ServiceRef};
 use super::session::{AttachSession, EndSession};
 use crate::api::convert;
 use crate::api::pb::{self, broker_server::Broker};
@@ -40,11 +40,15 @@ type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Clone)]
 pub struct FrontDoor {
     registry: Addr<SessionRegistry>,
+    routes: tokio::sync::watch::Receiver<std::sync::Arc<Routes>>,
 }
 
 impl FrontDoor {
-    pub fn new(registry: Addr<SessionRegistry>) -> Self {
-        Self { registry }
+    pub fn new(
+        registry: Addr<SessionRegistry>,
+        routes: tokio::sync::watch::Receiver<std::sync::Arc<Routes>>,
+    ) -> Self {
+        Self { registry, routes }
     }
 }
 
@@ -83,11 +87,7 @@ impl FrontDoor {
         service: ServiceRef,
         envelope: RequestEnvelope,
     ) -> Result<OpenCall, Status> {
-        let resolved = self
-            .registry
-            .send(Resolve { peer, service })
-            .await
-            .map_err(mailbox)??;
+        let resolved = self.routes.borrow().resolve(&peer, &service)?;
         // Fast path: the link published a live channel. Otherwise ask the
         // link, which fails fast while it reconnects.
         let (channel, mut in_flight) = match resolved.channel {

@@ -13,6 +13,7 @@ pub mod known_services;
 pub mod link;
 pub mod peer;
 pub mod registry;
+pub mod routes;
 pub mod session;
 pub mod socket;
 
@@ -57,7 +58,8 @@ pub async fn run(
 ) -> Result<(), BrokerStartError> {
     let listener = socket::bind(&config.socket, config.socket_group)?;
     let cancel = CancellationToken::new();
-    let registry = SessionRegistry::new(config.registry.clone(), cancel.clone()).start();
+    let (registry, routes) = SessionRegistry::new(config.registry.clone(), cancel.clone());
+    let registry = registry.start();
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -73,7 +75,7 @@ pub async fn run(
     let server = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
-        .add_service(BrokerServer::new(FrontDoor::new(registry.clone())))
+        .add_service(BrokerServer::new(FrontDoor::new(registry.clone(), routes)))
         .serve_with_incoming_shutdown(incoming, stop_serving.clone().cancelled_owned());
     let server = tokio::spawn(server);
     info!(socket = %config.socket.display(), "broker listening");

@@ -7,8 +7,8 @@
 //! forgets links, so sharing decisions are made in one place, in order.
 //!
 //! Takes: `OpenSession`, `GetSession`, `SessionEnded`, `ServiceDirect`,
-//! `Disconnect`, `Resolve` (service reference → link), `Status`,
-//! `LinkClosed`, `Shutdown`.
+//! `Disconnect`, `Status`, `LinkClosed`, `Shutdown`. After every change
+//! it publishes a routing snapshot (`routes`) that requests are routed by.
 //!
 //! On failure: a link that fails its first connect is forgotten and the
 //! caller gets the error; a session that ends releases every link it held;
@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -35,9 +35,11 @@ use super::error::BrokerError;
 use super::known_services::KnownServices;
 use super::link::LinkChannel;
 use super::peer::{Owner, Peer, owner_for};
+use super::routes::{LinkRoute, NamedRoute, Routes, SessionRoute};
 use super::session::{EndSession, NotifyShutdown, Session};
 use crate::secret::Secret;
 use crate::wire::pin::Fingerprint;
+use tokio::sync::watch;
 
 /// Broker-wide settings the registry applies.
 #[derive(Debug, Clone)]
@@ -87,7 +89,8 @@ struct LinkEntry {
 
 struct NamedEntry {
     link: LinkId,
-    last_used: Instant,
+    /// Milliseconds since the routes' epoch; the front door updates it.
+    last_used: Arc<AtomicU64>,
 }
 
 pub struct SessionRegistry {
@@ -100,17 +103,26 @@ pub struct SessionRegistry {
     known: KnownServices,
     /// Parent of every request's cancellation (broker shutdown).
     cancel: CancellationToken,
+    routes: watch::Sender<Arc<Routes>>,
+    epoch: Instant,
 }
 
 impl SessionRegistry {
-    pub fn new(settings: RegistrySettings, cancel: CancellationToken) -> Self {
+    /// A registry and the receiving end of its routing snapshots.
+    pub fn new(
+        settings: RegistrySettings,
+        cancel: CancellationToken,
+    ) -> (Self, watch::Receiver<Arc<Routes>>) {
+        let initial = Routes::new(settings.share_group, cancel.clone());
+        let epoch = initial.epoch;
+        let (routes, receiver) = watch::channel(Arc::new(initial));
         let known = KnownServices::load(
             settings
                 .state_dir
                 .as_ref()
                 .map(|d| d.join("known_services.json")),
         );
-        Self {
+        let registry = Self {
             settings,
             next_id: 0,
             tag_key: rand::random(),
@@ -119,7 +131,56 @@ impl SessionRegistry {
             named: HashMap::new(),
             known,
             cancel,
+            routes,
+            epoch,
+        };
+        (registry, receiver)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn link_route(&self, id: LinkId) -> Option<LinkRoute> {
+        self.links.get(&id).map(|l| LinkRoute {
+            link: l.addr.clone(),
+            channel: l.channel.clone(),
+            in_flight: l.in_flight.clone(),
+        })
+    }
+
+    /// Publishes the current routing table (after every change).
+    fn publish(&self) {
+        let mut routes = Routes::new(self.settings.share_group, self.cancel.clone());
+        routes.epoch = self.epoch;
+        for (id, s) in &self.sessions {
+            let services = s
+                .services
+                .iter()
+                .filter_map(|(sid, link)| Some((sid.clone(), self.link_route(*link)?)))
+                .collect();
+            routes.sessions.insert(
+                id.clone(),
+                SessionRoute {
+                    uid: s.peer.uid,
+                    cancel: s.cancel.clone(),
+                    in_flight: s.in_flight.clone(),
+                    services,
+                },
+            );
         }
+        for (key, n) in &self.named {
+            if let Some(route) = self.link_route(n.link) {
+                routes.named.insert(
+                    key.clone(),
+                    NamedRoute {
+                        route,
+                        last_used: n.last_used.clone(),
+                    },
+                );
+            }
+        }
+        self.routes.send_replace(Arc::new(routes));
     }
 
     fn next(&mut self) -> u64 {
@@ -165,18 +226,24 @@ impl SessionRegistry {
         if timeout.is_zero() {
             return;
         }
+        let now = self.now_ms();
+        let timeout_ms = timeout.as_millis() as u64;
         let expired: Vec<_> = self
             .named
             .iter()
-            .filter(|(_, n)| n.last_used.elapsed() >= timeout)
+            .filter(|(_, n)| now.saturating_sub(n.last_used.load(Ordering::Relaxed)) >= timeout_ms)
             .map(|(k, _)| k.clone())
             .collect();
+        if expired.is_empty() {
+            return;
+        }
         for key in expired {
             if let Some(n) = self.named.remove(&key) {
                 info!(name = %key.1, owner = %key.0, "named service idle; released");
                 self.release(n.link, ctx);
             }
         }
+        self.publish();
     }
 }
 
@@ -229,6 +296,7 @@ impl Handler<OpenSession> for SessionRegistry {
                 services: HashMap::new(),
             },
         );
+        self.publish();
         Ok(id)
     }
 }
@@ -262,6 +330,7 @@ impl Handler<SessionEnded> for SessionRegistry {
             for link in entry.services.into_values() {
                 self.release(link, ctx);
             }
+            self.publish();
         }
     }
 }
@@ -457,7 +526,7 @@ impl Handler<ServiceDirect> for SessionRegistry {
                         (owner, name.clone()),
                         NamedEntry {
                             link: link_id,
-                            last_used: Instant::now(),
+                            last_used: Arc::new(AtomicU64::new(act.now_ms())),
                         },
                     );
                     if let Some(previous) = previous {
@@ -467,6 +536,7 @@ impl Handler<ServiceDirect> for SessionRegistry {
                 }
                 (None, None) => {}
             }
+            act.publish();
             Ok(info)
         }))
     }
@@ -489,80 +559,8 @@ impl Handler<Disconnect> for SessionRegistry {
             .remove(&(owner, msg.name.clone()))
             .ok_or_else(|| BrokerError::NotFound(format!("no named service {:?}", msg.name)))?;
         self.release(entry.link, ctx);
+        self.publish();
         Ok(())
-    }
-}
-
-/// Which service a call is for.
-#[derive(Debug, Clone)]
-pub enum ServiceRef {
-    InSession {
-        session_id: String,
-        service_id: String,
-    },
-    Named(String),
-}
-
-/// What a request needs to run: the link, and the token that cancels it
-/// when its session (or the broker) ends.
-pub struct Resolved {
-    pub link: Addr<DirectLink>,
-    /// The link's channel while it is up (no further message needed).
-    pub channel: Option<LinkChannel>,
-    pub link_in_flight: Arc<AtomicU32>,
-    pub cancel: CancellationToken,
-    pub session_in_flight: Option<Arc<AtomicU32>>,
-}
-
-#[derive(Message)]
-#[rtype(result = "Result<Resolved, BrokerError>")]
-pub struct Resolve {
-    pub peer: Peer,
-    pub service: ServiceRef,
-}
-
-impl Handler<Resolve> for SessionRegistry {
-    type Result = Result<Resolved, BrokerError>;
-
-    fn handle(&mut self, msg: Resolve, _: &mut Self::Context) -> Self::Result {
-        let (link_id, cancel, session_in_flight) = match &msg.service {
-            ServiceRef::InSession {
-                session_id,
-                service_id,
-            } => {
-                let session = self.session_of(&msg.peer, session_id)?;
-                let link = *session.services.get(service_id).ok_or_else(|| {
-                    BrokerError::NotFound(format!(
-                        "no service {service_id:?} in session {session_id:?}"
-                    ))
-                })?;
-                (
-                    link,
-                    session.cancel.clone(),
-                    Some(session.in_flight.clone()),
-                )
-            }
-            ServiceRef::Named(name) => {
-                let owner = owner_for(&msg.peer, self.settings.share_group);
-                let entry = self.named.get_mut(&(owner, name.clone())).ok_or_else(|| {
-                    BrokerError::NotFound(format!(
-                        "no named service {name:?}; create it with `switchyard connect direct {name} ...`"
-                    ))
-                })?;
-                entry.last_used = Instant::now();
-                (entry.link, self.cancel.child_token(), None)
-            }
-        };
-        let link = self.links.get(&link_id).ok_or_else(|| {
-            BrokerError::Unavailable("the service's link has closed; connect again".into())
-        })?;
-        Ok(Resolved {
-            link: link.addr.clone(),
-            channel: link.channel.borrow().clone(),
-            link_in_flight: link.in_flight.clone(),
-            cancel,
-            session_in_flight,
-        })
     }
 }
 
@@ -575,6 +573,7 @@ impl Handler<LinkClosed> for SessionRegistry {
         for s in self.sessions.values_mut() {
             s.services.retain(|_, l| *l != msg.0);
         }
+        self.publish();
     }
 }
 
@@ -632,7 +631,10 @@ impl Handler<Status> for SessionRegistry {
             .map(|((_, name), n)| NamedInfo {
                 name: name.clone(),
                 link: n.link,
-                idle: n.last_used.elapsed(),
+                idle: std::time::Duration::from_millis(
+                    self.now_ms()
+                        .saturating_sub(n.last_used.load(Ordering::Relaxed)),
+                ),
             })
             .collect();
         named.sort_by(|a, b| a.name.cmp(&b.name));

@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::wire::messages::Response;
+use crate::wire::messages::{CommandDone, Response};
 
 /// One device's results.
 #[derive(Debug, Serialize)]
@@ -79,35 +79,40 @@ impl ExecCollector {
         }
     }
 
-    pub fn command_done(
-        &mut self,
-        device: u32,
-        command: u32,
-        exit_status: Option<u32>,
-        duration_us: u64,
-        error: Option<String>,
-    ) {
+    /// A command finished; `tail` is the output not sent in chunks.
+    pub fn command_done(&mut self, device: u32, done: CommandDone) {
         let Some(p) = self.partial.get_mut(device as usize) else {
             return;
         };
-        let Some(name) = self.commands.get(command as usize) else {
+        let index = done.command as usize;
+        let (Some(name), Some(buffer)) = (self.commands.get(index), p.outputs.get_mut(index))
+        else {
             return;
         };
-        let output =
-            String::from_utf8_lossy(&std::mem::take(&mut p.outputs[command as usize])).into_owned();
-        let ok = error.is_none() && exit_status.unwrap_or(0) == 0;
-        p.results[command as usize] = Some(CommandReport {
+        buffer.extend_from_slice(&done.output);
+        let output = String::from_utf8_lossy(&std::mem::take(buffer)).into_owned();
+        let ok = done.error.is_none() && done.exit_status.unwrap_or(0) == 0;
+        p.results[index] = Some(CommandReport {
             command: name.clone(),
             status: if ok { SUCCESS } else { FAILURE },
             output,
-            exit_status,
-            duration_ms: duration_us as f64 / 1000.0,
-            error,
+            exit_status: done.exit_status,
+            duration_ms: done.duration_us as f64 / 1000.0,
+            error: done.error,
         });
     }
 
-    /// The device's report, once it is done.
-    pub fn device_done(&mut self, device: u32, error: Option<String>) -> Option<DeviceReport> {
+    /// A device finished: its command results, or its failure. Returns the
+    /// device's report.
+    pub fn device_done(
+        &mut self,
+        device: u32,
+        commands: Vec<CommandDone>,
+        error: Option<String>,
+    ) -> Option<DeviceReport> {
+        for done in commands {
+            self.command_done(device, done);
+        }
         let name = self.devices.get(device as usize)?.clone();
         let p = std::mem::take(self.partial.get_mut(device as usize)?);
         let results: Vec<CommandReport> = p.results.into_iter().flatten().collect();
@@ -131,19 +136,11 @@ impl ExecCollector {
                 self.output(device, command, &data);
                 None
             }
-            Response::ExecCommandDone {
+            Response::ExecDevice {
                 device,
-                command,
-                exit_status,
-                duration_us,
+                commands,
                 error,
-            } => {
-                self.command_done(device, command, exit_status, duration_us, error);
-                None
-            }
-            Response::ExecDeviceDone { device, error } => {
-                self.device_done(device, error.map(|e| e.message))
-            }
+            } => self.device_done(device, commands, error.map(|e| e.message)),
             _ => None,
         }
     }

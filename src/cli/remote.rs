@@ -13,6 +13,7 @@ use super::CliError;
 use super::exec_output::{ExecCollector, ExecPrinter};
 use crate::api::pb;
 use crate::secret::SecretSource;
+use crate::wire::messages::CommandDone;
 
 #[derive(Debug, Subcommand)]
 pub enum ConnectCommand {
@@ -204,17 +205,20 @@ pub async fn exec(socket: &Path, args: ExecArgs) -> Result<ExitCode, CliError> {
         let device = event.device;
         match event.event {
             Some(Event::Output(o)) => collector.output(device, o.command, &o.data),
-            Some(Event::CommandDone(d)) => collector.command_done(
-                device,
-                d.command,
-                d.exit_status,
-                d.duration_us,
-                Some(d.error).filter(|e| !e.is_empty()),
-            ),
-            Some(Event::DeviceDone(d)) => {
-                if let Some(report) =
-                    collector.device_done(device, Some(d.error).filter(|e| !e.is_empty()))
-                {
+            Some(Event::DeviceResult(r)) => {
+                let commands = r
+                    .commands
+                    .into_iter()
+                    .map(|c| CommandDone {
+                        command: c.command,
+                        output: c.output,
+                        exit_status: c.exit_status,
+                        duration_us: c.duration_us,
+                        error: Some(c.error).filter(|e| !e.is_empty()),
+                    })
+                    .collect();
+                let error = Some(r.error).filter(|e| !e.is_empty());
+                if let Some(report) = collector.device_done(device, commands, error) {
                     printer.print(&report);
                 }
             }

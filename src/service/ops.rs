@@ -23,7 +23,8 @@ use super::drivers::{DeviceExec, DeviceTarget, DriverError, Drivers};
 use super::inventory::{DeviceScope, Inventory, InventoryError, LoginRecord};
 use crate::secret::Secret;
 use crate::wire::messages::{
-    DeviceInfo, ErrorCode, Request, RequestEnvelope, Response, TerminalInput, WireError,
+    CommandDone, DeviceInfo, ErrorCode, Request, RequestEnvelope, Response, TerminalInput,
+    WireError,
 };
 
 /// Output chunk size in exec responses; well under the frame limit.
@@ -340,44 +341,105 @@ impl ServiceOps {
     }
 }
 
-/// One device's exec result as protocol events: output chunks and a
-/// completion per command, then the device's completion.
+/// Inline output allowed in one `ExecDevice` frame; the rest is chunked
+/// ahead of it (well under the frame limit).
+pub const INLINE_BUDGET: usize = 512 * 1024;
+
+/// One device's exec result as protocol events: chunks of any output too
+/// large to inline, then one `ExecDevice`.
 pub fn exec_responses(device: u32, result: Result<DeviceExec, DriverError>) -> Vec<Response> {
     let exec = match result {
         Ok(exec) => exec,
         Err(e) => {
-            return vec![Response::ExecDeviceDone {
+            return vec![Response::ExecDevice {
                 device,
+                commands: Vec::new(),
                 error: Some(OpsError::from(e).to_wire()),
             }];
         }
     };
     let mut events = Vec::new();
+    let mut budget = INLINE_BUDGET;
+    let mut commands = Vec::with_capacity(exec.results.len());
     for (index, r) in exec.results.into_iter().enumerate() {
         let command = index as u32;
-        let (exit_status, error) = match r.outcome {
-            Ok(o) => {
-                let bytes = o.output.into_bytes();
-                events.extend(bytes.chunks(OUTPUT_CHUNK).map(|c| Response::ExecOutput {
-                    device,
-                    command,
-                    data: c.to_vec(),
-                }));
-                (o.exit_status, None)
-            }
-            Err(e) => (None, Some(e.to_string())),
+        let (output, exit_status, error) = match r.outcome {
+            Ok(o) => (o.output.into_bytes(), o.exit_status, None),
+            Err(e) => (Vec::new(), None, Some(e.to_string())),
         };
-        events.push(Response::ExecCommandDone {
-            device,
+        let inline = if output.len() <= budget {
+            budget -= output.len();
+            output
+        } else {
+            events.extend(output.chunks(OUTPUT_CHUNK).map(|c| Response::ExecOutput {
+                device,
+                command,
+                data: c.to_vec(),
+            }));
+            Vec::new()
+        };
+        commands.push(CommandDone {
             command,
+            output: inline,
             exit_status,
             duration_us: r.duration.as_micros().min(u64::MAX as u128) as u64,
             error,
         });
     }
-    events.push(Response::ExecDeviceDone {
+    events.push(Response::ExecDevice {
         device,
+        commands,
         error: None,
     });
     events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::drivers::{CommandOutput, CommandResult};
+
+    fn result(output: usize) -> CommandResult {
+        CommandResult {
+            command: "x".into(),
+            duration: Duration::from_millis(1),
+            outcome: Ok(CommandOutput {
+                output: "a".repeat(output),
+                exit_status: Some(0),
+            }),
+        }
+    }
+
+    #[test]
+    fn small_results_travel_in_one_frame_large_ones_are_chunked_first() {
+        let small = exec_responses(
+            3,
+            Ok(DeviceExec {
+                results: vec![result(10), result(20)],
+                learned_host_key: None,
+            }),
+        );
+        assert_eq!(small.len(), 1);
+        let big = exec_responses(
+            0,
+            Ok(DeviceExec {
+                results: vec![result(10), result(INLINE_BUDGET + 1)],
+                learned_host_key: None,
+            }),
+        );
+        let chunks = big
+            .iter()
+            .filter(|r| matches!(r, Response::ExecOutput { command: 1, .. }))
+            .count();
+        assert_eq!(chunks, INLINE_BUDGET.div_ceil(OUTPUT_CHUNK) + 1);
+        let Some(Response::ExecDevice { commands, .. }) = big.last() else {
+            panic!("device result last")
+        };
+        assert_eq!(commands[0].output.len(), 10);
+        assert!(commands[1].output.is_empty());
+        for r in &big {
+            let frame = crate::wire::frame::encode(r, crate::wire::frame::DEFAULT_MAX_FRAME);
+            assert!(frame.is_ok(), "every event fits in a frame");
+        }
+    }
 }

@@ -4,8 +4,8 @@
 //! and one [`AuthResponse`]. Every later request opens its own stream: the
 //! client sends one [`RequestEnvelope`] (and, for a terminal, then
 //! [`TerminalInput`] frames); the service answers with [`Response`] frames
-//! and finishes the stream. Exec output is chunked so no frame grows with a
-//! device's output.
+//! and finishes the stream. A device's exec results travel in one frame;
+//! output too large for it is chunked ahead of it.
 
 use std::collections::BTreeMap;
 
@@ -130,23 +130,18 @@ pub struct DeviceInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Inventory(Vec<DeviceInfo>),
-    /// A piece of one command's output (`device`/`command` index the request).
+    /// A piece of a large command output, sent before its device's
+    /// `ExecDevice` (`device`/`command` index the request).
     ExecOutput {
         device: u32,
         command: u32,
         data: Vec<u8>,
     },
-    /// One command finished (its output, if any, came before).
-    ExecCommandDone {
+    /// One device finished: a result per command (output inline unless it
+    /// came in chunks before), or the device's failure.
+    ExecDevice {
         device: u32,
-        command: u32,
-        exit_status: Option<u32>,
-        duration_us: u64,
-        error: Option<String>,
-    },
-    /// All of one device's commands finished, or the device failed.
-    ExecDeviceDone {
-        device: u32,
+        commands: Vec<CommandDone>,
         error: Option<WireError>,
     },
     TerminalReady,
@@ -155,6 +150,17 @@ pub enum Response {
     Pong,
     /// The request failed as a whole.
     Error(WireError),
+}
+
+/// One command's completion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandDone {
+    pub command: u32,
+    /// The output not already sent in chunks.
+    pub output: Vec<u8>,
+    pub exit_status: Option<u32>,
+    pub duration_us: u64,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -61,8 +61,9 @@ def test_session_direct_exec_and_status(stubs, broker, service):
             kind = event.WhichOneof("event")
             if kind == "output":
                 output[event.device] += event.output.data
-            elif kind == "device_done":
-                assert event.device_done.error == ""
+            elif kind == "device_result":
+                assert event.device_result.error == ""
+                output[event.device] += event.device_result.commands[0].output
                 done.add(event.device)
         assert done == {0, 1}
         assert b"core-1 uptime" in output[0]
