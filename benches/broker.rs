@@ -357,9 +357,54 @@ struct Load {
     broker_rss_kib_before: u64,
     broker_rss_kib_loaded: u64,
     idle_session_bytes: f64,
+    idle_session_bytes_shared_connection: f64,
+}
+
+/// Memory of idle sessions that share one connection (one process with
+/// many `Client.create()`s): RSS growth per session.
+async fn shared_connection_sessions(socket: &Path, broker_pid: u32, n: usize) -> f64 {
+    let client = switchyard::api::client::connect(socket).await.unwrap();
+    let before = rss_kib(broker_pid);
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut c = client.clone();
+        let id = c
+            .open_session(pb::OpenSessionRequest {
+                client_name: "idle".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .session_id;
+        held.push(
+            c.attach(pb::AttachRequest { session_id: id })
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let after = rss_kib(broker_pid);
+    drop(held);
+    // Wait (bounded) for the broker to reap them before the next phase.
+    let mut c = client.clone();
+    for _ in 0..500 {
+        if c.status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (after.saturating_sub(before) as f64 * 1024.0) / n as f64
 }
 
 async fn load(socket: &Path, broker_pid: u32, callers: usize, secs: u64, svc_port: u16) -> Load {
+    let idle_session_bytes_shared_connection =
+        shared_connection_sessions(socket, broker_pid, callers).await;
     let rss_before = rss_kib(broker_pid);
     // Each caller: its own connection and session, sharing one link.
     let mut sessions = Vec::with_capacity(callers);
@@ -450,6 +495,7 @@ async fn load(socket: &Path, broker_pid: u32, callers: usize, secs: u64, svc_por
         broker_rss_kib_before: rss_before,
         broker_rss_kib_loaded: rss_loaded,
         idle_session_bytes,
+        idle_session_bytes_shared_connection,
     }
 }
 
@@ -537,8 +583,8 @@ fn main() {
             load.callers, load.seconds, load.execs, load.execs_per_sec, load.failures, load.latency.p50_us, load.latency.p99_us
         );
         println!(
-            "broker RSS: {} KiB idle, {} KiB under load; {:.0} bytes per idle session",
-            load.broker_rss_kib_before, load.broker_rss_kib_loaded, load.idle_session_bytes
+            "broker RSS: {} KiB idle, {} KiB under load; per idle session: {:.0} bytes sharing one connection, {:.0} bytes with a connection each",
+            load.broker_rss_kib_before, load.broker_rss_kib_loaded, load.idle_session_bytes_shared_connection, load.idle_session_bytes
         );
         let report = serde_json::json!({ "latency": latency, "load": load });
         let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-broker.json");

@@ -31,6 +31,8 @@ pub enum ConfigError {
 /// Everything the daemons and commands read from configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Async worker threads (`None`: one per core, or $TOKIO_WORKER_THREADS).
+    pub runtime_threads: Option<usize>,
     pub log_format: LogFormat,
     pub log_filter: String,
     pub ssh: SshDriverConfig,
@@ -50,6 +52,8 @@ pub struct BrokerSettings {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSettings {
+    #[serde(default)]
+    runtime: RuntimeSection,
     #[serde(default)]
     log: LogSection,
     #[serde(default)]
@@ -119,6 +123,13 @@ fn group_id(option: &str, name: Option<String>) -> Result<Option<u32>, ConfigErr
             "{option}: cannot look up group {name:?}: {e}"
         ))),
     }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RuntimeSection {
+    /// 0: one per core (or $TOKIO_WORKER_THREADS).
+    worker_threads: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,6 +260,7 @@ impl FileSettings {
             },
         };
         Ok(Settings {
+            runtime_threads: Some(self.runtime.worker_threads).filter(|n| *n > 0),
             broker,
             log_format,
             log_filter: self.log.filter,

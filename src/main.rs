@@ -32,7 +32,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
     // actix actors run on the System arbiter inside the multi-thread tokio
     // runtime that also serves tonic.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = settings.runtime_threads.filter(|n| *n > 0) {
+        builder.worker_threads(n);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
