@@ -29,23 +29,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     logging::init(format, &settings.log_filter);
     switchyard::tls::install_crypto_provider();
+    let daemon = cli.command.is_daemon();
+    let threads = settings.runtime_threads;
 
-    // actix actors run on the System arbiter inside the multi-thread tokio
-    // runtime that also serves tonic.
+    let main = async {
+        let shutdown = CancellationToken::new();
+        let _signals = spawn_signal_handler(shutdown.clone())?;
+        Ok(cli::run(cli, settings, shutdown).await?)
+    };
+    if !daemon {
+        // A one-shot client command: one thread starts fastest.
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(main);
+    }
+    // Daemons: actix actors run on the System arbiter inside the
+    // multi-thread tokio runtime that also serves tonic.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = settings.runtime_threads.filter(|n| *n > 0) {
+    if let Some(n) = threads.filter(|n| *n > 0) {
         builder.worker_threads(n);
     }
     let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let system = actix_rt::System::with_tokio_rt(|| runtime);
-    system.block_on(async {
-        let shutdown = CancellationToken::new();
-        let _signals = spawn_signal_handler(shutdown.clone())?;
-        Ok(cli::run(cli, settings, shutdown).await?)
-    })
+    actix_rt::System::with_tokio_rt(|| runtime).block_on(main)
 }
 
 /// The first SIGINT/SIGTERM cancels `shutdown`; a second exits at once.

@@ -83,6 +83,24 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Long-running commands (servers) get the multi-thread runtime and the
+    /// actor system; one-shot client commands a single thread.
+    pub fn is_daemon(&self) -> bool {
+        matches!(
+            self,
+            Self::Broker
+                | Self::Sim(_)
+                | Self::Demo(_)
+                | Self::Service(service_admin::ServiceArgs {
+                    command: service_admin::ServiceCommand::Run(_)
+                        | service_admin::ServiceCommand::Exec(_),
+                    ..
+                })
+        )
+    }
+}
+
 /// Errors a command reports to the person who ran it.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
