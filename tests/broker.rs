@@ -603,3 +603,107 @@ async fn service_restart_fails_in_flight_calls_fast_then_recovers() {
     assert_eq!(s.links[0].connects, 2);
     assert_eq!(s.links[0].state, "up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_through_the_cli() {
+    let svc = start_service(&[], RpcConfig::default());
+    let broker = TestBroker::start(&[]).await;
+    let mut c = broker.client().await;
+    c.service_direct(direct(&svc, "", "lab", ALICE_PASSWORD))
+        .await
+        .unwrap();
+    let mut child = broker
+        .command()
+        .args(["terminal", "lab", "core-1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"show ip interface brief\rexit\r")
+        .await
+        .unwrap();
+    let out = within(30, "terminal session", child.wait_with_output())
+        .await
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(screen.contains("core-1#"), "{screen:?}");
+    assert!(screen.contains("GigabitEthernet0/0"), "{screen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unheld_link_closes_at_once_with_zero_idle_timeout() {
+    let svc = start_service(&[], RpcConfig::default());
+    let broker = TestBroker::start(&[("SWITCHYARD_BROKER__IDLE_TIMEOUT_SECS", "0")]).await;
+    let mut c = broker.client().await;
+    let (s, hold) = open_attached(&mut c).await;
+    c.service_direct(direct(&svc, &s, "", ALICE_PASSWORD))
+        .await
+        .unwrap();
+    assert_eq!(status(&broker).await.links.len(), 1);
+    drop(hold); // the session ends, releasing its link
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !status(&broker).await.links.is_empty() {
+        assert!(Instant::now() < deadline, "link not closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_never_reach_the_broker_log() {
+    let svc = start_service(&[], RpcConfig::default());
+    let broker = TestBroker::start(&[("RUST_LOG", "trace")]).await;
+    let mut c = broker.client().await;
+    let (s, _hold) = open_attached(&mut c).await;
+    c.service_direct(direct(&svc, &s, "", ALICE_PASSWORD))
+        .await
+        .unwrap();
+    let wrong = "Wr0ng-password-marker";
+    c.service_direct(direct(&svc, &s, "", wrong))
+        .await
+        .unwrap_err();
+    let pw = broker.dir.path().join("pw");
+    std::fs::write(&pw, format!("{ALICE_PASSWORD}\n")).unwrap();
+    let out = broker
+        .command()
+        .env("RUST_LOG", "trace")
+        .args([
+            "connect",
+            "direct",
+            "lab",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &svc.addr().port().to_string(),
+            "--user",
+            "alice",
+            "--password-file",
+        ])
+        .arg(&pw)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    run_exec(&mut c, named("lab"), &["core-1"], &["show clock"])
+        .await
+        .unwrap();
+    let cli_log = String::from_utf8_lossy(&out.stderr);
+    // Stop the broker so its log is complete.
+    let mut child = broker.child;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let log = std::fs::read_to_string(broker.dir.path().join("broker.log")).unwrap();
+    assert!(log.contains("link up"), "trace log was captured: {log}");
+    for secret in [ALICE_PASSWORD, wrong] {
+        assert!(!log.contains(secret), "a password reached the broker log");
+        assert!(!cli_log.contains(secret), "a password reached the CLI log");
+    }
+}
