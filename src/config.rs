@@ -237,12 +237,20 @@ impl FileSettings {
                 "ssh.max_sessions_per_connection must be at least 1".into(),
             ));
         }
+        let ssh = SshDriverConfig {
+            connect_timeout: secs("ssh.connect_timeout_secs", s.connect_timeout_secs)?,
+            command_timeout: secs("ssh.command_timeout_secs", s.command_timeout_secs)?,
+            idle_timeout: secs("ssh.idle_timeout_secs", s.idle_timeout_secs)?,
+            max_sessions_per_connection: s.max_sessions_per_connection,
+            max_output_bytes: s.max_output_bytes,
+        };
         let b = self.broker;
         let broker = BrokerSettings {
             socket: b.socket,
             socket_group: group_id("broker.socket_group", b.socket_group)?,
             drain_timeout: secs("broker.drain_timeout_secs", b.drain_timeout_secs)?,
             registry: RegistrySettings {
+                ssh: ssh.clone(),
                 link: LinkConfig {
                     idle_timeout: secs("broker.idle_timeout_secs", b.idle_timeout_secs)?,
                     connect_timeout: secs("broker.connect_timeout_secs", b.connect_timeout_secs)?,
@@ -264,13 +272,7 @@ impl FileSettings {
             broker,
             log_format,
             log_filter: self.log.filter,
-            ssh: SshDriverConfig {
-                connect_timeout: secs("ssh.connect_timeout_secs", s.connect_timeout_secs)?,
-                command_timeout: secs("ssh.command_timeout_secs", s.command_timeout_secs)?,
-                idle_timeout: secs("ssh.idle_timeout_secs", s.idle_timeout_secs)?,
-                max_sessions_per_connection: s.max_sessions_per_connection,
-                max_output_bytes: s.max_output_bytes,
-            },
+            ssh,
         })
     }
 }

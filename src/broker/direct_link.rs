@@ -16,34 +16,22 @@
 //! login or a changed certificate is final: the link stops retrying. A link
 //! nobody holds closes after `idle_timeout` (at once when that is 0).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::prelude::*;
-use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::backoff::Backoff;
 use super::direct_client::{self, DirectTarget};
 use super::link::{LinkChannel, LinkError};
-use super::peer::Owner;
+use super::link_actor::{
+    Acquire, Acquired, CloseLink, LinkActor, LinkCommon, LinkInfo, LinkState, LinkStatus, Release,
+    release, stop_and_report,
+};
 use crate::secret::Secret;
 use crate::wire::conn::{TransportLimits, client_endpoint};
 use crate::wire::pin::Fingerprint;
-
-/// Link ids are small integers shown as `L<n>`.
-pub type LinkId = u64;
-
-/// What identifies a link for sharing (the password is checked separately,
-/// by keyed hash).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct LinkKey {
-    /// `host:port` as the caller named it.
-    pub target: String,
-    pub username: String,
-    pub owner: Owner,
-}
 
 /// Tunables for links.
 #[derive(Debug, Clone)]
@@ -68,106 +56,11 @@ impl Default for LinkConfig {
     }
 }
 
-/// Told to the registry when a link stops.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct LinkClosed(pub LinkId);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkState {
-    Connecting,
-    Up,
-    Reconnecting,
-    Failed,
-}
-
-impl LinkState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Connecting => "connecting",
-            Self::Up => "up",
-            Self::Reconnecting => "reconnecting",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-/// Counts a request on the link (and its session) while alive.
-pub struct InFlight(Vec<Arc<AtomicU32>>);
-
-impl InFlight {
-    pub fn new(counters: Vec<Arc<AtomicU32>>) -> Self {
-        for c in &counters {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        Self(counters)
-    }
-
-    pub fn also(mut self, counter: Arc<AtomicU32>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.0.push(counter);
-        self
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        for c in &self.0 {
-            c.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// What `Acquire` hands out.
-pub struct Acquired {
-    pub channel: LinkChannel,
-    pub in_flight: InFlight,
-    pub fingerprint: Option<Fingerprint>,
-    pub service_name: String,
-}
-
-/// Get a channel; with `hold`, also take a hold on the link (atomically, so
-/// an idle close cannot slip in between).
-#[derive(Message)]
-#[rtype(result = "Result<Acquired, LinkError>")]
-pub struct Acquire {
-    pub hold: bool,
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Release;
-
-#[derive(Message)]
-#[rtype(result = "LinkInfo")]
-pub struct LinkStatus;
-
-/// Close the link now (broker shutdown).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CloseLink;
-
-#[derive(Debug, Clone)]
-pub struct LinkInfo {
-    pub id: LinkId,
-    pub key: LinkKey,
-    pub transport: &'static str,
-    pub state: LinkState,
-    pub holders: u32,
-    pub in_flight: u32,
-    pub connects: u64,
-    pub last_error: Option<String>,
-    pub fingerprint: Option<Fingerprint>,
-}
-
 pub struct DirectLink {
-    published: tokio::sync::watch::Sender<Option<LinkChannel>>,
-    id: LinkId,
-    key: LinkKey,
+    common: LinkCommon,
     password: Secret,
     fingerprint: Option<Fingerprint>,
     config: LinkConfig,
-    registry: Recipient<LinkClosed>,
     state: LinkState,
     conn: Option<quinn::Connection>,
     endpoint: Option<quinn::Endpoint>,
@@ -176,56 +69,46 @@ pub struct DirectLink {
     /// notice for an old one is ignored.
     generation: u64,
     connecting: bool,
-    waiters: Vec<(bool, oneshot::Sender<Result<Acquired, LinkError>>)>,
-    holders: u32,
-    in_flight: Arc<AtomicU32>,
     connects: u64,
     last_error: Option<LinkError>,
     backoff: Backoff,
-    idle_timer: Option<SpawnHandle>,
     retry_timer: Option<SpawnHandle>,
 }
 
 /// Everything needed to create a link.
 pub struct NewDirectLink {
-    /// Where the link publishes its live channel, so callers can skip a
-    /// message round trip while it is up.
-    pub published: tokio::sync::watch::Sender<Option<LinkChannel>>,
-    /// Requests running on the link (shared with its callers' guards).
-    pub in_flight: Arc<AtomicU32>,
-    pub id: LinkId,
-    pub key: LinkKey,
+    pub common: LinkCommon,
     pub password: Secret,
     pub fingerprint: Option<Fingerprint>,
     pub config: LinkConfig,
-    pub registry: Recipient<LinkClosed>,
 }
 
 impl DirectLink {
     pub fn new(n: NewDirectLink) -> Self {
         let backoff = Backoff::new(n.config.reconnect_min, n.config.reconnect_max);
         Self {
-            published: n.published,
-            id: n.id,
-            key: n.key,
+            common: n.common,
             password: n.password,
             fingerprint: n.fingerprint,
             config: n.config,
-            registry: n.registry,
             state: LinkState::Connecting,
             conn: None,
             endpoint: None,
             service_name: String::new(),
             generation: 0,
             connecting: false,
-            waiters: Vec::new(),
-            holders: 0,
-            in_flight: n.in_flight,
             connects: 0,
             last_error: None,
             backoff,
-            idle_timer: None,
             retry_timer: None,
+        }
+    }
+
+    fn channel(&self, conn: quinn::Connection) -> LinkChannel {
+        LinkChannel::Quic {
+            conn,
+            target: self.common.key.target.clone(),
+            max_frame: self.config.limits.max_frame,
         }
     }
 
@@ -236,25 +119,14 @@ impl DirectLink {
             .filter(|c| c.close_reason().is_none())?
             .clone();
         if hold {
-            self.hold(ctx);
+            self.common.hold(ctx);
         }
         Some(Acquired {
-            channel: LinkChannel::Quic {
-                conn,
-                target: self.key.target.clone(),
-                max_frame: self.config.limits.max_frame,
-            },
-            in_flight: InFlight::new(vec![self.in_flight.clone()]),
+            channel: self.channel(conn),
+            in_flight: self.common.in_flight_guard(),
             fingerprint: self.fingerprint,
             service_name: self.service_name.clone(),
         })
-    }
-
-    fn hold(&mut self, ctx: &mut Context<Self>) {
-        self.holders += 1;
-        if let Some(t) = self.idle_timer.take() {
-            ctx.cancel_future(t);
-        }
     }
 
     fn start_connect(&mut self, ctx: &mut Context<Self>) {
@@ -262,20 +134,21 @@ impl DirectLink {
             return;
         }
         self.connecting = true;
-        let target = self.key.target.clone();
+        let target = self.common.key.target.clone();
         let direct = DirectTarget {
             label: target.clone(),
             addr: "0.0.0.0:0"
                 .parse()
                 .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
-            username: self.key.username.clone(),
+            username: self.common.key.username.clone(),
             password: self.password.clone(),
             fingerprint: self.fingerprint,
         };
         let limits = self.config.limits.clone();
         let endpoint = self.endpoint.clone();
         let connect_timeout = self.config.connect_timeout;
-        let span = info_span!("link_connect", link = %format!("L{}", self.id), target = %target);
+        let span =
+            info_span!("link_connect", link = %format!("L{}", self.common.id), target = %target);
         let attempt = async move {
             let addr = resolve(&target).await?;
             let endpoint = match endpoint {
@@ -289,7 +162,7 @@ impl DirectLink {
             let connected = direct_client::connect(&endpoint, &direct, &limits).await?;
             Ok((endpoint, connected))
         };
-        let timeout_target = self.key.target.clone();
+        let timeout_target = self.common.key.target.clone();
         let fut = async move {
             tokio::time::timeout(connect_timeout, attempt)
                 .await
@@ -322,21 +195,18 @@ impl DirectLink {
                 self.backoff.reset();
                 self.fingerprint = Some(connected.fingerprint);
                 self.service_name = connected.service_name;
-                info!(link = self.id, target = %self.key.target, user = %self.key.username, connects = self.connects, "link up");
+                info!(link = self.common.id, target = %self.common.key.target, user = %self.common.key.username, connects = self.connects, "link up");
                 let generation = self.generation;
                 let watch = connected.conn.clone();
-                self.published.send_replace(Some(LinkChannel::Quic {
-                    conn: connected.conn.clone(),
-                    target: self.key.target.clone(),
-                    max_frame: self.config.limits.max_frame,
-                }));
+                self.common
+                    .publish(Some(self.channel(connected.conn.clone())));
                 self.conn = Some(connected.conn);
                 ctx.spawn(
                     async move { watch.closed().await }
                         .into_actor(self)
                         .map(move |reason, act, ctx| act.on_lost(generation, reason, ctx)),
                 );
-                for (hold, waiter) in std::mem::take(&mut self.waiters) {
+                for (hold, waiter) in self.common.take_waiters() {
                     let reply = self
                         .acquired(hold, ctx)
                         .ok_or_else(|| LinkError::Closed("link closed".into()));
@@ -348,15 +218,13 @@ impl DirectLink {
                     e,
                     LinkError::Rejected { .. } | LinkError::FingerprintMismatch { .. }
                 );
-                warn!(link = self.id, target = %self.key.target, error = %e, "link connect failed");
-                for (_, waiter) in std::mem::take(&mut self.waiters) {
-                    let _ = waiter.send(Err(e.clone()));
-                }
+                warn!(link = self.common.id, target = %self.common.key.target, error = %e, "link connect failed");
+                self.common.fail_waiters(&e);
                 self.last_error = Some(e);
-                if permanent || self.holders == 0 {
+                if permanent || self.common.holders == 0 {
                     self.state = LinkState::Failed;
-                    if self.holders == 0 {
-                        self.stop_and_report(ctx);
+                    if self.common.holders == 0 {
+                        stop_and_report(self, ctx);
                     }
                 } else {
                     self.state = LinkState::Reconnecting;
@@ -375,15 +243,15 @@ impl DirectLink {
         if generation != self.generation || self.state != LinkState::Up {
             return;
         }
-        warn!(link = self.id, target = %self.key.target, %reason, "link lost");
+        warn!(link = self.common.id, target = %self.common.key.target, %reason, "link lost");
         self.conn = None;
-        self.published.send_replace(None);
+        self.common.publish(None);
         self.last_error = Some(LinkError::Lost {
-            target: self.key.target.clone(),
+            target: self.common.key.target.clone(),
             reason: reason.to_string(),
         });
-        if self.holders == 0 {
-            self.stop_and_report(ctx);
+        if self.common.holders == 0 {
+            stop_and_report(self, ctx);
         } else {
             self.state = LinkState::Reconnecting;
             self.schedule_retry(ctx);
@@ -395,25 +263,13 @@ impl DirectLink {
             return;
         }
         let delay = self.backoff.next_delay(rand::random::<f64>());
-        debug!(link = self.id, ?delay, "reconnect scheduled");
+        debug!(link = self.common.id, ?delay, "reconnect scheduled");
         self.retry_timer = Some(ctx.run_later(delay, |act, ctx| {
             act.retry_timer = None;
             if act.state == LinkState::Reconnecting {
                 act.start_connect(ctx);
             }
         }));
-    }
-
-    fn stop_and_report(&mut self, ctx: &mut Context<Self>) {
-        let id = self.id;
-        let registry = self.registry.clone();
-        ctx.spawn(
-            async move {
-                let _ = registry.send(LinkClosed(id)).await;
-            }
-            .into_actor(self)
-            .map(|_, _, ctx| ctx.stop()),
-        );
     }
 
     fn unavailable(&self) -> LinkError {
@@ -425,7 +281,7 @@ impl DirectLink {
         match self.state {
             LinkState::Failed => self.last_error.clone().unwrap_or(LinkError::Closed(reason)),
             _ => LinkError::Unreachable {
-                target: self.key.target.clone(),
+                target: self.common.key.target.clone(),
                 reason: format!("reconnecting ({reason})"),
             },
         }
@@ -455,14 +311,11 @@ impl Actor for DirectLink {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.published.send_replace(None);
+        self.common.on_stopped();
         if let Some(conn) = self.conn.take() {
             conn.close(0u32.into(), b"link closed");
         }
-        for (_, waiter) in self.waiters.drain(..) {
-            let _ = waiter.send(Err(LinkError::Closed("the link was closed".into())));
-        }
-        info!(link = self.id, target = %self.key.target, "link closed");
+        info!(link = self.common.id, target = %self.common.key.target, "link closed");
     }
 }
 
@@ -475,13 +328,9 @@ impl Handler<Acquire> for DirectLink {
         }
         match self.state {
             LinkState::Connecting => {
-                let (tx, rx) = oneshot::channel();
-                self.waiters.push((msg.hold, tx));
+                let answer = self.common.wait(msg.hold);
                 self.start_connect(ctx);
-                Box::pin(async move {
-                    rx.await
-                        .unwrap_or_else(|_| Err(LinkError::Closed("the link was closed".into())))
-                })
+                answer
             }
             _ => Box::pin(std::future::ready(Err(self.unavailable()))),
         }
@@ -492,22 +341,14 @@ impl Handler<Release> for DirectLink {
     type Result = ();
 
     fn handle(&mut self, _: Release, ctx: &mut Self::Context) {
-        self.holders = self.holders.saturating_sub(1);
-        if self.holders > 0 {
-            return;
-        }
-        if self.state != LinkState::Up || self.config.idle_timeout.is_zero() {
-            self.stop_and_report(ctx);
-            return;
-        }
-        let idle = self.config.idle_timeout;
-        self.idle_timer = Some(ctx.run_later(idle, |act, ctx| {
-            act.idle_timer = None;
-            if act.holders == 0 {
-                debug!(link = act.id, "idle timeout");
-                act.stop_and_report(ctx);
-            }
-        }));
+        let up = self.state == LinkState::Up;
+        release(self, ctx, up);
+    }
+}
+
+impl LinkActor for DirectLink {
+    fn common(&mut self) -> &mut LinkCommon {
+        &mut self.common
     }
 }
 
@@ -516,12 +357,12 @@ impl Handler<LinkStatus> for DirectLink {
 
     fn handle(&mut self, _: LinkStatus, _: &mut Self::Context) -> Self::Result {
         MessageResult(LinkInfo {
-            id: self.id,
-            key: self.key.clone(),
+            id: self.common.id,
+            key: self.common.key.clone(),
             transport: "direct",
             state: self.state,
-            holders: self.holders,
-            in_flight: self.in_flight.load(Ordering::Relaxed),
+            holders: self.common.holders,
+            in_flight: self.common.in_flight.load(Ordering::Relaxed),
             connects: self.connects,
             last_error: self.last_error.as_ref().map(|e| e.to_string()),
             fingerprint: self.fingerprint,

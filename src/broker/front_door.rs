@@ -17,12 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::direct_link::{Acquire, InFlight};
 use super::error::BrokerError;
 use super::link::CallStream;
+use super::link_actor::{Acquire, InFlight};
 use super::peer::Peer;
 use super::registry::{
-    Disconnect, GetSession, OpenSession, ServiceDirect, SessionRegistry, Status as StatusMsg,
+    Disconnect, GetSession, OpenSession, ServiceDirect, ServiceInfo, ServiceIntegrated,
+    SessionRegistry, Status as StatusMsg,
 };
 use super::routes::{Routes, ServiceRef};
 use super::session::{AttachSession, EndSession};
@@ -94,7 +95,7 @@ impl FrontDoor {
             Some(channel) => (channel, InFlight::new(vec![resolved.link_in_flight])),
             None => {
                 let acquired = resolved
-                    .link
+                    .acquire
                     .send(Acquire { hold: false })
                     .await
                     .map_err(mailbox)??;
@@ -110,6 +111,16 @@ impl FrontDoor {
             cancel: resolved.cancel,
             _in_flight: in_flight,
         })
+    }
+}
+
+fn service_response(info: ServiceInfo) -> pb::ServiceResponse {
+    pb::ServiceResponse {
+        service_id: info.service_id.unwrap_or_default(),
+        name: info.name.unwrap_or_default(),
+        service_name: info.service_name,
+        fingerprint: info.fingerprint.map(|f| f.to_string()).unwrap_or_default(),
+        reused: info.reused,
     }
 }
 
@@ -197,13 +208,32 @@ impl Broker for FrontDoor {
             })
             .await
             .map_err(mailbox)??;
-        Ok(Response::new(pb::ServiceResponse {
-            service_id: info.service_id.unwrap_or_default(),
-            name: info.name.unwrap_or_default(),
-            service_name: info.service_name,
-            fingerprint: info.fingerprint.map(|f| f.to_string()).unwrap_or_default(),
-            reused: info.reused,
-        }))
+        Ok(Response::new(service_response(info)))
+    }
+
+    async fn service_integrated(
+        &self,
+        request: Request<pb::ServiceIntegratedRequest>,
+    ) -> Result<Response<pb::ServiceResponse>, Status> {
+        let peer = peer(&request)?;
+        let r = request.into_inner();
+        if r.db.is_empty() || r.admin_password.is_empty() {
+            return Err(Status::invalid_argument(
+                "integrated mode needs the inventory path and its admin password",
+            ));
+        }
+        let info = self
+            .registry
+            .send(ServiceIntegrated {
+                peer,
+                session_id: Some(r.session_id).filter(|s| !s.is_empty()),
+                name: Some(r.name).filter(|s| !s.is_empty()),
+                db: r.db.into(),
+                admin_password: Secret::new(r.admin_password),
+            })
+            .await
+            .map_err(mailbox)??;
+        Ok(Response::new(service_response(info)))
     }
 
     async fn disconnect(

@@ -2,7 +2,7 @@
 //! links.
 //!
 //! Owns: the maps of sessions (id → `Session` actor, its services), named
-//! services ((owner, name) → link), and links (id → `DirectLink` actor, with
+//! services ((owner, name) → link), and links (id → link actor, with
 //! the keyed hash of the password each proved). Only this actor creates or
 //! forgets links, so sharing decisions are made in one place, in order.
 //!
@@ -27,17 +27,20 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::direct_link::{
-    Acquire, Acquired, CloseLink, DirectLink, LinkClosed, LinkConfig, LinkId, LinkInfo, LinkKey,
-    LinkStatus, NewDirectLink, Release,
-};
+use super::direct_link::{DirectLink, LinkConfig, NewDirectLink};
 use super::error::BrokerError;
+use super::integrated::{IntegratedLink, NewIntegratedLink};
 use super::known_services::KnownServices;
 use super::link::LinkChannel;
+use super::link_actor::{
+    Acquire, Acquired, CloseLink, LinkClosed, LinkCommon, LinkHandle, LinkId, LinkInfo, LinkKey,
+    LinkStatus, Release,
+};
 use super::peer::{Owner, Peer, owner_for};
 use super::routes::{LinkRoute, NamedRoute, Routes, SessionRoute};
 use super::session::{EndSession, NotifyShutdown, Session};
 use crate::secret::Secret;
+use crate::service::drivers::ssh::SshDriverConfig;
 use crate::wire::pin::Fingerprint;
 use tokio::sync::watch;
 
@@ -45,6 +48,8 @@ use tokio::sync::watch;
 #[derive(Debug, Clone)]
 pub struct RegistrySettings {
     pub link: LinkConfig,
+    /// Device driver settings of integrated services.
+    pub ssh: SshDriverConfig,
     /// A named service unused this long is released (0: never).
     pub named_idle_timeout: Duration,
     /// Time a new session has to attach.
@@ -59,6 +64,7 @@ impl Default for RegistrySettings {
     fn default() -> Self {
         Self {
             link: LinkConfig::default(),
+            ssh: SshDriverConfig::default(),
             named_idle_timeout: Duration::from_secs(1800),
             attach_grace: Duration::from_secs(10),
             share_group: None,
@@ -84,7 +90,7 @@ struct LinkEntry {
     password_tag: [u8; 32],
     /// The certificate the link verified (known once it connected).
     fingerprint: Option<Fingerprint>,
-    addr: Addr<DirectLink>,
+    handle: LinkHandle,
 }
 
 struct NamedEntry {
@@ -143,7 +149,7 @@ impl SessionRegistry {
 
     fn link_route(&self, id: LinkId) -> Option<LinkRoute> {
         self.links.get(&id).map(|l| LinkRoute {
-            link: l.addr.clone(),
+            acquire: l.handle.acquire.clone(),
             channel: l.channel.clone(),
             in_flight: l.in_flight.clone(),
         })
@@ -197,6 +203,39 @@ impl SessionRegistry {
         mac.finalize().into_bytes().into()
     }
 
+    /// Creates a link's common part; `start` builds and starts the actor
+    /// from it. The link is registered under a fresh id.
+    fn add_link(
+        &mut self,
+        key: LinkKey,
+        password_tag: [u8; 32],
+        ctx: &mut Context<Self>,
+        start: impl FnOnce(LinkCommon) -> LinkHandle,
+    ) -> LinkId {
+        let id = self.next();
+        let (common, channel) = LinkCommon::new(
+            id,
+            key.clone(),
+            ctx.address().recipient(),
+            self.settings.link.idle_timeout,
+        );
+        let in_flight = common.in_flight.clone();
+        info!(link = id, target = %key.target, user = %key.username, owner = %key.owner, "link created");
+        let handle = start(common);
+        self.links.insert(
+            id,
+            LinkEntry {
+                channel,
+                in_flight,
+                key,
+                password_tag,
+                fingerprint: None,
+                handle,
+            },
+        );
+        id
+    }
+
     fn session_of(&self, peer: &Peer, id: &str) -> Result<&SessionEntry, BrokerError> {
         let entry = self.sessions.get(id).ok_or_else(|| {
             BrokerError::NotFound(format!("no session {id:?} (it may have ended)"))
@@ -211,10 +250,10 @@ impl SessionRegistry {
 
     fn release(&mut self, link: LinkId, ctx: &mut Context<Self>) {
         if let Some(entry) = self.links.get(&link) {
-            let addr = entry.addr.clone();
+            let release = entry.handle.release.clone();
             ctx.spawn(
                 async move {
-                    let _ = addr.send(Release).await;
+                    let _ = release.send(Release).await;
                 }
                 .into_actor(self),
             );
@@ -401,32 +440,18 @@ impl SessionRegistry {
                 let fingerprint = msg
                     .fingerprint
                     .or_else(|| self.known.get(owner, &key.target));
-                let id = self.next();
-                let (published, channel) = tokio::sync::watch::channel(None);
-                let in_flight = Arc::new(AtomicU32::new(0));
-                let addr = DirectLink::new(NewDirectLink {
-                    published,
-                    in_flight: in_flight.clone(),
-                    id,
-                    key: key.clone(),
-                    password: password.clone(),
-                    fingerprint,
-                    config: self.settings.link.clone(),
-                    registry: ctx.address().recipient(),
-                })
-                .start();
-                info!(link = id, target = %key.target, user = %key.username, %owner, "link created");
-                self.links.insert(
-                    id,
-                    LinkEntry {
-                        channel,
-                        in_flight,
-                        key,
-                        password_tag: tag,
-                        fingerprint: None,
-                        addr,
-                    },
-                );
+                let config = self.settings.link.clone();
+                let id = self.add_link(key, tag, ctx, |common| {
+                    LinkHandle::of(
+                        &DirectLink::new(NewDirectLink {
+                            common,
+                            password: password.clone(),
+                            fingerprint,
+                            config,
+                        })
+                        .start(),
+                    )
+                });
                 Ok((id, false))
             }
         }
@@ -438,17 +463,7 @@ impl Handler<ServiceDirect> for SessionRegistry {
 
     fn handle(&mut self, msg: ServiceDirect, ctx: &mut Self::Context) -> Self::Result {
         let checked = (|| {
-            match (&msg.session_id, &msg.name) {
-                (Some(id), None) => {
-                    self.session_of(&msg.peer, id)?;
-                }
-                (None, Some(name)) if !name.is_empty() => {}
-                _ => {
-                    return Err(BrokerError::InvalidArgument(
-                        "give either a session id or a service name".into(),
-                    ));
-                }
-            }
+            self.check_target(&msg.peer, &msg.session_id, &msg.name)?;
             if msg.username.is_empty() || msg.host.is_empty() {
                 return Err(BrokerError::InvalidArgument(
                     "a direct connection needs a user name and a host".into(),
@@ -461,12 +476,12 @@ impl Handler<ServiceDirect> for SessionRegistry {
             Ok(l) => l,
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
-        let Some(addr) = self.links.get(&link_id).map(|l| l.addr.clone()) else {
+        let Some(acquire) = self.links.get(&link_id).map(|l| l.handle.acquire.clone()) else {
             return Box::pin(fut::ready(Err(BrokerError::Internal(
                 "link vanished".into(),
             ))));
         };
-        let acquire = async move { addr.send(Acquire { hold: true }).await };
+        let acquire = async move { acquire.send(Acquire { hold: true }).await };
         Box::pin(acquire.into_actor(self).map(move |result, act, ctx| {
             let acquired: Acquired = match result {
                 Ok(Ok(a)) => a,
@@ -496,48 +511,178 @@ impl Handler<ServiceDirect> for SessionRegistry {
             {
                 warn!(error = %e, "cannot persist the service fingerprint");
             }
-            let mut info = ServiceInfo {
+            let info = ServiceInfo {
                 service_id: None,
                 name: None,
                 service_name: acquired.service_name.clone(),
                 fingerprint: acquired.fingerprint,
                 reused: existed,
             };
-            match (msg.session_id, msg.name) {
-                (Some(session), _) => {
-                    let n = act.next();
-                    let service_id = format!("v{n}");
-                    match act.sessions.get_mut(&session) {
-                        Some(entry) => {
-                            entry.services.insert(service_id.clone(), link_id);
-                        }
-                        None => {
-                            // The session ended while we connected.
-                            act.release(link_id, ctx);
-                            return Err(BrokerError::NotFound(format!(
-                                "session {session:?} has ended"
-                            )));
-                        }
+            act.record_service(link_id, msg.session_id, msg.name, owner, info, ctx)
+        }))
+    }
+}
+
+impl SessionRegistry {
+    /// Files an acquired (and held) link under a session service or a
+    /// named service, and publishes the new routes.
+    fn record_service(
+        &mut self,
+        link_id: LinkId,
+        session_id: Option<String>,
+        name: Option<String>,
+        owner: Owner,
+        mut info: ServiceInfo,
+        ctx: &mut Context<Self>,
+    ) -> Result<ServiceInfo, BrokerError> {
+        match (session_id, name) {
+            (Some(session), _) => {
+                let n = self.next();
+                let service_id = format!("v{n}");
+                match self.sessions.get_mut(&session) {
+                    Some(entry) => {
+                        entry.services.insert(service_id.clone(), link_id);
                     }
-                    info.service_id = Some(service_id);
-                }
-                (None, Some(name)) => {
-                    let previous = act.named.insert(
-                        (owner, name.clone()),
-                        NamedEntry {
-                            link: link_id,
-                            last_used: Arc::new(AtomicU64::new(act.now_ms())),
-                        },
-                    );
-                    if let Some(previous) = previous {
-                        act.release(previous.link, ctx);
+                    None => {
+                        // The session ended while we connected.
+                        self.release(link_id, ctx);
+                        return Err(BrokerError::NotFound(format!(
+                            "session {session:?} has ended"
+                        )));
                     }
-                    info.name = Some(name);
                 }
-                (None, None) => {}
+                info.service_id = Some(service_id);
             }
-            act.publish();
-            Ok(info)
+            (None, Some(name)) => {
+                let previous = self.named.insert(
+                    (owner, name.clone()),
+                    NamedEntry {
+                        link: link_id,
+                        last_used: Arc::new(AtomicU64::new(self.now_ms())),
+                    },
+                );
+                if let Some(previous) = previous {
+                    self.release(previous.link, ctx);
+                }
+                info.name = Some(name);
+            }
+            (None, None) => {}
+        }
+        self.publish();
+        Ok(info)
+    }
+
+    /// Checks that a request names exactly one of a session and a name,
+    /// and that the session is the caller's.
+    fn check_target(
+        &self,
+        peer: &Peer,
+        session_id: &Option<String>,
+        name: &Option<String>,
+    ) -> Result<(), BrokerError> {
+        match (session_id, name) {
+            (Some(id), None) => self.session_of(peer, id).map(drop),
+            (None, Some(name)) if !name.is_empty() => Ok(()),
+            _ => Err(BrokerError::InvalidArgument(
+                "give either a session id or a service name".into(),
+            )),
+        }
+    }
+}
+
+/// Run the service library in the broker over an inventory on this host.
+#[derive(Message)]
+#[rtype(result = "Result<ServiceInfo, BrokerError>")]
+pub struct ServiceIntegrated {
+    pub peer: Peer,
+    pub session_id: Option<String>,
+    pub name: Option<String>,
+    pub db: PathBuf,
+    pub admin_password: Secret,
+}
+
+/// The broker may run with more file access than its callers: it opens an
+/// inventory only for the user who owns the file (or root).
+fn check_inventory_access(peer: &Peer, db: &std::path::Path) -> Result<PathBuf, BrokerError> {
+    use std::os::unix::fs::MetadataExt;
+    let path = std::fs::canonicalize(db).map_err(|e| {
+        BrokerError::NotFound(format!("inventory {} cannot be opened: {e}", db.display()))
+    })?;
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| BrokerError::NotFound(format!("inventory {}: {e}", path.display())))?;
+    let broker_uid = nix::unistd::Uid::effective().as_raw();
+    if peer.uid != 0 && peer.uid != meta.uid() && peer.uid != broker_uid {
+        return Err(BrokerError::PermissionDenied(format!(
+            "inventory {} belongs to another user",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+impl Handler<ServiceIntegrated> for SessionRegistry {
+    type Result = ResponseActFuture<Self, Result<ServiceInfo, BrokerError>>;
+
+    fn handle(&mut self, msg: ServiceIntegrated, ctx: &mut Self::Context) -> Self::Result {
+        let prepared = self
+            .check_target(&msg.peer, &msg.session_id, &msg.name)
+            .and_then(|()| check_inventory_access(&msg.peer, &msg.db));
+        let db = match prepared {
+            Ok(db) => db,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        let owner = owner_for(&msg.peer, self.settings.share_group);
+        let key = LinkKey {
+            target: format!("integrated:{}", db.display()),
+            username: "admin".into(),
+            owner,
+        };
+        let tag = self.tag(&msg.admin_password);
+        let shared = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.key == key && bool::from(l.password_tag.ct_eq(&tag)))
+            .map(|(id, _)| *id)
+            .min();
+        let (link_id, existed) = match shared {
+            Some(id) => (id, true),
+            None => {
+                let ssh = self.settings.ssh.clone();
+                let password = msg.admin_password.clone();
+                let id = self.add_link(key, tag, ctx, |common| {
+                    LinkHandle::of(
+                        &IntegratedLink::new(NewIntegratedLink {
+                            common,
+                            db,
+                            admin_password: password,
+                            ssh,
+                        })
+                        .start(),
+                    )
+                });
+                (id, false)
+            }
+        };
+        let Some(acquire) = self.links.get(&link_id).map(|l| l.handle.acquire.clone()) else {
+            return Box::pin(fut::ready(Err(BrokerError::Internal(
+                "link vanished".into(),
+            ))));
+        };
+        let acquire = async move { acquire.send(Acquire { hold: true }).await };
+        Box::pin(acquire.into_actor(self).map(move |result, act, ctx| {
+            let acquired: Acquired = match result {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(e) => return Err(BrokerError::mailbox(e)),
+            };
+            let info = ServiceInfo {
+                service_id: None,
+                name: None,
+                service_name: acquired.service_name.clone(),
+                fingerprint: None,
+                reused: existed,
+            };
+            act.record_service(link_id, msg.session_id, msg.name, owner, info, ctx)
         }))
     }
 }
@@ -642,7 +787,7 @@ impl Handler<Status> for SessionRegistry {
             .links
             .values()
             .filter(|l| l.key.owner == owner)
-            .map(|l| l.addr.clone())
+            .map(|l| l.handle.status.clone())
             .collect();
         Box::pin(async move {
             let mut infos = Vec::with_capacity(links.len());
@@ -673,7 +818,11 @@ impl Handler<Shutdown> for SessionRegistry {
 
     fn handle(&mut self, msg: Shutdown, _: &mut Self::Context) -> Self::Result {
         let sessions: Vec<_> = self.sessions.values().map(|s| s.addr.clone()).collect();
-        let links: Vec<_> = self.links.values().map(|l| l.addr.clone()).collect();
+        let links: Vec<_> = self
+            .links
+            .values()
+            .map(|l| l.handle.close.clone())
+            .collect();
         self.cancel.cancel();
         Box::pin(async move {
             for s in &sessions {

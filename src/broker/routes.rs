@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
-use actix::Addr;
+use actix::Recipient;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::direct_link::DirectLink;
 use super::error::BrokerError;
 use super::link::LinkChannel;
+use super::link_actor::Acquire;
 use super::peer::{Owner, Peer, owner_for};
 
 /// Which service a call is for.
@@ -33,7 +33,7 @@ pub enum ServiceRef {
 /// How to reach one link.
 #[derive(Clone)]
 pub struct LinkRoute {
-    pub link: Addr<DirectLink>,
+    pub acquire: Recipient<Acquire>,
     /// The link's live channel, as the link publishes it.
     pub channel: watch::Receiver<Option<LinkChannel>>,
     pub in_flight: Arc<AtomicU32>,
@@ -67,7 +67,7 @@ pub struct Routes {
 
 /// What a request needs to run.
 pub struct Resolved {
-    pub link: Addr<DirectLink>,
+    pub acquire: Recipient<Acquire>,
     /// The link's channel while it is up (no further message needed).
     pub channel: Option<LinkChannel>,
     pub link_in_flight: Arc<AtomicU32>,
@@ -129,7 +129,7 @@ impl Routes {
             }
         };
         Ok(Resolved {
-            link: route.link.clone(),
+            acquire: route.acquire.clone(),
             channel: route.channel.borrow().clone(),
             link_in_flight: route.in_flight.clone(),
             cancel,

@@ -36,6 +36,17 @@ pub enum ConnectCommand {
         #[arg(long)]
         fingerprint: Option<String>,
     },
+    /// Run the service inside the broker over an inventory on this host.
+    Integrated {
+        /// Name for the service, used by later commands.
+        name: String,
+        /// The inventory database.
+        #[arg(long, env = "SWITCHYARD_DB")]
+        db: PathBuf,
+        /// File holding the admin password (else a prompt).
+        #[arg(long, value_name = "FILE")]
+        admin_password_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -74,14 +85,21 @@ fn named(name: &str) -> Option<pb::ServiceRef> {
 }
 
 pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, CliError> {
-    let ConnectCommand::Direct {
-        name,
-        host,
-        port,
-        user,
-        password_file,
-        fingerprint,
-    } = cmd;
+    let (name, host, port, user, password_file, fingerprint) = match cmd {
+        ConnectCommand::Direct {
+            name,
+            host,
+            port,
+            user,
+            password_file,
+            fingerprint,
+        } => (name, host, port, user, password_file, fingerprint),
+        ConnectCommand::Integrated {
+            name,
+            db,
+            admin_password_file,
+        } => return connect_integrated(socket, name, db, admin_password_file).await,
+    };
     let mut broker = broker_client(socket).await?;
     // With no password file and no terminal, try the live link first.
     let password = match password_file {
@@ -134,6 +152,42 @@ pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, Cli
         }
     );
     println!("certificate fingerprint: {}", info.fingerprint);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn connect_integrated(
+    socket: &Path,
+    name: String,
+    db: PathBuf,
+    admin_password_file: Option<PathBuf>,
+) -> Result<ExitCode, CliError> {
+    let password = SecretSource {
+        what: "admin password",
+        file_flag: "--admin-password-file",
+        file: admin_password_file.as_deref(),
+        credential: Some("admin-password"),
+        confirm: false,
+    }
+    .read()?;
+    // The broker opens the file itself: give it an absolute path.
+    let db =
+        std::path::absolute(&db).map_err(CliError::io(format!("bad path {}", db.display())))?;
+    let mut broker = broker_client(socket).await?;
+    let info = broker
+        .service_integrated(pb::ServiceIntegratedRequest {
+            name: name.clone(),
+            db: db.display().to_string(),
+            admin_password: password.expose().to_string(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    println!(
+        "connected {name} to {} (in the broker, over {}){}",
+        info.service_name,
+        db.display(),
+        if info.reused { " (shared)" } else { "" }
+    );
     Ok(ExitCode::SUCCESS)
 }
 

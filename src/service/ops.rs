@@ -316,15 +316,19 @@ impl ServiceOps {
         if out.send(Response::TerminalReady).await.is_err() {
             return Ok(());
         }
+        let mut input_open = true;
         loop {
             tokio::select! {
-                keys = input.recv() => match keys {
+                keys = input.recv(), if input_open => match keys {
                     Some(keys) => {
                         if terminal.input.send(keys).await.is_err() {
                             break;
                         }
                     }
-                    None => return Ok(()),
+                    None => {
+                        input_open = false;
+                        terminal.close_input();
+                    }
                 },
                 screen = terminal.output.recv() => match screen {
                     Some(bytes) => {

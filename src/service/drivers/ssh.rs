@@ -559,9 +559,10 @@ async fn bridge_terminal(
     mut input: mpsc::Receiver<TerminalInput>,
     output: mpsc::Sender<Vec<u8>>,
 ) {
+    let mut input_open = true;
     loop {
         tokio::select! {
-            msg = input.recv() => match msg {
+            msg = input.recv(), if input_open => match msg {
                 Some(TerminalInput::Data(bytes)) => {
                     if channel.data(&bytes[..]).await.is_err() {
                         break;
@@ -570,7 +571,11 @@ async fn bridge_terminal(
                 Some(TerminalInput::Resize { cols, rows }) => {
                     let _ = channel.window_change(cols.into(), rows.into(), 0, 0).await;
                 }
-                None => break,
+                None => {
+                    // End of input: tell the device, keep reading its output.
+                    input_open = false;
+                    let _ = channel.eof().await;
+                }
             },
             msg = channel.wait() => match msg {
                 Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {

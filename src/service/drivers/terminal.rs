@@ -26,6 +26,13 @@ pub struct Terminal {
 pub const TERMINAL_QUEUE: usize = 64;
 
 impl Terminal {
+    /// Ends the input (end of file): the device finishes what it was given
+    /// and closes, and its output keeps flowing until then.
+    pub fn close_input(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        self.input = closed;
+    }
+
     /// Wraps a bridge task spawned over the other ends of the channels.
     pub fn new(
         input: mpsc::Sender<TerminalInput>,
