@@ -1,8 +1,9 @@
 //! `switchyard demo`: a working set-up in one command, for a first look.
 //!
 //! Creates a throw-away inventory (in a temporary directory, removed on
-//! exit), starts simulated devices on free ports, registers them, and
-//! prints commands to try. Runs until Ctrl-C.
+//! exit), starts simulated devices on free ports and registers them, starts
+//! a broker on a socket in that directory with an integrated service named
+//! `demo` over the inventory, and prints commands to try. Runs until Ctrl-C.
 
 use std::process::ExitCode;
 
@@ -10,6 +11,9 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::CliError;
+use crate::broker::registry::RegistrySettings;
+use crate::broker::{self, BrokerConfig};
+use crate::config::Settings;
 use crate::secret::Secret;
 use crate::service::inventory::{DriverKind, Inventory, NewDevice};
 use crate::sim::server::{SimCredentials, SimFleet, SimFleetConfig};
@@ -24,7 +28,13 @@ pub struct DemoArgs {
 /// The demo's admin password. Demo only: the inventory is temporary.
 const DEMO_ADMIN_PASSWORD: &str = "switchyard-demo";
 
-pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<ExitCode, CliError> {
+/// `socket`: the global `--socket`, else a socket in the demo's directory.
+pub async fn run(
+    args: DemoArgs,
+    socket: Option<std::path::PathBuf>,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<ExitCode, CliError> {
     let dir = tempfile::Builder::new()
         .prefix("switchyard-demo-")
         .tempdir()
@@ -70,36 +80,77 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<ExitCode
     })?;
     drop(inv);
 
-    let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "switchyard".into());
-    let base = format!(
-        "{exe} service --db {} --admin-password-file {}",
-        db.display(),
-        admin_file.display()
-    );
-    let first = &fleet.endpoints()[0];
-    println!("Switchyard demo is running.");
-    println!("  inventory:  {}", db.display());
-    for ep in fleet.endpoints() {
-        println!("  device:     {} (SSH on {})", ep.name, ep.addr);
+    let socket = socket.unwrap_or_else(|| dir.path().join("broker.sock"));
+    let config = BrokerConfig {
+        socket: socket.clone(),
+        socket_group: settings.broker.socket_group,
+        registry: RegistrySettings {
+            state_dir: Some(dir.path().join("state")),
+            ..settings.broker.registry.clone()
+        },
+        drain_timeout: settings.broker.drain_timeout,
+    };
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let broker = broker::run(config, shutdown.clone(), move |_| {
+        let _ = ready_tx.send(());
+    });
+    let setup = async {
+        if ready_rx.await.is_err() {
+            return Ok(());
+        }
+        let mut client = crate::api::client::connect(&socket)
+            .await
+            .map_err(|e| CliError::Usage(format!("cannot reach the demo broker: {e}")))?;
+        client
+            .service_integrated(crate::api::pb::ServiceIntegratedRequest {
+                name: "demo".into(),
+                db: db.display().to_string(),
+                admin_password: DEMO_ADMIN_PASSWORD.into(),
+                ..Default::default()
+            })
+            .await?;
+        print_welcome(&socket, &fleet, &db);
+        Ok::<_, CliError>(())
+    };
+    let (served, setup) = futures::join!(broker, setup);
+    if let Err(e) = setup {
+        shutdown.cancel();
+        return Err(e);
     }
-    println!("  device:     inproc-1 (in-process simulator)");
-    println!();
-    println!("Try, in another terminal:");
-    println!("  {base} device list");
-    println!(
-        "  {base} exec {} inproc-1 -c 'show version' -c 'show ip interface brief'",
-        first.name
-    );
-    println!(
-        "  sshpass -p admin ssh -o StrictHostKeyChecking=no -p {} admin@127.0.0.1 'show running-config'",
-        first.port
-    );
-    println!();
-    println!("Press Ctrl-C to stop; everything above is removed.");
-    shutdown.cancelled().await;
+    served.map_err(|e| CliError::Usage(e.to_string()))?;
     fleet.shutdown().await;
     drop(dir);
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_welcome(socket: &std::path::Path, fleet: &SimFleet, db: &std::path::Path) {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "switchyard".into());
+    let first = &fleet.endpoints()[0];
+    println!("Switchyard demo is running: a broker with an integrated service named `demo`.");
+    println!("  broker socket: {}", socket.display());
+    println!("  inventory:     {}", db.display());
+    for ep in fleet.endpoints() {
+        println!(
+            "  device:        {} (simulated, SSH on {})",
+            ep.name, ep.addr
+        );
+    }
+    println!("  device:        inproc-1 (in-process simulator)");
+    println!();
+    println!("Try, in another terminal:");
+    println!("  export SWITCHYARD_SOCKET={}", socket.display());
+    println!("  {exe} inventory demo");
+    println!(
+        "  {exe} exec demo {} inproc-1 -c 'show version' -c 'show ip interface brief'",
+        first.name
+    );
+    println!("  {exe} terminal demo {}", first.name);
+    println!("  {exe} status");
+    println!(
+        "  python3 clients/python/examples/quickstart.py   (after: pip install ./clients/python)"
+    );
+    println!();
+    println!("Press Ctrl-C to stop; everything above is removed.");
 }

@@ -146,7 +146,7 @@ pub async fn run(
     match cli.command {
         Command::Service(args) => service_admin::run(args, &settings, shutdown).await,
         Command::Sim(args) => sim::run(args, shutdown).await,
-        Command::Demo(args) => demo::run(args, shutdown).await,
+        Command::Demo(args) => demo::run(args, cli.socket, settings, shutdown).await,
         Command::Broker => broker::run(cli.socket, settings, shutdown).await,
         Command::Connect(cmd) => remote::connect(&socket, cmd).await,
         Command::Disconnect { name } => remote::disconnect(&socket, name).await,
