@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-test-host.sh
 echo "== Python test dependencies"
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/python/requirements.txt
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore ./clients/python
+echo "== Python stubs are generated from proto/"
+bash scripts/gen-python-stubs.sh --check
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -148,8 +148,10 @@ fn print_welcome(socket: &std::path::Path, fleet: &SimFleet, db: &std::path::Pat
     );
     println!("  {exe} terminal demo {}", first.name);
     println!("  {exe} status");
+    println!("Python (pip install ./clients/python):");
     println!(
-        "  python3 clients/python/examples/quickstart.py   (after: pip install ./clients/python)"
+        "  SWITCHYARD_DB={} SWITCHYARD_ADMIN_PASSWORD={DEMO_ADMIN_PASSWORD} python3 clients/python/examples/quickstart.py",
+        db.display()
     );
     println!();
     println!("Press Ctrl-C to stop; everything above is removed.");

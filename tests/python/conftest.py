@@ -79,7 +79,9 @@ def service(tmp_path_factory):
     admin = ["--db", str(db), "--admin-password-file", str(d / "admin")]
     run("service", *admin, "init")
     for name in ("core-1", "core-2", "edge-1"):
-        run("service", *admin, "device", "add", name, "--driver", "simulator")
+        role = name.split("-")[0]
+        run("service", *admin, "device", "add", name, "--driver", "simulator",
+            "--device-type", "IOS-XE", "--attr", f"role={role}")
     run("service", *admin, "user", "add", "alice", "--password-file", str(d / "alice"))
     proc = subprocess.Popen(
         [BIN, "service", *admin, "run", "--listen", "127.0.0.1:0", "--name", "py-service"],

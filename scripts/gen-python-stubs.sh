@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Regenerates the Python SDK's gRPC stubs from proto/ (grpcio-tools, pinned
+# in tests/python/requirements.txt). With --check, fails if the committed
+# stubs differ from what the proto generates.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=clients/python
+if [ "${1:-}" = "--check" ]; then
+    out=$(mktemp -d)
+    trap 'rm -rf "$out"' EXIT
+fi
+python3 -m grpc_tools.protoc -Iproto --python_out="$out" --grpc_python_out="$out" --pyi_out="$out" \
+    switchyard/v1/broker.proto
+if [ "${1:-}" = "--check" ]; then
+    for f in broker_pb2.py broker_pb2_grpc.py broker_pb2.pyi; do
+        if ! cmp -s "$out/switchyard/v1/$f" "clients/python/switchyard/v1/$f"; then
+            echo "clients/python/switchyard/v1/$f is stale: run scripts/gen-python-stubs.sh" >&2
+            exit 1
+        fi
+    done
+    echo "Python stubs are current"
+fi
