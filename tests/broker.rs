@@ -707,3 +707,29 @@ async fn passwords_never_reach_the_broker_log() {
         assert!(!cli_log.contains(secret), "a password reached the CLI log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_callers_share_one_handshake() {
+    let svc = start_service(&[], RpcConfig::default());
+    let broker = TestBroker::start(&[]).await;
+    let mut holds = Vec::new();
+    let mut calls = Vec::new();
+    for _ in 0..6 {
+        let mut c = broker.client().await;
+        let (s, hold) = open_attached(&mut c).await;
+        holds.push(hold);
+        let req = direct(&svc, &s, "", ALICE_PASSWORD);
+        calls.push(async move { c.service_direct(req).await });
+    }
+    let replies = within(60, "concurrent logins", futures::future::join_all(calls)).await;
+    let reused = replies
+        .into_iter()
+        .map(|r| r.unwrap().into_inner().reused)
+        .filter(|r| *r)
+        .count();
+    assert_eq!(reused, 5, "one caller created the link, five joined it");
+    let s = status(&broker).await;
+    assert_eq!(s.links.len(), 1);
+    assert_eq!(s.links[0].connects, 1, "single flight: one handshake");
+    assert_eq!(s.links[0].holders, 6);
+}
