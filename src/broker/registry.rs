@@ -476,18 +476,7 @@ impl Handler<ServiceDirect> for SessionRegistry {
             Ok(l) => l,
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
-        let Some(acquire) = self.links.get(&link_id).map(|l| l.handle.acquire.clone()) else {
-            return Box::pin(fut::ready(Err(BrokerError::Internal(
-                "link vanished".into(),
-            ))));
-        };
-        let acquire = async move { acquire.send(Acquire { hold: true }).await };
-        Box::pin(acquire.into_actor(self).map(move |result, act, ctx| {
-            let acquired: Acquired = match result {
-                Ok(Ok(a)) => a,
-                Ok(Err(e)) => return Err(e.into()),
-                Err(e) => return Err(BrokerError::mailbox(e)),
-            };
+        self.acquire_then(link_id, move |acquired, act, ctx| {
             if let Some(entry) = act.links.get_mut(&link_id) {
                 entry.fingerprint = acquired.fingerprint;
             }
@@ -519,11 +508,36 @@ impl Handler<ServiceDirect> for SessionRegistry {
                 reused: existed,
             };
             act.record_service(link_id, msg.session_id, msg.name, owner, info, ctx)
-        }))
+        })
     }
 }
 
 impl SessionRegistry {
+    /// Takes a hold on a link (connecting it if needed), then hands the
+    /// result to `then` back inside the actor.
+    fn acquire_then(
+        &mut self,
+        link_id: LinkId,
+        then: impl FnOnce(Acquired, &mut Self, &mut Context<Self>) -> Result<ServiceInfo, BrokerError>
+        + 'static,
+    ) -> ResponseActFuture<Self, Result<ServiceInfo, BrokerError>> {
+        let Some(acquire) = self.links.get(&link_id).map(|l| l.handle.acquire.clone()) else {
+            return Box::pin(fut::ready(Err(BrokerError::Internal(
+                "link vanished".into(),
+            ))));
+        };
+        let acquire = async move { acquire.send(Acquire { hold: true }).await };
+        Box::pin(
+            acquire
+                .into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(Ok(acquired)) => then(acquired, act, ctx),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(BrokerError::mailbox(e)),
+                }),
+        )
+    }
+
     /// Files an acquired (and held) link under a session service or a
     /// named service, and publishes the new routes.
     fn record_service(
@@ -663,18 +677,7 @@ impl Handler<ServiceIntegrated> for SessionRegistry {
                 (id, false)
             }
         };
-        let Some(acquire) = self.links.get(&link_id).map(|l| l.handle.acquire.clone()) else {
-            return Box::pin(fut::ready(Err(BrokerError::Internal(
-                "link vanished".into(),
-            ))));
-        };
-        let acquire = async move { acquire.send(Acquire { hold: true }).await };
-        Box::pin(acquire.into_actor(self).map(move |result, act, ctx| {
-            let acquired: Acquired = match result {
-                Ok(Ok(a)) => a,
-                Ok(Err(e)) => return Err(e.into()),
-                Err(e) => return Err(BrokerError::mailbox(e)),
-            };
+        self.acquire_then(link_id, move |acquired, act, ctx| {
             let info = ServiceInfo {
                 service_id: None,
                 name: None,
@@ -683,7 +686,7 @@ impl Handler<ServiceIntegrated> for SessionRegistry {
                 reused: existed,
             };
             act.record_service(link_id, msg.session_id, msg.name, owner, info, ctx)
-        }))
+        })
     }
 }
 

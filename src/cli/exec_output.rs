@@ -4,11 +4,48 @@
 //! from local drivers; [`ExecCollector`] assembles them per device.
 
 use std::io::IsTerminal;
+use std::time::Duration;
+
+use clap::Args;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::wire::messages::{CommandDone, Response};
+
+/// What to run, shared by `switchyard exec` and `switchyard service exec`.
+#[derive(Debug, Args)]
+pub struct ExecOptions {
+    /// Devices to run on.
+    #[arg(required = true)]
+    pub devices: Vec<String>,
+    /// Command to run (repeatable; run in order).
+    #[arg(short = 'c', long = "command", required = true)]
+    pub commands: Vec<String>,
+    /// Per-command timeout in seconds.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// One JSON object per device on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ExecOptions {
+    pub fn timeout(&self) -> Result<Option<Duration>, super::CliError> {
+        self.timeout
+            .map(|s| {
+                Duration::try_from_secs_f64(s)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        super::CliError::Usage(
+                            "--timeout must be a positive number of seconds".into(),
+                        )
+                    })
+            })
+            .transpose()
+    }
+}
 
 /// One device's results.
 #[derive(Debug, Serialize)]

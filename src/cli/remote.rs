@@ -4,13 +4,12 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use tokio::sync::mpsc;
 
 use super::CliError;
-use super::exec_output::{ExecCollector, ExecPrinter};
+use super::exec_output::{ExecCollector, ExecOptions, ExecPrinter};
 use crate::api::pb;
 use crate::secret::SecretSource;
 use crate::wire::messages::CommandDone;
@@ -53,18 +52,8 @@ pub enum ConnectCommand {
 pub struct ExecArgs {
     /// The named service.
     pub name: String,
-    /// Devices to run on.
-    #[arg(required = true)]
-    pub devices: Vec<String>,
-    /// Command to run (repeatable; run in order).
-    #[arg(short = 'c', long = "command", required = true)]
-    pub commands: Vec<String>,
-    /// Per-command timeout in seconds.
-    #[arg(long)]
-    pub timeout: Option<f64>,
-    /// One JSON object per device on stdout.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub exec: ExecOptions,
 }
 
 async fn broker_client(
@@ -236,16 +225,12 @@ pub async fn inventory(socket: &Path, name: String, json: bool) -> Result<ExitCo
 }
 
 pub async fn exec(socket: &Path, args: ExecArgs) -> Result<ExitCode, CliError> {
-    let timeout_ms = match args.timeout {
-        Some(s) => Duration::try_from_secs_f64(s)
-            .map_err(|_| CliError::Usage("--timeout must be a positive number of seconds".into()))?
-            .as_millis() as u64,
-        None => 0,
-    };
+    let timeout_ms = args.exec.timeout()?.map_or(0, |t| t.as_millis() as u64);
+    let ExecArgs { name, exec: args } = args;
     let mut broker = broker_client(socket).await?;
     let mut events = broker
         .exec(pb::ExecRequest {
-            service: named(&args.name),
+            service: named(&name),
             devices: args.devices.clone(),
             commands: args.commands.clone(),
             timeout_ms,

@@ -7,20 +7,19 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use futures::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::CliError;
-use super::exec_output::{ExecCollector, ExecPrinter};
+use super::exec_output::{ExecCollector, ExecOptions, ExecPrinter};
 use crate::config::Settings;
 use crate::secret::{Secret, SecretSource};
-use crate::service::drivers::{DeviceTarget, Drivers};
+use crate::service::drivers::Drivers;
 use crate::service::inventory::{DeviceScope, DriverKind, Inventory, NewDevice, NewRemoteUser};
-use crate::service::ops::{ServiceOps, exec_responses};
+use crate::service::ops::ServiceOps;
 use crate::service::rpc::{RpcConfig, RpcServer};
+use crate::wire::messages::{Request, RequestEnvelope, Response};
 
 #[derive(Debug, Args)]
 pub struct ServiceArgs {
@@ -50,7 +49,7 @@ pub enum ServiceCommand {
         json: bool,
     },
     /// Run commands on devices right here, through the device drivers.
-    Exec(LocalExecArgs),
+    Exec(ExecOptions),
     /// Run the service: the RPC socket callers (brokers) connect to.
     Run(RunArgs),
 }
@@ -138,22 +137,6 @@ pub enum UserCommand {
     },
     /// Remove a remote user.
     Remove { name: String },
-}
-
-#[derive(Debug, Args)]
-pub struct LocalExecArgs {
-    /// Devices to run on.
-    #[arg(required = true)]
-    pub devices: Vec<String>,
-    /// Command to run (repeatable; run in order).
-    #[arg(short = 'c', long = "command", required = true)]
-    pub commands: Vec<String>,
-    /// Per-command timeout in seconds.
-    #[arg(long)]
-    pub timeout: Option<f64>,
-    /// One JSON object per device on stdout.
-    #[arg(long)]
-    pub json: bool,
 }
 
 pub async fn run(
@@ -379,60 +362,49 @@ fn user_command(
     Ok(())
 }
 
+/// Runs the exec through `ServiceOps`, exactly as the RPC socket would for
+/// the inventory's owner, and prints the results as they arrive.
 async fn local_exec(
     db: &Path,
-    args: LocalExecArgs,
+    args: ExecOptions,
     admin: Secret,
     settings: &Settings,
 ) -> Result<ExitCode, CliError> {
-    let timeout = args
-        .timeout
-        .map(|s| {
-            Duration::try_from_secs_f64(s).map_err(|_| {
-                CliError::Usage("--timeout must be a positive number of seconds".into())
-            })
-        })
-        .transpose()?;
-    let mut inv = Inventory::open(db, &admin)?;
-    let mut targets = Vec::with_capacity(args.devices.len());
-    for name in &args.devices {
-        let device = inv.device(name)?;
-        targets.push(DeviceTarget {
-            credentials: inv.device_credentials(name)?,
-            name: device.name,
-            host: device.host,
-            port: device.port,
-            driver: device.driver,
-            known_host_key: device.host_key,
-        });
-    }
-    let drivers = Drivers::new(settings.ssh.clone());
-    let mut printer = ExecPrinter::new(args.json, targets.len());
+    let timeout = args.timeout()?;
+    let ops = ServiceOps::new(
+        "local",
+        Inventory::open(db, &admin)?,
+        Drivers::new(settings.ssh.clone()),
+    );
+    let envelope = RequestEnvelope {
+        deadline_ms: None,
+        request: Request::Exec {
+            devices: args.devices.clone(),
+            commands: args.commands.clone(),
+            timeout_ms: timeout.map(|t| t.as_millis() as u64),
+        },
+    };
+    let (_input, no_input) = tokio::sync::mpsc::channel(1);
+    let (out, mut events) = tokio::sync::mpsc::channel(64);
+    let principal = ServiceOps::owner();
+    let work = ops.handle(&principal, envelope, no_input, out);
+    let mut printer = ExecPrinter::new(args.json, args.devices.len());
     let mut collector = ExecCollector::new(args.devices.clone(), args.commands.clone());
-    let (drivers, commands) = (&drivers, &args.commands);
-    let mut running: FuturesUnordered<_> = targets
-        .iter()
-        .enumerate()
-        .map(|(i, t)| async move {
-            let result = drivers.exec(t, commands, timeout).await;
-            (i as u32, t.name.clone(), result)
-        })
-        .collect();
-    while let Some((index, device, result)) = running.next().await {
-        if let Ok(exec) = &result
-            && let Some(key) = &exec.learned_host_key
-        {
-            inv.record_host_key(&device, key)?;
-        }
-        for event in exec_responses(index, result) {
+    let print = async {
+        while let Some(event) = events.recv().await {
+            if let Response::Error(e) = &event {
+                return Err(CliError::Usage(e.message.clone()));
+            }
             if let Some(report) = collector.feed(event) {
                 printer.print(&report);
             }
         }
-    }
+        Ok(())
+    };
+    let ((), printed) = tokio::join!(work, print);
+    printed?;
     printer.finish();
-    let failed = printer.failed();
-    Ok(if failed == 0 {
+    Ok(if printer.failed() == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

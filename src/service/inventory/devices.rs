@@ -107,6 +107,14 @@ fn validate_name(name: &str) -> Result<(), InventoryError> {
     }
 }
 
+/// A statement meant for one device row changed `n` rows.
+fn one_device(n: usize, name: &str) -> Result<(), InventoryError> {
+    match n {
+        0 => Err(InventoryError::UnknownDevice(name.to_string())),
+        _ => Ok(()),
+    }
+}
+
 const DEVICE_COLUMNS: &str = "name, host, port, device_type, driver, attributes, username, \
      password_sealed IS NOT NULL, private_key_sealed IS NOT NULL, host_key";
 
@@ -189,10 +197,7 @@ impl Inventory {
         let n = self
             .conn
             .execute("DELETE FROM devices WHERE name = ?1", [name])?;
-        if n == 0 {
-            return Err(InventoryError::UnknownDevice(name.to_string()));
-        }
-        Ok(())
+        one_device(n, name)
     }
 
     /// Every device, by name.
@@ -250,10 +255,7 @@ impl Inventory {
             "UPDATE devices SET host_key = ?2 WHERE name = ?1",
             params![name, host_key],
         )?;
-        if n == 0 {
-            return Err(InventoryError::UnknownDevice(name.to_string()));
-        }
-        Ok(())
+        one_device(n, name)
     }
 
     /// Forgets a device's recorded host key, after an operator has checked
@@ -262,9 +264,6 @@ impl Inventory {
         let n = self
             .conn
             .execute("UPDATE devices SET host_key = NULL WHERE name = ?1", [name])?;
-        if n == 0 {
-            return Err(InventoryError::UnknownDevice(name.to_string()));
-        }
-        Ok(())
+        one_device(n, name)
     }
 }
