@@ -10,6 +10,8 @@ need=()
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v sshpass >/dev/null || need+=(sshpass)
+# systemd-socket-activate and systemd-analyze, for the systemd tests.
+command -v systemd-socket-activate >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -7,6 +7,7 @@ pub mod api;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod fsutil;
 pub mod logging;
 pub mod secret;

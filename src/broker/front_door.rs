@@ -42,14 +42,34 @@ type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub struct FrontDoor {
     registry: Addr<SessionRegistry>,
     routes: tokio::sync::watch::Receiver<std::sync::Arc<Routes>>,
+    /// Set at shutdown: new calls are refused while running ones finish.
+    draining: CancellationToken,
+    /// Calls running now, across all sessions (drained at shutdown).
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl FrontDoor {
     pub fn new(
         registry: Addr<SessionRegistry>,
         routes: tokio::sync::watch::Receiver<std::sync::Arc<Routes>>,
+        draining: CancellationToken,
+        in_flight: std::sync::Arc<std::sync::atomic::AtomicU32>,
     ) -> Self {
-        Self { registry, routes }
+        Self {
+            registry,
+            routes,
+            draining,
+            in_flight,
+        }
+    }
+
+    fn admit(&self) -> Result<(), Status> {
+        if self.draining.is_cancelled() {
+            return Err(Status::unavailable(
+                "the broker is shutting down; retry once it is back",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -88,6 +108,7 @@ impl FrontDoor {
         service: ServiceRef,
         envelope: RequestEnvelope,
     ) -> Result<OpenCall, Status> {
+        self.admit()?;
         let resolved = self.routes.borrow().resolve(&peer, &service)?;
         // Fast path: the link published a live channel. Otherwise ask the
         // link, which fails fast while it reconnects.
@@ -105,6 +126,7 @@ impl FrontDoor {
         if let Some(counter) = resolved.session_in_flight {
             in_flight = in_flight.also(counter);
         }
+        in_flight = in_flight.also(self.in_flight.clone());
         let call = channel.call(envelope).await?;
         Ok(OpenCall {
             call,
@@ -135,6 +157,7 @@ impl Broker for FrontDoor {
         request: Request<pb::OpenSessionRequest>,
     ) -> Result<Response<pb::OpenSessionResponse>, Status> {
         let peer = peer(&request)?;
+        self.admit()?;
         let client_name = request.into_inner().client_name;
         let session_id = self
             .registry

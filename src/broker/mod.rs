@@ -20,6 +20,8 @@ pub mod session;
 pub mod socket;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use actix::Actor;
@@ -28,8 +30,10 @@ use tracing::{info, warn};
 
 use crate::api::FILE_DESCRIPTOR_SET;
 use crate::api::pb::broker_server::BrokerServer;
+use crate::daemon;
+use crate::task::AbortOnDrop;
 use front_door::FrontDoor;
-use registry::{RegistrySettings, SessionRegistry, Shutdown};
+use registry::{RegistrySettings, SessionRegistry, Shutdown, Summary};
 
 /// Everything the broker needs to start.
 #[derive(Debug, Clone)]
@@ -52,13 +56,20 @@ pub enum BrokerStartError {
 
 /// Runs the broker until `shutdown` is cancelled. Must be called from
 /// within an actix system running on a tokio runtime. `on_ready` is called
-/// once the socket accepts calls.
+/// once the socket accepts calls (and systemd is told `READY=1`).
+///
+/// Shutdown drains: new calls are refused with `UNAVAILABLE`, running ones
+/// get up to `drain_timeout` to finish, then sessions are told and ended,
+/// links closed, and the socket removed (unless systemd passed it in).
 pub async fn run(
     config: BrokerConfig,
     shutdown: CancellationToken,
     on_ready: impl FnOnce(&std::path::Path),
 ) -> Result<(), BrokerStartError> {
-    let listener = socket::bind(&config.socket, config.socket_group)?;
+    let (listener, inherited) = match socket::inherited()? {
+        Some(listener) => (listener, true),
+        None => (socket::bind(&config.socket, config.socket_group)?, false),
+    };
     let cancel = CancellationToken::new();
     let (registry, routes) = SessionRegistry::new(config.registry.clone(), cancel.clone());
     let registry = registry.start();
@@ -72,36 +83,74 @@ pub async fn run(
         .build_v1()
         .map_err(|e| BrokerStartError::Reflection(e.to_string()))?;
 
+    let draining = CancellationToken::new();
+    let in_flight = Arc::new(AtomicU32::new(0));
+    let front_door = FrontDoor::new(
+        registry.clone(),
+        routes,
+        draining.clone(),
+        in_flight.clone(),
+    );
     let stop_serving = CancellationToken::new();
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let server = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
-        .add_service(BrokerServer::new(FrontDoor::new(registry.clone(), routes)))
+        .add_service(BrokerServer::new(front_door))
         .serve_with_incoming_shutdown(incoming, stop_serving.clone().cancelled_owned());
     let server = tokio::spawn(server);
-    info!(socket = %config.socket.display(), "broker listening");
+    info!(socket = %config.socket.display(), inherited, "broker listening");
+    daemon::ready("serving; 0 sessions, 0 links");
+    let _watchdog = daemon::Watchdog::start_if_enabled();
+    let _status = AbortOnDrop::new(tokio::spawn(report_status(registry.clone())));
     on_ready(&config.socket);
 
     shutdown.cancelled().await;
-    info!("broker shutting down");
+    info!("broker shutting down: draining");
+    daemon::stopping();
+    // New calls get UNAVAILABLE from the front door while running ones
+    // finish; connections stay up so those answers reach their callers.
+    draining.cancel();
     health_reporter
         .set_not_serving::<BrokerServer<FrontDoor>>()
         .await;
-    // End sessions first: their attach streams finish, so the HTTP/2
-    // connections can drain.
+    let deadline = tokio::time::Instant::now() + config.drain_timeout;
+    while in_flight.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let unfinished = in_flight.load(Ordering::Relaxed);
+    if unfinished > 0 {
+        warn!(
+            unfinished,
+            "drain timeout: cancelling the calls still running"
+        );
+    }
+    // Ending sessions ends their attach streams, so connections can close.
     let _ = registry
         .send(Shutdown {
             reason: "the broker is shutting down".into(),
         })
         .await;
     stop_serving.cancel();
-    match tokio::time::timeout(config.drain_timeout, server).await {
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(error = %e, "front door stopped with an error"),
         Ok(Err(e)) => warn!(error = %e, "front door task failed"),
-        Err(_) => warn!("drain timeout: closing remaining calls"),
+        Err(_) => warn!("connections still open at exit"),
     }
-    socket::remove(&config.socket);
+    if !inherited {
+        socket::remove(&config.socket);
+    }
     Ok(())
+}
+
+/// Keeps `systemctl status` current: sessions and links, every few seconds.
+async fn report_status(registry: actix::Addr<SessionRegistry>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        if let Ok((sessions, links)) = registry.send(Summary).await {
+            daemon::status(&format!("serving; {sessions} sessions, {links} links"));
+        }
+    }
 }

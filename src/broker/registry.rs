@@ -809,6 +809,20 @@ impl Handler<Status> for SessionRegistry {
     }
 }
 
+/// Counts for the daemon's status line.
+#[derive(Message)]
+#[rtype(result = "(usize, usize)")]
+pub struct Summary;
+
+impl Handler<Summary> for SessionRegistry {
+    type Result = MessageResult<Summary>;
+
+    /// (sessions, links)
+    fn handle(&mut self, _: Summary, _: &mut Self::Context) -> Self::Result {
+        MessageResult((self.sessions.len(), self.links.len()))
+    }
+}
+
 /// Broker shutdown: tell sessions, cancel requests, close links.
 #[derive(Message)]
 #[rtype(result = "()")]

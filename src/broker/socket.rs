@@ -90,6 +90,28 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, SocketError
     Ok(listener)
 }
 
+/// The front-door socket passed by systemd socket activation
+/// (`LISTEN_FDS`), if any. Such a socket belongs to systemd: it is never
+/// unlinked or shut down by the broker.
+pub fn inherited() -> Result<Option<UnixListener>, SocketError> {
+    use std::os::fd::FromRawFd;
+    let inherited = PathBuf::from("<systemd socket>");
+    let fds = match sd_notify::listen_fds() {
+        Ok(fds) => fds,
+        Err(_) => return Ok(None),
+    };
+    let Some(fd) = fds.into_iter().next() else {
+        return Ok(None);
+    };
+    // SAFETY: systemd passed this descriptor to us (LISTEN_PID matched),
+    // and nothing else in the process owns it.
+    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    std_listener.set_nonblocking(true).map_err(io(&inherited))?;
+    let listener = UnixListener::from_std(std_listener).map_err(io(&inherited))?;
+    info!("using the front-door socket passed by systemd");
+    Ok(Some(listener))
+}
+
 /// Removes the socket file (at shutdown).
 pub fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);

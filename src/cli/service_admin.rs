@@ -445,7 +445,10 @@ async fn run_service(
             .map_err(CliError::io(format!("cannot write {}", path.display())))?,
         None => println!("{ready}"),
     }
+    crate::daemon::ready(&format!("serving on {addr}"));
+    let _watchdog = crate::daemon::Watchdog::start_if_enabled();
     shutdown.cancelled().await;
+    crate::daemon::stopping();
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,271 @@
+//! Running under systemd: readiness and watchdog notifications, socket
+//! activation, and draining on SIGTERM. The test plays systemd.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::service::{ALICE_PASSWORD, ssh_device, start_service};
+use common::sshd::{Sshd, TEST_PASSWORD, TEST_USER};
+use common::{switchyard_bin, within};
+use switchyard::api::pb;
+use switchyard::service::rpc::RpcConfig;
+use tonic::Code;
+
+fn health_ok(socket: &std::path::Path) -> bool {
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let Ok(ch) = switchyard::api::client::channel(&socket).await else {
+                    return false;
+                };
+                let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+                h.check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .is_ok()
+            })
+    })
+    .join()
+    .unwrap()
+}
+
+/// Kills the child if the test fails before it exits.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn ready_only_once_serving_and_watchdog_pings() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let socket = dir.path().join("broker.sock");
+    // systemd names the watched process in WATCHDOG_PID; `sh` learns the
+    // pid the broker will have (exec keeps it).
+    let broker = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"WATCHDOG_PID=$$ exec "$0" broker --socket "$1""#)
+        .arg(switchyard_bin())
+        .arg(&socket)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env("XDG_STATE_HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut broker = KillOnDrop(broker);
+    let mut buf = [0u8; 4096];
+    let mut ready_at = None;
+    let mut pings = Vec::new();
+    let started = Instant::now();
+    while pings.len() < 6 {
+        let n = notify.recv(&mut buf).expect("a notification within 30 s");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.contains("READY=1") {
+            assert!(health_ok(&socket), "READY=1 before the front door answered");
+            assert!(msg.contains("STATUS="), "{msg}");
+            ready_at = Some(Instant::now());
+        }
+        if msg.contains("WATCHDOG=1") {
+            pings.push(Instant::now());
+        }
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+    assert!(ready_at.is_some(), "no READY=1");
+    // Half of 200 ms: pings every ~100 ms; generous bounds for a busy VM.
+    let span = pings[5] - pings[1];
+    assert!(
+        span < Duration::from_millis(1500),
+        "pings too slow: {span:?} for 4"
+    );
+    assert!(
+        span > Duration::from_millis(200),
+        "pings too fast: {span:?} for 4"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(broker.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    loop {
+        let n = notify.recv(&mut buf).expect("STOPPING=1");
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            break;
+        }
+    }
+    assert!(broker.0.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activation_uses_the_inherited_socket() {
+    let svc = start_service(&[], RpcConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("activated.sock");
+    // systemd-socket-activate (from systemd) listens and passes the socket
+    // as fd 3 with LISTEN_FDS/LISTEN_PID, as systemd would.
+    let mut activator = tokio::process::Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .arg(switchyard_bin())
+        .args(["broker", "--socket"])
+        .arg(&socket)
+        .env("XDG_STATE_HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("systemd-socket-activate (scripts/setup-test-host.sh installs systemd)");
+    // The socket exists before the broker runs; the first connection starts it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "activator did not listen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = within(30, "connect", switchyard::api::client::connect(&socket))
+        .await
+        .unwrap();
+    c.service_direct(pb::ServiceDirectRequest {
+        name: "lab".into(),
+        username: "alice".into(),
+        host: "127.0.0.1".into(),
+        port: svc.addr().port().into(),
+        password: ALICE_PASSWORD.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut events = c
+        .exec(pb::ExecRequest {
+            service: Some(pb::ServiceRef {
+                name: "lab".into(),
+                ..Default::default()
+            }),
+            devices: vec!["core-1".into()],
+            commands: vec!["show clock".into()],
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut output = Vec::new();
+    while let Some(e) = within(30, "exec", events.message()).await.unwrap() {
+        if let Some(pb::exec_event::Event::DeviceResult(r)) = e.event {
+            output.extend(r.commands[0].output.clone());
+        }
+    }
+    assert!(String::from_utf8_lossy(&output).contains("UTC"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(activator.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    within(30, "broker exit", activator.wait()).await.unwrap();
+    assert!(
+        socket.exists(),
+        "an inherited socket is never unlinked by the broker"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_running_calls_and_refuses_new_ones() {
+    common::init();
+    let sshd = Sshd::start(10).await;
+    let mut slow = ssh_device("slow-1", sshd.port);
+    slow.username = Some(TEST_USER.into());
+    slow.password = Some(switchyard::secret::Secret::new(TEST_PASSWORD));
+    let svc = start_service(&[slow], RpcConfig::default());
+    let broker =
+        common::broker::TestBroker::start(&[("SWITCHYARD_BROKER__DRAIN_TIMEOUT_SECS", "20")]).await;
+    let mut c = broker.client().await;
+    c.service_direct(pb::ServiceDirectRequest {
+        name: "lab".into(),
+        username: "alice".into(),
+        host: "127.0.0.1".into(),
+        port: svc.addr().port().into(),
+        password: ALICE_PASSWORD.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let req = |device: &str, cmd: &str| pb::ExecRequest {
+        service: Some(pb::ServiceRef {
+            name: "lab".into(),
+            ..Default::default()
+        }),
+        devices: vec![device.into()],
+        commands: vec![cmd.into()],
+        timeout_ms: 0,
+    };
+    let mut slow_call = c.clone();
+    let running = tokio::spawn(async move {
+        let mut events = slow_call
+            .exec(req("slow-1", "sleep 1; echo done"))
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(e) = events.message().await? {
+            if let Some(pb::exec_event::Event::DeviceResult(r)) = e.event {
+                assert!(r.error.is_empty(), "{}", r.error);
+                out.extend(r.commands[0].output.clone());
+            }
+        }
+        Ok::<_, tonic::Status>(String::from_utf8_lossy(&out).into_owned())
+    });
+    // Wait until the call is in flight at the broker.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
+        if s.links.first().is_some_and(|l| l.in_flight > 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "exec never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut child = broker.child;
+    let signalled = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // New calls are refused while the running one finishes.
+    let refused = loop {
+        match c.exec(req("core-1", "show clock")).await {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(
+                    signalled.elapsed() < Duration::from_secs(5),
+                    "new calls still admitted"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let out = within(30, "running exec", running).await.unwrap().unwrap();
+    assert_eq!(out, "done\n", "the running exec completed");
+    let status = within(30, "broker exit", child.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(20),
+        "exited before the drain timeout"
+    );
+}
