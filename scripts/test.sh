@@ -17,6 +17,8 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --all-targets --locked
-echo "== Python tests (grpcio against a real broker)"
 cargo build --locked
+echo "== systemd units"
+bash scripts/verify-units.sh
+echo "== Python tests (grpcio against a real broker)"
 SWITCHYARD_BIN="$PWD/target/debug/switchyard" python3 -m pytest -q tests/python
