@@ -12,6 +12,7 @@ command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v sshpass >/dev/null || need+=(sshpass)
 # systemd-socket-activate and systemd-analyze, for the systemd tests.
 command -v systemd-socket-activate >/dev/null || need+=(systemd)
+command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod fsutil;
 pub mod logging;
+pub mod metrics;
 pub mod secret;
 pub mod service;
 pub mod sim;

@@ -269,3 +269,82 @@ async fn sigterm_drains_running_calls_and_refuses_new_ones() {
         "exited before the drain timeout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_counts_work() {
+    let svc = start_service(&[], RpcConfig::default());
+    let (broker, startup) =
+        common::broker::TestBroker::start_with(&[], &["--metrics-listen", "127.0.0.1:0"]).await;
+    let url = startup
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard metrics on "))
+        .expect("metrics address logged")
+        .to_string();
+    let scrape = || async {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sf", &url])
+            .output()
+            .await
+            .expect("curl");
+        assert!(out.status.success(), "scrape failed");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mut c = broker.client().await;
+    c.service_direct(pb::ServiceDirectRequest {
+        name: "lab".into(),
+        username: "alice".into(),
+        host: "127.0.0.1".into(),
+        port: svc.addr().port().into(),
+        password: ALICE_PASSWORD.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        let mut events = c
+            .exec(pb::ExecRequest {
+                service: Some(pb::ServiceRef {
+                    name: "lab".into(),
+                    ..Default::default()
+                }),
+                devices: vec!["core-1".into()],
+                commands: vec!["show clock".into()],
+                timeout_ms: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        while events.message().await.unwrap().is_some() {}
+    }
+    let bad = c
+        .exec(pb::ExecRequest {
+            service: Some(pb::ServiceRef {
+                name: "nope".into(),
+                ..Default::default()
+            }),
+            devices: vec!["core-1".into()],
+            commands: vec!["x".into()],
+            timeout_ms: 0,
+        })
+        .await;
+    assert!(bad.is_err());
+    let page = scrape().await;
+    let value = |name: &str| -> f64 {
+        page.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{page}"))
+    };
+    assert_eq!(value("switchyard_requests_total{kind=\"exec\"}"), 4.0);
+    assert_eq!(
+        value("switchyard_link_connects_total{transport=\"direct\"}"),
+        1.0
+    );
+    assert_eq!(value("switchyard_links{transport=\"direct\"}"), 1.0);
+    assert_eq!(
+        value("switchyard_request_errors_total{code=\"NotFound\"}"),
+        1.0
+    );
+    assert_eq!(value("switchyard_exec_duration_seconds_count"), 3.0);
+}

@@ -190,6 +190,8 @@ impl DirectLink {
                 self.endpoint = Some(endpoint);
                 self.generation += 1;
                 self.connects += 1;
+                metrics::counter!("switchyard_link_connects_total", "transport" => "direct")
+                    .increment(1);
                 self.state = LinkState::Up;
                 self.last_error = None;
                 self.backoff.reset();

@@ -108,6 +108,26 @@ impl FrontDoor {
         service: ServiceRef,
         envelope: RequestEnvelope,
     ) -> Result<OpenCall, Status> {
+        let kind = match envelope.request {
+            WireRequest::Exec { .. } => "exec",
+            WireRequest::Inventory => "inventory",
+            WireRequest::Terminal { .. } => "terminal",
+            WireRequest::Ping => "ping",
+        };
+        metrics::counter!("switchyard_requests_total", "kind" => kind).increment(1);
+        let opened = self.open_call_inner(peer, service, envelope).await;
+        if let Err(status) = &opened {
+            count_error(status);
+        }
+        opened
+    }
+
+    async fn open_call_inner(
+        &self,
+        peer: Peer,
+        service: ServiceRef,
+        envelope: RequestEnvelope,
+    ) -> Result<OpenCall, Status> {
         self.admit()?;
         let resolved = self.routes.borrow().resolve(&peer, &service)?;
         // Fast path: the link published a live channel. Otherwise ask the
@@ -144,6 +164,11 @@ fn service_response(info: ServiceInfo) -> pb::ServiceResponse {
         fingerprint: info.fingerprint.map(|f| f.to_string()).unwrap_or_default(),
         reused: info.reused,
     }
+}
+
+fn count_error(status: &Status) {
+    metrics::counter!("switchyard_request_errors_total", "code" => format!("{:?}", status.code()))
+        .increment(1);
 }
 
 fn cancelled() -> Status {
@@ -320,7 +345,8 @@ impl Broker for FrontDoor {
             },
         };
         let open = self.open_call(peer, service, envelope).await?;
-        let stream = futures::stream::unfold(Some(open), |state| async move {
+        let started = std::time::Instant::now();
+        let stream = futures::stream::unfold(Some(open), move |state| async move {
             let mut open = state?;
             loop {
                 let next = tokio::select! {
@@ -328,8 +354,16 @@ impl Broker for FrontDoor {
                     next = open.call.next() => next,
                 };
                 match next {
-                    None => return None,
-                    Some(Err(e)) => return Some((Err(e.into()), None)),
+                    None => {
+                        metrics::histogram!("switchyard_exec_duration_seconds")
+                            .record(started.elapsed().as_secs_f64());
+                        return None;
+                    }
+                    Some(Err(e)) => {
+                        let status: Status = e.into();
+                        count_error(&status);
+                        return Some((Err(status), None));
+                    }
                     Some(Ok(response)) => {
                         if let Some(event) = convert::exec_event(response) {
                             return Some((Ok(event), Some(open)));

@@ -116,6 +116,8 @@ impl IntegratedLink {
                 }));
                 self.ops = Some((ops, principal));
                 self.state = LinkState::Up;
+                metrics::counter!("switchyard_link_connects_total", "transport" => "integrated")
+                    .increment(1);
                 info!(link = self.common.id, db = %self.db.display(), "integrated service up");
                 for (hold, waiter) in self.common.take_waiters() {
                     let reply = self

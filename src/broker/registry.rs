@@ -187,6 +187,15 @@ impl SessionRegistry {
             }
         }
         self.routes.send_replace(Arc::new(routes));
+        metrics::gauge!("switchyard_sessions").set(self.sessions.len() as f64);
+        let integrated = self
+            .links
+            .values()
+            .filter(|l| l.key.target.starts_with("integrated:"))
+            .count();
+        metrics::gauge!("switchyard_links", "transport" => "integrated").set(integrated as f64);
+        metrics::gauge!("switchyard_links", "transport" => "direct")
+            .set((self.links.len() - integrated) as f64);
     }
 
     fn next(&mut self) -> u64 {

@@ -31,6 +31,9 @@ pub struct Cli {
     /// Log line format on stderr (overrides the config file).
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormatArg>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (daemons only).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The broker's socket (default: $SWITCHYARD_SOCKET, else
     /// $XDG_RUNTIME_DIR/switchyard/broker.sock).
     #[arg(long, global = true, value_name = "PATH")]
@@ -143,6 +146,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<ExitCode, CliError> {
     let socket = crate::broker::socket::client_path(cli.socket.as_deref());
+    let _metrics = match cli.metrics_listen {
+        Some(addr) if cli.command.is_daemon() => {
+            let server = crate::metrics::serve(addr)
+                .await
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            eprintln!("switchyard metrics on http://{}/metrics", server.addr);
+            Some(server)
+        }
+        _ => None,
+    };
     match cli.command {
         Command::Service(args) => service_admin::run(args, &settings, shutdown).await,
         Command::Sim(args) => sim::run(args, shutdown).await,

@@ -264,6 +264,12 @@ async fn authenticate(conn: &Connection, shared: &Shared) -> Option<Principal> {
             }
         }
     };
+    let result = match &outcome {
+        Ok(_) => "ok",
+        Err(e) if e.code == ErrorCode::ResourceExhausted => "locked",
+        Err(_) => "refused",
+    };
+    metrics::counter!("switchyard_service_logins_total", "result" => result).increment(1);
     match outcome {
         Ok(principal) => {
             info!(user = %principal.user, client = %request.client, "remote user authenticated");

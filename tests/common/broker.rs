@@ -20,11 +20,18 @@ impl TestBroker {
     /// Starts `switchyard broker` and returns once its socket serves.
     /// `env` adds settings (e.g. `SWITCHYARD_BROKER__IDLE_TIMEOUT_SECS`).
     pub async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_with(env, &[]).await.0
+    }
+
+    /// Like `start`, with extra arguments; also returns the log lines seen
+    /// up to readiness.
+    pub async fn start_with(env: &[(&str, &str)], args: &[&str]) -> (Self, String) {
         super::init();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("broker.log");
         let mut cmd = Command::new(switchyard_bin());
         cmd.arg("broker")
+            .args(args)
             .arg("--socket")
             .arg(dir.path().join("broker.sock"))
             .env("XDG_STATE_HOME", dir.path().join("state"))
@@ -55,6 +62,7 @@ impl TestBroker {
         .await;
         // Keep draining stderr into a file so the broker never blocks on it.
         let log_path = log.clone();
+        let startup = seen.clone();
         tokio::spawn(async move {
             let mut file = tokio::fs::File::create(&log_path).await.unwrap();
             let _ = tokio::io::AsyncWriteExt::write_all(&mut file, seen.as_bytes()).await;
@@ -64,7 +72,7 @@ impl TestBroker {
                         .await;
             }
         });
-        Self { dir, child, log }
+        (Self { dir, child, log }, startup)
     }
 
     pub fn socket(&self) -> PathBuf {
