@@ -108,13 +108,8 @@ impl FrontDoor {
         service: ServiceRef,
         envelope: RequestEnvelope,
     ) -> Result<OpenCall, Status> {
-        let kind = match envelope.request {
-            WireRequest::Exec { .. } => "exec",
-            WireRequest::Inventory => "inventory",
-            WireRequest::Terminal { .. } => "terminal",
-            WireRequest::Ping => "ping",
-        };
-        metrics::counter!("switchyard_requests_total", "kind" => kind).increment(1);
+        metrics::counter!("switchyard_requests_total", "kind" => envelope.request.kind())
+            .increment(1);
         let opened = self.open_call_inner(peer, service, envelope).await;
         if let Err(status) = &opened {
             count_error(status);

@@ -150,13 +150,8 @@ impl ServiceOps {
         input: mpsc::Receiver<TerminalInput>,
         out: mpsc::Sender<Response>,
     ) {
-        let kind = match envelope.request {
-            Request::Exec { .. } => "exec",
-            Request::Inventory => "inventory",
-            Request::Terminal { .. } => "terminal",
-            Request::Ping => "ping",
-        };
-        metrics::counter!("switchyard_service_requests_total", "kind" => kind).increment(1);
+        metrics::counter!("switchyard_service_requests_total", "kind" => envelope.request.kind())
+            .increment(1);
         let deadline = envelope.deadline_ms.map(Duration::from_millis);
         let work = self.dispatch(principal, envelope.request, deadline, input, &out);
         let result = match deadline {

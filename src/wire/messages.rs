@@ -117,6 +117,18 @@ pub enum Request {
     Ping,
 }
 
+impl Request {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Inventory => "inventory",
+            Self::Exec { .. } => "exec",
+            Self::Terminal { .. } => "terminal",
+            Self::Ping => "ping",
+        }
+    }
+}
+
 /// A device as callers see it (no credentials).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceInfo {
