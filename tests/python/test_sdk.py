@@ -195,3 +195,57 @@ def test_uvicorn_workers_share_one_link(broker, service):
         app.terminate()
         app.wait(timeout=30)
         listener.close()
+
+
+def test_uvicorn_auto_reload_keeps_working(broker, service, tmp_path):
+    """Auto-reload restarts the app in a new process; its new client shares
+    the broker's still-open link instead of logging in again."""
+    pytest.importorskip("fastapi")
+    app_dir = tmp_path / "app"
+    (app_dir / "examples").mkdir(parents=True)
+    source = (EXAMPLES / "fastapi_app.py").read_text()
+    (app_dir / "examples" / "fastapi_app.py").write_text(source)
+    listener = sock.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    env = env_for(broker, service)
+    env["PYTHONPATH"] = str(app_dir)
+    app = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--reload",
+         "--reload-dir", str(app_dir), "--fd", str(listener.fileno()), "--log-level", "warning"],
+        env=env, pass_fds=[listener.fileno()], cwd=app_dir,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+    def get():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/devices/core-2/clock", timeout=30) as r:
+            return json.load(r)
+
+    def wait_for(predicate, what):
+        deadline = time.monotonic() + 60
+        while not predicate():
+            assert app.poll() is None, app.stderr.read()
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    try:
+        wait_for(lambda: len(broker_status(broker).sessions) == 1, "app did not start")
+        first = get()
+        first_session = broker_status(broker).sessions[0].session_id
+        # Edit the app: the reloader restarts it in a new process.
+        (app_dir / "examples" / "fastapi_app.py").write_text(source + "\n# edited\n")
+        def reloaded():
+            sessions = [s.session_id for s in broker_status(broker).sessions]
+            return len(sessions) == 1 and sessions[0] != first_session
+
+        wait_for(reloaded, "app did not reload (old session gone, new one open)")
+        second = get()
+        assert "UTC" in first["clock"] and "UTC" in second["clock"]
+        assert second["pid"] != first["pid"], "served by the reloaded process"
+        status = broker_status(broker)
+        assert status.links[0].connects == 1, "the reloaded app reused the login"
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+        listener.close()
