@@ -591,6 +591,6 @@ fn main() {
         let _ = std::fs::write(&out, serde_json::to_vec_pretty(&report).unwrap());
         println!("results: {}", out.display());
         drop(Arc::new(fleet));
-        server.shutdown().await;
+        server.shutdown(Duration::ZERO).await;
     });
 }

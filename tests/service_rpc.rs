@@ -356,3 +356,46 @@ async fn terminal_session_on_a_device() {
     }
     assert!(closed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_running_requests_and_refuses_new_ones() {
+    common::init();
+    let sshd = common::sshd::Sshd::start(10).await;
+    let mut slow = ssh_device("slow-1", sshd.port);
+    slow.username = Some(common::sshd::TEST_USER.into());
+    slow.password = Some(Secret::new(common::sshd::TEST_PASSWORD));
+    let mut svc = start_service(&[slow], RpcConfig::default());
+    let c = login(&svc, "alice", ALICE_PASSWORD).await.unwrap();
+    let ch = channel(&c, &svc);
+    let mut running = ch
+        .call(exec(&["slow-1"], &["sleep 1; echo done"]))
+        .await
+        .unwrap();
+    // Make sure the request is running at the service before shutting down.
+    let server = svc.server.take().unwrap();
+    common::eventually(20, "exec running", || server.running_requests() == 1).await;
+    let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(20)));
+    // New requests are refused while the running one finishes.
+    let refused = loop {
+        match collect(&ch, req(Request::Ping)).await {
+            Err(LinkError::Remote(e)) => break e,
+            Ok(_) => tokio::task::yield_now().await,
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    };
+    assert_eq!(refused.code, ErrorCode::Unavailable);
+    assert!(refused.message.contains("shutting down"));
+    let mut output = Vec::new();
+    while let Some(r) = within(30, "running exec", running.next()).await {
+        if let Response::ExecDevice {
+            commands,
+            error: None,
+            ..
+        } = r.unwrap()
+        {
+            output.extend(commands[0].output.clone());
+        }
+    }
+    assert_eq!(output, b"done\n");
+    within(30, "shutdown", shutdown).await.unwrap();
+}

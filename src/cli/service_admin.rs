@@ -449,6 +449,6 @@ async fn run_service(
     let _watchdog = crate::daemon::Watchdog::start_if_enabled();
     shutdown.cancelled().await;
     crate::daemon::stopping();
-    server.shutdown().await;
+    server.shutdown(settings.broker.drain_timeout).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -17,6 +17,7 @@
 //! that stops reading its stream (it went away) cancels that request.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,9 @@ pub enum RpcError {
 }
 
 struct Shared {
+    /// Set at shutdown: new requests are refused while running ones finish.
+    draining: CancellationToken,
+    in_flight: Arc<AtomicU32>,
     ops: Arc<ServiceOps>,
     limits: TransportLimits,
     auth_timeout: Duration,
@@ -73,6 +77,7 @@ struct Shared {
 
 /// A running RPC socket.
 pub struct RpcServer {
+    shared: Arc<Shared>,
     local_addr: SocketAddr,
     endpoint: Endpoint,
     cancel: CancellationToken,
@@ -99,6 +104,8 @@ impl RpcServer {
         });
         let (local_addr, endpoint) = endpoint?;
         let shared = Arc::new(Shared {
+            draining: CancellationToken::new(),
+            in_flight: Arc::new(AtomicU32::new(0)),
             ops,
             limits: config.limits,
             auth_timeout: config.auth_timeout,
@@ -106,11 +113,12 @@ impl RpcServer {
         });
         let cancel = CancellationToken::new();
         let accept = tokio::spawn(
-            accept_loop(endpoint.clone(), shared, cancel.clone())
+            accept_loop(endpoint.clone(), shared.clone(), cancel.clone())
                 .instrument(info_span!("rpc", addr = %local_addr)),
         );
         info!(addr = %local_addr, "service RPC socket listening");
         Ok(Self {
+            shared,
             local_addr,
             endpoint,
             cancel,
@@ -122,8 +130,30 @@ impl RpcServer {
         self.local_addr
     }
 
-    /// Closes every connection and waits (briefly) for the peers to learn.
-    pub async fn shutdown(self) {
+    /// Requests running now.
+    pub fn running_requests(&self) -> u32 {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Drains, then closes: new connections and requests are refused
+    /// (`UNAVAILABLE`), running requests get up to `drain` to finish, then
+    /// every connection is closed and the peers told why.
+    pub async fn shutdown(self, drain: Duration) {
+        self.shared.draining.cancel();
+        self.endpoint.set_server_config(None);
+        let deadline = tokio::time::Instant::now() + drain;
+        while self.shared.in_flight.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let unfinished = self.shared.in_flight.load(Ordering::Relaxed);
+        if unfinished > 0 {
+            warn!(
+                unfinished,
+                "drain timeout: closing with requests still running"
+            );
+        }
         self.cancel.cancel();
         self.endpoint.close(
             VarInt::from_u32(close_code::SHUTTING_DOWN),
@@ -318,6 +348,17 @@ async fn serve_request(
             return;
         }
     };
+    if shared.draining.is_cancelled() {
+        let refusal = Response::Error(WireError::new(
+            ErrorCode::Unavailable,
+            format!("service {} is shutting down", shared.ops.name()),
+        ));
+        let _ = write_frame(&mut send, &refusal, max).await;
+        let _ = send.finish();
+        return;
+    }
+    shared.in_flight.fetch_add(1, Ordering::Relaxed);
+    let _running = count_in_flight(&shared.in_flight);
     let is_terminal = matches!(envelope.request, Request::Terminal { .. });
     let (in_tx, in_rx) = mpsc::channel::<TerminalInput>(TERMINAL_QUEUE);
     let (out_tx, mut out_rx) = mpsc::channel::<Response>(64);
@@ -361,4 +402,15 @@ async fn serve_request(
             }
         }
     }
+}
+
+/// Decrements the in-flight count when the request ends, however it ends.
+fn count_in_flight(counter: &Arc<AtomicU32>) -> impl Drop + use<> {
+    struct Done(Arc<AtomicU32>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    Done(counter.clone())
 }

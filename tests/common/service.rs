@@ -34,7 +34,7 @@ impl TestService {
     /// Stops the RPC socket (connections are closed).
     pub async fn stop(&mut self) {
         if let Some(server) = self.server.take() {
-            server.shutdown().await;
+            server.shutdown(std::time::Duration::ZERO).await;
         }
     }
 
