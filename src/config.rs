@@ -225,9 +225,10 @@ impl FileSettings {
         let log_format = match self.log.format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
+            "journald" => LogFormat::Journald,
             other => {
                 return Err(ConfigError::Value(format!(
-                    "log.format must be \"text\" or \"json\", not {other:?}"
+                    "log.format must be \"text\", \"json\" or \"journald\", not {other:?}"
                 )));
             }
         };

@@ -25,6 +25,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let format = match cli.log_format {
         Some(LogFormatArg::Json) => LogFormat::Json,
         Some(LogFormatArg::Text) => LogFormat::Text,
+        Some(LogFormatArg::Journald) => LogFormat::Journald,
         None => settings.log_format,
     };
     logging::init(format, &settings.log_filter);

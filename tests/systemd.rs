@@ -348,3 +348,81 @@ async fn metrics_endpoint_counts_work() {
     );
     assert_eq!(value("switchyard_exec_duration_seconds_count"), 3.0);
 }
+
+/// Logs straight to journald. No journald runs on CI machines, so when the
+/// journal socket is absent the test stands in for journald on that path
+/// (a datagram socket reading the native protocol) and removes it after.
+#[test]
+fn logs_go_straight_to_journald() {
+    let path = std::path::Path::new("/run/systemd/journal/socket");
+    if path.exists() {
+        // A real journald: the daemon must not fall back to stderr.
+        let out = std::process::Command::new(switchyard_bin())
+            .args(["--log-format", "journald", "status"])
+            .env("SWITCHYARD_SOCKET", "/nonexistent/broker.sock")
+            .output()
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("journald is not available"));
+        return;
+    }
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let journal = UnixDatagram::bind(path).expect("stand in for journald");
+    struct Remove<'a>(&'a std::path::Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+    let _cleanup = Remove(path);
+    journal
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = std::process::Command::new(switchyard_bin())
+        .args(["--log-format", "journald", "sim", "--count", "1"])
+        .env("RUST_LOG", "info")
+        .env("XDG_CONFIG_HOME", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sim = KillOnDrop(sim);
+    let mut buf = vec![0u8; 65536];
+    let record = loop {
+        let n = journal
+            .recv(&mut buf)
+            .expect("a journal record within 30 s");
+        let record = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if record.contains("simulated devices listening") {
+            break record;
+        }
+    };
+    // Native protocol: fields may be length-prefixed, so check names and
+    // values rather than `KEY=value` lines.
+    assert!(
+        record.contains("SYSLOG_IDENTIFIER") && record.contains("switchyard"),
+        "{record}"
+    );
+    assert!(
+        record.contains("PRIORITY") && record.contains("TARGET"),
+        "{record}"
+    );
+    sim.0.kill().unwrap();
+    let out = sim.0.wait_with_output_fallback();
+    assert!(!out.contains("journald is not available"), "{out}");
+}
+
+trait StderrOf {
+    fn wait_with_output_fallback(&mut self) -> String;
+}
+
+impl StderrOf for std::process::Child {
+    fn wait_with_output_fallback(&mut self) -> String {
+        let _ = self.wait();
+        let mut err = String::new();
+        if let Some(mut s) = self.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut s, &mut err);
+        }
+        err
+    }
+}

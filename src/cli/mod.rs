@@ -46,6 +46,7 @@ pub struct Cli {
 pub enum LogFormatArg {
     Text,
     Json,
+    Journald,
 }
 
 #[derive(Debug, Subcommand)]
