@@ -16,7 +16,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --all-targets --locked
+cargo test --locked --lib --bins --tests
 cargo build --locked
 echo "== systemd units"
 bash scripts/verify-units.sh
