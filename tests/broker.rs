@@ -6,119 +6,13 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::broker::TestBroker;
-use common::service::{ALICE_PASSWORD, TestService, ssh_device, start_service};
+use common::broker::{TestBroker, direct, in_session, named, open_attached, run_exec, status};
+use common::service::{ALICE_PASSWORD, ssh_device, start_service};
 use common::within;
 use switchyard::api::pb;
 use switchyard::service::rpc::RpcConfig;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
-
-fn direct(
-    svc: &TestService,
-    session: &str,
-    name: &str,
-    password: &str,
-) -> pb::ServiceDirectRequest {
-    pb::ServiceDirectRequest {
-        session_id: session.into(),
-        name: name.into(),
-        username: "alice".into(),
-        host: "127.0.0.1".into(),
-        port: svc.addr().port().into(),
-        password: password.into(),
-        fingerprint: String::new(),
-    }
-}
-
-fn in_session(session: &str, service: &str) -> Option<pb::ServiceRef> {
-    Some(pb::ServiceRef {
-        session_id: session.into(),
-        service_id: service.into(),
-        name: String::new(),
-    })
-}
-
-fn named(name: &str) -> Option<pb::ServiceRef> {
-    Some(pb::ServiceRef {
-        name: name.into(),
-        ..Default::default()
-    })
-}
-
-async fn status(broker: &TestBroker) -> pb::StatusResponse {
-    broker
-        .client()
-        .await
-        .status(pb::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-/// Runs an exec and returns each device's (outputs, device error).
-async fn run_exec(
-    client: &mut pb::broker_client::BrokerClient<tonic::transport::Channel>,
-    service: Option<pb::ServiceRef>,
-    devices: &[&str],
-    commands: &[&str],
-) -> Result<Vec<(String, String)>, tonic::Status> {
-    let mut stream = client
-        .exec(pb::ExecRequest {
-            service,
-            devices: devices.iter().map(|s| s.to_string()).collect(),
-            commands: commands.iter().map(|s| s.to_string()).collect(),
-            timeout_ms: 0,
-        })
-        .await?
-        .into_inner();
-    let mut out = vec![(String::new(), String::new()); devices.len()];
-    while let Some(event) = within(30, "exec event", stream.message()).await? {
-        let d = event.device as usize;
-        match event.event {
-            Some(pb::exec_event::Event::Output(o)) => {
-                out[d].0.push_str(&String::from_utf8_lossy(&o.data))
-            }
-            Some(pb::exec_event::Event::DeviceResult(r)) => {
-                for c in r.commands {
-                    out[d].0.push_str(&String::from_utf8_lossy(&c.output));
-                }
-                out[d].1 = r.error;
-            }
-            _ => {}
-        }
-    }
-    Ok(out)
-}
-
-async fn open_attached(
-    client: &mut pb::broker_client::BrokerClient<tonic::transport::Channel>,
-) -> (String, tonic::Streaming<pb::SessionEvent>) {
-    let id = client
-        .open_session(pb::OpenSessionRequest {
-            client_name: "test".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session_id;
-    let mut attach = client
-        .attach(pb::AttachRequest {
-            session_id: id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = within(10, "attached", attach.message())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(
-        first.event,
-        Some(pb::session_event::Event::Attached(_))
-    ));
-    (id, attach)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_share_one_link_for_the_same_credentials() {

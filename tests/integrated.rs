@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::broker::TestBroker;
+use common::broker::{TestBroker, open_attached};
 use common::service::{ADMIN_PASSWORD, make_inventory};
 use common::within;
 use sha2::{Digest, Sha256};
@@ -24,27 +24,6 @@ fn integrated(
     }
 }
 
-async fn session(
-    c: &mut pb::broker_client::BrokerClient<tonic::transport::Channel>,
-) -> (String, tonic::Streaming<pb::SessionEvent>) {
-    let id = c
-        .open_session(pb::OpenSessionRequest {
-            client_name: "t".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session_id;
-    let attach = c
-        .attach(pb::AttachRequest {
-            session_id: id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    (id, attach)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sessions_share_one_integrated_service() {
     let broker = TestBroker::start(&[]).await;
@@ -52,8 +31,8 @@ async fn two_sessions_share_one_integrated_service() {
     drop(make_inventory(&db, &[]));
     let mut a = broker.client().await;
     let mut b = broker.client().await;
-    let (sa, _ha) = session(&mut a).await;
-    let (sb, _hb) = session(&mut b).await;
+    let (sa, _ha) = open_attached(&mut a).await;
+    let (sb, _hb) = open_attached(&mut b).await;
     let first = a
         .service_integrated(integrated(&sa, "", &db, ADMIN_PASSWORD))
         .await
@@ -119,7 +98,7 @@ async fn wrong_admin_password_is_refused_and_changes_nothing() {
     drop(make_inventory(&db, &[]));
     let before = Sha256::digest(std::fs::read(&db).unwrap());
     let mut c = broker.client().await;
-    let (s, _h) = session(&mut c).await;
+    let (s, _h) = open_attached(&mut c).await;
     let e = c
         .service_integrated(integrated(&s, "", &db, "not-the-password"))
         .await

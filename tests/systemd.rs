@@ -7,6 +7,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::broker::{direct, named, run_exec};
 use common::service::{ALICE_PASSWORD, ssh_device, start_service};
 use common::sshd::{Sshd, TEST_PASSWORD, TEST_USER};
 use common::{switchyard_bin, within};
@@ -142,36 +143,13 @@ async fn socket_activation_uses_the_inherited_socket() {
     let mut c = within(30, "connect", switchyard::api::client::connect(&socket))
         .await
         .unwrap();
-    c.service_direct(pb::ServiceDirectRequest {
-        name: "lab".into(),
-        username: "alice".into(),
-        host: "127.0.0.1".into(),
-        port: svc.addr().port().into(),
-        password: ALICE_PASSWORD.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut events = c
-        .exec(pb::ExecRequest {
-            service: Some(pb::ServiceRef {
-                name: "lab".into(),
-                ..Default::default()
-            }),
-            devices: vec!["core-1".into()],
-            commands: vec!["show clock".into()],
-            timeout_ms: 0,
-        })
+    c.service_direct(direct(&svc, "", "lab", ALICE_PASSWORD))
         .await
-        .unwrap()
-        .into_inner();
-    let mut output = Vec::new();
-    while let Some(e) = within(30, "exec", events.message()).await.unwrap() {
-        if let Some(pb::exec_event::Event::DeviceResult(r)) = e.event {
-            output.extend(r.commands[0].output.clone());
-        }
-    }
-    assert!(String::from_utf8_lossy(&output).contains("UTC"));
+        .unwrap();
+    let out = run_exec(&mut c, named("lab"), &["core-1"], &["show clock"])
+        .await
+        .unwrap();
+    assert!(out[0].0.contains("UTC"), "{out:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(activator.id().unwrap() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -195,16 +173,9 @@ async fn sigterm_drains_running_calls_and_refuses_new_ones() {
     let broker =
         common::broker::TestBroker::start(&[("SWITCHYARD_BROKER__DRAIN_TIMEOUT_SECS", "20")]).await;
     let mut c = broker.client().await;
-    c.service_direct(pb::ServiceDirectRequest {
-        name: "lab".into(),
-        username: "alice".into(),
-        host: "127.0.0.1".into(),
-        port: svc.addr().port().into(),
-        password: ALICE_PASSWORD.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    c.service_direct(direct(&svc, "", "lab", ALICE_PASSWORD))
+        .await
+        .unwrap();
     let req = |device: &str, cmd: &str| pb::ExecRequest {
         service: Some(pb::ServiceRef {
             name: "lab".into(),
@@ -290,44 +261,19 @@ async fn metrics_endpoint_counts_work() {
         String::from_utf8(out.stdout).unwrap()
     };
     let mut c = broker.client().await;
-    c.service_direct(pb::ServiceDirectRequest {
-        name: "lab".into(),
-        username: "alice".into(),
-        host: "127.0.0.1".into(),
-        port: svc.addr().port().into(),
-        password: ALICE_PASSWORD.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    c.service_direct(direct(&svc, "", "lab", ALICE_PASSWORD))
+        .await
+        .unwrap();
     for _ in 0..3 {
-        let mut events = c
-            .exec(pb::ExecRequest {
-                service: Some(pb::ServiceRef {
-                    name: "lab".into(),
-                    ..Default::default()
-                }),
-                devices: vec!["core-1".into()],
-                commands: vec!["show clock".into()],
-                timeout_ms: 0,
-            })
+        run_exec(&mut c, named("lab"), &["core-1"], &["show clock"])
             .await
-            .unwrap()
-            .into_inner();
-        while events.message().await.unwrap().is_some() {}
+            .unwrap();
     }
-    let bad = c
-        .exec(pb::ExecRequest {
-            service: Some(pb::ServiceRef {
-                name: "nope".into(),
-                ..Default::default()
-            }),
-            devices: vec!["core-1".into()],
-            commands: vec!["x".into()],
-            timeout_ms: 0,
-        })
-        .await;
-    assert!(bad.is_err());
+    assert!(
+        run_exec(&mut c, named("nope"), &["core-1"], &["x"])
+            .await
+            .is_err()
+    );
     let page = scrape().await;
     let value = |name: &str| -> f64 {
         page.lines()

@@ -26,7 +26,7 @@ use super::registry::{
     SessionRegistry, Status as StatusMsg,
 };
 use super::routes::{Routes, ServiceRef};
-use super::session::{AttachSession, EndSession};
+use super::session::{AttachSession, EndSession, Session};
 use crate::api::convert;
 use crate::api::pb::{self, broker_server::Broker};
 use crate::secret::Secret;
@@ -61,6 +61,15 @@ impl FrontDoor {
             draining,
             in_flight,
         }
+    }
+
+    /// The caller's session actor.
+    async fn session(&self, peer: Peer, session_id: String) -> Result<Addr<Session>, Status> {
+        Ok(self
+            .registry
+            .send(GetSession { peer, session_id })
+            .await
+            .map_err(mailbox)??)
     }
 
     fn admit(&self) -> Result<(), Status> {
@@ -194,12 +203,7 @@ impl Broker for FrontDoor {
         request: Request<pb::AttachRequest>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         let peer = peer(&request)?;
-        let session_id = request.into_inner().session_id;
-        let session = self
-            .registry
-            .send(GetSession { peer, session_id })
-            .await
-            .map_err(mailbox)??;
+        let session = self.session(peer, request.into_inner().session_id).await?;
         let events = session.send(AttachSession).await.map_err(mailbox)??;
         let stream = tokio_stream::wrappers::ReceiverStream::new(events)
             .map(|e| Ok(convert::session_event(e)));
@@ -211,12 +215,7 @@ impl Broker for FrontDoor {
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
         let peer = peer(&request)?;
-        let session_id = request.into_inner().session_id;
-        let session = self
-            .registry
-            .send(GetSession { peer, session_id })
-            .await
-            .map_err(mailbox)??;
+        let session = self.session(peer, request.into_inner().session_id).await?;
         session.send(EndSession).await.map_err(mailbox)?;
         Ok(Response::new(pb::CloseSessionResponse {}))
     }
