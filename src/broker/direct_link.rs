@@ -27,7 +27,7 @@ use super::direct_client::{self, DirectTarget};
 use super::link::{LinkChannel, LinkError};
 use super::link_actor::{
     Acquire, Acquired, CloseLink, LinkActor, LinkCommon, LinkInfo, LinkState, LinkStatus, Release,
-    release, stop_and_report,
+    answer_waiters, release, stop_and_report,
 };
 use crate::secret::Secret;
 use crate::wire::conn::{TransportLimits, client_endpoint};
@@ -112,23 +112,6 @@ impl DirectLink {
         }
     }
 
-    fn acquired(&mut self, hold: bool, ctx: &mut Context<Self>) -> Option<Acquired> {
-        let conn = self
-            .conn
-            .as_ref()
-            .filter(|c| c.close_reason().is_none())?
-            .clone();
-        if hold {
-            self.common.hold(ctx);
-        }
-        Some(Acquired {
-            channel: self.channel(conn),
-            in_flight: self.common.in_flight_guard(),
-            fingerprint: self.fingerprint,
-            service_name: self.service_name.clone(),
-        })
-    }
-
     fn start_connect(&mut self, ctx: &mut Context<Self>) {
         if self.connecting {
             return;
@@ -208,12 +191,7 @@ impl DirectLink {
                         .into_actor(self)
                         .map(move |reason, act, ctx| act.on_lost(generation, reason, ctx)),
                 );
-                for (hold, waiter) in self.common.take_waiters() {
-                    let reply = self
-                        .acquired(hold, ctx)
-                        .ok_or_else(|| LinkError::Closed("link closed".into()));
-                    let _ = waiter.send(reply);
-                }
+                answer_waiters(self, ctx);
             }
             Err(e) => {
                 let permanent = matches!(
@@ -351,6 +329,23 @@ impl Handler<Release> for DirectLink {
 impl LinkActor for DirectLink {
     fn common(&mut self) -> &mut LinkCommon {
         &mut self.common
+    }
+
+    fn acquired(&mut self, hold: bool, ctx: &mut Context<Self>) -> Option<Acquired> {
+        let conn = self
+            .conn
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())?
+            .clone();
+        if hold {
+            self.common.hold(ctx);
+        }
+        Some(Acquired {
+            channel: self.channel(conn),
+            in_flight: self.common.in_flight_guard(),
+            fingerprint: self.fingerprint,
+            service_name: self.service_name.clone(),
+        })
     }
 }
 

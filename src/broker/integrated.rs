@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::link::{LinkChannel, LinkError};
 use super::link_actor::{
     Acquire, Acquired, CloseLink, LinkActor, LinkCommon, LinkInfo, LinkState, LinkStatus, Release,
-    release, stop_and_report,
+    answer_waiters, release, stop_and_report,
 };
 use crate::secret::Secret;
 use crate::service::drivers::Drivers;
@@ -63,19 +63,6 @@ impl IntegratedLink {
             opening: false,
             last_error: None,
         }
-    }
-
-    fn acquired(&mut self, hold: bool, ctx: &mut Context<Self>) -> Option<Acquired> {
-        let (ops, principal) = self.ops.clone()?;
-        if hold {
-            self.common.hold(ctx);
-        }
-        Some(Acquired {
-            service_name: ops.name().to_string(),
-            channel: LinkChannel::Local { ops, principal },
-            in_flight: self.common.in_flight_guard(),
-            fingerprint: None,
-        })
     }
 
     fn start_open(&mut self, ctx: &mut Context<Self>) {
@@ -119,12 +106,7 @@ impl IntegratedLink {
                 metrics::counter!("switchyard_link_connects_total", "transport" => "integrated")
                     .increment(1);
                 info!(link = self.common.id, db = %self.db.display(), "integrated service up");
-                for (hold, waiter) in self.common.take_waiters() {
-                    let reply = self
-                        .acquired(hold, ctx)
-                        .ok_or_else(|| LinkError::Closed("the integrated service closed".into()));
-                    let _ = waiter.send(reply);
-                }
+                answer_waiters(self, ctx);
             }
             Err(e) => {
                 let code = match e {
@@ -153,6 +135,19 @@ impl IntegratedLink {
 impl LinkActor for IntegratedLink {
     fn common(&mut self) -> &mut LinkCommon {
         &mut self.common
+    }
+
+    fn acquired(&mut self, hold: bool, ctx: &mut Context<Self>) -> Option<Acquired> {
+        let (ops, principal) = self.ops.clone()?;
+        if hold {
+            self.common.hold(ctx);
+        }
+        Some(Acquired {
+            service_name: ops.name().to_string(),
+            channel: LinkChannel::Local { ops, principal },
+            in_flight: self.common.in_flight_guard(),
+            fingerprint: None,
+        })
     }
 }
 

@@ -169,9 +169,23 @@ pub struct LinkCommon {
     waiters: Vec<Waiter>,
 }
 
-/// A link actor: gives access to its common part.
+/// A link actor: gives access to its common part and, while it is up, to
+/// channels on it.
 pub trait LinkActor: Actor<Context = Context<Self>> {
     fn common(&mut self) -> &mut LinkCommon;
+
+    /// A channel now, if the link is up (taking a hold when asked).
+    fn acquired(&mut self, hold: bool, ctx: &mut Context<Self>) -> Option<Acquired>;
+}
+
+/// Answers every queued `Acquire` once the link came up.
+pub fn answer_waiters<A: LinkActor>(act: &mut A, ctx: &mut Context<A>) {
+    for (hold, waiter) in act.common().take_waiters() {
+        let reply = act
+            .acquired(hold, ctx)
+            .ok_or_else(|| LinkError::Closed("the link closed".into()));
+        let _ = waiter.send(reply);
+    }
 }
 
 impl LinkCommon {

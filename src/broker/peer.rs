@@ -54,11 +54,6 @@ fn in_group(pid: u32, gid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// May `peer` use something owned by `owner`?
-pub fn may_use(peer: &Peer, owner: Owner, share_group: Option<u32>) -> bool {
-    owner_for(peer, share_group) == owner
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,8 +69,7 @@ mod tests {
         assert_eq!(owner_for(&p, Some(50)), Owner::User(1000));
         let q = Peer { gid: 50, ..p };
         assert_eq!(owner_for(&q, Some(50)), Owner::Group(50));
-        assert!(may_use(&q, Owner::Group(50), Some(50)));
-        assert!(!may_use(&p, Owner::Group(50), Some(50)));
+        assert_ne!(owner_for(&p, Some(50)), Owner::Group(50));
     }
 
     #[test]

@@ -115,10 +115,6 @@ impl Drivers {
         }
     }
 
-    pub fn ssh_pool(&self) -> &ssh::SshPool {
-        &self.ssh
-    }
-
     /// Runs `commands` in order on one device; `timeout` applies to each
     /// command (the configured default when `None`).
     pub async fn exec(
