@@ -90,26 +90,7 @@ async fn sessions_share_one_link_for_the_same_credentials() {
 async fn twenty_processes_exec_through_one_named_service() {
     let svc = start_service(&[], RpcConfig::default());
     let broker = TestBroker::start(&[]).await;
-    let pw = broker.dir.path().join("alice-pw");
-    std::fs::write(&pw, format!("{ALICE_PASSWORD}\n")).unwrap();
-    let out = broker
-        .command()
-        .args([
-            "connect",
-            "direct",
-            "lab",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &svc.addr().port().to_string(),
-            "--user",
-            "alice",
-            "--password-file",
-        ])
-        .arg(&pw)
-        .output()
-        .await
-        .unwrap();
+    let out = broker.connect_direct(&svc, "lab", &[]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -564,27 +545,9 @@ async fn passwords_never_reach_the_broker_log() {
     c.service_direct(direct(&svc, &s, "", wrong))
         .await
         .unwrap_err();
-    let pw = broker.dir.path().join("pw");
-    std::fs::write(&pw, format!("{ALICE_PASSWORD}\n")).unwrap();
     let out = broker
-        .command()
-        .env("RUST_LOG", "trace")
-        .args([
-            "connect",
-            "direct",
-            "lab",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &svc.addr().port().to_string(),
-            "--user",
-            "alice",
-            "--password-file",
-        ])
-        .arg(&pw)
-        .output()
-        .await
-        .unwrap();
+        .connect_direct(&svc, "lab", &[("RUST_LOG", "trace")])
+        .await;
     assert!(out.status.success());
     run_exec(&mut c, named("lab"), &["core-1"], &["show clock"])
         .await

@@ -203,6 +203,7 @@ impl Broker for FrontDoor {
         request: Request<pb::AttachRequest>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         let peer = peer(&request)?;
+        self.admit()?;
         let session = self.session(peer, request.into_inner().session_id).await?;
         let events = session.send(AttachSession).await.map_err(mailbox)??;
         let stream = tokio_stream::wrappers::ReceiverStream::new(events)
@@ -225,6 +226,7 @@ impl Broker for FrontDoor {
         request: Request<pb::ServiceDirectRequest>,
     ) -> Result<Response<pb::ServiceResponse>, Status> {
         let peer = peer(&request)?;
+        self.admit()?;
         let r = request.into_inner();
         let fingerprint = match r.fingerprint.as_str() {
             "" => None,
@@ -258,6 +260,7 @@ impl Broker for FrontDoor {
         request: Request<pb::ServiceIntegratedRequest>,
     ) -> Result<Response<pb::ServiceResponse>, Status> {
         let peer = peer(&request)?;
+        self.admit()?;
         let r = request.into_inner();
         if r.db.is_empty() || r.admin_password.is_empty() {
             return Err(Status::invalid_argument(

@@ -91,6 +91,27 @@ impl TestBroker {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `switchyard connect direct NAME` to `svc` as alice (password from a
+    /// file), with extra environment; returns the command's output.
+    pub async fn connect_direct(
+        &self,
+        svc: &TestService,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> std::process::Output {
+        let pw = self.dir.path().join(format!("{name}-alice-pw"));
+        std::fs::write(&pw, format!("{}\n", super::service::ALICE_PASSWORD)).unwrap();
+        let mut cmd = self.command();
+        cmd.args(["connect", "direct", name, "--host", "127.0.0.1", "--port"])
+            .arg(svc.addr().port().to_string())
+            .args(["--user", "alice", "--password-file"])
+            .arg(&pw);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().await.unwrap()
+    }
+
     /// A `switchyard` command pointed at this broker.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(switchyard_bin());
