@@ -11,6 +11,8 @@ pub mod daemon;
 pub mod fsutil;
 pub mod logging;
 pub mod metrics;
+pub mod password;
+pub mod relay;
 pub mod secret;
 pub mod service;
 pub mod sim;

@@ -8,7 +8,6 @@ pub mod drivers;
 pub mod identity;
 pub mod inventory;
 pub mod ops;
-pub mod password;
 pub mod ratelimit;
 pub mod rpc;
 pub mod seal;

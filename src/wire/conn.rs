@@ -58,7 +58,8 @@ pub enum ConnError {
     Io(#[from] std::io::Error),
 }
 
-fn transport(limits: &TransportLimits) -> Arc<TransportConfig> {
+/// Transport settings both ends use for `limits`.
+pub fn transport_config(limits: &TransportLimits) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(limits.max_concurrent_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
@@ -69,7 +70,11 @@ fn transport(limits: &TransportLimits) -> Arc<TransportConfig> {
         .stream_receive_window(VarInt::from_u32(8 * 1024 * 1024))
         .receive_window(VarInt::from_u32(32 * 1024 * 1024))
         .send_window(32 * 1024 * 1024);
-    Arc::new(t)
+    t
+}
+
+fn transport(limits: &TransportLimits) -> Arc<TransportConfig> {
+    Arc::new(transport_config(limits))
 }
 
 /// A QUIC server endpoint presenting `cert_der` (PKCS#8 `key_der`).
@@ -79,6 +84,16 @@ pub fn server_endpoint(
     key_der: &[u8],
     limits: &TransportLimits,
 ) -> Result<Endpoint, ConnError> {
+    let config = server_config(cert_der, key_der, transport(limits))?;
+    Ok(Endpoint::server(config, addr)?)
+}
+
+/// Server configuration of the service RPC protocol presenting `cert_der`.
+pub fn server_config(
+    cert_der: Vec<u8>,
+    key_der: &[u8],
+    transport: Arc<TransportConfig>,
+) -> Result<quinn::ServerConfig, ConnError> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec()));
     let mut tls = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
         .with_no_client_auth()
@@ -86,10 +101,29 @@ pub fn server_endpoint(
         .map_err(|e| ConnError::Tls(e.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.max_early_data_size = 0;
+    quic_server_config(tls, transport)
+}
+
+/// Wraps a rustls server configuration for QUIC.
+pub fn quic_server_config(
+    tls: rustls::ServerConfig,
+    transport: Arc<TransportConfig>,
+) -> Result<quinn::ServerConfig, ConnError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| ConnError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport(limits));
-    Ok(Endpoint::server(config, addr)?)
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// Wraps a rustls client configuration for QUIC.
+pub fn quic_client_config(
+    tls: rustls::ClientConfig,
+    transport: Arc<TransportConfig>,
+) -> Result<quinn::ClientConfig, ConnError> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| ConnError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport);
+    Ok(config)
 }
 
 /// A client endpoint on an ephemeral port of `target`'s address family.
@@ -111,15 +145,20 @@ pub fn client_config(
     verifier: Arc<PinnedServerVerifier>,
     limits: &TransportLimits,
 ) -> Result<quinn::ClientConfig, ConnError> {
+    client_config_with(verifier, transport(limits))
+}
+
+/// [`client_config`] with explicit transport settings.
+pub fn client_config_with(
+    verifier: Arc<PinnedServerVerifier>,
+    transport: Arc<TransportConfig>,
+) -> Result<quinn::ClientConfig, ConnError> {
     let mut tls = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = QuicClientConfig::try_from(tls).map_err(|e| ConnError::Tls(e.to_string()))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport(limits));
-    Ok(config)
+    quic_client_config(tls, transport)
 }
 
 /// Writes one message as a frame.

@@ -3,14 +3,22 @@
 //!
 //! * `frame` — length-prefixed frames with a protocol version (sans-IO).
 //! * `messages` — the serde types that ride in frames.
+//! * `assertion` — verifying relay-signed caller assertions.
 //! * `codec` — the one place that knows bincode.
 //! * `pin` — TLS certificate pinning by SHA-256 fingerprint.
 //! * `conn` — quinn glue: endpoints, TLS configs, framed stream I/O.
+//! * `relay` — messages of the relay protocol (sans-IO).
+//! * `tunnel` — a QUIC connection carried inside a relayed stream (the
+//!   end-to-end encryption through the relay); quinn glue like `conn`.
 //!
-//! **Invariant:** only `conn` touches sockets; everything else is pure.
+//! **Invariant:** only `conn` and `tunnel` touch sockets and streams;
+//! everything else is pure.
 
+pub mod assertion;
 pub mod codec;
 pub mod conn;
 pub mod frame;
 pub mod messages;
 pub mod pin;
+pub mod relay;
+pub mod tunnel;

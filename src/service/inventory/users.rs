@@ -5,8 +5,8 @@ use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::{Inventory, InventoryError, now_secs};
+use crate::password;
 use crate::secret::Secret;
-use crate::service::password;
 
 /// Which devices a remote user may reach: a list of glob patterns over
 /// device names (`*` = all).
@@ -192,10 +192,6 @@ pub struct LoginRecord {
     password_hash: Option<String>,
 }
 
-/// A valid Argon2id hash of a random password: unknown users are checked
-/// against it so they take as long as known ones.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c3dpdGNoeWFyZC1kdW1teQ$Q6fNq0c4w3mY6t7s1lXl0tYJ2wYVbZy4m3kH8n7yqXo";
-
 impl LoginRecord {
     /// The user if `password` is right and the user is enabled. Unknown,
     /// disabled and password-less users all fail the same way and take the
@@ -205,7 +201,7 @@ impl LoginRecord {
         let hash = record
             .as_ref()
             .and_then(|r| r.password_hash.as_deref())
-            .unwrap_or(DUMMY_HASH);
+            .unwrap_or(password::DUMMY_HASH);
         let ok = password::verify_password(hash, password).unwrap_or(false);
         match record {
             Some(r) if ok && r.user.enabled && r.password_hash.is_some() => Some(r.user),
@@ -237,6 +233,6 @@ mod tests {
 
     #[test]
     fn dummy_hash_is_a_real_hash_so_unknown_users_cost_the_same() {
-        assert!(!password::verify_password(DUMMY_HASH, &Secret::new("x")).unwrap());
+        assert!(!password::verify_password(password::DUMMY_HASH, &Secret::new("x")).unwrap());
     }
 }

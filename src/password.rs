@@ -23,6 +23,10 @@ fn hasher() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
+/// A valid Argon2id hash of a random password: unknown users are checked
+/// against it so they take as long as known ones.
+pub const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c3dpdGNoeWFyZC1kdW1teQ$Q6fNq0c4w3mY6t7s1lXl0tYJ2wYVbZy4m3kH8n7yqXo";
+
 /// Hashes a new password.
 pub fn hash_password(password: &Secret) -> Result<String, PasswordError> {
     let salt = SaltString::generate(&mut OsRng);

@@ -1,0 +1,331 @@
+//! `switchyard relay`: the cloud.
+//!
+//! * `state` — the state directory (CA, keys, database) made at `init`.
+//! * `store` — the database: identity-provider users, tokens, OTPs,
+//!   certificates, enrolled services.
+//! * `ca` — the certificate authority (rcgen).
+//! * `tokens` — signed access/refresh tokens and caller assertions (JWT).
+//! * `device_flow` — RFC 8628 device grants (sans-IO).
+//! * `http` — the HTTPS listener: OAuth endpoints, the approval page,
+//!   service enrollment.
+//! * `quic` — the QUIC listener: client and service connections, tunnels.
+//!
+//! [`Relay`] owns both listeners and every task under them (one
+//! cancellation tree); dropping or shutting it down ends them all.
+//! **Invariant:** the relay never sees a broker↔service payload in the
+//! clear: tunnels carry an end-to-end encrypted QUIC connection it has no
+//! keys for (see `wire::tunnel`). Layers: `relay` → `wire`; it never
+//! imports `broker` or `service`.
+
+pub mod ca;
+pub mod device_flow;
+pub mod http;
+pub mod quic;
+pub mod state;
+pub mod store;
+pub mod tokens;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use self::device_flow::{DeviceFlowConfig, DeviceGrants};
+use self::state::RelayState;
+use self::store::StoreError;
+use self::tokens::TokenError;
+use crate::task::AbortOnDrop;
+use crate::wire::conn::TransportLimits;
+use crate::wire::messages::{ErrorCode, WireError};
+use crate::wire::relay::TokenClaims;
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Settings of a running relay.
+#[derive(Clone)]
+pub struct RelayConfig {
+    /// QUIC listener for brokers and services.
+    pub listen: SocketAddr,
+    /// HTTPS listener for the approval page and token endpoints.
+    pub http_listen: SocketAddr,
+    /// Host name or address callers use in URLs (must be in the server
+    /// certificate); `None` = the HTTPS listener's address.
+    pub public_host: Option<String>,
+    pub device_flow: DeviceFlowConfig,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub otp_ttl: Duration,
+    pub assertion_ttl: Duration,
+    pub limits: TransportLimits,
+    /// Test hook: a copy of every byte the relay forwards through tunnels
+    /// (used to prove the relay sees only ciphertext). Never set in
+    /// production; `try_send`, so it can never slow forwarding.
+    pub tap: Option<mpsc::Sender<Bytes>>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            public_host: None,
+            device_flow: DeviceFlowConfig::default(),
+            access_ttl: Duration::from_secs(3600),
+            refresh_ttl: Duration::from_secs(30 * 86400),
+            otp_ttl: Duration::from_secs(900),
+            assertion_ttl: Duration::from_secs(300),
+            limits: TransportLimits::default(),
+            tap: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("TLS set-up: {0}")]
+    Tls(String),
+}
+
+/// Why a credential was refused; each message says which case it is.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("the {kind} token expired; log in again")]
+    Expired { kind: &'static str },
+    #[error("token {id} was revoked")]
+    Revoked { id: String },
+    #[error("the token is not valid for this relay")]
+    Invalid,
+    #[error("user {0} is disabled or unknown")]
+    UserDisabled(String),
+    #[error("this certificate was not issued by this relay or was revoked")]
+    UnknownCertificate,
+    #[error("no credentials were presented")]
+    Missing,
+    #[error("relay database: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl AuthError {
+    pub fn to_wire(&self) -> WireError {
+        let code = match self {
+            Self::Store(_) => ErrorCode::Internal,
+            _ => ErrorCode::Unauthenticated,
+        };
+        WireError::new(code, self.to_string())
+    }
+}
+
+/// A service connected to the relay now.
+#[derive(Clone)]
+pub(crate) struct OnlineService {
+    pub conn: quinn::Connection,
+    pub advertise: Option<String>,
+}
+
+/// What both listeners share.
+pub(crate) struct RelayCore {
+    pub state: RelayState,
+    pub config: RelayConfig,
+    pub grants: Mutex<DeviceGrants>,
+    pub online: Mutex<HashMap<String, OnlineService>>,
+    pub quic_addr: SocketAddr,
+    pub next_tunnel: AtomicU64,
+}
+
+fn token_kind_name(kind: &str) -> &'static str {
+    match kind {
+        "refresh" => "refresh",
+        "api" => "access",
+        _ => "SSO access",
+    }
+}
+
+impl RelayCore {
+    /// Verifies a token of one of `kinds`: signature, expiry, revocation,
+    /// and that its user is still enabled.
+    pub fn check_token(&self, token: &str, kinds: &[&str]) -> Result<TokenClaims, AuthError> {
+        let claims = match self.state.signer.verify_token(token) {
+            Ok(claims) => claims,
+            Err(TokenError::Expired) => {
+                // Say which kind expired, without trusting anything else.
+                let kind = jsonwebtoken::dangerous::insecure_decode::<TokenClaims>(token)
+                    .map(|d| token_kind_name(&d.claims.kind))
+                    .unwrap_or("access");
+                return Err(AuthError::Expired { kind });
+            }
+            Err(_) => return Err(AuthError::Invalid),
+        };
+        if !kinds.contains(&claims.kind.as_str()) {
+            return Err(AuthError::Invalid);
+        }
+        match self.state.store.token(&claims.jti)? {
+            Some(record) if record.revoked => {
+                return Err(AuthError::Revoked { id: claims.jti });
+            }
+            Some(_) => {}
+            None => return Err(AuthError::Invalid),
+        }
+        if !self.state.store.user_enabled(&claims.sub)? {
+            return Err(AuthError::UserDisabled(claims.sub));
+        }
+        Ok(claims)
+    }
+
+    /// Issues and records a token.
+    pub fn issue_token(
+        &self,
+        email: &str,
+        kind: &str,
+        lifetime: Duration,
+    ) -> Result<(TokenClaims, String), WireError> {
+        let internal =
+            |e: &dyn std::fmt::Display| WireError::new(ErrorCode::Internal, e.to_string());
+        let (claims, token) = self
+            .state
+            .signer
+            .issue_token(email, kind, lifetime.as_secs())
+            .map_err(|e| internal(&e))?;
+        self.state
+            .store
+            .record_token(&store::TokenRecord {
+                id: claims.jti.clone(),
+                email: email.to_string(),
+                kind: kind.to_string(),
+                expires_at: claims.exp,
+                revoked: false,
+            })
+            .map_err(|e| internal(&e))?;
+        Ok((claims, token))
+    }
+}
+
+/// A running relay.
+pub struct Relay {
+    core: Arc<RelayCore>,
+    http_addr: SocketAddr,
+    public_host: String,
+    endpoint: quinn::Endpoint,
+    cancel: CancellationToken,
+    _tasks: Vec<AbortOnDrop<()>>,
+}
+
+impl Relay {
+    /// Binds both listeners and starts serving.
+    pub async fn start(state: RelayState, config: RelayConfig) -> Result<Self, RelayError> {
+        let endpoint = quic::endpoint(&state, &config)?;
+        let quic_addr = endpoint.local_addr().map_err(|e| RelayError::Listen {
+            addr: config.listen,
+            reason: e.to_string(),
+        })?;
+        let http_listener = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|e| RelayError::Listen {
+                addr: config.http_listen,
+                reason: e.to_string(),
+            })?;
+        let http_addr = http_listener.local_addr().map_err(|e| RelayError::Listen {
+            addr: config.http_listen,
+            reason: e.to_string(),
+        })?;
+        let public_host = config
+            .public_host
+            .clone()
+            .unwrap_or_else(|| http_addr.ip().to_string());
+        let core = Arc::new(RelayCore {
+            grants: Mutex::new(DeviceGrants::new(config.device_flow.clone())),
+            online: Mutex::new(HashMap::new()),
+            quic_addr,
+            next_tunnel: AtomicU64::new(1),
+            state,
+            config,
+        });
+        let cancel = CancellationToken::new();
+        let tls = http::tls_config(&core.state)?;
+        let tasks = vec![
+            AbortOnDrop::new(tokio::spawn(quic::serve(
+                endpoint.clone(),
+                core.clone(),
+                cancel.clone(),
+            ))),
+            AbortOnDrop::new(tokio::spawn(http::serve(
+                http_listener,
+                tls,
+                core.clone(),
+                cancel.clone(),
+            ))),
+        ];
+        info!(quic = %quic_addr, https = %http_addr, "relay listening");
+        Ok(Self {
+            core,
+            http_addr,
+            public_host,
+            endpoint,
+            cancel,
+            _tasks: tasks,
+        })
+    }
+
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.core.quic_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The base URL brokers and services are given.
+    pub fn url(&self) -> String {
+        let host = if self.public_host.contains(':') {
+            format!("[{}]", self.public_host)
+        } else {
+            self.public_host.clone()
+        };
+        format!("https://{host}:{}", self.http_addr.port())
+    }
+
+    /// Device grants started since start-up.
+    pub fn grants_started(&self) -> u64 {
+        self.core
+            .grants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .started()
+    }
+
+    /// Services connected now.
+    pub fn services_online(&self) -> usize {
+        self.core
+            .online
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Stops both listeners and closes every connection.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.endpoint.close(0u32.into(), b"relay shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.endpoint.close(0u32.into(), b"relay shutting down");
+    }
+}

@@ -1,0 +1,544 @@
+//! The relay's QUIC listener (ALPN `switchyard-relay/1`).
+//!
+//! Owns: every client and service connection and every tunnel between
+//! them (tasks under the relay's cancellation tree).
+//!
+//! Takes: connections. A service must present the certificate issued at
+//! its enrollment and is then "online" until its connection ends (a newer
+//! connection for the same serial replaces an older one). A client
+//! authenticates with a token or its client certificate, then sends one
+//! [`RelayRequest`] per stream.
+//!
+//! On failure: a refused hello closes that connection with the reason; a
+//! tunnel to an offline service is refused with `UNAVAILABLE` naming the
+//! serial; when either end of a tunnel goes away the other end's stream is
+//! reset at once, so the broker fails over instead of hanging.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::state::RelayState;
+use super::{AuthError, OnlineService, RelayConfig, RelayCore, RelayError};
+use crate::wire::conn::{read_frame, write_frame};
+use crate::wire::messages::{ErrorCode, WireError, close_code};
+use crate::wire::pin::Fingerprint;
+use crate::wire::relay::{
+    HelloReply, RELAY_ALPN, RelayHello, RelayReply, RelayRequest, ServiceFacts, TunnelOffer,
+};
+
+/// The QUIC endpoint: server certificate from the CA, client certificates
+/// optional (tokens are the other way in) but verified against the CA
+/// whenever presented.
+pub(super) fn endpoint(state: &RelayState, config: &RelayConfig) -> Result<Endpoint, RelayError> {
+    let tls_err = |e: &dyn std::fmt::Display| RelayError::Tls(e.to_string());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(state.ca.cert_der().to_vec()))
+        .map_err(|e| tls_err(&e))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| tls_err(&e))?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(state.server_key.to_vec()));
+    let mut tls = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from(state.server_cert_der.clone())],
+            key,
+        )
+        .map_err(|e| tls_err(&e))?;
+    tls.alpn_protocols = vec![RELAY_ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let transport = Arc::new(crate::wire::conn::transport_config(&config.limits));
+    let server = crate::wire::conn::quic_server_config(tls, transport).map_err(|e| tls_err(&e))?;
+    Endpoint::server(server, config.listen).map_err(|e| RelayError::Listen {
+        addr: config.listen,
+        reason: e.to_string(),
+    })
+}
+
+pub(super) async fn serve(endpoint: Endpoint, core: Arc<RelayCore>, cancel: CancellationToken) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    let span = info_span!("relay_conn", peer = %incoming.remote_address());
+                    connections.spawn(
+                        serve_connection(incoming, core.clone(), cancel.child_token()).instrument(span),
+                    );
+                }
+                None => break,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.shutdown().await;
+}
+
+/// Who is on the other end of a connection.
+enum Peer {
+    Client {
+        identity: String,
+        /// Token expiry; `None` for certificate logins.
+        expires: Option<u64>,
+        /// Logged in through SSO (may create access tokens).
+        sso: bool,
+    },
+    Service {
+        serial: String,
+    },
+}
+
+fn peer_cert_fingerprint(conn: &Connection) -> Option<[u8; 32]> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    certs.first().map(|c| Fingerprint::of(c).0)
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    core: Arc<RelayCore>,
+    cancel: CancellationToken,
+) {
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    let max = core.config.limits.max_frame;
+    let hello = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let (send, mut recv) = conn.accept_bi().await.ok()?;
+        let hello: RelayHello = read_frame(&mut recv, max).await.ok()??;
+        Some((send, hello))
+    })
+    .await;
+    let Ok(Some((mut send, hello))) = hello else {
+        conn.close(
+            VarInt::from_u32(close_code::UNAUTHENTICATED),
+            b"no hello in time",
+        );
+        return;
+    };
+    let peer = match authenticate(&core, &conn, hello) {
+        Ok(peer) => peer,
+        Err(e) => {
+            warn!(reason = %e, "relay login refused");
+            let _ = write_frame(&mut send, &HelloReply::Refused(e.to_wire()), max).await;
+            let _ = send.finish();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped()).await;
+            conn.close(
+                VarInt::from_u32(close_code::UNAUTHENTICATED),
+                b"login refused",
+            );
+            return;
+        }
+    };
+    let (identity, expires) = match &peer {
+        Peer::Client {
+            identity, expires, ..
+        } => (identity.clone(), *expires),
+        Peer::Service { serial } => (serial.clone(), None),
+    };
+    let welcome = HelloReply::Welcome {
+        identity,
+        expires_unix: expires,
+    };
+    if write_frame(&mut send, &welcome, max).await.is_err() {
+        return;
+    }
+    let _ = send.finish();
+    match peer {
+        Peer::Service { serial } => serve_service(conn, core, serial, cancel).await,
+        Peer::Client {
+            identity,
+            expires,
+            sso,
+        } => {
+            let span = info_span!("client", identity = %identity);
+            serve_client(
+                conn,
+                core,
+                ClientAuth {
+                    identity,
+                    expires,
+                    sso,
+                },
+                cancel,
+            )
+            .instrument(span)
+            .await
+        }
+    }
+}
+
+fn authenticate(core: &RelayCore, conn: &Connection, hello: RelayHello) -> Result<Peer, AuthError> {
+    let store = &core.state.store;
+    match hello {
+        RelayHello::Client { token: Some(token) } => {
+            let claims = core.check_token(&token, &["access", "api"])?;
+            Ok(Peer::Client {
+                identity: claims.sub,
+                expires: Some(claims.exp),
+                sso: claims.kind == "access",
+            })
+        }
+        RelayHello::Client { token: None } => {
+            let fp = peer_cert_fingerprint(conn).ok_or(AuthError::Missing)?;
+            let email = store
+                .cert_subject(&fp, "client")?
+                .ok_or(AuthError::UnknownCertificate)?;
+            if !store.user_enabled(&email)? {
+                return Err(AuthError::UserDisabled(email));
+            }
+            Ok(Peer::Client {
+                identity: email,
+                expires: None,
+                sso: false,
+            })
+        }
+        RelayHello::Service { advertise } => {
+            let fp = peer_cert_fingerprint(conn).ok_or(AuthError::Missing)?;
+            let serial = store
+                .cert_subject(&fp, "service")?
+                .ok_or(AuthError::UnknownCertificate)?;
+            info!(%serial, ?advertise, "service online");
+            let mut online = core.online.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(old) = online.insert(
+                serial.clone(),
+                OnlineService {
+                    conn: conn.clone(),
+                    advertise,
+                },
+            ) {
+                old.conn
+                    .close(0u32.into(), b"replaced by a newer connection");
+            }
+            Ok(Peer::Service { serial })
+        }
+    }
+}
+
+async fn serve_service(
+    conn: Connection,
+    core: Arc<RelayCore>,
+    serial: String,
+    cancel: CancellationToken,
+) {
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        reason = conn.closed() => debug!(%serial, %reason, "service connection ended"),
+    }
+    let mut online = core.online.lock().unwrap_or_else(|p| p.into_inner());
+    if online
+        .get(&serial)
+        .is_some_and(|s| s.conn.stable_id() == conn.stable_id())
+    {
+        online.remove(&serial);
+        info!(%serial, "service offline");
+    }
+}
+
+struct ClientAuth {
+    identity: String,
+    expires: Option<u64>,
+    sso: bool,
+}
+
+async fn serve_client(
+    conn: Connection,
+    core: Arc<RelayCore>,
+    auth: ClientAuth,
+    cancel: CancellationToken,
+) {
+    let auth = Arc::new(std::sync::Mutex::new(auth));
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    streams.spawn(serve_request(core.clone(), auth.clone(), send, recv));
+                }
+                Err(e) => {
+                    debug!(reason = %e, "client connection ended");
+                    break;
+                }
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+    streams.shutdown().await;
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> RelayReply {
+    RelayReply::Error(WireError::new(code, message))
+}
+
+async fn serve_request(
+    core: Arc<RelayCore>,
+    auth: Arc<std::sync::Mutex<ClientAuth>>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let max = core.config.limits.max_frame;
+    let request: RelayRequest = match read_frame(&mut recv, max).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            let _ = write_frame(
+                &mut send,
+                &refuse(ErrorCode::InvalidArgument, e.to_string()),
+                max,
+            )
+            .await;
+            return;
+        }
+    };
+    let kind = request.kind();
+    let (identity, sso) = {
+        let a = auth.lock().unwrap_or_else(|p| p.into_inner());
+        (a.identity.clone(), a.sso)
+    };
+    let expired = {
+        let a = auth.lock().unwrap_or_else(|p| p.into_inner());
+        a.expires.is_some_and(|exp| exp <= super::unix_now())
+    };
+    metrics::counter!("switchyard_relay_requests_total", "kind" => kind).increment(1);
+    let reply = match request {
+        RelayRequest::Reauth { token } => match core.check_token(&token, &["access", "api"]) {
+            Ok(claims) if claims.sub == identity => {
+                let mut a = auth.lock().unwrap_or_else(|p| p.into_inner());
+                a.expires = Some(claims.exp);
+                a.sso = claims.kind == "access";
+                RelayReply::Ok
+            }
+            Ok(_) => refuse(
+                ErrorCode::PermissionDenied,
+                "a connection cannot change identity",
+            ),
+            Err(e) => RelayReply::Error(e.to_wire()),
+        },
+        _ if expired => refuse(
+            ErrorCode::Unauthenticated,
+            "the access token of this connection expired; log in again",
+        ),
+        RelayRequest::OpenTunnel { serial } => {
+            return open_tunnel(&core, &identity, &serial, send, recv).await;
+        }
+        RelayRequest::Assert { serial } => assert_for(&core, &identity, &serial),
+        RelayRequest::ServiceOtp { serial } => service_otp(&core, &identity, &serial),
+        RelayRequest::IssueClientCert { csr_der } => {
+            match core.state.ca.issue_client(&csr_der, &identity) {
+                Ok(cert_der) => {
+                    let fp = Fingerprint::of(&cert_der).0;
+                    match core.state.store.record_cert(&fp, "client", &identity) {
+                        Ok(()) => {
+                            info!(%identity, "client certificate issued");
+                            RelayReply::ClientCert {
+                                cert_der,
+                                ca_der: core.state.ca.cert_der().to_vec(),
+                            }
+                        }
+                        Err(e) => refuse(ErrorCode::Internal, e.to_string()),
+                    }
+                }
+                Err(e) => refuse(ErrorCode::InvalidArgument, e.to_string()),
+            }
+        }
+        RelayRequest::CreateToken { lifetime_secs } if sso => {
+            let lifetime = std::time::Duration::from_secs(lifetime_secs.max(60));
+            match core.issue_token(&identity, "api", lifetime) {
+                Ok((claims, token)) => {
+                    info!(%identity, id = %claims.jti, "access token created");
+                    RelayReply::Token {
+                        id: claims.jti,
+                        token,
+                        expires_unix: claims.exp,
+                    }
+                }
+                Err(e) => RelayReply::Error(e),
+            }
+        }
+        RelayRequest::CreateToken { .. } => refuse(
+            ErrorCode::PermissionDenied,
+            "access tokens can only be created from an SSO login",
+        ),
+    };
+    let _ = write_frame(&mut send, &reply, max).await;
+    let _ = send.finish();
+}
+
+fn facts(core: &RelayCore, serial: &str) -> Result<ServiceFacts, RelayReply> {
+    let record = core
+        .state
+        .store
+        .service(serial)
+        .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?
+        .ok_or_else(|| {
+            refuse(
+                ErrorCode::NotFound,
+                format!("no service with serial {serial} is enrolled with this relay"),
+            )
+        })?;
+    let advertise = core
+        .online
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(serial)
+        .and_then(|s| s.advertise.clone())
+        .or(record.advertise);
+    Ok(ServiceFacts {
+        fingerprint: record.fingerprint,
+        advertise,
+    })
+}
+
+fn assert_for(core: &RelayCore, identity: &str, serial: &str) -> RelayReply {
+    let facts = match facts(core, serial) {
+        Ok(f) => f,
+        Err(reply) => return reply,
+    };
+    match core
+        .state
+        .signer
+        .assert(identity, serial, core.config.assertion_ttl.as_secs())
+    {
+        Ok(token) => RelayReply::Assertion { token, facts },
+        Err(e) => refuse(ErrorCode::Internal, e.to_string()),
+    }
+}
+
+fn service_otp(core: &RelayCore, identity: &str, serial: &str) -> RelayReply {
+    if serial.is_empty() || serial.len() > 128 || serial.chars().any(|c| c.is_control()) {
+        return refuse(
+            ErrorCode::InvalidArgument,
+            "a serial is 1-128 printable characters",
+        );
+    }
+    let otp = crate::secret::Secret::new(hex::encode(rand::random::<[u8; 16]>()));
+    let expires = super::unix_now() + core.config.otp_ttl.as_secs();
+    match core.state.store.add_otp(&otp, serial, identity, expires) {
+        Ok(()) => {
+            info!(%serial, created_by = %identity, "enrollment one-time password created");
+            RelayReply::Otp {
+                otp: otp.expose().to_string(),
+                expires_unix: expires,
+            }
+        }
+        Err(e) => refuse(ErrorCode::Internal, e.to_string()),
+    }
+}
+
+async fn open_tunnel(
+    core: &RelayCore,
+    identity: &str,
+    serial: &str,
+    mut client_send: SendStream,
+    client_recv: RecvStream,
+) {
+    let max = core.config.limits.max_frame;
+    async fn reply_error(mut client_send: SendStream, reply: RelayReply, max: usize) {
+        let _ = write_frame(&mut client_send, &reply, max).await;
+        let _ = client_send.finish();
+    }
+    let facts = match facts(core, serial) {
+        Ok(f) => f,
+        Err(reply) => return reply_error(client_send, reply, max).await,
+    };
+    let service = core
+        .online
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(serial)
+        .cloned();
+    let Some(service) = service else {
+        let offline = refuse(
+            ErrorCode::Unavailable,
+            format!("service {serial} is offline"),
+        );
+        return reply_error(client_send, offline, max).await;
+    };
+    let tunnel = core.next_tunnel.fetch_add(1, Ordering::Relaxed);
+    let opened = async {
+        let (mut send, recv) = service.conn.open_bi().await.ok()?;
+        let offer = TunnelOffer {
+            tunnel,
+            caller: identity.to_string(),
+        };
+        write_frame(&mut send, &offer, max).await.ok()?;
+        Some((send, recv))
+    }
+    .await;
+    let Some((service_send, service_recv)) = opened else {
+        let gone = refuse(
+            ErrorCode::Unavailable,
+            format!("service {serial} went offline"),
+        );
+        return reply_error(client_send, gone, max).await;
+    };
+    if write_frame(&mut client_send, &RelayReply::TunnelOpen(facts), max)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    info!(tunnel, %serial, caller = %identity, "tunnel open");
+    metrics::gauge!("switchyard_relay_tunnels").increment(1.0);
+    let tap = core.config.tap.clone();
+    tokio::join!(
+        forward(client_recv, service_send, tap.clone()),
+        forward(service_recv, client_send, tap),
+    );
+    metrics::gauge!("switchyard_relay_tunnels").decrement(1.0);
+    debug!(tunnel, "tunnel closed");
+}
+
+/// Copies one direction of a tunnel, chunk by chunk, without looking
+/// inside. When the source fails, the sink is reset (and vice versa), so
+/// the far end learns at once.
+async fn forward(
+    mut from: RecvStream,
+    mut to: SendStream,
+    tap: Option<tokio::sync::mpsc::Sender<Bytes>>,
+) {
+    loop {
+        tokio::select! {
+            chunk = from.read_chunk(256 * 1024, true) => match chunk {
+                Ok(Some(chunk)) => {
+                    if let Some(tap) = &tap {
+                        let _ = tap.try_send(chunk.bytes.clone());
+                    }
+                    if to.write_chunk(chunk.bytes).await.is_err() {
+                        let _ = from.stop(0u32.into());
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    let _ = to.finish();
+                    return;
+                }
+                Err(_) => {
+                    let _ = to.reset(0u32.into());
+                    return;
+                }
+            },
+            _ = to.stopped() => {
+                let _ = from.stop(0u32.into());
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Messages of the relay protocol (ALPN `switchyard-relay/1`).
+//!
+//! Brokers and enrolled services both hold one QUIC connection to the relay.
+//! Its first bidirectional stream carries a [`RelayHello`] and a
+//! [`HelloReply`]:
+//!
+//! * a **client** (a broker's cloud login) proves its identity with a bearer
+//!   token, or with the client certificate it presented in the TLS handshake;
+//! * a **service** proves its serial with the certificate the relay issued
+//!   at enrollment (mTLS; required).
+//!
+//! After that a client opens one stream per [`RelayRequest`]. For
+//! `OpenTunnel`, the relay opens a stream on the service's connection,
+//! sends it a [`TunnelOffer`], answers the client `TunnelOpen`, and from
+//! then on copies bytes between the two streams untouched: those bytes are
+//! the broker↔service QUIC packets of an end-to-end encrypted connection
+//! (see `wire::tunnel`), which the relay cannot read.
+
+use serde::{Deserialize, Serialize};
+
+use super::messages::WireError;
+
+/// ALPN protocol id of the relay's QUIC listener.
+pub const RELAY_ALPN: &[u8] = b"switchyard-relay/1";
+
+/// First message on a connection to the relay.
+#[derive(Clone, Serialize, Deserialize)]
+pub enum RelayHello {
+    /// A broker's cloud login. `token: None` means "use my TLS client
+    /// certificate".
+    Client { token: Option<String> },
+    /// An enrolled service (identified by its TLS client certificate).
+    /// `advertise` is the direct RPC address it tells callers about.
+    Service { advertise: Option<String> },
+}
+
+impl std::fmt::Debug for RelayHello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Client { token } => f
+                .debug_struct("Client")
+                .field("token", &token.as_ref().map(|_| "[redacted]"))
+                .finish(),
+            Self::Service { advertise } => f
+                .debug_struct("Service")
+                .field("advertise", advertise)
+                .finish(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum HelloReply {
+    /// Authenticated as `identity` (an email for clients, a serial for
+    /// services) until `expires_unix` (a token's expiry; `None` for
+    /// certificates).
+    Welcome {
+        identity: String,
+        expires_unix: Option<u64>,
+    },
+    Refused(WireError),
+}
+
+/// A client's request on a later stream.
+#[derive(Clone, Serialize, Deserialize)]
+pub enum RelayRequest {
+    /// Replace the connection's credentials (a refreshed access token).
+    Reauth { token: String },
+    /// Bridge this stream to service `serial`.
+    OpenTunnel { serial: String },
+    /// A signed statement, for service `serial`, of who this caller is.
+    Assert { serial: String },
+    /// A one-time password that enrolls a service as `serial`.
+    ServiceOtp { serial: String },
+    /// Sign a client certificate for this identity (DER PKCS#10 request;
+    /// the private key stays with the caller).
+    IssueClientCert { csr_der: Vec<u8> },
+    /// A long-lived access token for this identity.
+    CreateToken { lifetime_secs: u64 },
+}
+
+impl std::fmt::Debug for RelayRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind())
+    }
+}
+
+impl RelayRequest {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Reauth { .. } => "reauth",
+            Self::OpenTunnel { .. } => "open_tunnel",
+            Self::Assert { .. } => "assert",
+            Self::ServiceOtp { .. } => "service_otp",
+            Self::IssueClientCert { .. } => "issue_client_cert",
+            Self::CreateToken { .. } => "create_token",
+        }
+    }
+}
+
+/// What the relay knows of an enrolled service, for the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceFacts {
+    /// SHA-256 fingerprint of the service's own TLS identity, published at
+    /// enrollment: the end-to-end pin.
+    pub fingerprint: [u8; 32],
+    /// The direct RPC address the service advertises, if any.
+    pub advertise: Option<String>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub enum RelayReply {
+    Ok,
+    /// The stream is now a tunnel to the service.
+    TunnelOpen(ServiceFacts),
+    Assertion {
+        token: String,
+        facts: ServiceFacts,
+    },
+    Otp {
+        otp: String,
+        expires_unix: u64,
+    },
+    ClientCert {
+        cert_der: Vec<u8>,
+        ca_der: Vec<u8>,
+    },
+    Token {
+        id: String,
+        token: String,
+        expires_unix: u64,
+    },
+    Error(WireError),
+}
+
+impl std::fmt::Debug for RelayReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ok => f.write_str("Ok"),
+            Self::TunnelOpen(facts) => f.debug_tuple("TunnelOpen").field(facts).finish(),
+            Self::Assertion { facts, .. } => f.debug_tuple("Assertion").field(facts).finish(),
+            Self::Otp { .. } => f.write_str("Otp"),
+            Self::ClientCert { .. } => f.write_str("ClientCert"),
+            Self::Token { id, .. } => f.debug_tuple("Token").field(id).finish(),
+            Self::Error(e) => f.debug_tuple("Error").field(e).finish(),
+        }
+    }
+}
+
+/// Sent by the relay on a stream it opens to a service: a caller wants a
+/// tunnel. The service may read who asks; it authenticates the caller
+/// itself, end to end, from the assertion the caller presents inside.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TunnelOffer {
+    pub tunnel: u64,
+    pub caller: String,
+}
+
+/// Claims of a relay-signed assertion (a JWT, EdDSA). `aud` is the serial of
+/// the one service it is good for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssertionClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    pub iat: u64,
+}
+
+/// Claims of an access or refresh token the relay signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenClaims {
+    pub iss: String,
+    pub sub: String,
+    /// Token id, for revocation.
+    pub jti: String,
+    /// `access`, `refresh` or `api` (a long-lived access token).
+    pub kind: String,
+    pub exp: u64,
+    pub iat: u64,
+}
