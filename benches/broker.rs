@@ -137,6 +137,7 @@ async fn start_service(dir: &Path, ssh_port: u16) -> (RpcServer, Fingerprint) {
         password: Some(Secret::new(PASSWORD)),
         devices: DeviceScope::all(),
         enabled: true,
+        cloud: false,
     })
     .unwrap();
     let identity = inv.tls_identity().unwrap();

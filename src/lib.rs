@@ -4,6 +4,7 @@
 //! `ARCHITECTURE.md` at the repository root for the code map.
 
 pub mod api;
+pub mod backoff;
 pub mod broker;
 pub mod cli;
 pub mod config;

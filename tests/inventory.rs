@@ -152,6 +152,7 @@ fn concurrent_readers_see_a_consistent_inventory_while_a_writer_adds() {
             password: Some(Secret::new("pw")),
             devices: DeviceScope::all(),
             enabled: true,
+            cloud: false,
         })
         .unwrap();
     const N: usize = 50;

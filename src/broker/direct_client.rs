@@ -9,7 +9,7 @@ use quinn::Endpoint;
 use super::link::LinkError;
 use crate::secret::Secret;
 use crate::wire::conn::{self, TransportLimits, read_frame, write_frame};
-use crate::wire::messages::{AuthRequest, AuthResponse};
+use crate::wire::messages::{AuthRequest, AuthResponse, Credentials};
 use crate::wire::pin::{Fingerprint, PinnedServerVerifier};
 
 /// Where and as whom to connect.
@@ -75,8 +75,10 @@ pub async fn connect(
     };
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
     let request = AuthRequest {
-        username: target.username.clone(),
-        password: target.password.expose().to_string(),
+        credentials: Credentials::Password {
+            username: target.username.clone(),
+            password: target.password.expose().to_string(),
+        },
         client: format!("switchyard-broker/{}", env!("CARGO_PKG_VERSION")),
     };
     write_frame(&mut send, &request, limits.max_frame)

@@ -22,7 +22,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::backoff::Backoff;
+use crate::backoff::Backoff;
 use super::direct_client::{self, DirectTarget};
 use super::link::{LinkChannel, LinkError};
 use super::link_actor::{

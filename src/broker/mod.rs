@@ -4,7 +4,6 @@
 //! serves gRPC (broker API, health, reflection) until `shutdown` fires,
 //! then ends sessions, closes links and removes the socket.
 
-pub mod backoff;
 pub mod direct_client;
 pub mod direct_link;
 pub mod error;

@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod demo;
 mod exec_output;
+pub mod relay;
 pub mod remote;
 pub mod service_admin;
 pub mod sim;
@@ -53,6 +54,8 @@ pub enum LogFormatArg {
 pub enum Command {
     /// The service that sits next to the devices: inventory, users, run.
     Service(service_admin::ServiceArgs),
+    /// The cloud relay: set-up, users, tokens, run.
+    Relay(relay::RelayArgs),
     /// Start simulated devices, each an SSH server speaking a small network-OS CLI.
     Sim(sim::SimArgs),
     /// Start a throw-away demo set-up and print commands to try.
@@ -94,6 +97,10 @@ impl Command {
         matches!(
             self,
             Self::Broker
+                | Self::Relay(relay::RelayArgs {
+                    command: relay::RelayCommand::Run(_),
+                    ..
+                })
                 | Self::Sim(_)
                 | Self::Demo(_)
                 | Self::Service(service_admin::ServiceArgs {
@@ -159,6 +166,7 @@ pub async fn run(
     };
     match cli.command {
         Command::Service(args) => service_admin::run(args, &settings, shutdown).await,
+        Command::Relay(args) => relay::run(args, shutdown).await,
         Command::Sim(args) => sim::run(args, shutdown).await,
         Command::Demo(args) => demo::run(args, cli.socket, settings, shutdown).await,
         Command::Broker => broker::run(cli.socket, settings, shutdown).await,

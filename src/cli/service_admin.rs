@@ -18,6 +18,8 @@ use crate::secret::{Secret, SecretSource};
 use crate::service::drivers::Drivers;
 use crate::service::inventory::{DeviceScope, DriverKind, Inventory, NewDevice, NewRemoteUser};
 use crate::service::ops::ServiceOps;
+use crate::service::enroll::{EnrollOptions, enroll};
+use crate::service::relay_agent::RelayAgent;
 use crate::service::rpc::{RpcConfig, RpcServer};
 use crate::wire::messages::{Request, RequestEnvelope, Response};
 
@@ -50,8 +52,28 @@ pub enum ServiceCommand {
     },
     /// Run commands on devices right here, through the device drivers.
     Exec(ExecOptions),
-    /// Run the service: the RPC socket callers (brokers) connect to.
+    /// Run the service: the RPC socket callers (brokers) connect to, and
+    /// the relay connection when enrolled.
     Run(RunArgs),
+    /// Enroll with a relay, redeeming a one-time password from
+    /// `switchyard enroll service-otp --serial S`.
+    Enroll(EnrollArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// The relay's HTTPS URL.
+    #[arg(long, value_name = "URL")]
+    pub relay: String,
+    /// File holding the one-time password (else a prompt).
+    #[arg(long, value_name = "FILE")]
+    pub otp_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for the relay (default: the system's).
+    #[arg(long, value_name = "FILE")]
+    pub relay_ca: Option<PathBuf>,
+    /// Direct RPC address (HOST:PORT) to advertise to SSO callers.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -129,6 +151,10 @@ pub enum UserCommand {
         /// Create the user disabled.
         #[arg(long)]
         disabled: bool,
+        /// NAME is a cloud identity (an email the relay vouches for); it
+        /// has no password here.
+        #[arg(long, conflicts_with = "password_file")]
+        cloud: bool,
     },
     /// List remote users.
     List {
@@ -171,6 +197,7 @@ pub async fn run(
             }
         }
         ServiceCommand::Exec(exec) => return local_exec(&db, exec, admin()?, settings).await,
+        ServiceCommand::Enroll(enroll) => enroll_service(&db, enroll, admin()?).await?,
         ServiceCommand::Run(run) => {
             return run_service(&db, run, admin()?, settings, shutdown).await;
         }
@@ -320,21 +347,29 @@ fn user_command(
             password_file,
             devices,
             disabled,
+            cloud,
         } => {
             let mut inv = Inventory::open(db, &admin()?)?;
-            let password = SecretSource {
-                what: "user password",
-                file_flag: "--password-file",
-                file: password_file.as_deref(),
-                credential: None,
-                confirm: true,
-            }
-            .read()?;
+            let password = if cloud {
+                None
+            } else {
+                Some(
+                    SecretSource {
+                        what: "user password",
+                        file_flag: "--password-file",
+                        file: password_file.as_deref(),
+                        credential: None,
+                        confirm: true,
+                    }
+                    .read()?,
+                )
+            };
             inv.add_user(&NewRemoteUser {
                 name: name.clone(),
-                password: Some(password),
+                password,
                 devices: DeviceScope::parse(&devices)?,
                 enabled: !disabled,
+                cloud,
             })?;
             println!("added remote user {name}");
         }
@@ -421,6 +456,7 @@ async fn run_service(
     let inv = Inventory::open(db, &admin)?;
     drop(admin);
     let identity = inv.tls_identity()?;
+    let enrollment = inv.relay_enrollment()?;
     let fingerprint = crate::service::identity::fingerprint(&identity.cert_der);
     let name = args.name.unwrap_or_else(|| {
         nix::unistd::gethostname()
@@ -439,7 +475,24 @@ async fn run_service(
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;
     let addr = server.local_addr();
-    let ready = serde_json::json!({ "rpc_addr": addr.to_string(), "fingerprint": fingerprint });
+    let agent = match enrollment {
+        Some(enrollment) => {
+            let serial = enrollment.serial.clone();
+            let agent = RelayAgent::start(
+                enrollment,
+                server.tunnel_acceptor(),
+                Default::default(),
+            )
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+            Some((serial, agent))
+        }
+        None => None,
+    };
+    let ready = serde_json::json!({
+        "rpc_addr": addr.to_string(),
+        "fingerprint": fingerprint,
+        "serial": agent.as_ref().map(|(s, _)| s.clone()),
+    });
     match &args.ready_file {
         Some(path) => crate::fsutil::write_atomically(path, format!("{ready}\n").as_bytes())
             .map_err(CliError::io(format!("cannot write {}", path.display())))?,
@@ -449,6 +502,35 @@ async fn run_service(
     let _watchdog = crate::daemon::Watchdog::start_if_enabled();
     shutdown.cancelled().await;
     crate::daemon::stopping();
+    drop(agent);
     server.shutdown(settings.broker.drain_timeout).await;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn enroll_service(db: &Path, args: EnrollArgs, admin: Secret) -> Result<(), CliError> {
+    let mut inv = Inventory::open(db, &admin)?;
+    drop(admin);
+    let otp = SecretSource {
+        what: "one-time password",
+        file_flag: "--otp-file",
+        file: args.otp_file.as_deref(),
+        credential: None,
+        confirm: false,
+    }
+    .read()?;
+    let roots = crate::tls::root_store(args.relay_ca.as_deref())
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let serial = enroll(
+        &mut inv,
+        EnrollOptions {
+            relay_url: args.relay,
+            otp,
+            roots,
+            advertise: args.advertise,
+        },
+    )
+    .await
+    .map_err(|e| CliError::Usage(e.to_string()))?;
+    println!("enrolled as serial {serial}; `switchyard service run` now also connects to the relay");
+    Ok(())
 }

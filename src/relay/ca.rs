@@ -132,18 +132,6 @@ impl CertificateAuthority {
     }
 }
 
-/// A certificate request for a new key: returns (request DER, PKCS#8 key).
-pub fn new_request(subject: &str) -> Result<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>), CaError> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = dn(subject);
-    let csr = params.serialize_request(&key)?;
-    Ok((
-        csr.der().to_vec(),
-        zeroize::Zeroizing::new(key.serialize_der()),
-    ))
-}
-
 fn dn(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
@@ -158,7 +146,7 @@ mod tests {
     fn issues_client_certificates_that_chain_to_the_ca() {
         crate::tls::install_crypto_provider();
         let (ca, _) = CertificateAuthority::generate("test ca").unwrap();
-        let (csr, _key) = new_request("ignored").unwrap();
+        let (csr, _key) = crate::tls::new_certificate_request("ignored").unwrap();
         let cert = ca.issue_client(&csr, "a@example.com").unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.cert_der().to_vec().into()).unwrap();

@@ -25,7 +25,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -36,6 +36,7 @@ use super::device_flow::PollError;
 use super::state::RelayState;
 use super::store::{ServiceRecord, StoreError};
 use super::{AuthError, RelayCore, RelayError};
+use crate::wire::relay::{EnrollServiceRequest, EnrollServiceResponse, ErrorBody, WellKnown};
 use crate::secret::Secret;
 use crate::wire::pin::Fingerprint;
 
@@ -99,13 +100,6 @@ fn router(core: Arc<RelayCore>) -> Router {
         .route("/device", get(device_page).post(device_decide))
         .route("/v1/enroll/service", post(enroll_service))
         .with_state(core)
-}
-
-/// Relay facts a client needs before its first QUIC connection.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct WellKnown {
-    pub issuer: String,
-    pub quic: String,
 }
 
 async fn well_known(State(core): State<Arc<RelayCore>>) -> Json<WellKnown> {
@@ -389,37 +383,6 @@ async fn device_decide(
         )
             .into_response(),
     }
-}
-
-/// A service's enrollment request.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct EnrollServiceRequest {
-    pub otp: String,
-    /// Base64 DER PKCS#10 request for the relay connection's key.
-    pub csr: String,
-    /// Fingerprint of the service's own TLS identity (the end-to-end pin).
-    pub fingerprint: String,
-    pub advertise: Option<String>,
-}
-
-/// What an enrolled service keeps.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct EnrollServiceResponse {
-    pub serial: String,
-    /// Base64 DER certificate for the relay connection.
-    pub cert: String,
-    /// Base64 DER CA certificate.
-    pub ca: String,
-    /// Base64 raw Ed25519 key that verifies caller assertions.
-    pub assertion_key: String,
-    pub issuer: String,
-    pub quic: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-    pub message: String,
 }
 
 fn api_error(status: StatusCode, error: &str, message: String) -> Response {

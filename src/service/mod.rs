@@ -5,9 +5,11 @@
 //! CLI; the service is a library the broker may also run in-process.
 
 pub mod drivers;
+pub mod enroll;
 pub mod identity;
 pub mod inventory;
 pub mod ops;
 pub mod ratelimit;
+pub mod relay_agent;
 pub mod rpc;
 pub mod seal;

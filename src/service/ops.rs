@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::drivers::{DeviceExec, DeviceTarget, DriverError, Drivers};
+use crate::wire::assertion::AssertionVerifier;
 use super::inventory::{DeviceScope, Inventory, InventoryError, LoginRecord};
 use crate::secret::Secret;
 use crate::wire::messages::{
@@ -41,6 +42,10 @@ pub struct Principal {
 pub enum OpsError {
     #[error("wrong user name or password")]
     Unauthenticated,
+    #[error("the relay's assertion was refused: {0}")]
+    BadAssertion(String),
+    #[error("cloud identity {0} is not a remote user of this service")]
+    NotRemoteUser(String),
     #[error("no device named {0:?} on this service")]
     UnknownDevice(String),
     #[error("user {user:?} may not reach device {device:?}")]
@@ -60,7 +65,8 @@ pub enum OpsError {
 impl OpsError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Unauthenticated => ErrorCode::Unauthenticated,
+            Self::Unauthenticated | Self::BadAssertion(_) => ErrorCode::Unauthenticated,
+            Self::NotRemoteUser(_) => ErrorCode::PermissionDenied,
             Self::UnknownDevice(_) => ErrorCode::NotFound,
             Self::NotPermitted { .. } => ErrorCode::PermissionDenied,
             Self::Invalid(_) => ErrorCode::InvalidArgument,
@@ -83,6 +89,15 @@ pub struct ServiceOps {
     // slow parts (password hashing, device I/O) run outside the lock.
     inventory: Mutex<Inventory>,
     drivers: Drivers,
+    /// Set when the service is enrolled with a relay: how to check the
+    /// relay's assertions about cloud callers.
+    cloud: Option<CloudTrust>,
+}
+
+/// What an enrolled service trusts the relay to say.
+struct CloudTrust {
+    serial: String,
+    verifier: AssertionVerifier,
 }
 
 impl std::fmt::Debug for ServiceOps {
@@ -95,10 +110,46 @@ impl std::fmt::Debug for ServiceOps {
 
 impl ServiceOps {
     pub fn new(name: impl Into<String>, inventory: Inventory, drivers: Drivers) -> Arc<Self> {
+        // A locked inventory cannot read its enrollment; then it simply
+        // accepts no cloud callers.
+        let cloud = inventory
+            .relay_enrollment()
+            .ok()
+            .flatten()
+            .map(|e| CloudTrust {
+                verifier: AssertionVerifier::new(e.issuer.clone(), &e.assertion_key),
+                serial: e.serial,
+            });
         Arc::new(Self {
             name: name.into(),
             inventory: Mutex::new(inventory),
             drivers,
+            cloud,
+        })
+    }
+
+    /// The serial this service enrolled with a relay as, if any.
+    pub fn serial(&self) -> Option<&str> {
+        self.cloud.as_ref().map(|c| c.serial.as_str())
+    }
+
+    /// Checks a relay-signed assertion and that its identity is one of
+    /// this service's cloud remote users.
+    pub fn authenticate_assertion(&self, assertion: &str) -> Result<Principal, OpsError> {
+        let cloud = self.cloud.as_ref().ok_or_else(|| {
+            OpsError::BadAssertion("this service is not enrolled with a relay".into())
+        })?;
+        let claims = cloud
+            .verifier
+            .verify(assertion, &cloud.serial)
+            .map_err(|e| OpsError::BadAssertion(e.to_string()))?;
+        let user = self
+            .inventory()
+            .cloud_user(&claims.sub)?
+            .ok_or(OpsError::NotRemoteUser(claims.sub))?;
+        Ok(Principal {
+            user: user.name,
+            scope: user.devices,
         })
     }
 

@@ -33,8 +33,9 @@ use super::ops::{OpsError, Principal, ServiceOps};
 use super::ratelimit::{FailureLimiter, LimiterConfig};
 use crate::secret::Secret;
 use crate::wire::conn::{self, ConnError, TransportLimits, read_frame, write_frame};
+use crate::wire::tunnel::{TunnelEndpoint, TunnelRole, tunnel_transport};
 use crate::wire::messages::{
-    AuthRequest, AuthResponse, ErrorCode, Request, RequestEnvelope, Response, TerminalInput,
+    AuthRequest, AuthResponse, Credentials, ErrorCode, Request, RequestEnvelope, Response, TerminalInput,
     WireError, close_code,
 };
 
@@ -82,6 +83,26 @@ pub struct RpcServer {
     endpoint: Endpoint,
     cancel: CancellationToken,
     accept: tokio::task::JoinHandle<()>,
+    tunnels: TunnelAcceptor,
+}
+
+/// Hands relayed tunnels to the RPC server, which serves each like a
+/// direct connection (same authentication, same operations).
+#[derive(Clone)]
+pub struct TunnelAcceptor {
+    config: quinn::ServerConfig,
+    queue: mpsc::Sender<TunnelEndpoint>,
+}
+
+impl TunnelAcceptor {
+    /// Starts the service end of a tunnel over a relayed stream.
+    pub async fn accept(&self, send: SendStream, recv: RecvStream) -> Result<(), ConnError> {
+        let tunnel = TunnelEndpoint::start(TunnelRole::Service, send, recv, Some(self.config.clone()))?;
+        self.queue
+            .send(tunnel)
+            .await
+            .map_err(|_| ConnError::Tls("the RPC server has stopped".into()))
+    }
 }
 
 impl RpcServer {
@@ -93,7 +114,7 @@ impl RpcServer {
     ) -> Result<Self, RpcError> {
         let endpoint = conn::server_endpoint(
             config.listen,
-            identity.cert_der,
+            identity.cert_der.clone(),
             &identity.key_der,
             &config.limits,
         )
@@ -107,13 +128,23 @@ impl RpcServer {
             draining: CancellationToken::new(),
             in_flight: Arc::new(AtomicU32::new(0)),
             ops,
-            limits: config.limits,
+            limits: config.limits.clone(),
             auth_timeout: config.auth_timeout,
             limiter: Mutex::new(FailureLimiter::new(config.login_limiter)),
         });
+        let tunnel_config = conn::server_config(
+            identity.cert_der.clone(),
+            &identity.key_der,
+            tunnel_transport(&config.limits),
+        )
+        .map_err(|source| RpcError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let (tunnel_tx, tunnel_rx) = mpsc::channel(16);
         let cancel = CancellationToken::new();
         let accept = tokio::spawn(
-            accept_loop(endpoint.clone(), shared.clone(), cancel.clone())
+            accept_loop(endpoint.clone(), tunnel_rx, shared.clone(), cancel.clone())
                 .instrument(info_span!("rpc", addr = %local_addr)),
         );
         info!(addr = %local_addr, "service RPC socket listening");
@@ -123,7 +154,16 @@ impl RpcServer {
             endpoint,
             cancel,
             accept,
+            tunnels: TunnelAcceptor {
+                config: tunnel_config,
+                queue: tunnel_tx,
+            },
         })
+    }
+
+    /// Where a relay agent hands its tunnels.
+    pub fn tunnel_acceptor(&self) -> TunnelAcceptor {
+        self.tunnels.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -174,11 +214,22 @@ impl Drop for RpcServer {
     }
 }
 
-async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>, cancel: CancellationToken) {
+async fn accept_loop(
+    endpoint: Endpoint,
+    mut tunnels: mpsc::Receiver<TunnelEndpoint>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            Some(tunnel) = tunnels.recv(), if !shared.draining.is_cancelled() => {
+                connections.spawn(
+                    serve_tunnel(tunnel, shared.clone(), cancel.child_token())
+                        .instrument(info_span!("rpc_tunnel")),
+                );
+            }
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
                     let span = info_span!("rpc_conn", peer = %incoming.remote_address());
@@ -192,6 +243,26 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>, cancel: Cancellati
         }
     }
     connections.shutdown().await;
+}
+
+/// Serves the connection(s) inside one relayed tunnel until the tunnel
+/// ends; then closes its endpoint at once (no idle timeout to wait out).
+async fn serve_tunnel(tunnel: TunnelEndpoint, shared: Arc<Shared>, cancel: CancellationToken) {
+    let endpoint = tunnel.endpoint.clone();
+    let serve = async {
+        while let Some(incoming) = endpoint.accept().await {
+            serve_connection(incoming, shared.clone(), cancel.child_token()).await;
+        }
+    };
+    tokio::select! {
+        _ = serve => {}
+        _ = tunnel.closed() => debug!("tunnel closed"),
+        _ = cancel.cancelled() => {}
+    }
+    endpoint.close(
+        VarInt::from_u32(close_code::SHUTTING_DOWN),
+        b"tunnel closed",
+    );
 }
 
 async fn serve_connection(
@@ -255,7 +326,7 @@ async fn authenticate(conn: &Connection, shared: &Shared) -> Option<Principal> {
         }
     };
     let ip_key = format!("ip:{}", conn.remote_address().ip());
-    let user_key = format!("user:{}", request.username);
+    let user_key = format!("user:{}", request.credentials.claimed_user());
     let locked = {
         let limiter = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -272,10 +343,15 @@ async fn authenticate(conn: &Connection, shared: &Shared) -> Option<Principal> {
             ),
         )),
         Ok(()) => {
-            let result = shared
-                .ops
-                .authenticate(&request.username, Secret::new(request.password.as_str()))
-                .await;
+            let result = match &request.credentials {
+                Credentials::Password { username, password } => {
+                    shared
+                        .ops
+                        .authenticate(username, Secret::new(password.as_str()))
+                        .await
+                }
+                Credentials::Assertion { token } => shared.ops.authenticate_assertion(token),
+            };
             let mut limiter = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
             match result {
                 Ok(principal) => {
@@ -284,7 +360,7 @@ async fn authenticate(conn: &Connection, shared: &Shared) -> Option<Principal> {
                     Ok(principal)
                 }
                 Err(e) => {
-                    if matches!(e, OpsError::Unauthenticated) {
+                    if matches!(e, OpsError::Unauthenticated | OpsError::BadAssertion(_)) {
                         let now = Instant::now();
                         limiter.record_failure(&user_key, now);
                         limiter.record_failure(&ip_key, now);
@@ -311,7 +387,7 @@ async fn authenticate(conn: &Connection, shared: &Shared) -> Option<Principal> {
             Some(principal)
         }
         Err(error) => {
-            warn!(user = %request.username, reason = %error, "login refused");
+            warn!(user = %request.credentials.claimed_user(), reason = %error, "login refused");
             let _ = write_frame(&mut send, &AuthResponse::Rejected(error), max).await;
             let _ = send.finish();
             // Let the reply arrive before the connection goes.

@@ -195,3 +195,26 @@ pub async fn read_frame<T: DeserializeOwned>(
     })?;
     Ok(Some(frame::decode(&body)?))
 }
+
+/// Client configuration for the relay (ALPN `switchyard-relay/1`): the
+/// relay's certificate is verified by name against `roots`; `client_cert`
+/// (certificate DER, PKCS#8 key) is presented for mutual TLS.
+pub fn relay_client_config(
+    roots: rustls::RootCertStore,
+    client_cert: Option<(Vec<u8>, &[u8])>,
+    limits: &TransportLimits,
+) -> Result<quinn::ClientConfig, ConnError> {
+    let builder = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .with_root_certificates(roots);
+    let mut tls = match client_cert {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from(cert)],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
+            )
+            .map_err(|e| ConnError::Tls(e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![super::relay::RELAY_ALPN.to_vec()];
+    quic_client_config(tls, transport(limits))
+}

@@ -27,27 +27,52 @@ pub mod close_code {
 }
 
 /// First message on a connection.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuthRequest {
-    pub username: String,
-    pub password: String,
+    pub credentials: Credentials,
     /// Free-form client description, for the service's logs.
     pub client: String,
 }
 
-impl std::fmt::Debug for AuthRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthRequest")
-            .field("username", &self.username)
-            .field("password", &"[redacted]")
-            .field("client", &self.client)
-            .finish()
+/// How a caller proves who it is.
+#[derive(Clone, Serialize, Deserialize)]
+pub enum Credentials {
+    /// A remote user of the service, by password.
+    Password { username: String, password: String },
+    /// A cloud identity, by an assertion the relay signed for this
+    /// service (relayed connections and `service_direct_with_sso`).
+    Assertion { token: String },
+}
+
+impl Credentials {
+    /// The claimed name, for logs and lockouts.
+    pub fn claimed_user(&self) -> &str {
+        match self {
+            Self::Password { username, .. } => username,
+            Self::Assertion { .. } => "(relay assertion)",
+        }
     }
 }
 
-impl Drop for AuthRequest {
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Password { username, .. } => f
+                .debug_struct("Password")
+                .field("username", username)
+                .field("password", &"[redacted]")
+                .finish(),
+            Self::Assertion { .. } => f.write_str("Assertion([redacted])"),
+        }
+    }
+}
+
+impl Drop for Credentials {
     fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.password);
+        match self {
+            Self::Password { password, .. } => zeroize::Zeroize::zeroize(password),
+            Self::Assertion { token } => zeroize::Zeroize::zeroize(token),
+        }
     }
 }
 

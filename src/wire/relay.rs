@@ -179,3 +179,44 @@ pub struct TokenClaims {
     pub exp: u64,
     pub iat: u64,
 }
+
+// The relay's HTTPS API bodies (JSON).
+
+/// Relay facts a client needs before its first QUIC connection.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WellKnown {
+    pub issuer: String,
+    pub quic: String,
+}
+
+/// A service's enrollment request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EnrollServiceRequest {
+    pub otp: String,
+    /// Base64 DER PKCS#10 request for the relay connection's key.
+    pub csr: String,
+    /// Fingerprint of the service's own TLS identity (the end-to-end pin).
+    pub fingerprint: String,
+    pub advertise: Option<String>,
+}
+
+/// What an enrolled service keeps.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EnrollServiceResponse {
+    pub serial: String,
+    /// Base64 DER certificate for the relay connection.
+    pub cert: String,
+    /// Base64 DER CA certificate.
+    pub ca: String,
+    /// Base64 raw Ed25519 key that verifies caller assertions.
+    pub assertion_key: String,
+    pub issuer: String,
+    pub quic: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+}
+

@@ -87,6 +87,7 @@ pub fn make_inventory(path: &std::path::Path, extra: &[NewDevice]) -> Inventory 
         password: Some(Secret::new(ALICE_PASSWORD)),
         devices: DeviceScope::all(),
         enabled: true,
+        cloud: false,
     })
     .unwrap();
     inv.add_user(&NewRemoteUser {
@@ -94,6 +95,7 @@ pub fn make_inventory(path: &std::path::Path, extra: &[NewDevice]) -> Inventory 
         password: Some(Secret::new("bob-password")),
         devices: DeviceScope::parse("core-*").unwrap(),
         enabled: true,
+        cloud: false,
     })
     .unwrap();
     inv

@@ -8,6 +8,7 @@
 //! write, so the file is left exactly as it was.
 
 mod devices;
+mod relay;
 mod schema;
 mod users;
 
@@ -18,6 +19,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use zeroize::Zeroizing;
 
 pub use devices::{Device, DeviceCredentials, DriverKind, NewDevice};
+pub use relay::RelayEnrollment;
 pub use users::{DeviceScope, LoginRecord, NewRemoteUser, RemoteUser};
 
 use crate::secret::Secret;
@@ -399,6 +401,7 @@ mod tests {
             password: Some(Secret::new("pw")),
             devices: DeviceScope::parse("core-*").unwrap(),
             enabled: true,
+            cloud: false,
         })
         .unwrap();
         inv.add_user(&NewRemoteUser {
@@ -406,6 +409,7 @@ mod tests {
             password: Some(Secret::new("pw")),
             devices: DeviceScope::all(),
             enabled: false,
+            cloud: false,
         })
         .unwrap();
         let alice = inv

@@ -36,6 +36,10 @@ const MIGRATIONS: &[&str] = &[
         created_at    INTEGER NOT NULL
     );
     "#,
+    // 2: remote users that are cloud identities (vouched for by the relay).
+    r#"
+    ALTER TABLE remote_users ADD COLUMN cloud INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

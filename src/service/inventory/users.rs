@@ -73,6 +73,7 @@ pub struct RemoteUser {
     pub devices: DeviceScope,
     pub enabled: bool,
     pub has_password: bool,
+    pub cloud: bool,
 }
 
 /// A remote user to add.
@@ -82,6 +83,9 @@ pub struct NewRemoteUser {
     pub password: Option<Secret>,
     pub devices: DeviceScope,
     pub enabled: bool,
+    /// A cloud identity (an email the relay vouches for) instead of a
+    /// local user name; it has no password here.
+    pub cloud: bool,
 }
 
 impl Inventory {
@@ -90,6 +94,11 @@ impl Inventory {
         if user.name.trim().is_empty() || user.name.len() > 256 {
             return Err(InventoryError::Invalid(
                 "a user name needs 1-256 characters".into(),
+            ));
+        }
+        if user.cloud && user.password.is_some() {
+            return Err(InventoryError::Invalid(
+                "a cloud identity signs in through the relay and has no password here".into(),
             ));
         }
         let hash = user
@@ -101,9 +110,9 @@ impl Inventory {
         let devices = serde_json::to_string(user.devices.patterns())
             .map_err(|e| InventoryError::Invalid(e.to_string()))?;
         let result = self.conn.execute(
-            "INSERT INTO remote_users (name, password_hash, devices, enabled, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![user.name, hash, devices, user.enabled, now_secs() as i64],
+            "INSERT INTO remote_users (name, password_hash, devices, enabled, cloud, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![user.name, hash, devices, user.enabled, user.cloud, now_secs() as i64],
         );
         match result {
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -127,7 +136,7 @@ impl Inventory {
 
     pub fn users(&self) -> Result<Vec<RemoteUser>, InventoryError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT name, devices, enabled, password_hash IS NOT NULL FROM remote_users ORDER BY name",
+            "SELECT name, devices, enabled, password_hash IS NOT NULL, cloud FROM remote_users ORDER BY name",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -135,15 +144,17 @@ impl Inventory {
                 r.get::<_, String>(1)?,
                 r.get(2)?,
                 r.get(3)?,
+                r.get(4)?,
             ))
         })?;
         rows.map(|row| {
-            let (name, devices, enabled, has_password) = row?;
+            let (name, devices, enabled, has_password, cloud) = row?;
             Ok(RemoteUser {
                 name,
                 devices: scope_from_json(&devices)?,
                 enabled,
                 has_password,
+                cloud,
             })
         })
         .collect()
@@ -153,26 +164,36 @@ impl Inventory {
     /// the check itself so a caller can hash (slow, tens of milliseconds)
     /// without holding the inventory.
     pub fn login_record(&self, name: &str) -> Result<Option<LoginRecord>, InventoryError> {
-        let row: Option<(String, Option<String>, bool)> = self
+        let row: Option<(String, Option<String>, bool, bool)> = self
             .conn
             .query_row(
-                "SELECT devices, password_hash, enabled FROM remote_users WHERE name = ?1",
+                "SELECT devices, password_hash, enabled, cloud FROM remote_users WHERE name = ?1",
                 [name],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        row.map(|(devices, password_hash, enabled)| {
+        row.map(|(devices, password_hash, enabled, cloud)| {
             Ok(LoginRecord {
                 user: RemoteUser {
                     name: name.to_string(),
                     devices: scope_from_json(&devices)?,
                     enabled,
                     has_password: password_hash.is_some(),
+                    cloud,
                 },
                 password_hash,
             })
         })
         .transpose()
+    }
+
+    /// An enabled cloud identity in the remote-users list (the relay has
+    /// already vouched for who it is).
+    pub fn cloud_user(&self, identity: &str) -> Result<Option<RemoteUser>, InventoryError> {
+        Ok(self
+            .login_record(identity)?
+            .map(|r| r.user)
+            .filter(|u| u.cloud && u.enabled))
     }
 
     /// Checks a remote user's password (see [`LoginRecord::verify`]).

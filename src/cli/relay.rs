@@ -1,0 +1,236 @@
+//! `switchyard relay ...`: set up and run the cloud relay, and administer
+//! its built-in identity provider and access tokens.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use super::CliError;
+use crate::relay::device_flow::DeviceFlowConfig;
+use crate::relay::{Relay, RelayConfig, state};
+use crate::secret::SecretSource;
+
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// The relay's state directory (CA, keys, database).
+    #[arg(long, global = true, env = "SWITCHYARD_RELAY_STATE", value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: RelayCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RelayCommand {
+    /// Create the state directory: CA, TLS certificate, signing key, database.
+    Init {
+        /// Host names and addresses the relay's certificate is valid for.
+        #[arg(long = "hostname", value_name = "NAME",
+              default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+        hostnames: Vec<String>,
+    },
+    /// Run the relay.
+    Run(RunArgs),
+    /// Users of the built-in identity provider.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Long-lived access tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// UDP address of the QUIC listener (brokers and services).
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    pub listen: SocketAddr,
+    /// TCP address of the HTTPS listener (sign-in page, OAuth endpoints).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub http_listen: SocketAddr,
+    /// Host name callers use in URLs (default: the HTTPS listener's address).
+    #[arg(long, value_name = "HOST")]
+    pub public_host: Option<String>,
+    /// Seconds a device-login client must wait between polls.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub poll_interval: u64,
+    /// Lifetime of SSO access tokens (e.g. 1h, 15m).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub access_token_lifetime: Duration,
+    /// Lifetime of enrollment one-time passwords.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub otp_lifetime: Duration,
+    /// Write `{"url": ..., "quic": ..., "ca": ...}` here once listening.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user.
+    Add {
+        email: String,
+        /// File holding the password (else a prompt).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+    /// List users.
+    List,
+    /// Disable a user: sign-ins, tokens and certificates stop working.
+    Disable { email: String },
+    /// Enable a disabled user again.
+    Enable { email: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue an access token for a user; prints it once.
+    Issue {
+        email: String,
+        /// e.g. 7d, 12h.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        lifetime: Duration,
+    },
+    /// Revoke a token by id.
+    Revoke { id: String },
+    /// List access tokens (ids, never the tokens).
+    List,
+}
+
+fn state_dir(args: &RelayArgs) -> Result<&Path, CliError> {
+    args.state
+        .as_deref()
+        .ok_or_else(|| CliError::Usage("name the relay's state directory with --state DIR".into()))
+}
+
+fn usage(e: impl std::fmt::Display) -> CliError {
+    CliError::Usage(e.to_string())
+}
+
+pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCode, CliError> {
+    let dir = state_dir(&args)?.to_path_buf();
+    match args.command {
+        RelayCommand::Init { hostnames } => {
+            state::init(&dir, &hostnames).map_err(usage)?;
+            println!(
+                "relay state created in {}; give brokers and services {}",
+                dir.display(),
+                dir.join("ca.pem").display()
+            );
+        }
+        RelayCommand::Run(run) => return run_relay(&dir, run, shutdown).await,
+        RelayCommand::User(cmd) => {
+            let relay = state::load(&dir).map_err(usage)?;
+            let store = &relay.store;
+            match cmd {
+                UserCommand::Add {
+                    email,
+                    password_file,
+                } => {
+                    let password = SecretSource {
+                        what: "password",
+                        file_flag: "--password-file",
+                        file: password_file.as_deref(),
+                        credential: None,
+                        confirm: true,
+                    }
+                    .read()?;
+                    store.add_user(&email, &password).map_err(usage)?;
+                    println!("added {email}");
+                }
+                UserCommand::List => {
+                    println!("{:<40} ENABLED", "EMAIL");
+                    for user in store.users().map_err(usage)? {
+                        println!("{:<40} {}", user.email, if user.enabled { "yes" } else { "no" });
+                    }
+                }
+                UserCommand::Disable { email } => {
+                    store.set_user_enabled(&email, false).map_err(usage)?;
+                    println!("disabled {email}");
+                }
+                UserCommand::Enable { email } => {
+                    store.set_user_enabled(&email, true).map_err(usage)?;
+                    println!("enabled {email}");
+                }
+            }
+        }
+        RelayCommand::Token(cmd) => {
+            let relay = state::load(&dir).map_err(usage)?;
+            match cmd {
+                TokenCommand::Issue { email, lifetime } => {
+                    if !relay.store.user_enabled(&email).map_err(usage)? {
+                        return Err(CliError::Usage(format!("no enabled user {email}")));
+                    }
+                    let (claims, token) = relay
+                        .signer
+                        .issue_token(&email, "api", lifetime.as_secs())
+                        .map_err(usage)?;
+                    relay
+                        .store
+                        .record_token(&crate::relay::store::TokenRecord {
+                            id: claims.jti.clone(),
+                            email,
+                            kind: "api".into(),
+                            expires_at: claims.exp,
+                            revoked: false,
+                        })
+                        .map_err(usage)?;
+                    eprintln!("token {} (expires at unix time {})", claims.jti, claims.exp);
+                    println!("{token}");
+                }
+                TokenCommand::Revoke { id } => {
+                    relay.store.revoke_token(&id).map_err(usage)?;
+                    println!("revoked {id}");
+                }
+                TokenCommand::List => {
+                    println!("{:<24} {:<32} {:<12} REVOKED", "ID", "EMAIL", "EXPIRES");
+                    for t in relay.store.api_tokens().map_err(usage)? {
+                        println!(
+                            "{:<24} {:<32} {:<12} {}",
+                            t.id,
+                            t.email,
+                            t.expires_at,
+                            if t.revoked { "yes" } else { "no" }
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_relay(dir: &Path, args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, CliError> {
+    let state = state::load(dir).map_err(usage)?;
+    let config = RelayConfig {
+        listen: args.listen,
+        http_listen: args.http_listen,
+        public_host: args.public_host,
+        device_flow: DeviceFlowConfig {
+            interval: Duration::from_secs(args.poll_interval.max(1)),
+            ..Default::default()
+        },
+        access_ttl: args.access_token_lifetime,
+        otp_ttl: args.otp_lifetime,
+        ..Default::default()
+    };
+    let relay = Relay::start(state, config).await.map_err(usage)?;
+    let ready = serde_json::json!({
+        "url": relay.url(),
+        "quic": relay.quic_addr().to_string(),
+        "ca": dir.join("ca.pem"),
+    });
+    match &args.ready_file {
+        Some(path) => crate::fsutil::write_atomically(path, format!("{ready}\n").as_bytes())
+            .map_err(CliError::io(format!("cannot write {}", path.display())))?,
+        None => println!("{ready}"),
+    }
+    crate::daemon::ready(&format!("relay at {}", relay.url()));
+    let _watchdog = crate::daemon::Watchdog::start_if_enabled();
+    shutdown.cancelled().await;
+    crate::daemon::stopping();
+    relay.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}

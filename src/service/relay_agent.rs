@@ -1,0 +1,175 @@
+//! The service's connection to the relay it enrolled with.
+//!
+//! Owns: one QUIC connection to the relay (mutual TLS with the certificate
+//! bound to the service's serial) and its reconnect loop; a task owned by
+//! [`RelayAgent`] (dropped = stopped).
+//!
+//! Takes: tunnel offers the relay opens as streams; each becomes an inner
+//! QUIC connection handed to the RPC server ([`TunnelAcceptor`]), which
+//! authenticates the caller end to end from the relay's assertion.
+//!
+//! On failure: a lost or refused connection is retried with jittered
+//! exponential back-off (200 ms to 30 s) for as long as the agent lives;
+//! the direct RPC socket is unaffected.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::inventory::RelayEnrollment;
+use super::rpc::TunnelAcceptor;
+use crate::backoff::Backoff;
+use crate::task::AbortOnDrop;
+use crate::wire::conn::{TransportLimits, client_endpoint, read_frame, relay_client_config, write_frame};
+use crate::wire::relay::{HelloReply, RelayHello, TunnelOffer};
+
+/// Where the agent is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentState {
+    Connecting,
+    Online,
+    /// Waiting to retry after this error.
+    Retrying(String),
+}
+
+pub struct RelayAgent {
+    state: watch::Receiver<AgentState>,
+    _task: AbortOnDrop<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("relay address {0:?} is not HOST:PORT")]
+    BadAddress(String),
+    #[error("relay URL {0:?} has no host")]
+    BadUrl(String),
+}
+
+/// The TLS server name of a relay URL (`https://host:port`).
+pub fn relay_host(url: &str) -> Result<String, AgentError> {
+    let parsed = url::Url::parse(url).map_err(|_| AgentError::BadUrl(url.into()))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| AgentError::BadUrl(url.into()))?;
+    Ok(host.trim_start_matches('[').trim_end_matches(']').to_string())
+}
+
+impl RelayAgent {
+    pub fn start(
+        enrollment: RelayEnrollment,
+        tunnels: TunnelAcceptor,
+        limits: TransportLimits,
+    ) -> Result<Self, AgentError> {
+        let quic: SocketAddr = enrollment
+            .quic
+            .parse()
+            .map_err(|_| AgentError::BadAddress(enrollment.quic.clone()))?;
+        let server_name = relay_host(&enrollment.url)?;
+        let (state_tx, state) = watch::channel(AgentState::Connecting);
+        let span = info_span!("relay_agent", serial = %enrollment.serial, relay = %enrollment.url);
+        let task = tokio::spawn(
+            run(enrollment, quic, server_name, tunnels, limits, state_tx).instrument(span),
+        );
+        Ok(Self {
+            state,
+            _task: AbortOnDrop::new(task),
+        })
+    }
+
+    pub fn state(&self) -> AgentState {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until the agent is online (or `timeout` passes).
+    pub async fn wait_online(&self, timeout: Duration) -> bool {
+        let mut state = self.state.clone();
+        tokio::time::timeout(timeout, state.wait_for(|s| *s == AgentState::Online))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+async fn run(
+    enrollment: RelayEnrollment,
+    quic: SocketAddr,
+    server_name: String,
+    tunnels: TunnelAcceptor,
+    limits: TransportLimits,
+    state: watch::Sender<AgentState>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    loop {
+        let _ = state.send(AgentState::Connecting);
+        let result = connect_and_serve(&enrollment, quic, &server_name, &tunnels, &limits, &state, &mut backoff).await;
+        let reason = match result {
+            Ok(()) => "relay connection ended".to_string(),
+            Err(e) => e,
+        };
+        let delay = backoff.next_delay(rand::random::<f64>());
+        warn!(%reason, ?delay, "relay connection down; retrying");
+        let _ = state.send(AgentState::Retrying(reason));
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn connect_and_serve(
+    enrollment: &RelayEnrollment,
+    quic: SocketAddr,
+    server_name: &str,
+    tunnels: &TunnelAcceptor,
+    limits: &TransportLimits,
+    state: &watch::Sender<AgentState>,
+    backoff: &mut Backoff,
+) -> Result<(), String> {
+    let roots = crate::tls::root_store_of(&enrollment.ca_der).map_err(|e| e.to_string())?;
+    let config = relay_client_config(
+        roots,
+        Some((enrollment.cert_der.clone(), &enrollment.key_der)),
+        limits,
+    )
+    .map_err(|e| e.to_string())?;
+    let endpoint = client_endpoint(quic).map_err(|e| e.to_string())?;
+    let conn = endpoint
+        .connect_with(config, quic, server_name)
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| format!("cannot connect to the relay: {e}"))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let hello = RelayHello::Service {
+        advertise: enrollment.advertise.clone(),
+    };
+    write_frame(&mut send, &hello, limits.max_frame)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    match read_frame::<HelloReply>(&mut recv, limits.max_frame).await {
+        Ok(Some(HelloReply::Welcome { identity, .. })) => {
+            info!(serial = %identity, "online at the relay");
+        }
+        Ok(Some(HelloReply::Refused(e))) => return Err(format!("the relay refused us: {e}")),
+        Ok(None) => return Err("the relay closed the hello stream".into()),
+        Err(e) => return Err(e.to_string()),
+    }
+    backoff.reset();
+    let _ = state.send(AgentState::Online);
+    loop {
+        let (send, mut recv) = match conn.accept_bi().await {
+            Ok(stream) => stream,
+            Err(e) => return Err(format!("relay connection lost: {e}")),
+        };
+        let offer: TunnelOffer = match read_frame(&mut recv, limits.max_frame).await {
+            Ok(Some(offer)) => offer,
+            Ok(None) => continue,
+            Err(e) => {
+                debug!(error = %e, "bad tunnel offer");
+                continue;
+            }
+        };
+        debug!(tunnel = offer.tunnel, caller = %offer.caller, "tunnel offered");
+        if let Err(e) = tunnels.accept(send, recv).await {
+            return Err(e.to_string());
+        }
+    }
+}
