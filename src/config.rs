@@ -37,6 +37,20 @@ pub struct Settings {
     pub log_filter: String,
     pub ssh: SshDriverConfig,
     pub broker: BrokerSettings,
+    /// Relays known by name, for `--domain NAME` logins.
+    pub domains: Vec<Domain>,
+}
+
+/// A relay known by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domain {
+    pub name: String,
+    /// The relay's HTTPS URL.
+    pub url: String,
+    /// CA certificates (PEM) to trust for it; `None`: the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Used when a login names neither a relay nor a domain.
+    pub default: bool,
 }
 
 /// Broker settings, in domain terms.
@@ -60,6 +74,18 @@ struct FileSettings {
     ssh: SshSection,
     #[serde(default)]
     broker: BrokerSection,
+    #[serde(default)]
+    domains: std::collections::BTreeMap<String, DomainSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainSection {
+    url: String,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    default: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -268,7 +294,31 @@ impl FileSettings {
                 state_dir: b.state_dir.or_else(default_state_dir),
             },
         };
+        let domains: Vec<Domain> = self
+            .domains
+            .into_iter()
+            .map(|(name, d)| Domain {
+                name,
+                url: d.url,
+                ca_file: d.ca_file,
+                default: d.default,
+            })
+            .collect();
+        if domains.iter().filter(|d| d.default).count() > 1 {
+            return Err(ConfigError::Value(
+                "only one of the domains may be the default".into(),
+            ));
+        }
+        for d in &domains {
+            if !d.url.starts_with("https://") {
+                return Err(ConfigError::Value(format!(
+                    "domains.{}.url must be an https:// URL",
+                    d.name
+                )));
+            }
+        }
         Ok(Settings {
+            domains,
             runtime_threads: Some(self.runtime.worker_threads).filter(|n| *n > 0),
             broker,
             log_format,

@@ -14,6 +14,7 @@ pub mod link;
 pub mod link_actor;
 pub mod peer;
 pub mod registry;
+pub mod relay_client;
 pub mod routes;
 pub mod session;
 pub mod socket;

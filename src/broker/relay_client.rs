@@ -1,0 +1,363 @@
+//! Talking to a relay (no actor state: the `CloudLogin` actor and the
+//! cloud dialers use it): discovery over HTTPS, the OAuth 2.0 device grant
+//! and refresh (the `oauth2` crate), the QUIC connection and its requests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use oauth2::basic::BasicClient;
+use oauth2::{
+    ClientId, DeviceAuthorizationUrl, RefreshToken, StandardDeviceAuthorizationResponse,
+    TokenResponse, TokenUrl,
+};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+
+use crate::secret::Secret;
+use crate::wire::conn::{TransportLimits, client_endpoint, read_frame, relay_client_config, write_frame};
+use crate::wire::messages::{ErrorCode, WireError};
+use crate::wire::relay::{HelloReply, RelayHello, RelayReply, RelayRequest, ServiceFacts, WellKnown};
+
+/// The OAuth client id brokers use with the relay's device grant.
+pub const CLIENT_ID: &str = "switchyard-broker";
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CloudError {
+    #[error("cannot reach the relay at {relay}: {reason}")]
+    Unreachable { relay: String, reason: String },
+    #[error("the relay refused: {0}")]
+    Refused(WireError),
+    #[error("{0}")]
+    Sso(String),
+    #[error("bad relay settings: {0}")]
+    Config(String),
+    #[error("not logged in to {relay} as {identity}; log in first")]
+    NotLoggedIn { relay: String, identity: String },
+    #[error("the relay's answer made no sense: {0}")]
+    Protocol(String),
+}
+
+impl CloudError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Unreachable { .. } => ErrorCode::Unavailable,
+            Self::Refused(e) => e.code,
+            Self::Sso(_) | Self::NotLoggedIn { .. } => ErrorCode::Unauthenticated,
+            Self::Config(_) => ErrorCode::InvalidArgument,
+            Self::Protocol(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// A relay as the broker reaches it.
+#[derive(Clone)]
+pub struct RelayInfo {
+    /// HTTPS base URL, without a trailing slash.
+    pub url: String,
+    /// TLS name of the relay (the URL's host).
+    pub host: String,
+    pub roots: Arc<rustls::RootCertStore>,
+    /// The CA certificates the roots came from (`None`: the system's),
+    /// kept so a stored login can rebuild them.
+    pub ca_pem: Option<String>,
+    pub http: reqwest::Client,
+}
+
+impl RelayInfo {
+    pub fn new(url: &str, ca_pem: Option<String>) -> Result<Self, CloudError> {
+        let url = url.trim_end_matches('/').to_string();
+        let parsed = url::Url::parse(&url).map_err(|e| CloudError::Config(format!("{url}: {e}")))?;
+        if parsed.scheme() != "https" {
+            return Err(CloudError::Config(format!("{url}: a relay URL must be https://")));
+        }
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| CloudError::Config(format!("{url}: no host")))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let roots = match &ca_pem {
+            Some(pem) => {
+                use rustls::pki_types::CertificateDer;
+                use rustls::pki_types::pem::PemObject;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    let cert = cert.map_err(|e| CloudError::Config(format!("CA certificates: {e}")))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| CloudError::Config(format!("CA certificates: {e}")))?;
+                }
+                roots
+            }
+            None => crate::tls::root_store(None).map_err(|e| CloudError::Config(e.to_string()))?,
+        };
+        let http = crate::tls::http_client(roots.clone()).map_err(|e| CloudError::Config(e.to_string()))?;
+        Ok(Self {
+            url,
+            host,
+            roots: Arc::new(roots),
+            ca_pem,
+            http,
+        })
+    }
+
+    fn unreachable(&self, reason: impl std::fmt::Display) -> CloudError {
+        CloudError::Unreachable {
+            relay: self.url.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The relay's QUIC address, from its well-known document.
+    pub async fn discover(&self) -> Result<SocketAddr, CloudError> {
+        let url = format!("{}/.well-known/switchyard-relay", self.url);
+        let doc: WellKnown = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| self.unreachable(e))?
+            .json()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        doc.quic
+            .parse()
+            .map_err(|_| CloudError::Protocol(format!("QUIC address {:?}", doc.quic)))
+    }
+
+    fn oauth(&self) -> Result<OAuthClient, CloudError> {
+        let bad = |e: url::ParseError| CloudError::Config(e.to_string());
+        Ok(BasicClient::new(ClientId::new(CLIENT_ID.into()))
+            .set_device_authorization_url(
+                DeviceAuthorizationUrl::new(format!("{}/oauth/device_authorization", self.url))
+                    .map_err(bad)?,
+            )
+            .set_token_uri(TokenUrl::new(format!("{}/oauth/token", self.url)).map_err(bad)?))
+    }
+
+    /// Starts a device grant for `identity`.
+    pub async fn start_device_flow(
+        &self,
+        identity: &str,
+    ) -> Result<StandardDeviceAuthorizationResponse, CloudError> {
+        self.oauth()?
+            .exchange_device_code()
+            .add_extra_param("login_hint", identity)
+            .request_async(&self.http)
+            .await
+            .map_err(|e| self.unreachable(describe(&e)))
+    }
+
+    /// Polls until the person decides (honouring `interval` and
+    /// `slow_down`) or the code expires.
+    pub async fn finish_device_flow(
+        &self,
+        details: &StandardDeviceAuthorizationResponse,
+    ) -> Result<Tokens, CloudError> {
+        let response = self
+            .oauth()?
+            .exchange_device_access_token(details)
+            .request_async(&self.http, tokio::time::sleep, None)
+            .await
+            .map_err(|e| CloudError::Sso(describe(&e)))?;
+        tokens(response)
+    }
+
+    /// A new access token for a refresh token.
+    pub async fn refresh(&self, refresh: &Secret) -> Result<Tokens, CloudError> {
+        let response = self
+            .oauth()?
+            .exchange_refresh_token(&RefreshToken::new(refresh.expose().to_string()))
+            .request_async(&self.http)
+            .await
+            .map_err(|e| match &e {
+                oauth2::RequestTokenError::ServerResponse(_) => CloudError::Sso(describe(&e)),
+                _ => self.unreachable(describe(&e)),
+            })?;
+        let mut t = tokens(response)?;
+        if t.refresh.is_none() {
+            t.refresh = Some(refresh.clone());
+        }
+        Ok(t)
+    }
+
+    /// Connects to the relay's QUIC listener and says hello.
+    pub async fn connect(
+        &self,
+        hello: RelayHello,
+        client_cert: Option<(Vec<u8>, &[u8])>,
+        limits: &TransportLimits,
+    ) -> Result<RelayConnection, CloudError> {
+        let quic = self.discover().await?;
+        let config = relay_client_config((*self.roots).clone(), client_cert, limits)
+            .map_err(|e| CloudError::Config(e.to_string()))?;
+        let endpoint = client_endpoint(quic).map_err(|e| self.unreachable(e))?;
+        let conn = endpoint
+            .connect_with(config, quic, &self.host)
+            .map_err(|e| self.unreachable(e))?
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| self.unreachable(e))?;
+        write_frame(&mut send, &hello, limits.max_frame)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        drop(hello);
+        let _ = send.finish();
+        match read_frame::<HelloReply>(&mut recv, limits.max_frame).await {
+            Ok(Some(HelloReply::Welcome {
+                identity,
+                expires_unix,
+            })) => Ok(RelayConnection {
+                endpoint,
+                conn,
+                identity,
+                expires: expires_unix,
+            }),
+            Ok(Some(HelloReply::Refused(e))) => Err(CloudError::Refused(e)),
+            Ok(None) => Err(self.unreachable("the relay closed the hello stream")),
+            Err(e) => Err(self.unreachable(e)),
+        }
+    }
+}
+
+type OAuthClient = BasicClient<
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+>;
+
+/// A readable message for an OAuth failure (the server's error code and
+/// description when there is one).
+fn describe<RE: std::error::Error + 'static, T: oauth2::ErrorResponse + 'static>(
+    e: &oauth2::RequestTokenError<RE, T>,
+) -> String {
+    match e {
+        oauth2::RequestTokenError::ServerResponse(r) => {
+            let text = serde_json::to_value(r)
+                .ok()
+                .and_then(|v| {
+                    let code = v.get("error")?.as_str()?.to_string();
+                    let description = v
+                        .get("error_description")
+                        .and_then(|d| d.as_str())
+                        .unwrap_or("");
+                    Some(match code.as_str() {
+                        "access_denied" => "the login was denied in the browser".to_string(),
+                        "expired_token" => {
+                            "the login code expired before it was approved; log in again".to_string()
+                        }
+                        _ => format!("{code}: {description}"),
+                    })
+                })
+                .unwrap_or_else(|| "the relay refused".into());
+            text
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Tokens from a grant or refresh.
+#[derive(Clone)]
+pub struct Tokens {
+    pub access: Secret,
+    pub refresh: Option<Secret>,
+    /// Unix time the access token expires.
+    pub expires: u64,
+}
+
+fn tokens(response: oauth2::basic::BasicTokenResponse) -> Result<Tokens, CloudError> {
+    let lifetime = response
+        .expires_in()
+        .unwrap_or(Duration::from_secs(3600))
+        .as_secs();
+    Ok(Tokens {
+        access: Secret::new(response.access_token().secret().as_str()),
+        refresh: response
+            .refresh_token()
+            .map(|r| Secret::new(r.secret().as_str())),
+        expires: crate::relay::unix_now() + lifetime,
+    })
+}
+
+/// An authenticated QUIC connection to a relay.
+#[derive(Clone)]
+pub struct RelayConnection {
+    pub endpoint: Endpoint,
+    pub conn: Connection,
+    pub identity: String,
+    pub expires: Option<u64>,
+}
+
+/// Sends one request on its own stream and reads the reply.
+pub async fn call(
+    conn: &Connection,
+    request: &RelayRequest,
+    limits: &TransportLimits,
+) -> Result<RelayReply, CloudError> {
+    let (mut send, mut recv) = open(conn, request, limits).await?;
+    let _ = send.finish();
+    reply(&mut recv, limits).await
+}
+
+async fn open(
+    conn: &Connection,
+    request: &RelayRequest,
+    limits: &TransportLimits,
+) -> Result<(SendStream, RecvStream), CloudError> {
+    let lost = |e: &dyn std::fmt::Display| CloudError::Unreachable {
+        relay: "relay".into(),
+        reason: e.to_string(),
+    };
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+    write_frame(&mut send, request, limits.max_frame)
+        .await
+        .map_err(|e| lost(&e))?;
+    Ok((send, recv))
+}
+
+async fn reply(recv: &mut RecvStream, limits: &TransportLimits) -> Result<RelayReply, CloudError> {
+    match read_frame::<RelayReply>(recv, limits.max_frame).await {
+        Ok(Some(RelayReply::Error(e))) => Err(CloudError::Refused(e)),
+        Ok(Some(reply)) => Ok(reply),
+        Ok(None) => Err(CloudError::Protocol("no reply".into())),
+        Err(e) => Err(CloudError::Unreachable {
+            relay: "relay".into(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Opens a tunnel to `serial`: the returned stream pair now carries the
+/// end-to-end connection's packets.
+pub async fn open_tunnel(
+    conn: &Connection,
+    serial: &str,
+    limits: &TransportLimits,
+) -> Result<(SendStream, RecvStream, ServiceFacts), CloudError> {
+    let request = RelayRequest::OpenTunnel {
+        serial: serial.to_string(),
+    };
+    let (send, mut recv) = open(conn, &request, limits).await?;
+    match reply(&mut recv, limits).await? {
+        RelayReply::TunnelOpen(facts) => Ok((send, recv, facts)),
+        other => Err(CloudError::Protocol(format!("expected a tunnel, got {other:?}"))),
+    }
+}
+
+/// A relay-signed assertion of who we are, for service `serial`.
+pub async fn assertion(
+    conn: &Connection,
+    serial: &str,
+    limits: &TransportLimits,
+) -> Result<(Secret, ServiceFacts), CloudError> {
+    let request = RelayRequest::Assert {
+        serial: serial.to_string(),
+    };
+    match call(conn, &request, limits).await? {
+        RelayReply::Assertion { token, facts } => Ok((Secret::new(token), facts)),
+        other => Err(CloudError::Protocol(format!("expected an assertion, got {other:?}"))),
+    }
+}
