@@ -29,32 +29,53 @@ pub struct DirectConnection {
     pub conn: quinn::Connection,
     pub fingerprint: Fingerprint,
     pub service_name: String,
+    /// What must live as long as the connection (a relayed tunnel).
+    pub guard: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// The name we ask for in TLS; the certificate is checked by fingerprint.
 const SERVER_NAME: &str = "switchyard-service";
 
-/// Connects, verifies the certificate and logs in.
+/// Connects, verifies the certificate and logs in with a password.
 pub async fn connect(
     endpoint: &Endpoint,
     target: &DirectTarget,
     limits: &TransportLimits,
 ) -> Result<DirectConnection, LinkError> {
-    let label = target.label.clone();
+    let credentials = Credentials::Password {
+        username: target.username.clone(),
+        password: target.password.expose().to_string(),
+    };
+    let transport = Arc::new(conn::transport_config(limits));
+    login(endpoint, target.addr, &target.label, credentials, target.fingerprint, transport, limits).await
+}
+
+/// Connects to `addr` with `transport` settings, checks the service's certificate
+/// against `fingerprint` (trust on first use when `None`), and logs in.
+pub async fn login(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    label: &str,
+    credentials: Credentials,
+    fingerprint: Option<Fingerprint>,
+    transport: Arc<quinn::TransportConfig>,
+    limits: &TransportLimits,
+) -> Result<DirectConnection, LinkError> {
+    let label = label.to_string();
     let unreachable = |reason: String| LinkError::Unreachable {
         target: label.clone(),
         reason,
     };
-    let verifier = PinnedServerVerifier::new(target.fingerprint);
-    let config = conn::client_config(Arc::clone(&verifier), limits)
+    let verifier = PinnedServerVerifier::new(fingerprint);
+    let config = conn::client_config_with(Arc::clone(&verifier), transport)
         .map_err(|e| unreachable(e.to_string()))?;
     let connecting = endpoint
-        .connect_with(config, target.addr, SERVER_NAME)
+        .connect_with(config, addr, SERVER_NAME)
         .map_err(|e| unreachable(e.to_string()))?;
     let conn = match connecting.await {
         Ok(conn) => conn,
         Err(e) => {
-            return Err(match (target.fingerprint, verifier.seen()) {
+            return Err(match (fingerprint, verifier.seen()) {
                 (Some(expected), Some(presented)) if expected != presented => {
                     LinkError::FingerprintMismatch {
                         target: label,
@@ -75,10 +96,7 @@ pub async fn connect(
     };
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
     let request = AuthRequest {
-        credentials: Credentials::Password {
-            username: target.username.clone(),
-            password: target.password.expose().to_string(),
-        },
+        credentials,
         client: format!("switchyard-broker/{}", env!("CARGO_PKG_VERSION")),
     };
     write_frame(&mut send, &request, limits.max_frame)
@@ -91,6 +109,7 @@ pub async fn connect(
             conn,
             fingerprint,
             service_name: service,
+            guard: None,
         }),
         Ok(Some(AuthResponse::Rejected(error))) => {
             conn.close(0u32.into(), b"login refused");

@@ -23,14 +23,14 @@ use actix::prelude::*;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::Backoff;
-use super::direct_client::{self, DirectTarget};
+use super::dialer::Dialer;
+use super::direct_client::DirectConnection;
 use super::link::{LinkChannel, LinkError};
 use super::link_actor::{
     Acquire, Acquired, CloseLink, LinkActor, LinkCommon, LinkInfo, LinkState, LinkStatus, Release,
     answer_waiters, release, stop_and_report,
 };
-use crate::secret::Secret;
-use crate::wire::conn::{TransportLimits, client_endpoint};
+use crate::wire::conn::TransportLimits;
 use crate::wire::pin::Fingerprint;
 
 /// Tunables for links.
@@ -58,7 +58,9 @@ impl Default for LinkConfig {
 
 pub struct DirectLink {
     common: LinkCommon,
-    password: Secret,
+    dialer: Dialer,
+    /// Lives as long as `conn` (a relayed tunnel under it).
+    guard: Option<Box<dyn std::any::Any + Send>>,
     fingerprint: Option<Fingerprint>,
     config: LinkConfig,
     state: LinkState,
@@ -78,7 +80,7 @@ pub struct DirectLink {
 /// Everything needed to create a link.
 pub struct NewDirectLink {
     pub common: LinkCommon,
-    pub password: Secret,
+    pub dialer: Dialer,
     pub fingerprint: Option<Fingerprint>,
     pub config: LinkConfig,
 }
@@ -88,7 +90,8 @@ impl DirectLink {
         let backoff = Backoff::new(n.config.reconnect_min, n.config.reconnect_max);
         Self {
             common: n.common,
-            password: n.password,
+            dialer: n.dialer,
+            guard: None,
             fingerprint: n.fingerprint,
             config: n.config,
             state: LinkState::Connecting,
@@ -118,32 +121,18 @@ impl DirectLink {
         }
         self.connecting = true;
         let target = self.common.key.target.clone();
-        let direct = DirectTarget {
-            label: target.clone(),
-            addr: "0.0.0.0:0"
-                .parse()
-                .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
-            username: self.common.key.username.clone(),
-            password: self.password.clone(),
-            fingerprint: self.fingerprint,
-        };
+        let username = self.common.key.username.clone();
+        let dialer = self.dialer.clone();
+        let fingerprint = self.fingerprint;
         let limits = self.config.limits.clone();
         let endpoint = self.endpoint.clone();
         let connect_timeout = self.config.connect_timeout;
         let span =
-            info_span!("link_connect", link = %format!("L{}", self.common.id), target = %target);
+            info_span!("link_connect", link = %format!("L{}", self.common.id), target = %target, transport = dialer.transport());
         let attempt = async move {
-            let addr = resolve(&target).await?;
-            let endpoint = match endpoint {
-                Some(e) => e,
-                None => client_endpoint(addr).map_err(|e| LinkError::Unreachable {
-                    target: target.clone(),
-                    reason: e.to_string(),
-                })?,
-            };
-            let direct = DirectTarget { addr, ..direct };
-            let connected = direct_client::connect(&endpoint, &direct, &limits).await?;
-            Ok((endpoint, connected))
+            dialer
+                .dial(&target, &username, endpoint, fingerprint, &limits)
+                .await
         };
         let timeout_target = self.common.key.target.clone();
         let fut = async move {
@@ -165,15 +154,18 @@ impl DirectLink {
 
     fn on_connect_result(
         &mut self,
-        result: Result<(quinn::Endpoint, direct_client::DirectConnection), LinkError>,
+        result: Result<(Option<quinn::Endpoint>, DirectConnection), LinkError>,
         ctx: &mut Context<Self>,
     ) {
         match result {
-            Ok((endpoint, connected)) => {
-                self.endpoint = Some(endpoint);
+            Ok((endpoint, mut connected)) => {
+                if endpoint.is_some() {
+                    self.endpoint = endpoint;
+                }
+                self.guard = connected.guard.take();
                 self.generation += 1;
                 self.connects += 1;
-                metrics::counter!("switchyard_link_connects_total", "transport" => "direct")
+                metrics::counter!("switchyard_link_connects_total", "transport" => self.dialer.transport())
                     .increment(1);
                 self.state = LinkState::Up;
                 self.last_error = None;
@@ -225,6 +217,7 @@ impl DirectLink {
         }
         warn!(link = self.common.id, target = %self.common.key.target, %reason, "link lost");
         self.conn = None;
+        self.guard = None;
         self.common.publish(None);
         self.last_error = Some(LinkError::Lost {
             target: self.common.key.target.clone(),
@@ -268,19 +261,6 @@ impl DirectLink {
     }
 }
 
-/// Resolves `host:port` (DNS when needed) to the first address.
-async fn resolve(target: &str) -> Result<std::net::SocketAddr, LinkError> {
-    let unreachable = |reason: String| LinkError::Unreachable {
-        target: target.to_string(),
-        reason,
-    };
-    tokio::net::lookup_host(target)
-        .await
-        .map_err(|e| unreachable(format!("cannot resolve: {e}")))?
-        .next()
-        .ok_or_else(|| unreachable("name resolves to no address".into()))
-}
-
 impl Actor for DirectLink {
     type Context = Context<Self>;
 
@@ -295,6 +275,7 @@ impl Actor for DirectLink {
         if let Some(conn) = self.conn.take() {
             conn.close(0u32.into(), b"link closed");
         }
+        self.guard = None;
         info!(link = self.common.id, target = %self.common.key.target, "link closed");
     }
 }
@@ -356,7 +337,7 @@ impl Handler<LinkStatus> for DirectLink {
         MessageResult(LinkInfo {
             id: self.common.id,
             key: self.common.key.clone(),
-            transport: "direct",
+            transport: self.dialer.transport(),
             state: self.state,
             holders: self.common.holders,
             in_flight: self.common.in_flight.load(Ordering::Relaxed),

@@ -15,6 +15,8 @@ pub enum BrokerError {
     AlreadyExists(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Unauthenticated(String),
     #[error(transparent)]
     Link(#[from] LinkError),
     #[error("internal error: {0}")]
@@ -28,6 +30,7 @@ impl BrokerError {
             Self::PermissionDenied(_) => ErrorCode::PermissionDenied,
             Self::InvalidArgument(_) | Self::AlreadyExists(_) => ErrorCode::InvalidArgument,
             Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
             Self::Link(e) => e.code(),
             Self::Internal(_) => ErrorCode::Internal,
         }

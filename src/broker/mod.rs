@@ -4,7 +4,9 @@
 //! serves gRPC (broker API, health, reflection) until `shutdown` fires,
 //! then ends sessions, closes links and removes the socket.
 
+pub mod dialer;
 pub mod direct_client;
+pub mod cloud_login;
 pub mod direct_link;
 pub mod error;
 pub mod front_door;
@@ -12,6 +14,8 @@ pub mod integrated;
 pub mod known_services;
 pub mod link;
 pub mod link_actor;
+pub mod login_registry;
+pub mod login_store;
 pub mod peer;
 pub mod registry;
 pub mod relay_client;

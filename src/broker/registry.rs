@@ -37,6 +37,7 @@ use super::link_actor::{
     LinkStatus, Release,
 };
 use super::peer::{Owner, Peer, owner_for};
+use super::dialer::Dialer;
 use super::routes::{LinkRoute, NamedRoute, Routes, SessionRoute};
 use super::session::{EndSession, NotifyShutdown, Session};
 use crate::secret::Secret;
@@ -454,7 +455,9 @@ impl SessionRegistry {
                     LinkHandle::of(
                         &DirectLink::new(NewDirectLink {
                             common,
-                            password: password.clone(),
+                            dialer: Dialer::Password {
+                                password: password.clone(),
+                            },
                             fingerprint,
                             config,
                         })

@@ -1,0 +1,237 @@
+//! How a QUIC link reaches its service and logs in (no actor state: the
+//! `DirectLink` actor runs one dial per connection attempt).
+//!
+//! * [`Dialer::Password`] — straight to the RPC socket, username + password.
+//! * [`Dialer::Cloud`] with [`CloudRoute::Relayed`] — a tunnel through the
+//!   relay, carrying a QUIC connection end-to-end encrypted to the service
+//!   (pinned to the fingerprint the service published at enrollment, or
+//!   the caller's), logging in with the relay's assertion.
+//! * [`Dialer::Cloud`] with [`CloudRoute::Direct`] — straight to the
+//!   service's RPC socket, logging in with the relay's assertion
+//!   (`service_direct_with_sso`).
+//!
+//! Every way yields the same [`DirectConnection`], so everything above the
+//! dial is shared.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::Addr;
+use quinn::Endpoint;
+
+use super::cloud_login::{CloudLogin, GetRelay};
+use super::direct_client::{self, DirectConnection, DirectTarget};
+use super::link::LinkError;
+use super::relay_client::{self, CloudError};
+use crate::secret::Secret;
+use crate::task::AbortOnDrop;
+use crate::wire::conn::{TransportLimits, client_endpoint, transport_config};
+use crate::wire::messages::{Credentials, ErrorCode, WireError};
+use crate::wire::pin::Fingerprint;
+use crate::wire::tunnel::{SERVICE_ADDR, TunnelEndpoint, TunnelRole, tunnel_transport};
+
+#[derive(Clone)]
+pub enum Dialer {
+    Password { password: Secret },
+    Cloud(CloudTarget),
+}
+
+#[derive(Clone)]
+pub struct CloudTarget {
+    pub login: Addr<CloudLogin>,
+    pub serial: String,
+    pub route: CloudRoute,
+    /// The caller's end-to-end pin (`e2ee_fingerprint`); else the one the
+    /// service published at enrollment.
+    pub e2ee: Option<Fingerprint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloudRoute {
+    Relayed,
+    /// `addr`: `host:port` from the caller, else the service's advertised one.
+    Direct { addr: Option<String> },
+}
+
+impl Dialer {
+    /// The transport name `status` shows.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Self::Password { .. } => "direct",
+            Self::Cloud(CloudTarget {
+                route: CloudRoute::Relayed,
+                ..
+            }) => "relayed",
+            Self::Cloud(_) => "direct-sso",
+        }
+    }
+
+    /// One connection attempt. `endpoint` is a UDP endpoint kept from an
+    /// earlier attempt (returned for reuse); `fingerprint` the certificate
+    /// the link already knows.
+    pub async fn dial(
+        &self,
+        label: &str,
+        username: &str,
+        endpoint: Option<Endpoint>,
+        fingerprint: Option<Fingerprint>,
+        limits: &TransportLimits,
+    ) -> Result<(Option<Endpoint>, DirectConnection), LinkError> {
+        match self {
+            Self::Password { password } => {
+                let addr = resolve(label).await?;
+                let endpoint = reuse_or_bind(endpoint, addr, label)?;
+                let target = DirectTarget {
+                    label: label.to_string(),
+                    addr,
+                    username: username.to_string(),
+                    password: password.clone(),
+                    fingerprint,
+                };
+                let connected = direct_client::connect(&endpoint, &target, limits).await?;
+                Ok((Some(endpoint), connected))
+            }
+            Self::Cloud(cloud) => cloud.dial(label, endpoint, limits).await,
+        }
+    }
+}
+
+impl CloudTarget {
+    async fn dial(
+        &self,
+        label: &str,
+        endpoint: Option<Endpoint>,
+        limits: &TransportLimits,
+    ) -> Result<(Option<Endpoint>, DirectConnection), LinkError> {
+        let relay = self
+            .login
+            .send(GetRelay)
+            .await
+            .map_err(|e| LinkError::Closed(format!("the login is gone ({e})")))?
+            .map_err(|e| link_error(label, e))?;
+        match &self.route {
+            CloudRoute::Relayed => {
+                let assertion = relay_client::assertion(&relay.conn, &self.serial, limits);
+                let tunnel = relay_client::open_tunnel(&relay.conn, &self.serial, limits);
+                let ((token, _), (send, recv, facts)) =
+                    futures::try_join!(assertion, tunnel).map_err(|e| link_error(label, e))?;
+                let tunnel = TunnelEndpoint::start(TunnelRole::Client, send, recv, None)
+                    .map_err(|e| LinkError::Unreachable {
+                        target: label.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                let pin = self.e2ee.unwrap_or(Fingerprint(facts.fingerprint));
+                let credentials = Credentials::Assertion {
+                    token: token.expose().to_string(),
+                };
+                let mut connected = direct_client::login(
+                    &tunnel.endpoint,
+                    SERVICE_ADDR,
+                    label,
+                    credentials,
+                    Some(pin),
+                    tunnel_transport(limits),
+                    limits,
+                )
+                .await?;
+                // The carrier stream ending (relay or service gone) ends
+                // the inner connection at once, so the link reconnects
+                // instead of waiting out an idle timeout.
+                let conn = connected.conn.clone();
+                let closed = tunnel.closed();
+                let watch = AbortOnDrop::new(tokio::spawn(async move {
+                    closed.await;
+                    conn.close(0u32.into(), b"tunnel closed");
+                }));
+                connected.guard = Some(Box::new((tunnel, watch)));
+                Ok((None, connected))
+            }
+            CloudRoute::Direct { addr } => {
+                let (token, facts) = relay_client::assertion(&relay.conn, &self.serial, limits)
+                    .await
+                    .map_err(|e| link_error(label, e))?;
+                let target = addr.clone().or(facts.advertise).ok_or_else(|| {
+                    LinkError::Rejected {
+                        target: label.to_string(),
+                        error: WireError::new(
+                            ErrorCode::InvalidArgument,
+                            format!(
+                                "service {} advertises no direct address; give host and port",
+                                self.serial
+                            ),
+                        ),
+                    }
+                })?;
+                let sockaddr = resolve(&target).await?;
+                let endpoint = reuse_or_bind(endpoint, sockaddr, label)?;
+                let pin = self.e2ee.unwrap_or(Fingerprint(facts.fingerprint));
+                let credentials = Credentials::Assertion {
+                    token: token.expose().to_string(),
+                };
+                let connected = direct_client::login(
+                    &endpoint,
+                    sockaddr,
+                    label,
+                    credentials,
+                    Some(pin),
+                    Arc::new(transport_config(limits)),
+                    limits,
+                )
+                .await?;
+                Ok((Some(endpoint), connected))
+            }
+        }
+    }
+}
+
+/// Relay trouble as the link reports it: an offline service or an
+/// unreachable relay is worth retrying; a refusal is final.
+fn link_error(label: &str, e: CloudError) -> LinkError {
+    match e {
+        CloudError::Unreachable { reason, .. } => LinkError::Unreachable {
+            target: label.to_string(),
+            reason,
+        },
+        CloudError::Refused(error) if error.code == ErrorCode::Unavailable => {
+            LinkError::Unreachable {
+                target: label.to_string(),
+                reason: error.message,
+            }
+        }
+        CloudError::Refused(error) => LinkError::Rejected {
+            target: label.to_string(),
+            error,
+        },
+        other => LinkError::Rejected {
+            target: label.to_string(),
+            error: WireError::new(other.code(), other.to_string()),
+        },
+    }
+}
+
+fn reuse_or_bind(
+    endpoint: Option<Endpoint>,
+    addr: SocketAddr,
+    label: &str,
+) -> Result<Endpoint, LinkError> {
+    match endpoint {
+        Some(e) => Ok(e),
+        None => client_endpoint(addr).map_err(|e| LinkError::Unreachable {
+            target: label.to_string(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Resolves `host:port` (DNS when needed) to the first address.
+pub async fn resolve(target: &str) -> Result<SocketAddr, LinkError> {
+    let unreachable = |reason: String| LinkError::Unreachable {
+        target: target.to_string(),
+        reason,
+    };
+    tokio::net::lookup_host(target)
+        .await
+        .map_err(|e| unreachable(format!("cannot resolve: {e}")))?
+        .next()
+        .ok_or_else(|| unreachable("name resolves to no address".into()))
+}
