@@ -8,6 +8,7 @@ use tonic::Status;
 use super::pb;
 use crate::broker::error::BrokerError;
 use crate::broker::link::LinkError;
+use crate::broker::login_registry::LoginListing;
 use crate::broker::registry::StatusInfo;
 use crate::broker::routes::ServiceRef;
 use crate::broker::session::SessionEvent;
@@ -152,7 +153,7 @@ pub fn session_event(e: SessionEvent) -> pb::SessionEvent {
     }
 }
 
-pub fn status_response(s: StatusInfo) -> pb::StatusResponse {
+pub fn status_response(s: StatusInfo, logins: Vec<LoginListing>) -> pb::StatusResponse {
     pb::StatusResponse {
         sessions: s
             .sessions
@@ -191,6 +192,18 @@ pub fn status_response(s: StatusInfo) -> pb::StatusResponse {
             })
             .collect(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        logins: logins
+            .into_iter()
+            .map(|l| pb::LoginStatus {
+                identity: l.summary.key.identity,
+                relay_url: l.summary.key.relay,
+                method: l.summary.key.method.as_str().into(),
+                state: l.summary.state.into(),
+                expires_unix: l.summary.expires.unwrap_or(0),
+                sessions: l.sessions,
+                connected: l.summary.connected,
+            })
+            .collect(),
     }
 }
 

@@ -290,6 +290,7 @@ impl CloudLogin {
             return;
         }
         self.sso_running = true;
+        self.phase.send_replace(LoginPhase::Idle);
         let relay = self.relay.clone();
         let identity = self.key.identity.clone();
         let phase = self.phase.clone();

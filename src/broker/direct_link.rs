@@ -27,7 +27,7 @@ use super::dialer::Dialer;
 use super::direct_client::DirectConnection;
 use super::link::{LinkChannel, LinkError};
 use super::link_actor::{
-    Acquire, Acquired, CloseLink, LinkActor, LinkCommon, LinkInfo, LinkState, LinkStatus, Release,
+    Acquire, Acquired, CloseLink, Hold, LinkActor, LinkCommon, LinkInfo, LinkState, LinkStatus, Release,
     answer_waiters, release, stop_and_report,
 };
 use crate::wire::conn::TransportLimits;
@@ -304,6 +304,17 @@ impl Handler<Release> for DirectLink {
     fn handle(&mut self, _: Release, ctx: &mut Self::Context) {
         let up = self.state == LinkState::Up;
         release(self, ctx, up);
+    }
+}
+
+impl Handler<Hold> for DirectLink {
+    type Result = ();
+
+    fn handle(&mut self, _: Hold, ctx: &mut Self::Context) {
+        self.common.hold(ctx);
+        if self.state == LinkState::Connecting {
+            self.start_connect(ctx);
+        }
     }
 }
 

@@ -17,7 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 
+mod cloud;
+
 use super::error::BrokerError;
+use super::login_registry::{ListLogins, LoginRegistry};
 use super::link::CallStream;
 use super::link_actor::{Acquire, InFlight};
 use super::peer::Peer;
@@ -41,6 +44,7 @@ type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Clone)]
 pub struct FrontDoor {
     registry: Addr<SessionRegistry>,
+    logins: Addr<LoginRegistry>,
     routes: tokio::sync::watch::Receiver<std::sync::Arc<Routes>>,
     /// Set at shutdown: new calls are refused while running ones finish.
     draining: CancellationToken,
@@ -51,12 +55,14 @@ pub struct FrontDoor {
 impl FrontDoor {
     pub fn new(
         registry: Addr<SessionRegistry>,
+        logins: Addr<LoginRegistry>,
         routes: tokio::sync::watch::Receiver<std::sync::Arc<Routes>>,
         draining: CancellationToken,
         in_flight: std::sync::Arc<std::sync::atomic::AtomicU32>,
     ) -> Self {
         Self {
             registry,
+            logins,
             routes,
             draining,
             in_flight,
@@ -455,6 +461,87 @@ impl Broker for FrontDoor {
             .send(StatusMsg { peer })
             .await
             .map_err(mailbox)?;
-        Ok(Response::new(convert::status_response(info)))
+        let live = self.routes.borrow().sessions.keys().cloned().collect();
+        let logins = self
+            .logins
+            .send(ListLogins {
+                peer: Some(peer),
+                live_sessions: live,
+            })
+            .await
+            .map_err(mailbox)?;
+        Ok(Response::new(convert::status_response(info, logins)))
+    }
+
+    type SsoLoginStream = EventStream<pb::SsoLoginEvent>;
+
+    async fn sso_login(
+        &self,
+        request: Request<pb::SsoLoginRequest>,
+    ) -> Result<Response<Self::SsoLoginStream>, Status> {
+        self.sso_login_impl(request).await
+    }
+
+    async fn certificate_login(
+        &self,
+        request: Request<pb::CertificateLoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        self.certificate_login_impl(request).await
+    }
+
+    async fn access_token_login(
+        &self,
+        request: Request<pb::AccessTokenLoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        self.access_token_login_impl(request).await
+    }
+
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        self.logout_impl(request).await
+    }
+
+    async fn enroll_client(
+        &self,
+        request: Request<pb::EnrollClientRequest>,
+    ) -> Result<Response<pb::EnrollClientResponse>, Status> {
+        self.enroll_client_impl(request).await
+    }
+
+    async fn create_service_otp(
+        &self,
+        request: Request<pb::CreateServiceOtpRequest>,
+    ) -> Result<Response<pb::CreateServiceOtpResponse>, Status> {
+        self.create_service_otp_impl(request).await
+    }
+
+    async fn create_access_token(
+        &self,
+        request: Request<pb::CreateAccessTokenRequest>,
+    ) -> Result<Response<pb::CreateAccessTokenResponse>, Status> {
+        self.create_access_token_impl(request).await
+    }
+
+    async fn service_cloud(
+        &self,
+        request: Request<pb::ServiceCloudRequest>,
+    ) -> Result<Response<pb::ServiceResponse>, Status> {
+        self.service_cloud_impl(request).await
+    }
+
+    async fn service_direct_with_sso(
+        &self,
+        request: Request<pb::ServiceDirectWithSsoRequest>,
+    ) -> Result<Response<pb::ServiceResponse>, Status> {
+        self.service_direct_with_sso_impl(request).await
+    }
+
+    async fn wait(
+        &self,
+        request: Request<pb::WaitRequest>,
+    ) -> Result<Response<pb::WaitResponse>, Status> {
+        self.wait_impl(request).await
     }
 }

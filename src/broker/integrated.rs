@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use super::link::{LinkChannel, LinkError};
 use super::link_actor::{
-    Acquire, Acquired, CloseLink, LinkActor, LinkCommon, LinkInfo, LinkState, LinkStatus, Release,
+    Acquire, Acquired, CloseLink, Hold, LinkActor, LinkCommon, LinkInfo, LinkState, LinkStatus, Release,
     answer_waiters, release, stop_and_report,
 };
 use crate::secret::Secret;
@@ -186,6 +186,14 @@ impl Handler<Release> for IntegratedLink {
     fn handle(&mut self, _: Release, ctx: &mut Self::Context) {
         let up = self.state == LinkState::Up;
         release(self, ctx, up);
+    }
+}
+
+impl Handler<Hold> for IntegratedLink {
+    type Result = ();
+
+    fn handle(&mut self, _: Hold, ctx: &mut Self::Context) {
+        self.common.hold(ctx);
     }
 }
 

@@ -102,6 +102,13 @@ pub struct Acquire {
 #[rtype(result = "()")]
 pub struct Release;
 
+/// Take a hold without waiting for the link to come up (a cloud service
+/// handle is returned at once; `Wait` then waits for it). The link starts
+/// connecting and keeps retrying while held.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Hold;
+
 #[derive(Message)]
 #[rtype(result = "LinkInfo")]
 pub struct LinkStatus;
@@ -129,6 +136,7 @@ pub struct LinkInfo {
 pub struct LinkHandle {
     pub acquire: Recipient<Acquire>,
     pub release: Recipient<Release>,
+    pub hold: Recipient<Hold>,
     pub status: Recipient<LinkStatus>,
     pub close: Recipient<CloseLink>,
 }
@@ -136,15 +144,22 @@ pub struct LinkHandle {
 impl LinkHandle {
     pub fn of<A>(addr: &Addr<A>) -> Self
     where
-        A: Actor + Handler<Acquire> + Handler<Release> + Handler<LinkStatus> + Handler<CloseLink>,
+        A: Actor
+            + Handler<Acquire>
+            + Handler<Release>
+            + Handler<Hold>
+            + Handler<LinkStatus>
+            + Handler<CloseLink>,
         A::Context: ToEnvelope<A, Acquire>
             + ToEnvelope<A, Release>
+            + ToEnvelope<A, Hold>
             + ToEnvelope<A, LinkStatus>
             + ToEnvelope<A, CloseLink>,
     {
         Self {
             acquire: addr.clone().recipient(),
             release: addr.clone().recipient(),
+            hold: addr.clone().recipient(),
             status: addr.clone().recipient(),
             close: addr.clone().recipient(),
         }

@@ -441,12 +441,15 @@ pub struct LoginListing {
 #[rtype(result = "Vec<LoginListing>")]
 pub struct ListLogins {
     pub peer: Option<Peer>,
+    /// Sessions alive now (others no longer count as sharing a login).
+    pub live_sessions: std::collections::HashSet<String>,
 }
 
 impl Handler<ListLogins> for LoginRegistry {
     type Result = ResponseFuture<Vec<LoginListing>>;
 
     fn handle(&mut self, msg: ListLogins, _: &mut Self::Context) -> Self::Result {
+        self.session_logins.retain(|s, _| msg.live_sessions.contains(s));
         let owner = msg.peer.map(|p| owner_for(&p, self.share_group));
         let wanted: Vec<(Addr<CloudLogin>, u32)> = self
             .logins

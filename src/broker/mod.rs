@@ -6,6 +6,7 @@
 
 pub mod dialer;
 pub mod direct_client;
+pub mod client_key;
 pub mod cloud_login;
 pub mod direct_link;
 pub mod error;
@@ -37,6 +38,7 @@ use crate::api::pb::broker_server::BrokerServer;
 use crate::daemon;
 use crate::task::AbortOnDrop;
 use front_door::FrontDoor;
+use login_registry::LoginRegistry;
 use registry::{RegistrySettings, SessionRegistry, Shutdown, Summary};
 
 /// Everything the broker needs to start.
@@ -48,6 +50,8 @@ pub struct BrokerConfig {
     pub registry: RegistrySettings,
     /// How long in-flight calls get to finish at shutdown.
     pub drain_timeout: Duration,
+    /// Relays known by name.
+    pub domains: Vec<crate::config::Domain>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +81,12 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let (registry, routes) = SessionRegistry::new(config.registry.clone(), cancel.clone());
     let registry = registry.start();
+    let logins = LoginRegistry::new(
+        config.domains.clone(),
+        config.registry.share_group,
+        config.registry.state_dir.as_deref(),
+    )
+    .start();
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -91,6 +101,7 @@ pub async fn run(
     let in_flight = Arc::new(AtomicU32::new(0));
     let front_door = FrontDoor::new(
         registry.clone(),
+        logins,
         routes,
         draining.clone(),
         in_flight.clone(),

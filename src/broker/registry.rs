@@ -33,11 +33,12 @@ use super::integrated::{IntegratedLink, NewIntegratedLink};
 use super::known_services::KnownServices;
 use super::link::LinkChannel;
 use super::link_actor::{
-    Acquire, Acquired, CloseLink, LinkClosed, LinkCommon, LinkHandle, LinkId, LinkInfo, LinkKey,
+    Acquire, Acquired, CloseLink, Hold, LinkClosed, LinkCommon, LinkHandle, LinkId, LinkInfo, LinkKey,
     LinkStatus, Release,
 };
 use super::peer::{Owner, Peer, owner_for};
-use super::dialer::Dialer;
+use super::cloud_login::LoginKey;
+use super::dialer::{CloudRoute, CloudTarget, Dialer};
 use super::routes::{LinkRoute, NamedRoute, Routes, SessionRoute};
 use super::session::{EndSession, NotifyShutdown, Session};
 use crate::secret::Secret;
@@ -613,6 +614,96 @@ impl SessionRegistry {
                 "give either a session id or a service name".into(),
             )),
         }
+    }
+}
+
+/// A service reached with a cloud login (relayed, or direct with SSO).
+#[derive(Message)]
+#[rtype(result = "Result<ServiceInfo, BrokerError>")]
+pub struct ServiceCloud {
+    pub peer: Peer,
+    pub session_id: Option<String>,
+    pub name: Option<String>,
+    pub login: LoginKey,
+    pub target: CloudTarget,
+}
+
+impl Handler<ServiceCloud> for SessionRegistry {
+    type Result = ResponseActFuture<Self, Result<ServiceInfo, BrokerError>>;
+
+    fn handle(&mut self, msg: ServiceCloud, ctx: &mut Self::Context) -> Self::Result {
+        if let Err(e) = self.check_target(&msg.peer, &msg.session_id, &msg.name) {
+            return Box::pin(fut::ready(Err(e)));
+        }
+        let serial = msg.target.serial.clone();
+        if serial.is_empty() {
+            return Box::pin(fut::ready(Err(BrokerError::InvalidArgument(
+                "a cloud service needs its serial".into(),
+            ))));
+        }
+        let owner = owner_for(&msg.peer, self.settings.share_group);
+        let label = match &msg.target.route {
+            CloudRoute::Relayed => format!("{serial} (relayed by {})", msg.login.relay),
+            CloudRoute::Direct { addr } => format!(
+                "{serial} (direct to {}, SSO by {})",
+                addr.as_deref().unwrap_or("its advertised address"),
+                msg.login.relay
+            ),
+        };
+        let key = LinkKey {
+            target: label,
+            username: msg.login.identity.clone(),
+            owner,
+        };
+        // Links of one login are shared; another login (or method) of the
+        // same identity gets its own.
+        let tag = self.tag(&Secret::new(format!("{:?}", msg.login)));
+        let pinned = msg.target.e2ee;
+        let shared = self
+            .links
+            .iter()
+            .filter(|(_, l)| {
+                l.key == key
+                    && bool::from(l.password_tag.ct_eq(&tag))
+                    && (pinned.is_none() || l.fingerprint.is_none() || l.fingerprint == pinned)
+            })
+            .map(|(id, _)| *id)
+            .min();
+        let (link_id, existed) = match shared {
+            Some(id) => (id, true),
+            None => {
+                let config = self.settings.link.clone();
+                let target = msg.target.clone();
+                let id = self.add_link(key, tag, ctx, |common| {
+                    LinkHandle::of(
+                        &DirectLink::new(NewDirectLink {
+                            common,
+                            dialer: Dialer::Cloud(target),
+                            fingerprint: pinned,
+                            config,
+                        })
+                        .start(),
+                    )
+                });
+                (id, false)
+            }
+        };
+        let Some(hold) = self.links.get(&link_id).map(|l| l.handle.hold.clone()) else {
+            return Box::pin(fut::ready(Err(BrokerError::Internal("link vanished".into()))));
+        };
+        Box::pin(async move { hold.send(Hold).await }.into_actor(self).map(
+            move |sent, act, ctx| {
+                sent.map_err(BrokerError::mailbox)?;
+                let info = ServiceInfo {
+                    service_id: None,
+                    name: None,
+                    service_name: serial,
+                    fingerprint: pinned,
+                    reused: existed,
+                };
+                act.record_service(link_id, msg.session_id, msg.name, owner, info, ctx)
+            },
+        ))
     }
 }
 

@@ -70,6 +70,8 @@ pub struct Resolved {
     pub acquire: Recipient<Acquire>,
     /// The link's channel while it is up (no further message needed).
     pub channel: Option<LinkChannel>,
+    /// Where the link publishes its channel (to wait for it to come up).
+    pub watch: watch::Receiver<Option<LinkChannel>>,
     pub link_in_flight: Arc<AtomicU32>,
     /// Cancelled when the session (or the broker) ends.
     pub cancel: CancellationToken,
@@ -131,6 +133,7 @@ impl Routes {
         Ok(Resolved {
             acquire: route.acquire.clone(),
             channel: route.channel.borrow().clone(),
+            watch: route.channel.clone(),
             link_in_flight: route.in_flight.clone(),
             cancel,
             session_in_flight,

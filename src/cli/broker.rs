@@ -14,6 +14,7 @@ pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<ExitCode, CliError> {
+    let domains = settings.domains;
     let b = settings.broker;
     let socket = socket
         .or(b.socket)
@@ -24,6 +25,7 @@ pub async fn run(
         socket_group: b.socket_group,
         registry: b.registry,
         drain_timeout: b.drain_timeout,
+        domains,
     };
     broker::run(config, shutdown, |path| {
         eprintln!("switchyard broker listening on {}", path.display());

@@ -89,6 +89,7 @@ pub async fn run(
             ..settings.broker.registry.clone()
         },
         drain_timeout: settings.broker.drain_timeout,
+        domains: settings.domains.clone(),
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let broker = broker::run(config, shutdown.clone(), move |_| {

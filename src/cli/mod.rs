@@ -4,6 +4,7 @@
 //! a message a person can act on; `main` prints it on one line.
 
 pub mod broker;
+pub mod cloud;
 pub mod demo;
 mod exec_output;
 pub mod relay;
@@ -83,6 +84,22 @@ pub enum Command {
         /// The device.
         device: String,
     },
+    /// Log in to a relay (the cloud); the broker keeps the login for this user.
+    #[command(subcommand)]
+    Login(cloud::LoginCommand),
+    /// End cloud logins of this user.
+    Logout {
+        /// Only this identity.
+        identity: Option<String>,
+        #[command(flatten)]
+        relay: cloud::RelayArgs,
+    },
+    /// Enroll with the relay: a client certificate, or a service's one-time password.
+    #[command(subcommand)]
+    Enroll(cloud::EnrollCommand),
+    /// Access tokens for the logged-in identity.
+    #[command(subcommand)]
+    Token(cloud::TokenCommand),
     /// Show sessions, named services and links.
     Status {
         #[arg(long)]
@@ -176,5 +193,9 @@ pub async fn run(
         Command::Exec(args) => remote::exec(&socket, args).await,
         Command::Terminal { name, device } => remote::terminal(&socket, name, device).await,
         Command::Status { json } => remote::status(&socket, json).await,
+        Command::Login(cmd) => cloud::login(&socket, cmd).await,
+        Command::Logout { identity, relay } => cloud::logout(&socket, identity, relay).await,
+        Command::Enroll(cmd) => cloud::enroll(&socket, cmd).await,
+        Command::Token(cmd) => cloud::token(&socket, cmd).await,
     }
 }

@@ -35,6 +35,18 @@ pub enum ConnectCommand {
         #[arg(long)]
         fingerprint: Option<String>,
     },
+    /// Reach a service through the relay by its serial (needs a login).
+    Cloud(super::cloud::CloudConnectArgs),
+    /// Reach a service directly, logging in with the cloud login (SSO).
+    DirectSso {
+        #[command(flatten)]
+        args: super::cloud::CloudConnectArgs,
+        /// The service's host (default: the address it advertises).
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Run the service inside the broker over an inventory on this host.
     Integrated {
         /// Name for the service, used by later commands.
@@ -56,7 +68,7 @@ pub struct ExecArgs {
     pub exec: ExecOptions,
 }
 
-async fn broker_client(
+pub(super) async fn broker_client(
     socket: &Path,
 ) -> Result<pb::broker_client::BrokerClient<tonic::transport::Channel>, CliError> {
     crate::api::client::connect(socket)
@@ -88,6 +100,10 @@ pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, Cli
             db,
             admin_password_file,
         } => return connect_integrated(socket, name, db, admin_password_file).await,
+        ConnectCommand::Cloud(args) => return super::cloud::connect_cloud(socket, args, None).await,
+        ConnectCommand::DirectSso { args, host, port } => {
+            return super::cloud::connect_cloud(socket, args, Some((host, port))).await;
+        }
     };
     let mut broker = broker_client(socket).await?;
     // With no password file and no terminal, try the live link first.
@@ -291,6 +307,11 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
                 "in_flight": l.in_flight, "connects": l.connects,
                 "last_error": l.last_error, "fingerprint": l.fingerprint,
             })).collect::<Vec<_>>(),
+            "logins": s.logins.iter().map(|l| serde_json::json!({
+                "identity": l.identity, "relay_url": l.relay_url, "method": l.method,
+                "state": l.state, "expires_unix": l.expires_unix, "sessions": l.sessions,
+                "connected": l.connected,
+            })).collect::<Vec<_>>(),
         });
         println!(
             "{}",
@@ -308,6 +329,21 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
     println!("named services: {}", s.named_services.len());
     for n in &s.named_services {
         println!("  {}  link {}  idle {} s", n.name, n.link_id, n.idle_secs);
+    }
+    println!("logins: {}", s.logins.len());
+    for l in &s.logins {
+        println!(
+            "  {} at {} ({}) {}  sessions {}{}",
+            l.identity,
+            l.relay_url,
+            l.method,
+            l.state,
+            l.sessions,
+            match l.expires_unix {
+                0 => String::new(),
+                t => format!("  expires at unix time {t}"),
+            }
+        );
     }
     println!("links: {}", s.links.len());
     for l in &s.links {
