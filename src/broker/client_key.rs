@@ -32,7 +32,8 @@ pub fn encrypt(key_der: &[u8], password: &Secret) -> Result<Vec<u8>, ClientKeyEr
     }
     let params = KdfParams::default();
     let salt = new_salt();
-    let key = SealKey::derive(password, &salt, params).map_err(|e| ClientKeyError::Kdf(e.to_string()))?;
+    let key =
+        SealKey::derive(password, &salt, params).map_err(|e| ClientKeyError::Kdf(e.to_string()))?;
     let sealed = key
         .seal(CONTEXT, key_der)
         .map_err(|e| ClientKeyError::Kdf(e.to_string()))?;
@@ -73,9 +74,21 @@ mod tests {
     fn round_trip_and_wrong_password() {
         let blob = encrypt(b"pkcs8 key bytes", &Secret::new("pw")).unwrap();
         assert!(!blob.windows(9).any(|w| w == b"pkcs8 key"));
-        assert_eq!(&*decrypt(&blob, &Secret::new("pw")).unwrap(), b"pkcs8 key bytes");
-        assert!(matches!(decrypt(&blob, &Secret::new("no")), Err(ClientKeyError::WrongPassword)));
-        assert!(matches!(decrypt(b"junk", &Secret::new("pw")), Err(ClientKeyError::Format)));
-        assert!(matches!(encrypt(b"k", &Secret::new("")), Err(ClientKeyError::EmptyPassword)));
+        assert_eq!(
+            &*decrypt(&blob, &Secret::new("pw")).unwrap(),
+            b"pkcs8 key bytes"
+        );
+        assert!(matches!(
+            decrypt(&blob, &Secret::new("no")),
+            Err(ClientKeyError::WrongPassword)
+        ));
+        assert!(matches!(
+            decrypt(b"junk", &Secret::new("pw")),
+            Err(ClientKeyError::Format)
+        ));
+        assert!(matches!(
+            encrypt(b"k", &Secret::new("")),
+            Err(ClientKeyError::EmptyPassword)
+        ));
     }
 }

@@ -73,8 +73,13 @@ pub struct LoginKey {
 #[derive(Clone)]
 pub enum Credential {
     Sso(Tokens),
-    Token { token: Secret },
-    Certificate { cert_der: Vec<u8>, key_der: Zeroizing<Vec<u8>> },
+    Token {
+        token: Secret,
+    },
+    Certificate {
+        cert_der: Vec<u8>,
+        key_der: Zeroizing<Vec<u8>>,
+    },
 }
 
 /// What a person must do to finish an SSO login.
@@ -90,7 +95,10 @@ pub struct SsoPrompt {
 pub enum LoginPhase {
     Idle,
     Prompt(SsoPrompt),
-    LoggedIn { identity: String, expires: Option<u64> },
+    LoggedIn {
+        identity: String,
+        expires: Option<u64>,
+    },
     Failed(String),
 }
 
@@ -220,7 +228,8 @@ impl CloudLogin {
             return;
         };
         let relay = self.relay.clone();
-        let span = info_span!("login_refresh", identity = %self.key.identity, relay = %self.relay.url);
+        let span =
+            info_span!("login_refresh", identity = %self.key.identity, relay = %self.relay.url);
         ctx.spawn(
             async move { relay.refresh(&refresh).await }
                 .instrument(span)
@@ -504,7 +513,10 @@ impl CloudLogin {
             expires: expires
                 .or_else(|| self.credential.as_ref().and_then(expiry))
                 .or_else(|| self.conn.as_ref().and_then(|c| c.expires)),
-            connected: self.conn.as_ref().is_some_and(|c| c.conn.close_reason().is_none()),
+            connected: self
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.conn.close_reason().is_none()),
         }
     }
 }
@@ -518,16 +530,19 @@ impl Handler<GetRelay> for CloudLogin {
     type Result = ResponseFuture<Result<RelayConnection, CloudError>>;
 
     fn handle(&mut self, _: GetRelay, ctx: &mut Self::Context) -> Self::Result {
-        if let Some(conn) = self.conn.as_ref().filter(|c| c.conn.close_reason().is_none()) {
+        if let Some(conn) = self
+            .conn
+            .as_ref()
+            .filter(|c| c.conn.close_reason().is_none())
+        {
             return Box::pin(std::future::ready(Ok(conn.clone())));
         }
         let (tx, rx) = oneshot::channel();
         self.conn_waiters.push(tx);
         self.start_connect(ctx);
         Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(CloudError::Protocol("the login was closed".into()))
-            })
+            rx.await
+                .unwrap_or_else(|_| Err(CloudError::Protocol("the login was closed".into())))
         })
     }
 }

@@ -50,7 +50,9 @@ pub struct CloudTarget {
 pub enum CloudRoute {
     Relayed,
     /// `addr`: `host:port` from the caller, else the service's advertised one.
-    Direct { addr: Option<String> },
+    Direct {
+        addr: Option<String>,
+    },
 }
 
 impl Dialer {
@@ -115,10 +117,12 @@ impl CloudTarget {
                 let tunnel = relay_client::open_tunnel(&relay.conn, &self.serial, limits);
                 let ((token, _), (send, recv, facts)) =
                     futures::try_join!(assertion, tunnel).map_err(|e| link_error(label, e))?;
-                let tunnel = TunnelEndpoint::start(TunnelRole::Client, send, recv, None)
-                    .map_err(|e| LinkError::Unreachable {
-                        target: label.to_string(),
-                        reason: e.to_string(),
+                let tunnel =
+                    TunnelEndpoint::start(TunnelRole::Client, send, recv, None).map_err(|e| {
+                        LinkError::Unreachable {
+                            target: label.to_string(),
+                            reason: e.to_string(),
+                        }
                     })?;
                 let pin = self.e2ee.unwrap_or(Fingerprint(facts.fingerprint));
                 let credentials = Credentials::Assertion {
@@ -150,18 +154,19 @@ impl CloudTarget {
                 let (token, facts) = relay_client::assertion(&relay.conn, &self.serial, limits)
                     .await
                     .map_err(|e| link_error(label, e))?;
-                let target = addr.clone().or(facts.advertise).ok_or_else(|| {
-                    LinkError::Rejected {
-                        target: label.to_string(),
-                        error: WireError::new(
-                            ErrorCode::InvalidArgument,
-                            format!(
-                                "service {} advertises no direct address; give host and port",
-                                self.serial
+                let target =
+                    addr.clone()
+                        .or(facts.advertise)
+                        .ok_or_else(|| LinkError::Rejected {
+                            target: label.to_string(),
+                            error: WireError::new(
+                                ErrorCode::InvalidArgument,
+                                format!(
+                                    "service {} advertises no direct address; give host and port",
+                                    self.serial
+                                ),
                             ),
-                        ),
-                    }
-                })?;
+                        })?;
                 let sockaddr = resolve(&target).await?;
                 let endpoint = reuse_or_bind(endpoint, sockaddr, label)?;
                 let pin = self.e2ee.unwrap_or(Fingerprint(facts.fingerprint));

@@ -47,7 +47,16 @@ pub async fn connect(
         password: target.password.expose().to_string(),
     };
     let transport = Arc::new(conn::transport_config(limits));
-    login(endpoint, target.addr, &target.label, credentials, target.fingerprint, transport, limits).await
+    login(
+        endpoint,
+        target.addr,
+        &target.label,
+        credentials,
+        target.fingerprint,
+        transport,
+        limits,
+    )
+    .await
 }
 
 /// Connects to `addr` with `transport` settings, checks the service's certificate

@@ -22,14 +22,14 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::backoff::Backoff;
 use super::dialer::Dialer;
 use super::direct_client::DirectConnection;
 use super::link::{LinkChannel, LinkError};
 use super::link_actor::{
-    Acquire, Acquired, CloseLink, Hold, LinkActor, LinkCommon, LinkInfo, LinkState, LinkStatus, Release,
-    answer_waiters, release, stop_and_report,
+    Acquire, Acquired, CloseLink, Hold, LinkActor, LinkCommon, LinkInfo, LinkState, LinkStatus,
+    Release, answer_waiters, release, stop_and_report,
 };
+use crate::backoff::Backoff;
 use crate::wire::conn::TransportLimits;
 use crate::wire::pin::Fingerprint;
 
@@ -127,8 +127,7 @@ impl DirectLink {
         let limits = self.config.limits.clone();
         let endpoint = self.endpoint.clone();
         let connect_timeout = self.config.connect_timeout;
-        let span =
-            info_span!("link_connect", link = %format!("L{}", self.common.id), target = %target, transport = dialer.transport());
+        let span = info_span!("link_connect", link = %format!("L{}", self.common.id), target = %target, transport = dialer.transport());
         let attempt = async move {
             dialer
                 .dial(&target, &username, endpoint, fingerprint, &limits)

@@ -20,9 +20,9 @@ use tonic::{Request, Response, Status, Streaming};
 mod cloud;
 
 use super::error::BrokerError;
-use super::login_registry::{ListLogins, LoginRegistry};
 use super::link::CallStream;
 use super::link_actor::{Acquire, InFlight};
+use super::login_registry::{ListLogins, LoginRegistry};
 use super::peer::Peer;
 use super::registry::{
     Disconnect, GetSession, OpenSession, ServiceDirect, ServiceInfo, ServiceIntegrated,

@@ -22,8 +22,8 @@ use tracing::{info, warn};
 
 use super::link::{LinkChannel, LinkError};
 use super::link_actor::{
-    Acquire, Acquired, CloseLink, Hold, LinkActor, LinkCommon, LinkInfo, LinkState, LinkStatus, Release,
-    answer_waiters, release, stop_and_report,
+    Acquire, Acquired, CloseLink, Hold, LinkActor, LinkCommon, LinkInfo, LinkState, LinkStatus,
+    Release, answer_waiters, release, stop_and_report,
 };
 use crate::secret::Secret;
 use crate::service::drivers::Drivers;

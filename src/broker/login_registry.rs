@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::cloud_login::{
-    BeginSso, CloudLogin, Credential, LoginKey, LoginMethod, LoginPhase, LoginStatus,
-    LoginSummary, Logout, UseCredential,
+    BeginSso, CloudLogin, Credential, LoginKey, LoginMethod, LoginPhase, LoginStatus, LoginSummary,
+    Logout, UseCredential,
 };
 use super::error::BrokerError;
 use super::login_store::{LoginStore, StoredLogin};
@@ -62,7 +62,11 @@ pub struct LoginRegistry {
 }
 
 impl LoginRegistry {
-    pub fn new(domains: Vec<Domain>, share_group: Option<u32>, state_dir: Option<&std::path::Path>) -> Self {
+    pub fn new(
+        domains: Vec<Domain>,
+        share_group: Option<u32>,
+        state_dir: Option<&std::path::Path>,
+    ) -> Self {
         let store = state_dir.and_then(|dir| match LoginStore::open(dir) {
             Ok(store) => Some(Arc::new(store)),
             Err(e) => {
@@ -98,15 +102,22 @@ impl LoginRegistry {
         let (url, ca) = match (&spec.relay_url, &spec.domain) {
             (Some(url), _) => {
                 let trimmed = url.trim_end_matches('/');
-                let known = self.domains.iter().find(|d| d.url.trim_end_matches('/') == trimmed);
+                let known = self
+                    .domains
+                    .iter()
+                    .find(|d| d.url.trim_end_matches('/') == trimmed);
                 (url.clone(), known.map(read_ca).transpose()?.flatten())
             }
             (None, Some(name)) => {
-                let domain = self.domains.iter().find(|d| &d.name == name).ok_or_else(|| {
-                    BrokerError::InvalidArgument(format!(
-                        "no domain {name:?} in the broker's config (domains.{name}.url)"
-                    ))
-                })?;
+                let domain = self
+                    .domains
+                    .iter()
+                    .find(|d| &d.name == name)
+                    .ok_or_else(|| {
+                        BrokerError::InvalidArgument(format!(
+                            "no domain {name:?} in the broker's config (domains.{name}.url)"
+                        ))
+                    })?;
                 (domain.url.clone(), read_ca(domain)?)
             }
             (None, None) => {
@@ -149,7 +160,9 @@ impl LoginRegistry {
                     info!(identity = %key.identity, relay = %key.relay, method = key.method.as_str(), "login restored");
                     self.login(key, relay, Some(credential));
                 }
-                Err(e) => warn!(identity = %login.identity, error = %e, "a stored login cannot be restored; skipped"),
+                Err(e) => {
+                    warn!(identity = %login.identity, error = %e, "a stored login cannot be restored; skipped")
+                }
             }
         }
     }
@@ -162,7 +175,8 @@ fn restore_one(login: &StoredLogin) -> Result<(LoginKey, RelayInfo, Credential),
         Some(("group", id)) => Owner::Group(id.parse().map_err(|_| "bad owner")?),
         _ => return Err("bad owner".into()),
     };
-    let relay = RelayInfo::new(&login.relay_url, login.ca_pem.clone()).map_err(|e| e.to_string())?;
+    let relay =
+        RelayInfo::new(&login.relay_url, login.ca_pem.clone()).map_err(|e| e.to_string())?;
     let credential = match method {
         LoginMethod::Sso => Credential::Sso(Tokens {
             access: Secret::new(login.access_token.clone().ok_or("no access token")?),
@@ -449,7 +463,8 @@ impl Handler<ListLogins> for LoginRegistry {
     type Result = ResponseFuture<Vec<LoginListing>>;
 
     fn handle(&mut self, msg: ListLogins, _: &mut Self::Context) -> Self::Result {
-        self.session_logins.retain(|s, _| msg.live_sessions.contains(s));
+        self.session_logins
+            .retain(|s, _| msg.live_sessions.contains(s));
         let owner = msg.peer.map(|p| owner_for(&p, self.share_group));
         let wanted: Vec<(Addr<CloudLogin>, u32)> = self
             .logins

@@ -67,8 +67,14 @@ impl Drop for StoredLogin {
 impl StoredLogin {
     /// The file name: a hash of what identifies the login.
     fn file_name(&self) -> String {
-        let id = format!("{}\n{}\n{}\n{}", self.relay_url, self.identity, self.method, self.owner);
-        format!("{}.login", hex::encode(&Sha256::digest(id.as_bytes())[..16]))
+        let id = format!(
+            "{}\n{}\n{}\n{}",
+            self.relay_url, self.identity, self.method, self.owner
+        );
+        format!(
+            "{}.login",
+            hex::encode(&Sha256::digest(id.as_bytes())[..16])
+        )
     }
 }
 
@@ -103,7 +109,8 @@ impl LoginStore {
         let name = login.file_name();
         let path = self.dir.join(&name);
         let plain = Zeroizing::new(
-            serde_json::to_vec(login).map_err(|e| LoginStoreError::Format(path.clone(), e.to_string()))?,
+            serde_json::to_vec(login)
+                .map_err(|e| LoginStoreError::Format(path.clone(), e.to_string()))?,
         );
         let nonce_bytes: [u8; 24] = rand::random();
         let sealed = self
@@ -171,7 +178,8 @@ impl LoginStore {
                 )
                 .map_err(|_| LoginStoreError::Sealed(path.to_path_buf()))?,
         );
-        serde_json::from_slice(&plain).map_err(|e| LoginStoreError::Format(path.to_path_buf(), e.to_string()))
+        serde_json::from_slice(&plain)
+            .map_err(|e| LoginStoreError::Format(path.to_path_buf(), e.to_string()))
     }
 }
 
@@ -222,8 +230,16 @@ mod tests {
         let (loaded, errors) = LoginStore::open(dir.path()).unwrap().load_all();
         assert!(errors.is_empty());
         assert_eq!(loaded.len(), 1);
-        assert_eq!(loaded[0].refresh_token.as_deref(), Some("very-secret-refresh"));
-        let file = fs::read_dir(dir.path().join("logins")).unwrap().next().unwrap().unwrap().path();
+        assert_eq!(
+            loaded[0].refresh_token.as_deref(),
+            Some("very-secret-refresh")
+        );
+        let file = fs::read_dir(dir.path().join("logins"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         let raw = fs::read(&file).unwrap();
         assert!(!raw.windows(11).any(|w| w == b"very-secret"));
         let mode = fs::metadata(&file).unwrap().permissions().mode() & 0o777;
@@ -235,7 +251,10 @@ mod tests {
     #[test]
     fn another_key_cannot_read_them() {
         let dir = tempfile::tempdir().unwrap();
-        LoginStore::open(dir.path()).unwrap().save(&login()).unwrap();
+        LoginStore::open(dir.path())
+            .unwrap()
+            .save(&login())
+            .unwrap();
         fs::write(dir.path().join("login.key"), [7u8; 32]).unwrap();
         let (loaded, errors) = LoginStore::open(dir.path()).unwrap().load_all();
         assert!(loaded.is_empty());

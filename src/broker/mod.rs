@@ -4,10 +4,10 @@
 //! serves gRPC (broker API, health, reflection) until `shutdown` fires,
 //! then ends sessions, closes links and removes the socket.
 
-pub mod dialer;
-pub mod direct_client;
 pub mod client_key;
 pub mod cloud_login;
+pub mod dialer;
+pub mod direct_client;
 pub mod direct_link;
 pub mod error;
 pub mod front_door;

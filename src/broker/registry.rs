@@ -27,18 +27,18 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::cloud_login::LoginKey;
+use super::dialer::{CloudRoute, CloudTarget, Dialer};
 use super::direct_link::{DirectLink, LinkConfig, NewDirectLink};
 use super::error::BrokerError;
 use super::integrated::{IntegratedLink, NewIntegratedLink};
 use super::known_services::KnownServices;
 use super::link::LinkChannel;
 use super::link_actor::{
-    Acquire, Acquired, CloseLink, Hold, LinkClosed, LinkCommon, LinkHandle, LinkId, LinkInfo, LinkKey,
-    LinkStatus, Release,
+    Acquire, Acquired, CloseLink, Hold, LinkClosed, LinkCommon, LinkHandle, LinkId, LinkInfo,
+    LinkKey, LinkStatus, Release,
 };
 use super::peer::{Owner, Peer, owner_for};
-use super::cloud_login::LoginKey;
-use super::dialer::{CloudRoute, CloudTarget, Dialer};
 use super::routes::{LinkRoute, NamedRoute, Routes, SessionRoute};
 use super::session::{EndSession, NotifyShutdown, Session};
 use crate::secret::Secret;
@@ -689,7 +689,9 @@ impl Handler<ServiceCloud> for SessionRegistry {
             }
         };
         let Some(hold) = self.links.get(&link_id).map(|l| l.handle.hold.clone()) else {
-            return Box::pin(fut::ready(Err(BrokerError::Internal("link vanished".into()))));
+            return Box::pin(fut::ready(Err(BrokerError::Internal(
+                "link vanished".into(),
+            ))));
         };
         Box::pin(async move { hold.send(Hold).await }.into_actor(self).map(
             move |sent, act, ctx| {

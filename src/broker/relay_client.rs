@@ -14,9 +14,13 @@ use oauth2::{
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 
 use crate::secret::Secret;
-use crate::wire::conn::{TransportLimits, client_endpoint, read_frame, relay_client_config, write_frame};
+use crate::wire::conn::{
+    TransportLimits, client_endpoint, read_frame, relay_client_config, write_frame,
+};
 use crate::wire::messages::{ErrorCode, WireError};
-use crate::wire::relay::{HelloReply, RelayHello, RelayReply, RelayRequest, ServiceFacts, WellKnown};
+use crate::wire::relay::{
+    HelloReply, RelayHello, RelayReply, RelayRequest, ServiceFacts, WellKnown,
+};
 
 /// The OAuth client id brokers use with the relay's device grant.
 pub const CLIENT_ID: &str = "switchyard-broker";
@@ -66,9 +70,12 @@ pub struct RelayInfo {
 impl RelayInfo {
     pub fn new(url: &str, ca_pem: Option<String>) -> Result<Self, CloudError> {
         let url = url.trim_end_matches('/').to_string();
-        let parsed = url::Url::parse(&url).map_err(|e| CloudError::Config(format!("{url}: {e}")))?;
+        let parsed =
+            url::Url::parse(&url).map_err(|e| CloudError::Config(format!("{url}: {e}")))?;
         if parsed.scheme() != "https" {
-            return Err(CloudError::Config(format!("{url}: a relay URL must be https://")));
+            return Err(CloudError::Config(format!(
+                "{url}: a relay URL must be https://"
+            )));
         }
         let host = parsed
             .host_str()
@@ -82,7 +89,8 @@ impl RelayInfo {
                 use rustls::pki_types::pem::PemObject;
                 let mut roots = rustls::RootCertStore::empty();
                 for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                    let cert = cert.map_err(|e| CloudError::Config(format!("CA certificates: {e}")))?;
+                    let cert =
+                        cert.map_err(|e| CloudError::Config(format!("CA certificates: {e}")))?;
                     roots
                         .add(cert)
                         .map_err(|e| CloudError::Config(format!("CA certificates: {e}")))?;
@@ -91,7 +99,8 @@ impl RelayInfo {
             }
             None => crate::tls::root_store(None).map_err(|e| CloudError::Config(e.to_string()))?,
         };
-        let http = crate::tls::http_client(roots.clone()).map_err(|e| CloudError::Config(e.to_string()))?;
+        let http = crate::tls::http_client(roots.clone())
+            .map_err(|e| CloudError::Config(e.to_string()))?;
         Ok(Self {
             url,
             host,
@@ -247,7 +256,8 @@ fn describe<RE: std::error::Error + 'static, T: oauth2::ErrorResponse + 'static>
                     Some(match code.as_str() {
                         "access_denied" => "the login was denied in the browser".to_string(),
                         "expired_token" => {
-                            "the login code expired before it was approved; log in again".to_string()
+                            "the login code expired before it was approved; log in again"
+                                .to_string()
                         }
                         _ => format!("{code}: {description}"),
                     })
@@ -343,7 +353,9 @@ pub async fn open_tunnel(
     let (send, mut recv) = open(conn, &request, limits).await?;
     match reply(&mut recv, limits).await? {
         RelayReply::TunnelOpen(facts) => Ok((send, recv, facts)),
-        other => Err(CloudError::Protocol(format!("expected a tunnel, got {other:?}"))),
+        other => Err(CloudError::Protocol(format!(
+            "expected a tunnel, got {other:?}"
+        ))),
     }
 }
 
@@ -358,6 +370,8 @@ pub async fn assertion(
     };
     match call(conn, &request, limits).await? {
         RelayReply::Assertion { token, facts } => Ok((Secret::new(token), facts)),
-        other => Err(CloudError::Protocol(format!("expected an assertion, got {other:?}"))),
+        other => Err(CloudError::Protocol(format!(
+            "expected an assertion, got {other:?}"
+        ))),
     }
 }

@@ -118,7 +118,11 @@ pub struct CloudConnectArgs {
     pub e2ee_fingerprint: Option<String>,
 }
 
-fn cert_dir(explicit: Option<PathBuf>, relay_url: &str, identity: &str) -> Result<PathBuf, CliError> {
+fn cert_dir(
+    explicit: Option<PathBuf>,
+    relay_url: &str,
+    identity: &str,
+) -> Result<PathBuf, CliError> {
     if let Some(dir) = explicit {
         return Ok(dir);
     }
@@ -131,7 +135,11 @@ fn cert_dir(explicit: Option<PathBuf>, relay_url: &str, identity: &str) -> Resul
         .and_then(|u| Some(format!("{}_{}", u.host_str()?, u.port_or_known_default()?)))
         .unwrap_or_else(|| "relay".into());
     let safe = |s: &str| s.replace(['/', '\\', ':'], "_");
-    Ok(base.join("switchyard").join("certs").join(safe(&relay)).join(safe(identity)))
+    Ok(base
+        .join("switchyard")
+        .join("certs")
+        .join(safe(&relay))
+        .join(safe(identity)))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
@@ -194,7 +202,9 @@ pub async fn login(socket: &Path, cmd: LoginCommand) -> Result<ExitCode, CliErro
                     None => {}
                 }
             }
-            Err(CliError::Usage("the broker ended the login without an outcome".into()))
+            Err(CliError::Usage(
+                "the broker ended the login without an outcome".into(),
+            ))
         }
         LoginCommand::Cert {
             identity,
@@ -208,7 +218,8 @@ pub async fn login(socket: &Path, cmd: LoginCommand) -> Result<ExitCode, CliErro
                 (None, false) => cert_dir(None, &relay_url, &identity)?,
                 (None, true) => {
                     return Err(CliError::Usage(
-                        "name the relay (--relay URL) or the certificate's folder (--cert-dir DIR)".into(),
+                        "name the relay (--relay URL) or the certificate's folder (--cert-dir DIR)"
+                            .into(),
                     ));
                 }
             };
@@ -259,7 +270,11 @@ pub async fn login(socket: &Path, cmd: LoginCommand) -> Result<ExitCode, CliErro
     }
 }
 
-pub async fn logout(socket: &Path, identity: Option<String>, relay: RelayArgs) -> Result<ExitCode, CliError> {
+pub async fn logout(
+    socket: &Path,
+    identity: Option<String>,
+    relay: RelayArgs,
+) -> Result<ExitCode, CliError> {
     let mut broker = broker_client(socket).await?;
     let n = broker
         .logout(pb::LogoutRequest {
@@ -347,7 +362,10 @@ pub async fn token(socket: &Path, cmd: TokenCommand) -> Result<ExitCode, CliErro
         })
         .await?
         .into_inner();
-    eprintln!("access token {} (expires at unix time {})", token.id, token.expires_unix);
+    eprintln!(
+        "access token {} (expires at unix time {})",
+        token.id, token.expires_unix
+    );
     println!("{}", token.token);
     Ok(ExitCode::SUCCESS)
 }

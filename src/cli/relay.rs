@@ -17,7 +17,12 @@ use crate::secret::SecretSource;
 #[derive(Debug, Args)]
 pub struct RelayArgs {
     /// The relay's state directory (CA, keys, database).
-    #[arg(long, global = true, env = "SWITCHYARD_RELAY_STATE", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_RELAY_STATE",
+        value_name = "DIR"
+    )]
     pub state: Option<PathBuf>,
     #[command(subcommand)]
     pub command: RelayCommand,
@@ -143,7 +148,11 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCod
                 UserCommand::List => {
                     println!("{:<40} ENABLED", "EMAIL");
                     for user in store.users().map_err(usage)? {
-                        println!("{:<40} {}", user.email, if user.enabled { "yes" } else { "no" });
+                        println!(
+                            "{:<40} {}",
+                            user.email,
+                            if user.enabled { "yes" } else { "no" }
+                        );
                     }
                 }
                 UserCommand::Disable { email } => {
@@ -160,23 +169,8 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCod
             let relay = state::load(&dir).map_err(usage)?;
             match cmd {
                 TokenCommand::Issue { email, lifetime } => {
-                    if !relay.store.user_enabled(&email).map_err(usage)? {
-                        return Err(CliError::Usage(format!("no enabled user {email}")));
-                    }
-                    let (claims, token) = relay
-                        .signer
-                        .issue_token(&email, "api", lifetime.as_secs())
-                        .map_err(usage)?;
-                    relay
-                        .store
-                        .record_token(&crate::relay::store::TokenRecord {
-                            id: claims.jti.clone(),
-                            email,
-                            kind: "api".into(),
-                            expires_at: claims.exp,
-                            revoked: false,
-                        })
-                        .map_err(usage)?;
+                    let exp = crate::relay::unix_now() + lifetime.as_secs();
+                    let (claims, token) = relay.issue_api_token(&email, exp).map_err(usage)?;
                     eprintln!("token {} (expires at unix time {})", claims.jti, claims.exp);
                     println!("{token}");
                 }
@@ -202,7 +196,11 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run_relay(dir: &Path, args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, CliError> {
+async fn run_relay(
+    dir: &Path,
+    args: RunArgs,
+    shutdown: CancellationToken,
+) -> Result<ExitCode, CliError> {
     let state = state::load(dir).map_err(usage)?;
     let config = RelayConfig {
         listen: args.listen,

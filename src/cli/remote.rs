@@ -100,7 +100,9 @@ pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, Cli
             db,
             admin_password_file,
         } => return connect_integrated(socket, name, db, admin_password_file).await,
-        ConnectCommand::Cloud(args) => return super::cloud::connect_cloud(socket, args, None).await,
+        ConnectCommand::Cloud(args) => {
+            return super::cloud::connect_cloud(socket, args, None).await;
+        }
         ConnectCommand::DirectSso { args, host, port } => {
             return super::cloud::connect_cloud(socket, args, Some((host, port))).await;
         }

@@ -16,9 +16,9 @@ use super::exec_output::{ExecCollector, ExecOptions, ExecPrinter};
 use crate::config::Settings;
 use crate::secret::{Secret, SecretSource};
 use crate::service::drivers::Drivers;
+use crate::service::enroll::{EnrollOptions, enroll};
 use crate::service::inventory::{DeviceScope, DriverKind, Inventory, NewDevice, NewRemoteUser};
 use crate::service::ops::ServiceOps;
-use crate::service::enroll::{EnrollOptions, enroll};
 use crate::service::relay_agent::RelayAgent;
 use crate::service::rpc::{RpcConfig, RpcServer};
 use crate::wire::messages::{Request, RequestEnvelope, Response};
@@ -478,12 +478,8 @@ async fn run_service(
     let agent = match enrollment {
         Some(enrollment) => {
             let serial = enrollment.serial.clone();
-            let agent = RelayAgent::start(
-                enrollment,
-                server.tunnel_acceptor(),
-                Default::default(),
-            )
-            .map_err(|e| CliError::Usage(e.to_string()))?;
+            let agent = RelayAgent::start(enrollment, server.tunnel_acceptor(), Default::default())
+                .map_err(|e| CliError::Usage(e.to_string()))?;
             Some((serial, agent))
         }
         None => None,
@@ -531,6 +527,8 @@ async fn enroll_service(db: &Path, args: EnrollArgs, admin: Secret) -> Result<()
     )
     .await
     .map_err(|e| CliError::Usage(e.to_string()))?;
-    println!("enrolled as serial {serial}; `switchyard service run` now also connects to the relay");
+    println!(
+        "enrolled as serial {serial}; `switchyard service run` now also connects to the relay"
+    );
     Ok(())
 }

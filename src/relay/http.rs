@@ -36,9 +36,9 @@ use super::device_flow::PollError;
 use super::state::RelayState;
 use super::store::{ServiceRecord, StoreError};
 use super::{AuthError, RelayCore, RelayError};
-use crate::wire::relay::{EnrollServiceRequest, EnrollServiceResponse, ErrorBody, WellKnown};
 use crate::secret::Secret;
 use crate::wire::pin::Fingerprint;
+use crate::wire::relay::{EnrollServiceRequest, EnrollServiceResponse, ErrorBody, WellKnown};
 
 pub const DEVICE_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 

@@ -142,3 +142,32 @@ pub fn load(dir: &Path) -> Result<RelayState, StateError> {
         store: RelayStore::open(&dir.join("relay.db"))?,
     })
 }
+
+impl RelayState {
+    /// Issues and records a long-lived access token for an enabled user
+    /// (`relay token issue`), expiring at unix time `exp`.
+    pub fn issue_api_token(
+        &self,
+        email: &str,
+        exp: u64,
+    ) -> Result<(crate::wire::relay::TokenClaims, String), StateError> {
+        if !self.store.user_enabled(email)? {
+            return Err(StateError::Store(StoreError::NoSuchUser(email.into())));
+        }
+        let (claims, token) = self
+            .signer
+            .issue_token_until(email, "api", exp)
+            .map_err(|e| StateError::Bad {
+                path: self.dir.clone(),
+                reason: e.to_string(),
+            })?;
+        self.store.record_token(&super::store::TokenRecord {
+            id: claims.jti.clone(),
+            email: email.into(),
+            kind: "api".into(),
+            expires_at: claims.exp,
+            revoked: false,
+        })?;
+        Ok((claims, token))
+    }
+}

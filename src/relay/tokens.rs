@@ -45,7 +45,17 @@ impl TokenSigner {
         kind: &str,
         lifetime_secs: u64,
     ) -> Result<(TokenClaims, String), TokenError> {
-        let iat = super::unix_now();
+        self.issue_token_until(sub, kind, super::unix_now() + lifetime_secs)
+    }
+
+    /// A token of `kind` for `sub` that expires at unix time `exp`.
+    pub fn issue_token_until(
+        &self,
+        sub: &str,
+        kind: &str,
+        exp: u64,
+    ) -> Result<(TokenClaims, String), TokenError> {
+        let iat = super::unix_now().min(exp);
         let claims = TokenClaims {
             iss: self.issuer.clone(),
             sub: sub.to_string(),
@@ -55,7 +65,7 @@ impl TokenSigner {
                 hex::encode(rand::random::<[u8; 8]>())
             ),
             kind: kind.to_string(),
-            exp: iat + lifetime_secs,
+            exp,
             iat,
         };
         let token = self.sign(&claims)?;

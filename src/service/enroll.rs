@@ -37,12 +37,18 @@ pub struct EnrollOptions {
 }
 
 /// Enrolls and stores the result; returns the serial.
-pub async fn enroll(inventory: &mut Inventory, options: EnrollOptions) -> Result<String, EnrollError> {
+pub async fn enroll(
+    inventory: &mut Inventory,
+    options: EnrollOptions,
+) -> Result<String, EnrollError> {
     let fingerprint = identity::fingerprint(&inventory.tls_identity()?.cert_der);
     let (csr, key_der) = crate::tls::new_certificate_request("switchyard service")
         .map_err(|e| EnrollError::Key(e.to_string()))?;
     let client = crate::tls::http_client(options.roots)?;
-    let url = format!("{}/v1/enroll/service", options.relay_url.trim_end_matches('/'));
+    let url = format!(
+        "{}/v1/enroll/service",
+        options.relay_url.trim_end_matches('/')
+    );
     let body = EnrollServiceRequest {
         otp: options.otp.expose().to_string(),
         csr: B64.encode(&csr),
@@ -53,7 +59,12 @@ pub async fn enroll(inventory: &mut Inventory, options: EnrollOptions) -> Result
         url: options.relay_url.clone(),
         reason: e.to_string(),
     };
-    let response = client.post(&url).json(&body).send().await.map_err(unreachable)?;
+    let response = client
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(unreachable)?;
     if !response.status().is_success() {
         let status = response.status();
         let message = match response.json::<ErrorBody>().await {

@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::drivers::{DeviceExec, DeviceTarget, DriverError, Drivers};
-use crate::wire::assertion::AssertionVerifier;
 use super::inventory::{DeviceScope, Inventory, InventoryError, LoginRecord};
 use crate::secret::Secret;
+use crate::wire::assertion::AssertionVerifier;
 use crate::wire::messages::{
     CommandDone, DeviceInfo, ErrorCode, Request, RequestEnvelope, Response, TerminalInput,
     WireError,

@@ -22,7 +22,9 @@ use super::inventory::RelayEnrollment;
 use super::rpc::TunnelAcceptor;
 use crate::backoff::Backoff;
 use crate::task::AbortOnDrop;
-use crate::wire::conn::{TransportLimits, client_endpoint, read_frame, relay_client_config, write_frame};
+use crate::wire::conn::{
+    TransportLimits, client_endpoint, read_frame, relay_client_config, write_frame,
+};
 use crate::wire::relay::{HelloReply, RelayHello, TunnelOffer};
 
 /// Where the agent is.
@@ -53,7 +55,10 @@ pub fn relay_host(url: &str) -> Result<String, AgentError> {
     let host = parsed
         .host_str()
         .ok_or_else(|| AgentError::BadUrl(url.into()))?;
-    Ok(host.trim_start_matches('[').trim_end_matches(']').to_string())
+    Ok(host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string())
 }
 
 impl RelayAgent {
@@ -102,7 +107,16 @@ async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     loop {
         let _ = state.send(AgentState::Connecting);
-        let result = connect_and_serve(&enrollment, quic, &server_name, &tunnels, &limits, &state, &mut backoff).await;
+        let result = connect_and_serve(
+            &enrollment,
+            quic,
+            &server_name,
+            &tunnels,
+            &limits,
+            &state,
+            &mut backoff,
+        )
+        .await;
         let reason = match result {
             Ok(()) => "relay connection ended".to_string(),
             Err(e) => e,

@@ -33,11 +33,11 @@ use super::ops::{OpsError, Principal, ServiceOps};
 use super::ratelimit::{FailureLimiter, LimiterConfig};
 use crate::secret::Secret;
 use crate::wire::conn::{self, ConnError, TransportLimits, read_frame, write_frame};
-use crate::wire::tunnel::{TunnelEndpoint, TunnelRole, tunnel_transport};
 use crate::wire::messages::{
-    AuthRequest, AuthResponse, Credentials, ErrorCode, Request, RequestEnvelope, Response, TerminalInput,
-    WireError, close_code,
+    AuthRequest, AuthResponse, Credentials, ErrorCode, Request, RequestEnvelope, Response,
+    TerminalInput, WireError, close_code,
 };
+use crate::wire::tunnel::{TunnelEndpoint, TunnelRole, tunnel_transport};
 
 /// Settings of the RPC socket.
 #[derive(Debug, Clone)]
@@ -97,7 +97,8 @@ pub struct TunnelAcceptor {
 impl TunnelAcceptor {
     /// Starts the service end of a tunnel over a relayed stream.
     pub async fn accept(&self, send: SendStream, recv: RecvStream) -> Result<(), ConnError> {
-        let tunnel = TunnelEndpoint::start(TunnelRole::Service, send, recv, Some(self.config.clone()))?;
+        let tunnel =
+            TunnelEndpoint::start(TunnelRole::Service, send, recv, Some(self.config.clone()))?;
         self.queue
             .send(tunnel)
             .await

@@ -219,4 +219,3 @@ pub struct ErrorBody {
     pub error: String,
     pub message: String,
 }
-

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod cloud;
 pub mod service;
 pub mod sshd;
 

@@ -120,11 +120,15 @@ impl FrontDoor {
         let key = std::sync::Arc::new(key);
         // Each phase change becomes an event; the stream ends after the
         // outcome.
-        let events = futures::stream::unfold(Some(phase), move |state| {
+        let events = futures::stream::unfold(Some((phase, true)), move |state| {
             let key = key.clone();
             async move {
-                let mut phase = state?;
+                let (mut phase, mut first) = state?;
                 loop {
+                    if !first && phase.changed().await.is_err() {
+                        return Some((Err(Status::unavailable("the login was closed")), None));
+                    }
+                    first = false;
                     let current = phase.borrow_and_update().clone();
                     let event = match current {
                         LoginPhase::Prompt(p) => Some(Ok(pb::SsoLoginEvent {
@@ -156,10 +160,7 @@ impl FrontDoor {
                         LoginPhase::Idle => None,
                     };
                     if let Some(event) = event {
-                        return Some((event, Some(phase)));
-                    }
-                    if phase.changed().await.is_err() {
-                        return Some((Err(Status::unavailable("the login was closed")), None));
+                        return Some((event, Some((phase, false))));
                     }
                 }
             }
@@ -213,8 +214,15 @@ impl FrontDoor {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
         let credential = Credential::Certificate { cert_der, key_der };
-        self.credential_login(peer, r.session_id, r.identity, r.relay, LoginMethod::Certificate, credential)
-            .await
+        self.credential_login(
+            peer,
+            r.session_id,
+            r.identity,
+            r.relay,
+            LoginMethod::Certificate,
+            credential,
+        )
+        .await
     }
 
     pub(super) async fn access_token_login_impl(
@@ -231,8 +239,15 @@ impl FrontDoor {
         let credential = Credential::Token {
             token: Secret::new(token),
         };
-        self.credential_login(peer, r.session_id, String::new(), r.relay, LoginMethod::Token, credential)
-            .await
+        self.credential_login(
+            peer,
+            r.session_id,
+            String::new(),
+            r.relay,
+            LoginMethod::Token,
+            credential,
+        )
+        .await
     }
 
     pub(super) async fn logout_impl(
@@ -262,12 +277,18 @@ impl FrontDoor {
         let r = request.into_inner();
         let password = Secret::new(r.key_password);
         if password.is_empty() {
-            return Err(Status::invalid_argument("choose a password to encrypt the key with"));
+            return Err(Status::invalid_argument(
+                "choose a password to encrypt the key with",
+            ));
         }
         let (key, login) = self.find_login(peer, r.session_id, r.identity).await?;
         let (csr, key_der) = crate::tls::new_certificate_request(&key.identity)
             .map_err(|e| Status::internal(e.to_string()))?;
-        let relay = login.send(GetRelay).await.map_err(mailbox)?.map_err(cloud_status)?;
+        let relay = login
+            .send(GetRelay)
+            .await
+            .map_err(mailbox)?
+            .map_err(cloud_status)?;
         let reply = relay_client::call(
             &relay.conn,
             &RelayRequest::IssueClientCert { csr_der: csr },
@@ -276,7 +297,9 @@ impl FrontDoor {
         .await
         .map_err(cloud_status)?;
         let RelayReply::ClientCert { cert_der, .. } = reply else {
-            return Err(Status::internal(format!("unexpected relay reply {reply:?}")));
+            return Err(Status::internal(format!(
+                "unexpected relay reply {reply:?}"
+            )));
         };
         let encrypted_key =
             tokio::task::spawn_blocking(move || client_key::encrypt(&key_der, &password))
@@ -299,13 +322,23 @@ impl FrontDoor {
         self.admit()?;
         let r = request.into_inner();
         let (_, reply) = self
-            .relay_call(peer, r.session_id, r.identity, RelayRequest::ServiceOtp { serial: r.serial })
+            .relay_call(
+                peer,
+                r.session_id,
+                r.identity,
+                RelayRequest::ServiceOtp { serial: r.serial },
+            )
             .await?;
         match reply {
             RelayReply::Otp { otp, expires_unix } => {
-                Ok(Response::new(pb::CreateServiceOtpResponse { otp, expires_unix }))
+                Ok(Response::new(pb::CreateServiceOtpResponse {
+                    otp,
+                    expires_unix,
+                }))
             }
-            other => Err(Status::internal(format!("unexpected relay reply {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected relay reply {other:?}"
+            ))),
         }
     }
 
@@ -316,9 +349,18 @@ impl FrontDoor {
         let peer = peer(&request)?;
         self.admit()?;
         let r = request.into_inner();
-        let lifetime_secs = if r.lifetime_secs == 0 { 7 * 86400 } else { r.lifetime_secs };
+        let lifetime_secs = if r.lifetime_secs == 0 {
+            7 * 86400
+        } else {
+            r.lifetime_secs
+        };
         let (_, reply) = self
-            .relay_call(peer, r.session_id, r.identity, RelayRequest::CreateToken { lifetime_secs })
+            .relay_call(
+                peer,
+                r.session_id,
+                r.identity,
+                RelayRequest::CreateToken { lifetime_secs },
+            )
             .await?;
         match reply {
             RelayReply::Token {
@@ -330,7 +372,9 @@ impl FrontDoor {
                 token,
                 expires_unix,
             })),
-            other => Err(Status::internal(format!("unexpected relay reply {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected relay reply {other:?}"
+            ))),
         }
     }
 
@@ -373,8 +417,16 @@ impl FrontDoor {
     ) -> Result<Response<pb::ServiceResponse>, Status> {
         let peer = peer(&request)?;
         let r = request.into_inner();
-        self.cloud_service(peer, r.session_id, r.name, r.identity, r.serial, CloudRoute::Relayed, &r.e2ee_fingerprint)
-            .await
+        self.cloud_service(
+            peer,
+            r.session_id,
+            r.name,
+            r.identity,
+            r.serial,
+            CloudRoute::Relayed,
+            &r.e2ee_fingerprint,
+        )
+        .await
     }
 
     pub(super) async fn service_direct_with_sso_impl(
@@ -422,13 +474,20 @@ impl FrontDoor {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut watch = resolved.watch;
         loop {
-            let last_error = match resolved.acquire.send(Acquire { hold: false }).await.map_err(mailbox)? {
+            let last_error = match resolved
+                .acquire
+                .send(Acquire { hold: false })
+                .await
+                .map_err(mailbox)?
+            {
                 Ok(acquired) => {
                     return Ok(Response::new(pb::WaitResponse {
                         service_name: acquired.service_name,
                     }));
                 }
-                Err(e) if e.code() == crate::wire::messages::ErrorCode::Unavailable => e.to_string(),
+                Err(e) if e.code() == crate::wire::messages::ErrorCode::Unavailable => {
+                    e.to_string()
+                }
                 Err(e) => return Err(BrokerError::from(e).into()),
             };
             // The link retries on its own while held; wake when it

@@ -69,9 +69,11 @@ impl Inventory {
     pub fn relay_enrollment(&self) -> Result<Option<RelayEnrollment>, InventoryError> {
         let enrolled: Option<Vec<u8>> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'relay_serial'", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'relay_serial'",
+                [],
+                |r| r.get(0),
+            )
             .optional()?;
         if enrolled.is_none() {
             return Ok(None);
@@ -86,7 +88,9 @@ impl Inventory {
             quic: text("relay_quic")?,
             serial: text("relay_serial")?,
             cert_der: self.meta("relay_cert")?,
-            key_der: self.key()?.open(RELAY_KEY_CONTEXT, &self.meta("relay_key")?)?,
+            key_der: self
+                .key()?
+                .open(RELAY_KEY_CONTEXT, &self.meta("relay_key")?)?,
             ca_der: self.meta("relay_ca")?,
             assertion_key: self.meta("relay_assertion_key")?,
             issuer: text("relay_issuer")?,

@@ -112,7 +112,14 @@ impl Inventory {
         let result = self.conn.execute(
             "INSERT INTO remote_users (name, password_hash, devices, enabled, cloud, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![user.name, hash, devices, user.enabled, user.cloud, now_secs() as i64],
+            params![
+                user.name,
+                hash,
+                devices,
+                user.enabled,
+                user.cloud,
+                now_secs() as i64
+            ],
         );
         match result {
             Err(rusqlite::Error::SqliteFailure(e, _))

@@ -1,0 +1,695 @@
+//! The cloud end to end: a real relay, services enrolled with it, and real
+//! broker processes, on loopback. Each login method reaches a simulator
+//! device; every refusal says why.
+
+mod common;
+
+use std::time::Duration;
+
+use common::broker::{TestBroker, in_session, open_attached, run_exec, status};
+use common::cloud::{ALICE, ALICE_SSO_PASSWORD, CAROL, CloudService, TestRelay};
+use common::within;
+use switchyard::api::pb;
+use switchyard::relay::unix_now;
+use tonic::Code;
+
+type Client = pb::broker_client::BrokerClient<tonic::transport::Channel>;
+
+async fn broker_for(relay: &TestRelay) -> TestBroker {
+    let config = relay.broker_config(relay.dir.path());
+    let config = config.to_str().unwrap().to_string();
+    TestBroker::start_with(&[], &["--config", &config]).await.0
+}
+
+async fn token_login(
+    client: &mut Client,
+    session: &str,
+    token: &str,
+) -> Result<pb::LoginResponse, tonic::Status> {
+    client
+        .access_token_login(pb::AccessTokenLoginRequest {
+            session_id: session.into(),
+            token: token.into(),
+            relay: None,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn cloud_service(client: &mut Client, session: &str, serial: &str) -> String {
+    client
+        .service_cloud(pb::ServiceCloudRequest {
+            session_id: session.into(),
+            serial: serial.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .service_id
+}
+
+async fn wait(
+    client: &mut Client,
+    session: &str,
+    service: &str,
+    secs: f64,
+) -> Result<String, tonic::Status> {
+    client
+        .wait(pb::WaitRequest {
+            service: in_session(session, service),
+            timeout_secs: secs,
+        })
+        .await
+        .map(|r| r.into_inner().service_name)
+}
+
+async fn show_version(
+    client: &mut Client,
+    session: &str,
+    service: &str,
+) -> Result<String, tonic::Status> {
+    let out = run_exec(
+        client,
+        in_session(session, service),
+        &["core-1"],
+        &["show version"],
+    )
+    .await?;
+    assert_eq!(out[0].1, "", "device error");
+    Ok(out[0].0.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_token_login_reaches_a_device_through_the_relay() {
+    let relay = TestRelay::start().await;
+    let _svc = CloudService::start(&relay, "SN-1", &[]).await;
+    let broker = broker_for(&relay).await;
+    let mut client = broker.client().await;
+    let (session, _attach) = open_attached(&mut client).await;
+    let login = token_login(&mut client, &session, &relay.token(ALICE))
+        .await
+        .unwrap();
+    assert_eq!(login.identity, ALICE);
+    assert_eq!(login.method, "token");
+    let service = cloud_service(&mut client, &session, "SN-1").await;
+    let name = within(20, "wait", wait(&mut client, &session, &service, 15.0))
+        .await
+        .unwrap();
+    assert_eq!(name, "cloud-service");
+    let out = show_version(&mut client, &session, &service).await.unwrap();
+    assert!(out.contains("Simulated Network OS"), "{out}");
+    // Alice's cloud identity is scoped to core-*.
+    let err = run_exec(
+        &mut client,
+        in_session(&session, &service),
+        &["edge-1"],
+        &["show version"],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("may not reach"), "{}", err.message());
+
+    let s = status(&broker).await;
+    let login = s
+        .logins
+        .iter()
+        .find(|l| l.identity == ALICE)
+        .expect("login listed");
+    assert_eq!((login.method.as_str(), login.sessions), ("token", 1));
+    assert!(
+        s.links
+            .iter()
+            .any(|l| l.transport == "relayed" && l.state == "up")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_forwards_only_ciphertext() {
+    let (relay, mut tap) = TestRelay::start_tapped().await;
+    let _svc = CloudService::start(&relay, "SN-E2E", &[]).await;
+    let broker = broker_for(&relay).await;
+    let mut client = broker.client().await;
+    let (session, _attach) = open_attached(&mut client).await;
+    token_login(&mut client, &session, &relay.token(ALICE))
+        .await
+        .unwrap();
+    let service = cloud_service(&mut client, &session, "SN-E2E").await;
+    wait(&mut client, &session, &service, 15.0).await.unwrap();
+    let command = "show running-config";
+    let out = run_exec(
+        &mut client,
+        in_session(&session, &service),
+        &["core-1"],
+        &[command],
+    )
+    .await
+    .unwrap();
+    let output = out[0].0.clone();
+    assert!(output.contains("hostname core-1"), "{output}");
+    let mut seen = Vec::new();
+    while let Ok(chunk) = tap.try_recv() {
+        seen.extend_from_slice(&chunk);
+    }
+    assert!(
+        seen.len() > output.len(),
+        "the relay forwarded {} bytes",
+        seen.len()
+    );
+    let contains = |needle: &[u8]| seen.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        !contains(command.as_bytes()),
+        "the command crossed the relay in the clear"
+    );
+    assert!(
+        !contains(b"hostname core-1"),
+        "the output crossed the relay in the clear"
+    );
+    assert!(
+        !contains(ALICE.as_bytes()),
+        "the assertion crossed the relay in the clear"
+    );
+}
+
+/// The prompt line `switchyard login sso` prints for scripts.
+async fn read_prompt(
+    child: &mut tokio::process::Child,
+) -> (
+    serde_json::Value,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = within(20, "SSO prompt", lines.next_line())
+        .await
+        .unwrap()
+        .expect("a prompt line");
+    (serde_json::from_str(&line).unwrap(), lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_share_one_sso_login_and_another_uid_cannot_use_it() {
+    let relay = TestRelay::start().await;
+    let _svc = CloudService::start(&relay, "SN-SSO", &[]).await;
+    let broker = broker_for(&relay).await;
+    let mut children = Vec::new();
+    for _ in 0..4 {
+        let mut cmd = broker.command();
+        cmd.args(["login", "sso", ALICE])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        children.push(cmd.spawn().unwrap());
+    }
+    let mut codes = Vec::new();
+    let mut outputs = Vec::new();
+    for child in &mut children {
+        let (prompt, lines) = read_prompt(child).await;
+        codes.push(prompt["user_code"].as_str().unwrap().to_string());
+        assert!(
+            prompt["verification_uri"]
+                .as_str()
+                .unwrap()
+                .starts_with(&relay.url())
+        );
+        outputs.push(lines);
+    }
+    assert!(
+        codes.iter().all(|c| c == &codes[0]),
+        "one prompt for all: {codes:?}"
+    );
+    assert_eq!(
+        relay.relay().grants_started(),
+        1,
+        "the relay saw one device grant"
+    );
+    let page = relay
+        .decide(&codes[0], ALICE, ALICE_SSO_PASSWORD, true)
+        .await;
+    assert!(page.contains("Approved"), "{page}");
+    for (child, lines) in children.iter_mut().zip(outputs.iter_mut()) {
+        let status = within(20, "login finishes", child.wait()).await.unwrap();
+        assert!(status.success());
+        let done = lines.next_line().await.unwrap().unwrap_or_default();
+        assert!(done.contains(&format!("as {ALICE} (sso)")), "{done}");
+    }
+    assert_eq!(relay.relay().grants_started(), 1);
+
+    // The login is this user's: a named cloud service works from the CLI...
+    let out = broker
+        .command()
+        .args(["connect", "cloud", "lab", "--serial", "SN-SSO"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = broker
+        .command()
+        .args(["exec", "lab", "core-1", "-c", "show clock"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // ...and another local user cannot use it.
+    if nix::unistd::geteuid().is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(broker.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::set_permissions(broker.dir.path(), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let out = tokio::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(common::switchyard_bin())
+            .args(["--socket"])
+            .arg(broker.socket())
+            .args(["connect", "cloud", "theirs", "--serial", "SN-SSO"])
+            .env("HOME", "/nonexistent")
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not logged in"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_denied_and_wrong_password_on_the_page() {
+    let relay = TestRelay::start().await;
+    let broker = broker_for(&relay).await;
+    let mut child = broker.command();
+    child
+        .args(["login", "sso", ALICE])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = child.spawn().unwrap();
+    let (prompt, _lines) = read_prompt(&mut child).await;
+    let code = prompt["user_code"].as_str().unwrap();
+    let page = relay.decide(code, ALICE, "not-the-password", true).await;
+    assert!(page.contains("Wrong email or password"), "{page}");
+    let page = relay.decide(code, CAROL, "carol-password", true).await;
+    assert!(
+        page.contains("this login is for alice@example.com"),
+        "{page}"
+    );
+    let page = relay.decide(code, ALICE, ALICE_SSO_PASSWORD, false).await;
+    assert!(page.contains("Denied"), "{page}");
+    let out = within(20, "login fails", child.wait_with_output())
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("denied"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sso_code_that_expires_fails_the_login() {
+    let relay = TestRelay::start_with(|c| c.device_flow.lifetime = Duration::from_secs(2)).await;
+    let broker = broker_for(&relay).await;
+    let mut client = broker.client().await;
+    let mut events = client
+        .sso_login(pb::SsoLoginRequest {
+            identity: ALICE.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = within(10, "prompt", events.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        first.event,
+        Some(pb::sso_login_event::Event::Prompt(_))
+    ));
+    let err = within(20, "expiry", events.message()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("expired"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_slows_down_clients_that_poll_too_fast() {
+    let relay = TestRelay::start_with(|c| c.device_flow.interval = Duration::from_secs(5)).await;
+    let roots = switchyard::tls::root_store(Some(&relay.ca_file())).unwrap();
+    let http = switchyard::tls::http_client(roots).unwrap();
+    let grant: serde_json::Value = http
+        .post(format!("{}/oauth/device_authorization", relay.url()))
+        .form(&[("client_id", "test")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let poll = || async {
+        http.post(format!("{}/oauth/token", relay.url()))
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("device_code", grant["device_code"].as_str().unwrap()),
+                ("client_id", "test"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    assert_eq!(poll().await["error"], "authorization_pending");
+    assert_eq!(poll().await["error"], "slow_down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_login_end_to_end_and_a_wrong_key_password() {
+    let relay = TestRelay::start().await;
+    let _svc = CloudService::start(&relay, "SN-CERT", &[]).await;
+    let broker = broker_for(&relay).await;
+    let mut client = broker.client().await;
+    token_login(&mut client, "", &relay.token(ALICE))
+        .await
+        .unwrap();
+    let enrolled = client
+        .enroll_client(pb::EnrollClientRequest {
+            key_password: "key-password".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(enrolled.identity, ALICE);
+    assert!(
+        !enrolled
+            .encrypted_key
+            .windows(11)
+            .any(|w| w == b"PRIVATE KEY")
+    );
+    let logged_out = client
+        .logout(pb::LogoutRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(logged_out.logged_out, 1);
+
+    let (session, _attach) = open_attached(&mut client).await;
+    let login = |password: &str| pb::CertificateLoginRequest {
+        session_id: session.clone(),
+        identity: ALICE.into(),
+        cert_pem: enrolled.cert_pem.clone(),
+        encrypted_key: enrolled.encrypted_key.clone(),
+        key_password: password.into(),
+        relay: None,
+    };
+    let err = client.certificate_login(login("wrong")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        err.message().contains("wrong key password"),
+        "{}",
+        err.message()
+    );
+    let ok = client
+        .certificate_login(login("key-password"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.method, "certificate");
+    let service = cloud_service(&mut client, &session, "SN-CERT").await;
+    wait(&mut client, &session, &service, 15.0).await.unwrap();
+    assert!(
+        show_version(&mut client, &session, &service)
+            .await
+            .unwrap()
+            .contains("Simulated")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_expired_and_revoked_tokens_are_refused_saying_which() {
+    let relay = TestRelay::start().await;
+    let broker = broker_for(&relay).await;
+    let mut client = broker.client().await;
+    let err = token_login(&mut client, "", "not-a-token")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("not valid"), "{}", err.message());
+
+    let (expired, _) = relay.token_until(ALICE, unix_now() - 10);
+    let err = token_login(&mut client, "", &expired).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("expired"), "{}", err.message());
+
+    let (revoked, id) = relay.token_until(ALICE, unix_now() + 3600);
+    relay.revoke(&id);
+    let err = token_login(&mut client, "", &revoked).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        err.message().contains(&format!("token {id} was revoked")),
+        "{}",
+        err.message()
+    );
+    assert!(
+        status(&broker).await.logins.is_empty(),
+        "refused logins are not kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_otps_work_once_and_expire() {
+    let relay = TestRelay::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut inv = common::service::make_inventory(&dir.path().join("inv.db"), &[]);
+    let enroll = |otp: String| switchyard::service::enroll::EnrollOptions {
+        relay_url: relay.url(),
+        otp: switchyard::secret::Secret::new(otp),
+        roots: switchyard::tls::root_store(Some(&relay.ca_file())).unwrap(),
+        advertise: None,
+    };
+    let otp = relay.otp("SN-OTP");
+    switchyard::service::enroll::enroll(&mut inv, enroll(otp.clone()))
+        .await
+        .unwrap();
+    let err = switchyard::service::enroll::enroll(&mut inv, enroll(otp))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already used"), "{err}");
+    let old = relay.otp_until("SN-OTP2", unix_now() - 1);
+    let err = switchyard::service::enroll::enroll(&mut inv, enroll(old))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+    let err = switchyard::service::enroll::enroll(&mut inv, enroll("made-up".into()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not valid"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_the_service_does_not_list_is_refused() {
+    let relay = TestRelay::start().await;
+    let _svc = CloudService::start(&relay, "SN-SCOPE", &[]).await;
+    let broker = broker_for(&relay).await;
+    let mut client = broker.client().await;
+    let (session, _attach) = open_attached(&mut client).await;
+    token_login(&mut client, &session, &relay.token(CAROL))
+        .await
+        .unwrap();
+    let service = cloud_service(&mut client, &session, "SN-SCOPE").await;
+    let err = wait(&mut client, &session, &service, 10.0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message()
+            .contains("carol@example.com is not a remote user"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_blocks_until_an_offline_service_comes_online() {
+    let relay = TestRelay::start().await;
+    let mut svc = CloudService::start(&relay, "SN-WAIT", &[]).await;
+    svc.stop().await;
+    let broker = broker_for(&relay).await;
+    let mut client = broker.client().await;
+    let (session, _attach) = open_attached(&mut client).await;
+    token_login(&mut client, &session, &relay.token(ALICE))
+        .await
+        .unwrap();
+    let service = cloud_service(&mut client, &session, "SN-WAIT").await;
+    let err = wait(&mut client, &session, &service, 1.0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message().contains("service SN-WAIT is offline"),
+        "{}",
+        err.message()
+    );
+    let waiting = {
+        let mut client = client.clone();
+        let (session, service) = (session.clone(), service.clone());
+        tokio::spawn(async move { wait(&mut client, &session, &service, 20.0).await })
+    };
+    svc.run();
+    let name = within(25, "wait", waiting).await.unwrap().unwrap();
+    assert_eq!(name, "cloud-service");
+    assert!(show_version(&mut client, &session, &service).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_restart_fails_calls_fast_and_everything_reconnects() {
+    let sshd = common::sshd::Sshd::start(10).await;
+    let mut slow = common::service::ssh_device("slow-1", sshd.port);
+    slow.username = Some(common::sshd::TEST_USER.into());
+    slow.password = Some(switchyard::secret::Secret::new(common::sshd::TEST_PASSWORD));
+    let mut relay = TestRelay::start().await;
+    let svc = CloudService::start(&relay, "SN-RST", &[slow]).await;
+    let broker = broker_for(&relay).await;
+    let mut client = broker.client().await;
+    let (session, _attach) = open_attached(&mut client).await;
+    token_login(&mut client, &session, &relay.token(ALICE))
+        .await
+        .unwrap();
+    let service = cloud_service(&mut client, &session, "SN-RST").await;
+    wait(&mut client, &session, &service, 15.0).await.unwrap();
+
+    let mut stream = client
+        .exec(pb::ExecRequest {
+            service: in_session(&session, &service),
+            devices: vec!["slow-1".into()],
+            commands: vec!["sleep 60; echo never".into()],
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The call is running at the service before the relay goes.
+    common::eventually(10, "exec running", || {
+        svc.server.as_ref().unwrap().running_requests() == 1
+    })
+    .await;
+    relay.stop().await;
+    let err = within(10, "in-flight call fails fast", async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the exec finished"),
+                Err(e) => return e,
+            }
+        }
+    })
+    .await;
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("SN-RST"), "{}", err.message());
+
+    relay.restart().await;
+    within(
+        20,
+        "service back online",
+        svc.agent
+            .as_ref()
+            .unwrap()
+            .wait_online(Duration::from_secs(20)),
+    )
+    .await;
+    wait(&mut client, &session, &service, 20.0).await.unwrap();
+    assert!(show_version(&mut client, &session, &service).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_survives_a_broker_restart() {
+    let relay = TestRelay::start().await;
+    let _svc = CloudService::start(&relay, "SN-KEEP", &[]).await;
+    let config = relay.broker_config(relay.dir.path());
+    let config = config.to_str().unwrap().to_string();
+    let state = tempfile::tempdir().unwrap();
+    let state_env = [(
+        "SWITCHYARD_BROKER__STATE_DIR",
+        state.path().to_str().unwrap(),
+    )];
+    let broker = TestBroker::start_with(&state_env, &["--config", &config])
+        .await
+        .0;
+    let mut client = broker.client().await;
+    let token = relay.token(ALICE);
+    token_login(&mut client, "", &token).await.unwrap();
+    drop(client);
+    drop(broker);
+    // The token is stored sealed, never in the clear.
+    for entry in std::fs::read_dir(state.path().join("logins")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(
+            !bytes
+                .windows(20)
+                .any(|w| token.as_bytes().windows(20).next() == Some(w))
+        );
+    }
+    let broker = TestBroker::start_with(&state_env, &["--config", &config])
+        .await
+        .0;
+    let s = status(&broker).await;
+    assert!(
+        s.logins
+            .iter()
+            .any(|l| l.identity == ALICE && l.method == "token"),
+        "{:?}",
+        s.logins
+    );
+    let mut client = broker.client().await;
+    let (session, _attach) = open_attached(&mut client).await;
+    let service = cloud_service(&mut client, &session, "SN-KEEP").await;
+    wait(&mut client, &session, &service, 15.0).await.unwrap();
+    assert!(show_version(&mut client, &session, &service).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_with_sso_skips_the_relay_for_data() {
+    let (relay, mut tap) = TestRelay::start_tapped().await;
+    let svc = CloudService::start(&relay, "SN-DSSO", &[]).await;
+    let broker = broker_for(&relay).await;
+    let mut client = broker.client().await;
+    let (session, _attach) = open_attached(&mut client).await;
+    token_login(&mut client, &session, &relay.token(ALICE))
+        .await
+        .unwrap();
+    let service = client
+        .service_direct_with_sso(pb::ServiceDirectWithSsoRequest {
+            session_id: session.clone(),
+            serial: "SN-DSSO".into(),
+            host: "127.0.0.1".into(),
+            port: svc.rpc_addr().port().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .service_id;
+    wait(&mut client, &session, &service, 15.0).await.unwrap();
+    assert!(
+        show_version(&mut client, &session, &service)
+            .await
+            .unwrap()
+            .contains("Simulated")
+    );
+    assert!(tap.try_recv().is_err(), "no tunnel was used");
+    let s = status(&broker).await;
+    assert!(
+        s.links
+            .iter()
+            .any(|l| l.transport == "direct-sso" && l.state == "up")
+    );
+}
