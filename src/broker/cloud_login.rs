@@ -60,6 +60,9 @@ impl LoginMethod {
     }
 }
 
+/// A client certificate (DER) and its PKCS#8 key.
+type ClientCert = (Vec<u8>, Zeroizing<Vec<u8>>);
+
 /// What identifies a login for sharing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LoginKey {
@@ -334,7 +337,7 @@ impl CloudLogin {
         }));
     }
 
-    fn hello(&self) -> Result<(RelayHello, Option<(Vec<u8>, Zeroizing<Vec<u8>>)>), CloudError> {
+    fn hello(&self) -> Result<(RelayHello, Option<ClientCert>), CloudError> {
         match &self.credential {
             None => Err(CloudError::NotLoggedIn {
                 relay: self.relay.url.clone(),

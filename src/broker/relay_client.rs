@@ -244,27 +244,23 @@ fn describe<RE: std::error::Error + 'static, T: oauth2::ErrorResponse + 'static>
     e: &oauth2::RequestTokenError<RE, T>,
 ) -> String {
     match e {
-        oauth2::RequestTokenError::ServerResponse(r) => {
-            let text = serde_json::to_value(r)
-                .ok()
-                .and_then(|v| {
-                    let code = v.get("error")?.as_str()?.to_string();
-                    let description = v
-                        .get("error_description")
-                        .and_then(|d| d.as_str())
-                        .unwrap_or("");
-                    Some(match code.as_str() {
-                        "access_denied" => "the login was denied in the browser".to_string(),
-                        "expired_token" => {
-                            "the login code expired before it was approved; log in again"
-                                .to_string()
-                        }
-                        _ => format!("{code}: {description}"),
-                    })
+        oauth2::RequestTokenError::ServerResponse(r) => serde_json::to_value(r)
+            .ok()
+            .and_then(|v| {
+                let code = v.get("error")?.as_str()?.to_string();
+                let description = v
+                    .get("error_description")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or("");
+                Some(match code.as_str() {
+                    "access_denied" => "the login was denied in the browser".to_string(),
+                    "expired_token" => {
+                        "the login code expired before it was approved; log in again".to_string()
+                    }
+                    _ => format!("{code}: {description}"),
                 })
-                .unwrap_or_else(|| "the relay refused".into());
-            text
-        }
+            })
+            .unwrap_or_else(|| "the relay refused".into()),
         other => other.to_string(),
     }
 }

@@ -83,7 +83,7 @@ pub async fn enroll(
         quic: answer.quic,
         serial: answer.serial.clone(),
         cert_der: decode("cert", &answer.cert)?,
-        key_der: key_der,
+        key_der,
         ca_der: decode("ca", &answer.ca)?,
         assertion_key: decode("assertion_key", &answer.assertion_key)?,
         issuer: answer.issuer,
