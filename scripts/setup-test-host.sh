@@ -13,6 +13,10 @@ command -v sshpass >/dev/null || need+=(sshpass)
 # systemd-socket-activate and systemd-analyze, for the systemd tests.
 command -v systemd-socket-activate >/dev/null || need+=(systemd)
 command -v curl >/dev/null || need+=(curl)
+# A real browser for the SSO approval page test (driven over WebDriver).
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -58,6 +58,10 @@ pub struct LoginRegistry {
     share_group: Option<u32>,
     store: Option<Arc<LoginStore>>,
     logins: HashMap<LoginKey, Addr<CloudLogin>>,
+    /// When each login was last made or renewed (a counter): with several
+    /// matching and no session preference, the latest wins.
+    recency: HashMap<LoginKey, u64>,
+    clock: u64,
     session_logins: HashMap<String, LoginKey>,
 }
 
@@ -79,6 +83,8 @@ impl LoginRegistry {
             share_group,
             store,
             logins: HashMap::new(),
+            recency: HashMap::new(),
+            clock: 0,
             session_logins: HashMap::new(),
         }
     }
@@ -138,6 +144,8 @@ impl LoginRegistry {
         relay: RelayInfo,
         credential: Option<Credential>,
     ) -> Addr<CloudLogin> {
+        self.clock += 1;
+        self.recency.insert(key.clone(), self.clock);
         if let Some(addr) = self.logins.get(&key).filter(|a| a.connected()) {
             return addr.clone();
         }
@@ -336,8 +344,8 @@ impl Handler<CredentialLogin> for LoginRegistry {
 
 use std::pin::Pin;
 
-/// The login a cloud request should use: the session's latest, else the
-/// only one this owner has (optionally narrowed by identity and relay).
+/// The login a cloud request should use: the session's latest, else this
+/// owner's most recent (optionally narrowed by identity and relay).
 #[derive(Message)]
 #[rtype(result = "Result<(LoginKey, Addr<CloudLogin>), BrokerError>")]
 pub struct FindLogin {
@@ -372,23 +380,17 @@ impl Handler<FindLogin> for LoginRegistry {
         {
             return Ok((key.clone(), addr.clone()));
         }
-        let mut candidates: Vec<_> = self
+        let latest = self
             .logins
             .iter()
             .filter(|(k, a)| matches(k) && a.connected())
-            .collect();
-        match candidates.len() {
-            0 => Err(BrokerError::Unauthenticated(match &msg.identity {
+            .max_by_key(|(k, _)| self.recency.get(*k).copied().unwrap_or(0));
+        match latest {
+            Some((k, a)) => Ok((k.clone(), a.clone())),
+            None => Err(BrokerError::Unauthenticated(match &msg.identity {
                 Some(i) => format!("not logged in as {i}; log in first (switchyard login ...)"),
                 None => "not logged in to a relay; log in first (switchyard login ...)".into(),
             })),
-            1 => {
-                let (k, a) = candidates.remove(0);
-                Ok((k.clone(), a.clone()))
-            }
-            _ => Err(BrokerError::InvalidArgument(
-                "several logins match; name the identity (and relay) to use".into(),
-            )),
         }
     }
 }
@@ -427,6 +429,7 @@ impl Handler<LogoutLogins> for LoginRegistry {
             .collect();
         let mut stopping = Vec::new();
         for key in &gone {
+            self.recency.remove(key);
             if let Some(addr) = self.logins.remove(key) {
                 stopping.push(addr);
             }

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ALICE_PW, ROOT
 
-from switchyard import ExecError, NotAvailableError, SwitchyardError
+from switchyard import ExecError, SwitchyardError
 from switchyard.sync import Client
 
 EXAMPLES = ROOT / "clients" / "python" / "examples"
@@ -64,10 +64,10 @@ def test_api_shape(broker, service):
             inventory["core-1"]._service._exec(["ghost"], "show version", None).wait(30)
         assert err.value.code == grpc.StatusCode.NOT_FOUND
 
-        with pytest.raises(NotAvailableError):
-            client.sso_login("someone@example.com")
-        with pytest.raises(NotAvailableError):
+        with pytest.raises(SwitchyardError) as err:
             client.service_cloud("SERIAL")
+        assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert "not logged in" in str(err.value)
 
 
 def test_wrong_password_is_a_clear_error(broker, service):

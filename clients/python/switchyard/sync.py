@@ -26,7 +26,7 @@ from typing import Optional, Sequence, Union
 
 import grpc
 
-from .errors import ExecError, NotAvailableError, SwitchyardError, from_rpc
+from .errors import ExecError, SwitchyardError, from_rpc
 from .v1 import broker_pb2 as pb
 from .v1 import broker_pb2_grpc as rpc
 
@@ -192,45 +192,207 @@ class Client:
         )
         return Service(self, reply.service_id, reply.service_name)
 
-    def _cloud(self, what: str):
-        raise NotAvailableError(
-            f"{what} is not available yet: this version of Switchyard has no cloud relay"
+    # -- cloud -----------------------------------------------------------
+    @staticmethod
+    def _relay(relay_url: Optional[str], domain: Optional[str]) -> pb.RelaySelector:
+        return pb.RelaySelector(relay_url=relay_url or "", domain=domain or "")
+
+    def sso_login(
+        self,
+        identity: str,
+        domain: Optional[str] = None,
+        relay_url: Optional[str] = None,
+        open_browser: bool = False,
+        timeout: Optional[float] = 600,
+        on_prompt=None,
+    ) -> "Login":
+        """Logs in to a relay with SSO. Prints the URL and code to open
+        (or calls ``on_prompt(prompt)``), optionally opens a browser, and
+        returns once the login was approved. Other processes of this local
+        user that log in to the same identity meanwhile share this prompt;
+        later ones get the login at once."""
+        request = pb.SsoLoginRequest(
+            session_id=self.session_id,
+            identity=identity,
+            relay=self._relay(relay_url, domain),
         )
+        try:
+            for event in self._stub.SsoLogin(request, timeout=timeout):
+                which = event.WhichOneof("event")
+                if which == "prompt":
+                    prompt = event.prompt
+                    url = prompt.verification_uri_complete or prompt.verification_uri
+                    if on_prompt is not None:
+                        on_prompt(prompt)
+                    else:
+                        print(
+                            f"To log in as {identity}, open {url} and check that it shows "
+                            f"the code {prompt.user_code}.",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                    if open_browser:
+                        import webbrowser
 
-    def sso_login(self, identity: str, domain: Optional[str] = None, **kw) -> None:
-        self._cloud("sso_login")
+                        webbrowser.open(url)
+                elif which == "logged_in":
+                    return Login(event.logged_in)
+        except grpc.RpcError as err:
+            raise from_rpc(err, self._socket) from None
+        raise SwitchyardError("the broker ended the SSO login without an outcome")
 
-    def certificate_login(self, identity: str, **kw) -> None:
-        self._cloud("certificate_login")
+    def certificate_login(
+        self,
+        identity: str,
+        password: Optional[str] = None,
+        domain: Optional[str] = None,
+        relay_url: Optional[str] = None,
+        cert_dir: Optional[str] = None,
+    ) -> "Login":
+        """Logs in with the client certificate ``switchyard enroll client``
+        saved (``cert.pem`` and ``key.enc`` in ``cert_dir``, by default
+        under the config directory for this relay and identity)."""
+        if cert_dir is None:
+            if not relay_url:
+                raise SwitchyardError("certificate_login needs relay_url= or cert_dir=")
+            cert_dir = str(default_cert_dir(relay_url, identity))
+        folder = Path(cert_dir)
+        if password is None:
+            password = getpass.getpass(f"Password for the key of {identity}: ")
+        reply = self._call(
+            "CertificateLogin",
+            pb.CertificateLoginRequest(
+                session_id=self.session_id,
+                identity=identity,
+                relay=self._relay(relay_url, domain),
+                cert_pem=(folder / "cert.pem").read_text(),
+                encrypted_key=(folder / "key.enc").read_bytes(),
+                key_password=password,
+            ),
+        )
+        return Login(reply)
 
-    def access_token_login(self, token: str, **kw) -> None:
-        self._cloud("access_token_login")
+    def access_token_login(
+        self, token: str, domain: Optional[str] = None, relay_url: Optional[str] = None
+    ) -> "Login":
+        """Logs in with an access token."""
+        reply = self._call(
+            "AccessTokenLogin",
+            pb.AccessTokenLoginRequest(
+                session_id=self.session_id, token=token, relay=self._relay(relay_url, domain)
+            ),
+        )
+        return Login(reply)
 
-    def service_cloud(self, serial: str, **kw) -> "Service":
-        self._cloud("service_cloud")
+    def logout(
+        self, identity: Optional[str] = None, domain: Optional[str] = None, relay_url: Optional[str] = None
+    ) -> int:
+        """Ends this local user's cloud logins (all, or those matching);
+        returns how many ended."""
+        reply = self._call(
+            "Logout",
+            pb.LogoutRequest(identity=identity or "", relay=self._relay(relay_url, domain)),
+        )
+        return reply.logged_out
 
-    def service_direct_with_sso(self, serial: str, **kw) -> "Service":
-        self._cloud("service_direct_with_sso")
+    def service_cloud(
+        self, serial: str, e2ee_fingerprint: Optional[str] = None, identity: Optional[str] = None
+    ) -> "Service":
+        """A service reached through the relay by its serial. Returns at
+        once; call ``.wait()`` to block until it is reachable."""
+        reply = self._call(
+            "ServiceCloud",
+            pb.ServiceCloudRequest(
+                session_id=self.session_id,
+                serial=serial,
+                e2ee_fingerprint=e2ee_fingerprint or "",
+                identity=identity or "",
+            ),
+        )
+        return Service(self, reply.service_id, reply.service_name, cloud=True)
+
+    def service_direct_with_sso(
+        self,
+        serial: str,
+        host: Optional[str] = None,
+        port: int = 8181,
+        e2ee_fingerprint: Optional[str] = None,
+        identity: Optional[str] = None,
+    ) -> "Service":
+        """A service reached directly (``host``, else the address it
+        advertises), authenticated with the SSO login instead of a
+        password. Call ``.wait()`` before use."""
+        reply = self._call(
+            "ServiceDirectWithSso",
+            pb.ServiceDirectWithSsoRequest(
+                session_id=self.session_id,
+                serial=serial,
+                host=host or "",
+                port=port if host else 0,
+                e2ee_fingerprint=e2ee_fingerprint or "",
+                identity=identity or "",
+            ),
+        )
+        return Service(self, reply.service_id, reply.service_name, cloud=True)
 
     def status(self) -> pb.StatusResponse:
         """The broker's view of this local user (sessions, links)."""
         return self._call("Status", pb.StatusRequest())
 
 
+class Login:
+    """A cloud login the broker holds for this local user."""
+
+    def __init__(self, reply: pb.LoginResponse) -> None:
+        self.identity = reply.identity
+        self.relay_url = reply.relay_url
+        self.method = reply.method
+        self.expires_unix = reply.expires_unix
+
+    def __repr__(self) -> str:
+        return f"<Login {self.identity} at {self.relay_url} ({self.method})>"
+
+
+def default_cert_dir(relay_url: str, identity: str) -> Path:
+    """Where ``switchyard enroll client`` saves a client certificate."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(relay_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    relay = f"{parts.hostname}_{port}"
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+
+    def safe(text: str) -> str:
+        return text.replace("/", "_").replace("\\", "_").replace(":", "_")
+
+    return base / "switchyard" / "certs" / safe(relay) / safe(identity)
+
+
 class Service:
     """A service reached through the broker."""
 
-    def __init__(self, client: Client, service_id: str, name: str) -> None:
+    def __init__(self, client: Client, service_id: str, name: str, cloud: bool = False) -> None:
         self._client = client
         self._id = service_id
         self.name = name
+        self._cloud = cloud
 
     def __repr__(self) -> str:
         return f"<Service {self.name!r}>"
 
     def wait(self, timeout: Optional[float] = None) -> "Service":
-        """Direct and integrated services are ready on return; for symmetry
-        with ``service_cloud(...).wait()``."""
+        """Blocks until the service is reachable (cloud services), raising
+        an error that names the service when it stays offline. Direct and
+        integrated services are ready on return already."""
+        if not self._cloud:
+            return self
+        limit = 30.0 if timeout is None else float(timeout)
+        reply = self._client._call(
+            "Wait",
+            pb.WaitRequest(service=self._ref(), timeout_secs=limit),
+            timeout=limit + 10,
+        )
+        self.name = reply.service_name or self.name
         return self
 
     def _ref(self) -> pb.ServiceRef:

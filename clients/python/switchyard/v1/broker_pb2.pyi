@@ -256,16 +256,36 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("sessions", "named_services", "links", "version")
+    __slots__ = ("sessions", "named_services", "links", "version", "logins")
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     NAMED_SERVICES_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    LOGINS_FIELD_NUMBER: _ClassVar[int]
     sessions: _containers.RepeatedCompositeFieldContainer[SessionStatus]
     named_services: _containers.RepeatedCompositeFieldContainer[NamedServiceStatus]
     links: _containers.RepeatedCompositeFieldContainer[LinkStatus]
     version: str
-    def __init__(self, sessions: _Optional[_Iterable[_Union[SessionStatus, _Mapping]]] = ..., named_services: _Optional[_Iterable[_Union[NamedServiceStatus, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkStatus, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
+    logins: _containers.RepeatedCompositeFieldContainer[LoginStatus]
+    def __init__(self, sessions: _Optional[_Iterable[_Union[SessionStatus, _Mapping]]] = ..., named_services: _Optional[_Iterable[_Union[NamedServiceStatus, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkStatus, _Mapping]]] = ..., version: _Optional[str] = ..., logins: _Optional[_Iterable[_Union[LoginStatus, _Mapping]]] = ...) -> None: ...
+
+class LoginStatus(_message.Message):
+    __slots__ = ("identity", "relay_url", "method", "state", "expires_unix", "sessions", "connected")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    RELAY_URL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    relay_url: str
+    method: str
+    state: str
+    expires_unix: int
+    sessions: int
+    connected: bool
+    def __init__(self, identity: _Optional[str] = ..., relay_url: _Optional[str] = ..., method: _Optional[str] = ..., state: _Optional[str] = ..., expires_unix: _Optional[int] = ..., sessions: _Optional[int] = ..., connected: _Optional[bool] = ...) -> None: ...
 
 class SessionStatus(_message.Message):
     __slots__ = ("session_id", "client_name", "pid", "services", "in_flight")
@@ -314,3 +334,199 @@ class LinkStatus(_message.Message):
     last_error: str
     fingerprint: str
     def __init__(self, link_id: _Optional[str] = ..., target: _Optional[str] = ..., principal: _Optional[str] = ..., transport: _Optional[str] = ..., state: _Optional[str] = ..., holders: _Optional[int] = ..., in_flight: _Optional[int] = ..., connects: _Optional[int] = ..., last_error: _Optional[str] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+
+class RelaySelector(_message.Message):
+    __slots__ = ("relay_url", "domain")
+    RELAY_URL_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    relay_url: str
+    domain: str
+    def __init__(self, relay_url: _Optional[str] = ..., domain: _Optional[str] = ...) -> None: ...
+
+class SsoLoginRequest(_message.Message):
+    __slots__ = ("session_id", "identity", "relay")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    RELAY_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    identity: str
+    relay: RelaySelector
+    def __init__(self, session_id: _Optional[str] = ..., identity: _Optional[str] = ..., relay: _Optional[_Union[RelaySelector, _Mapping]] = ...) -> None: ...
+
+class SsoLoginEvent(_message.Message):
+    __slots__ = ("prompt", "logged_in")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    LOGGED_IN_FIELD_NUMBER: _ClassVar[int]
+    prompt: SsoPrompt
+    logged_in: LoginResponse
+    def __init__(self, prompt: _Optional[_Union[SsoPrompt, _Mapping]] = ..., logged_in: _Optional[_Union[LoginResponse, _Mapping]] = ...) -> None: ...
+
+class SsoPrompt(_message.Message):
+    __slots__ = ("verification_uri", "verification_uri_complete", "user_code", "expires_in_secs")
+    VERIFICATION_URI_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_URI_COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    USER_CODE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_SECS_FIELD_NUMBER: _ClassVar[int]
+    verification_uri: str
+    verification_uri_complete: str
+    user_code: str
+    expires_in_secs: int
+    def __init__(self, verification_uri: _Optional[str] = ..., verification_uri_complete: _Optional[str] = ..., user_code: _Optional[str] = ..., expires_in_secs: _Optional[int] = ...) -> None: ...
+
+class LoginResponse(_message.Message):
+    __slots__ = ("identity", "relay_url", "method", "expires_unix")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    RELAY_URL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    relay_url: str
+    method: str
+    expires_unix: int
+    def __init__(self, identity: _Optional[str] = ..., relay_url: _Optional[str] = ..., method: _Optional[str] = ..., expires_unix: _Optional[int] = ...) -> None: ...
+
+class CertificateLoginRequest(_message.Message):
+    __slots__ = ("session_id", "identity", "relay", "cert_pem", "encrypted_key", "key_password")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    RELAY_FIELD_NUMBER: _ClassVar[int]
+    CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_KEY_FIELD_NUMBER: _ClassVar[int]
+    KEY_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    identity: str
+    relay: RelaySelector
+    cert_pem: str
+    encrypted_key: bytes
+    key_password: str
+    def __init__(self, session_id: _Optional[str] = ..., identity: _Optional[str] = ..., relay: _Optional[_Union[RelaySelector, _Mapping]] = ..., cert_pem: _Optional[str] = ..., encrypted_key: _Optional[bytes] = ..., key_password: _Optional[str] = ...) -> None: ...
+
+class AccessTokenLoginRequest(_message.Message):
+    __slots__ = ("session_id", "token", "relay")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RELAY_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    token: str
+    relay: RelaySelector
+    def __init__(self, session_id: _Optional[str] = ..., token: _Optional[str] = ..., relay: _Optional[_Union[RelaySelector, _Mapping]] = ...) -> None: ...
+
+class LogoutRequest(_message.Message):
+    __slots__ = ("identity", "relay")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    RELAY_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    relay: RelaySelector
+    def __init__(self, identity: _Optional[str] = ..., relay: _Optional[_Union[RelaySelector, _Mapping]] = ...) -> None: ...
+
+class LogoutResponse(_message.Message):
+    __slots__ = ("logged_out",)
+    LOGGED_OUT_FIELD_NUMBER: _ClassVar[int]
+    logged_out: int
+    def __init__(self, logged_out: _Optional[int] = ...) -> None: ...
+
+class EnrollClientRequest(_message.Message):
+    __slots__ = ("session_id", "identity", "key_password")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    KEY_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    identity: str
+    key_password: str
+    def __init__(self, session_id: _Optional[str] = ..., identity: _Optional[str] = ..., key_password: _Optional[str] = ...) -> None: ...
+
+class EnrollClientResponse(_message.Message):
+    __slots__ = ("identity", "relay_url", "cert_pem", "encrypted_key")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    RELAY_URL_FIELD_NUMBER: _ClassVar[int]
+    CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_KEY_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    relay_url: str
+    cert_pem: str
+    encrypted_key: bytes
+    def __init__(self, identity: _Optional[str] = ..., relay_url: _Optional[str] = ..., cert_pem: _Optional[str] = ..., encrypted_key: _Optional[bytes] = ...) -> None: ...
+
+class CreateServiceOtpRequest(_message.Message):
+    __slots__ = ("session_id", "identity", "serial")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    identity: str
+    serial: str
+    def __init__(self, session_id: _Optional[str] = ..., identity: _Optional[str] = ..., serial: _Optional[str] = ...) -> None: ...
+
+class CreateServiceOtpResponse(_message.Message):
+    __slots__ = ("otp", "expires_unix")
+    OTP_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    otp: str
+    expires_unix: int
+    def __init__(self, otp: _Optional[str] = ..., expires_unix: _Optional[int] = ...) -> None: ...
+
+class CreateAccessTokenRequest(_message.Message):
+    __slots__ = ("session_id", "identity", "lifetime_secs")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    LIFETIME_SECS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    identity: str
+    lifetime_secs: int
+    def __init__(self, session_id: _Optional[str] = ..., identity: _Optional[str] = ..., lifetime_secs: _Optional[int] = ...) -> None: ...
+
+class CreateAccessTokenResponse(_message.Message):
+    __slots__ = ("id", "token", "expires_unix")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    token: str
+    expires_unix: int
+    def __init__(self, id: _Optional[str] = ..., token: _Optional[str] = ..., expires_unix: _Optional[int] = ...) -> None: ...
+
+class ServiceCloudRequest(_message.Message):
+    __slots__ = ("session_id", "name", "serial", "e2ee_fingerprint", "identity")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    E2EE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    name: str
+    serial: str
+    e2ee_fingerprint: str
+    identity: str
+    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., serial: _Optional[str] = ..., e2ee_fingerprint: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
+
+class ServiceDirectWithSsoRequest(_message.Message):
+    __slots__ = ("session_id", "name", "serial", "host", "port", "e2ee_fingerprint", "identity")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    E2EE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    name: str
+    serial: str
+    host: str
+    port: int
+    e2ee_fingerprint: str
+    identity: str
+    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., serial: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., e2ee_fingerprint: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
+
+class WaitRequest(_message.Message):
+    __slots__ = ("service", "timeout_secs")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECS_FIELD_NUMBER: _ClassVar[int]
+    service: ServiceRef
+    timeout_secs: float
+    def __init__(self, service: _Optional[_Union[ServiceRef, _Mapping]] = ..., timeout_secs: _Optional[float] = ...) -> None: ...
+
+class WaitResponse(_message.Message):
+    __slots__ = ("service_name",)
+    SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    service_name: str
+    def __init__(self, service_name: _Optional[str] = ...) -> None: ...

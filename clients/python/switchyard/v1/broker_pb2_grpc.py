@@ -86,6 +86,56 @@ class BrokerStub:
                 request_serializer=switchyard_dot_v1_dot_broker__pb2.StatusRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_broker__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.SsoLogin = channel.unary_stream(
+                '/switchyard.v1.Broker/SsoLogin',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.SsoLoginRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.SsoLoginEvent.FromString,
+                _registered_method=True)
+        self.CertificateLogin = channel.unary_unary(
+                '/switchyard.v1.Broker/CertificateLogin',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.CertificateLoginRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.LoginResponse.FromString,
+                _registered_method=True)
+        self.AccessTokenLogin = channel.unary_unary(
+                '/switchyard.v1.Broker/AccessTokenLogin',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.AccessTokenLoginRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.LoginResponse.FromString,
+                _registered_method=True)
+        self.Logout = channel.unary_unary(
+                '/switchyard.v1.Broker/Logout',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.LogoutRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.LogoutResponse.FromString,
+                _registered_method=True)
+        self.EnrollClient = channel.unary_unary(
+                '/switchyard.v1.Broker/EnrollClient',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.EnrollClientRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.EnrollClientResponse.FromString,
+                _registered_method=True)
+        self.CreateServiceOtp = channel.unary_unary(
+                '/switchyard.v1.Broker/CreateServiceOtp',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.CreateServiceOtpRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.CreateServiceOtpResponse.FromString,
+                _registered_method=True)
+        self.CreateAccessToken = channel.unary_unary(
+                '/switchyard.v1.Broker/CreateAccessToken',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.CreateAccessTokenRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.CreateAccessTokenResponse.FromString,
+                _registered_method=True)
+        self.ServiceCloud = channel.unary_unary(
+                '/switchyard.v1.Broker/ServiceCloud',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.ServiceCloudRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.ServiceResponse.FromString,
+                _registered_method=True)
+        self.ServiceDirectWithSso = channel.unary_unary(
+                '/switchyard.v1.Broker/ServiceDirectWithSso',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.ServiceDirectWithSsoRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.ServiceResponse.FromString,
+                _registered_method=True)
+        self.Wait = channel.unary_unary(
+                '/switchyard.v1.Broker/Wait',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.WaitRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.WaitResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServicer:
@@ -174,6 +224,82 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SsoLogin(self, request, context):
+        """Log in to a relay with SSO (OAuth 2.0 device grant). Streams the URL
+        and code to show the person, then the outcome. Sessions of one local
+        user asking for the same login at once share one prompt and result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CertificateLogin(self, request, context):
+        """Log in with a client certificate the relay issued (`EnrollClient`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AccessTokenLogin(self, request, context):
+        """Log in with an access token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Logout(self, request, context):
+        """Forget matching logins of this local user (and their stored copies).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnrollClient(self, request, context):
+        """Have the relay issue a client certificate for the logged-in identity.
+        The key is made in the broker and returned encrypted under
+        `key_password`; the relay only ever sees the public key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateServiceOtp(self, request, context):
+        """A one-time password that enrolls a service with the relay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAccessToken(self, request, context):
+        """A long-lived access token for the SSO-logged-in identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ServiceCloud(self, request, context):
+        """A service reached through the relay by its serial. Returns at once;
+        use Wait to block until the service is reachable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ServiceDirectWithSso(self, request, context):
+        """A service reached directly, authenticated with the cloud login
+        (the relay vouches for the caller; no service password).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Wait(self, request, context):
+        """Block until a service handle's link is up, or the timeout passes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -226,6 +352,56 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=switchyard_dot_v1_dot_broker__pb2.StatusRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_broker__pb2.StatusResponse.SerializeToString,
+            ),
+            'SsoLogin': grpc.unary_stream_rpc_method_handler(
+                    servicer.SsoLogin,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.SsoLoginRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.SsoLoginEvent.SerializeToString,
+            ),
+            'CertificateLogin': grpc.unary_unary_rpc_method_handler(
+                    servicer.CertificateLogin,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.CertificateLoginRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.LoginResponse.SerializeToString,
+            ),
+            'AccessTokenLogin': grpc.unary_unary_rpc_method_handler(
+                    servicer.AccessTokenLogin,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.AccessTokenLoginRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.LoginResponse.SerializeToString,
+            ),
+            'Logout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Logout,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.LogoutRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.LogoutResponse.SerializeToString,
+            ),
+            'EnrollClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnrollClient,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.EnrollClientRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.EnrollClientResponse.SerializeToString,
+            ),
+            'CreateServiceOtp': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateServiceOtp,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.CreateServiceOtpRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.CreateServiceOtpResponse.SerializeToString,
+            ),
+            'CreateAccessToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAccessToken,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.CreateAccessTokenRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.CreateAccessTokenResponse.SerializeToString,
+            ),
+            'ServiceCloud': grpc.unary_unary_rpc_method_handler(
+                    servicer.ServiceCloud,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.ServiceCloudRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.ServiceResponse.SerializeToString,
+            ),
+            'ServiceDirectWithSso': grpc.unary_unary_rpc_method_handler(
+                    servicer.ServiceDirectWithSso,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.ServiceDirectWithSsoRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.ServiceResponse.SerializeToString,
+            ),
+            'Wait': grpc.unary_unary_rpc_method_handler(
+                    servicer.Wait,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.WaitRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.WaitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -500,6 +676,276 @@ class Broker:
             '/switchyard.v1.Broker/Status',
             switchyard_dot_v1_dot_broker__pb2.StatusRequest.SerializeToString,
             switchyard_dot_v1_dot_broker__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SsoLogin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/switchyard.v1.Broker/SsoLogin',
+            switchyard_dot_v1_dot_broker__pb2.SsoLoginRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.SsoLoginEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CertificateLogin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Broker/CertificateLogin',
+            switchyard_dot_v1_dot_broker__pb2.CertificateLoginRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.LoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AccessTokenLogin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Broker/AccessTokenLogin',
+            switchyard_dot_v1_dot_broker__pb2.AccessTokenLoginRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.LoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Broker/Logout',
+            switchyard_dot_v1_dot_broker__pb2.LogoutRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.LogoutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnrollClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Broker/EnrollClient',
+            switchyard_dot_v1_dot_broker__pb2.EnrollClientRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.EnrollClientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateServiceOtp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Broker/CreateServiceOtp',
+            switchyard_dot_v1_dot_broker__pb2.CreateServiceOtpRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.CreateServiceOtpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAccessToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Broker/CreateAccessToken',
+            switchyard_dot_v1_dot_broker__pb2.CreateAccessTokenRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.CreateAccessTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ServiceCloud(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Broker/ServiceCloud',
+            switchyard_dot_v1_dot_broker__pb2.ServiceCloudRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.ServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ServiceDirectWithSso(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Broker/ServiceDirectWithSso',
+            switchyard_dot_v1_dot_broker__pb2.ServiceDirectWithSsoRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.ServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Wait(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Broker/Wait',
+            switchyard_dot_v1_dot_broker__pb2.WaitRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.WaitResponse.FromString,
             options,
             channel_credentials,
             insecure,
