@@ -1,0 +1,556 @@
+//! Cloud benchmarks: relayed vs direct exec latency, and bulk throughput
+//! through the relay with end-to-end encryption beside raw quinn and an
+//! OpenSSH ControlMaster connection carrying the same bytes.
+//!
+//! Run: `cargo bench --bench cloud [-- --samples N --bulk-mb M]`.
+//! Everything is on loopback: the relay and an enrolled service (in this
+//! process), the real broker binary, the in-process simulator device, and
+//! for the OpenSSH row a private `sshd` started here. Results print as a
+//! table and go to `target/bench-cloud.json`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use switchyard::api::pb::{self, broker_client::BrokerClient};
+use switchyard::relay::{Relay, RelayConfig, state};
+use switchyard::secret::Secret;
+use switchyard::service::drivers::Drivers;
+use switchyard::service::drivers::ssh::SshDriverConfig;
+use switchyard::service::enroll::{EnrollOptions, enroll};
+use switchyard::service::inventory::{
+    DeviceScope, DriverKind, Inventory, NewDevice, NewRemoteUser,
+};
+use switchyard::service::ops::ServiceOps;
+use switchyard::service::relay_agent::RelayAgent;
+use switchyard::service::rpc::{RpcConfig, RpcServer};
+use switchyard::service::seal::KdfParams;
+use switchyard::wire::conn::{TransportLimits, client_config, client_endpoint, server_endpoint};
+use switchyard::wire::pin::{Fingerprint, PinnedServerVerifier};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tonic::transport::Channel;
+
+const IDENTITY: &str = "bench@example.com";
+const PASSWORD: &str = "bench-password";
+
+struct Options {
+    samples: usize,
+    bulk_mb: usize,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        samples: 1000,
+        bulk_mb: 1024,
+    };
+    let args: Vec<String> = std::env::args().collect();
+    for pair in args.windows(2) {
+        match (pair[0].as_str(), pair[1].parse().ok()) {
+            ("--samples", Some(v)) => o.samples = v,
+            ("--bulk-mb", Some(v)) => o.bulk_mb = v,
+            _ => {}
+        }
+    }
+    o
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Latency {
+    name: String,
+    n: usize,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+}
+
+fn latency(name: &str, mut v: Vec<Duration>) -> Latency {
+    v.sort();
+    let pick = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e6;
+    Latency {
+        name: name.into(),
+        n: v.len(),
+        p50_us: pick(0.5),
+        p90_us: pick(0.9),
+        p99_us: pick(0.99),
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Throughput {
+    name: String,
+    bytes: usize,
+    seconds: f64,
+    mb_per_s: f64,
+}
+
+fn throughput(name: &str, bytes: usize, elapsed: Duration) -> Throughput {
+    let seconds = elapsed.as_secs_f64();
+    Throughput {
+        name: name.into(),
+        bytes,
+        seconds,
+        mb_per_s: bytes as f64 / seconds / 1e6,
+    }
+}
+
+struct Cloud {
+    _dir: tempfile::TempDir,
+    _relay: Relay,
+    _server: RpcServer,
+    _agent: RelayAgent,
+    rpc_port: u16,
+    relay_url: String,
+    ca: PathBuf,
+    token: String,
+}
+
+/// A relay, and a service enrolled with it (simulator device `sim-1`,
+/// remote users `bench` (password) and the cloud identity).
+async fn start_cloud(bulk_bytes: usize) -> Cloud {
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("relay");
+    state::init(&state_dir, &["127.0.0.1".into()]).unwrap();
+    let loaded = state::load(&state_dir).unwrap();
+    loaded.store.add_user(IDENTITY, &Secret::new("x")).unwrap();
+    let token = loaded
+        .issue_api_token(IDENTITY, switchyard::relay::unix_now() + 86400)
+        .unwrap()
+        .1;
+    loaded
+        .store
+        .add_otp(
+            &Secret::new("bench-otp"),
+            "SN-BENCH",
+            IDENTITY,
+            switchyard::relay::unix_now() + 600,
+        )
+        .unwrap();
+    let relay = Relay::start(
+        loaded,
+        RelayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let relay_url = format!("https://127.0.0.1:{}", relay.http_addr().port());
+    let ca = state_dir.join("ca.pem");
+
+    let cheap = KdfParams {
+        memory_kib: 256,
+        iterations: 1,
+        parallelism: 1,
+    };
+    let mut inv =
+        Inventory::init_with(&dir.path().join("inv.db"), &Secret::new("admin"), cheap).unwrap();
+    inv.add_device(&NewDevice {
+        name: "sim-1".into(),
+        host: "simulated".into(),
+        port: 22,
+        device_type: "IOS-XE".into(),
+        driver: DriverKind::Simulator,
+        attributes: Default::default(),
+        username: None,
+        password: None,
+        private_key: None,
+    })
+    .unwrap();
+    for (name, password, cloud) in [("bench", Some(PASSWORD), false), (IDENTITY, None, true)] {
+        inv.add_user(&NewRemoteUser {
+            name: name.into(),
+            password: password.map(Secret::new),
+            devices: DeviceScope::all(),
+            enabled: true,
+            cloud,
+        })
+        .unwrap();
+    }
+    enroll(
+        &mut inv,
+        EnrollOptions {
+            relay_url: relay_url.clone(),
+            otp: Secret::new("bench-otp"),
+            roots: switchyard::tls::root_store(Some(&ca)).unwrap(),
+            advertise: None,
+        },
+    )
+    .await
+    .unwrap();
+    let identity = inv.tls_identity().unwrap();
+    let enrollment = inv.relay_enrollment().unwrap().unwrap();
+    let drivers = Drivers::new(SshDriverConfig {
+        max_output_bytes: bulk_bytes as u64 + 1024,
+        ..Default::default()
+    });
+    let ops = ServiceOps::new("bench", inv, drivers);
+    let server = RpcServer::start(
+        ops,
+        identity,
+        RpcConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let agent =
+        RelayAgent::start(enrollment, server.tunnel_acceptor(), Default::default()).unwrap();
+    assert!(agent.wait_online(Duration::from_secs(10)).await);
+    Cloud {
+        rpc_port: server.local_addr().port(),
+        _dir: dir,
+        _relay: relay,
+        _server: server,
+        _agent: agent,
+        relay_url,
+        ca,
+        token,
+    }
+}
+
+async fn start_broker(dir: &Path, cloud: &Cloud) -> (tokio::process::Child, PathBuf) {
+    let socket = dir.join("broker.sock");
+    let config = dir.join("broker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[domains.bench]\nurl = \"{}\"\nca_file = \"{}\"\ndefault = true\n",
+            cloud.relay_url,
+            cloud.ca.display()
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--config")
+        .arg(&config)
+        .arg("broker")
+        .arg("--socket")
+        .arg(&socket)
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, socket)
+}
+
+fn exec(name: &str, command: &str) -> pb::ExecRequest {
+    pb::ExecRequest {
+        service: Some(pb::ServiceRef {
+            name: name.into(),
+            ..Default::default()
+        }),
+        devices: vec!["sim-1".into()],
+        commands: vec![command.into()],
+        timeout_ms: 0,
+    }
+}
+
+/// Runs one exec; returns output bytes and the time from the first output
+/// byte to the end (the transfer, without the command's own start-up).
+async fn run(client: &mut BrokerClient<Channel>, req: pb::ExecRequest) -> (usize, Duration) {
+    let mut s = client.exec(req).await.unwrap().into_inner();
+    let mut bytes = 0;
+    let mut first = None;
+    while let Some(ev) = s.message().await.unwrap() {
+        let n = match ev.event {
+            Some(pb::exec_event::Event::Output(o)) => o.data.len(),
+            Some(pb::exec_event::Event::DeviceResult(r)) => {
+                assert!(r.error.is_empty(), "{}", r.error);
+                r.commands.iter().map(|c| c.output.len()).sum()
+            }
+            _ => 0,
+        };
+        if n > 0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        bytes += n;
+    }
+    (bytes, first.map(|t| t.elapsed()).unwrap_or_default())
+}
+
+async fn exec_latency(
+    client: &mut BrokerClient<Channel>,
+    name: &str,
+    label: &str,
+    samples: usize,
+) -> Latency {
+    for _ in 0..200 {
+        run(client, exec(name, "show clock")).await;
+    }
+    let mut v = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        run(client, exec(name, "show clock")).await;
+        v.push(t.elapsed());
+    }
+    latency(label, v)
+}
+
+/// One quinn connection, one stream, `bytes` from server to client.
+async fn raw_quinn(bytes: usize) -> Throughput {
+    let certified = rcgen::generate_simple_self_signed(vec!["bench".into()]).unwrap();
+    let cert = certified.cert.der().to_vec();
+    let fp = Fingerprint::of(&cert);
+    let limits = TransportLimits::default();
+    let server = server_endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        cert,
+        &certified.signing_key.serialize_der(),
+        &limits,
+    )
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let sender = tokio::spawn(async move {
+        let conn = server.accept().await.unwrap().await.unwrap();
+        let (mut send, _recv) = conn.accept_bi().await.unwrap();
+        let chunk = Bytes::from(vec![0u8; 256 * 1024]);
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            send.write_chunk(chunk.slice(..n)).await.unwrap();
+            left -= n;
+        }
+        send.finish().unwrap();
+        let _ = send.stopped().await;
+        conn.closed().await;
+    });
+    let endpoint = client_endpoint(addr).unwrap();
+    let conn = endpoint
+        .connect_with(
+            client_config(PinnedServerVerifier::new(Some(fp)), &limits).unwrap(),
+            addr,
+            "bench",
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(b"go").await.unwrap();
+    let mut got = 0;
+    let mut first = None;
+    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await.unwrap() {
+        first.get_or_insert_with(Instant::now);
+        got += chunk.bytes.len();
+    }
+    let elapsed = first.map(|t| t.elapsed()).unwrap_or_default();
+    conn.close(0u32.into(), b"done");
+    let _ = sender.await;
+    throughput("raw quinn, one connection", got, elapsed)
+}
+
+/// `bytes` through one shared OpenSSH ControlMaster connection to a
+/// private sshd (None when OpenSSH is not installed).
+async fn openssh_control_master(dir: &Path, bytes: usize) -> Option<Throughput> {
+    let sshd = Path::new("/usr/sbin/sshd");
+    if !sshd.exists() || which("ssh").is_none() {
+        return None;
+    }
+    let keygen = |path: &Path| {
+        std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(path)
+            .status()
+            .unwrap()
+    };
+    keygen(&dir.join("host_key"));
+    keygen(&dir.join("client_key"));
+    std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
+             StrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\nSetEnv HOME={}\n",
+            dir.join("host_key").display(),
+            dir.join("authorized_keys").display(),
+            dir.join("sshd.pid").display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let mut daemon = tokio::process::Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let control = dir.join("ctl");
+    let ssh = |extra: &[&str]| {
+        let mut c = tokio::process::Command::new("ssh");
+        c.args(["-p", &port.to_string(), "-i"])
+            .arg(dir.join("client_key"))
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-S",
+            ])
+            .arg(&control)
+            .args(extra)
+            .arg(format!("{user}@127.0.0.1"));
+        c
+    };
+    // The master: retried until sshd listens (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = ssh(&["-M", "-o", "ControlPersist=60", "-f", "-N"])
+            .status()
+            .await
+            .ok()?
+            .success();
+        if ok {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = daemon.kill().await;
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut child = ssh(&[])
+        .arg(format!("head -c {bytes} /dev/zero"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut out = child.stdout.take()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0;
+    let mut first = None;
+    loop {
+        let n = out.read(&mut buf).await.ok()?;
+        if n == 0 {
+            break;
+        }
+        first.get_or_insert_with(Instant::now);
+        got += n;
+    }
+    let elapsed = first.map(|t| t.elapsed()).unwrap_or_default();
+    let _ = child.wait().await;
+    let _ = ssh(&["-O", "exit"]).stderr(Stdio::null()).status().await;
+    let _ = daemon.kill().await;
+    Some(throughput(
+        "OpenSSH, one ControlMaster connection",
+        got,
+        elapsed,
+    ))
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(cmd))
+            .find(|p| p.exists())
+    })
+}
+
+fn main() {
+    let o = options();
+    switchyard::tls::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let bulk = o.bulk_mb * 1024 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let cloud = start_cloud(bulk).await;
+        let (_broker, socket) = start_broker(dir.path(), &cloud).await;
+        let mut client = switchyard::api::client::connect(&socket).await.unwrap();
+        client
+            .access_token_login(pb::AccessTokenLoginRequest {
+                token: cloud.token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        client
+            .service_direct(pb::ServiceDirectRequest {
+                name: "direct".into(),
+                username: "bench".into(),
+                host: "127.0.0.1".into(),
+                port: cloud.rpc_port.into(),
+                password: PASSWORD.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        client
+            .service_cloud(pb::ServiceCloudRequest {
+                name: "relayed".into(),
+                serial: "SN-BENCH".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        client
+            .wait(pb::WaitRequest {
+                service: Some(pb::ServiceRef {
+                    name: "relayed".into(),
+                    ..Default::default()
+                }),
+                timeout_secs: 20.0,
+            })
+            .await
+            .unwrap();
+
+        let lat = vec![
+            exec_latency(&mut client, "direct", "exec via broker, direct link", o.samples).await,
+            exec_latency(&mut client, "relayed", "exec via broker, relayed (E2EE)", o.samples).await,
+        ];
+        println!("\n{:<40} {:>7} {:>9} {:>9} {:>9}", "latency", "n", "p50 µs", "p90 µs", "p99 µs");
+        for s in &lat {
+            println!("{:<40} {:>7} {:>9.0} {:>9.0} {:>9.0}", s.name, s.n, s.p50_us, s.p90_us, s.p99_us);
+        }
+        let ratio = lat[1].p50_us / lat[0].p50_us;
+        println!("relayed / direct p50: {ratio:.2}x (target <= 1.5x)");
+
+        let command = format!("show bulk {bulk}");
+        let mut bulk_rows = Vec::new();
+        for (name, label) in [("relayed", "exec via broker, relayed (E2EE)"), ("direct", "exec via broker, direct link")] {
+            run(&mut client, exec(name, "show bulk 1048576")).await;
+            let (bytes, elapsed) = run(&mut client, exec(name, &command)).await;
+            bulk_rows.push(throughput(label, bytes, elapsed));
+        }
+        bulk_rows.push(raw_quinn(bulk).await);
+        let ssh_dir = tempfile::tempdir().unwrap();
+        if let Some(t) = openssh_control_master(ssh_dir.path(), bulk).await {
+            bulk_rows.push(t);
+        }
+        println!("\n{:<40} {:>12} {:>9}", "bulk", "bytes", "MB/s");
+        for t in &bulk_rows {
+            println!("{:<40} {:>12} {:>9.0}", t.name, t.bytes, t.mb_per_s);
+        }
+        let relayed = bulk_rows[0].mb_per_s;
+        let quinn = bulk_rows[2].mb_per_s;
+        println!("relayed E2EE = {:.0}% of raw quinn (target >= 50%)", relayed / quinn * 100.0);
+        if let Some(ssh) = bulk_rows.get(3) {
+            println!("relayed E2EE / OpenSSH ControlMaster = {:.2}x (target >= 1)", relayed / ssh.mb_per_s);
+        }
+        let report = serde_json::json!({ "latency": lat, "relayed_over_direct_p50": ratio, "bulk": bulk_rows });
+        let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-cloud.json");
+        let _ = std::fs::write(&out, serde_json::to_vec_pretty(&report).unwrap());
+        println!("results: {}", out.display());
+    });
+}
