@@ -240,7 +240,12 @@ async fn start_broker(dir: &Path, cloud: &Cloud) -> (tokio::process::Child, Path
             break;
         }
     }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Warnings and panics of the broker show up in the bench's output.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("broker: {line}");
+        }
+    });
     (child, socket)
 }
 

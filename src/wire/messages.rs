@@ -172,6 +172,7 @@ pub enum Response {
     ExecOutput {
         device: u32,
         command: u32,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// One device finished: a result per command (output inline unless it
@@ -182,7 +183,7 @@ pub enum Response {
         error: Option<WireError>,
     },
     TerminalReady,
-    TerminalOutput(Vec<u8>),
+    TerminalOutput(#[serde(with = "serde_bytes")] Vec<u8>),
     TerminalClosed,
     Pong,
     /// The request failed as a whole.
@@ -194,6 +195,9 @@ pub enum Response {
 pub struct CommandDone {
     pub command: u32,
     /// The output not already sent in chunks.
+    /// Bulk data is encoded as bytes, not a sequence of integers: the
+    /// same bincode layout, decoded with one copy instead of one call per byte.
+    #[serde(with = "serde_bytes")]
     pub output: Vec<u8>,
     pub exit_status: Option<u32>,
     pub duration_us: u64,
@@ -202,6 +206,6 @@ pub struct CommandDone {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TerminalInput {
-    Data(Vec<u8>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Resize { cols: u16, rows: u16 },
 }

@@ -36,9 +36,10 @@ use tokio_util::sync::CancellationToken;
 use super::conn::{ConnError, TransportLimits, transport_config};
 use crate::task::AbortOnDrop;
 
-/// Inner QUIC packet size. Frames carry a 2-byte length, so it must stay
-/// below 64 KiB.
-pub const TUNNEL_MTU: u16 = 16 * 1024;
+/// Inner QUIC packet size. quinn encodes a long-header packet's length as
+/// a 2-byte varint, so packets must stay under 16 KiB (larger ones trip an
+/// assertion in quinn-proto during the handshake).
+pub const TUNNEL_MTU: u16 = 16_000;
 /// Packets queued in each direction before the sender is told to wait.
 const QUEUE: usize = 256;
 /// Packets written to the carrier in one go.
