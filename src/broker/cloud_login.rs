@@ -214,8 +214,9 @@ impl CloudLogin {
         };
         let now = unix_now();
         let life = tokens.expires.saturating_sub(now);
-        // A minute early, or at 80 % of a short life.
-        let lead = (life / 5).min(60);
+        // A minute early, or at 80 % of a short life (at least a second
+        // early, so the relay never sees an expired token).
+        let lead = (life / 5).clamp(1, 60);
         let delay = Duration::from_secs(life.saturating_sub(lead).max(1));
         self.refresh_timer = Some(ctx.run_later(delay, |act, ctx| {
             act.refresh_timer = None;
