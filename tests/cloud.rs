@@ -49,6 +49,28 @@ async fn cloud_service(client: &mut Client, session: &str, serial: &str) -> Stri
         .service_id
 }
 
+/// A session service straight to `svc`'s RPC socket, logging in with the
+/// cloud login (`service_direct_with_sso`).
+async fn direct_sso(
+    client: &mut Client,
+    session: &str,
+    serial: &str,
+    svc: &CloudService,
+) -> String {
+    client
+        .service_direct_with_sso(pb::ServiceDirectWithSsoRequest {
+            session_id: session.into(),
+            serial: serial.into(),
+            host: "127.0.0.1".into(),
+            port: svc.rpc_addr().port().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .service_id
+}
+
 async fn wait(
     client: &mut Client,
     session: &str,
@@ -666,18 +688,7 @@ async fn direct_with_sso_skips_the_relay_for_data() {
     token_login(&mut client, &session, &relay.token(ALICE))
         .await
         .unwrap();
-    let service = client
-        .service_direct_with_sso(pb::ServiceDirectWithSsoRequest {
-            session_id: session.clone(),
-            serial: "SN-DSSO".into(),
-            host: "127.0.0.1".into(),
-            port: svc.rpc_addr().port().into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .service_id;
+    let service = direct_sso(&mut client, &session, "SN-DSSO", &svc).await;
     wait(&mut client, &session, &service, 15.0).await.unwrap();
     assert!(
         show_version(&mut client, &session, &service)
@@ -750,18 +761,7 @@ async fn sso_access_tokens_are_refreshed_before_they_expire() {
         }
     })
     .await;
-    let service = client
-        .service_direct_with_sso(pb::ServiceDirectWithSsoRequest {
-            session_id: session.clone(),
-            serial: "SN-REFRESH".into(),
-            host: "127.0.0.1".into(),
-            port: svc.rpc_addr().port().into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .service_id;
+    let service = direct_sso(&mut client, &session, "SN-REFRESH", &svc).await;
     wait(&mut client, &session, &service, 15.0).await.unwrap();
     assert!(show_version(&mut client, &session, &service).await.is_ok());
 }
