@@ -11,6 +11,12 @@ impl<T> AbortOnDrop<T> {
     pub fn new(handle: JoinHandle<T>) -> Self {
         Self(handle)
     }
+
+    /// Waits for the task to end on its own (after its owner told it to
+    /// stop), so what it holds (sockets) is released before this returns.
+    pub async fn finished(&mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
 }
 
 impl<T> Drop for AbortOnDrop<T> {

@@ -315,10 +315,14 @@ impl Relay {
             .len()
     }
 
-    /// Stops both listeners and closes every connection.
-    pub async fn shutdown(self) {
+    /// Stops both listeners and closes every connection; on return the
+    /// listening sockets are released (a new relay may bind the same ports).
+    pub async fn shutdown(mut self) {
         self.cancel.cancel();
         self.endpoint.close(0u32.into(), b"relay shutting down");
+        for task in &mut self._tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task.finished()).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 }

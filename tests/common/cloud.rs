@@ -105,12 +105,25 @@ impl TestRelay {
         }
     }
 
+    /// Stops and starts the relay on the same ports. The old sockets are
+    /// released when `stop` returns, but the kernel may take a moment to
+    /// let a UDP port go after quinn's driver drops it: bounded retries.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let relay = Relay::start(state::load(&self.state_dir()).unwrap(), self.config.clone())
-            .await
-            .unwrap();
-        self.relay = Some(relay);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Relay::start(state::load(&self.state_dir()).unwrap(), self.config.clone()).await {
+                Ok(relay) => {
+                    self.relay = Some(relay);
+                    return;
+                }
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("relay restart: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("relay restart: {e}"),
+            }
+        }
     }
 
     /// An access token for `email` expiring at unix time `exp` (what
