@@ -481,7 +481,11 @@ impl Handler<ListLogins> for LoginRegistry {
         Box::pin(async move {
             let mut out = Vec::new();
             for (addr, sessions) in wanted {
-                if let Ok(summary) = addr.send(LoginStatus).await {
+                // A login whose credential was refused before it ever
+                // worked holds nothing worth listing.
+                if let Ok(summary) = addr.send(LoginStatus).await
+                    && summary.state != "idle"
+                {
                     out.push(LoginListing { summary, sessions });
                 }
             }
