@@ -60,9 +60,6 @@ impl LoginMethod {
     }
 }
 
-/// A client certificate (DER) and its PKCS#8 key.
-type ClientCert = (Vec<u8>, Zeroizing<Vec<u8>>);
-
 /// What identifies a login for sharing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LoginKey {
@@ -338,38 +335,15 @@ impl CloudLogin {
         }));
     }
 
-    fn hello(&self) -> Result<(RelayHello, Option<ClientCert>), CloudError> {
-        match &self.credential {
-            None => Err(CloudError::NotLoggedIn {
-                relay: self.relay.url.clone(),
-                identity: self.key.identity.clone(),
-            }),
-            Some(Credential::Sso(t)) => Ok((
-                RelayHello::Client {
-                    token: Some(t.access.expose().to_string()),
-                },
-                None,
-            )),
-            Some(Credential::Token { token }) => Ok((
-                RelayHello::Client {
-                    token: Some(token.expose().to_string()),
-                },
-                None,
-            )),
-            Some(Credential::Certificate { cert_der, key_der }) => Ok((
-                RelayHello::Client { token: None },
-                Some((cert_der.clone(), key_der.clone())),
-            )),
-        }
-    }
-
     fn start_connect(&mut self, ctx: &mut Context<Self>) {
         if self.connecting {
             return;
         }
-        let hello = match self.hello() {
-            Ok(h) => h,
-            Err(e) => return self.answer_conn_waiters(Err(e)),
+        let Some(credential) = self.credential.clone() else {
+            return self.answer_conn_waiters(Err(CloudError::NotLoggedIn {
+                relay: self.relay.url.clone(),
+                identity: self.key.identity.clone(),
+            }));
         };
         // An SSO access token that already expired (a long relay outage):
         // refresh first; the refresh reconnects.
@@ -386,11 +360,7 @@ impl CloudLogin {
         let relay = self.relay.clone();
         let limits = self.limits.clone();
         let span = info_span!("relay_connect", identity = %self.key.identity, relay = %relay.url);
-        let attempt = async move {
-            let (hello, cert) = hello;
-            let cert = cert.as_ref().map(|(c, k)| (c.clone(), k.as_slice()));
-            relay.connect(hello, cert, &limits).await
-        };
+        let attempt = async move { connect(&relay, &credential, &limits).await };
         ctx.spawn(attempt.instrument(span).into_actor(self).map(|result, act, ctx| {
             act.connecting = false;
             if let Ok(conn) = &result {
@@ -415,6 +385,28 @@ impl CloudLogin {
     fn answer_conn_waiters(&mut self, result: Result<RelayConnection, CloudError>) {
         for waiter in self.conn_waiters.drain(..) {
             let _ = waiter.send(result.clone());
+        }
+    }
+}
+
+/// Connects to the relay and says hello with `credential` (a bearer token,
+/// or the client certificate presented in the TLS handshake).
+pub async fn connect(
+    relay: &RelayInfo,
+    credential: &Credential,
+    limits: &TransportLimits,
+) -> Result<RelayConnection, CloudError> {
+    let token = |t: &Secret| RelayHello::Client {
+        token: Some(t.expose().to_string()),
+    };
+    match credential {
+        Credential::Sso(t) => relay.connect(token(&t.access), None, limits).await,
+        Credential::Token { token: t } => relay.connect(token(t), None, limits).await,
+        Credential::Certificate { cert_der, key_der } => {
+            let cert = Some((cert_der.clone(), key_der.as_slice()));
+            relay
+                .connect(RelayHello::Client { token: None }, cert, limits)
+                .await
         }
     }
 }
@@ -471,16 +463,10 @@ impl Handler<UseCredential> for CloudLogin {
     type Result = ResponseActFuture<Self, Result<LoginSummary, CloudError>>;
 
     fn handle(&mut self, msg: UseCredential, _: &mut Self::Context) -> Self::Result {
-        let previous = self.credential.replace(msg.0.clone());
-        let hello = self.hello();
-        self.credential = previous;
         let relay = self.relay.clone();
         let limits = self.limits.clone();
-        let attempt = async move {
-            let (hello, cert) = hello?;
-            let cert = cert.as_ref().map(|(c, k)| (c.clone(), k.as_slice()));
-            relay.connect(hello, cert, &limits).await
-        };
+        let credential = msg.0.clone();
+        let attempt = async move { connect(&relay, &credential, &limits).await };
         Box::pin(attempt.into_actor(self).map(move |result, act, ctx| {
             let conn = result?;
             if conn.identity != act.key.identity {

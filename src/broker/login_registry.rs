@@ -14,6 +14,7 @@
 //! configured sharing group.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -89,30 +90,22 @@ impl LoginRegistry {
         }
     }
 
-    fn relay(&self, spec: &RelaySpec) -> Result<RelayInfo, BrokerError> {
-        let read_ca = |domain: &Domain| -> Result<Option<String>, BrokerError> {
-            domain
-                .ca_file
-                .as_ref()
-                .map(|path| {
-                    std::fs::read_to_string(path).map_err(|e| {
-                        BrokerError::InvalidArgument(format!(
-                            "domain {}: cannot read {}: {e}",
-                            domain.name,
-                            path.display()
-                        ))
-                    })
-                })
-                .transpose()
-        };
-        let (url, ca) = match (&spec.relay_url, &spec.domain) {
+    /// The relay `spec` means: its URL (without a trailing slash), and the
+    /// configured domain it is, if any.
+    fn choose(&self, spec: &RelaySpec) -> Result<(String, Option<&Domain>), BrokerError> {
+        let (url, domain) = match (&spec.relay_url, &spec.domain) {
             (Some(url), _) => {
+                if !url.starts_with("https://") {
+                    return Err(BrokerError::InvalidArgument(format!(
+                        "{url}: a relay URL must be https://"
+                    )));
+                }
                 let trimmed = url.trim_end_matches('/');
                 let known = self
                     .domains
                     .iter()
                     .find(|d| d.url.trim_end_matches('/') == trimmed);
-                (url.clone(), known.map(read_ca).transpose()?.flatten())
+                (url.clone(), known)
             }
             (None, Some(name)) => {
                 let domain = self
@@ -124,7 +117,7 @@ impl LoginRegistry {
                             "no domain {name:?} in the broker's config (domains.{name}.url)"
                         ))
                     })?;
-                (domain.url.clone(), read_ca(domain)?)
+                (domain.url.clone(), Some(domain))
             }
             (None, None) => {
                 let domain = self.domains.iter().find(|d| d.default).ok_or_else(|| {
@@ -132,8 +125,24 @@ impl LoginRegistry {
                         "name a relay URL or a domain (no default domain is configured)".into(),
                     )
                 })?;
-                (domain.url.clone(), read_ca(domain)?)
+                (domain.url.clone(), Some(domain))
             }
+        };
+        Ok((url.trim_end_matches('/').to_string(), domain))
+    }
+
+    /// The relay `spec` means, ready to connect to (its CA read now).
+    fn relay(&self, spec: &RelaySpec) -> Result<RelayInfo, BrokerError> {
+        let (url, domain) = self.choose(spec)?;
+        let ca = match domain.and_then(|d| d.ca_file.as_ref().map(|path| (d, path))) {
+            Some((domain, path)) => Some(std::fs::read_to_string(path).map_err(|e| {
+                BrokerError::InvalidArgument(format!(
+                    "domain {}: cannot read {}: {e}",
+                    domain.name,
+                    path.display()
+                ))
+            })?),
+            None => None,
         };
         Ok(RelayInfo::new(&url, ca)?)
     }
@@ -288,21 +297,12 @@ impl Handler<CredentialLogin> for LoginRegistry {
                 return Ok((identity, relay));
             }
             // A token names its own identity: ask the relay who it is.
-            let (hello, cert) = match &probe {
-                Credential::Token { token } => (
-                    crate::wire::relay::RelayHello::Client {
-                        token: Some(token.expose().to_string()),
-                    },
-                    None,
-                ),
-                _ => {
-                    return Err(BrokerError::InvalidArgument(
-                        "a certificate login needs the identity".into(),
-                    ));
-                }
-            };
-            let conn = relay
-                .connect(hello, cert, &Default::default())
+            if !matches!(probe, Credential::Token { .. }) {
+                return Err(BrokerError::InvalidArgument(
+                    "a certificate login needs the identity".into(),
+                ));
+            }
+            let conn = super::cloud_login::connect(&relay, &probe, &Default::default())
                 .await
                 .map_err(BrokerError::from)?;
             conn.conn.close(0u32.into(), b"identified");
@@ -342,17 +342,14 @@ impl Handler<CredentialLogin> for LoginRegistry {
     }
 }
 
-use std::pin::Pin;
-
 /// The login a cloud request should use: the session's latest, else this
-/// owner's most recent (optionally narrowed by identity and relay).
+/// owner's most recent (optionally narrowed by identity).
 #[derive(Message)]
 #[rtype(result = "Result<(LoginKey, Addr<CloudLogin>), BrokerError>")]
 pub struct FindLogin {
     pub peer: Peer,
     pub session_id: Option<String>,
     pub identity: Option<String>,
-    pub relay: Option<RelaySpec>,
 }
 
 impl Handler<FindLogin> for LoginRegistry {
@@ -360,16 +357,8 @@ impl Handler<FindLogin> for LoginRegistry {
 
     fn handle(&mut self, msg: FindLogin, _: &mut Self::Context) -> Self::Result {
         let owner = owner_for(&msg.peer, self.share_group);
-        let relay_url = match &msg.relay {
-            Some(spec) if spec.relay_url.is_some() || spec.domain.is_some() => {
-                Some(self.relay(spec)?.url)
-            }
-            _ => None,
-        };
         let matches = |k: &LoginKey| {
-            k.owner == owner
-                && msg.identity.as_ref().is_none_or(|i| &k.identity == i)
-                && relay_url.as_ref().is_none_or(|r| &k.relay == r)
+            k.owner == owner && msg.identity.as_ref().is_none_or(|i| &k.identity == i)
         };
         if let Some(key) = msg
             .session_id
@@ -410,8 +399,8 @@ impl Handler<LogoutLogins> for LoginRegistry {
     fn handle(&mut self, msg: LogoutLogins, _: &mut Self::Context) -> Self::Result {
         let owner = owner_for(&msg.peer, self.share_group);
         let relay_url = if msg.relay.relay_url.is_some() || msg.relay.domain.is_some() {
-            match self.relay(&msg.relay) {
-                Ok(r) => Some(r.url),
+            match self.choose(&msg.relay) {
+                Ok((url, _)) => Some(url),
                 Err(e) => return Box::pin(std::future::ready(Err(e))),
             }
         } else {

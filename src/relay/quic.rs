@@ -308,13 +308,10 @@ async fn serve_request(
         }
     };
     let kind = request.kind();
-    let (identity, sso) = {
+    let (identity, sso, expired) = {
         let a = auth.lock().unwrap_or_else(|p| p.into_inner());
-        (a.identity.clone(), a.sso)
-    };
-    let expired = {
-        let a = auth.lock().unwrap_or_else(|p| p.into_inner());
-        a.expires.is_some_and(|exp| exp <= super::unix_now())
+        let expired = a.expires.is_some_and(|exp| exp <= super::unix_now());
+        (a.identity.clone(), a.sso, expired)
     };
     metrics::counter!("switchyard_relay_requests_total", "kind" => kind).increment(1);
     let reply = match request {

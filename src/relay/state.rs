@@ -144,8 +144,33 @@ pub fn load(dir: &Path) -> Result<RelayState, StateError> {
 }
 
 impl RelayState {
-    /// Issues and records a long-lived access token for an enabled user
-    /// (`relay token issue`), expiring at unix time `exp`.
+    /// Signs a token of `kind` for `email`, expiring at unix time `exp`, and
+    /// records it (so it can be listed and revoked).
+    pub fn issue_token(
+        &self,
+        email: &str,
+        kind: &str,
+        exp: u64,
+    ) -> Result<(crate::wire::relay::TokenClaims, String), StateError> {
+        let (claims, token) = self
+            .signer
+            .issue_token_until(email, kind, exp)
+            .map_err(|e| StateError::Bad {
+                path: self.dir.clone(),
+                reason: e.to_string(),
+            })?;
+        self.store.record_token(&super::store::TokenRecord {
+            id: claims.jti.clone(),
+            email: email.into(),
+            kind: kind.into(),
+            expires_at: claims.exp,
+            revoked: false,
+        })?;
+        Ok((claims, token))
+    }
+
+    /// Issues a long-lived access token for an enabled user (`relay token
+    /// issue`), expiring at unix time `exp`.
     pub fn issue_api_token(
         &self,
         email: &str,
@@ -154,20 +179,6 @@ impl RelayState {
         if !self.store.user_enabled(email)? {
             return Err(StateError::Store(StoreError::NoSuchUser(email.into())));
         }
-        let (claims, token) = self
-            .signer
-            .issue_token_until(email, "api", exp)
-            .map_err(|e| StateError::Bad {
-                path: self.dir.clone(),
-                reason: e.to_string(),
-            })?;
-        self.store.record_token(&super::store::TokenRecord {
-            id: claims.jti.clone(),
-            email: email.into(),
-            kind: "api".into(),
-            expires_at: claims.exp,
-            revoked: false,
-        })?;
-        Ok((claims, token))
+        self.issue_token(email, "api", exp)
     }
 }

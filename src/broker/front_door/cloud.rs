@@ -74,7 +74,6 @@ impl FrontDoor {
                 peer,
                 session_id: non_empty(session_id),
                 identity: non_empty(identity),
-                relay: None,
             })
             .await
             .map_err(mailbox)??)
@@ -281,21 +280,17 @@ impl FrontDoor {
                 "choose a password to encrypt the key with",
             ));
         }
-        let (key, login) = self.find_login(peer, r.session_id, r.identity).await?;
-        let (csr, key_der) = crate::tls::new_certificate_request(&key.identity)
+        // The relay writes the identity it authenticated as the subject.
+        let (csr, key_der) = crate::tls::new_certificate_request("switchyard client")
             .map_err(|e| Status::internal(e.to_string()))?;
-        let relay = login
-            .send(GetRelay)
-            .await
-            .map_err(mailbox)?
-            .map_err(cloud_status)?;
-        let reply = relay_client::call(
-            &relay.conn,
-            &RelayRequest::IssueClientCert { csr_der: csr },
-            &TransportLimits::default(),
-        )
-        .await
-        .map_err(cloud_status)?;
+        let (key, reply) = self
+            .relay_call(
+                peer,
+                r.session_id,
+                r.identity,
+                RelayRequest::IssueClientCert { csr_der: csr },
+            )
+            .await?;
         let RelayReply::ClientCert { cert_der, .. } = reply else {
             return Err(Status::internal(format!(
                 "unexpected relay reply {reply:?}"
