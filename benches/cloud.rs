@@ -2,7 +2,9 @@
 //! through the relay with end-to-end encryption beside raw quinn and an
 //! OpenSSH ControlMaster connection carrying the same bytes.
 //!
-//! Run: `cargo bench --bench cloud [-- --samples N --bulk-mb M]`.
+//! Run: `cargo bench --bench cloud [-- --samples N --bulk-mb M]`
+//! (`--bulk-only` skips the latency rows, `--relayed-only` runs only the
+//! relayed bulk row, for profiling).
 //! Everything is on loopback: the relay and an enrolled service (in this
 //! process), the real broker binary, the in-process simulator device, and
 //! for the OpenSSH row a private `sshd` started here. Results print as a
@@ -37,14 +39,22 @@ const PASSWORD: &str = "bench-password";
 struct Options {
     samples: usize,
     bulk_mb: usize,
+    /// `--bulk-only`: skip the latency rows (for profiling the bulk path).
+    bulk_only: bool,
+    /// `--relayed-only`: only the relayed bulk row (for profiling it).
+    relayed_only: bool,
 }
 
 fn options() -> Options {
     let mut o = Options {
         samples: 1000,
         bulk_mb: 1024,
+        bulk_only: false,
+        relayed_only: false,
     };
     let args: Vec<String> = std::env::args().collect();
+    o.relayed_only = args.iter().any(|a| a == "--relayed-only");
+    o.bulk_only = o.relayed_only || args.iter().any(|a| a == "--bulk-only");
     for pair in args.windows(2) {
         match (pair[0].as_str(), pair[1].parse().ok()) {
             ("--samples", Some(v)) => o.samples = v,
@@ -520,16 +530,18 @@ fn main() {
             .await
             .unwrap();
 
-        let lat = vec![
-            exec_latency(&mut client, "direct", "exec via broker, direct link", o.samples).await,
-            exec_latency(&mut client, "relayed", "exec via broker, relayed (E2EE)", o.samples).await,
-        ];
-        println!("\n{:<40} {:>7} {:>9} {:>9} {:>9}", "latency", "n", "p50 µs", "p90 µs", "p99 µs");
-        for s in &lat {
-            println!("{:<40} {:>7} {:>9.0} {:>9.0} {:>9.0}", s.name, s.n, s.p50_us, s.p90_us, s.p99_us);
+        let mut lat = Vec::new();
+        let mut ratio = f64::NAN;
+        if !o.bulk_only {
+            lat.push(exec_latency(&mut client, "direct", "exec via broker, direct link", o.samples).await);
+            lat.push(exec_latency(&mut client, "relayed", "exec via broker, relayed (E2EE)", o.samples).await);
+            println!("\n{:<40} {:>7} {:>9} {:>9} {:>9}", "latency", "n", "p50 µs", "p90 µs", "p99 µs");
+            for s in &lat {
+                println!("{:<40} {:>7} {:>9.0} {:>9.0} {:>9.0}", s.name, s.n, s.p50_us, s.p90_us, s.p99_us);
+            }
+            ratio = lat[1].p50_us / lat[0].p50_us;
+            println!("relayed / direct p50: {ratio:.2}x (target <= 1.5x)");
         }
-        let ratio = lat[1].p50_us / lat[0].p50_us;
-        println!("relayed / direct p50: {ratio:.2}x (target <= 1.5x)");
 
         let command = format!("show bulk {bulk}");
         let mut bulk_rows = Vec::new();
@@ -537,6 +549,10 @@ fn main() {
             run(&mut client, exec(name, "show bulk 1048576")).await;
             let (bytes, elapsed) = run(&mut client, exec(name, &command)).await;
             bulk_rows.push(throughput(label, bytes, elapsed));
+            if o.relayed_only {
+                println!("{label}: {:.0} MB/s", bulk_rows[0].mb_per_s);
+                return;
+            }
         }
         bulk_rows.push(raw_quinn(bulk).await);
         let ssh_dir = tempfile::tempdir().unwrap();

@@ -12,6 +12,9 @@ command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v sshpass >/dev/null || need+=(sshpass)
 # systemd-socket-activate and systemd-analyze, for the systemd tests.
 command -v systemd-socket-activate >/dev/null || need+=(systemd)
+# systemd-nspawn: boots systemd in a container to run the units for real
+# (tests/systemd/boot-check.sh).
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v curl >/dev/null || need+=(curl)
 # A real browser for the SSO approval page test (driven over WebDriver).
 command -v chromium >/dev/null || need+=(chromium)

@@ -20,5 +20,7 @@ cargo test --locked --lib --bins --tests
 cargo build --locked
 echo "== systemd units"
 bash scripts/verify-units.sh
+echo "== systemd units, run under systemd booted in a container"
+bash tests/systemd/boot-check.sh target/debug/switchyard
 echo "== Python tests (grpcio against a real broker)"
 SWITCHYARD_BIN="$PWD/target/debug/switchyard" python3 -m pytest -q tests/python

@@ -1,7 +1,22 @@
 //! File-system helpers shared by commands and daemons.
 
 use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
+
+/// Creates `dir` and any missing parents with `mode` (existing ones are
+/// left as they are).
+pub fn create_dir_all_with_mode(dir: &Path, mode: u32) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+}
+
+/// Creates `dir` (and missing parents) readable by its owner only.
+pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    create_dir_all_with_mode(dir, 0o700)
+}
 
 /// Writes `bytes` to `path` so a reader sees either the old content or all
 /// of the new: a temporary file in the same directory, fsynced, renamed over

@@ -13,7 +13,7 @@
 //! can use the logins — the same trust as the broker's own user.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -94,11 +94,7 @@ impl LoginStore {
     /// Opens the store under `state_dir`, making the key on first use.
     pub fn open(state_dir: &Path) -> Result<Self, LoginStoreError> {
         let dir = state_dir.join("logins");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io(&dir))?;
+        crate::fsutil::create_private_dir_all(&dir).map_err(io(&dir))?;
         let key = load_key(state_dir)?;
         let cipher = XChaCha20Poly1305::new_from_slice(&key)
             .map_err(|_| LoginStoreError::BadKey(state_dir.join("login.key")))?;

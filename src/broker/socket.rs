@@ -56,13 +56,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SocketError + '_ {
 
 /// Binds the socket with mode 0660 (and `group`, if given).
 pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, SocketError> {
-    use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+    use std::os::unix::fs::FileTypeExt;
     if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o750)
-            .create(dir)
-            .map_err(io(dir))?;
+        crate::fsutil::create_dir_all_with_mode(dir, 0o750).map_err(io(dir))?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {

@@ -313,14 +313,8 @@ pub async fn enroll(socket: &Path, cmd: EnrollCommand) -> Result<ExitCode, CliEr
                 .await?
                 .into_inner();
             let dir = cert_dir(dir, &enrolled.relay_url, &enrolled.identity)?;
-            {
-                use std::os::unix::fs::DirBuilderExt;
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&dir)
-                    .map_err(CliError::io(format!("cannot create {}", dir.display())))?;
-            }
+            crate::fsutil::create_private_dir_all(&dir)
+                .map_err(CliError::io(format!("cannot create {}", dir.display())))?;
             write_private(&dir.join("cert.pem"), enrolled.cert_pem.as_bytes())?;
             write_private(&dir.join("key.enc"), &enrolled.encrypted_key)?;
             println!(

@@ -13,7 +13,7 @@
 //! user and `StateDirectory=`), as for any CA or TLS server key.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
@@ -92,11 +92,7 @@ pub fn init(dir: &Path, hostnames: &[String]) -> Result<(), StateError> {
     if dir.join("ca.key").exists() {
         return Err(StateError::Exists(dir.to_path_buf()));
     }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io(dir))?;
+    crate::fsutil::create_private_dir_all(dir).map_err(io(dir))?;
     let (ca, ca_issued) = CertificateAuthority::generate("switchyard relay CA")?;
     let server = ca.issue_server(hostnames)?;
     let signing = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(CaError::from)?;

@@ -289,8 +289,17 @@ impl Inventory {
 
 /// Creates `path` with mode 0600 if missing; an existing empty file is
 /// accepted (SQLite treats it as an empty database).
+/// Creates the inventory file (0600), and its directory (0700) when missing,
+/// so `init` works on a fresh host (e.g. a unit's not yet created
+/// `StateDirectory`).
 fn create_private_file(path: &Path) -> Result<(), InventoryError> {
     use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::fsutil::create_private_dir_all(dir).map_err(|source| InventoryError::Create {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
     let result = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
