@@ -339,6 +339,19 @@ mod tests {
     }
 
     #[test]
+    fn init_creates_a_missing_directory_private() {
+        use std::os::unix::fs::PermissionsExt;
+        crate::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("var/lib/switchyard-service");
+        let db = state.join("inventory.db");
+        Inventory::init_with(&db, &Secret::new("admin-pw"), cheap_kdf()).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&db), 0o600);
+    }
+
+    #[test]
     fn init_open_and_device_round_trip() {
         crate::tls::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
