@@ -35,6 +35,15 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
         .map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// Encodes `value` at the end of `buf` (so a caller can put a header in
+/// front without a second buffer); returns the bytes written.
+pub fn encode_into<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<usize, CodecError> {
+    let start = buf.len();
+    bincode::serde::encode_into_std_write(value, buf, config::<MAX_MESSAGE>())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(buf.len() - start)
+}
+
 /// Decodes exactly one value from `bytes`; trailing bytes are an error, so a
 /// frame cannot smuggle extra data.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {

@@ -168,7 +168,8 @@ pub async fn write_frame<T: Serialize>(
     max_frame: usize,
 ) -> Result<(), ConnError> {
     let bytes = frame::encode(msg, max_frame)?;
-    send.write_all(&bytes).await?;
+    // Handed to quinn as is, not copied into its send buffer.
+    send.write_chunk(bytes.into()).await?;
     Ok(())
 }
 

@@ -42,7 +42,8 @@ use crate::task::AbortOnDrop;
 pub const TUNNEL_MTU: u16 = 16_000;
 /// Packets queued in each direction before the sender is told to wait.
 const QUEUE: usize = 256;
-/// Packets written to the carrier in one go.
+/// Packets written to the carrier in one go (also the most quinn may hand
+/// over in one `try_send`).
 const BATCH: usize = 64;
 
 /// Addresses the inner endpoints use for each other (never on a network).
@@ -164,23 +165,19 @@ impl TunnelSocket {
     }
 }
 
-/// Writes queued packets into the carrier, batching what is ready.
+/// Writes queued packets (already framed by `try_send`) into the carrier,
+/// batching what is ready; quinn takes the buffers without copying them.
 async fn write_packets(
     mut send: SendStream,
     mut queue: mpsc::Receiver<Bytes>,
     closed: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
-    let mut buf = BytesMut::new();
     while queue.recv_many(&mut batch, BATCH).await > 0 {
-        for packet in batch.drain(..) {
-            buf.put_u16(packet.len() as u16);
-            buf.put_slice(&packet);
-        }
-        if send.write_all(&buf).await.is_err() {
+        if send.write_all_chunks(&mut batch).await.is_err() {
             break;
         }
-        buf.clear();
+        batch.clear();
     }
     let _ = send.finish();
     closed.cancel();
@@ -193,7 +190,8 @@ async fn read_packets(recv: RecvStream, queue: mpsc::Sender<Bytes>, closed: Canc
         .length_field_length(2)
         .max_frame_length(usize::from(TUNNEL_MTU))
         .new_codec();
-    let mut frames = FramedRead::new(recv, codec);
+    // Room for several whole packets, so reads are not cut at 8 KiB.
+    let mut frames = FramedRead::with_capacity(recv, codec, 4 * usize::from(TUNNEL_MTU));
     while let Some(Ok(packet)) = frames.next().await {
         if queue.send(packet.freeze()).await.is_err() {
             break;
@@ -225,11 +223,12 @@ impl AsyncUdpSocket for TunnelSocket {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         for segment in transmit.contents.chunks(size) {
-            if self
-                .outgoing
-                .try_send(Bytes::copy_from_slice(segment))
-                .is_err()
-            {
+            // The one copy out of quinn's buffer also writes the frame
+            // header, so the writer hands the frame on untouched.
+            let mut frame = BytesMut::with_capacity(2 + segment.len());
+            frame.put_u16(segment.len() as u16);
+            frame.put_slice(segment);
+            if self.outgoing.try_send(frame.freeze()).is_err() {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
         }
