@@ -482,6 +482,16 @@ fn which(cmd: &str) -> Option<PathBuf> {
 
 fn main() {
     let o = options();
+    if std::env::args().any(|a| a == "--raw-only") {
+        switchyard::tls::install_crypto_provider();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let t = rt.block_on(raw_quinn(o.bulk_mb * 1024 * 1024));
+        println!("raw quinn: {:.0} MB/s", t.mb_per_s);
+        return;
+    }
     switchyard::tls::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
