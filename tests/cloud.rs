@@ -149,7 +149,22 @@ async fn access_token_login_reaches_a_device_through_the_relay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_forwards_only_ciphertext() {
-    let (relay, mut tap) = TestRelay::start_tapped().await;
+    // Through the packet port (datagrams forwarded untouched).
+    let (relay, tap) = TestRelay::start_tapped_with(|_| {}).await;
+    assert!(relay.relay().packet_addr().is_some());
+    ciphertext_only(relay, tap).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_packet_port_tunnels_ride_relayed_streams_still_encrypted() {
+    let (relay, tap) = TestRelay::start_tapped_with(|c| c.packet_listen = None).await;
+    assert!(relay.relay().packet_addr().is_none());
+    ciphertext_only(relay, tap).await;
+}
+
+/// An exec through `relay`, whose `tap` must then hold the forwarded bytes
+/// with neither the command, the output nor the caller's identity in them.
+async fn ciphertext_only(relay: TestRelay, mut tap: tokio::sync::mpsc::Receiver<bytes::Bytes>) {
     let _svc = CloudService::start(&relay, "SN-E2E", &[]).await;
     let broker = broker_for(&relay).await;
     let mut client = broker.client().await;
@@ -680,7 +695,7 @@ async fn a_login_survives_a_broker_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_with_sso_skips_the_relay_for_data() {
-    let (relay, mut tap) = TestRelay::start_tapped().await;
+    let (relay, mut tap) = TestRelay::start_tapped_with(|_| {}).await;
     let svc = CloudService::start(&relay, "SN-DSSO", &[]).await;
     let broker = broker_for(&relay).await;
     let mut client = broker.client().await;

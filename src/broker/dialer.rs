@@ -28,7 +28,7 @@ use crate::task::AbortOnDrop;
 use crate::wire::conn::{TransportLimits, client_endpoint, transport_config};
 use crate::wire::messages::{Credentials, ErrorCode, WireError};
 use crate::wire::pin::Fingerprint;
-use crate::wire::tunnel::{SERVICE_ADDR, TunnelEndpoint, TunnelRole, tunnel_transport};
+use crate::wire::tunnel::{TunnelEndpoint, TunnelRole};
 
 #[derive(Clone)]
 pub enum Dialer {
@@ -115,26 +115,31 @@ impl CloudTarget {
             CloudRoute::Relayed => {
                 let assertion = relay_client::assertion(&relay.conn, &self.serial, limits);
                 let tunnel = relay_client::open_tunnel(&relay.conn, &self.serial, limits);
-                let ((token, _), (send, recv, facts)) =
+                let ((token, _), open) =
                     futures::try_join!(assertion, tunnel).map_err(|e| link_error(label, e))?;
-                let tunnel =
-                    TunnelEndpoint::start(TunnelRole::Client, send, recv, None).map_err(|e| {
-                        LinkError::Unreachable {
-                            target: label.to_string(),
-                            reason: e.to_string(),
-                        }
-                    })?;
-                let pin = self.e2ee.unwrap_or(Fingerprint(facts.fingerprint));
+                let tunnel = TunnelEndpoint::start(
+                    TunnelRole::Client,
+                    open.send,
+                    open.recv,
+                    None,
+                    open.carrier,
+                    limits,
+                )
+                .map_err(|e| LinkError::Unreachable {
+                    target: label.to_string(),
+                    reason: e.to_string(),
+                })?;
+                let pin = self.e2ee.unwrap_or(Fingerprint(open.facts.fingerprint));
                 let credentials = Credentials::Assertion {
                     token: token.expose().to_string(),
                 };
                 let mut connected = direct_client::login(
                     &tunnel.endpoint,
-                    SERVICE_ADDR,
+                    tunnel.peer,
                     label,
                     credentials,
                     Some(pin),
-                    tunnel_transport(limits),
+                    tunnel.transport.clone(),
                     limits,
                 )
                 .await?;

@@ -21,6 +21,7 @@ use crate::wire::messages::{ErrorCode, WireError};
 use crate::wire::relay::{
     HelloReply, RelayHello, RelayReply, RelayRequest, ServiceFacts, WellKnown,
 };
+use crate::wire::tunnel::Carrier;
 
 /// The OAuth client id brokers use with the relay's device grant.
 pub const CLIENT_ID: &str = "switchyard-broker";
@@ -336,19 +337,32 @@ async fn reply(recv: &mut RecvStream, limits: &TransportLimits) -> Result<RelayR
     }
 }
 
-/// Opens a tunnel to `serial`: the returned stream pair now carries the
-/// end-to-end connection's packets.
+/// An open tunnel: its control stream, how its packets travel, and what
+/// the relay knows of the service.
+pub struct OpenTunnel {
+    pub send: SendStream,
+    pub recv: RecvStream,
+    pub carrier: Carrier,
+    pub facts: ServiceFacts,
+}
+
+/// Opens a tunnel to `serial`.
 pub async fn open_tunnel(
     conn: &Connection,
     serial: &str,
     limits: &TransportLimits,
-) -> Result<(SendStream, RecvStream, ServiceFacts), CloudError> {
+) -> Result<OpenTunnel, CloudError> {
     let request = RelayRequest::OpenTunnel {
         serial: serial.to_string(),
     };
     let (send, mut recv) = open(conn, &request, limits).await?;
     match reply(&mut recv, limits).await? {
-        RelayReply::TunnelOpen(facts) => Ok((send, recv, facts)),
+        RelayReply::TunnelOpen { facts, packet } => Ok(OpenTunnel {
+            send,
+            recv,
+            carrier: Carrier::through(conn, packet),
+            facts,
+        }),
         other => Err(CloudError::Protocol(format!(
             "expected a tunnel, got {other:?}"
         ))),

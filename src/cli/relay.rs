@@ -47,6 +47,19 @@ pub enum RelayCommand {
     Token(TokenCommand),
 }
 
+/// `--packet-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct PacketListen(pub Option<SocketAddr>);
+
+fn parse_packet_listen(s: &str) -> Result<PacketListen, String> {
+    if s == "off" {
+        return Ok(PacketListen(None));
+    }
+    s.parse()
+        .map(|a| PacketListen(Some(a)))
+        .map_err(|e| format!("{s:?}: {e} (an address like 0.0.0.0:4434, or off)"))
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// UDP address of the QUIC listener (brokers and services).
@@ -55,6 +68,11 @@ pub struct RunArgs {
     /// TCP address of the HTTPS listener (sign-in page, OAuth endpoints).
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub http_listen: SocketAddr,
+    /// UDP address of the packet port, through which tunnels' end-to-end
+    /// encrypted datagrams are forwarded without being decrypted; `off`
+    /// carries them inside relayed streams instead (slower).
+    #[arg(long, default_value = "127.0.0.1:4434", value_name = "ADDR|off", value_parser = parse_packet_listen)]
+    pub packet_listen: PacketListen,
     /// Host name callers use in URLs (default: the HTTPS listener's address).
     #[arg(long, value_name = "HOST")]
     pub public_host: Option<String>,
@@ -205,6 +223,7 @@ async fn run_relay(
     let config = RelayConfig {
         listen: args.listen,
         http_listen: args.http_listen,
+        packet_listen: args.packet_listen.0,
         public_host: args.public_host,
         device_flow: DeviceFlowConfig {
             interval: Duration::from_secs(args.poll_interval.max(1)),
@@ -218,6 +237,7 @@ async fn run_relay(
     let ready = serde_json::json!({
         "url": relay.url(),
         "quic": relay.quic_addr().to_string(),
+        "packets": relay.packet_addr().map(|a| a.to_string()),
         "ca": dir.join("ca.pem"),
     });
     match &args.ready_file {

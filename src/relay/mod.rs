@@ -20,6 +20,7 @@
 pub mod ca;
 pub mod device_flow;
 pub mod http;
+pub mod packets;
 pub mod quic;
 pub mod state;
 pub mod store;
@@ -69,6 +70,9 @@ pub struct RelayConfig {
     pub otp_ttl: Duration,
     pub assertion_ttl: Duration,
     pub limits: TransportLimits,
+    /// UDP port through which tunnels' end-to-end datagrams are forwarded
+    /// as they are (`None`: tunnels carry them inside relayed streams).
+    pub packet_listen: Option<SocketAddr>,
     /// Test hook: a copy of every byte the relay forwards through tunnels
     /// (used to prove the relay sees only ciphertext). Never set in
     /// production; `try_send`, so it can never slow forwarding.
@@ -80,6 +84,9 @@ impl Default for RelayConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            // Ephemeral: peers learn the port in each tunnel's offer (the
+            // CLI's default is 4434, for firewalls).
+            packet_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             public_host: None,
             device_flow: DeviceFlowConfig::default(),
             access_ttl: Duration::from_secs(3600),
@@ -144,6 +151,9 @@ pub(crate) struct RelayCore {
     pub online: Mutex<HashMap<String, OnlineService>>,
     pub quic_addr: SocketAddr,
     pub next_tunnel: AtomicU64,
+    /// The packet port, when enabled: tunnels' datagrams cross the relay
+    /// without being decrypted here.
+    pub packets: Option<packets::PacketRelay>,
 }
 
 fn token_kind_name(kind: &str) -> &'static str {
@@ -230,15 +240,28 @@ impl Relay {
             .public_host
             .clone()
             .unwrap_or_else(|| http_addr.ip().to_string());
+        let cancel = CancellationToken::new();
+        let packets = config
+            .packet_listen
+            .map(|bind| {
+                packets::PacketRelay::start(bind, config.tap.clone(), cancel.clone()).map_err(|e| {
+                    RelayError::Listen {
+                        addr: bind,
+                        reason: e.to_string(),
+                    }
+                })
+            })
+            .transpose()?;
+        let packet_addr = packets.as_ref().map(|p| p.local_addr());
         let core = Arc::new(RelayCore {
             grants: Mutex::new(DeviceGrants::new(config.device_flow.clone())),
             online: Mutex::new(HashMap::new()),
             quic_addr,
             next_tunnel: AtomicU64::new(1),
+            packets,
             state,
             config,
         });
-        let cancel = CancellationToken::new();
         let tls = http::tls_config(&core.state)?;
         let tasks = vec![
             AbortOnDrop::new(tokio::spawn(quic::serve(
@@ -253,7 +276,7 @@ impl Relay {
                 cancel.clone(),
             ))),
         ];
-        info!(quic = %quic_addr, https = %http_addr, "relay listening");
+        info!(quic = %quic_addr, https = %http_addr, packets = ?packet_addr, "relay listening");
         Ok(Self {
             core,
             http_addr,
@@ -266,6 +289,11 @@ impl Relay {
 
     pub fn quic_addr(&self) -> SocketAddr {
         self.core.quic_addr
+    }
+
+    /// The packet port, when enabled.
+    pub fn packet_addr(&self) -> Option<SocketAddr> {
+        self.core.packets.as_ref().map(|p| p.local_addr())
     }
 
     pub fn http_addr(&self) -> SocketAddr {

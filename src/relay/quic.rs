@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
@@ -28,6 +29,7 @@ use super::state::RelayState;
 use super::{AuthError, OnlineService, RelayConfig, RelayCore, RelayError};
 use crate::wire::conn::{read_frame, write_frame};
 use crate::wire::messages::{ErrorCode, WireError, close_code};
+use crate::wire::packet_relay::PacketPath;
 use crate::wire::pin::Fingerprint;
 use crate::wire::relay::{
     HelloReply, RELAY_ALPN, RelayHello, RelayReply, RelayRequest, ServiceFacts, TunnelOffer,
@@ -469,36 +471,59 @@ async fn open_tunnel(
         return reply_error(client_send, offline, max).await;
     };
     let tunnel = core.next_tunnel.fetch_add(1, Ordering::Relaxed);
+    // Held for the tunnel's life: dropping it closes the packet path.
+    let mut packets = core.packets.as_ref().map(|p| p.register());
+    let packet = packets
+        .as_ref()
+        .zip(core.packets.as_ref())
+        .map(|(t, p)| PacketPath {
+            port: p.local_addr().port(),
+            id: t.id,
+        });
     let opened = async {
-        let (mut send, recv) = service.conn.open_bi().await.ok()?;
+        let offline = || format!("service {serial} went offline");
+        let (mut send, recv) = service.conn.open_bi().await.map_err(|_| offline())?;
         let offer = TunnelOffer {
             tunnel,
             caller: identity.to_string(),
+            packet,
         };
-        write_frame(&mut send, &offer, max).await.ok()?;
-        Some((send, recv))
+        write_frame(&mut send, &offer, max)
+            .await
+            .map_err(|_| offline())?;
+        // The client's first packet must find the service's address known.
+        if let Some(path) = packets.as_mut()
+            && !path.service_ready(SERVICE_READY).await
+        {
+            warn!(tunnel, %serial, "service never announced its packet address");
+            return Err(format!(
+                "service {serial} did not reach the relay's packet port \
+                 (is UDP to it blocked on the service's side?)"
+            ));
+        }
+        Ok((send, recv))
     }
     .await;
-    let Some((service_send, service_recv)) = opened else {
-        let gone = refuse(
-            ErrorCode::Unavailable,
-            format!("service {serial} went offline"),
-        );
-        return reply_error(client_send, gone, max).await;
+    let (service_send, service_recv) = match opened {
+        Ok(streams) => streams,
+        Err(why) => {
+            return reply_error(client_send, refuse(ErrorCode::Unavailable, why), max).await;
+        }
     };
-    if write_frame(&mut client_send, &RelayReply::TunnelOpen(facts), max)
-        .await
-        .is_err()
-    {
+    let open = RelayReply::TunnelOpen { facts, packet };
+    if write_frame(&mut client_send, &open, max).await.is_err() {
         return;
     }
     info!(tunnel, %serial, caller = %identity, "tunnel open");
     metrics::gauge!("switchyard_relay_tunnels").increment(1.0);
     let tap = core.config.tap.clone();
+    // With a packet path the streams carry nothing, but their end (either
+    // side's) still ends the tunnel on the other side.
     tokio::join!(
         forward(client_recv, service_send, tap.clone()),
         forward(service_recv, client_send, tap),
     );
+    drop(packets);
     metrics::gauge!("switchyard_relay_tunnels").decrement(1.0);
     debug!(tunnel, "tunnel closed");
 }
@@ -506,6 +531,9 @@ async fn open_tunnel(
 /// Copies one direction of a tunnel, chunk by chunk, without looking
 /// inside. When the source fails, the sink is reset (and vice versa), so
 /// the far end learns at once.
+/// How long a service may take to announce its packet address.
+const SERVICE_READY: Duration = Duration::from_secs(5);
+
 /// Chunks read (and then written) in one go by [`forward`].
 const FORWARD_BATCH: usize = 32;
 

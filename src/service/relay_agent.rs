@@ -26,6 +26,7 @@ use crate::wire::conn::{
     TransportLimits, client_endpoint, read_frame, relay_client_config, write_frame,
 };
 use crate::wire::relay::{HelloReply, RelayHello, TunnelOffer};
+use crate::wire::tunnel::Carrier;
 
 /// Where the agent is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,7 +183,8 @@ async fn connect_and_serve(
             }
         };
         debug!(tunnel = offer.tunnel, caller = %offer.caller, "tunnel offered");
-        if let Err(e) = tunnels.accept(send, recv).await {
+        let carrier = Carrier::through(&conn, offer.packet);
+        if let Err(e) = tunnels.accept(send, recv, carrier).await {
             return Err(e.to_string());
         }
     }

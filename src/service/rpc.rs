@@ -37,7 +37,7 @@ use crate::wire::messages::{
     AuthRequest, AuthResponse, Credentials, ErrorCode, Request, RequestEnvelope, Response,
     TerminalInput, WireError, close_code,
 };
-use crate::wire::tunnel::{TunnelEndpoint, TunnelRole, tunnel_transport};
+use crate::wire::tunnel::{Carrier, TunnelEndpoint, TunnelRole, tunnel_transport};
 
 /// Settings of the RPC socket.
 #[derive(Debug, Clone)]
@@ -91,14 +91,27 @@ pub struct RpcServer {
 #[derive(Clone)]
 pub struct TunnelAcceptor {
     config: quinn::ServerConfig,
+    limits: TransportLimits,
     queue: mpsc::Sender<TunnelEndpoint>,
 }
 
 impl TunnelAcceptor {
-    /// Starts the service end of a tunnel over a relayed stream.
-    pub async fn accept(&self, send: SendStream, recv: RecvStream) -> Result<(), ConnError> {
-        let tunnel =
-            TunnelEndpoint::start(TunnelRole::Service, send, recv, Some(self.config.clone()))?;
+    /// Starts the service end of a tunnel whose control stream is
+    /// `send`/`recv` and whose packets travel by `carrier`.
+    pub async fn accept(
+        &self,
+        send: SendStream,
+        recv: RecvStream,
+        carrier: Carrier,
+    ) -> Result<(), ConnError> {
+        let tunnel = TunnelEndpoint::start(
+            TunnelRole::Service,
+            send,
+            recv,
+            Some(self.config.clone()),
+            carrier,
+            &self.limits,
+        )?;
         self.queue
             .send(tunnel)
             .await
@@ -157,6 +170,7 @@ impl RpcServer {
             accept,
             tunnels: TunnelAcceptor {
                 config: tunnel_config,
+                limits: config.limits.clone(),
                 queue: tunnel_tx,
             },
         })

@@ -19,6 +19,7 @@ pub mod codec;
 pub mod conn;
 pub mod frame;
 pub mod messages;
+pub mod packet_relay;
 pub mod pin;
 pub mod relay;
 pub mod tunnel;

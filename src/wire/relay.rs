@@ -18,6 +18,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::packet_relay::PacketPath;
+
 use super::messages::WireError;
 
 /// ALPN protocol id of the relay's QUIC listener.
@@ -111,8 +113,13 @@ pub struct ServiceFacts {
 #[derive(Clone, Serialize, Deserialize)]
 pub enum RelayReply {
     Ok,
-    /// The stream is now a tunnel to the service.
-    TunnelOpen(ServiceFacts),
+    /// The stream is now a tunnel to the service: its packets go through
+    /// the relay's packet port when `packet` is given, else inside the
+    /// stream.
+    TunnelOpen {
+        facts: ServiceFacts,
+        packet: Option<PacketPath>,
+    },
     Assertion {
         token: String,
         facts: ServiceFacts,
@@ -137,7 +144,11 @@ impl std::fmt::Debug for RelayReply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Ok => f.write_str("Ok"),
-            Self::TunnelOpen(facts) => f.debug_tuple("TunnelOpen").field(facts).finish(),
+            Self::TunnelOpen { facts, packet } => f
+                .debug_struct("TunnelOpen")
+                .field("facts", facts)
+                .field("packet", packet)
+                .finish(),
             Self::Assertion { facts, .. } => f.debug_tuple("Assertion").field(facts).finish(),
             Self::Otp { .. } => f.write_str("Otp"),
             Self::ClientCert { .. } => f.write_str("ClientCert"),
@@ -154,6 +165,8 @@ impl std::fmt::Debug for RelayReply {
 pub struct TunnelOffer {
     pub tunnel: u64,
     pub caller: String,
+    /// The tunnel's packet path through the relay, when it has one.
+    pub packet: Option<PacketPath>,
 }
 
 /// Claims of a relay-signed assertion (a JWT, EdDSA). `aud` is the serial of

@@ -77,9 +77,17 @@ impl TestRelay {
     }
 
     /// Records every byte the relay forwards through tunnels.
-    pub async fn start_tapped() -> (Self, mpsc::Receiver<Bytes>) {
+    /// A relay (adjusted by `adjust`) that copies what it forwards to the
+    /// returned receiver.
+    pub async fn start_tapped_with(
+        adjust: impl FnOnce(&mut RelayConfig),
+    ) -> (Self, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(1 << 20);
-        let relay = Self::start_with(|c| c.tap = Some(tx)).await;
+        let relay = Self::start_with(|c| {
+            c.tap = Some(tx);
+            adjust(c);
+        })
+        .await;
         (relay, rx)
     }
 
