@@ -11,6 +11,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("switchyard_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        // Bulk output as `Bytes`: a receiver's message shares the buffer it
+        // was read into instead of copying each chunk out of it.
+        .bytes(".switchyard.v1.CommandOutput.data")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

@@ -96,7 +96,13 @@ pub fn exec_event(r: Response) -> Option<pb::ExecEvent> {
             device,
             command,
             data,
-        } => (device, Event::Output(pb::CommandOutput { command, data })),
+        } => (
+            device,
+            Event::Output(pb::CommandOutput {
+                command,
+                data: data.into(),
+            }),
+        ),
         Response::ExecDevice {
             device,
             commands,
