@@ -189,11 +189,15 @@ pub async fn read_frame<T: DeserializeOwned>(
         }
     }
     let len = frame::parse_header(header, max_frame)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(_) => ConnError::Truncated,
-        quinn::ReadExactError::ReadError(e) => ConnError::Read(e),
-    })?;
+    // Filled from quinn's chunks as they come (no zeroing of a body that
+    // is about to be overwritten; bulk frames are 256 KiB).
+    let mut body = Vec::with_capacity(len);
+    while body.len() < len {
+        match recv.read_chunk(len - body.len(), true).await? {
+            Some(chunk) => body.extend_from_slice(&chunk.bytes),
+            None => return Err(ConnError::Truncated),
+        }
+    }
     Ok(Some(frame::decode(&body)?))
 }
 
