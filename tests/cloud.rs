@@ -162,6 +162,43 @@ async fn without_a_packet_port_tunnels_ride_relayed_streams_still_encrypted() {
     ciphertext_only(relay, tap).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_packet_port_is_named_in_the_error() {
+    // The relay tells the broker a port nothing listens on, as if a
+    // firewall dropped its datagrams to the real one.
+    let closed_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let relay = TestRelay::start_with(|c| c.misdirect_client_packets = Some(closed_port)).await;
+    let _svc = CloudService::start(&relay, "SN-BLOCKED", &[]).await;
+    let config = relay.broker_config(relay.dir.path());
+    let broker = TestBroker::start_with(
+        &[("SWITCHYARD_BROKER__CONNECT_TIMEOUT_SECS", "2")],
+        &["--config", config.to_str().unwrap()],
+    )
+    .await
+    .0;
+    let mut client = broker.client().await;
+    let (session, _attach) = open_attached(&mut client).await;
+    token_login(&mut client, &session, &relay.token(ALICE))
+        .await
+        .unwrap();
+    let service = cloud_service(&mut client, &session, "SN-BLOCKED").await;
+    let err = wait(&mut client, &session, &service, 6.0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message()
+            .contains(&format!("packet port 127.0.0.1:{closed_port}"))
+            && err.message().contains("--packet-listen off"),
+        "{}",
+        err.message()
+    );
+}
+
 /// An exec through `relay`, whose `tap` must then hold the forwarded bytes
 /// with neither the command, the output nor the caller's identity in them.
 async fn ciphertext_only(relay: TestRelay, mut tap: tokio::sync::mpsc::Receiver<bytes::Bytes>) {

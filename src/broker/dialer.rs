@@ -15,6 +15,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use actix::Addr;
 use quinn::Endpoint;
@@ -28,7 +31,7 @@ use crate::task::AbortOnDrop;
 use crate::wire::conn::{TransportLimits, client_endpoint, transport_config};
 use crate::wire::messages::{Credentials, ErrorCode, WireError};
 use crate::wire::pin::Fingerprint;
-use crate::wire::tunnel::{TunnelEndpoint, TunnelRole};
+use crate::wire::tunnel::{Carrier, TunnelEndpoint, TunnelRole};
 
 #[derive(Clone)]
 pub enum Dialer {
@@ -68,9 +71,10 @@ impl Dialer {
         }
     }
 
-    /// One connection attempt. `endpoint` is a UDP endpoint kept from an
-    /// earlier attempt (returned for reuse); `fingerprint` the certificate
-    /// the link already knows.
+    /// One connection attempt, given up after `connect_timeout` with an
+    /// error that says what was being waited for. `endpoint` is a UDP
+    /// endpoint kept from an earlier attempt (returned for reuse);
+    /// `fingerprint` the certificate the link already knows.
     pub async fn dial(
         &self,
         label: &str,
@@ -78,6 +82,28 @@ impl Dialer {
         endpoint: Option<Endpoint>,
         fingerprint: Option<Fingerprint>,
         limits: &TransportLimits,
+        connect_timeout: Duration,
+    ) -> Result<(Option<Endpoint>, DirectConnection), LinkError> {
+        let deadline = Instant::now() + connect_timeout;
+        let attempt = self.attempt(label, username, endpoint, fingerprint, limits, deadline);
+        tokio::time::timeout_at(deadline, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(LinkError::Unreachable {
+                    target: label.to_string(),
+                    reason: format!("no answer within {connect_timeout:?}"),
+                })
+            })
+    }
+
+    async fn attempt(
+        &self,
+        label: &str,
+        username: &str,
+        endpoint: Option<Endpoint>,
+        fingerprint: Option<Fingerprint>,
+        limits: &TransportLimits,
+        deadline: Instant,
     ) -> Result<(Option<Endpoint>, DirectConnection), LinkError> {
         match self {
             Self::Password { password } => {
@@ -93,8 +119,26 @@ impl Dialer {
                 let connected = direct_client::connect(&endpoint, &target, limits).await?;
                 Ok((Some(endpoint), connected))
             }
-            Self::Cloud(cloud) => cloud.dial(label, endpoint, limits).await,
+            Self::Cloud(cloud) => cloud.dial(label, endpoint, limits, deadline).await,
         }
+    }
+}
+
+/// A tunnel whose packets never got through says where they were going:
+/// the relay's packet port, which a firewall may block.
+fn explain_packet_path(error: LinkError, carrier: Carrier) -> LinkError {
+    match (error, carrier) {
+        (LinkError::Unreachable { target, reason }, Carrier::Packets { relay, .. }) => {
+            LinkError::Unreachable {
+                target,
+                reason: format!(
+                    "{reason} (through the relay's packet port {relay}: is UDP to it \
+                     blocked here? A relay run with `--packet-listen off` carries \
+                     tunnels over its QUIC port instead)"
+                ),
+            }
+        }
+        (error, _) => error,
     }
 }
 
@@ -104,6 +148,7 @@ impl CloudTarget {
         label: &str,
         endpoint: Option<Endpoint>,
         limits: &TransportLimits,
+        deadline: Instant,
     ) -> Result<(Option<Endpoint>, DirectConnection), LinkError> {
         let relay = self
             .login
@@ -133,7 +178,7 @@ impl CloudTarget {
                 let credentials = Credentials::Assertion {
                     token: token.expose().to_string(),
                 };
-                let mut connected = direct_client::login(
+                let login = direct_client::login(
                     &tunnel.endpoint,
                     tunnel.peer,
                     label,
@@ -141,8 +186,19 @@ impl CloudTarget {
                     Some(pin),
                     tunnel.transport.clone(),
                     limits,
-                )
-                .await?;
+                );
+                // Bounded here (the caller's bound fires at the same
+                // instant, after this one is seen) to say where the
+                // packets were going.
+                let mut connected = tokio::time::timeout_at(deadline, login)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(LinkError::Unreachable {
+                            target: label.to_string(),
+                            reason: "no answer".into(),
+                        })
+                    })
+                    .map_err(|e| explain_packet_path(e, open.carrier))?;
                 // The carrier stream ending (relay or service gone) ends
                 // the inner connection at once, so the link reconnects
                 // instead of waiting out an idle timeout.

@@ -128,21 +128,17 @@ impl DirectLink {
         let endpoint = self.endpoint.clone();
         let connect_timeout = self.config.connect_timeout;
         let span = info_span!("link_connect", link = %format!("L{}", self.common.id), target = %target, transport = dialer.transport());
-        let attempt = async move {
-            dialer
-                .dial(&target, &username, endpoint, fingerprint, &limits)
-                .await
-        };
-        let timeout_target = self.common.key.target.clone();
         let fut = async move {
-            tokio::time::timeout(connect_timeout, attempt)
+            dialer
+                .dial(
+                    &target,
+                    &username,
+                    endpoint,
+                    fingerprint,
+                    &limits,
+                    connect_timeout,
+                )
                 .await
-                .unwrap_or_else(|_| {
-                    Err(LinkError::Unreachable {
-                        target: timeout_target,
-                        reason: format!("no answer within {connect_timeout:?}"),
-                    })
-                })
         }
         .instrument(span);
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {

@@ -73,6 +73,9 @@ pub struct RelayConfig {
     /// UDP port through which tunnels' end-to-end datagrams are forwarded
     /// as they are (`None`: tunnels carry them inside relayed streams).
     pub packet_listen: Option<SocketAddr>,
+    /// Test hook: the packet port told to brokers instead of the real one,
+    /// to play a firewall that blocks it. Never set in production.
+    pub misdirect_client_packets: Option<u16>,
     /// Test hook: a copy of every byte the relay forwards through tunnels
     /// (used to prove the relay sees only ciphertext). Never set in
     /// production; `try_send`, so it can never slow forwarding.
@@ -87,6 +90,7 @@ impl Default for RelayConfig {
             // Ephemeral: peers learn the port in each tunnel's offer (the
             // CLI's default is 4434, for firewalls).
             packet_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            misdirect_client_packets: None,
             public_host: None,
             device_flow: DeviceFlowConfig::default(),
             access_ttl: Duration::from_secs(3600),

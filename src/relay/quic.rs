@@ -510,6 +510,10 @@ async fn open_tunnel(
             return reply_error(client_send, refuse(ErrorCode::Unavailable, why), max).await;
         }
     };
+    let packet = packet.map(|p| PacketPath {
+        port: core.config.misdirect_client_packets.unwrap_or(p.port),
+        ..p
+    });
     let open = RelayReply::TunnelOpen { facts, packet };
     if write_frame(&mut client_send, &open, max).await.is_err() {
         return;
