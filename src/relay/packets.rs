@@ -25,7 +25,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::task::AbortOnDrop;
 use crate::wire::packet_relay::{self, HEADER_LEN, PeerRole, TunnelId};
@@ -159,7 +159,10 @@ async fn forward(
                         state.recv((&socket).into(), &mut bufs, &mut meta)
                     })
                 }
-                Err(_) => return,
+                Err(e) => {
+                    warn!(error = %e, "packet port failed; tunnels through it stop");
+                    return;
+                }
             },
         };
         let n = match received {

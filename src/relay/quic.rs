@@ -532,15 +532,15 @@ async fn open_tunnel(
     debug!(tunnel, "tunnel closed");
 }
 
-/// Copies one direction of a tunnel, chunk by chunk, without looking
-/// inside. When the source fails, the sink is reset (and vice versa), so
-/// the far end learns at once.
 /// How long a service may take to announce its packet address.
 const SERVICE_READY: Duration = Duration::from_secs(5);
 
 /// Chunks read (and then written) in one go by [`forward`].
 const FORWARD_BATCH: usize = 32;
 
+/// Copies one direction of a tunnel, chunk by chunk, without looking
+/// inside. When the source fails, the sink is reset (and vice versa), so
+/// the far end learns at once.
 async fn forward(
     mut from: RecvStream,
     mut to: SendStream,
