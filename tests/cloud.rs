@@ -16,9 +16,14 @@ use tonic::Code;
 type Client = pb::broker_client::BrokerClient<tonic::transport::Channel>;
 
 async fn broker_for(relay: &TestRelay) -> TestBroker {
+    broker_for_with(relay, &[]).await
+}
+
+/// A broker for `relay`, with extra environment (config overrides).
+async fn broker_for_with(relay: &TestRelay, env: &[(&str, &str)]) -> TestBroker {
     let config = relay.broker_config(relay.dir.path());
     let config = config.to_str().unwrap().to_string();
-    TestBroker::start_with(&[], &["--config", &config]).await.0
+    TestBroker::start_with(env, &["--config", &config]).await.0
 }
 
 async fn token_login(
@@ -173,13 +178,7 @@ async fn a_blocked_packet_port_is_named_in_the_error() {
         .port();
     let relay = TestRelay::start_with(|c| c.misdirect_client_packets = Some(closed_port)).await;
     let _svc = CloudService::start(&relay, "SN-BLOCKED", &[]).await;
-    let config = relay.broker_config(relay.dir.path());
-    let broker = TestBroker::start_with(
-        &[("SWITCHYARD_BROKER__CONNECT_TIMEOUT_SECS", "2")],
-        &["--config", config.to_str().unwrap()],
-    )
-    .await
-    .0;
+    let broker = broker_for_with(&relay, &[("SWITCHYARD_BROKER__CONNECT_TIMEOUT_SECS", "2")]).await;
     let mut client = broker.client().await;
     let (session, _attach) = open_attached(&mut client).await;
     token_login(&mut client, &session, &relay.token(ALICE))

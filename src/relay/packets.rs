@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::task::AbortOnDrop;
-use crate::wire::packet_relay::{self, HEADER_LEN, PeerRole, TunnelId};
+use crate::wire::packet_relay::{self, HEADER_LEN, PacketPath, PeerRole, TunnelId};
 
 /// Datagrams read per receive call (each may be a GRO batch).
 const BATCH: usize = 16;
@@ -71,7 +71,8 @@ pub struct PacketRelay {
 
 /// One registered tunnel; dropping it closes the tunnel's packet path.
 pub struct PacketTunnel {
-    pub id: TunnelId,
+    /// What the two ends are told: the packet port and the tunnel's id.
+    pub path: PacketPath,
     table: Table,
     service_known: watch::Receiver<bool>,
 }
@@ -91,7 +92,7 @@ impl Drop for PacketTunnel {
         self.table
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+            .remove(&self.path.id);
     }
 }
 
@@ -132,7 +133,10 @@ impl PacketRelay {
             },
         );
         PacketTunnel {
-            id,
+            path: PacketPath {
+                port: self.local.port(),
+                id,
+            },
             table: self.table.clone(),
             service_known: rx,
         }
@@ -287,7 +291,7 @@ mod tests {
         let port = relay.local_addr();
         let (client, service) = (socket().await, socket().await);
         let mut tunnel = relay.register();
-        let id = tunnel.id;
+        let id = tunnel.path.id;
 
         // Before the service has spoken, the client's packets go nowhere.
         client
@@ -325,7 +329,7 @@ mod tests {
         drop(tunnel);
         let mut other = relay.register();
         service
-            .send_to(&header(PeerRole::Service, other.id), port)
+            .send_to(&header(PeerRole::Service, other.path.id), port)
             .await
             .unwrap();
         assert!(other.service_ready(Duration::from_secs(5)).await);
@@ -333,7 +337,7 @@ mod tests {
             .send_to(&datagram(PeerRole::Client, id, b"late"), port)
             .await
             .unwrap();
-        let marker = datagram(PeerRole::Client, other.id, b"marker");
+        let marker = datagram(PeerRole::Client, other.path.id, b"marker");
         client.send_to(&marker, port).await.unwrap();
         assert_eq!(next(&service).await, marker);
         cancel.cancel();

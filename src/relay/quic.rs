@@ -473,13 +473,7 @@ async fn open_tunnel(
     let tunnel = core.next_tunnel.fetch_add(1, Ordering::Relaxed);
     // Held for the tunnel's life: dropping it closes the packet path.
     let mut packets = core.packets.as_ref().map(|p| p.register());
-    let packet = packets
-        .as_ref()
-        .zip(core.packets.as_ref())
-        .map(|(t, p)| PacketPath {
-            port: p.local_addr().port(),
-            id: t.id,
-        });
+    let packet = packets.as_ref().map(|t| t.path);
     let opened = async {
         let offline = || format!("service {serial} went offline");
         let (mut send, recv) = service.conn.open_bi().await.map_err(|_| offline())?;
