@@ -209,23 +209,26 @@ impl RpcServer {
                 "drain timeout: closing with requests still running"
             );
         }
-        self.cancel.cancel();
+        // Connections close before the unfinished requests are cancelled,
+        // so no reply a cancellation provokes reaches a caller as if the
+        // request had finished: callers see the service go away.
         self.endpoint.close(
             VarInt::from_u32(close_code::SHUTTING_DOWN),
             b"service shutting down",
         );
+        self.cancel.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 }
 
 impl Drop for RpcServer {
     fn drop(&mut self) {
-        self.cancel.cancel();
-        self.accept.abort();
         self.endpoint.close(
             VarInt::from_u32(close_code::SHUTTING_DOWN),
             b"service shutting down",
         );
+        self.cancel.cancel();
+        self.accept.abort();
     }
 }
 
