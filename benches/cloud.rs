@@ -2,9 +2,10 @@
 //! through the relay with end-to-end encryption beside raw quinn and an
 //! OpenSSH ControlMaster connection carrying the same bytes.
 //!
-//! Run: `cargo bench --bench cloud [-- --samples N --bulk-mb M]`
+//! Run: `cargo bench --bench cloud [-- --samples N --bulk-mb M --rounds R]`
 //! (`--bulk-only` skips the latency rows, `--relayed-only` runs only the
-//! relayed bulk row, for profiling).
+//! relayed bulk row once, for profiling). Bulk runs in rounds of all four
+//! transfers back to back; ratios are taken within a round.
 //! Everything is on loopback: the relay and an enrolled service (in this
 //! process), the real broker binary, the in-process simulator device, and
 //! for the OpenSSH row a private `sshd` started here. Results print as a
@@ -35,6 +36,8 @@ use tonic::transport::Channel;
 
 const IDENTITY: &str = "bench@example.com";
 const PASSWORD: &str = "bench-password";
+const RELAYED_ROW: &str = "exec via broker, relayed (E2EE)";
+const OPENSSH_ROW: &str = "OpenSSH, one ControlMaster connection";
 
 struct Options {
     samples: usize,
@@ -43,6 +46,8 @@ struct Options {
     bulk_only: bool,
     /// `--relayed-only`: only the relayed bulk row (for profiling it).
     relayed_only: bool,
+    /// `--rounds N`: bulk rounds (each runs all four transfers).
+    rounds: usize,
 }
 
 fn options() -> Options {
@@ -51,6 +56,7 @@ fn options() -> Options {
         bulk_mb: 1024,
         bulk_only: false,
         relayed_only: false,
+        rounds: 5,
     };
     let args: Vec<String> = std::env::args().collect();
     o.relayed_only = args.iter().any(|a| a == "--relayed-only");
@@ -59,6 +65,7 @@ fn options() -> Options {
         match (pair[0].as_str(), pair[1].parse().ok()) {
             ("--samples", Some(v)) => o.samples = v,
             ("--bulk-mb", Some(v)) => o.bulk_mb = v,
+            ("--rounds", Some(v)) => o.rounds = v.max(1),
             _ => {}
         }
     }
@@ -364,55 +371,89 @@ async fn raw_quinn(bytes: usize) -> Throughput {
     throughput("raw quinn, one connection", got, elapsed)
 }
 
-/// `bytes` through one shared OpenSSH ControlMaster connection to a
-/// private sshd (None when OpenSSH is not installed).
-async fn openssh_control_master(dir: &Path, bytes: usize) -> Option<Throughput> {
-    let sshd = Path::new("/usr/sbin/sshd");
-    if !sshd.exists() || which("ssh").is_none() {
-        return None;
-    }
-    let keygen = |path: &Path| {
-        std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(path)
-            .status()
+/// A private sshd on loopback with one ControlMaster connection to it.
+struct OpenSsh {
+    daemon: tokio::process::Child,
+    port: u16,
+    user: String,
+    dir: PathBuf,
+}
+
+impl OpenSsh {
+    /// Starts sshd and the master in `dir` (None when OpenSSH is not
+    /// installed or does not come up).
+    async fn start(dir: &Path) -> Option<OpenSsh> {
+        let sshd = Path::new("/usr/sbin/sshd");
+        if !sshd.exists() || which("ssh").is_none() {
+            return None;
+        }
+        let keygen = |path: &Path| {
+            std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(path)
+                .status()
+                .unwrap()
+        };
+        keygen(&dir.join("host_key"));
+        keygen(&dir.join("client_key"));
+        std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
-    };
-    keygen(&dir.join("host_key"));
-    keygen(&dir.join("client_key"));
-    std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
-    let config = dir.join("sshd_config");
-    std::fs::write(
-        &config,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
-             StrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\nSetEnv HOME={}\n",
-            dir.join("host_key").display(),
-            dir.join("authorized_keys").display(),
-            dir.join("sshd.pid").display(),
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let _ = std::fs::create_dir_all("/run/sshd");
-    let mut daemon = tokio::process::Command::new(sshd)
-        .args(["-D", "-e", "-f"])
-        .arg(&config)
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .ok()?;
-    let control = dir.join("ctl");
-    let ssh = |extra: &[&str]| {
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
+                 StrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\nSetEnv HOME={}\n",
+                dir.join("host_key").display(),
+                dir.join("authorized_keys").display(),
+                dir.join("sshd.pid").display(),
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let daemon = tokio::process::Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .ok()?;
+        let mut ssh = OpenSsh {
+            daemon,
+            port,
+            user: std::env::var("USER").unwrap_or_else(|_| "root".into()),
+            dir: dir.to_path_buf(),
+        };
+        // The master: retried until sshd listens (bounded).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = ssh
+                .command(&["-M", "-o", "ControlPersist=600", "-f", "-N"])
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .ok()?
+                .success();
+            if ok {
+                return Some(ssh);
+            }
+            if Instant::now() > deadline {
+                let _ = ssh.daemon.kill().await;
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn command(&self, extra: &[&str]) -> tokio::process::Command {
         let mut c = tokio::process::Command::new("ssh");
-        c.args(["-p", &port.to_string(), "-i"])
-            .arg(dir.join("client_key"))
+        c.args(["-p", &self.port.to_string(), "-i"])
+            .arg(self.dir.join("client_key"))
             .args([
                 "-o",
                 "StrictHostKeyChecking=no",
@@ -422,54 +463,58 @@ async fn openssh_control_master(dir: &Path, bytes: usize) -> Option<Throughput> 
                 "LogLevel=ERROR",
                 "-S",
             ])
-            .arg(&control)
+            .arg(self.dir.join("ctl"))
             .args(extra)
-            .arg(format!("{user}@127.0.0.1"));
+            .arg(format!("{}@127.0.0.1", self.user));
         c
-    };
-    // The master: retried until sshd listens (bounded).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ok = ssh(&["-M", "-o", "ControlPersist=60", "-f", "-N"])
+    }
+
+    /// `bytes` through the master connection.
+    async fn transfer(&self, bytes: usize) -> Option<Throughput> {
+        let mut child = self
+            .command(&[])
+            .arg(format!("head -c {bytes} /dev/zero"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .ok()?;
+        let mut out = child.stdout.take()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        let mut first = None;
+        loop {
+            let n = out.read(&mut buf).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            first.get_or_insert_with(Instant::now);
+            got += n;
+        }
+        let elapsed = first.map(|t| t.elapsed()).unwrap_or_default();
+        let _ = child.wait().await;
+        Some(throughput(OPENSSH_ROW, got, elapsed))
+    }
+
+    async fn stop(mut self) {
+        let _ = self
+            .command(&["-O", "exit"])
+            .stderr(Stdio::null())
             .status()
-            .await
-            .ok()?
-            .success();
-        if ok {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = daemon.kill().await;
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+            .await;
+        let _ = self.daemon.kill().await;
     }
-    let mut child = ssh(&[])
-        .arg(format!("head -c {bytes} /dev/zero"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .ok()?;
-    let mut out = child.stdout.take()?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut got = 0;
-    let mut first = None;
-    loop {
-        let n = out.read(&mut buf).await.ok()?;
-        if n == 0 {
-            break;
-        }
-        first.get_or_insert_with(Instant::now);
-        got += n;
-    }
-    let elapsed = first.map(|t| t.elapsed()).unwrap_or_default();
-    let _ = child.wait().await;
-    let _ = ssh(&["-O", "exit"]).stderr(Stdio::null()).status().await;
-    let _ = daemon.kill().await;
-    Some(throughput(
-        "OpenSSH, one ControlMaster connection",
-        got,
-        elapsed,
-    ))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn percents(v: &[f64]) -> String {
+    v.iter()
+        .map(|r| format!("{:.0}%", r * 100.0))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn which(cmd: &str) -> Option<PathBuf> {
@@ -543,44 +588,121 @@ fn main() {
         let mut lat = Vec::new();
         let mut ratio = f64::NAN;
         if !o.bulk_only {
-            lat.push(exec_latency(&mut client, "direct", "exec via broker, direct link", o.samples).await);
-            lat.push(exec_latency(&mut client, "relayed", "exec via broker, relayed (E2EE)", o.samples).await);
-            println!("\n{:<40} {:>7} {:>9} {:>9} {:>9}", "latency", "n", "p50 µs", "p90 µs", "p99 µs");
+            lat.push(
+                exec_latency(
+                    &mut client,
+                    "direct",
+                    "exec via broker, direct link",
+                    o.samples,
+                )
+                .await,
+            );
+            lat.push(exec_latency(&mut client, "relayed", RELAYED_ROW, o.samples).await);
+            println!(
+                "\n{:<40} {:>7} {:>9} {:>9} {:>9}",
+                "latency", "n", "p50 µs", "p90 µs", "p99 µs"
+            );
             for s in &lat {
-                println!("{:<40} {:>7} {:>9.0} {:>9.0} {:>9.0}", s.name, s.n, s.p50_us, s.p90_us, s.p99_us);
+                println!(
+                    "{:<40} {:>7} {:>9.0} {:>9.0} {:>9.0}",
+                    s.name, s.n, s.p50_us, s.p90_us, s.p99_us
+                );
             }
             ratio = lat[1].p50_us / lat[0].p50_us;
             println!("relayed / direct p50: {ratio:.2}x (target <= 1.5x)");
         }
 
         let command = format!("show bulk {bulk}");
-        let mut bulk_rows = Vec::new();
-        for (name, label) in [("relayed", "exec via broker, relayed (E2EE)"), ("direct", "exec via broker, direct link")] {
+        for name in ["relayed", "direct"] {
             run(&mut client, exec(name, "show bulk 1048576")).await;
-            let (bytes, elapsed) = run(&mut client, exec(name, &command)).await;
-            bulk_rows.push(throughput(label, bytes, elapsed));
-            if o.relayed_only {
-                println!("{label}: {:.0} MB/s", bulk_rows[0].mb_per_s);
-                return;
-            }
         }
-        bulk_rows.push(raw_quinn(bulk).await);
+        if o.relayed_only {
+            let (bytes, elapsed) = run(&mut client, exec("relayed", &command)).await;
+            println!(
+                "{RELAYED_ROW}: {:.0} MB/s",
+                throughput(RELAYED_ROW, bytes, elapsed).mb_per_s
+            );
+            return;
+        }
+        // Rounds of the four transfers back to back: this VM's speed drifts
+        // by ±20 % over minutes, so ratios are taken within a round and the
+        // median round is reported.
         let ssh_dir = tempfile::tempdir().unwrap();
-        if let Some(t) = openssh_control_master(ssh_dir.path(), bulk).await {
-            bulk_rows.push(t);
+        let ssh = OpenSsh::start(ssh_dir.path()).await;
+        let mut rounds: Vec<Vec<Throughput>> = Vec::new();
+        for round in 1..=o.rounds {
+            let mut rows = Vec::new();
+            for (name, label) in [
+                ("relayed", RELAYED_ROW),
+                ("direct", "exec via broker, direct link"),
+            ] {
+                let (bytes, elapsed) = run(&mut client, exec(name, &command)).await;
+                rows.push(throughput(label, bytes, elapsed));
+            }
+            rows.push(raw_quinn(bulk).await);
+            if let Some(ssh) = &ssh {
+                rows.extend(ssh.transfer(bulk).await);
+            }
+            let cells: Vec<String> = rows.iter().map(|t| format!("{:.0}", t.mb_per_s)).collect();
+            println!(
+                "bulk round {round}/{}: {} MB/s",
+                o.rounds,
+                cells.join(" / ")
+            );
+            rounds.push(rows);
         }
-        println!("\n{:<40} {:>12} {:>9}", "bulk", "bytes", "MB/s");
+        if let Some(ssh) = ssh {
+            ssh.stop().await;
+        }
+        let of_quinn: Vec<f64> = rounds
+            .iter()
+            .map(|r| r[0].mb_per_s / r[2].mb_per_s)
+            .collect();
+        let of_ssh: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| r.get(3).map(|s| r[0].mb_per_s / s.mb_per_s))
+            .collect();
+        let bulk_rows: Vec<Throughput> = (0..rounds[0].len())
+            .map(|i| {
+                let mut row: Vec<&Throughput> = rounds.iter().filter_map(|r| r.get(i)).collect();
+                row.sort_by(|a, b| a.mb_per_s.total_cmp(&b.mb_per_s));
+                row[row.len() / 2].clone()
+            })
+            .collect();
+        println!(
+            "\n{:<40} {:>12} {:>9}",
+            "bulk (median of rounds)", "bytes", "MB/s"
+        );
         for t in &bulk_rows {
             println!("{:<40} {:>12} {:>9.0}", t.name, t.bytes, t.mb_per_s);
         }
-        let relayed = bulk_rows[0].mb_per_s;
-        let quinn = bulk_rows[2].mb_per_s;
-        println!("relayed E2EE = {:.0}% of raw quinn (target >= 50%)", relayed / quinn * 100.0);
-        if let Some(ssh) = bulk_rows.get(3) {
-            println!("relayed E2EE / OpenSSH ControlMaster = {:.2}x (target >= 1)", relayed / ssh.mb_per_s);
+        println!(
+            "relayed E2EE / raw quinn: median {:.0}% (rounds: {}) (target >= 50%)",
+            median(&of_quinn) * 100.0,
+            percents(&of_quinn)
+        );
+        if !of_ssh.is_empty() {
+            println!(
+                "relayed E2EE / OpenSSH ControlMaster: median {:.2}x (rounds: {}) (target >= 1)",
+                median(&of_ssh),
+                of_ssh
+                    .iter()
+                    .map(|r| format!("{r:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
         }
-        let report = serde_json::json!({ "latency": lat, "relayed_over_direct_p50": ratio, "bulk": bulk_rows });
-        let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-cloud.json");
+        let report = serde_json::json!({
+            "latency": lat,
+            "relayed_over_direct_p50": ratio,
+            "bulk": bulk_rows,
+            "bulk_rounds": rounds,
+            "relayed_over_raw_quinn": of_quinn,
+            "relayed_over_openssh": of_ssh,
+        });
+        let out = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join("bench-cloud.json");
         let _ = std::fs::write(&out, serde_json::to_vec_pretty(&report).unwrap());
         println!("results: {}", out.display());
     });

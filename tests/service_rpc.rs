@@ -246,13 +246,23 @@ async fn caller_going_away_cancels_the_device_work() {
 async fn oversized_and_malformed_frames_cut_off_only_that_connection() {
     let svc = start_service(&[], RpcConfig::default());
     let good = login(&svc, "alice", ALICE_PASSWORD).await.unwrap();
+    // A valid request with a payload behind it, which requests never carry.
+    let ping = switchyard::wire::codec::encode(&req(Request::Ping)).unwrap();
+    let mut smuggled = vec![PROTOCOL_VERSION];
+    smuggled.extend_from_slice(&(ping.len() as u32).to_be_bytes());
+    smuggled.extend_from_slice(&2u32.to_be_bytes());
+    smuggled.extend_from_slice(&ping);
+    smuggled.extend_from_slice(b"xx");
     for bad in [
         // Header claims 64 MiB.
-        vec![PROTOCOL_VERSION, 0x04, 0, 0, 0],
+        vec![PROTOCOL_VERSION, 0x04, 0, 0, 0, 0, 0, 0, 0],
+        // Header claims a 64 MiB payload.
+        vec![PROTOCOL_VERSION, 0, 0, 0, 1, 0x04, 0, 0, 0],
         // Valid header, garbage body.
-        vec![PROTOCOL_VERSION, 0, 0, 0, 3, 0xff, 0xff, 0xff],
-        // Another protocol version.
-        vec![9, 0, 0, 0, 1, 0],
+        vec![PROTOCOL_VERSION, 0, 0, 0, 3, 0, 0, 0, 0, 0xff, 0xff, 0xff],
+        // Another protocol version (1: frames without a payload length).
+        vec![1, 0, 0, 0, 1, 0],
+        smuggled,
     ] {
         let c = login(&svc, "alice", ALICE_PASSWORD).await.unwrap();
         let (mut send, _recv) = c.conn.open_bi().await.unwrap();

@@ -8,12 +8,16 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::pb::broker_client::BrokerClient;
 
+/// The largest HTTP/2 frame this client accepts.
+const MAX_FRAME: u32 = 256 * 1024;
+
 /// A channel to the broker at `socket`.
 pub async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
     let path = socket.to_path_buf();
     // The URI is a placeholder: the connector ignores it, and "localhost"
     // is a valid HTTP/2 authority.
     Endpoint::from_static("http://localhost")
+        .max_frame_size(MAX_FRAME)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move {

@@ -96,13 +96,7 @@ pub fn exec_event(r: Response) -> Option<pb::ExecEvent> {
             device,
             command,
             data,
-        } => (
-            device,
-            Event::Output(pb::CommandOutput {
-                command,
-                data: data.into(),
-            }),
-        ),
+        } => (device, Event::Output(pb::CommandOutput { command, data })),
         Response::ExecDevice {
             device,
             commands,

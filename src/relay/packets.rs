@@ -103,7 +103,7 @@ impl PacketRelay {
         tap: Option<mpsc::Sender<Bytes>>,
         cancel: CancellationToken,
     ) -> io::Result<Self> {
-        let std_socket = std::net::UdpSocket::bind(bind)?;
+        let std_socket = crate::wire::conn::udp_socket(bind)?;
         std_socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&std_socket).into())?;
         let socket = UdpSocket::from_std(std_socket)?;

@@ -60,7 +60,7 @@ pub(super) fn endpoint(state: &RelayState, config: &RelayConfig) -> Result<Endpo
     tls.max_early_data_size = 0;
     let transport = Arc::new(crate::wire::conn::transport_config(&config.limits));
     let server = crate::wire::conn::quic_server_config(tls, transport).map_err(|e| tls_err(&e))?;
-    Endpoint::server(server, config.listen).map_err(|e| RelayError::Listen {
+    crate::wire::conn::endpoint(config.listen, Some(server)).map_err(|e| RelayError::Listen {
         addr: config.listen,
         reason: e.to_string(),
     })

@@ -15,6 +15,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -424,17 +425,22 @@ pub fn exec_responses(device: u32, result: Result<DeviceExec, DriverError>) -> V
             Ok(o) => (o.output.into_bytes(), o.exit_status, None),
             Err(e) => (Vec::new(), None, Some(e.to_string())),
         };
-        let inline = if output.len() <= budget {
-            budget -= output.len();
-            output
-        } else {
-            events.extend(output.chunks(OUTPUT_CHUNK).map(|c| Response::ExecOutput {
-                device,
-                command,
-                data: c.to_vec(),
-            }));
-            Vec::new()
-        };
+        let inline =
+            if output.len() <= budget {
+                budget -= output.len();
+                output
+            } else {
+                // Chunks are slices of the one output buffer, not copies.
+                let output = Bytes::from(output);
+                events.extend((0..output.len()).step_by(OUTPUT_CHUNK).map(|at| {
+                    Response::ExecOutput {
+                        device,
+                        command,
+                        data: output.slice(at..(at + OUTPUT_CHUNK).min(output.len())),
+                    }
+                }));
+                Vec::new()
+            };
         commands.push(CommandDone {
             command,
             output: inline,

@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, RecvStream, SendStream, TransportConfig, VarInt};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::frame::{self, FrameError, HEADER_LEN};
+use super::frame::{self, FrameError, HEADER_LEN, Payload};
 use super::messages::ALPN;
 use super::pin::PinnedServerVerifier;
 
@@ -73,6 +74,47 @@ pub fn transport_config(limits: &TransportLimits) -> TransportConfig {
     t
 }
 
+/// Kernel buffer asked for on every UDP socket that carries QUIC. Linux's
+/// default (≈208 KiB) holds under a millisecond of a bulk transfer, so a
+/// receiver that is descheduled that long drops datagrams, and each drop
+/// halves the sender's congestion window. The kernel caps the request at
+/// `net.core.rmem_max` / `wmem_max`.
+pub const UDP_BUFFER: usize = 8 * 1024 * 1024;
+
+/// A UDP socket bound to `addr`, with [`UDP_BUFFER`] asked for both ways.
+pub fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+    // Best effort: a smaller buffer still works, it only drops sooner.
+    let _ = state.set_recv_buffer_size((&socket).into(), UDP_BUFFER);
+    let _ = state.set_send_buffer_size((&socket).into(), UDP_BUFFER);
+    if let Ok(got) = state.recv_buffer_size((&socket).into())
+        && got < UDP_BUFFER
+    {
+        tracing::debug!(
+            bytes = got,
+            wanted = UDP_BUFFER,
+            "UDP receive buffer capped by the kernel (raise net.core.rmem_max)"
+        );
+    }
+    Ok(socket)
+}
+
+/// A quinn endpoint on a [`udp_socket`] bound to `addr`.
+pub fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<Endpoint> {
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
+    Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        udp_socket(addr)?,
+        runtime,
+    )
+}
+
 fn transport(limits: &TransportLimits) -> Arc<TransportConfig> {
     Arc::new(transport_config(limits))
 }
@@ -85,7 +127,7 @@ pub fn server_endpoint(
     limits: &TransportLimits,
 ) -> Result<Endpoint, ConnError> {
     let config = server_config(cert_der, key_der, transport(limits))?;
-    Ok(Endpoint::server(config, addr)?)
+    Ok(endpoint(addr, Some(config))?)
 }
 
 /// Server configuration of the service RPC protocol presenting `cert_der`.
@@ -137,7 +179,7 @@ pub fn client_endpoint(target: SocketAddr) -> Result<Endpoint, ConnError> {
             .parse()
             .map_err(|_| ConnError::Tls("bad bind address".into()))?
     };
-    Ok(Endpoint::client(bind)?)
+    Ok(endpoint(bind, None)?)
 }
 
 /// Client configuration that authenticates the server with `verifier`.
@@ -162,20 +204,26 @@ pub fn client_config_with(
 }
 
 /// Writes one message as a frame.
-pub async fn write_frame<T: Serialize>(
+pub async fn write_frame<T: Serialize + Payload>(
     send: &mut SendStream,
     msg: &T,
     max_frame: usize,
 ) -> Result<(), ConnError> {
-    let bytes = frame::encode(msg, max_frame)?;
-    // Handed to quinn as is, not copied into its send buffer.
-    send.write_chunk(bytes.into()).await?;
+    let frame = frame::encode(msg, max_frame)?;
+    // Handed to quinn as they are, not copied into its send buffer.
+    match frame.payload {
+        None => send.write_chunk(frame.head.into()).await?,
+        Some(payload) => {
+            send.write_all_chunks(&mut [frame.head.into(), payload])
+                .await?
+        }
+    }
     Ok(())
 }
 
 /// Reads one frame; `Ok(None)` when the peer finished the stream cleanly
 /// between frames.
-pub async fn read_frame<T: DeserializeOwned>(
+pub async fn read_frame<T: DeserializeOwned + Payload>(
     recv: &mut RecvStream,
     max_frame: usize,
 ) -> Result<Option<T>, ConnError> {
@@ -185,20 +233,31 @@ pub async fn read_frame<T: DeserializeOwned>(
         match recv.read(&mut header[filled..]).await? {
             Some(n) => filled += n,
             None if filled == 0 => return Ok(None),
+            // A short frame from a peer of another revision is reported as
+            // that, not as a cut-off stream.
+            None if header[0] != frame::PROTOCOL_VERSION => {
+                return Err(FrameError::Version { got: header[0] }.into());
+            }
             None => return Err(ConnError::Truncated),
         }
     }
-    let len = frame::parse_header(header, max_frame)?;
-    // Filled from quinn's chunks as they come (no zeroing of a body that
-    // is about to be overwritten; bulk frames are 256 KiB).
-    let mut body = Vec::with_capacity(len);
-    while body.len() < len {
-        match recv.read_chunk(len - body.len(), true).await? {
-            Some(chunk) => body.extend_from_slice(&chunk.bytes),
+    let lengths = frame::parse_header(header, max_frame)?;
+    let body = read_exact(recv, lengths.body).await?;
+    let payload = read_exact(recv, lengths.payload).await?;
+    Ok(Some(frame::decode(&body, payload.freeze())?))
+}
+
+/// The next `len` bytes of `recv` in one buffer, filled from quinn's chunks
+/// as they come (bulk payloads are 256 KiB: no zeroing first, one copy).
+async fn read_exact(recv: &mut RecvStream, len: usize) -> Result<BytesMut, ConnError> {
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        match recv.read_chunk(len - buf.len(), true).await? {
+            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
             None => return Err(ConnError::Truncated),
         }
     }
-    Ok(Some(frame::decode(&body)?))
+    Ok(buf)
 }
 
 /// Client configuration for the relay (ALPN `switchyard-relay/1`): the

@@ -1,19 +1,25 @@
-//! Frames: `[version: u8][length: u32 BE][body: length bytes]`.
+//! Frames: `[version: u8][body length: u32 BE][payload length: u32 BE]
+//! [body][payload]`.
 //!
 //! The version byte lets either side reject a peer speaking another protocol
-//! revision (or garbage) before reading a body; the length is checked
-//! against the receiver's limit before any allocation.
+//! revision (or garbage) before reading a body; both lengths are checked
+//! against the receiver's limit before any allocation. The body is the
+//! encoded message; the payload is bulk bytes the message carries (command
+//! output), sent as they are after the body so the sender hands them to the
+//! transport without copying them into the encoding (see [`Payload`]).
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::codec::{self, CodecError};
 
-/// The protocol revision this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol revision this build speaks (2: frames carry a payload).
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Bytes before the body.
-pub const HEADER_LEN: usize = 5;
-/// Default largest frame body accepted (1 MiB); output is chunked below it.
+pub const HEADER_LEN: usize = 9;
+/// Default largest frame (body and payload) accepted (1 MiB); output is
+/// chunked below it.
 pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,59 +28,165 @@ pub enum FrameError {
     Version { got: u8 },
     #[error("frame of {size} bytes exceeds the {limit}-byte limit")]
     TooLarge { size: usize, limit: usize },
+    #[error("a {len}-byte payload came with a message that carries none")]
+    UnexpectedPayload { len: usize },
     #[error(transparent)]
     Codec(#[from] CodecError),
 }
 
-/// Parses a header; returns the body length after checking it against
-/// `limit`.
-pub fn parse_header(header: [u8; HEADER_LEN], limit: usize) -> Result<usize, FrameError> {
+/// Bulk bytes a message carries beside its encoded body. Messages carry
+/// none unless they say otherwise.
+pub trait Payload {
+    /// The bytes to send after the body.
+    fn payload(&self) -> Option<&Bytes> {
+        None
+    }
+    /// Takes the bytes that came after the body; `false` if this message
+    /// carries none (the frame is then malformed).
+    fn set_payload(&mut self, _payload: Bytes) -> bool {
+        false
+    }
+}
+
+/// The lengths a frame header announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub body: usize,
+    pub payload: usize,
+}
+
+/// Parses a header; returns the lengths after checking that the frame
+/// fits `limit`.
+pub fn parse_header(header: [u8; HEADER_LEN], limit: usize) -> Result<FrameHeader, FrameError> {
     if header[0] != PROTOCOL_VERSION {
         return Err(FrameError::Version { got: header[0] });
     }
-    let size = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    let body = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    let payload = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) as usize;
+    let size = body + payload;
     if size > limit {
         return Err(FrameError::TooLarge { size, limit });
     }
-    Ok(size)
+    Ok(FrameHeader { body, payload })
+}
+
+/// One encoded frame: header and body in one buffer, the payload beside it
+/// (the caller's bytes, not copied).
+pub struct Encoded {
+    pub head: Vec<u8>,
+    pub payload: Option<Bytes>,
 }
 
 /// Encodes `msg` as one frame. Refuses to build a frame over `limit`, so a
 /// sender learns of the problem instead of its peer cutting it off.
-/// The body is encoded straight after a placeholder header, in one buffer
-/// (bulk output is copied once here, not three times).
-pub fn encode<T: Serialize>(msg: &T, limit: usize) -> Result<Vec<u8>, FrameError> {
-    let mut frame = vec![PROTOCOL_VERSION, 0, 0, 0, 0];
-    let size = codec::encode_into(msg, &mut frame)?;
+pub fn encode<T: Serialize + Payload>(msg: &T, limit: usize) -> Result<Encoded, FrameError> {
+    let mut head = vec![PROTOCOL_VERSION, 0, 0, 0, 0, 0, 0, 0, 0];
+    let body = codec::encode_into(msg, &mut head)?;
+    let payload = msg.payload().filter(|p| !p.is_empty()).cloned();
+    let payload_len = payload.as_ref().map_or(0, Bytes::len);
+    let size = body + payload_len;
     if size > limit || size > u32::MAX as usize {
         return Err(FrameError::TooLarge { size, limit });
     }
-    frame[1..HEADER_LEN].copy_from_slice(&(size as u32).to_be_bytes());
-    Ok(frame)
+    head[1..5].copy_from_slice(&(body as u32).to_be_bytes());
+    head[5..HEADER_LEN].copy_from_slice(&(payload_len as u32).to_be_bytes());
+    Ok(Encoded { head, payload })
 }
 
-/// Decodes a frame body.
-pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    Ok(codec::decode(body)?)
+/// Decodes a frame from its body and payload.
+pub fn decode<T: DeserializeOwned + Payload>(body: &[u8], payload: Bytes) -> Result<T, FrameError> {
+    let mut msg: T = codec::decode(body)?;
+    if !payload.is_empty() {
+        let len = payload.len();
+        if !msg.set_payload(payload) {
+            return Err(FrameError::UnexpectedPayload { len });
+        }
+    }
+    Ok(msg)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Note(String, u32);
+    impl Payload for Note {}
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Blob {
+        tag: u32,
+        #[serde(skip)]
+        data: Bytes,
+    }
+    impl Payload for Blob {
+        fn payload(&self) -> Option<&Bytes> {
+            Some(&self.data)
+        }
+        fn set_payload(&mut self, payload: Bytes) -> bool {
+            self.data = payload;
+            true
+        }
+    }
+
+    /// Splits an encoded frame the way a reader does.
+    fn split(e: &Encoded, limit: usize) -> Result<(FrameHeader, Vec<u8>, Bytes), FrameError> {
+        let header = parse_header(e.head[..HEADER_LEN].try_into().unwrap(), limit)?;
+        Ok((
+            header,
+            e.head[HEADER_LEN..].to_vec(),
+            e.payload.clone().unwrap_or_default(),
+        ))
+    }
 
     #[test]
     fn encode_then_parse() {
-        let frame = encode(&("hello".to_string(), 42u32), 1024).unwrap();
-        let header: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().unwrap();
-        let len = parse_header(header, 1024).unwrap();
-        assert_eq!(len, frame.len() - HEADER_LEN);
-        let (s, n): (String, u32) = decode(&frame[HEADER_LEN..]).unwrap();
-        assert_eq!((s.as_str(), n), ("hello", 42));
+        let frame = encode(&Note("hello".into(), 42), 1024).unwrap();
+        assert!(frame.payload.is_none());
+        let (header, body, payload) = split(&frame, 1024).unwrap();
+        assert_eq!(header.body, frame.head.len() - HEADER_LEN);
+        assert_eq!(header.payload, 0);
+        let note: Note = decode(&body, payload).unwrap();
+        assert_eq!(note, Note("hello".into(), 42));
+    }
+
+    #[test]
+    fn payload_travels_beside_the_body_uncopied() {
+        let data = Bytes::from(vec![7u8; 5000]);
+        let frame = encode(
+            &Blob {
+                tag: 3,
+                data: data.clone(),
+            },
+            8192,
+        )
+        .unwrap();
+        let sent = frame.payload.clone().expect("a payload");
+        assert_eq!(
+            sent.as_ptr(),
+            data.as_ptr(),
+            "the caller's bytes, not a copy"
+        );
+        assert!(frame.head.len() < 16, "the body does not hold the data");
+        let (header, body, payload) = split(&frame, 8192).unwrap();
+        assert_eq!(header.payload, 5000);
+        let blob: Blob = decode(&body, payload).unwrap();
+        assert_eq!(blob, Blob { tag: 3, data });
+    }
+
+    #[test]
+    fn a_payload_on_a_message_that_carries_none_is_refused() {
+        let body = codec::encode(&Note("x".into(), 1)).unwrap();
+        assert!(matches!(
+            decode::<Note>(&body, Bytes::from_static(b"smuggled")),
+            Err(FrameError::UnexpectedPayload { len: 8 })
+        ));
     }
 
     #[test]
     fn oversized_and_wrong_version_are_refused_before_reading_the_body() {
-        let big = [PROTOCOL_VERSION, 0, 0x10, 0, 1];
+        let big = [PROTOCOL_VERSION, 0, 0x10, 0, 1, 0, 0, 0, 0];
         assert!(matches!(
             parse_header(big, 1024 * 1024),
             Err(FrameError::TooLarge {
@@ -82,12 +194,26 @@ mod tests {
                 ..
             })
         ));
+        // Body and payload count together.
+        let split_big = [PROTOCOL_VERSION, 0, 0, 0, 6, 0, 0, 0, 5];
         assert!(matches!(
-            parse_header([9, 0, 0, 0, 1], 10),
-            Err(FrameError::Version { got: 9 })
+            parse_header(split_big, 10),
+            Err(FrameError::TooLarge { size: 11, .. })
         ));
         assert!(matches!(
-            encode(&vec![0u8; 2000], 1000),
+            parse_header([1, 0, 0, 0, 1, 0, 0, 0, 0], 10),
+            Err(FrameError::Version { got: 1 })
+        ));
+        assert!(matches!(
+            encode(&Note("x".repeat(2000), 0), 1000),
+            Err(FrameError::TooLarge { .. })
+        ));
+        let blob = Blob {
+            tag: 0,
+            data: Bytes::from(vec![0u8; 2000]),
+        };
+        assert!(matches!(
+            encode(&blob, 1000),
             Err(FrameError::TooLarge { .. })
         ));
     }

@@ -9,7 +9,10 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+
+use super::frame::Payload;
 
 /// ALPN protocol id of the service RPC socket.
 pub const ALPN: &[u8] = b"switchyard/1";
@@ -172,8 +175,9 @@ pub enum Response {
     ExecOutput {
         device: u32,
         command: u32,
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
+        /// Travels as the frame's payload, not in the encoded body.
+        #[serde(skip)]
+        data: Bytes,
     },
     /// One device finished: a result per command (output inline unless it
     /// came in chunks before), or the device's failure.
@@ -209,3 +213,29 @@ pub enum TerminalInput {
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Resize { cols: u16, rows: u16 },
 }
+
+/// Exec output rides as the frame's payload: the service hands its bytes to
+/// QUIC without encoding them, the broker passes them on without decoding.
+impl Payload for Response {
+    fn payload(&self) -> Option<&Bytes> {
+        match self {
+            Response::ExecOutput { data, .. } => Some(data),
+            _ => None,
+        }
+    }
+
+    fn set_payload(&mut self, payload: Bytes) -> bool {
+        match self {
+            Response::ExecOutput { data, .. } => {
+                *data = payload;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Payload for AuthRequest {}
+impl Payload for AuthResponse {}
+impl Payload for RequestEnvelope {}
+impl Payload for TerminalInput {}

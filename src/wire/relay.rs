@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::packet_relay::PacketPath;
 
+use super::frame::Payload;
 use super::messages::WireError;
 
 /// ALPN protocol id of the relay's QUIC listener.
@@ -232,3 +233,9 @@ pub struct ErrorBody {
     pub error: String,
     pub message: String,
 }
+
+impl Payload for RelayHello {}
+impl Payload for HelloReply {}
+impl Payload for RelayRequest {}
+impl Payload for RelayReply {}
+impl Payload for TunnelOffer {}

@@ -243,7 +243,7 @@ impl PacketPathSocket {
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let udp = std::net::UdpSocket::bind(bind)?;
+        let udp = super::conn::udp_socket(bind)?;
         let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, udp)?;
         let (me, peer) = match role {
             TunnelRole::Client => (PeerRole::Client, PeerRole::Service),
