@@ -59,6 +59,9 @@ pub enum ConnError {
     Io(#[from] std::io::Error),
 }
 
+/// Receive window of one stream (see [`transport_config`]).
+pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
 /// Transport settings both ends use for `limits`.
 pub fn transport_config(limits: &TransportLimits) -> TransportConfig {
     let mut t = TransportConfig::default();
@@ -67,8 +70,11 @@ pub fn transport_config(limits: &TransportLimits) -> TransportConfig {
         .keep_alive_interval(Some(limits.keep_alive))
         .max_idle_timeout(limits.idle_timeout.try_into().ok())
         // Bulk output: let one stream use a good part of the connection's
-        // window (defaults are tuned for many small streams).
-        .stream_receive_window(VarInt::from_u32(8 * 1024 * 1024))
+        // window (defaults are tuned for many small streams), but no more
+        // than quinn keeps as separate packets: past ~2,000 buffered chunks
+        // it copies the whole backlog into one buffer, which a bulk reader
+        // that falls behind would pay for again and again.
+        .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
         .receive_window(VarInt::from_u32(32 * 1024 * 1024))
         .send_window(32 * 1024 * 1024);
     t
