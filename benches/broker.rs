@@ -37,6 +37,7 @@ struct Options {
     callers: usize,
     load_secs: u64,
     process_runs: usize,
+    rounds: usize,
 }
 
 fn usage() -> Options {
@@ -45,6 +46,7 @@ fn usage() -> Options {
         callers: 1000,
         load_secs: 10,
         process_runs: 50,
+        rounds: 5,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -55,6 +57,7 @@ fn usage() -> Options {
             ("--callers", Some(v)) => o.callers = v,
             ("--load-secs", Some(v)) => o.load_secs = v as u64,
             ("--process-runs", Some(v)) => o.process_runs = v,
+            ("--rounds", Some(v)) => o.rounds = v.max(1),
             _ => {
                 i += 1;
                 continue;
@@ -178,6 +181,22 @@ async fn start_broker(dir: &Path) -> (tokio::process::Child, PathBuf) {
     (child, socket)
 }
 
+/// CPU time `pid` has used so far (user + system), from `/proc`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -222,53 +241,98 @@ async fn broker_exec(
     Ok(bytes)
 }
 
-/// A bare tonic unary call over a Unix socket: the floor any broker call
-/// stands on. Health `Check` does one map lookup.
-async fn tonic_floor(dir: &Path, samples: usize) -> Stats {
-    let path = dir.join("floor.sock");
-    let listener = tokio::net::UnixListener::bind(&path).unwrap();
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
-    );
-    let channel = switchyard::api::client::channel(&path).await.unwrap();
-    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
-    let req = || tonic_health::pb::HealthCheckRequest {
-        service: String::new(),
-    };
-    for _ in 0..200 {
-        client.check(req()).await.unwrap();
-    }
-    let mut v = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let t = Instant::now();
-        client.check(req()).await.unwrap();
-        v.push(t.elapsed());
-    }
-    server.abort();
-    stats("tonic unary over UDS (floor)", v)
+/// Times `n` runs of `$once` (an expression awaited each time).
+macro_rules! timed {
+    ($n:expr, $once:expr) => {{
+        let mut v = Vec::with_capacity($n);
+        for _ in 0..$n {
+            let t = Instant::now();
+            $once.await;
+            v.push(t.elapsed());
+        }
+        v
+    }};
 }
 
-async fn direct_rust_client(addr: std::net::SocketAddr, fp: Fingerprint, samples: usize) -> Stats {
-    let endpoint = client_endpoint(addr).unwrap();
-    let target = DirectTarget {
-        label: addr.to_string(),
-        addr,
-        username: "bench".into(),
-        password: Secret::new(PASSWORD),
-        fingerprint: Some(fp),
-    };
-    let limits = TransportLimits::default();
-    let conn = connect(&endpoint, &target, &limits).await.unwrap();
-    let ch = LinkChannel::Quic {
-        conn: conn.conn.clone(),
-        target: addr.to_string(),
-        max_frame: limits.max_frame,
-    };
-    let one = || async {
-        let mut call = ch
+/// A bare tonic unary call over a Unix socket: the floor any broker call
+/// stands on. Health `Check` does one map lookup.
+struct TonicFloor {
+    client: tonic_health::pb::health_client::HealthClient<Channel>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl TonicFloor {
+    async fn start(dir: &Path) -> Self {
+        let path = dir.join("floor.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+        );
+        let channel = switchyard::api::client::channel(&path).await.unwrap();
+        let mut floor = Self {
+            client: tonic_health::pb::health_client::HealthClient::new(channel),
+            server,
+        };
+        for _ in 0..200 {
+            floor.once().await;
+        }
+        floor
+    }
+
+    async fn once(&mut self) {
+        self.client
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for TonicFloor {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A Rust client on its own QUIC connection to the service (no broker).
+struct DirectClient {
+    _endpoint: quinn::Endpoint,
+    channel: LinkChannel,
+}
+
+impl DirectClient {
+    async fn connect(addr: std::net::SocketAddr, fp: Fingerprint) -> Self {
+        let endpoint = client_endpoint(addr).unwrap();
+        let target = DirectTarget {
+            label: addr.to_string(),
+            addr,
+            username: "bench".into(),
+            password: Secret::new(PASSWORD),
+            fingerprint: Some(fp),
+        };
+        let limits = TransportLimits::default();
+        let conn = connect(&endpoint, &target, &limits).await.unwrap();
+        let direct = Self {
+            _endpoint: endpoint,
+            channel: LinkChannel::Quic {
+                conn: conn.conn.clone(),
+                target: addr.to_string(),
+                max_frame: limits.max_frame,
+            },
+        };
+        for _ in 0..200 {
+            direct.once().await;
+        }
+        direct
+    }
+
+    async fn once(&self) {
+        let mut call = self
+            .channel
             .call(RequestEnvelope {
                 deadline_ms: None,
                 request: Request::Exec {
@@ -282,35 +346,86 @@ async fn direct_rust_client(addr: std::net::SocketAddr, fp: Fingerprint, samples
         while let Some(r) = call.next().await {
             r.unwrap();
         }
-    };
-    for _ in 0..200 {
-        one().await;
     }
-    let mut v = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let t = Instant::now();
-        one().await;
-        v.push(t.elapsed());
+}
+
+/// Exec on `device` through the broker, on one gRPC connection.
+struct Brokered {
+    client: BrokerClient<Channel>,
+    device: String,
+}
+
+impl Brokered {
+    async fn connect(socket: &Path, device: &str) -> Self {
+        let mut brokered = Self {
+            client: switchyard::api::client::connect(socket).await.unwrap(),
+            device: device.into(),
+        };
+        for _ in 0..200 {
+            brokered.once().await;
+        }
+        brokered
     }
-    stats("exec, Rust client -> service (no broker)", v)
+
+    async fn once(&mut self) {
+        broker_exec(&mut self.client, exec_req("bench", &self.device))
+            .await
+            .unwrap();
+    }
+}
+
+/// The broker-overhead rows: floor, direct and brokered exec measured in
+/// interleaved rounds (this VM's speed drifts over seconds, and the
+/// overhead is a difference of three figures), with the broker's CPU time.
+struct Overhead {
+    rows: [Stats; 3],
+    /// Brokered − floor − direct p50, per round.
+    per_round_us: Vec<f64>,
+    broker_cpu_us_per_exec: f64,
+}
+
+async fn overhead(
+    dir: &Path,
+    socket: &Path,
+    addr: std::net::SocketAddr,
+    fp: Fingerprint,
+    broker_pid: u32,
+    samples: usize,
+    rounds: usize,
+) -> Overhead {
+    let mut floor = TonicFloor::start(dir).await;
+    let direct = DirectClient::connect(addr, fp).await;
+    let mut brokered = Brokered::connect(socket, "sim-1").await;
+    let per = (samples / rounds).max(1);
+    let (mut all, mut per_round_us) = ([vec![], vec![], vec![]], vec![]);
+    let mut broker_cpu = Duration::ZERO;
+    for _ in 0..rounds {
+        let f = timed!(per, floor.once());
+        let d = timed!(per, direct.once());
+        let cpu = cpu_time(broker_pid);
+        let b = timed!(per, brokered.once());
+        broker_cpu += cpu_time(broker_pid) - cpu;
+        let p50 = |v: &Vec<Duration>| stats("", v.clone()).p50_us;
+        per_round_us.push(p50(&b) - p50(&f) - p50(&d));
+        for (pool, v) in all.iter_mut().zip([f, d, b]) {
+            pool.extend(v);
+        }
+    }
+    let [f, d, b] = all;
+    Overhead {
+        rows: [
+            stats("tonic unary over UDS (floor)", f),
+            stats("exec, Rust client -> service (no broker)", d),
+            stats("exec via broker, in-process simulator", b),
+        ],
+        per_round_us,
+        broker_cpu_us_per_exec: broker_cpu.as_secs_f64() * 1e6 / (per * rounds) as f64,
+    }
 }
 
 async fn through_broker(socket: &Path, device: &str, label: &str, samples: usize) -> Stats {
-    let mut client = switchyard::api::client::connect(socket).await.unwrap();
-    for _ in 0..200 {
-        broker_exec(&mut client, exec_req("bench", device))
-            .await
-            .unwrap();
-    }
-    let mut v = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let t = Instant::now();
-        broker_exec(&mut client, exec_req("bench", device))
-            .await
-            .unwrap();
-        v.push(t.elapsed());
-    }
-    stats(label, v)
+    let mut brokered = Brokered::connect(socket, device).await;
+    stats(label, timed!(samples, brokered.once()))
 }
 
 /// A unary call that crosses the broker to the service (inventory).
@@ -556,12 +671,9 @@ fn main() {
             .await
             .unwrap();
 
-        let mut latency = vec![
-            tonic_floor(dir.path(), o.samples).await,
-            direct_rust_client(addr, fp, o.samples).await,
-            through_broker(&socket, "sim-1", "exec via broker, in-process simulator", o.samples).await,
-            through_broker(&socket, "ssh-1", "exec via broker, SSH simulator (warm)", o.samples).await,
-        ];
+        let overhead = overhead(dir.path(), &socket, addr, fp, broker_pid, o.samples, o.rounds).await;
+        let mut latency = overhead.rows.to_vec();
+        latency.push(through_broker(&socket, "ssh-1", "exec via broker, SSH simulator (warm)", o.samples).await);
         latency.push(inventory_via_broker(&socket, o.samples).await);
         latency.push(status_via_broker(&socket, o.samples).await);
         latency.push(cli_process(&socket, o.process_runs).await);
@@ -570,12 +682,20 @@ fn main() {
             println!("{:<48} {:>7} {:>9.0} {:>9.0} {:>9.0}", s.name, s.n, s.p50_us, s.p90_us, s.p99_us);
         }
         let floor = latency[0].p50_us;
-        let direct = latency[1].p50_us;
-        let brokered = latency[2].p50_us;
+        let mut per_round = overhead.per_round_us.clone();
+        per_round.sort_by(f64::total_cmp);
+        let logic = per_round[per_round.len() / 2];
         println!(
-            "broker overhead: brokered p50 {brokered:.0} µs = floor {floor:.0} + direct {direct:.0} + {:.0} µs of broker logic ({:.0}% of the floor)",
-            brokered - floor - direct,
-            (brokered - floor - direct) / floor * 100.0
+            "broker overhead: brokered p50 {:.0} µs = floor {floor:.0} + direct {:.0} + broker logic; \
+             broker logic per round: {} µs; median {logic:.0} µs ({:.0}% of the floor)",
+            latency[2].p50_us,
+            latency[1].p50_us,
+            overhead.per_round_us.iter().map(|u| format!("{u:.0}")).collect::<Vec<_>>().join(" "),
+            logic / floor * 100.0
+        );
+        println!(
+            "broker CPU per exec (user + system, incl. its kernel network work): {:.0} µs",
+            overhead.broker_cpu_us_per_exec
         );
 
         let load = load(&socket, broker_pid, o.callers, o.load_secs, addr.port()).await;
@@ -587,7 +707,13 @@ fn main() {
             "broker RSS: {} KiB idle, {} KiB under load; per idle session: {:.0} bytes sharing one connection, {:.0} bytes with a connection each",
             load.broker_rss_kib_before, load.broker_rss_kib_loaded, load.idle_session_bytes_shared_connection, load.idle_session_bytes
         );
-        let report = serde_json::json!({ "latency": latency, "load": load });
+        let report = serde_json::json!({
+            "latency": latency,
+            "broker_logic_us_per_round": overhead.per_round_us,
+            "broker_logic_us": logic,
+            "broker_cpu_us_per_exec": overhead.broker_cpu_us_per_exec,
+            "load": load,
+        });
         let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-broker.json");
         let _ = std::fs::write(&out, serde_json::to_vec_pretty(&report).unwrap());
         println!("results: {}", out.display());
