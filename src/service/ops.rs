@@ -30,7 +30,7 @@ use crate::wire::messages::{
 };
 
 /// Output chunk size in exec responses; well under the frame limit.
-pub const OUTPUT_CHUNK: usize = 256 * 1024;
+pub const OUTPUT_CHUNK: usize = 512 * 1024;
 
 /// An authenticated remote user.
 #[derive(Debug, Clone)]

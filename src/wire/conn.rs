@@ -254,7 +254,7 @@ pub async fn read_frame<T: DeserializeOwned + Payload>(
 }
 
 /// The next `len` bytes of `recv` in one buffer, filled from quinn's chunks
-/// as they come (bulk payloads are 256 KiB: no zeroing first, one copy).
+/// as they come (bulk payloads are 512 KiB: no zeroing first, one copy).
 async fn read_exact(recv: &mut RecvStream, len: usize) -> Result<BytesMut, ConnError> {
     let mut buf = BytesMut::with_capacity(len);
     while buf.len() < len {
