@@ -288,3 +288,26 @@ pub fn relay_client_config(
     tls.alpn_protocols = vec![super::relay::RELAY_ALPN.to_vec()];
     quic_client_config(tls, transport(limits))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_sockets_get_the_buffer_the_kernel_allows() {
+        let socket = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let state = quinn::udp::UdpSocketState::new((&socket).into()).unwrap();
+        let got = state.recv_buffer_size((&socket).into()).unwrap();
+        // Linux caps an unprivileged request at rmem_max (and reports twice
+        // what it grants, for its own bookkeeping).
+        let cap = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(UDP_BUFFER);
+        assert!(
+            got >= UDP_BUFFER.min(cap),
+            "receive buffer {got} bytes, wanted {} (rmem_max {cap})",
+            UDP_BUFFER.min(cap)
+        );
+    }
+}
