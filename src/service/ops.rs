@@ -403,6 +403,18 @@ impl ServiceOps {
 /// ahead of it (well under the frame limit).
 pub const INLINE_BUDGET: usize = 512 * 1024;
 
+/// `output` as `ExecOutput` events of at most [`OUTPUT_CHUNK`] bytes each:
+/// slices of the one buffer, not copies.
+fn output_chunks(device: u32, command: u32, output: Bytes) -> impl Iterator<Item = Response> {
+    (0..output.len())
+        .step_by(OUTPUT_CHUNK)
+        .map(move |at| Response::ExecOutput {
+            device,
+            command,
+            data: output.slice(at..(at + OUTPUT_CHUNK).min(output.len())),
+        })
+}
+
 /// One device's exec result as protocol events: chunks of any output too
 /// large to inline, then one `ExecDevice`.
 pub fn exec_responses(device: u32, result: Result<DeviceExec, DriverError>) -> Vec<Response> {
@@ -425,22 +437,13 @@ pub fn exec_responses(device: u32, result: Result<DeviceExec, DriverError>) -> V
             Ok(o) => (o.output.into_bytes(), o.exit_status, None),
             Err(e) => (Vec::new(), None, Some(e.to_string())),
         };
-        let inline =
-            if output.len() <= budget {
-                budget -= output.len();
-                output
-            } else {
-                // Chunks are slices of the one output buffer, not copies.
-                let output = Bytes::from(output);
-                events.extend((0..output.len()).step_by(OUTPUT_CHUNK).map(|at| {
-                    Response::ExecOutput {
-                        device,
-                        command,
-                        data: output.slice(at..(at + OUTPUT_CHUNK).min(output.len())),
-                    }
-                }));
-                Vec::new()
-            };
+        let inline = if output.len() <= budget {
+            budget -= output.len();
+            output
+        } else {
+            events.extend(output_chunks(device, command, Bytes::from(output)));
+            Vec::new()
+        };
         commands.push(CommandDone {
             command,
             output: inline,
