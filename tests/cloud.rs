@@ -41,6 +41,21 @@ async fn token_login(
         .map(|r| r.into_inner())
 }
 
+/// A caller of `broker` on an attached session, logged in to `relay` with
+/// `identity`'s access token.
+async fn token_session(
+    broker: &TestBroker,
+    relay: &TestRelay,
+    identity: &str,
+) -> (Client, String, tonic::Streaming<pb::SessionEvent>) {
+    let mut client = broker.client().await;
+    let (session, attach) = open_attached(&mut client).await;
+    token_login(&mut client, &session, &relay.token(identity))
+        .await
+        .unwrap();
+    (client, session, attach)
+}
+
 async fn cloud_service(client: &mut Client, session: &str, serial: &str) -> String {
     client
         .service_cloud(pb::ServiceCloudRequest {
@@ -179,11 +194,7 @@ async fn a_blocked_packet_port_is_named_in_the_error() {
     let relay = TestRelay::start_with(|c| c.misdirect_client_packets = Some(closed_port)).await;
     let _svc = CloudService::start(&relay, "SN-BLOCKED", &[]).await;
     let broker = broker_for_with(&relay, &[("SWITCHYARD_BROKER__CONNECT_TIMEOUT_SECS", "2")]).await;
-    let mut client = broker.client().await;
-    let (session, _attach) = open_attached(&mut client).await;
-    token_login(&mut client, &session, &relay.token(ALICE))
-        .await
-        .unwrap();
+    let (mut client, session, _attach) = token_session(&broker, &relay, ALICE).await;
     let service = cloud_service(&mut client, &session, "SN-BLOCKED").await;
     let err = wait(&mut client, &session, &service, 6.0)
         .await
@@ -203,11 +214,7 @@ async fn a_blocked_packet_port_is_named_in_the_error() {
 async fn ciphertext_only(relay: TestRelay, mut tap: tokio::sync::mpsc::Receiver<bytes::Bytes>) {
     let _svc = CloudService::start(&relay, "SN-E2E", &[]).await;
     let broker = broker_for(&relay).await;
-    let mut client = broker.client().await;
-    let (session, _attach) = open_attached(&mut client).await;
-    token_login(&mut client, &session, &relay.token(ALICE))
-        .await
-        .unwrap();
+    let (mut client, session, _attach) = token_session(&broker, &relay, ALICE).await;
     let service = cloud_service(&mut client, &session, "SN-E2E").await;
     wait(&mut client, &session, &service, 15.0).await.unwrap();
     let command = "show running-config";
@@ -573,11 +580,7 @@ async fn an_identity_the_service_does_not_list_is_refused() {
     let relay = TestRelay::start().await;
     let _svc = CloudService::start(&relay, "SN-SCOPE", &[]).await;
     let broker = broker_for(&relay).await;
-    let mut client = broker.client().await;
-    let (session, _attach) = open_attached(&mut client).await;
-    token_login(&mut client, &session, &relay.token(CAROL))
-        .await
-        .unwrap();
+    let (mut client, session, _attach) = token_session(&broker, &relay, CAROL).await;
     let service = cloud_service(&mut client, &session, "SN-SCOPE").await;
     let err = wait(&mut client, &session, &service, 10.0)
         .await
@@ -597,11 +600,7 @@ async fn wait_blocks_until_an_offline_service_comes_online() {
     let mut svc = CloudService::start(&relay, "SN-WAIT", &[]).await;
     svc.stop().await;
     let broker = broker_for(&relay).await;
-    let mut client = broker.client().await;
-    let (session, _attach) = open_attached(&mut client).await;
-    token_login(&mut client, &session, &relay.token(ALICE))
-        .await
-        .unwrap();
+    let (mut client, session, _attach) = token_session(&broker, &relay, ALICE).await;
     let service = cloud_service(&mut client, &session, "SN-WAIT").await;
     let err = wait(&mut client, &session, &service, 1.0)
         .await
@@ -632,11 +631,7 @@ async fn a_relay_restart_fails_calls_fast_and_everything_reconnects() {
     let mut relay = TestRelay::start().await;
     let svc = CloudService::start(&relay, "SN-RST", &[slow]).await;
     let broker = broker_for(&relay).await;
-    let mut client = broker.client().await;
-    let (session, _attach) = open_attached(&mut client).await;
-    token_login(&mut client, &session, &relay.token(ALICE))
-        .await
-        .unwrap();
+    let (mut client, session, _attach) = token_session(&broker, &relay, ALICE).await;
     let service = cloud_service(&mut client, &session, "SN-RST").await;
     wait(&mut client, &session, &service, 15.0).await.unwrap();
 
@@ -734,11 +729,7 @@ async fn direct_with_sso_skips_the_relay_for_data() {
     let (relay, mut tap) = TestRelay::start_tapped_with(|_| {}).await;
     let svc = CloudService::start(&relay, "SN-DSSO", &[]).await;
     let broker = broker_for(&relay).await;
-    let mut client = broker.client().await;
-    let (session, _attach) = open_attached(&mut client).await;
-    token_login(&mut client, &session, &relay.token(ALICE))
-        .await
-        .unwrap();
+    let (mut client, session, _attach) = token_session(&broker, &relay, ALICE).await;
     let service = direct_sso(&mut client, &session, "SN-DSSO", &svc).await;
     wait(&mut client, &session, &service, 15.0).await.unwrap();
     assert!(
