@@ -85,43 +85,49 @@ impl Dialer {
         connect_timeout: Duration,
     ) -> Result<(Option<Endpoint>, DirectConnection), LinkError> {
         let deadline = Instant::now() + connect_timeout;
-        let attempt = self.attempt(label, username, endpoint, fingerprint, limits, deadline);
-        tokio::time::timeout_at(deadline, attempt)
-            .await
-            .unwrap_or_else(|_| {
-                Err(LinkError::Unreachable {
-                    target: label.to_string(),
-                    reason: format!("no answer within {connect_timeout:?}"),
-                })
-            })
-    }
-
-    async fn attempt(
-        &self,
-        label: &str,
-        username: &str,
-        endpoint: Option<Endpoint>,
-        fingerprint: Option<Fingerprint>,
-        limits: &TransportLimits,
-        deadline: Instant,
-    ) -> Result<(Option<Endpoint>, DirectConnection), LinkError> {
-        match self {
-            Self::Password { password } => {
-                let addr = resolve(label).await?;
-                let endpoint = reuse_or_bind(endpoint, addr, label)?;
-                let target = DirectTarget {
-                    label: label.to_string(),
-                    addr,
-                    username: username.to_string(),
-                    password: password.clone(),
-                    fingerprint,
-                };
-                let connected = direct_client::connect(&endpoint, &target, limits).await?;
-                Ok((Some(endpoint), connected))
+        let attempt = async {
+            match self {
+                Self::Password { password } => {
+                    let addr = resolve(label).await?;
+                    let endpoint = reuse_or_bind(endpoint, addr, label)?;
+                    let target = DirectTarget {
+                        label: label.to_string(),
+                        addr,
+                        username: username.to_string(),
+                        password: password.clone(),
+                        fingerprint,
+                    };
+                    let connected = direct_client::connect(&endpoint, &target, limits).await?;
+                    Ok((Some(endpoint), connected))
+                }
+                Self::Cloud(cloud) => cloud.dial(label, endpoint, limits, deadline).await,
             }
-            Self::Cloud(cloud) => cloud.dial(label, endpoint, limits, deadline).await,
-        }
+        };
+        by_deadline(
+            deadline,
+            label,
+            format!("no answer within {connect_timeout:?}"),
+            attempt,
+        )
+        .await
     }
+}
+
+/// `attempt`, given up at `deadline` as `label` unreachable for `reason`.
+async fn by_deadline<T>(
+    deadline: Instant,
+    label: &str,
+    reason: String,
+    attempt: impl Future<Output = Result<T, LinkError>>,
+) -> Result<T, LinkError> {
+    tokio::time::timeout_at(deadline, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(LinkError::Unreachable {
+                target: label.to_string(),
+                reason,
+            })
+        })
 }
 
 /// A tunnel whose packets never got through says where they were going:
@@ -190,14 +196,8 @@ impl CloudTarget {
                 // Bounded here (the caller's bound fires at the same
                 // instant, after this one is seen) to say where the
                 // packets were going.
-                let mut connected = tokio::time::timeout_at(deadline, login)
+                let mut connected = by_deadline(deadline, label, "no answer".into(), login)
                     .await
-                    .unwrap_or_else(|_| {
-                        Err(LinkError::Unreachable {
-                            target: label.to_string(),
-                            reason: "no answer".into(),
-                        })
-                    })
                     .map_err(|e| explain_packet_path(e, open.carrier))?;
                 // The carrier stream ending (relay or service gone) ends
                 // the inner connection at once, so the link reconnects
