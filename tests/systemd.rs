@@ -48,6 +48,18 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// One datagram. A receive with a timeout is not restarted after a signal
+/// (other tests here reap children through tokio's SIGCHLD handler), so an
+/// interrupted one is retried.
+fn recv(socket: &UnixDatagram, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match socket.recv(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            received => return received,
+        }
+    }
+}
+
 #[test]
 fn ready_only_once_serving_and_watchdog_pings() {
     let dir = tempfile::tempdir().unwrap();
@@ -77,7 +89,7 @@ fn ready_only_once_serving_and_watchdog_pings() {
     let mut pings = Vec::new();
     let started = Instant::now();
     while pings.len() < 6 {
-        let n = notify.recv(&mut buf).expect("a notification within 30 s");
+        let n = recv(&notify, &mut buf).expect("a notification within 30 s");
         let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
         if msg.contains("READY=1") {
             assert!(health_ok(&socket), "READY=1 before the front door answered");
@@ -107,7 +119,7 @@ fn ready_only_once_serving_and_watchdog_pings() {
     )
     .unwrap();
     loop {
-        let n = notify.recv(&mut buf).expect("STOPPING=1");
+        let n = recv(&notify, &mut buf).expect("STOPPING=1");
         if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
             break;
         }
@@ -335,9 +347,7 @@ fn logs_go_straight_to_journald() {
     let mut sim = KillOnDrop(sim);
     let mut buf = vec![0u8; 65536];
     let record = loop {
-        let n = journal
-            .recv(&mut buf)
-            .expect("a journal record within 30 s");
+        let n = recv(&journal, &mut buf).expect("a journal record within 30 s");
         let record = String::from_utf8_lossy(&buf[..n]).into_owned();
         if record.contains("simulated devices listening") {
             break record;
