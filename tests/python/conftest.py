@@ -4,6 +4,7 @@ stubs generated from proto/ with grpcio-tools."""
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -45,6 +46,21 @@ def read_line(proc, stream, want, timeout=30.0):
         seen.append(line)
         if want in line:
             return line
+
+
+def run_script(args, env, timeout=120):
+    """Runs a Python script to completion (bounded). If it hangs, it is
+    sent SIGABRT with the fault handler on, so the failure shows where
+    every thread of it was stuck."""
+    proc = subprocess.Popen(args, env=dict(env, PYTHONFAULTHANDLER="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=30)
+        raise AssertionError(f"{args} hung for {timeout}s; stdout:\n{out}\nstacks:\n{err}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def run(*args, **kw):

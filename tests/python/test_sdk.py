@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import ALICE_PW, ROOT
+from conftest import ALICE_PW, ROOT, run_script
 
 from switchyard import ExecError, SwitchyardError
 from switchyard.sync import Client
@@ -108,12 +108,10 @@ def test_broker_not_running_is_a_clear_error(tmp_path):
 
 def test_examples_run(broker, service):
     env = env_for(broker, service)
-    out = subprocess.run([sys.executable, EXAMPLES / "standalone.py"], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = run_script([sys.executable, EXAMPLES / "standalone.py"], env)
     assert out.returncode == 0, out.stderr
     assert "3 devices" in out.stdout and "=== core-1 (SUCCESS)" in out.stdout
-    out = subprocess.run([sys.executable, EXAMPLES / "notebook_exitstack.py"], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = run_script([sys.executable, EXAMPLES / "notebook_exitstack.py"], env)
     assert out.returncode == 0, out.stderr
     assert "UTC" in out.stdout
 
@@ -128,8 +126,7 @@ def test_unclosed_client_exits_promptly_and_is_reaped(broker, service):
         "# no close: the interpreter must still exit\n"
     )
     started = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", code], env=env_for(broker, service),
-                         capture_output=True, text=True, timeout=60)
+    out = run_script([sys.executable, "-c", code], env_for(broker, service), timeout=60)
     assert out.returncode == 0, out.stderr
     assert time.monotonic() - started < 30
     session = out.stdout.strip()
@@ -154,8 +151,7 @@ def test_quickstart_against_the_demo(tmp_path):
         db = str(Path(socket_path).parent / "inventory.db")
         qenv = dict(env, SWITCHYARD_SOCKET=socket_path, SWITCHYARD_DB=db,
                     SWITCHYARD_ADMIN_PASSWORD="switchyard-demo")
-        out = subprocess.run([sys.executable, EXAMPLES / "quickstart.py"], env=qenv,
-                             capture_output=True, text=True, timeout=120)
+        out = run_script([sys.executable, EXAMPLES / "quickstart.py"], qenv)
         assert out.returncode == 0, out.stderr
         assert "--- sim-001: SUCCESS" in out.stdout and "--- inproc-1: SUCCESS" in out.stdout
     finally:

@@ -127,7 +127,14 @@ class Client:
                 )
             except grpc.RpcError:
                 pass
+            # Cancel the attach stream and let its reader finish before the
+            # channel is closed: grpc-core can deadlock closing a channel
+            # while another thread is still iterating a call on it
+            # (grpc/grpc#20026).
             self._attach.cancel()
+            if self._attach_thread is not None:
+                self._attach_thread.join(timeout=5)
+                self._attach_thread = None
             self._channel.close()
             self._session_id = None
 
