@@ -1,9 +1,10 @@
 //! End-to-end latency and load benchmarks for the direct path.
 //!
 //! Run: `cargo bench --bench broker` (options after `--`, see `usage`).
-//! Everything runs on loopback: an in-process service (RPC socket over
-//! QUIC), the real broker binary as a child process, simulated devices
-//! (in-process simulator driver, and SSH simulators for the warm-SSH case).
+//! Everything runs on loopback, each end in its own process as deployed:
+//! the service (`switchyardd service run`, RPC socket over QUIC), the
+//! broker, and the floor's tonic server are child processes; the callers
+//! and the SSH simulators (for the warm-SSH case) run in this one.
 //! Results print as a table and go to `target/bench-broker.json`.
 
 use std::path::{Path, PathBuf};
@@ -15,13 +16,9 @@ use switchyard::api::pb::{self, broker_client::BrokerClient};
 use switchyard::broker::direct_client::{DirectTarget, connect};
 use switchyard::broker::link::LinkChannel;
 use switchyard::secret::Secret;
-use switchyard::service::drivers::Drivers;
-use switchyard::service::drivers::ssh::SshDriverConfig;
 use switchyard::service::inventory::{
     DeviceScope, DriverKind, Inventory, NewDevice, NewRemoteUser,
 };
-use switchyard::service::ops::ServiceOps;
-use switchyard::service::rpc::{RpcConfig, RpcServer};
 use switchyard::service::seal::KdfParams;
 use switchyard::sim::server::{SimFleet, SimFleetConfig};
 use switchyard::wire::conn::{TransportLimits, client_endpoint};
@@ -112,13 +109,22 @@ fn device(
     }
 }
 
-async fn start_service(dir: &Path, ssh_port: u16) -> (RpcServer, Fingerprint) {
+/// The service as its own process (`switchyardd service run`), as it is
+/// deployed: every row then crosses the same process boundaries.
+struct ServiceProcess {
+    _child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+    fp: Fingerprint,
+}
+
+async fn start_service(dir: &Path, ssh_port: u16) -> ServiceProcess {
     let cheap = KdfParams {
         memory_kib: 256,
         iterations: 1,
         parallelism: 1,
     };
-    let mut inv = Inventory::init_with(&dir.join("inv.db"), &Secret::new("admin"), cheap).unwrap();
+    let db = dir.join("inv.db");
+    let mut inv = Inventory::init_with(&db, &Secret::new("admin"), cheap).unwrap();
     inv.add_device(&device(
         "sim-1",
         DriverKind::Simulator,
@@ -143,19 +149,33 @@ async fn start_service(dir: &Path, ssh_port: u16) -> (RpcServer, Fingerprint) {
         cloud: false,
     })
     .unwrap();
-    let identity = inv.tls_identity().unwrap();
-    let fp = Fingerprint::of(&identity.cert_der);
-    let ops = ServiceOps::new("bench", inv, Drivers::new(SshDriverConfig::default()));
-    let server = RpcServer::start(
-        ops,
-        identity,
-        RpcConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    (server, fp)
+    drop(inv);
+    let admin = dir.join("admin-password");
+    std::fs::write(&admin, "admin\n").unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyardd"))
+        .arg("service")
+        .arg("--db")
+        .arg(&db)
+        .arg("--admin-password-file")
+        .arg(&admin)
+        .args(["run", "--listen", "127.0.0.1:0", "--name", "bench"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready: serde_json::Value = loop {
+        let line = lines.next_line().await.unwrap().expect("service exited");
+        if let Ok(v) = serde_json::from_str(&line) {
+            break v;
+        }
+    };
+    ServiceProcess {
+        _child: child,
+        addr: ready["rpc_addr"].as_str().unwrap().parse().unwrap(),
+        fp: Fingerprint::parse(ready["fingerprint"].as_str().unwrap()).unwrap(),
+    }
 }
 
 async fn start_broker(dir: &Path) -> (tokio::process::Child, PathBuf) {
@@ -255,26 +275,77 @@ macro_rules! timed {
 }
 
 /// A bare tonic unary call over a Unix socket: the floor any broker call
-/// stands on. Health `Check` does one map lookup.
+/// stands on. Health `Check` does one map lookup. The server runs in a
+/// child process (this bench, re-run with `--floor-server`) on the default
+/// multi-thread runtime, like the broker; `in_process` instead serves it
+/// from this process, where client and server can meet on one thread and
+/// no process is woken, which no call to the broker can do.
 struct TonicFloor {
     client: tonic_health::pb::health_client::HealthClient<Channel>,
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    _server: FloorServer,
+}
+
+enum FloorServer {
+    /// Killed on drop.
+    Child { _process: tokio::process::Child },
+    Task(tokio::task::JoinHandle<Result<(), tonic::transport::Error>>),
+}
+
+impl Drop for FloorServer {
+    fn drop(&mut self) {
+        if let Self::Task(task) = self {
+            task.abort();
+        }
+    }
+}
+
+/// Serves tonic health on `path` until killed (the `--floor-server` child).
+fn serve_floor(path: &Path) -> ! {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        println!("ready");
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    std::process::exit(0)
 }
 
 impl TonicFloor {
-    async fn start(dir: &Path) -> Self {
-        let path = dir.join("floor.sock");
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        let (_reporter, health) = tonic_health::server::health_reporter();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(health)
-                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
-        );
+    async fn start(dir: &Path, in_process: bool) -> Self {
+        let path = dir.join(if in_process { "floor-in.sock" } else { "floor.sock" });
+        let server = if in_process {
+            let listener = tokio::net::UnixListener::bind(&path).unwrap();
+            let (_reporter, health) = tonic_health::server::health_reporter();
+            FloorServer::Task(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(health)
+                    .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+            ))
+        } else {
+            let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+                .arg("--floor-server")
+                .arg(&path)
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let ready = lines.next_line().await.unwrap();
+            assert_eq!(ready.as_deref(), Some("ready"), "floor server did not start");
+            FloorServer::Child { _process: child }
+        };
         let channel = switchyard::api::client::channel(&path).await.unwrap();
         let mut floor = Self {
             client: tonic_health::pb::health_client::HealthClient::new(channel),
-            server,
+            _server: server,
         };
         for _ in 0..200 {
             floor.once().await;
@@ -289,12 +360,6 @@ impl TonicFloor {
             })
             .await
             .unwrap();
-    }
-}
-
-impl Drop for TonicFloor {
-    fn drop(&mut self) {
-        self.server.abort();
     }
 }
 
@@ -377,8 +442,9 @@ impl Brokered {
 /// The broker-overhead rows: floor, direct and brokered exec measured in
 /// interleaved rounds (this VM's speed drifts over seconds, and the
 /// overhead is a difference of three figures), with the broker's CPU time.
+/// The in-process floor is shown beside them, for comparison only.
 struct Overhead {
-    rows: [Stats; 3],
+    rows: [Stats; 4],
     /// Brokered − floor − direct p50, per round.
     per_round_us: Vec<f64>,
     broker_cpu_us_per_exec: f64,
@@ -387,36 +453,38 @@ struct Overhead {
 async fn overhead(
     dir: &Path,
     socket: &Path,
-    addr: std::net::SocketAddr,
-    fp: Fingerprint,
+    service: &ServiceProcess,
     broker_pid: u32,
     samples: usize,
     rounds: usize,
 ) -> Overhead {
-    let mut floor = TonicFloor::start(dir).await;
-    let direct = DirectClient::connect(addr, fp).await;
+    let mut floor = TonicFloor::start(dir, false).await;
+    let mut floor_in_process = TonicFloor::start(dir, true).await;
+    let direct = DirectClient::connect(service.addr, service.fp).await;
     let mut brokered = Brokered::connect(socket, "sim-1").await;
     let per = (samples / rounds).max(1);
-    let (mut all, mut per_round_us) = ([vec![], vec![], vec![]], vec![]);
+    let (mut all, mut per_round_us) = ([vec![], vec![], vec![], vec![]], vec![]);
     let mut broker_cpu = Duration::ZERO;
     for _ in 0..rounds {
         let f = timed!(per, floor.once());
+        let fi = timed!(per, floor_in_process.once());
         let d = timed!(per, direct.once());
         let cpu = cpu_time(broker_pid);
         let b = timed!(per, brokered.once());
         broker_cpu += cpu_time(broker_pid) - cpu;
         let p50 = |v: &Vec<Duration>| stats("", v.clone()).p50_us;
         per_round_us.push(p50(&b) - p50(&f) - p50(&d));
-        for (pool, v) in all.iter_mut().zip([f, d, b]) {
+        for (pool, v) in all.iter_mut().zip([f, d, b, fi]) {
             pool.extend(v);
         }
     }
-    let [f, d, b] = all;
+    let [f, d, b, fi] = all;
     Overhead {
         rows: [
             stats("tonic unary over UDS (floor)", f),
             stats("exec, Rust client -> service (no broker)", d),
             stats("exec via broker, in-process simulator", b),
+            stats("tonic unary over UDS, server in-process", fi),
         ],
         per_round_us,
         broker_cpu_us_per_exec: broker_cpu.as_secs_f64() * 1e6 / (per * rounds) as f64,
@@ -643,6 +711,10 @@ async fn cli_process(socket: &Path, runs: usize) -> Stats {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--floor-server") {
+        serve_floor(Path::new(&args[i + 1]));
+    }
     let o = usage();
     switchyard::tls::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -653,8 +725,8 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let fleet = SimFleet::start(SimFleetConfig::default()).await.unwrap();
         let ssh_port = fleet.endpoints()[0].port;
-        let (server, fp) = start_service(dir.path(), ssh_port).await;
-        let addr = server.local_addr();
+        let service = start_service(dir.path(), ssh_port).await;
+        let (addr, fp) = (service.addr, service.fp);
         let (broker, socket) = start_broker(dir.path()).await;
         let broker_pid = broker.id().unwrap();
         let mut client = switchyard::api::client::connect(&socket).await.unwrap();
@@ -671,7 +743,7 @@ fn main() {
             .await
             .unwrap();
 
-        let overhead = overhead(dir.path(), &socket, addr, fp, broker_pid, o.samples, o.rounds).await;
+        let overhead = overhead(dir.path(), &socket, &service, broker_pid, o.samples, o.rounds).await;
         let mut latency = overhead.rows.to_vec();
         latency.push(through_broker(&socket, "ssh-1", "exec via broker, SSH simulator (warm)", o.samples).await);
         latency.push(inventory_via_broker(&socket, o.samples).await);
@@ -718,6 +790,6 @@ fn main() {
         let _ = std::fs::write(&out, serde_json::to_vec_pretty(&report).unwrap());
         println!("results: {}", out.display());
         drop(Arc::new(fleet));
-        server.shutdown(Duration::ZERO).await;
+        drop(service);
     });
 }

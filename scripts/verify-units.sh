@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Checks every unit in deploy/systemd with `systemd-analyze verify` and fails
 # on any message at all (its exit code alone misses unknown keys). Units are
-# checked with ExecStart pointing at the built binary.
+# checked with ExecStart pointing at the built binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin="$PWD/target/debug/switchyard"
-[ -x "$bin" ] || cargo build --locked
+bindir="$PWD/target/debug"
+[ -x "$bindir/switchyardd" ] || cargo build --locked
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 status=0
 for dir in deploy/systemd deploy/systemd/user; do
     mkdir -p "$work/$dir"
     for unit in "$dir"/*.service "$dir"/*.socket; do
-        sed "s|/usr/bin/switchyard|$bin|" "$unit" > "$work/$unit"
+        sed "s|/usr/bin/switchyard|$bindir/switchyard|" "$unit" > "$work/$unit"
     done
     out=$(cd "$work/$dir" && SYSTEMD_LOG_LEVEL=notice systemd-analyze verify --man=no ./*.socket ./*.service 2>&1 || true)
     if [ -n "$out" ]; then

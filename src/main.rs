@@ -1,85 +1,39 @@
-//! The `switchyard` binary: arguments, logging, configuration and signals.
-//! Everything else lives in the library.
+//! The `switchyard` command. Scripts run it once per exec, so it is lean:
+//! the everyday client commands (`cli::remote`) run here on a one-thread
+//! runtime, and none of the daemons' code is linked in (a third of the
+//! relocations and page faults of the full binary at start-up). Every other
+//! command replaces this process with `switchyardd` (`cli::handoff`).
+//!
+//! No signal handlers: Ctrl-C ends a client command at once, and the broker
+//! sees its caller go and cancels the caller's work.
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
-use switchyard::cli::{self, Cli, LogFormatArg};
-use switchyard::logging::{self, LogFormat};
-use tokio_util::sync::CancellationToken;
+use switchyard::cli::{Cli, Command, handoff, remote};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let Command::Client(command) = cli.command else {
+        eprintln!("error: {}", handoff::exec_full_binary());
+        return ExitCode::FAILURE;
+    };
+    let socket = switchyard::broker::socket::client_path(cli.socket.as_deref());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(remote::run(&socket, command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
-}
-
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = switchyard::config::load(cli.config.as_deref())?;
-    let format = match cli.log_format {
-        Some(LogFormatArg::Json) => LogFormat::Json,
-        Some(LogFormatArg::Text) => LogFormat::Text,
-        Some(LogFormatArg::Journald) => LogFormat::Journald,
-        None => settings.log_format,
-    };
-    logging::init(format, &settings.log_filter);
-    switchyard::tls::install_crypto_provider();
-    let daemon = cli.command.is_daemon();
-    let threads = settings.runtime_threads;
-
-    let main = async {
-        let shutdown = CancellationToken::new();
-        let _signals = spawn_signal_handler(shutdown.clone())?;
-        Ok(cli::run(cli, settings, shutdown).await?)
-    };
-    if !daemon {
-        // A one-shot client command: one thread starts fastest.
-        return tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?
-            .block_on(main);
-    }
-    // Daemons: actix actors run on the System arbiter inside the
-    // multi-thread tokio runtime that also serves tonic.
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = threads.filter(|n| *n > 0) {
-        builder.worker_threads(n);
-    }
-    let runtime = builder
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    actix_rt::System::with_tokio_rt(|| runtime).block_on(main)
-}
-
-/// The first SIGINT/SIGTERM cancels `shutdown`; a second exits at once.
-fn spawn_signal_handler(
-    shutdown: CancellationToken,
-) -> anyhow::Result<switchyard::task::AbortOnDrop<()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    Ok(switchyard::task::AbortOnDrop::new(tokio::spawn(
-        async move {
-            let mut first = true;
-            loop {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-                if !first {
-                    std::process::exit(130);
-                }
-                first = false;
-                shutdown.cancel();
-            }
-        },
-    )))
 }

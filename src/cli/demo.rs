@@ -125,7 +125,13 @@ pub async fn run(
 }
 
 fn print_welcome(socket: &std::path::Path, fleet: &SimFleet, db: &std::path::Path) {
+    // This is switchyardd (the front handed the demo over); the commands
+    // to try are for the lean front beside it, when it is there.
     let exe = std::env::current_exe()
+        .map(|own| {
+            let front = own.with_file_name("switchyard");
+            if front.exists() { front } else { own }
+        })
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "switchyard".into());
     let first = &fleet.endpoints()[0];

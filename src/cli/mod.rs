@@ -7,6 +7,7 @@ pub mod broker;
 pub mod cloud;
 pub mod demo;
 mod exec_output;
+pub mod handoff;
 pub mod relay;
 pub mod remote;
 pub mod service_admin;
@@ -63,27 +64,10 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Run the broker daemon: one per host, shared by every local caller.
     Broker,
-    /// Create a named service kept by the broker for this user.
-    #[command(subcommand)]
-    Connect(remote::ConnectCommand),
-    /// Forget a named service.
-    Disconnect { name: String },
-    /// List a service's devices.
-    Inventory {
-        /// The named service.
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Run commands on devices of a service.
-    Exec(remote::ExecArgs),
-    /// Open an interactive session with a device's shell.
-    Terminal {
-        /// The named service.
-        name: String,
-        /// The device.
-        device: String,
-    },
+    /// Everyday client commands; the lean `switchyard` binary runs these
+    /// itself.
+    #[command(flatten)]
+    Client(remote::ClientCommand),
     /// Log in to a relay (the cloud); the broker keeps the login for this user.
     #[command(subcommand)]
     Login(cloud::LoginCommand),
@@ -100,11 +84,6 @@ pub enum Command {
     /// Access tokens for the logged-in identity.
     #[command(subcommand)]
     Token(cloud::TokenCommand),
-    /// Show sessions, named services and links.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 impl Command {
@@ -187,12 +166,7 @@ pub async fn run(
         Command::Sim(args) => sim::run(args, shutdown).await,
         Command::Demo(args) => demo::run(args, cli.socket, settings, shutdown).await,
         Command::Broker => broker::run(cli.socket, settings, shutdown).await,
-        Command::Connect(cmd) => remote::connect(&socket, cmd).await,
-        Command::Disconnect { name } => remote::disconnect(&socket, name).await,
-        Command::Inventory { name, json } => remote::inventory(&socket, name, json).await,
-        Command::Exec(args) => remote::exec(&socket, args).await,
-        Command::Terminal { name, device } => remote::terminal(&socket, name, device).await,
-        Command::Status { json } => remote::status(&socket, json).await,
+        Command::Client(cmd) => remote::run(&socket, cmd).await,
         Command::Login(cmd) => cloud::login(&socket, cmd).await,
         Command::Logout { identity, relay } => cloud::logout(&socket, identity, relay).await,
         Command::Enroll(cmd) => cloud::enroll(&socket, cmd).await,

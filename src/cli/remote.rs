@@ -14,6 +14,50 @@ use crate::api::pb;
 use crate::secret::SecretSource;
 use crate::wire::messages::CommandDone;
 
+/// The commands the lean `switchyard` binary runs itself: each is a few
+/// calls to the broker, so it starts without the daemons' code.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Create a named service kept by the broker for this user.
+    #[command(subcommand)]
+    Connect(ConnectCommand),
+    /// Forget a named service.
+    Disconnect { name: String },
+    /// List a service's devices.
+    Inventory {
+        /// The named service.
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run commands on devices of a service.
+    Exec(ExecArgs),
+    /// Open an interactive session with a device's shell.
+    Terminal {
+        /// The named service.
+        name: String,
+        /// The device.
+        device: String,
+    },
+    /// Show sessions, named services and links.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs one client command against the broker at `socket`.
+pub async fn run(socket: &Path, cmd: ClientCommand) -> Result<ExitCode, CliError> {
+    match cmd {
+        ClientCommand::Connect(cmd) => connect(socket, cmd).await,
+        ClientCommand::Disconnect { name } => disconnect(socket, name).await,
+        ClientCommand::Inventory { name, json } => inventory(socket, name, json).await,
+        ClientCommand::Exec(args) => exec(socket, args).await,
+        ClientCommand::Terminal { name, device } => terminal(socket, name, device).await,
+        ClientCommand::Status { json } => status(socket, json).await,
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ConnectCommand {
     /// Connect straight to a service's RPC socket.

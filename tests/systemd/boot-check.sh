@@ -1,18 +1,20 @@
 #!/bin/bash
 # Proves the units' hardening at run time: boots systemd as PID 1 in a
 # container (systemd-nspawn over a throw-away overlay of this host's own
-# root), installs the binary, units, sysusers/tmpfiles snippets and config
+# root), installs the binaries, units, sysusers/tmpfiles snippets and config
 # exactly where the README says, and runs tests/systemd/inside.sh there as
 # a oneshot unit. That script starts the service, the socket-activated
 # broker and the relay under their real sandboxes and checks each from
 # /proc, then does an exec through them. Needs root and systemd-nspawn
 # (Debian's systemd-container; scripts/setup-test-host.sh installs it).
 #
-# Usage: tests/systemd/boot-check.sh [path/to/switchyard]
+# Usage: tests/systemd/boot-check.sh [path/to/switchyard]  (switchyardd next to it)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${1:-$PWD/target/debug/switchyard}
+daemon_bin=$(dirname "$bin")/switchyardd
 [ -x "$bin" ] || { echo "boot-check: no binary at $bin" >&2; exit 1; }
+[ -x "$daemon_bin" ] || { echo "boot-check: no binary at $daemon_bin" >&2; exit 1; }
 command -v systemd-nspawn >/dev/null || { echo "boot-check: systemd-nspawn not installed" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "boot-check: needs root" >&2; exit 1; }
 
@@ -28,6 +30,7 @@ mount -t overlay overlay -o "lowerdir=/,upperdir=$work/upper,workdir=$work/ovl" 
 
 # What the README's install steps put in place.
 install -m 0755 "$bin" "$root/usr/bin/switchyard"
+install -m 0755 "$daemon_bin" "$root/usr/bin/switchyardd"
 install -m 0644 deploy/sysusers.d/switchyard.conf "$root/usr/lib/sysusers.d/switchyard.conf"
 install -m 0644 deploy/tmpfiles.d/switchyard.conf "$root/usr/lib/tmpfiles.d/switchyard.conf"
 install -m 0644 deploy/systemd/*.service deploy/systemd/*.socket "$root/etc/systemd/system/"

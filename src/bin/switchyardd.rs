@@ -1,0 +1,87 @@
+//! The `switchyardd` binary: every command, daemons included. Sets up
+//! logging, configuration, the runtime and signals; everything else lives
+//! in the library. The lean `switchyard` front (`src/main.rs`) hands it the
+//! commands it does not run itself.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use switchyard::cli::{self, Cli, LogFormatArg};
+use switchyard::logging::{self, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = switchyard::config::load(cli.config.as_deref())?;
+    let format = match cli.log_format {
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        Some(LogFormatArg::Journald) => LogFormat::Journald,
+        None => settings.log_format,
+    };
+    logging::init(format, &settings.log_filter);
+    switchyard::tls::install_crypto_provider();
+    let daemon = cli.command.is_daemon();
+    let threads = settings.runtime_threads;
+
+    let main = async {
+        let shutdown = CancellationToken::new();
+        let _signals = spawn_signal_handler(shutdown.clone())?;
+        Ok(cli::run(cli, settings, shutdown).await?)
+    };
+    if !daemon {
+        // A one-shot client command: one thread starts fastest.
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(main);
+    }
+    // Daemons: actix actors run on the System arbiter inside the
+    // multi-thread tokio runtime that also serves tonic.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads.filter(|n| *n > 0) {
+        builder.worker_threads(n);
+    }
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    actix_rt::System::with_tokio_rt(|| runtime).block_on(main)
+}
+
+/// The first SIGINT/SIGTERM cancels `shutdown`; a second exits at once.
+fn spawn_signal_handler(
+    shutdown: CancellationToken,
+) -> anyhow::Result<switchyard::task::AbortOnDrop<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(switchyard::task::AbortOnDrop::new(tokio::spawn(
+        async move {
+            let mut first = true;
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                if !first {
+                    std::process::exit(130);
+                }
+                first = false;
+                shutdown.cancel();
+            }
+        },
+    )))
+}

@@ -1,0 +1,64 @@
+//! The lean `switchyard` front: it runs client commands itself and hands
+//! daemon and admin commands to `switchyardd` in the same process.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::broker::TestBroker;
+use common::switchyard_bin;
+
+/// A copy of the lean binary alone in a directory, without `switchyardd`.
+fn lone_front() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let lone = dir.path().join("switchyard");
+    if std::fs::hard_link(switchyard_bin(), &lone).is_err() {
+        std::fs::copy(switchyard_bin(), &lone).unwrap();
+    }
+    (dir, lone)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_command_becomes_switchyardd_keeping_pid_and_argv0() {
+    let broker = TestBroker::start(&[]).await;
+    let pid = broker.child.id().unwrap();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe.file_name().unwrap(), "switchyardd", "{}", exe.display());
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    assert_eq!(argv[0], switchyard_bin().as_bytes());
+    assert_eq!(argv[1], b"broker");
+}
+
+#[test]
+fn without_switchyardd_a_daemon_command_says_what_is_missing() {
+    let (dir, lone) = lone_front();
+    let out = std::process::Command::new(&lone)
+        .args(["broker", "--socket"])
+        .arg(dir.path().join("broker.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("switchyardd") && err.contains("installed next to `switchyard`"),
+        "{err}"
+    );
+    assert!(!dir.path().join("broker.sock").exists());
+}
+
+#[test]
+fn client_commands_run_without_switchyardd() {
+    let (dir, lone) = lone_front();
+    let socket = dir.path().join("no-broker.sock");
+    let out = std::process::Command::new(&lone)
+        .arg("status")
+        .arg("--socket")
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the broker is not running"), "{err}");
+    assert!(!err.contains("switchyardd"), "{err}");
+}
