@@ -35,6 +35,12 @@ struct Options {
     load_secs: u64,
     process_runs: usize,
     rounds: usize,
+    /// `--only brokered|direct`: only that exec row, `samples` times, after
+    /// printing the broker's and the service's pids (for profiling them).
+    only: Option<String>,
+    /// `--broker-threads N`: the broker's tokio worker threads (0: one per
+    /// core), also used by the floor's server so both run alike.
+    broker_threads: usize,
 }
 
 fn usage() -> Options {
@@ -44,8 +50,14 @@ fn usage() -> Options {
         load_secs: 10,
         process_runs: 50,
         rounds: 5,
+        only: None,
+        broker_threads: 0,
     };
     let args: Vec<String> = std::env::args().collect();
+    o.only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
     let mut i = 1;
     while i < args.len() {
         let next = args.get(i + 1).and_then(|v| v.parse().ok());
@@ -55,6 +67,7 @@ fn usage() -> Options {
             ("--load-secs", Some(v)) => o.load_secs = v as u64,
             ("--process-runs", Some(v)) => o.process_runs = v,
             ("--rounds", Some(v)) => o.rounds = v.max(1),
+            ("--broker-threads", Some(v)) => o.broker_threads = v,
             _ => {
                 i += 1;
                 continue;
@@ -113,6 +126,7 @@ fn device(
 /// deployed: every row then crosses the same process boundaries.
 struct ServiceProcess {
     _child: tokio::process::Child,
+    pid: u32,
     addr: std::net::SocketAddr,
     fp: Fingerprint,
 }
@@ -172,18 +186,24 @@ async fn start_service(dir: &Path, ssh_port: u16) -> ServiceProcess {
         }
     };
     ServiceProcess {
+        pid: child.id().unwrap(),
         _child: child,
         addr: ready["rpc_addr"].as_str().unwrap().parse().unwrap(),
         fp: Fingerprint::parse(ready["fingerprint"].as_str().unwrap()).unwrap(),
     }
 }
 
-async fn start_broker(dir: &Path) -> (tokio::process::Child, PathBuf) {
+/// The broker's setting for its tokio worker threads, also read by the
+/// floor's server.
+const THREADS_ENV: &str = "SWITCHYARD_RUNTIME__WORKER_THREADS";
+
+async fn start_broker(dir: &Path, threads: usize) -> (tokio::process::Child, PathBuf) {
     let socket = dir.join("broker.sock");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .arg("broker")
         .arg("--socket")
         .arg(&socket)
+        .env(THREADS_ENV, threads.to_string())
         .env("XDG_STATE_HOME", dir.join("state"))
         .env("XDG_CONFIG_HOME", dir)
         .env("RUST_LOG", "warn")
@@ -201,20 +221,30 @@ async fn start_broker(dir: &Path) -> (tokio::process::Child, PathBuf) {
     (child, socket)
 }
 
-/// CPU time `pid` has used so far (user + system), from `/proc`.
+/// On-CPU time of every thread of `pid` so far (user + system), from
+/// `/proc/PID/task/*/schedstat`, which counts nanoseconds.
 fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
-    // USER_HZ is 100 on Linux.
-    Duration::from_millis(ticks * 10)
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+    }
+    Duration::from_nanos(ns)
+}
+
+/// The processes each overhead phase's CPU time is charged to.
+const PROCESSES: [&str; 4] = ["caller", "floor server", "service", "broker"];
+
+fn cpu_times(pids: &[u32; 4]) -> [Duration; 4] {
+    pids.map(cpu_time)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -282,12 +312,14 @@ macro_rules! timed {
 /// no process is woken, which no call to the broker can do.
 struct TonicFloor {
     client: tonic_health::pb::health_client::HealthClient<Channel>,
-    _server: FloorServer,
+    server: FloorServer,
 }
 
 enum FloorServer {
     /// Killed on drop.
-    Child { _process: tokio::process::Child },
+    Child {
+        process: tokio::process::Child,
+    },
     Task(tokio::task::JoinHandle<Result<(), tonic::transport::Error>>),
 }
 
@@ -301,10 +333,12 @@ impl Drop for FloorServer {
 
 /// Serves tonic health on `path` until killed (the `--floor-server` child).
 fn serve_floor(path: &Path) -> ! {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    let threads = std::env::var(THREADS_ENV).ok().and_then(|t| t.parse().ok());
+    if let Some(n) = threads.filter(|n: &usize| *n > 0) {
+        rt.worker_threads(n);
+    }
+    let rt = rt.enable_all().build().unwrap();
     rt.block_on(async {
         let listener = tokio::net::UnixListener::bind(path).unwrap();
         let (_reporter, health) = tonic_health::server::health_reporter();
@@ -319,8 +353,12 @@ fn serve_floor(path: &Path) -> ! {
 }
 
 impl TonicFloor {
-    async fn start(dir: &Path, in_process: bool) -> Self {
-        let path = dir.join(if in_process { "floor-in.sock" } else { "floor.sock" });
+    async fn start(dir: &Path, in_process: bool, threads: usize) -> Self {
+        let path = dir.join(if in_process {
+            "floor-in.sock"
+        } else {
+            "floor.sock"
+        });
         let server = if in_process {
             let listener = tokio::net::UnixListener::bind(&path).unwrap();
             let (_reporter, health) = tonic_health::server::health_reporter();
@@ -333,24 +371,36 @@ impl TonicFloor {
             let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
                 .arg("--floor-server")
                 .arg(&path)
+                .env(THREADS_ENV, threads.to_string())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
                 .spawn()
                 .unwrap();
             let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
             let ready = lines.next_line().await.unwrap();
-            assert_eq!(ready.as_deref(), Some("ready"), "floor server did not start");
-            FloorServer::Child { _process: child }
+            assert_eq!(
+                ready.as_deref(),
+                Some("ready"),
+                "floor server did not start"
+            );
+            FloorServer::Child { process: child }
         };
         let channel = switchyard::api::client::channel(&path).await.unwrap();
         let mut floor = Self {
             client: tonic_health::pb::health_client::HealthClient::new(channel),
-            _server: server,
+            server,
         };
         for _ in 0..200 {
             floor.once().await;
         }
         floor
+    }
+
+    fn pid(&self) -> u32 {
+        match &self.server {
+            FloorServer::Child { process } => process.id().unwrap_or(0),
+            FloorServer::Task(_) => std::process::id(),
+        }
     }
 
     async fn once(&mut self) {
@@ -441,13 +491,24 @@ impl Brokered {
 
 /// The broker-overhead rows: floor, direct and brokered exec measured in
 /// interleaved rounds (this VM's speed drifts over seconds, and the
-/// overhead is a difference of three figures), with the broker's CPU time.
-/// The in-process floor is shown beside them, for comparison only.
+/// overhead is a difference of three figures), with every process's CPU
+/// time per call in each phase. The in-process floor is shown beside them,
+/// for comparison only.
 struct Overhead {
     rows: [Stats; 4],
     /// Brokered − floor − direct p50, per round.
     per_round_us: Vec<f64>,
-    broker_cpu_us_per_exec: f64,
+    /// CPU µs per call: phase (floor, direct, brokered) × [`PROCESSES`].
+    cpu_us: [[f64; 4]; 3],
+}
+
+impl Overhead {
+    /// The broker's CPU per exec beyond its two hops' own work: the floor
+    /// server's (it serves one gRPC call) and the direct caller's (it makes
+    /// one QUIC call).
+    fn broker_cpu_beyond_hops(&self) -> f64 {
+        self.cpu_us[2][3] - self.cpu_us[0][1] - self.cpu_us[1][0]
+    }
 }
 
 async fn overhead(
@@ -457,21 +518,32 @@ async fn overhead(
     broker_pid: u32,
     samples: usize,
     rounds: usize,
+    threads: usize,
 ) -> Overhead {
-    let mut floor = TonicFloor::start(dir, false).await;
-    let mut floor_in_process = TonicFloor::start(dir, true).await;
+    let mut floor = TonicFloor::start(dir, false, threads).await;
+    let mut floor_in_process = TonicFloor::start(dir, true, threads).await;
     let direct = DirectClient::connect(service.addr, service.fp).await;
     let mut brokered = Brokered::connect(socket, "sim-1").await;
+    let pids = [std::process::id(), floor.pid(), service.pid, broker_pid];
     let per = (samples / rounds).max(1);
     let (mut all, mut per_round_us) = ([vec![], vec![], vec![], vec![]], vec![]);
-    let mut broker_cpu = Duration::ZERO;
+    let mut cpu = [[Duration::ZERO; 4]; 3];
+    let mut charge = |phase: usize, before: [Duration; 4]| {
+        for (i, now) in cpu_times(&pids).into_iter().enumerate() {
+            cpu[phase][i] += now.saturating_sub(before[i]);
+        }
+    };
     for _ in 0..rounds {
+        let before = cpu_times(&pids);
         let f = timed!(per, floor.once());
+        charge(0, before);
         let fi = timed!(per, floor_in_process.once());
+        let before = cpu_times(&pids);
         let d = timed!(per, direct.once());
-        let cpu = cpu_time(broker_pid);
+        charge(1, before);
+        let before = cpu_times(&pids);
         let b = timed!(per, brokered.once());
-        broker_cpu += cpu_time(broker_pid) - cpu;
+        charge(2, before);
         let p50 = |v: &Vec<Duration>| stats("", v.clone()).p50_us;
         per_round_us.push(p50(&b) - p50(&f) - p50(&d));
         for (pool, v) in all.iter_mut().zip([f, d, b, fi]) {
@@ -479,6 +551,7 @@ async fn overhead(
         }
     }
     let [f, d, b, fi] = all;
+    let calls = (per * rounds) as f64;
     Overhead {
         rows: [
             stats("tonic unary over UDS (floor)", f),
@@ -487,7 +560,7 @@ async fn overhead(
             stats("tonic unary over UDS, server in-process", fi),
         ],
         per_round_us,
-        broker_cpu_us_per_exec: broker_cpu.as_secs_f64() * 1e6 / (per * rounds) as f64,
+        cpu_us: cpu.map(|phase| phase.map(|t| t.as_secs_f64() * 1e6 / calls)),
     }
 }
 
@@ -727,7 +800,7 @@ fn main() {
         let ssh_port = fleet.endpoints()[0].port;
         let service = start_service(dir.path(), ssh_port).await;
         let (addr, fp) = (service.addr, service.fp);
-        let (broker, socket) = start_broker(dir.path()).await;
+        let (broker, socket) = start_broker(dir.path(), o.broker_threads).await;
         let broker_pid = broker.id().unwrap();
         let mut client = switchyard::api::client::connect(&socket).await.unwrap();
         client
@@ -743,7 +816,28 @@ fn main() {
             .await
             .unwrap();
 
-        let overhead = overhead(dir.path(), &socket, &service, broker_pid, o.samples, o.rounds).await;
+        if let Some(row) = &o.only {
+            println!("broker pid {broker_pid}, service pid {}", service.pid);
+            let s = match row.as_str() {
+                "direct" => {
+                    let direct = DirectClient::connect(addr, fp).await;
+                    stats("exec, Rust client -> service", timed!(o.samples, direct.once()))
+                }
+                _ => through_broker(&socket, "sim-1", "exec via broker", o.samples).await,
+            };
+            println!("{}: p50 {:.0} µs, p90 {:.0} µs, mean {:.0} µs", s.name, s.p50_us, s.p90_us, s.mean_us);
+            return;
+        }
+        let overhead = overhead(
+            dir.path(),
+            &socket,
+            &service,
+            broker_pid,
+            o.samples,
+            o.rounds,
+            o.broker_threads,
+        )
+        .await;
         let mut latency = overhead.rows.to_vec();
         latency.push(through_broker(&socket, "ssh-1", "exec via broker, SSH simulator (warm)", o.samples).await);
         latency.push(inventory_via_broker(&socket, o.samples).await);
@@ -765,9 +859,14 @@ fn main() {
             overhead.per_round_us.iter().map(|u| format!("{u:.0}")).collect::<Vec<_>>().join(" "),
             logic / floor * 100.0
         );
+        println!("\nCPU µs per call (user + system)  {}", PROCESSES.map(|p| format!("{p:>13}")).join(""));
+        for (phase, row) in ["floor", "direct", "brokered"].iter().zip(&overhead.cpu_us) {
+            println!("{phase:<33}{}", row.map(|u| format!("{u:>13.0}")).join(""));
+        }
         println!(
-            "broker CPU per exec (user + system, incl. its kernel network work): {:.0} µs",
-            overhead.broker_cpu_us_per_exec
+            "broker CPU per exec {:.0} µs; beyond its two hops' own work (floor server + direct caller): {:.0} µs",
+            overhead.cpu_us[2][3],
+            overhead.broker_cpu_beyond_hops()
         );
 
         let load = load(&socket, broker_pid, o.callers, o.load_secs, addr.port()).await;
@@ -783,7 +882,14 @@ fn main() {
             "latency": latency,
             "broker_logic_us_per_round": overhead.per_round_us,
             "broker_logic_us": logic,
-            "broker_cpu_us_per_exec": overhead.broker_cpu_us_per_exec,
+            "broker_cpu_us_per_exec": overhead.cpu_us[2][3],
+            "cpu_us_per_call": {
+                "processes": PROCESSES,
+                "floor": overhead.cpu_us[0],
+                "direct": overhead.cpu_us[1],
+                "brokered": overhead.cpu_us[2],
+            },
+            "broker_cpu_beyond_hops_us": overhead.broker_cpu_beyond_hops(),
             "load": load,
         });
         let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-broker.json");

@@ -635,32 +635,29 @@ async fn a_relay_restart_fails_calls_fast_and_everything_reconnects() {
     let service = cloud_service(&mut client, &session, "SN-RST").await;
     wait(&mut client, &session, &service, 15.0).await.unwrap();
 
-    let mut stream = client
-        .exec(pb::ExecRequest {
-            service: in_session(&session, &service),
-            devices: vec!["slow-1".into()],
-            commands: vec!["sleep 60; echo never".into()],
-            timeout_ms: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    // The call is running at the service before the relay goes.
+    // The broker answers an exec with its first event, so the call is
+    // awaited beside the test, which sees it running at the service.
+    let mut caller = client.clone();
+    let request = pb::ExecRequest {
+        service: in_session(&session, &service),
+        devices: vec!["slow-1".into()],
+        commands: vec!["sleep 60; echo never".into()],
+        timeout_ms: 0,
+    };
+    let call = tokio::spawn(async move {
+        let mut stream = caller.exec(request).await?.into_inner();
+        while stream.message().await?.is_some() {}
+        Ok::<(), tonic::Status>(())
+    });
     common::eventually(10, "exec running", || {
         svc.server.as_ref().unwrap().running_requests() == 1
     })
     .await;
     relay.stop().await;
-    let err = within(10, "in-flight call fails fast", async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the exec finished"),
-                Err(e) => return e,
-            }
-        }
-    })
-    .await;
+    let err = within(10, "in-flight call fails fast", call)
+        .await
+        .unwrap()
+        .expect_err("the exec finished instead of failing");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("SN-RST"), "{}", err.message());
 

@@ -40,6 +40,22 @@ use crate::wire::pin::Fingerprint;
 
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// Answers a server-streaming call once its first event is there, so the
+/// response headers leave in the same write as that event: one wake-up of
+/// the caller instead of two. A call that fails before any event ends with
+/// a plain error status.
+async fn answer_with_first<T: Send + 'static>(
+    mut events: EventStream<T>,
+) -> Result<Response<EventStream<T>>, Status> {
+    match events.next().await {
+        None => Ok(Response::new(Box::pin(futures::stream::empty()))),
+        Some(Err(status)) => Err(status),
+        Some(Ok(first)) => Ok(Response::new(Box::pin(
+            futures::stream::once(async { Ok(first) }).chain(events),
+        ))),
+    }
+}
+
 /// The gRPC service implementation.
 #[derive(Clone)]
 pub struct FrontDoor {
@@ -375,7 +391,7 @@ impl Broker for FrontDoor {
                 }
             }
         });
-        Ok(Response::new(Box::pin(stream)))
+        answer_with_first(Box::pin(stream)).await
     }
 
     type TerminalStream = EventStream<pb::TerminalEvent>;

@@ -96,10 +96,19 @@ impl LinkChannel {
                     target: target.clone(),
                     reason: e.to_string(),
                 };
+                let takes_input = envelope.request.takes_input();
                 let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
                 write_frame(&mut send, &envelope, *max_frame)
                     .await
                     .map_err(|e| lost(&e))?;
+                if !takes_input {
+                    // The end of the request rides in the request's packet.
+                    // Left open, it would go alone when the call is dropped,
+                    // and the service would answer that packet with an
+                    // acknowledgement and a stream credit of their own:
+                    // four more packets and wake-ups per call.
+                    send.finish().map_err(|e| lost(&e))?;
+                }
                 Ok(CallStream::Quic {
                     send,
                     recv,

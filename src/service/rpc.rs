@@ -34,8 +34,8 @@ use super::ratelimit::{FailureLimiter, LimiterConfig};
 use crate::secret::Secret;
 use crate::wire::conn::{self, ConnError, TransportLimits, read_frame, write_frame};
 use crate::wire::messages::{
-    AuthRequest, AuthResponse, Credentials, ErrorCode, Request, RequestEnvelope, Response,
-    TerminalInput, WireError, close_code,
+    AuthRequest, AuthResponse, Credentials, ErrorCode, RequestEnvelope, Response, TerminalInput,
+    WireError, close_code,
 };
 use crate::wire::tunnel::{Carrier, TunnelEndpoint, TunnelRole, tunnel_transport};
 
@@ -453,7 +453,7 @@ async fn serve_request(
     }
     shared.in_flight.fetch_add(1, Ordering::Relaxed);
     let _running = count_in_flight(&shared.in_flight);
-    let is_terminal = matches!(envelope.request, Request::Terminal { .. });
+    let takes_input = envelope.request.takes_input();
     let (in_tx, in_rx) = mpsc::channel::<TerminalInput>(TERMINAL_QUEUE);
     let (out_tx, mut out_rx) = mpsc::channel::<Response>(64);
     let stopped = send.stopped();
@@ -461,7 +461,7 @@ async fn serve_request(
     let pump_in = async {
         // Owned here: when the caller ends its input, the terminal ends.
         let in_tx = in_tx;
-        if !is_terminal {
+        if !takes_input {
             return;
         }
         loop {

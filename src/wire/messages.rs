@@ -155,6 +155,12 @@ impl Request {
             Self::Ping => "ping",
         }
     }
+
+    /// Whether the caller sends more frames after the request (terminal
+    /// input); every other request is the whole of its stream.
+    pub fn takes_input(&self) -> bool {
+        matches!(self, Self::Terminal { .. })
+    }
 }
 
 /// A device as callers see it (no credentials).
