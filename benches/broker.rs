@@ -45,11 +45,11 @@ struct Options {
 
 fn usage() -> Options {
     let mut o = Options {
-        samples: 2000,
+        samples: 4000,
         callers: 1000,
         load_secs: 10,
         process_runs: 50,
-        rounds: 5,
+        rounds: 10,
         only: None,
         broker_threads: 0,
     };
@@ -304,35 +304,70 @@ macro_rules! timed {
     }};
 }
 
-/// A bare tonic unary call over a Unix socket: the floor any broker call
-/// stands on. Health `Check` does one map lookup. The server runs in a
-/// child process (this bench, re-run with `--floor-server`) on the default
-/// multi-thread runtime, like the broker; `in_process` instead serves it
-/// from this process, where client and server can meet on one thread and
-/// no process is woken, which no call to the broker can do.
+/// The floor: a bare tonic server on a Unix socket, in a child process
+/// (this bench, re-run with `--floor-server`) on the same runtime as the
+/// broker. It serves health `Check` (a unary call doing one map lookup)
+/// and the broker API's `Exec`, answered at once with a canned event (the
+/// same call, messages and stream shape as a brokered exec, with nothing
+/// behind it).
 struct TonicFloor {
-    client: tonic_health::pb::health_client::HealthClient<Channel>,
-    server: FloorServer,
-}
-
-enum FloorServer {
+    health: tonic_health::pb::health_client::HealthClient<Channel>,
+    exec: BrokerClient<Channel>,
     /// Killed on drop.
-    Child {
-        process: tokio::process::Child,
-    },
-    Task(tokio::task::JoinHandle<Result<(), tonic::transport::Error>>),
+    process: tokio::process::Child,
 }
 
-impl Drop for FloorServer {
-    fn drop(&mut self) {
-        if let Self::Task(task) = self {
-            task.abort();
-        }
+/// `Exec` answered with one canned event.
+#[derive(Clone)]
+struct CannedExec(pb::ExecEvent);
+
+impl tonic::server::NamedService for CannedExec {
+    const NAME: &'static str = "switchyard.v1.Broker";
+}
+
+impl tonic::server::ServerStreamingService<pb::ExecRequest> for CannedExec {
+    type Response = pb::ExecEvent;
+    type ResponseStream = futures::stream::Once<
+        futures::future::Ready<Result<pb::ExecEvent, tonic::Status>>,
+    >;
+    type Future =
+        futures::future::Ready<Result<tonic::Response<Self::ResponseStream>, tonic::Status>>;
+
+    fn call(&mut self, _: tonic::Request<pb::ExecRequest>) -> Self::Future {
+        let event = futures::future::ready(Ok(self.0.clone()));
+        futures::future::ready(Ok(tonic::Response::new(futures::stream::once(event))))
     }
 }
 
-/// Serves tonic health on `path` until killed (the `--floor-server` child).
-fn serve_floor(path: &Path) -> ! {
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for CannedExec {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let canned = self.clone();
+        Box::pin(async move {
+            if req.uri().path() != "/switchyard.v1.Broker/Exec" {
+                return Ok(tonic::Status::unimplemented("only Exec").into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+            Ok(grpc.server_streaming(canned, req).await)
+        })
+    }
+}
+
+/// Serves the floor on `path` until killed (the `--floor-server` child);
+/// `event` is the canned exec event, prost-encoded in hex.
+fn serve_floor(path: &Path, event: &str) -> ! {
+    use prost::Message;
+    let event = pb::ExecEvent::decode(hex::decode(event).unwrap().as_slice()).unwrap();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     let threads = std::env::var(THREADS_ENV).ok().and_then(|t| t.parse().ok());
     if let Some(n) = threads.filter(|n: &usize| *n > 0) {
@@ -345,6 +380,7 @@ fn serve_floor(path: &Path) -> ! {
         println!("ready");
         tonic::transport::Server::builder()
             .add_service(health)
+            .add_service(CannedExec(event))
             .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
             .await
             .unwrap();
@@ -353,61 +389,49 @@ fn serve_floor(path: &Path) -> ! {
 }
 
 impl TonicFloor {
-    async fn start(dir: &Path, in_process: bool, threads: usize) -> Self {
-        let path = dir.join(if in_process {
-            "floor-in.sock"
-        } else {
-            "floor.sock"
-        });
-        let server = if in_process {
-            let listener = tokio::net::UnixListener::bind(&path).unwrap();
-            let (_reporter, health) = tonic_health::server::health_reporter();
-            FloorServer::Task(tokio::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(health)
-                    .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
-            ))
-        } else {
-            let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-                .arg("--floor-server")
-                .arg(&path)
-                .env(THREADS_ENV, threads.to_string())
-                .stdout(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap();
-            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-            let ready = lines.next_line().await.unwrap();
-            assert_eq!(
-                ready.as_deref(),
-                Some("ready"),
-                "floor server did not start"
-            );
-            FloorServer::Child { process: child }
-        };
+    async fn start(dir: &Path, event: &pb::ExecEvent, threads: usize) -> Self {
+        use prost::Message;
+        let path = dir.join("floor.sock");
+        let mut process = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .arg("--floor-server")
+            .arg(&path)
+            .arg(hex::encode(event.encode_to_vec()))
+            .env(THREADS_ENV, threads.to_string())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(process.stdout.take().unwrap()).lines();
+        let ready = lines.next_line().await.unwrap();
+        assert_eq!(ready.as_deref(), Some("ready"), "floor server did not start");
         let channel = switchyard::api::client::channel(&path).await.unwrap();
         let mut floor = Self {
-            client: tonic_health::pb::health_client::HealthClient::new(channel),
-            server,
+            health: tonic_health::pb::health_client::HealthClient::new(channel.clone()),
+            exec: BrokerClient::new(channel),
+            process,
         };
         for _ in 0..200 {
-            floor.once().await;
+            floor.unary().await;
+            floor.exec().await;
         }
         floor
     }
 
     fn pid(&self) -> u32 {
-        match &self.server {
-            FloorServer::Child { process } => process.id().unwrap_or(0),
-            FloorServer::Task(_) => std::process::id(),
-        }
+        self.process.id().unwrap_or(0)
     }
 
-    async fn once(&mut self) {
-        self.client
+    async fn unary(&mut self) {
+        self.health
             .check(tonic_health::pb::HealthCheckRequest {
                 service: String::new(),
             })
+            .await
+            .unwrap();
+    }
+
+    async fn exec(&mut self) {
+        broker_exec(&mut self.exec, exec_req("bench", "sim-1"))
             .await
             .unwrap();
     }
@@ -487,28 +511,44 @@ impl Brokered {
             .await
             .unwrap();
     }
+
+    /// One exec's first event, for the floor to answer with.
+    async fn sample_event(&mut self) -> pb::ExecEvent {
+        let req = exec_req("bench", &self.device);
+        let mut events = self.client.exec(req).await.unwrap().into_inner();
+        let event = events.message().await.unwrap().unwrap();
+        while events.message().await.unwrap().is_some() {}
+        event
+    }
 }
 
-/// The broker-overhead rows: floor, direct and brokered exec measured in
-/// interleaved rounds (this VM's speed drifts over seconds, and the
+/// The broker-overhead rows: the floors, direct and brokered exec measured
+/// in interleaved rounds (this VM's speed drifts over seconds, and the
 /// overhead is a difference of three figures), with every process's CPU
-/// time per call in each phase. The in-process floor is shown beside them,
-/// for comparison only.
+/// time per call in each phase.
 struct Overhead {
+    /// Unary floor, exec floor, direct, brokered.
     rows: [Stats; 4],
-    /// Brokered − floor − direct p50, per round.
+    /// Brokered − exec floor − direct p50, per round.
     per_round_us: Vec<f64>,
-    /// CPU µs per call: phase (floor, direct, brokered) × [`PROCESSES`].
-    cpu_us: [[f64; 4]; 3],
+    /// The same against the unary floor.
+    per_round_unary_us: Vec<f64>,
+    /// CPU µs per call: phase (as `rows`) × [`PROCESSES`].
+    cpu_us: [[f64; 4]; 4],
 }
 
 impl Overhead {
-    /// The broker's CPU per exec beyond its two hops' own work: the floor
-    /// server's (it serves one gRPC call) and the direct caller's (it makes
-    /// one QUIC call).
+    /// The broker's CPU per exec beyond its two hops' own work: the exec
+    /// floor server's (it serves the same gRPC call) and the direct
+    /// caller's (it makes the same QUIC call).
     fn broker_cpu_beyond_hops(&self) -> f64 {
-        self.cpu_us[2][3] - self.cpu_us[0][1] - self.cpu_us[1][0]
+        self.cpu_us[3][3] - self.cpu_us[1][1] - self.cpu_us[2][0]
     }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 async fn overhead(
@@ -520,14 +560,15 @@ async fn overhead(
     rounds: usize,
     threads: usize,
 ) -> Overhead {
-    let mut floor = TonicFloor::start(dir, false, threads).await;
-    let mut floor_in_process = TonicFloor::start(dir, true, threads).await;
-    let direct = DirectClient::connect(service.addr, service.fp).await;
     let mut brokered = Brokered::connect(socket, "sim-1").await;
+    let event = brokered.sample_event().await;
+    let mut floor = TonicFloor::start(dir, &event, threads).await;
+    let direct = DirectClient::connect(service.addr, service.fp).await;
     let pids = [std::process::id(), floor.pid(), service.pid, broker_pid];
     let per = (samples / rounds).max(1);
-    let (mut all, mut per_round_us) = ([vec![], vec![], vec![], vec![]], vec![]);
-    let mut cpu = [[Duration::ZERO; 4]; 3];
+    let mut all: [Vec<Duration>; 4] = Default::default();
+    let (mut per_round_us, mut per_round_unary_us) = (vec![], vec![]);
+    let mut cpu = [[Duration::ZERO; 4]; 4];
     let mut charge = |phase: usize, before: [Duration; 4]| {
         for (i, now) in cpu_times(&pids).into_iter().enumerate() {
             cpu[phase][i] += now.saturating_sub(before[i]);
@@ -535,31 +576,35 @@ async fn overhead(
     };
     for _ in 0..rounds {
         let before = cpu_times(&pids);
-        let f = timed!(per, floor.once());
+        let fu = timed!(per, floor.unary());
         charge(0, before);
-        let fi = timed!(per, floor_in_process.once());
         let before = cpu_times(&pids);
-        let d = timed!(per, direct.once());
+        let fe = timed!(per, floor.exec());
         charge(1, before);
         let before = cpu_times(&pids);
-        let b = timed!(per, brokered.once());
+        let d = timed!(per, direct.once());
         charge(2, before);
+        let before = cpu_times(&pids);
+        let b = timed!(per, brokered.once());
+        charge(3, before);
         let p50 = |v: &Vec<Duration>| stats("", v.clone()).p50_us;
-        per_round_us.push(p50(&b) - p50(&f) - p50(&d));
-        for (pool, v) in all.iter_mut().zip([f, d, b, fi]) {
+        per_round_us.push(p50(&b) - p50(&fe) - p50(&d));
+        per_round_unary_us.push(p50(&b) - p50(&fu) - p50(&d));
+        for (pool, v) in all.iter_mut().zip([fu, fe, d, b]) {
             pool.extend(v);
         }
     }
-    let [f, d, b, fi] = all;
+    let [fu, fe, d, b] = all;
     let calls = (per * rounds) as f64;
     Overhead {
         rows: [
-            stats("tonic unary over UDS (floor)", f),
+            stats("tonic unary over UDS (health check)", fu),
+            stats("tonic exec over UDS, canned (floor)", fe),
             stats("exec, Rust client -> service (no broker)", d),
             stats("exec via broker, in-process simulator", b),
-            stats("tonic unary over UDS, server in-process", fi),
         ],
         per_round_us,
+        per_round_unary_us,
         cpu_us: cpu.map(|phase| phase.map(|t| t.as_secs_f64() * 1e6 / calls)),
     }
 }
@@ -786,7 +831,7 @@ async fn cli_process(socket: &Path, runs: usize) -> Stats {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--floor-server") {
-        serve_floor(Path::new(&args[i + 1]));
+        serve_floor(Path::new(&args[i + 1]), &args[i + 2]);
     }
     let o = usage();
     switchyard::tls::install_crypto_provider();
@@ -847,25 +892,31 @@ fn main() {
         for s in &latency {
             println!("{:<48} {:>7} {:>9.0} {:>9.0} {:>9.0}", s.name, s.n, s.p50_us, s.p90_us, s.p99_us);
         }
-        let floor = latency[0].p50_us;
-        let mut per_round = overhead.per_round_us.clone();
-        per_round.sort_by(f64::total_cmp);
-        let logic = per_round[per_round.len() / 2];
+        let (unary_floor, floor) = (latency[0].p50_us, latency[1].p50_us);
+        let logic = median(overhead.per_round_us.clone());
+        let logic_unary = median(overhead.per_round_unary_us.clone());
+        let rounds = |v: &[f64]| v.iter().map(|u| format!("{u:.0}")).collect::<Vec<_>>().join(" ");
         println!(
-            "broker overhead: brokered p50 {:.0} µs = floor {floor:.0} + direct {:.0} + broker logic; \
+            "broker overhead: brokered p50 {:.0} µs = exec floor {floor:.0} + direct {:.0} + broker logic; \
              broker logic per round: {} µs; median {logic:.0} µs ({:.0}% of the floor)",
+            latency[3].p50_us,
             latency[2].p50_us,
-            latency[1].p50_us,
-            overhead.per_round_us.iter().map(|u| format!("{u:.0}")).collect::<Vec<_>>().join(" "),
+            rounds(&overhead.per_round_us),
             logic / floor * 100.0
         );
+        println!(
+            "  against the unary floor ({unary_floor:.0} µs) instead: per round {} µs; median {logic_unary:.0} µs ({:.0}%)",
+            rounds(&overhead.per_round_unary_us),
+            logic_unary / unary_floor * 100.0
+        );
         println!("\nCPU µs per call (user + system)  {}", PROCESSES.map(|p| format!("{p:>13}")).join(""));
-        for (phase, row) in ["floor", "direct", "brokered"].iter().zip(&overhead.cpu_us) {
+        let phases = ["floor, unary", "floor, exec", "direct", "brokered"];
+        for (phase, row) in phases.iter().zip(&overhead.cpu_us) {
             println!("{phase:<33}{}", row.map(|u| format!("{u:>13.0}")).join(""));
         }
         println!(
-            "broker CPU per exec {:.0} µs; beyond its two hops' own work (floor server + direct caller): {:.0} µs",
-            overhead.cpu_us[2][3],
+            "broker CPU per exec {:.0} µs; beyond its two hops' own work (exec floor server + direct caller): {:.0} µs",
+            overhead.cpu_us[3][3],
             overhead.broker_cpu_beyond_hops()
         );
 
@@ -882,12 +933,15 @@ fn main() {
             "latency": latency,
             "broker_logic_us_per_round": overhead.per_round_us,
             "broker_logic_us": logic,
-            "broker_cpu_us_per_exec": overhead.cpu_us[2][3],
+            "broker_logic_vs_unary_floor_us_per_round": overhead.per_round_unary_us,
+            "broker_logic_vs_unary_floor_us": logic_unary,
+            "broker_cpu_us_per_exec": overhead.cpu_us[3][3],
             "cpu_us_per_call": {
                 "processes": PROCESSES,
-                "floor": overhead.cpu_us[0],
-                "direct": overhead.cpu_us[1],
-                "brokered": overhead.cpu_us[2],
+                "floor_unary": overhead.cpu_us[0],
+                "floor_exec": overhead.cpu_us[1],
+                "direct": overhead.cpu_us[2],
+                "brokered": overhead.cpu_us[3],
             },
             "broker_cpu_beyond_hops_us": overhead.broker_cpu_beyond_hops(),
             "load": load,
