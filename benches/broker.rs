@@ -327,9 +327,8 @@ impl tonic::server::NamedService for CannedExec {
 
 impl tonic::server::ServerStreamingService<pb::ExecRequest> for CannedExec {
     type Response = pb::ExecEvent;
-    type ResponseStream = futures::stream::Once<
-        futures::future::Ready<Result<pb::ExecEvent, tonic::Status>>,
-    >;
+    type ResponseStream =
+        futures::stream::Once<futures::future::Ready<Result<pb::ExecEvent, tonic::Status>>>;
     type Future =
         futures::future::Ready<Result<tonic::Response<Self::ResponseStream>, tonic::Status>>;
 
@@ -403,7 +402,11 @@ impl TonicFloor {
             .unwrap();
         let mut lines = BufReader::new(process.stdout.take().unwrap()).lines();
         let ready = lines.next_line().await.unwrap();
-        assert_eq!(ready.as_deref(), Some("ready"), "floor server did not start");
+        assert_eq!(
+            ready.as_deref(),
+            Some("ready"),
+            "floor server did not start"
+        );
         let channel = switchyard::api::client::channel(&path).await.unwrap();
         let mut floor = Self {
             health: tonic_health::pb::health_client::HealthClient::new(channel.clone()),
