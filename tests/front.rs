@@ -62,3 +62,23 @@ fn client_commands_run_without_switchyardd() {
     assert!(err.contains("the broker is not running"), "{err}");
     assert!(!err.contains("switchyardd"), "{err}");
 }
+
+#[test]
+fn help_and_mistakes_get_the_whole_command_line() {
+    let help = std::process::Command::new(switchyard_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for command in ["broker", "service", "relay", "exec", "status"] {
+        assert!(text.contains(command), "{command} missing from:\n{text}");
+    }
+    let wrong = std::process::Command::new(switchyard_bin())
+        .args(["exec", "lab", "sim-1", "--no-such-option"])
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(2), "clap's usage-error exit code");
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(err.contains("--no-such-option"), "{err}");
+}

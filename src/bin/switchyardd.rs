@@ -23,8 +23,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = switchyard::config::load(cli.config.as_deref())?;
-    let format = match cli.log_format {
+    let settings = switchyard::config::load(cli.globals.config.as_deref())?;
+    let format = match cli.globals.log_format {
         Some(LogFormatArg::Json) => LogFormat::Json,
         Some(LogFormatArg::Text) => LogFormat::Text,
         Some(LogFormatArg::Journald) => LogFormat::Journald,

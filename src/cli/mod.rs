@@ -16,7 +16,7 @@ pub mod sim;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -28,6 +28,28 @@ use crate::service::inventory::InventoryError;
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about, propagate_version = true)]
 pub struct Cli {
+    #[command(flatten)]
+    pub globals: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The lean front's view of the command line: the global options and the
+/// client commands only, a small tree to build on every run. Anything it
+/// cannot parse (help, version, daemon commands, mistakes) goes to
+/// `switchyardd`, which parses the whole of [`Cli`].
+#[derive(Debug, Parser)]
+#[command(name = "switchyard")]
+pub struct FrontCli {
+    #[command(flatten)]
+    pub globals: GlobalArgs,
+    #[command(subcommand)]
+    pub command: remote::ClientCommand,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
     /// Configuration file (default: $XDG_CONFIG_HOME/switchyard/config.toml if present).
     #[arg(long, global = true, env = "SWITCHYARD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -41,8 +63,6 @@ pub struct Cli {
     /// $XDG_RUNTIME_DIR/switchyard/broker.sock).
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    #[command(subcommand)]
-    pub command: Command,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -149,8 +169,8 @@ pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<ExitCode, CliError> {
-    let socket = crate::broker::socket::client_path(cli.socket.as_deref());
-    let _metrics = match cli.metrics_listen {
+    let socket = crate::broker::socket::client_path(cli.globals.socket.as_deref());
+    let _metrics = match cli.globals.metrics_listen {
         Some(addr) if cli.command.is_daemon() => {
             let server = crate::metrics::serve(addr)
                 .await
@@ -164,8 +184,8 @@ pub async fn run(
         Command::Service(args) => service_admin::run(args, &settings, shutdown).await,
         Command::Relay(args) => relay::run(args, shutdown).await,
         Command::Sim(args) => sim::run(args, shutdown).await,
-        Command::Demo(args) => demo::run(args, cli.socket, settings, shutdown).await,
-        Command::Broker => broker::run(cli.socket, settings, shutdown).await,
+        Command::Demo(args) => demo::run(args, cli.globals.socket, settings, shutdown).await,
+        Command::Broker => broker::run(cli.globals.socket, settings, shutdown).await,
         Command::Client(cmd) => remote::run(&socket, cmd).await,
         Command::Login(cmd) => cloud::login(&socket, cmd).await,
         Command::Logout { identity, relay } => cloud::logout(&socket, identity, relay).await,
