@@ -82,3 +82,25 @@ fn help_and_mistakes_get_the_whole_command_line() {
     let err = String::from_utf8_lossy(&wrong.stderr);
     assert!(err.contains("--no-such-option"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_into_a_closed_pipe_ends_quietly() {
+    let broker = TestBroker::start(&[]).await;
+    // A pipe whose reading end is already gone: the first write fails.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = tokio::process::Command::new(switchyard_bin())
+        .arg("status")
+        .arg("--socket")
+        .arg(broker.socket())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

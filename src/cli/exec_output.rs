@@ -7,10 +7,10 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::Args;
-
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use super::{out, outln};
 use crate::wire::messages::{CommandDone, Response};
 
 /// What to run, shared by `switchyard exec` and `switchyard service exec`.
@@ -215,19 +215,19 @@ impl ExecPrinter {
         self.done += 1;
         self.failed += usize::from(!report.succeeded());
         if self.json {
-            println!("{}", serde_json::to_string(report).unwrap_or_default());
+            outln!("{}", serde_json::to_string(report).unwrap_or_default());
             return;
         }
         let text = render(report, self.done, self.total);
         match &self.progress {
             Some(bar) => {
-                bar.suspend(|| print!("{text}"));
+                bar.suspend(|| out!("{text}"));
                 bar.inc(1);
                 if self.failed > 0 {
                     bar.set_message(format!("({} failed)", self.failed));
                 }
             }
-            None => print!("{text}"),
+            None => out!("{text}"),
         }
     }
 

@@ -128,6 +128,34 @@ impl Command {
     }
 }
 
+/// `println!` for command output: a reader that went away (`| head`) ends
+/// the command quietly, as it ends `cat`, instead of a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` for command output; see [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*)) };
+}
+
+pub(crate) use {out, outln};
+
+/// Writes command output to stdout. A closed pipe exits with the status a
+/// shell reports for a command ended by SIGPIPE (128 + 13); any other
+/// failure to write exits with an error line.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Errors a command reports to the person who ran it.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use tokio::sync::mpsc;
 
-use super::CliError;
 use super::exec_output::{ExecCollector, ExecOptions, ExecPrinter};
+use super::{CliError, outln};
 use crate::api::pb;
 use crate::secret::SecretSource;
 use crate::wire::messages::CommandDone;
@@ -193,7 +193,7 @@ pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, Cli
         },
     };
     let info = result?.into_inner();
-    println!(
+    outln!(
         "connected {name} to {} at {host}:{port} as {user}{}",
         info.service_name,
         if info.reused {
@@ -202,7 +202,7 @@ pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, Cli
             ""
         }
     );
-    println!("certificate fingerprint: {}", info.fingerprint);
+    outln!("certificate fingerprint: {}", info.fingerprint);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -233,7 +233,7 @@ async fn connect_integrated(
         })
         .await?
         .into_inner();
-    println!(
+    outln!(
         "connected {name} to {} (in the broker, over {}){}",
         info.service_name,
         db.display(),
@@ -247,7 +247,7 @@ pub async fn disconnect(socket: &Path, name: String) -> Result<ExitCode, CliErro
     broker
         .disconnect(pb::DisconnectRequest { name: name.clone() })
         .await?;
-    println!("disconnected {name}");
+    outln!("disconnected {name}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -270,16 +270,19 @@ pub async fn inventory(socket: &Path, name: String, json: bool) -> Result<ExitCo
                 })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&list).unwrap_or_default()
         );
     } else {
-        println!("{:<24} {:<24} {:>5}  TYPE", "NAME", "HOST", "PORT");
+        outln!("{:<24} {:<24} {:>5}  TYPE", "NAME", "HOST", "PORT");
         for d in devices {
-            println!(
+            outln!(
                 "{:<24} {:<24} {:>5}  {}",
-                d.name, d.host, d.port, d.device_type
+                d.name,
+                d.host,
+                d.port,
+                d.device_type
             );
         }
     }
@@ -359,26 +362,30 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
                 "connected": l.connected,
             })).collect::<Vec<_>>(),
         });
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("sessions: {}", s.sessions.len());
+    outln!("sessions: {}", s.sessions.len());
     for x in &s.sessions {
-        println!(
+        outln!(
             "  {}  pid {}  {}  services {}  in flight {}",
-            x.session_id, x.pid, x.client_name, x.services, x.in_flight
+            x.session_id,
+            x.pid,
+            x.client_name,
+            x.services,
+            x.in_flight
         );
     }
-    println!("named services: {}", s.named_services.len());
+    outln!("named services: {}", s.named_services.len());
     for n in &s.named_services {
-        println!("  {}  link {}  idle {} s", n.name, n.link_id, n.idle_secs);
+        outln!("  {}  link {}  idle {} s", n.name, n.link_id, n.idle_secs);
     }
-    println!("logins: {}", s.logins.len());
+    outln!("logins: {}", s.logins.len());
     for l in &s.logins {
-        println!(
+        outln!(
             "  {} at {} ({}) {}  sessions {}{}",
             l.identity,
             l.relay_url,
@@ -391,9 +398,9 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
             }
         );
     }
-    println!("links: {}", s.links.len());
+    outln!("links: {}", s.links.len());
     for l in &s.links {
-        println!(
+        outln!(
             "  {} {} as {} ({}) {}  holders {}  in flight {}  connects {}{}",
             l.link_id,
             l.target,
