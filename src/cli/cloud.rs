@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::CliError;
 use super::remote::broker_client;
+use super::{CliError, outln};
 use crate::api::pb;
 use crate::secret::SecretSource;
 
@@ -154,9 +154,11 @@ fn print_login(login: &pb::LoginResponse) {
         0 => String::new(),
         t => format!(" until unix time {t}"),
     };
-    println!(
+    outln!(
         "logged in to {} as {} ({}){expiry}",
-        login.relay_url, login.identity, login.method
+        login.relay_url,
+        login.identity,
+        login.method
     );
 }
 
@@ -186,7 +188,7 @@ pub async fn login(socket: &Path, cmd: LoginCommand) -> Result<ExitCode, CliErro
                             p.expires_in_secs
                         );
                         // One line a script can parse.
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::json!({
                                 "verification_uri": p.verification_uri,
@@ -284,7 +286,7 @@ pub async fn logout(
         .await?
         .into_inner()
         .logged_out;
-    println!("logged out of {n} login(s)");
+    outln!("logged out of {n} login(s)");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -317,7 +319,7 @@ pub async fn enroll(socket: &Path, cmd: EnrollCommand) -> Result<ExitCode, CliEr
                 .map_err(CliError::io(format!("cannot create {}", dir.display())))?;
             write_private(&dir.join("cert.pem"), enrolled.cert_pem.as_bytes())?;
             write_private(&dir.join("key.enc"), &enrolled.encrypted_key)?;
-            println!(
+            outln!(
                 "client certificate for {} saved in {}; log in with `switchyard login cert {} --relay {}`",
                 enrolled.identity,
                 dir.display(),
@@ -339,7 +341,7 @@ pub async fn enroll(socket: &Path, cmd: EnrollCommand) -> Result<ExitCode, CliEr
                 "one-time password for serial {serial} (expires at unix time {}); on the service run\n  switchyard service enroll --relay URL --otp-file FILE",
                 otp.expires_unix
             );
-            println!("{}", otp.otp);
+            outln!("{}", otp.otp);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -360,7 +362,7 @@ pub async fn token(socket: &Path, cmd: TokenCommand) -> Result<ExitCode, CliErro
         "access token {} (expires at unix time {})",
         token.id, token.expires_unix
     );
-    println!("{}", token.token);
+    outln!("{}", token.token);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -404,9 +406,11 @@ pub async fn connect_cloud(
         })
         .await?
         .into_inner();
-    println!(
+    outln!(
         "connected {} to service {} ({})",
-        args.name, args.serial, waited.service_name
+        args.name,
+        args.serial,
+        waited.service_name
     );
     Ok(ExitCode::SUCCESS)
 }

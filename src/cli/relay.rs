@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use super::CliError;
+use super::{CliError, outln};
 use crate::relay::device_flow::DeviceFlowConfig;
 use crate::relay::{Relay, RelayConfig, state};
 use crate::secret::SecretSource;
@@ -137,7 +137,7 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCod
     match args.command {
         RelayCommand::Init { hostnames } => {
             state::init(&dir, &hostnames).map_err(usage)?;
-            println!(
+            outln!(
                 "relay state created in {}; give brokers and services {}",
                 dir.display(),
                 dir.join("ca.pem").display()
@@ -161,12 +161,12 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCod
                     }
                     .read()?;
                     store.add_user(&email, &password).map_err(usage)?;
-                    println!("added {email}");
+                    outln!("added {email}");
                 }
                 UserCommand::List => {
-                    println!("{:<40} ENABLED", "EMAIL");
+                    outln!("{:<40} ENABLED", "EMAIL");
                     for user in store.users().map_err(usage)? {
-                        println!(
+                        outln!(
                             "{:<40} {}",
                             user.email,
                             if user.enabled { "yes" } else { "no" }
@@ -175,11 +175,11 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCod
                 }
                 UserCommand::Disable { email } => {
                     store.set_user_enabled(&email, false).map_err(usage)?;
-                    println!("disabled {email}");
+                    outln!("disabled {email}");
                 }
                 UserCommand::Enable { email } => {
                     store.set_user_enabled(&email, true).map_err(usage)?;
-                    println!("enabled {email}");
+                    outln!("enabled {email}");
                 }
             }
         }
@@ -190,16 +190,16 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCod
                     let exp = crate::relay::unix_now() + lifetime.as_secs();
                     let (claims, token) = relay.issue_api_token(&email, exp).map_err(usage)?;
                     eprintln!("token {} (expires at unix time {})", claims.jti, claims.exp);
-                    println!("{token}");
+                    outln!("{token}");
                 }
                 TokenCommand::Revoke { id } => {
                     relay.store.revoke_token(&id).map_err(usage)?;
-                    println!("revoked {id}");
+                    outln!("revoked {id}");
                 }
                 TokenCommand::List => {
-                    println!("{:<24} {:<32} {:<12} REVOKED", "ID", "EMAIL", "EXPIRES");
+                    outln!("{:<24} {:<32} {:<12} REVOKED", "ID", "EMAIL", "EXPIRES");
                     for t in relay.store.api_tokens().map_err(usage)? {
-                        println!(
+                        outln!(
                             "{:<24} {:<32} {:<12} {}",
                             t.id,
                             t.email,

@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use super::CliError;
 use super::exec_output::{ExecCollector, ExecOptions, ExecPrinter};
+use super::{CliError, outln};
 use crate::config::Settings;
 use crate::secret::{Secret, SecretSource};
 use crate::service::drivers::Drivers;
@@ -179,8 +179,8 @@ pub async fn run(
             let password = admin_password(args.admin_password_file.as_deref(), true)?;
             let inv = Inventory::init(&db, &password)?;
             let info = inv.info()?;
-            println!("initialized inventory {}", db.display());
-            println!("TLS fingerprint (SHA-256): {}", info.tls_fingerprint);
+            outln!("initialized inventory {}", db.display());
+            outln!("TLS fingerprint (SHA-256): {}", info.tls_fingerprint);
         }
         ServiceCommand::Device(cmd) => device_command(&db, cmd, admin)?,
         ServiceCommand::User(cmd) => user_command(&db, cmd, admin)?,
@@ -189,11 +189,11 @@ pub async fn run(
             if json {
                 print_json(&info);
             } else {
-                println!("inventory:        {}", info.path.display());
-                println!("schema version:   {}", info.schema_version);
-                println!("devices:          {}", info.devices);
-                println!("remote users:     {}", info.remote_users);
-                println!("TLS fingerprint:  {}", info.tls_fingerprint);
+                outln!("inventory:        {}", info.path.display());
+                outln!("schema version:   {}", info.schema_version);
+                outln!("devices:          {}", info.devices);
+                outln!("remote users:     {}", info.remote_users);
+                outln!("TLS fingerprint:  {}", info.tls_fingerprint);
             }
         }
         ServiceCommand::Exec(exec) => return local_exec(&db, exec, admin()?, settings).await,
@@ -217,7 +217,7 @@ fn admin_password(file: Option<&Path>, confirm: bool) -> Result<Secret, CliError
 }
 
 fn print_json<T: serde::Serialize>(value: &T) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     );
@@ -300,19 +300,23 @@ fn device_command(
                 private_key,
             };
             Inventory::open(db, &admin()?)?.add_device(&device)?;
-            println!("added device {name}");
+            outln!("added device {name}");
         }
         DeviceCommand::List { json } => {
             let devices = Inventory::open_unsealed(db)?.devices()?;
             if json {
                 print_json(&devices);
             } else {
-                println!(
+                outln!(
                     "{:<20} {:<24} {:>5}  {:<10} {:<10} USER",
-                    "NAME", "HOST", "PORT", "TYPE", "DRIVER"
+                    "NAME",
+                    "HOST",
+                    "PORT",
+                    "TYPE",
+                    "DRIVER"
                 );
                 for d in devices {
-                    println!(
+                    outln!(
                         "{:<20} {:<24} {:>5}  {:<10} {:<10} {}",
                         d.name,
                         d.host,
@@ -326,11 +330,11 @@ fn device_command(
         }
         DeviceCommand::Remove { name } => {
             Inventory::open(db, &admin()?)?.remove_device(&name)?;
-            println!("removed device {name}");
+            outln!("removed device {name}");
         }
         DeviceCommand::ForgetHostKey { name } => {
             Inventory::open(db, &admin()?)?.forget_host_key(&name)?;
-            println!("forgot the host key of {name}; the next connection records a new one");
+            outln!("forgot the host key of {name}; the next connection records a new one");
         }
     }
     Ok(())
@@ -371,16 +375,16 @@ fn user_command(
                 enabled: !disabled,
                 cloud,
             })?;
-            println!("added remote user {name}");
+            outln!("added remote user {name}");
         }
         UserCommand::List { json } => {
             let users = Inventory::open_unsealed(db)?.users()?;
             if json {
                 print_json(&users);
             } else {
-                println!("{:<32} {:<8} DEVICES", "NAME", "ENABLED");
+                outln!("{:<32} {:<8} DEVICES", "NAME", "ENABLED");
                 for u in users {
-                    println!(
+                    outln!(
                         "{:<32} {:<8} {}",
                         u.name,
                         if u.enabled { "yes" } else { "no" },
@@ -391,7 +395,7 @@ fn user_command(
         }
         UserCommand::Remove { name } => {
             Inventory::open(db, &admin()?)?.remove_user(&name)?;
-            println!("removed remote user {name}");
+            outln!("removed remote user {name}");
         }
     }
     Ok(())
@@ -527,8 +531,6 @@ async fn enroll_service(db: &Path, args: EnrollArgs, admin: Secret) -> Result<()
     )
     .await
     .map_err(|e| CliError::Usage(e.to_string()))?;
-    println!(
-        "enrolled as serial {serial}; `switchyard service run` now also connects to the relay"
-    );
+    outln!("enrolled as serial {serial}; `switchyard service run` now also connects to the relay");
     Ok(())
 }
