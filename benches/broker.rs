@@ -317,6 +317,41 @@ struct TonicFloor {
     process: tokio::process::Child,
 }
 
+/// The control: a caller of the null proxy in front of the floor server.
+struct NullProxy {
+    client: BrokerClient<Channel>,
+    /// Killed on drop.
+    _process: tokio::process::Child,
+}
+
+impl NullProxy {
+    async fn start(dir: &Path, threads: usize) -> Self {
+        let path = dir.join("proxy.sock");
+        let upstream = dir.join("floor.sock");
+        let args = [
+            "--proxy-server".as_ref(),
+            path.as_os_str(),
+            upstream.as_os_str(),
+        ];
+        let _process = start_child(&args, threads).await;
+        let channel = switchyard::api::client::channel(&path).await.unwrap();
+        let mut proxy = Self {
+            client: BrokerClient::new(channel),
+            _process,
+        };
+        for _ in 0..200 {
+            proxy.exec().await;
+        }
+        proxy
+    }
+
+    async fn exec(&mut self) {
+        broker_exec(&mut self.client, exec_req("bench", "sim-1"))
+            .await
+            .unwrap();
+    }
+}
+
 /// `Exec` answered with one canned event.
 #[derive(Clone)]
 struct CannedExec(pb::ExecEvent);
@@ -362,11 +397,52 @@ impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> f
     }
 }
 
-/// Serves the floor on `path` until killed (the `--floor-server` child);
-/// `event` is the canned exec event, prost-encoded in hex.
-fn serve_floor(path: &Path, event: &str) -> ! {
-    use prost::Message;
-    let event = pb::ExecEvent::decode(hex::decode(event).unwrap().as_slice()).unwrap();
+/// `Exec` forwarded to the floor server: a bare tonic proxy, as a control.
+/// It puts a third process in the chain with no logic of its own, so its
+/// residue (proxy − 2 × floor) is what any process in the middle costs.
+#[derive(Clone)]
+struct ProxyExec(BrokerClient<Channel>);
+
+impl tonic::server::NamedService for ProxyExec {
+    const NAME: &'static str = "switchyard.v1.Broker";
+}
+
+impl tonic::server::ServerStreamingService<pb::ExecRequest> for ProxyExec {
+    type Response = pb::ExecEvent;
+    type ResponseStream = tonic::Streaming<pb::ExecEvent>;
+    type Future = tonic::codegen::BoxFuture<tonic::Response<Self::ResponseStream>, tonic::Status>;
+
+    fn call(&mut self, req: tonic::Request<pb::ExecRequest>) -> Self::Future {
+        let mut upstream = self.0.clone();
+        Box::pin(async move { upstream.exec(req.into_inner()).await })
+    }
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for ProxyExec {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let proxy = self.clone();
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+            Ok(grpc.server_streaming(proxy, req).await)
+        })
+    }
+}
+
+/// A child process of this bench serving on a Unix socket until killed:
+/// the floor (`--floor-server PATH EVENT`) or the null proxy
+/// (`--proxy-server PATH UPSTREAM`). Both run on the broker's runtime.
+fn serve_child(args: &[String]) -> ! {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     let threads = std::env::var(THREADS_ENV).ok().and_then(|t| t.parse().ok());
     if let Some(n) = threads.filter(|n: &usize| *n > 0) {
@@ -374,12 +450,22 @@ fn serve_floor(path: &Path, event: &str) -> ! {
     }
     let rt = rt.enable_all().build().unwrap();
     rt.block_on(async {
-        let listener = tokio::net::UnixListener::bind(path).unwrap();
-        let (_reporter, health) = tonic_health::server::health_reporter();
+        let listener = tokio::net::UnixListener::bind(&args[1]).unwrap();
+        let mut server = tonic::transport::Server::builder();
+        let router = if args[0] == "--proxy-server" {
+            let upstream = switchyard::api::client::channel(Path::new(&args[2]))
+                .await
+                .unwrap();
+            server.add_service(ProxyExec(BrokerClient::new(upstream)))
+        } else {
+            use prost::Message;
+            let event = hex::decode(&args[2]).unwrap();
+            let event = pb::ExecEvent::decode(event.as_slice()).unwrap();
+            let (_reporter, health) = tonic_health::server::health_reporter();
+            server.add_service(health).add_service(CannedExec(event))
+        };
         println!("ready");
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .add_service(CannedExec(event))
+        router
             .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
             .await
             .unwrap();
@@ -387,26 +473,28 @@ fn serve_floor(path: &Path, event: &str) -> ! {
     std::process::exit(0)
 }
 
+/// Starts `serve_child` with `args` and waits until it serves.
+async fn start_child(args: &[&std::ffi::OsStr], threads: usize) -> tokio::process::Child {
+    let mut process = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(args)
+        .env(THREADS_ENV, threads.to_string())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(process.stdout.take().unwrap()).lines();
+    let ready = lines.next_line().await.unwrap();
+    assert_eq!(ready.as_deref(), Some("ready"), "{args:?} did not start");
+    process
+}
+
 impl TonicFloor {
     async fn start(dir: &Path, event: &pb::ExecEvent, threads: usize) -> Self {
         use prost::Message;
         let path = dir.join("floor.sock");
-        let mut process = tokio::process::Command::new(std::env::current_exe().unwrap())
-            .arg("--floor-server")
-            .arg(&path)
-            .arg(hex::encode(event.encode_to_vec()))
-            .env(THREADS_ENV, threads.to_string())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(process.stdout.take().unwrap()).lines();
-        let ready = lines.next_line().await.unwrap();
-        assert_eq!(
-            ready.as_deref(),
-            Some("ready"),
-            "floor server did not start"
-        );
+        let event = hex::encode(event.encode_to_vec());
+        let args = ["--floor-server".as_ref(), path.as_os_str(), event.as_ref()];
+        let process = start_child(&args, threads).await;
         let channel = switchyard::api::client::channel(&path).await.unwrap();
         let mut floor = Self {
             health: tonic_health::pb::health_client::HealthClient::new(channel.clone()),
@@ -530,8 +618,11 @@ impl Brokered {
 /// overhead is a difference of three figures), with every process's CPU
 /// time per call in each phase.
 struct Overhead {
-    /// Unary floor, exec floor, direct, brokered.
-    rows: [Stats; 4],
+    /// Unary floor, exec floor, direct, brokered, null proxy.
+    rows: [Stats; 5],
+    /// Null proxy − 2 × exec floor p50, per round: the cost of a third
+    /// process in the chain with no logic.
+    per_round_proxy_us: Vec<f64>,
     /// Brokered − exec floor − direct p50, per round.
     per_round_us: Vec<f64>,
     /// The same against the unary floor.
@@ -567,10 +658,12 @@ async fn overhead(
     let event = brokered.sample_event().await;
     let mut floor = TonicFloor::start(dir, &event, threads).await;
     let direct = DirectClient::connect(service.addr, service.fp).await;
+    let mut proxy = NullProxy::start(dir, threads).await;
     let pids = [std::process::id(), floor.pid(), service.pid, broker_pid];
     let per = (samples / rounds).max(1);
-    let mut all: [Vec<Duration>; 4] = Default::default();
+    let mut all: [Vec<Duration>; 5] = Default::default();
     let (mut per_round_us, mut per_round_unary_us) = (vec![], vec![]);
+    let mut per_round_proxy_us = vec![];
     let mut cpu = [[Duration::ZERO; 4]; 4];
     let mut charge = |phase: usize, before: [Duration; 4]| {
         for (i, now) in cpu_times(&pids).into_iter().enumerate() {
@@ -590,14 +683,16 @@ async fn overhead(
         let before = cpu_times(&pids);
         let b = timed!(per, brokered.once());
         charge(3, before);
+        let px = timed!(per, proxy.exec());
         let p50 = |v: &Vec<Duration>| stats("", v.clone()).p50_us;
         per_round_us.push(p50(&b) - p50(&fe) - p50(&d));
         per_round_unary_us.push(p50(&b) - p50(&fu) - p50(&d));
-        for (pool, v) in all.iter_mut().zip([fu, fe, d, b]) {
+        per_round_proxy_us.push(p50(&px) - 2.0 * p50(&fe));
+        for (pool, v) in all.iter_mut().zip([fu, fe, d, b, px]) {
             pool.extend(v);
         }
     }
-    let [fu, fe, d, b] = all;
+    let [fu, fe, d, b, px] = all;
     let calls = (per * rounds) as f64;
     Overhead {
         rows: [
@@ -605,7 +700,9 @@ async fn overhead(
             stats("tonic exec over UDS, canned (floor)", fe),
             stats("exec, Rust client -> service (no broker)", d),
             stats("exec via broker, in-process simulator", b),
+            stats("tonic exec via a null proxy to the floor", px),
         ],
+        per_round_proxy_us,
         per_round_us,
         per_round_unary_us,
         cpu_us: cpu.map(|phase| phase.map(|t| t.as_secs_f64() * 1e6 / calls)),
@@ -833,8 +930,11 @@ async fn cli_process(socket: &Path, runs: usize) -> Stats {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--floor-server") {
-        serve_floor(Path::new(&args[i + 1]), &args[i + 2]);
+    if let Some(i) = args
+        .iter()
+        .position(|a| a == "--floor-server" || a == "--proxy-server")
+    {
+        serve_child(&args[i..]);
     }
     let o = usage();
     switchyard::tls::install_crypto_provider();
@@ -912,6 +1012,12 @@ fn main() {
             rounds(&overhead.per_round_unary_us),
             logic_unary / unary_floor * 100.0
         );
+        let proxy_residue = median(overhead.per_round_proxy_us.clone());
+        println!(
+            "  control, a null tonic proxy in front of the floor (proxy − 2 × floor): per round {} µs; \
+             median {proxy_residue:.0} µs — what a third process costs with no logic at all",
+            rounds(&overhead.per_round_proxy_us),
+        );
         println!("\nCPU µs per call (user + system)  {}", PROCESSES.map(|p| format!("{p:>13}")).join(""));
         let phases = ["floor, unary", "floor, exec", "direct", "brokered"];
         for (phase, row) in phases.iter().zip(&overhead.cpu_us) {
@@ -938,6 +1044,8 @@ fn main() {
             "broker_logic_us": logic,
             "broker_logic_vs_unary_floor_us_per_round": overhead.per_round_unary_us,
             "broker_logic_vs_unary_floor_us": logic_unary,
+            "null_proxy_residue_us_per_round": overhead.per_round_proxy_us,
+            "null_proxy_residue_us": proxy_residue,
             "broker_cpu_us_per_exec": overhead.cpu_us[3][3],
             "cpu_us_per_call": {
                 "processes": PROCESSES,
