@@ -304,61 +304,51 @@ macro_rules! timed {
     }};
 }
 
-/// The floor: a bare tonic server on a Unix socket, in a child process
-/// (this bench, re-run with `--floor-server`) on the same runtime as the
-/// broker. It serves health `Check` (a unary call doing one map lookup)
-/// and the broker API's `Exec`, answered at once with a canned event (the
-/// same call, messages and stream shape as a brokered exec, with nothing
-/// behind it).
-struct TonicFloor {
-    health: tonic_health::pb::health_client::HealthClient<Channel>,
-    exec: BrokerClient<Channel>,
-    /// Killed on drop.
-    process: tokio::process::Child,
-}
-
-/// The control: a caller of the null proxy in front of the floor server.
-struct NullProxy {
-    client: BrokerClient<Channel>,
-    /// Killed on drop.
-    _process: tokio::process::Child,
-}
-
-impl NullProxy {
-    async fn start(dir: &Path, threads: usize) -> Self {
-        let path = dir.join("proxy.sock");
-        let upstream = dir.join("floor.sock");
-        let args = [
-            "--proxy-server".as_ref(),
-            path.as_os_str(),
-            upstream.as_os_str(),
-        ];
-        let _process = start_child(&args, threads).await;
-        let channel = switchyard::api::client::channel(&path).await.unwrap();
-        let mut proxy = Self {
-            client: BrokerClient::new(channel),
-            _process,
-        };
-        for _ in 0..200 {
-            proxy.exec().await;
-        }
-        proxy
-    }
-
-    async fn exec(&mut self) {
-        broker_exec(&mut self.client, exec_req("bench", "sim-1"))
-            .await
-            .unwrap();
-    }
-}
-
-/// `Exec` answered with one canned event.
+/// The broker API's `Exec` alone, served by `S`: the HTTP/2 side of a
+/// tonic service, written out for one method (tonic-build would generate
+/// the whole `Broker` trait). The floor and the null proxy answer with it.
 #[derive(Clone)]
-struct CannedExec(pb::ExecEvent);
+struct ExecOnly<S>(S);
 
-impl tonic::server::NamedService for CannedExec {
+impl<S> tonic::server::NamedService for ExecOnly<S> {
     const NAME: &'static str = "switchyard.v1.Broker";
 }
+
+impl<S> tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for ExecOnly<S>
+where
+    S: tonic::server::ServerStreamingService<pb::ExecRequest, Response = pb::ExecEvent>
+        + Clone
+        + Send
+        + 'static,
+    S::ResponseStream: Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let method = self.0.clone();
+        Box::pin(async move {
+            if req.uri().path() != "/switchyard.v1.Broker/Exec" {
+                return Ok(tonic::Status::unimplemented("only Exec").into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+            Ok(grpc.server_streaming(method, req).await)
+        })
+    }
+}
+
+/// `Exec` answered at once with one canned event.
+#[derive(Clone)]
+struct CannedExec(pb::ExecEvent);
 
 impl tonic::server::ServerStreamingService<pb::ExecRequest> for CannedExec {
     type Response = pb::ExecEvent;
@@ -373,39 +363,11 @@ impl tonic::server::ServerStreamingService<pb::ExecRequest> for CannedExec {
     }
 }
 
-impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for CannedExec {
-    type Response = tonic::codegen::http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
-        let canned = self.clone();
-        Box::pin(async move {
-            if req.uri().path() != "/switchyard.v1.Broker/Exec" {
-                return Ok(tonic::Status::unimplemented("only Exec").into_http());
-            }
-            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
-            Ok(grpc.server_streaming(canned, req).await)
-        })
-    }
-}
-
 /// `Exec` forwarded to the floor server: a bare tonic proxy, as a control.
 /// It puts a third process in the chain with no logic of its own, so its
 /// residue (proxy − 2 × floor) is what any process in the middle costs.
 #[derive(Clone)]
 struct ProxyExec(BrokerClient<Channel>);
-
-impl tonic::server::NamedService for ProxyExec {
-    const NAME: &'static str = "switchyard.v1.Broker";
-}
 
 impl tonic::server::ServerStreamingService<pb::ExecRequest> for ProxyExec {
     type Response = pb::ExecEvent;
@@ -415,27 +377,6 @@ impl tonic::server::ServerStreamingService<pb::ExecRequest> for ProxyExec {
     fn call(&mut self, req: tonic::Request<pb::ExecRequest>) -> Self::Future {
         let mut upstream = self.0.clone();
         Box::pin(async move { upstream.exec(req.into_inner()).await })
-    }
-}
-
-impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for ProxyExec {
-    type Response = tonic::codegen::http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
-        let proxy = self.clone();
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
-            Ok(grpc.server_streaming(proxy, req).await)
-        })
     }
 }
 
@@ -453,16 +394,18 @@ fn serve_child(args: &[String]) -> ! {
         let listener = tokio::net::UnixListener::bind(&args[1]).unwrap();
         let mut server = tonic::transport::Server::builder();
         let router = if args[0] == "--proxy-server" {
-            let upstream = switchyard::api::client::channel(Path::new(&args[2]))
+            let upstream = switchyard::api::client::connect(Path::new(&args[2]))
                 .await
                 .unwrap();
-            server.add_service(ProxyExec(BrokerClient::new(upstream)))
+            server.add_service(ExecOnly(ProxyExec(upstream)))
         } else {
             use prost::Message;
             let event = hex::decode(&args[2]).unwrap();
             let event = pb::ExecEvent::decode(event.as_slice()).unwrap();
             let (_reporter, health) = tonic_health::server::health_reporter();
-            server.add_service(health).add_service(CannedExec(event))
+            server
+                .add_service(health)
+                .add_service(ExecOnly(CannedExec(event)))
         };
         println!("ready");
         router
@@ -488,6 +431,18 @@ async fn start_child(args: &[&std::ffi::OsStr], threads: usize) -> tokio::proces
     process
 }
 
+/// The floor: a bare tonic server on a Unix socket, in a child process on
+/// the same runtime as the broker. It serves health `Check` (a unary call
+/// doing one map lookup) and `Exec`, answered at once with a canned event
+/// (the same call, messages and stream shape as a brokered exec, with
+/// nothing behind it).
+struct TonicFloor {
+    health: tonic_health::pb::health_client::HealthClient<Channel>,
+    exec: Brokered,
+    /// Killed on drop.
+    process: tokio::process::Child,
+}
+
 impl TonicFloor {
     async fn start(dir: &Path, event: &pb::ExecEvent, threads: usize) -> Self {
         use prost::Message;
@@ -497,13 +452,12 @@ impl TonicFloor {
         let process = start_child(&args, threads).await;
         let channel = switchyard::api::client::channel(&path).await.unwrap();
         let mut floor = Self {
-            health: tonic_health::pb::health_client::HealthClient::new(channel.clone()),
-            exec: BrokerClient::new(channel),
+            health: tonic_health::pb::health_client::HealthClient::new(channel),
+            exec: Brokered::connect(&path, "sim-1").await,
             process,
         };
         for _ in 0..200 {
             floor.unary().await;
-            floor.exec().await;
         }
         floor
     }
@@ -520,11 +474,29 @@ impl TonicFloor {
             .await
             .unwrap();
     }
+}
 
-    async fn exec(&mut self) {
-        broker_exec(&mut self.exec, exec_req("bench", "sim-1"))
-            .await
-            .unwrap();
+/// The control: exec through the null proxy in front of the floor server.
+struct NullProxy {
+    exec: Brokered,
+    /// Killed on drop.
+    _process: tokio::process::Child,
+}
+
+impl NullProxy {
+    async fn start(dir: &Path, threads: usize) -> Self {
+        let path = dir.join("proxy.sock");
+        let upstream = dir.join("floor.sock");
+        let args = [
+            "--proxy-server".as_ref(),
+            path.as_os_str(),
+            upstream.as_os_str(),
+        ];
+        let _process = start_child(&args, threads).await;
+        Self {
+            exec: Brokered::connect(&path, "sim-1").await,
+            _process,
+        }
     }
 }
 
@@ -579,7 +551,8 @@ impl DirectClient {
     }
 }
 
-/// Exec on `device` through the broker, on one gRPC connection.
+/// Exec on `device` through the broker (or a server answering for it: the
+/// floor, the null proxy), on one gRPC connection.
 struct Brokered {
     client: BrokerClient<Channel>,
     device: String,
@@ -675,7 +648,7 @@ async fn overhead(
         let fu = timed!(per, floor.unary());
         charge(0, before);
         let before = cpu_times(&pids);
-        let fe = timed!(per, floor.exec());
+        let fe = timed!(per, floor.exec.once());
         charge(1, before);
         let before = cpu_times(&pids);
         let d = timed!(per, direct.once());
@@ -683,7 +656,7 @@ async fn overhead(
         let before = cpu_times(&pids);
         let b = timed!(per, brokered.once());
         charge(3, before);
-        let px = timed!(per, proxy.exec());
+        let px = timed!(per, proxy.exec.once());
         let p50 = |v: &Vec<Duration>| stats("", v.clone()).p50_us;
         per_round_us.push(p50(&b) - p50(&fe) - p50(&d));
         per_round_unary_us.push(p50(&b) - p50(&fu) - p50(&d));
