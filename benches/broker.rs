@@ -41,6 +41,9 @@ struct Options {
     /// `--broker-threads N`: the broker's tokio worker threads (0: one per
     /// core), also used by the floor's server so both run alike.
     broker_threads: usize,
+    /// `--caller-threads N`: the timed callers' runtime (1: current-thread,
+    /// the default, as the CLI; 0: multi-thread, one worker per core).
+    caller_threads: usize,
 }
 
 fn usage() -> Options {
@@ -52,6 +55,7 @@ fn usage() -> Options {
         rounds: 10,
         only: None,
         broker_threads: 0,
+        caller_threads: 1,
     };
     let args: Vec<String> = std::env::args().collect();
     o.only = args
@@ -68,6 +72,7 @@ fn usage() -> Options {
             ("--process-runs", Some(v)) => o.process_runs = v,
             ("--rounds", Some(v)) => o.rounds = v.max(1),
             ("--broker-threads", Some(v)) => o.broker_threads = v,
+            ("--caller-threads", Some(v)) => o.caller_threads = v,
             _ => {
                 i += 1;
                 continue;
@@ -901,6 +906,31 @@ async fn cli_process(socket: &Path, runs: usize) -> Stats {
     stats("`switchyard exec` whole process", v)
 }
 
+/// Runs `f` to completion on a runtime of its own, on threads of its own:
+/// the timed callers. By default a current-thread runtime, as the CLI's
+/// (`switchyard exec`); `--caller-threads N` gives a multi-thread runtime
+/// with N workers (0: one per core), as `#[tokio::main]` would. On a
+/// multi-thread runtime every answer also wakes a second worker thread,
+/// and that CPU comes out of the two cores the other processes share.
+fn on_caller_runtime<F: std::future::Future + Send>(threads: usize, f: F) -> F::Output
+where
+    F::Output: Send,
+{
+    let run = || {
+        let mut rt = match threads {
+            1 => tokio::runtime::Builder::new_current_thread(),
+            0 => tokio::runtime::Builder::new_multi_thread(),
+            n => {
+                let mut rt = tokio::runtime::Builder::new_multi_thread();
+                rt.worker_threads(n);
+                rt
+            }
+        };
+        rt.enable_all().build().unwrap().block_on(f)
+    };
+    tokio::task::block_in_place(|| std::thread::scope(|s| s.spawn(run).join().unwrap()))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args
@@ -939,31 +969,36 @@ fn main() {
 
         if let Some(row) = &o.only {
             println!("broker pid {broker_pid}, service pid {}", service.pid);
-            let s = match row.as_str() {
-                "direct" => {
-                    let direct = DirectClient::connect(addr, fp).await;
-                    stats("exec, Rust client -> service", timed!(o.samples, direct.once()))
+            let s = on_caller_runtime(o.caller_threads, async {
+                match row.as_str() {
+                    "direct" => {
+                        let direct = DirectClient::connect(addr, fp).await;
+                        stats("exec, Rust client -> service", timed!(o.samples, direct.once()))
+                    }
+                    _ => through_broker(&socket, "sim-1", "exec via broker", o.samples).await,
                 }
-                _ => through_broker(&socket, "sim-1", "exec via broker", o.samples).await,
-            };
+            });
             println!("{}: p50 {:.0} µs, p90 {:.0} µs, mean {:.0} µs", s.name, s.p50_us, s.p90_us, s.mean_us);
             return;
         }
-        let overhead = overhead(
-            dir.path(),
-            &socket,
-            &service,
-            broker_pid,
-            o.samples,
-            o.rounds,
-            o.broker_threads,
-        )
-        .await;
-        let mut latency = overhead.rows.to_vec();
-        latency.push(through_broker(&socket, "ssh-1", "exec via broker, SSH simulator (warm)", o.samples).await);
-        latency.push(inventory_via_broker(&socket, o.samples).await);
-        latency.push(status_via_broker(&socket, o.samples).await);
-        latency.push(cli_process(&socket, o.process_runs).await);
+        let (overhead, latency) = on_caller_runtime(o.caller_threads, async {
+            let overhead = overhead(
+                dir.path(),
+                &socket,
+                &service,
+                broker_pid,
+                o.samples,
+                o.rounds,
+                o.broker_threads,
+            )
+            .await;
+            let mut latency = overhead.rows.to_vec();
+            latency.push(through_broker(&socket, "ssh-1", "exec via broker, SSH simulator (warm)", o.samples).await);
+            latency.push(inventory_via_broker(&socket, o.samples).await);
+            latency.push(status_via_broker(&socket, o.samples).await);
+            latency.push(cli_process(&socket, o.process_runs).await);
+            (overhead, latency)
+        });
         println!("\n{:<48} {:>7} {:>9} {:>9} {:>9}", "latency", "n", "p50 µs", "p90 µs", "p99 µs");
         for s in &latency {
             println!("{:<48} {:>7} {:>9.0} {:>9.0} {:>9.0}", s.name, s.n, s.p50_us, s.p90_us, s.p99_us);

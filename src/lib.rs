@@ -19,4 +19,5 @@ pub mod service;
 pub mod sim;
 pub mod task;
 pub mod tls;
+pub mod uds;
 pub mod wire;

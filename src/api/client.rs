@@ -7,6 +7,7 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::pb::broker_client::BrokerClient;
+use crate::uds::ReadWokenUnixStream;
 
 /// The largest HTTP/2 frame this client accepts.
 const MAX_FRAME: u32 = 256 * 1024;
@@ -21,7 +22,7 @@ pub async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> 
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                Ok::<_, std::io::Error>(TokioIo::new(ReadWokenUnixStream::connect(&path).await?))
             }
         }))
         .await

@@ -14,7 +14,6 @@ use std::pin::Pin;
 use actix::Addr;
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 
 mod cloud;
@@ -23,7 +22,7 @@ use super::error::BrokerError;
 use super::link::CallStream;
 use super::link_actor::{Acquire, InFlight};
 use super::login_registry::{ListLogins, LoginRegistry};
-use super::peer::Peer;
+use super::peer::{ConnectedPeer, Peer};
 use super::registry::{
     Disconnect, GetSession, OpenSession, ServiceDirect, ServiceInfo, ServiceIntegrated,
     SessionRegistry, Status as StatusMsg,
@@ -105,20 +104,15 @@ impl FrontDoor {
 }
 
 fn peer<T>(request: &Request<T>) -> Result<Peer, Status> {
-    let cred = request
+    request
         .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|info| info.peer_cred)
+        .get::<ConnectedPeer>()
+        .and_then(|connected| connected.0)
         .ok_or_else(|| {
             Status::permission_denied(
                 "caller credentials unavailable: connect over the broker's Unix socket",
             )
-        })?;
-    Ok(Peer {
-        uid: cred.uid(),
-        gid: cred.gid(),
-        pid: cred.pid().and_then(|p| u32::try_from(p).ok()),
-    })
+        })
 }
 
 fn mailbox(e: actix::MailboxError) -> Status {

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use actix::Actor;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -37,6 +38,7 @@ use crate::api::FILE_DESCRIPTOR_SET;
 use crate::api::pb::broker_server::BrokerServer;
 use crate::daemon;
 use crate::task::AbortOnDrop;
+use crate::uds::ReadWokenUnixStream;
 use front_door::FrontDoor;
 use login_registry::LoginRegistry;
 use registry::{RegistrySettings, SessionRegistry, Shutdown, Summary};
@@ -107,7 +109,11 @@ pub async fn run(
         in_flight.clone(),
     );
     let stop_serving = CancellationToken::new();
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).map(|accepted| {
+        accepted
+            .and_then(ReadWokenUnixStream::from_tokio)
+            .inspect_err(|e| warn!(error = %e, "cannot accept a connection on the front door"))
+    });
     let server = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)

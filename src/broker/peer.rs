@@ -14,6 +14,26 @@ pub struct Peer {
     pub pid: Option<u32>,
 }
 
+/// What each front-door connection reports to tonic (a request extension):
+/// the caller's credentials, read once per connection with `SO_PEERCRED`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectedPeer(pub Option<Peer>);
+
+impl tonic::transport::server::Connected for crate::uds::ReadWokenUnixStream {
+    type ConnectInfo = ConnectedPeer;
+
+    fn connect_info(&self) -> ConnectedPeer {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        let cred = getsockopt(self.get_ref(), PeerCredentials).ok();
+        ConnectedPeer(cred.map(|c| Peer {
+            uid: c.uid(),
+            gid: c.gid(),
+            // 0: the caller lives in another pid namespace.
+            pid: u32::try_from(c.pid()).ok().filter(|pid| *pid > 0),
+        }))
+    }
+}
+
 /// Who owns a link or a named service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Owner {

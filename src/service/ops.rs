@@ -291,12 +291,13 @@ impl ServiceOps {
                         device: name.clone(),
                     });
                 }
-                let device = inv.device(name).map_err(|e| match e {
-                    InventoryError::UnknownDevice(n) => OpsError::UnknownDevice(n),
-                    other => other.into(),
-                })?;
+                let (device, credentials) =
+                    inv.device_with_credentials(name).map_err(|e| match e {
+                        InventoryError::UnknownDevice(n) => OpsError::UnknownDevice(n),
+                        other => other.into(),
+                    })?;
                 Ok(DeviceTarget {
-                    credentials: inv.device_credentials(name)?,
+                    credentials,
                     name: device.name,
                     host: device.host,
                     port: device.port,

@@ -80,9 +80,6 @@ pub struct DeviceCredentials {
     pub private_key: Option<Secret>,
 }
 
-/// A credentials row as stored: username, sealed password, sealed key.
-type SealedCredentials = (Option<String>, Option<Vec<u8>>, Option<Vec<u8>>);
-
 fn password_context(name: &str) -> String {
     format!("device:{name}:password")
 }
@@ -221,16 +218,29 @@ impl Inventory {
 
     /// A device's credentials, unsealed. Needs the admin password.
     pub fn device_credentials(&self, name: &str) -> Result<DeviceCredentials, InventoryError> {
+        self.device_with_credentials(name)
+            .map(|(_, credentials)| credentials)
+    }
+
+    /// A device and its unsealed credentials, read in one statement (an
+    /// exec needs both, and this runs on every one). Needs the admin
+    /// password.
+    pub fn device_with_credentials(
+        &self,
+        name: &str,
+    ) -> Result<(Device, DeviceCredentials), InventoryError> {
         let key = self.key()?;
-        let row: Option<SealedCredentials> = self
-            .conn
-            .query_row(
-                "SELECT username, password_sealed, private_key_sealed FROM devices WHERE name = ?1",
-                [name],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {DEVICE_COLUMNS}, password_sealed, private_key_sealed \
+             FROM devices WHERE name = ?1"
+        ))?;
+        let row = stmt
+            .query_row([name], |r| {
+                let sealed: (Option<Vec<u8>>, Option<Vec<u8>>) = (r.get(10)?, r.get(11)?);
+                Ok((device_from_row(r)?, r.get::<_, Option<String>>(6)?, sealed))
+            })
             .optional()?;
-        let (username, password, private_key) =
+        let (device, username, (password, private_key)) =
             row.ok_or_else(|| InventoryError::UnknownDevice(name.to_string()))?;
         let unseal = |context: String, sealed: Option<Vec<u8>>| {
             sealed
@@ -242,11 +252,12 @@ impl Inventory {
                 })
                 .transpose()
         };
-        Ok(DeviceCredentials {
+        let credentials = DeviceCredentials {
             username,
             password: unseal(password_context(name), password)?,
             private_key: unseal(private_key_context(name), private_key)?,
-        })
+        };
+        Ok((device?, credentials))
     }
 
     /// Records the SSH host key first seen for a device (trust on first use).
