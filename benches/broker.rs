@@ -48,11 +48,11 @@ struct Options {
 
 fn usage() -> Options {
     let mut o = Options {
-        samples: 4000,
+        samples: 10000,
         callers: 1000,
         load_secs: 10,
         process_runs: 50,
-        rounds: 10,
+        rounds: 50,
         only: None,
         broker_threads: 0,
         caller_threads: 1,
