@@ -482,8 +482,18 @@ async fn serve_request(
     };
     let pump_out = async {
         while let Some(response) = out_rx.recv().await {
+            // When the work has already ended, its last response and the
+            // stream's end are handed to quinn back to back, so they leave
+            // in one packet: sent apart (the connection's driver may run
+            // on another thread in between), the end took a packet and a
+            // wake-up of its own at the caller, and the broker's answer
+            // then left in two writes.
+            let last = out_rx.is_closed() && out_rx.is_empty();
             if write_frame(&mut send, &response, max).await.is_err() {
                 return;
+            }
+            if last {
+                break;
             }
         }
         let _ = send.finish();
