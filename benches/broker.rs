@@ -389,12 +389,11 @@ impl tonic::server::ServerStreamingService<pb::ExecRequest> for ProxyExec {
 /// the floor (`--floor-server PATH EVENT`) or the null proxy
 /// (`--proxy-server PATH UPSTREAM`). Both run on the broker's runtime.
 fn serve_child(args: &[String]) -> ! {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
     let threads = std::env::var(THREADS_ENV).ok().and_then(|t| t.parse().ok());
-    if let Some(n) = threads.filter(|n: &usize| *n > 0) {
-        rt.worker_threads(n);
-    }
-    let rt = rt.enable_all().build().unwrap();
+    let rt = multi_thread(threads.unwrap_or(0))
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let listener = tokio::net::UnixListener::bind(&args[1]).unwrap();
         let mut server = tonic::transport::Server::builder();
@@ -906,6 +905,16 @@ async fn cli_process(socket: &Path, runs: usize) -> Stats {
     stats("`switchyard exec` whole process", v)
 }
 
+/// A multi-thread runtime with `workers` worker threads (0: one per core,
+/// as the daemons' `runtime.worker_threads`).
+fn multi_thread(workers: usize) -> tokio::runtime::Builder {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        rt.worker_threads(workers);
+    }
+    rt
+}
+
 /// Runs `f` to completion on a runtime of its own, on threads of its own:
 /// the timed callers. By default a current-thread runtime, as the CLI's
 /// (`switchyard exec`); `--caller-threads N` gives a multi-thread runtime
@@ -919,12 +928,7 @@ where
     let run = || {
         let mut rt = match threads {
             1 => tokio::runtime::Builder::new_current_thread(),
-            0 => tokio::runtime::Builder::new_multi_thread(),
-            n => {
-                let mut rt = tokio::runtime::Builder::new_multi_thread();
-                rt.worker_threads(n);
-                rt
-            }
+            n => multi_thread(n),
         };
         rt.enable_all().build().unwrap().block_on(f)
     };
