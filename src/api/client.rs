@@ -22,7 +22,9 @@ pub async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> 
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move {
-                Ok::<_, std::io::Error>(TokioIo::new(ReadWokenUnixStream::connect(&path).await?))
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    ReadWokenUnixStream::connect(&path).await?.coalescing(),
+                ))
             }
         }))
         .await
