@@ -270,6 +270,16 @@ mod tests {
 
     const BOUND: Duration = Duration::from_secs(10);
 
+    /// Everything `s` yields until its end, within `BOUND`.
+    async fn read_to_end_bounded(s: &mut ReadWokenUnixStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        tokio::time::timeout(BOUND, s.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        got
+    }
+
     fn pair() -> (ReadWokenUnixStream, ReadWokenUnixStream) {
         let (a, b) = StdUnixStream::pair().unwrap();
         (
@@ -290,11 +300,7 @@ mod tests {
         assert_eq!(&got, b"ping");
         b.write_all(b"pong").await.unwrap();
         b.shutdown().await.unwrap();
-        let mut rest = Vec::new();
-        tokio::time::timeout(BOUND, a.read_to_end(&mut rest))
-            .await
-            .unwrap()
-            .unwrap();
+        let rest = read_to_end_bounded(&mut a).await;
         assert_eq!(rest, b"pong");
     }
 
@@ -328,11 +334,7 @@ mod tests {
             assert!(a.write_wait.is_none(), "the write wait outlived the write");
             a.shutdown().await.unwrap();
         });
-        let mut got = Vec::new();
-        tokio::time::timeout(BOUND, b.read_to_end(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
+        let got = read_to_end_bounded(&mut b).await;
         tokio::time::timeout(BOUND, writer).await.unwrap().unwrap();
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "bytes arrived changed or out of order");
@@ -406,11 +408,7 @@ mod tests {
         let mut a = a.coalescing();
         a.write_all(b"last words").await.unwrap();
         a.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        tokio::time::timeout(BOUND, b.read_to_end(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
+        let got = read_to_end_bounded(&mut b).await;
         assert_eq!(got, b"last words");
     }
 }
