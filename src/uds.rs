@@ -98,15 +98,6 @@ impl ReadWokenUnixStream {
         self.io.get_ref()
     }
 
-    /// Runs `write` until it does not block, waiting for room in between.
-    fn poll_write_with<R>(
-        &mut self,
-        cx: &mut Context<'_>,
-        write: impl Fn(&StdUnixStream) -> io::Result<R>,
-    ) -> Poll<io::Result<R>> {
-        poll_write_with(&self.io, &mut self.write_wait, cx, write)
-    }
-
     /// Writes out the held batch, if any.
     fn poll_write_batch(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(batch) = &mut self.batch else {
@@ -129,22 +120,24 @@ impl ReadWokenUnixStream {
         Poll::Ready(Ok(()))
     }
 
-    /// Writes `bufs` (`len` bytes in all): into the batch when they fit,
-    /// else straight to the socket once the batch is out.
+    /// Writes `bufs`: into the batch when they fit, else straight to the
+    /// socket once the batch is out.
     fn poll_write_bufs(
         &mut self,
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
-        len: usize,
     ) -> Poll<io::Result<usize>> {
         if let Some(batch) = &mut self.batch {
+            let len = bufs.iter().map(|b| b.len()).sum();
             if batch.bytes.len() + len <= BATCH_LIMIT {
                 bufs.iter().for_each(|b| batch.bytes.extend_from_slice(b));
                 return Poll::Ready(Ok(len));
             }
             ready!(self.poll_write_batch(cx))?;
         }
-        self.poll_write_with(cx, |mut io| io.write_vectored(bufs))
+        poll_write_with(&self.io, &mut self.write_wait, cx, |mut io| {
+            io.write_vectored(bufs)
+        })
     }
 }
 
@@ -223,8 +216,7 @@ impl AsyncWrite for ReadWokenUnixStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .poll_write_bufs(cx, &[IoSlice::new(buf)], buf.len())
+        self.get_mut().poll_write_bufs(cx, &[IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -232,8 +224,7 @@ impl AsyncWrite for ReadWokenUnixStream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let len = bufs.iter().map(|b| b.len()).sum();
-        self.get_mut().poll_write_bufs(cx, bufs, len)
+        self.get_mut().poll_write_bufs(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
