@@ -236,12 +236,16 @@ impl Inventory {
         ))?;
         let row = stmt
             .query_row([name], |r| {
-                let sealed: (Option<Vec<u8>>, Option<Vec<u8>>) = (r.get(10)?, r.get(11)?);
-                Ok((device_from_row(r)?, r.get::<_, Option<String>>(6)?, sealed))
+                // By name: the same words inside DEVICE_COLUMNS are
+                // `… IS NOT NULL` expressions, named differently.
+                let sealed: (Option<Vec<u8>>, Option<Vec<u8>>) =
+                    (r.get("password_sealed")?, r.get("private_key_sealed")?);
+                Ok((device_from_row(r)?, sealed))
             })
             .optional()?;
-        let (device, username, (password, private_key)) =
+        let (device, (password, private_key)) =
             row.ok_or_else(|| InventoryError::UnknownDevice(name.to_string()))?;
+        let device = device?;
         let unseal = |context: String, sealed: Option<Vec<u8>>| {
             sealed
                 .map(|s| -> Result<Secret, InventoryError> {
@@ -253,11 +257,11 @@ impl Inventory {
                 .transpose()
         };
         let credentials = DeviceCredentials {
-            username,
+            username: device.username.clone(),
             password: unseal(password_context(name), password)?,
             private_key: unseal(private_key_context(name), private_key)?,
         };
-        Ok((device?, credentials))
+        Ok((device, credentials))
     }
 
     /// Records the SSH host key first seen for a device (trust on first use).
