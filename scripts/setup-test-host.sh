@@ -20,6 +20,8 @@ command -v curl >/dev/null || need+=(curl)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v openssl >/dev/null || need+=(openssl)
+# strip, for the binaries the boot check installs.
+command -v strip >/dev/null || need+=(binutils)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The disk is shared with other machines and has run out mid-run before;
+# say what there was, so a "No space left" failure can be read at once.
+echo "== disk"
+df -h . /var/tmp
 bash scripts/setup-test-host.sh
 echo "== Python test dependencies"
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/python/requirements.txt
@@ -22,5 +26,7 @@ echo "== systemd units"
 bash scripts/verify-units.sh
 echo "== systemd units, run under systemd booted in a container"
 bash tests/systemd/boot-check.sh target/debug/switchyard
+echo "== disk used by the build"
+du -sh target
 echo "== Python tests (grpcio against a real broker)"
 SWITCHYARD_BIN="$PWD/target/debug/switchyard" python3 -m pytest -q tests/python

@@ -28,9 +28,11 @@ trap cleanup EXIT
 mkdir -p "$work/upper" "$work/ovl" "$root" "$work/results"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$work/upper,workdir=$work/ovl" "$root"
 
-# What the README's install steps put in place.
-install -m 0755 "$bin" "$root/usr/bin/switchyard"
-install -m 0755 "$daemon_bin" "$root/usr/bin/switchyardd"
+# What the README's install steps put in place. Stripped, as a package
+# ships them: the debug build's symbols are hundreds of megabytes that the
+# overlay would copy onto a disk the build has already filled.
+install -s -m 0755 "$bin" "$root/usr/bin/switchyard"
+install -s -m 0755 "$daemon_bin" "$root/usr/bin/switchyardd"
 install -m 0644 deploy/sysusers.d/switchyard.conf "$root/usr/lib/sysusers.d/switchyard.conf"
 install -m 0644 deploy/tmpfiles.d/switchyard.conf "$root/usr/lib/tmpfiles.d/switchyard.conf"
 install -m 0644 deploy/systemd/*.service deploy/systemd/*.socket "$root/etc/systemd/system/"
