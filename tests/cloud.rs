@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::broker::{TestBroker, in_session, open_attached, run_exec, status};
+use common::broker::{Metrics, TestBroker, in_session, open_attached, run_exec, status};
 use common::cloud::{ALICE, ALICE_SSO_PASSWORD, CAROL, CloudService, TestRelay};
 use common::within;
 use switchyard::api::pb;
@@ -24,6 +24,29 @@ async fn broker_for_with(relay: &TestRelay, env: &[(&str, &str)]) -> TestBroker 
     let config = relay.broker_config(relay.dir.path());
     let config = config.to_str().unwrap().to_string();
     TestBroker::start_with(env, &["--config", &config]).await.0
+}
+
+/// A broker for `relay` that also serves its metrics.
+async fn broker_with_metrics(relay: &TestRelay) -> (TestBroker, Metrics) {
+    let config = relay.broker_config(relay.dir.path());
+    let config = config.to_str().unwrap().to_string();
+    let args = ["--config", &config, "--metrics-listen", "127.0.0.1:0"];
+    let (broker, startup) = TestBroker::start_with(&[], &args).await;
+    (broker, Metrics::from_startup_log(&startup))
+}
+
+/// Each transport's links are counted under their own name.
+async fn assert_links_by_transport(metrics: &Metrics, relayed: f64, direct_sso: f64) {
+    let page = metrics.scrape().await;
+    assert_eq!(
+        page.value("switchyard_links{transport=\"relayed\"}"),
+        relayed
+    );
+    assert_eq!(
+        page.value("switchyard_links{transport=\"direct-sso\"}"),
+        direct_sso
+    );
+    assert_eq!(page.value("switchyard_links{transport=\"direct\"}"), 0.0);
 }
 
 async fn token_login(
@@ -126,7 +149,7 @@ async fn show_version(
 async fn access_token_login_reaches_a_device_through_the_relay() {
     let relay = TestRelay::start().await;
     let _svc = CloudService::start(&relay, "SN-1", &[]).await;
-    let broker = broker_for(&relay).await;
+    let (broker, metrics) = broker_with_metrics(&relay).await;
     let mut client = broker.client().await;
     let (session, _attach) = open_attached(&mut client).await;
     let login = token_login(&mut client, &session, &relay.token(ALICE))
@@ -165,6 +188,7 @@ async fn access_token_login_reaches_a_device_through_the_relay() {
             .iter()
             .any(|l| l.transport == "relayed" && l.state == "up")
     );
+    assert_links_by_transport(&metrics, 1.0, 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -725,7 +749,7 @@ async fn a_login_survives_a_broker_restart() {
 async fn direct_with_sso_skips_the_relay_for_data() {
     let (relay, mut tap) = TestRelay::start_tapped_with(|_| {}).await;
     let svc = CloudService::start(&relay, "SN-DSSO", &[]).await;
-    let broker = broker_for(&relay).await;
+    let (broker, metrics) = broker_with_metrics(&relay).await;
     let (mut client, session, _attach) = token_session(&broker, &relay, ALICE).await;
     let service = direct_sso(&mut client, &session, "SN-DSSO", &svc).await;
     wait(&mut client, &session, &service, 15.0).await.unwrap();
@@ -742,6 +766,7 @@ async fn direct_with_sso_skips_the_relay_for_data() {
             .iter()
             .any(|l| l.transport == "direct-sso" && l.state == "up")
     );
+    assert_links_by_transport(&metrics, 0.0, 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::broker::{direct, named, run_exec};
+use common::broker::{Metrics, direct, named, run_exec};
 use common::service::{ALICE_PASSWORD, ssh_device, start_service};
 use common::sshd::{Sshd, TEST_PASSWORD, TEST_USER};
 use common::{switchyard_bin, within};
@@ -258,20 +258,7 @@ async fn metrics_endpoint_counts_work() {
     let svc = start_service(&[], RpcConfig::default());
     let (broker, startup) =
         common::broker::TestBroker::start_with(&[], &["--metrics-listen", "127.0.0.1:0"]).await;
-    let url = startup
-        .lines()
-        .find_map(|l| l.strip_prefix("switchyard metrics on "))
-        .expect("metrics address logged")
-        .to_string();
-    let scrape = || async {
-        let out = tokio::process::Command::new("curl")
-            .args(["-sf", &url])
-            .output()
-            .await
-            .expect("curl");
-        assert!(out.status.success(), "scrape failed");
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let metrics = Metrics::from_startup_log(&startup);
     let mut c = broker.client().await;
     c.service_direct(direct(&svc, "", "lab", ALICE_PASSWORD))
         .await
@@ -286,25 +273,19 @@ async fn metrics_endpoint_counts_work() {
             .await
             .is_err()
     );
-    let page = scrape().await;
-    let value = |name: &str| -> f64 {
-        page.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from:\n{page}"))
-    };
-    assert_eq!(value("switchyard_requests_total{kind=\"exec\"}"), 4.0);
+    let page = metrics.scrape().await;
+    assert_eq!(page.value("switchyard_requests_total{kind=\"exec\"}"), 4.0);
     assert_eq!(
-        value("switchyard_link_connects_total{transport=\"direct\"}"),
+        page.value("switchyard_link_connects_total{transport=\"direct\"}"),
         1.0
     );
-    assert_eq!(value("switchyard_links{transport=\"direct\"}"), 1.0);
+    assert_eq!(page.value("switchyard_links{transport=\"direct\"}"), 1.0);
+    assert_eq!(page.value("switchyard_links{transport=\"relayed\"}"), 0.0);
     assert_eq!(
-        value("switchyard_request_errors_total{code=\"NotFound\"}"),
+        page.value("switchyard_request_errors_total{code=\"NotFound\"}"),
         1.0
     );
-    assert_eq!(value("switchyard_exec_duration_seconds_count"), 3.0);
+    assert_eq!(page.value("switchyard_exec_duration_seconds_count"), 3.0);
 }
 
 /// Logs straight to journald. No journald runs on CI machines, so when the

@@ -182,7 +182,7 @@ pub fn status_response(s: StatusInfo, logins: Vec<LoginListing>) -> pb::StatusRe
                 link_id: format!("L{}", l.id),
                 target: l.key.target,
                 principal: l.key.username,
-                transport: l.transport.to_string(),
+                transport: l.transport.as_str().to_string(),
                 state: l.state.as_str().to_string(),
                 holders: l.holders,
                 in_flight: l.in_flight,

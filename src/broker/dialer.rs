@@ -25,6 +25,7 @@ use quinn::Endpoint;
 use super::cloud_login::{CloudLogin, GetRelay};
 use super::direct_client::{self, DirectConnection, DirectTarget};
 use super::link::LinkError;
+use super::link_actor::Transport;
 use super::relay_client::{self, CloudError};
 use crate::secret::Secret;
 use crate::task::AbortOnDrop;
@@ -59,15 +60,15 @@ pub enum CloudRoute {
 }
 
 impl Dialer {
-    /// The transport name `status` shows.
-    pub fn transport(&self) -> &'static str {
+    /// How links made by this dialer reach their service.
+    pub fn transport(&self) -> Transport {
         match self {
-            Self::Password { .. } => "direct",
+            Self::Password { .. } => Transport::Direct,
             Self::Cloud(CloudTarget {
                 route: CloudRoute::Relayed,
                 ..
-            }) => "relayed",
-            Self::Cloud(_) => "direct-sso",
+            }) => Transport::Relayed,
+            Self::Cloud(_) => Transport::DirectSso,
         }
     }
 

@@ -127,7 +127,7 @@ impl DirectLink {
         let limits = self.config.limits.clone();
         let endpoint = self.endpoint.clone();
         let connect_timeout = self.config.connect_timeout;
-        let span = info_span!("link_connect", link = %format!("L{}", self.common.id), target = %target, transport = dialer.transport());
+        let span = info_span!("link_connect", link = %format!("L{}", self.common.id), target = %target, transport = dialer.transport().as_str());
         let fut = async move {
             dialer
                 .dial(
@@ -160,7 +160,7 @@ impl DirectLink {
                 self.guard = connected.guard.take();
                 self.generation += 1;
                 self.connects += 1;
-                metrics::counter!("switchyard_link_connects_total", "transport" => self.dialer.transport())
+                metrics::counter!("switchyard_link_connects_total", "transport" => self.dialer.transport().as_str())
                     .increment(1);
                 self.state = LinkState::Up;
                 self.last_error = None;

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::link::{LinkChannel, LinkError};
 use super::link_actor::{
     Acquire, Acquired, CloseLink, Hold, LinkActor, LinkCommon, LinkInfo, LinkState, LinkStatus,
-    Release, answer_waiters, release, stop_and_report,
+    Release, Transport, answer_waiters, release, stop_and_report,
 };
 use crate::secret::Secret;
 use crate::service::drivers::Drivers;
@@ -103,7 +103,7 @@ impl IntegratedLink {
                 }));
                 self.ops = Some((ops, principal));
                 self.state = LinkState::Up;
-                metrics::counter!("switchyard_link_connects_total", "transport" => "integrated")
+                metrics::counter!("switchyard_link_connects_total", "transport" => Transport::Integrated.as_str())
                     .increment(1);
                 info!(link = self.common.id, db = %self.db.display(), "integrated service up");
                 answer_waiters(self, ctx);
@@ -204,7 +204,7 @@ impl Handler<LinkStatus> for IntegratedLink {
         MessageResult(LinkInfo {
             id: self.common.id,
             key: self.common.key.clone(),
-            transport: "integrated",
+            transport: Transport::Integrated,
             state: self.state,
             holders: self.common.holders,
             in_flight: self.common.in_flight.load(Ordering::Relaxed),

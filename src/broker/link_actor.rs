@@ -56,6 +56,37 @@ impl LinkState {
     }
 }
 
+/// How a link reaches its service; `status` and the metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// QUIC to the service's RPC socket, with a service password.
+    Direct,
+    /// QUIC to the service's RPC socket, with a cloud (SSO) login.
+    DirectSso,
+    /// Through the cloud relay.
+    Relayed,
+    /// The service library inside the broker.
+    Integrated,
+}
+
+impl Transport {
+    pub const ALL: [Self; 4] = [
+        Self::Direct,
+        Self::DirectSso,
+        Self::Relayed,
+        Self::Integrated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::DirectSso => "direct-sso",
+            Self::Relayed => "relayed",
+            Self::Integrated => "integrated",
+        }
+    }
+}
+
 /// Counts a request on the link (and its session) while alive.
 pub struct InFlight(Vec<Arc<AtomicU32>>);
 
@@ -122,7 +153,7 @@ pub struct CloseLink;
 pub struct LinkInfo {
     pub id: LinkId,
     pub key: LinkKey,
-    pub transport: &'static str,
+    pub transport: Transport,
     pub state: LinkState,
     pub holders: u32,
     pub in_flight: u32,

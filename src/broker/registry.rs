@@ -7,7 +7,8 @@
 //! forgets links, so sharing decisions are made in one place, in order.
 //!
 //! Takes: `OpenSession`, `GetSession`, `SessionEnded`, `ServiceDirect`,
-//! `Disconnect`, `Status`, `LinkClosed`, `Shutdown`. After every change
+//! `ServiceCloud`, `ServiceIntegrated`, `Disconnect`, `Status`, `Summary`,
+//! `LinkClosed`, `Shutdown`. After every change
 //! it publishes a routing snapshot (`routes`) that requests are routed by.
 //!
 //! On failure: a link that fails its first connect is forgotten and the
@@ -36,7 +37,7 @@ use super::known_services::KnownServices;
 use super::link::LinkChannel;
 use super::link_actor::{
     Acquire, Acquired, CloseLink, Hold, LinkClosed, LinkCommon, LinkHandle, LinkId, LinkInfo,
-    LinkKey, LinkStatus, Release,
+    LinkKey, LinkStatus, Release, Transport,
 };
 use super::peer::{Owner, Peer, owner_for};
 use super::routes::{LinkRoute, NamedRoute, Routes, SessionRoute};
@@ -90,6 +91,7 @@ struct LinkEntry {
     in_flight: Arc<AtomicU32>,
     key: LinkKey,
     password_tag: [u8; 32],
+    transport: Transport,
     /// The certificate the link verified (known once it connected).
     fingerprint: Option<Fingerprint>,
     handle: LinkHandle,
@@ -190,14 +192,15 @@ impl SessionRegistry {
         }
         self.routes.send_replace(Arc::new(routes));
         metrics::gauge!("switchyard_sessions").set(self.sessions.len() as f64);
-        let integrated = self
-            .links
-            .values()
-            .filter(|l| l.key.target.starts_with("integrated:"))
-            .count();
-        metrics::gauge!("switchyard_links", "transport" => "integrated").set(integrated as f64);
-        metrics::gauge!("switchyard_links", "transport" => "direct")
-            .set((self.links.len() - integrated) as f64);
+        for transport in Transport::ALL {
+            let links = self
+                .links
+                .values()
+                .filter(|l| l.transport == transport)
+                .count();
+            metrics::gauge!("switchyard_links", "transport" => transport.as_str())
+                .set(links as f64);
+        }
     }
 
     fn next(&mut self) -> u64 {
@@ -214,12 +217,35 @@ impl SessionRegistry {
         mac.finalize().into_bytes().into()
     }
 
+    /// The live link to share for `key`: one that proved the same secret
+    /// (`tag`; `None` when the caller proves none and rides an existing
+    /// link of its own principal), and, when the caller pins a certificate,
+    /// verified that same certificate (or has not connected yet). The
+    /// oldest wins, so callers converge on one link.
+    fn shared_link(
+        &self,
+        key: &LinkKey,
+        tag: Option<&[u8; 32]>,
+        pinned: Option<Fingerprint>,
+    ) -> Option<LinkId> {
+        self.links
+            .iter()
+            .filter(|(_, l)| {
+                l.key == *key
+                    && tag.is_none_or(|t| bool::from(l.password_tag.ct_eq(t)))
+                    && (pinned.is_none() || l.fingerprint.is_none() || l.fingerprint == pinned)
+            })
+            .map(|(id, _)| *id)
+            .min()
+    }
+
     /// Creates a link's common part; `start` builds and starts the actor
     /// from it. The link is registered under a fresh id.
     fn add_link(
         &mut self,
         key: LinkKey,
         password_tag: [u8; 32],
+        transport: Transport,
         ctx: &mut Context<Self>,
         start: impl FnOnce(LinkCommon) -> LinkHandle,
     ) -> LinkId {
@@ -240,6 +266,7 @@ impl SessionRegistry {
                 in_flight,
                 key,
                 password_tag,
+                transport,
                 fingerprint: None,
                 handle,
             },
@@ -422,16 +449,10 @@ impl SessionRegistry {
             username: msg.username.clone(),
             owner,
         };
-        // A caller that pins a certificate shares only a link that verified
-        // that same certificate.
         let pinned = msg.fingerprint;
-        let same_principal = self.links.iter().filter(|(_, l)| {
-            l.key == key && (pinned.is_none() || l.fingerprint.is_none() || l.fingerprint == pinned)
-        });
         match &msg.password {
-            None => same_principal
-                .map(|(id, _)| *id)
-                .min()
+            None => self
+                .shared_link(&key, None, pinned)
                 .map(|id| (id, true))
                 .ok_or_else(|| {
                     BrokerError::InvalidArgument(format!(
@@ -441,18 +462,12 @@ impl SessionRegistry {
                 }),
             Some(password) => {
                 let tag = self.tag(password);
-                let shared = same_principal
-                    .filter(|(_, l)| bool::from(l.password_tag.ct_eq(&tag)))
-                    .map(|(id, _)| *id)
-                    .min();
-                if let Some(id) = shared {
+                if let Some(id) = self.shared_link(&key, Some(&tag), pinned) {
                     return Ok((id, true));
                 }
-                let fingerprint = msg
-                    .fingerprint
-                    .or_else(|| self.known.get(owner, &key.target));
+                let fingerprint = pinned.or_else(|| self.known.get(owner, &key.target));
                 let config = self.settings.link.clone();
-                let id = self.add_link(key, tag, ctx, |common| {
+                let id = self.add_link(key, tag, Transport::Direct, ctx, |common| {
                     LinkHandle::of(
                         &DirectLink::new(NewDirectLink {
                             common,
@@ -659,26 +674,16 @@ impl Handler<ServiceCloud> for SessionRegistry {
         // same identity gets its own.
         let tag = self.tag(&Secret::new(format!("{:?}", msg.login)));
         let pinned = msg.target.e2ee;
-        let shared = self
-            .links
-            .iter()
-            .filter(|(_, l)| {
-                l.key == key
-                    && bool::from(l.password_tag.ct_eq(&tag))
-                    && (pinned.is_none() || l.fingerprint.is_none() || l.fingerprint == pinned)
-            })
-            .map(|(id, _)| *id)
-            .min();
-        let (link_id, existed) = match shared {
+        let (link_id, existed) = match self.shared_link(&key, Some(&tag), pinned) {
             Some(id) => (id, true),
             None => {
                 let config = self.settings.link.clone();
-                let target = msg.target.clone();
-                let id = self.add_link(key, tag, ctx, |common| {
+                let dialer = Dialer::Cloud(msg.target.clone());
+                let id = self.add_link(key, tag, dialer.transport(), ctx, |common| {
                     LinkHandle::of(
                         &DirectLink::new(NewDirectLink {
                             common,
-                            dialer: Dialer::Cloud(target),
+                            dialer,
                             fingerprint: pinned,
                             config,
                         })
@@ -757,18 +762,12 @@ impl Handler<ServiceIntegrated> for SessionRegistry {
             owner,
         };
         let tag = self.tag(&msg.admin_password);
-        let shared = self
-            .links
-            .iter()
-            .filter(|(_, l)| l.key == key && bool::from(l.password_tag.ct_eq(&tag)))
-            .map(|(id, _)| *id)
-            .min();
-        let (link_id, existed) = match shared {
+        let (link_id, existed) = match self.shared_link(&key, Some(&tag), None) {
             Some(id) => (id, true),
             None => {
                 let ssh = self.settings.ssh.clone();
                 let password = msg.admin_password.clone();
-                let id = self.add_link(key, tag, ctx, |common| {
+                let id = self.add_link(key, tag, Transport::Integrated, ctx, |common| {
                     LinkHandle::of(
                         &IntegratedLink::new(NewIntegratedLink {
                             common,

@@ -229,3 +229,48 @@ pub async fn open_attached(
     ));
     (id, attach)
 }
+
+/// The metrics page of a broker started with `--metrics-listen`, whose
+/// start-up log (from `TestBroker::start_with`) says where it serves.
+pub struct Metrics {
+    url: String,
+}
+
+impl Metrics {
+    pub fn from_startup_log(startup: &str) -> Self {
+        let url = startup
+            .lines()
+            .find_map(|l| l.strip_prefix("switchyard metrics on "))
+            .expect("metrics address logged")
+            .to_string();
+        Self { url }
+    }
+
+    /// Scrapes the page now (with a real HTTP client).
+    pub async fn scrape(&self) -> MetricsPage {
+        let out = within(
+            10,
+            "metrics scrape",
+            Command::new("curl").args(["-sf", &self.url]).output(),
+        )
+        .await
+        .expect("curl");
+        assert!(out.status.success(), "scrape of {} failed", self.url);
+        MetricsPage(String::from_utf8(out.stdout).unwrap())
+    }
+}
+
+pub struct MetricsPage(String);
+
+impl MetricsPage {
+    /// The value of the sample `name` (with its labels, as the page
+    /// prints them); fails the test if the page has no such sample.
+    pub fn value(&self, name: &str) -> f64 {
+        self.0
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{}", self.0))
+    }
+}
