@@ -589,3 +589,60 @@ async fn concurrent_first_callers_share_one_handshake() {
     assert_eq!(s.links[0].connects, 1, "single flight: one handshake");
     assert_eq!(s.links[0].holders, 6);
 }
+
+/// Input the front door cannot take fails only that call or connection:
+/// bytes that are not HTTP/2, a request over the message limit, a command
+/// too big for the link's frames. The broker and the shared link carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_input_fails_only_that_call() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let svc = start_service(&[], RpcConfig::default());
+    let broker = TestBroker::start(&[]).await;
+    let mut c = broker.client().await;
+    c.service_direct(direct(&svc, "", "lab", ALICE_PASSWORD))
+        .await
+        .unwrap();
+
+    // Not HTTP/2: the broker ends that connection (reset or closed) instead
+    // of waiting on it.
+    let mut raw = tokio::net::UnixStream::connect(broker.socket())
+        .await
+        .unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = within(
+        10,
+        "broker ends the connection",
+        raw.read_to_end(&mut answer),
+    )
+    .await;
+
+    // Over the front door's message limit: refused as it arrives.
+    let huge = "x".repeat(5 * 1024 * 1024);
+    let e = run_exec(&mut c, named("lab"), &["core-1"], &[huge.as_str()])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    assert!(e.message().contains("too large"), "{e:?}");
+
+    // Under that limit but over the link's frame limit (1 MiB): the
+    // caller's own error, said as such, and not sent down the link.
+    let big = "x".repeat(2 * 1024 * 1024);
+    let e = run_exec(&mut c, named("lab"), &["core-1"], &[big.as_str()])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("1048576-byte message limit"), "{e:?}");
+
+    // The same client, connection and link go on working.
+    let out = run_exec(&mut c, named("lab"), &["core-1"], &["show clock"])
+        .await
+        .unwrap();
+    assert!(out[0].0.contains("UTC"), "{out:?}");
+    let links = status(&broker).await.links;
+    assert_eq!(links.len(), 1);
+    assert_eq!((links[0].state.as_str(), links[0].connects), ("up", 1));
+    assert_eq!(links[0].last_error, "");
+}

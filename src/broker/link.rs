@@ -8,7 +8,8 @@
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 
-use crate::wire::conn::{ConnError, read_frame, write_frame};
+use crate::wire::conn::{ConnError, read_frame, write_encoded};
+use crate::wire::frame::{self, Encoded, FrameError, Payload};
 use crate::wire::messages::{ErrorCode, RequestEnvelope, Response, TerminalInput, WireError};
 
 /// Why a link or a call on it failed.
@@ -30,6 +31,17 @@ pub enum LinkError {
     Rejected { target: String, error: WireError },
     #[error("connection to service {target} was lost: {reason}")]
     Lost { target: String, reason: String },
+    /// The caller's request (or terminal input) does not fit one frame of
+    /// the link; nothing was sent and the link is unaffected.
+    #[error(
+        "the request is {size} bytes, over the {limit}-byte message limit of the link to \
+         service {target}; send fewer or shorter commands (or smaller input chunks)"
+    )]
+    RequestTooLarge {
+        target: String,
+        size: usize,
+        limit: usize,
+    },
     #[error("{0}")]
     Remote(WireError),
     #[error("protocol error talking to service {target}: {reason}")]
@@ -46,6 +58,7 @@ impl LinkError {
                 ErrorCode::Unavailable
             }
             Self::FingerprintMismatch { .. } => ErrorCode::PermissionDenied,
+            Self::RequestTooLarge { .. } => ErrorCode::ResourceExhausted,
             Self::Rejected { error, .. } | Self::Remote(error) => error.code,
             Self::Protocol { .. } => ErrorCode::Internal,
         }
@@ -83,6 +96,26 @@ pub enum CallStream {
     },
 }
 
+/// Encodes what a caller sends on a link; a message over the link's frame
+/// limit is the caller's error, not a lost link.
+fn encode_request<T: serde::Serialize + Payload>(
+    msg: &T,
+    max_frame: usize,
+    target: &str,
+) -> Result<Encoded, LinkError> {
+    frame::encode(msg, max_frame).map_err(|e| match e {
+        FrameError::TooLarge { size, limit } => LinkError::RequestTooLarge {
+            target: target.to_string(),
+            size,
+            limit,
+        },
+        other => LinkError::Protocol {
+            target: target.to_string(),
+            reason: other.to_string(),
+        },
+    })
+}
+
 impl LinkChannel {
     /// Opens a call: sends the request; responses come from the stream.
     pub async fn call(&self, envelope: RequestEnvelope) -> Result<CallStream, LinkError> {
@@ -97,8 +130,9 @@ impl LinkChannel {
                     reason: e.to_string(),
                 };
                 let takes_input = envelope.request.takes_input();
+                let frame = encode_request(&envelope, *max_frame, target)?;
                 let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
-                write_frame(&mut send, &envelope, *max_frame)
+                write_encoded(&mut send, frame)
                     .await
                     .map_err(|e| lost(&e))?;
                 if !takes_input {
@@ -172,12 +206,15 @@ impl CallStream {
                 target,
                 max_frame,
                 ..
-            } => write_frame(send, &input, *max_frame)
-                .await
-                .map_err(|e| LinkError::Lost {
-                    target: target.clone(),
-                    reason: e.to_string(),
-                }),
+            } => {
+                let frame = encode_request(&input, *max_frame, target)?;
+                write_encoded(send, frame)
+                    .await
+                    .map_err(|e| LinkError::Lost {
+                        target: target.clone(),
+                        reason: e.to_string(),
+                    })
+            }
             Self::Local {
                 input: Some(tx), ..
             } => tx

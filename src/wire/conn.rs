@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::frame::{self, FrameError, HEADER_LEN, Payload};
+use super::frame::{self, Encoded, FrameError, HEADER_LEN, Payload};
 use super::messages::ALPN;
 use super::pin::PinnedServerVerifier;
 
@@ -215,7 +215,12 @@ pub async fn write_frame<T: Serialize + Payload>(
     msg: &T,
     max_frame: usize,
 ) -> Result<(), ConnError> {
-    let frame = frame::encode(msg, max_frame)?;
+    write_encoded(send, frame::encode(msg, max_frame)?).await
+}
+
+/// Writes a frame encoded beforehand (so a sender can refuse a message
+/// that is too big before it opens a stream for it).
+pub async fn write_encoded(send: &mut SendStream, frame: Encoded) -> Result<(), ConnError> {
     // Handed to quinn as they are, not copied into its send buffer.
     match frame.payload {
         None => send.write_chunk(frame.head.into()).await?,
