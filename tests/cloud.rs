@@ -619,6 +619,40 @@ async fn an_identity_the_service_does_not_list_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_serial_is_not_found_and_the_login_carries_on() {
+    let relay = TestRelay::start().await;
+    let _svc = CloudService::start(&relay, "SN-KNOWN", &[]).await;
+    let broker = broker_for(&relay).await;
+    let (mut client, session, _attach) = token_session(&broker, &relay, ALICE).await;
+    let unknown = cloud_service(&mut client, &session, "SN-TYPO").await;
+    let said = "service SN-TYPO (relayed by https://127.0.0.1:";
+    let why = "cannot be reached: no service with serial SN-TYPO is enrolled with this relay";
+    let err = within(20, "wait", wait(&mut client, &session, &unknown, 10.0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().starts_with(said), "{}", err.message());
+    assert!(err.message().ends_with(why), "{}", err.message());
+    // Final, not retried: a call fails at once with the same answer.
+    let err = within(10, "exec", show_version(&mut client, &session, &unknown))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().ends_with(why), "{}", err.message());
+    // The same login reaches the service that is enrolled.
+    let known = cloud_service(&mut client, &session, "SN-KNOWN").await;
+    within(20, "wait", wait(&mut client, &session, &known, 15.0))
+        .await
+        .unwrap();
+    assert!(
+        show_version(&mut client, &session, &known)
+            .await
+            .unwrap()
+            .contains("Simulated")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_blocks_until_an_offline_service_comes_online() {
     let relay = TestRelay::start().await;
     let mut svc = CloudService::start(&relay, "SN-WAIT", &[]).await;

@@ -219,7 +219,7 @@ impl CloudTarget {
                 let target =
                     addr.clone()
                         .or(facts.advertise)
-                        .ok_or_else(|| LinkError::Rejected {
+                        .ok_or_else(|| LinkError::Refused {
                             target: label.to_string(),
                             error: WireError::new(
                                 ErrorCode::InvalidArgument,
@@ -265,11 +265,11 @@ fn link_error(label: &str, e: CloudError) -> LinkError {
                 reason: error.message,
             }
         }
-        CloudError::Refused(error) => LinkError::Rejected {
+        CloudError::Refused(error) => LinkError::Refused {
             target: label.to_string(),
             error,
         },
-        other => LinkError::Rejected {
+        other => LinkError::Refused {
             target: label.to_string(),
             error: WireError::new(other.code(), other.to_string()),
         },

@@ -183,7 +183,9 @@ impl DirectLink {
             Err(e) => {
                 let permanent = matches!(
                     e,
-                    LinkError::Rejected { .. } | LinkError::FingerprintMismatch { .. }
+                    LinkError::Rejected { .. }
+                        | LinkError::Refused { .. }
+                        | LinkError::FingerprintMismatch { .. }
                 );
                 warn!(link = self.common.id, target = %self.common.key.target, error = %e, "link connect failed");
                 self.common.fail_waiters(&e);

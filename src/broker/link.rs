@@ -29,6 +29,11 @@ pub enum LinkError {
     },
     #[error("service {target} refused the login: {error}")]
     Rejected { target: String, error: WireError },
+    /// Something on the way refused before any login (the relay knows no
+    /// such serial; the service advertises no address). Final, like
+    /// `Rejected`.
+    #[error("service {target} cannot be reached: {error}")]
+    Refused { target: String, error: WireError },
     #[error("connection to service {target} was lost: {reason}")]
     Lost { target: String, reason: String },
     /// The caller's request (or terminal input) does not fit one frame of
@@ -59,7 +64,9 @@ impl LinkError {
             }
             Self::FingerprintMismatch { .. } => ErrorCode::PermissionDenied,
             Self::RequestTooLarge { .. } => ErrorCode::ResourceExhausted,
-            Self::Rejected { error, .. } | Self::Remote(error) => error.code,
+            Self::Rejected { error, .. } | Self::Refused { error, .. } | Self::Remote(error) => {
+                error.code
+            }
             Self::Protocol { .. } => ErrorCode::Internal,
         }
     }
