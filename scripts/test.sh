@@ -19,6 +19,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo doc (broken doc links fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -q
 echo "== cargo test"
 cargo test --locked --lib --bins --tests
 cargo build --locked

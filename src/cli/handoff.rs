@@ -28,7 +28,7 @@ pub enum HandoffError {
 }
 
 /// Replaces this process with `switchyardd`, given the same arguments and
-/// the same argv[0] (so `ps` and logs show the command that was started).
+/// the same `argv[0]` (so `ps` and logs show the command that was started).
 /// Returns only when that fails.
 pub fn exec_full_binary() -> HandoffError {
     let path = match std::env::current_exe() {

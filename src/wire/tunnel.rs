@@ -5,7 +5,7 @@
 //! Over that byte pipe the two ends run an ordinary quinn endpoint — the
 //! service RPC protocol unchanged: TLS 1.3 with the service's own identity,
 //! pinned by fingerprint, one QUIC stream per request — whose "UDP socket"
-//! ([`TunnelSocket`]) writes each packet as a length-prefixed frame into the
+//! (`TunnelSocket`) writes each packet as a length-prefixed frame into the
 //! stream and reads the peer's packets from it. The relay sees only those
 //! frames: QUIC packets it has no keys for.
 //!
