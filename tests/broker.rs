@@ -424,10 +424,7 @@ async fn service_restart_fails_in_flight_calls_fast_then_recovers() {
         ("SWITCHYARD_BROKER__RECONNECT_MAX_SECS", "0.3"),
     ])
     .await;
-    let mut c = broker.client().await;
-    c.service_direct(direct(&svc, "", "lab", ALICE_PASSWORD))
-        .await
-        .unwrap();
+    let mut c = broker.client_with_named(&svc, "lab").await;
 
     // An exec hangs at the device while the service goes away.
     let mut hung = broker.client().await;
@@ -482,10 +479,7 @@ async fn service_restart_fails_in_flight_calls_fast_then_recovers() {
 async fn terminal_through_the_cli() {
     let svc = start_service(&[], RpcConfig::default());
     let broker = TestBroker::start(&[]).await;
-    let mut c = broker.client().await;
-    c.service_direct(direct(&svc, "", "lab", ALICE_PASSWORD))
-        .await
-        .unwrap();
+    broker.client_with_named(&svc, "lab").await;
     let mut child = broker
         .command()
         .args(["terminal", "lab", "core-1"])
@@ -598,10 +592,7 @@ async fn malformed_and_oversized_input_fails_only_that_call() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let svc = start_service(&[], RpcConfig::default());
     let broker = TestBroker::start(&[]).await;
-    let mut c = broker.client().await;
-    c.service_direct(direct(&svc, "", "lab", ALICE_PASSWORD))
-        .await
-        .unwrap();
+    let mut c = broker.client_with_named(&svc, "lab").await;
 
     // Not HTTP/2: the broker ends that connection (reset or closed) instead
     // of waiting on it.

@@ -184,10 +184,7 @@ async fn sigterm_drains_running_calls_and_refuses_new_ones() {
     let svc = start_service(&[slow], RpcConfig::default());
     let broker =
         common::broker::TestBroker::start(&[("SWITCHYARD_BROKER__DRAIN_TIMEOUT_SECS", "20")]).await;
-    let mut c = broker.client().await;
-    c.service_direct(direct(&svc, "", "lab", ALICE_PASSWORD))
-        .await
-        .unwrap();
+    let mut c = broker.client_with_named(&svc, "lab").await;
     let req = |device: &str, cmd: &str| pb::ExecRequest {
         service: Some(pb::ServiceRef {
             name: "lab".into(),
@@ -259,10 +256,7 @@ async fn metrics_endpoint_counts_work() {
     let (broker, startup) =
         common::broker::TestBroker::start_with(&[], &["--metrics-listen", "127.0.0.1:0"]).await;
     let metrics = Metrics::from_startup_log(&startup);
-    let mut c = broker.client().await;
-    c.service_direct(direct(&svc, "", "lab", ALICE_PASSWORD))
-        .await
-        .unwrap();
+    let mut c = broker.client_with_named(&svc, "lab").await;
     for _ in 0..3 {
         run_exec(&mut c, named("lab"), &["core-1"], &["show clock"])
             .await

@@ -112,6 +112,17 @@ impl TestBroker {
         cmd.output().await.unwrap()
     }
 
+    /// A client of this broker for which `svc` is the named service
+    /// `name`, reached directly as alice.
+    pub async fn client_with_named(&self, svc: &TestService, name: &str) -> BrokerClient<Channel> {
+        let mut client = self.client().await;
+        client
+            .service_direct(direct(svc, "", name, super::service::ALICE_PASSWORD))
+            .await
+            .unwrap();
+        client
+    }
+
     /// A `switchyard` command pointed at this broker.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(switchyard_bin());
