@@ -209,6 +209,40 @@ async fn clear_errors_for_bad_input() {
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains(&format!("127.0.0.1:{port}")));
 
+    // Names and labels that would garble `status` or forge log lines.
+    let mut req = direct(&svc, "", "lab\nINFO forged", ALICE_PASSWORD);
+    let e = c.service_direct(req.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("service name"), "{e:?}");
+    req.name = "x".repeat(100_000);
+    let e = c.service_direct(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().len() < 300, "the error quotes a shortened name");
+    let mut req = direct(&svc, &s, "", ALICE_PASSWORD);
+    req.username = "alice\r\nINFO forged".into();
+    let e = c.service_direct(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("control characters"), "{e:?}");
+    assert!(status(&broker).await.named_services.is_empty());
+    // A session's client name is only a label: tidied, not refused.
+    let odd = c
+        .open_session(pb::OpenSessionRequest {
+            client_name: format!("run.py a\nb {}", "x".repeat(1000)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    let shown = status(&broker)
+        .await
+        .sessions
+        .into_iter()
+        .find(|x| x.session_id == odd)
+        .unwrap()
+        .client_name;
+    assert!(shown.starts_with("run.py a\\nb xx"), "{shown}");
+    assert_eq!(shown.chars().count(), 256);
+
     // Pinned fingerprint that does not match.
     let mut req = direct(&svc, &s, "", ALICE_PASSWORD);
     req.fingerprint = "00".repeat(32);

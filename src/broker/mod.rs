@@ -17,6 +17,7 @@ pub mod link;
 pub mod link_actor;
 pub mod login_registry;
 pub mod login_store;
+pub mod names;
 pub mod peer;
 pub mod registry;
 pub mod relay_client;

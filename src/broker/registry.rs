@@ -39,6 +39,7 @@ use super::link_actor::{
     Acquire, Acquired, CloseLink, Hold, LinkClosed, LinkCommon, LinkHandle, LinkId, LinkInfo,
     LinkKey, LinkStatus, Release, Transport,
 };
+use super::names;
 use super::peer::{Owner, Peer, owner_for};
 use super::routes::{LinkRoute, NamedRoute, Routes, SessionRoute};
 use super::session::{EndSession, NotifyShutdown, Session};
@@ -361,12 +362,13 @@ impl Handler<OpenSession> for SessionRegistry {
             self.settings.attach_grace,
         )
         .start();
-        info!(session = %id, uid = msg.peer.uid, pid = ?msg.peer.pid, client = %msg.client_name, "session opened");
+        let client_name = names::tidy_label(&msg.client_name);
+        info!(session = %id, uid = msg.peer.uid, pid = ?msg.peer.pid, client = %client_name, "session opened");
         self.sessions.insert(
             id.clone(),
             SessionEntry {
                 peer: msg.peer,
-                client_name: msg.client_name,
+                client_name,
                 addr,
                 cancel,
                 in_flight: Arc::new(AtomicU32::new(0)),
@@ -497,7 +499,8 @@ impl Handler<ServiceDirect> for SessionRegistry {
                     "a direct connection needs a user name and a host".into(),
                 ));
             }
-            Ok(())
+            names::label("user name", &msg.username)?;
+            names::label("host", &msg.host)
         })();
         let link = checked.and_then(|()| self.link_for(&msg, ctx));
         let (link_id, existed) = match link {
@@ -624,7 +627,7 @@ impl SessionRegistry {
     ) -> Result<(), BrokerError> {
         match (session_id, name) {
             (Some(id), None) => self.session_of(peer, id).map(drop),
-            (None, Some(name)) if !name.is_empty() => Ok(()),
+            (None, Some(name)) => names::service_name(name),
             _ => Err(BrokerError::InvalidArgument(
                 "give either a session id or a service name".into(),
             )),
@@ -655,6 +658,9 @@ impl Handler<ServiceCloud> for SessionRegistry {
             return Box::pin(fut::ready(Err(BrokerError::InvalidArgument(
                 "a cloud service needs its serial".into(),
             ))));
+        }
+        if let Err(e) = names::label("serial", &serial) {
+            return Box::pin(fut::ready(Err(e)));
         }
         let owner = owner_for(&msg.peer, self.settings.share_group);
         let label = match &msg.target.route {
