@@ -10,6 +10,7 @@ use common::broker::{Metrics, TestBroker, in_session, open_attached, run_exec, s
 use common::cloud::{ALICE, ALICE_SSO_PASSWORD, CAROL, CloudService, TestRelay};
 use common::within;
 use switchyard::api::pb;
+use switchyard::relay::http::HttpLimits;
 use switchyard::relay::unix_now;
 use tonic::Code;
 
@@ -862,4 +863,53 @@ async fn sso_access_tokens_are_refreshed_before_they_expire() {
     let service = direct_sso(&mut client, &session, "SN-REFRESH", &svc).await;
     wait(&mut client, &session, &service, 15.0).await.unwrap();
     assert!(show_version(&mut client, &session, &service).await.is_ok());
+}
+
+/// The relay's HTTPS side faces the internet. A client that connects and
+/// then says nothing is cut off at the header timeout; connections past
+/// the limit are closed as they arrive; the page is served again after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_excess_https_clients_are_cut_off() {
+    use tokio::io::AsyncReadExt;
+    let relay = TestRelay::start_with(|c| {
+        c.http_limits = HttpLimits {
+            max_connections: 1,
+            header_timeout: Duration::from_millis(300),
+        }
+    })
+    .await;
+    let addr = relay.url().trim_start_matches("https://").to_string();
+    let roots = switchyard::tls::root_store(Some(&relay.ca_file())).unwrap();
+    let http = switchyard::tls::http_client(roots.clone()).unwrap();
+    let well_known = format!("{}/.well-known/switchyard-relay", relay.url());
+
+    // A client that completes TLS, then sends no request: it holds the
+    // only slot until the header timeout closes it.
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut silent = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    // Meanwhile another connection is closed at once, unanswered.
+    let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let excess = within(5, "excess connection closed", extra.read(&mut byte)).await;
+    assert!(matches!(excess, Ok(0) | Err(_)), "{excess:?}");
+    let cut = within(5, "silent client cut off", silent.read(&mut byte)).await;
+    assert!(matches!(cut, Ok(0) | Err(_)), "{cut:?}");
+
+    // Its slot is free again once the relay has finished closing it.
+    within(10, "the page is served again", async {
+        loop {
+            match http.get(&well_known).send().await {
+                Ok(r) if r.status().is_success() => return,
+                _ => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await;
 }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{CliError, outln};
 use crate::relay::device_flow::DeviceFlowConfig;
+use crate::relay::http::HttpLimits;
 use crate::relay::{Relay, RelayConfig, state};
 use crate::secret::SecretSource;
 
@@ -85,6 +86,13 @@ pub struct RunArgs {
     /// Lifetime of enrollment one-time passwords.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub otp_lifetime: Duration,
+    /// HTTPS connections served at once; more are closed as they arrive.
+    #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
+    /// Time an HTTPS client has for its TLS handshake and for each
+    /// request's headers before its connection is closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: Duration,
     /// Write `{"url": ..., "quic": ..., "ca": ...}` here once listening.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
@@ -231,6 +239,10 @@ async fn run_relay(
         },
         access_ttl: args.access_token_lifetime,
         otp_ttl: args.otp_lifetime,
+        http_limits: HttpLimits {
+            max_connections: args.http_max_connections as usize,
+            header_timeout: args.http_header_timeout,
+        },
         ..Default::default()
     };
     let relay = Relay::start(state, config).await.map_err(usage)?;

@@ -13,7 +13,7 @@
 //! ride on.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Form, Json, Query, State};
@@ -22,11 +22,12 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -55,32 +56,65 @@ pub(super) fn tls_config(state: &RelayState) -> Result<Arc<rustls::ServerConfig>
     Ok(Arc::new(tls))
 }
 
+/// Bounds on the HTTPS listener, which faces the internet: clients that
+/// connect and then say nothing, or too many at once, cannot pile up.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Connections served at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// Time a client has for its TLS handshake, and then for each
+    /// request's headers (also between requests on a kept-alive
+    /// connection); past it the connection is closed.
+    pub header_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 pub(super) async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     core: Arc<RelayCore>,
     cancel: CancellationToken,
 ) {
+    let limits = core.config.http_limits.clone();
     let acceptor = TlsAcceptor::from(tls);
     let app = router(core);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let http = Arc::new(http.http1_only());
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => {
                 let Ok((tcp, peer)) = accepted else { continue };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    metrics::counter!("switchyard_relay_http_refused_total").increment(1);
+                    debug!(%peer, "HTTPS connection refused: at the connection limit");
+                    continue;
+                };
                 let acceptor = acceptor.clone();
                 let service = TowerToHyperService::new(app.clone());
+                let http = http.clone();
+                let header_timeout = limits.header_timeout;
                 connections.spawn(async move {
-                    let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    let _slot = slot;
+                    let tls = match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => return debug!(%peer, "TLS handshake timed out"),
                     };
-                    let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .http1_only()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
+                    let served = http.serve_connection(TokioIo::new(tls), service).await;
                     if let Err(e) = served {
                         debug!(%peer, error = %e, "HTTP connection ended with an error");
                     }

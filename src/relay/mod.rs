@@ -70,6 +70,8 @@ pub struct RelayConfig {
     pub otp_ttl: Duration,
     pub assertion_ttl: Duration,
     pub limits: TransportLimits,
+    /// Bounds on the HTTPS listener.
+    pub http_limits: http::HttpLimits,
     /// UDP port through which tunnels' end-to-end datagrams are forwarded
     /// as they are (`None`: tunnels carry them inside relayed streams).
     pub packet_listen: Option<SocketAddr>,
@@ -98,6 +100,7 @@ impl Default for RelayConfig {
             otp_ttl: Duration::from_secs(900),
             assertion_ttl: Duration::from_secs(300),
             limits: TransportLimits::default(),
+            http_limits: http::HttpLimits::default(),
             tap: None,
         }
     }
