@@ -99,6 +99,7 @@ struct BrokerSection {
     connect_timeout_secs: f64,
     named_idle_timeout_secs: f64,
     attach_grace_secs: f64,
+    max_sessions_per_user: usize,
     reconnect_min_secs: f64,
     reconnect_max_secs: f64,
     drain_timeout_secs: f64,
@@ -116,6 +117,7 @@ impl Default for BrokerSection {
             connect_timeout_secs: r.link.connect_timeout.as_secs_f64(),
             named_idle_timeout_secs: r.named_idle_timeout.as_secs_f64(),
             attach_grace_secs: r.attach_grace.as_secs_f64(),
+            max_sessions_per_user: r.max_sessions_per_user,
             reconnect_min_secs: r.link.reconnect_min.as_secs_f64(),
             reconnect_max_secs: r.link.reconnect_max.as_secs_f64(),
             drain_timeout_secs: 10.0,
@@ -290,6 +292,14 @@ impl FileSettings {
                     b.named_idle_timeout_secs,
                 )?,
                 attach_grace: secs("broker.attach_grace_secs", b.attach_grace_secs)?,
+                max_sessions_per_user: match b.max_sessions_per_user {
+                    0 => {
+                        return Err(ConfigError::Value(
+                            "broker.max_sessions_per_user must be at least 1".into(),
+                        ));
+                    }
+                    n => n,
+                },
                 share_group: group_id("broker.share_group", b.share_group)?,
                 state_dir: b.state_dir.or_else(default_state_dir),
             },

@@ -671,3 +671,30 @@ async fn malformed_and_oversized_input_fails_only_that_call() {
     assert_eq!((links[0].state.as_str(), links[0].connects), ("up", 1));
     assert_eq!(links[0].last_error, "");
 }
+
+/// One local user cannot fill the shared broker with sessions: past the
+/// per-user limit a new one is refused, saying which limit, and closing a
+/// session makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_per_user_are_limited() {
+    let broker = TestBroker::start(&[("SWITCHYARD_BROKER__MAX_SESSIONS_PER_USER", "2")]).await;
+    let mut c = broker.client().await;
+    let (first, _hold_first) = open_attached(&mut c).await;
+    let (_second, _hold_second) = open_attached(&mut c).await;
+    let e = c
+        .open_session(pb::OpenSessionRequest {
+            client_name: "third".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("broker.max_sessions_per_user"),
+        "{e:?}"
+    );
+    c.close_session(pb::CloseSessionRequest { session_id: first })
+        .await
+        .unwrap();
+    let (_third, _hold_third) = open_attached(&mut c).await;
+    assert_eq!(status(&broker).await.sessions.len(), 2);
+}

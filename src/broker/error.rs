@@ -17,6 +17,8 @@ pub enum BrokerError {
     Unavailable(String),
     #[error("{0}")]
     Unauthenticated(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error(transparent)]
     Link(#[from] LinkError),
     #[error("internal error: {0}")]
@@ -31,6 +33,7 @@ impl BrokerError {
             Self::InvalidArgument(_) | Self::AlreadyExists(_) => ErrorCode::InvalidArgument,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Self::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
             Self::Link(e) => e.code(),
             Self::Internal(_) => ErrorCode::Internal,
         }

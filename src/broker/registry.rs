@@ -58,6 +58,8 @@ pub struct RegistrySettings {
     pub named_idle_timeout: Duration,
     /// Time a new session has to attach.
     pub attach_grace: Duration,
+    /// Sessions one local uid may hold at once.
+    pub max_sessions_per_user: usize,
     /// Members of this group share links and named services.
     pub share_group: Option<u32>,
     /// Where learned service fingerprints are kept (`None`: memory only).
@@ -71,6 +73,7 @@ impl Default for RegistrySettings {
             ssh: SshDriverConfig::default(),
             named_idle_timeout: Duration::from_secs(1800),
             attach_grace: Duration::from_secs(10),
+            max_sessions_per_user: 4096,
             share_group: None,
             state_dir: None,
         }
@@ -351,6 +354,22 @@ impl Handler<OpenSession> for SessionRegistry {
             return Err(BrokerError::Unavailable(
                 "the broker is shutting down".into(),
             ));
+        }
+        let held = self
+            .sessions
+            .values()
+            .filter(|s| s.peer.uid == msg.peer.uid)
+            .count();
+        if held >= self.settings.max_sessions_per_user {
+            warn!(
+                uid = msg.peer.uid,
+                held, "session refused: at the per-user limit"
+            );
+            return Err(BrokerError::ResourceExhausted(format!(
+                "uid {} already holds {held} sessions, the broker's limit \
+                 (broker.max_sessions_per_user); close sessions that are no longer used",
+                msg.peer.uid
+            )));
         }
         let n = self.next();
         let id = format!("s{n}-{:08x}", rand::random::<u32>());

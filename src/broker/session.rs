@@ -55,19 +55,29 @@ impl Session {
     }
 
     fn end(&mut self, ctx: &mut Context<Self>) {
+        if let Some(released) = self.release() {
+            ctx.spawn(released);
+        }
+    }
+
+    /// Cancels the session's requests and has the registry forget it; the
+    /// future completes once the registry has (so a caller that closes a
+    /// session may open another at once, even at the per-user limit).
+    /// `None` if the session is already ending.
+    fn release(&mut self) -> Option<impl ActorFuture<Self, Output = ()> + 'static> {
         if std::mem::replace(&mut self.ending, true) {
-            return;
+            return None;
         }
         self.cancel.cancel();
         let registry = self.registry.clone();
         let id = self.id.clone();
-        ctx.spawn(
+        Some(
             async move {
                 let _ = registry.send(SessionEnded(id)).await;
             }
             .into_actor(self)
-            .map(|_, _, ctx| ctx.stop()),
-        );
+            .map(|_, _, ctx: &mut Context<Self>| ctx.stop()),
+        )
     }
 }
 
@@ -132,10 +142,13 @@ impl Handler<AttachSession> for Session {
 pub struct EndSession;
 
 impl Handler<EndSession> for Session {
-    type Result = ();
+    type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _: EndSession, ctx: &mut Self::Context) {
-        self.end(ctx);
+    fn handle(&mut self, _: EndSession, _: &mut Self::Context) -> Self::Result {
+        match self.release() {
+            Some(released) => Box::pin(released),
+            None => Box::pin(fut::ready(())),
+        }
     }
 }
 

@@ -146,6 +146,8 @@ class BrokerServicer:
     def OpenSession(self, request, context):
         """Starts a session: one per `Client.create()`. The session must be held by
         an `Attach` stream (opened within 10 s); it ends when that stream ends.
+        RESOURCE_EXHAUSTED when this local user already holds
+        `broker.max_sessions_per_user` sessions (default 4096).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -162,7 +164,8 @@ class BrokerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CloseSession(self, request, context):
-        """Ends a session at once (the same as closing its Attach stream).
+        """Ends a session at once (the same as closing its Attach stream); returns
+        once the broker has released it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
