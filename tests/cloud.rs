@@ -880,20 +880,12 @@ async fn silent_and_excess_https_clients_are_cut_off() {
     .await;
     let addr = relay.url().trim_start_matches("https://").to_string();
     let roots = switchyard::tls::root_store(Some(&relay.ca_file())).unwrap();
-    let http = switchyard::tls::http_client(roots.clone()).unwrap();
+    let http = switchyard::tls::http_client(roots).unwrap();
     let well_known = format!("{}/.well-known/switchyard-relay", relay.url());
 
     // A client that completes TLS, then sends no request: it holds the
     // only slot until the header timeout closes it.
-    let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut silent = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut silent = tls_connect(&relay).await;
     // Meanwhile another connection is closed at once, unanswered.
     let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let mut byte = [0u8; 1];
@@ -912,4 +904,39 @@ async fn silent_and_excess_https_clients_are_cut_off() {
         }
     })
     .await;
+}
+
+/// A kept-alive HTTPS connection is closed once it has been idle for the
+/// header timeout after its last answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_alive_https_connections_close_when_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = TestRelay::start_with(|c| {
+        c.http_limits.header_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut conn = tls_connect(&relay).await;
+    conn.write_all(b"GET /.well-known/switchyard-relay HTTP/1.1\r\nHost: relay\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let _ = within(5, "idle connection closed", conn.read_to_end(&mut seen)).await;
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("quic"), "{seen}");
+}
+
+/// A TLS connection to the relay's HTTPS port that verifies its certificate.
+async fn tls_connect(relay: &TestRelay) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let roots = switchyard::tls::root_store(Some(&relay.ca_file())).unwrap();
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let addr = relay.url().trim_start_matches("https://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap()
 }
