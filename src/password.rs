@@ -2,6 +2,15 @@
 //!
 //! The PHC string carries its own salt and cost, so stored hashes keep
 //! verifying after the defaults change. Verification is constant-time.
+//!
+//! Every Argon2 computation a daemon makes for a caller (password checks on
+//! the service and the relay, unsealing an inventory or a client key in the
+//! broker) goes through [`hashing`]: off the async threads, and at most one
+//! per core at a time. Each takes 19 MiB and tens of milliseconds,
+//! so a burst of logins on an internet-facing port queues there instead of
+//! running hundreds of hashes at once and exhausting memory.
+
+use std::sync::LazyLock;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -21,6 +30,25 @@ fn hasher() -> Argon2<'static> {
     // OWASP's Argon2id recommendation: 19 MiB, 2 passes, 1 lane.
     let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// How many Argon2 computations may run at once: one per core.
+pub fn hashing_slots() -> usize {
+    static SLOTS: LazyLock<usize> =
+        LazyLock::new(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    *SLOTS
+}
+
+/// Runs `work` (an Argon2 computation) on the blocking pool once one of
+/// [`hashing_slots`] is free. Fails only if `work` panicked.
+pub async fn hashing<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    static GATE: LazyLock<tokio::sync::Semaphore> =
+        LazyLock::new(|| tokio::sync::Semaphore::new(hashing_slots()));
+    // The gate is never closed, so acquiring only waits.
+    let _slot = GATE.acquire().await.ok();
+    tokio::task::spawn_blocking(work).await
 }
 
 /// A valid Argon2id hash of a random password: unknown users are checked
@@ -47,6 +75,30 @@ pub fn verify_password(stored: &str, password: &Secret) -> Result<bool, Password
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hashing_runs_at_most_one_per_core_at_once() {
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let jobs: Vec<_> = (0..hashing_slots() * 3)
+            .map(|_| {
+                let (running, most) = (running.clone(), most.clone());
+                tokio::spawn(hashing(move || {
+                    most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    let hashed = hash_password(&Secret::new("pw"));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    hashed.is_ok()
+                }))
+            })
+            .collect();
+        for job in jobs {
+            assert!(job.await.unwrap().unwrap());
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=hashing_slots()).contains(&most), "{most} at once");
+    }
 
     #[test]
     fn hash_is_argon2id_and_verifies() {

@@ -76,7 +76,7 @@ impl IntegratedLink {
         let db = self.db.clone();
         // Argon2id and SQLite are blocking work: off the async threads.
         let open = async move {
-            tokio::task::spawn_blocking(move || Inventory::open(&db, &password))
+            crate::password::hashing(move || Inventory::open(&db, &password))
                 .await
                 .map_err(|e| InventoryError::Invalid(e.to_string()))?
         };

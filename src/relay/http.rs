@@ -367,7 +367,7 @@ async fn device_decide(
     let verified = {
         let core = core.clone();
         let email = email.clone();
-        tokio::task::spawn_blocking(move || core.state.store.verify_user(&email, &password))
+        crate::password::hashing(move || core.state.store.verify_user(&email, &password))
             .await
             .unwrap_or(Ok(false))
     };

@@ -174,7 +174,7 @@ impl ServiceOps {
         password: Secret,
     ) -> Result<Principal, OpsError> {
         let record = self.inventory().login_record(username)?;
-        let user = tokio::task::spawn_blocking(move || LoginRecord::verify(record, &password))
+        let user = crate::password::hashing(move || LoginRecord::verify(record, &password))
             .await
             .map_err(|e| OpsError::Internal(e.to_string()))?;
         user.map(|u| Principal {

@@ -208,7 +208,7 @@ impl FrontDoor {
         };
         let password = Secret::new(r.key_password);
         let blob = r.encrypted_key;
-        let key_der = tokio::task::spawn_blocking(move || client_key::decrypt(&blob, &password))
+        let key_der = crate::password::hashing(move || client_key::decrypt(&blob, &password))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
@@ -297,7 +297,7 @@ impl FrontDoor {
             )));
         };
         let encrypted_key =
-            tokio::task::spawn_blocking(move || client_key::encrypt(&key_der, &password))
+            crate::password::hashing(move || client_key::encrypt(&key_der, &password))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
