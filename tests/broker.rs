@@ -6,7 +6,9 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::broker::{TestBroker, direct, in_session, named, open_attached, run_exec, status};
+use common::broker::{
+    Metrics, TestBroker, direct, in_session, named, open_attached, run_exec, status,
+};
 use common::service::{ALICE_PASSWORD, ssh_device, start_service};
 use common::within;
 use switchyard::api::pb;
@@ -677,7 +679,11 @@ async fn malformed_and_oversized_input_fails_only_that_call() {
 /// session makes room again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_per_user_are_limited() {
-    let broker = TestBroker::start(&[("SWITCHYARD_BROKER__MAX_SESSIONS_PER_USER", "2")]).await;
+    let (broker, startup) = TestBroker::start_with(
+        &[("SWITCHYARD_BROKER__MAX_SESSIONS_PER_USER", "2")],
+        &["--metrics-listen", "127.0.0.1:0"],
+    )
+    .await;
     let mut c = broker.client().await;
     let (first, _hold_first) = open_attached(&mut c).await;
     let (_second, _hold_second) = open_attached(&mut c).await;
@@ -697,4 +703,6 @@ async fn sessions_per_user_are_limited() {
         .unwrap();
     let (_third, _hold_third) = open_attached(&mut c).await;
     assert_eq!(status(&broker).await.sessions.len(), 2);
+    let page = Metrics::from_startup_log(&startup).scrape().await;
+    assert_eq!(page.value("switchyard_sessions_refused_total"), 1.0);
 }

@@ -361,10 +361,9 @@ impl Handler<OpenSession> for SessionRegistry {
             .filter(|s| s.peer.uid == msg.peer.uid)
             .count();
         if held >= self.settings.max_sessions_per_user {
-            warn!(
-                uid = msg.peer.uid,
-                held, "session refused: at the per-user limit"
-            );
+            // Counted, not logged each time: a client retrying in a loop
+            // would flood the log.
+            metrics::counter!("switchyard_sessions_refused_total").increment(1);
             return Err(BrokerError::ResourceExhausted(format!(
                 "uid {} already holds {held} sessions, the broker's limit \
                  (broker.max_sessions_per_user); close sessions that are no longer used",
