@@ -46,9 +46,15 @@ pub async fn hashing<T: Send + 'static>(
 ) -> Result<T, tokio::task::JoinError> {
     static GATE: LazyLock<tokio::sync::Semaphore> =
         LazyLock::new(|| tokio::sync::Semaphore::new(hashing_slots()));
-    // The gate is never closed, so acquiring only waits.
-    let _slot = GATE.acquire().await.ok();
-    tokio::task::spawn_blocking(work).await
+    // The gate is never closed, so acquiring only waits. The slot goes
+    // with the work: a caller that gives up (its future dropped) does not
+    // stop a hash already running, so it must not free the slot either.
+    let slot = GATE.acquire().await.ok();
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        work()
+    })
+    .await
 }
 
 /// A valid Argon2id hash of a random password: unknown users are checked
