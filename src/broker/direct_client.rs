@@ -99,10 +99,7 @@ pub async fn login(
     let fingerprint = verifier
         .seen()
         .ok_or_else(|| unreachable("no certificate was presented".into()))?;
-    let lost = |e: &dyn std::fmt::Display| LinkError::Lost {
-        target: label.clone(),
-        reason: e.to_string(),
-    };
+    let lost = |e: &dyn std::fmt::Display| LinkError::lost(&label, e);
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
     let request = AuthRequest {
         credentials,

@@ -216,10 +216,7 @@ impl DirectLink {
         self.conn = None;
         self.guard = None;
         self.common.publish(None);
-        self.last_error = Some(LinkError::Lost {
-            target: self.common.key.target.clone(),
-            reason: reason.to_string(),
-        });
+        self.last_error = Some(LinkError::lost(&self.common.key.target, reason));
         if self.common.holders == 0 {
             stop_and_report(self, ctx);
         } else {

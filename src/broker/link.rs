@@ -56,6 +56,14 @@ pub enum LinkError {
 }
 
 impl LinkError {
+    /// The connection to `target` broke; `reason` says how.
+    pub fn lost(target: &str, reason: impl std::fmt::Display) -> Self {
+        Self::Lost {
+            target: target.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
     /// The error category (mapped to a gRPC code at the front door).
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -132,10 +140,7 @@ impl LinkChannel {
                 target,
                 max_frame,
             } => {
-                let lost = |e: &dyn std::fmt::Display| LinkError::Lost {
-                    target: target.clone(),
-                    reason: e.to_string(),
-                };
+                let lost = |e: &dyn std::fmt::Display| LinkError::lost(target, e);
                 let takes_input = envelope.request.takes_input();
                 let frame = encode_request(&envelope, *max_frame, target)?;
                 let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
@@ -193,10 +198,7 @@ impl CallStream {
                     target: target.clone(),
                     reason: e.to_string(),
                 })),
-                Err(e) => Some(Err(LinkError::Lost {
-                    target: target.clone(),
-                    reason: e.to_string(),
-                })),
+                Err(e) => Some(Err(LinkError::lost(target, e))),
             },
             Self::Local { responses, .. } => match responses.recv().await? {
                 Response::Error(e) => Some(Err(LinkError::Remote(e))),
@@ -217,10 +219,7 @@ impl CallStream {
                 let frame = encode_request(&input, *max_frame, target)?;
                 write_encoded(send, frame)
                     .await
-                    .map_err(|e| LinkError::Lost {
-                        target: target.clone(),
-                        reason: e.to_string(),
-                    })
+                    .map_err(|e| LinkError::lost(target, e))
             }
             Self::Local {
                 input: Some(tx), ..
