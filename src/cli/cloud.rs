@@ -95,7 +95,7 @@ pub enum TokenCommand {
     /// Create a long-lived access token for the SSO-logged-in identity.
     Create {
         /// e.g. 7d, 12h.
-        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "7d", value_parser = super::positive_duration)]
         lifetime: Duration,
         #[arg(long)]
         identity: Option<String>,

@@ -221,3 +221,30 @@ pub async fn run(
         Command::Token(cmd) => cloud::token(&socket, cmd).await,
     }
 }
+
+/// A duration argument (`10s`, `1h`, `7d`) that must be more than zero: a
+/// zero lifetime or timeout would make every use fail at once.
+pub(crate) fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::positive_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_must_be_positive() {
+        assert_eq!(positive_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(positive_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(
+            positive_duration("0s").unwrap_err(),
+            "must be more than zero"
+        );
+        assert!(positive_duration("soon").is_err());
+    }
+}

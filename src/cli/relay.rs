@@ -81,17 +81,17 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub poll_interval: u64,
     /// Lifetime of SSO access tokens (e.g. 1h, 15m).
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = super::positive_duration)]
     pub access_token_lifetime: Duration,
     /// Lifetime of enrollment one-time passwords.
-    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15m", value_parser = super::positive_duration)]
     pub otp_lifetime: Duration,
     /// HTTPS connections served at once; more are closed as they arrive.
     #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_connections: u32,
     /// Time an HTTPS client has for its TLS handshake and for each
     /// request's headers before its connection is closed.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = super::positive_duration)]
     pub http_header_timeout: Duration,
     /// Write `{"url": ..., "quic": ..., "ca": ...}` here once listening.
     #[arg(long, value_name = "FILE")]
@@ -121,7 +121,7 @@ pub enum TokenCommand {
     Issue {
         email: String,
         /// e.g. 7d, 12h.
-        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "7d", value_parser = super::positive_duration)]
         lifetime: Duration,
     },
     /// Revoke a token by id.
