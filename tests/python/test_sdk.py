@@ -45,7 +45,9 @@ def test_api_shape(broker, service):
         inventory = svc.inventory
         assert sorted(inventory) == ["core-1", "core-2", "edge-1"]
         assert inventory["core-1"].device_type == "IOS-XE"
-        assert list(inventory.subset(["edge-1", "nope"])) == ["edge-1"]
+        assert list(inventory.subset(["edge-1"])) == ["edge-1"]
+        with pytest.raises(KeyError, match="nope"):
+            inventory.subset(["edge-1", "nope"])
         assert len(inventory.filter("device_type", "IOS-XE")) == 3
         assert sorted(inventory.filter("role", "core")) == ["core-1", "core-2"]
 

@@ -35,3 +35,67 @@ def from_rpc(err: grpc.RpcError, socket: str) -> SwitchyardError:
             code,
         )
     return SwitchyardError(details or str(code), code)
+
+
+# -- added for the reference client's shape (issue 19) ----------------------
+
+
+class LoginError(SwitchyardError):
+    """A login or connection to a service or relay failed."""
+
+
+class WrongCredentialsError(LoginError):
+    """The password, key password, token or certificate was refused."""
+
+
+class UnreachableError(LoginError):
+    """The service or relay could not be reached (the broker is running)."""
+
+
+class ExpiredError(LoginError):
+    """The credential (token, certificate, login code) has expired; log in
+    again."""
+
+
+class UnknownDevicesError(SwitchyardError, KeyError):
+    """Names that are not devices of the inventory (``subset``). ``unknown``
+    lists them; ``known`` lists the devices there are."""
+
+    def __init__(self, unknown: "list[str]", known: "list[str]") -> None:
+        shown = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
+        super().__init__(
+            f"no such device{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
+            f"(the inventory has: {shown or 'no devices'})"
+        )
+        self.unknown = unknown
+        self.known = known
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ClientForkedError(SwitchyardError):
+    """A client was used in a process forked after it was created."""
+
+
+class TerminalClosedError(SwitchyardError):
+    """The terminal ended (the device closed it, or it was closed) before
+    what was being read arrived."""
+
+
+def login_error(err: grpc.RpcError, socket: str) -> SwitchyardError:
+    """Like ``from_rpc``, but a failed login gets its own class:
+    ``ExpiredError`` when the broker says the credential expired,
+    ``WrongCredentialsError`` for UNAUTHENTICATED and PERMISSION_DENIED,
+    ``UnreachableError`` for UNAVAILABLE and DEADLINE_EXCEEDED."""
+    base = from_rpc(err, socket)
+    if type(base) is not SwitchyardError:
+        return base  # e.g. the broker itself is not running
+    text = str(base)
+    if "expired" in text.lower():
+        return ExpiredError(text, base.code)
+    if base.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return WrongCredentialsError(text, base.code)
+    if base.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return UnreachableError(text, base.code)
+    return base

@@ -11,64 +11,88 @@
 Every ``Client.create()`` is a broker session: it lives while the client is
 open, and the broker reaps it (cancelling its work) as soon as the client
 closes or its process exits. Logins and links live in the broker, shared by
-every process of the same local user. Clients are thread-safe.
+every process of the same local user. Clients are thread-safe, but not
+fork-safe: a client used in a process forked after it was opened raises
+``ClientForkedError`` at once (create clients after forking).
+
+``create_context()`` and the module-level functions (``sso_login``,
+``service_direct``, ...) act on one default client, as the reference
+client's REPL-style globals do.
 """
 
 from __future__ import annotations
 
 import getpass
-import os
 import sys
 import threading
-from collections.abc import Iterator, Mapping
-from pathlib import Path
-from typing import Optional, Sequence, Union
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Optional, Sequence
 
 import grpc
 
-from .errors import ExecError, SwitchyardError, from_rpc
+from ._core import (
+    CAPABILITIES,
+    CHANNEL_OPTIONS,
+    FAILURE,
+    PARTIAL_SUCCESS,
+    SUCCESS,
+    CommandResult,
+    Commands,
+    DeviceInfo,
+    DeviceResult,
+    DeviceSet,
+    ExecCollector,
+    ExecResponse,
+    ExecStatus,
+    ForkGuard,
+    LinkKey,
+    ProxyInfo,
+    command_list,
+    default_socket,
+    exec_request,
+    link_state_name,
+)
+from ._login import (
+    Login,
+    OnPrompt,
+    asks_password,
+    certificate_request,
+    cloud_request,
+    default_cert_dir,
+    direct_request,
+    direct_sso_request,
+    integrated_request,
+    relay,
+    show_prompt,
+    sso_request,
+    token_request,
+)
+from .errors import SwitchyardError, from_rpc, login_error
+from .terminal import Terminal
 from .v1 import broker_pb2 as pb
 from .v1 import broker_pb2_grpc as rpc
 
-SUCCESS = "SUCCESS"
-FAILURE = "FAILURE"
-
-
-def default_socket() -> str:
-    """The broker socket, found the way the CLI finds it."""
-    explicit = os.environ.get("SWITCHYARD_SOCKET")
-    if explicit:
-        return explicit
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return str(Path(runtime) / "switchyard" / "broker.sock")
-    if os.geteuid() == 0:
-        return "/run/switchyard/broker.sock"
-    import tempfile
-
-    return str(Path(tempfile.gettempdir()) / f"switchyard-{os.geteuid()}" / "broker.sock")
-
 
 def _channel(socket: str) -> grpc.Channel:
-    # gRPC core sends the socket path as :authority, which the broker's
-    # HTTP/2 stack refuses; "localhost" is what it expects.
-    return grpc.insecure_channel(
-        f"unix:{socket}", options=[("grpc.default_authority", "localhost")]
-    )
+    return grpc.insecure_channel(f"unix:{socket}", options=CHANNEL_OPTIONS)
 
 
 class Client:
-    """A broker session. Create it with ``Client.create()``."""
+    """A broker session. Create it with ``Client.create()`` and use it as a
+    context manager (or on an ``ExitStack``)."""
 
     def __init__(self, socket: Optional[str] = None, client_name: Optional[str] = None) -> None:
         self._socket = socket or default_socket()
         self._client_name = client_name or " ".join(sys.argv)[:200] or "python"
         self._channel: Optional[grpc.Channel] = None
-        self._stub: Optional[rpc.BrokerStub] = None
+        self._stub_: Optional[rpc.BrokerStub] = None
         self._session_id: Optional[str] = None
-        self._attach = None
+        self._attach: Any = None
         self._attach_thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
+        self._guard = ForkGuard()
 
     @classmethod
     def create(cls, socket: Optional[str] = None, client_name: Optional[str] = None) -> "Client":
@@ -85,22 +109,29 @@ class Client:
         self.close()
 
     def open(self) -> None:
+        """Opens the broker session (``with`` does this). Raises
+        ``BrokerNotRunningError`` when no broker answers on the socket."""
         with self._lock:
+            self._guard.check()
             if self._session_id is not None:
                 return
-            self._channel = _channel(self._socket)
-            self._stub = rpc.BrokerStub(self._channel)
+            self._guard = ForkGuard()
+            channel = _channel(self._socket)
+            stub = rpc.BrokerStub(channel)
             try:
-                reply = self._stub.OpenSession(
+                reply = stub.OpenSession(
                     pb.OpenSessionRequest(client_name=self._client_name), timeout=30
                 )
-                self._session_id = reply.session_id
-                self._attach = self._stub.Attach(pb.AttachRequest(session_id=self._session_id))
-                first = next(self._attach)
+                attach = stub.Attach(pb.AttachRequest(session_id=reply.session_id))
+                first = next(attach)
             except grpc.RpcError as err:
-                self._channel.close()
+                channel.close()
                 raise from_rpc(err, self._socket) from None
-            assert first.WhichOneof("event") == "attached"
+            if first.WhichOneof("event") != "attached":
+                channel.close()
+                raise SwitchyardError("the broker did not attach the session")
+            self._channel, self._stub_, self._attach = channel, stub, attach
+            self._session_id = reply.session_id
             # The attach stream holds the session. Its reader is a daemon
             # thread, so a script that never closes its client still exits;
             # the broker then sees the stream drop and reaps the session.
@@ -117,12 +148,18 @@ class Client:
             pass
 
     def close(self) -> None:
-        """Ends the session; the broker releases its links and work."""
+        """Ends the session; the broker releases its links and work. In a
+        process forked after the client opened, only forgets the client:
+        the parent's session is the parent's to end."""
         with self._lock:
             if self._session_id is None:
                 return
+            if self._guard.forked():
+                self._session_id = None
+                return
             try:
-                self._stub.CloseSession(
+                assert self._stub_ is not None
+                self._stub_.CloseSession(
                     pb.CloseSessionRequest(session_id=self._session_id), timeout=10
                 )
             except grpc.RpcError:
@@ -135,188 +172,169 @@ class Client:
             if self._attach_thread is not None:
                 self._attach_thread.join(timeout=5)
                 self._attach_thread = None
-            self._channel.close()
+            if self._channel is not None:
+                self._channel.close()
             self._session_id = None
 
     @property
     def session_id(self) -> str:
+        """The broker session's id; raises unless the client is open."""
+        self._guard.check()
         if self._session_id is None:
             raise SwitchyardError("the client is not open: use `with Client.create() as client:`")
         return self._session_id
 
-    def _call(self, method: str, request, timeout: Optional[float] = 60):
+    @property
+    def _stub(self) -> rpc.BrokerStub:
+        self._guard.check()
+        if self._stub_ is None:
+            raise SwitchyardError("the client is not open: use `with Client.create() as client:`")
+        return self._stub_
+
+    def _call(self, method: str, request: Any, timeout: Optional[float] = 60,
+              login: bool = False) -> Any:
+        stub = self._stub
         try:
-            return getattr(self._stub, method)(request, timeout=timeout)
+            return getattr(stub, method)(request, timeout=timeout)
         except grpc.RpcError as err:
-            raise from_rpc(err, self._socket) from None
+            raise (login_error if login else from_rpc)(err, self._socket) from None
 
     # -- services ----------------------------------------------------------
     def service_direct(
         self,
         username: str,
+        password: Optional[str] = None,
         host: str = "localhost",
         port: int = 8181,
-        password: Optional[str] = None,
+        sha256_fingerprint: Optional[str] = None,
+        rpc_url: Optional[str] = None,
+        *,
         fingerprint: Optional[str] = None,
     ) -> "Service":
         """Connects to a service's RPC socket as a remote user. Without a
         password, a live link of this local user is shared, or (on a
-        terminal) the password is asked for."""
-        request = pb.ServiceDirectRequest(
-            session_id=self.session_id,
-            username=username,
-            host=host,
-            port=port,
-            password=password or "",
-            fingerprint=fingerprint or "",
-        )
+        terminal) the password is asked for. ``sha256_fingerprint`` (alias
+        ``fingerprint``) pins the service's certificate. ``rpc_url`` (older
+        services' HTTP transport) raises ``NotAvailableError``.
+
+        Raises ``WrongCredentialsError``, ``UnreachableError``."""
+        request, link = direct_request(self.session_id, username, password, host, port,
+                                       sha256_fingerprint or fingerprint, rpc_url)
         try:
             reply = self._stub.ServiceDirect(request, timeout=60)
         except grpc.RpcError as err:
-            if password is None and err.code() == grpc.StatusCode.INVALID_ARGUMENT and sys.stdin.isatty():
+            code = err.code() if isinstance(err, grpc.Call) else None
+            if asks_password(password, code == grpc.StatusCode.INVALID_ARGUMENT):
                 request.password = getpass.getpass(f"Password for {username}@{host}: ")
-                reply = self._call("ServiceDirect", request)
+                reply = self._call("ServiceDirect", request, login=True)
             else:
-                raise from_rpc(err, self._socket) from None
-        return Service(self, reply.service_id, reply.service_name)
+                raise login_error(err, self._socket) from None
+        return Service(self, reply, link)
 
     def service_integrated(
         self, admin_password: Optional[str] = None, db: Optional[str] = None
     ) -> "Service":
-        """Runs the service inside the broker over an inventory on this host."""
-        db = db or os.environ.get("SWITCHYARD_DB")
-        if not db:
-            raise SwitchyardError("service_integrated needs db= (or $SWITCHYARD_DB)")
-        if admin_password is None:
-            admin_password = getpass.getpass("Admin password: ")
-        reply = self._call(
-            "ServiceIntegrated",
-            pb.ServiceIntegratedRequest(
-                session_id=self.session_id,
-                db=str(Path(db).resolve()),
-                admin_password=admin_password,
-            ),
-        )
-        return Service(self, reply.service_id, reply.service_name)
+        """Runs the service inside the broker over an inventory on this host
+        (``db``, else ``$SWITCHYARD_DB``); the admin password unseals it."""
+        request, link = integrated_request(self.session_id, admin_password, db)
+        reply = self._call("ServiceIntegrated", request, login=True)
+        return Service(self, reply, link)
 
     # -- cloud -----------------------------------------------------------
-    @staticmethod
-    def _relay(relay_url: Optional[str], domain: Optional[str]) -> pb.RelaySelector:
-        return pb.RelaySelector(relay_url=relay_url or "", domain=domain or "")
-
     def sso_login(
         self,
         identity: str,
         domain: Optional[str] = None,
-        relay_url: Optional[str] = None,
         open_browser: bool = False,
+        proxy: Optional[ProxyInfo] = None,
+        *,
+        relay_url: Optional[str] = None,
         timeout: Optional[float] = 600,
-        on_prompt=None,
+        on_prompt: Optional[OnPrompt] = None,
     ) -> "Login":
         """Logs in to a relay with SSO. Prints the URL and code to open
         (or calls ``on_prompt(prompt)``), optionally opens a browser, and
         returns once the login was approved. Other processes of this local
         user that log in to the same identity meanwhile share this prompt;
-        later ones get the login at once."""
-        request = pb.SsoLoginRequest(
-            session_id=self.session_id,
-            identity=identity,
-            relay=self._relay(relay_url, domain),
-        )
+        later ones get the login at once. ``proxy`` raises
+        ``NotAvailableError``. Raises ``LoginError`` subclasses."""
+        request = sso_request(self.session_id, identity, domain, relay_url, proxy)
         try:
             for event in self._stub.SsoLogin(request, timeout=timeout):
                 which = event.WhichOneof("event")
                 if which == "prompt":
-                    prompt = event.prompt
-                    url = prompt.verification_uri_complete or prompt.verification_uri
-                    if on_prompt is not None:
-                        on_prompt(prompt)
-                    else:
-                        print(
-                            f"To log in as {identity}, open {url} and check that it shows "
-                            f"the code {prompt.user_code}.",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                    if open_browser:
-                        import webbrowser
-
-                        webbrowser.open(url)
+                    show_prompt(identity, event.prompt, open_browser, on_prompt)
                 elif which == "logged_in":
                     return Login(event.logged_in)
         except grpc.RpcError as err:
-            raise from_rpc(err, self._socket) from None
+            raise login_error(err, self._socket) from None
         raise SwitchyardError("the broker ended the SSO login without an outcome")
 
     def certificate_login(
         self,
         identity: str,
-        password: Optional[str] = None,
+        cert_path: Optional[str] = None,
+        key_path: Optional[str] = None,
+        ca_path: Optional[str] = None,
+        private_key_password: Optional[str] = None,
         domain: Optional[str] = None,
+        proxy: Optional[ProxyInfo] = None,
+        *,
         relay_url: Optional[str] = None,
         cert_dir: Optional[str] = None,
+        password: Optional[str] = None,
     ) -> "Login":
-        """Logs in with the client certificate ``switchyard enroll client``
-        saved (``cert.pem`` and ``key.enc`` in ``cert_dir``, by default
-        under the config directory for this relay and identity)."""
-        if cert_dir is None:
-            if not relay_url:
-                raise SwitchyardError("certificate_login needs relay_url= or cert_dir=")
-            cert_dir = str(default_cert_dir(relay_url, identity))
-        folder = Path(cert_dir)
-        if password is None:
-            password = getpass.getpass(f"Password for the key of {identity}: ")
-        reply = self._call(
-            "CertificateLogin",
-            pb.CertificateLoginRequest(
-                session_id=self.session_id,
-                identity=identity,
-                relay=self._relay(relay_url, domain),
-                cert_pem=(folder / "cert.pem").read_text(),
-                encrypted_key=(folder / "key.enc").read_bytes(),
-                key_password=password,
-            ),
-        )
+        """Logs in with a client certificate ``switchyard enroll client``
+        saved: ``cert_path`` (PEM) and ``key_path`` (the encrypted key), by
+        default ``cert.pem`` and ``key.enc`` in ``cert_dir`` (itself by
+        default under the config directory for ``relay_url`` and the
+        identity). ``private_key_password`` (alias ``password``) is asked
+        for on a terminal when not given. ``ca_path`` and ``proxy`` raise
+        ``NotAvailableError``: the broker takes the relay's CA from its
+        config (``domains.NAME.ca_file``)."""
+        request = certificate_request(
+            self.session_id, identity, cert_path, key_path, ca_path,
+            private_key_password if private_key_password is not None else password,
+            domain, proxy, relay_url, cert_dir)
+        reply = self._call("CertificateLogin", request, login=True)
         return Login(reply)
 
     def access_token_login(
-        self, token: str, domain: Optional[str] = None, relay_url: Optional[str] = None
+        self,
+        access_token: str,
+        domain: Optional[str] = None,
+        proxy: Optional[ProxyInfo] = None,
+        *,
+        relay_url: Optional[str] = None,
     ) -> "Login":
-        """Logs in with an access token."""
-        reply = self._call(
-            "AccessTokenLogin",
-            pb.AccessTokenLoginRequest(
-                session_id=self.session_id, token=token, relay=self._relay(relay_url, domain)
-            ),
-        )
+        """Logs in with an access token (``switchyard relay token issue``,
+        or ``CreateAccessToken``). Raises ``LoginError`` subclasses."""
+        request = token_request(self.session_id, access_token, domain, relay_url, proxy)
+        reply = self._call("AccessTokenLogin", request, login=True)
         return Login(reply)
 
     def logout(
-        self, identity: Optional[str] = None, domain: Optional[str] = None, relay_url: Optional[str] = None
+        self, identity: Optional[str] = None, domain: Optional[str] = None,
+        relay_url: Optional[str] = None,
     ) -> int:
         """Ends this local user's cloud logins (all, or those matching);
         returns how many ended."""
         reply = self._call(
             "Logout",
-            pb.LogoutRequest(identity=identity or "", relay=self._relay(relay_url, domain)),
+            pb.LogoutRequest(identity=identity or "", relay=relay(relay_url, domain)),
         )
-        return reply.logged_out
+        return int(reply.logged_out)
 
     def service_cloud(
         self, serial: str, e2ee_fingerprint: Optional[str] = None, identity: Optional[str] = None
     ) -> "Service":
         """A service reached through the relay by its serial. Returns at
         once; call ``.wait()`` to block until it is reachable."""
-        reply = self._call(
-            "ServiceCloud",
-            pb.ServiceCloudRequest(
-                session_id=self.session_id,
-                serial=serial,
-                e2ee_fingerprint=e2ee_fingerprint or "",
-                identity=identity or "",
-            ),
-        )
-        return Service(self, reply.service_id, reply.service_name, cloud=True)
+        request, link = cloud_request(self.session_id, serial, e2ee_fingerprint, identity)
+        return Service(self, self._call("ServiceCloud", request), link, cloud=True)
+
+    #: The reference client's name for ``service_cloud``.
+    service = service_cloud
 
     def service_direct_with_sso(
         self,
@@ -329,60 +347,30 @@ class Client:
         """A service reached directly (``host``, else the address it
         advertises), authenticated with the SSO login instead of a
         password. Call ``.wait()`` before use."""
-        reply = self._call(
-            "ServiceDirectWithSso",
-            pb.ServiceDirectWithSsoRequest(
-                session_id=self.session_id,
-                serial=serial,
-                host=host or "",
-                port=port if host else 0,
-                e2ee_fingerprint=e2ee_fingerprint or "",
-                identity=identity or "",
-            ),
-        )
-        return Service(self, reply.service_id, reply.service_name, cloud=True)
+        request, link = direct_sso_request(self.session_id, serial, host, port,
+                                           e2ee_fingerprint, identity)
+        return Service(self, self._call("ServiceDirectWithSso", request), link, cloud=True)
 
     def status(self) -> pb.StatusResponse:
         """The broker's view of this local user (sessions, links)."""
-        return self._call("Status", pb.StatusRequest())
-
-
-class Login:
-    """A cloud login the broker holds for this local user."""
-
-    def __init__(self, reply: pb.LoginResponse) -> None:
-        self.identity = reply.identity
-        self.relay_url = reply.relay_url
-        self.method = reply.method
-        self.expires_unix = reply.expires_unix
-
-    def __repr__(self) -> str:
-        return f"<Login {self.identity} at {self.relay_url} ({self.method})>"
-
-
-def default_cert_dir(relay_url: str, identity: str) -> Path:
-    """Where ``switchyard enroll client`` saves a client certificate."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(relay_url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    relay = f"{parts.hostname}_{port}"
-    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-
-    def safe(text: str) -> str:
-        return text.replace("/", "_").replace("\\", "_").replace(":", "_")
-
-    return base / "switchyard" / "certs" / safe(relay) / safe(identity)
+        result: pb.StatusResponse = self._call("Status", pb.StatusRequest())
+        return result
 
 
 class Service:
     """A service reached through the broker."""
 
-    def __init__(self, client: Client, service_id: str, name: str, cloud: bool = False) -> None:
+    def __init__(self, client: Client, reply: pb.ServiceResponse, link: LinkKey,
+                 cloud: bool = False) -> None:
         self._client = client
-        self._id = service_id
-        self.name = name
+        self._id = reply.service_id
+        self.name: str = reply.service_name or reply.name
+        self.fingerprint: str = reply.fingerprint
+        self._link = link
         self._cloud = cloud
+        self._inventory: Optional[Inventory] = None
+        self._failed: set[str] = set()
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"<Service {self.name!r}>"
@@ -391,187 +379,159 @@ class Service:
         """Blocks until the service is reachable (cloud services), raising
         an error that names the service when it stays offline. Direct and
         integrated services are ready on return already."""
-        if not self._cloud:
-            return self
-        limit = 30.0 if timeout is None else float(timeout)
-        reply = self._client._call(
-            "Wait",
-            pb.WaitRequest(service=self._ref(), timeout_secs=limit),
-            timeout=limit + 10,
-        )
-        self.name = reply.service_name or self.name
+        if self._cloud:
+            self._wait(30.0 if timeout is None else float(timeout))
         return self
 
+    def _wait(self, limit: float) -> None:
+        reply = self._client._call(
+            "Wait", pb.WaitRequest(service=self._ref(), timeout_secs=limit), timeout=limit + 10
+        )
+        self.name = reply.service_name or self.name
+
     def _ref(self) -> pb.ServiceRef:
+        if self._closed:
+            raise SwitchyardError(f"service {self.name!r} was logged out of; connect again")
         return pb.ServiceRef(session_id=self._client.session_id, service_id=self._id)
+
+    # -- the reference client's service attributes -----------------------
+    @property
+    def status(self) -> str:
+        """The link's state: READY (up), CONNECTING, RECONNECTING, FAILED,
+        or UNKNOWN when the broker lists no link for this handle (e.g. a
+        cloud service not waited for yet), LOGGED_OUT after ``logout()``."""
+        if self._closed:
+            return "LOGGED_OUT"
+        link = self._link.find(self._client.status())
+        return link_state_name(link.state) if link is not None else "UNKNOWN"
+
+    @property
+    def version(self) -> Optional[str]:
+        """The service's software version: None, because the broker API
+        does not report it (``client.status().version`` is the broker's)."""
+        return None
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What can be done with this service through the broker."""
+        return CAPABILITIES
+
+    def ping(self, timeout: float = 10.0) -> float:
+        """Checks the broker holds a live link to the service (re-connecting
+        if needed, up to ``timeout`` seconds); returns the round trip in
+        seconds. Raises when the service cannot be reached."""
+        started = time.monotonic()
+        self._wait(timeout)
+        return time.monotonic() - started
 
     @property
     def inventory(self) -> "Inventory":
+        """The devices the remote user may reach, fetched once; call
+        ``update_inventory()`` to fetch them again."""
+        if self._inventory is None:
+            self.update_inventory()
+        assert self._inventory is not None
+        return self._inventory
+
+    def update_inventory(self) -> "Service":
+        """Fetches the inventory from the service again."""
         reply = self._client._call("Inventory", pb.InventoryRequest(service=self._ref()))
-        return Inventory(
-            self, {d.name: Device(self, d) for d in reply.devices}
+        self._inventory = Inventory(
+            {d.name: Device(self, d) for d in reply.devices}, self._failed
         )
+        return self
 
-    def _exec(self, devices: Sequence[str], commands: Union[str, Sequence[str]], timeout: Optional[float]) -> "ExecRequest":
-        return ExecRequest(self, list(devices), commands, timeout)
+    def logout(self) -> None:
+        """Stops using this handle; later calls on it raise. The broker
+        keeps the link for other sessions and releases this session's hold
+        when the client closes (the API has no per-handle release)."""
+        self._closed = True
+
+    def _exec(self, devices: Sequence[str], commands: Commands, timeout: Optional[float] = None,
+              reset_before: bool = False, reset_after: bool = False) -> "ExecRequest":
+        return ExecRequest(self, list(devices), commands, timeout, reset_before, reset_after)
 
 
-class Device:
+class Device(DeviceInfo):
     """One device of a service's inventory."""
 
     def __init__(self, service: Service, d: pb.Device) -> None:
+        super().__init__(d)
         self._service = service
-        self.name = d.name
-        self.host = d.host
-        self.port = d.port
-        self.device_type = d.device_type
-        self.attributes = dict(d.attributes)
 
-    def __repr__(self) -> str:
-        return f"<Device {self.name} {self.device_type} {self.host}:{self.port}>"
+    def exec(self, commands: Commands, timeout: Optional[float] = None,
+             reset_before: bool = False, reset_after: bool = False) -> "ExecRequest":
+        """Runs one command or a list on this device; see ``Inventory.exec``."""
+        return self._service._exec([self.name], commands, timeout, reset_before, reset_after)
 
-    def exec(self, commands: Union[str, Sequence[str]], timeout: Optional[float] = None) -> "ExecRequest":
-        return self._service._exec([self.name], commands, timeout)
+    def terminal(self, cols: int = 80, rows: int = 24, timeout: float = 30.0) -> Terminal:
+        """An interactive shell on the device (a ``Terminal``; use it as a
+        context manager). Raises when the device cannot be opened within
+        ``timeout`` seconds."""
+        client = self._service._client
+        return Terminal(client._stub, self._service._ref(), self.name, cols, rows, timeout,
+                        lambda err: from_rpc(err, client._socket))
 
-
-class Inventory(Mapping):
-    """Devices by name (a read-only dict)."""
-
-    def __init__(self, service: Service, devices: dict) -> None:
-        self._service = service
-        self._devices = devices
-
-    def __getitem__(self, name: str) -> Device:
-        return self._devices[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._devices)
-
-    def __len__(self) -> int:
-        return len(self._devices)
-
-    def __repr__(self) -> str:
-        rows = "\n".join(f"  {d!r}" for d in self._devices.values())
-        return f"<Inventory of {len(self)} devices>\n{rows}"
-
-    def filter(self, attr: str, value: str) -> "Inventory":
-        """Devices whose attribute (or field: device_type, host) equals value."""
-        def has(d: Device) -> bool:
-            return getattr(d, attr, None) == value or d.attributes.get(attr) == value
-
-        return Inventory(self._service, {n: d for n, d in self._devices.items() if has(d)})
-
-    def subset(self, names) -> "Inventory":
-        names = set(names)
-        return Inventory(self._service, {n: d for n, d in self._devices.items() if n in names})
-
-    def exec(self, commands: Union[str, Sequence[str]], timeout: Optional[float] = None) -> "ExecRequest":
-        return self._service._exec(list(self._devices), commands, timeout)
+    #: The reference client's other name for ``terminal``.
+    interactive = terminal
 
 
-class CommandResult:
-    """One command's outcome on one device."""
+class Inventory(DeviceSet[Device]):
+    """Devices by name (a read-only dict) with ``filter``, ``subset``, set
+    operations, ``exclude_failed``, ``singleton`` and ``exec``."""
 
-    def __init__(self, device: str, command: str, status: str, output: bytes,
-                 exit_status: Optional[int], error: str) -> None:
-        self.device = device
-        self.command = command
-        self.status = status
-        self.exit_status = exit_status
-        self.error = error
-        self._output = output
-
-    @property
-    def data(self) -> str:
-        """The command's output. Raises ExecError if the command failed."""
-        if self.status != SUCCESS:
-            raise ExecError(
-                f"{self.command!r} failed on {self.device}: "
-                + (self.error or f"exit status {self.exit_status}")
-            )
-        return self._output.decode("utf-8", "replace")
-
-    def __repr__(self) -> str:
-        return f"<CommandResult {self.device} {self.command!r} {self.status}>"
-
-
-class DeviceResult(Mapping):
-    """A device's results by command (when several commands ran)."""
-
-    def __init__(self, device: str, status: str, error: str, commands: dict) -> None:
-        self.device = device
-        self.status = status
-        self.error = error
-        self._commands = commands
-
-    def __getitem__(self, command: str) -> CommandResult:
-        return self._commands[command]
-
-    def __iter__(self):
-        return iter(self._commands)
-
-    def __len__(self) -> int:
-        return len(self._commands)
-
-    @property
-    def data(self) -> str:
-        if self.status != SUCCESS:
-            raise ExecError(f"{self.device} failed: {self.error}")
-        return "".join(c.data for c in self._commands.values())
+    def exec(self, commands: Commands, timeout: Optional[float] = None,
+             reset_before: bool = False, reset_after: bool = False) -> "ExecRequest":
+        """Runs one command (results keyed by device) or a list (keyed by
+        device, then command) on every device of this set, concurrently.
+        ``timeout`` is per command in seconds (None: the service's
+        default). ``reset_before``/``reset_after`` always hold: every exec
+        runs in a fresh session on the device. Returns at once."""
+        if not self._devices:
+            raise ValueError("exec on an empty set of devices")
+        service = next(iter(self._devices.values()))._service
+        return service._exec(list(self._devices), commands, timeout, reset_before, reset_after)
 
 
 class ExecRequest:
-    """Commands running on devices. It starts at once; ``wait()`` for it."""
+    """Commands running on devices. It starts at once; ``wait()`` for it.
 
-    def __init__(self, service: Service, devices: list, commands, timeout: Optional[float]) -> None:
-        self._single = isinstance(commands, str)
-        self._commands = [commands] if self._single else list(commands)
-        self._devices = devices
-        self._results: dict = {}
+    ``result`` / ``full_result`` are an ``ExecResponse`` keyed by device:
+    ``result[device][command].data``. ``result`` raises if the request
+    failed as a whole; ``full_result`` then lists every device as failed
+    with the reason. ``status`` is PROCESSING, SUCCESS, PARTIAL_SUCCESS or
+    FAILURE."""
+
+    def __init__(self, service: Service, devices: Sequence[str], commands: Commands,
+                 timeout: Optional[float], reset_before: bool = False,
+                 reset_after: bool = False) -> None:
+        self._collector = ExecCollector(devices, command_list(commands))
+        request = exec_request(service._ref(), devices, self._collector.commands, timeout,
+                               reset_before, reset_after)
+        self._service = service
         self._error: Optional[SwitchyardError] = None
         self._done = threading.Event()
-        request = pb.ExecRequest(
-            service=service._ref(),
-            devices=devices,
-            commands=self._commands,
-            timeout_ms=int(timeout * 1000) if timeout else 0,
-        )
         self._client = service._client
-        self._thread = threading.Thread(target=self._run, args=(request,), daemon=True)
+        stub = self._client._stub
+        self._thread = threading.Thread(target=self._run, args=(stub, request), daemon=True)
         self._thread.start()
 
-    def _run(self, request: pb.ExecRequest) -> None:
-        chunks: dict = {}
+    def _run(self, stub: rpc.BrokerStub, request: pb.ExecRequest) -> None:
         try:
-            for event in self._client._stub.Exec(request):
-                name = self._devices[event.device]
-                kind = event.WhichOneof("event")
-                if kind == "output":
-                    key = (event.device, event.output.command)
-                    chunks[key] = chunks.get(key, b"") + event.output.data
-                elif kind == "device_result":
-                    self._results[name] = self._device_result(event.device, event.device_result, chunks)
+            for event in stub.Exec(request):
+                result = self._collector.feed(event)
+                if result is not None:
+                    failed = self._service._failed
+                    (failed.add if result.error else failed.discard)(result.device)
         except grpc.RpcError as err:
             self._error = from_rpc(err, self._client._socket)
         finally:
             self._done.set()
 
-    def _device_result(self, index: int, r, chunks: dict):
-        name = self._devices[index]
-        results = {}
-        for c in r.commands:
-            output = chunks.pop((index, c.command), b"") + c.output
-            exit_status = c.exit_status if c.HasField("exit_status") else None
-            ok = not c.error and (exit_status in (None, 0))
-            cmd = self._commands[c.command]
-            results[cmd] = CommandResult(name, cmd, SUCCESS if ok else FAILURE, output, exit_status, c.error)
-        ok = not r.error and all(x.status == SUCCESS for x in results.values())
-        device = DeviceResult(name, SUCCESS if ok else FAILURE, r.error, results)
-        if self._single and not r.error:
-            return results[self._commands[0]]
-        return device
-
     def wait(self, timeout: Optional[float] = None) -> "ExecRequest":
+        """Blocks until every device finished (or ``timeout`` seconds pass:
+        ``TimeoutError``). Raises the request's error if it failed as a
+        whole."""
         if not self._done.wait(timeout):
             raise TimeoutError(f"exec did not finish within {timeout} s")
         if self._error is not None:
@@ -579,11 +539,85 @@ class ExecRequest:
         return self
 
     @property
-    def result(self) -> dict:
-        """Results by device name: a CommandResult when one command (a str)
-        was given, else a DeviceResult keyed by command."""
+    def status(self) -> ExecStatus:
+        """PROCESSING while running; then SUCCESS, PARTIAL_SUCCESS or FAILURE."""
+        if not self._done.is_set():
+            return ExecStatus.PROCESSING
+        if self._error is not None:
+            return FAILURE
+        return self._collector.response().status
+
+    @property
+    def result(self) -> ExecResponse:
+        """Results by device (waits). Raises if the request failed as a whole."""
         self.wait()
-        return dict(self._results)
+        return self._collector.response()
+
+    @property
+    def full_result(self) -> ExecResponse:
+        """Results by device (waits), never raising: when the request failed
+        as a whole, devices without a result are listed as failed."""
+        self._done.wait()
+        return self._collector.response(str(self._error) if self._error else "")
 
 
-__all__ = ["Client", "Service", "Inventory", "Device", "ExecRequest", "CommandResult", "DeviceResult"]
+# -- the reference client's module-level functions ---------------------------
+
+_default: Optional[Client] = None
+_default_lock = threading.Lock()
+
+
+@contextmanager
+def create_context(socket: Optional[str] = None) -> Iterator[Client]:
+    """Opens a client and makes it the default one that the module-level
+    functions (``sso_login``, ``service_direct``, ...) use, until the block
+    ends."""
+    global _default
+    with Client.create(socket) as client:
+        with _default_lock:
+            previous, _default = _default, client
+        try:
+            yield client
+        finally:
+            with _default_lock:
+                _default = previous
+
+
+def get_client() -> Client:
+    """The default client of ``create_context()``."""
+    if _default is None:
+        raise SwitchyardError("no default client: wrap the code in `with create_context():`")
+    return _default
+
+
+def _forward(name: str) -> Callable[..., Any]:
+    method = getattr(Client, name)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(get_client(), name)(*args, **kwargs)
+
+    call.__name__ = name
+    call.__doc__ = f"``Client.{name}`` on the default client of ``create_context()``.\n\n" + (
+        method.__doc__ or "")
+    return call
+
+
+sso_login = _forward("sso_login")
+certificate_login = _forward("certificate_login")
+access_token_login = _forward("access_token_login")
+service_direct = _forward("service_direct")
+service_integrated = _forward("service_integrated")
+service_cloud = _forward("service_cloud")
+service = _forward("service")
+service_direct_with_sso = _forward("service_direct_with_sso")
+logout = _forward("logout")
+
+
+__all__ = [
+    "FAILURE", "PARTIAL_SUCCESS", "SUCCESS",
+    "Client", "Service", "Inventory", "Device", "ExecRequest", "ExecResponse", "ExecStatus",
+    "CommandResult", "DeviceResult", "Login", "ProxyInfo", "Terminal",
+    "create_context", "get_client", "default_socket", "default_cert_dir",
+    "sso_login", "certificate_login", "access_token_login", "service_direct",
+    "service_integrated", "service_cloud", "service", "service_direct_with_sso", "logout",
+]

@@ -1,0 +1,492 @@
+"""What the sync and asyncio clients share: finding the socket, the
+channel options, inventory set logic, exec result shapes and the fork
+guard. Nothing here performs I/O on the broker."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Generic, List, Optional, Sequence, Tuple, TypeVar, Union
+
+from .errors import ClientForkedError, ExecError, NotAvailableError, UnknownDevicesError
+from .v1 import broker_pb2 as pb
+
+#: Channel options every client uses. gRPC core sends the socket path as
+#: ``:authority``, which the broker's HTTP/2 stack refuses; it expects
+#: "localhost" (see proto/switchyard/v1/broker.proto).
+CHANNEL_OPTIONS: List[Tuple[str, Any]] = [("grpc.default_authority", "localhost")]
+
+#: Commands given to exec: one command (results keyed by device only) or a
+#: list of them.
+Commands = Union[str, Sequence[str]]
+
+
+def default_socket() -> str:
+    """The broker socket, found the way the CLI finds it:
+    ``$SWITCHYARD_SOCKET``, else ``$XDG_RUNTIME_DIR/switchyard/broker.sock``,
+    else ``/run/switchyard/broker.sock`` for root and
+    ``$TMPDIR/switchyard-UID/broker.sock`` for others."""
+    explicit = os.environ.get("SWITCHYARD_SOCKET")
+    if explicit:
+        return explicit
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return str(Path(runtime) / "switchyard" / "broker.sock")
+    if os.geteuid() == 0:
+        return "/run/switchyard/broker.sock"
+    return str(Path(tempfile.gettempdir()) / f"switchyard-{os.geteuid()}" / "broker.sock")
+
+
+class ForkGuard:
+    """Remembers the process that opened a client. gRPC channels do not
+    survive ``fork()``: using an inherited one can hang or fail with
+    internal errors, so the child is refused at once instead."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+
+    def forked(self) -> bool:
+        """True in a child process forked after the client was opened."""
+        return os.getpid() != self.pid
+
+    def check(self) -> None:
+        """Raises ``ClientForkedError`` in a forked child."""
+        if self.forked():
+            raise ClientForkedError(
+                f"this client was created in process {self.pid} and cannot be used in "
+                f"process {os.getpid()} after fork(); create the client after forking "
+                "(for example in the worker's start-up or lifespan handler)"
+            )
+
+
+@dataclass(frozen=True)
+class ProxyInfo:
+    """An HTTP proxy for cloud logins, in the reference client's shape.
+
+    Accepted by the login methods so that code written for the reference
+    client keeps its shape; the broker does not reach relays through proxies
+    yet, so passing one raises ``NotAvailableError`` rather than silently
+    connecting without it."""
+
+    url: str
+    username: Optional[str] = None
+    password: Optional[str] = None
+
+
+def refuse_proxy(proxy: Optional[ProxyInfo]) -> None:
+    """Raises ``NotAvailableError`` when a proxy was asked for."""
+    if proxy is not None:
+        raise NotAvailableError(
+            f"proxy={proxy.url!r}: the Switchyard broker cannot reach relays through an HTTP "
+            "proxy yet; connect without a proxy (the broker, not this process, talks to the relay)"
+        )
+
+
+def refuse_rpc_url(rpc_url: Optional[str]) -> None:
+    """Raises ``NotAvailableError`` when an ``rpc_url`` was given."""
+    if rpc_url is not None:
+        raise NotAvailableError(
+            f"rpc_url={rpc_url!r} needs the service's HTTP (TCP) RPC transport, which the "
+            "Switchyard broker does not have; pass host= and port= of the service's RPC "
+            "socket instead (default port 8181)"
+        )
+
+
+class ExecStatus(str, Enum):
+    """Outcome of a command, a device, or a whole exec request."""
+
+    #: Still running (a request only).
+    PROCESSING = "PROCESSING"
+    #: Everything succeeded.
+    SUCCESS = "SUCCESS"
+    #: Some devices succeeded and some failed (a request only).
+    PARTIAL_SUCCESS = "PARTIAL_SUCCESS"
+    #: Nothing succeeded.
+    FAILURE = "FAILURE"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+SUCCESS = ExecStatus.SUCCESS
+PARTIAL_SUCCESS = ExecStatus.PARTIAL_SUCCESS
+FAILURE = ExecStatus.FAILURE
+
+
+def overall(statuses: Iterable[ExecStatus]) -> ExecStatus:
+    """SUCCESS when all succeeded, FAILURE when none did (or there were
+    none), else PARTIAL_SUCCESS."""
+    values = list(statuses)
+    ok = sum(1 for s in values if s == SUCCESS)
+    if values and ok == len(values):
+        return SUCCESS
+    return PARTIAL_SUCCESS if ok else FAILURE
+
+
+# -- inventory -------------------------------------------------------------
+
+
+class DeviceInfo:
+    """One device of a service's inventory: ``name``, ``host``, ``port``,
+    ``device_type`` and free-form ``attributes``."""
+
+    def __init__(self, d: pb.Device) -> None:
+        self.name: str = d.name
+        self.host: str = d.host
+        self.port: int = d.port
+        self.device_type: str = d.device_type
+        self.attributes: dict[str, str] = dict(d.attributes)
+
+    def __repr__(self) -> str:
+        return f"<Device {self.name} {self.device_type} {self.host}:{self.port}>"
+
+    def field(self, attr: str) -> Optional[str]:
+        """A field (name, host, port, device_type) or attribute, as text;
+        None when the device has neither."""
+        if attr in ("name", "host", "port", "device_type"):
+            return str(getattr(self, attr))
+        return self.attributes.get(attr)
+
+
+D = TypeVar("D", bound=DeviceInfo)
+S = TypeVar("S", bound="DeviceSet[Any]")
+
+
+class DeviceSet(Mapping[str, D], Generic[D]):
+    """Devices by name: a read-only dict with the reference client's
+    selection methods. Every method returns a new set of the same kind;
+    none changes this one. ``_failed`` names devices whose last exec
+    failed as a whole (unreachable, refused), for ``exclude_failed()``."""
+
+    def __init__(self, devices: Mapping[str, D], failed: Optional[set[str]] = None) -> None:
+        self._devices = dict(sorted(devices.items()))
+        self._failed: set[str] = failed if failed is not None else set()
+
+    def _new(self: S, devices: Mapping[str, D]) -> S:
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        DeviceSet.__init__(clone, devices, self._failed)
+        return clone
+
+    def __getitem__(self, name: str) -> D:
+        return self._devices[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._devices)
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def __repr__(self) -> str:
+        rows = "\n".join(f"  {d!r}" for d in self._devices.values())
+        return f"<{type(self).__name__} of {len(self)} devices>\n{rows}"
+
+    def filter(self: S, attr: str, pattern: str) -> S:
+        """Devices whose field (``name``, ``host``, ``port``,
+        ``device_type``) or attribute matches the regular expression
+        ``pattern`` anywhere (``re.search``): ``filter("device_type",
+        "IOS")`` keeps IOS and IOS-XE devices. Raises ``re.error`` for a
+        malformed pattern."""
+        regex = re.compile(pattern)
+
+        def keep(d: D) -> bool:
+            value = d.field(attr)
+            return value is not None and regex.search(value) is not None
+
+        return self._new({n: d for n, d in self._devices.items() if keep(d)})
+
+    def subset(self: S, names: Iterable[str]) -> S:
+        """The devices named. Raises ``UnknownDevicesError`` (a
+        ``KeyError``) naming every name that is not in this set."""
+        wanted = [names] if isinstance(names, str) else list(names)
+        unknown = sorted({n for n in wanted if n not in self._devices})
+        if unknown:
+            raise UnknownDevicesError(unknown, sorted(self._devices))
+        return self._new({n: self._devices[n] for n in wanted})
+
+    def exclude_failed(self: S) -> S:
+        """This set without the devices whose last exec (through this
+        service handle) failed as a whole: unreachable, refused, unknown."""
+        return self._new({n: d for n, d in self._devices.items() if n not in self._failed})
+
+    def singleton(self) -> D:
+        """The only device of this set; ``ValueError`` unless it has exactly
+        one."""
+        if len(self._devices) != 1:
+            raise ValueError(f"singleton() needs exactly one device; this set has {len(self)}: "
+                             f"{', '.join(self._devices) or 'none'}")
+        return next(iter(self._devices.values()))
+
+    # Set operations, by device name; the left operand's device objects win.
+    def union(self: S, other: Mapping[str, D]) -> S:
+        """Devices in either set (``a | b``)."""
+        merged = dict(other)
+        merged.update(self._devices)
+        return self._new(merged)
+
+    def intersection(self: S, other: Mapping[str, D]) -> S:
+        """Devices in both sets (``a & b``)."""
+        return self._new({n: d for n, d in self._devices.items() if n in other})
+
+    def difference(self: S, other: Mapping[str, D]) -> S:
+        """Devices of this set not in the other (``a - b``)."""
+        return self._new({n: d for n, d in self._devices.items() if n not in other})
+
+    def symmetric_difference(self: S, other: Mapping[str, D]) -> S:
+        """Devices in exactly one of the sets (``a ^ b``)."""
+        mine = {n: d for n, d in self._devices.items() if n not in other}
+        mine.update({n: d for n, d in other.items() if n not in self._devices})
+        return self._new(mine)
+
+    def __or__(self: S, other: Mapping[str, D]) -> S:
+        return self.union(other)
+
+    def __and__(self: S, other: Mapping[str, D]) -> S:
+        return self.intersection(other)
+
+    def __sub__(self: S, other: Mapping[str, D]) -> S:
+        return self.difference(other)
+
+    def __xor__(self: S, other: Mapping[str, D]) -> S:
+        return self.symmetric_difference(other)
+
+
+# -- exec results ----------------------------------------------------------
+
+
+class CommandResult:
+    """One command's outcome on one device: ``status`` (SUCCESS or
+    FAILURE), ``status_message`` (why it failed, else empty), ``data``
+    (the output text; raises ``ExecError`` for a failure), ``raw`` (the
+    output bytes, also of a failure), ``exit_status`` when the device
+    reports one."""
+
+    def __init__(self, device: str, command: str, status: ExecStatus, output: bytes,
+                 exit_status: Optional[int], error: str) -> None:
+        self.device = device
+        self.command = command
+        self.status = status
+        self.exit_status = exit_status
+        self.error = error
+        self.raw = output
+
+    @property
+    def status_message(self) -> str:
+        """Why the command failed; empty on success."""
+        if self.status == SUCCESS:
+            return ""
+        return self.error or f"exit status {self.exit_status}"
+
+    @property
+    def data(self) -> str:
+        """The command's output. Raises ExecError if the command failed."""
+        if self.status != SUCCESS:
+            raise ExecError(f"{self.command!r} failed on {self.device}: {self.status_message}")
+        return self.raw.decode("utf-8", "replace")
+
+    def __repr__(self) -> str:
+        return f"<CommandResult {self.device} {self.command!r} {self.status}>"
+
+
+class DeviceResult(Mapping[str, CommandResult]):
+    """A device's results, by command: ``result[device][command].data``.
+    ``status`` is SUCCESS when every command succeeded; ``status_message``
+    says why not; ``data`` is the output of all commands (one command:
+    its output), raising ``ExecError`` for a failure."""
+
+    def __init__(self, device: str, status: ExecStatus, error: str,
+                 commands: Mapping[str, CommandResult]) -> None:
+        self.device = device
+        self.status = status
+        self.error = error
+        self._commands = dict(commands)
+
+    def __getitem__(self, command: str) -> CommandResult:
+        return self._commands[command]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._commands)
+
+    def __len__(self) -> int:
+        return len(self._commands)
+
+    @property
+    def status_message(self) -> str:
+        """Why the device (or one of its commands) failed; empty on success."""
+        if self.error:
+            return self.error
+        failed = [c for c in self._commands.values() if c.status != SUCCESS]
+        return "; ".join(f"{c.command!r}: {c.status_message}" for c in failed)
+
+    @property
+    def data(self) -> str:
+        """All commands' output, in order. Raises ExecError if any failed."""
+        if self.error:
+            raise ExecError(f"{self.device} failed: {self.error}")
+        return "".join(c.data for c in self._commands.values())
+
+    def __repr__(self) -> str:
+        return f"<DeviceResult {self.device} {self.status} {list(self._commands)}>"
+
+
+class ExecResponse(Mapping[str, DeviceResult]):
+    """An exec's results by device name, with the request's overall
+    ``status`` (SUCCESS, PARTIAL_SUCCESS or FAILURE) and
+    ``status_message``."""
+
+    def __init__(self, results: Mapping[str, DeviceResult], error: str = "") -> None:
+        self._results = dict(results)
+        self._error = error
+
+    def __getitem__(self, device: str) -> DeviceResult:
+        return self._results[device]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._results)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    @property
+    def status(self) -> ExecStatus:
+        """SUCCESS, PARTIAL_SUCCESS or FAILURE over the devices."""
+        return overall(r.status for r in self._results.values())
+
+    @property
+    def status_message(self) -> str:
+        """Failed devices and why, one per line; empty when all succeeded."""
+        lines = [f"{n}: {r.status_message}" for n, r in self._results.items() if r.status != SUCCESS]
+        if self._error:
+            lines.insert(0, self._error)
+        return "\n".join(lines)
+
+    def exclude_failed(self) -> "ExecResponse":
+        """Only the devices that succeeded."""
+        return ExecResponse({n: r for n, r in self._results.items() if r.status == SUCCESS})
+
+    def __repr__(self) -> str:
+        return f"<ExecResponse {self.status} {dict((n, str(r.status)) for n, r in self._results.items())}>"
+
+
+class ExecCollector:
+    """Turns a stream of ``ExecEvent`` into results. Output chunks of a
+    command are joined with its inline output; each device's result
+    arrives once."""
+
+    def __init__(self, devices: Sequence[str], commands: Sequence[str]) -> None:
+        self.devices = list(devices)
+        self.commands = list(commands)
+        self.results: dict[str, DeviceResult] = {}
+        self._chunks: dict[tuple[int, int], bytearray] = {}
+
+    def feed(self, event: pb.ExecEvent) -> Optional[DeviceResult]:
+        """Takes one event; returns the device's result when it ended."""
+        if event.device >= len(self.devices):
+            return None
+        kind = event.WhichOneof("event")
+        if kind == "output":
+            key = (event.device, event.output.command)
+            self._chunks.setdefault(key, bytearray()).extend(event.output.data)
+            return None
+        if kind != "device_result":
+            return None
+        result = self._device_result(event.device, event.device_result)
+        self.results[result.device] = result
+        return result
+
+    def _device_result(self, index: int, r: pb.DeviceResult) -> DeviceResult:
+        name = self.devices[index]
+        commands: dict[str, CommandResult] = {}
+        for c in r.commands:
+            if c.command >= len(self.commands):
+                continue
+            output = bytes(self._chunks.pop((index, c.command), b"")) + c.output
+            exit_status = c.exit_status if c.HasField("exit_status") else None
+            ok = not c.error and exit_status in (None, 0)
+            cmd = self.commands[c.command]
+            commands[cmd] = CommandResult(name, cmd, SUCCESS if ok else FAILURE, output,
+                                          exit_status, c.error)
+        ok = not r.error and all(x.status == SUCCESS for x in commands.values())
+        return DeviceResult(name, SUCCESS if ok else FAILURE, r.error, commands)
+
+    def response(self, error: str = "") -> ExecResponse:
+        """The results so far. With ``error`` (the request failed as a
+        whole), devices without a result are listed as failed with it."""
+        results = dict(self.results)
+        if error:
+            for name in self.devices:
+                results.setdefault(name, DeviceResult(name, FAILURE, error, {}))
+        return ExecResponse({n: results[n] for n in self.devices if n in results}, error)
+
+
+def exec_request(ref: pb.ServiceRef, devices: Sequence[str], commands: Sequence[str],
+                 timeout: Optional[float], reset_before: bool, reset_after: bool) -> pb.ExecRequest:
+    """Builds an ExecRequest. ``timeout`` is per command, in seconds (None
+    or 0: the service's default). ``reset_before``/``reset_after`` are
+    honoured by construction: every exec runs in a fresh session on the
+    device (a new shell per command over SSH, a fresh CLI state on the
+    simulator), so no state left by an earlier exec is seen and none is
+    left behind."""
+    del reset_before, reset_after  # always true of the broker's exec; see above
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds, not {timeout}")
+    return pb.ExecRequest(
+        service=ref,
+        devices=list(devices),
+        commands=list(commands),
+        timeout_ms=int(timeout * 1000) if timeout else 0,
+    )
+
+
+def command_list(commands: Commands) -> List[str]:
+    """One command or a list, as a list; refuses an empty list."""
+    listed = [commands] if isinstance(commands, str) else list(commands)
+    if not listed:
+        raise ValueError("exec needs at least one command")
+    return listed
+
+
+#: What ``Service.capabilities`` reports: the operations the broker API
+#: offers on every service.
+CAPABILITIES = frozenset({"inventory", "exec", "terminal"})
+
+
+def link_state_name(state: str) -> str:
+    """A broker link state as the reference's service status word."""
+    return {"up": "READY", "idle": "READY"}.get(state, state.upper().replace(" ", "_"))
+
+
+@dataclass(frozen=True)
+class LinkKey:
+    """How to find a service handle's link in the broker's status: its
+    transport ("direct", "integrated", "relayed", "direct-sso"), its target
+    (``host:port``, ``integrated:DB``, or a cloud serial, which prefixes the
+    target's label) and, for direct links, the remote user."""
+
+    transport: str
+    target: str
+    principal: Optional[str] = None
+
+    def matches(self, link: pb.LinkStatus) -> bool:
+        """True when ``link`` is this handle's link."""
+        if self.transport in ("relayed", "direct-sso"):
+            target_ok = link.target.startswith(self.target + " (")
+        else:
+            target_ok = link.target == self.target
+        return (
+            target_ok
+            and link.transport == self.transport
+            and (self.principal is None or link.principal == self.principal)
+        )
+
+    def find(self, status: pb.StatusResponse) -> Optional[pb.LinkStatus]:
+        """The matching link in ``status``, if the broker lists one."""
+        return next((link for link in status.links if self.matches(link)), None)
