@@ -127,3 +127,24 @@ def broker(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """`switchyard demo --devices 1`: a broker with an integrated service
+    over simulated devices (sim-001 over SSH, inproc-1 in process). Yields
+    the environment its printed instructions set (socket, db, password)."""
+    d = tmp_path_factory.mktemp("demo")
+    env = dict(os.environ, XDG_CONFIG_HOME=str(d), XDG_STATE_HOME=str(d))
+    env.pop("SWITCHYARD_SOCKET", None)
+    proc = subprocess.Popen([BIN, "demo", "--devices", "1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        line = read_line(proc, proc.stdout, "broker socket:")
+        socket_path = line.split(":", 1)[1].strip()
+        db = str(Path(socket_path).parent / "inventory.db")
+        yield dict(env, SWITCHYARD_SOCKET=socket_path, SWITCHYARD_DB=db,
+                   SWITCHYARD_ADMIN_PASSWORD="switchyard-demo")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,199 @@
+"""The reference client's shape on switchyard.sync (issue 19): names and
+arguments, inventory selection and set operations, exec results by device
+and command, service attributes, and the login exception classes. Real
+`switchyard service` and `switchyard broker` processes."""
+
+import json
+import socket as sock
+import subprocess
+
+import grpc
+import pytest
+
+from conftest import ADMIN_PW, ALICE_PW, BIN, read_line, run
+
+from switchyard import (
+    ExecError,
+    NotAvailableError,
+    SwitchyardError,
+    UnknownDevicesError,
+    UnreachableError,
+    WrongCredentialsError,
+)
+from switchyard.sync import FAILURE, PARTIAL_SUCCESS, SUCCESS, Client, ProxyInfo
+
+
+def closed_port():
+    """A loopback port nothing listens on."""
+    s = sock.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A service with three simulated devices and one (dead-1) whose SSH
+    port refuses connections, so it fails as a whole."""
+    d = tmp_path_factory.mktemp("lab")
+    (d / "admin").write_text(ADMIN_PW + "\n")
+    (d / "alice").write_text(ALICE_PW + "\n")
+    admin = ["--db", str(d / "inv.db"), "--admin-password-file", str(d / "admin")]
+    run("service", *admin, "init")
+    for name, kind in (("core-1", "IOS-XE"), ("core-2", "IOS-XE"), ("edge-1", "IOS")):
+        run("service", *admin, "device", "add", name, "--driver", "simulator",
+            "--device-type", kind, "--attr", f"role={name.split('-')[0]}")
+    run("service", *admin, "device", "add", "dead-1", "--host", "127.0.0.1",
+        "--port", str(closed_port()), "--username", "nobody", "--password-file", str(d / "alice"),
+        "--device-type", "LINUX", "--attr", "role=edge")
+    run("service", *admin, "user", "add", "alice", "--password-file", str(d / "alice"))
+    proc = subprocess.Popen(
+        [BIN, "service", *admin, "run", "--listen", "127.0.0.1:0", "--name", "py-lab"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        ready = json.loads(read_line(proc, proc.stdout, "rpc_addr"))
+        host, port = ready["rpc_addr"].rsplit(":", 1)
+        yield {"host": host, "port": int(port), "fingerprint": ready["fingerprint"]}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def svc(broker, lab):
+    with Client.create(socket=str(broker)) as client:
+        # The reference's argument order: username, password, host, port.
+        yield client.service_direct("alice", ALICE_PW, lab["host"], lab["port"],
+                                    sha256_fingerprint=lab["fingerprint"])
+
+
+def test_filter_is_a_regular_expression_search(svc):
+    inv = svc.inventory
+    assert sorted(inv.filter("device_type", "IOS")) == ["core-1", "core-2", "edge-1"]
+    assert sorted(inv.filter("device_type", "^IOS$")) == ["edge-1"]
+    assert sorted(inv.filter("role", "core")) == ["core-1", "core-2"]
+    assert sorted(inv.filter("name", r"-\d$")) == ["core-1", "core-2", "dead-1", "edge-1"]
+    assert len(inv.filter("no-such-attribute", ".*")) == 0
+
+
+def test_subset_raises_on_unknown_names(svc):
+    inv = svc.inventory
+    assert sorted(inv.subset(["edge-1", "core-2"])) == ["core-2", "edge-1"]
+    with pytest.raises(UnknownDevicesError) as err:
+        inv.subset(["edge-1", "nosuch", "other"])
+    assert err.value.unknown == ["nosuch", "other"]
+    assert "nosuch, other" in str(err.value) and "core-1" in str(err.value)
+    assert isinstance(err.value, KeyError)
+
+
+def test_set_operations_and_singleton(svc):
+    inv = svc.inventory
+    core = inv.filter("role", "core")
+    edge = inv.filter("role", "edge")
+    ios = inv.filter("device_type", "^IOS")
+    assert sorted(core | edge) == sorted(core.union(edge)) == sorted(inv)
+    assert sorted(core & ios) == sorted(core.intersection(ios)) == ["core-1", "core-2"]
+    assert sorted(ios - core) == sorted(ios.difference(core)) == ["edge-1"]
+    assert sorted(ios ^ edge) == sorted(ios.symmetric_difference(edge)) == [
+        "core-1", "core-2", "dead-1"]
+    assert type(core | edge) is type(inv), "operations keep the inventory class (exec works)"
+    assert (ios - core).singleton().name == "edge-1"
+    with pytest.raises(ValueError, match="exactly one"):
+        core.singleton()
+
+
+def test_exec_results_by_device_and_command(svc):
+    inv = svc.inventory
+    req = inv.subset(["core-1", "edge-1"]).exec(["show clock", "show nope"], timeout=20,
+                                                 reset_before=True, reset_after=True)
+    assert req.wait(timeout=30) is req
+    result = req.result
+    assert result["core-1"]["show clock"].status == SUCCESS
+    assert "UTC" in result["core-1"]["show clock"].data
+    assert result["core-1"]["show clock"].status_message == ""
+    bad = result["edge-1"]["show nope"]
+    assert bad.status == FAILURE and "exit status" in bad.status_message
+    with pytest.raises(ExecError):
+        bad.data
+    assert result["edge-1"].status == FAILURE and "show nope" in result["edge-1"].status_message
+    assert req.status == FAILURE, "no device succeeded as a whole"
+
+    one = inv["core-2"].exec("show version").wait(30)
+    assert one.status == SUCCESS and one.result.status == SUCCESS
+    assert "core-2 uptime" in one.result["core-2"].data
+    assert "core-2 uptime" in one.result["core-2"]["show version"].data
+    assert one.full_result["core-2"].status == SUCCESS
+
+
+def test_partial_success_and_exclude_failed(svc):
+    inv = svc.inventory
+    req = inv.subset(["core-1", "dead-1"]).exec("show clock").wait(60)
+    assert req.status == PARTIAL_SUCCESS
+    dead = req.result["dead-1"]
+    assert dead.status == FAILURE and dead.status_message, "the device's own error is given"
+    with pytest.raises(ExecError, match="dead-1"):
+        dead.data
+    assert sorted(req.result.exclude_failed()) == ["core-1"]
+    assert "dead-1" in req.full_result.status_message
+    # The inventory remembers dead-1 failed as a whole (not a failed command).
+    assert sorted(inv.exclude_failed()) == ["core-1", "core-2", "edge-1"]
+    assert sorted(svc.inventory.filter("role", "edge").exclude_failed()) == ["edge-1"]
+    again = inv.subset(["dead-1"]).exec("show clock").wait(60)
+    assert again.status == FAILURE
+
+
+def test_wait_with_a_timeout_and_full_result_of_a_failed_request(svc):
+    req = svc.inventory["core-1"].exec("show clock")
+    assert req.wait(timeout=30).status == SUCCESS
+    # A request that fails as a whole: result raises, full_result lists it.
+    ghost = svc._exec(["ghost"], "show clock").wait
+    with pytest.raises(SwitchyardError):
+        ghost(30)
+    failed = svc._exec(["ghost"], "show clock")
+    full = failed.full_result
+    assert full.status == FAILURE and full["ghost"].status == FAILURE
+    assert full["ghost"].status_message
+
+
+def test_service_attributes(svc):
+    assert svc.status == "READY"
+    assert svc.version is None
+    assert {"exec", "inventory", "terminal"} <= svc.capabilities
+    assert 0 <= svc.ping(timeout=10) < 10
+    first = svc.inventory
+    assert svc.update_inventory() is svc
+    assert svc.inventory is not first and sorted(svc.inventory) == sorted(first)
+    svc.logout()
+    assert svc.status == "LOGGED_OUT"
+    with pytest.raises(SwitchyardError, match="logged out"):
+        svc.update_inventory()
+
+
+def test_login_exceptions(broker, lab):
+    with Client.create(socket=str(broker)) as client:
+        with pytest.raises(WrongCredentialsError) as err:
+            client.service_direct("alice", "wrong", host=lab["host"], port=lab["port"])
+        assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(UnreachableError) as err:
+            client.service_direct("alice", ALICE_PW, host="127.0.0.1", port=closed_port())
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_unsupported_reference_arguments_are_refused_clearly(broker, tmp_path):
+    with Client.create(socket=str(broker)) as client:
+        with pytest.raises(NotAvailableError, match="rpc_url.*host= and port="):
+            client.service_direct("alice", rpc_url="https://svc:8081/rpc")
+        with pytest.raises(NotAvailableError, match="proxy"):
+            client.sso_login("a@example.com", proxy=ProxyInfo(url="http://proxy:3128"))
+        with pytest.raises(NotAvailableError, match="proxy"):
+            client.access_token_login("token", proxy=ProxyInfo(url="http://proxy:3128"))
+        with pytest.raises(NotAvailableError, match="ca_file"):
+            client.certificate_login("a@example.com", ca_path="/etc/ca.pem")
+        (tmp_path / "cert.pem").write_text("x")
+        (tmp_path / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+        with pytest.raises(NotAvailableError, match="encrypted key"):
+            client.certificate_login("a@example.com", cert_path=str(tmp_path / "cert.pem"),
+                                     key_path=str(tmp_path / "key.pem"),
+                                     private_key_password="pw")
