@@ -1,0 +1,106 @@
+"""Interactive terminals from Python against `switchyard demo`'s simulated
+devices: the sync and asyncio terminals, and pexpect through
+attach_socket()."""
+
+import asyncio
+import os
+
+import pytest
+
+from switchyard import TerminalClosedError
+from switchyard.aio import Client as AsyncClient
+from switchyard.sync import Client
+
+PROMPT = rb"#\s*$"
+
+
+def integrated(client, demo):
+    return client.service_integrated(admin_password=demo["SWITCHYARD_ADMIN_PASSWORD"],
+                                     db=demo["SWITCHYARD_DB"])
+
+
+@pytest.mark.parametrize("device", ["sim-001", "inproc-1"])
+def test_terminal_reads_writes_and_closes(demo, device):
+    with Client.create(socket=demo["SWITCHYARD_SOCKET"]) as client:
+        service = integrated(client, demo)
+        with service.inventory[device].terminal() as term:
+            banner = term.readuntil_regex(PROMPT, timeout=30)
+            assert banner.rstrip().endswith(f"{device}#".encode())
+            clock = term.exec("show clock", timeout=30)
+            assert b"UTC" in clock and b"show clock" not in clock and b"#" not in clock
+            version = term.exec("show version", timeout=30)
+            assert f"{device} uptime".encode() in version
+            term.write("show ip interface brief\r")
+            assert term.readline(timeout=30).strip() == b"show ip interface brief"
+            assert term.readuntil(b"Interface", timeout=30).endswith(b"Interface")
+            term.readuntil_regex(PROMPT, timeout=30)
+            with pytest.raises(TimeoutError):
+                term.readuntil(b"never printed", timeout=0.2)
+            term.write(b"exit\r")
+            rest = term.readuntil_timeout(30)  # returns early: the shell closes
+            assert b"exit" in rest
+            assert term.read(timeout=5) == b""
+            assert term.closed
+            with pytest.raises(TerminalClosedError):
+                term.readuntil(b"#", timeout=5)
+            with pytest.raises(TerminalClosedError):
+                term.write(b"show clock\r")
+
+
+def test_terminal_closed_by_the_caller(demo):
+    with Client.create(socket=demo["SWITCHYARD_SOCKET"]) as client:
+        device = integrated(client, demo).inventory["sim-001"]
+        term = device.interactive()
+        term.readuntil_regex(PROMPT, timeout=30)
+        term.close()
+        assert term.closed
+        # A second terminal on the same device still works.
+        with device.terminal() as again:
+            again.readuntil_regex(PROMPT, timeout=30)
+            assert b"UTC" in again.exec("show clock")
+
+
+def test_pexpect_through_attach_socket(demo):
+    pexpect = pytest.importorskip("pexpect")
+    from pexpect import fdpexpect
+    with Client.create(socket=demo["SWITCHYARD_SOCKET"]) as client:
+        with integrated(client, demo).inventory["sim-001"].terminal() as term:
+            conn = term.attach_socket()
+            child = fdpexpect.fdspawn(conn.fileno(), timeout=30)
+            child.expect(r"sim-001#")
+            child.send("show clock\r")
+            child.expect("UTC")
+            child.expect(r"sim-001#")
+            child.send("show version\r")
+            child.expect(r"sim-001 uptime")
+            child.send("exit\r")
+            child.expect(pexpect.EOF)
+            conn.close()
+
+
+def test_async_terminal(demo):
+    async def main():
+        async with AsyncClient.create(socket=demo["SWITCHYARD_SOCKET"]) as client:
+            service = await client.service_integrated(
+                admin_password=demo["SWITCHYARD_ADMIN_PASSWORD"], db=demo["SWITCHYARD_DB"])
+            inv = await service.get_inventory()
+            async with await inv["inproc-1"].terminal() as term:
+                await term.readuntil_regex(PROMPT, timeout=30)
+                assert b"UTC" in await term.exec("show clock")
+                assert b"inproc-1 uptime" in await term.exec("show version")
+                await term.write("exit\r")
+                await term.readuntil_timeout(30)
+                assert term.closed and await term.read() == b""
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_terminal_on_unknown_device_is_a_clear_error(demo):
+    with Client.create(socket=demo["SWITCHYARD_SOCKET"]) as client:
+        service = integrated(client, demo)
+        device = service.inventory["sim-001"]
+        device.name = "nosuch"
+        with pytest.raises(Exception) as err:
+            device.terminal(timeout=30)
+        assert "nosuch" in str(err.value)
+    assert os.environ.get("SWITCHYARD_SOCKET") != demo["SWITCHYARD_SOCKET"]
