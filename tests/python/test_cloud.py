@@ -214,3 +214,45 @@ def test_sso_approval_page_in_headless_chromium(cloud, tmp_path):
         assert not errors, errors
         assert login.method == "sso"
         client.service_cloud(SERIAL, identity=ALICE).wait(timeout=20)
+
+
+REF_SCRIPTS = Path(__file__).resolve().parent / "reference_scripts"
+
+
+def test_reference_cloud_scripts_with_only_the_import_changed(cloud):
+    """The guide's cloud scripts (tests/python/reference_scripts): module
+    functions on create_context(); input() prompts then an SSO login
+    approved over HTTP; a direct connection on the SSO login."""
+    pexpect = pytest.importorskip("pexpect")
+    import sys
+
+    from conftest import run_script
+
+    host, port = cloud["rpc_addr"].rsplit(":", 1)
+    env = dict(cloud["env"], REF_SERIAL=SERIAL, REF_EMAIL=ALICE, REF_TOKEN=cloud["token"],
+               REF_HOST=host, REF_PORT=port)
+    out = run_script([sys.executable, REF_SCRIPTS / "cloud_context.py"], env)
+    assert out.returncode == 0, out.stderr
+    assert "core-1" in out.stdout
+
+    with Client.create(socket=cloud["sock"]) as client:
+        client.logout()
+    child = pexpect.spawn(sys.executable, [str(REF_SCRIPTS / "cloud_input.py")], env=env,
+                          timeout=60, encoding="utf-8")
+    child.expect("email> ")
+    child.sendline(ALICE)
+    child.expect("domain> ")
+    child.sendline("test")
+    child.expect("service serial> ")
+    child.sendline(SERIAL)
+    child.expect(r"shows the code (\S+)\.")
+    assert "Approved" in approve(cloud, child.match.group(1))
+    child.expect("Inventory of 1 devices")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+
+    # The broker holds the SSO login for this local user: no new prompt.
+    out = run_script([sys.executable, REF_SCRIPTS / "cloud_direct_sso.py"], env)
+    assert out.returncode == 0, out.stderr
+    assert "core-1" in out.stdout and "open" not in out.stderr
