@@ -9,10 +9,15 @@ if [ "${1:-}" = "--check" ]; then
     out=$(mktemp -d)
     trap 'rm -rf "$out"' EXIT
 fi
+# The service stubs' types (broker_pb2_grpc.pyi, for mypy --strict) come
+# from mypy-protobuf's plugin, installed beside this Python (pinned in
+# tests/python/requirements.txt).
+plugin="$(python3 -c 'import os, sys; print(os.path.dirname(sys.executable))')/protoc-gen-mypy_grpc"
 python3 -m grpc_tools.protoc -Iproto --python_out="$out" --grpc_python_out="$out" --pyi_out="$out" \
+    --plugin=protoc-gen-mypy_grpc="$plugin" --mypy_grpc_out="$out" \
     switchyard/v1/broker.proto
 if [ "${1:-}" = "--check" ]; then
-    for f in broker_pb2.py broker_pb2_grpc.py broker_pb2.pyi; do
+    for f in broker_pb2.py broker_pb2_grpc.py broker_pb2.pyi broker_pb2_grpc.pyi; do
         if ! cmp -s "$out/switchyard/v1/$f" "clients/python/switchyard/v1/$f"; then
             echo "clients/python/switchyard/v1/$f is stale: run scripts/gen-python-stubs.sh" >&2
             exit 1

@@ -77,7 +77,7 @@ class Client:
         self._socket = socket or default_socket()
         self._client_name = client_name or " ".join(sys.argv)[:200] or "python"
         self._channel: Optional[grpc.aio.Channel] = None
-        self._stub_: Optional[rpc.BrokerStub] = None
+        self._stub_: Optional[rpc.BrokerAsyncStub] = None
         self._session_id: Optional[str] = None
         self._attach: Any = None
         self._attach_task: Optional["asyncio.Task[None]"] = None
@@ -109,10 +109,10 @@ class Client:
             attach = stub.Attach(pb.AttachRequest(session_id=reply.session_id))
             first = await attach.read()
         except grpc.RpcError as err:
-            await channel.close()
+            await channel.close(None)
             raise from_rpc(err, self._socket) from None
-        if first is grpc.aio.EOF or first.WhichOneof("event") != "attached":
-            await channel.close()
+        if not isinstance(first, pb.SessionEvent) or first.WhichOneof("event") != "attached":
+            await channel.close(None)
             raise SwitchyardError("the broker did not attach the session")
         self._channel, self._stub_, self._attach = channel, stub, attach
         self._session_id = reply.session_id
@@ -142,7 +142,7 @@ class Client:
         if self._attach_task is not None:
             await asyncio.gather(self._attach_task, return_exceptions=True)
             self._attach_task = None
-        await self._channel.close()
+        await self._channel.close(None)
 
     @property
     def session_id(self) -> str:
@@ -154,7 +154,7 @@ class Client:
         return self._session_id
 
     @property
-    def _stub(self) -> rpc.BrokerStub:
+    def _stub(self) -> rpc.BrokerAsyncStub:
         self._guard.check()
         if self._stub_ is None or self._session_id is None:
             raise SwitchyardError(
@@ -403,7 +403,7 @@ class ExecRequest:
         self._task = asyncio.get_running_loop().create_task(self._run(service._client._stub,
                                                                       request))
 
-    async def _run(self, stub: rpc.BrokerStub, request: pb.ExecRequest) -> None:
+    async def _run(self, stub: rpc.BrokerAsyncStub, request: pb.ExecRequest) -> None:
         try:
             async for event in stub.Exec(request):
                 result = self._collector.feed(event)

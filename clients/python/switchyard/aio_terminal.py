@@ -46,7 +46,7 @@ class AsyncTerminal:
         self._task = asyncio.get_running_loop().create_task(self._read_events())
 
     @classmethod
-    async def open(cls, stub: rpc.BrokerStub, ref: pb.ServiceRef, device: str, cols: int,
+    async def open(cls, stub: rpc.BrokerAsyncStub, ref: pb.ServiceRef, device: str, cols: int,
                    rows: int, timeout: float,
                    convert: Callable[[grpc.RpcError], SwitchyardError]) -> "AsyncTerminal":
         """Opens the shell; raises when it is not open within ``timeout`` s."""
