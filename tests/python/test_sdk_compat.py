@@ -93,3 +93,14 @@ def test_fastapi_lifespan_script(broker, service):
         app.terminate()
         app.wait(timeout=30)
         listener.close()
+
+
+def test_module_functions_use_the_context_client(demo):
+    from switchyard.compat.radkit.sync import SwitchyardError, create_context, service_integrated
+
+    with pytest.raises(SwitchyardError, match="create_context"):
+        service_integrated()
+    with create_context(demo["SWITCHYARD_SOCKET"]) as client:
+        service = service_integrated(demo["SWITCHYARD_ADMIN_PASSWORD"], demo["SWITCHYARD_DB"])
+        assert "inproc-1" in service.inventory
+        assert client.status().sessions

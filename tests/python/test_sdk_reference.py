@@ -95,6 +95,7 @@ def test_set_operations_and_singleton(svc):
     ios = inv.filter("device_type", "^IOS")
     assert sorted(core | edge) == sorted(core.union(edge)) == sorted(inv)
     assert sorted(core & ios) == sorted(core.intersection(ios)) == ["core-1", "core-2"]
+    assert sorted(ios & edge) == sorted(ios.intersection(edge)) == ["edge-1"]
     assert sorted(ios - core) == sorted(ios.difference(core)) == ["edge-1"]
     assert sorted(ios ^ edge) == sorted(ios.symmetric_difference(edge)) == [
         "core-1", "core-2", "dead-1"]

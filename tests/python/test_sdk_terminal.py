@@ -4,6 +4,7 @@ attach_socket()."""
 
 import asyncio
 import os
+import time
 
 import pytest
 
@@ -12,6 +13,14 @@ from switchyard.aio import Client as AsyncClient
 from switchyard.sync import Client
 
 PROMPT = rb"#\s*$"
+
+
+def wait_for_buffered(term, marker, timeout=30):
+    """Polls (bounded) until the terminal's unread output holds `marker`."""
+    deadline = time.monotonic() + timeout
+    while marker not in term._buffer:
+        assert time.monotonic() < deadline, f"{marker!r} never arrived"
+        time.sleep(0.01)
 
 
 def integrated(client, demo):
@@ -29,6 +38,10 @@ def test_terminal_reads_writes_and_closes(demo, device):
             clock = term.exec("show clock", timeout=30)
             assert b"UTC" in clock and b"show clock" not in clock and b"#" not in clock
             version = term.exec("show version", timeout=30)
+            term.write("show clock\r")
+            wait_for_buffered(term, b"#")
+            assert term.read(4, timeout=30) == b"show"
+            assert b"UTC" in term.readuntil_regex(PROMPT, timeout=30)
             assert f"{device} uptime".encode() in version
             term.write("show ip interface brief\r")
             assert term.readline(timeout=30).strip() == b"show ip interface brief"
@@ -65,10 +78,13 @@ def test_pexpect_through_attach_socket(demo):
     from pexpect import fdpexpect
     with Client.create(socket=demo["SWITCHYARD_SOCKET"]) as client:
         with integrated(client, demo).inventory["sim-001"].terminal() as term:
+            # Output that arrived before attaching is handed over too.
+            term.readuntil_regex(PROMPT, timeout=30)
+            term.write("show clock\r")
+            term.readuntil(b"show clock", timeout=30)
+            wait_for_buffered(term, b"#")
             conn = term.attach_socket()
             child = fdpexpect.fdspawn(conn.fileno(), timeout=30)
-            child.expect(r"sim-001#")
-            child.send("show clock\r")
             child.expect("UTC")
             child.expect(r"sim-001#")
             child.send("show version\r")
