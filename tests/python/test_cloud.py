@@ -256,3 +256,29 @@ def test_reference_cloud_scripts_with_only_the_import_changed(cloud):
     out = run_script([sys.executable, REF_SCRIPTS / "cloud_direct_sso.py"], env)
     assert out.returncode == 0, out.stderr
     assert "core-1" in out.stdout and "open" not in out.stderr
+
+
+def test_login_errors_have_their_own_classes(cloud):
+    """An expired token raises ExpiredError; a forged one
+    WrongCredentialsError; a relay that does not answer UnreachableError."""
+    import time
+
+    from switchyard import ExpiredError, UnreachableError, WrongCredentialsError
+
+    state = str(Path(cloud["ca"]).parent)
+    short = run("relay", "token", "issue", ALICE, "--state", state, "--lifetime", "1s").stdout.strip()
+    with Client.create(socket=cloud["sock"]) as client:
+        with pytest.raises(WrongCredentialsError) as err:
+            client.access_token_login(cloud["token"][:-4] + "AAAA")
+        assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+        deadline = time.monotonic() + 30
+        while True:  # the token expires one second after it was issued
+            try:
+                client.access_token_login(short)
+            except ExpiredError as e:
+                assert "expired" in str(e).lower()
+                break
+            assert time.monotonic() < deadline, "a 1 s token still logged in after 30 s"
+            time.sleep(0.2)
+        with pytest.raises(UnreachableError):
+            client.access_token_login(cloud["token"], relay_url="https://127.0.0.1:1")
