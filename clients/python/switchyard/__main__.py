@@ -1,0 +1,7 @@
+"""``python -m switchyard``: the interactive prompt (see ``switchyard.repl``)."""
+
+import sys
+
+from .repl import main
+
+sys.exit(main())
