@@ -2,6 +2,7 @@
 stubs generated from proto/ with grpcio-tools."""
 
 import json
+import socket as sock
 import os
 import queue
 import signal
@@ -145,6 +146,44 @@ def demo(tmp_path_factory):
         db = str(Path(socket_path).parent / "inventory.db")
         yield dict(env, SWITCHYARD_SOCKET=socket_path, SWITCHYARD_DB=db,
                    SWITCHYARD_ADMIN_PASSWORD="switchyard-demo")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def closed_port():
+    """A loopback port nothing listens on."""
+    s = sock.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A service with three simulated devices and one (dead-1) whose SSH
+    port refuses connections, so it fails as a whole."""
+    d = tmp_path_factory.mktemp("lab")
+    (d / "admin").write_text(ADMIN_PW + "\n")
+    (d / "alice").write_text(ALICE_PW + "\n")
+    admin = ["--db", str(d / "inv.db"), "--admin-password-file", str(d / "admin")]
+    run("service", *admin, "init")
+    for name, kind in (("core-1", "IOS-XE"), ("core-2", "IOS-XE"), ("edge-1", "IOS")):
+        run("service", *admin, "device", "add", name, "--driver", "simulator",
+            "--device-type", kind, "--attr", f"role={name.split('-')[0]}")
+    run("service", *admin, "device", "add", "dead-1", "--host", "127.0.0.1",
+        "--port", str(closed_port()), "--username", "nobody", "--password-file", str(d / "alice"),
+        "--device-type", "LINUX", "--attr", "role=edge")
+    run("service", *admin, "user", "add", "alice", "--password-file", str(d / "alice"))
+    proc = subprocess.Popen(
+        [BIN, "service", *admin, "run", "--listen", "127.0.0.1:0", "--name", "py-lab"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        ready = json.loads(read_line(proc, proc.stdout, "rpc_addr"))
+        host, port = ready["rpc_addr"].rsplit(":", 1)
+        yield {"host": host, "port": int(port), "fingerprint": ready["fingerprint"]}
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Generic, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Dict, Generic, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from .errors import ClientForkedError, ExecError, NotAvailableError, UnknownDevicesError
 from .v1 import broker_pb2 as pb
@@ -134,6 +134,34 @@ def overall(statuses: Iterable[ExecStatus]) -> ExecStatus:
 # -- inventory -------------------------------------------------------------
 
 
+class DeviceAttributes(Dict[str, str]):
+    """A device's free-form attributes (a dict), with the reference
+    client's views: ``internal`` (the inventory's fields and the
+    attributes), ``metadata`` (the attributes) and ``ephemeral`` (always
+    empty: the broker keeps none)."""
+
+    def __init__(self, fields: Mapping[str, str], attributes: Mapping[str, str]) -> None:
+        super().__init__(attributes)
+        self._fields = dict(fields)
+
+    @property
+    def internal(self) -> Dict[str, str]:
+        """The device's name, host, port and device_type, then its attributes."""
+        merged = dict(self._fields)
+        merged.update(self)
+        return merged
+
+    @property
+    def metadata(self) -> Dict[str, str]:
+        """The free-form attributes."""
+        return dict(self)
+
+    @property
+    def ephemeral(self) -> Dict[str, str]:
+        """Empty: the broker keeps no per-session attributes."""
+        return {}
+
+
 class DeviceInfo:
     """One device of a service's inventory: ``name``, ``host``, ``port``,
     ``device_type`` and free-form ``attributes``."""
@@ -143,7 +171,10 @@ class DeviceInfo:
         self.host: str = d.host
         self.port: int = d.port
         self.device_type: str = d.device_type
-        self.attributes: dict[str, str] = dict(d.attributes)
+        self.attributes = DeviceAttributes(
+            {"name": d.name, "host": d.host, "port": str(d.port), "device_type": d.device_type},
+            d.attributes,
+        )
 
     def __repr__(self) -> str:
         return f"<Device {self.name} {self.device_type} {self.host}:{self.port}>"
@@ -428,14 +459,22 @@ class ExecCollector:
 
 
 def exec_request(ref: pb.ServiceRef, devices: Sequence[str], commands: Sequence[str],
-                 timeout: Optional[float], reset_before: bool, reset_after: bool) -> pb.ExecRequest:
+                 timeout: Optional[float], reset_before: bool, reset_after: bool,
+                 sudo: bool = False) -> pb.ExecRequest:
     """Builds an ExecRequest. ``timeout`` is per command, in seconds (None
     or 0: the service's default). ``reset_before``/``reset_after`` are
     honoured by construction: every exec runs in a fresh session on the
     device (a new shell per command over SSH, a fresh CLI state on the
     simulator), so no state left by an earlier exec is seen and none is
-    left behind."""
+    left behind. ``sudo`` (run with raised privileges) raises
+    ``NotAvailableError``: device credentials are the service's, and the
+    broker has no way to ask for more."""
     del reset_before, reset_after  # always true of the broker's exec; see above
+    if sudo:
+        raise NotAvailableError(
+            "sudo=True: Switchyard runs commands with the device account the service holds; "
+            "it cannot raise privileges (put the privileged command in the command itself)"
+        )
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds, not {timeout}")
     return pb.ExecRequest(

@@ -348,8 +348,8 @@ class Service:
         self._closed = True
 
     def _exec(self, devices: Sequence[str], commands: Commands, timeout: Optional[float],
-              reset_before: bool, reset_after: bool) -> "ExecRequest":
-        return ExecRequest(self, devices, commands, timeout, reset_before, reset_after)
+              reset_before: bool, reset_after: bool, sudo: bool = False) -> "ExecRequest":
+        return ExecRequest(self, devices, commands, timeout, reset_before, reset_after, sudo)
 
 
 class Device(DeviceInfo):
@@ -360,9 +360,11 @@ class Device(DeviceInfo):
         self._service = service
 
     async def exec(self, commands: Commands, timeout: Optional[float] = None,
-                   reset_before: bool = False, reset_after: bool = False) -> "ExecRequest":
+                   reset_before: bool = False, reset_after: bool = False,
+             sudo: bool = False) -> "ExecRequest":
         """As ``switchyard.sync.Device.exec``; returns the started request."""
-        return self._service._exec([self.name], commands, timeout, reset_before, reset_after)
+        return self._service._exec([self.name], commands, timeout, reset_before, reset_after,
+                                  sudo)
 
     async def terminal(self, cols: int = 80, rows: int = 24, timeout: float = 30.0) -> AsyncTerminal:
         """An interactive shell on the device; ``async with await
@@ -380,12 +382,14 @@ class Inventory(DeviceSet[Device]):
     coroutine returning the started request."""
 
     async def exec(self, commands: Commands, timeout: Optional[float] = None,
-                   reset_before: bool = False, reset_after: bool = False) -> "ExecRequest":
+                   reset_before: bool = False, reset_after: bool = False,
+             sudo: bool = False) -> "ExecRequest":
         """As ``switchyard.sync.Inventory.exec``."""
         if not self._devices:
             raise ValueError("exec on an empty set of devices")
         service = next(iter(self._devices.values()))._service
-        return service._exec(list(self._devices), commands, timeout, reset_before, reset_after)
+        return service._exec(list(self._devices), commands, timeout, reset_before, reset_after,
+                             sudo)
 
 
 class ExecRequest:
@@ -394,10 +398,11 @@ class ExecRequest:
     ``status`` as in ``switchyard.sync.ExecRequest``."""
 
     def __init__(self, service: Service, devices: Sequence[str], commands: Commands,
-                 timeout: Optional[float], reset_before: bool, reset_after: bool) -> None:
+                 timeout: Optional[float], reset_before: bool, reset_after: bool,
+                 sudo: bool = False) -> None:
         self._collector = ExecCollector(devices, command_list(commands))
         request = exec_request(service._ref(), devices, self._collector.commands, timeout,
-                               reset_before, reset_after)
+                               reset_before, reset_after, sudo)
         self._service = service
         self._error: Optional[SwitchyardError] = None
         self._task = asyncio.get_running_loop().create_task(self._run(service._client._stub,

@@ -448,8 +448,10 @@ class Service:
         self._closed = True
 
     def _exec(self, devices: Sequence[str], commands: Commands, timeout: Optional[float] = None,
-              reset_before: bool = False, reset_after: bool = False) -> "ExecRequest":
-        return ExecRequest(self, list(devices), commands, timeout, reset_before, reset_after)
+              reset_before: bool = False, reset_after: bool = False,
+              sudo: bool = False) -> "ExecRequest":
+        return ExecRequest(self, list(devices), commands, timeout, reset_before, reset_after,
+                           sudo)
 
 
 class Device(DeviceInfo):
@@ -460,9 +462,11 @@ class Device(DeviceInfo):
         self._service = service
 
     def exec(self, commands: Commands, timeout: Optional[float] = None,
-             reset_before: bool = False, reset_after: bool = False) -> "ExecRequest":
+             reset_before: bool = False, reset_after: bool = False,
+             sudo: bool = False) -> "ExecRequest":
         """Runs one command or a list on this device; see ``Inventory.exec``."""
-        return self._service._exec([self.name], commands, timeout, reset_before, reset_after)
+        return self._service._exec([self.name], commands, timeout, reset_before, reset_after,
+                                  sudo)
 
     def terminal(self, cols: int = 80, rows: int = 24, timeout: float = 30.0) -> Terminal:
         """An interactive shell on the device (a ``Terminal``; use it as a
@@ -481,16 +485,19 @@ class Inventory(DeviceSet[Device]):
     operations, ``exclude_failed``, ``singleton`` and ``exec``."""
 
     def exec(self, commands: Commands, timeout: Optional[float] = None,
-             reset_before: bool = False, reset_after: bool = False) -> "ExecRequest":
+             reset_before: bool = False, reset_after: bool = False,
+             sudo: bool = False) -> "ExecRequest":
         """Runs one command (results keyed by device) or a list (keyed by
         device, then command) on every device of this set, concurrently.
         ``timeout`` is per command in seconds (None: the service's
         default). ``reset_before``/``reset_after`` always hold: every exec
-        runs in a fresh session on the device. Returns at once."""
+        runs in a fresh session on the device; ``sudo=True`` raises
+        ``NotAvailableError``. Returns at once."""
         if not self._devices:
             raise ValueError("exec on an empty set of devices")
         service = next(iter(self._devices.values()))._service
-        return service._exec(list(self._devices), commands, timeout, reset_before, reset_after)
+        return service._exec(list(self._devices), commands, timeout, reset_before, reset_after,
+                             sudo)
 
 
 class ExecRequest:
@@ -504,10 +511,10 @@ class ExecRequest:
 
     def __init__(self, service: Service, devices: Sequence[str], commands: Commands,
                  timeout: Optional[float], reset_before: bool = False,
-                 reset_after: bool = False) -> None:
+                 reset_after: bool = False, sudo: bool = False) -> None:
         self._collector = ExecCollector(devices, command_list(commands))
         request = exec_request(service._ref(), devices, self._collector.commands, timeout,
-                               reset_before, reset_after)
+                               reset_before, reset_after, sudo)
         self._service = service
         self._error: Optional[SwitchyardError] = None
         self._done = threading.Event()

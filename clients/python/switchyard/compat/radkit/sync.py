@@ -9,6 +9,8 @@ inventory class. Arguments Switchyard cannot honour (``rpc_url``, ``proxy``,
 something else.
 """
 
+from types import SimpleNamespace
+
 from ...errors import (
     ClientForkedError,
     ExecError,
@@ -50,6 +52,17 @@ from ...sync import (
     sso_login,
 )
 
+#: The reference's base class of client errors (``except ClientError``).
+ClientError = SwitchyardError
+#: The reference's ``sync.exceptions`` module, as a namespace:
+#: ``sync.exceptions.ClientError`` and the Switchyard error classes.
+exceptions = SimpleNamespace(
+    ClientError=SwitchyardError, SwitchyardError=SwitchyardError, ExecError=ExecError,
+    LoginError=LoginError, WrongCredentialsError=WrongCredentialsError,
+    UnreachableError=UnreachableError, ExpiredError=ExpiredError,
+    NotAvailableError=NotAvailableError, UnknownDevicesError=UnknownDevicesError,
+)
+
 #: The reference's name for a service's inventory (a dict of devices).
 DeviceDict = Inventory
 #: The reference's name for a terminal connection.
@@ -63,7 +76,7 @@ __all__ = [
     "access_token_login", "certificate_login", "create_context", "get_client", "logout",
     "service", "service_cloud", "service_direct", "service_direct_with_sso",
     "service_integrated", "sso_login",
-    "ClientForkedError", "ExecError", "ExpiredError", "LoginError", "NotAvailableError",
+    "ClientError", "exceptions", "ClientForkedError", "ExecError", "ExpiredError", "LoginError", "NotAvailableError",
     "SwitchyardError", "TerminalClosedError", "UnknownDevicesError", "UnreachableError",
     "WrongCredentialsError",
 ]
