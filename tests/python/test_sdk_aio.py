@@ -12,12 +12,13 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
 
 from conftest import ALICE_PW, ROOT
 from test_sdk import broker_status, env_for
 
-from switchyard import UnknownDevicesError, WrongCredentialsError
+from switchyard import SwitchyardError, UnknownDevicesError, WrongCredentialsError
 from switchyard.aio import FAILURE, SUCCESS, Client
 
 
@@ -81,10 +82,12 @@ def test_async_shape_and_errors(broker, service):
             assert request.result["edge-1"]["show nope"].status == FAILURE
             assert await svc.get_status() == "READY"
             assert await svc.ping(timeout=10) >= 0
-            ghost = svc._exec(["ghost"], "show clock", None, False, False)
-            with pytest.raises(Exception):
-                await ghost.wait(30)
-            assert ghost.full_result["ghost"].status == FAILURE
+            # Over the link's 1 MiB message limit: the request fails as a whole.
+            huge = await inv["core-1"].exec("show " + "x" * (2 * 1024 * 1024))
+            with pytest.raises(SwitchyardError) as err:
+                await huge.wait(30)
+            assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert huge.full_result["core-1"].status == FAILURE
 
     run(main())
 

@@ -39,3 +39,22 @@ def test_mypy_strict_on_the_package_and_examples():
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Success" in out.stdout
+
+
+def test_wheel_builds_with_types_and_every_subpackage(tmp_path):
+    """pip builds a wheel (in this venv, as on a stock Debian Python) that
+    carries py.typed, the stubs' .pyi files and the compat package."""
+    import zipfile
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(ROOT / "clients" / "python")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    [wheel] = tmp_path.glob("switchyard-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for want in ("switchyard/py.typed", "switchyard/v1/broker_pb2.pyi",
+                 "switchyard/v1/broker_pb2_grpc.pyi", "switchyard/aio.py",
+                 "switchyard/compat/radkit/sync.py", "switchyard/__main__.py"):
+        assert want in names, f"{want} missing from {wheel.name}"

@@ -106,14 +106,19 @@ def test_partial_success_and_exclude_failed(svc):
 def test_wait_with_a_timeout_and_full_result_of_a_failed_request(svc):
     req = svc.inventory["core-1"].exec("show clock")
     assert req.wait(timeout=30).status == SUCCESS
-    # A request that fails as a whole: result raises, full_result lists it.
-    ghost = svc._exec(["ghost"], "show clock").wait
-    with pytest.raises(SwitchyardError):
-        ghost(30)
-    failed = svc._exec(["ghost"], "show clock")
+    # A request that fails as a whole (over the link's 1 MiB message limit,
+    # so nothing is sent): result raises, full_result lists every device.
+    huge = "show " + "x" * (2 * 1024 * 1024)
+    failed = svc.inventory.subset(["core-1", "core-2"]).exec(huge)
+    with pytest.raises(SwitchyardError) as err:
+        failed.wait(30)
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert failed.status == FAILURE
     full = failed.full_result
-    assert full.status == FAILURE and full["ghost"].status == FAILURE
-    assert full["ghost"].status_message
+    assert full.status == FAILURE and sorted(full) == ["core-1", "core-2"]
+    assert full["core-2"].status == FAILURE and full["core-2"].status_message
+    with pytest.raises(SwitchyardError):
+        failed.result
 
 
 def test_service_attributes(svc):
