@@ -13,6 +13,10 @@ fi
 # from mypy-protobuf's plugin, installed beside this Python (pinned in
 # tests/python/requirements.txt).
 plugin="$(python3 -c 'import os, sys; print(os.path.dirname(sys.executable))')/protoc-gen-mypy_grpc"
+if [ ! -x "$plugin" ]; then
+    echo "$plugin is missing: run this with the Python of the test venv (pip install -r tests/python/requirements.txt)" >&2
+    exit 1
+fi
 python3 -m grpc_tools.protoc -Iproto --python_out="$out" --grpc_python_out="$out" --pyi_out="$out" \
     --plugin=protoc-gen-mypy_grpc="$plugin" --mypy_grpc_out="$out" \
     switchyard/v1/broker.proto
