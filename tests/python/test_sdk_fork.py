@@ -32,12 +32,22 @@ def child(parent_client, parent_service):
     except ClientForkedError:
         pass
     parent_client.close()  # only forgets it: the parent's session stays
-    # A client of the child's own works.
-    with Client.create(client_name="forked child") as mine:
-        svc = mine.service_direct("alice", PW, HOST, PORT)
-        out = svc.inventory["core-2"].exec("show clock").wait(30).result["core-2"].data
-        return 0 if "UTC" in out else 6
+    try:
+        parent_client.status()
+        return 7
+    except ClientForkedError:
+        pass
+    # A client of the child's own works, and so does one made before the
+    # fork but opened here, and the inherited one opened again.
+    for mine in (Client.create(client_name="forked child"), unopened, parent_client):
+        with mine:
+            svc = mine.service_direct("alice", PW, HOST, PORT)
+            out = svc.inventory["core-2"].exec("show clock").wait(30).result["core-2"].data
+            if "UTC" not in out:
+                return 6
+    return 0
 
+unopened = Client.create(client_name="made before fork")
 with Client.create(client_name="fork parent") as client:
     service = client.service_direct("alice", PW, HOST, PORT)
     for i in range(ROUNDS):

@@ -82,6 +82,7 @@ class Client:
         self._attach: Any = None
         self._attach_task: Optional["asyncio.Task[None]"] = None
         self._guard = ForkGuard()
+        self._inherited: list[object] = []
 
     @classmethod
     def create(cls, socket: Optional[str] = None, client_name: Optional[str] = None) -> "Client":
@@ -96,8 +97,10 @@ class Client:
         await self.close()
 
     async def open(self) -> None:
-        """Opens the broker session (``async with`` does this)."""
-        self._guard.check()
+        """Opens the broker session (``async with`` does this); in a forked
+        child, a new session of the child's own."""
+        if self._guard.forked():
+            self._forget_inherited()
         if self._session_id is not None:
             return
         self._guard = ForkGuard()
@@ -128,11 +131,12 @@ class Client:
     async def close(self) -> None:
         """Ends the session; the broker releases its links and work. In a
         forked child, only forgets the client."""
+        if self._guard.forked():
+            self._forget_inherited()
+            return
         if self._session_id is None:
             return
         session, self._session_id = self._session_id, None
-        if self._guard.forked():
-            return
         assert self._stub_ is not None and self._channel is not None
         try:
             await self._stub_.CloseSession(pb.CloseSessionRequest(session_id=session), timeout=10)
@@ -143,6 +147,12 @@ class Client:
             await asyncio.gather(self._attach_task, return_exceptions=True)
             self._attach_task = None
         await self._channel.close(None)
+
+    def _forget_inherited(self) -> None:
+        """As ``switchyard.sync.Client._forget_inherited``."""
+        self._inherited.append((self._channel, self._stub_, self._attach, self._attach_task))
+        self._channel, self._stub_, self._attach, self._attach_task = None, None, None, None
+        self._session_id = None
 
     @property
     def session_id(self) -> str:

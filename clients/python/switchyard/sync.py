@@ -93,6 +93,7 @@ class Client:
         self._attach_thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
         self._guard = ForkGuard()
+        self._inherited: list[object] = []
 
     @classmethod
     def create(cls, socket: Optional[str] = None, client_name: Optional[str] = None) -> "Client":
@@ -110,9 +111,12 @@ class Client:
 
     def open(self) -> None:
         """Opens the broker session (``with`` does this). Raises
-        ``BrokerNotRunningError`` when no broker answers on the socket."""
+        ``BrokerNotRunningError`` when no broker answers on the socket. In a
+        process forked after the client opened, opens a new session of the
+        child's own (the parent's is left alone)."""
+        if self._guard.forked():
+            self._forget_inherited()
         with self._lock:
-            self._guard.check()
             if self._session_id is not None:
                 return
             self._guard = ForkGuard()
@@ -151,11 +155,11 @@ class Client:
         """Ends the session; the broker releases its links and work. In a
         process forked after the client opened, only forgets the client:
         the parent's session is the parent's to end."""
+        if self._guard.forked():
+            self._forget_inherited()
+            return
         with self._lock:
             if self._session_id is None:
-                return
-            if self._guard.forked():
-                self._session_id = None
                 return
             try:
                 assert self._stub_ is not None
@@ -175,6 +179,18 @@ class Client:
             if self._channel is not None:
                 self._channel.close()
             self._session_id = None
+
+    def _forget_inherited(self) -> None:
+        """In a forked child: drops the parent's session without touching
+        gRPC. The parent's objects are kept referenced (finalising a gRPC
+        channel inherited across fork() is not safe), and the lock is new
+        (a parent thread may have held the old one at the fork). Later
+        calls still raise ``ClientForkedError`` until ``open()``."""
+        self._inherited.append((self._channel, self._stub_, self._attach, self._lock))
+        self._lock = threading.Lock()
+        self._channel, self._stub_, self._attach = None, None, None
+        self._attach_thread = None
+        self._session_id = None
 
     @property
     def session_id(self) -> str:
