@@ -16,6 +16,9 @@ import os as _os
 # imports grpc; an application can still choose otherwise by exporting them.
 _os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "1")
 _os.environ.setdefault("GRPC_POLL_STRATEGY", "poll")
+# With fork support on, gRPC logs informational lines about every fork() on
+# stderr ("FD from fork parent still in poll list"); errors still show.
+_os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from .errors import (  # noqa: E402 - after the environment above
     BrokerNotRunningError,
