@@ -3,12 +3,12 @@ devices: the sync and asyncio terminals, and pexpect through
 attach_socket()."""
 
 import asyncio
-import os
 import time
 
+import grpc
 import pytest
 
-from switchyard import TerminalClosedError
+from switchyard import SwitchyardError, TerminalClosedError
 from switchyard.aio import Client as AsyncClient
 from switchyard.sync import Client
 
@@ -116,7 +116,7 @@ def test_terminal_on_unknown_device_is_a_clear_error(demo):
         service = integrated(client, demo)
         device = service.inventory["sim-001"]
         device.name = "nosuch"
-        with pytest.raises(Exception) as err:
+        with pytest.raises(SwitchyardError) as err:
             device.terminal(timeout=30)
         assert "nosuch" in str(err.value)
-    assert os.environ.get("SWITCHYARD_SOCKET") != demo["SWITCHYARD_SOCKET"]
+        assert err.value.code == grpc.StatusCode.NOT_FOUND
