@@ -120,3 +120,18 @@ def test_terminal_on_unknown_device_is_a_clear_error(demo):
             device.terminal(timeout=30)
         assert "nosuch" in str(err.value)
         assert err.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_closing_the_client_ends_its_open_terminal(demo):
+    """A client closed while its terminal is open ends the terminal (the
+    broker cancels the session's calls), and the read says so."""
+    with Client.create(socket=demo["SWITCHYARD_SOCKET"]) as client:
+        term = integrated(client, demo).inventory["sim-001"].terminal()
+        term.readuntil_regex(PROMPT, timeout=30)
+    deadline = time.monotonic() + 10
+    while not term.closed:
+        assert time.monotonic() < deadline, "the terminal outlived its client"
+        time.sleep(0.01)
+    assert term.read(timeout=5) == b""
+    with pytest.raises(TerminalClosedError):
+        term.write("show clock\r")
