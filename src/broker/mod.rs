@@ -95,8 +95,23 @@ pub async fn run(
     health_reporter
         .set_serving::<BrokerServer<FrontDoor>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+    // Reflection lists every service the socket serves (the broker API,
+    // grpc.health.v1.Health, both reflection versions) in both protocol
+    // versions: grpcurl and IDE clients older than v1 ask v1alpha only.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+            .include_reflection_service(false)
+    };
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| BrokerStartError::Reflection(e.to_string()))?;
+    let reflection = reflection()
         .build_v1()
         .map_err(|e| BrokerStartError::Reflection(e.to_string()))?;
 
@@ -118,6 +133,7 @@ pub async fn run(
     let server = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(BrokerServer::new(front_door))
         .serve_with_incoming_shutdown(incoming, stop_serving.clone().cancelled_owned());
     let server = tokio::spawn(server);
