@@ -204,15 +204,18 @@ mod tests {
     fn a_full_table_forgets_idle_keys_but_never_a_limited_one() {
         let t0 = Instant::now();
         let mut budget = KeyedBudget::new(1, Duration::from_secs(10), 2);
+        let t5 = t0 + Duration::from_secs(5);
         assert!(budget.try_take(&1, t0));
-        assert!(budget.try_take(&2, t0));
+        assert!(budget.try_take(&2, t5));
         // Both are limited: a third key is refused, neither is evicted.
-        assert!(!budget.try_take(&3, t0));
-        assert!(!budget.try_take(&1, t0));
-        // Once key 1 has refilled it is forgotten to make room.
-        let later = t0 + Duration::from_secs(10);
-        assert!(budget.try_take(&3, later));
+        assert!(!budget.try_take(&3, t5));
+        assert!(!budget.try_take(&1, t5));
+        // Once key 1 has refilled it is forgotten to make room; key 2,
+        // still limited, is kept.
+        let t10 = t0 + Duration::from_secs(10);
+        assert!(budget.try_take(&3, t10));
         assert_eq!(budget.len(), 2);
+        assert!(!budget.try_take(&2, t10));
     }
 
     #[test]
