@@ -17,6 +17,7 @@ use switchyard::relay::http::HttpLimits;
 use switchyard::relay::live::REVOCATION_BOUND;
 use switchyard::relay::quic::PreloginLimits;
 use switchyard::relay::unix_now;
+use switchyard::service::relay_agent::AgentState;
 use switchyard::wire::pin::Fingerprint;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
@@ -235,12 +236,17 @@ async fn an_administrator_transfer_moves_a_serial_and_is_recorded() {
         .await
         .unwrap();
     // alice's old certificate for SN-T was revoked: the relay ends its
-    // connection.
+    // connection and refuses it when it tries again.
     within(
-        (REVOCATION_BOUND + SLACK).as_secs(),
-        "the displaced service's connection ends",
+        (REVOCATION_BOUND + SLACK).as_secs() + 10,
+        "the displaced service is refused",
         async {
-            while alice_svc.online() {
+            loop {
+                if let AgentState::Retrying(why) = alice_svc.agent_state()
+                    && why.contains("revoked")
+                {
+                    return;
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         },

@@ -232,8 +232,12 @@ mod tests {
         // Another user from the same address still may try.
         limiter.begin(a, "bob@x", t0).unwrap();
         limiter.succeeded(a, "bob@x");
-        // The success gave back only its own attempt.
+        // The success gave back only its own attempt: a has five left.
         assert_eq!(limiter.begin(a, "alice@x", t0), Err(Limited::User));
+        for n in 0..5 {
+            limiter.begin(a, &format!("v{n}@x"), t0).unwrap();
+        }
+        assert_eq!(limiter.begin(a, "w@x", t0), Err(Limited::Address));
         // The refused attempt from b cost b nothing: ten more from b.
         for n in 0..10 {
             limiter.begin(b, &format!("u{n}@x"), t0).unwrap();

@@ -348,6 +348,11 @@ impl CloudService {
     }
 
     /// Whether the relay agent is connected now.
+    /// The relay agent's state now.
+    pub fn agent_state(&self) -> switchyard::service::relay_agent::AgentState {
+        self.agent.as_ref().unwrap().state()
+    }
+
     pub fn online(&self) -> bool {
         self.agent.as_ref().unwrap().state() == switchyard::service::relay_agent::AgentState::Online
     }
