@@ -550,6 +550,15 @@ struct DecideForm {
     decision: String,
 }
 
+/// Logs and counts a failed sign-in. The email is the stranger's: it is
+/// Debug-quoted (control characters escaped, so it cannot forge log
+/// lines), capped by the form's field caps, and logged at info, since
+/// anyone can cause it.
+fn log_failed_sign_in(client: IpAddr, email: &str) {
+    metrics::counter!("switchyard_relay_sso_sign_in_failures_total").increment(1);
+    info!(%client, email = ?email, "approval page: sign-in failed");
+}
+
 fn sign_in_failed(status: StatusCode, text: &str) -> Response {
     (
         status,
@@ -607,10 +616,7 @@ async fn device_decide(
             .unwrap_or_else(|p| p.into_inner())
             .succeeded(client, &email),
         Ok(false) => {
-            metrics::counter!("switchyard_relay_sso_sign_in_failures_total").increment(1);
-            // Attacker-supplied: Debug-quoted, so control characters are
-            // escaped; capped above; info, since anyone can cause it.
-            info!(%client, email = ?email, "approval page: sign-in failed");
+            log_failed_sign_in(client, &email);
             return sign_in_failed(StatusCode::UNAUTHORIZED, "Wrong email or password.");
         }
         Err(e) => {
@@ -757,6 +763,40 @@ mod tests {
         let debug = format!("{form:?}");
         assert!(!debug.contains("hunter2-plaintext"), "{debug}");
         assert!(debug.contains("BCDF-GHJK"), "{debug}");
+    }
+
+    /// A `MakeWriter` into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_strangers_email_is_logged_escaped_at_info() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        let forged = "x@y\n2026-01-01T00:00:00Z  INFO device grant decided email=admin\u{1b}[2J";
+        tracing::subscriber::with_default(subscriber, || {
+            log_failed_sign_in("192.0.2.7".parse().unwrap(), forged);
+        });
+        let out = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(!out.contains('\u{1b}'), "{out:?}");
+        assert!(out.contains(r"x@y\n2026"), "{out}");
+        assert!(out.contains(" INFO "), "{out}");
     }
 
     #[test]
