@@ -401,11 +401,11 @@ async fn token(State(core): State<Arc<RelayCore>>, Form(form): Form<TokenForm>) 
                     "device_code is required",
                 );
             };
-            let polled = core
-                .grants
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .poll(&device_code, Instant::now());
+            let (polled, pending) = {
+                let mut grants = core.grants.lock().unwrap_or_else(|p| p.into_inner());
+                (grants.poll(&device_code, Instant::now()), grants.pending())
+            };
+            metrics::gauge!("switchyard_relay_device_grants_pending").set(pending as f64);
             match polled {
                 Ok(email) => email,
                 Err(e) => {
