@@ -875,6 +875,7 @@ async fn silent_and_excess_https_clients_are_cut_off() {
         c.http_limits = HttpLimits {
             max_connections: 1,
             header_timeout: Duration::from_millis(300),
+            ..Default::default()
         }
     })
     .await;

@@ -82,6 +82,9 @@ pub enum EnrollCommand {
         cert_dir: Option<PathBuf>,
     },
     /// A one-time password that enrolls a service (`switchyard service enroll`).
+    /// Only for a new serial or one you own: the first enrollment makes
+    /// you its owner; a relay administrator can transfer it
+    /// (`switchyard relay service transfer`).
     ServiceOtp {
         #[arg(long)]
         serial: String,

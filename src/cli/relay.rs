@@ -12,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 use super::{CliError, outln};
 use crate::relay::device_flow::DeviceFlowConfig;
 use crate::relay::http::HttpLimits;
+use crate::relay::store::RelayStore;
 use crate::relay::{Relay, RelayConfig, state};
 use crate::secret::SecretSource;
+use crate::wire::pin::Fingerprint;
 
 #[derive(Debug, Args)]
 pub struct RelayArgs {
@@ -46,6 +48,46 @@ pub enum RelayCommand {
     /// Long-lived access tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Enrolled services: owners, transfers, the enrollment audit trail.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Certificates the relay's CA issued (client and service).
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+/// Administrator commands on enrolled services. A serial belongs to the
+/// user who first enrolled it; only that user may mint a one-time password
+/// for it again, and only an administrator (whoever runs these commands on
+/// the state directory) may give it to someone else.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// List enrolled services with their owners.
+    List,
+    /// Give a serial to another user: from now on only that user may
+    /// enroll it (the running service keeps its certificate). Recorded in
+    /// the audit trail.
+    Transfer {
+        serial: String,
+        /// The new owner (a relay user).
+        #[arg(long, value_name = "EMAIL")]
+        to: String,
+    },
+    /// The audit trail of enrollments and transfers, oldest first.
+    Audit {
+        /// Only this serial's records.
+        #[arg(long)]
+        serial: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// List issued certificates (fingerprint, kind, subject, revoked).
+    List,
+    /// Revoke a certificate by fingerprint: logins with it are refused and
+    /// a running relay closes the connections using it within 2 s.
+    Revoke { fingerprint: String },
 }
 
 /// `--packet-listen`: an address, or `off`.
@@ -93,6 +135,19 @@ pub struct RunArgs {
     /// request's headers before its connection is closed.
     #[arg(long, default_value = "10s", value_parser = super::positive_duration)]
     pub http_header_timeout: Duration,
+    /// HTTPS connections served at once from one address (an IPv6 /64).
+    #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections_per_address: u32,
+    /// Time a whole HTTPS request (headers in, body included) may take
+    /// before the client gets 408 and is cut off.
+    #[arg(long, default_value = "15s", value_parser = super::positive_duration)]
+    pub http_request_timeout: Duration,
+    /// Device logins one address may start per minute.
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub grant_starts_per_minute: u32,
+    /// Device logins waiting for approval at once, from everyone.
+    #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_grants: u32,
     /// Write `{"url": ..., "quic": ..., "ca": ...}` here once listening.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
@@ -183,7 +238,7 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCod
                 }
                 UserCommand::Disable { email } => {
                     store.set_user_enabled(&email, false).map_err(usage)?;
-                    outln!("disabled {email}");
+                    outln!("disabled {email}; a running relay closes their connections within 2 s");
                 }
                 UserCommand::Enable { email } => {
                     store.set_user_enabled(&email, true).map_err(usage)?;
@@ -202,7 +257,7 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCod
                 }
                 TokenCommand::Revoke { id } => {
                     relay.store.revoke_token(&id).map_err(usage)?;
-                    outln!("revoked {id}");
+                    outln!("revoked {id}; a running relay closes its connections within 2 s");
                 }
                 TokenCommand::List => {
                     outln!("{:<24} {:<32} {:<12} REVOKED", "ID", "EMAIL", "EXPIRES");
@@ -218,8 +273,92 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCod
                 }
             }
         }
+        RelayCommand::Service(cmd) => {
+            let relay = state::load(&dir).map_err(usage)?;
+            service_command(&relay.store, cmd)?;
+        }
+        RelayCommand::Cert(cmd) => {
+            let relay = state::load(&dir).map_err(usage)?;
+            cert_command(&relay.store, cmd)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn service_command(store: &RelayStore, cmd: ServiceCommand) -> Result<(), CliError> {
+    match cmd {
+        ServiceCommand::List => {
+            outln!("{:<24} {:<32} FINGERPRINT", "SERIAL", "OWNER");
+            for s in store.services().map_err(usage)? {
+                outln!(
+                    "{:<24} {:<32} {}",
+                    s.serial,
+                    s.owner.as_deref().unwrap_or("(none)"),
+                    Fingerprint(s.fingerprint)
+                );
+            }
+        }
+        ServiceCommand::Transfer { serial, to } => {
+            let previous = store.transfer_service(&serial, &to).map_err(usage)?;
+            let previous = previous.as_deref().unwrap_or("(none)");
+            tracing::info!(%serial, %previous, owner = %to, "service transferred by an administrator (audit)");
+            outln!("{serial} now belongs to {to} (was {previous})");
+        }
+        ServiceCommand::Audit { serial } => {
+            outln!(
+                "{:<12} {:<24} {:<9} {:<24} {:<24} PREVIOUS",
+                "AT",
+                "SERIAL",
+                "ACTION",
+                "ACTOR",
+                "OWNER"
+            );
+            for a in store.enrollment_audit(serial.as_deref()).map_err(usage)? {
+                outln!(
+                    "{:<12} {:<24} {:<9} {:<24} {:<24} {}",
+                    a.at,
+                    a.serial,
+                    a.action,
+                    a.actor,
+                    a.owner,
+                    a.previous_owner.as_deref().unwrap_or("-")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cert_command(store: &RelayStore, cmd: CertCommand) -> Result<(), CliError> {
+    match cmd {
+        CertCommand::List => {
+            outln!(
+                "{:<95} {:<8} {:<32} REVOKED",
+                "FINGERPRINT",
+                "KIND",
+                "SUBJECT"
+            );
+            for c in store.certs().map_err(usage)? {
+                outln!(
+                    "{:<95} {:<8} {:<32} {}",
+                    Fingerprint(c.fingerprint),
+                    c.kind,
+                    c.subject,
+                    if c.revoked { "yes" } else { "no" }
+                );
+            }
+        }
+        CertCommand::Revoke { fingerprint } => {
+            let parsed = Fingerprint::parse(&fingerprint).ok_or_else(|| {
+                CliError::Usage(format!(
+                    "{fingerprint:?} is not a SHA-256 fingerprint (as `switchyard relay cert list` shows)"
+                ))
+            })?;
+            store.revoke_cert(&parsed.0).map_err(usage)?;
+            outln!("revoked {parsed}; a running relay closes its connections within 2 s");
+        }
+    }
+    Ok(())
 }
 
 async fn run_relay(
@@ -235,6 +374,7 @@ async fn run_relay(
         public_host: args.public_host,
         device_flow: DeviceFlowConfig {
             interval: Duration::from_secs(args.poll_interval.max(1)),
+            max_pending: args.max_pending_grants as usize,
             ..Default::default()
         },
         access_ttl: args.access_token_lifetime,
@@ -242,6 +382,10 @@ async fn run_relay(
         http_limits: HttpLimits {
             max_connections: args.http_max_connections as usize,
             header_timeout: args.http_header_timeout,
+            max_connections_per_address: args.http_max_connections_per_address as usize,
+            request_timeout: args.http_request_timeout,
+            grant_starts_per_minute: args.grant_starts_per_minute,
+            ..Default::default()
         },
         ..Default::default()
     };

@@ -17,6 +17,9 @@ pub struct DeviceFlowConfig {
     pub lifetime: Duration,
     /// The polling interval clients are told to keep.
     pub interval: Duration,
+    /// Grants open at once (anyone may start one); more are refused until
+    /// some are redeemed or expire.
+    pub max_pending: usize,
 }
 
 impl Default for DeviceFlowConfig {
@@ -24,8 +27,16 @@ impl Default for DeviceFlowConfig {
         Self {
             lifetime: Duration::from_secs(600),
             interval: Duration::from_secs(5),
+            max_pending: 10_000,
         }
     }
+}
+
+/// Why a grant could not be started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    #[error("too many device logins are waiting for approval; try again later")]
+    TooManyPending,
 }
 
 /// What a client gets when it starts a grant.
@@ -141,8 +152,21 @@ impl DeviceGrants {
         self.started
     }
 
-    pub fn start(&mut self, login_hint: Option<String>, now: Instant) -> NewGrant {
+    /// Grants open now (expired ones are counted until the next start).
+    pub fn pending(&self) -> usize {
+        self.by_device_code.len()
+    }
+
+    /// Starts a grant, unless `max_pending` are open already.
+    pub fn start(
+        &mut self,
+        login_hint: Option<String>,
+        now: Instant,
+    ) -> Result<NewGrant, StartError> {
         self.purge(now);
+        if self.by_device_code.len() >= self.config.max_pending {
+            return Err(StartError::TooManyPending);
+        }
         let device_code = hex::encode(rand::random::<[u8; 32]>());
         let mut user_code = new_user_code();
         while self.by_user_code.contains_key(&user_code) {
@@ -162,12 +186,12 @@ impl DeviceGrants {
             },
         );
         self.started += 1;
-        NewGrant {
+        Ok(NewGrant {
             device_code,
             user_code,
             expires_in: self.config.lifetime,
             interval: self.config.interval,
-        }
+        })
     }
 
     /// The identity the grant was started for, if it is open.
@@ -280,6 +304,7 @@ mod tests {
         let config = DeviceFlowConfig {
             lifetime: Duration::from_secs(60),
             interval: Duration::from_secs(2),
+            ..Default::default()
         };
         (DeviceGrants::new(config), Instant::now())
     }
@@ -287,7 +312,7 @@ mod tests {
     #[test]
     fn approve_then_redeem_once() {
         let (mut g, t0) = grants();
-        let grant = g.start(Some("a@x".into()), t0);
+        let grant = g.start(Some("a@x".into()), t0).unwrap();
         assert_eq!(
             g.poll(&grant.device_code, t0),
             Err(PollError::AuthorizationPending)
@@ -309,7 +334,7 @@ mod tests {
     #[test]
     fn polling_too_fast_slows_the_client_down() {
         let (mut g, t0) = grants();
-        let grant = g.start(None, t0);
+        let grant = g.start(None, t0).unwrap();
         let _ = g.poll(&grant.device_code, t0);
         assert_eq!(
             g.poll(&grant.device_code, t0 + Duration::from_secs(1)),
@@ -329,7 +354,7 @@ mod tests {
     #[test]
     fn denied_expired_and_wrong_user() {
         let (mut g, t0) = grants();
-        let grant = g.start(Some("a@x".into()), t0);
+        let grant = g.start(Some("a@x".into()), t0).unwrap();
         assert_eq!(
             g.decide(&grant.user_code, "b@x", true, t0),
             Err(DecideError::WrongUser("a@x".into()))
@@ -341,7 +366,7 @@ mod tests {
         );
         assert_eq!(g.poll(&grant.device_code, t0), Err(PollError::AccessDenied));
 
-        let late = g.start(None, t0);
+        let late = g.start(None, t0).unwrap();
         let after = t0 + Duration::from_secs(61);
         assert_eq!(
             g.decide(&late.user_code, "a@x", true, after),
@@ -355,5 +380,22 @@ mod tests {
             g.decide("ZZZZ-ZZZZ", "a@x", true, t0),
             Err(DecideError::UnknownCode)
         );
+    }
+
+    #[test]
+    fn open_grants_are_capped_until_some_close() {
+        let t0 = Instant::now();
+        let mut g = DeviceGrants::new(DeviceFlowConfig {
+            max_pending: 2,
+            ..Default::default()
+        });
+        let first = g.start(None, t0).unwrap();
+        g.start(None, t0).unwrap();
+        assert_eq!(g.start(None, t0).unwrap_err(), StartError::TooManyPending);
+        assert_eq!(g.pending(), 2);
+        g.decide(&first.user_code, "a@x", false, t0).unwrap();
+        assert_eq!(g.poll(&first.device_code, t0), Err(PollError::AccessDenied));
+        g.start(None, t0).unwrap();
+        assert_eq!(g.pending(), 2);
     }
 }

@@ -9,6 +9,8 @@
 //! * `http` — the HTTPS listener: OAuth endpoints, the approval page,
 //!   service enrollment.
 //! * `quic` — the QUIC listener: client and service connections, tunnels.
+//! * `limits` — per-address and per-user budgets (grant starts, sign-ins).
+//! * `live` — live connections by credential; revocations close them.
 //!
 //! [`Relay`] owns both listeners and every task under them (one
 //! cancellation tree); dropping or shutting it down ends them all.
@@ -20,6 +22,8 @@
 pub mod ca;
 pub mod device_flow;
 pub mod http;
+pub mod limits;
+pub mod live;
 pub mod packets;
 pub mod quic;
 pub mod state;
@@ -72,6 +76,8 @@ pub struct RelayConfig {
     pub limits: TransportLimits,
     /// Bounds on the HTTPS listener.
     pub http_limits: http::HttpLimits,
+    /// Bounds on QUIC connections that have not logged in yet.
+    pub prelogin: quic::PreloginLimits,
     /// UDP port through which tunnels' end-to-end datagrams are forwarded
     /// as they are (`None`: tunnels carry them inside relayed streams).
     pub packet_listen: Option<SocketAddr>,
@@ -101,6 +107,7 @@ impl Default for RelayConfig {
             assertion_ttl: Duration::from_secs(300),
             limits: TransportLimits::default(),
             http_limits: http::HttpLimits::default(),
+            prelogin: quic::PreloginLimits::default(),
             tap: None,
         }
     }
@@ -155,7 +162,13 @@ pub(crate) struct RelayCore {
     pub state: RelayState,
     pub config: RelayConfig,
     pub grants: Mutex<DeviceGrants>,
+    /// Device-login starts per client address.
+    pub grant_starts: Mutex<limits::KeyedBudget<std::net::IpAddr>>,
+    /// The approval page's sign-in attempts per address and per user.
+    pub sign_ins: Mutex<limits::SignInLimiter>,
     pub online: Mutex<HashMap<String, OnlineService>>,
+    /// Authenticated QUIC connections by credential (for revocation).
+    pub live: live::LiveConnections,
     pub quic_addr: SocketAddr,
     pub next_tunnel: AtomicU64,
     /// The packet port, when enabled: tunnels' datagrams cross the relay
@@ -262,7 +275,14 @@ impl Relay {
         let packet_addr = packets.as_ref().map(|p| p.local_addr());
         let core = Arc::new(RelayCore {
             grants: Mutex::new(DeviceGrants::new(config.device_flow.clone())),
+            grant_starts: Mutex::new(limits::KeyedBudget::new(
+                config.http_limits.grant_starts_per_minute,
+                Duration::from_secs(60) / config.http_limits.grant_starts_per_minute.max(1),
+                65_536,
+            )),
+            sign_ins: Mutex::new(limits::SignInLimiter::default()),
             online: Mutex::new(HashMap::new()),
+            live: live::LiveConnections::default(),
             quic_addr,
             next_tunnel: AtomicU64::new(1),
             packets,
@@ -276,6 +296,7 @@ impl Relay {
                 core.clone(),
                 cancel.clone(),
             ))),
+            AbortOnDrop::new(tokio::spawn(live::watch(core.clone(), cancel.clone()))),
             AbortOnDrop::new(tokio::spawn(http::serve(
                 http_listener,
                 tls,
@@ -324,6 +345,20 @@ impl Relay {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .started()
+    }
+
+    /// Authenticated QUIC connections (clients and services) now.
+    pub fn live_connections(&self) -> usize {
+        self.core.live.len()
+    }
+
+    /// Device grants open now (started, neither redeemed nor purged).
+    pub fn grants_pending(&self) -> usize {
+        self.core
+            .grants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending()
     }
 
     /// Services connected now.

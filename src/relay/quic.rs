@@ -9,6 +9,12 @@
 //! authenticates with a token or its client certificate, then sends one
 //! [`RelayRequest`] per stream.
 //!
+//! Before login a connection holds one of `PreloginLimits::max_connections`
+//! slots (more are refused as they arrive) and must have sent its hello
+//! within `hello_timeout` of its first packet. After login it is recorded
+//! in `live` with its credential, so revoking the token or certificate,
+//! or disabling the user, closes it (see `live`).
+//!
 //! On failure: a refused hello closes that connection with the reason; a
 //! tunnel to an offline service is refused with `UNAVAILABLE` naming the
 //! serial; when either end of a tunnel goes away the other end's stream is
@@ -21,11 +27,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::live::{Credential, LiveEntry};
 use super::state::RelayState;
+use super::store::StoreError;
 use super::{AuthError, OnlineService, RelayConfig, RelayCore, RelayError};
 use crate::wire::conn::{read_frame, write_frame};
 use crate::wire::messages::{ErrorCode, WireError, close_code};
@@ -68,14 +77,23 @@ pub(super) fn endpoint(state: &RelayState, config: &RelayConfig) -> Result<Endpo
 
 pub(super) async fn serve(endpoint: Endpoint, core: Arc<RelayCore>, cancel: CancellationToken) {
     let mut connections = JoinSet::new();
+    // Connections that have not logged in yet: a stranger can open these
+    // for free, so they are capped and each has a deadline.
+    let prelogin = Arc::new(Semaphore::new(core.config.prelogin.max_connections));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
+                    let Ok(slot) = prelogin.clone().try_acquire_owned() else {
+                        metrics::counter!("switchyard_relay_prelogin_refused_total").increment(1);
+                        debug!(peer = %incoming.remote_address(), "QUIC connection refused: too many connections have not logged in yet");
+                        incoming.refuse();
+                        continue;
+                    };
                     let span = info_span!("relay_conn", peer = %incoming.remote_address());
                     connections.spawn(
-                        serve_connection(incoming, core.clone(), cancel.child_token()).instrument(span),
+                        serve_connection(incoming, slot, core.clone(), cancel.child_token()).instrument(span),
                     );
                 }
                 None => break,
@@ -84,6 +102,44 @@ pub(super) async fn serve(endpoint: Endpoint, core: Arc<RelayCore>, cancel: Canc
         }
     }
     connections.shutdown().await;
+}
+
+/// Bounds on connections that have not logged in yet.
+#[derive(Debug, Clone)]
+pub struct PreloginLimits {
+    /// Such connections at once; more are refused as they arrive.
+    pub max_connections: usize,
+    /// Time from a connection's first packet to its hello having arrived
+    /// (TLS handshake included); past it the connection is closed.
+    pub hello_timeout: Duration,
+}
+
+impl Default for PreloginLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counts a connection in `switchyard_relay_prelogin_connections` while it
+/// has not logged in, and holds its pre-login slot.
+struct Prelogin {
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Prelogin {
+    fn new(slot: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!("switchyard_relay_prelogin_connections").increment(1.0);
+        Self { _slot: slot }
+    }
+}
+
+impl Drop for Prelogin {
+    fn drop(&mut self) {
+        metrics::gauge!("switchyard_relay_prelogin_connections").decrement(1.0);
+    }
 }
 
 /// Who is on the other end of a connection.
@@ -110,33 +166,51 @@ fn peer_cert_fingerprint(conn: &Connection) -> Option<[u8; 32]> {
 
 async fn serve_connection(
     incoming: quinn::Incoming,
+    slot: OwnedSemaphorePermit,
     core: Arc<RelayCore>,
     cancel: CancellationToken,
 ) {
-    let conn = match incoming.await {
-        Ok(conn) => conn,
-        Err(e) => {
+    let prelogin = Prelogin::new(slot);
+    let deadline = tokio::time::Instant::now() + core.config.prelogin.hello_timeout;
+    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
             debug!(error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            // Dropping the handshake closes the connection.
+            metrics::counter!("switchyard_relay_prelogin_timeouts_total").increment(1);
+            debug!("handshake did not finish in time");
             return;
         }
     };
     let max = core.config.limits.max_frame;
-    let hello = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+    let hello = tokio::time::timeout_at(deadline, async {
         let (send, mut recv) = conn.accept_bi().await.ok()?;
         let hello: RelayHello = read_frame(&mut recv, max).await.ok()??;
         Some((send, hello))
     })
     .await;
-    let Ok(Some((mut send, hello))) = hello else {
-        conn.close(
-            VarInt::from_u32(close_code::UNAUTHENTICATED),
-            b"no hello in time",
-        );
-        return;
+    let (mut send, hello) = match hello {
+        Ok(Some(hello)) => hello,
+        Ok(None) => {
+            conn.close(VarInt::from_u32(close_code::UNAUTHENTICATED), b"no hello");
+            return;
+        }
+        Err(_) => {
+            metrics::counter!("switchyard_relay_prelogin_timeouts_total").increment(1);
+            conn.close(
+                VarInt::from_u32(close_code::UNAUTHENTICATED),
+                b"no hello in time",
+            );
+            return;
+        }
     };
-    let peer = match authenticate(&core, &conn, hello) {
+    let (peer, credential) = match authenticate(&core, &conn, hello) {
         Ok(peer) => peer,
         Err(e) => {
+            // The slot stays taken until the refused connection is gone.
             warn!(reason = %e, "relay login refused");
             let _ = write_frame(&mut send, &HelloReply::Refused(e.to_wire()), max).await;
             let _ = send.finish();
@@ -145,9 +219,13 @@ async fn serve_connection(
                 VarInt::from_u32(close_code::UNAUTHENTICATED),
                 b"login refused",
             );
+            drop(prelogin);
             return;
         }
     };
+    drop(prelogin);
+    // From here until the connection ends, a revocation closes it.
+    let live = core.live.register(&conn, credential);
     let (identity, expires) = match &peer {
         Peer::Client {
             identity, expires, ..
@@ -163,7 +241,10 @@ async fn serve_connection(
     }
     let _ = send.finish();
     match peer {
-        Peer::Service { serial } => serve_service(conn, core, serial, cancel).await,
+        Peer::Service { serial } => {
+            serve_service(conn, core, serial, cancel).await;
+            drop(live);
+        }
         Peer::Client {
             identity,
             expires,
@@ -177,6 +258,7 @@ async fn serve_connection(
                     identity,
                     expires,
                     sso,
+                    live,
                 },
                 cancel,
             )
@@ -186,35 +268,49 @@ async fn serve_connection(
     }
 }
 
-fn authenticate(core: &RelayCore, conn: &Connection, hello: RelayHello) -> Result<Peer, AuthError> {
+fn authenticate(
+    core: &RelayCore,
+    conn: &Connection,
+    hello: RelayHello,
+) -> Result<(Peer, Credential), AuthError> {
     let store = &core.state.store;
     match hello {
         RelayHello::Client { token: Some(token) } => {
             let claims = core.check_token(&token, &["access", "api"])?;
-            Ok(Peer::Client {
+            let credential = Credential::Token {
+                jti: claims.jti.clone(),
+                user: claims.sub.clone(),
+            };
+            let peer = Peer::Client {
                 identity: claims.sub,
                 expires: Some(claims.exp),
                 sso: claims.kind == "access",
-            })
+            };
+            Ok((peer, credential))
         }
         RelayHello::Client { token: None } => {
-            let fp = peer_cert_fingerprint(conn).ok_or(AuthError::Missing)?;
+            let fingerprint = peer_cert_fingerprint(conn).ok_or(AuthError::Missing)?;
             let email = store
-                .cert_subject(&fp, "client")?
+                .cert_subject(&fingerprint, "client")?
                 .ok_or(AuthError::UnknownCertificate)?;
             if !store.user_enabled(&email)? {
                 return Err(AuthError::UserDisabled(email));
             }
-            Ok(Peer::Client {
+            let credential = Credential::ClientCert {
+                fingerprint,
+                user: email.clone(),
+            };
+            let peer = Peer::Client {
                 identity: email,
                 expires: None,
                 sso: false,
-            })
+            };
+            Ok((peer, credential))
         }
         RelayHello::Service { advertise } => {
-            let fp = peer_cert_fingerprint(conn).ok_or(AuthError::Missing)?;
+            let fingerprint = peer_cert_fingerprint(conn).ok_or(AuthError::Missing)?;
             let serial = store
-                .cert_subject(&fp, "service")?
+                .cert_subject(&fingerprint, "service")?
                 .ok_or(AuthError::UnknownCertificate)?;
             info!(%serial, ?advertise, "service online");
             let mut online = core.online.lock().unwrap_or_else(|p| p.into_inner());
@@ -228,7 +324,11 @@ fn authenticate(core: &RelayCore, conn: &Connection, hello: RelayHello) -> Resul
                 old.conn
                     .close(0u32.into(), b"replaced by a newer connection");
             }
-            Ok(Peer::Service { serial })
+            let credential = Credential::ServiceCert {
+                fingerprint,
+                serial: serial.clone(),
+            };
+            Ok((Peer::Service { serial }, credential))
         }
     }
 }
@@ -257,6 +357,9 @@ struct ClientAuth {
     identity: String,
     expires: Option<u64>,
     sso: bool,
+    /// The connection's entry among the live ones (its credential is
+    /// replaced on `Reauth`).
+    live: LiveEntry,
 }
 
 async fn serve_client(
@@ -322,6 +425,10 @@ async fn serve_request(
                 let mut a = auth.lock().unwrap_or_else(|p| p.into_inner());
                 a.expires = Some(claims.exp);
                 a.sso = claims.kind == "access";
+                a.live.replace(Credential::Token {
+                    jti: claims.jti,
+                    user: claims.sub,
+                });
                 RelayReply::Ok
             }
             Ok(_) => refuse(
@@ -426,6 +533,14 @@ fn service_otp(core: &RelayCore, identity: &str, serial: &str) -> RelayReply {
             ErrorCode::InvalidArgument,
             "a serial is 1-128 printable characters",
         );
+    }
+    match core.state.store.check_may_enroll(serial, identity) {
+        Ok(()) => {}
+        Err(e @ (StoreError::SerialOwned { .. } | StoreError::SerialUnowned { .. })) => {
+            warn!(%serial, requested_by = %identity, "enrollment one-time password refused: the serial belongs to another user");
+            return refuse(ErrorCode::PermissionDenied, e.to_string());
+        }
+        Err(e) => return refuse(ErrorCode::Internal, e.to_string()),
     }
     let otp = crate::secret::Secret::new(hex::encode(rand::random::<[u8; 16]>()));
     let expires = super::unix_now() + core.config.otp_ttl.as_secs();

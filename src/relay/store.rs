@@ -1,6 +1,13 @@
 //! The relay's database (SQLite, WAL): its identity provider's users, every
 //! token it issued (for listing and revocation), enrollment one-time
-//! passwords, the certificates its CA issued, and enrolled services.
+//! passwords, the certificates its CA issued, enrolled services with the
+//! user who owns each, and an audit trail of enrollments and transfers.
+//!
+//! **Invariant:** a serial belongs to the user whose one-time password
+//! first enrolled it; only that user may enroll it again (which revokes
+//! the older service certificates of that serial), and only an
+//! administrator (`switchyard relay service transfer`) may give it to
+//! someone else. Every enrollment and transfer leaves an audit row.
 //!
 //! **Invariant:** no secret is stored in the clear: passwords are Argon2id
 //! hashes and one-time passwords are stored as SHA-256 hashes (they are
@@ -14,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::password;
 use crate::secret::Secret;
+use crate::wire::pin::Fingerprint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -33,9 +41,26 @@ pub enum StoreError {
     OtpUsed,
     #[error("the one-time password expired")]
     OtpExpired,
+    #[error(
+        "service {serial} is enrolled by another user; only its owner can enroll it again \
+         (a relay administrator can transfer it: switchyard relay service transfer)"
+    )]
+    SerialOwned { serial: String },
+    #[error(
+        "service {serial} has no recorded owner; a relay administrator must assign one \
+         (switchyard relay service transfer {serial} --to EMAIL)"
+    )]
+    SerialUnowned { serial: String },
+    #[error("no service with serial {0} is enrolled")]
+    NoSuchService(String),
+    #[error("no certificate with fingerprint {0}")]
+    NoSuchCert(String),
+    #[error("cannot issue the service certificate: {0}")]
+    Issue(String),
 }
 
-const SCHEMA: &[&str] = &[r#"
+const SCHEMA: &[&str] = &[
+    r#"
     CREATE TABLE users (
         email         TEXT PRIMARY KEY,
         password_hash TEXT NOT NULL,
@@ -70,7 +95,28 @@ const SCHEMA: &[&str] = &[r#"
         advertise   TEXT,
         enrolled_at INTEGER NOT NULL
     );
-"#];
+"#,
+    // 2: who owns each serial (backfilled from the one-time password that
+    // last enrolled it), and the enrollment audit trail.
+    r#"
+    ALTER TABLE services ADD COLUMN owner TEXT;
+    UPDATE services SET owner = (
+        SELECT created_by FROM otps
+        WHERE otps.serial = services.serial AND otps.used_at IS NOT NULL
+        ORDER BY otps.used_at DESC LIMIT 1
+    );
+    CREATE TABLE enrollment_audit (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        at             INTEGER NOT NULL,
+        serial         TEXT NOT NULL,
+        action         TEXT NOT NULL,
+        actor          TEXT NOT NULL,
+        owner          TEXT NOT NULL,
+        previous_owner TEXT,
+        fingerprint    BLOB
+    );
+"#,
+];
 
 /// A user of the built-in identity provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,10 +141,66 @@ pub struct ServiceRecord {
     pub serial: String,
     pub fingerprint: [u8; 32],
     pub advertise: Option<String>,
+    /// The user who owns the serial (`None`: enrolled before owners were
+    /// recorded and never claimed; only an administrator can assign it).
+    pub owner: Option<String>,
+}
+
+/// What a service asks to be enrolled as (the one-time password names the
+/// serial and, through its creator, the owner).
+#[derive(Debug, Clone)]
+pub struct EnrollRequest {
+    /// SHA-256 of the service's own TLS identity (the end-to-end pin).
+    pub fingerprint: [u8; 32],
+    pub advertise: Option<String>,
+}
+
+/// A completed enrollment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    pub serial: String,
+    pub owner: String,
+    /// `enroll` (a new serial) or `reenroll` (its owner replaced it).
+    pub action: &'static str,
+    /// DER of the certificate issued for the relay connection.
+    pub cert_der: Vec<u8>,
+}
+
+/// One row of the enrollment audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Unix seconds.
+    pub at: u64,
+    pub serial: String,
+    /// `enroll`, `reenroll` or `transfer`.
+    pub action: String,
+    /// Who did it: the owner's email, or `admin` for administrator commands.
+    pub actor: String,
+    /// The owner afterwards.
+    pub owner: String,
+    pub previous_owner: Option<String>,
+    /// The service's end-to-end fingerprint after the change.
+    pub fingerprint: Option<[u8; 32]>,
+}
+
+/// A certificate the relay's CA issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertRecord {
+    pub fingerprint: [u8; 32],
+    /// `client` or `service`.
+    pub kind: String,
+    /// The user's email (client) or the serial (service).
+    pub subject: String,
+    pub revoked: bool,
+    /// Unix seconds.
+    pub created_at: u64,
 }
 
 pub struct RelayStore {
     conn: Mutex<Connection>,
+    /// Bumped by every change made through this handle that can end a live
+    /// credential (see [`RelayStore::generation`]).
+    local_changes: std::sync::atomic::AtomicU64,
 }
 
 fn now() -> u64 {
@@ -121,7 +223,27 @@ impl RelayStore {
         tx.commit()?;
         Ok(Self {
             conn: Mutex::new(conn),
+            local_changes: Default::default(),
         })
+    }
+
+    /// Changes when anything that can end a live credential may have
+    /// changed: a commit by another connection to the database (an admin
+    /// command: SQLite's `data_version`), or a revocation, disable or
+    /// re-enrollment through this handle. Cheap; polled by the relay.
+    pub fn generation(&self) -> Result<(u64, u64), StoreError> {
+        let external: i64 = self
+            .db()
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let local = self
+            .local_changes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Ok((external as u64, local))
+    }
+
+    fn changed(&self) {
+        self.local_changes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -160,6 +282,7 @@ impl RelayStore {
         if changed == 0 {
             return Err(StoreError::NoSuchUser(email.into()));
         }
+        self.changed();
         Ok(())
     }
 
@@ -230,6 +353,7 @@ impl RelayStore {
         if changed == 0 {
             return Err(StoreError::NoSuchToken(id.into()));
         }
+        self.changed();
         Ok(())
     }
 
@@ -247,20 +371,36 @@ impl RelayStore {
         Ok(())
     }
 
-    /// Marks the one-time password used and returns its serial. Atomic: of
-    /// two concurrent redemptions exactly one wins.
-    pub fn redeem_otp(&self, otp: &Secret) -> Result<String, StoreError> {
+    /// Whether `user` may mint a one-time password for `serial`: a new
+    /// serial, or one `user` owns. Anyone else's serial is refused.
+    pub fn check_may_enroll(&self, serial: &str, user: &str) -> Result<(), StoreError> {
+        check_owner(&self.db(), serial, user).map(|_| ())
+    }
+
+    /// Redeems a one-time password and enrolls its serial, in one
+    /// transaction: the password is marked used (even when the enrollment
+    /// is then refused, so it cannot be retried), the serial must be new or
+    /// owned by the password's creator, `issue` signs the certificate for
+    /// the serial, older service certificates of the serial are revoked,
+    /// and the service row and an audit row are written. Of two concurrent
+    /// redemptions exactly one wins.
+    pub fn enroll_with_otp(
+        &self,
+        otp: &Secret,
+        request: &EnrollRequest,
+        issue: impl FnOnce(&str) -> Result<Vec<u8>, String>,
+    ) -> Result<Enrolled, StoreError> {
         let hash = otp_hash(otp);
         let mut db = self.db();
         let tx = db.transaction()?;
-        let row: Option<(String, i64, Option<i64>)> = tx
+        let row: Option<(String, String, i64, Option<i64>)> = tx
             .query_row(
-                "SELECT serial, expires_at, used_at FROM otps WHERE hash = ?1",
+                "SELECT serial, created_by, expires_at, used_at FROM otps WHERE hash = ?1",
                 params![hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        let (serial, expires_at, used_at) = row.ok_or(StoreError::OtpUnknown)?;
+        let (serial, owner, expires_at, used_at) = row.ok_or(StoreError::OtpUnknown)?;
         if used_at.is_some() {
             return Err(StoreError::OtpUsed);
         }
@@ -271,8 +411,125 @@ impl RelayStore {
             "UPDATE otps SET used_at = ?2 WHERE hash = ?1",
             params![hash, now() as i64],
         )?;
+        let previous = match check_owner(&tx, &serial, &owner) {
+            Ok(previous) => previous,
+            Err(refused) => {
+                // The password is spent either way.
+                tx.commit()?;
+                return Err(refused);
+            }
+        };
+        let cert_der = issue(&serial).map_err(StoreError::Issue)?;
+        tx.execute(
+            "UPDATE certs SET revoked = 1 WHERE kind = 'service' AND subject = ?1",
+            params![serial],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO certs (fingerprint, kind, subject, created_at) VALUES (?1, 'service', ?2, ?3)",
+            params![Fingerprint::of(&cert_der).0.as_slice(), serial, now() as i64],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO services (serial, fingerprint, advertise, enrolled_at, owner) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![serial, request.fingerprint.as_slice(), request.advertise, now() as i64, owner],
+        )?;
+        let action = if previous.is_some() {
+            "reenroll"
+        } else {
+            "enroll"
+        };
+        insert_audit(
+            &tx,
+            &serial,
+            action,
+            &owner,
+            &owner,
+            previous.as_deref(),
+            Some(&request.fingerprint),
+        )?;
         tx.commit()?;
-        Ok(serial)
+        drop(db);
+        self.changed();
+        Ok(Enrolled {
+            serial,
+            owner,
+            action,
+            cert_der,
+        })
+    }
+
+    /// Gives `serial` to user `to` (an administrator's act, recorded with
+    /// actor `admin`). The service keeps its certificates; from now on only
+    /// `to` may enroll it again. Returns the previous owner.
+    pub fn transfer_service(&self, serial: &str, to: &str) -> Result<Option<String>, StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let user: Option<String> = tx
+            .query_row(
+                "SELECT email FROM users WHERE email = ?1",
+                params![to],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if user.is_none() {
+            return Err(StoreError::NoSuchUser(to.into()));
+        }
+        let row: Option<(Option<String>, Vec<u8>)> = tx
+            .query_row(
+                "SELECT owner, fingerprint FROM services WHERE serial = ?1",
+                params![serial],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (previous, fingerprint) =
+            row.ok_or_else(|| StoreError::NoSuchService(serial.into()))?;
+        tx.execute(
+            "UPDATE services SET owner = ?2 WHERE serial = ?1",
+            params![serial, to],
+        )?;
+        let fingerprint: Option<[u8; 32]> = fingerprint.try_into().ok();
+        insert_audit(
+            &tx,
+            serial,
+            "transfer",
+            "admin",
+            to,
+            previous.as_deref(),
+            fingerprint.as_ref(),
+        )?;
+        tx.commit()?;
+        Ok(previous)
+    }
+
+    /// The audit trail, oldest first; only `serial`'s rows when given.
+    pub fn enrollment_audit(&self, serial: Option<&str>) -> Result<Vec<AuditRecord>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT at, serial, action, actor, owner, previous_owner, fingerprint \
+             FROM enrollment_audit WHERE ?1 IS NULL OR serial = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![serial], |r| {
+            let fingerprint: Option<Vec<u8>> = r.get(6)?;
+            Ok(AuditRecord {
+                at: r.get::<_, i64>(0)? as u64,
+                serial: r.get(1)?,
+                action: r.get(2)?,
+                actor: r.get(3)?,
+                owner: r.get(4)?,
+                previous_owner: r.get(5)?,
+                fingerprint: fingerprint.and_then(|f| f.try_into().ok()),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every enrolled service, by serial.
+    pub fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT serial, fingerprint, advertise, owner FROM services ORDER BY serial",
+        )?;
+        let rows = stmt.query_map([], service_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn record_cert(
@@ -305,31 +562,108 @@ impl RelayStore {
             .optional()?)
     }
 
-    pub fn upsert_service(&self, record: &ServiceRecord) -> Result<(), StoreError> {
-        self.db().execute(
-            "INSERT OR REPLACE INTO services (serial, fingerprint, advertise, enrolled_at) VALUES (?1, ?2, ?3, ?4)",
-            params![record.serial, record.fingerprint.as_slice(), record.advertise, now() as i64],
-        )?;
-        Ok(())
-    }
-
     pub fn service(&self, serial: &str) -> Result<Option<ServiceRecord>, StoreError> {
         Ok(self
             .db()
             .query_row(
-                "SELECT serial, fingerprint, advertise FROM services WHERE serial = ?1",
+                "SELECT serial, fingerprint, advertise, owner FROM services WHERE serial = ?1",
                 params![serial],
-                |r| {
-                    let fp: Vec<u8> = r.get(1)?;
-                    Ok(ServiceRecord {
-                        serial: r.get(0)?,
-                        fingerprint: fp.try_into().unwrap_or([0; 32]),
-                        advertise: r.get(2)?,
-                    })
-                },
+                service_row,
             )
             .optional()?)
     }
+
+    /// Every certificate the CA issued, oldest first.
+    pub fn certs(&self) -> Result<Vec<CertRecord>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT fingerprint, kind, subject, revoked, created_at FROM certs ORDER BY created_at, subject",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let fp: Vec<u8> = r.get(0)?;
+            Ok(CertRecord {
+                fingerprint: fp.try_into().unwrap_or([0; 32]),
+                kind: r.get(1)?,
+                subject: r.get(2)?,
+                revoked: r.get::<_, i64>(3)? != 0,
+                created_at: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes a certificate: logins with it are refused, and a relay
+    /// running on this database closes the connections that used it.
+    pub fn revoke_cert(&self, fingerprint: &[u8; 32]) -> Result<(), StoreError> {
+        let changed = self.db().execute(
+            "UPDATE certs SET revoked = 1 WHERE fingerprint = ?1",
+            params![fingerprint.as_slice()],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NoSuchCert(
+                Fingerprint(*fingerprint).to_string(),
+            ));
+        }
+        self.changed();
+        Ok(())
+    }
+}
+
+/// The serial's current owner if `user` may enroll it (`None`: new serial).
+fn check_owner(db: &Connection, serial: &str, user: &str) -> Result<Option<String>, StoreError> {
+    let owner: Option<Option<String>> = db
+        .query_row(
+            "SELECT owner FROM services WHERE serial = ?1",
+            params![serial],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match owner {
+        None => Ok(None),
+        Some(Some(owner)) if owner == user => Ok(Some(owner)),
+        Some(Some(_)) => Err(StoreError::SerialOwned {
+            serial: serial.into(),
+        }),
+        Some(None) => Err(StoreError::SerialUnowned {
+            serial: serial.into(),
+        }),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_audit(
+    db: &Connection,
+    serial: &str,
+    action: &str,
+    actor: &str,
+    owner: &str,
+    previous_owner: Option<&str>,
+    fingerprint: Option<&[u8; 32]>,
+) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO enrollment_audit (at, serial, action, actor, owner, previous_owner, fingerprint) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            now() as i64,
+            serial,
+            action,
+            actor,
+            owner,
+            previous_owner,
+            fingerprint.map(|f| f.to_vec())
+        ],
+    )?;
+    Ok(())
+}
+
+fn service_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ServiceRecord> {
+    let fp: Vec<u8> = r.get(1)?;
+    Ok(ServiceRecord {
+        serial: r.get(0)?,
+        fingerprint: fp.try_into().unwrap_or([0; 32]),
+        advertise: r.get(2)?,
+        owner: r.get(3)?,
+    })
 }
 
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
@@ -378,23 +712,161 @@ mod tests {
         );
     }
 
+    fn request(byte: u8) -> EnrollRequest {
+        EnrollRequest {
+            fingerprint: [byte; 32],
+            advertise: None,
+        }
+    }
+
+    /// A stand-in for the CA: a distinct "certificate" per call.
+    fn issue(serial: &str) -> Result<Vec<u8>, String> {
+        Ok(format!("cert-{serial}-{}", rand::random::<u64>()).into_bytes())
+    }
+
     #[test]
     fn an_otp_works_once_and_not_after_expiry() {
         let (_dir, store) = store();
         let otp = Secret::new("otp-1");
         store.add_otp(&otp, "SN1", "a@x", now() + 60).unwrap();
-        assert_eq!(store.redeem_otp(&otp).unwrap(), "SN1");
-        assert!(matches!(store.redeem_otp(&otp), Err(StoreError::OtpUsed)));
+        let enrolled = store.enroll_with_otp(&otp, &request(1), issue).unwrap();
+        assert_eq!(
+            (enrolled.serial.as_str(), enrolled.owner.as_str()),
+            ("SN1", "a@x")
+        );
+        assert!(matches!(
+            store.enroll_with_otp(&otp, &request(1), issue),
+            Err(StoreError::OtpUsed)
+        ));
         let old = Secret::new("otp-2");
         store.add_otp(&old, "SN2", "a@x", now() - 1).unwrap();
         assert!(matches!(
-            store.redeem_otp(&old),
+            store.enroll_with_otp(&old, &request(1), issue),
             Err(StoreError::OtpExpired)
         ));
         assert!(matches!(
-            store.redeem_otp(&Secret::new("nope")),
+            store.enroll_with_otp(&Secret::new("nope"), &request(1), issue),
             Err(StoreError::OtpUnknown)
         ));
+    }
+
+    #[test]
+    fn a_serial_belongs_to_its_first_enroller_until_an_admin_transfers_it() {
+        let (_dir, store) = store();
+        store.add_user("a@x", &Secret::new("pw")).unwrap();
+        store.add_user("m@x", &Secret::new("pw")).unwrap();
+        // Both mint before anyone enrolls: the first redemption claims it.
+        let alice = Secret::new("otp-a");
+        let mallory = Secret::new("otp-m");
+        store.add_otp(&alice, "SN1", "a@x", now() + 60).unwrap();
+        store.add_otp(&mallory, "SN1", "m@x", now() + 60).unwrap();
+        let first = store.enroll_with_otp(&alice, &request(1), issue).unwrap();
+        assert_eq!(first.action, "enroll");
+        let err = store
+            .enroll_with_otp(&mallory, &request(2), issue)
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::SerialOwned { serial } if serial == "SN1"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("another user"), "{err}");
+        // Spent: it cannot be retried after a transfer either.
+        assert!(matches!(
+            store.enroll_with_otp(&mallory, &request(2), issue),
+            Err(StoreError::OtpUsed)
+        ));
+        assert!(store.check_may_enroll("SN1", "m@x").is_err());
+        store.check_may_enroll("SN1", "a@x").unwrap();
+        store.check_may_enroll("SN-NEW", "m@x").unwrap();
+        let record = store.service("SN1").unwrap().unwrap();
+        assert_eq!(
+            (record.owner.as_deref(), record.fingerprint),
+            (Some("a@x"), [1; 32])
+        );
+
+        // Re-enrollment by the owner revokes the older certificate.
+        let again = Secret::new("otp-a2");
+        store.add_otp(&again, "SN1", "a@x", now() + 60).unwrap();
+        let second = store.enroll_with_otp(&again, &request(3), issue).unwrap();
+        assert_eq!(second.action, "reenroll");
+        let old = Fingerprint::of(&first.cert_der).0;
+        let new = Fingerprint::of(&second.cert_der).0;
+        assert_eq!(store.cert_subject(&old, "service").unwrap(), None);
+        assert_eq!(
+            store.cert_subject(&new, "service").unwrap().as_deref(),
+            Some("SN1")
+        );
+
+        // The administrator gives it to m@x: now only m@x may enroll it.
+        assert!(matches!(
+            store.transfer_service("SN1", "nobody@x"),
+            Err(StoreError::NoSuchUser(_))
+        ));
+        assert!(matches!(
+            store.transfer_service("SN-NONE", "m@x"),
+            Err(StoreError::NoSuchService(_))
+        ));
+        assert_eq!(
+            store.transfer_service("SN1", "m@x").unwrap().as_deref(),
+            Some("a@x")
+        );
+        store.check_may_enroll("SN1", "m@x").unwrap();
+        assert!(store.check_may_enroll("SN1", "a@x").is_err());
+        let trail: Vec<(String, String, String)> = store
+            .enrollment_audit(Some("SN1"))
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.action, a.actor, a.owner))
+            .collect();
+        assert_eq!(
+            trail,
+            [
+                ("enroll".into(), "a@x".into(), "a@x".into()),
+                ("reenroll".into(), "a@x".into(), "a@x".into()),
+                ("transfer".into(), "admin".into(), "m@x".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_older_database_gets_owners_from_the_otps_that_enrolled_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO otps VALUES (x'00', 'SN1', 'a@x', 0, 5);
+                 INSERT INTO services VALUES ('SN1', x'01', NULL, 5);
+                 INSERT INTO services VALUES ('SN2', x'02', NULL, 5);",
+            )
+            .unwrap();
+        }
+        let store = RelayStore::open(&path).unwrap();
+        assert_eq!(
+            store.service("SN1").unwrap().unwrap().owner.as_deref(),
+            Some("a@x")
+        );
+        assert_eq!(store.service("SN2").unwrap().unwrap().owner, None);
+        assert!(matches!(
+            store.check_may_enroll("SN2", "a@x"),
+            Err(StoreError::SerialUnowned { .. })
+        ));
+    }
+
+    #[test]
+    fn revocations_through_this_handle_change_the_generation() {
+        let (_dir, store) = store();
+        store.add_user("a@x", &Secret::new("pw")).unwrap();
+        let before = store.generation().unwrap();
+        store.set_user_enabled("a@x", false).unwrap();
+        let after_local = store.generation().unwrap();
+        assert_ne!(after_local, before);
+        // An admin command is another connection to the same file.
+        let admin = RelayStore::open(&_dir.path().join("relay.db")).unwrap();
+        admin.set_user_enabled("a@x", true).unwrap();
+        assert_ne!(store.generation().unwrap(), after_local);
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub async fn enroll(
         options.relay_url.trim_end_matches('/')
     );
     let body = EnrollServiceRequest {
-        otp: options.otp.expose().to_string(),
+        otp: options.otp.clone(),
         csr: B64.encode(&csr),
         fingerprint,
         advertise: options.advertise.clone(),

@@ -24,6 +24,9 @@ use super::within;
 pub const ALICE: &str = "alice@example.com";
 pub const ALICE_SSO_PASSWORD: &str = "alice-sso-password";
 pub const CAROL: &str = "carol@example.com";
+/// A second ordinary relay user, who wants what is alice's (added by
+/// [`TestRelay::add_user`] where a test needs him).
+pub const MALLORY: &str = "mallory@example.com";
 
 pub struct TestRelay {
     pub dir: tempfile::TempDir,
@@ -157,13 +160,60 @@ impl TestRelay {
 
     /// An enrollment one-time password for `serial`, expiring at `exp`.
     pub fn otp_until(&self, serial: &str, exp: u64) -> String {
+        self.otp_by(serial, ALICE, exp)
+    }
+
+    /// An enrollment one-time password for `serial` minted by `created_by`
+    /// (who will own the serial), expiring at `exp`.
+    pub fn otp_by(&self, serial: &str, created_by: &str, exp: u64) -> String {
         let otp = format!("otp-{}", rand_hex());
-        state::load(&self.state_dir())
-            .unwrap()
+        self.admin()
             .store
-            .add_otp(&Secret::new(otp.as_str()), serial, ALICE, exp)
+            .add_otp(&Secret::new(otp.as_str()), serial, created_by, exp)
             .unwrap();
         otp
+    }
+
+    /// The relay's state as an administrator's command opens it (its own
+    /// database connection, like `switchyard relay ...`).
+    pub fn admin(&self) -> state::RelayState {
+        state::load(&self.state_dir()).unwrap()
+    }
+
+    /// Adds a relay user (`switchyard relay user add`).
+    pub fn add_user(&self, email: &str, password: &str) {
+        self.admin()
+            .store
+            .add_user(email, &Secret::new(password))
+            .unwrap();
+    }
+
+    /// Disables a relay user (`switchyard relay user disable`).
+    pub fn disable(&self, email: &str) {
+        self.admin().store.set_user_enabled(email, false).unwrap();
+    }
+
+    /// Runs `switchyard relay --state DIR ARGS...` (the real binary) and
+    /// returns its stdout; fails the test if it fails.
+    pub async fn admin_command(&self, args: &[&str]) -> String {
+        let out = within(
+            30,
+            "relay admin command",
+            tokio::process::Command::new(super::switchyard_bin())
+                .arg("relay")
+                .arg("--state")
+                .arg(self.state_dir())
+                .args(args)
+                .output(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "switchyard relay {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
     }
 
     pub fn otp(&self, serial: &str) -> String {
@@ -228,6 +278,19 @@ impl CloudService {
     /// Enrolls (over the relay's HTTPS API) and starts. Alice's cloud
     /// identity may reach `core-*`.
     pub async fn start(relay: &TestRelay, serial: &str, extra: &[NewDevice]) -> Self {
+        Self::start_with_otp(relay, serial, &relay.otp(serial), extra)
+            .await
+            .unwrap()
+    }
+
+    /// Enrolls with `otp` (which must name `serial`) and starts; the
+    /// relay's refusal as an error.
+    pub async fn start_with_otp(
+        relay: &TestRelay,
+        serial: &str,
+        otp: &str,
+        extra: &[NewDevice],
+    ) -> Result<Self, switchyard::service::enroll::EnrollError> {
         super::init();
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("inv.db");
@@ -245,13 +308,12 @@ impl CloudService {
             &mut inv,
             EnrollOptions {
                 relay_url: relay.url(),
-                otp: Secret::new(relay.otp(serial)),
+                otp: Secret::new(otp),
                 roots,
                 advertise: None,
             },
         )
-        .await
-        .unwrap();
+        .await?;
         assert_eq!(enrolled, serial);
         drop(inv);
         let mut svc = Self {
@@ -271,7 +333,28 @@ impl CloudService {
             );
         })
         .await;
-        svc
+        Ok(svc)
+    }
+
+    /// The SHA-256 fingerprint of the service's own TLS identity (what
+    /// the relay publishes as its end-to-end pin).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let inv = Inventory::open(
+            &self.dir.path().join("inv.db"),
+            &Secret::new(ADMIN_PASSWORD),
+        )
+        .unwrap();
+        switchyard::wire::pin::Fingerprint::of(&inv.tls_identity().unwrap().cert_der).0
+    }
+
+    /// Whether the relay agent is connected now.
+    /// The relay agent's state now.
+    pub fn agent_state(&self) -> switchyard::service::relay_agent::AgentState {
+        self.agent.as_ref().unwrap().state()
+    }
+
+    pub fn online(&self) -> bool {
+        self.agent.as_ref().unwrap().state() == switchyard::service::relay_agent::AgentState::Online
     }
 
     /// Starts the RPC socket and the relay agent (again).

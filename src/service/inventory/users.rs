@@ -213,11 +213,24 @@ impl Inventory {
     }
 }
 
-/// A remote user with its stored password hash.
-#[derive(Debug, Clone)]
+/// A remote user with its stored password hash. `Debug` leaves the hash
+/// out (it is an offline-guessable secret).
+#[derive(Clone)]
 pub struct LoginRecord {
     pub user: RemoteUser,
     password_hash: Option<String>,
+}
+
+impl std::fmt::Debug for LoginRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRecord")
+            .field("user", &self.user)
+            .field(
+                "password_hash",
+                &self.password_hash.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
 }
 
 impl LoginRecord {
@@ -247,6 +260,25 @@ fn scope_from_json(json: &str) -> Result<DeviceScope, InventoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_login_record_never_shows_its_hash() {
+        let hash = password::hash_password(&Secret::new("pw")).unwrap();
+        let record = LoginRecord {
+            user: RemoteUser {
+                name: "alice".into(),
+                devices: DeviceScope::all(),
+                enabled: true,
+                has_password: true,
+                cloud: false,
+            },
+            password_hash: Some(hash.clone()),
+        };
+        let debug = format!("{record:?}");
+        assert!(!debug.contains(&hash), "{debug}");
+        assert!(!debug.contains("argon2"), "{debug}");
+        assert!(debug.contains("alice"), "{debug}");
+    }
 
     #[test]
     fn scope_globs() {

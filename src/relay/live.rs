@@ -1,0 +1,212 @@
+//! Live QUIC connections and the credential each was admitted with, so a
+//! revocation ends the sessions it concerns.
+//!
+//! Owns: the table of authenticated connections (an entry lives as long as
+//! its [`LiveEntry`] guard) and the watcher task that re-checks them.
+//!
+//! The watcher polls the store's [`generation`](super::store::RelayStore::generation)
+//! every [`POLL`]: a token revoked, a user disabled, a certificate revoked
+//! (by an admin command on the same database, or through the relay's own
+//! handle, as a re-enrollment does) changes it, and every live credential
+//! is checked again at once. A full re-check also runs every [`RECHECK`]
+//! regardless. A connection whose credential no longer holds is closed
+//! with `UNAUTHENTICATED` and the reason.
+//!
+//! **Invariant:** a revoked credential's connections are closed within
+//! [`REVOCATION_BOUND`] of the revocation's commit (poll interval plus the
+//! re-check itself, which reads two rows per connection).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::{Connection, VarInt};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::store::RelayStore;
+use super::{AuthError, RelayCore};
+use crate::wire::messages::close_code;
+use crate::wire::pin::Fingerprint;
+
+/// How often the watcher looks for a change in the database.
+pub const POLL: Duration = Duration::from_millis(250);
+/// How often every live credential is re-checked even with no change seen.
+pub const RECHECK: Duration = Duration::from_secs(30);
+/// The documented bound between a revocation and the end of the sessions
+/// it concerns.
+pub const REVOCATION_BOUND: Duration = Duration::from_secs(2);
+
+/// What a live connection was admitted with.
+#[derive(Clone)]
+pub(crate) enum Credential {
+    /// An access token (by id) of `user`.
+    Token { jti: String, user: String },
+    /// A client certificate of `user`.
+    ClientCert { fingerprint: [u8; 32], user: String },
+    /// A service's certificate for `serial`.
+    ServiceCert {
+        fingerprint: [u8; 32],
+        serial: String,
+    },
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Token { jti, user } => write!(f, "token {jti} of {user}"),
+            Self::ClientCert { fingerprint, user } => {
+                write!(
+                    f,
+                    "client certificate {} of {user}",
+                    Fingerprint(*fingerprint)
+                )
+            }
+            Self::ServiceCert {
+                fingerprint,
+                serial,
+            } => write!(
+                f,
+                "service certificate {} of {serial}",
+                Fingerprint(*fingerprint)
+            ),
+        }
+    }
+}
+
+impl Credential {
+    /// Whether the credential still holds (expiry is checked per request,
+    /// where a client can still present a refreshed token).
+    pub fn check(&self, store: &RelayStore) -> Result<(), AuthError> {
+        match self {
+            Self::Token { jti, user } => {
+                match store.token(jti)? {
+                    Some(record) if record.revoked => {
+                        return Err(AuthError::Revoked { id: jti.clone() });
+                    }
+                    Some(_) => {}
+                    None => return Err(AuthError::Invalid),
+                }
+                enabled(store, user)
+            }
+            Self::ClientCert { fingerprint, user } => {
+                store
+                    .cert_subject(fingerprint, "client")?
+                    .ok_or(AuthError::UnknownCertificate)?;
+                enabled(store, user)
+            }
+            Self::ServiceCert { fingerprint, .. } => store
+                .cert_subject(fingerprint, "service")?
+                .map(|_| ())
+                .ok_or(AuthError::UnknownCertificate),
+        }
+    }
+}
+
+fn enabled(store: &RelayStore, user: &str) -> Result<(), AuthError> {
+    if store.user_enabled(user)? {
+        Ok(())
+    } else {
+        Err(AuthError::UserDisabled(user.to_string()))
+    }
+}
+
+type Table = Mutex<HashMap<usize, (Connection, Credential)>>;
+
+/// The live authenticated connections.
+#[derive(Default)]
+pub(crate) struct LiveConnections {
+    table: Arc<Table>,
+}
+
+/// A connection's place in the table; removed on drop.
+pub(crate) struct LiveEntry {
+    table: Arc<Table>,
+    id: usize,
+}
+
+impl LiveEntry {
+    /// The connection now holds `credential` (a client's `Reauth`).
+    pub fn replace(&self, credential: Credential) {
+        if let Some(entry) = lock(&self.table).get_mut(&self.id) {
+            entry.1 = credential;
+        }
+    }
+}
+
+impl Drop for LiveEntry {
+    fn drop(&mut self) {
+        lock(&self.table).remove(&self.id);
+    }
+}
+
+fn lock(table: &Table) -> std::sync::MutexGuard<'_, HashMap<usize, (Connection, Credential)>> {
+    table.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl LiveConnections {
+    /// Records an authenticated connection until the returned entry drops.
+    pub fn register(&self, conn: &Connection, credential: Credential) -> LiveEntry {
+        let id = conn.stable_id();
+        lock(&self.table).insert(id, (conn.clone(), credential));
+        LiveEntry {
+            table: self.table.clone(),
+            id,
+        }
+    }
+
+    /// Connections recorded now.
+    pub fn len(&self) -> usize {
+        lock(&self.table).len()
+    }
+
+    /// Checks every live credential; closes the connections whose
+    /// credential no longer holds. Returns how many were closed.
+    fn recheck(&self, store: &RelayStore) -> usize {
+        let snapshot: Vec<(Connection, Credential)> = lock(&self.table).values().cloned().collect();
+        let mut closed = 0;
+        for (conn, credential) in snapshot {
+            let why = match credential.check(store) {
+                Ok(()) => continue,
+                // A database error is no proof of revocation: keep serving.
+                Err(AuthError::Store(e)) => {
+                    warn!(error = %e, "cannot re-check a live credential");
+                    continue;
+                }
+                Err(why) => why,
+            };
+            info!(credential = ?credential, reason = %why, "closing a live relay connection: its credential no longer holds");
+            conn.close(
+                VarInt::from_u32(close_code::UNAUTHENTICATED),
+                why.to_string().as_bytes(),
+            );
+            metrics::counter!("switchyard_relay_sessions_revoked_total").increment(1);
+            closed += 1;
+        }
+        closed
+    }
+}
+
+/// The watcher: re-checks live credentials when the database changes, and
+/// every [`RECHECK`] regardless, until `cancel`.
+pub(crate) async fn watch(core: Arc<RelayCore>, cancel: CancellationToken) {
+    let mut seen = core.state.store.generation().ok();
+    let mut last_full = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = tokio::time::Instant::now();
+        let generation = core.state.store.generation().ok();
+        if generation == seen && now.duration_since(last_full) < RECHECK {
+            continue;
+        }
+        seen = generation;
+        last_full = now;
+        let core = core.clone();
+        let _ = tokio::task::spawn_blocking(move || core.live.recheck(&core.state.store)).await;
+    }
+}
