@@ -69,18 +69,27 @@ fn fill_queue(path: &std::path::Path) -> usize {
     panic!("the notify socket's queue never filled");
 }
 
-/// Whether `pid`'s main thread is in a send system call: the broker runs
-/// its start-up (and `sd_notify`) on its main thread, so with the notify
-/// queue full this is the broker held inside its READY send.
+/// Whether `pid`'s main thread is blocked writing to a socket: the broker
+/// runs its start-up (and `sd_notify`) on its main thread, so with the
+/// notify queue full this is the broker held inside its READY send.
 fn blocked_in_send(pid: u32) -> bool {
     #[cfg(target_arch = "x86_64")]
-    const SEND: &[&str] = &["44", "46"]; // sendto, sendmsg
+    const SEND: &[&str] = &["1", "44", "46"]; // write, sendto, sendmsg
     #[cfg(target_arch = "aarch64")]
-    const SEND: &[&str] = &["206", "211"];
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/syscall"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .is_some_and(|nr| SEND.contains(&nr.as_str()))
+    const SEND: &[&str] = &["64", "206", "211"];
+    let Ok(syscall) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/syscall")) else {
+        return false;
+    };
+    let mut fields = syscall.split_whitespace();
+    let (Some(nr), Some(fd)) = (fields.next(), fields.next()) else {
+        return false;
+    };
+    let Ok(fd) = u64::from_str_radix(fd.trim_start_matches("0x"), 16) else {
+        return false;
+    };
+    SEND.contains(&nr)
+        && std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
 }
 
 /// Kills the child if the test fails before it exits.
