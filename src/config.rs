@@ -377,6 +377,9 @@ mod tests {
         std::fs::write(&path, "[log]\nformat = \"xml\"\n").unwrap();
         let err = load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("log.format"), "{err}");
+        std::fs::write(&path, "[ssh]\nmax_connections_per_device = 0\n").unwrap();
+        let err = load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("ssh.max_connections_per_device"), "{err}");
     }
 
     #[test]
