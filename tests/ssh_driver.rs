@@ -115,7 +115,13 @@ async fn session_limit_opens_more_connections() {
         .unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", sshd.log()));
     t.known_host_key = warm.learned_host_key;
     assert_eq!(pool.stats().connects, 1);
-    let command = cmds(&["sleep 0.3; echo done"]);
+    // Each command waits until all six run at once (a barrier in a
+    // directory), which needs three connections of two channels.
+    let barrier = sshd.scratch();
+    let command = vec![format!(
+        "mktemp -p {b} >/dev/null; until [ $(ls {b} | wc -l) -ge 6 ]; do sleep 0.05; done; echo done",
+        b = barrier.display()
+    )];
     let runs = (0..6).map(|_| pool.exec(&t, &command, T));
     let results = within(60, "6 concurrent execs", futures::future::join_all(runs)).await;
     for r in results {
@@ -124,7 +130,7 @@ async fn session_limit_opens_more_connections() {
     }
     let stats = pool.stats();
     assert!(
-        stats.connects >= 2 && stats.connects <= limit as u64,
+        stats.connects >= 3 && stats.connects <= limit as u64,
         "expected a second connection for the refused channels, at most {limit}: {stats:?}"
     );
     assert_eq!(sshd.accepted() as u64, stats.connects, "device-side count");
