@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::sshd::{Sshd, TEST_PASSWORD, TEST_USER};
+use common::sshd::{Sshd, TEST_PASSWORD, TEST_USER, endless_command, read_pid};
 use common::{eventually, init, key_body, within};
 use switchyard::secret::Secret;
 use switchyard::service::drivers::ssh::{SshDriverConfig, SshPool};
@@ -405,4 +405,56 @@ async fn oversized_output_is_cut_off() {
         Err(CommandError::TooMuchOutput { limit: 1000 })
     );
     assert_eq!(exec.results[1].outcome.as_ref().unwrap().output, "fine\n");
+}
+
+/// A caller that finds every allowed connection's channels taken queues,
+/// and past `connect_timeout` + its command timeout gets `Busy`, naming
+/// the limit; no connection beyond the limit is opened for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_device_answers_busy_after_the_queue_bound() {
+    init();
+    let sshd = Sshd::start(10).await;
+    let pool = std::sync::Arc::new(SshPool::new(SshDriverConfig {
+        connect_timeout: Duration::from_secs(5),
+        max_connections_per_device: 1,
+        max_sessions_per_connection: 1,
+        ..Default::default()
+    }));
+    let t = target(sshd.port, TEST_PASSWORD);
+    // The only channel is held by a command that runs until the test ends.
+    let pid_file = sshd.scratch().join("pid");
+    let holder = {
+        let (pool, t) = (pool.clone(), t.clone());
+        let command = vec![endless_command(&pid_file)];
+        tokio::spawn(async move { pool.exec(&t, &command, Duration::from_secs(120)).await })
+    };
+    within(30, "the holding command starts", async {
+        while read_pid(&pid_file).is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let err = within(
+        30,
+        "queued exec",
+        pool.exec(&t, &cmds(&["echo never"]), Duration::from_millis(500)),
+    )
+    .await
+    .unwrap_err();
+    let DriverError::Busy {
+        connections,
+        waited,
+        ..
+    } = &err
+    else {
+        panic!("expected Busy, got {err}");
+    };
+    assert_eq!(*connections, 1);
+    assert_eq!(*waited, Duration::from_millis(5500));
+    assert!(
+        err.to_string().contains("max_connections_per_device"),
+        "{err}"
+    );
+    assert_eq!(sshd.accepted(), 1, "no connection beyond the limit");
+    holder.abort();
 }
