@@ -420,3 +420,79 @@ async fn shutdown_drains_running_requests_and_refuses_new_ones() {
     assert_eq!(output, b"done\n");
     within(30, "shutdown", shutdown).await.unwrap();
 }
+
+/// Issue 17 item 3: one request naming the same SSH device 10,000 times
+/// gets 10,000 answers over at most the per-device connection limit,
+/// counted on the device side (a counting TCP relay in front of a
+/// simulated device).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_names_of_one_device_stay_within_its_connection_limit() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    common::init();
+    let fleet = switchyard::sim::server::SimFleet::start(Default::default())
+        .await
+        .unwrap();
+    let ep = fleet.endpoints()[0].clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let relay = tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                continue;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(ep.addr).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    let creds = switchyard::sim::server::SimCredentials::default();
+    let mut device = ssh_device(&fleet.endpoints()[0].name, port);
+    device.username = Some(creds.username.clone());
+    device.password = Some(creds.password.clone());
+    let name = device.name.clone();
+    let svc = start_service(&[device], RpcConfig::default());
+    let c = login(&svc, "alice", ALICE_PASSWORD).await.unwrap();
+    let ch = channel(&c, &svc);
+    // A generous command timeout: it also bounds each name's wait in the
+    // device's queue (with the connect timeout), and 10,000 queue behind
+    // 4 x 8 channels on a busy machine.
+    let request = req(Request::Exec {
+        devices: vec![name.clone(); 10_000],
+        commands: vec!["show version".into()],
+        timeout_ms: Some(120_000),
+    });
+    let responses = collect(&ch, request).await.unwrap();
+    let mut answered = vec![false; 10_000];
+    for r in responses {
+        let Response::ExecDevice {
+            device,
+            commands,
+            error,
+        } = r
+        else {
+            continue;
+        };
+        assert_eq!(error, None, "device {device}");
+        assert_eq!(commands.len(), 1);
+        assert_eq!(commands[0].error, None);
+        let out = String::from_utf8_lossy(&commands[0].output);
+        assert!(out.contains(&format!("{name} uptime is")), "{out}");
+        assert!(!answered[device as usize], "device {device} answered twice");
+        answered[device as usize] = true;
+    }
+    assert!(answered.iter().all(|a| *a), "every name is answered");
+    let limit =
+        switchyard::service::drivers::ssh::SshDriverConfig::default().max_connections_per_device;
+    let seen = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=limit).contains(&seen),
+        "{seen} connections to the device (limit {limit})"
+    );
+    relay.abort();
+}
