@@ -94,7 +94,9 @@ struct PooledConn {
     /// Lowered when the device refuses a channel below our configured limit.
     capacity: usize,
     idle_since: Instant,
-    /// The host key the device presented on this connection (OpenSSH form).
+    /// The host key the device presented on this connection (OpenSSH
+    /// form), until one lease has taken it to be recorded: one report per
+    /// connection, not one per command.
     host_key: Option<String>,
 }
 
@@ -163,6 +165,8 @@ struct Lease {
     key: PoolKey,
     id: u64,
     handle: Arc<SshHandle>,
+    /// The host key to record, for the first lease on a connection to a
+    /// device whose key is not yet known.
     host_key: Option<String>,
 }
 
@@ -288,7 +292,7 @@ impl SshPool {
                         continue;
                     }
                 };
-                if target.known_host_key.is_none() && learned_host_key.is_none() {
+                if learned_host_key.is_none() {
                     learned_host_key = lease.host_key.clone();
                 }
                 let mut channel = ClosingChannel(Some(channel));
@@ -332,11 +336,7 @@ impl SshPool {
         let (lease, channel) = self
             .open_channel(target, self.shared.config.command_timeout)
             .await?;
-        let learned = target
-            .known_host_key
-            .is_none()
-            .then(|| lease.host_key.clone())
-            .flatten();
+        let learned = lease.host_key.clone();
         let ssh_err = |e: russh::Error| DriverError::Ssh {
             device: target.name.clone(),
             reason: e.to_string(),
@@ -381,10 +381,16 @@ impl SshPool {
         // A few rounds: a pooled connection may have died or hit the
         // device's session limit since we last used it.
         let mut last_error = None;
+        // A host key to record survives a retry on another lease.
+        let mut host_key = None;
         for _ in 0..4 {
-            let lease = self.acquire(&key, target, deadline, waited).await?;
+            let mut lease = self.acquire(&key, target, deadline, waited).await?;
+            host_key = host_key.or(lease.host_key.take());
             match lease.handle.channel_open_session().await {
-                Ok(channel) => return Ok((lease, channel)),
+                Ok(channel) => {
+                    lease.host_key = host_key;
+                    return Ok((lease, channel));
+                }
                 Err(russh::Error::ChannelOpenFailure(reason)) => {
                     debug!(
                         ?reason,
@@ -439,12 +445,17 @@ impl SshPool {
                     .min_by_key(|c| c.open_channels)
                 {
                     conn.open_channels += 1;
+                    let host_key = if target.known_host_key.is_none() {
+                        conn.host_key.take()
+                    } else {
+                        None
+                    };
                     return Ok(Lease {
                         shared: self.shared.clone(),
                         key: key.clone(),
                         id: conn.id,
                         handle: conn.handle.clone(),
-                        host_key: conn.host_key.clone(),
+                        host_key,
                     });
                 }
                 if dev.connecting.is_none() && dev.conns.len() < limit {
