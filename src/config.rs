@@ -183,6 +183,7 @@ struct SshSection {
     command_timeout_secs: f64,
     idle_timeout_secs: f64,
     max_sessions_per_connection: usize,
+    max_connections_per_device: usize,
     max_output_bytes: u64,
 }
 
@@ -194,6 +195,7 @@ impl Default for SshSection {
             command_timeout_secs: d.command_timeout.as_secs_f64(),
             idle_timeout_secs: d.idle_timeout.as_secs_f64(),
             max_sessions_per_connection: d.max_sessions_per_connection,
+            max_connections_per_device: d.max_connections_per_device,
             max_output_bytes: d.max_output_bytes,
         }
     }
@@ -266,11 +268,17 @@ impl FileSettings {
                 "ssh.max_sessions_per_connection must be at least 1".into(),
             ));
         }
+        if s.max_connections_per_device == 0 {
+            return Err(ConfigError::Value(
+                "ssh.max_connections_per_device must be at least 1".into(),
+            ));
+        }
         let ssh = SshDriverConfig {
             connect_timeout: secs("ssh.connect_timeout_secs", s.connect_timeout_secs)?,
             command_timeout: secs("ssh.command_timeout_secs", s.command_timeout_secs)?,
             idle_timeout: secs("ssh.idle_timeout_secs", s.idle_timeout_secs)?,
             max_sessions_per_connection: s.max_sessions_per_connection,
+            max_connections_per_device: s.max_connections_per_device,
             max_output_bytes: s.max_output_bytes,
         };
         let b = self.broker;
@@ -369,6 +377,9 @@ mod tests {
         std::fs::write(&path, "[log]\nformat = \"xml\"\n").unwrap();
         let err = load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("log.format"), "{err}");
+        std::fs::write(&path, "[ssh]\nmax_connections_per_device = 0\n").unwrap();
+        let err = load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("ssh.max_connections_per_device"), "{err}");
     }
 
     #[test]

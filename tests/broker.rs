@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use common::broker::{
     Metrics, TestBroker, direct, in_session, named, open_attached, run_exec, status,
 };
-use common::service::{ALICE_PASSWORD, ssh_device, start_service};
-use common::within;
+use common::service::{ALICE_PASSWORD, ssh_device, sshd_device, start_service};
+use common::sshd::{Sshd, endless_command, process_alive, read_pid};
+use common::{eventually, within};
 use switchyard::api::pb;
 use switchyard::service::rpc::RpcConfig;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -67,8 +68,8 @@ async fn sessions_share_one_link_for_the_same_credentials() {
     )
     .await
     .unwrap();
-    assert!(out[0].0.contains("core-1 uptime"));
-    assert!(out[1].0.contains("edge-1 uptime"));
+    assert!(out[0].ok_output().contains("core-1 uptime"));
+    assert!(out[1].ok_output().contains("edge-1 uptime"));
     let out = run_exec(
         &mut b,
         in_session(&sb, &second.service_id),
@@ -77,7 +78,7 @@ async fn sessions_share_one_link_for_the_same_credentials() {
     )
     .await
     .unwrap();
-    assert!(out[0].0.contains("UTC"));
+    assert!(out[0].ok_output().contains("UTC"));
 
     let s = status(&broker).await;
     assert_eq!(s.links.len(), 1, "{s:?}");
@@ -319,8 +320,11 @@ async fn cli_says_how_to_start_a_missing_broker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "helper process for caller_killed_mid_exec_is_released"]
 async fn helper_hold_session_with_exec_in_flight() {
-    let (Ok(socket), Ok(port)) = (std::env::var("HELPER_SOCKET"), std::env::var("HELPER_PORT"))
-    else {
+    let (Ok(socket), Ok(port), Ok(command)) = (
+        std::env::var("HELPER_SOCKET"),
+        std::env::var("HELPER_PORT"),
+        std::env::var("HELPER_COMMAND"),
+    ) else {
         return;
     };
     let mut c = switchyard::api::client::connect(std::path::Path::new(&socket))
@@ -340,27 +344,29 @@ async fn helper_hold_session_with_exec_in_flight() {
         .unwrap()
         .into_inner();
     // The broker answers an exec with its first event, which never comes
-    // here: the test sees the call in flight when the device is dialled.
+    // here (the command never ends): the test sees it running on the device.
     println!("READY {s}");
-    let _ = c
+    let answer = c
         .exec(pb::ExecRequest {
             service: in_session(&s, &svc.service_id),
-            devices: vec!["hang-1".into()],
-            commands: vec!["true".into()],
-            timeout_ms: 0,
+            devices: vec!["linux-1".into()],
+            commands: vec![command],
+            timeout_ms: 600_000,
         })
         .await;
+    // Held (stream or error) until the test kills this process: dropping a
+    // stream would cancel the call from here instead.
+    let _held = answer;
     std::future::pending::<()>().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_killed_mid_exec_is_released_within_a_second() {
-    // A device that accepts TCP and never answers: the exec hangs there.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let svc = start_service(
-        &[ssh_device("hang-1", silent.local_addr().unwrap().port())],
-        RpcConfig::default(),
-    );
+    // A real device running a command that never ends by itself, with a
+    // ten-minute timeout: only the caller's going away can stop it.
+    let sshd = Sshd::start(10).await;
+    let pid_file = sshd.scratch().join("pid");
+    let svc = start_service(&[sshd_device("linux-1", sshd.port)], RpcConfig::default());
     let broker = TestBroker::start(&[]).await;
 
     // Another session, busy on its own, must not notice.
@@ -382,6 +388,7 @@ async fn caller_killed_mid_exec_is_released_within_a_second() {
         ])
         .env("HELPER_SOCKET", broker.socket())
         .env("HELPER_PORT", svc.addr().port().to_string())
+        .env("HELPER_COMMAND", endless_command(&pid_file))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -401,8 +408,17 @@ async fn caller_killed_mid_exec_is_released_within_a_second() {
         }
     })
     .await;
-    // The helper's exec is in flight at the service (connecting to the device).
-    let (mut device_side, _) = within(20, "device connect", silent.accept()).await.unwrap();
+    // The helper's exec runs on the device.
+    let pid = within(30, "the device command starts", async {
+        loop {
+            if let Some(pid) = read_pid(&pid_file) {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(process_alive(pid), "the device command runs");
     let s = status(&broker).await;
     let held = s
         .sessions
@@ -425,18 +441,14 @@ async fn caller_killed_mid_exec_is_released_within_a_second() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Its in-flight exec was cancelled all the way to the device.
-    let mut buf = [0u8; 64];
-    loop {
-        use tokio::io::AsyncReadExt;
-        if within(10, "device connection closed", device_side.read(&mut buf))
-            .await
-            .unwrap_or(0)
-            == 0
-        {
-            break;
-        }
-    }
+    // Its in-flight exec was cancelled all the way to the device: the
+    // command's process ends (it would otherwise run for ten minutes).
+    eventually(
+        5,
+        "the device command ends after its caller was killed",
+        || !process_alive(pid),
+    )
+    .await;
     let out = run_exec(
         &mut other,
         in_session(&so, &other_svc),
@@ -445,7 +457,10 @@ async fn caller_killed_mid_exec_is_released_within_a_second() {
     )
     .await
     .unwrap();
-    assert!(out[0].0.contains("UTC"), "the other session is unaffected");
+    assert!(
+        out[0].ok_output().contains("UTC"),
+        "the other session is unaffected"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,7 +511,7 @@ async fn service_restart_fails_in_flight_calls_fast_then_recovers() {
     loop {
         match run_exec(&mut c, named("lab"), &["core-1"], &["show clock"]).await {
             Ok(out) => {
-                assert!(out[0].0.contains("UTC"));
+                assert!(out[0].ok_output().contains("UTC"));
                 break;
             }
             Err(e) => {
@@ -578,9 +593,10 @@ async fn passwords_never_reach_the_broker_log() {
         .connect_direct(&svc, "lab", &[("RUST_LOG", "trace")])
         .await;
     assert!(out.status.success());
-    run_exec(&mut c, named("lab"), &["core-1"], &["show clock"])
+    let done = run_exec(&mut c, named("lab"), &["core-1"], &["show clock"])
         .await
         .unwrap();
+    assert!(done[0].ok_output().contains("UTC"), "{done:?}");
     let cli_log = String::from_utf8_lossy(&out.stderr);
     // Stop the broker so its log is complete.
     let mut child = broker.child;
@@ -639,12 +655,21 @@ async fn malformed_and_oversized_input_fails_only_that_call() {
         .await
         .unwrap();
     let mut answer = Vec::new();
-    let _ = within(
+    let ended = within(
         10,
         "broker ends the connection",
         raw.read_to_end(&mut answer),
     )
     .await;
+    assert!(
+        ended.is_ok()
+            || matches!(&ended, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{ended:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("HTTP/1.1 200"),
+        "answered as HTTP/1.1"
+    );
 
     // Over the front door's message limit: refused as it arrives.
     let huge = "x".repeat(5 * 1024 * 1024);
@@ -667,7 +692,7 @@ async fn malformed_and_oversized_input_fails_only_that_call() {
     let out = run_exec(&mut c, named("lab"), &["core-1"], &["show clock"])
         .await
         .unwrap();
-    assert!(out[0].0.contains("UTC"), "{out:?}");
+    assert!(out[0].ok_output().contains("UTC"), "{out:?}");
     let links = status(&broker).await.links;
     assert_eq!(links.len(), 1);
     assert_eq!((links[0].state.as_str(), links[0].connects), ("up", 1));

@@ -4,8 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::service::{ALICE_PASSWORD, TestService, ssh_device, start_service};
-use common::within;
+use common::service::{ALICE_PASSWORD, TestService, ssh_device, sshd_device, start_service};
+use common::sshd::{Sshd, endless_command, process_alive, read_pid};
+use common::{eventually, within};
 use switchyard::broker::direct_client::{DirectConnection, DirectTarget, connect};
 use switchyard::broker::link::{LinkChannel, LinkError};
 use switchyard::secret::Secret;
@@ -16,7 +17,6 @@ use switchyard::wire::frame::PROTOCOL_VERSION;
 use switchyard::wire::messages::{
     ErrorCode, Request, RequestEnvelope, Response, TerminalInput, close_code,
 };
-use tokio::io::AsyncReadExt;
 
 fn target(svc: &TestService, user: &str, password: &str) -> DirectTarget {
     DirectTarget {
@@ -219,27 +219,41 @@ async fn deadline_propagates_to_the_service() {
     assert_eq!(e.code, ErrorCode::DeadlineExceeded);
 }
 
+/// A caller that goes away stops the command on the device: checked on the
+/// device side (the command's own process ends), with a device timeout of
+/// ten minutes, so only the cancellation can end it within the window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_going_away_cancels_the_device_work() {
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = silent.local_addr().unwrap().port();
-    let svc = start_service(&[ssh_device("hang-1", port)], RpcConfig::default());
+    let sshd = Sshd::start(10).await;
+    let svc = start_service(&[sshd_device("linux-1", sshd.port)], RpcConfig::default());
     let c = login(&svc, "alice", ALICE_PASSWORD).await.unwrap();
     let ch = channel(&c, &svc);
-    let call = ch.call(exec(&["hang-1"], &["true"])).await.unwrap();
-    // The service is now connecting to the device and waiting for SSH.
-    let (mut device_side, _) = within(20, "device connect", silent.accept()).await.unwrap();
-    drop(call);
-    // Cancelled: the service drops its device connection.
-    let mut buf = [0u8; 64];
-    loop {
-        let n = within(10, "device connection closed", device_side.read(&mut buf))
-            .await
-            .unwrap_or(0);
-        if n == 0 {
-            break;
+    let pid_file = sshd.scratch().join("pid");
+    let command = endless_command(&pid_file);
+    let envelope = req(Request::Exec {
+        devices: vec!["linux-1".into()],
+        commands: vec![command],
+        timeout_ms: Some(600_000),
+    });
+    let call = ch.call(envelope).await.unwrap();
+    let pid = within(30, "the device command starts", async {
+        loop {
+            if let Some(pid) = read_pid(&pid_file) {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
+    })
+    .await;
+    assert!(process_alive(pid), "the device command runs");
+    drop(call);
+    // Generous for a busy machine; the command would otherwise run ten minutes.
+    eventually(
+        5,
+        "the device command ends after its caller went away",
+        || !process_alive(pid),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,11 +384,8 @@ async fn terminal_session_on_a_device() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_running_requests_and_refuses_new_ones() {
     common::init();
-    let sshd = common::sshd::Sshd::start(10).await;
-    let mut slow = ssh_device("slow-1", sshd.port);
-    slow.username = Some(common::sshd::TEST_USER.into());
-    slow.password = Some(Secret::new(common::sshd::TEST_PASSWORD));
-    let mut svc = start_service(&[slow], RpcConfig::default());
+    let sshd = Sshd::start(10).await;
+    let mut svc = start_service(&[sshd_device("slow-1", sshd.port)], RpcConfig::default());
     let c = login(&svc, "alice", ALICE_PASSWORD).await.unwrap();
     let ch = channel(&c, &svc);
     let mut running = ch
@@ -408,4 +419,80 @@ async fn shutdown_drains_running_requests_and_refuses_new_ones() {
     }
     assert_eq!(output, b"done\n");
     within(30, "shutdown", shutdown).await.unwrap();
+}
+
+/// Issue 17 item 3: one request naming the same SSH device 10,000 times
+/// gets 10,000 answers over at most the per-device connection limit,
+/// counted on the device side (a counting TCP relay in front of a
+/// simulated device).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_names_of_one_device_stay_within_its_connection_limit() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    common::init();
+    let fleet = switchyard::sim::server::SimFleet::start(Default::default())
+        .await
+        .unwrap();
+    let ep = fleet.endpoints()[0].clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let relay = tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                continue;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(ep.addr).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    let creds = switchyard::sim::server::SimCredentials::default();
+    let mut device = ssh_device(&fleet.endpoints()[0].name, port);
+    device.username = Some(creds.username.clone());
+    device.password = Some(creds.password.clone());
+    let name = device.name.clone();
+    let svc = start_service(&[device], RpcConfig::default());
+    let c = login(&svc, "alice", ALICE_PASSWORD).await.unwrap();
+    let ch = channel(&c, &svc);
+    // A generous command timeout: it also bounds each name's wait in the
+    // device's queue (with the connect timeout), and 10,000 queue behind
+    // 4 x 8 channels on a busy machine.
+    let request = req(Request::Exec {
+        devices: vec![name.clone(); 10_000],
+        commands: vec!["show version".into()],
+        timeout_ms: Some(120_000),
+    });
+    let responses = collect(&ch, request).await.unwrap();
+    let mut answered = vec![false; 10_000];
+    for r in responses {
+        let Response::ExecDevice {
+            device,
+            commands,
+            error,
+        } = r
+        else {
+            continue;
+        };
+        assert_eq!(error, None, "device {device}");
+        assert_eq!(commands.len(), 1);
+        assert_eq!(commands[0].error, None);
+        let out = String::from_utf8_lossy(&commands[0].output);
+        assert!(out.contains(&format!("{name} uptime is")), "{out}");
+        assert!(!answered[device as usize], "device {device} answered twice");
+        answered[device as usize] = true;
+    }
+    assert!(answered.iter().all(|a| *a), "every name is answered");
+    let limit =
+        switchyard::service::drivers::ssh::SshDriverConfig::default().max_connections_per_device;
+    let seen = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=limit).contains(&seen),
+        "{seen} connections to the device (limit {limit})"
+    );
+    relay.abort();
 }

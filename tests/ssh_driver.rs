@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::sshd::{Sshd, TEST_PASSWORD, TEST_USER};
+use common::sshd::{Sshd, TEST_PASSWORD, TEST_USER, endless_command, read_pid};
 use common::{eventually, init, key_body, within};
 use switchyard::secret::Secret;
 use switchyard::service::drivers::ssh::{SshDriverConfig, SshPool};
@@ -104,20 +104,140 @@ async fn session_limit_opens_more_connections() {
     init();
     // The device allows 2 channels per connection; we would use up to 8.
     let sshd = Sshd::start(2).await;
-    let pool = SshPool::new(SshDriverConfig::default());
-    let t = target(sshd.port, TEST_PASSWORD);
-    let command = cmds(&["sleep 0.3; echo done"]);
+    let config = SshDriverConfig::default();
+    let limit = config.max_connections_per_device;
+    let pool = SshPool::new(config);
+    let mut t = target(sshd.port, TEST_PASSWORD);
+    // Warm one connection first: the pool believes it has 8 free slots, so
+    // a second connection can only come from the device refusing channels.
+    let warm = within(30, "warm-up exec", pool.exec(&t, &cmds(&["true"]), T))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", sshd.log()));
+    t.known_host_key = warm.learned_host_key;
+    assert_eq!(pool.stats().connects, 1);
+    // Each command waits until all six run at once (a barrier in a
+    // directory), which needs three connections of two channels.
+    let barrier = sshd.scratch();
+    let command = vec![format!(
+        "mktemp -p {b} >/dev/null; until [ $(ls {b} | wc -l) -ge 6 ]; do sleep 0.05; done; echo done",
+        b = barrier.display()
+    )];
     let runs = (0..6).map(|_| pool.exec(&t, &command, T));
     let results = within(60, "6 concurrent execs", futures::future::join_all(runs)).await;
     for r in results {
         let exec = r.unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", sshd.log()));
         assert_eq!(exec.results[0].outcome.as_ref().unwrap().output, "done\n");
     }
+    let stats = pool.stats();
     assert!(
-        pool.stats().connects >= 2,
-        "expected more than one connection, stats {:?}",
-        pool.stats()
+        stats.connects >= 3 && stats.connects <= limit as u64,
+        "expected a second connection for the refused channels, at most {limit}: {stats:?}"
     );
+    assert_eq!(sshd.accepted() as u64, stats.connects, "device-side count");
+}
+
+/// Issue 15 item 5: ten first callers at once to a cold device whose sshd
+/// admits two unauthenticated connections at a time. One connect serves
+/// them all (single flight), so none is dropped by `MaxStartups`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_first_callers_pass_max_startups_2() {
+    init();
+    let sshd = Sshd::start_daemon(10, "MaxStartups 2").await;
+    let config = SshDriverConfig::default();
+    let limit = config.max_connections_per_device as u64;
+    let pool = SshPool::new(config);
+    let t = target(sshd.port, TEST_PASSWORD);
+    let commands: Vec<Vec<String>> = (0..10).map(|i| vec![format!("echo caller-{i}")]).collect();
+    let runs = commands.iter().map(|c| pool.exec(&t, c, T));
+    let results = within(60, "10 first callers", futures::future::join_all(runs)).await;
+    for (i, r) in results.into_iter().enumerate() {
+        let exec = r.unwrap_or_else(|e| panic!("caller {i}: {e}\nsshd log:\n{}", sshd.log()));
+        let out = exec.results[0].outcome.as_ref().unwrap();
+        assert_eq!(out.output, format!("caller-{i}\n"));
+        assert_eq!(out.exit_status, Some(0));
+    }
+    let stats = pool.stats();
+    assert!(
+        stats.connects >= 1 && stats.connects <= limit,
+        "connections: {stats:?}"
+    );
+}
+
+/// Issue 17 item 3: a burst of callers to one device never holds more than
+/// the per-device connection limit; the rest queue for channels and all
+/// finish. Counted on the device side too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_of_callers_stays_within_the_connection_limit() {
+    init();
+    let sshd = Sshd::start(10).await;
+    let pool = SshPool::new(SshDriverConfig {
+        max_connections_per_device: 3,
+        max_sessions_per_connection: 2,
+        ..Default::default()
+    });
+    let t = target(sshd.port, TEST_PASSWORD);
+    let commands: Vec<Vec<String>> = (0..150).map(|i| vec![format!("echo {i}")]).collect();
+    let runs = commands
+        .iter()
+        .map(|c| pool.exec(&t, c, Duration::from_secs(60)));
+    let results = within(120, "150 callers", futures::future::join_all(runs)).await;
+    for (i, r) in results.into_iter().enumerate() {
+        let exec = r.unwrap_or_else(|e| panic!("caller {i}: {e}\nsshd log:\n{}", sshd.log()));
+        assert_eq!(
+            exec.results[0].outcome.as_ref().unwrap().output,
+            format!("{i}\n")
+        );
+    }
+    let stats = pool.stats();
+    assert!(stats.connects <= 3, "pool opened {stats:?}");
+    assert!(
+        sshd.accepted() <= 3,
+        "device saw {} connections",
+        sshd.accepted()
+    );
+    assert!(sshd.accepted() >= 1);
+}
+
+/// The same bound with 10,000 callers naming one (simulated, in-process)
+/// device: at most the limit of connections, every caller answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_callers_to_one_device_share_the_limit() {
+    init();
+    let fleet = switchyard::sim::server::SimFleet::start(Default::default())
+        .await
+        .unwrap();
+    let ep = fleet.endpoints()[0].clone();
+    let pool = SshPool::new(SshDriverConfig {
+        max_connections_per_device: 4,
+        ..Default::default()
+    });
+    let creds = switchyard::sim::server::SimCredentials::default();
+    let t = DeviceTarget {
+        name: ep.name.clone(),
+        host: "127.0.0.1".into(),
+        port: ep.port,
+        driver: DriverKind::Ssh,
+        credentials: DeviceCredentials {
+            username: Some(creds.username.clone()),
+            password: Some(creds.password.clone()),
+            private_key: None,
+        },
+        known_host_key: None,
+    };
+    let command = cmds(&["show version"]);
+    let runs = (0..10_000).map(|_| pool.exec(&t, &command, Duration::from_secs(120)));
+    let results = within(240, "10,000 callers", futures::future::join_all(runs)).await;
+    let mut ok = 0;
+    for r in results {
+        let exec = r.unwrap_or_else(|e| panic!("{e}"));
+        let out = exec.results[0].outcome.as_ref().unwrap();
+        assert!(out.output.contains(&ep.name), "{}", out.output);
+        ok += 1;
+    }
+    assert_eq!(ok, 10_000);
+    let stats = pool.stats();
+    assert!(stats.connects <= 4, "pool opened {stats:?}");
+    fleet.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,4 +405,56 @@ async fn oversized_output_is_cut_off() {
         Err(CommandError::TooMuchOutput { limit: 1000 })
     );
     assert_eq!(exec.results[1].outcome.as_ref().unwrap().output, "fine\n");
+}
+
+/// A caller that finds every allowed connection's channels taken queues,
+/// and past `connect_timeout` + its command timeout gets `Busy`, naming
+/// the limit; no connection beyond the limit is opened for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_device_answers_busy_after_the_queue_bound() {
+    init();
+    let sshd = Sshd::start(10).await;
+    let pool = std::sync::Arc::new(SshPool::new(SshDriverConfig {
+        connect_timeout: Duration::from_secs(5),
+        max_connections_per_device: 1,
+        max_sessions_per_connection: 1,
+        ..Default::default()
+    }));
+    let t = target(sshd.port, TEST_PASSWORD);
+    // The only channel is held by a command that runs until the test ends.
+    let pid_file = sshd.scratch().join("pid");
+    let holder = {
+        let (pool, t) = (pool.clone(), t.clone());
+        let command = vec![endless_command(&pid_file)];
+        tokio::spawn(async move { pool.exec(&t, &command, Duration::from_secs(120)).await })
+    };
+    within(30, "the holding command starts", async {
+        while read_pid(&pid_file).is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let err = within(
+        30,
+        "queued exec",
+        pool.exec(&t, &cmds(&["echo never"]), Duration::from_millis(500)),
+    )
+    .await
+    .unwrap_err();
+    let DriverError::Busy {
+        connections,
+        waited,
+        ..
+    } = &err
+    else {
+        panic!("expected Busy, got {err}");
+    };
+    assert_eq!(*connections, 1);
+    assert_eq!(*waited, Duration::from_millis(5500));
+    assert!(
+        err.to_string().contains("max_connections_per_device"),
+        "{err}"
+    );
+    assert_eq!(sshd.accepted(), 1, "no connection beyond the limit");
+    holder.abort();
 }

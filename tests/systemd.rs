@@ -15,7 +15,8 @@ use switchyard::api::pb;
 use switchyard::service::rpc::RpcConfig;
 use tonic::Code;
 
-fn health_ok(socket: &std::path::Path) -> bool {
+/// Whether the front door answers a health check within `secs`.
+fn health_ok(socket: &std::path::Path, secs: u64) -> bool {
     let socket = socket.to_path_buf();
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
@@ -23,19 +24,72 @@ fn health_ok(socket: &std::path::Path) -> bool {
             .build()
             .unwrap()
             .block_on(async {
-                let Ok(ch) = switchyard::api::client::channel(&socket).await else {
-                    return false;
+                let check = async {
+                    let Ok(ch) = switchyard::api::client::channel(&socket).await else {
+                        return false;
+                    };
+                    let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+                    h.check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .is_ok()
                 };
-                let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
-                h.check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .is_ok()
+                tokio::time::timeout(Duration::from_secs(secs), check)
+                    .await
+                    .unwrap_or(false)
             })
     })
     .join()
     .unwrap()
+}
+
+/// Fills the receive queue of the datagram socket at `path`, so that the
+/// next blocking sender blocks until the test reads. Returns how many
+/// filler datagrams (`FILL`) were queued. A fresh sender whose first send
+/// would block proves the queue (not a sender's buffer) is full.
+fn fill_queue(path: &std::path::Path) -> usize {
+    let mut queued = 0;
+    for _ in 0..10_000 {
+        let sender = UnixDatagram::unbound().unwrap();
+        sender.set_nonblocking(true).unwrap();
+        let mut this = 0;
+        loop {
+            match sender.send_to(b"FILL", path) {
+                Ok(_) => this += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("cannot fill the notify socket: {e}"),
+            }
+        }
+        queued += this;
+        if this == 0 {
+            return queued;
+        }
+    }
+    panic!("the notify socket's queue never filled");
+}
+
+/// Whether `pid`'s main thread is blocked writing to a socket: the broker
+/// runs its start-up (and `sd_notify`) on its main thread, so with the
+/// notify queue full this is the broker held inside its READY send.
+fn blocked_in_send(pid: u32) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    const SEND: &[&str] = &["1", "44", "46"]; // write, sendto, sendmsg
+    #[cfg(target_arch = "aarch64")]
+    const SEND: &[&str] = &["64", "206", "211"];
+    let Ok(syscall) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/syscall")) else {
+        return false;
+    };
+    let mut fields = syscall.split_whitespace();
+    let (Some(nr), Some(fd)) = (fields.next(), fields.next()) else {
+        return false;
+    };
+    let Ok(fd) = u64::from_str_radix(fd.trim_start_matches("0x"), 16) else {
+        return false;
+    };
+    SEND.contains(&nr)
+        && std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
 }
 
 /// Kills the child if the test fails before it exits.
@@ -68,6 +122,10 @@ fn ready_only_once_serving_and_watchdog_pings() {
     notify
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
+    // With the queue full, the broker's READY send blocks: the front door
+    // is checked while the broker is held at the very moment it says
+    // READY, so one that said it before serving cannot catch up.
+    let mut fillers = fill_queue(&notify_path);
     let socket = dir.path().join("broker.sock");
     // systemd names the watched process in WATCHDOG_PID; `sh` learns the
     // pid the broker will have (exec keeps it).
@@ -84,15 +142,38 @@ fn ready_only_once_serving_and_watchdog_pings() {
         .spawn()
         .unwrap();
     let mut broker = KillOnDrop(broker);
+    let pid = broker.0.id();
+    let started = Instant::now();
+    while !blocked_in_send(pid) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the broker never tried to notify"
+        );
+        assert!(broker.0.try_wait().unwrap().is_none(), "the broker exited");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The broker is frozen in its first notification. Generous bound: a
+    // front door that is not serving yet never answers while it is held.
+    assert!(
+        health_ok(&socket, 10),
+        "READY=1 was sent before the front door answered"
+    );
     let mut buf = [0u8; 4096];
     let mut ready_at = None;
     let mut pings = Vec::new();
-    let started = Instant::now();
     while pings.len() < 6 {
         let n = recv(&notify, &mut buf).expect("a notification within 30 s");
         let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if fillers > 0 {
+            assert_eq!(msg, "FILL");
+            fillers -= 1;
+            continue;
+        }
+        if ready_at.is_none() {
+            // The held notification is the first one the broker sent.
+            assert!(msg.contains("READY=1"), "first notification: {msg}");
+        }
         if msg.contains("READY=1") {
-            assert!(health_ok(&socket), "READY=1 before the front door answered");
             assert!(msg.contains("STATUS="), "{msg}");
             ready_at = Some(Instant::now());
         }
@@ -161,7 +242,7 @@ async fn socket_activation_uses_the_inherited_socket() {
     let out = run_exec(&mut c, named("lab"), &["core-1"], &["show clock"])
         .await
         .unwrap();
-    assert!(out[0].0.contains("UTC"), "{out:?}");
+    assert!(out[0].ok_output().contains("UTC"), "{out:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(activator.id().unwrap() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -258,15 +339,16 @@ async fn metrics_endpoint_counts_work() {
     let metrics = Metrics::from_startup_log(&startup);
     let mut c = broker.client_with_named(&svc, "lab").await;
     for _ in 0..3 {
-        run_exec(&mut c, named("lab"), &["core-1"], &["show clock"])
+        let out = run_exec(&mut c, named("lab"), &["core-1"], &["show clock"])
             .await
             .unwrap();
+        assert!(out[0].ok_output().contains("UTC"), "{out:?}");
     }
-    assert!(
-        run_exec(&mut c, named("nope"), &["core-1"], &["x"])
-            .await
-            .is_err()
-    );
+    let err = run_exec(&mut c, named("nope"), &["core-1"], &["x"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("nope"), "{err:?}");
     let page = metrics.scrape().await;
     assert_eq!(page.value("switchyard_requests_total{kind=\"exec\"}"), 4.0);
     assert_eq!(
@@ -282,34 +364,35 @@ async fn metrics_endpoint_counts_work() {
     assert_eq!(page.value("switchyard_exec_duration_seconds_count"), 3.0);
 }
 
-/// Logs straight to journald. No journald runs on CI machines, so when the
+/// Logs straight to journald: a daemon that logs at start-up (the
+/// simulator) sends its record to the journal (positive) and nothing of it
+/// to stderr (negative). No journald runs on CI machines, so when the
 /// journal socket is absent the test stands in for journald on that path
-/// (a datagram socket reading the native protocol) and removes it after.
+/// (a datagram socket reading the native protocol) and removes it after;
+/// with a real journald the record is read back with `journalctl`.
 #[test]
 fn logs_go_straight_to_journald() {
+    const MESSAGE: &str = "simulated devices listening";
     let path = std::path::Path::new("/run/systemd/journal/socket");
-    if path.exists() {
-        // A real journald: the daemon must not fall back to stderr.
-        let out = std::process::Command::new(switchyard_bin())
-            .args(["--log-format", "journald", "status"])
-            .env("SWITCHYARD_SOCKET", "/nonexistent/broker.sock")
-            .output()
+    let stand_in = if path.exists() {
+        None
+    } else {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let journal = UnixDatagram::bind(path).expect("stand in for journald");
+        journal
+            .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
-        assert!(!String::from_utf8_lossy(&out.stderr).contains("journald is not available"));
-        return;
-    }
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let journal = UnixDatagram::bind(path).expect("stand in for journald");
-    struct Remove<'a>(&'a std::path::Path);
+        Some(journal)
+    };
+    struct Remove<'a>(Option<&'a std::path::Path>);
     impl Drop for Remove<'_> {
         fn drop(&mut self) {
-            let _ = std::fs::remove_file(self.0);
+            if let Some(p) = self.0 {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
-    let _cleanup = Remove(path);
-    journal
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    let _cleanup = Remove(stand_in.as_ref().map(|_| path));
     let dir = tempfile::tempdir().unwrap();
     let sim = std::process::Command::new(switchyard_bin())
         .args(["--log-format", "journald", "sim", "--count", "1"])
@@ -320,16 +403,39 @@ fn logs_go_straight_to_journald() {
         .spawn()
         .unwrap();
     let mut sim = KillOnDrop(sim);
-    let mut buf = vec![0u8; 65536];
-    let record = loop {
-        let n = recv(&journal, &mut buf).expect("a journal record within 30 s");
-        let record = String::from_utf8_lossy(&buf[..n]).into_owned();
-        if record.contains("simulated devices listening") {
-            break record;
+    let pid = sim.0.id();
+    let record = match &stand_in {
+        Some(journal) => {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let n = recv(journal, &mut buf).expect("a journal record within 30 s");
+                let record = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if record.contains(MESSAGE) {
+                    break record;
+                }
+            }
+        }
+        None => {
+            let started = Instant::now();
+            loop {
+                let out = std::process::Command::new("journalctl")
+                    .args(["--no-pager", "-o", "export", &format!("_PID={pid}")])
+                    .output()
+                    .expect("journalctl");
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if text.contains(MESSAGE) {
+                    break text;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "no journal record from pid {pid} within 30 s"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     };
-    // Native protocol: fields may be length-prefixed, so check names and
-    // values rather than `KEY=value` lines.
+    // Native and export formats: fields may be length-prefixed, so check
+    // names and values rather than `KEY=value` lines.
     assert!(
         record.contains("SYSLOG_IDENTIFIER") && record.contains("switchyard"),
         "{record}"
@@ -338,9 +444,28 @@ fn logs_go_straight_to_journald() {
         record.contains("PRIORITY") && record.contains("TARGET"),
         "{record}"
     );
-    sim.0.kill().unwrap();
-    let out = sim.0.wait_with_output_fallback();
-    assert!(!out.contains("journald is not available"), "{out}");
+    // Stopped with SIGTERM and waited for: its logging of that record has
+    // long finished (a record goes to every output before the next line
+    // of code runs), so stderr is complete for the negative check.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let started = Instant::now();
+    while sim.0.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the simulator did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = sim.0.wait_with_output_fallback();
+    assert!(!err.contains("journald is not available"), "{err}");
+    assert!(
+        !err.contains(MESSAGE),
+        "the record went to stderr as well: {err}"
+    );
 }
 
 trait StderrOf {

@@ -73,6 +73,7 @@ impl OpsError {
             Self::Invalid(_) => ErrorCode::InvalidArgument,
             Self::DeadlineExceeded => ErrorCode::DeadlineExceeded,
             Self::Driver(DriverError::ConnectTimeout { .. }) => ErrorCode::DeadlineExceeded,
+            Self::Driver(DriverError::Busy { .. }) => ErrorCode::ResourceExhausted,
             Self::Driver(_) => ErrorCode::Unavailable,
             Self::Inventory(_) | Self::Internal(_) => ErrorCode::Internal,
         }

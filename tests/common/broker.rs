@@ -177,13 +177,54 @@ pub async fn status(broker: &TestBroker) -> pb::StatusResponse {
         .into_inner()
 }
 
-/// Runs an exec and returns each device's (outputs, device error).
+/// One command's result, as the broker reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandReport {
+    /// Its output (chunks sent ahead of the result included).
+    pub output: String,
+    /// Its exit status, when the device reported one.
+    pub exit_status: Option<u32>,
+    /// Why it failed (timeout, lost connection); empty on success.
+    pub error: String,
+}
+
+/// One device's answer to an exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceReport {
+    /// One per command that ran, in order.
+    pub commands: Vec<CommandReport>,
+    /// Why the device failed as a whole; empty when its commands ran.
+    pub error: String,
+    /// The gRPC code name of that failure; empty on success.
+    pub error_code: String,
+}
+
+impl DeviceReport {
+    /// Every command's output, in order, after checking that the device
+    /// answered, that every command ran without error and exited 0.
+    /// Panics with the whole report otherwise.
+    pub fn ok_output(&self) -> String {
+        assert!(
+            self.error.is_empty() && self.error_code.is_empty(),
+            "device failed: {self:?}"
+        );
+        assert!(!self.commands.is_empty(), "no command results: {self:?}");
+        for c in &self.commands {
+            assert!(c.error.is_empty(), "command failed: {self:?}");
+            assert_eq!(c.exit_status, Some(0), "exit status: {self:?}");
+        }
+        self.commands.iter().map(|c| c.output.as_str()).collect()
+    }
+}
+
+/// Runs an exec and returns each device's report (per-command output, exit
+/// status and error, and the device's own error).
 pub async fn run_exec(
     client: &mut pb::broker_client::BrokerClient<tonic::transport::Channel>,
     service: Option<pb::ServiceRef>,
     devices: &[&str],
     commands: &[&str],
-) -> Result<Vec<(String, String)>, tonic::Status> {
+) -> Result<Vec<DeviceReport>, tonic::Status> {
     let mut stream = client
         .exec(pb::ExecRequest {
             service,
@@ -193,22 +234,39 @@ pub async fn run_exec(
         })
         .await?
         .into_inner();
-    let mut out = vec![(String::new(), String::new()); devices.len()];
+    let mut out = vec![DeviceReport::default(); devices.len()];
+    // Chunks of a large output arrive before their command's result.
+    let mut chunks = vec![vec![String::new(); commands.len()]; devices.len()];
+    let mut answered = vec![false; devices.len()];
     while let Some(event) = within(30, "exec event", stream.message()).await? {
         let d = event.device as usize;
+        assert!(d < devices.len(), "event for device {d}: {event:?}");
         match event.event {
             Some(pb::exec_event::Event::Output(o)) => {
-                out[d].0.push_str(&String::from_utf8_lossy(&o.data))
+                chunks[d][o.command as usize].push_str(&String::from_utf8_lossy(&o.data))
             }
             Some(pb::exec_event::Event::DeviceResult(r)) => {
+                assert!(!answered[d], "two results for device {d}");
+                answered[d] = true;
                 for c in r.commands {
-                    out[d].0.push_str(&String::from_utf8_lossy(&c.output));
+                    let mut output = std::mem::take(&mut chunks[d][c.command as usize]);
+                    output.push_str(&String::from_utf8_lossy(&c.output));
+                    out[d].commands.push(CommandReport {
+                        output,
+                        exit_status: c.exit_status,
+                        error: c.error,
+                    });
                 }
-                out[d].1 = r.error;
+                out[d].error = r.error;
+                out[d].error_code = r.error_code;
             }
-            _ => {}
+            None => panic!("an exec event with nothing in it"),
         }
     }
+    assert!(
+        answered.iter().all(|a| *a),
+        "a device got no result: {out:?}"
+    );
     Ok(out)
 }
 

@@ -38,6 +38,27 @@ pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Set to `1` to let a run that is not root skip the checks that need root
+/// (running a command as another uid). CI runs as root and never sets it.
+pub const SKIP_ROOT_ENV: &str = "SWITCHYARD_TEST_SKIP_ROOT_CHECKS";
+
+/// Whether the root-only part `what` of a test can run: true as root;
+/// false when not root and [`SKIP_ROOT_ENV`] is `1` (said on stderr);
+/// otherwise the test fails, saying why, rather than passing untested.
+pub fn root_or_opted_out(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var(SKIP_ROOT_ENV).as_deref() == Ok("1") {
+        eprintln!("skipping {what}: not root and {SKIP_ROOT_ENV}=1");
+        return false;
+    }
+    panic!(
+        "{what} needs root (CI runs the tests as root): run as root, or set \
+         {SKIP_ROOT_ENV}=1 to skip it knowingly"
+    );
+}
+
 /// The `switchyard` binary built for this test run.
 pub fn switchyard_bin() -> &'static str {
     env!("CARGO_BIN_EXE_switchyard")

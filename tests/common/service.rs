@@ -133,6 +133,16 @@ pub fn ssh_device(name: &str, port: u16) -> NewDevice {
     }
 }
 
+/// A device on a test [`super::sshd::Sshd`] at `port`, with the test
+/// account's password.
+pub fn sshd_device(name: &str, port: u16) -> NewDevice {
+    NewDevice {
+        username: Some(super::sshd::TEST_USER.into()),
+        password: Some(Secret::new(super::sshd::TEST_PASSWORD)),
+        ..ssh_device(name, port)
+    }
+}
+
 pub fn start_service(extra: &[NewDevice], config: RpcConfig) -> TestService {
     super::init();
     let dir = tempfile::tempdir().unwrap();

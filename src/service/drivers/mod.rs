@@ -95,6 +95,17 @@ pub enum DriverError {
     NoCredentials { device: String },
     #[error("private key of {device} cannot be used: {reason}")]
     BadPrivateKey { device: String, reason: String },
+    #[error(
+        "{device} is busy: no channel on its {connections} allowed connection(s) came free \
+         within {waited:?} (ssh.max_connections_per_device)"
+    )]
+    Busy {
+        device: String,
+        /// The per-device connection limit.
+        connections: usize,
+        /// How long the caller queued.
+        waited: Duration,
+    },
     #[error("SSH error talking to {device}: {reason}")]
     Ssh { device: String, reason: String },
 }

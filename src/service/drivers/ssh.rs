@@ -8,10 +8,25 @@
 //! the pool owns. Host keys are trusted on first use and checked on every
 //! later connect: a changed key is refused, never accepted.
 //!
+//! Bounded per device: at most `max_connections_per_device` connections,
+//! and at most one connect (TCP + handshake + authentication) in flight at
+//! a time (single flight). Callers that find no free channel slot queue for
+//! one: a freed slot wakes one of them, a finished connect wakes all. So a
+//! burst of first callers opens one connection, not one each (a device
+//! whose SSH server admits few unauthenticated connections at once, e.g.
+//! OpenSSH's `MaxStartups`, is never flooded), and a request naming one
+//! device thousands of times never holds more than the limit. A connect
+//! runs in a task of its own, so it outlives a caller who gives up (bounded
+//! by `connect_timeout`) and the callers queued behind it still get it.
+//!
 //! On failure: a connect or auth failure fails the whole device exec with a
-//! [`DriverError`]; a command that times out or loses its connection fails
-//! alone with a [`CommandError`]; a dead connection is dropped from the pool
-//! and the next command opens a fresh one.
+//! [`DriverError`] (every caller waiting on that connect gets the same
+//! error); a command that times out or loses its connection fails alone
+//! with a [`CommandError`]; a dead connection is dropped from the pool and
+//! the next command opens a fresh one. A caller that waits longer than
+//! `connect_timeout` plus its command timeout for a channel slot gets
+//! [`DriverError::Busy`]. A command whose caller goes away has its channel
+//! closed (after an interrupt signal), so the device stops the work.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,9 +35,9 @@ use std::time::{Duration, Instant};
 
 use russh::client::{self, Handle, Msg};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
-use russh::{Channel, ChannelMsg};
+use russh::{Channel, ChannelMsg, Sig};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tracing::{Instrument, debug, debug_span};
 
 use super::terminal::{TERMINAL_QUEUE, Terminal, TerminalInput};
@@ -41,6 +56,10 @@ pub struct SshDriverConfig {
     /// Channels per connection before another connection is opened
     /// (OpenSSH's `MaxSessions` defaults to 10).
     pub max_sessions_per_connection: usize,
+    /// Connections one device may have at once, counting the one being
+    /// opened (at least 1; default 4). Callers beyond
+    /// `max_connections_per_device × max_sessions_per_connection` queue.
+    pub max_connections_per_device: usize,
     /// Largest output accepted from one command.
     pub max_output_bytes: u64,
 }
@@ -52,6 +71,7 @@ impl Default for SshDriverConfig {
             command_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_sessions_per_connection: 8,
+            max_connections_per_device: 4,
             max_output_bytes: 64 * 1024 * 1024,
         }
     }
@@ -74,11 +94,36 @@ struct PooledConn {
     /// Lowered when the device refuses a channel below our configured limit.
     capacity: usize,
     idle_since: Instant,
+    /// The host key the device presented on this connection (OpenSSH
+    /// form), until one lease has taken it to be recorded: one report per
+    /// connection, not one per command.
+    host_key: Option<String>,
+}
+
+/// One device's connections, its connect in flight and its queue.
+#[derive(Default)]
+struct DeviceConns {
+    conns: Vec<PooledConn>,
+    /// The connect in flight (its attempt number): at most one.
+    connecting: Option<u64>,
+    /// The last connect that failed, for the callers that waited on it.
+    failed: Option<(u64, DriverError)>,
+    /// Queued callers wait here: a freed slot wakes one, a connect that
+    /// ends (or a connection that dies) wakes all. Each waiter holds a
+    /// clone, so a strong count of 1 means nobody waits.
+    wake: Arc<Notify>,
+}
+
+impl DeviceConns {
+    /// Nothing open, opening or waiting: the entry can go.
+    fn unused(&self) -> bool {
+        self.conns.is_empty() && self.connecting.is_none() && Arc::strong_count(&self.wake) == 1
+    }
 }
 
 #[derive(Default)]
 struct PoolState {
-    conns: HashMap<PoolKey, Vec<PooledConn>>,
+    devices: HashMap<PoolKey, DeviceConns>,
     next_id: u64,
 }
 
@@ -99,7 +144,8 @@ pub struct PoolStats {
 }
 
 /// The pool of warm SSH connections. Dropping it closes every connection
-/// and stops its reaper.
+/// and stops its reaper (a connect in flight finishes first, within
+/// `connect_timeout`, and is then closed).
 pub struct SshPool {
     shared: Arc<PoolShared>,
     _reaper: AbortOnDrop<()>,
@@ -119,23 +165,60 @@ struct Lease {
     key: PoolKey,
     id: u64,
     handle: Arc<SshHandle>,
+    /// The host key to record, for the first lease on a connection to a
+    /// device whose key is not yet known.
+    host_key: Option<String>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         let mut state = lock(&self.shared.state);
         let close_now = self.shared.config.idle_timeout.is_zero();
-        if let Some(list) = state.conns.get_mut(&self.key) {
-            if let Some(conn) = list.iter_mut().find(|c| c.id == self.id) {
+        if let Some(dev) = state.devices.get_mut(&self.key) {
+            if let Some(conn) = dev.conns.iter_mut().find(|c| c.id == self.id) {
                 conn.open_channels = conn.open_channels.saturating_sub(1);
                 conn.idle_since = Instant::now();
             }
-            if close_now {
-                list.retain(|c| c.open_channels > 0);
+            // With a zero idle timeout an unused connection closes at once,
+            // unless a queued caller is about to use it.
+            if close_now && Arc::strong_count(&dev.wake) == 1 {
+                dev.conns.retain(|c| c.open_channels > 0);
             }
-            if list.is_empty() {
-                state.conns.remove(&self.key);
+            dev.wake.notify_one();
+            if dev.unused() {
+                state.devices.remove(&self.key);
             }
+        }
+    }
+}
+
+/// Closes a command's channel if it is dropped before the command ended
+/// (its caller went away): an interrupt, then the close, so the device
+/// stops the work. Dropping the channel alone leaves it open on the device.
+struct ClosingChannel(Option<Channel<Msg>>);
+
+impl ClosingChannel {
+    fn get(&mut self) -> &mut Channel<Msg> {
+        self.0.as_mut().expect("present until dropped")
+    }
+
+    /// The command ended (the device closed the channel or we did): no
+    /// close on drop.
+    fn finished(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ClosingChannel {
+    fn drop(&mut self) {
+        let Some(channel) = self.0.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = channel.signal(Sig::INT).await;
+                let _ = channel.close().await;
+            });
         }
     }
 }
@@ -178,12 +261,13 @@ impl SshPool {
     pub fn stats(&self) -> PoolStats {
         let state = lock(&self.shared.state);
         PoolStats {
-            connections: state.conns.values().map(Vec::len).sum(),
+            connections: state.devices.values().map(|d| d.conns.len()).sum(),
             connects: self.shared.connects.load(Ordering::Relaxed),
         }
     }
 
-    /// Runs each command on its own channel, in order.
+    /// Runs each command on its own channel, in order. A caller waits at
+    /// most `connect_timeout + timeout` for each channel slot.
     pub async fn exec(
         &self,
         target: &DeviceTarget,
@@ -196,31 +280,35 @@ impl SshPool {
             let mut results = Vec::with_capacity(commands.len());
             for command in commands {
                 let started = Instant::now();
-                let (lease, mut channel) =
-                    match self.open_channel(target, &mut learned_host_key).await {
-                        Ok(pair) => pair,
-                        Err(e) if results.is_empty() => return Err(e),
-                        Err(e) => {
-                            results.push(CommandResult {
-                                command: command.clone(),
-                                duration: started.elapsed(),
-                                outcome: Err(CommandError::ConnectionLost(e.to_string())),
-                            });
-                            continue;
-                        }
-                    };
+                let (lease, channel) = match self.open_channel(target, timeout).await {
+                    Ok(pair) => pair,
+                    Err(e) if results.is_empty() => return Err(e),
+                    Err(e) => {
+                        results.push(CommandResult {
+                            command: command.clone(),
+                            duration: started.elapsed(),
+                            outcome: Err(CommandError::ConnectionLost(e.to_string())),
+                        });
+                        continue;
+                    }
+                };
+                if learned_host_key.is_none() {
+                    learned_host_key = lease.host_key.clone();
+                }
+                let mut channel = ClosingChannel(Some(channel));
                 let limit = self.shared.config.max_output_bytes;
                 let outcome =
-                    match tokio::time::timeout(timeout, run_command(&mut channel, command, limit))
+                    match tokio::time::timeout(timeout, run_command(channel.get(), command, limit))
                         .await
                     {
                         Ok(outcome) => outcome,
                         Err(_) => {
                             // Free the device's session; the command may still run there.
-                            let _ = channel.close().await;
+                            let _ = channel.get().close().await;
                             Err(CommandError::TimedOut(timeout))
                         }
                     };
+                channel.finished();
                 drop(lease);
                 results.push(CommandResult {
                     command: command.clone(),
@@ -245,29 +333,34 @@ impl SshPool {
         cols: u16,
         rows: u16,
     ) -> Result<(Terminal, Option<String>), DriverError> {
-        let mut learned = None;
-        let (lease, channel) = self.open_channel(target, &mut learned).await?;
+        let (lease, channel) = self
+            .open_channel(target, self.shared.config.command_timeout)
+            .await?;
+        let learned = lease.host_key.clone();
         let ssh_err = |e: russh::Error| DriverError::Ssh {
             device: target.name.clone(),
             reason: e.to_string(),
         };
+        let mut channel = ClosingChannel(Some(channel));
         channel
+            .get()
             .request_pty(false, "xterm", cols.into(), rows.into(), 0, 0, &[])
             .await
             .map_err(ssh_err)?;
-        channel.request_shell(true).await.map_err(ssh_err)?;
+        channel.get().request_shell(true).await.map_err(ssh_err)?;
         let (in_tx, in_rx) = mpsc::channel(TERMINAL_QUEUE);
         let (out_tx, out_rx) = mpsc::channel(TERMINAL_QUEUE);
         let bridge = tokio::spawn(bridge_terminal(lease, channel, in_rx, out_tx));
         Ok((Terminal::new(in_tx, out_rx, bridge), learned))
     }
 
-    /// Finds a connection with a free channel slot (or makes one) and opens
-    /// a session channel on it.
+    /// Finds a connection with a free channel slot (or waits for one, or
+    /// makes one) and opens a session channel on it. `timeout` is the
+    /// caller's command timeout: with `connect_timeout` it bounds the wait.
     async fn open_channel(
         &self,
         target: &DeviceTarget,
-        learned_host_key: &mut Option<String>,
+        timeout: Duration,
     ) -> Result<(Lease, Channel<Msg>), DriverError> {
         let username =
             target
@@ -283,22 +376,21 @@ impl SshPool {
             port: target.port,
             username,
         };
+        let waited = self.shared.config.connect_timeout.saturating_add(timeout);
+        let deadline = tokio::time::Instant::now() + waited;
         // A few rounds: a pooled connection may have died or hit the
         // device's session limit since we last used it.
         let mut last_error = None;
+        // A host key to record survives a retry on another lease.
+        let mut host_key = None;
         for _ in 0..4 {
-            let lease = match self.reserve(&key) {
-                Some(lease) => lease,
-                None => {
-                    let (handle, seen) = connect(&self.shared, target, &key).await?;
-                    if target.known_host_key.is_none() {
-                        *learned_host_key = seen;
-                    }
-                    self.insert(&key, handle)
-                }
-            };
+            let mut lease = self.acquire(&key, target, deadline, waited).await?;
+            host_key = host_key.or(lease.host_key.take());
             match lease.handle.channel_open_session().await {
-                Ok(channel) => return Ok((lease, channel)),
+                Ok(channel) => {
+                    lease.host_key = host_key;
+                    return Ok((lease, channel));
+                }
                 Err(russh::Error::ChannelOpenFailure(reason)) => {
                     debug!(
                         ?reason,
@@ -320,53 +412,86 @@ impl SshPool {
         })
     }
 
-    fn reserve(&self, key: &PoolKey) -> Option<Lease> {
-        let mut state = lock(&self.shared.state);
-        let list = state.conns.get_mut(key)?;
-        list.retain(|c| !c.handle.is_closed());
-        let conn = list
-            .iter_mut()
-            .filter(|c| c.open_channels < c.capacity)
-            .min_by_key(|c| c.open_channels)?;
-        conn.open_channels += 1;
-        Some(Lease {
-            shared: self.shared.clone(),
-            key: key.clone(),
-            id: conn.id,
-            handle: conn.handle.clone(),
-        })
-    }
-
-    fn insert(&self, key: &PoolKey, handle: SshHandle) -> Lease {
-        let handle = Arc::new(handle);
-        let mut state = lock(&self.shared.state);
-        state.next_id += 1;
-        let id = state.next_id;
-        state
-            .conns
-            .entry(key.clone())
-            .or_default()
-            .push(PooledConn {
-                id,
-                handle: handle.clone(),
-                open_channels: 1,
-                capacity: self.shared.config.max_sessions_per_connection,
-                idle_since: Instant::now(),
-            });
-        Lease {
-            shared: self.shared.clone(),
-            key: key.clone(),
-            id,
-            handle,
+    /// A channel slot on one of the device's connections: a free one now,
+    /// else a new connection if the device is below its limit and none is
+    /// being opened, else the next slot that frees up (by `deadline`).
+    async fn acquire(
+        &self,
+        key: &PoolKey,
+        target: &DeviceTarget,
+        deadline: tokio::time::Instant,
+        waited: Duration,
+    ) -> Result<Lease, DriverError> {
+        let limit = self.shared.config.max_connections_per_device.max(1);
+        // The connect this caller waits on, to learn if it failed.
+        let mut waiting_on = None;
+        loop {
+            let wake: Arc<Notify>;
+            let mut woken;
+            {
+                let mut guard = lock(&self.shared.state);
+                let state = &mut *guard;
+                let dev = state.devices.entry(key.clone()).or_default();
+                if let (Some(attempt), Some((failed, error))) = (waiting_on, &dev.failed)
+                    && attempt == *failed
+                {
+                    return Err(error.clone());
+                }
+                dev.conns.retain(|c| !c.handle.is_closed());
+                if let Some(conn) = dev
+                    .conns
+                    .iter_mut()
+                    .filter(|c| c.open_channels < c.capacity)
+                    .min_by_key(|c| c.open_channels)
+                {
+                    conn.open_channels += 1;
+                    let host_key = if target.known_host_key.is_none() {
+                        conn.host_key.take()
+                    } else {
+                        None
+                    };
+                    return Ok(Lease {
+                        shared: self.shared.clone(),
+                        key: key.clone(),
+                        id: conn.id,
+                        handle: conn.handle.clone(),
+                        host_key,
+                    });
+                }
+                if dev.connecting.is_none() && dev.conns.len() < limit {
+                    state.next_id += 1;
+                    let attempt = state.next_id;
+                    dev.connecting = Some(attempt);
+                    tokio::spawn(connect_into_pool(
+                        self.shared.clone(),
+                        key.clone(),
+                        target.clone(),
+                        attempt,
+                    ));
+                }
+                waiting_on = dev.connecting;
+                wake = dev.wake.clone();
+                // Registered before the lock is released, so no wake-up
+                // between here and the await is lost.
+                woken = Box::pin(wake.notified());
+                woken.as_mut().enable();
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return Err(DriverError::Busy {
+                    device: target.name.clone(),
+                    connections: limit,
+                    waited,
+                });
+            }
         }
     }
 
     fn mark_full(&self, lease: &Lease) {
         let mut state = lock(&self.shared.state);
         if let Some(conn) = state
-            .conns
+            .devices
             .get_mut(&lease.key)
-            .and_then(|l| l.iter_mut().find(|c| c.id == lease.id))
+            .and_then(|d| d.conns.iter_mut().find(|c| c.id == lease.id))
         {
             // The refused channel is ours; the others that are open fit.
             conn.capacity = conn.open_channels.saturating_sub(1).max(1);
@@ -375,10 +500,43 @@ impl SshPool {
 
     fn remove(&self, lease: &Lease) {
         let mut state = lock(&self.shared.state);
-        if let Some(list) = state.conns.get_mut(&lease.key) {
-            list.retain(|c| c.id != lease.id);
+        if let Some(dev) = state.devices.get_mut(&lease.key) {
+            dev.conns.retain(|c| c.id != lease.id);
+            // Room for a new connection: a queued caller may open it.
+            dev.wake.notify_waiters();
         }
     }
+}
+
+/// The single connect in flight for one device: opens the connection, puts
+/// it in the pool (or records why it failed) and wakes every queued caller.
+async fn connect_into_pool(
+    shared: Arc<PoolShared>,
+    key: PoolKey,
+    target: DeviceTarget,
+    attempt: u64,
+) {
+    let result = connect(&shared, &target, &key).await;
+    let mut guard = lock(&shared.state);
+    let state = &mut *guard;
+    state.next_id += 1;
+    let id = state.next_id;
+    let dev = state.devices.entry(key).or_default();
+    if dev.connecting == Some(attempt) {
+        dev.connecting = None;
+    }
+    match result {
+        Ok((handle, host_key)) => dev.conns.push(PooledConn {
+            id,
+            handle: Arc::new(handle),
+            open_channels: 0,
+            capacity: shared.config.max_sessions_per_connection,
+            idle_since: Instant::now(),
+            host_key,
+        }),
+        Err(error) => dev.failed = Some((attempt, error)),
+    }
+    dev.wake.notify_waiters();
 }
 
 async fn reap(shared: Weak<PoolShared>, period: Duration) {
@@ -391,12 +549,17 @@ async fn reap(shared: Weak<PoolShared>, period: Duration) {
         };
         let idle = shared.config.idle_timeout;
         let mut state = lock(&shared.state);
-        for list in state.conns.values_mut() {
-            list.retain(|c| {
+        for dev in state.devices.values_mut() {
+            let before = dev.conns.len();
+            dev.conns.retain(|c| {
                 !c.handle.is_closed() && (c.open_channels > 0 || c.idle_since.elapsed() < idle)
             });
+            if dev.conns.len() < before {
+                // Room below the limit: a queued caller may connect.
+                dev.wake.notify_waiters();
+            }
         }
-        state.conns.retain(|_, list| !list.is_empty());
+        state.devices.retain(|_, dev| !dev.unused());
     }
 }
 
@@ -555,10 +718,11 @@ async fn authenticate(
 /// either side ends. Holds the lease so the channel slot stays counted.
 async fn bridge_terminal(
     _lease: Lease,
-    mut channel: Channel<Msg>,
+    mut closing: ClosingChannel,
     mut input: mpsc::Receiver<TerminalInput>,
     output: mpsc::Sender<Vec<u8>>,
 ) {
+    let channel = closing.get();
     let mut input_open = true;
     loop {
         tokio::select! {
@@ -589,6 +753,7 @@ async fn bridge_terminal(
         }
     }
     let _ = channel.close().await;
+    closing.finished();
 }
 
 /// Runs one command on an open channel and collects its output.
