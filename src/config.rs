@@ -100,6 +100,8 @@ struct BrokerSection {
     named_idle_timeout_secs: f64,
     attach_grace_secs: f64,
     max_sessions_per_user: usize,
+    max_links_per_user: usize,
+    max_named_per_user: usize,
     reconnect_min_secs: f64,
     reconnect_max_secs: f64,
     drain_timeout_secs: f64,
@@ -118,6 +120,8 @@ impl Default for BrokerSection {
             named_idle_timeout_secs: r.named_idle_timeout.as_secs_f64(),
             attach_grace_secs: r.attach_grace.as_secs_f64(),
             max_sessions_per_user: r.max_sessions_per_user,
+            max_links_per_user: r.max_links_per_user,
+            max_named_per_user: r.max_named_per_user,
             reconnect_min_secs: r.link.reconnect_min.as_secs_f64(),
             reconnect_max_secs: r.link.reconnect_max.as_secs_f64(),
             drain_timeout_secs: 10.0,
@@ -300,6 +304,14 @@ impl FileSettings {
                     }
                     n => n,
                 },
+                max_links_per_user: at_least_one(
+                    "broker.max_links_per_user",
+                    b.max_links_per_user,
+                )?,
+                max_named_per_user: at_least_one(
+                    "broker.max_named_per_user",
+                    b.max_named_per_user,
+                )?,
                 share_group: group_id("broker.share_group", b.share_group)?,
                 state_dir: b.state_dir.or_else(default_state_dir),
             },
@@ -326,6 +338,8 @@ impl FileSettings {
                     d.name
                 )));
             }
+            crate::relay_url::check(&d.url)
+                .map_err(|e| ConfigError::Value(format!("domains.{}.url: {e}", d.name)))?;
         }
         Ok(Settings {
             domains,
@@ -335,6 +349,14 @@ impl FileSettings {
             log_filter: self.log.filter,
             ssh,
         })
+    }
+}
+
+/// A count limit from the config: zero would refuse everything.
+fn at_least_one(key: &str, n: usize) -> Result<usize, ConfigError> {
+    match n {
+        0 => Err(ConfigError::Value(format!("{key} must be at least 1"))),
+        n => Ok(n),
     }
 }
 

@@ -184,7 +184,7 @@ async fn connect_and_serve(
         };
         debug!(tunnel = offer.tunnel, caller = %offer.caller, "tunnel offered");
         let carrier = Carrier::through(&conn, offer.packet);
-        if let Err(e) = tunnels.accept(send, recv, carrier).await {
+        if let Err(e) = tunnels.accept(send, recv, carrier, &offer.caller).await {
             return Err(e.to_string());
         }
     }
