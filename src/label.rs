@@ -64,30 +64,28 @@ pub fn check(what: &str, value: &str) -> Result<(), LabelError> {
 }
 
 /// `value` with unsafe characters escaped (`\n`, `\u{202e}`), at most
-/// [`LABEL_MAX`] characters (a longer one ends in `…`).
+/// [`LABEL_MAX`] characters (a longer one is cut and ends in `…`).
 pub fn tidy(value: &str) -> String {
     tidy_max(value, LABEL_MAX)
 }
 
-/// [`tidy`] with a cap of `max` characters.
+/// [`tidy`] with a cap of `max` characters, the `…` included. Work is
+/// bounded by `max`, however long `value` is.
 pub fn tidy_max(value: &str, max: usize) -> String {
-    let mut out = String::new();
-    let mut count = 0;
-    for c in value.chars() {
-        let piece: String = if is_unsafe(c) {
-            c.escape_default().collect()
-        } else {
-            c.to_string()
-        };
-        let len = piece.chars().count();
-        if count + len > max {
-            out.push('…');
-            return out;
-        }
-        count += len;
-        out.push_str(&piece);
+    let mut out: Vec<char> = value
+        .chars()
+        .flat_map(|c| {
+            let escaped = is_unsafe(c).then(|| c.escape_default());
+            let plain = (!is_unsafe(c)).then_some(c);
+            escaped.into_iter().flatten().chain(plain)
+        })
+        .take(max + 1)
+        .collect();
+    if out.len() > max {
+        out.truncate(max.saturating_sub(1));
+        out.push('…');
     }
-    out
+    out.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -117,10 +115,10 @@ mod tests {
         assert_eq!(tidy("a\nb\tc"), "a\\nb\\tc");
         assert_eq!(tidy("x\u{202e}y"), "x\\u{202e}y");
         let long = tidy(&"z".repeat(1 << 20));
-        assert_eq!(long.chars().count(), LABEL_MAX + 1);
+        assert_eq!(long.chars().count(), LABEL_MAX);
         assert!(long.ends_with('…'));
         let escaped = tidy(&"\n".repeat(1000));
-        assert!(escaped.chars().count() <= LABEL_MAX + 1);
+        assert_eq!(escaped.chars().count(), LABEL_MAX);
         assert!(!escaped.contains('\n'));
     }
 }
