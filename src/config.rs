@@ -391,6 +391,18 @@ mod tests {
         std::fs::write(&path, "[log]\nformat = \"xml\"\n").unwrap();
         let err = load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("log.format"), "{err}");
+        std::fs::write(
+            &path,
+            "[domains.lab]\nurl = \"https://ops:hunter2@relay.example.net\"\n",
+        )
+        .unwrap();
+        let err = load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("domains.lab.url"), "{err}");
+        assert!(err.contains("user name or password"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        std::fs::write(&path, "[broker]\nmax_links_per_user = 0\n").unwrap();
+        let err = load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("broker.max_links_per_user"), "{err}");
     }
 
     #[test]
@@ -405,6 +417,8 @@ mod tests {
         assert_eq!(got.link.reconnect_max, want.link.reconnect_max);
         assert_eq!(got.named_idle_timeout, want.named_idle_timeout);
         assert_eq!(got.attach_grace, want.attach_grace);
+        assert_eq!(got.max_links_per_user, want.max_links_per_user);
+        assert_eq!(got.max_named_per_user, want.max_named_per_user);
         assert_eq!(s.broker.drain_timeout, Duration::from_secs(10));
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(s.log_filter, "info");
