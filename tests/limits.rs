@@ -347,3 +347,83 @@ async fn links_and_named_services_per_user_are_capped() {
         .await
         .unwrap();
 }
+
+/// A password login inside a tunnel the relay opened for `token`'s
+/// identity (what a custom client could do; the broker uses assertions).
+async fn relayed_password_login(
+    relay: &TestRelay,
+    token: &str,
+    serial: &str,
+    credentials: Credentials,
+) -> Result<DirectConnection, LinkError> {
+    use switchyard::broker::cloud_login::{Credential, connect};
+    use switchyard::broker::relay_client::{RelayInfo, open_tunnel};
+    use switchyard::wire::tunnel::{TunnelEndpoint, TunnelRole};
+    let limits = TransportLimits::default();
+    let ca = std::fs::read_to_string(relay.ca_file()).unwrap();
+    let info = RelayInfo::new(&relay.url(), Some(ca)).unwrap();
+    let credential = Credential::Token {
+        token: switchyard::secret::Secret::new(token),
+    };
+    let relay_conn = within(20, "relay hello", connect(&info, &credential, &limits))
+        .await
+        .unwrap();
+    let open = within(20, "tunnel", open_tunnel(&relay_conn.conn, serial, &limits))
+        .await
+        .unwrap();
+    let tunnel = TunnelEndpoint::start(
+        TunnelRole::Client,
+        open.send,
+        open.recv,
+        None,
+        open.carrier,
+        &limits,
+    )
+    .unwrap();
+    within(
+        30,
+        "relayed login",
+        login(
+            &tunnel.endpoint,
+            tunnel.peer,
+            "relayed",
+            credentials,
+            Some(switchyard::wire::pin::Fingerprint(open.facts.fingerprint)),
+            tunnel.transport.clone(),
+            &limits,
+        ),
+    )
+    .await
+}
+
+/// Every relayed connection comes from the relay's address; password
+/// failures inside tunnels count against the identity the relay
+/// authenticated instead. Carol's guesses lock carol's tunnels out, and
+/// alice, through the same relay, still logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guesses_through_the_relay_lock_out_only_their_sender() {
+    let relay = TestRelay::start().await;
+    let _svc = CloudService::start(&relay, "SN-RELAYED-PW", &[]).await;
+    let carol = relay.token(CAROL);
+    for i in 0..5 {
+        let guess = password(&format!("user-{i}"), "guess");
+        let code = refused(relayed_password_login(&relay, &carol, "SN-RELAYED-PW", guess).await);
+        assert_eq!(code, ErrorCode::Unauthenticated, "guess {i}");
+    }
+    let locked = relayed_password_login(
+        &relay,
+        &carol,
+        "SN-RELAYED-PW",
+        password("bob", "bob-password"),
+    )
+    .await;
+    assert_eq!(refused(locked), ErrorCode::ResourceExhausted);
+    let alice = relayed_password_login(
+        &relay,
+        &relay.token(ALICE),
+        "SN-RELAYED-PW",
+        password("alice", ALICE_PASSWORD),
+    )
+    .await;
+    assert_eq!(alice.unwrap().service_name, "cloud-service");
+}
