@@ -507,14 +507,11 @@ async fn password_login(
             // Decided by attempts still running: wait for one to finish
             // (bounded by the login deadline).
             Err(Refusal::Busy) => changed.await,
-            Err(refusal @ Refusal::Full) => {
-                metrics::counter!("switchyard_service_login_limiter_full_total").increment(1);
-                return Err(WireError::new(
-                    ErrorCode::ResourceExhausted,
-                    refusal.to_string(),
-                ));
-            }
+            // Locked, or no room in the table (the service fails closed).
             Err(refusal) => {
+                if refusal == Refusal::Full {
+                    metrics::counter!("switchyard_service_login_limiter_full_total").increment(1);
+                }
                 return Err(WireError::new(
                     ErrorCode::ResourceExhausted,
                     refusal.to_string(),
