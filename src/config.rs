@@ -100,6 +100,8 @@ struct BrokerSection {
     named_idle_timeout_secs: f64,
     attach_grace_secs: f64,
     max_sessions_per_user: usize,
+    max_links_per_user: usize,
+    max_named_per_user: usize,
     reconnect_min_secs: f64,
     reconnect_max_secs: f64,
     drain_timeout_secs: f64,
@@ -118,6 +120,8 @@ impl Default for BrokerSection {
             named_idle_timeout_secs: r.named_idle_timeout.as_secs_f64(),
             attach_grace_secs: r.attach_grace.as_secs_f64(),
             max_sessions_per_user: r.max_sessions_per_user,
+            max_links_per_user: r.max_links_per_user,
+            max_named_per_user: r.max_named_per_user,
             reconnect_min_secs: r.link.reconnect_min.as_secs_f64(),
             reconnect_max_secs: r.link.reconnect_max.as_secs_f64(),
             drain_timeout_secs: 10.0,
@@ -308,6 +312,14 @@ impl FileSettings {
                     }
                     n => n,
                 },
+                max_links_per_user: at_least_one(
+                    "broker.max_links_per_user",
+                    b.max_links_per_user,
+                )?,
+                max_named_per_user: at_least_one(
+                    "broker.max_named_per_user",
+                    b.max_named_per_user,
+                )?,
                 share_group: group_id("broker.share_group", b.share_group)?,
                 state_dir: b.state_dir.or_else(default_state_dir),
             },
@@ -334,6 +346,8 @@ impl FileSettings {
                     d.name
                 )));
             }
+            crate::relay_url::check(&d.url)
+                .map_err(|e| ConfigError::Value(format!("domains.{}.url: {e}", d.name)))?;
         }
         Ok(Settings {
             domains,
@@ -343,6 +357,14 @@ impl FileSettings {
             log_filter: self.log.filter,
             ssh,
         })
+    }
+}
+
+/// A count limit from the config: zero would refuse everything.
+fn at_least_one(key: &str, n: usize) -> Result<usize, ConfigError> {
+    match n {
+        0 => Err(ConfigError::Value(format!("{key} must be at least 1"))),
+        n => Ok(n),
     }
 }
 
@@ -380,6 +402,18 @@ mod tests {
         std::fs::write(&path, "[ssh]\nmax_connections_per_device = 0\n").unwrap();
         let err = load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("ssh.max_connections_per_device"), "{err}");
+        std::fs::write(
+            &path,
+            "[domains.lab]\nurl = \"https://ops:hunter2@relay.example.net\"\n",
+        )
+        .unwrap();
+        let err = load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("domains.lab.url"), "{err}");
+        assert!(err.contains("user name or password"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        std::fs::write(&path, "[broker]\nmax_links_per_user = 0\n").unwrap();
+        let err = load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("broker.max_links_per_user"), "{err}");
     }
 
     #[test]
@@ -394,6 +428,8 @@ mod tests {
         assert_eq!(got.link.reconnect_max, want.link.reconnect_max);
         assert_eq!(got.named_idle_timeout, want.named_idle_timeout);
         assert_eq!(got.attach_grace, want.attach_grace);
+        assert_eq!(got.max_links_per_user, want.max_links_per_user);
+        assert_eq!(got.max_named_per_user, want.max_named_per_user);
         assert_eq!(s.broker.drain_timeout, Duration::from_secs(10));
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(s.log_filter, "info");

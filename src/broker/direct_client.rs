@@ -114,7 +114,9 @@ pub async fn login(
         Ok(Some(AuthResponse::Accepted { service })) => Ok(DirectConnection {
             conn,
             fingerprint,
-            service_name: service,
+            // The service names itself: shown in `status` and logs as a
+            // label, never raw.
+            service_name: crate::label::tidy(&service),
             guard: None,
         }),
         Ok(Some(AuthResponse::Rejected(error))) => {

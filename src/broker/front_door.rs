@@ -107,7 +107,7 @@ fn peer<T>(request: &Request<T>) -> Result<Peer, Status> {
     request
         .extensions()
         .get::<ConnectedPeer>()
-        .and_then(|connected| connected.0)
+        .and_then(|connected| connected.0.clone())
         .ok_or_else(|| {
             Status::permission_denied(
                 "caller credentials unavailable: connect over the broker's Unix socket",
@@ -468,7 +468,7 @@ impl Broker for FrontDoor {
         let peer = peer(&request)?;
         let info = self
             .registry
-            .send(StatusMsg { peer })
+            .send(StatusMsg { peer: peer.clone() })
             .await
             .map_err(mailbox)?;
         let live = self.routes.borrow().sessions.keys().cloned().collect();

@@ -95,17 +95,15 @@ impl LoginRegistry {
     fn choose(&self, spec: &RelaySpec) -> Result<(String, Option<&Domain>), BrokerError> {
         let (url, domain) = match (&spec.relay_url, &spec.domain) {
             (Some(url), _) => {
-                if !url.starts_with("https://") {
-                    return Err(BrokerError::InvalidArgument(format!(
-                        "{url}: a relay URL must be https://"
-                    )));
-                }
-                let trimmed = url.trim_end_matches('/');
+                // Refuses credentials in the URL before it is kept anywhere.
+                let url = crate::relay_url::check(url)
+                    .map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
+                let trimmed = url.as_str();
                 let known = self
                     .domains
                     .iter()
                     .find(|d| d.url.trim_end_matches('/') == trimmed);
-                (url.clone(), known)
+                (url, known)
             }
             (None, Some(name)) => {
                 let domain = self

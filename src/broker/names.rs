@@ -6,8 +6,6 @@ use super::error::BrokerError;
 
 /// Longest name of a named service.
 pub const SERVICE_NAME_MAX: usize = 64;
-/// Longest caller-given label (user name, host, serial, client name).
-pub const LABEL_MAX: usize = 256;
 
 /// A named service's name: 1 to 64 ASCII letters, digits and `-_.:@`.
 pub fn service_name(name: &str) -> Result<(), BrokerError> {
@@ -22,36 +20,21 @@ pub fn service_name(name: &str) -> Result<(), BrokerError> {
     Ok(())
 }
 
+/// Longest caller-given label (user name, host, serial, client name).
+pub const LABEL_MAX: usize = crate::label::LABEL_MAX;
+
 /// A caller-given label: at most `LABEL_MAX` characters, no control
-/// characters (a newline would forge a log line).
+/// characters (a newline would forge a log line). [`crate::label::check`].
 pub fn label(what: &str, value: &str) -> Result<(), BrokerError> {
-    if value.chars().count() > LABEL_MAX {
-        return Err(BrokerError::InvalidArgument(format!(
-            "the {what} is longer than {LABEL_MAX} characters"
-        )));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(BrokerError::InvalidArgument(format!(
-            "the {what} {:?} contains control characters",
-            shorten(value)
-        )));
-    }
-    Ok(())
+    crate::label::check(what, value).map_err(|e| BrokerError::InvalidArgument(e.to_string()))
 }
 
 /// A free-form label shown as given (a session's client name, which SDKs
-/// fill from the command line): control characters are escaped and the
-/// length is capped instead of refusing the caller.
+/// fill from the command line, or the name a service gives itself):
+/// control characters are escaped and the length is capped instead of
+/// refusing the caller. [`crate::label::tidy`].
 pub fn tidy_label(value: &str) -> String {
-    value
-        .chars()
-        .flat_map(|c| {
-            let escaped = c.is_control().then(|| c.escape_default());
-            let plain = (!c.is_control()).then_some(c);
-            escaped.into_iter().flatten().chain(plain)
-        })
-        .take(LABEL_MAX)
-        .collect()
+    crate::label::tidy(value)
 }
 
 /// Enough of a refused value to recognise it, never the whole of a huge one.
@@ -99,7 +82,7 @@ mod tests {
     fn free_form_labels_are_tidied_not_refused() {
         assert_eq!(tidy_label("script.py --x 1"), "script.py --x 1");
         assert_eq!(tidy_label("a\nb\tc"), "a\\nb\\tc");
-        assert_eq!(tidy_label(&"z".repeat(1000)).len(), LABEL_MAX);
-        assert_eq!(tidy_label(&"\n".repeat(1000)).len(), LABEL_MAX);
+        assert_eq!(tidy_label(&"z".repeat(1000)).chars().count(), LABEL_MAX);
+        assert_eq!(tidy_label(&"\n".repeat(1000)).chars().count(), LABEL_MAX);
     }
 }

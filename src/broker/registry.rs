@@ -60,6 +60,10 @@ pub struct RegistrySettings {
     pub attach_grace: Duration,
     /// Sessions one local uid may hold at once.
     pub max_sessions_per_user: usize,
+    /// Links one owner (a uid, or the sharing group) may hold at once.
+    pub max_links_per_user: usize,
+    /// Named services one owner may hold at once.
+    pub max_named_per_user: usize,
     /// Members of this group share links and named services.
     pub share_group: Option<u32>,
     /// Where learned service fingerprints are kept (`None`: memory only).
@@ -74,6 +78,8 @@ impl Default for RegistrySettings {
             named_idle_timeout: Duration::from_secs(1800),
             attach_grace: Duration::from_secs(10),
             max_sessions_per_user: 4096,
+            max_links_per_user: 1024,
+            max_named_per_user: 1024,
             share_group: None,
             state_dir: None,
         }
@@ -290,6 +296,37 @@ impl SessionRegistry {
         Ok(entry)
     }
 
+    /// Refuses a new link when `owner` already holds
+    /// `max_links_per_user` of them.
+    fn check_link_cap(&self, owner: Owner) -> Result<(), BrokerError> {
+        let held = self.links.values().filter(|l| l.key.owner == owner).count();
+        if held >= self.settings.max_links_per_user {
+            metrics::counter!("switchyard_links_refused_total").increment(1);
+            return Err(BrokerError::ResourceExhausted(format!(
+                "{owner} already holds {held} links, the broker's limit \
+                 (broker.max_links_per_user); disconnect services that are no longer used"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a new named service `name` when `owner` already holds
+    /// `max_named_per_user` of them (replacing one of its names is fine).
+    fn check_named_cap(&self, owner: Owner, name: &str) -> Result<(), BrokerError> {
+        if self.named.contains_key(&(owner, name.to_string())) {
+            return Ok(());
+        }
+        let held = self.named.keys().filter(|(o, _)| *o == owner).count();
+        if held >= self.settings.max_named_per_user {
+            metrics::counter!("switchyard_named_refused_total").increment(1);
+            return Err(BrokerError::ResourceExhausted(format!(
+                "{owner} already holds {held} named services, the broker's limit \
+                 (broker.max_named_per_user); `switchyard disconnect` unused ones"
+            )));
+        }
+        Ok(())
+    }
+
     fn release(&mut self, link: LinkId, ctx: &mut Context<Self>) {
         if let Some(entry) = self.links.get(&link) {
             let release = entry.handle.release.clone();
@@ -485,6 +522,7 @@ impl SessionRegistry {
                 if let Some(id) = self.shared_link(&key, Some(&tag), pinned) {
                     return Ok((id, true));
                 }
+                self.check_link_cap(owner)?;
                 let fingerprint = pinned.or_else(|| self.known.get(owner, &key.target));
                 let config = self.settings.link.clone();
                 let id = self.add_link(key, tag, Transport::Direct, ctx, |common| {
@@ -617,6 +655,11 @@ impl SessionRegistry {
                 info.service_id = Some(service_id);
             }
             (None, Some(name)) => {
+                // Checked before connecting too; two calls may have raced.
+                if let Err(e) = self.check_named_cap(owner, &name) {
+                    self.release(link_id, ctx);
+                    return Err(e);
+                }
                 let previous = self.named.insert(
                     (owner, name.clone()),
                     NamedEntry {
@@ -645,7 +688,10 @@ impl SessionRegistry {
     ) -> Result<(), BrokerError> {
         match (session_id, name) {
             (Some(id), None) => self.session_of(peer, id).map(drop),
-            (None, Some(name)) => names::service_name(name),
+            (None, Some(name)) => {
+                names::service_name(name)?;
+                self.check_named_cap(owner_for(peer, self.settings.share_group), name)
+            }
             _ => Err(BrokerError::InvalidArgument(
                 "give either a session id or a service name".into(),
             )),
@@ -677,7 +723,11 @@ impl Handler<ServiceCloud> for SessionRegistry {
                 "a cloud service needs its serial".into(),
             ))));
         }
-        if let Err(e) = names::label("serial", &serial) {
+        let labels = names::label("serial", &serial).and_then(|()| match &msg.target.route {
+            CloudRoute::Direct { addr: Some(addr) } => names::label("service address", addr),
+            _ => Ok(()),
+        });
+        if let Err(e) = labels {
             return Box::pin(fut::ready(Err(e)));
         }
         let owner = owner_for(&msg.peer, self.settings.share_group);
@@ -701,6 +751,9 @@ impl Handler<ServiceCloud> for SessionRegistry {
         let (link_id, existed) = match self.shared_link(&key, Some(&tag), pinned) {
             Some(id) => (id, true),
             None => {
+                if let Err(e) = self.check_link_cap(owner) {
+                    return Box::pin(fut::ready(Err(e)));
+                }
                 let config = self.settings.link.clone();
                 let dialer = Dialer::Cloud(msg.target.clone());
                 let id = self.add_link(key, tag, dialer.transport(), ctx, |common| {
@@ -789,6 +842,9 @@ impl Handler<ServiceIntegrated> for SessionRegistry {
         let (link_id, existed) = match self.shared_link(&key, Some(&tag), None) {
             Some(id) => (id, true),
             None => {
+                if let Err(e) = self.check_link_cap(owner) {
+                    return Box::pin(fut::ready(Err(e)));
+                }
                 let ssh = self.settings.ssh.clone();
                 let password = msg.admin_password.clone();
                 let id = self.add_link(key, tag, Transport::Integrated, ctx, |common| {

@@ -70,14 +70,10 @@ pub struct RelayInfo {
 
 impl RelayInfo {
     pub fn new(url: &str, ca_pem: Option<String>) -> Result<Self, CloudError> {
-        let url = url.trim_end_matches('/').to_string();
+        // No credentials in it (they would be logged, shown and stored).
+        let url = crate::relay_url::check(url).map_err(|e| CloudError::Config(e.to_string()))?;
         let parsed =
             url::Url::parse(&url).map_err(|e| CloudError::Config(format!("{url}: {e}")))?;
-        if parsed.scheme() != "https" {
-            return Err(CloudError::Config(format!(
-                "{url}: a relay URL must be https://"
-            )));
-        }
         let host = parsed
             .host_str()
             .ok_or_else(|| CloudError::Config(format!("{url}: no host")))?

@@ -24,6 +24,8 @@ pub enum EnrollError {
     Refused(String),
     #[error("the relay's answer is malformed: {0}")]
     Malformed(String),
+    #[error(transparent)]
+    Url(#[from] crate::relay_url::RelayUrlError),
 }
 
 /// What `service enroll` needs.
@@ -41,14 +43,13 @@ pub async fn enroll(
     inventory: &mut Inventory,
     options: EnrollOptions,
 ) -> Result<String, EnrollError> {
+    // Checked first: the URL is stored and logged, so it carries no secret.
+    let relay_url = crate::relay_url::check(&options.relay_url)?;
     let fingerprint = identity::fingerprint(&inventory.tls_identity()?.cert_der);
     let (csr, key_der) = crate::tls::new_certificate_request("switchyard service")
         .map_err(|e| EnrollError::Key(e.to_string()))?;
     let client = crate::tls::http_client(options.roots)?;
-    let url = format!(
-        "{}/v1/enroll/service",
-        options.relay_url.trim_end_matches('/')
-    );
+    let url = format!("{relay_url}/v1/enroll/service");
     let body = EnrollServiceRequest {
         otp: options.otp.clone(),
         csr: B64.encode(&csr),
@@ -56,7 +57,7 @@ pub async fn enroll(
         advertise: options.advertise.clone(),
     };
     let unreachable = |e: reqwest::Error| EnrollError::Unreachable {
-        url: options.relay_url.clone(),
+        url: relay_url.clone(),
         reason: e.to_string(),
     };
     let response = client
@@ -79,7 +80,7 @@ pub async fn enroll(
             .map_err(|_| EnrollError::Malformed(format!("{what} is not base64")))
     };
     let enrollment = RelayEnrollment {
-        url: options.relay_url.trim_end_matches('/').to_string(),
+        url: relay_url,
         quic: answer.quic,
         serial: answer.serial.clone(),
         cert_der: decode("cert", &answer.cert)?,

@@ -74,7 +74,9 @@ impl RelayAgent {
             .map_err(|_| AgentError::BadAddress(enrollment.quic.clone()))?;
         let server_name = relay_host(&enrollment.url)?;
         let (state_tx, state) = watch::channel(AgentState::Connecting);
-        let span = info_span!("relay_agent", serial = %enrollment.serial, relay = %enrollment.url);
+        // An enrollment stored before URLs were checked may hold credentials.
+        let relay = crate::relay_url::redacted(&enrollment.url);
+        let span = info_span!("relay_agent", serial = %enrollment.serial, %relay);
         let task = tokio::spawn(
             run(enrollment, quic, server_name, tunnels, limits, state_tx).instrument(span),
         );
@@ -184,7 +186,7 @@ async fn connect_and_serve(
         };
         debug!(tunnel = offer.tunnel, caller = %offer.caller, "tunnel offered");
         let carrier = Carrier::through(&conn, offer.packet);
-        if let Err(e) = tunnels.accept(send, recv, carrier).await {
+        if let Err(e) = tunnels.accept(send, recv, carrier, &offer.caller).await {
             return Err(e.to_string());
         }
     }

@@ -9,20 +9,27 @@
 //! stream (at most `max_concurrent_streams` at once, enforced by QUIC flow
 //! control), handled by [`ServiceOps`].
 //!
+//! At most `max_unauthenticated` connections may be between their first
+//! packet and a finished login at once (the rest are refused at once and
+//! counted in `switchyard_service_prelogin_refused_total`); the handshake
+//! and the login together must finish within `auth_timeout`.
+//!
 //! On failure: a wrong password gets `AuthResponse::Rejected` and the
-//! connection is closed with `UNAUTHENTICATED`; repeated failures from one
-//! address or for one user are locked out for a while; an oversized,
+//! connection is closed with `UNAUTHENTICATED`; repeated password failures
+//! from one source or for one user are locked out for a while (see
+//! [`super::ratelimit`] for the keys, and why relay assertions are not
+//! counted); an oversized,
 //! malformed or wrong-version frame closes that one connection with
 //! `PROTOCOL_VIOLATION`. Other connections are never affected. A caller
 //! that stops reading its stream (it went away) cancels that request.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -30,7 +37,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::drivers::terminal::TERMINAL_QUEUE;
 use super::inventory::TlsIdentity;
 use super::ops::{OpsError, Principal, ServiceOps};
-use super::ratelimit::{FailureLimiter, LimiterConfig};
+use super::ratelimit::{Attempt, FailureLimiter, LimiterConfig, Refusal};
 use crate::secret::Secret;
 use crate::wire::conn::{self, ConnError, TransportLimits, read_frame, write_frame};
 use crate::wire::messages::{
@@ -44,10 +51,17 @@ use crate::wire::tunnel::{Carrier, TunnelEndpoint, TunnelRole, tunnel_transport}
 pub struct RpcConfig {
     pub listen: SocketAddr,
     pub limits: TransportLimits,
-    /// Time a new connection has to authenticate.
+    /// Time a new connection has for its handshake and login.
     pub auth_timeout: Duration,
     pub login_limiter: LimiterConfig,
+    /// Connections that have not finished logging in, at most, at once
+    /// (direct and relayed together).
+    pub max_unauthenticated: usize,
 }
+
+/// Longest user name a password login may claim, in bytes (the
+/// inventory's own limit): a longer one is refused before any hashing.
+pub const USERNAME_MAX: usize = 256;
 
 impl Default for RpcConfig {
     fn default() -> Self {
@@ -56,6 +70,7 @@ impl Default for RpcConfig {
             limits: TransportLimits::default(),
             auth_timeout: Duration::from_secs(10),
             login_limiter: LimiterConfig::default(),
+            max_unauthenticated: 256,
         }
     }
 }
@@ -74,6 +89,47 @@ struct Shared {
     limits: TransportLimits,
     auth_timeout: Duration,
     limiter: Mutex<FailureLimiter>,
+    /// Woken whenever a login attempt finishes (attempts waiting on
+    /// [`Refusal::Busy`] try again).
+    limiter_changed: Notify,
+    /// One permit per connection not yet logged in.
+    unauthenticated: Arc<Semaphore>,
+}
+
+/// Where a connection comes from, for the login limiter.
+#[derive(Debug, Clone)]
+enum Source {
+    /// Straight to the RPC socket, from this address.
+    Direct(IpAddr),
+    /// Inside a relayed tunnel the relay opened for this identity (every
+    /// relayed connection shares the relay's address).
+    Relayed { caller: String },
+}
+
+/// A connection not logged in yet: its permit, and the gauge of such
+/// connections (decremented however the login ends).
+struct PreLogin(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl PreLogin {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!("switchyard_service_unauthenticated_connections").increment(1.0);
+        Self(permit)
+    }
+}
+
+impl Drop for PreLogin {
+    fn drop(&mut self) {
+        metrics::gauge!("switchyard_service_unauthenticated_connections").decrement(1.0);
+    }
+}
+
+impl Source {
+    fn limiter_key(&self) -> String {
+        match self {
+            Self::Direct(ip) => format!("ip:{ip}"),
+            Self::Relayed { caller } => format!("relayed:{caller}"),
+        }
+    }
 }
 
 /// A running RPC socket.
@@ -92,17 +148,20 @@ pub struct RpcServer {
 pub struct TunnelAcceptor {
     config: quinn::ServerConfig,
     limits: TransportLimits,
-    queue: mpsc::Sender<TunnelEndpoint>,
+    queue: mpsc::Sender<(TunnelEndpoint, String)>,
 }
 
 impl TunnelAcceptor {
     /// Starts the service end of a tunnel whose control stream is
-    /// `send`/`recv` and whose packets travel by `carrier`.
+    /// `send`/`recv` and whose packets travel by `carrier`; `caller` is the
+    /// identity the relay authenticated for it (the tunnel offer's), which
+    /// password failures inside the tunnel are counted against.
     pub async fn accept(
         &self,
         send: SendStream,
         recv: RecvStream,
         carrier: Carrier,
+        caller: &str,
     ) -> Result<(), ConnError> {
         let tunnel = TunnelEndpoint::start(
             TunnelRole::Service,
@@ -113,7 +172,7 @@ impl TunnelAcceptor {
             &self.limits,
         )?;
         self.queue
-            .send(tunnel)
+            .send((tunnel, crate::label::tidy(caller)))
             .await
             .map_err(|_| ConnError::Tls("the RPC server has stopped".into()))
     }
@@ -145,6 +204,8 @@ impl RpcServer {
             limits: config.limits.clone(),
             auth_timeout: config.auth_timeout,
             limiter: Mutex::new(FailureLimiter::new(config.login_limiter)),
+            limiter_changed: Notify::new(),
+            unauthenticated: Arc::new(Semaphore::new(config.max_unauthenticated)),
         });
         let tunnel_config = conn::server_config(
             identity.cert_der.clone(),
@@ -234,7 +295,7 @@ impl Drop for RpcServer {
 
 async fn accept_loop(
     endpoint: Endpoint,
-    mut tunnels: mpsc::Receiver<TunnelEndpoint>,
+    mut tunnels: mpsc::Receiver<(TunnelEndpoint, String)>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
@@ -242,17 +303,19 @@ async fn accept_loop(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            Some(tunnel) = tunnels.recv(), if !shared.draining.is_cancelled() => {
+            Some((tunnel, caller)) = tunnels.recv(), if !shared.draining.is_cancelled() => {
                 connections.spawn(
-                    serve_tunnel(tunnel, shared.clone(), cancel.child_token())
+                    serve_tunnel(tunnel, caller, shared.clone(), cancel.child_token())
                         .instrument(info_span!("rpc_tunnel")),
                 );
             }
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
                     let span = info_span!("rpc_conn", peer = %incoming.remote_address());
+                    let source = Source::Direct(incoming.remote_address().ip());
                     connections.spawn(
-                        serve_connection(incoming, shared.clone(), cancel.child_token()).instrument(span),
+                        serve_connection(incoming, source, shared.clone(), cancel.child_token())
+                            .instrument(span),
                     );
                 }
                 None => break,
@@ -265,11 +328,23 @@ async fn accept_loop(
 
 /// Serves the connection(s) inside one relayed tunnel until the tunnel
 /// ends; then closes its endpoint at once (no idle timeout to wait out).
-async fn serve_tunnel(tunnel: TunnelEndpoint, shared: Arc<Shared>, cancel: CancellationToken) {
+async fn serve_tunnel(
+    tunnel: TunnelEndpoint,
+    caller: String,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
     let endpoint = tunnel.endpoint.clone();
+    let source = Source::Relayed { caller };
     let serve = async {
         while let Some(incoming) = endpoint.accept().await {
-            serve_connection(incoming, shared.clone(), cancel.child_token()).await;
+            serve_connection(
+                incoming,
+                source.clone(),
+                shared.clone(),
+                cancel.child_token(),
+            )
+            .await;
         }
     };
     tokio::select! {
@@ -285,18 +360,33 @@ async fn serve_tunnel(tunnel: TunnelEndpoint, shared: Arc<Shared>, cancel: Cance
 
 async fn serve_connection(
     incoming: quinn::Incoming,
+    source: Source,
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
-    let conn = match incoming.await {
-        Ok(conn) => conn,
-        Err(e) => {
+    // Held until the login is over: strangers cannot hold more than
+    // `max_unauthenticated` connections (handshake included) at once.
+    let Ok(permit) = shared.unauthenticated.clone().try_acquire_owned() else {
+        metrics::counter!("switchyard_service_prelogin_refused_total").increment(1);
+        debug!("too many connections logging in; refused");
+        incoming.refuse();
+        return;
+    };
+    let pre_login = PreLogin::new(permit);
+    let deadline = tokio::time::Instant::now() + shared.auth_timeout;
+    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
             debug!(error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!("handshake did not finish before the login deadline");
             return;
         }
     };
     let principal =
-        match tokio::time::timeout(shared.auth_timeout, authenticate(&conn, &shared)).await {
+        match tokio::time::timeout_at(deadline, authenticate(&conn, &source, &shared)).await {
             Ok(Some(principal)) => principal,
             Ok(None) => return,
             Err(_) => {
@@ -307,6 +397,7 @@ async fn serve_connection(
                 return;
             }
         };
+    drop(pre_login);
     let principal = Arc::new(principal);
     let mut requests = JoinSet::new();
     loop {
@@ -329,7 +420,7 @@ async fn serve_connection(
 
 /// Runs the login exchange; `None` when the connection was refused (it is
 /// closed here with the reason).
-async fn authenticate(conn: &Connection, shared: &Shared) -> Option<Principal> {
+async fn authenticate(conn: &Connection, source: &Source, shared: &Shared) -> Option<Principal> {
     let (mut send, mut recv) = conn.accept_bi().await.ok()?;
     let max = shared.limits.max_frame;
     let request: AuthRequest = match read_frame(&mut recv, max).await {
@@ -343,50 +434,18 @@ async fn authenticate(conn: &Connection, shared: &Shared) -> Option<Principal> {
             return None;
         }
     };
-    let ip_key = format!("ip:{}", conn.remote_address().ip());
-    let user_key = format!("user:{}", request.credentials.claimed_user());
-    let locked = {
-        let limiter = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        limiter
-            .check(&ip_key, now)
-            .and(limiter.check(&user_key, now))
-    };
-    let outcome = match locked {
-        Err(wait) => Err(WireError::new(
-            ErrorCode::ResourceExhausted,
-            format!(
-                "too many failed logins; try again in {} s",
-                wait.as_secs().max(1)
-            ),
-        )),
-        Ok(()) => {
-            let result = match &request.credentials {
-                Credentials::Password { username, password } => {
-                    shared
-                        .ops
-                        .authenticate(username, Secret::new(password.as_str()))
-                        .await
-                }
-                Credentials::Assertion { token } => shared.ops.authenticate_assertion(token),
-            };
-            let mut limiter = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
-            match result {
-                Ok(principal) => {
-                    limiter.record_success(&user_key);
-                    limiter.record_success(&ip_key);
-                    Ok(principal)
-                }
-                Err(e) => {
-                    if matches!(e, OpsError::Unauthenticated | OpsError::BadAssertion(_)) {
-                        let now = Instant::now();
-                        limiter.record_failure(&user_key, now);
-                        limiter.record_failure(&ip_key, now);
-                    }
-                    Err(e.to_wire())
-                }
-            }
+    // Both reach the log: one bounded, escaped line each.
+    let claimed = crate::label::tidy_max(request.credentials.claimed_user(), 64);
+    let client = crate::label::tidy_max(&request.client, 128);
+    let outcome = match &request.credentials {
+        Credentials::Password { username, password } => {
+            password_login(shared, source, username, password).await
         }
+        // Not limited: see `ratelimit`'s module docs.
+        Credentials::Assertion { token } => shared
+            .ops
+            .authenticate_assertion(token)
+            .map_err(|e| e.to_wire()),
     };
     let result = match &outcome {
         Ok(_) => "ok",
@@ -396,7 +455,7 @@ async fn authenticate(conn: &Connection, shared: &Shared) -> Option<Principal> {
     metrics::counter!("switchyard_service_logins_total", "result" => result).increment(1);
     match outcome {
         Ok(principal) => {
-            info!(user = %principal.user, client = %request.client, "remote user authenticated");
+            info!(user = %crate::label::tidy(&principal.user), %client, "remote user authenticated");
             let reply = AuthResponse::Accepted {
                 service: shared.ops.name().to_string(),
             };
@@ -405,7 +464,7 @@ async fn authenticate(conn: &Connection, shared: &Shared) -> Option<Principal> {
             Some(principal)
         }
         Err(error) => {
-            warn!(user = %request.credentials.claimed_user(), reason = %error, "login refused");
+            warn!(user = %claimed, %client, reason = %error, "login refused");
             let _ = write_frame(&mut send, &AuthResponse::Rejected(error), max).await;
             let _ = send.finish();
             // Let the reply arrive before the connection goes.
@@ -416,6 +475,119 @@ async fn authenticate(conn: &Connection, shared: &Shared) -> Option<Principal> {
             );
             None
         }
+    }
+}
+
+/// A password login, counted by the failure limiter before the hash runs
+/// (its user and its source; an attempt that never finishes counts as a
+/// failure).
+async fn password_login(
+    shared: &Shared,
+    source: &Source,
+    username: &str,
+    password: &str,
+) -> Result<Principal, WireError> {
+    if username.len() > USERNAME_MAX {
+        return Err(WireError::new(
+            ErrorCode::InvalidArgument,
+            format!("a user name has at most {USERNAME_MAX} bytes"),
+        ));
+    }
+    let user_key = format!("user:{username}");
+    let source_key = source.limiter_key();
+    let keys = [source_key.as_str(), user_key.as_str()];
+    let attempt = loop {
+        // Registered before the check, so a finish in between is not missed.
+        let changed = shared.limiter_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let reserved = shared.limiter().reserve(&keys, Instant::now());
+        match reserved {
+            Ok(attempt) => break Reported::new(shared, attempt),
+            // Decided by attempts still running: wait for one to finish
+            // (bounded by the login deadline).
+            Err(Refusal::Busy) => changed.await,
+            // Locked, or no room in the table (the service fails closed).
+            Err(refusal) => {
+                if refusal == Refusal::Full {
+                    metrics::counter!("switchyard_service_login_limiter_full_total").increment(1);
+                }
+                return Err(WireError::new(
+                    ErrorCode::ResourceExhausted,
+                    refusal.to_string(),
+                ));
+            }
+        }
+    };
+    match shared
+        .ops
+        .authenticate(username, Secret::new(password))
+        .await
+    {
+        Ok(principal) => {
+            attempt.succeeded(&user_key);
+            Ok(principal)
+        }
+        Err(e @ OpsError::Unauthenticated) => {
+            // Dropping the attempt records the failure.
+            drop(attempt);
+            Err(e.to_wire())
+        }
+        Err(e) => {
+            // The service failed, not the caller.
+            attempt.released();
+            Err(e.to_wire())
+        }
+    }
+}
+
+/// A reserved login attempt that reports its outcome to the limiter: a
+/// success explicitly, anything else (a wrong password, an internal error,
+/// the caller going away mid-hash) as a failure when dropped.
+struct Reported<'a> {
+    shared: &'a Shared,
+    attempt: Option<Attempt>,
+}
+
+impl<'a> Reported<'a> {
+    fn new(shared: &'a Shared, attempt: Attempt) -> Self {
+        Self {
+            shared,
+            attempt: Some(attempt),
+        }
+    }
+
+    fn succeeded(mut self, user_key: &str) {
+        if let Some(attempt) = self.attempt.take() {
+            self.shared
+                .limiter()
+                .succeeded(attempt, user_key, Instant::now());
+            self.shared.limiter_changed.notify_waiters();
+        }
+    }
+}
+
+impl Reported<'_> {
+    fn released(mut self) {
+        if let Some(attempt) = self.attempt.take() {
+            self.shared.limiter().released(attempt, Instant::now());
+            self.shared.limiter_changed.notify_waiters();
+        }
+    }
+}
+
+impl Drop for Reported<'_> {
+    fn drop(&mut self) {
+        if let Some(attempt) = self.attempt.take() {
+            self.shared.limiter().failed(attempt, Instant::now());
+            self.shared.limiter_changed.notify_waiters();
+        }
+    }
+}
+
+impl Shared {
+    fn limiter(&self) -> std::sync::MutexGuard<'_, FailureLimiter> {
+        self.limiter.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -386,7 +386,9 @@ impl FrontDoor {
     ) -> Result<Response<pb::ServiceResponse>, Status> {
         self.admit()?;
         let e2ee = e2ee(fingerprint)?;
-        let (login_key, login) = self.find_login(peer, session_id.clone(), identity).await?;
+        let (login_key, login) = self
+            .find_login(peer.clone(), session_id.clone(), identity)
+            .await?;
         let info = self
             .registry
             .send(ServiceCloud {
