@@ -93,9 +93,9 @@ async fn show_version(
         &["show version"],
     )
     .await?;
-    assert_eq!(out[0].1, "", "device error");
-    assert!(out[0].0.contains("Simulated Network OS"), "{}", out[0].0);
-    Ok(out[0].0.clone())
+    let text = out[0].ok_output();
+    assert!(text.contains("Simulated Network OS"), "{text}");
+    Ok(text)
 }
 
 async fn service_otp(
