@@ -63,15 +63,21 @@ pub fn owner_for(peer: &Peer, share_group: Option<u32>) -> Owner {
 
 /// Whether process `pid` has `gid` among its supplementary groups.
 fn in_group(pid: u32, gid: u32) -> bool {
+    supplementary_groups(pid).is_some_and(|groups| groups.contains(&gid))
+}
+
+/// Process `pid`'s supplementary groups (`Groups:` in `/proc/PID/status`);
+/// `None` when they cannot be read.
+pub fn supplementary_groups(pid: u32) -> Option<Vec<u32>> {
     let status = Path::new("/proc").join(pid.to_string()).join("status");
-    std::fs::read_to_string(status)
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
-        })
-        .unwrap_or(false)
+    let text = std::fs::read_to_string(status).ok()?;
+    let groups = text.lines().find_map(|l| l.strip_prefix("Groups:"))?;
+    Some(
+        groups
+            .split_whitespace()
+            .filter_map(|g| g.parse().ok())
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::wire::messages::{CommandDone, Response};
 /// What to run, shared by `switchyard exec` and `switchyard service exec`.
 #[derive(Debug, Args)]
 pub struct ExecOptions {
-    /// Devices to run on.
+    /// Devices to run on (a device named twice runs and is reported once).
     #[arg(required = true)]
     pub devices: Vec<String>,
     /// Command to run (repeatable; run in order).
@@ -31,6 +31,18 @@ pub struct ExecOptions {
 }
 
 impl ExecOptions {
+    /// The devices, each once, in the order first named. The service
+    /// merges duplicates too; sending each once keeps the request small and
+    /// the report's count right.
+    pub fn distinct_devices(&self) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        self.devices
+            .iter()
+            .filter(|d| seen.insert(d.as_str()))
+            .cloned()
+            .collect()
+    }
+
     pub fn timeout(&self) -> Result<Option<Duration>, super::CliError> {
         self.timeout
             .map(|s| {

@@ -521,18 +521,23 @@ class DeviceResult(Mapping):
 
 
 class ExecRequest:
-    """Commands running on devices. It starts at once; ``wait()`` for it."""
+    """Commands running on devices. It starts at once; ``wait()`` for it.
+
+    Each device fails on its own: an unknown device, one the remote user may
+    not use, or one that cannot be reached gets a failed DeviceResult (its
+    ``error`` says why; ``data`` raises ExecError) while the others run. A
+    device named twice runs once and has one result."""
 
     def __init__(self, service: Service, devices: list, commands, timeout: Optional[float]) -> None:
         self._single = isinstance(commands, str)
         self._commands = [commands] if self._single else list(commands)
-        self._devices = devices
+        self._devices = list(dict.fromkeys(devices))
         self._results: dict = {}
         self._error: Optional[SwitchyardError] = None
         self._done = threading.Event()
         request = pb.ExecRequest(
             service=service._ref(),
-            devices=devices,
+            devices=self._devices,
             commands=self._commands,
             timeout_ms=int(timeout * 1000) if timeout else 0,
         )
