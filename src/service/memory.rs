@@ -5,14 +5,16 @@
 //! opened many device connections would otherwise keep its peak size long
 //! after the work ended. [`Trimmer`] counts the work done since the last
 //! trim; when the service is idle again after at least [`BURST_BYTES`] of
-//! it, it waits [`SETTLE`] (for the last results to leave the send buffers)
-//! and, if still idle, calls `malloc_trim(0)` on a blocking thread.
+//! it, it waits a moment and, if still idle, calls `malloc_trim(0)` on a
+//! blocking thread; twice more later while it stays idle, since the last
+//! results may still have been leaving through the transport's buffers
+//! ([`SETTLE_ROUNDS`]).
 //!
 //! Owns: the one pending trim task (at most one at a time, aborted with the
 //! trimmer). On other C libraries trimming is a no-op.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::task::AbortOnDrop;
@@ -22,13 +24,18 @@ use crate::task::AbortOnDrop;
 pub const BURST_BYTES: u64 = 8 * 1024 * 1024;
 /// What one device's work counts for (its connection, buffers, tasks).
 pub const DEVICE_WEIGHT: u64 = 64 * 1024;
-/// How long the service must stay idle before memory is trimmed.
-pub const SETTLE: Duration = Duration::from_millis(300);
+/// How long the service must stay idle before memory is trimmed, then
+/// the waits before a second and a third trim while it stays idle.
+pub const SETTLE_ROUNDS: [Duration; 3] = [
+    Duration::from_millis(300),
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
 
 /// Decides when to trim; shared by everything that runs device work.
 #[derive(Debug, Default)]
 pub struct Trimmer {
-    since_trim: AtomicU64,
+    since_trim: Arc<AtomicU64>,
     pending: Mutex<Option<AbortOnDrop<()>>>,
 }
 
@@ -44,7 +51,7 @@ impl Trimmer {
     }
 
     /// The service has no device work running. After a burst, schedules a
-    /// trim that runs if `still_idle()` holds after [`SETTLE`]. Outside a
+    /// trim that runs if `still_idle()` holds after each of [`SETTLE_ROUNDS`]. Outside a
     /// tokio runtime it does nothing.
     pub fn when_idle(&self, still_idle: impl Fn() -> bool + Send + 'static) {
         if self.since_trim.load(Ordering::Relaxed) < BURST_BYTES {
@@ -57,12 +64,20 @@ impl Trimmer {
         if pending.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
-        // Reset now: work that arrives while this trim waits counts towards
-        // the next one.
-        self.since_trim.store(0, Ordering::Relaxed);
+        // Work is counted again from the trim on; if the service is busy
+        // again by then, the burst stays counted for its next idle moment.
+        let since_trim = self.since_trim.clone();
         *pending = Some(AbortOnDrop::new(runtime.spawn(async move {
-            tokio::time::sleep(SETTLE).await;
-            if still_idle() {
+            // Results may still be leaving through the transport's buffers
+            // at the first trim: trim again later while nothing runs.
+            for (round, wait) in SETTLE_ROUNDS.iter().enumerate() {
+                tokio::time::sleep(*wait).await;
+                if !still_idle() {
+                    return;
+                }
+                if round == 0 {
+                    since_trim.store(0, Ordering::Relaxed);
+                }
                 let _ = tokio::task::spawn_blocking(trim).await;
             }
         })));
