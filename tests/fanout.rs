@@ -108,6 +108,8 @@ async fn unknown_and_forbidden_devices_fail_on_their_own_through_the_cli() {
     let bad = report(&all, "nosuch");
     assert_eq!(bad["status"], "failure");
     assert_eq!(bad["error"], "no device \"nosuch\" that you may use");
+    assert_eq!(bad["error_code"], "NOT_FOUND");
+    assert!(good.get("error_code").is_none(), "{good}");
 
     // Text output says the same, device by device.
     let out = cli_exec(&broker, &["lab", "core-1", "nosuch", "-c", "show version"]).await;
@@ -189,6 +191,7 @@ async fn unknown_devices_fail_on_their_own_in_integrated_mode() {
         report(&all, "ghost")["error"],
         "no device \"ghost\" that you may use"
     );
+    assert_eq!(report(&all, "ghost")["error_code"], "NOT_FOUND");
 }
 
 /// A `switchyard service run` process over a fresh inventory with eight

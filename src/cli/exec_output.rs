@@ -64,9 +64,22 @@ impl ExecOptions {
 pub struct DeviceReport {
     pub device: String,
     pub status: &'static str,
+    /// Why the device failed as a whole.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The gRPC code name of `error` (`NOT_FOUND` for a device that does
+    /// not exist or that the remote user may not use, `UNAVAILABLE` for
+    /// one that cannot be reached, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
     pub results: Vec<CommandReport>,
+}
+
+/// Why a device failed as a whole: its gRPC code name and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceError {
+    pub code: String,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -157,7 +170,7 @@ impl ExecCollector {
         &mut self,
         device: u32,
         commands: Vec<CommandDone>,
-        error: Option<String>,
+        error: Option<DeviceError>,
     ) -> Option<DeviceReport> {
         for done in commands {
             self.command_done(device, done);
@@ -169,7 +182,8 @@ impl ExecCollector {
         Some(DeviceReport {
             device: name,
             status: if ok { SUCCESS } else { FAILURE },
-            error,
+            error_code: error.as_ref().map(|e| e.code.clone()),
+            error: error.map(|e| e.message),
             results,
         })
     }
@@ -189,7 +203,14 @@ impl ExecCollector {
                 device,
                 commands,
                 error,
-            } => self.device_done(device, commands, error.map(|e| e.message)),
+            } => self.device_done(
+                device,
+                commands,
+                error.map(|e| DeviceError {
+                    code: crate::api::convert::code_name(e.code).to_string(),
+                    message: e.message,
+                }),
+            ),
             _ => None,
         }
     }

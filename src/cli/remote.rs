@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use tokio::sync::mpsc;
 
-use super::exec_output::{ExecCollector, ExecOptions, ExecPrinter};
+use super::exec_output::{DeviceError, ExecCollector, ExecOptions, ExecPrinter};
 use super::{CliError, outln};
 use crate::api::pb;
 use crate::secret::SecretSource;
@@ -322,7 +322,12 @@ pub async fn exec(socket: &Path, args: ExecArgs) -> Result<ExitCode, CliError> {
                         error: Some(c.error).filter(|e| !e.is_empty()),
                     })
                     .collect();
-                let error = Some(r.error).filter(|e| !e.is_empty());
+                let error = Some(r.error)
+                    .filter(|e| !e.is_empty())
+                    .map(|message| DeviceError {
+                        code: r.error_code,
+                        message,
+                    });
                 if let Some(report) = collector.device_done(device, commands, error) {
                     printer.print(&report);
                 }
