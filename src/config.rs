@@ -16,6 +16,11 @@ use crate::broker::direct_link::LinkConfig;
 use crate::broker::registry::RegistrySettings;
 use crate::logging::LogFormat;
 use crate::service::drivers::ssh::SshDriverConfig;
+use crate::service::exec_limits::{ExecCaps, ExecLimits};
+
+/// The largest `runtime.worker_threads` accepted: far above any host's
+/// cores, far below what makes tokio fail to spawn threads.
+pub const MAX_WORKER_THREADS: usize = 1024;
 
 /// Errors while loading settings.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +41,9 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_filter: String,
     pub ssh: SshDriverConfig,
+    /// Exec caps and the device slots of this process's services (the
+    /// `service run` daemon, `service exec`, integrated mode).
+    pub exec: ExecLimits,
     pub broker: BrokerSettings,
     /// Relays known by name, for `--domain NAME` logins.
     pub domains: Vec<Domain>,
@@ -72,6 +80,8 @@ struct FileSettings {
     log: LogSection,
     #[serde(default)]
     ssh: SshSection,
+    #[serde(default)]
+    exec: ExecSection,
     #[serde(default)]
     broker: BrokerSection,
     #[serde(default)]
@@ -205,6 +215,51 @@ impl Default for SshSection {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ExecSection {
+    max_devices_per_request: usize,
+    max_commands_per_request: usize,
+    max_command_bytes_per_request: usize,
+    max_concurrent_devices: usize,
+}
+
+impl Default for ExecSection {
+    fn default() -> Self {
+        let d = ExecCaps::default();
+        Self {
+            max_devices_per_request: d.max_devices,
+            max_commands_per_request: d.max_commands,
+            max_command_bytes_per_request: d.max_command_bytes,
+            max_concurrent_devices: d.max_concurrent_devices,
+        }
+    }
+}
+
+impl ExecSection {
+    fn into_limits(self) -> Result<ExecLimits, ConfigError> {
+        for (key, value) in [
+            ("max_devices_per_request", self.max_devices_per_request),
+            ("max_commands_per_request", self.max_commands_per_request),
+            (
+                "max_command_bytes_per_request",
+                self.max_command_bytes_per_request,
+            ),
+            ("max_concurrent_devices", self.max_concurrent_devices),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Value(format!("exec.{key} must be at least 1")));
+            }
+        }
+        Ok(ExecLimits::new(ExecCaps {
+            max_devices: self.max_devices_per_request,
+            max_commands: self.max_commands_per_request,
+            max_command_bytes: self.max_command_bytes_per_request,
+            max_concurrent_devices: self.max_concurrent_devices,
+        }))
+    }
+}
+
 /// The default config file location, if one can be named.
 pub fn default_config_path() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CONFIG_HOME")
@@ -285,6 +340,13 @@ impl FileSettings {
             max_connections_per_device: s.max_connections_per_device,
             max_output_bytes: s.max_output_bytes,
         };
+        let exec = self.exec.into_limits()?;
+        if self.runtime.worker_threads > MAX_WORKER_THREADS {
+            return Err(ConfigError::Value(format!(
+                "runtime.worker_threads is {}; at most {MAX_WORKER_THREADS} (0: one per core)",
+                self.runtime.worker_threads
+            )));
+        }
         let b = self.broker;
         let broker = BrokerSettings {
             socket: b.socket,
@@ -292,6 +354,7 @@ impl FileSettings {
             drain_timeout: secs("broker.drain_timeout_secs", b.drain_timeout_secs)?,
             registry: RegistrySettings {
                 ssh: ssh.clone(),
+                exec: exec.clone(),
                 link: LinkConfig {
                     idle_timeout: secs("broker.idle_timeout_secs", b.idle_timeout_secs)?,
                     connect_timeout: secs("broker.connect_timeout_secs", b.connect_timeout_secs)?,
@@ -356,6 +419,7 @@ impl FileSettings {
             log_format,
             log_filter: self.log.filter,
             ssh,
+            exec,
         })
     }
 }
@@ -421,6 +485,8 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config/switchyard.toml");
         let s = load(Some(&path)).unwrap();
         assert_eq!(s.ssh, SshDriverConfig::default());
+        assert_eq!(s.exec.caps(), &ExecCaps::default());
+        assert_eq!(s.runtime_threads, None);
         let (got, want) = (&s.broker.registry, RegistrySettings::default());
         assert_eq!(got.link.idle_timeout, want.link.idle_timeout);
         assert_eq!(got.link.connect_timeout, want.link.connect_timeout);
@@ -433,6 +499,23 @@ mod tests {
         assert_eq!(s.broker.drain_timeout, Duration::from_secs(10));
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(s.log_filter, "info");
+    }
+
+    #[test]
+    fn runtime_and_exec_settings_out_of_range_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[runtime]\nworker_threads = 20000\n").unwrap();
+        let err = load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("runtime.worker_threads"), "{err}");
+        assert!(err.contains("at most 1024"), "{err}");
+        std::fs::write(&path, "[runtime]\nworker_threads = 1024\n").unwrap();
+        assert_eq!(load(Some(&path)).unwrap().runtime_threads, Some(1024));
+        std::fs::write(&path, "[exec]\nmax_concurrent_devices = 0\n").unwrap();
+        let err = load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("exec.max_concurrent_devices"), "{err}");
+        std::fs::write(&path, "[exec]\nmax_devices_per_request = 7\n").unwrap();
+        assert_eq!(load(Some(&path)).unwrap().exec.caps().max_devices, 7);
     }
 
     #[test]

@@ -12,6 +12,11 @@ impl<T> AbortOnDrop<T> {
         Self(handle)
     }
 
+    /// Whether the task has ended (finished, panicked or aborted).
+    pub fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+
     /// Waits for the task to end on its own (after its owner told it to
     /// stop), so what it holds (sockets) is released before this returns.
     pub async fn finished(&mut self) -> Result<T, tokio::task::JoinError> {

@@ -51,7 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Daemons: actix actors run on the System arbiter inside the
     // multi-thread tokio runtime that also serves tonic.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = threads.filter(|n| *n > 0) {
+    if let Some(n) = worker_threads(threads)? {
         builder.worker_threads(n);
     }
     let runtime = builder
@@ -59,6 +59,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     actix_rt::System::with_tokio_rt(|| runtime).block_on(main)
+}
+
+/// The daemons' worker threads: the config's `runtime.worker_threads`
+/// (already checked against `MAX_WORKER_THREADS`), else tokio's
+/// `$TOKIO_WORKER_THREADS`, checked here with the same bound, since tokio
+/// panics on a value it cannot use and fails to start with too many.
+fn worker_threads(configured: Option<usize>) -> anyhow::Result<Option<usize>> {
+    use switchyard::config::MAX_WORKER_THREADS;
+    if configured.is_some() {
+        return Ok(configured);
+    }
+    let Some(raw) = std::env::var_os("TOKIO_WORKER_THREADS") else {
+        return Ok(None);
+    };
+    match raw.to_str().and_then(|s| s.trim().parse::<usize>().ok()) {
+        Some(n) if (1..=MAX_WORKER_THREADS).contains(&n) => Ok(Some(n)),
+        _ => anyhow::bail!(
+            "TOKIO_WORKER_THREADS={} is not a number of threads from 1 to {MAX_WORKER_THREADS}",
+            raw.to_string_lossy()
+        ),
+    }
 }
 
 /// The first SIGINT/SIGTERM cancels `shutdown`; a second exits at once.

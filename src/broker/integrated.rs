@@ -28,6 +28,7 @@ use super::link_actor::{
 use crate::secret::Secret;
 use crate::service::drivers::Drivers;
 use crate::service::drivers::ssh::SshDriverConfig;
+use crate::service::exec_limits::ExecLimits;
 use crate::service::inventory::{Inventory, InventoryError};
 use crate::service::ops::{Principal, ServiceOps};
 use crate::wire::messages::{ErrorCode, WireError};
@@ -37,6 +38,7 @@ pub struct NewIntegratedLink {
     pub db: PathBuf,
     pub admin_password: Secret,
     pub ssh: SshDriverConfig,
+    pub exec: ExecLimits,
 }
 
 pub struct IntegratedLink {
@@ -45,6 +47,7 @@ pub struct IntegratedLink {
     /// Needed until the inventory is open; wiped then.
     admin_password: Option<Secret>,
     ssh: SshDriverConfig,
+    exec: ExecLimits,
     ops: Option<(Arc<ServiceOps>, Arc<Principal>)>,
     state: LinkState,
     opening: bool,
@@ -58,6 +61,7 @@ impl IntegratedLink {
             db: n.db,
             admin_password: Some(n.admin_password),
             ssh: n.ssh,
+            exec: n.exec,
             ops: None,
             state: LinkState::Connecting,
             opening: false,
@@ -95,7 +99,12 @@ impl IntegratedLink {
                     .file_stem()
                     .map(|s| format!("integrated:{}", s.to_string_lossy()))
                     .unwrap_or_else(|| "integrated".into());
-                let ops = ServiceOps::new(name, inventory, Drivers::new(self.ssh.clone()));
+                let ops = ServiceOps::with_limits(
+                    name,
+                    inventory,
+                    Drivers::new(self.ssh.clone()),
+                    self.exec.clone(),
+                );
                 let principal = Arc::new(ServiceOps::owner());
                 self.common.publish(Some(LinkChannel::Local {
                     ops: ops.clone(),

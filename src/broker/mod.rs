@@ -4,6 +4,7 @@
 //! serves gRPC (broker API, health, reflection) until `shutdown` fires,
 //! then ends sessions, closes links and removes the socket.
 
+pub mod caller_access;
 pub mod client_key;
 pub mod cloud_login;
 pub mod dialer;

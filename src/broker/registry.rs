@@ -45,6 +45,7 @@ use super::routes::{LinkRoute, NamedRoute, Routes, SessionRoute};
 use super::session::{EndSession, NotifyShutdown, Session};
 use crate::secret::Secret;
 use crate::service::drivers::ssh::SshDriverConfig;
+use crate::service::exec_limits::ExecLimits;
 use crate::wire::pin::Fingerprint;
 use tokio::sync::watch;
 
@@ -54,6 +55,9 @@ pub struct RegistrySettings {
     pub link: LinkConfig,
     /// Device driver settings of integrated services.
     pub ssh: SshDriverConfig,
+    /// Exec caps of integrated services; their device slots are shared by
+    /// every inventory this broker opens.
+    pub exec: ExecLimits,
     /// A named service unused this long is released (0: never).
     pub named_idle_timeout: Duration,
     /// Time a new session has to attach.
@@ -75,6 +79,7 @@ impl Default for RegistrySettings {
         Self {
             link: LinkConfig::default(),
             ssh: SshDriverConfig::default(),
+            exec: ExecLimits::default(),
             named_idle_timeout: Duration::from_secs(1800),
             attach_grace: Duration::from_secs(10),
             max_sessions_per_user: 4096,
@@ -802,32 +807,13 @@ pub struct ServiceIntegrated {
     pub admin_password: Secret,
 }
 
-/// The broker may run with more file access than its callers: it opens an
-/// inventory only for the user who owns the file (or root).
-fn check_inventory_access(peer: &Peer, db: &std::path::Path) -> Result<PathBuf, BrokerError> {
-    use std::os::unix::fs::MetadataExt;
-    let path = std::fs::canonicalize(db).map_err(|e| {
-        BrokerError::NotFound(format!("inventory {} cannot be opened: {e}", db.display()))
-    })?;
-    let meta = std::fs::metadata(&path)
-        .map_err(|e| BrokerError::NotFound(format!("inventory {}: {e}", path.display())))?;
-    let broker_uid = nix::unistd::Uid::effective().as_raw();
-    if peer.uid != 0 && peer.uid != meta.uid() && peer.uid != broker_uid {
-        return Err(BrokerError::PermissionDenied(format!(
-            "inventory {} belongs to another user",
-            path.display()
-        )));
-    }
-    Ok(path)
-}
-
 impl Handler<ServiceIntegrated> for SessionRegistry {
     type Result = ResponseActFuture<Self, Result<ServiceInfo, BrokerError>>;
 
     fn handle(&mut self, msg: ServiceIntegrated, ctx: &mut Self::Context) -> Self::Result {
         let prepared = self
             .check_target(&msg.peer, &msg.session_id, &msg.name)
-            .and_then(|()| check_inventory_access(&msg.peer, &msg.db));
+            .and_then(|()| super::caller_access::inventory_path_for(&msg.peer, &msg.db));
         let db = match prepared {
             Ok(db) => db,
             Err(e) => return Box::pin(fut::ready(Err(e))),
@@ -846,6 +832,7 @@ impl Handler<ServiceIntegrated> for SessionRegistry {
                     return Box::pin(fut::ready(Err(e)));
                 }
                 let ssh = self.settings.ssh.clone();
+                let exec = self.settings.exec.clone();
                 let password = msg.admin_password.clone();
                 let id = self.add_link(key, tag, Transport::Integrated, ctx, |common| {
                     LinkHandle::of(
@@ -854,6 +841,7 @@ impl Handler<ServiceIntegrated> for SessionRegistry {
                             db,
                             admin_password: password,
                             ssh,
+                            exec,
                         })
                         .start(),
                     )

@@ -16,7 +16,7 @@ use crate::wire::messages::{CommandDone, Response};
 /// What to run, shared by `switchyard exec` and `switchyard service exec`.
 #[derive(Debug, Args)]
 pub struct ExecOptions {
-    /// Devices to run on.
+    /// Devices to run on (a device named twice runs and is reported once).
     #[arg(required = true)]
     pub devices: Vec<String>,
     /// Command to run (repeatable; run in order).
@@ -31,6 +31,18 @@ pub struct ExecOptions {
 }
 
 impl ExecOptions {
+    /// The devices, each once, in the order first named. The service
+    /// merges duplicates too; sending each once keeps the request small and
+    /// the report's count right.
+    pub fn distinct_devices(&self) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        self.devices
+            .iter()
+            .filter(|d| seen.insert(d.as_str()))
+            .cloned()
+            .collect()
+    }
+
     pub fn timeout(&self) -> Result<Option<Duration>, super::CliError> {
         self.timeout
             .map(|s| {
@@ -52,9 +64,22 @@ impl ExecOptions {
 pub struct DeviceReport {
     pub device: String,
     pub status: &'static str,
+    /// Why the device failed as a whole.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The gRPC code name of `error` (`NOT_FOUND` for a device that does
+    /// not exist or that the remote user may not use, `UNAVAILABLE` for
+    /// one that cannot be reached, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
     pub results: Vec<CommandReport>,
+}
+
+/// Why a device failed as a whole: its gRPC code name and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceError {
+    pub code: String,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -145,7 +170,7 @@ impl ExecCollector {
         &mut self,
         device: u32,
         commands: Vec<CommandDone>,
-        error: Option<String>,
+        error: Option<DeviceError>,
     ) -> Option<DeviceReport> {
         for done in commands {
             self.command_done(device, done);
@@ -157,7 +182,8 @@ impl ExecCollector {
         Some(DeviceReport {
             device: name,
             status: if ok { SUCCESS } else { FAILURE },
-            error,
+            error_code: error.as_ref().map(|e| e.code.clone()),
+            error: error.map(|e| e.message),
             results,
         })
     }
@@ -177,7 +203,14 @@ impl ExecCollector {
                 device,
                 commands,
                 error,
-            } => self.device_done(device, commands, error.map(|e| e.message)),
+            } => self.device_done(
+                device,
+                commands,
+                error.map(|e| DeviceError {
+                    code: crate::api::convert::code_name(e.code).to_string(),
+                    message: e.message,
+                }),
+            ),
             _ => None,
         }
     }

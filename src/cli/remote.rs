@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use tokio::sync::mpsc;
 
-use super::exec_output::{ExecCollector, ExecOptions, ExecPrinter};
+use super::exec_output::{DeviceError, ExecCollector, ExecOptions, ExecPrinter};
 use super::{CliError, outln};
 use crate::api::pb;
 use crate::secret::SecretSource;
@@ -292,18 +292,19 @@ pub async fn inventory(socket: &Path, name: String, json: bool) -> Result<ExitCo
 pub async fn exec(socket: &Path, args: ExecArgs) -> Result<ExitCode, CliError> {
     let timeout_ms = args.exec.timeout()?.map_or(0, |t| t.as_millis() as u64);
     let ExecArgs { name, exec: args } = args;
+    let devices = args.distinct_devices();
     let mut broker = broker_client(socket).await?;
     let mut events = broker
         .exec(pb::ExecRequest {
             service: named(&name),
-            devices: args.devices.clone(),
+            devices: devices.clone(),
             commands: args.commands.clone(),
             timeout_ms,
         })
         .await?
         .into_inner();
-    let mut printer = ExecPrinter::new(args.json, args.devices.len());
-    let mut collector = ExecCollector::new(args.devices, args.commands);
+    let mut printer = ExecPrinter::new(args.json, devices.len());
+    let mut collector = ExecCollector::new(devices, args.commands);
     while let Some(event) = events.message().await? {
         use pb::exec_event::Event;
         let device = event.device;
@@ -321,7 +322,12 @@ pub async fn exec(socket: &Path, args: ExecArgs) -> Result<ExitCode, CliError> {
                         error: Some(c.error).filter(|e| !e.is_empty()),
                     })
                     .collect();
-                let error = Some(r.error).filter(|e| !e.is_empty());
+                let error = Some(r.error)
+                    .filter(|e| !e.is_empty())
+                    .map(|message| DeviceError {
+                        code: r.error_code,
+                        message,
+                    });
                 if let Some(report) = collector.device_done(device, commands, error) {
                     printer.print(&report);
                 }

@@ -410,15 +410,17 @@ async fn local_exec(
     settings: &Settings,
 ) -> Result<ExitCode, CliError> {
     let timeout = args.timeout()?;
-    let ops = ServiceOps::new(
+    let ops = ServiceOps::with_limits(
         "local",
         Inventory::open(db, &admin)?,
         Drivers::new(settings.ssh.clone()),
+        settings.exec.clone(),
     );
+    let devices = args.distinct_devices();
     let envelope = RequestEnvelope {
         deadline_ms: None,
         request: Request::Exec {
-            devices: args.devices.clone(),
+            devices: devices.clone(),
             commands: args.commands.clone(),
             timeout_ms: timeout.map(|t| t.as_millis() as u64),
         },
@@ -427,8 +429,8 @@ async fn local_exec(
     let (out, mut events) = tokio::sync::mpsc::channel(64);
     let principal = ServiceOps::owner();
     let work = ops.handle(&principal, envelope, no_input, out);
-    let mut printer = ExecPrinter::new(args.json, args.devices.len());
-    let mut collector = ExecCollector::new(args.devices.clone(), args.commands.clone());
+    let mut printer = ExecPrinter::new(args.json, devices.len());
+    let mut collector = ExecCollector::new(devices, args.commands.clone());
     let print = async {
         while let Some(event) = events.recv().await {
             if let Response::Error(e) = &event {
@@ -468,7 +470,12 @@ async fn run_service(
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "switchyard-service".into())
     });
-    let ops = ServiceOps::new(name, inv, Drivers::new(settings.ssh.clone()));
+    let ops = ServiceOps::with_limits(
+        name,
+        inv,
+        Drivers::new(settings.ssh.clone()),
+        settings.exec.clone(),
+    );
     let server = RpcServer::start(
         ops,
         identity,

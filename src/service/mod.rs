@@ -6,8 +6,10 @@
 
 pub mod drivers;
 pub mod enroll;
+pub mod exec_limits;
 pub mod identity;
 pub mod inventory;
+pub mod memory;
 pub mod ops;
 pub mod ratelimit;
 pub mod relay_agent;

@@ -7,10 +7,18 @@
 //! Takes: `authenticate` (user + password → [`Principal`]) and `handle`
 //! (one request → [`Response`] events on a bounded channel).
 //!
-//! On failure: a request that cannot run at all gets one `Response::Error`;
-//! a device that fails gets an `ExecDeviceDone` carrying the error while the
-//! other devices go on; when the caller goes away (its receiver is dropped)
-//! the work stops at the next event.
+//! On failure: a request that cannot run at all (over a cap of
+//! [`ExecLimits`], no commands) gets one `Response::Error`; a device that
+//! fails — unknown, outside the caller's scope, unreachable — gets an
+//! `ExecDevice` carrying its error while the other devices go on. Unknown
+//! and forbidden devices get the same answer ("no device NAME that you may
+//! use"), so a remote user cannot learn which devices exist beyond their
+//! scope. When the caller goes away (its receiver is dropped) the work stops
+//! at the next event.
+//!
+//! Exec fan-out: a device named several times in one request runs once and
+//! is reported once, under the index of its first occurrence; each device's
+//! driver work holds one of the service's device slots.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -21,6 +29,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::drivers::{DeviceExec, DeviceTarget, DriverError, Drivers};
+use super::exec_limits::{ExecLimits, LimitError};
 use super::inventory::{DeviceScope, Inventory, InventoryError, LoginRecord};
 use crate::secret::Secret;
 use crate::wire::assertion::AssertionVerifier;
@@ -47,12 +56,12 @@ pub enum OpsError {
     BadAssertion(String),
     #[error("cloud identity {0} is not a remote user of this service")]
     NotRemoteUser(String),
-    #[error("no device named {0:?} on this service")]
-    UnknownDevice(String),
-    #[error("user {user:?} may not reach device {device:?}")]
-    NotPermitted { user: String, device: String },
-    #[error("{0}")]
-    Invalid(String),
+    /// The device does not exist, or the caller's scope does not include
+    /// it: one answer for both, so the scope hides what lies beyond it.
+    #[error("no device {0:?} that you may use")]
+    NoDevice(String),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     #[error("the request's deadline passed")]
     DeadlineExceeded,
     #[error(transparent)]
@@ -68,9 +77,8 @@ impl OpsError {
         match self {
             Self::Unauthenticated | Self::BadAssertion(_) => ErrorCode::Unauthenticated,
             Self::NotRemoteUser(_) => ErrorCode::PermissionDenied,
-            Self::UnknownDevice(_) => ErrorCode::NotFound,
-            Self::NotPermitted { .. } => ErrorCode::PermissionDenied,
-            Self::Invalid(_) => ErrorCode::InvalidArgument,
+            Self::NoDevice(_) => ErrorCode::NotFound,
+            Self::Limit(e) => e.code(),
             Self::DeadlineExceeded => ErrorCode::DeadlineExceeded,
             Self::Driver(DriverError::ConnectTimeout { .. }) => ErrorCode::DeadlineExceeded,
             Self::Driver(DriverError::Busy { .. }) => ErrorCode::ResourceExhausted,
@@ -91,6 +99,7 @@ pub struct ServiceOps {
     // slow parts (password hashing, device I/O) run outside the lock.
     inventory: Mutex<Inventory>,
     drivers: Drivers,
+    limits: ExecLimits,
     /// Set when the service is enrolled with a relay: how to check the
     /// relay's assertions about cloud callers.
     cloud: Option<CloudTrust>,
@@ -111,7 +120,19 @@ impl std::fmt::Debug for ServiceOps {
 }
 
 impl ServiceOps {
+    /// Operations with the default [`ExecLimits`] (slots of their own).
     pub fn new(name: impl Into<String>, inventory: Inventory, drivers: Drivers) -> Arc<Self> {
+        Self::with_limits(name, inventory, drivers, ExecLimits::default())
+    }
+
+    /// Operations under `limits`; clones of one `ExecLimits` share their
+    /// device slots, so several inventories can share one bound.
+    pub fn with_limits(
+        name: impl Into<String>,
+        inventory: Inventory,
+        drivers: Drivers,
+        limits: ExecLimits,
+    ) -> Arc<Self> {
         // A locked inventory cannot read its enrollment; then it simply
         // accepts no cloud callers.
         let cloud = inventory
@@ -126,6 +147,7 @@ impl ServiceOps {
             name: name.into(),
             inventory: Mutex::new(inventory),
             drivers,
+            limits,
             cloud,
         })
     }
@@ -162,6 +184,10 @@ impl ServiceOps {
 
     pub fn drivers(&self) -> &Drivers {
         &self.drivers
+    }
+
+    pub fn limits(&self) -> &ExecLimits {
+        &self.limits
     }
 
     fn inventory(&self) -> MutexGuard<'_, Inventory> {
@@ -273,40 +299,27 @@ impl ServiceOps {
             .collect())
     }
 
-    /// Looks devices up and unseals their credentials, checking the scope.
-    fn resolve(
-        &self,
-        principal: &Principal,
-        names: &[String],
-    ) -> Result<Vec<DeviceTarget>, OpsError> {
-        if names.is_empty() {
-            return Err(OpsError::Invalid("name at least one device".into()));
+    /// Looks a device up and unseals its credentials, checking the scope
+    /// first: a device outside it is not even looked up.
+    fn resolve(&self, principal: &Principal, name: &str) -> Result<DeviceTarget, OpsError> {
+        if !principal.scope.allows(name) {
+            return Err(OpsError::NoDevice(name.to_string()));
         }
-        let inv = self.inventory();
-        names
-            .iter()
-            .map(|name| {
-                if !principal.scope.allows(name) {
-                    return Err(OpsError::NotPermitted {
-                        user: principal.user.clone(),
-                        device: name.clone(),
-                    });
-                }
-                let (device, credentials) =
-                    inv.device_with_credentials(name).map_err(|e| match e {
-                        InventoryError::UnknownDevice(n) => OpsError::UnknownDevice(n),
-                        other => other.into(),
-                    })?;
-                Ok(DeviceTarget {
-                    credentials,
-                    name: device.name,
-                    host: device.host,
-                    port: device.port,
-                    driver: device.driver,
-                    known_host_key: device.host_key,
-                })
-            })
-            .collect()
+        let (device, credentials) =
+            self.inventory()
+                .device_with_credentials(name)
+                .map_err(|e| match e {
+                    InventoryError::UnknownDevice(n) => OpsError::NoDevice(n),
+                    other => other.into(),
+                })?;
+        Ok(DeviceTarget {
+            credentials,
+            name: device.name,
+            host: device.host,
+            port: device.port,
+            driver: device.driver,
+            known_host_key: device.host_key,
+        })
     }
 
     fn record_host_key(&self, device: &str, key: &str) {
@@ -315,6 +328,8 @@ impl ServiceOps {
         }
     }
 
+    /// Runs `commands` on each distinct device of `devices` at once, each
+    /// device in one of the service's slots; reports each device as it ends.
     async fn exec(
         &self,
         principal: &Principal,
@@ -323,26 +338,20 @@ impl ServiceOps {
         timeout: Option<Duration>,
         out: &mpsc::Sender<Response>,
     ) -> Result<(), OpsError> {
-        if commands.is_empty() {
-            return Err(OpsError::Invalid("name at least one command".into()));
-        }
-        let targets = self.resolve(principal, devices)?;
-        let mut running: FuturesUnordered<_> =
-            targets
-                .iter()
-                .enumerate()
-                .map(|(i, t)| async move {
-                    (i as u32, t, self.drivers.exec(t, commands, timeout).await)
-                })
-                .collect();
-        while let Some((index, target, result)) = running.next().await {
-            if let Ok(DeviceExec {
-                learned_host_key: Some(key),
-                ..
-            }) = &result
-            {
-                self.record_host_key(&target.name, key);
-            }
+        let distinct = self.limits.check(devices, commands)?;
+        // Declared before `running`, so it drops after it: by then this
+        // request's slots are free.
+        let _done = RequestDone(&self.limits);
+        let mut running: FuturesUnordered<_> = distinct
+            .into_iter()
+            .map(|(index, name)| async move {
+                (
+                    index,
+                    self.exec_device(principal, name, commands, timeout).await,
+                )
+            })
+            .collect();
+        while let Some((index, result)) = running.next().await {
             for response in exec_responses(index, result) {
                 if out.send(response).await.is_err() {
                     return Ok(()); // the caller went away; dropping `running` cancels the rest
@@ -350,6 +359,30 @@ impl ServiceOps {
             }
         }
         Ok(())
+    }
+
+    /// One device of an exec: looked up, then run once a slot is free.
+    async fn exec_device(
+        &self,
+        principal: &Principal,
+        name: &str,
+        commands: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<DeviceExec, OpsError> {
+        let target = self.resolve(principal, name)?;
+        let slot = self.limits.slot().await;
+        let exec = self.drivers.exec(&target, commands, timeout).await?;
+        if let Some(key) = &exec.learned_host_key {
+            self.record_host_key(&target.name, key);
+        }
+        slot.record_output(
+            exec.results
+                .iter()
+                .filter_map(|r| r.outcome.as_ref().ok())
+                .map(|o| o.output.len())
+                .sum(),
+        );
+        Ok(exec)
     }
 
     async fn terminal(
@@ -361,10 +394,7 @@ impl ServiceOps {
         mut input: mpsc::Receiver<TerminalInput>,
         out: &mpsc::Sender<Response>,
     ) -> Result<(), OpsError> {
-        let target = self
-            .resolve(principal, &[device.to_string()])?
-            .pop()
-            .ok_or_else(|| OpsError::UnknownDevice(device.to_string()))?;
+        let target = self.resolve(principal, device)?;
         let (mut terminal, learned) = self.drivers.terminal(&target, cols, rows).await?;
         if let Some(key) = learned {
             self.record_host_key(&target.name, &key);
@@ -401,6 +431,15 @@ impl ServiceOps {
     }
 }
 
+/// Tells the limits a request is over when it ends or is dropped.
+struct RequestDone<'a>(&'a ExecLimits);
+
+impl Drop for RequestDone<'_> {
+    fn drop(&mut self) {
+        self.0.request_done();
+    }
+}
+
 /// Inline output allowed in one `ExecDevice` frame; the rest is chunked
 /// ahead of it (well under the frame limit).
 pub const INLINE_BUDGET: usize = 512 * 1024;
@@ -419,14 +458,14 @@ fn output_chunks(device: u32, command: u32, output: Bytes) -> impl Iterator<Item
 
 /// One device's exec result as protocol events: chunks of any output too
 /// large to inline, then one `ExecDevice`.
-pub fn exec_responses(device: u32, result: Result<DeviceExec, DriverError>) -> Vec<Response> {
+pub fn exec_responses(device: u32, result: Result<DeviceExec, OpsError>) -> Vec<Response> {
     let exec = match result {
         Ok(exec) => exec,
         Err(e) => {
             return vec![Response::ExecDevice {
                 device,
                 commands: Vec::new(),
-                error: Some(OpsError::from(e).to_wire()),
+                error: Some(e.to_wire()),
             }];
         }
     };

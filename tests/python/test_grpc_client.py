@@ -69,9 +69,10 @@ def test_session_direct_exec_and_status(stubs, broker, service):
         assert b"core-1 uptime" in output[0]
         assert b"edge-1 uptime" in output[1]
 
-        with pytest.raises(grpc.RpcError) as err:
-            list(stub.Exec(pb.ExecRequest(service=ref, devices=["nope"], commands=["x"]), timeout=10))
-        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        events = list(stub.Exec(pb.ExecRequest(service=ref, devices=["nope"], commands=["x"]), timeout=10))
+        assert len(events) == 1 and events[0].device == 0
+        assert events[0].device_result.error_code == "NOT_FOUND"
+        assert "nope" in events[0].device_result.error
 
         status = stub.Status(pb.StatusRequest(), timeout=10)
         assert [s.session_id for s in status.sessions] == [session]

@@ -62,9 +62,15 @@ def test_api_shape(broker, service):
             res["show nope"].data
         assert res.status == "FAILURE"
 
-        with pytest.raises(SwitchyardError) as err:
-            inventory["core-1"]._service._exec(["ghost"], "show version", None).wait(30)
-        assert err.value.code == grpc.StatusCode.NOT_FOUND
+        # An unknown device fails on its own; the others run.
+        mixed = inventory["core-1"]._service._exec(["core-1", "ghost", "core-1"], "show version", None)
+        res = mixed.wait(30).result
+        assert sorted(res) == ["core-1", "ghost"]
+        assert "core-1 uptime" in res["core-1"].data
+        assert res["ghost"].status == "FAILURE"
+        assert 'no device "ghost" that you may use' in res["ghost"].error
+        with pytest.raises(ExecError):
+            res["ghost"].data
 
         with pytest.raises(SwitchyardError) as err:
             client.service_cloud("SERIAL")

@@ -413,7 +413,9 @@ class ExecCollector:
     arrives once."""
 
     def __init__(self, devices: Sequence[str], commands: Sequence[str]) -> None:
-        self.devices = list(devices)
+        # A device named twice runs once (the service merges repeats), so
+        # event indices refer to this de-duplicated list.
+        self.devices = list(dict.fromkeys(devices))
         self.commands = list(commands)
         self.results: dict[str, DeviceResult] = {}
         self._chunks: dict[tuple[int, int], bytearray] = {}
@@ -479,7 +481,7 @@ def exec_request(ref: pb.ServiceRef, devices: Sequence[str], commands: Sequence[
         raise ValueError(f"timeout must be >= 0 seconds, not {timeout}")
     return pb.ExecRequest(
         service=ref,
-        devices=list(devices),
+        devices=list(dict.fromkeys(devices)),
         commands=list(commands),
         timeout_ms=int(timeout * 1000) if timeout else 0,
     )

@@ -25,8 +25,12 @@ pub fn exec(target: &DeviceTarget, commands: &[String], max_output: u64) -> Devi
                 Output::Bulk(n) => {
                     let mut buf = vec![0u8; n as usize];
                     bulk_fill(&mut buf, 0);
+                    // The bulk text is ASCII: the buffer becomes the
+                    // output as is, not a second copy of it.
+                    let output = String::from_utf8(buf)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
                     Ok(CommandOutput {
-                        output: String::from_utf8_lossy(&buf).into_owned(),
+                        output,
                         exit_status: Some(0),
                     })
                 }
