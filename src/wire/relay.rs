@@ -77,7 +77,12 @@ pub enum RelayRequest {
     ServiceOtp { serial: String },
     /// Sign a client certificate for this identity (DER PKCS#10 request;
     /// the private key stays with the caller).
-    IssueClientCert { csr_der: Vec<u8> },
+    IssueClientCert {
+        // Bytes, not a sequence of integers: the same bincode layout,
+        // decoded within the codec's bound on byte fields.
+        #[serde(with = "serde_bytes")]
+        csr_der: Vec<u8>,
+    },
     /// A long-lived access token for this identity.
     CreateToken { lifetime_secs: u64 },
 }
@@ -130,7 +135,9 @@ pub enum RelayReply {
         expires_unix: u64,
     },
     ClientCert {
+        #[serde(with = "serde_bytes")]
         cert_der: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         ca_der: Vec<u8>,
     },
     Token {
@@ -197,14 +204,14 @@ pub struct TokenClaims {
 // The relay's HTTPS API bodies (JSON).
 
 /// Relay facts a client needs before its first QUIC connection.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WellKnown {
     pub issuer: String,
     pub quic: String,
 }
 
 /// A service's enrollment request.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollServiceRequest {
     pub otp: String,
     /// Base64 DER PKCS#10 request for the relay connection's key.
@@ -215,7 +222,7 @@ pub struct EnrollServiceRequest {
 }
 
 /// What an enrolled service keeps.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollServiceResponse {
     pub serial: String,
     /// Base64 DER certificate for the relay connection.
@@ -228,7 +235,7 @@ pub struct EnrollServiceResponse {
     pub quic: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
     pub message: String,
