@@ -33,6 +33,11 @@ const BACK_WITHIN: Duration = Duration::from_secs(2);
 const BACK_SLACK: Duration = Duration::from_secs(1);
 const CALLERS: usize = 20;
 
+/// The tests here measure time under load of their own: one at a time
+/// (a tokio mutex: it works across the tests' runtimes and is not poisoned
+/// by a failed test).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `switchyard service run` as a child process (SIGKILL-able), restartable
 /// on the same address, optionally inside a network namespace.
 struct ServiceProcess {
@@ -322,6 +327,7 @@ async fn broker_with_lab(svc: &ServiceProcess, prefix: &[&str]) -> TestBroker {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_killed_under_load_and_restarted_loses_nothing_and_recovers_at_once() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut svc = ServiceProcess::new(None);
     svc.start().await;
     let broker = broker_with_lab(&svc, &[]).await;
@@ -359,6 +365,7 @@ async fn service_killed_under_load_and_restarted_loses_nothing_and_recovers_at_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_killed_for_good_fails_every_call_within_the_bound() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut svc = ServiceProcess::new(None);
     svc.start().await;
     let broker = broker_with_lab(&svc, &[]).await;
@@ -398,6 +405,7 @@ async fn service_killed_for_good_fails_every_call_within_the_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_service_resets_an_idle_link_at_once() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut svc = ServiceProcess::new(None);
     svc.start().await;
     let broker = broker_with_lab(&svc, &[]).await;
@@ -507,6 +515,7 @@ fn rand_suffix() -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_partition_fails_calls_within_the_bound_and_heals() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let Some(ns) = Netns::create() else {
         return;
     };
