@@ -435,7 +435,7 @@ pub async fn read_frame<T: DeserializeOwned + Payload>(
 
 /// The next `len` bytes of `recv`, gathered from quinn's chunks as they
 /// come ([`frame::Assembler`]: memory follows what arrived, whatever `len`
-/// claims; one copy at the end, none when one chunk holds them all).
+/// claims; no copy when one chunk holds them all).
 async fn read_exact(recv: &mut RecvStream, len: usize) -> Result<Bytes, ConnError> {
     let mut assembler = frame::Assembler::new(len);
     while assembler.missing() > 0 {

@@ -4,8 +4,8 @@
 //! The version byte lets either side reject a peer speaking another protocol
 //! revision (or garbage) before reading a body; both lengths are checked
 //! against the receiver's limit before any allocation, and a body or
-//! payload is gathered by an [`Assembler`], which holds only what arrived
-//! (a header claiming 1 MiB followed by 3 bytes costs 3 bytes). The body is the
+//! payload is gathered by an [`Assembler`], which holds at most twice what
+//! arrived (a header claiming 1 MiB followed by 3 bytes costs 3 bytes). The body is the
 //! encoded message; the payload is bulk bytes the message carries (command
 //! output), sent as they are after the body so the sender hands them to the
 //! transport without copying them into the encoding (see [`Payload`]).
@@ -72,15 +72,17 @@ pub fn parse_header(header: [u8; HEADER_LEN], limit: usize) -> Result<FrameHeade
     Ok(FrameHeader { body, payload })
 }
 
-/// Gathers the `want` bytes of a body or payload as they arrive, holding
-/// only the pieces received (the transport's own buffers, not copies); they
-/// are joined into one buffer, the one copy, once all have come. Memory
-/// follows the bytes received, never the length a header claims.
+/// Gathers the `want` bytes of a body or payload as they arrive into one
+/// buffer that grows with them (at most twice what arrived, never past
+/// `want`), so memory follows the bytes received, never the length a
+/// header claims. Each piece is copied and released at once: holding the
+/// transport's pieces instead would keep whole packets alive for a byte
+/// each. A piece that is the whole of `want` is kept as it is (no copy).
 #[derive(Debug, Default)]
 pub struct Assembler {
     want: usize,
-    got: usize,
-    pieces: Vec<Bytes>,
+    buf: Vec<u8>,
+    whole: Option<Bytes>,
 }
 
 impl Assembler {
@@ -88,14 +90,18 @@ impl Assembler {
     pub fn new(want: usize) -> Self {
         Self {
             want,
-            got: 0,
-            pieces: Vec::new(),
+            buf: Vec::new(),
+            whole: None,
         }
+    }
+
+    fn got(&self) -> usize {
+        self.whole.as_ref().map_or(self.buf.len(), Bytes::len)
     }
 
     /// Bytes still missing.
     pub fn missing(&self) -> usize {
-        self.want - self.got
+        self.want - self.got()
     }
 
     /// Adds the next piece; a piece longer than what is missing is cut
@@ -103,33 +109,34 @@ impl Assembler {
     /// [`Self::missing`]).
     pub fn push(&mut self, mut piece: Bytes) {
         piece.truncate(self.missing());
-        if !piece.is_empty() {
-            self.got += piece.len();
-            self.pieces.push(piece);
+        if piece.is_empty() {
+            return;
         }
+        if self.buf.is_empty() && self.whole.is_none() && piece.len() == self.want {
+            self.whole = Some(piece);
+            return;
+        }
+        let need = self.buf.len() + piece.len();
+        if need > self.buf.capacity() {
+            let grown = need.max(2 * self.buf.len()).min(self.want);
+            self.buf.reserve_exact(grown - self.buf.len());
+        }
+        self.buf.extend_from_slice(&piece);
     }
 
-    /// Bytes this assembler holds or has reserved (its pieces and their
-    /// list), for tests and accounting.
+    /// Bytes this assembler holds or has reserved, for tests and accounting.
     pub fn held(&self) -> usize {
-        self.got + self.pieces.capacity() * std::mem::size_of::<Bytes>()
+        self.whole.as_ref().map_or(self.buf.capacity(), Bytes::len)
     }
 
     /// The bytes, once all have come (`None` before).
-    pub fn finish(mut self) -> Option<Bytes> {
-        if self.got < self.want {
+    pub fn finish(self) -> Option<Bytes> {
+        if self.got() < self.want {
             return None;
         }
-        Some(match self.pieces.len() {
-            0 => Bytes::new(),
-            1 => self.pieces.swap_remove(0),
-            _ => {
-                let mut joined = bytes::BytesMut::with_capacity(self.want);
-                for piece in &self.pieces {
-                    joined.extend_from_slice(piece);
-                }
-                joined.freeze()
-            }
+        Some(match self.whole {
+            Some(whole) => whole,
+            None => Bytes::from(self.buf),
         })
     }
 }
@@ -257,11 +264,17 @@ mod tests {
         assert_eq!(body.held(), 0, "nothing reserved before bytes come");
         body.push(Bytes::from_static(b"\x01\x02\x03\x04\x05\x06\x07"));
         assert!(
-            body.held() <= 7 + 4 * std::mem::size_of::<Bytes>(),
+            body.held() <= 14,
             "holds {} bytes after 7 arrived",
             body.held()
         );
-        assert_eq!(body.missing(), (1 << 20) - 7);
+        // Byte by byte, the buffer stays within twice what came.
+        for i in 0..10_000 {
+            body.push(Bytes::from_static(b"x"));
+            let got = 8 + i;
+            assert!(body.held() <= 2 * got, "holds {} after {got}", body.held());
+        }
+        assert_eq!(body.missing(), (1 << 20) - 10_007);
         assert!(body.finish().is_none(), "incomplete");
     }
 
