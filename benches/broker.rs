@@ -21,7 +21,7 @@ use switchyard::service::inventory::{
 };
 use switchyard::service::seal::KdfParams;
 use switchyard::sim::server::{SimFleet, SimFleetConfig};
-use switchyard::wire::conn::{TransportLimits, client_endpoint};
+use switchyard::wire::conn::{Liveness, TransportLimits, client_endpoint};
 use switchyard::wire::messages::{Request, RequestEnvelope};
 use switchyard::wire::pin::Fingerprint;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -528,6 +528,7 @@ impl DirectClient {
                 conn: conn.conn.clone(),
                 target: addr.to_string(),
                 max_frame: limits.max_frame,
+                liveness: Liveness::on_demand(),
             },
         };
         for _ in 0..200 {

@@ -22,6 +22,10 @@ command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v openssl >/dev/null || need+=(openssl)
 # strip, for the binaries the boot check installs.
 command -v strip >/dev/null || need+=(binutils)
+# nft and ip, for the fault tests' silent partition (a network namespace
+# whose UDP is dropped by an nftables rule; tests/faults.rs).
+command -v nft >/dev/null || need+=(nftables)
+command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

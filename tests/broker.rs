@@ -184,7 +184,8 @@ async fn clear_errors_for_bad_input() {
     )
     .await
     .unwrap();
-    assert!(out[0].1.contains("no device \"nope-1\""), "{out:?}");
+    assert!(out[0].error.contains("no device \"nope-1\""), "{out:?}");
+    assert_eq!(out[0].error_code, "NOT_FOUND", "{out:?}");
     let e = run_exec(
         &mut c,
         in_session(&s, "v999"),

@@ -180,8 +180,9 @@ async fn access_token_login_reaches_a_device_through_the_relay() {
     )
     .await
     .unwrap();
-    assert_eq!(out[0].1, "no device \"edge-1\" that you may use");
-    assert!(out[1].0.contains("core-1 uptime"), "{out:?}");
+    assert_eq!(out[0].error, "no device \"edge-1\" that you may use");
+    assert_eq!(out[0].error_code, "NOT_FOUND", "{out:?}");
+    assert!(out[1].ok_output().contains("core-1 uptime"), "{out:?}");
 
     let s = status(&broker).await;
     let login = s

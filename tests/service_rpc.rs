@@ -12,7 +12,7 @@ use switchyard::broker::link::{LinkChannel, LinkError};
 use switchyard::secret::Secret;
 use switchyard::service::ratelimit::LimiterConfig;
 use switchyard::service::rpc::RpcConfig;
-use switchyard::wire::conn::{TransportLimits, client_endpoint};
+use switchyard::wire::conn::{Liveness, TransportLimits, client_endpoint};
 use switchyard::wire::frame::PROTOCOL_VERSION;
 use switchyard::wire::messages::{
     ErrorCode, Request, RequestEnvelope, Response, TerminalInput, close_code,
@@ -51,6 +51,7 @@ fn channel(c: &DirectConnection, svc: &TestService) -> LinkChannel {
         conn: c.conn.clone(),
         target: svc.addr().to_string(),
         max_frame: TransportLimits::default().max_frame,
+        liveness: Liveness::on_demand(),
     }
 }
 

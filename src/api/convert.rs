@@ -210,7 +210,9 @@ pub fn status_response(s: StatusInfo, logins: Vec<LoginListing>) -> pb::StatusRe
 /// Parses a `grpc-timeout` header value (`<digits><unit>`, unit one of
 /// H M S m u n).
 pub fn grpc_timeout(value: &str) -> Option<Duration> {
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    // `split_at_checked`: a multi-byte last character is no unit (and
+    // must not panic; found by the broker_api fuzz target).
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
     if digits.is_empty() || digits.len() > 8 {
         return None;
     }
@@ -248,6 +250,7 @@ mod tests {
         assert_eq!(grpc_timeout("123456789S"), None);
         assert_eq!(grpc_timeout("5x"), None);
         assert_eq!(grpc_timeout(""), None);
+        assert_eq!(grpc_timeout("30S\u{d6db}"), None);
     }
 
     #[test]

@@ -81,7 +81,16 @@ pub async fn login(
     let connecting = endpoint
         .connect_with(config, addr, SERVER_NAME)
         .map_err(|e| unreachable(e.to_string()))?;
-    let conn = match connecting.await {
+    // A reconnect abandons a handshake nobody answers (see
+    // `TransportLimits::handshake_silence`); dropping it ends the attempt.
+    let outcome = match limits.handshake_silence {
+        Some(silence) => match tokio::time::timeout(silence, connecting).await {
+            Ok(outcome) => outcome,
+            Err(_) => return Err(unreachable(format!("no answer within {silence:?}"))),
+        },
+        None => connecting.await,
+    };
+    let conn = match outcome {
         Ok(conn) => conn,
         Err(e) => {
             return Err(match (fingerprint, verifier.seen()) {

@@ -12,9 +12,17 @@
 //! On failure: a lost connection fails in-flight calls at once (their
 //! streams error) and is re-established in the background with jittered
 //! exponential back-off while anyone holds the link; calls arriving while
-//! it is down fail fast with `UNAVAILABLE` naming the service. A refused
-//! login or a changed certificate is final: the link stops retrying. A link
-//! nobody holds closes after `idle_timeout` (at once when that is 0).
+//! it is down fail fast with `UNAVAILABLE` naming the service, and each
+//! starts a new attempt at once when none is running (so the link comes
+//! back as soon as the service answers while callers want it). A service
+//! silent while calls wait is lost within the liveness bound
+//! (`wire::liveness`: `silence` + 250 ms, 2.25 s by default); a restarted
+//! one resets the old connection at once (stable stateless-reset key). A
+//! reconnect's handshake that hears nothing for
+//! [`RECONNECT_HANDSHAKE_SILENCE`] is abandoned for a fresh attempt. A
+//! refused login or a changed certificate is final: the link stops
+//! retrying. A link nobody holds closes after `idle_timeout` (at once when
+//! that is 0).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -30,8 +38,15 @@ use super::link_actor::{
     Release, answer_waiters, release, stop_and_report,
 };
 use crate::backoff::Backoff;
-use crate::wire::conn::TransportLimits;
+use crate::task::AbortOnDrop;
+use crate::wire::conn::{Liveness, TransportLimits, watch_liveness};
 use crate::wire::pin::Fingerprint;
+
+/// How long a reconnect's QUIC handshake may go without an answer before
+/// it is abandoned and a new attempt starts: QUIC retransmits its first
+/// packet after ~1 s, then 2 and 4 s later, so a service that comes back
+/// while an attempt waits would otherwise be found only seconds later.
+pub const RECONNECT_HANDSHAKE_SILENCE: Duration = Duration::from_secs(1);
 
 /// Tunables for links.
 #[derive(Debug, Clone)]
@@ -65,6 +80,10 @@ pub struct DirectLink {
     config: LinkConfig,
     state: LinkState,
     conn: Option<quinn::Connection>,
+    /// Who waits on `conn`, and the task that closes it when its service
+    /// goes silent meanwhile (lives as long as `conn`).
+    liveness: Liveness,
+    watchdog: Option<AbortOnDrop<()>>,
     endpoint: Option<quinn::Endpoint>,
     service_name: String,
     /// Bumped on every new connection, so a stale "connection closed"
@@ -96,6 +115,8 @@ impl DirectLink {
             config: n.config,
             state: LinkState::Connecting,
             conn: None,
+            liveness: Liveness::on_demand(),
+            watchdog: None,
             endpoint: None,
             service_name: String::new(),
             generation: 0,
@@ -112,6 +133,7 @@ impl DirectLink {
             conn,
             target: self.common.key.target.clone(),
             max_frame: self.config.limits.max_frame,
+            liveness: self.liveness.clone(),
         }
     }
 
@@ -124,7 +146,10 @@ impl DirectLink {
         let username = self.common.key.username.clone();
         let dialer = self.dialer.clone();
         let fingerprint = self.fingerprint;
-        let limits = self.config.limits.clone();
+        let mut limits = self.config.limits.clone();
+        if self.connects > 0 {
+            limits.handshake_silence = Some(RECONNECT_HANDSHAKE_SILENCE);
+        }
         let endpoint = self.endpoint.clone();
         let connect_timeout = self.config.connect_timeout;
         let span = info_span!("link_connect", link = %format!("L{}", self.common.id), target = %target, transport = dialer.transport().as_str());
@@ -170,6 +195,12 @@ impl DirectLink {
                 info!(link = self.common.id, target = %self.common.key.target, user = %self.common.key.username, connects = self.connects, "link up");
                 let generation = self.generation;
                 let watch = connected.conn.clone();
+                self.liveness = Liveness::on_demand();
+                self.watchdog = Some(watch_liveness(
+                    connected.conn.clone(),
+                    self.liveness.clone(),
+                    self.config.limits.silence,
+                ));
                 self.common
                     .publish(Some(self.channel(connected.conn.clone())));
                 self.conn = Some(connected.conn);
@@ -212,8 +243,10 @@ impl DirectLink {
         if generation != self.generation || self.state != LinkState::Up {
             return;
         }
+        let reason = self.liveness.explain(reason);
         warn!(link = self.common.id, target = %self.common.key.target, %reason, "link lost");
         self.conn = None;
+        self.watchdog = None;
         self.guard = None;
         self.common.publish(None);
         self.last_error = Some(LinkError::lost(&self.common.key.target, reason));
@@ -269,6 +302,7 @@ impl Actor for DirectLink {
         if let Some(conn) = self.conn.take() {
             conn.close(0u32.into(), b"link closed");
         }
+        self.watchdog = None;
         self.guard = None;
         info!(link = self.common.id, target = %self.common.key.target, "link closed");
     }
@@ -286,6 +320,17 @@ impl Handler<Acquire> for DirectLink {
                 let answer = self.common.wait(msg.hold);
                 self.start_connect(ctx);
                 answer
+            }
+            LinkState::Reconnecting => {
+                // Someone wants the link now: try now rather than at the
+                // back-off's next turn; this call still fails fast.
+                if !self.connecting {
+                    if let Some(timer) = self.retry_timer.take() {
+                        ctx.cancel_future(timer);
+                    }
+                    self.start_connect(ctx);
+                }
+                Box::pin(std::future::ready(Err(self.unavailable())))
             }
             _ => Box::pin(std::future::ready(Err(self.unavailable()))),
         }

@@ -8,7 +8,7 @@
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 
-use crate::wire::conn::{ConnError, read_frame, write_encoded};
+use crate::wire::conn::{ConnError, Liveness, Waiting, read_frame, write_encoded};
 use crate::wire::frame::{self, Encoded, FrameError, Payload};
 use crate::wire::messages::{ErrorCode, RequestEnvelope, Response, TerminalInput, WireError};
 
@@ -83,11 +83,14 @@ impl LinkError {
 /// A handle to open calls on a link.
 #[derive(Clone)]
 pub enum LinkChannel {
-    /// A QUIC connection to a service's RPC socket (or, later, a relayed one).
+    /// A QUIC connection to a service's RPC socket (or a relayed one).
+    /// Each call counts as waiting on it in `liveness`, so a peer silent
+    /// while calls wait is found gone within the liveness bound.
     Quic {
         conn: quinn::Connection,
         target: String,
         max_frame: usize,
+        liveness: Liveness,
     },
     /// The service library in this process.
     Local {
@@ -103,6 +106,9 @@ pub enum CallStream {
         recv: RecvStream,
         target: String,
         max_frame: usize,
+        liveness: Liveness,
+        /// The call waits on the connection until it is dropped.
+        _waiting: Waiting,
     },
     Local {
         responses: mpsc::Receiver<Response>,
@@ -139,10 +145,12 @@ impl LinkChannel {
                 conn,
                 target,
                 max_frame,
+                liveness,
             } => {
-                let lost = |e: &dyn std::fmt::Display| LinkError::lost(target, e);
+                let lost = |e: &dyn std::fmt::Display| LinkError::lost(target, liveness.explain(e));
                 let takes_input = envelope.request.takes_input();
                 let frame = encode_request(&envelope, *max_frame, target)?;
+                let waiting = liveness.waiting();
                 let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
                 write_encoded(&mut send, frame)
                     .await
@@ -160,6 +168,8 @@ impl LinkChannel {
                     recv,
                     target: target.clone(),
                     max_frame: *max_frame,
+                    liveness: liveness.clone(),
+                    _waiting: waiting,
                 })
             }
             Self::Local { ops, principal } => {
@@ -189,6 +199,7 @@ impl CallStream {
                 recv,
                 target,
                 max_frame,
+                liveness,
                 ..
             } => match read_frame::<Response>(recv, *max_frame).await {
                 Ok(Some(Response::Error(e))) => Some(Err(LinkError::Remote(e))),
@@ -198,7 +209,7 @@ impl CallStream {
                     target: target.clone(),
                     reason: e.to_string(),
                 })),
-                Err(e) => Some(Err(LinkError::lost(target, e))),
+                Err(e) => Some(Err(LinkError::lost(target, liveness.explain(e)))),
             },
             Self::Local { responses, .. } => match responses.recv().await? {
                 Response::Error(e) => Some(Err(LinkError::Remote(e))),
@@ -214,12 +225,13 @@ impl CallStream {
                 send,
                 target,
                 max_frame,
+                liveness,
                 ..
             } => {
                 let frame = encode_request(&input, *max_frame, target)?;
                 write_encoded(send, frame)
                     .await
-                    .map_err(|e| LinkError::lost(target, e))
+                    .map_err(|e| LinkError::lost(target, liveness.explain(e)))
             }
             Self::Local {
                 input: Some(tx), ..

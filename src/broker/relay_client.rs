@@ -14,8 +14,10 @@ use oauth2::{
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 
 use crate::secret::Secret;
+use crate::task::AbortOnDrop;
 use crate::wire::conn::{
-    TransportLimits, client_endpoint, read_frame, relay_client_config, write_frame,
+    Liveness, TransportLimits, client_endpoint, read_frame, relay_client_config, watch_liveness,
+    write_frame,
 };
 use crate::wire::messages::{ErrorCode, WireError};
 use crate::wire::relay::{
@@ -216,6 +218,11 @@ impl RelayInfo {
                 expires_unix,
             })) => Ok(RelayConnection {
                 endpoint,
+                _watchdog: Arc::new(watch_liveness(
+                    conn.clone(),
+                    Liveness::always(),
+                    limits.silence,
+                )),
                 conn,
                 identity,
                 expires: expires_unix,
@@ -285,13 +292,18 @@ fn tokens(response: oauth2::basic::BasicTokenResponse) -> Result<Tokens, CloudEr
     })
 }
 
-/// An authenticated QUIC connection to a relay.
+/// An authenticated QUIC connection to a relay. A standing connection:
+/// a relay silent for `TransportLimits::silence` at any time is gone (the
+/// connection closes, and the tunnels riding it with it), so the next use
+/// reconnects instead of waiting out QUIC's idle timeout.
 #[derive(Clone)]
 pub struct RelayConnection {
     pub endpoint: Endpoint,
     pub conn: Connection,
     pub identity: String,
     pub expires: Option<u64>,
+    /// Watches `conn` while any clone of this lives.
+    _watchdog: Arc<AbortOnDrop<()>>,
 }
 
 /// Sends one request on its own stream and reads the reply.

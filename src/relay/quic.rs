@@ -67,11 +67,15 @@ pub(super) fn endpoint(state: &RelayState, config: &RelayConfig) -> Result<Endpo
         .map_err(|e| tls_err(&e))?;
     tls.alpn_protocols = vec![RELAY_ALPN.to_vec()];
     tls.max_early_data_size = 0;
-    let transport = Arc::new(crate::wire::conn::transport_config(&config.limits));
+    let transport = Arc::new(crate::wire::conn::server_transport_config(&config.limits));
     let server = crate::wire::conn::quic_server_config(tls, transport).map_err(|e| tls_err(&e))?;
-    crate::wire::conn::endpoint(config.listen, Some(server)).map_err(|e| RelayError::Listen {
-        addr: config.listen,
-        reason: e.to_string(),
+    // The stateless-reset key derives from the server key, so a restarted
+    // relay ends its callers' old connections at their next packet.
+    crate::wire::conn::keyed_endpoint(config.listen, server, &state.server_key).map_err(|e| {
+        RelayError::Listen {
+            addr: config.listen,
+            reason: e.to_string(),
+        }
     })
 }
 

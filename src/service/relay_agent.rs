@@ -10,7 +10,11 @@
 //!
 //! On failure: a lost or refused connection is retried with jittered
 //! exponential back-off (200 ms to 30 s) for as long as the agent lives;
-//! the direct RPC socket is unaffected.
+//! the direct RPC socket is unaffected. The connection is a standing one:
+//! a relay silent for `TransportLimits::silence` (2 s) counts as lost
+//! (`wire::liveness`), and a restarted relay resets it at once (its
+//! stateless-reset key survives restarts). A connection attempt and its
+//! hello are bounded by [`CONNECT_TIMEOUT`].
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,10 +27,14 @@ use super::rpc::TunnelAcceptor;
 use crate::backoff::Backoff;
 use crate::task::AbortOnDrop;
 use crate::wire::conn::{
-    TransportLimits, client_endpoint, read_frame, relay_client_config, write_frame,
+    Liveness, TransportLimits, client_endpoint, read_frame, relay_client_config, watch_liveness,
+    write_frame,
 };
 use crate::wire::relay::{HelloReply, RelayHello, TunnelOffer};
 use crate::wire::tunnel::Carrier;
+
+/// Bound on reaching the relay and its answer to our hello.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the agent is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,33 +156,43 @@ async fn connect_and_serve(
     )
     .map_err(|e| e.to_string())?;
     let endpoint = client_endpoint(quic).map_err(|e| e.to_string())?;
-    let conn = endpoint
-        .connect_with(config, quic, server_name)
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| format!("cannot connect to the relay: {e}"))?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    let hello = RelayHello::Service {
-        advertise: enrollment.advertise.clone(),
-    };
-    write_frame(&mut send, &hello, limits.max_frame)
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = send.finish();
-    match read_frame::<HelloReply>(&mut recv, limits.max_frame).await {
-        Ok(Some(HelloReply::Welcome { identity, .. })) => {
-            info!(serial = %identity, "online at the relay");
+    let hello = async {
+        let conn = endpoint
+            .connect_with(config, quic, server_name)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| format!("cannot connect to the relay: {e}"))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let hello = RelayHello::Service {
+            advertise: enrollment.advertise.clone(),
+        };
+        write_frame(&mut send, &hello, limits.max_frame)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        match read_frame::<HelloReply>(&mut recv, limits.max_frame).await {
+            Ok(Some(HelloReply::Welcome { identity, .. })) => {
+                info!(serial = %identity, "online at the relay");
+                Ok(conn)
+            }
+            Ok(Some(HelloReply::Refused(e))) => Err(format!("the relay refused us: {e}")),
+            Ok(None) => Err("the relay closed the hello stream".into()),
+            Err(e) => Err(e.to_string()),
         }
-        Ok(Some(HelloReply::Refused(e))) => return Err(format!("the relay refused us: {e}")),
-        Ok(None) => return Err("the relay closed the hello stream".into()),
-        Err(e) => return Err(e.to_string()),
-    }
+    };
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, hello)
+        .await
+        .map_err(|_| format!("no answer from the relay within {CONNECT_TIMEOUT:?}"))??;
+    let liveness = Liveness::always();
+    let _watchdog = watch_liveness(conn.clone(), liveness.clone(), limits.silence);
     backoff.reset();
     let _ = state.send(AgentState::Online);
     loop {
         let (send, mut recv) = match conn.accept_bi().await {
             Ok(stream) => stream,
-            Err(e) => return Err(format!("relay connection lost: {e}")),
+            Err(e) => {
+                return Err(format!("relay connection lost: {}", liveness.explain(e)));
+            }
         };
         let offer: TunnelOffer = match read_frame(&mut recv, limits.max_frame).await {
             Ok(Some(offer)) => offer,

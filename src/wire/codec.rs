@@ -2,10 +2,18 @@
 //!
 //! Messages are serde types encoded with `bincode` 2.0.1 (pinned: 3.0.0 is a
 //! tombstone release). Swapping the encoding means changing this file only.
-//! Decoding is bounded: a peer cannot make us allocate more than `limit`.
+//! Decoding is bounded by the bytes given: a string or byte field's length
+//! prefix is checked against a limit of at most 32x the body (1 KiB for
+//! small bodies) before its buffer is allocated, so a few bytes
+//! claiming 16 MiB allocate nothing (bincode allocates a field's claimed
+//! length before reading it, and checks claims only against its limit).
+
+use std::cell::Cell;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use super::capped::Capped;
 
 /// Why a message could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +52,94 @@ pub fn encode_into<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<usize, 
     Ok(buf.len() - start)
 }
 
+/// A slice reader that publishes how many bytes are left, for [`Capped`].
+struct Counted<'a> {
+    slice: &'a [u8],
+    left: &'a Cell<usize>,
+}
+
+impl bincode::de::read::Reader for Counted<'_> {
+    fn read(&mut self, bytes: &mut [u8]) -> Result<(), bincode::error::DecodeError> {
+        let Some((head, rest)) = self.slice.split_at_checked(bytes.len()) else {
+            return Err(bincode::error::DecodeError::UnexpectedEnd {
+                additional: bytes.len() - self.slice.len(),
+            });
+        };
+        bytes.copy_from_slice(head);
+        self.slice = rest;
+        self.left.set(rest.len());
+        Ok(())
+    }
+
+    fn peek_read(&mut self, n: usize) -> Option<&[u8]> {
+        self.slice.get(..n)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.slice = self.slice.get(n..).unwrap_or_default();
+        self.left.set(self.slice.len());
+    }
+}
+
+/// Decodes one `T` from the front of `bytes` under `limit`; returns it and
+/// the bytes used. Sequences' size hints are capped by the bytes left.
+fn decode_under<T: DeserializeOwned, const LIMIT: usize>(
+    bytes: &[u8],
+) -> Result<(T, usize), CodecError> {
+    let left = Cell::new(bytes.len());
+    let mut reader = Counted {
+        slice: bytes,
+        left: &left,
+    };
+    let mut decoder =
+        bincode::serde::OwnedSerdeDecoder::from_reader(&mut reader, config::<LIMIT>());
+    let value = T::deserialize(Capped {
+        inner: decoder.as_deserializer(),
+        left: &left,
+    })
+    .map_err(|e| CodecError::Decode(e.to_string()))?;
+    Ok((value, bytes.len() - reader.slice.len()))
+}
+
+/// How much bincode may claim per byte of a well-formed body: it claims
+/// a value's in-memory size (8 for a `u64`, 4 for an enum's variant index)
+/// however short its varint, and a string's or byte field's length; every
+/// value takes at least one byte, and no wire type has 128-bit integers.
+const CLAIM_PER_BYTE: usize = 8;
+
+/// Decodes under the smallest limit of 1 KiB, 4 KiB, ... 16 MiB (powers
+/// of 4) that admits [`CLAIM_PER_BYTE`] per byte of `bytes`, so the limit
+/// never refuses a valid message and a lying length claims at most 32x
+/// the body (1 KiB for bodies up to 128 bytes).
+fn decode_limited<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
+    let need = bytes.len().saturating_mul(CLAIM_PER_BYTE);
+    macro_rules! ladder {
+        ($($limit:expr),*) => {
+            $(
+                if need <= $limit {
+                    return decode_under::<T, { $limit }>(bytes);
+                }
+            )*
+        };
+    }
+    ladder!(
+        1 << 10,
+        1 << 12,
+        1 << 14,
+        1 << 16,
+        1 << 18,
+        1 << 20,
+        1 << 22,
+        1 << 24
+    );
+    decode_under::<T, { MAX_MESSAGE * CLAIM_PER_BYTE }>(bytes)
+}
+
 /// Decodes exactly one value from `bytes`; trailing bytes are an error, so a
-/// frame cannot smuggle extra data.
+/// frame cannot smuggle extra data. Allocates at most ~32x `bytes.len()`
+/// (1 KiB for up to 128 bytes) for a field whose length prefix lies.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, config::<MAX_MESSAGE>())
-        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    let (value, used) = decode_limited(bytes)?;
     if used != bytes.len() {
         return Err(CodecError::Trailing {
             extra: bytes.len() - used,
@@ -78,6 +169,18 @@ mod tests {
         };
         let bytes = encode(&p).unwrap();
         assert_eq!(decode::<Probe>(&bytes).unwrap(), p);
+    }
+
+    #[test]
+    fn messages_of_many_small_integers_decode_under_their_limit() {
+        // Each 1-byte varint makes bincode claim 8 bytes: a body of 1,003
+        // bytes claims ~8 KiB, which the limit must admit.
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Counters(Vec<u64>, Vec<Option<u32>>);
+        let value = Counters(vec![1; 1000], vec![Some(2); 300]);
+        let bytes = encode(&value).unwrap();
+        assert!(bytes.len() < 2000);
+        assert_eq!(decode::<Counters>(&bytes).unwrap(), value);
     }
 
     #[test]

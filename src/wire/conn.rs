@@ -3,19 +3,22 @@
 //! touches sockets.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{Endpoint, RecvStream, SendStream, TransportConfig, VarInt};
+use quinn::{Connection, Endpoint, RecvStream, SendStream, TransportConfig, VarInt};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::frame::{self, Encoded, FrameError, HEADER_LEN, Payload};
-use super::messages::ALPN;
+use super::liveness::{self, Silence, Verdict};
+use super::messages::{ALPN, close_code};
 use super::pin::PinnedServerVerifier;
+use crate::task::AbortOnDrop;
 
 /// Transport limits both ends apply.
 #[derive(Debug, Clone)]
@@ -24,10 +27,21 @@ pub struct TransportLimits {
     pub max_frame: usize,
     /// Concurrent request streams a peer may open on one connection.
     pub max_concurrent_streams: u32,
-    /// A connection with no traffic (keep-alives included) for this long is dead.
+    /// A connection with no traffic (keep-alives included) for this long is
+    /// dead, whether or not anyone waits on it.
     pub idle_timeout: Duration,
-    /// Keep-alive period; well under `idle_timeout`.
+    /// Keep-alive period of the caller's end (servers send none: the
+    /// caller's keep-alives and their acknowledgements keep both ends
+    /// alive); well under `silence`.
     pub keep_alive: Duration,
+    /// A peer silent this long while a call waits on it (or, for a standing
+    /// relay connection, at any time) is gone: see [`watch_liveness`].
+    pub silence: Duration,
+    /// When set, a handshake that gets no answer this long is abandoned
+    /// (links set it when they reconnect, so a peer that comes back is
+    /// found by the next attempt instead of after QUIC's doubling Initial
+    /// retransmissions, ~1, 3, 7 s).
+    pub handshake_silence: Option<Duration>,
 }
 
 impl Default for TransportLimits {
@@ -36,7 +50,9 @@ impl Default for TransportLimits {
             max_frame: frame::DEFAULT_MAX_FRAME,
             max_concurrent_streams: 1024,
             idle_timeout: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(5),
+            keep_alive: liveness::KEEP_ALIVE,
+            silence: liveness::SILENCE,
+            handshake_silence: None,
         }
     }
 }
@@ -57,6 +73,138 @@ pub enum ConnError {
     Tls(String),
     #[error("cannot open UDP socket: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Who waits on one connection, and why the liveness watcher closed it.
+/// Cheap to clone; every clone shares the count.
+#[derive(Clone, Debug, Default)]
+pub struct Liveness(Arc<LivenessState>);
+
+#[derive(Debug, Default)]
+struct LivenessState {
+    /// A standing connection (to a relay): always waited on.
+    always: bool,
+    waiting: AtomicUsize,
+    verdict: OnceLock<String>,
+}
+
+/// Counts one waiter on a connection while alive (see [`Liveness::waiting`]).
+#[derive(Debug)]
+pub struct Waiting(Arc<LivenessState>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Liveness {
+    /// For a connection waited on only while calls are in flight.
+    pub fn on_demand() -> Self {
+        Self::default()
+    }
+
+    /// For a standing connection (a relay's), silent at no time.
+    pub fn always() -> Self {
+        Self(Arc::new(LivenessState {
+            always: true,
+            ..Default::default()
+        }))
+    }
+
+    /// Marks a call in flight until the guard drops.
+    pub fn waiting(&self) -> Waiting {
+        self.0.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(self.0.clone())
+    }
+
+    fn waited_on(&self) -> bool {
+        self.0.always || self.0.waiting.load(Ordering::Relaxed) > 0
+    }
+
+    /// Why the watcher closed the connection (`None`: it did not).
+    pub fn verdict(&self) -> Option<&str> {
+        self.0.verdict.get().map(String::as_str)
+    }
+
+    /// `error` as the caller should read it: the watcher's verdict when it
+    /// is what closed the connection.
+    pub fn explain(&self, error: impl std::fmt::Display) -> String {
+        match self.verdict() {
+            Some(verdict) => verdict.to_string(),
+            None => error.to_string(),
+        }
+    }
+}
+
+/// Watches `conn` until it closes: when it has been waited on (see
+/// [`Liveness`]) and received nothing for `silence`, closes it (code
+/// `PEER_SILENT`), which fails every stream on it at once; the reason is
+/// kept in `liveness`. The task holds the connection open, so its owner
+/// keeps the returned handle beside the connection and drops both together.
+pub fn watch_liveness(conn: Connection, liveness: Liveness, silence: Duration) -> AbortOnDrop<()> {
+    AbortOnDrop::new(tokio::spawn(async move {
+        let mut watcher = Silence::new(silence);
+        let mut tick = tokio::time::interval(liveness::TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = conn.closed() => return,
+                _ = tick.tick() => {}
+            }
+            let received = conn.stats().udp_rx.datagrams;
+            let verdict =
+                watcher.observe(std::time::Instant::now(), received, liveness.waited_on());
+            if let Verdict::Silent(quiet) = verdict {
+                let reason = format!(
+                    "no answer for {:.1} s (the peer stopped, or the network drops its packets)",
+                    quiet.as_secs_f64()
+                );
+                tracing::warn!(peer = %conn.remote_address(), %reason, "closing a silent connection");
+                let _ = liveness.0.verdict.set(reason);
+                conn.close(VarInt::from_u32(close_code::PEER_SILENT), b"peer silent");
+                return;
+            }
+        }
+    }))
+}
+
+/// The stateless-reset key of an endpoint whose long-term secret is
+/// `secret` (its TLS private key, PKCS#8 DER): HKDF-SHA256 (RFC 5869) of
+/// it under a label of its own, so the key is the same after a restart
+/// and the TLS key itself never keys anything else. A restarted service or
+/// relay then answers packets of connections it no longer knows with a
+/// stateless reset (RFC 9000 §10.3) the peer accepts, ending them at once.
+pub fn reset_key(secret: &[u8]) -> Arc<dyn quinn::crypto::HmacKey> {
+    let okm = derive::<32>(secret, b"quic stateless reset key v1");
+    Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &okm[..]))
+}
+
+/// The key of the server's connection-id generator, from its long-term
+/// `secret` like [`reset_key`] (another label): quinn drops packets whose
+/// connection id its generator did not make, so a restarted server must
+/// recognize the old ids to answer them with a stateless reset.
+fn cid_key(secret: &[u8]) -> u64 {
+    u64::from_le_bytes(*derive::<8>(secret, b"quic connection id key v1"))
+}
+
+/// `N` bytes of HKDF-SHA256 (RFC 5869) of `secret` for `label`.
+fn derive<const N: usize>(secret: &[u8], label: &[u8]) -> zeroize::Zeroizing<[u8; N]> {
+    use ring::hkdf;
+    struct Len(usize);
+    impl hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"switchyard").extract(secret);
+    let mut okm = zeroize::Zeroizing::new([0u8; N]);
+    // Expanding at most 32 bytes from SHA-256 cannot fail (the limit is
+    // 255 * 32).
+    if let Ok(material) = prk.expand(&[label], Len(N)) {
+        let _ = material.fill(&mut okm[..]);
+    }
+    okm
 }
 
 /// Receive window of one stream (see [`transport_config`]).
@@ -106,34 +254,61 @@ pub fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket)
 }
 
-/// A quinn endpoint on a [`udp_socket`] bound to `addr`.
+/// A quinn endpoint on a [`udp_socket`] bound to `addr` (a random
+/// stateless-reset key: for callers, whose port changes on a restart).
 pub fn endpoint(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
 ) -> std::io::Result<Endpoint> {
+    endpoint_with(addr, server, quinn::EndpointConfig::default())
+}
+
+/// A server endpoint whose stateless-reset key and connection-id key
+/// derive from its long-term `secret` ([`reset_key`]), so both survive
+/// restarts.
+pub fn keyed_endpoint(
+    addr: SocketAddr,
+    server: quinn::ServerConfig,
+    secret: &[u8],
+) -> std::io::Result<Endpoint> {
+    let mut config = quinn::EndpointConfig::new(reset_key(secret));
+    let key = cid_key(secret);
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(key)));
+    endpoint_with(addr, Some(server), config)
+}
+
+fn endpoint_with(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    config: quinn::EndpointConfig,
+) -> std::io::Result<Endpoint> {
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
-    Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        udp_socket(addr)?,
-        runtime,
-    )
+    Endpoint::new(config, server, udp_socket(addr)?, runtime)
 }
 
 fn transport(limits: &TransportLimits) -> Arc<TransportConfig> {
     Arc::new(transport_config(limits))
 }
 
-/// A QUIC server endpoint presenting `cert_der` (PKCS#8 `key_der`).
+/// Transport settings of a server's end: as [`transport_config`], without
+/// keep-alives (its callers send them).
+pub fn server_transport_config(limits: &TransportLimits) -> TransportConfig {
+    let mut t = transport_config(limits);
+    t.keep_alive_interval(None);
+    t
+}
+
+/// A QUIC server endpoint presenting `cert_der` (PKCS#8 `key_der`), with
+/// a stateless-reset key derived from `key_der` ([`keyed_endpoint`]).
 pub fn server_endpoint(
     addr: SocketAddr,
     cert_der: Vec<u8>,
     key_der: &[u8],
     limits: &TransportLimits,
 ) -> Result<Endpoint, ConnError> {
-    let config = server_config(cert_der, key_der, transport(limits))?;
-    Ok(endpoint(addr, Some(config))?)
+    let config = server_config(cert_der, key_der, Arc::new(server_transport_config(limits)))?;
+    Ok(keyed_endpoint(addr, config, key_der)?)
 }
 
 /// Server configuration of the service RPC protocol presenting `cert_der`.
@@ -255,20 +430,21 @@ pub async fn read_frame<T: DeserializeOwned + Payload>(
     let lengths = frame::parse_header(header, max_frame)?;
     let body = read_exact(recv, lengths.body).await?;
     let payload = read_exact(recv, lengths.payload).await?;
-    Ok(Some(frame::decode(&body, payload.freeze())?))
+    Ok(Some(frame::decode(&body, payload)?))
 }
 
-/// The next `len` bytes of `recv` in one buffer, filled from quinn's chunks
-/// as they come (bulk payloads are 512 KiB: no zeroing first, one copy).
-async fn read_exact(recv: &mut RecvStream, len: usize) -> Result<BytesMut, ConnError> {
-    let mut buf = BytesMut::with_capacity(len);
-    while buf.len() < len {
-        match recv.read_chunk(len - buf.len(), true).await? {
-            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
+/// The next `len` bytes of `recv`, gathered from quinn's chunks as they
+/// come ([`frame::Assembler`]: memory follows what arrived, whatever `len`
+/// claims; no copy when one chunk holds them all).
+async fn read_exact(recv: &mut RecvStream, len: usize) -> Result<Bytes, ConnError> {
+    let mut assembler = frame::Assembler::new(len);
+    while assembler.missing() > 0 {
+        match recv.read_chunk(assembler.missing(), true).await? {
+            Some(chunk) => assembler.push(chunk.bytes),
             None => return Err(ConnError::Truncated),
         }
     }
-    Ok(buf)
+    assembler.finish().ok_or(ConnError::Truncated)
 }
 
 /// Client configuration for the relay (ALPN `switchyard-relay/1`): the
@@ -297,6 +473,29 @@ pub fn relay_client_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn token(key: &dyn quinn::crypto::HmacKey, cid: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; key.signature_len()];
+        key.sign(cid, &mut out);
+        out
+    }
+
+    #[test]
+    fn the_reset_key_is_stable_per_secret_and_is_not_the_secret() {
+        let cid = [7u8; 8];
+        let a1 = reset_key(b"service A's TLS key");
+        let a2 = reset_key(b"service A's TLS key");
+        let b = reset_key(b"service B's TLS key");
+        assert_eq!(
+            token(&*a1, &cid),
+            token(&*a2, &cid),
+            "a restarted endpoint resets what the old one issued"
+        );
+        assert_ne!(token(&*a1, &cid), token(&*b, &cid));
+        // Derived, not the TLS key used as an HMAC key directly.
+        let raw = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"service A's TLS key");
+        assert_ne!(token(&*a1, &cid), token(&raw, &cid));
+    }
 
     #[test]
     fn udp_sockets_get_the_buffer_the_kernel_allows() {

@@ -3,7 +3,9 @@
 //!
 //! The version byte lets either side reject a peer speaking another protocol
 //! revision (or garbage) before reading a body; both lengths are checked
-//! against the receiver's limit before any allocation. The body is the
+//! against the receiver's limit before any allocation, and a body or
+//! payload is gathered by an [`Assembler`], which holds at most twice what
+//! arrived (a header claiming 1 MiB followed by 3 bytes costs 3 bytes). The body is the
 //! encoded message; the payload is bulk bytes the message carries (command
 //! output), sent as they are after the body so the sender hands them to the
 //! transport without copying them into the encoding (see [`Payload`]).
@@ -68,6 +70,75 @@ pub fn parse_header(header: [u8; HEADER_LEN], limit: usize) -> Result<FrameHeade
         return Err(FrameError::TooLarge { size, limit });
     }
     Ok(FrameHeader { body, payload })
+}
+
+/// Gathers the `want` bytes of a body or payload as they arrive into one
+/// buffer that grows with them (at most twice what arrived, never past
+/// `want`), so memory follows the bytes received, never the length a
+/// header claims. Each piece is copied and released at once: holding the
+/// transport's pieces instead would keep whole packets alive for a byte
+/// each. A piece that is the whole of `want` is kept as it is (no copy).
+#[derive(Debug, Default)]
+pub struct Assembler {
+    want: usize,
+    buf: Vec<u8>,
+    whole: Option<Bytes>,
+}
+
+impl Assembler {
+    /// An assembler of `want` bytes (allocates nothing yet).
+    pub fn new(want: usize) -> Self {
+        Self {
+            want,
+            buf: Vec::new(),
+            whole: None,
+        }
+    }
+
+    fn got(&self) -> usize {
+        self.whole.as_ref().map_or(self.buf.len(), Bytes::len)
+    }
+
+    /// Bytes still missing.
+    pub fn missing(&self) -> usize {
+        self.want - self.got()
+    }
+
+    /// Adds the next piece; a piece longer than what is missing is cut
+    /// (the rest belongs to the next frame: callers ask for at most
+    /// [`Self::missing`]).
+    pub fn push(&mut self, mut piece: Bytes) {
+        piece.truncate(self.missing());
+        if piece.is_empty() {
+            return;
+        }
+        if self.buf.is_empty() && self.whole.is_none() && piece.len() == self.want {
+            self.whole = Some(piece);
+            return;
+        }
+        let need = self.buf.len() + piece.len();
+        if need > self.buf.capacity() {
+            let grown = need.max(2 * self.buf.len()).min(self.want);
+            self.buf.reserve_exact(grown - self.buf.len());
+        }
+        self.buf.extend_from_slice(&piece);
+    }
+
+    /// Bytes this assembler holds or has reserved, for tests and accounting.
+    pub fn held(&self) -> usize {
+        self.whole.as_ref().map_or(self.buf.capacity(), Bytes::len)
+    }
+
+    /// The bytes, once all have come (`None` before).
+    pub fn finish(self) -> Option<Bytes> {
+        if self.got() < self.want {
+            return None;
+        }
+        Some(match self.whole {
+            Some(whole) => whole,
+            None => Bytes::from(self.buf),
+        })
+    }
 }
 
 /// One encoded frame: header and body in one buffer, the payload beside it
@@ -182,6 +253,44 @@ mod tests {
             decode::<Note>(&body, Bytes::from_static(b"smuggled")),
             Err(FrameError::UnexpectedPayload { len: 8 })
         ));
+    }
+
+    #[test]
+    fn an_assembler_holds_what_arrived_not_what_the_header_claims() {
+        // A header claiming the whole 1 MiB limit, then 7 bytes.
+        let header = parse_header([PROTOCOL_VERSION, 0, 0x10, 0, 0, 0, 0, 0, 0], 1 << 20).unwrap();
+        assert_eq!(header.body, 1 << 20);
+        let mut body = Assembler::new(header.body);
+        assert_eq!(body.held(), 0, "nothing reserved before bytes come");
+        body.push(Bytes::from_static(b"\x01\x02\x03\x04\x05\x06\x07"));
+        assert!(
+            body.held() <= 14,
+            "holds {} bytes after 7 arrived",
+            body.held()
+        );
+        // Byte by byte, the buffer stays within twice what came.
+        for i in 0..10_000 {
+            body.push(Bytes::from_static(b"x"));
+            let got = 8 + i;
+            assert!(body.held() <= 2 * got, "holds {} after {got}", body.held());
+        }
+        assert_eq!(body.missing(), (1 << 20) - 10_007);
+        assert!(body.finish().is_none(), "incomplete");
+    }
+
+    #[test]
+    fn an_assembler_joins_pieces_in_order_and_keeps_a_single_piece_uncopied() {
+        let one = Bytes::from(vec![9u8; 100]);
+        let mut a = Assembler::new(100);
+        a.push(one.clone());
+        let out = a.finish().unwrap();
+        assert_eq!(out.as_ptr(), one.as_ptr(), "one piece is passed through");
+        let mut a = Assembler::new(6);
+        a.push(Bytes::from_static(b"ab"));
+        a.push(Bytes::from_static(b"cd"));
+        a.push(Bytes::from_static(b"efgh"));
+        assert_eq!(a.missing(), 0);
+        assert_eq!(&a.finish().unwrap()[..], b"abcdef");
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub mod close_code {
     pub const PROTOCOL_VIOLATION: u32 = 2;
     /// The service is shutting down.
     pub const SHUTTING_DOWN: u32 = 3;
+    /// The peer answered nothing while it was waited on (`wire::liveness`).
+    pub const PEER_SILENT: u32 = 4;
 }
 
 /// First message on a connection.

@@ -6,7 +6,9 @@
 //! * `assertion` — verifying relay-signed caller assertions.
 //! * `codec` — the one place that knows bincode.
 //! * `pin` — TLS certificate pinning by SHA-256 fingerprint.
-//! * `conn` — quinn glue: endpoints, TLS configs, framed stream I/O.
+//! * `conn` — quinn glue: endpoints, TLS configs, framed stream I/O, the
+//!   liveness watcher and stateless-reset keys.
+//! * `liveness` — when a silent peer counts as gone (sans-IO).
 //! * `relay` — messages of the relay protocol (sans-IO).
 //! * `tunnel` — a QUIC connection carried inside a relayed stream (the
 //!   end-to-end encryption through the relay); quinn glue like `conn`.
@@ -15,11 +17,15 @@
 //! everything else is pure.
 
 pub mod assertion;
+mod capped;
 pub mod codec;
 pub mod conn;
 pub mod frame;
+pub mod liveness;
 pub mod messages;
 pub mod packet_relay;
 pub mod pin;
 pub mod relay;
+#[cfg(test)]
+mod roundtrip;
 pub mod tunnel;

@@ -78,7 +78,12 @@ pub enum RelayRequest {
     ServiceOtp { serial: String },
     /// Sign a client certificate for this identity (DER PKCS#10 request;
     /// the private key stays with the caller).
-    IssueClientCert { csr_der: Vec<u8> },
+    IssueClientCert {
+        // Bytes, not a sequence of integers: the same bincode layout,
+        // decoded within the codec's bound on byte fields.
+        #[serde(with = "serde_bytes")]
+        csr_der: Vec<u8>,
+    },
     /// A long-lived access token for this identity.
     CreateToken { lifetime_secs: u64 },
 }
@@ -131,7 +136,9 @@ pub enum RelayReply {
         expires_unix: u64,
     },
     ClientCert {
+        #[serde(with = "serde_bytes")]
         cert_der: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         ca_der: Vec<u8>,
     },
     Token {
@@ -198,7 +205,7 @@ pub struct TokenClaims {
 // The relay's HTTPS API bodies (JSON).
 
 /// Relay facts a client needs before its first QUIC connection.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WellKnown {
     pub issuer: String,
     pub quic: String,
@@ -223,7 +230,7 @@ pub mod secret_field {
 
 /// A service's enrollment request. `Debug` shows the one-time password as
 /// `[redacted]`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollServiceRequest {
     #[serde(with = "secret_field")]
     pub otp: Secret,
@@ -235,7 +242,7 @@ pub struct EnrollServiceRequest {
 }
 
 /// What an enrolled service keeps.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollServiceResponse {
     pub serial: String,
     /// Base64 DER certificate for the relay connection.
@@ -248,7 +255,7 @@ pub struct EnrollServiceResponse {
     pub quic: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
     pub message: String,

@@ -427,13 +427,21 @@ async fn write_packets(
     closed.cancel();
 }
 
+/// The framing of inner packets carried in a relayed stream: a 2-byte
+/// big-endian length, then the packet; lengths over [`TUNNEL_MTU`] are
+/// refused before anything is buffered for them. Public for the fuzz
+/// targets, which decode exactly what a relayed stream is decoded with.
+pub fn packet_codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(2)
+        .max_frame_length(usize::from(TUNNEL_MTU))
+        .new_codec()
+}
+
 /// Reads the peer's packets from the carrier. Awaiting queue space pushes
 /// back on the carrier's flow control instead of dropping packets.
 async fn read_packets(recv: RecvStream, queue: mpsc::Sender<Bytes>, closed: CancellationToken) {
-    let codec = LengthDelimitedCodec::builder()
-        .length_field_length(2)
-        .max_frame_length(usize::from(TUNNEL_MTU))
-        .new_codec();
+    let codec = packet_codec();
     // Room for several whole packets, so reads are not cut at 8 KiB.
     let mut frames = FramedRead::with_capacity(recv, codec, 4 * usize::from(TUNNEL_MTU));
     while let Some(Ok(packet)) = frames.next().await {

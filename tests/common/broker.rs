@@ -28,10 +28,23 @@ impl TestBroker {
     /// Like `start`, with extra arguments; also returns the log lines seen
     /// up to readiness.
     pub async fn start_with(env: &[(&str, &str)], args: &[&str]) -> (Self, String) {
+        Self::start_via(&[], env, args).await
+    }
+
+    /// Like `start_with`, run through `prefix` (e.g. `ip netns exec NS`:
+    /// the socket is a path, reachable from any network namespace).
+    pub async fn start_via(prefix: &[&str], env: &[(&str, &str)], args: &[&str]) -> (Self, String) {
         super::init();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("broker.log");
-        let mut cmd = Command::new(switchyard_bin());
+        let mut cmd = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(switchyard_bin());
+                cmd
+            }
+            None => Command::new(switchyard_bin()),
+        };
         cmd.arg("broker")
             .args(args)
             .arg("--socket")
