@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the Python SDK's gRPC stubs from proto/ (grpcio-tools, pinned
 # in tests/python/requirements.txt). With --check, fails if the committed
-# stubs differ from what the proto generates.
+# stubs differ from what the proto generates. Runs $PYTHON (default:
+# python3), e.g. a virtual environment's, which scripts/test.sh sets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=clients/python
@@ -9,7 +10,7 @@ if [ "${1:-}" = "--check" ]; then
     out=$(mktemp -d)
     trap 'rm -rf "$out"' EXIT
 fi
-python3 -m grpc_tools.protoc -Iproto --python_out="$out" --grpc_python_out="$out" --pyi_out="$out" \
+"${PYTHON:-python3}" -m grpc_tools.protoc -Iproto --python_out="$out" --grpc_python_out="$out" --pyi_out="$out" \
     switchyard/v1/broker.proto
 if [ "${1:-}" = "--check" ]; then
     for f in broker_pb2.py broker_pb2_grpc.py broker_pb2.pyi; do
