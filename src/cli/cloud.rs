@@ -47,6 +47,7 @@ pub enum LoginCommand {
     },
     /// With the client certificate from `switchyard enroll client`.
     Cert {
+        /// The identity (email) the certificate was issued to.
         identity: String,
         #[command(flatten)]
         relay: RelayArgs,
@@ -83,8 +84,10 @@ pub enum EnrollCommand {
     },
     /// A one-time password that enrolls a service (`switchyard service enroll`).
     ServiceOtp {
+        /// The serial the service will enroll as.
         #[arg(long)]
         serial: String,
+        /// The logged-in identity to ask as (default: the only one).
         #[arg(long)]
         identity: Option<String>,
     },
@@ -97,6 +100,7 @@ pub enum TokenCommand {
         /// e.g. 7d, 12h.
         #[arg(long, default_value = "7d", value_parser = super::positive_duration)]
         lifetime: Duration,
+        /// The SSO-logged-in identity (default: the only one).
         #[arg(long)]
         identity: Option<String>,
     },

@@ -6,6 +6,7 @@ The generated gRPC stubs live in ``switchyard.v1`` (from ``proto/``).
 
 from .errors import (
     BrokerNotRunningError,
+    BrokerUnreachableError,
     ExecError,
     NotAvailableError,
     SwitchyardError,
@@ -13,6 +14,7 @@ from .errors import (
 
 __all__ = [
     "BrokerNotRunningError",
+    "BrokerUnreachableError",
     "ExecError",
     "NotAvailableError",
     "SwitchyardError",

@@ -27,26 +27,12 @@ from typing import Optional, Sequence, Union
 import grpc
 
 from .errors import ExecError, SwitchyardError, from_rpc
+from .paths import default_socket
 from .v1 import broker_pb2 as pb
 from .v1 import broker_pb2_grpc as rpc
 
 SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
-
-
-def default_socket() -> str:
-    """The broker socket, found the way the CLI finds it."""
-    explicit = os.environ.get("SWITCHYARD_SOCKET")
-    if explicit:
-        return explicit
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return str(Path(runtime) / "switchyard" / "broker.sock")
-    if os.geteuid() == 0:
-        return "/run/switchyard/broker.sock"
-    import tempfile
-
-    return str(Path(tempfile.gettempdir()) / f"switchyard-{os.geteuid()}" / "broker.sock")
 
 
 def _channel(socket: str) -> grpc.Channel:
