@@ -448,3 +448,51 @@ async fn links_closed(client: &mut pb::broker_client::BrokerClient<tonic::transp
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// SIGTERM (or SIGHUP) ends an open terminal with a message, restoring the
+/// terminal mode, instead of killing it with the mode left raw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_an_open_terminal_with_a_message() {
+    use common::service::start_service;
+    use switchyard::service::rpc::RpcConfig;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let svc = start_service(&[], RpcConfig::default());
+    let broker = TestBroker::start(&[]).await;
+    broker.client_with_named(&svc, "lab").await;
+    let mut child = broker
+        .command()
+        .args(["terminal", "lab", "core-1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"\r").await.unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut screen = Vec::new();
+    within(20, "the device's prompt", async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&screen).contains("core-1#") {
+            let n = stdout.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "terminal ended: {:?}",
+                String::from_utf8_lossy(&screen)
+            );
+            screen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = within(5, "the terminal to end", child.wait_with_output())
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("stopped by SIGTERM"), "{err}");
+    drop(stdin);
+}
