@@ -496,3 +496,69 @@ async fn sigterm_ends_an_open_terminal_with_a_message() {
     assert!(err.contains("stopped by SIGTERM"), "{err}");
     drop(stdin);
 }
+
+/// `connect cloud` waits for an offline service; the first SIGINT ends it
+/// non-zero and takes back the named service it had made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_sigint_while_connect_cloud_waits_undoes_the_connect() {
+    use common::cloud::CloudService;
+    let relay = TestRelay::start().await;
+    let mut svc = CloudService::start(&relay, "SN-OFF", &[]).await;
+    svc.stop().await;
+    let config = relay.broker_config(relay.dir.path());
+    let config = config.to_str().unwrap().to_string();
+    let (broker, _) = TestBroker::start_with(&[], &["--config", &config]).await;
+    let token = broker.dir.path().join("token");
+    std::fs::write(&token, relay.token("alice@example.com")).unwrap();
+    let out = broker
+        .command()
+        .args(["login", "token", "--token-file"])
+        .arg(&token)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let child = broker
+        .command()
+        .args(["connect", "cloud", "lab", "--serial", "SN-OFF"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut client = broker.client().await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = client
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if status.named_services.iter().any(|n| n.name == "lab") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no named service");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = within(5, "connect to stop", child.wait_with_output())
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("stopped by SIGINT"),
+        "{}",
+        stderr(&out)
+    );
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status.named_services.is_empty(),
+        "{:?}",
+        status.named_services
+    );
+}

@@ -400,16 +400,25 @@ pub async fn connect_cloud(
             .await?
             .into_inner(),
     };
-    let waited = broker
-        .wait(pb::WaitRequest {
-            service: Some(pb::ServiceRef {
-                name: response.name.clone(),
-                ..Default::default()
-            }),
-            timeout_secs: 30.0,
-        })
-        .await?
-        .into_inner();
+    // Waiting for the service can take up to the timeout; a signal then
+    // undoes the connect (the named service goes) and ends the command.
+    let mut stop = super::remote::EndSignals::any_stop();
+    let mut waiter = broker.clone();
+    let wait = waiter.wait(pb::WaitRequest {
+        service: Some(pb::ServiceRef {
+            name: response.name.clone(),
+            ..Default::default()
+        }),
+        timeout_secs: 30.0,
+    });
+    let waited = tokio::select! {
+        waited = wait => waited?.into_inner(),
+        signal = stop.recv() => {
+            let undo = broker.disconnect(pb::DisconnectRequest { name: response.name.clone() });
+            let _ = tokio::time::timeout(Duration::from_secs(5), undo).await;
+            return Err(CliError::Interrupted(signal));
+        }
+    };
     outln!(
         "connected {} to service {} ({})",
         args.name,

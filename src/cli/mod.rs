@@ -177,7 +177,7 @@ pub enum CliError {
     Remote(tonic::Status),
     /// A signal ended a command that was waiting; what it had started at
     /// the broker was cancelled with its call.
-    #[error("stopped by {0}; the broker cancelled the call")]
+    #[error("stopped by {0}; what the command had started at the broker was cancelled")]
     Interrupted(&'static str),
     #[error("{what}: {source}")]
     Io {

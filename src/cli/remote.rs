@@ -426,16 +426,30 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGTERM and SIGHUP, watched while a terminal is open.
-struct EndSignals(Vec<(tokio::signal::unix::Signal, &'static str)>);
+/// Signals a waiting command watches so that it can undo what it started
+/// before it exits (the front otherwise keeps their default action).
+pub(super) struct EndSignals(Vec<(tokio::signal::unix::Signal, &'static str)>);
 
 impl EndSignals {
-    fn watch() -> Self {
+    /// SIGTERM and SIGHUP (for a terminal, where Ctrl-C is a keystroke).
+    pub(super) fn terminate_or_hangup() -> Self {
+        Self::watch(false)
+    }
+
+    /// SIGINT, SIGTERM and SIGHUP.
+    pub(super) fn any_stop() -> Self {
+        Self::watch(true)
+    }
+
+    fn watch(interrupt: bool) -> Self {
         use tokio::signal::unix::{SignalKind, signal};
-        let kinds = [
+        let mut kinds = vec![
             (SignalKind::terminate(), "SIGTERM"),
             (SignalKind::hangup(), "SIGHUP"),
         ];
+        if interrupt {
+            kinds.push((SignalKind::interrupt(), "SIGINT"));
+        }
         // A signal that cannot be watched keeps its default action.
         Self(
             kinds
@@ -446,7 +460,7 @@ impl EndSignals {
     }
 
     /// The name of the first signal to arrive.
-    async fn recv(&mut self) -> &'static str {
+    pub(super) async fn recv(&mut self) -> &'static str {
         if self.0.is_empty() {
             return std::future::pending().await;
         }
@@ -525,7 +539,7 @@ pub async fn terminal(socket: &Path, name: String, device: String) -> Result<Exi
     // In raw mode Ctrl-C is a keystroke for the device; SIGTERM and SIGHUP
     // (a closed window) end the terminal here, so the mode is restored and
     // the call dropped (the broker closes the device's shell).
-    let mut ended = EndSignals::watch();
+    let mut ended = EndSignals::terminate_or_hangup();
     let mut stdout = std::io::stdout();
     loop {
         let event = tokio::select! {
