@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a Debian host (as root) for the test suite: OpenSSH server and
-# client, sshpass, and a local account with a password for the SSH driver's
-# password-authentication tests. Safe to run again.
+# client, sshpass, python3 with venv, and a local account with a password
+# for the SSH driver's password-authentication tests. Safe to run again.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -20,6 +20,11 @@ command -v curl >/dev/null || need+=(curl)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v openssl >/dev/null || need+=(openssl)
+# Python for the SDK tests, in a virtual environment (scripts/test.sh): a
+# stock Debian python3 has no ensurepip, so `python3 -m venv` needs
+# python3-venv.
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 # strip, for the binaries the boot check installs.
 command -v strip >/dev/null || need+=(binutils)
 # nft and ip, for the fault tests' silent partition (a network namespace

@@ -9,9 +9,17 @@ cd "$(dirname "$0")/.."
 echo "== disk"
 df -h . /var/tmp
 bash scripts/setup-test-host.sh
+# Every Python step uses a virtual environment of its own: a stock Debian
+# python3 refuses `pip install` into the system interpreter (PEP 668), and
+# the tests must not depend on whichever Python comes first on PATH.
+# setup-test-host.sh installed python3-venv.
+venv="${SWITCHYARD_TEST_VENV:-$PWD/target/python-venv}"
+echo "== Python virtual environment ($venv)"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+export PYTHON="$venv/bin/python"
 echo "== Python test dependencies"
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/python/requirements.txt
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore ./clients/python
+"$PYTHON" -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+"$PYTHON" -m pip install -q --disable-pip-version-check ./clients/python
 echo "== Python stubs are generated from proto/"
 bash scripts/gen-python-stubs.sh --check
 
@@ -31,4 +39,4 @@ bash tests/systemd/boot-check.sh target/debug/switchyard
 echo "== disk used by the build"
 du -sh target
 echo "== Python tests (grpcio against a real broker)"
-SWITCHYARD_BIN="$PWD/target/debug/switchyard" python3 -m pytest -q tests/python
+SWITCHYARD_BIN="$PWD/target/debug/switchyard" "$PYTHON" -m pytest -q tests/python

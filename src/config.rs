@@ -25,10 +25,29 @@ pub const MAX_WORKER_THREADS: usize = 1024;
 /// Errors while loading settings.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {path} does not exist")]
+    #[error("config file {} does not exist", path.display())]
     Missing { path: PathBuf },
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a key or value the settings do not
+    /// take. `line` is 1-based, when the parser could place the mistake.
+    #[error(
+        "config file {}{}: {message}",
+        path.display(),
+        line.map(|l| format!(", line {l}")).unwrap_or_default()
+    )]
+    File {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+    /// Deliberately not a `#[source]`: the message already holds it, and
+    /// an error chain printer would print it twice.
     #[error("invalid configuration: {0}")]
-    Invalid(#[from] config::ConfigError),
+    Invalid(config::ConfigError),
     #[error("invalid configuration: {0}")]
     Value(String),
 }
@@ -268,6 +287,25 @@ pub fn default_config_path() -> Option<PathBuf> {
     Some(base.join("switchyard").join("config.toml"))
 }
 
+/// Whether any configuration applies to this run: a file named by
+/// `explicit` (`--config` or `$SWITCHYARD_CONFIG`), a file at
+/// [`default_config_path`], or a `SWITCHYARD_<SECTION>__<KEY>` variable.
+/// Reads no file, so the lean front can ask it and hand the command to
+/// `switchyardd` (which runs [`load`]) only when the answer is yes.
+pub fn in_use(explicit: Option<&Path>) -> bool {
+    explicit.is_some()
+        || std::env::vars_os().any(|(k, _)| is_setting_variable(&k.to_string_lossy()))
+        || default_config_path().is_some_and(|p| p.exists())
+}
+
+/// `SWITCHYARD_<SECTION>__<KEY>`: a setting. Other `SWITCHYARD_*`
+/// variables (`SWITCHYARD_SOCKET`, `SWITCHYARD_DB`, ...) are command
+/// defaults.
+fn is_setting_variable(name: &str) -> bool {
+    name.strip_prefix("SWITCHYARD_")
+        .is_some_and(|rest| rest.contains("__"))
+}
+
 /// Loads settings. An explicitly named file must exist; the default file is
 /// read only when present.
 pub fn load(explicit: Option<&Path>) -> Result<Settings, ConfigError> {
@@ -278,20 +316,19 @@ pub fn load(explicit: Option<&Path>) -> Result<Settings, ConfigError> {
                 path: path.to_path_buf(),
             });
         }
-        Some(path) => builder = builder.add_source(config::File::from(path)),
+        Some(path) => {
+            check_file(path)?;
+            builder = builder.add_source(config::File::from(path));
+        }
         None => {
             if let Some(path) = default_config_path().filter(|p| p.exists()) {
+                check_file(&path)?;
                 builder = builder.add_source(config::File::from(path));
             }
         }
     }
-    // Only SWITCHYARD_<SECTION>__<KEY> variables are settings; others
-    // (SWITCHYARD_SOCKET, SWITCHYARD_DB, ...) are command defaults.
     let overrides: config::Map<String, String> = std::env::vars()
-        .filter(|(k, _)| {
-            k.strip_prefix("SWITCHYARD_")
-                .is_some_and(|rest| rest.contains("__"))
-        })
+        .filter(|(k, _)| is_setting_variable(k))
         .collect();
     builder = builder.add_source(
         config::Environment::with_prefix("SWITCHYARD")
@@ -300,8 +337,31 @@ pub fn load(explicit: Option<&Path>) -> Result<Settings, ConfigError> {
             .try_parsing(true)
             .source(Some(overrides)),
     );
-    let raw: FileSettings = builder.build()?.try_deserialize()?;
+    let raw: FileSettings = builder
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(ConfigError::Invalid)?;
     raw.into_settings()
+}
+
+/// Checks the file on its own, so that a mistake in it is reported with
+/// the file's name and the line (the merged view of file and environment
+/// the `config` crate builds knows neither).
+fn check_file(path: &Path) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match toml::from_str::<FileSettings>(&text) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ConfigError::File {
+            path: path.to_path_buf(),
+            line: e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1),
+            message: e.message().trim().to_string(),
+        }),
+    }
 }
 
 fn secs(name: &str, value: f64) -> Result<Duration, ConfigError> {
@@ -458,8 +518,19 @@ mod tests {
     fn unknown_keys_and_bad_values_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[ssh]\nidle_timout_secs = 1\n").unwrap();
-        assert!(load(Some(&path)).is_err());
+        std::fs::write(
+            &path,
+            "[ssh]\nconnect_timeout_secs = 1\nidle_timout_secs = 1\n",
+        )
+        .unwrap();
+        let err = load(Some(&path)).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("config file {}, line 3: ", path.display())),
+            "{err}"
+        );
+        assert!(err.contains("idle_timout_secs"), "{err}");
+        assert_eq!(err.matches("unknown field").count(), 1, "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
         std::fs::write(&path, "[log]\nformat = \"xml\"\n").unwrap();
         let err = load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("log.format"), "{err}");

@@ -63,6 +63,33 @@ fn client_commands_run_without_switchyardd() {
     assert!(!err.contains("switchyardd"), "{err}");
 }
 
+/// The front reads no configuration: a client command that a config file
+/// or a setting variable applies to is handed to `switchyardd`, which
+/// loads it (tests/first_hour.rs checks the outcome).
+#[test]
+fn client_commands_with_configuration_are_handed_to_switchyardd() {
+    let (dir, lone) = lone_front();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "").unwrap();
+    let with_file = std::process::Command::new(&lone)
+        .args(["status", "--config"])
+        .arg(&config)
+        .env_remove("SWITCHYARD_CONFIG")
+        .output()
+        .unwrap();
+    let with_variable = std::process::Command::new(&lone)
+        .arg("status")
+        .env_remove("SWITCHYARD_CONFIG")
+        .env("SWITCHYARD_BROKER__SOCKET", dir.path().join("b.sock"))
+        .output()
+        .unwrap();
+    for out in [with_file, with_variable] {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("installed next to `switchyard`"), "{err}");
+    }
+}
+
 #[test]
 fn help_and_mistakes_get_the_whole_command_line() {
     let help = std::process::Command::new(switchyard_bin())

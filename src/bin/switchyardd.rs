@@ -37,7 +37,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
     let main = async {
         let shutdown = CancellationToken::new();
-        let _signals = spawn_signal_handler(shutdown.clone())?;
+        // Daemons drain on the first signal. Every other command keeps the
+        // default disposition, as in the lean front: the first Ctrl-C or
+        // SIGTERM ends it at once (even while it waits in a blocking
+        // password prompt), the kernel closes its broker connection, and
+        // the broker cancels the calls it had started.
+        let _signals = if daemon {
+            Some(spawn_signal_handler(shutdown.clone())?)
+        } else {
+            None
+        };
         Ok(cli::run(cli, settings, shutdown).await?)
     };
     if !daemon {

@@ -7,7 +7,8 @@
 //! timer, and the login's stored copy.
 //!
 //! Takes: `BeginSso` (start — or join — the device grant; everyone who asks
-//! while it runs sees the same prompt and result), `UseCredential` (a
+//! while it runs sees the same prompt and result; when all of them have
+//! gone, the grant is abandoned and a login with no credential stops), `UseCredential` (a
 //! certificate or token login: checked by connecting), `GetRelay` (the
 //! relay connection, connecting first if needed — concurrent callers share
 //! one handshake), `LoginStatus`, `Logout`.
@@ -315,12 +316,27 @@ impl CloudLogin {
                 user_code: details.user_code().secret().to_string(),
                 expires_in: details.expires_in(),
             }));
-            relay.finish_device_flow(&details).await
+            // Everyone who asked watches the phase; when the last of them
+            // has gone (Ctrl-C, a closed client), nobody is left to approve
+            // for, so the grant is abandoned instead of polled to expiry.
+            tokio::select! {
+                result = relay.finish_device_flow(&details) => result.map(Some),
+                () = phase.closed() => Ok(None),
+            }
         };
         ctx.spawn(flow.instrument(span).into_actor(self).map(|result, act, ctx| {
             act.sso_running = false;
             match result {
-                Ok(tokens) => {
+                Ok(None) => {
+                    info!(identity = %act.key.identity, relay = %act.relay.url, "SSO login abandoned: every caller left");
+                    act.phase.send_replace(LoginPhase::Idle);
+                    if act.credential.is_none() {
+                        // Nothing left to keep: the registry starts afresh
+                        // on the next login, and `status` lists none.
+                        ctx.stop();
+                    }
+                }
+                Ok(Some(tokens)) => {
                     info!(identity = %act.key.identity, relay = %act.relay.url, "SSO login complete");
                     if let Some(conn) = act.conn.take() {
                         conn.conn.close(0u32.into(), b"new login");

@@ -20,7 +20,8 @@ pub enum LinkError {
     #[error(
         "service {target} presented certificate {presented}, expected {expected}; \
          if the service was re-initialized, check its fingerprint with \
-         `switchyard service info` and pass it as the fingerprint"
+         `switchyard service info` and pass it with `--fingerprint` (the SDK's \
+         `fingerprint=`), which also replaces the remembered one"
     )]
     FingerprintMismatch {
         target: String,

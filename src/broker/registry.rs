@@ -586,8 +586,12 @@ impl Handler<ServiceDirect> for SessionRegistry {
             }
             let owner = owner_for(&msg.peer, act.settings.share_group);
             let target = format!("{}:{}", msg.host, msg.port);
+            // Learned on first use; a fingerprint the caller gave
+            // explicitly (and the service just proved) replaces the
+            // remembered one, so later callers without one are not refused.
             if let Some(fp) = acquired.fingerprint
-                && act.known.get(owner, &target).is_none()
+                && act.known.get(owner, &target) != Some(fp)
+                && (msg.fingerprint.is_some() || act.known.get(owner, &target).is_none())
                 && let Err(e) = act.known.record(owner, &target, fp)
             {
                 warn!(error = %e, "cannot persist the service fingerprint");

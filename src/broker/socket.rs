@@ -21,7 +21,8 @@ pub enum SocketError {
 }
 
 /// The default socket path: `$XDG_RUNTIME_DIR/switchyard/broker.sock`, else
-/// `/run/switchyard/broker.sock` for root, else under the temp directory.
+/// `/run/switchyard/broker.sock` for root, else
+/// `$TMPDIR/switchyard-UID/broker.sock` (`/tmp` when `$TMPDIR` is unset).
 pub fn default_path() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("switchyard").join("broker.sock");
@@ -34,9 +35,10 @@ pub fn default_path() -> PathBuf {
         .join("broker.sock")
 }
 
-/// The socket clients should use: `--socket`, else `$SWITCHYARD_SOCKET`,
-/// else the default.
-pub fn client_path(explicit: Option<&Path>) -> PathBuf {
+/// The one rule every command (the broker included) uses for the socket:
+/// `--socket` (`explicit`), else `$SWITCHYARD_SOCKET`, else the config's
+/// `broker.socket` (`configured`), else [`default_path`].
+pub fn resolve(explicit: Option<&Path>, configured: Option<&Path>) -> PathBuf {
     explicit
         .map(Path::to_path_buf)
         .or_else(|| {
@@ -44,7 +46,129 @@ pub fn client_path(explicit: Option<&Path>) -> PathBuf {
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from)
         })
+        .or_else(|| configured.map(Path::to_path_buf))
         .unwrap_or_else(default_path)
+}
+
+/// The longest path a Unix socket address holds: `sun_path` is 108 bytes,
+/// one of them the terminating NUL (unix(7)).
+pub const MAX_PATH_BYTES: usize = 107;
+
+/// Why a client could not reach the broker at a socket path: what is wrong
+/// with the path itself, or that nobody listens there. Each message names
+/// the path and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectProblem {
+    #[error(
+        "the broker is not running at {}; start it with `{}`",
+        path.display(), start_command(path)
+    )]
+    NotRunning { path: PathBuf },
+    #[error(
+        "the socket path {} is {len} bytes long; a Unix socket path holds at most \
+         {MAX_PATH_BYTES}: choose a shorter --socket PATH",
+        path.display()
+    )]
+    TooLong { path: PathBuf, len: usize },
+    #[error(
+        "{} is a directory, not the broker's socket; name the socket itself, e.g. \
+         --socket {}",
+        path.display(), path.join("broker.sock").display()
+    )]
+    Directory { path: PathBuf },
+    #[error(
+        "{} is not a socket (it is a {kind}); --socket PATH must name the socket the \
+         broker listens on",
+        path.display()
+    )]
+    NotASocket { path: PathBuf, kind: &'static str },
+    #[error(
+        "permission denied opening {}: this user may not use that broker (the socket's \
+         group is broker.socket_group; join it, or run your own broker with `{}`)",
+        path.display(), start_command(path)
+    )]
+    PermissionDenied { path: PathBuf },
+    #[error("cannot connect to the broker at {}: {source}", path.display())]
+    Other {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// `switchyard broker`, with `--socket PATH` when `path` is not the default.
+fn start_command(path: &Path) -> String {
+    if path == default_path() {
+        "switchyard broker".into()
+    } else {
+        format!("switchyard --socket {} broker", path.display())
+    }
+}
+
+/// Finds out why connecting to `path` failed (called after a failed
+/// connect; it looks at the path and tries one plain connect).
+pub fn diagnose(path: &Path) -> ConnectProblem {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
+    let path_buf = path.to_path_buf();
+    let len = path.as_os_str().as_bytes().len();
+    if len > MAX_PATH_BYTES {
+        return ConnectProblem::TooLong {
+            path: path_buf,
+            len,
+        };
+    }
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return ConnectProblem::NotRunning { path: path_buf };
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return ConnectProblem::PermissionDenied { path: path_buf };
+        }
+        Err(source) => {
+            return ConnectProblem::Other {
+                path: path_buf,
+                source,
+            };
+        }
+    };
+    let file_type = meta.file_type();
+    if file_type.is_dir() {
+        return ConnectProblem::Directory { path: path_buf };
+    }
+    if !file_type.is_socket() {
+        let kind = if file_type.is_file() {
+            "regular file"
+        } else if file_type.is_fifo() {
+            "named pipe"
+        } else if file_type.is_char_device() || file_type.is_block_device() {
+            "device"
+        } else {
+            "special file"
+        };
+        return ConnectProblem::NotASocket {
+            path: path_buf,
+            kind,
+        };
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            ConnectProblem::PermissionDenied { path: path_buf }
+        }
+        // A socket file nobody listens on: a broker that did not clean up.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            ConnectProblem::NotRunning { path: path_buf }
+        }
+        Err(source) => ConnectProblem::Other {
+            path: path_buf,
+            source,
+        },
+        // It answers now (a broker that was starting); say so plainly.
+        Ok(_) => ConnectProblem::Other {
+            path: path_buf,
+            source: std::io::Error::other("the broker did not answer; try again"),
+        },
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SocketError + '_ {

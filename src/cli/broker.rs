@@ -9,17 +9,14 @@ use super::CliError;
 use crate::broker::{self, BrokerConfig};
 use crate::config::Settings;
 
+/// `socket`: the one socket rule's answer (`broker::socket::resolve`).
 pub async fn run(
-    socket: Option<PathBuf>,
+    socket: PathBuf,
     settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<ExitCode, CliError> {
     let domains = settings.domains;
     let b = settings.broker;
-    let socket = socket
-        .or(b.socket)
-        .or_else(|| std::env::var_os("SWITCHYARD_SOCKET").map(PathBuf::from))
-        .unwrap_or_else(broker::socket::default_path);
     let config = BrokerConfig {
         socket,
         socket_group: b.socket_group,

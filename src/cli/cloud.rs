@@ -47,6 +47,7 @@ pub enum LoginCommand {
     },
     /// With the client certificate from `switchyard enroll client`.
     Cert {
+        /// The identity (email) the certificate was issued to.
         identity: String,
         #[command(flatten)]
         relay: RelayArgs,
@@ -86,8 +87,10 @@ pub enum EnrollCommand {
     /// you its owner; a relay administrator can transfer it
     /// (`switchyard relay service transfer`).
     ServiceOtp {
+        /// The serial the service will enroll as.
         #[arg(long)]
         serial: String,
+        /// The logged-in identity to ask as (default: the only one).
         #[arg(long)]
         identity: Option<String>,
     },
@@ -100,6 +103,7 @@ pub enum TokenCommand {
         /// e.g. 7d, 12h.
         #[arg(long, default_value = "7d", value_parser = super::positive_duration)]
         lifetime: Duration,
+        /// The SSO-logged-in identity (default: the only one).
         #[arg(long)]
         identity: Option<String>,
     },
@@ -399,16 +403,25 @@ pub async fn connect_cloud(
             .await?
             .into_inner(),
     };
-    let waited = broker
-        .wait(pb::WaitRequest {
-            service: Some(pb::ServiceRef {
-                name: response.name.clone(),
-                ..Default::default()
-            }),
-            timeout_secs: 30.0,
-        })
-        .await?
-        .into_inner();
+    // Waiting for the service can take up to the timeout; a signal then
+    // undoes the connect (the named service goes) and ends the command.
+    let mut stop = super::remote::EndSignals::any_stop();
+    let mut waiter = broker.clone();
+    let wait = waiter.wait(pb::WaitRequest {
+        service: Some(pb::ServiceRef {
+            name: response.name.clone(),
+            ..Default::default()
+        }),
+        timeout_secs: 30.0,
+    });
+    let waited = tokio::select! {
+        waited = wait => waited?.into_inner(),
+        signal = stop.recv() => {
+            let undo = broker.disconnect(pb::DisconnectRequest { name: response.name.clone() });
+            let _ = tokio::time::timeout(Duration::from_secs(5), undo).await;
+            return Err(CliError::Interrupted(signal));
+        }
+    };
     outln!(
         "connected {} to service {} ({})",
         args.name,

@@ -59,8 +59,10 @@ pub struct GlobalArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (daemons only).
     #[arg(long, global = true, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// The broker's socket (default: $SWITCHYARD_SOCKET, else
-    /// $XDG_RUNTIME_DIR/switchyard/broker.sock).
+    /// The broker's socket [default: $SWITCHYARD_SOCKET, else the config's
+    /// broker.socket, else $XDG_RUNTIME_DIR/switchyard/broker.sock; without
+    /// $XDG_RUNTIME_DIR, /run/switchyard/broker.sock for root and
+    /// $TMPDIR/switchyard-UID/broker.sock (TMPDIR: /tmp) for other users].
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 }
@@ -167,10 +169,16 @@ pub enum CliError {
     Driver(#[from] DriverError),
     #[error("{0}")]
     Usage(String),
-    #[error("the broker is not running at {}; start it with `switchyard broker`", socket.display())]
-    BrokerDown { socket: PathBuf },
+    /// The broker's socket could not be reached; says what is wrong with
+    /// the path.
+    #[error(transparent)]
+    BrokerUnreachable(#[from] crate::broker::socket::ConnectProblem),
     #[error("{}", .0.message())]
     Remote(tonic::Status),
+    /// A signal ended a command that was waiting; what it had started at
+    /// the broker was cancelled with its call.
+    #[error("stopped by {0}; what the command had started at the broker was cancelled")]
+    Interrupted(&'static str),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -197,7 +205,10 @@ pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<ExitCode, CliError> {
-    let socket = crate::broker::socket::client_path(cli.globals.socket.as_deref());
+    let socket = crate::broker::socket::resolve(
+        cli.globals.socket.as_deref(),
+        settings.broker.socket.as_deref(),
+    );
     let _metrics = match cli.globals.metrics_listen {
         Some(addr) if cli.command.is_daemon() => {
             let server = crate::metrics::serve(addr)
@@ -213,7 +224,7 @@ pub async fn run(
         Command::Relay(args) => relay::run(args, shutdown).await,
         Command::Sim(args) => sim::run(args, shutdown).await,
         Command::Demo(args) => demo::run(args, cli.globals.socket, settings, shutdown).await,
-        Command::Broker => broker::run(cli.globals.socket, settings, shutdown).await,
+        Command::Broker => broker::run(socket, settings, shutdown).await,
         Command::Client(cmd) => remote::run(&socket, cmd).await,
         Command::Login(cmd) => cloud::login(&socket, cmd).await,
         Command::Logout { identity, relay } => cloud::logout(&socket, identity, relay).await,

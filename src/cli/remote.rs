@@ -22,11 +22,15 @@ pub enum ClientCommand {
     #[command(subcommand)]
     Connect(ConnectCommand),
     /// Forget a named service.
-    Disconnect { name: String },
+    Disconnect {
+        /// The named service.
+        name: String,
+    },
     /// List a service's devices.
     Inventory {
         /// The named service.
         name: String,
+        /// One JSON array of devices instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -41,6 +45,7 @@ pub enum ClientCommand {
     },
     /// Show sessions, named services and links.
     Status {
+        /// One JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -64,8 +69,10 @@ pub enum ConnectCommand {
     Direct {
         /// Name for the service, used by later commands.
         name: String,
+        /// The service's host name or address.
         #[arg(long)]
         host: String,
+        /// The service's RPC port (UDP).
         #[arg(long, default_value_t = 8181)]
         port: u16,
         /// Remote user on the service.
@@ -88,6 +95,7 @@ pub enum ConnectCommand {
         /// The service's host (default: the address it advertises).
         #[arg(long)]
         host: Option<String>,
+        /// The service's RPC port (default: the one it advertises).
         #[arg(long)]
         port: Option<u16>,
     },
@@ -117,9 +125,7 @@ pub(super) async fn broker_client(
 ) -> Result<pb::broker_client::BrokerClient<tonic::transport::Channel>, CliError> {
     crate::api::client::connect(socket)
         .await
-        .map_err(|_| CliError::BrokerDown {
-            socket: socket.to_path_buf(),
-        })
+        .map_err(|_| CliError::BrokerUnreachable(crate::broker::socket::diagnose(socket)))
 }
 
 fn named(name: &str) -> Option<pb::ServiceRef> {
@@ -426,6 +432,54 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Signals a waiting command watches so that it can undo what it started
+/// before it exits (the front otherwise keeps their default action).
+pub(super) struct EndSignals(Vec<(tokio::signal::unix::Signal, &'static str)>);
+
+impl EndSignals {
+    /// SIGTERM and SIGHUP (for a terminal, where Ctrl-C is a keystroke).
+    pub(super) fn terminate_or_hangup() -> Self {
+        Self::watch(false)
+    }
+
+    /// SIGINT, SIGTERM and SIGHUP.
+    pub(super) fn any_stop() -> Self {
+        Self::watch(true)
+    }
+
+    fn watch(interrupt: bool) -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut kinds = vec![
+            (SignalKind::terminate(), "SIGTERM"),
+            (SignalKind::hangup(), "SIGHUP"),
+        ];
+        if interrupt {
+            kinds.push((SignalKind::interrupt(), "SIGINT"));
+        }
+        // A signal that cannot be watched keeps its default action.
+        Self(
+            kinds
+                .into_iter()
+                .filter_map(|(kind, name)| Some((signal(kind).ok()?, name)))
+                .collect(),
+        )
+    }
+
+    /// The name of the first signal to arrive.
+    pub(super) async fn recv(&mut self) -> &'static str {
+        if self.0.is_empty() {
+            return std::future::pending().await;
+        }
+        let waits = self.0.iter_mut().map(|(signal, name)| {
+            Box::pin(async move {
+                signal.recv().await;
+                *name
+            })
+        });
+        futures::future::select_all(waits).await.0
+    }
+}
+
 /// Restores the terminal mode when dropped.
 struct RawMode(bool);
 
@@ -488,8 +542,17 @@ pub async fn terminal(socket: &Path, name: String, device: String) -> Result<Exi
     });
     drop(tx);
     let _raw = RawMode::enable();
+    // In raw mode Ctrl-C is a keystroke for the device; SIGTERM and SIGHUP
+    // (a closed window) end the terminal here, so the mode is restored and
+    // the call dropped (the broker closes the device's shell).
+    let mut ended = EndSignals::terminate_or_hangup();
     let mut stdout = std::io::stdout();
-    while let Some(event) = events.message().await? {
+    loop {
+        let event = tokio::select! {
+            event = events.message() => event?,
+            signal = ended.recv() => return Err(CliError::Interrupted(signal)),
+        };
+        let Some(event) = event else { break };
         use pb::terminal_event::Event;
         match event.event {
             Some(Event::Data(bytes)) => {

@@ -47,6 +47,7 @@ pub enum ServiceCommand {
     User(UserCommand),
     /// Show the inventory's facts, including the TLS fingerprint callers pin.
     Info {
+        /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -99,17 +100,22 @@ pub enum DriverArg {
 pub enum DeviceCommand {
     /// Add a device.
     Add {
+        /// The device's name, as callers will use it.
         name: String,
         /// Host name or address (not needed for the simulator driver).
         #[arg(long)]
         host: Option<String>,
+        /// SSH port.
         #[arg(long, default_value_t = 22)]
         port: u16,
+        /// How to reach the device: a real SSH connection, or the in-process
+        /// simulator.
         #[arg(long, value_enum, default_value = "ssh")]
         driver: DriverArg,
         /// IOS, IOS-XE, NX-OS, LINUX, ... (free-form).
         #[arg(long, default_value = "GENERIC")]
         device_type: String,
+        /// Login name on the device.
         #[arg(long)]
         username: Option<String>,
         /// File holding the device password.
@@ -127,20 +133,28 @@ pub enum DeviceCommand {
     },
     /// List devices (never shows secrets).
     List {
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Remove a device.
-    Remove { name: String },
+    Remove {
+        /// The device.
+        name: String,
+    },
     /// Forget a device's recorded SSH host key, after checking that its new
     /// key is genuine; the next connection records the new one.
-    ForgetHostKey { name: String },
+    ForgetHostKey {
+        /// The device.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// Add a remote user.
     Add {
+        /// The user's name (with --cloud, the email the relay vouches for).
         name: String,
         /// File holding the user's password (else a prompt).
         #[arg(long, value_name = "FILE")]
@@ -158,11 +172,15 @@ pub enum UserCommand {
     },
     /// List remote users.
     List {
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Remove a remote user.
-    Remove { name: String },
+    Remove {
+        /// The user.
+        name: String,
+    },
 }
 
 pub async fn run(

@@ -22,6 +22,7 @@ _os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from .errors import (  # noqa: E402 - after the environment above
     BrokerNotRunningError,
+    BrokerUnreachableError,
     ClientForkedError,
     ExecError,
     ExpiredError,
@@ -36,6 +37,7 @@ from .errors import (  # noqa: E402 - after the environment above
 
 __all__ = [
     "BrokerNotRunningError",
+    "BrokerUnreachableError",
     "ClientForkedError",
     "ExecError",
     "ExpiredError",

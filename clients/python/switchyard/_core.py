@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Any, Dict, Generic, List, Optional, Sequence, Tuple, TypeVar, Union
 
+from .paths import default_socket as default_socket  # re-exported for sync and aio
 from .errors import ClientForkedError, ExecError, NotAvailableError, UnknownDevicesError
 from .v1 import broker_pb2 as pb
 
@@ -24,22 +23,6 @@ CHANNEL_OPTIONS: List[Tuple[str, Any]] = [("grpc.default_authority", "localhost"
 #: Commands given to exec: one command (results keyed by device only) or a
 #: list of them.
 Commands = Union[str, Sequence[str]]
-
-
-def default_socket() -> str:
-    """The broker socket, found the way the CLI finds it:
-    ``$SWITCHYARD_SOCKET``, else ``$XDG_RUNTIME_DIR/switchyard/broker.sock``,
-    else ``/run/switchyard/broker.sock`` for root and
-    ``$TMPDIR/switchyard-UID/broker.sock`` for others."""
-    explicit = os.environ.get("SWITCHYARD_SOCKET")
-    if explicit:
-        return explicit
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return str(Path(runtime) / "switchyard" / "broker.sock")
-    if os.geteuid() == 0:
-        return "/run/switchyard/broker.sock"
-    return str(Path(tempfile.gettempdir()) / f"switchyard-{os.geteuid()}" / "broker.sock")
 
 
 class ForkGuard:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 
+from .paths import socket_problem, start_command
+
 
 class SwitchyardError(Exception):
     """Base class: a broker call failed. ``code`` is the gRPC status code."""
@@ -13,7 +15,12 @@ class SwitchyardError(Exception):
         self.code = code
 
 
-class BrokerNotRunningError(SwitchyardError):
+class BrokerUnreachableError(SwitchyardError):
+    """The broker's socket cannot be used: the message says what is wrong
+    with the path (too long, a directory, not a socket, permission denied)."""
+
+
+class BrokerNotRunningError(BrokerUnreachableError):
     """No broker answers on the socket."""
 
 
@@ -29,11 +36,19 @@ def from_rpc(err: grpc.RpcError, socket: str) -> SwitchyardError:
     """Turns a gRPC error into a SwitchyardError with the broker's message."""
     code = err.code() if hasattr(err, "code") else None
     details = err.details() if hasattr(err, "details") else str(err)
-    if code == grpc.StatusCode.UNAVAILABLE and "connect" in (details or "").lower():
-        return BrokerNotRunningError(
-            f"the broker is not running at {socket}; start it with `switchyard broker`",
-            code,
-        )
+    lowered = (details or "").lower()
+    if code == grpc.StatusCode.UNAVAILABLE or "target uri" in lowered:
+        # gRPC's own words ("failed to connect", "the target uri is not
+        # valid") do not say what is wrong with the path; look at it.
+        problem = socket_problem(socket)
+        if problem is not None:
+            return BrokerUnreachableError(problem, code)
+        if "connect" in lowered or "target uri" in lowered:
+            return BrokerNotRunningError(
+                f"the broker is not running at {socket}; start it with "
+                f"`{start_command(socket)}`",
+                code,
+            )
     return SwitchyardError(details or str(code), code)
 
 

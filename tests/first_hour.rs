@@ -1,0 +1,564 @@
+//! What a new user meets in the first hour: where every command finds the
+//! broker (one rule: `--socket`, `$SWITCHYARD_SOCKET`, the config's
+//! `broker.socket`, the default), what a wrong `--socket` or config file
+//! says, and that a waiting command stops on the first signal.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::broker::TestBroker;
+use common::cloud::TestRelay;
+use common::{switchyard_bin, within};
+use switchyard::api::pb;
+
+/// A `switchyard` command with a clean environment: no `SWITCHYARD_*`
+/// variables, and runtime and config directories of its own (empty, so
+/// the default socket has no broker and there is no default config file).
+fn clean(home: &Path) -> Command {
+    let mut cmd = Command::new(switchyard_bin());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("XDG_RUNTIME_DIR", home.join("run"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_STATE_HOME", home.join("state"));
+    cmd
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_reached(out: &Output, how: &str) {
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("sessions:"),
+        "{how}: {}",
+        stderr(out)
+    );
+}
+
+fn config_naming(dir: &Path, name: &str, socket: &Path) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!("[broker]\nsocket = \"{}\"\n", socket.display()),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_source_of_the_socket_path_reaches_the_broker_in_its_order() {
+    let broker = TestBroker::start(&[]).await;
+    let home = tempfile::tempdir().unwrap();
+    let good = broker.socket();
+    let bad = home.path().join("nobody-here.sock");
+    let good_cfg = config_naming(home.path(), "good.toml", &good);
+    let bad_cfg = config_naming(home.path(), "bad.toml", &bad);
+
+    let out = clean(home.path())
+        .arg("status")
+        .arg("--socket")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_reached(&out, "--socket");
+    let out = clean(home.path())
+        .arg("status")
+        .env("SWITCHYARD_SOCKET", &good)
+        .output()
+        .unwrap();
+    assert_reached(&out, "$SWITCHYARD_SOCKET");
+    let out = clean(home.path())
+        .args(["status", "--config"])
+        .arg(&good_cfg)
+        .output()
+        .unwrap();
+    assert_reached(&out, "--config");
+    let out = clean(home.path())
+        .arg("status")
+        .env("SWITCHYARD_CONFIG", &good_cfg)
+        .output()
+        .unwrap();
+    assert_reached(&out, "$SWITCHYARD_CONFIG");
+    let out = clean(home.path())
+        .arg("status")
+        .env("SWITCHYARD_BROKER__SOCKET", &good)
+        .output()
+        .unwrap();
+    assert_reached(&out, "$SWITCHYARD_BROKER__SOCKET");
+    // The commands the front hands to switchyardd follow the same rule.
+    let out = clean(home.path())
+        .args(["logout", "--config"])
+        .arg(&good_cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "logout --config: {}", stderr(&out));
+
+    // The order: --socket, then $SWITCHYARD_SOCKET, then the config.
+    let out = clean(home.path())
+        .arg("status")
+        .arg("--socket")
+        .arg(&good)
+        .env("SWITCHYARD_SOCKET", &bad)
+        .env("SWITCHYARD_CONFIG", &bad_cfg)
+        .output()
+        .unwrap();
+    assert_reached(&out, "--socket over the rest");
+    let out = clean(home.path())
+        .arg("status")
+        .env("SWITCHYARD_SOCKET", &good)
+        .env("SWITCHYARD_CONFIG", &bad_cfg)
+        .output()
+        .unwrap();
+    assert_reached(&out, "$SWITCHYARD_SOCKET over the config");
+    let out = clean(home.path())
+        .arg("status")
+        .env("SWITCHYARD_CONFIG", &bad_cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("not running at {}", bad.display())),
+        "the config's socket is the one tried: {}",
+        stderr(&out)
+    );
+
+    // The default config file, when present, counts too.
+    let default_cfg = home.path().join("config/switchyard/config.toml");
+    std::fs::create_dir_all(default_cfg.parent().unwrap()).unwrap();
+    std::fs::copy(&good_cfg, &default_cfg).unwrap();
+    let out = clean(home.path()).arg("status").output().unwrap();
+    assert_reached(&out, "the default config file");
+}
+
+#[test]
+fn a_named_config_file_that_does_not_exist_is_an_error_for_every_command() {
+    let home = tempfile::tempdir().unwrap();
+    let missing = home.path().join("missing.toml");
+    let want = format!("config file {} does not exist", missing.display());
+    for args in [
+        &["status"][..],
+        &["exec", "lab", "d1", "-c", "show clock"],
+        &["logout"],
+        &["--socket", "/tmp/x.sock", "status"],
+    ] {
+        let out = clean(home.path())
+            .args(args)
+            .arg("--config")
+            .arg(&missing)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(&want), "{args:?}: {}", stderr(&out));
+        let out = clean(home.path())
+            .args(args)
+            .env("SWITCHYARD_CONFIG", &missing)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(&want), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn an_unknown_config_key_is_reported_once_with_the_file_and_line() {
+    let home = tempfile::tempdir().unwrap();
+    let cfg = home.path().join("c.toml");
+    std::fs::write(&cfg, "[broker]\n\nidle_timout_secs = 3\n").unwrap();
+    for args in [&["status"][..], &["logout"]] {
+        let out = clean(home.path())
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("config file {}, line 3:", cfg.display())),
+            "{err}"
+        );
+        assert_eq!(err.matches("idle_timout_secs").count(), 1, "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+/// Runs `status --socket PATH` and returns the error line.
+fn status_error(home: &Path, socket: &Path) -> String {
+    let out = clean(home)
+        .arg("status")
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    stderr(&out)
+}
+
+#[test]
+fn a_wrong_socket_path_says_what_is_wrong_with_it() {
+    let home = tempfile::tempdir().unwrap();
+
+    let absent = home.path().join("absent.sock");
+    let err = status_error(home.path(), &absent);
+    assert!(
+        err.contains(&format!(
+            "not running at {0}; start it with `switchyard --socket {0} broker`",
+            absent.display()
+        )),
+        "{err}"
+    );
+
+    let file = home.path().join("plain");
+    std::fs::write(&file, "").unwrap();
+    let err = status_error(home.path(), &file);
+    assert!(
+        err.contains("is not a socket (it is a regular file)"),
+        "{err}"
+    );
+    assert!(!err.contains("switchyard broker"), "{err}");
+
+    let err = status_error(home.path(), home.path());
+    assert!(err.contains("is a directory"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "--socket {}",
+            home.path().join("broker.sock").display()
+        )),
+        "{err}"
+    );
+
+    let long = home.path().join("x".repeat(120));
+    let err = status_error(home.path(), &long);
+    let len = long.as_os_str().len();
+    assert!(
+        err.contains(&format!("is {len} bytes long")) && err.contains("at most 107"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_socket_this_user_may_not_open_says_permission_denied() {
+    if !nix::unistd::geteuid().is_root() {
+        // Only root can try as another user; root itself is never refused.
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("broker.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(switchyard_bin())
+        .arg("status")
+        .arg("--socket")
+        .arg(&socket)
+        .env_clear()
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("permission denied opening {}", socket.display())),
+        "{err}"
+    );
+}
+
+/// `switchyard login sso` waits for approval; the first SIGINT (or SIGTERM)
+/// ends it, non-zero, and the broker abandons the device grant.
+async fn first_signal_stops_a_waiting_login(signal: nix::sys::signal::Signal) {
+    use tokio::io::AsyncBufReadExt;
+    let relay = TestRelay::start().await;
+    let config = relay.broker_config(relay.dir.path());
+    let config = config.to_str().unwrap().to_string();
+    let (broker, _) = TestBroker::start_with(&[], &["--config", &config]).await;
+    let alice = "alice@example.com";
+
+    let start_login = || {
+        let mut cmd = broker.command();
+        cmd.args(["login", "sso", alice])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let read_code = |child: &mut tokio::process::Child| {
+        let stdout = child.stdout.take().unwrap();
+        async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            let line = within(20, "SSO prompt", lines.next_line())
+                .await
+                .unwrap()
+                .expect("a prompt line");
+            let prompt: serde_json::Value = serde_json::from_str(&line).unwrap();
+            prompt["user_code"].as_str().unwrap().to_string()
+        }
+    };
+    let login_states = || async {
+        let mut client = broker.client().await;
+        let status = client
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        status
+            .logins
+            .into_iter()
+            .map(|l| l.state)
+            .collect::<Vec<_>>()
+    };
+
+    let mut child = start_login();
+    let first_code = read_code(&mut child).await;
+    assert_eq!(login_states().await, ["waiting for approval"]);
+
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, signal).unwrap();
+    let status = within(5, "the login to stop on the first signal", child.wait())
+        .await
+        .unwrap();
+    assert!(!status.success(), "{status:?}");
+
+    // The broker let the grant go: status lists no pending login...
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let states = login_states().await;
+        if states.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pending login is still there: {states:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // ...and the next login starts a new grant instead of joining it.
+    let mut again = start_login();
+    let second_code = read_code(&mut again).await;
+    assert_ne!(first_code, second_code);
+    assert_eq!(relay.relay().grants_started(), 2);
+    again.start_kill().unwrap();
+    let _ = again.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_sigint_stops_a_waiting_sso_login_and_the_broker_drops_it() {
+    first_signal_stops_a_waiting_login(nix::sys::signal::Signal::SIGINT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_sigterm_stops_a_waiting_sso_login_and_the_broker_drops_it() {
+    first_signal_stops_a_waiting_login(nix::sys::signal::Signal::SIGTERM).await;
+}
+
+/// A service that was re-initialized presents a new certificate: the
+/// remembered one refuses it (naming `--fingerprint`), and an explicit
+/// fingerprint replaces the remembered pin for later callers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_fingerprint_replaces_the_remembered_one() {
+    use common::broker::direct;
+    use common::service::{ALICE_PASSWORD, start_service};
+    use switchyard::service::rpc::RpcConfig;
+
+    let broker = TestBroker::start(&[("SWITCHYARD_BROKER__IDLE_TIMEOUT_SECS", "0.1")]).await;
+    let mut svc = start_service(&[], RpcConfig::default());
+    let mut client = broker.client().await;
+    client
+        .service_direct(direct(&svc, "", "first", ALICE_PASSWORD))
+        .await
+        .unwrap();
+    client
+        .disconnect(pb::DisconnectRequest {
+            name: "first".into(),
+        })
+        .await
+        .unwrap();
+    // The service is re-initialized: a new inventory, a new certificate,
+    // on the same address.
+    let mut new_svc = start_service(&[], RpcConfig::default());
+    new_svc.stop().await;
+    svc.stop().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let from = new_svc.dir.path().join(format!("inv.db{suffix}"));
+        let to = svc.dir.path().join(format!("inv.db{suffix}"));
+        let _ = std::fs::remove_file(&to);
+        if from.exists() {
+            std::fs::copy(&from, &to).unwrap();
+        }
+    }
+    // The stopped endpoint lets its UDP port go in the background.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::UdpSocket::bind(svc.addr()).is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the port stays taken"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    svc.restart();
+    assert_ne!(svc.fingerprint, new_svc.fingerprint);
+    links_closed(&mut client).await;
+
+    let refused = client
+        .service_direct(direct(&svc, "", "second", ALICE_PASSWORD))
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("--fingerprint"), "{refused:?}");
+
+    let mut pinned = direct(&svc, "", "third", ALICE_PASSWORD);
+    pinned.fingerprint = new_svc.fingerprint.to_string();
+    client.service_direct(pinned).await.unwrap();
+    client
+        .disconnect(pb::DisconnectRequest {
+            name: "third".into(),
+        })
+        .await
+        .unwrap();
+    links_closed(&mut client).await;
+    // A caller that names no fingerprint, on a new link, gets the new pin.
+    client
+        .service_direct(direct(&svc, "", "fourth", ALICE_PASSWORD))
+        .await
+        .unwrap();
+}
+
+/// Waits (bounded) until the broker has no links, so the next call makes a
+/// new one instead of sharing.
+async fn links_closed(client: &mut pb::broker_client::BrokerClient<tonic::transport::Channel>) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = client
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if status.links.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "links stay: {:?}",
+            status.links
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGTERM (or SIGHUP) ends an open terminal with a message, restoring the
+/// terminal mode, instead of killing it with the mode left raw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_an_open_terminal_with_a_message() {
+    use common::service::start_service;
+    use switchyard::service::rpc::RpcConfig;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let svc = start_service(&[], RpcConfig::default());
+    let broker = TestBroker::start(&[]).await;
+    broker.client_with_named(&svc, "lab").await;
+    let mut child = broker
+        .command()
+        .args(["terminal", "lab", "core-1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"\r").await.unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut screen = Vec::new();
+    within(20, "the device's prompt", async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&screen).contains("core-1#") {
+            let n = stdout.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "terminal ended: {:?}",
+                String::from_utf8_lossy(&screen)
+            );
+            screen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = within(5, "the terminal to end", child.wait_with_output())
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("stopped by SIGTERM"), "{err}");
+    drop(stdin);
+}
+
+/// `connect cloud` waits for an offline service; the first SIGINT ends it
+/// non-zero and takes back the named service it had made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_sigint_while_connect_cloud_waits_undoes_the_connect() {
+    use common::cloud::CloudService;
+    let relay = TestRelay::start().await;
+    let mut svc = CloudService::start(&relay, "SN-OFF", &[]).await;
+    svc.stop().await;
+    let config = relay.broker_config(relay.dir.path());
+    let config = config.to_str().unwrap().to_string();
+    let (broker, _) = TestBroker::start_with(&[], &["--config", &config]).await;
+    let token = broker.dir.path().join("token");
+    std::fs::write(&token, relay.token("alice@example.com")).unwrap();
+    let out = broker
+        .command()
+        .args(["login", "token", "--token-file"])
+        .arg(&token)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let child = broker
+        .command()
+        .args(["connect", "cloud", "lab", "--serial", "SN-OFF"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut client = broker.client().await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = client
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if status.named_services.iter().any(|n| n.name == "lab") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no named service");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = within(5, "connect to stop", child.wait_with_output())
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("stopped by SIGINT"),
+        "{}",
+        stderr(&out)
+    );
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status.named_services.is_empty(),
+        "{:?}",
+        status.named_services
+    );
+}
