@@ -22,6 +22,8 @@ echo "== Python test dependencies"
 "$PYTHON" -m pip install -q --disable-pip-version-check ./clients/python
 echo "== Python stubs are generated from proto/"
 bash scripts/gen-python-stubs.sh --check
+echo "== mypy --strict on the SDK and its examples"
+(cd clients/python && "$PYTHON" -m mypy --strict switchyard examples)
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
