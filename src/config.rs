@@ -185,6 +185,7 @@ struct SshSection {
     max_sessions_per_connection: usize,
     max_connections_per_device: usize,
     max_output_bytes: u64,
+    legacy_algorithms: bool,
 }
 
 impl Default for SshSection {
@@ -197,6 +198,7 @@ impl Default for SshSection {
             max_sessions_per_connection: d.max_sessions_per_connection,
             max_connections_per_device: d.max_connections_per_device,
             max_output_bytes: d.max_output_bytes,
+            legacy_algorithms: d.legacy_algorithms,
         }
     }
 }
@@ -280,6 +282,7 @@ impl FileSettings {
             max_sessions_per_connection: s.max_sessions_per_connection,
             max_connections_per_device: s.max_connections_per_device,
             max_output_bytes: s.max_output_bytes,
+            legacy_algorithms: s.legacy_algorithms,
         };
         let b = self.broker;
         let broker = BrokerSettings {
