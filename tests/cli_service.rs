@@ -158,6 +158,33 @@ fn admin_commands_manage_devices_and_users() {
 }
 
 #[test]
+fn legacy_algorithms_flag_is_stored_per_device() {
+    let env = Env::new();
+    ok(&env.service(&["init"]));
+    let add = |name: &str, flag: Option<&str>| {
+        let mut args = vec!["device", "add", name, "--host", "192.0.2.1"];
+        args.extend(flag);
+        ok(&env.service(&args));
+    };
+    add("a-old", Some("--legacy-algorithms"));
+    add("b-refuses", Some("--legacy-algorithms=false"));
+    add("c-default", None);
+    let list = json(&ok(&env.service(&["device", "list", "--json"])));
+    assert_eq!(list[0]["legacy_algorithms"], true);
+    assert_eq!(list[1]["legacy_algorithms"], false);
+    assert!(list[2]["legacy_algorithms"].is_null(), "{list}");
+    let bad = env.service(&[
+        "device",
+        "add",
+        "d",
+        "--host",
+        "h",
+        "--legacy-algorithms=maybe",
+    ]);
+    assert!(!bad.status.success());
+}
+
+#[test]
 fn wrong_admin_password_is_one_clear_line() {
     let env = Env::new();
     ok(&env.service(&["init"]));
