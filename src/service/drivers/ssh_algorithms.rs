@@ -217,8 +217,17 @@ pub fn negotiation_error(
     let russh::Error::NoCommonAlgo { kind, ours, theirs } = error else {
         return Err(error);
     };
+    // Protocol markers in the kex list (RFC 8308, OpenSSH strict kex) are
+    // not algorithms: leave them out of what the device "offered".
+    let markers = [
+        "ext-info-c",
+        "ext-info-s",
+        "kex-strict-c-v00@openssh.com",
+        "kex-strict-s-v00@openssh.com",
+    ];
     let theirs: Vec<String> = theirs
         .into_iter()
+        .filter(|n| !markers.contains(&n.as_str()))
         .take(MAX_NAMES)
         .map(|n| {
             n.chars()
@@ -296,9 +305,13 @@ mod tests {
         let err = russh::Error::NoCommonAlgo {
             kind: AlgorithmKind::Kex,
             ours: vec!["curve25519-sha256".into()],
-            theirs: vec!["diffie-hellman-group1-sha1".into()],
+            theirs: vec![
+                "diffie-hellman-group1-sha1".into(),
+                "kex-strict-s-v00@openssh.com".into(),
+            ],
         };
         let text = negotiation_error("r1", err, false).unwrap().to_string();
+        assert!(!text.contains("kex-strict"), "{text}");
         assert!(text.contains("curve25519-sha256"), "{text}");
         assert!(text.contains("diffie-hellman-group1-sha1"), "{text}");
         assert!(text.contains("--legacy-algorithms"), "{text}");
