@@ -27,6 +27,11 @@
 //! `connect_timeout` plus its command timeout for a channel slot gets
 //! [`DriverError::Busy`]. A command whose caller goes away has its channel
 //! closed (after an interrupt signal), so the device stops the work.
+//!
+//! Which algorithms a connect offers (modern, or with the device's
+//! legacy opt-in also the legacy set) is [`ssh_algorithms`]'s choice; how
+//! it authenticates (public key, password, keyboard-interactive) is
+//! `ssh_auth`'s.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
