@@ -124,6 +124,7 @@ fn device(
         username: secret.map(|_| "admin".to_string()),
         password: secret.map(Secret::new),
         private_key: None,
+        legacy_algorithms: None,
     }
 }
 

@@ -173,6 +173,7 @@ async fn start_cloud(bulk_bytes: usize) -> Cloud {
         username: None,
         password: None,
         private_key: None,
+        legacy_algorithms: None,
     })
     .unwrap();
     for (name, password, cloud) in [("bench", Some(PASSWORD), false), (IDENTITY, None, true)] {

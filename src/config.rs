@@ -218,6 +218,7 @@ struct SshSection {
     max_sessions_per_connection: usize,
     max_connections_per_device: usize,
     max_output_bytes: u64,
+    legacy_algorithms: bool,
 }
 
 impl Default for SshSection {
@@ -230,6 +231,7 @@ impl Default for SshSection {
             max_sessions_per_connection: d.max_sessions_per_connection,
             max_connections_per_device: d.max_connections_per_device,
             max_output_bytes: d.max_output_bytes,
+            legacy_algorithms: d.legacy_algorithms,
         }
     }
 }
@@ -399,6 +401,7 @@ impl FileSettings {
             max_sessions_per_connection: s.max_sessions_per_connection,
             max_connections_per_device: s.max_connections_per_device,
             max_output_bytes: s.max_output_bytes,
+            legacy_algorithms: s.legacy_algorithms,
         };
         let exec = self.exec.into_limits()?;
         if self.runtime.worker_threads > MAX_WORKER_THREADS {

@@ -5,6 +5,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use common::sshd::{Sshd, TEST_PASSWORD, TEST_USER};
 use common::{init, switchyard_bin};
 use switchyard::sim::server::{SimFleet, SimFleetConfig};
 
@@ -155,6 +156,33 @@ fn admin_commands_manage_devices_and_users() {
 
     let unknown = env.service(&["device", "remove", "ghost"]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no device named \"ghost\""));
+}
+
+#[test]
+fn legacy_algorithms_flag_is_stored_per_device() {
+    let env = Env::new();
+    ok(&env.service(&["init"]));
+    let add = |name: &str, flag: Option<&str>| {
+        let mut args = vec!["device", "add", name, "--host", "192.0.2.1"];
+        args.extend(flag);
+        ok(&env.service(&args));
+    };
+    add("a-old", Some("--legacy-algorithms"));
+    add("b-refuses", Some("--legacy-algorithms=false"));
+    add("c-default", None);
+    let list = json(&ok(&env.service(&["device", "list", "--json"])));
+    assert_eq!(list[0]["legacy_algorithms"], true);
+    assert_eq!(list[1]["legacy_algorithms"], false);
+    assert!(list[2]["legacy_algorithms"].is_null(), "{list}");
+    let bad = env.service(&[
+        "device",
+        "add",
+        "d",
+        "--host",
+        "h",
+        "--legacy-algorithms=maybe",
+    ]);
+    assert!(!bad.status.success());
 }
 
 #[test]
@@ -367,4 +395,55 @@ fn run_exec(db: &Path, admin: &Path, home: &Path) -> Output {
 fn dead_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// Issue 15 input 1 end to end: the inventory's opt-in reaches the driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_exec_reaches_a_sha1_kex_device_only_with_the_opt_in() {
+    init();
+    let sshd = Sshd::start_with(10, "KexAlgorithms diffie-hellman-group14-sha1").await;
+    let env = Env::new();
+    ok(&env.service(&["init"]));
+    let pw = env.path("sshd-pw");
+    std::fs::write(&pw, format!("{TEST_PASSWORD}\n")).unwrap();
+    let port = sshd.port.to_string();
+    for (name, flag) in [("old", Some("--legacy-algorithms")), ("old-off", None)] {
+        let mut args = vec![
+            "device",
+            "add",
+            name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--username",
+            TEST_USER,
+            "--password-file",
+            pw.to_str().unwrap(),
+        ];
+        args.extend(flag);
+        ok(&env.service(&args));
+    }
+    let out = {
+        let env = &env;
+        tokio::task::block_in_place(|| {
+            env.service(&["exec", "old", "old-off", "-c", "id -un", "--json"])
+        })
+    };
+    let mut reports = exec_json(&out);
+    reports.sort_by_key(|r| r["device"].as_str().unwrap().to_string());
+    assert_eq!(
+        reports[0]["status"],
+        "success",
+        "{reports:?}\n{}",
+        sshd.log()
+    );
+    assert_eq!(
+        reports[0]["results"][0]["output"].as_str().unwrap().trim(),
+        TEST_USER
+    );
+    assert_eq!(reports[1]["status"], "failure");
+    let error = reports[1]["error"].as_str().unwrap();
+    assert!(error.contains("diffie-hellman-group14-sha1"), "{error}");
+    assert!(error.contains("legacy_algorithms"), "{error}");
 }

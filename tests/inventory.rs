@@ -34,6 +34,7 @@ fn device(name: &str) -> NewDevice {
         username: Some("netops".into()),
         password: Some(Secret::new(DEVICE_PASSWORD)),
         private_key: Some(Secret::new(DEVICE_KEY)),
+        legacy_algorithms: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn target(name: &str, port: u16, password: &str) -> DeviceTarget {
             private_key: None,
         },
         known_host_key: None,
+        legacy_algorithms: None,
     }
 }
 

@@ -23,6 +23,7 @@ fn target(port: u16, password: &str) -> DeviceTarget {
             private_key: None,
         },
         known_host_key: None,
+        legacy_algorithms: None,
     }
 }
 
@@ -223,6 +224,7 @@ async fn ten_thousand_callers_to_one_device_share_the_limit() {
             private_key: None,
         },
         known_host_key: None,
+        legacy_algorithms: None,
     };
     let command = cmds(&["show version"]);
     let runs = (0..10_000).map(|_| pool.exec(&t, &command, Duration::from_secs(120)));

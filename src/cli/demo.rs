@@ -65,6 +65,7 @@ pub async fn run(
             username: Some(credentials.username.clone()),
             password: Some(credentials.password.clone()),
             private_key: None,
+            legacy_algorithms: None,
         })?;
     }
     inv.add_device(&NewDevice {
@@ -77,6 +78,7 @@ pub async fn run(
         username: None,
         password: None,
         private_key: None,
+        legacy_algorithms: None,
     })?;
     drop(inv);
 

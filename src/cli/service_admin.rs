@@ -130,6 +130,11 @@ pub enum DeviceCommand {
         /// Free-form attribute, repeatable.
         #[arg(long = "attr", value_name = "KEY=VALUE")]
         attrs: Vec<String>,
+        /// Offer this device the legacy SSH algorithms (SHA-1 key exchange,
+        /// CBC ciphers, hmac-sha1, ssh-rsa host keys); `=false` refuses them
+        /// even when `ssh.legacy_algorithms` is on. Default: that setting.
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        legacy_algorithms: Option<bool>,
     },
     /// List devices (never shows secrets).
     List {
@@ -270,6 +275,7 @@ fn device_command(
             ask_password,
             key_file,
             attrs,
+            legacy_algorithms,
         } => {
             let driver = match driver {
                 DriverArg::Ssh => DriverKind::Ssh,
@@ -316,6 +322,7 @@ fn device_command(
                 username,
                 password,
                 private_key,
+                legacy_algorithms,
             };
             Inventory::open(db, &admin()?)?.add_device(&device)?;
             outln!("added device {name}");

@@ -319,6 +319,7 @@ impl ServiceOps {
             port: device.port,
             driver: device.driver,
             known_host_key: device.host_key,
+            legacy_algorithms: device.legacy_algorithms,
         })
     }
 

@@ -115,6 +115,7 @@ pub fn sim_device(name: &str) -> NewDevice {
         username: None,
         password: None,
         private_key: None,
+        legacy_algorithms: None,
     }
 }
 
@@ -130,6 +131,7 @@ pub fn ssh_device(name: &str, port: u16) -> NewDevice {
         username: Some("nobody".into()),
         password: Some(Secret::new("x")),
         private_key: None,
+        legacy_algorithms: None,
     }
 }
 

@@ -47,18 +47,9 @@ impl Drop for Sshd {
     }
 }
 
-fn keygen(path: &Path) {
+fn keygen(path: &Path, kind: &str) {
     let status = std::process::Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "switchyard-test",
-            "-f",
-        ])
+        .args(["-q", "-t", kind, "-N", "", "-C", "switchyard-test", "-f"])
         .arg(path)
         .status()
         .expect("ssh-keygen must be installed (scripts/setup-test-host.sh)");
@@ -68,7 +59,17 @@ fn keygen(path: &Path) {
 impl Sshd {
     /// Starts a server allowing `max_sessions` channels per connection.
     pub async fn start(max_sessions: u32) -> Self {
-        let dir = prepare(max_sessions, "");
+        Self::start_with(max_sessions, "").await
+    }
+
+    /// Like [`Sshd::start`], with `extra` sshd_config lines that take
+    /// precedence over the defaults here (sshd keeps the first value it
+    /// reads), e.g. `KexAlgorithms diffie-hellman-group14-sha1` or
+    /// `UsePAM yes`. When `extra` sets `HostKeyAlgorithms` to RSA ones
+    /// (`ssh-rsa`, `rsa-sha2-*`), an RSA host key is added (the default one
+    /// is Ed25519).
+    pub async fn start_with(max_sessions: u32, extra: &str) -> Self {
+        let dir = prepare(max_sessions, extra);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let config_path = dir.path().join("sshd_config");
@@ -191,11 +192,19 @@ fn prepare(max_sessions: u32, extra: &str) -> tempfile::TempDir {
     let d = dir.path();
     // sshd reads authorized_keys as the target user: let it traverse.
     std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    keygen(&d.join("host_key"));
-    keygen(&d.join("client_key"));
+    keygen(&d.join("host_key"), "ed25519");
+    keygen(&d.join("client_key"), "ed25519");
+    let rsa_host_key = if extra.contains("HostKeyAlgorithms") && extra.contains("rsa") {
+        keygen(&d.join("rsa_host_key"), "rsa");
+        format!("HostKey {}/rsa_host_key\n", d.display())
+    } else {
+        String::new()
+    };
     std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
     let config = format!(
-        "HostKey {d}/host_key\n\
+        "{extra}\n\
+         {rsa_host_key}\
+         HostKey {d}/host_key\n\
          PidFile none\n\
          UsePAM no\n\
          PasswordAuthentication yes\n\
@@ -205,8 +214,7 @@ fn prepare(max_sessions: u32, extra: &str) -> tempfile::TempDir {
          StrictModes no\n\
          MaxSessions {max_sessions}\n\
          SetEnv HOME={d}\n\
-         LogLevel ERROR\n\
-         {extra}\n",
+         LogLevel ERROR\n",
         d = d.display()
     );
     std::fs::write(d.join("sshd_config"), config).unwrap();

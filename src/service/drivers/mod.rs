@@ -7,6 +7,8 @@
 
 pub mod simulated;
 pub mod ssh;
+pub mod ssh_algorithms;
+mod ssh_auth;
 pub mod terminal;
 
 use std::time::Duration;
@@ -25,6 +27,9 @@ pub struct DeviceTarget {
     pub credentials: DeviceCredentials,
     /// The host key recorded at first contact (OpenSSH public-key form).
     pub known_host_key: Option<String>,
+    /// Offer the legacy SSH algorithms (see [`ssh_algorithms`]): `Some` is
+    /// the device's own choice, `None` follows `ssh.legacy_algorithms`.
+    pub legacy_algorithms: Option<bool>,
 }
 
 /// A command's output.
@@ -105,6 +110,32 @@ pub enum DriverError {
         connections: usize,
         /// How long the caller queued.
         waited: Duration,
+    },
+    #[error(
+        "{device} and Switchyard share no {family} algorithm: we offered [{}], the device \
+         offered [{}]; {hint}",
+        ours.join(", "),
+        theirs.join(", ")
+    )]
+    NoCommonAlgorithm {
+        device: String,
+        /// "key-exchange", "host-key", "cipher", "MAC" or "compression".
+        family: &'static str,
+        /// What we offered, in order of preference.
+        ours: Vec<String>,
+        /// What the device offered (from its KEXINIT, RFC 4253 §7.1).
+        theirs: Vec<String>,
+        /// Names the `legacy_algorithms` setting and whether it would help.
+        hint: String,
+    },
+    #[error(
+        "{device} asked {prompt:?} during keyboard-interactive authentication; only password \
+         prompts can be answered"
+    )]
+    UnexpectedPrompt {
+        device: String,
+        /// The device's prompt (control characters removed, at most 128).
+        prompt: String,
     },
     #[error("SSH error talking to {device}: {reason}")]
     Ssh { device: String, reason: String },

@@ -27,6 +27,11 @@
 //! `connect_timeout` plus its command timeout for a channel slot gets
 //! [`DriverError::Busy`]. A command whose caller goes away has its channel
 //! closed (after an interrupt signal), so the device stops the work.
+//!
+//! Which algorithms a connect offers (modern, or with the device's
+//! legacy opt-in also the legacy set) is [`ssh_algorithms`]'s choice; how
+//! it authenticates (public key, password, keyboard-interactive) is
+//! `ssh_auth`'s.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,12 +39,14 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use russh::client::{self, Handle, Msg};
-use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg, Sig};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tracing::{Instrument, debug, debug_span};
 
+use super::ssh_algorithms::{self, ClientConfigs};
+use super::ssh_auth;
 use super::terminal::{TERMINAL_QUEUE, Terminal, TerminalInput};
 use super::{CommandError, CommandOutput, CommandResult, DeviceExec, DeviceTarget, DriverError};
 use crate::task::AbortOnDrop;
@@ -62,6 +69,9 @@ pub struct SshDriverConfig {
     pub max_connections_per_device: usize,
     /// Largest output accepted from one command.
     pub max_output_bytes: u64,
+    /// Offer the legacy algorithms to devices that do not choose for
+    /// themselves (see [`ssh_algorithms`]; default off).
+    pub legacy_algorithms: bool,
 }
 
 impl Default for SshDriverConfig {
@@ -73,6 +83,7 @@ impl Default for SshDriverConfig {
             max_sessions_per_connection: 8,
             max_connections_per_device: 4,
             max_output_bytes: 64 * 1024 * 1024,
+            legacy_algorithms: false,
         }
     }
 }
@@ -129,7 +140,7 @@ struct PoolState {
 
 struct PoolShared {
     config: SshDriverConfig,
-    client_config: Arc<client::Config>,
+    client_configs: ClientConfigs,
     state: Mutex<PoolState>,
     connects: AtomicU64,
 }
@@ -232,7 +243,7 @@ fn lock(m: &Mutex<PoolState>) -> std::sync::MutexGuard<'_, PoolState> {
 impl SshPool {
     /// Creates a pool and its idle reaper. Needs a tokio runtime.
     pub fn new(config: SshDriverConfig) -> Self {
-        let client_config = Arc::new(client::Config {
+        let client_configs = ClientConfigs::new(|| client::Config {
             inactivity_timeout: None,
             keepalive_interval: Some(Duration::from_secs(30)),
             keepalive_max: 3,
@@ -241,7 +252,7 @@ impl SshPool {
         });
         let shared = Arc::new(PoolShared {
             config,
-            client_config,
+            client_configs,
             state: Mutex::new(PoolState::default()),
             connects: AtomicU64::new(0),
         });
@@ -627,23 +638,30 @@ async fn connect(
                 reason: e.to_string(),
             })?;
         let _ = stream.set_nodelay(true);
-        let mut handle = client::connect_stream(shared.client_config.clone(), stream, check)
+        let legacy = target
+            .legacy_algorithms
+            .unwrap_or(shared.config.legacy_algorithms);
+        let client_config = shared.client_configs.get(legacy);
+        let mut handle = client::connect_stream(client_config, stream, check)
             .await
-            .map_err(|e| match e {
-                russh::Error::UnknownKey => {
-                    let seen = presented.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    DriverError::HostKeyChanged {
-                        device: device.clone(),
-                        expected: expected.as_ref().map(fingerprint).unwrap_or_default(),
-                        presented: seen.as_ref().map(fingerprint).unwrap_or_default(),
+            .map_err(
+                |e| match ssh_algorithms::negotiation_error(&device, e, legacy) {
+                    Ok(no_common) => no_common,
+                    Err(russh::Error::UnknownKey) => {
+                        let seen = presented.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        DriverError::HostKeyChanged {
+                            device: device.clone(),
+                            expected: expected.as_ref().map(fingerprint).unwrap_or_default(),
+                            presented: seen.as_ref().map(fingerprint).unwrap_or_default(),
+                        }
                     }
-                }
-                other => DriverError::Ssh {
-                    device: device.clone(),
-                    reason: other.to_string(),
+                    Err(other) => DriverError::Ssh {
+                        device: device.clone(),
+                        reason: other.to_string(),
+                    },
                 },
-            })?;
-        authenticate(&mut handle, target, &key.username).await?;
+            )?;
+        ssh_auth::authenticate(&mut handle, target, &key.username).await?;
         Ok::<_, DriverError>(handle)
     };
     let handle =
@@ -661,57 +679,6 @@ async fn connect(
         .as_ref()
         .and_then(|k| k.to_openssh().ok());
     Ok((handle, seen))
-}
-
-async fn authenticate(
-    handle: &mut SshHandle,
-    target: &DeviceTarget,
-    username: &str,
-) -> Result<(), DriverError> {
-    let device = &target.name;
-    let ssh_err = |e: russh::Error| DriverError::Ssh {
-        device: device.clone(),
-        reason: e.to_string(),
-    };
-    let creds = &target.credentials;
-    if creds.password.is_none() && creds.private_key.is_none() {
-        return Err(DriverError::NoCredentials {
-            device: device.clone(),
-        });
-    }
-    if let Some(pem) = &creds.private_key {
-        let key = russh::keys::decode_secret_key(pem.expose(), None).map_err(|e| {
-            DriverError::BadPrivateKey {
-                device: device.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        let hash = handle
-            .best_supported_rsa_hash()
-            .await
-            .map_err(ssh_err)?
-            .flatten();
-        let result = handle
-            .authenticate_publickey(username, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
-            .await
-            .map_err(ssh_err)?;
-        if result.success() {
-            return Ok(());
-        }
-    }
-    if let Some(password) = &creds.password {
-        let result = handle
-            .authenticate_password(username, password.expose())
-            .await
-            .map_err(ssh_err)?;
-        if result.success() {
-            return Ok(());
-        }
-    }
-    Err(DriverError::AuthenticationFailed {
-        device: device.clone(),
-        user: username.to_string(),
-    })
 }
 
 /// Moves bytes between a terminal's channels and an SSH shell channel until

@@ -55,6 +55,9 @@ pub struct Device {
     pub has_private_key: bool,
     /// The SSH host key recorded at first contact (OpenSSH format).
     pub host_key: Option<String>,
+    /// Whether the device is offered legacy SSH algorithms; `None` follows
+    /// the service's `ssh.legacy_algorithms`.
+    pub legacy_algorithms: Option<bool>,
 }
 
 /// A device to add.
@@ -70,6 +73,8 @@ pub struct NewDevice {
     pub password: Option<Secret>,
     /// An OpenSSH private key (PEM text).
     pub private_key: Option<Secret>,
+    /// Offer legacy SSH algorithms (`None`: the service default).
+    pub legacy_algorithms: Option<bool>,
 }
 
 /// A device's unsealed credentials, wiped from memory on drop.
@@ -113,7 +118,7 @@ fn one_device(n: usize, name: &str) -> Result<(), InventoryError> {
 }
 
 const DEVICE_COLUMNS: &str = "name, host, port, device_type, driver, attributes, username, \
-     password_sealed IS NOT NULL, private_key_sealed IS NOT NULL, host_key";
+     password_sealed IS NOT NULL, private_key_sealed IS NOT NULL, host_key, legacy_algorithms";
 
 fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, InventoryError>> {
     let driver: String = row.get(4)?;
@@ -133,6 +138,7 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, InventoryEr
             has_password: row.get(7)?,
             has_private_key: row.get(8)?,
             host_key: row.get(9)?,
+            legacy_algorithms: row.get(10)?,
         })
     })())
 }
@@ -164,8 +170,8 @@ impl Inventory {
             .map_err(|e| InventoryError::Invalid(format!("attributes: {e}")))?;
         let result = self.conn.execute(
             "INSERT INTO devices (name, host, port, device_type, driver, attributes, username, \
-             password_sealed, private_key_sealed, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             password_sealed, private_key_sealed, legacy_algorithms, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 device.name,
                 device.host,
@@ -176,6 +182,7 @@ impl Inventory {
                 device.username,
                 password,
                 private_key,
+                device.legacy_algorithms,
                 now_secs() as i64,
             ],
         );

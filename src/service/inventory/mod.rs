@@ -335,6 +335,7 @@ mod tests {
             username: Some("admin".into()),
             password: Some(Secret::new(password)),
             private_key: None,
+            legacy_algorithms: None,
         }
     }
 

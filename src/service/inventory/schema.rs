@@ -40,6 +40,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE remote_users ADD COLUMN cloud INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 3: a device's choice to be offered legacy SSH algorithms (NULL: the
+    // service's `ssh.legacy_algorithms` decides).
+    r#"
+    ALTER TABLE devices ADD COLUMN legacy_algorithms INTEGER
+        CHECK (legacy_algorithms IN (0, 1));
+    "#,
 ];
 
 /// The schema version this build writes.
