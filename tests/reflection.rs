@@ -14,8 +14,7 @@ macro_rules! ask_reflection {
     ($version:ident, $channel:expr) => {{
         use tonic_reflection::pb::$version::{
             ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest,
-            server_reflection_response::MessageResponse,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
         };
         let mut client = ServerReflectionClient::new($channel);
         let requests = [
