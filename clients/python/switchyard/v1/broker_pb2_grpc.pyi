@@ -18,8 +18,8 @@ needs `.overrideAuthority("localhost")`; tonic clients any valid URI.
 
 Errors are gRPC status codes with a message a person can act on:
 NOT_FOUND (unknown session, service or device), UNAUTHENTICATED (wrong
-password), PERMISSION_DENIED (another user's session or service, or a
-device outside the remote user's scope), UNAVAILABLE (the service cannot
+password), PERMISSION_DENIED (another user's session or service),
+UNAVAILABLE (the service cannot
 be reached now; retry), DEADLINE_EXCEEDED, INVALID_ARGUMENT,
 RESOURCE_EXHAUSTED (a request over the link's message limit, 1 MiB by
 default; nothing was sent) and OUT_OF_RANGE (a message over the front
