@@ -2,7 +2,7 @@
 //! revocation ends the sessions it concerns.
 //!
 //! Owns: the table of authenticated connections (an entry lives as long as
-//! its [`LiveEntry`] guard) and the watcher task that re-checks them.
+//! its `LiveEntry` guard) and the watcher task that re-checks them.
 //!
 //! The watcher polls the store's [`generation`](super::store::RelayStore::generation)
 //! every [`POLL`]: a token revoked, a user disabled, a certificate revoked
