@@ -301,16 +301,19 @@ async fn health_reflection_and_socket_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_says_how_to_start_a_missing_broker() {
     let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nope.sock");
     let out = tokio::process::Command::new(common::switchyard_bin())
         .args(["status"])
-        .env("SWITCHYARD_SOCKET", dir.path().join("nope.sock"))
+        .env("SWITCHYARD_SOCKET", &socket)
         .output()
         .await
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    // Not the default path, so the command to start it names the socket.
+    let start = format!("`switchyard --socket {} broker`", socket.display());
     assert!(
-        err.contains("the broker is not running") && err.contains("switchyard broker"),
+        err.contains("the broker is not running") && err.contains(&start),
         "{err}"
     );
 }

@@ -447,9 +447,11 @@ async fn shutdown_drains_running_requests_and_refuses_new_ones() {
 }
 
 /// Issue 17 item 3: one request naming the same SSH device 10,000 times
-/// gets 10,000 answers over at most the per-device connection limit,
-/// counted on the device side (a counting TCP relay in front of a
-/// simulated device).
+/// runs it once (repeats are merged; the answer comes under the first
+/// position) over at most the per-device connection limit, counted on the
+/// device side (a counting TCP relay in front of a simulated device). The
+/// limit under a burst of separate callers is `ssh_driver`'s
+/// `ten_thousand_callers_to_one_device_share_the_limit`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_names_of_one_device_stay_within_its_connection_limit() {
     use std::sync::Arc;
@@ -493,7 +495,7 @@ async fn ten_thousand_names_of_one_device_stay_within_its_connection_limit() {
         timeout_ms: Some(120_000),
     });
     let responses = collect(&ch, request).await.unwrap();
-    let mut answered = vec![false; 10_000];
+    let mut answered = Vec::new();
     for r in responses {
         let Response::ExecDevice {
             device,
@@ -508,10 +510,9 @@ async fn ten_thousand_names_of_one_device_stay_within_its_connection_limit() {
         assert_eq!(commands[0].error, None);
         let out = String::from_utf8_lossy(&commands[0].output);
         assert!(out.contains(&format!("{name} uptime is")), "{out}");
-        assert!(!answered[device as usize], "device {device} answered twice");
-        answered[device as usize] = true;
+        answered.push(device);
     }
-    assert!(answered.iter().all(|a| *a), "every name is answered");
+    assert_eq!(answered, vec![0], "one answer, under the first position");
     let limit =
         switchyard::service::drivers::ssh::SshDriverConfig::default().max_connections_per_device;
     let seen = accepted.load(Ordering::SeqCst);
