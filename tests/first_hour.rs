@@ -378,8 +378,135 @@ async fn an_explicit_fingerprint_replaces_the_remembered_one() {
         })
         .await
         .unwrap();
-    // The service is re-initialized: a new inventory, a new certificate,
-    // on the same address.
+    reinitialize(&mut svc).await;
+    links_closed(&mut client).await;
+
+    let refused = client
+        .service_direct(direct(&svc, "", "second", ALICE_PASSWORD))
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("--fingerprint"), "{refused:?}");
+
+    let mut pinned = direct(&svc, "", "third", ALICE_PASSWORD);
+    pinned.fingerprint = svc.fingerprint.to_string();
+    client.service_direct(pinned).await.unwrap();
+    client
+        .disconnect(pb::DisconnectRequest {
+            name: "third".into(),
+        })
+        .await
+        .unwrap();
+    links_closed(&mut client).await;
+    // A caller that names no fingerprint, on a new link, gets the new pin.
+    client
+        .service_direct(direct(&svc, "", "fourth", ALICE_PASSWORD))
+        .await
+        .unwrap();
+}
+
+/// `known-services list` shows the certificate learned on first use; after
+/// the service is re-initialized the refusal names `known-services forget`,
+/// which forgets it (once: a second forget is an error), and the next
+/// connection without a fingerprint trusts and remembers the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_services_lists_and_forgets_a_learned_certificate() {
+    use common::broker::direct;
+    use common::service::{ALICE_PASSWORD, start_service};
+    use switchyard::service::rpc::RpcConfig;
+
+    let broker = TestBroker::start(&[("SWITCHYARD_BROKER__IDLE_TIMEOUT_SECS", "0.1")]).await;
+    let mut svc = start_service(&[], RpcConfig::default());
+    let target = format!("127.0.0.1:{}", svc.addr().port());
+    let known = || async {
+        let out = broker
+            .command()
+            .args(["known-services", "list", "--json"])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        list
+    };
+    assert_eq!(known().await, serde_json::json!([]));
+
+    let mut client = broker.client().await;
+    client
+        .service_direct(direct(&svc, "", "first", ALICE_PASSWORD))
+        .await
+        .unwrap();
+    client
+        .disconnect(pb::DisconnectRequest {
+            name: "first".into(),
+        })
+        .await
+        .unwrap();
+    let old = svc.fingerprint.to_string();
+    assert_eq!(
+        known().await,
+        serde_json::json!([{"target": target, "fingerprint": old}])
+    );
+    let text = broker
+        .command()
+        .args(["known-services", "list"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&text.stdout),
+        format!("{target}  {old}\n")
+    );
+
+    reinitialize(&mut svc).await;
+    links_closed(&mut client).await;
+    let refused = client
+        .service_direct(direct(&svc, "", "second", ALICE_PASSWORD))
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .message()
+            .contains(&format!("switchyard known-services forget {target}")),
+        "{refused:?}"
+    );
+
+    let out = broker
+        .command()
+        .args(["known-services", "forget", &target])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&old));
+    assert_eq!(known().await, serde_json::json!([]));
+    let again = broker
+        .command()
+        .args(["known-services", "forget", &target])
+        .output()
+        .await
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("no remembered certificate"),
+        "{}",
+        stderr(&again)
+    );
+
+    client
+        .service_direct(direct(&svc, "", "third", ALICE_PASSWORD))
+        .await
+        .unwrap();
+    assert_eq!(
+        known().await,
+        serde_json::json!([{"target": target, "fingerprint": svc.fingerprint.to_string()}])
+    );
+}
+
+/// Re-initializes a test service in place: a new inventory (so a new
+/// certificate) served on the same address. Returns once it serves.
+async fn reinitialize(svc: &mut common::service::TestService) {
+    use common::service::start_service;
+    use switchyard::service::rpc::RpcConfig;
     let mut new_svc = start_service(&[], RpcConfig::default());
     new_svc.stop().await;
     svc.stop().await;
@@ -402,29 +529,7 @@ async fn an_explicit_fingerprint_replaces_the_remembered_one() {
     }
     svc.restart();
     assert_ne!(svc.fingerprint, new_svc.fingerprint);
-    links_closed(&mut client).await;
-
-    let refused = client
-        .service_direct(direct(&svc, "", "second", ALICE_PASSWORD))
-        .await
-        .unwrap_err();
-    assert!(refused.message().contains("--fingerprint"), "{refused:?}");
-
-    let mut pinned = direct(&svc, "", "third", ALICE_PASSWORD);
-    pinned.fingerprint = new_svc.fingerprint.to_string();
-    client.service_direct(pinned).await.unwrap();
-    client
-        .disconnect(pb::DisconnectRequest {
-            name: "third".into(),
-        })
-        .await
-        .unwrap();
-    links_closed(&mut client).await;
-    // A caller that names no fingerprint, on a new link, gets the new pin.
-    client
-        .service_direct(direct(&svc, "", "fourth", ALICE_PASSWORD))
-        .await
-        .unwrap();
+    svc.fingerprint = new_svc.fingerprint;
 }
 
 /// Waits (bounded) until the broker has no links, so the next call makes a

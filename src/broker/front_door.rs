@@ -24,8 +24,8 @@ use super::link_actor::{Acquire, InFlight};
 use super::login_registry::{ListLogins, LoginRegistry};
 use super::peer::{ConnectedPeer, Peer};
 use super::registry::{
-    Disconnect, GetSession, OpenSession, ServiceDirect, ServiceInfo, ServiceIntegrated,
-    SessionRegistry, Status as StatusMsg,
+    Disconnect, ForgetKnownService, GetSession, ListKnownServices, OpenSession, ServiceDirect,
+    ServiceInfo, ServiceIntegrated, SessionRegistry, Status as StatusMsg,
 };
 use super::routes::{Routes, ServiceRef};
 use super::session::{AttachSession, EndSession, Session};
@@ -553,5 +553,42 @@ impl Broker for FrontDoor {
         request: Request<pb::WaitRequest>,
     ) -> Result<Response<pb::WaitResponse>, Status> {
         self.wait_impl(request).await
+    }
+
+    async fn list_known_services(
+        &self,
+        request: Request<pb::ListKnownServicesRequest>,
+    ) -> Result<Response<pb::ListKnownServicesResponse>, Status> {
+        let peer = peer(&request)?;
+        let known = self
+            .registry
+            .send(ListKnownServices { peer })
+            .await
+            .map_err(mailbox)?;
+        let services = known
+            .into_iter()
+            .map(|(target, fp)| pb::KnownService {
+                target,
+                fingerprint: fp.to_string(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListKnownServicesResponse { services }))
+    }
+
+    async fn forget_known_service(
+        &self,
+        request: Request<pb::ForgetKnownServiceRequest>,
+    ) -> Result<Response<pb::ForgetKnownServiceResponse>, Status> {
+        let peer = peer(&request)?;
+        let target = request.into_inner().target;
+        let (target, fp) = self
+            .registry
+            .send(ForgetKnownService { peer, target })
+            .await
+            .map_err(mailbox)??;
+        Ok(Response::new(pb::ForgetKnownServiceResponse {
+            fingerprint: fp.to_string(),
+            target,
+        }))
     }
 }

@@ -21,7 +21,8 @@ pub enum LinkError {
         "service {target} presented certificate {presented}, expected {expected}; \
          if the service was re-initialized, check its fingerprint with \
          `switchyard service info` and pass it with `--fingerprint` (the SDK's \
-         `fingerprint=`), which also replaces the remembered one"
+         `fingerprint=`), which also replaces the remembered one, or forget \
+         the remembered one with `switchyard known-services forget {target}`"
     )]
     FingerprintMismatch {
         target: String,

@@ -8,7 +8,8 @@
 //!
 //! Takes: `OpenSession`, `GetSession`, `SessionEnded`, `ServiceDirect`,
 //! `ServiceCloud`, `ServiceIntegrated`, `Disconnect`, `Status`, `Summary`,
-//! `LinkClosed`, `Shutdown`. After every change
+//! `LinkClosed`, `Shutdown`, `ListKnownServices`, `ForgetKnownService`.
+//! After every change
 //! it publishes a routing snapshot (`routes`) that requests are routed by.
 //!
 //! On failure: a link that fails its first connect is forgotten and the
@@ -885,6 +886,60 @@ impl Handler<Disconnect> for SessionRegistry {
         self.release(entry.link, ctx);
         self.publish();
         Ok(())
+    }
+}
+
+/// The calling owner's learned service fingerprints, (target, fingerprint)
+/// sorted by target.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, Fingerprint)>")]
+pub struct ListKnownServices {
+    pub peer: Peer,
+}
+
+impl Handler<ListKnownServices> for SessionRegistry {
+    type Result = MessageResult<ListKnownServices>;
+
+    fn handle(&mut self, msg: ListKnownServices, _: &mut Self::Context) -> Self::Result {
+        let owner = owner_for(&msg.peer, self.settings.share_group);
+        MessageResult(self.known.list(owner))
+    }
+}
+
+/// Forgets the calling owner's learned fingerprint for a target
+/// (`host:port`); returns it and the target. `NotFound` when there is none. Live links keep
+/// the certificate they verified; the next new link trusts on first use.
+#[derive(Message)]
+#[rtype(result = "Result<(String, Fingerprint), BrokerError>")]
+pub struct ForgetKnownService {
+    pub peer: Peer,
+    /// `host:port`; a `host` that matches nothing means `host:8181`.
+    pub target: String,
+}
+
+impl Handler<ForgetKnownService> for SessionRegistry {
+    type Result = Result<(String, Fingerprint), BrokerError>;
+
+    fn handle(&mut self, msg: ForgetKnownService, _: &mut Self::Context) -> Self::Result {
+        let owner = owner_for(&msg.peer, self.settings.share_group);
+        let target = if self.known.get(owner, &msg.target).is_none() {
+            format!("{}:8181", msg.target)
+        } else {
+            msg.target.clone()
+        };
+        match self.known.forget(owner, &target) {
+            Ok(Some(fp)) => {
+                info!(%owner, target = %crate::label::tidy(&target), "forgot a learned service fingerprint");
+                Ok((target, fp))
+            }
+            Ok(None) => Err(BrokerError::NotFound(format!(
+                "no remembered certificate for {:?} (see `switchyard known-services list`)",
+                crate::label::tidy(&msg.target)
+            ))),
+            Err(e) => Err(BrokerError::Internal(format!(
+                "cannot update the remembered certificates: {e}"
+            ))),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod cloud;
 pub mod demo;
 mod exec_output;
 pub mod handoff;
+pub mod known_services;
 pub mod relay;
 pub mod remote;
 pub mod service_admin;
@@ -106,6 +107,10 @@ pub enum Command {
     /// Access tokens for the logged-in identity.
     #[command(subcommand)]
     Token(cloud::TokenCommand),
+    /// Service certificates the broker learned on first use (direct
+    /// connections): list them, or forget one that changed.
+    #[command(subcommand)]
+    KnownServices(known_services::KnownServicesCommand),
 }
 
 impl Command {
@@ -230,6 +235,7 @@ pub async fn run(
         Command::Logout { identity, relay } => cloud::logout(&socket, identity, relay).await,
         Command::Enroll(cmd) => cloud::enroll(&socket, cmd).await,
         Command::Token(cmd) => cloud::token(&socket, cmd).await,
+        Command::KnownServices(cmd) => known_services::run(&socket, cmd).await,
     }
 }
 

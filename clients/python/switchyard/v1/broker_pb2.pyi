@@ -530,3 +530,35 @@ class WaitResponse(_message.Message):
     SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     service_name: str
     def __init__(self, service_name: _Optional[str] = ...) -> None: ...
+
+class ListKnownServicesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListKnownServicesResponse(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[KnownService]
+    def __init__(self, services: _Optional[_Iterable[_Union[KnownService, _Mapping]]] = ...) -> None: ...
+
+class KnownService(_message.Message):
+    __slots__ = ("target", "fingerprint")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    fingerprint: str
+    def __init__(self, target: _Optional[str] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+
+class ForgetKnownServiceRequest(_message.Message):
+    __slots__ = ("target",)
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    def __init__(self, target: _Optional[str] = ...) -> None: ...
+
+class ForgetKnownServiceResponse(_message.Message):
+    __slots__ = ("fingerprint", "target")
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    fingerprint: str
+    target: str
+    def __init__(self, fingerprint: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...

@@ -136,6 +136,16 @@ class BrokerStub:
                 request_serializer=switchyard_dot_v1_dot_broker__pb2.WaitRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_broker__pb2.WaitResponse.FromString,
                 _registered_method=True)
+        self.ListKnownServices = channel.unary_unary(
+                '/switchyard.v1.Broker/ListKnownServices',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.ListKnownServicesRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.ListKnownServicesResponse.FromString,
+                _registered_method=True)
+        self.ForgetKnownService = channel.unary_unary(
+                '/switchyard.v1.Broker/ForgetKnownService',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.ForgetKnownServiceRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.ForgetKnownServiceResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServicer:
@@ -303,6 +313,23 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListKnownServices(self, request, context):
+        """The service certificates this local user's broker learned on first use
+        (direct connections), one per `host:port`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetKnownService(self, request, context):
+        """Forgets a learned certificate, so the next new connection to that
+        `host:port` trusts the certificate it meets (first use again). Links
+        already up keep theirs. NOT_FOUND when none is remembered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -405,6 +432,16 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.Wait,
                     request_deserializer=switchyard_dot_v1_dot_broker__pb2.WaitRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_broker__pb2.WaitResponse.SerializeToString,
+            ),
+            'ListKnownServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKnownServices,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.ListKnownServicesRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.ListKnownServicesResponse.SerializeToString,
+            ),
+            'ForgetKnownService': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetKnownService,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.ForgetKnownServiceRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.ForgetKnownServiceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -949,6 +986,60 @@ class Broker:
             '/switchyard.v1.Broker/Wait',
             switchyard_dot_v1_dot_broker__pb2.WaitRequest.SerializeToString,
             switchyard_dot_v1_dot_broker__pb2.WaitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKnownServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Broker/ListKnownServices',
+            switchyard_dot_v1_dot_broker__pb2.ListKnownServicesRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.ListKnownServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetKnownService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Broker/ForgetKnownService',
+            switchyard_dot_v1_dot_broker__pb2.ForgetKnownServiceRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.ForgetKnownServiceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -128,6 +128,15 @@ class BrokerStub:
     """
     Wait: _grpc.UnaryUnaryMultiCallable[_broker_pb2.WaitRequest, _broker_pb2.WaitResponse]
     """Block until a service handle's link is up, or the timeout passes."""
+    ListKnownServices: _grpc.UnaryUnaryMultiCallable[_broker_pb2.ListKnownServicesRequest, _broker_pb2.ListKnownServicesResponse]
+    """The service certificates this local user's broker learned on first use
+    (direct connections), one per `host:port`.
+    """
+    ForgetKnownService: _grpc.UnaryUnaryMultiCallable[_broker_pb2.ForgetKnownServiceRequest, _broker_pb2.ForgetKnownServiceResponse]
+    """Forgets a learned certificate, so the next new connection to that
+    `host:port` trusts the certificate it meets (first use again). Links
+    already up keep theirs. NOT_FOUND when none is remembered.
+    """
 
 @_typing.type_check_only
 class BrokerAsyncStub(BrokerStub):
@@ -206,6 +215,15 @@ class BrokerAsyncStub(BrokerStub):
     """
     Wait: _aio.UnaryUnaryMultiCallable[_broker_pb2.WaitRequest, _broker_pb2.WaitResponse]  # type: ignore[assignment]
     """Block until a service handle's link is up, or the timeout passes."""
+    ListKnownServices: _aio.UnaryUnaryMultiCallable[_broker_pb2.ListKnownServicesRequest, _broker_pb2.ListKnownServicesResponse]  # type: ignore[assignment]
+    """The service certificates this local user's broker learned on first use
+    (direct connections), one per `host:port`.
+    """
+    ForgetKnownService: _aio.UnaryUnaryMultiCallable[_broker_pb2.ForgetKnownServiceRequest, _broker_pb2.ForgetKnownServiceResponse]  # type: ignore[assignment]
+    """Forgets a learned certificate, so the next new connection to that
+    `host:port` trusts the certificate it meets (first use again). Links
+    already up keep theirs. NOT_FOUND when none is remembered.
+    """
 
 class BrokerServicer(metaclass=_abc_1.ABCMeta):
     """The broker: sessions, services reached through shared links, and the
@@ -401,5 +419,26 @@ class BrokerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_broker_pb2.WaitResponse, _abc.Awaitable[_broker_pb2.WaitResponse]]:
         """Block until a service handle's link is up, or the timeout passes."""
+
+    @_abc_1.abstractmethod
+    def ListKnownServices(
+        self,
+        request: _broker_pb2.ListKnownServicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_broker_pb2.ListKnownServicesResponse, _abc.Awaitable[_broker_pb2.ListKnownServicesResponse]]:
+        """The service certificates this local user's broker learned on first use
+        (direct connections), one per `host:port`.
+        """
+
+    @_abc_1.abstractmethod
+    def ForgetKnownService(
+        self,
+        request: _broker_pb2.ForgetKnownServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_broker_pb2.ForgetKnownServiceResponse, _abc.Awaitable[_broker_pb2.ForgetKnownServiceResponse]]:
+        """Forgets a learned certificate, so the next new connection to that
+        `host:port` trusts the certificate it meets (first use again). Links
+        already up keep theirs. NOT_FOUND when none is remembered.
+        """
 
 def add_BrokerServicer_to_server(servicer: BrokerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
