@@ -667,3 +667,172 @@ async fn the_first_sigint_while_connect_cloud_waits_undoes_the_connect() {
         status.named_services
     );
 }
+
+/// A command on a real pseudo-terminal (80x24): its stdin, stdout and
+/// stderr are the pty's slave; the test types into and reads the master.
+struct Pty {
+    master: std::fs::File,
+    chunks: std::sync::mpsc::Receiver<Vec<u8>>,
+    screen: Vec<u8>,
+}
+
+impl Pty {
+    fn spawn(mut cmd: tokio::process::Command) -> (Self, tokio::process::Child) {
+        let size = nix::pty::Winsize {
+            ws_row: 24,
+            ws_col: 80,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).unwrap();
+        let slave = pty.slave;
+        cmd.stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave);
+        let child = cmd.spawn().unwrap();
+        drop(cmd); // the test keeps no copy of the slave: EOF when the child ends
+        let master = std::fs::File::from(pty.master);
+        let mut reader = master.try_clone().unwrap();
+        let (tx, chunks) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // EIO once every slave descriptor is closed.
+            while let Ok(n @ 1..) = std::io::Read::read(&mut reader, &mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        (
+            Self {
+                master,
+                chunks,
+                screen: Vec::new(),
+            },
+            child,
+        )
+    }
+
+    fn type_keys(&mut self, keys: &[u8]) {
+        std::io::Write::write_all(&mut self.master, keys).unwrap();
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.screen).into_owned()
+    }
+
+    /// Reads (bounded) until the screen after byte `from` contains `what`;
+    /// returns where it ends.
+    fn expect_after(&mut self, from: usize, what: &str) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(at) =
+                String::from_utf8_lossy(&self.screen[from.min(self.screen.len())..]).find(what)
+            {
+                return from + at + what.len();
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.chunks.recv_timeout(left) {
+                Ok(chunk) => self.screen.extend_from_slice(&chunk),
+                Err(_) => panic!("no {what:?} on the screen: {:?}", self.text()),
+            }
+        }
+    }
+
+    /// Types `WORD\r` (not a device command) and waits for the device's
+    /// answer and the prompt after it: all earlier output has arrived, and
+    /// nothing more comes until the next keystroke. Returns the end.
+    fn settle(&mut self, from: usize, word: &str) -> usize {
+        self.type_keys(format!("{word}\r").as_bytes());
+        let at = self.expect_after(from, &format!("marker: {word}\r\n"));
+        self.expect_after(at, "core-1#")
+    }
+
+    /// Everything until the child closed the terminal (bounded).
+    fn read_to_end(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.chunks.recv_timeout(left) {
+                Ok(chunk) => self.screen.extend_from_slice(&chunk),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(_) => panic!("the terminal stays open: {:?}", self.text()),
+            }
+        }
+    }
+}
+
+/// On a real pty: `~?` shows the escapes without sending anything, `~~`
+/// sends one `~` (the device echoes one), a `~` mid-line is plain, and
+/// `~.` after Enter ends the terminal at once, exit 0, the terminal mode
+/// restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_escapes_on_a_real_pty() {
+    use common::service::start_service;
+    use switchyard::service::rpc::RpcConfig;
+
+    let svc = start_service(&[], RpcConfig::default());
+    let broker = TestBroker::start(&[]).await;
+    broker.client_with_named(&svc, "lab").await;
+    let mut cmd = broker.command();
+    cmd.args(["terminal", "lab", "core-1"]);
+    let (mut pty, mut child) = Pty::spawn(cmd);
+    pty.type_keys(b"\r");
+    let mut at = pty.settle(0, "first");
+
+    pty.type_keys(b"~?");
+    at = pty.expect_after(at, "~~  send one ~\r\n");
+    pty.type_keys(b"~~");
+    pty.type_keys(b"x~y\r");
+    // The device got exactly `~x~y` on that line: neither `~?` nor the
+    // second `~` of `~~`.
+    let start = pty.expect_after(at, "marker: ");
+    let end = pty.expect_after(start, "\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&pty.screen[start..end]),
+        "~x~y\r\n",
+        "{:?}",
+        pty.text()
+    );
+    at = pty.expect_after(end, "core-1#");
+
+    pty.type_keys(b"~.");
+    let status = within(10, "the terminal to end", child.wait())
+        .await
+        .unwrap();
+    pty.read_to_end();
+    assert!(status.success(), "{status:?}: {:?}", pty.text());
+    let tail = String::from_utf8_lossy(&pty.screen[at..]).into_owned();
+    // Nothing reached the device (no echo), and the message has its line.
+    assert_eq!(tail, "\r\nterminal to core-1 ended (~.)\r\n");
+}
+
+/// On a real pty: the broker is killed while the terminal is open; the
+/// terminal ends at once, non-zero, with a message on a line of its own
+/// after the device's prompt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_going_away_ends_the_terminal_with_a_message_on_its_own_line() {
+    use common::service::start_service;
+    use switchyard::service::rpc::RpcConfig;
+
+    let svc = start_service(&[], RpcConfig::default());
+    let mut broker = TestBroker::start(&[]).await;
+    broker.client_with_named(&svc, "lab").await;
+    let mut cmd = broker.command();
+    cmd.args(["terminal", "lab", "core-1"]);
+    let (mut pty, mut child) = Pty::spawn(cmd);
+    pty.type_keys(b"\r");
+    let at = pty.settle(0, "first");
+
+    broker.child.start_kill().unwrap();
+    let status = within(10, "the terminal to end", child.wait())
+        .await
+        .unwrap();
+    pty.read_to_end();
+    assert!(!status.success());
+    let tail = String::from_utf8_lossy(&pty.screen[at..]).into_owned();
+    assert!(
+        tail.starts_with("\r\nerror: the terminal to core-1 ended: lost the broker"),
+        "{tail:?}"
+    );
+}

@@ -13,6 +13,7 @@ pub mod relay;
 pub mod remote;
 pub mod service_admin;
 pub mod sim;
+pub mod terminal_escape;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -37,6 +37,11 @@ pub enum ClientCommand {
     /// Run commands on devices of a service.
     Exec(ExecArgs),
     /// Open an interactive session with a device's shell.
+    ///
+    /// Escapes, typed at the start of a line (right after Enter): `~.` ends
+    /// the terminal, `~?` lists the escapes, `~~` sends one `~`. Ctrl-C goes
+    /// to the device; SIGTERM or SIGHUP end the terminal. If the broker
+    /// goes away the terminal ends with a message saying so.
     Terminal {
         /// The named service.
         name: String,
@@ -506,7 +511,7 @@ pub async fn terminal(socket: &Path, name: String, device: String) -> Result<Exi
     tx.send(pb::TerminalRequest {
         input: Some(Input::Open(pb::TerminalOpen {
             service: named(&name),
-            device,
+            device: device.clone(),
             size: Some(pb::WindowSize {
                 cols: cols.into(),
                 rows: rows.into(),
@@ -520,48 +525,133 @@ pub async fn terminal(socket: &Path, name: String, device: String) -> Result<Exi
         .await?
         .into_inner();
     // Keystrokes come from a blocking reader thread: stdin has no async
-    // reads that can be cancelled. It ends with stdin (EOF) or when the
-    // session ends and the channel closes.
+    // reads that can be cancelled. It ends with stdin (EOF), with `~.`, or
+    // when the session ends and the channel closes. Escapes are decided
+    // there (`terminal_escape`); `~.` is reported on `end_tx`.
     let reader_tx = tx.clone();
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = [0u8; 1024];
-        loop {
-            match std::io::Read::read(&mut stdin, &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let msg = pb::TerminalRequest {
-                        input: Some(Input::Data(buf[..n].to_vec())),
-                    };
-                    if reader_tx.blocking_send(msg).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
+    let (end_tx, mut end_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || read_keystrokes(reader_tx, end_tx));
     drop(tx);
     let _raw = RawMode::enable();
     // In raw mode Ctrl-C is a keystroke for the device; SIGTERM and SIGHUP
     // (a closed window) end the terminal here, so the mode is restored and
     // the call dropped (the broker closes the device's shell).
     let mut ended = EndSignals::terminate_or_hangup();
-    let mut stdout = std::io::stdout();
+    let mut screen = Screen::default();
     loop {
         let event = tokio::select! {
-            event = events.message() => event?,
-            signal = ended.recv() => return Err(CliError::Interrupted(signal)),
-        };
-        let Some(event) = event else { break };
-        use pb::terminal_event::Event;
-        match event.event {
-            Some(Event::Data(bytes)) => {
-                let _ = stdout.write_all(&bytes);
-                let _ = stdout.flush();
+            event = events.message() => event,
+            signal = ended.recv() => {
+                screen.end_line();
+                return Err(CliError::Interrupted(signal));
             }
-            Some(Event::Closed(_)) => break,
-            Some(Event::Ready(_)) | None => {}
+            Ok(()) = &mut end_rx => {
+                screen.end_line();
+                eprint!("terminal to {device} ended (~.)\r\n");
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
+        use pb::terminal_event::Event;
+        match event {
+            Ok(Some(pb::TerminalEvent {
+                event: Some(Event::Data(bytes)),
+            })) => screen.write(&bytes),
+            Ok(Some(pb::TerminalEvent {
+                event: Some(Event::Closed(_)),
+            })) => break,
+            Ok(Some(_)) => {}
+            // The broker went away (or ended the call without closing the
+            // shell): say so on a line of its own, after the device's output.
+            Ok(None) => {
+                screen.end_line();
+                return Err(CliError::Usage(format!(
+                    "the terminal to {device} ended: the broker ended the call"
+                )));
+            }
+            Err(status) => {
+                screen.end_line();
+                return Err(CliError::Usage(format!(
+                    "the terminal to {device} ended: lost the broker ({})",
+                    status.message()
+                )));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The terminal's stdin reader (a thread of its own): keystrokes through
+/// the escape state machine to the broker; `~.` fires `end`, `~?` prints
+/// the help on stderr.
+fn read_keystrokes(
+    to_broker: mpsc::Sender<pb::TerminalRequest>,
+    end: tokio::sync::oneshot::Sender<()>,
+) {
+    use super::terminal_escape::{Escapes, HELP, Step};
+    use pb::terminal_request::Input;
+    let send = |bytes: Vec<u8>| {
+        to_broker
+            .blocking_send(pb::TerminalRequest {
+                input: Some(Input::Data(bytes)),
+            })
+            .is_ok()
+    };
+    let mut escapes = Escapes::new();
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = match std::io::Read::read(&mut stdin, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for step in escapes.feed(&buf[..n]) {
+            match step {
+                Step::Send(bytes) => {
+                    if !send(bytes) {
+                        return;
+                    }
+                }
+                Step::Help => {
+                    let mut err = std::io::stderr();
+                    let _ = err.write_all(HELP.as_bytes());
+                    let _ = err.flush();
+                }
+                Step::End => {
+                    let _ = end.send(());
+                    return;
+                }
+            }
+        }
+    }
+    if let Some(held) = escapes.finish() {
+        send(held);
+    }
+}
+
+/// The device's output on stdout, remembering whether the cursor is at the
+/// start of a line, so that a closing message gets a line of its own.
+#[derive(Default)]
+struct Screen {
+    mid_line: bool,
+}
+
+impl Screen {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut stdout = std::io::stdout();
+        let _ = stdout.write_all(bytes);
+        let _ = stdout.flush();
+        if let Some(&last) = bytes.last() {
+            self.mid_line = last != b'\n';
+        }
+    }
+
+    /// Moves to a new line if the output left the cursor mid-line (raw
+    /// mode: `\r\n`).
+    fn end_line(&mut self) {
+        if std::mem::take(&mut self.mid_line) {
+            let mut stdout = std::io::stdout();
+            let _ = stdout.write_all(b"\r\n");
+            let _ = stdout.flush();
+        }
+    }
 }
