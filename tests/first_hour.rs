@@ -836,3 +836,123 @@ async fn the_broker_going_away_ends_the_terminal_with_a_message_on_its_own_line(
         "{tail:?}"
     );
 }
+
+/// Starts `switchyard terminal SERVICE DEVICE` (pipes) and returns once the
+/// device's prompt `DEVICE#` is on its screen: the call is open.
+async fn open_terminal(
+    mut cmd: tokio::process::Command,
+    service: &str,
+    device: &str,
+) -> (tokio::process::Child, tokio::process::ChildStdin) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut child = cmd
+        .args(["terminal", service, device])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"\r").await.unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let prompt = format!("{device}#");
+    let mut screen = Vec::new();
+    within(30, "the device's prompt", async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&screen).contains(&prompt) {
+            let n = stdout.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "terminal ended: {:?}",
+                String::from_utf8_lossy(&screen)
+            );
+            screen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    (child, stdin)
+}
+
+fn sigint(child: &tokio::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+}
+
+/// Ctrl-C on a broker with an open terminal: it says it is draining, how
+/// many calls it waits for and for how long, and that a second Ctrl-C
+/// stops it at once, which it then does (long before the drain timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_a_broker_with_calls_open_says_it_drains_and_a_second_stops_it() {
+    use common::service::start_service;
+    use switchyard::service::rpc::RpcConfig;
+
+    let svc = start_service(&[], RpcConfig::default());
+    let mut broker = TestBroker::start(&[("SWITCHYARD_BROKER__DRAIN_TIMEOUT_SECS", "120")]).await;
+    broker.client_with_named(&svc, "lab").await;
+    let (_terminal, _keys) = open_terminal(broker.command(), "lab", "core-1").await;
+
+    sigint(&broker.child);
+    let told = "switchyard broker: draining: waiting up to 2m for 1 call to finish \
+                (open terminals count; new calls are refused); press Ctrl-C again \
+                (or send another SIGTERM) to stop at once";
+    common::eventually(10, "the drain notice", || broker.log().contains(told)).await;
+    assert!(
+        broker.child.try_wait().unwrap().is_none(),
+        "it waits for the call"
+    );
+    sigint(&broker.child);
+    let status = within(5, "the broker to stop", broker.child.wait())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+}
+
+/// The same on the demo (the README's first command), with an open
+/// terminal to one of its devices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_the_demo_with_a_terminal_open_says_it_drains_and_a_second_stops_it() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let home = tempfile::tempdir().unwrap();
+    let mut demo = tokio::process::Command::new(switchyard_bin())
+        .args(["demo", "--devices", "1"])
+        .env("XDG_CONFIG_HOME", home.path())
+        .env("XDG_STATE_HOME", home.path())
+        .env("SWITCHYARD_BROKER__DRAIN_TIMEOUT_SECS", "120")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let socket = within(60, "demo ready", async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("demo exited early");
+            if let Some(path) = line.trim().strip_prefix("broker socket:") {
+                return PathBuf::from(path.trim());
+            }
+        }
+    })
+    .await;
+    let mut cmd = tokio::process::Command::new(switchyard_bin());
+    cmd.env("SWITCHYARD_SOCKET", &socket);
+    let (_terminal, _keys) = open_terminal(cmd, "demo", "sim-001").await;
+
+    let mut errors = BufReader::new(demo.stderr.take().unwrap()).lines();
+    sigint(&demo);
+    within(10, "the drain notice", async {
+        loop {
+            let line = errors.next_line().await.unwrap().expect("demo exited");
+            if line.contains("switchyard demo: draining: waiting up to 2m for 1 call to finish")
+                && line.contains("Ctrl-C again")
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(demo.try_wait().unwrap().is_none(), "it waits for the call");
+    sigint(&demo);
+    let status = within(5, "the demo to stop", demo.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+}

@@ -66,9 +66,23 @@ pub enum BrokerStartError {
     Reflection(String),
 }
 
+/// What a shutting-down broker tells whoever started it (the CLI says it
+/// to the person who pressed Ctrl-C).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainNotice {
+    /// Shutdown began with `calls` calls running (at least one); they get up
+    /// to `timeout` to finish while new calls are refused.
+    Waiting { calls: u32, timeout: Duration },
+    /// `calls` calls were still running when `timeout` passed; they are
+    /// cancelled now.
+    Cancelling { calls: u32, timeout: Duration },
+}
+
 /// Runs the broker until `shutdown` is cancelled. Must be called from
 /// within an actix system running on a tokio runtime. `on_ready` is called
-/// once the socket accepts calls (and systemd is told `READY=1`).
+/// once the socket accepts calls (and systemd is told `READY=1`);
+/// `on_drain` when shutdown has calls to wait for, and again if some are
+/// cancelled at the timeout.
 ///
 /// Shutdown drains: new calls are refused with `UNAVAILABLE`, running ones
 /// get up to `drain_timeout` to finish, then sessions are told and ended,
@@ -77,6 +91,7 @@ pub async fn run(
     config: BrokerConfig,
     shutdown: CancellationToken,
     on_ready: impl FnOnce(&std::path::Path),
+    mut on_drain: impl FnMut(DrainNotice),
 ) -> Result<(), BrokerStartError> {
     let (listener, inherited) = match socket::inherited()? {
         Some(listener) => (listener, true),
@@ -153,7 +168,20 @@ pub async fn run(
     health_reporter
         .set_not_serving::<BrokerServer<FrontDoor>>()
         .await;
-    let deadline = tokio::time::Instant::now() + config.drain_timeout;
+    let timeout = config.drain_timeout;
+    let running = in_flight.load(Ordering::Relaxed);
+    if running > 0 {
+        info!(
+            calls = running,
+            timeout_secs = timeout.as_secs_f64(),
+            "waiting for running calls"
+        );
+        on_drain(DrainNotice::Waiting {
+            calls: running,
+            timeout,
+        });
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
     while in_flight.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -163,6 +191,10 @@ pub async fn run(
             unfinished,
             "drain timeout: cancelling the calls still running"
         );
+        on_drain(DrainNotice::Cancelling {
+            calls: unfinished,
+            timeout,
+        });
     }
     // Ending sessions ends their attach streams, so connections can close.
     let _ = registry

@@ -94,9 +94,14 @@ pub async fn run(
         domains: settings.domains.clone(),
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let broker = broker::run(config, shutdown.clone(), move |_| {
-        let _ = ready_tx.send(());
-    });
+    let broker = broker::run(
+        config,
+        shutdown.clone(),
+        move |_| {
+            let _ = ready_tx.send(());
+        },
+        |notice| eprintln!("switchyard demo: {}", super::broker::drain_message(notice)),
+    );
     let setup = async {
         if ready_rx.await.is_err() {
             return Ok(());
