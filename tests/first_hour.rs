@@ -956,3 +956,93 @@ async fn ctrl_c_on_the_demo_with_a_terminal_open_says_it_drains_and_a_second_sto
     let status = within(5, "the demo to stop", demo.wait()).await.unwrap();
     assert_eq!(status.code(), Some(130), "{status:?}");
 }
+
+/// A login restored at the broker's start is "unverified", not plainly
+/// "logged in"; used while its relay is down it is "failing" with the
+/// error; used once the relay is back, "reachable". A fresh login is
+/// "reachable" (its credential was checked by connecting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_restored_logins_real_state() {
+    let mut relay = TestRelay::start().await;
+    let config = relay.broker_config(relay.dir.path());
+    let config = config.to_str().unwrap().to_string();
+    let state = tempfile::tempdir().unwrap();
+    let state_env = [(
+        "SWITCHYARD_BROKER__STATE_DIR",
+        state.path().to_str().unwrap(),
+    )];
+    let (broker, _) = TestBroker::start_with(&state_env, &["--config", &config]).await;
+    let token = broker.dir.path().join("token");
+    std::fs::write(&token, relay.token("alice@example.com")).unwrap();
+    let out = broker
+        .command()
+        .args(["login", "token", "--token-file"])
+        .arg(&token)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let login = |broker: &TestBroker| {
+        let socket = broker.socket();
+        async move {
+            let mut client = switchyard::api::client::connect(&socket).await.unwrap();
+            let s = client
+                .status(pb::StatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(s.logins.len(), 1, "{:?}", s.logins);
+            s.logins[0].clone()
+        }
+    };
+    let fresh = login(&broker).await;
+    assert_eq!(
+        (fresh.state.as_str(), fresh.reach.as_str()),
+        ("logged in", "reachable")
+    );
+    drop(broker);
+
+    relay.stop().await;
+    let (broker, _) = TestBroker::start_with(&state_env, &["--config", &config]).await;
+    let restored = login(&broker).await;
+    assert_eq!(
+        (
+            restored.state.as_str(),
+            restored.reach.as_str(),
+            restored.last_error.as_str()
+        ),
+        ("logged in", "unverified", "")
+    );
+    let text = broker.command().arg("status").output().await.unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("logged in, relay unverified"), "{text}");
+
+    // A use while the relay is down: failing, with the error.
+    let otp = || {
+        broker
+            .command()
+            .args(["enroll", "service-otp", "--serial", "SN-R"])
+            .output()
+    };
+    let out = within(60, "the enrollment to fail", otp()).await.unwrap();
+    assert!(!out.status.success());
+    let failing = login(&broker).await;
+    assert_eq!(failing.reach, "failing", "{failing:?}");
+    assert!(!failing.last_error.is_empty(), "{failing:?}");
+    let text = broker.command().arg("status").output().await.unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.contains(&format!("logged in, relay failing: {}", failing.last_error)),
+        "{text}"
+    );
+
+    // The relay is back: the next use reaches it.
+    relay.restart().await;
+    let out = within(60, "the enrollment", otp()).await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let back = login(&broker).await;
+    assert_eq!(
+        (back.reach.as_str(), back.last_error.as_str()),
+        ("reachable", "")
+    );
+}

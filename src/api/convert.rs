@@ -202,6 +202,11 @@ pub fn status_response(s: StatusInfo, logins: Vec<LoginListing>) -> pb::StatusRe
                 expires_unix: l.summary.expires.unwrap_or(0),
                 sessions: l.sessions,
                 connected: l.summary.connected,
+                reach: l.summary.reach.as_str().into(),
+                last_error: match &l.summary.reach {
+                    crate::broker::cloud_login::Reach::Failing(e) => e.clone(),
+                    _ => String::new(),
+                },
             })
             .collect(),
     }

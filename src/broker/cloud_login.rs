@@ -103,6 +103,30 @@ pub enum LoginPhase {
     Failed(String),
 }
 
+/// What the broker last saw of a logged-in login's relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// Not tried since the broker started: a login restored from its
+    /// stored copy, unused since.
+    Unverified,
+    /// The last attempt (connect, login, refresh) reached the relay and it
+    /// accepted the credential.
+    Reachable,
+    /// The last attempt failed, or the connection was lost; the error.
+    Failing(String),
+}
+
+impl Reach {
+    /// `"unverified"`, `"reachable"` or `"failing"` (status, the API).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Unverified => "unverified",
+            Self::Reachable => "reachable",
+            Self::Failing(_) => "failing",
+        }
+    }
+}
+
 /// A login as `status` shows it.
 #[derive(Debug, Clone)]
 pub struct LoginSummary {
@@ -110,6 +134,8 @@ pub struct LoginSummary {
     pub state: &'static str,
     pub expires: Option<u64>,
     pub connected: bool,
+    /// The relay as last seen (meaningful while logged in).
+    pub reach: Reach,
 }
 
 pub struct CloudLogin {
@@ -125,6 +151,7 @@ pub struct CloudLogin {
     store: Option<std::sync::Arc<LoginStore>>,
     refresh_timer: Option<SpawnHandle>,
     refresh_backoff: Backoff,
+    reach: Reach,
 }
 
 impl CloudLogin {
@@ -154,6 +181,7 @@ impl CloudLogin {
             store,
             refresh_timer: None,
             refresh_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            reach: Reach::Unverified,
         }
     }
 
@@ -195,6 +223,7 @@ impl CloudLogin {
     fn logged_in(&mut self, credential: Credential, ctx: &mut Context<Self>) {
         let expires = expiry(&credential);
         self.credential = Some(credential);
+        self.reach = Reach::Reachable;
         self.persist();
         self.phase.send_replace(LoginPhase::LoggedIn {
             identity: self.key.identity.clone(),
@@ -249,6 +278,7 @@ impl CloudLogin {
                         act.end(format!("the relay refused to refresh the login ({reason}); log in again"));
                     }
                     Err(e) => {
+                        act.reach = Reach::Failing(format!("cannot refresh the access token: {e}"));
                         let delay = act.refresh_backoff.next_delay(rand::random::<f64>());
                         warn!(identity = %act.key.identity, error = %e, ?delay, "refresh failed; retrying");
                         act.refresh_timer = Some(ctx.run_later(delay, |act, ctx| {
@@ -379,14 +409,21 @@ impl CloudLogin {
         let attempt = async move { connect(&relay, &credential, &limits).await };
         ctx.spawn(attempt.instrument(span).into_actor(self).map(|result, act, ctx| {
             act.connecting = false;
+            act.reach = match &result {
+                Ok(_) => Reach::Reachable,
+                Err(e) => Reach::Failing(e.to_string()),
+            };
             if let Ok(conn) = &result {
                 act.conn = Some(conn.clone());
                 let watch = conn.conn.clone();
                 let id = watch.stable_id();
                 ctx.spawn(async move { watch.closed().await }.into_actor(act).map(
-                    move |_, act, _| {
+                    move |reason, act, _| {
+                        // Only an unplanned loss: a connection this login
+                        // closed itself was taken out of `conn` first.
                         if act.conn.as_ref().is_some_and(|c| c.conn.stable_id() == id) {
                             act.conn = None;
+                            act.reach = Reach::Failing(format!("lost the relay connection: {reason}"));
                         }
                     },
                 ));
@@ -523,6 +560,7 @@ impl CloudLogin {
                 .conn
                 .as_ref()
                 .is_some_and(|c| c.conn.close_reason().is_none()),
+            reach: self.reach.clone(),
         }
     }
 }

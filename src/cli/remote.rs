@@ -376,7 +376,7 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
             "logins": s.logins.iter().map(|l| serde_json::json!({
                 "identity": l.identity, "relay_url": l.relay_url, "method": l.method,
                 "state": l.state, "expires_unix": l.expires_unix, "sessions": l.sessions,
-                "connected": l.connected,
+                "connected": l.connected, "reach": l.reach, "last_error": l.last_error,
             })).collect::<Vec<_>>(),
         });
         outln!(
@@ -402,12 +402,21 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
     }
     outln!("logins: {}", s.logins.len());
     for l in &s.logins {
+        let reach = match (l.state.as_str(), l.reach.as_str()) {
+            ("logged in", "unverified") => {
+                ", relay unverified (restored at the broker's start, not used since)".to_string()
+            }
+            ("logged in", "failing") => format!(", relay failing: {}", l.last_error),
+            ("logged in", "reachable") => ", relay reachable".to_string(),
+            _ => String::new(),
+        };
         outln!(
-            "  {} at {} ({}) {}  sessions {}{}",
+            "  {} at {} ({}) {}{}  sessions {}{}",
             l.identity,
             l.relay_url,
             l.method,
             l.state,
+            reach,
             l.sessions,
             match l.expires_unix {
                 0 => String::new(),

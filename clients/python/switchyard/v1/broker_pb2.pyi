@@ -270,7 +270,7 @@ class StatusResponse(_message.Message):
     def __init__(self, sessions: _Optional[_Iterable[_Union[SessionStatus, _Mapping]]] = ..., named_services: _Optional[_Iterable[_Union[NamedServiceStatus, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkStatus, _Mapping]]] = ..., version: _Optional[str] = ..., logins: _Optional[_Iterable[_Union[LoginStatus, _Mapping]]] = ...) -> None: ...
 
 class LoginStatus(_message.Message):
-    __slots__ = ("identity", "relay_url", "method", "state", "expires_unix", "sessions", "connected")
+    __slots__ = ("identity", "relay_url", "method", "state", "expires_unix", "sessions", "connected", "reach", "last_error")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     RELAY_URL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -278,6 +278,8 @@ class LoginStatus(_message.Message):
     EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    REACH_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     identity: str
     relay_url: str
     method: str
@@ -285,7 +287,9 @@ class LoginStatus(_message.Message):
     expires_unix: int
     sessions: int
     connected: bool
-    def __init__(self, identity: _Optional[str] = ..., relay_url: _Optional[str] = ..., method: _Optional[str] = ..., state: _Optional[str] = ..., expires_unix: _Optional[int] = ..., sessions: _Optional[int] = ..., connected: _Optional[bool] = ...) -> None: ...
+    reach: str
+    last_error: str
+    def __init__(self, identity: _Optional[str] = ..., relay_url: _Optional[str] = ..., method: _Optional[str] = ..., state: _Optional[str] = ..., expires_unix: _Optional[int] = ..., sessions: _Optional[int] = ..., connected: _Optional[bool] = ..., reach: _Optional[str] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class SessionStatus(_message.Message):
     __slots__ = ("session_id", "client_name", "pid", "services", "in_flight")
