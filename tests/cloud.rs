@@ -7,24 +7,14 @@ mod common;
 use std::time::Duration;
 
 use common::broker::{Metrics, TestBroker, in_session, open_attached, run_exec, status};
-use common::cloud::{ALICE, ALICE_SSO_PASSWORD, CAROL, CloudService, TestRelay};
+use common::cloud::{
+    ALICE, ALICE_SSO_PASSWORD, CAROL, Client, CloudService, TestRelay, assert_show_version,
+    broker_for, broker_for_with, cloud_service, show_version, token_login, token_session,
+};
 use common::within;
 use switchyard::api::pb;
 use switchyard::relay::unix_now;
 use tonic::Code;
-
-type Client = pb::broker_client::BrokerClient<tonic::transport::Channel>;
-
-async fn broker_for(relay: &TestRelay) -> TestBroker {
-    broker_for_with(relay, &[]).await
-}
-
-/// A broker for `relay`, with extra environment (config overrides).
-async fn broker_for_with(relay: &TestRelay, env: &[(&str, &str)]) -> TestBroker {
-    let config = relay.broker_config(relay.dir.path());
-    let config = config.to_str().unwrap().to_string();
-    TestBroker::start_with(env, &["--config", &config]).await.0
-}
 
 /// A broker for `relay` that also serves its metrics.
 async fn broker_with_metrics(relay: &TestRelay) -> (TestBroker, Metrics) {
@@ -47,49 +37,6 @@ async fn assert_links_by_transport(metrics: &Metrics, relayed: f64, direct_sso: 
         direct_sso
     );
     assert_eq!(page.value("switchyard_links{transport=\"direct\"}"), 0.0);
-}
-
-async fn token_login(
-    client: &mut Client,
-    session: &str,
-    token: &str,
-) -> Result<pb::LoginResponse, tonic::Status> {
-    client
-        .access_token_login(pb::AccessTokenLoginRequest {
-            session_id: session.into(),
-            token: token.into(),
-            relay: None,
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-/// A caller of `broker` on an attached session, logged in to `relay` with
-/// `identity`'s access token.
-async fn token_session(
-    broker: &TestBroker,
-    relay: &TestRelay,
-    identity: &str,
-) -> (Client, String, tonic::Streaming<pb::SessionEvent>) {
-    let mut client = broker.client().await;
-    let (session, attach) = open_attached(&mut client).await;
-    token_login(&mut client, &session, &relay.token(identity))
-        .await
-        .unwrap();
-    (client, session, attach)
-}
-
-async fn cloud_service(client: &mut Client, session: &str, serial: &str) -> String {
-    client
-        .service_cloud(pb::ServiceCloudRequest {
-            session_id: session.into(),
-            serial: serial.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .service_id
 }
 
 /// A session service straight to `svc`'s RPC socket, logging in with the
@@ -129,28 +76,6 @@ async fn wait(
         .map(|r| r.into_inner().service_name)
 }
 
-async fn show_version(
-    client: &mut Client,
-    session: &str,
-    service: &str,
-) -> Result<String, tonic::Status> {
-    let out = run_exec(
-        client,
-        in_session(session, service),
-        &["core-1"],
-        &["show version"],
-    )
-    .await?;
-    Ok(out[0].ok_output())
-}
-
-/// `show version` on core-1 answers with the simulator's banner.
-async fn assert_show_version(client: &mut Client, session: &str, service: &str) {
-    let out = show_version(client, session, service).await.unwrap();
-    assert!(out.contains("Simulated Network OS"), "{out}");
-    assert!(out.contains("core-1 uptime is"), "{out}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_token_login_reaches_a_device_through_the_relay() {
     let relay = TestRelay::start().await;
@@ -163,7 +88,7 @@ async fn access_token_login_reaches_a_device_through_the_relay() {
         .unwrap();
     assert_eq!(login.identity, ALICE);
     assert_eq!(login.method, "token");
-    let service = cloud_service(&mut client, &session, "SN-1").await;
+    let service = cloud_service(&mut client, &session, "SN-1", None).await;
     let name = within(20, "wait", wait(&mut client, &session, &service, 15.0))
         .await
         .unwrap();
@@ -226,8 +151,8 @@ async fn a_blocked_packet_port_is_named_in_the_error() {
     let relay = TestRelay::start_with(|c| c.misdirect_client_packets = Some(closed_port)).await;
     let _svc = CloudService::start(&relay, "SN-BLOCKED", &[]).await;
     let broker = broker_for_with(&relay, &[("SWITCHYARD_BROKER__CONNECT_TIMEOUT_SECS", "2")]).await;
-    let (mut client, session, _attach) = token_session(&broker, &relay, ALICE).await;
-    let service = cloud_service(&mut client, &session, "SN-BLOCKED").await;
+    let (mut client, session, _attach) = token_session(&broker, &relay.token(ALICE)).await;
+    let service = cloud_service(&mut client, &session, "SN-BLOCKED", None).await;
     let err = wait(&mut client, &session, &service, 6.0)
         .await
         .unwrap_err();
@@ -246,8 +171,8 @@ async fn a_blocked_packet_port_is_named_in_the_error() {
 async fn ciphertext_only(relay: TestRelay, mut tap: tokio::sync::mpsc::Receiver<bytes::Bytes>) {
     let _svc = CloudService::start(&relay, "SN-E2E", &[]).await;
     let broker = broker_for(&relay).await;
-    let (mut client, session, _attach) = token_session(&broker, &relay, ALICE).await;
-    let service = cloud_service(&mut client, &session, "SN-E2E").await;
+    let (mut client, session, _attach) = token_session(&broker, &relay.token(ALICE)).await;
+    let service = cloud_service(&mut client, &session, "SN-E2E", None).await;
     wait(&mut client, &session, &service, 15.0).await.unwrap();
     let command = "show running-config";
     let out = run_exec(
@@ -540,7 +465,7 @@ async fn certificate_login_end_to_end_and_a_wrong_key_password() {
         .unwrap()
         .into_inner();
     assert_eq!(ok.method, "certificate");
-    let service = cloud_service(&mut client, &session, "SN-CERT").await;
+    let service = cloud_service(&mut client, &session, "SN-CERT", None).await;
     wait(&mut client, &session, &service, 15.0).await.unwrap();
     assert_show_version(&mut client, &session, &service).await;
 }
@@ -611,8 +536,8 @@ async fn an_identity_the_service_does_not_list_is_refused() {
     let relay = TestRelay::start().await;
     let _svc = CloudService::start(&relay, "SN-SCOPE", &[]).await;
     let broker = broker_for(&relay).await;
-    let (mut client, session, _attach) = token_session(&broker, &relay, CAROL).await;
-    let service = cloud_service(&mut client, &session, "SN-SCOPE").await;
+    let (mut client, session, _attach) = token_session(&broker, &relay.token(CAROL)).await;
+    let service = cloud_service(&mut client, &session, "SN-SCOPE", None).await;
     let err = wait(&mut client, &session, &service, 10.0)
         .await
         .unwrap_err();
@@ -630,8 +555,8 @@ async fn an_unknown_serial_is_not_found_and_the_login_carries_on() {
     let relay = TestRelay::start().await;
     let _svc = CloudService::start(&relay, "SN-KNOWN", &[]).await;
     let broker = broker_for(&relay).await;
-    let (mut client, session, _attach) = token_session(&broker, &relay, ALICE).await;
-    let unknown = cloud_service(&mut client, &session, "SN-TYPO").await;
+    let (mut client, session, _attach) = token_session(&broker, &relay.token(ALICE)).await;
+    let unknown = cloud_service(&mut client, &session, "SN-TYPO", None).await;
     let said = "service SN-TYPO (relayed by https://127.0.0.1:";
     let why = "cannot be reached: no service with serial SN-TYPO is enrolled with this relay";
     let err = within(20, "wait", wait(&mut client, &session, &unknown, 10.0))
@@ -647,7 +572,7 @@ async fn an_unknown_serial_is_not_found_and_the_login_carries_on() {
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(err.message().ends_with(why), "{}", err.message());
     // The same login reaches the service that is enrolled.
-    let known = cloud_service(&mut client, &session, "SN-KNOWN").await;
+    let known = cloud_service(&mut client, &session, "SN-KNOWN", None).await;
     within(20, "wait", wait(&mut client, &session, &known, 15.0))
         .await
         .unwrap();
@@ -660,8 +585,8 @@ async fn wait_blocks_until_an_offline_service_comes_online() {
     let mut svc = CloudService::start(&relay, "SN-WAIT", &[]).await;
     svc.stop().await;
     let broker = broker_for(&relay).await;
-    let (mut client, session, _attach) = token_session(&broker, &relay, ALICE).await;
-    let service = cloud_service(&mut client, &session, "SN-WAIT").await;
+    let (mut client, session, _attach) = token_session(&broker, &relay.token(ALICE)).await;
+    let service = cloud_service(&mut client, &session, "SN-WAIT", None).await;
     let err = wait(&mut client, &session, &service, 1.0)
         .await
         .unwrap_err();
@@ -689,8 +614,8 @@ async fn a_relay_restart_fails_calls_fast_and_everything_reconnects() {
     let mut relay = TestRelay::start().await;
     let svc = CloudService::start(&relay, "SN-RST", &[slow]).await;
     let broker = broker_for(&relay).await;
-    let (mut client, session, _attach) = token_session(&broker, &relay, ALICE).await;
-    let service = cloud_service(&mut client, &session, "SN-RST").await;
+    let (mut client, session, _attach) = token_session(&broker, &relay.token(ALICE)).await;
+    let service = cloud_service(&mut client, &session, "SN-RST", None).await;
     wait(&mut client, &session, &service, 15.0).await.unwrap();
 
     // The broker answers an exec with its first event, so the call is
@@ -779,7 +704,7 @@ async fn a_login_survives_a_broker_restart() {
     );
     let mut client = broker.client().await;
     let (session, _attach) = open_attached(&mut client).await;
-    let service = cloud_service(&mut client, &session, "SN-KEEP").await;
+    let service = cloud_service(&mut client, &session, "SN-KEEP", None).await;
     wait(&mut client, &session, &service, 15.0).await.unwrap();
     assert_show_version(&mut client, &session, &service).await;
 }
@@ -789,7 +714,7 @@ async fn direct_with_sso_skips_the_relay_for_data() {
     let (relay, mut tap) = TestRelay::start_tapped_with(|_| {}).await;
     let svc = CloudService::start(&relay, "SN-DSSO", &[]).await;
     let (broker, metrics) = broker_with_metrics(&relay).await;
-    let (mut client, session, _attach) = token_session(&broker, &relay, ALICE).await;
+    let (mut client, session, _attach) = token_session(&broker, &relay.token(ALICE)).await;
     let service = direct_sso(&mut client, &session, "SN-DSSO", &svc).await;
     wait(&mut client, &session, &service, 15.0).await.unwrap();
     assert_show_version(&mut client, &session, &service).await;

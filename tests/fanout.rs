@@ -56,11 +56,30 @@ async fn connect_as(
         .output()
         .await
         .unwrap();
+    assert_ok(&out);
+}
+
+/// Panics, with its stderr, unless the command succeeded.
+fn assert_ok(out: &std::process::Output) {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A broker with `addr` as alice's named service `lab`.
+async fn broker_with_lab(addr: std::net::SocketAddr) -> TestBroker {
+    let broker = TestBroker::start(&[]).await;
+    connect_as(
+        &broker,
+        addr,
+        "lab",
+        "alice",
+        common::service::ALICE_PASSWORD,
+    )
+    .await;
+    broker
 }
 
 async fn cli_exec(broker: &TestBroker, args: &[&str]) -> std::process::Output {
@@ -72,15 +91,7 @@ async fn cli_exec(broker: &TestBroker, args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_and_forbidden_devices_fail_on_their_own_through_the_cli() {
     let svc = start_service(&[], Default::default());
-    let broker = TestBroker::start(&[]).await;
-    connect_as(
-        &broker,
-        svc.addr(),
-        "lab",
-        "alice",
-        common::service::ALICE_PASSWORD,
-    )
-    .await;
+    let broker = broker_with_lab(svc.addr()).await;
     let out = cli_exec(
         &broker,
         &[
@@ -166,11 +177,7 @@ async fn unknown_devices_fail_on_their_own_in_integrated_mode() {
         .output()
         .await
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let out = cli_exec(
         &broker,
         &[
@@ -245,37 +252,17 @@ impl ServiceProcess {
 
     /// Resident memory of the process, in bytes (VmRSS).
     fn rss(&self) -> u64 {
-        let pid = self.child.id().unwrap();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap();
-        kib * 1024
+        common::proc_status_bytes(self.child.id().unwrap(), "VmRSS")
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_names_run_once_and_memory_returns_after_a_burst() {
     let svc = ServiceProcess::start(&[]).await;
-    let broker = TestBroker::start(&[]).await;
-    connect_as(
-        &broker,
-        svc.addr,
-        "lab",
-        "alice",
-        common::service::ALICE_PASSWORD,
-    )
-    .await;
+    let broker = broker_with_lab(svc.addr).await;
     // Warm up (first connection, first exec), then measure idle.
     let out = cli_exec(&broker, &["lab", "core-1", "-c", "show version"]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let idle = svc.rss();
 
     // 10,000 names of one device: one result, through the gRPC API (the
@@ -369,15 +356,7 @@ async fn requests_over_a_cap_are_refused_naming_the_setting() {
         ("SWITCHYARD_EXEC__MAX_DEVICES_PER_REQUEST", "2"),
     ])
     .await;
-    let broker = TestBroker::start(&[]).await;
-    connect_as(
-        &broker,
-        svc.addr,
-        "lab",
-        "alice",
-        common::service::ALICE_PASSWORD,
-    )
-    .await;
+    let broker = broker_with_lab(svc.addr).await;
     let out = cli_exec(&broker, &["lab", "core-1", "-c", "a", "-c", "b", "-c", "c"]).await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -389,11 +368,7 @@ async fn requests_over_a_cap_are_refused_naming_the_setting() {
         &["lab", "core-1", "core-2", "core-1", "-c", "show clock"],
     )
     .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     // ...distinct devices do.
     let out = cli_exec(
         &broker,
@@ -563,11 +538,7 @@ async fn another_users_private_files_cannot_be_probed_through_integrated_mode() 
     }
     nix::unistd::chown(&theirs, Some(65534.into()), Some(65534.into())).unwrap();
     let out = within(30, "connect", attempt(db).output()).await.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 }
 
 #[test]

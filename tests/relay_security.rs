@@ -9,8 +9,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::broker::{TestBroker, in_session, open_attached, run_exec};
-use common::cloud::{ALICE, CloudService, MALLORY, TestRelay};
+use common::broker::{TestBroker, open_attached};
+use common::cloud::{
+    ALICE, Client, CloudService, MALLORY, TestRelay, assert_show_version, broker_for,
+    cloud_service, show_version, token_session,
+};
 use common::{eventually, within};
 use switchyard::api::pb;
 use switchyard::relay::http::HttpLimits;
@@ -22,81 +25,10 @@ use switchyard::wire::pin::Fingerprint;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
-type Client = pb::broker_client::BrokerClient<tonic::transport::Channel>;
-
 const MALLORY_PASSWORD: &str = "mallory-password";
 
 /// Slack on top of a documented bound, for a loaded test machine.
 const SLACK: Duration = Duration::from_secs(3);
-
-async fn broker_for(relay: &TestRelay) -> TestBroker {
-    let config = relay.broker_config(relay.dir.path());
-    let config = config.to_str().unwrap().to_string();
-    TestBroker::start_with(&[], &["--config", &config]).await.0
-}
-
-/// A caller on an attached session of `broker`, logged in with `token`.
-async fn token_session(
-    broker: &TestBroker,
-    token: &str,
-) -> (Client, String, tonic::Streaming<pb::SessionEvent>) {
-    let mut client = broker.client().await;
-    let (session, attach) = open_attached(&mut client).await;
-    client
-        .access_token_login(pb::AccessTokenLoginRequest {
-            session_id: session.clone(),
-            token: token.into(),
-            relay: None,
-        })
-        .await
-        .unwrap();
-    (client, session, attach)
-}
-
-/// `serial` through the relay, for `session`, once its link is up.
-async fn cloud_service(client: &mut Client, session: &str, serial: &str) -> String {
-    let service = client
-        .service_cloud(pb::ServiceCloudRequest {
-            session_id: session.into(),
-            serial: serial.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .service_id;
-    let waited = within(
-        20,
-        "service reachable",
-        client.wait(pb::WaitRequest {
-            service: in_session(session, &service),
-            timeout_secs: 15.0,
-        }),
-    )
-    .await
-    .unwrap()
-    .into_inner();
-    assert_eq!(waited.service_name, "cloud-service");
-    service
-}
-
-/// `show version` on core-1 through `service`: the device's answer.
-async fn show_version(
-    client: &mut Client,
-    session: &str,
-    service: &str,
-) -> Result<String, tonic::Status> {
-    let out = run_exec(
-        client,
-        in_session(session, service),
-        &["core-1"],
-        &["show version"],
-    )
-    .await?;
-    let text = out[0].ok_output();
-    assert!(text.contains("Simulated Network OS"), "{text}");
-    Ok(text)
-}
 
 async fn service_otp(
     client: &mut Client,
@@ -134,10 +66,8 @@ async fn another_user_cannot_mint_for_enroll_over_or_displace_an_owned_serial() 
     // ...but alice enrolls it first.
     let alice_svc = CloudService::start(&relay, "SN-OWNED", &[]).await;
     let (mut alice, alice_session, _a) = token_session(&broker, &relay.token(ALICE)).await;
-    let service = cloud_service(&mut alice, &alice_session, "SN-OWNED").await;
-    show_version(&mut alice, &alice_session, &service)
-        .await
-        .unwrap();
+    let service = cloud_service(&mut alice, &alice_session, "SN-OWNED", Some(15.0)).await;
+    assert_show_version(&mut alice, &alice_session, &service).await;
 
     // A new password for her serial is refused, naming it.
     let err = service_otp(&mut mallory, &mallory_session, "SN-OWNED")
@@ -177,9 +107,7 @@ async fn another_user_cannot_mint_for_enroll_over_or_displace_an_owned_serial() 
     assert_eq!(record.owner.as_deref(), Some(ALICE));
     assert_eq!(record.fingerprint, alice_svc.fingerprint());
     assert!(alice_svc.online());
-    show_version(&mut alice, &alice_session, &service)
-        .await
-        .unwrap();
+    assert_show_version(&mut alice, &alice_session, &service).await;
     let trail = relay
         .admin()
         .store
@@ -289,8 +217,8 @@ async fn live_session(
     serial: &str,
 ) -> (Client, String, String, tonic::Streaming<pb::SessionEvent>) {
     let (mut client, session, attach) = token_session(broker, token).await;
-    let service = cloud_service(&mut client, &session, serial).await;
-    show_version(&mut client, &session, &service).await.unwrap();
+    let service = cloud_service(&mut client, &session, serial, Some(15.0)).await;
+    assert_show_version(&mut client, &session, &service).await;
     assert_eq!(relay.relay().live_connections(), 2);
     (client, session, service, attach)
 }
@@ -387,8 +315,8 @@ async fn revoking_a_client_certificate_ends_its_certificate_login() {
         .unwrap()
         .into_inner();
     assert_eq!(login.method, "certificate");
-    let service = cloud_service(&mut client, &session, "SN-CREV").await;
-    show_version(&mut client, &session, &service).await.unwrap();
+    let service = cloud_service(&mut client, &session, "SN-CREV", Some(15.0)).await;
+    assert_show_version(&mut client, &session, &service).await;
     eventually(10, "only the certificate login is live", || {
         relay.relay().live_connections() == 2
     })
@@ -445,7 +373,7 @@ async fn tcp_from(relay: &TestRelay, local: &str) -> tokio::net::TcpStream {
     socket
         .bind(SocketAddr::new(local.parse::<IpAddr>().unwrap(), 0))
         .unwrap();
-    socket.connect(relay.relay().http_addr()).await.unwrap()
+    socket.connect(relay.http_addr()).await.unwrap()
 }
 
 async fn tls_from(
@@ -753,6 +681,121 @@ async fn grant_starts_are_bounded_per_address_and_in_total() {
     .await;
     assert_eq!(status_of(&r), 413, "{r}");
     assert_eq!(relay.relay().grants_pending(), 12);
+}
+
+/// README ("Faults and hostile clients"): the memory of a relay process
+/// holding the most pending device logins it allows (10,000 by default,
+/// each with a 254-byte `login_hint`) under a flood of starts, as its
+/// peak resident set (VmHWM).
+const GRANT_FLOOD_BOUND: u64 = 96 << 20;
+
+/// `count` device-login starts from `local`, 16 at a time over kept-alive
+/// connections, each with the longest `login_hint` allowed: how many got
+/// each status, and one answer body per status.
+async fn grant_flood(
+    relay: &TestRelay,
+    local: &str,
+    count: usize,
+) -> std::collections::BTreeMap<u16, (usize, String)> {
+    use futures::StreamExt;
+    let roots = switchyard::tls::root_store(Some(&relay.ca_file())).unwrap();
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .local_address(local.parse::<IpAddr>().unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let url = format!("{}/oauth/device_authorization", relay.url());
+    let hint = format!("{}@example.com", "h".repeat(254 - "@example.com".len()));
+    let answers = futures::stream::iter(0..count)
+        .map(|_| {
+            let request = http
+                .post(&url)
+                .form(&[("client_id", "switchyard"), ("login_hint", hint.as_str())]);
+            async move {
+                let response = request.send().await.expect("an answer to every start");
+                let status = response.status().as_u16();
+                (status, response.text().await.unwrap_or_default())
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let mut by_status = std::collections::BTreeMap::new();
+    for (status, body) in answers {
+        by_status.entry(status).or_insert((0, body)).0 += 1;
+    }
+    by_status
+}
+
+/// The relay process's resident memory now and at its peak.
+fn relay_memory(relay: &TestRelay) -> (u64, u64) {
+    let pid = relay.pid();
+    (
+        common::proc_status_bytes(pid, "VmRSS"),
+        common::proc_status_bytes(pid, "VmHWM"),
+    )
+}
+
+/// 10,000 device-login starts from one address against a real relay
+/// process: with the default limits that address's budget answers 429
+/// (saying why) and a person's login from another address goes through
+/// meanwhile; with the per-address budget lifted, the global cap of
+/// pending logins answers 503 once full. Either way the relay's memory
+/// stays under [`GRANT_FLOOD_BOUND`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_grant_starts_from_one_address_keep_the_relay_small() {
+    let relay = TestRelay::start_process(&[]).await;
+    let (flood, ()) = tokio::join!(
+        grant_flood(&relay, "127.0.0.2", 10_000),
+        within(120, "a legitimate login", legitimate_login(&relay)),
+    );
+    let (rss, hwm) = relay_memory(&relay);
+    eprintln!(
+        "per-address budget: {flood:?}; relay VmRSS {} MiB, VmHWM {} MiB",
+        rss >> 20,
+        hwm >> 20
+    );
+    let started = flood.get(&200).map_or(0, |s| s.0);
+    let limited = flood.get(&429).expect("starts over the budget refused");
+    // Ten a minute, plus what refilled while the flood ran.
+    assert!((10..100).contains(&started), "{flood:?}");
+    assert_eq!(started + limited.0, 10_000, "only 200 and 429: {flood:?}");
+    assert!(
+        limited
+            .1
+            .contains("too many device logins started from this address"),
+        "{}",
+        limited.1
+    );
+    assert!(
+        hwm <= GRANT_FLOOD_BOUND,
+        "relay peaked at {} MiB",
+        hwm >> 20
+    );
+
+    // No per-address budget: the table fills to its cap and no further.
+    let relay = TestRelay::start_process(&["--grant-starts-per-minute", "1000000"]).await;
+    let flood = grant_flood(&relay, "127.0.0.2", 10_500).await;
+    let (rss, hwm) = relay_memory(&relay);
+    eprintln!(
+        "global cap: {:?}; relay VmRSS {} MiB, VmHWM {} MiB",
+        flood.iter().map(|(s, (n, _))| (s, n)).collect::<Vec<_>>(),
+        rss >> 20,
+        hwm >> 20
+    );
+    assert_eq!(flood.get(&200).map(|s| s.0), Some(10_000), "{flood:?}");
+    let full = flood.get(&503).expect("starts over the cap refused");
+    assert_eq!(full.0, 500);
+    assert!(full.1.contains("too many device logins"), "{}", full.1);
+    assert!(
+        hwm <= GRANT_FLOOD_BOUND,
+        "relay peaked at {} MiB",
+        hwm >> 20
+    );
 }
 
 // ---------------------------------------------------------------------

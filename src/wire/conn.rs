@@ -3,7 +3,7 @@
 //! touches sockets.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -86,6 +86,11 @@ struct LivenessState {
     always: bool,
     waiting: AtomicUsize,
     verdict: OnceLock<String>,
+    /// Wakes the watcher when the first waiter arrives (it sleeps, with no
+    /// timer, while nobody waits).
+    armed: tokio::sync::Notify,
+    /// How often the watcher has sampled the connection's statistics.
+    samples: AtomicU64,
 }
 
 /// Counts one waiter on a connection while alive (see [`Liveness::waiting`]).
@@ -94,7 +99,7 @@ pub struct Waiting(Arc<LivenessState>);
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -112,14 +117,25 @@ impl Liveness {
         }))
     }
 
-    /// Marks a call in flight until the guard drops.
+    /// Marks a call in flight until the guard drops. The first waiter
+    /// arms the watcher (see [`watch_liveness`]).
     pub fn waiting(&self) -> Waiting {
-        self.0.waiting.fetch_add(1, Ordering::Relaxed);
+        if self.0.waiting.fetch_add(1, Ordering::SeqCst) == 0 {
+            // A permit is kept if the watcher is not parked yet.
+            self.0.armed.notify_one();
+        }
         Waiting(self.0.clone())
     }
 
+    /// How many times the watcher has sampled the connection (each sample
+    /// reads its statistics): it samples every [`liveness::TICK`] only
+    /// while someone waits, so an idle connection's count stays put.
+    pub fn samples(&self) -> u64 {
+        self.0.samples.load(Ordering::Relaxed)
+    }
+
     fn waited_on(&self) -> bool {
-        self.0.always || self.0.waiting.load(Ordering::Relaxed) > 0
+        self.0.always || self.0.waiting.load(Ordering::SeqCst) > 0
     }
 
     /// Why the watcher closed the connection (`None`: it did not).
@@ -140,7 +156,10 @@ impl Liveness {
 /// Watches `conn` until it closes: when it has been waited on (see
 /// [`Liveness`]) and received nothing for `silence`, closes it (code
 /// `PEER_SILENT`), which fails every stream on it at once; the reason is
-/// kept in `liveness`. The task holds the connection open, so its owner
+/// kept in `liveness`. The watcher is armed only while someone waits: it
+/// then samples the connection every [`liveness::TICK`]; while nobody
+/// waits it sleeps with no timer until the first waiter wakes it (an idle
+/// link costs nothing). The task holds the connection open, so its owner
 /// keeps the returned handle beside the connection and drops both together.
 pub fn watch_liveness(conn: Connection, liveness: Liveness, silence: Duration) -> AbortOnDrop<()> {
     AbortOnDrop::new(tokio::spawn(async move {
@@ -148,10 +167,22 @@ pub fn watch_liveness(conn: Connection, liveness: Liveness, silence: Duration) -
         let mut tick = tokio::time::interval(liveness::TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if !liveness.waited_on() {
+                // Disarmed: the next waiter gets a fresh clock.
+                watcher.rest();
+                tokio::select! {
+                    _ = conn.closed() => return,
+                    _ = liveness.0.armed.notified() => {}
+                }
+                // Sample at once: the waiter's clock starts now.
+                tick.reset_immediately();
+                continue;
+            }
             tokio::select! {
                 _ = conn.closed() => return,
                 _ = tick.tick() => {}
             }
+            liveness.0.samples.fetch_add(1, Ordering::Relaxed);
             let received = conn.stats().udp_rx.datagrams;
             let verdict =
                 watcher.observe(std::time::Instant::now(), received, liveness.waited_on());
@@ -495,6 +526,76 @@ mod tests {
         // Derived, not the TLS key used as an HMAC key directly.
         let raw = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"service A's TLS key");
         assert_ne!(token(&*a1, &cid), token(&raw, &cid));
+    }
+
+    /// A client connection to a fresh server on loopback (both endpoints
+    /// and the server's end kept alive by the returned values).
+    async fn loopback_pair() -> (Endpoint, Endpoint, Connection, Connection) {
+        crate::tls::install_crypto_provider();
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let limits = TransportLimits::default();
+        let server = server_endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            certified.cert.der().to_vec(),
+            &certified.signing_key.serialize_der(),
+            &limits,
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let client = client_endpoint(addr).unwrap();
+        let config = client_config(PinnedServerVerifier::new(None), &limits).unwrap();
+        let connecting = client.connect_with(config, addr, "localhost").unwrap();
+        let accepting = async { server.accept().await.unwrap().await.unwrap() };
+        let (conn, server_conn) = tokio::join!(connecting, accepting);
+        (server, client, conn.unwrap(), server_conn)
+    }
+
+    /// Polls until `cond` holds, failing after 10 s.
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_liveness_watcher_samples_only_while_a_call_waits() {
+        let (_server, _client, conn, _server_conn) = loopback_pair().await;
+        let live = Liveness::on_demand();
+        let _watch = watch_liveness(conn.clone(), live.clone(), liveness::SILENCE);
+        // Idle (keep-alives flow, nobody waits): over several ticks the
+        // watcher reads nothing. The window is an observation period, not
+        // a synchronization.
+        tokio::time::sleep(liveness::TICK * 6).await;
+        assert_eq!(live.samples(), 0, "an idle connection was sampled");
+
+        // A waiting call arms it: it samples every tick.
+        let call = live.waiting();
+        until("the armed watcher samples", || live.samples() >= 3).await;
+        drop(call);
+        // Disarmed: at most the tick in progress, then nothing.
+        let settled = live.samples() + 1;
+        tokio::time::sleep(liveness::TICK * 6).await;
+        let after = live.samples();
+        assert!(
+            after <= settled,
+            "{after} samples after the call ended (was {settled})"
+        );
+        tokio::time::sleep(liveness::TICK * 6).await;
+        assert_eq!(
+            live.samples(),
+            after,
+            "an idle connection was sampled again"
+        );
+
+        // Armed again by the next call, and the connection is still fine:
+        // idle time before the call never counts as silence.
+        let call = live.waiting();
+        until("re-armed", || live.samples() >= after + 3).await;
+        assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+        assert!(live.verdict().is_none());
+        drop(call);
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //! datagrams received: while something waits on the connection (a call in
 //! flight; for a standing relay connection, always), no new datagram for
 //! [`SILENCE`] means the peer is gone, and `conn::watch_liveness` closes
-//! the connection, which fails every call on it at once.
+//! the connection, which fails every call on it at once. The watcher is
+//! armed by the first waiter and parks (no timer, no sampling) when the
+//! last one leaves, so an idle link does no periodic work; a standing
+//! relay connection is always armed.
 //!
 //! **The bound:** a call waits at most `silence + tick` (2.25 s by
 //! default; documented as 3 s) past the peer's last datagram, or past the
@@ -26,7 +29,7 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// Default silence after which a peer that is waited on is gone: two
 /// keep-alive periods, so one lost PING or ACK is tolerated.
 pub const SILENCE: Duration = Duration::from_secs(2);
-/// How often the watcher samples the connection.
+/// How often the watcher samples the connection while it is armed.
 pub const TICK: Duration = Duration::from_millis(250);
 
 /// What the watcher decided at one sample.
@@ -58,6 +61,12 @@ impl Silence {
             received: 0,
             quiet_since: None,
         }
+    }
+
+    /// Nobody waits any more (the watcher stops sampling): the next
+    /// waiter's silence is measured from its own start.
+    pub fn rest(&mut self) {
+        self.quiet_since = None;
     }
 
     /// One sample: `received` is the connection's running count of

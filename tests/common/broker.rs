@@ -16,6 +16,15 @@ pub struct TestBroker {
     pub dir: tempfile::TempDir,
     pub child: Child,
     log: PathBuf,
+    /// How it was started (prefix, environment, arguments), for `restart`.
+    launch: Launch,
+}
+
+#[derive(Clone)]
+struct Launch {
+    prefix: Vec<String>,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 impl TestBroker {
@@ -36,8 +45,33 @@ impl TestBroker {
     pub async fn start_via(prefix: &[&str], env: &[(&str, &str)], args: &[&str]) -> (Self, String) {
         super::init();
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("broker.log");
-        let mut cmd = match prefix.split_first() {
+        let launch = Launch {
+            prefix: prefix.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        let (child, log, startup) = Self::spawn(dir.path(), &launch).await;
+        (
+            Self {
+                dir,
+                child,
+                log,
+                launch,
+            },
+            startup,
+        )
+    }
+
+    /// Starts the broker process in `dir` (socket, state, log) and returns
+    /// once its socket serves: the child, its log file, and the log lines
+    /// seen up to readiness. The log file is appended to, so a restarted
+    /// broker's log follows the first one's.
+    async fn spawn(dir: &std::path::Path, launch: &Launch) -> (Child, PathBuf, String) {
+        let log = dir.join("broker.log");
+        let mut cmd = match launch.prefix.split_first() {
             Some((program, rest)) => {
                 let mut cmd = Command::new(program);
                 cmd.args(rest).arg(switchyard_bin());
@@ -46,17 +80,17 @@ impl TestBroker {
             None => Command::new(switchyard_bin()),
         };
         cmd.arg("broker")
-            .args(args)
+            .args(&launch.args)
             .arg("--socket")
-            .arg(dir.path().join("broker.sock"))
-            .env("XDG_STATE_HOME", dir.path().join("state"))
-            .env("XDG_CONFIG_HOME", dir.path())
+            .arg(dir.join("broker.sock"))
+            .env("XDG_STATE_HOME", dir.join("state"))
+            .env("XDG_CONFIG_HOME", dir)
             .env("RUST_LOG", "info,switchyard=debug")
             .env_remove("SWITCHYARD_SOCKET")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        for (k, v) in env {
+        for (k, v) in &launch.env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start broker");
@@ -79,7 +113,12 @@ impl TestBroker {
         let log_path = log.clone();
         let startup = seen.clone();
         tokio::spawn(async move {
-            let mut file = tokio::fs::File::create(&log_path).await.unwrap();
+            let mut file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .await
+                .unwrap();
             let _ = tokio::io::AsyncWriteExt::write_all(&mut file, seen.as_bytes()).await;
             while let Ok(Some(line)) = lines.next_line().await {
                 let _ =
@@ -87,7 +126,23 @@ impl TestBroker {
                         .await;
             }
         });
-        (Self { dir, child, log }, startup)
+        (child, log, startup)
+    }
+
+    /// SIGKILL: the broker ends with no goodbye (its socket file stays
+    /// behind); returns once the process is gone.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().unwrap();
+        within(10, "the killed broker to exit", self.child.wait())
+            .await
+            .unwrap();
+    }
+
+    /// Starts the broker again as it was started, on the same socket and
+    /// state (after `kill`), and returns once it serves.
+    pub async fn restart(&mut self) {
+        let (child, _, _) = Self::spawn(self.dir.path(), &self.launch).await;
+        self.child = child;
     }
 
     pub fn socket(&self) -> PathBuf {

@@ -18,6 +18,9 @@ use switchyard::service::relay_agent::RelayAgent;
 use switchyard::service::rpc::{RpcConfig, RpcServer};
 use tokio::sync::mpsc;
 
+use switchyard::api::pb;
+
+use super::broker::{TestBroker, in_session, open_attached, run_exec};
 use super::service::{ADMIN_PASSWORD, make_inventory};
 use super::within;
 
@@ -30,8 +33,19 @@ pub const MALLORY: &str = "mallory@example.com";
 
 pub struct TestRelay {
     pub dir: tempfile::TempDir,
+    /// The relay's actors, when it runs in this process.
     pub relay: Option<Relay>,
     config: RelayConfig,
+    /// The relay as a real `switchyard relay run` process instead
+    /// ([`TestRelay::start_process`]).
+    process: Option<RelayProcess>,
+}
+
+/// A `switchyard relay run` child process and how it was started.
+struct RelayProcess {
+    child: Option<tokio::process::Child>,
+    /// Extra `relay run` arguments (limits).
+    args: Vec<String>,
 }
 
 impl TestRelay {
@@ -41,7 +55,8 @@ impl TestRelay {
         Self::start_with(|_| {}).await
     }
 
-    pub async fn start_with(adjust: impl FnOnce(&mut RelayConfig)) -> Self {
+    /// A relay state directory (`relay init`) with users alice and carol.
+    fn init_state() -> (tempfile::TempDir, PathBuf) {
         super::init();
         let dir = tempfile::tempdir().unwrap();
         let state_dir = dir.path().join("relay");
@@ -55,7 +70,11 @@ impl TestRelay {
             .store
             .add_user(CAROL, &Secret::new("carol-password"))
             .unwrap();
-        drop(loaded);
+        (dir, state_dir)
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut RelayConfig)) -> Self {
+        let (dir, state_dir) = Self::init_state();
         let mut config = RelayConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             http_listen: "127.0.0.1:0".parse().unwrap(),
@@ -76,7 +95,130 @@ impl TestRelay {
             dir,
             relay: Some(relay),
             config,
+            process: None,
         }
+    }
+
+    /// The relay as a real `switchyard relay run` process (SIGKILL-able,
+    /// restartable on the same ports), with users alice and carol, a 1 s
+    /// poll interval and `args` added to `relay run`. `relay()` is not
+    /// available; `pid()` and `log()` are.
+    pub async fn start_process(args: &[&str]) -> Self {
+        let (dir, _) = Self::init_state();
+        let mut config = RelayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        };
+        config.packet_listen = Some("127.0.0.1:0".parse().unwrap());
+        let mut relay = Self {
+            dir,
+            relay: None,
+            config,
+            process: Some(RelayProcess {
+                child: None,
+                args: args.iter().map(|a| a.to_string()).collect(),
+            }),
+        };
+        relay.spawn().await;
+        relay
+    }
+
+    /// Starts the relay process on the ports of the last start (any at
+    /// first) and returns once it serves. A port the killed process held
+    /// may take a moment to be free: bounded retries.
+    async fn spawn(&mut self) {
+        let ready = self.dir.path().join("relay-ready.json");
+        let packets = self.config.packet_listen.expect("a packet port");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let (child, doc) = loop {
+            let _ = std::fs::remove_file(&ready);
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join("relay.log"))
+                .unwrap();
+            let process = self.process.as_ref().expect("a relay process");
+            let mut child = tokio::process::Command::new(super::switchyard_bin())
+                .args(["relay", "--state"])
+                .arg(self.state_dir())
+                .arg("run")
+                .args(["--listen", &self.config.listen.to_string()])
+                .args(["--http-listen", &self.config.http_listen.to_string()])
+                .args(["--packet-listen", &packets.to_string()])
+                .args(["--poll-interval", "1", "--ready-file"])
+                .arg(&ready)
+                .args(&process.args)
+                .env("RUST_LOG", "info")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start the relay");
+            let exited = loop {
+                if ready.exists() {
+                    break None;
+                }
+                if let Some(status) = child.try_wait().unwrap() {
+                    break Some(status);
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the relay did not start:\n{}",
+                    self.log()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            match exited {
+                None => {
+                    let doc: serde_json::Value =
+                        serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
+                    break (child, doc);
+                }
+                Some(status) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "the relay exited ({status}):\n{}",
+                        self.log()
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let url: url::Url = doc["url"].as_str().unwrap().parse().unwrap();
+        self.config.http_listen.set_port(url.port().unwrap());
+        self.config.listen = doc["quic"].as_str().unwrap().parse().unwrap();
+        self.config.packet_listen = Some(doc["packets"].as_str().unwrap().parse().unwrap());
+        self.process.as_mut().unwrap().child = Some(child);
+    }
+
+    /// The relay process's id (`start_process`).
+    pub fn pid(&self) -> u32 {
+        self.process
+            .as_ref()
+            .and_then(|p| p.child.as_ref())
+            .and_then(|c| c.id())
+            .expect("a running relay process")
+    }
+
+    /// What the relay process logged (every start, appended).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("relay.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL of the relay process: no goodbye to anyone; returns once
+    /// it is gone.
+    pub async fn kill(&mut self) {
+        let mut child = self
+            .process
+            .as_mut()
+            .and_then(|p| p.child.take())
+            .expect("a running relay process");
+        child.start_kill().unwrap();
+        within(10, "the killed relay to exit", child.wait())
+            .await
+            .unwrap();
     }
 
     /// Records every byte the relay forwards through tunnels.
@@ -102,6 +244,11 @@ impl TestRelay {
         format!("https://127.0.0.1:{}", self.config.http_listen.port())
     }
 
+    /// The HTTPS listener's address (in process or as a process).
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.config.http_listen
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("relay")
     }
@@ -120,6 +267,12 @@ impl TestRelay {
     /// released when `stop` returns, but the kernel may take a moment to
     /// let a UDP port go after quinn's driver drops it: bounded retries.
     pub async fn restart(&mut self) {
+        if self.process.is_some() {
+            if self.process.as_ref().is_some_and(|p| p.child.is_some()) {
+                self.kill().await;
+            }
+            return self.spawn().await;
+        }
         self.stop().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -397,4 +550,111 @@ impl CloudService {
             server.shutdown(Duration::ZERO).await;
         }
     }
+}
+
+// ---------------------------------------------------------------------
+// Broker-side helpers for the cloud tests (tests/cloud.rs,
+// tests/relay_security.rs, tests/faults.rs).
+
+/// A broker API client.
+pub type Client = pb::broker_client::BrokerClient<tonic::transport::Channel>;
+
+/// A broker process naming `relay` as its default domain.
+pub async fn broker_for(relay: &TestRelay) -> TestBroker {
+    broker_for_with(relay, &[]).await
+}
+
+/// A broker for `relay`, with extra environment (config overrides).
+pub async fn broker_for_with(relay: &TestRelay, env: &[(&str, &str)]) -> TestBroker {
+    let config = relay.broker_config(relay.dir.path());
+    let config = config.to_str().unwrap().to_string();
+    TestBroker::start_with(env, &["--config", &config]).await.0
+}
+
+/// An access-token login (`session` empty: the caller's own login, which
+/// the broker stores).
+pub async fn token_login(
+    client: &mut Client,
+    session: &str,
+    token: &str,
+) -> Result<pb::LoginResponse, tonic::Status> {
+    client
+        .access_token_login(pb::AccessTokenLoginRequest {
+            session_id: session.into(),
+            token: token.into(),
+            relay: None,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// A caller of `broker` on an attached session, logged in with `token`.
+pub async fn token_session(
+    broker: &TestBroker,
+    token: &str,
+) -> (Client, String, tonic::Streaming<pb::SessionEvent>) {
+    let mut client = broker.client().await;
+    let (session, attach) = open_attached(&mut client).await;
+    token_login(&mut client, &session, token).await.unwrap();
+    (client, session, attach)
+}
+
+/// `serial` through the relay for `session`: its service handle. With
+/// `wait` (seconds), also waits until the service is reachable and checks
+/// it names itself `cloud-service`.
+pub async fn cloud_service(
+    client: &mut Client,
+    session: &str,
+    serial: &str,
+    wait: Option<f64>,
+) -> String {
+    let service = client
+        .service_cloud(pb::ServiceCloudRequest {
+            session_id: session.into(),
+            serial: serial.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .service_id;
+    if let Some(secs) = wait {
+        let waited = within(
+            secs as u64 + 5,
+            "service reachable",
+            client.wait(pb::WaitRequest {
+                service: in_session(session, &service),
+                timeout_secs: secs,
+            }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+        assert_eq!(waited.service_name, "cloud-service");
+    }
+    service
+}
+
+/// `show version` on core-1 through `service`: the device's answer (its
+/// commands checked to have run and exited 0).
+pub async fn show_version(
+    client: &mut Client,
+    session: &str,
+    service: &str,
+) -> Result<String, tonic::Status> {
+    let out = run_exec(
+        client,
+        in_session(session, service),
+        &["core-1"],
+        &["show version"],
+    )
+    .await?;
+    Ok(out[0].ok_output())
+}
+
+/// `show version` on core-1 answers with the simulator's banner.
+pub async fn assert_show_version(client: &mut Client, session: &str, service: &str) {
+    let out = show_version(client, session, service).await.unwrap();
+    assert!(out.contains("Simulated Network OS"), "{out}");
+    assert!(out.contains("core-1 uptime is"), "{out}");
 }

@@ -72,3 +72,16 @@ pub fn key_body(openssh: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// A field of `/proc/PID/status` that counts kibibytes (`VmRSS`,
+/// `VmHWM`, ...), in bytes.
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    kib * 1024
+}

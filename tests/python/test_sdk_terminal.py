@@ -3,6 +3,7 @@ devices: the sync and asyncio terminals, and pexpect through
 attach_socket()."""
 
 import asyncio
+import os
 import time
 
 import grpc
@@ -107,6 +108,50 @@ def test_async_terminal(demo):
                 await term.write("exit\r")
                 await term.readuntil_timeout(30)
                 assert term.closed and await term.read() == b""
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_async_pexpect_through_attach_socket(demo):
+    """The asyncio terminal handed to pexpect: output buffered before
+    attaching comes first, pexpect's own asyncio expect drives the shell,
+    the socket reads end of file when the shell exits, and no thread was
+    started for it."""
+    pexpect = pytest.importorskip("pexpect")
+    from pexpect import fdpexpect
+    import threading
+
+    async def main():
+        async with AsyncClient.create(socket=demo["SWITCHYARD_SOCKET"]) as client:
+            service = await client.service_integrated(
+                admin_password=demo["SWITCHYARD_ADMIN_PASSWORD"], db=demo["SWITCHYARD_DB"])
+            inv = await service.get_inventory()
+            async with await inv["sim-001"].terminal() as term:
+                await term.readuntil_regex(PROMPT, timeout=30)
+                await term.write("show clock\r")
+                await term.readuntil(b"show clock", timeout=30)
+                deadline = time.monotonic() + 30
+                while b"#" not in term._buffer:
+                    assert time.monotonic() < deadline, "the prompt never arrived"
+                    await asyncio.sleep(0.01)
+                threads = threading.active_count()
+                conn = await term.attach_socket()
+                assert threading.active_count() == threads, "attach_socket started a thread"
+                # pexpect's asyncio transport owns (and closes) the
+                # descriptor it reads: give it a duplicate.
+                child = fdpexpect.fdspawn(os.dup(conn.fileno()), timeout=30)
+                await child.expect("UTC", async_=True)
+                await child.expect(r"sim-001#", async_=True)
+                child.send("show version\r")
+                await child.expect(r"sim-001 uptime", async_=True)
+                await child.expect(r"sim-001#", async_=True)
+                child.send("exit\r")
+                await child.expect(pexpect.EOF, async_=True)
+                conn.close()
+                deadline = time.monotonic() + 10
+                while not term.closed:
+                    assert time.monotonic() < deadline, "the shell outlived its socket"
+                    await asyncio.sleep(0.01)
 
     asyncio.run(asyncio.wait_for(main(), 120))
 

@@ -1,6 +1,7 @@
 """What the sync and asyncio clients share: finding the socket, the
-channel options, inventory set logic, exec result shapes and the fork
-guard. Nothing here performs I/O on the broker."""
+channel options, inventory set logic, exec result shapes, the fork
+guard, and terminals' output matching and read deadlines. Nothing here
+performs I/O on the broker."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Dict, Generic, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Generic, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from .paths import default_socket as default_socket  # re-exported for sync and aio
-from .errors import ClientForkedError, ExecError, NotAvailableError, UnknownDevicesError
+from .errors import (ClientForkedError, ExecError, NotAvailableError, SwitchyardError,
+                     TerminalClosedError, UnknownDevicesError)
 from .v1 import broker_pb2 as pb
 
 #: Channel options every client uses. gRPC core sends the socket path as
@@ -514,3 +516,87 @@ class LinkKey:
     def find(self, status: pb.StatusResponse) -> Optional[pb.LinkStatus]:
         """The matching link in ``status``, if the broker lists one."""
         return next((link for link in status.links if self.matches(link)), None)
+
+
+# -- terminals ----------------------------------------------------------------
+# The pure parts of ``terminal.Terminal`` and ``aio_terminal.AsyncTerminal``:
+# what to wait for in the unread output, and when to stop waiting.
+
+#: A prompt at the end of output: ``name#``, ``name>`` or ``$``, then
+#: optional spaces. What ``exec()`` waits for by default.
+DEFAULT_PROMPT = rb"[#>$]\s*$"
+
+#: Most bytes kept unread before the reader stops taking output (the
+#: device then waits): bounds memory when nobody reads.
+MAX_BUFFER = 4 * 1024 * 1024
+
+Pattern = Union[bytes, "re.Pattern[bytes]"]
+
+#: Given the unread output, where what is wanted ends (None: not there yet).
+Finder = Callable[[bytearray], Optional[int]]
+
+
+def find_any(n: int) -> Finder:
+    """Up to ``n`` bytes (all when ``n`` < 0), once there is at least one."""
+    return lambda b: (len(b) if n < 0 else min(n, len(b))) if b else None
+
+
+def find_delimiter(delimiter: bytes) -> Finder:
+    """Up to and including ``delimiter``."""
+    def find(b: bytearray) -> Optional[int]:
+        at = b.find(delimiter)
+        return None if at < 0 else at + len(delimiter)
+
+    return find
+
+
+def compile_prompt(pattern: Pattern) -> "re.Pattern[bytes]":
+    """A bytes pattern compiled with MULTILINE (``$`` matches at line ends)."""
+    return pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, re.MULTILINE)
+
+
+def find_regex(regex: "re.Pattern[bytes]") -> Finder:
+    """Up to the end of the first match."""
+    def find(b: bytearray) -> Optional[int]:
+        match = regex.search(b)
+        return None if match is None else match.end()
+
+    return find
+
+
+def command_output(command: str, text: bytes) -> bytes:
+    """What ``exec`` returns from the text read up to the prompt: the lines
+    after the echoed command, without the prompt line."""
+    lines = text.splitlines(keepends=True)
+    if lines and command.encode() in lines[0]:
+        lines = lines[1:]
+    return b"".join(lines[:-1])
+
+
+def take_found(buffer: bytearray, find: Finder) -> Optional[bytes]:
+    """The unread bytes up to where ``find`` says what is wanted ends,
+    removed from ``buffer``; None when it is not there yet."""
+    end = find(buffer)
+    if end is None:
+        return None
+    taken = bytes(buffer[:end])
+    del buffer[:end]
+    return taken
+
+
+def wait_left(buffer: bytearray, closed: bool, error: Optional[SwitchyardError],
+              deadline: Optional[float], now: float, device: str, what: str,
+              timeout: Optional[float]) -> Optional[float]:
+    """How long a read may still wait for ``what`` (None: for ever), or why
+    it may not: the shell's error, ``TerminalClosedError`` once it closed,
+    ``TimeoutError`` past ``deadline``. Errors quote the last unread bytes."""
+    if closed:
+        if error is not None:
+            raise error
+        raise TerminalClosedError(
+            f"the terminal on {device} closed before {what}; unread: {bytes(buffer[-200:])!r}")
+    left = None if deadline is None else deadline - now
+    if left is not None and left <= 0:
+        raise TimeoutError(f"no {what} from {device} within {timeout} s; "
+                           f"unread: {bytes(buffer[-200:])!r}")
+    return left

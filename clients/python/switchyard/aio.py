@@ -26,7 +26,6 @@ import grpc
 import grpc.aio
 
 from ._core import (
-    CAPABILITIES,
     CHANNEL_OPTIONS,
     FAILURE,
     PARTIAL_SUCCESS,
@@ -45,7 +44,6 @@ from ._core import (
     command_list,
     default_socket,
     exec_request,
-    link_state_name,
 )
 from ._login import (
     Login,
@@ -61,6 +59,7 @@ from ._login import (
     sso_request,
     token_request,
 )
+from ._service import ServiceBase
 from .aio_terminal import AsyncTerminal
 from .errors import SwitchyardError, from_rpc, login_error
 from .v1 import broker_pb2 as pb
@@ -275,30 +274,16 @@ class Client:
         return result
 
 
-class Service:
+class Service(ServiceBase):
     """A service reached through the broker (asyncio). The inventory is
     fetched with ``await service.get_inventory()`` (or
     ``update_inventory()``), then read from ``service.inventory``."""
 
     def __init__(self, client: Client, reply: pb.ServiceResponse, link: LinkKey,
                  cloud: bool = False) -> None:
+        super().__init__(client, reply, link, cloud)
         self._client = client
-        self._id = reply.service_id
-        self.name: str = reply.service_name or reply.name
-        self.fingerprint: str = reply.fingerprint
-        self._link = link
-        self._cloud = cloud
         self._inventory: Optional[Inventory] = None
-        self._failed: set[str] = set()
-        self._closed = False
-
-    def __repr__(self) -> str:
-        return f"<Service {self.name!r}>"
-
-    def _ref(self) -> pb.ServiceRef:
-        if self._closed:
-            raise SwitchyardError(f"service {self.name!r} was logged out of; connect again")
-        return pb.ServiceRef(session_id=self._client.session_id, service_id=self._id)
 
     async def wait(self, timeout: Optional[float] = None) -> "Service":
         """As ``switchyard.sync.Service.wait``."""
@@ -313,20 +298,7 @@ class Service:
 
     async def get_status(self) -> str:
         """As ``switchyard.sync.Service.status`` (a coroutine here)."""
-        if self._closed:
-            return "LOGGED_OUT"
-        link = self._link.find(await self._client.status())
-        return link_state_name(link.state) if link is not None else "UNKNOWN"
-
-    @property
-    def version(self) -> Optional[str]:
-        """None: the broker API does not report the service's version."""
-        return None
-
-    @property
-    def capabilities(self) -> frozenset[str]:
-        """What can be done with this service through the broker."""
-        return CAPABILITIES
+        return self._state_in(await self._client.status())
 
     async def ping(self, timeout: float = 10.0) -> float:
         """As ``switchyard.sync.Service.ping``."""
@@ -352,10 +324,6 @@ class Service:
         reply = await self._client._call("Inventory", pb.InventoryRequest(service=self._ref()))
         self._inventory = Inventory({d.name: Device(self, d) for d in reply.devices}, self._failed)
         return self
-
-    def logout(self) -> None:
-        """As ``switchyard.sync.Service.logout``."""
-        self._closed = True
 
     def _exec(self, devices: Sequence[str], commands: Commands, timeout: Optional[float],
               reset_before: bool, reset_after: bool, sudo: bool = False) -> "ExecRequest":

@@ -1,10 +1,14 @@
 """An interactive shell on a device for asyncio code: the methods of
 ``switchyard.terminal.Terminal`` as coroutines, over one ``grpc.aio``
-stream; the device's output is read by a task of the event loop."""
+stream; the device's output is read by a task of the event loop.
+``await term.attach_socket()`` hands the shell to pexpect (``fdspawn``,
+with ``expect(..., async_=True)`` in asyncio code), pumped by tasks of the
+loop, never a thread."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, Optional, Union
@@ -13,7 +17,7 @@ import grpc
 import grpc.aio
 
 from .errors import SwitchyardError, TerminalClosedError
-from .terminal import (
+from ._core import (
     DEFAULT_PROMPT,
     MAX_BUFFER,
     Finder,
@@ -23,6 +27,8 @@ from .terminal import (
     find_any,
     find_delimiter,
     find_regex,
+    take_found,
+    wait_left,
 )
 from .v1 import broker_pb2 as pb
 from .v1 import broker_pb2_grpc as rpc
@@ -43,6 +49,10 @@ class AsyncTerminal:
         self._closed = False
         self._error: Optional[SwitchyardError] = None
         self._ready = asyncio.Event()
+        #: After ``attach_socket``: our end of the socket pair, which gets
+        #: the output instead of the buffer, and the task pumping its input.
+        self._sink: Optional[socket.socket] = None
+        self._pump: Optional["asyncio.Task[None]"] = None
         self._task = asyncio.get_running_loop().create_task(self._read_events())
 
     @classmethod
@@ -73,11 +83,8 @@ class AsyncTerminal:
                 if kind == "ready":
                     self._ready.set()
                 elif kind == "data":
-                    async with self._cond:
-                        await self._cond.wait_for(
-                            lambda: len(self._buffer) <= MAX_BUFFER or self._closed)
-                        self._buffer.extend(event.data)
-                        self._cond.notify_all()
+                    if not await self._buffered(event.data):
+                        await self._to_sink(event.data)
                 elif kind == "closed":
                     break
         except grpc.RpcError as err:
@@ -91,6 +98,32 @@ class AsyncTerminal:
             self._ready.set()
             async with self._cond:
                 self._cond.notify_all()
+            if self._sink is not None:
+                try:
+                    self._sink.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+
+    async def _buffered(self, data: bytes) -> bool:
+        """Keeps ``data`` for the read methods (waiting while the buffer is
+        full); False when a socket is attached, which takes it instead."""
+        async with self._cond:
+            await self._cond.wait_for(lambda: len(self._buffer) <= MAX_BUFFER
+                                      or self._closed or self._sink is not None)
+            if self._sink is not None:
+                return False
+            self._buffer.extend(data)
+            self._cond.notify_all()
+            return True
+
+    async def _to_sink(self, data: bytes) -> None:
+        """Hands output to the attached socket (waiting while its reader is
+        behind); a reader that went away ends the shell."""
+        assert self._sink is not None
+        try:
+            await asyncio.get_running_loop().sock_sendall(self._sink, data)
+        except OSError:
+            self._call.cancel()
 
     async def write(self, data: Union[bytes, str]) -> None:
         """Sends keystrokes (str is encoded as UTF-8)."""
@@ -110,22 +143,12 @@ class AsyncTerminal:
         deadline = None if timeout is None else time.monotonic() + timeout
         async with self._cond:
             while True:
-                end = find(self._buffer)
-                if end is not None:
-                    taken = bytes(self._buffer[:end])
-                    del self._buffer[:end]
+                taken = take_found(self._buffer, find)
+                if taken is not None:
                     self._cond.notify_all()
                     return taken
-                if self._closed:
-                    if self._error is not None:
-                        raise self._error
-                    raise TerminalClosedError(
-                        f"the terminal on {self.device} closed before {what}; unread: "
-                        f"{bytes(self._buffer[-200:])!r}")
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"no {what} from {self.device} within {timeout} s; "
-                                       f"unread: {bytes(self._buffer[-200:])!r}")
+                left = wait_left(self._buffer, self._closed, self._error, deadline,
+                                 time.monotonic(), self.device, what, timeout)
                 try:
                     await asyncio.wait_for(self._cond.wait(), left)
                 except asyncio.TimeoutError:
@@ -170,16 +193,63 @@ class AsyncTerminal:
         await self.write(command.encode() + b"\r")
         return command_output(command, await self.readuntil_regex(prompt, timeout))
 
+    async def attach_socket(self) -> socket.socket:
+        """A connected socket that carries the shell from now on, as the
+        sync ``Terminal.attach_socket`` does: bytes written to it go to the
+        device; the device's output (and whatever was still buffered) is
+        read from it; it reads end of file when the shell closes. For
+        ``pexpect.fdpexpect.fdspawn(sock)``. Both directions are pumped by
+        tasks of the running loop. The read methods of this object are not
+        to be used afterwards."""
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        loop = asyncio.get_running_loop()
+        async with self._cond:
+            # Holding the lock, the reader cannot add to the buffer: what was
+            # buffered reaches the socket before anything newer.
+            if self._buffer:
+                await loop.sock_sendall(ours, bytes(self._buffer))
+                self._buffer.clear()
+            self._sink = ours
+            self._cond.notify_all()
+            if self._closed:
+                ours.shutdown(socket.SHUT_WR)
+        self._pump = loop.create_task(self._pump_socket(ours))
+        return theirs
+
+    async def _pump_socket(self, ours: socket.socket) -> None:
+        """Sends what is written to the socket as keystrokes; its end (the
+        other side closed) ends the shell."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data = await loop.sock_recv(ours, 65536)
+            except OSError:
+                data = b""
+            if not data:
+                if not self._closed:
+                    self._call.cancel()
+                return
+            try:
+                await self.write(data)
+            except (SwitchyardError, asyncio.InvalidStateError):
+                return  # the shell ended: its reader sees the socket's end
+
     @property
     def closed(self) -> bool:
         """True once the shell ended."""
         return self._closed
 
     async def close(self) -> None:
-        """Ends the shell and the call."""
+        """Ends the shell and the call (and an attached socket's pump)."""
         if not self._closed:
             self._call.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
+        if self._pump is not None and self._pump is not asyncio.current_task():
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+        if self._sink is not None:
+            self._sink.close()
 
     async def __aenter__(self) -> "AsyncTerminal":
         return self

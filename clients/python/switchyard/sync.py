@@ -33,7 +33,6 @@ from typing import Any, Optional, Sequence
 import grpc
 
 from ._core import (
-    CAPABILITIES,
     CHANNEL_OPTIONS,
     FAILURE,
     PARTIAL_SUCCESS,
@@ -52,7 +51,6 @@ from ._core import (
     command_list,
     default_socket,
     exec_request,
-    link_state_name,
 )
 from ._login import (
     Login,
@@ -70,6 +68,7 @@ from ._login import (
     token_request,
 )
 from .errors import SwitchyardError, from_rpc, login_error
+from ._service import ServiceBase
 from .terminal import Terminal
 from .v1 import broker_pb2 as pb
 from .v1 import broker_pb2_grpc as rpc
@@ -373,23 +372,14 @@ class Client:
         return result
 
 
-class Service:
+class Service(ServiceBase):
     """A service reached through the broker."""
 
     def __init__(self, client: Client, reply: pb.ServiceResponse, link: LinkKey,
                  cloud: bool = False) -> None:
+        super().__init__(client, reply, link, cloud)
         self._client = client
-        self._id = reply.service_id
-        self.name: str = reply.service_name or reply.name
-        self.fingerprint: str = reply.fingerprint
-        self._link = link
-        self._cloud = cloud
         self._inventory: Optional[Inventory] = None
-        self._failed: set[str] = set()
-        self._closed = False
-
-    def __repr__(self) -> str:
-        return f"<Service {self.name!r}>"
 
     def wait(self, timeout: Optional[float] = None) -> "Service":
         """Blocks until the service is reachable (cloud services), raising
@@ -405,32 +395,13 @@ class Service:
         )
         self.name = reply.service_name or self.name
 
-    def _ref(self) -> pb.ServiceRef:
-        if self._closed:
-            raise SwitchyardError(f"service {self.name!r} was logged out of; connect again")
-        return pb.ServiceRef(session_id=self._client.session_id, service_id=self._id)
-
     # -- the reference client's service attributes -----------------------
     @property
     def status(self) -> str:
         """The link's state: READY (up), CONNECTING, RECONNECTING, FAILED,
         or UNKNOWN when the broker lists no link for this handle (e.g. a
         cloud service not waited for yet), LOGGED_OUT after ``logout()``."""
-        if self._closed:
-            return "LOGGED_OUT"
-        link = self._link.find(self._client.status())
-        return link_state_name(link.state) if link is not None else "UNKNOWN"
-
-    @property
-    def version(self) -> Optional[str]:
-        """The service's software version: None, because the broker API
-        does not report it (``client.status().version`` is the broker's)."""
-        return None
-
-    @property
-    def capabilities(self) -> frozenset[str]:
-        """What can be done with this service through the broker."""
-        return CAPABILITIES
+        return self._state_in(self._client.status())
 
     def ping(self, timeout: float = 10.0) -> float:
         """Checks the broker holds a live link to the service (re-connecting
@@ -456,12 +427,6 @@ class Service:
             {d.name: Device(self, d) for d in reply.devices}, self._failed
         )
         return self
-
-    def logout(self) -> None:
-        """Stops using this handle; later calls on it raise. The broker
-        keeps the link for other sessions and releases this session's hold
-        when the client closes (the API has no per-handle release)."""
-        self._closed = True
 
     def _exec(self, devices: Sequence[str], commands: Commands, timeout: Optional[float] = None,
               reset_before: bool = False, reset_after: bool = False,

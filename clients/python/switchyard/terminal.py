@@ -13,7 +13,6 @@ hands the terminal to code that wants a file descriptor, such as
 from __future__ import annotations
 
 import queue
-import re
 import socket
 import threading
 import time
@@ -22,60 +21,22 @@ from typing import Any, Optional, Union
 
 import grpc
 
+from ._core import (  # re-exported: the terminal's public helpers
+    DEFAULT_PROMPT as DEFAULT_PROMPT,
+    MAX_BUFFER as MAX_BUFFER,
+    Finder as Finder,
+    Pattern as Pattern,
+    command_output as command_output,
+    compile_prompt as compile_prompt,
+    find_any as find_any,
+    find_delimiter as find_delimiter,
+    find_regex as find_regex,
+    take_found,
+    wait_left,
+)
 from .errors import SwitchyardError, TerminalClosedError
 from .v1 import broker_pb2 as pb
 from .v1 import broker_pb2_grpc as rpc
-
-#: A prompt at the end of output: ``name#``, ``name>`` or ``$``, then
-#: optional spaces. What ``exec()`` waits for by default.
-DEFAULT_PROMPT = rb"[#>$]\s*$"
-
-#: Most bytes kept unread before the reader stops taking output (the
-#: device then waits): bounds memory when nobody reads.
-MAX_BUFFER = 4 * 1024 * 1024
-
-Pattern = Union[bytes, "re.Pattern[bytes]"]
-
-#: Given the unread output, where what is wanted ends (None: not there yet).
-Finder = Callable[[bytearray], Optional[int]]
-
-
-def find_any(n: int) -> Finder:
-    """Up to ``n`` bytes (all when ``n`` < 0), once there is at least one."""
-    return lambda b: (len(b) if n < 0 else min(n, len(b))) if b else None
-
-
-def find_delimiter(delimiter: bytes) -> Finder:
-    """Up to and including ``delimiter``."""
-    def find(b: bytearray) -> Optional[int]:
-        at = b.find(delimiter)
-        return None if at < 0 else at + len(delimiter)
-
-    return find
-
-
-def compile_prompt(pattern: Pattern) -> "re.Pattern[bytes]":
-    """A bytes pattern compiled with MULTILINE (``$`` matches at line ends)."""
-    return pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, re.MULTILINE)
-
-
-def find_regex(regex: "re.Pattern[bytes]") -> Finder:
-    """Up to the end of the first match."""
-    def find(b: bytearray) -> Optional[int]:
-        match = regex.search(b)
-        return None if match is None else match.end()
-
-    return find
-
-
-def command_output(command: str, text: bytes) -> bytes:
-    """What ``exec`` returns from the text read up to the prompt: the lines
-    after the echoed command, without the prompt line."""
-    lines = text.splitlines(keepends=True)
-    if lines and command.encode() in lines[0]:
-        lines = lines[1:]
-    return b"".join(lines[:-1])
-
 
 class Terminal:
     """An open interactive shell. Methods: ``write``, ``read``,
@@ -174,23 +135,12 @@ class Terminal:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
-                end = find(self._buffer)
-                if end is not None:
-                    taken = bytes(self._buffer[:end])
-                    del self._buffer[:end]
+                taken = take_found(self._buffer, find)
+                if taken is not None:
                     self._cond.notify_all()
                     return taken
-                if self._closed:
-                    if self._error is not None:
-                        raise self._error
-                    raise TerminalClosedError(
-                        f"the terminal on {self.device} closed before {what}; unread: "
-                        f"{bytes(self._buffer[-200:])!r}")
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"no {what} from {self.device} within {timeout} s; "
-                                       f"unread: {bytes(self._buffer[-200:])!r}")
-                self._cond.wait(left)
+                self._cond.wait(wait_left(self._buffer, self._closed, self._error, deadline,
+                                          time.monotonic(), self.device, what, timeout))
 
     def read(self, n: int = -1, timeout: Optional[float] = None) -> bytes:
         """Up to ``n`` bytes (all buffered when ``n`` < 0), waiting for at
