@@ -54,6 +54,7 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<ExitCode,
         name_prefix: args.prefix,
         base_port: args.base_port,
         credentials,
+        ..Default::default()
     })
     .await
     .map_err(CliError::io("cannot start simulated devices"))?;
