@@ -168,6 +168,11 @@ pub enum DriverError {
     },
     #[error("SSH error talking to {device}: {reason}")]
     Ssh { device: String, reason: String },
+    #[error(
+        "{device} did not answer within {after:?}: its connection went silent and was dropped \
+         (the next call connects afresh)"
+    )]
+    Silent { device: String, after: Duration },
     #[error("the shell of {device} could not be set up: {reason}")]
     Shell { device: String, reason: String },
 }

@@ -415,7 +415,19 @@ impl SshPool {
         for _ in 0..4 {
             let mut lease = self.acquire(&key, target, deadline, waited).await?;
             host_key = host_key.or(lease.host_key.take());
-            match lease.handle.channel_open_session().await {
+            // A pooled connection whose path went silent never answers: the
+            // open counts against the caller's timeout, and a connection
+            // that lets it pass is dead (issue 15 input 6).
+            let opened = tokio::time::timeout(timeout, lease.handle.channel_open_session()).await;
+            let Ok(opened) = opened else {
+                debug!("no answer to a channel open; dropping the silent connection");
+                self.remove(&lease);
+                return Err(DriverError::Silent {
+                    device: target.name.clone(),
+                    after: timeout,
+                });
+            };
+            match opened {
                 Ok(channel) => {
                     lease.host_key = host_key;
                     return Ok((lease, channel));
