@@ -125,6 +125,8 @@ fn device(
         password: secret.map(Secret::new),
         private_key: None,
         legacy_algorithms: None,
+        enable_password: None,
+        session: None,
     }
 }
 

@@ -174,6 +174,8 @@ async fn start_cloud(bulk_bytes: usize) -> Cloud {
         password: None,
         private_key: None,
         legacy_algorithms: None,
+        enable_password: None,
+        session: None,
     })
     .unwrap();
     for (name, password, cloud) in [("bench", Some(PASSWORD), false), (IDENTITY, None, true)] {

@@ -447,3 +447,101 @@ async fn local_exec_reaches_a_sha1_kex_device_only_with_the_opt_in() {
     assert!(error.contains("diffie-hellman-group14-sha1"), "{error}");
     assert!(error.contains("legacy_algorithms"), "{error}");
 }
+
+/// Issue 15 inputs 3 and 4 end to end: a device type from the documented
+/// list, a session choice and a sealed enable secret are stored by `device
+/// add`, and `service exec` runs privileged commands on a device that
+/// refuses exec requests and logs in unprivileged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_type_session_and_enable_secret_reach_the_shell() {
+    use switchyard::secret::Secret;
+    use switchyard::sim::shell::ShellOptions;
+    const ENABLE_PW: &str = "En4ble-marker-never-logged";
+    init();
+    let fleet = SimFleet::start(SimFleetConfig {
+        count: 1,
+        refuse_exec: true,
+        shell: ShellOptions {
+            enable_secret: Some(Secret::new(ENABLE_PW)),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let env = Env::new();
+    ok(&env.service(&["init"]));
+    let enable = env.path("enable-pw");
+    std::fs::write(&enable, format!("{ENABLE_PW}\n")).unwrap();
+    let sim_pw = env.path("sim-pw");
+    let port = fleet.endpoints()[0].port.to_string();
+    let add = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "device",
+            "add",
+            name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--username",
+            "admin",
+            "--password-file",
+            sim_pw.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        env.service(&args)
+    };
+    let enable_flag = ["--enable-password-file", enable.to_str().unwrap()];
+    ok(&add(
+        "sim-001",
+        &[&["--device-type", "ios"][..], &enable_flag[..]].concat(),
+    ));
+    ok(&add(
+        "sim-exec",
+        &["--device-type", "IOS", "--session", "exec"],
+    ));
+    let bad = add("bad", &["--device-type", "frob"]);
+    assert!(!bad.status.success());
+    let error = String::from_utf8_lossy(&bad.stderr);
+    assert!(error.contains("unknown device type \"frob\""), "{error}");
+    assert!(error.contains("IOS-XE, IOS-XR, NX-OS, ASA, JUNOS, EOS, LINUX, GENERIC"));
+
+    let list = json(&ok(&env.service(&["device", "list", "--json"])));
+    assert_eq!(list[0]["name"], "sim-001");
+    assert_eq!(list[0]["device_type"], "IOS");
+    assert_eq!(list[0]["has_enable_password"], true);
+    assert!(list[0]["session"].is_null(), "the type's default: {list}");
+    assert_eq!(list[1]["session"], "exec");
+    assert_eq!(list[1]["has_enable_password"], false);
+    let db = std::fs::read(env.db()).unwrap();
+    assert!(
+        !db.windows(ENABLE_PW.len())
+            .any(|w| w == ENABLE_PW.as_bytes()),
+        "the enable secret is sealed"
+    );
+
+    let out = {
+        let env = &env;
+        tokio::task::block_in_place(|| {
+            env.service(&[
+                "exec",
+                "sim-001",
+                "sim-exec",
+                "-c",
+                "show running-config",
+                "--json",
+            ])
+        })
+    };
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains(ENABLE_PW), "enable secret logged");
+    let mut reports = exec_json(&out);
+    reports.sort_by_key(|r| r["device"].as_str().unwrap().to_string());
+    assert_eq!(reports[0]["status"], "success", "{reports:?}");
+    let output = reports[0]["results"][0]["output"].as_str().unwrap();
+    assert!(output.starts_with("Building configuration"), "{output}");
+    assert!(output.contains("hostname sim-001\n"), "{output}");
+    assert_eq!(reports[1]["status"], "failure", "exec refused: {reports:?}");
+    fleet.shutdown().await;
+}

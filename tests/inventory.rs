@@ -35,6 +35,8 @@ fn device(name: &str) -> NewDevice {
         password: Some(Secret::new(DEVICE_PASSWORD)),
         private_key: Some(Secret::new(DEVICE_KEY)),
         legacy_algorithms: None,
+        enable_password: None,
+        session: None,
     }
 }
 

@@ -26,9 +26,11 @@ fn target(name: &str, port: u16, password: &str) -> DeviceTarget {
             username: Some("admin".into()),
             password: Some(Secret::new(password)),
             private_key: None,
+            enable_password: None,
         },
         known_host_key: None,
         legacy_algorithms: None,
+        profile: Default::default(),
     }
 }
 

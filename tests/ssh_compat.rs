@@ -30,9 +30,11 @@ fn target(port: u16, password: &str, legacy: Option<bool>) -> DeviceTarget {
             username: Some(TEST_USER.into()),
             password: Some(Secret::new(password)),
             private_key: None,
+            enable_password: None,
         },
         known_host_key: None,
         legacy_algorithms: legacy,
+        profile: Default::default(),
     }
 }
 

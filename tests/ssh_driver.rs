@@ -21,9 +21,11 @@ fn target(port: u16, password: &str) -> DeviceTarget {
             username: Some(TEST_USER.into()),
             password: Some(Secret::new(password)),
             private_key: None,
+            enable_password: None,
         },
         known_host_key: None,
         legacy_algorithms: None,
+        profile: Default::default(),
     }
 }
 
@@ -222,9 +224,11 @@ async fn ten_thousand_callers_to_one_device_share_the_limit() {
             username: Some(creds.username.clone()),
             password: Some(creds.password.clone()),
             private_key: None,
+            enable_password: None,
         },
         known_host_key: None,
         legacy_algorithms: None,
+        profile: Default::default(),
     };
     let command = cmds(&["show version"]);
     let runs = (0..10_000).map(|_| pool.exec(&t, &command, Duration::from_secs(120)));

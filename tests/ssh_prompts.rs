@@ -88,9 +88,11 @@ async fn exec(port: u16) -> DriverError {
             username: Some("netops".into()),
             password: Some(Secret::new("s3cret-pw")),
             private_key: None,
+            enable_password: None,
         },
         known_host_key: None,
         legacy_algorithms: None,
+        profile: Default::default(),
     };
     within(
         30,

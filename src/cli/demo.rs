@@ -66,6 +66,8 @@ pub async fn run(
             password: Some(credentials.password.clone()),
             private_key: None,
             legacy_algorithms: None,
+            enable_password: None,
+            session: None,
         })?;
     }
     inv.add_device(&NewDevice {
@@ -79,6 +81,8 @@ pub async fn run(
         password: None,
         private_key: None,
         legacy_algorithms: None,
+        enable_password: None,
+        session: None,
     })?;
     drop(inv);
 

@@ -16,8 +16,11 @@ use super::{CliError, outln};
 use crate::config::Settings;
 use crate::secret::{Secret, SecretSource};
 use crate::service::drivers::Drivers;
+use crate::service::drivers::platform::Platform;
 use crate::service::enroll::{EnrollOptions, enroll};
-use crate::service::inventory::{DeviceScope, DriverKind, Inventory, NewDevice, NewRemoteUser};
+use crate::service::inventory::{
+    DeviceScope, DriverKind, Inventory, NewDevice, NewRemoteUser, SessionKind,
+};
 use crate::service::ops::ServiceOps;
 use crate::service::relay_agent::RelayAgent;
 use crate::service::rpc::{RpcConfig, RpcServer};
@@ -112,7 +115,10 @@ pub enum DeviceCommand {
         /// simulator.
         #[arg(long, value_enum, default_value = "ssh")]
         driver: DriverArg,
-        /// IOS, IOS-XE, NX-OS, LINUX, ... (free-form).
+        /// IOS-XE (or IOS), IOS-XR, NX-OS, ASA, JUNOS, EOS, LINUX or GENERIC:
+        /// sets the prompt, paging, enable and error conventions, and
+        /// whether commands run in a shell by default (README, "Device
+        /// types").
         #[arg(long, default_value = "GENERIC")]
         device_type: String,
         /// Login name on the device.
@@ -135,6 +141,8 @@ pub enum DeviceCommand {
         /// even when `ssh.legacy_algorithms` is on. Default: that setting.
         #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
         legacy_algorithms: Option<bool>,
+        #[command(flatten)]
+        shell: DeviceShellArgs,
     },
     /// List devices (never shows secrets).
     List {
@@ -276,7 +284,10 @@ fn device_command(
             key_file,
             attrs,
             legacy_algorithms,
+            shell,
         } => {
+            check_device_type(&device_type)?;
+            let (session, enable_password) = shell.read()?;
             let driver = match driver {
                 DriverArg::Ssh => DriverKind::Ssh,
                 DriverArg::Simulator => DriverKind::Simulator,
@@ -323,6 +334,8 @@ fn device_command(
                 password,
                 private_key,
                 legacy_algorithms,
+                enable_password,
+                session,
             };
             Inventory::open(db, &admin()?)?.add_device(&device)?;
             outln!("added device {name}");
@@ -565,4 +578,66 @@ async fn enroll_service(db: &Path, args: EnrollArgs, admin: Secret) -> Result<()
     .map_err(|e| CliError::Usage(e.to_string()))?;
     outln!("enrolled as serial {serial}; `switchyard service run` now also connects to the relay");
     Ok(())
+}
+
+/// How a device's commands run and how it reaches privileged mode: the
+/// flags `device add` takes (and `device set` can reuse).
+#[derive(Debug, Args)]
+pub struct DeviceShellArgs {
+    /// Where commands run: `exec` (one SSH exec channel each) or `shell` (a
+    /// warm interactive shell, prompt-delimited: for devices that refuse
+    /// exec requests). Default: the device type's.
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub session: Option<SessionArg>,
+    /// File holding the enable secret (privileged mode; sent in a shell
+    /// when the device logs in unprivileged).
+    #[arg(long, value_name = "FILE")]
+    pub enable_password_file: Option<PathBuf>,
+    /// Prompt for the enable secret.
+    #[arg(long, conflicts_with = "enable_password_file")]
+    pub ask_enable_password: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SessionArg {
+    Exec,
+    Shell,
+}
+
+impl DeviceShellArgs {
+    /// The session choice and the enable secret (read from its file or a
+    /// prompt), if given.
+    pub fn read(&self) -> Result<(Option<SessionKind>, Option<Secret>), CliError> {
+        let session = self.session.map(|s| match s {
+            SessionArg::Exec => SessionKind::Exec,
+            SessionArg::Shell => SessionKind::Shell,
+        });
+        let enable = if self.enable_password_file.is_some() || self.ask_enable_password {
+            Some(
+                SecretSource {
+                    what: "enable secret",
+                    file_flag: "--enable-password-file",
+                    file: self.enable_password_file.as_deref(),
+                    credential: None,
+                    confirm: false,
+                }
+                .read()?,
+            )
+        } else {
+            None
+        };
+        Ok((session, enable))
+    }
+}
+
+/// Refuses a device type the platform table does not know, listing those
+/// it does.
+fn check_device_type(device_type: &str) -> Result<(), CliError> {
+    match Platform::parse(device_type) {
+        Some(_) => Ok(()),
+        None => Err(CliError::Usage(format!(
+            "unknown device type {device_type:?}: use one of {}",
+            Platform::documented_list()
+        ))),
+    }
 }

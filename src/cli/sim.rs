@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::CliError;
 use crate::secret::read_secret_file;
 use crate::sim::server::{SimCredentials, SimEndpoint, SimFleet, SimFleetConfig};
+use crate::sim::shell::ShellOptions;
 
 #[derive(Debug, Args)]
 pub struct SimArgs {
@@ -35,6 +36,18 @@ pub struct SimArgs {
     /// Write one JSON line per device here once all listen (default: stdout).
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
+    /// Refuse exec requests: the devices offer only an interactive shell.
+    #[arg(long)]
+    pub refuse_exec: bool,
+    /// Shells start with a pager after this many lines (0: none).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub terminal_length: u32,
+    /// File holding an enable secret: sessions start in user mode.
+    #[arg(long, value_name = "FILE")]
+    pub enable_password_file: Option<PathBuf>,
+    /// A login banner printed before the first prompt.
+    #[arg(long, value_name = "TEXT")]
+    pub banner: Option<String>,
 }
 
 pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<ExitCode, CliError> {
@@ -54,6 +67,16 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<ExitCode,
         name_prefix: args.prefix,
         base_port: args.base_port,
         credentials,
+        refuse_exec: args.refuse_exec,
+        shell: ShellOptions {
+            enable_secret: args
+                .enable_password_file
+                .as_deref()
+                .map(|path| read_secret_file("simulator enable secret", path))
+                .transpose()?,
+            banner: args.banner,
+            terminal_length: args.terminal_length,
+        },
     })
     .await
     .map_err(CliError::io("cannot start simulated devices"))?;

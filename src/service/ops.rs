@@ -28,7 +28,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::drivers::{DeviceExec, DeviceTarget, DriverError, Drivers};
+use super::drivers::{DeviceExec, DeviceProfile, DeviceTarget, DriverError, Drivers};
 use super::exec_limits::{ExecLimits, LimitError};
 use super::inventory::{DeviceScope, Inventory, InventoryError, LoginRecord};
 use crate::secret::Secret;
@@ -320,6 +320,7 @@ impl ServiceOps {
             driver: device.driver,
             known_host_key: device.host_key,
             legacy_algorithms: device.legacy_algorithms,
+            profile: DeviceProfile::new(&device.device_type, device.session),
         })
     }
 

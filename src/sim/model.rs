@@ -16,10 +16,15 @@ pub struct SimDevice {
     interface_count: usize,
 }
 
-/// Per-session CLI state (what `terminal length` changes).
+/// Per-session CLI state (what `terminal length`, `enable` and `disable`
+/// change).
 #[derive(Debug, Clone, Default)]
 pub struct CliState {
+    /// Lines per page in a shell (`None` or 0: no pager).
     pub terminal_length: Option<u32>,
+    /// In user mode (prompt `name>`): privileged commands are refused
+    /// until `enable`. Sessions of devices with an enable secret start here.
+    pub user_mode: bool,
 }
 
 /// What a command produces.
@@ -32,6 +37,11 @@ pub enum Output {
     Bulk(u64),
     /// The session should end (`exit`, `logout`).
     Exit,
+    /// `enable` in user mode: the shell asks for the enable secret.
+    Enable,
+    /// Ask this question (ending in `[confirm]`) and wait for a line
+    /// before going on (IOS's `clear counters`).
+    Confirm(String),
 }
 
 /// The command that emits N bytes, for throughput tests: `show bulk N`.
@@ -83,10 +93,32 @@ const COMMANDS: &[(&[&str], Handler)] = &[
         },
         _ => incomplete(),
     }),
+    (&["enable"], |d, state, _| {
+        if state.user_mode {
+            Output::Enable
+        } else {
+            d.text(String::new())
+        }
+    }),
+    (&["disable"], |d, state, _| {
+        state.user_mode = true;
+        d.text(String::new())
+    }),
+    (&["clear", "counters"], |_, _, _| {
+        Output::Confirm("Clear \"show interface\" counters on all interfaces [confirm]".into())
+    }),
+    (&["terminal", "width"], |d, _, args| match args {
+        [n] if n.parse::<u32>().is_ok() => d.text(String::new()),
+        [n] => invalid(n),
+        _ => incomplete(),
+    }),
     (&["exit"], |_, _, _| Output::Exit),
     (&["logout"], |_, _, _| Output::Exit),
     (&["quit"], |_, _, _| Output::Exit),
 ];
+
+/// Commands only privileged mode has.
+const PRIVILEGED: &[&[&str]] = &[&["show", "running-config"], &["clear", "counters"]];
 
 fn invalid(at: &str) -> Output {
     Output::Text {
@@ -126,9 +158,10 @@ impl SimDevice {
         &self.serial
     }
 
-    /// The interactive prompt.
-    pub fn prompt(&self) -> String {
-        format!("{}#", self.name)
+    /// The interactive prompt: `name#` privileged, `name>` in user mode.
+    pub fn prompt(&self, state: &CliState) -> String {
+        let mark = if state.user_mode { '>' } else { '#' };
+        format!("{}{mark}", self.name)
     }
 
     /// Runs one command line.
@@ -170,9 +203,16 @@ impl SimDevice {
             Some((spec, handler)) => {
                 let rest = &words[spec.len()..];
                 // Only commands that take arguments accept extra words.
-                let takes_args = matches!(spec, ["show", "bulk"] | ["terminal", "length"]);
+                let takes_args = matches!(
+                    spec,
+                    ["show", "bulk"] | ["terminal", "length"] | ["terminal", "width"]
+                );
                 if !takes_args && !rest.is_empty() {
                     return invalid(rest[0]);
+                }
+                // IOS refuses privileged commands in user mode as unknown.
+                if state.user_mode && PRIVILEGED.contains(spec) {
+                    return invalid(words[0]);
                 }
                 handler(self, state, rest)
             }
@@ -311,6 +351,16 @@ mod tests {
         assert_eq!(d.run(&mut s, "show bulk 1000"), Output::Bulk(1000));
         assert_eq!(text(d.run(&mut s, "show bulk")).1, 1);
         assert_eq!(d.run(&mut s, "exit"), Output::Exit);
+        assert!(
+            matches!(d.run(&mut s, "clear counters"), Output::Confirm(q) if q.ends_with("[confirm]"))
+        );
+        assert_eq!(text(d.run(&mut s, "enable")), (String::new(), 0));
+        assert_eq!(d.prompt(&s), "r1#");
+        assert_eq!(text(d.run(&mut s, "disable")), (String::new(), 0));
+        assert_eq!(d.prompt(&s), "r1>");
+        assert_eq!(text(d.run(&mut s, "show running-config")).1, 1);
+        assert_eq!(text(d.run(&mut s, "show version")).1, 0);
+        assert_eq!(d.run(&mut s, "enable"), Output::Enable);
         // "show i" matches both "show interfaces" and "show ip ...".
         assert!(text(d.run(&mut s, "show i")).0.contains("Ambiguous"));
         assert!(text(d.run(&mut s, "sh ip int br")).0.contains("Interface"));

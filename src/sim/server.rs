@@ -8,6 +8,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use russh::keys::PrivateKey;
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::model::{Output, SimDevice, bulk_fill};
-use super::shell::{Shell, ShellEvent};
+use super::shell::{Shell, ShellEvent, ShellOptions};
 use crate::secret::Secret;
 
 /// Login accepted by every simulated device. Demo and test use only.
@@ -50,6 +51,12 @@ pub struct SimFleetConfig {
     /// First port to bind; 0 lets the OS pick a free port for each device.
     pub base_port: u16,
     pub credentials: SimCredentials,
+    /// Refuse exec requests: the devices offer only a shell (like some
+    /// network gear).
+    pub refuse_exec: bool,
+    /// Banner, pager and enable secret of every device's shell; an enable
+    /// secret also puts exec requests in user mode.
+    pub shell: ShellOptions,
 }
 
 impl Default for SimFleetConfig {
@@ -60,6 +67,8 @@ impl Default for SimFleetConfig {
             name_prefix: "sim".into(),
             base_port: 0,
             credentials: SimCredentials::default(),
+            refuse_exec: false,
+            shell: ShellOptions::default(),
         }
     }
 }
@@ -77,6 +86,7 @@ pub struct SimEndpoint {
 #[derive(Debug)]
 pub struct SimFleet {
     endpoints: Vec<SimEndpoint>,
+    behaviour: Arc<Behaviour>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -108,6 +118,11 @@ impl SimFleet {
         let mut tasks = JoinSet::new();
         let mut endpoints = Vec::with_capacity(config.count);
         let credentials = Arc::new(config.credentials);
+        let behaviour = Arc::new(Behaviour {
+            refuse_exec: config.refuse_exec,
+            shell: config.shell,
+            shells_opened: AtomicU64::new(0),
+        });
         for i in 0..config.count {
             let name = device_name(&config.name_prefix, i);
             let port = match config.base_port {
@@ -130,6 +145,7 @@ impl SimFleet {
                     ssh_config,
                     device,
                     credentials.clone(),
+                    behaviour.clone(),
                     cancel.child_token(),
                 )
                 .instrument(span),
@@ -142,6 +158,7 @@ impl SimFleet {
         }
         Ok(Self {
             endpoints,
+            behaviour,
             cancel,
             tasks,
         })
@@ -149,6 +166,12 @@ impl SimFleet {
 
     pub fn endpoints(&self) -> &[SimEndpoint] {
         &self.endpoints
+    }
+
+    /// Interactive shells started on any of the devices so far (tests use
+    /// it to see warm shells reused).
+    pub fn shells_opened(&self) -> u64 {
+        self.behaviour.shells_opened.load(Ordering::Relaxed)
     }
 
     /// Stops listening, disconnects every session and waits for them.
@@ -179,11 +202,20 @@ fn ssh_config(key: PrivateKey) -> russh::server::Config {
     }
 }
 
+/// What every device of a fleet does beyond the plain CLI.
+#[derive(Debug)]
+struct Behaviour {
+    refuse_exec: bool,
+    shell: ShellOptions,
+    shells_opened: AtomicU64,
+}
+
 async fn serve_device(
     listener: TcpListener,
     config: Arc<russh::server::Config>,
     device: Arc<SimDevice>,
     credentials: Arc<SimCredentials>,
+    behaviour: Arc<Behaviour>,
     cancel: CancellationToken,
 ) {
     let mut sessions = JoinSet::new();
@@ -198,6 +230,7 @@ async fn serve_device(
                     let handler = SimConnection {
                         device: device.clone(),
                         credentials: credentials.clone(),
+                        behaviour: behaviour.clone(),
                         channels: JoinSet::new(),
                     };
                     let span = info_span!("sim_session", %peer);
@@ -250,6 +283,7 @@ async fn run_session(
 struct SimConnection {
     device: Arc<SimDevice>,
     credentials: Arc<SimCredentials>,
+    behaviour: Arc<Behaviour>,
     channels: JoinSet<()>,
 }
 
@@ -277,7 +311,8 @@ impl russh::server::Handler for SimConnection {
     ) -> Result<(), Self::Error> {
         reply.accept().await;
         let device = (*self.device).clone();
-        self.channels.spawn(serve_channel(channel, device));
+        self.channels
+            .spawn(serve_channel(channel, device, self.behaviour.clone()));
         Ok(())
     }
 
@@ -309,6 +344,9 @@ impl russh::server::Handler for SimConnection {
         _data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.behaviour.refuse_exec {
+            return session.channel_failure(channel);
+        }
         session.channel_success(channel)
     }
 
@@ -342,21 +380,26 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Serves one session channel: an exec request or an interactive shell.
-async fn serve_channel(mut channel: Channel<Msg>, device: SimDevice) {
+async fn serve_channel(mut channel: Channel<Msg>, device: SimDevice, behaviour: Arc<Behaviour>) {
     let mut tty = false;
     while let Some(msg) = channel.wait().await {
         match msg {
             ChannelMsg::RequestPty { .. } => tty = true,
+            // Refused in `exec_request`; the channel stays for a shell.
+            ChannelMsg::Exec { .. } if behaviour.refuse_exec => {}
             ChannelMsg::Exec { command, .. } => {
                 let line = String::from_utf8_lossy(&command).into_owned();
-                let status = exec_once(&channel, &device, &line).await;
+                let user_mode = behaviour.shell.enable_secret.is_some();
+                let status = exec_once(&channel, &device, &line, user_mode).await;
                 let _ = channel.exit_status(status).await;
                 let _ = channel.eof().await;
                 let _ = channel.close().await;
                 return;
             }
             ChannelMsg::RequestShell { .. } => {
-                run_shell(channel, Shell::new(device, tty)).await;
+                behaviour.shells_opened.fetch_add(1, Ordering::Relaxed);
+                let shell = Shell::with_options(device, tty, behaviour.shell.clone());
+                run_shell(channel, shell).await;
                 return;
             }
             ChannelMsg::Eof | ChannelMsg::Close => return,
@@ -365,8 +408,11 @@ async fn serve_channel(mut channel: Channel<Msg>, device: SimDevice) {
     }
 }
 
-async fn exec_once(channel: &Channel<Msg>, device: &SimDevice, line: &str) -> u32 {
-    let mut state = super::model::CliState::default();
+async fn exec_once(channel: &Channel<Msg>, device: &SimDevice, line: &str, user_mode: bool) -> u32 {
+    let mut state = super::model::CliState {
+        user_mode,
+        ..Default::default()
+    };
     match device.run(&mut state, line) {
         Output::Text { text, exit_status } => {
             if channel.data_bytes(text.into_bytes()).await.is_err() {
@@ -379,6 +425,19 @@ async fn exec_once(channel: &Channel<Msg>, device: &SimDevice, line: &str) -> u3
             Err(_) => 255,
         },
         Output::Exit => 0,
+        // No terminal to ask on: `enable` cannot work on an exec channel.
+        Output::Enable => {
+            let text = "% enable needs an interactive session\n";
+            let _ = channel.data_bytes(text.as_bytes().to_vec()).await;
+            1
+        }
+        // Nobody to confirm on an exec channel: the question, and no action.
+        Output::Confirm(question) => {
+            let _ = channel
+                .data_bytes(format!("{question}\n").into_bytes())
+                .await;
+            1
+        }
     }
 }
 

@@ -116,6 +116,8 @@ pub fn sim_device(name: &str) -> NewDevice {
         password: None,
         private_key: None,
         legacy_algorithms: None,
+        enable_password: None,
+        session: None,
     }
 }
 
@@ -132,6 +134,8 @@ pub fn ssh_device(name: &str, port: u16) -> NewDevice {
         password: Some(Secret::new("x")),
         private_key: None,
         legacy_algorithms: None,
+        enable_password: None,
+        session: None,
     }
 }
 

@@ -5,17 +5,20 @@
 //! in-process, no network). Results are per command, so one slow or failing
 //! command never hides the others' output.
 
+pub mod platform;
+pub mod shell_session;
 pub mod simulated;
 pub mod ssh;
 pub mod ssh_algorithms;
 mod ssh_auth;
+mod ssh_shell;
 pub mod terminal;
 
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::service::inventory::{DeviceCredentials, DriverKind};
+use crate::service::inventory::{DeviceCredentials, DriverKind, SessionKind};
 
 /// Everything a driver needs to reach one device.
 #[derive(Debug, Clone)]
@@ -30,6 +33,29 @@ pub struct DeviceTarget {
     /// Offer the legacy SSH algorithms (see [`ssh_algorithms`]): `Some` is
     /// the device's own choice, `None` follows `ssh.legacy_algorithms`.
     pub legacy_algorithms: Option<bool>,
+    /// The device's type and where its commands run.
+    pub profile: DeviceProfile,
+}
+
+/// What kind of device a target is and how its commands run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeviceProfile {
+    /// Its prompt, paging, enable and error conventions.
+    pub platform: platform::Platform,
+    /// Exec channels or a warm shell (the device's setting, else the
+    /// platform's default).
+    pub session: SessionKind,
+}
+
+impl DeviceProfile {
+    /// The profile of a stored device type and session setting.
+    pub fn new(device_type: &str, session: Option<SessionKind>) -> Self {
+        let platform = platform::Platform::for_device_type(device_type);
+        Self {
+            platform,
+            session: session.unwrap_or(platform.default_session()),
+        }
+    }
 }
 
 /// A command's output.
@@ -52,6 +78,9 @@ pub enum CommandError {
     Refused,
     #[error("connection to the device was lost: {0}")]
     ConnectionLost(String),
+    /// The device's shell stopped the command (an unanswered question).
+    #[error("{0}")]
+    Shell(String),
 }
 
 /// One command's result.
@@ -139,6 +168,13 @@ pub enum DriverError {
     },
     #[error("SSH error talking to {device}: {reason}")]
     Ssh { device: String, reason: String },
+    #[error(
+        "{device} did not answer within {after:?}: its connection went silent and was dropped \
+         (the next call connects afresh)"
+    )]
+    Silent { device: String, after: Duration },
+    #[error("the shell of {device} could not be set up: {reason}")]
+    Shell { device: String, reason: String },
 }
 
 /// The driver set a service uses: one SSH pool, plus the simulator.

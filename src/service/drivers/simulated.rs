@@ -34,6 +34,14 @@ pub fn exec(target: &DeviceTarget, commands: &[String], max_output: u64) -> Devi
                         exit_status: Some(0),
                     })
                 }
+                Output::Enable => Ok(CommandOutput {
+                    output: "% enable needs an interactive session\n".into(),
+                    exit_status: Some(1),
+                }),
+                Output::Confirm(question) => Ok(CommandOutput {
+                    output: format!("{question}\n"),
+                    exit_status: Some(1),
+                }),
                 Output::Exit => Ok(CommandOutput {
                     output: String::new(),
                     exit_status: Some(0),

@@ -28,6 +28,10 @@
 //! [`DriverError::Busy`]. A command whose caller goes away has its channel
 //! closed (after an interrupt signal), so the device stops the work.
 //!
+//! Devices whose profile says `shell` run their commands in warm shells
+//! (`ssh_shell`) on channels of this pool; exec-channel output is judged by
+//! the platform's error lines like shell output.
+//!
 //! Which algorithms a connect offers (modern, or with the device's
 //! legacy opt-in also the legacy set) is [`ssh_algorithms`]'s choice; how
 //! it authenticates (public key, password, keyboard-interactive) is
@@ -45,10 +49,13 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tracing::{Instrument, debug, debug_span};
 
+use super::platform::judge;
 use super::ssh_algorithms::{self, ClientConfigs};
 use super::ssh_auth;
+use super::ssh_shell::ShellStore;
 use super::terminal::{TERMINAL_QUEUE, Terminal, TerminalInput};
 use super::{CommandError, CommandOutput, CommandResult, DeviceExec, DeviceTarget, DriverError};
+use crate::service::inventory::SessionKind;
 use crate::task::AbortOnDrop;
 
 /// Tunables of the SSH driver.
@@ -159,6 +166,7 @@ pub struct PoolStats {
 /// `connect_timeout`, and is then closed).
 pub struct SshPool {
     shared: Arc<PoolShared>,
+    shells: ShellStore,
     _reaper: AbortOnDrop<()>,
 }
 
@@ -171,14 +179,14 @@ impl std::fmt::Debug for SshPool {
 }
 
 /// A channel slot on one pooled connection; returns the slot when dropped.
-struct Lease {
+pub(super) struct Lease {
     shared: Arc<PoolShared>,
     key: PoolKey,
     id: u64,
     handle: Arc<SshHandle>,
     /// The host key to record, for the first lease on a connection to a
     /// device whose key is not yet known.
-    host_key: Option<String>,
+    pub(super) host_key: Option<String>,
 }
 
 impl Drop for Lease {
@@ -243,6 +251,7 @@ fn lock(m: &Mutex<PoolState>) -> std::sync::MutexGuard<'_, PoolState> {
 impl SshPool {
     /// Creates a pool and its idle reaper. Needs a tokio runtime.
     pub fn new(config: SshDriverConfig) -> Self {
+        let shells = ShellStore::new(config.idle_timeout);
         let client_configs = ClientConfigs::new(|| client::Config {
             inactivity_timeout: None,
             keepalive_interval: Some(Duration::from_secs(30)),
@@ -261,6 +270,7 @@ impl SshPool {
         let reaper = tokio::spawn(reap(Arc::downgrade(&shared), period));
         Self {
             shared,
+            shells,
             _reaper: AbortOnDrop::new(reaper),
         }
     }
@@ -286,6 +296,13 @@ impl SshPool {
         timeout: Duration,
     ) -> Result<DeviceExec, DriverError> {
         let span = debug_span!("ssh_exec", device = %target.name);
+        if target.profile.session == SessionKind::Shell {
+            return self
+                .shells
+                .exec(self, target, commands, timeout)
+                .instrument(span)
+                .await;
+        }
         async {
             let mut learned_host_key = None;
             let mut results = Vec::with_capacity(commands.len());
@@ -321,6 +338,7 @@ impl SshPool {
                     };
                 channel.finished();
                 drop(lease);
+                let outcome = outcome.map(|o| judge(target.profile.platform, o));
                 results.push(CommandResult {
                     command: command.clone(),
                     duration: started.elapsed(),
@@ -368,7 +386,7 @@ impl SshPool {
     /// Finds a connection with a free channel slot (or waits for one, or
     /// makes one) and opens a session channel on it. `timeout` is the
     /// caller's command timeout: with `connect_timeout` it bounds the wait.
-    async fn open_channel(
+    pub(super) async fn open_channel(
         &self,
         target: &DeviceTarget,
         timeout: Duration,
@@ -397,7 +415,19 @@ impl SshPool {
         for _ in 0..4 {
             let mut lease = self.acquire(&key, target, deadline, waited).await?;
             host_key = host_key.or(lease.host_key.take());
-            match lease.handle.channel_open_session().await {
+            // A pooled connection whose path went silent never answers: the
+            // open counts against the caller's timeout, and a connection
+            // that lets it pass is dead (issue 15 input 6).
+            let opened = tokio::time::timeout(timeout, lease.handle.channel_open_session()).await;
+            let Ok(opened) = opened else {
+                debug!("no answer to a channel open; dropping the silent connection");
+                self.remove(&lease);
+                return Err(DriverError::Silent {
+                    device: target.name.clone(),
+                    after: timeout,
+                });
+            };
+            match opened {
                 Ok(channel) => {
                     lease.host_key = host_key;
                     return Ok((lease, channel));

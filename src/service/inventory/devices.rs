@@ -41,6 +41,49 @@ impl std::str::FromStr for DriverKind {
     }
 }
 
+/// Where a device runs commands: one exec channel per command (the device
+/// reports an exit status), or one line at a time in a warm interactive
+/// shell whose prompt marks the end of each command (devices that refuse
+/// exec requests; see `drivers::shell_session`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionKind {
+    #[default]
+    Exec,
+    Shell,
+}
+
+impl SessionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exec => "exec",
+            Self::Shell => "shell",
+        }
+    }
+}
+
+impl std::str::FromStr for SessionKind {
+    type Err = InventoryError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "exec" => Ok(Self::Exec),
+            "shell" => Ok(Self::Shell),
+            other => Err(InventoryError::Invalid(format!(
+                "unknown session {other:?}: use \"exec\" or \"shell\""
+            ))),
+        }
+    }
+}
+
+impl rusqlite::types::FromSql for SessionKind {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|e: InventoryError| rusqlite::types::FromSqlError::Other(Box::new(e)))
+    }
+}
+
 /// A device as listed: everything but its secrets.
 #[derive(Debug, Clone, Serialize)]
 pub struct Device {
@@ -58,6 +101,10 @@ pub struct Device {
     /// Whether the device is offered legacy SSH algorithms; `None` follows
     /// the service's `ssh.legacy_algorithms`.
     pub legacy_algorithms: Option<bool>,
+    /// Whether an enable secret is stored.
+    pub has_enable_password: bool,
+    /// Where commands run; `None` follows the device type's default.
+    pub session: Option<SessionKind>,
 }
 
 /// A device to add.
@@ -75,6 +122,11 @@ pub struct NewDevice {
     pub private_key: Option<Secret>,
     /// Offer legacy SSH algorithms (`None`: the service default).
     pub legacy_algorithms: Option<bool>,
+    /// The secret `enable` asks for (privileged mode), sealed like the
+    /// password.
+    pub enable_password: Option<Secret>,
+    /// Exec channels or a shell (`None`: the device type's default).
+    pub session: Option<SessionKind>,
 }
 
 /// A device's unsealed credentials, wiped from memory on drop.
@@ -83,6 +135,8 @@ pub struct DeviceCredentials {
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub private_key: Option<Secret>,
+    /// The enable secret, for devices that log in unprivileged.
+    pub enable_password: Option<Secret>,
 }
 
 fn password_context(name: &str) -> String {
@@ -91,6 +145,10 @@ fn password_context(name: &str) -> String {
 
 fn private_key_context(name: &str) -> String {
     format!("device:{name}:private_key")
+}
+
+fn enable_password_context(name: &str) -> String {
+    format!("device:{name}:enable_password")
 }
 
 /// Device names appear in commands, logs and globs: keep them plain.
@@ -118,7 +176,8 @@ fn one_device(n: usize, name: &str) -> Result<(), InventoryError> {
 }
 
 const DEVICE_COLUMNS: &str = "name, host, port, device_type, driver, attributes, username, \
-     password_sealed IS NOT NULL, private_key_sealed IS NOT NULL, host_key, legacy_algorithms";
+     password_sealed IS NOT NULL, private_key_sealed IS NOT NULL, host_key, legacy_algorithms, \
+     enable_password_sealed IS NOT NULL, session";
 
 fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, InventoryError>> {
     let driver: String = row.get(4)?;
@@ -139,6 +198,8 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, InventoryEr
             has_private_key: row.get(8)?,
             host_key: row.get(9)?,
             legacy_algorithms: row.get(10)?,
+            has_enable_password: row.get(11)?,
+            session: row.get(12)?,
         })
     })())
 }
@@ -166,12 +227,23 @@ impl Inventory {
             .as_ref()
             .map(|p| key.seal(&private_key_context(&device.name), p.expose().as_bytes()))
             .transpose()?;
+        let enable_password = device
+            .enable_password
+            .as_ref()
+            .map(|p| {
+                key.seal(
+                    &enable_password_context(&device.name),
+                    p.expose().as_bytes(),
+                )
+            })
+            .transpose()?;
         let attributes = serde_json::to_string(&device.attributes)
             .map_err(|e| InventoryError::Invalid(format!("attributes: {e}")))?;
         let result = self.conn.execute(
             "INSERT INTO devices (name, host, port, device_type, driver, attributes, username, \
-             password_sealed, private_key_sealed, legacy_algorithms, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             password_sealed, private_key_sealed, legacy_algorithms, created_at, \
+             enable_password_sealed, session) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 device.name,
                 device.host,
@@ -184,6 +256,8 @@ impl Inventory {
                 private_key,
                 device.legacy_algorithms,
                 now_secs() as i64,
+                enable_password,
+                device.session.map(SessionKind::as_str),
             ],
         );
         match result {
@@ -238,19 +312,23 @@ impl Inventory {
     ) -> Result<(Device, DeviceCredentials), InventoryError> {
         let key = self.key()?;
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {DEVICE_COLUMNS}, password_sealed, private_key_sealed \
-             FROM devices WHERE name = ?1"
+            "SELECT {DEVICE_COLUMNS}, password_sealed, private_key_sealed, \
+             enable_password_sealed FROM devices WHERE name = ?1"
         ))?;
         let row = stmt
             .query_row([name], |r| {
                 // By name: the same words inside DEVICE_COLUMNS are
                 // `… IS NOT NULL` expressions, named differently.
-                let sealed: (Option<Vec<u8>>, Option<Vec<u8>>) =
-                    (r.get("password_sealed")?, r.get("private_key_sealed")?);
+                type Sealed = Option<Vec<u8>>;
+                let sealed: (Sealed, Sealed, Sealed) = (
+                    r.get("password_sealed")?,
+                    r.get("private_key_sealed")?,
+                    r.get("enable_password_sealed")?,
+                );
                 Ok((device_from_row(r)?, sealed))
             })
             .optional()?;
-        let (device, (password, private_key)) =
+        let (device, (password, private_key, enable_password)) =
             row.ok_or_else(|| InventoryError::UnknownDevice(name.to_string()))?;
         let device = device?;
         let unseal = |context: String, sealed: Option<Vec<u8>>| {
@@ -267,6 +345,7 @@ impl Inventory {
             username: device.username.clone(),
             password: unseal(password_context(name), password)?,
             private_key: unseal(private_key_context(name), private_key)?,
+            enable_password: unseal(enable_password_context(name), enable_password)?,
         };
         Ok((device, credentials))
     }

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use zeroize::Zeroizing;
 
-pub use devices::{Device, DeviceCredentials, DriverKind, NewDevice};
+pub use devices::{Device, DeviceCredentials, DriverKind, NewDevice, SessionKind};
 pub use relay::RelayEnrollment;
 pub use users::{DeviceScope, LoginRecord, NewRemoteUser, RemoteUser};
 
@@ -336,6 +336,8 @@ mod tests {
             password: Some(Secret::new(password)),
             private_key: None,
             legacy_algorithms: None,
+            enable_password: None,
+            session: None,
         }
     }
 

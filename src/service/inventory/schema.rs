@@ -46,6 +46,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN legacy_algorithms INTEGER
         CHECK (legacy_algorithms IN (0, 1));
     "#,
+    // 4: the enable secret (sealed like the password) and where commands
+    // run (NULL: the device type's default).
+    r#"
+    ALTER TABLE devices ADD COLUMN enable_password_sealed BLOB;
+    ALTER TABLE devices ADD COLUMN session TEXT CHECK (session IN ('exec', 'shell'));
+    "#,
 ];
 
 /// The schema version this build writes.

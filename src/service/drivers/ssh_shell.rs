@@ -1,0 +1,338 @@
+//! Commands in warm SSH shells: the I/O glue between a pooled SSH channel
+//! (pty + shell) and a sans-IO [`ShellSession`], for devices whose profile
+//! says `shell` (devices that refuse exec requests, or whose type runs
+//! commands in a shell by default).
+//!
+//! Owns: the [`ShellStore`] of warm shells not in use (each holds its
+//! channel slot on a pooled connection, so shells count against the
+//! device's connection limit) and the task that closes those idle longer
+//! than `idle_timeout`. Takes: [`ShellStore::exec`] calls from the SSH pool.
+//! A shell runs one command at a time: a caller takes a warm shell (or
+//! opens one), runs its commands in order and puts it back.
+//!
+//! On failure: a shell that cannot be set up (no prompt within
+//! `connect_timeout`, enable refused, shell refused) fails the device with
+//! [`DriverError::Shell`]; a command that times out, loses its channel or
+//! meets an unanswered question fails alone and its shell is closed (after
+//! a Ctrl-C, so the device stops the work), never put back; a warm shell
+//! found dead on its first use is replaced once. A caller that goes away
+//! mid-command drops its shell the same way.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use russh::client::Msg;
+use russh::{Channel, ChannelMsg};
+
+use super::platform::Platform;
+use super::shell_session::{ShellError, ShellEvent, ShellOutput, ShellSession};
+use super::ssh::{Lease, SshPool};
+use super::{CommandError, CommandOutput, CommandResult, DeviceExec, DeviceTarget, DriverError};
+use crate::task::AbortOnDrop;
+
+/// The terminal a shell is opened with: wide, so devices do not wrap the
+/// echoed command or long output lines.
+const COLUMNS: u32 = 511;
+const ROWS: u32 = 24;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ShellKey {
+    device: String,
+    host: String,
+    port: u16,
+    username: Option<String>,
+    platform: Platform,
+}
+
+impl ShellKey {
+    fn of(target: &DeviceTarget) -> Self {
+        Self {
+            device: target.name.clone(),
+            host: target.host.clone(),
+            port: target.port,
+            username: target.credentials.username.clone(),
+            platform: target.profile.platform,
+        }
+    }
+}
+
+/// A shell with its channel slot, ready for a command.
+struct WarmShell {
+    _lease: Lease,
+    channel: ShellChannel,
+    session: ShellSession,
+    idle_since: Instant,
+}
+
+/// A shell channel that, dropped while open, gets a Ctrl-C and a close:
+/// a command whose caller left stops on the device, and an idle shell
+/// ends.
+struct ShellChannel(Option<Channel<Msg>>);
+
+impl ShellChannel {
+    fn get(&mut self) -> &mut Channel<Msg> {
+        self.0.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for ShellChannel {
+    fn drop(&mut self) {
+        let Some(channel) = self.0.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = channel.data(&b"\x03"[..]).await;
+                let _ = channel.close().await;
+            });
+        }
+    }
+}
+
+struct StoreInner {
+    idle: Mutex<HashMap<ShellKey, Vec<WarmShell>>>,
+    idle_timeout: Duration,
+}
+
+impl StoreInner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ShellKey, Vec<WarmShell>>> {
+        // Every update is one insert or removal: consistent after a panic.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The warm shells not in use, by device (see the module docs).
+pub(super) struct ShellStore {
+    inner: Arc<StoreInner>,
+    _reaper: AbortOnDrop<()>,
+}
+
+impl ShellStore {
+    /// A store whose shells close after `idle_timeout` unused (at once when
+    /// zero). Needs a tokio runtime (starts the reaper).
+    pub(super) fn new(idle_timeout: Duration) -> Self {
+        let inner = Arc::new(StoreInner {
+            idle: Mutex::new(HashMap::new()),
+            idle_timeout,
+        });
+        let period = (idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let reaper = tokio::spawn(reap(Arc::downgrade(&inner), period));
+        Self {
+            inner,
+            _reaper: AbortOnDrop::new(reaper),
+        }
+    }
+
+    fn take(&self, key: &ShellKey) -> Option<WarmShell> {
+        let mut idle = self.inner.lock();
+        let shells = idle.get_mut(key)?;
+        let shell = shells.pop();
+        if shells.is_empty() {
+            idle.remove(key);
+        }
+        shell
+    }
+
+    fn put(&self, key: ShellKey, mut shell: WarmShell) {
+        if self.inner.idle_timeout.is_zero() {
+            return;
+        }
+        shell.idle_since = Instant::now();
+        self.inner.lock().entry(key).or_default().push(shell);
+    }
+
+    /// Runs `commands` in order in one shell of the device; `timeout`
+    /// bounds each command, `connect_timeout` the shell's set-up.
+    pub(super) async fn exec(
+        &self,
+        pool: &SshPool,
+        target: &DeviceTarget,
+        commands: &[String],
+        timeout: Duration,
+    ) -> Result<DeviceExec, DriverError> {
+        let key = ShellKey::of(target);
+        let mut learned_host_key = None;
+        let mut results = Vec::with_capacity(commands.len());
+        let mut shell = self.take(&key);
+        for command in commands {
+            let started = Instant::now();
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut attempt = 0;
+            let outcome = loop {
+                attempt += 1;
+                let reused = shell.is_some();
+                let mut warm = match shell.take() {
+                    Some(warm) => warm,
+                    None => match open(pool, target, timeout, &mut learned_host_key).await {
+                        Ok(warm) => warm,
+                        Err(e) if results.is_empty() => return Err(e),
+                        Err(e) => break Err(CommandError::ConnectionLost(e.to_string())),
+                    },
+                };
+                match tokio::time::timeout_at(deadline, run_in_shell(&mut warm, command)).await {
+                    Ok(Ok(out)) => {
+                        shell = Some(warm);
+                        break Ok(out);
+                    }
+                    // A warm shell the device closed while it sat idle.
+                    Ok(Err(CommandError::ConnectionLost(_))) if reused && attempt == 1 => {}
+                    Ok(Err(e)) => break Err(e),
+                    Err(_) => break Err(CommandError::TimedOut(timeout)),
+                }
+            };
+            results.push(CommandResult {
+                command: command.clone(),
+                duration: started.elapsed(),
+                outcome: outcome.map(|out| CommandOutput {
+                    output: String::from_utf8_lossy(&out.output).into_owned(),
+                    // A shell has no exit status: the platform's error
+                    // lines decide.
+                    exit_status: Some(u32::from(out.failed)),
+                }),
+            });
+        }
+        if let Some(warm) = shell {
+            self.put(key, warm);
+        }
+        Ok(DeviceExec {
+            results,
+            learned_host_key,
+        })
+    }
+}
+
+/// Opens a pty and shell on a pooled connection and sets the session up
+/// (prompt, enable, paging off) within `connect_timeout`.
+async fn open(
+    pool: &SshPool,
+    target: &DeviceTarget,
+    timeout: Duration,
+    learned_host_key: &mut Option<String>,
+) -> Result<WarmShell, DriverError> {
+    let (mut lease, channel) = pool.open_channel(target, timeout).await?;
+    if learned_host_key.is_none() {
+        *learned_host_key = lease.host_key.take();
+    }
+    let shell_error = |reason: String| DriverError::Shell {
+        device: target.name.clone(),
+        reason,
+    };
+    let mut channel = ShellChannel(Some(channel));
+    let mut session = ShellSession::new(
+        target.profile.platform,
+        target.credentials.enable_password.clone(),
+        pool.config().max_output_bytes,
+    );
+    let after = pool.config().connect_timeout;
+    let setup = async {
+        let ch = channel.get();
+        ch.request_pty(false, "vt100", COLUMNS, ROWS, 0, 0, &[])
+            .await
+            .map_err(|e| shell_error(e.to_string()))?;
+        ch.request_shell(true)
+            .await
+            .map_err(|e| shell_error(e.to_string()))?;
+        loop {
+            match ch.wait().await {
+                Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
+                    for event in session
+                        .feed(&data)
+                        .map_err(|e| shell_error(e.to_string()))?
+                    {
+                        match event {
+                            ShellEvent::Send(bytes) => ch
+                                .data(&bytes[..])
+                                .await
+                                .map_err(|e| shell_error(e.to_string()))?,
+                            ShellEvent::Ready => return Ok(()),
+                            ShellEvent::Done(_) => {}
+                        }
+                    }
+                }
+                Some(ChannelMsg::Failure) => {
+                    return Err(shell_error("the device refused to start a shell".into()));
+                }
+                Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => {
+                    return Err(shell_error("the device closed the shell".into()));
+                }
+                Some(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(after, setup).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err(shell_error(format!(
+                "no {} prompt within {after:?} (last line seen: {:?})",
+                target.profile.platform,
+                session.last_line().unwrap_or_default()
+            )));
+        }
+    }
+    Ok(WarmShell {
+        _lease: lease,
+        channel,
+        session,
+        idle_since: Instant::now(),
+    })
+}
+
+/// Runs one command in a ready shell; its cleaned output. The one place a
+/// shell's output leaves as bytes.
+async fn run_in_shell(warm: &mut WarmShell, command: &str) -> Result<ShellOutput, CommandError> {
+    let shell_error = |e: ShellError| match e {
+        ShellError::TooMuchOutput { limit } => CommandError::TooMuchOutput { limit },
+        other => CommandError::Shell(other.to_string()),
+    };
+    let lost = |e: russh::Error| CommandError::ConnectionLost(e.to_string());
+    let send = warm.session.run(command).map_err(shell_error)?;
+    let channel = warm.channel.get();
+    channel.data(&send[..]).await.map_err(lost)?;
+    loop {
+        match channel.wait().await {
+            Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
+                for event in warm.session.feed(&data).map_err(shell_error)? {
+                    match event {
+                        ShellEvent::Send(bytes) => channel.data(&bytes[..]).await.map_err(lost)?,
+                        ShellEvent::Done(out) => return Ok(out),
+                        ShellEvent::Ready => {}
+                    }
+                }
+            }
+            Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => {
+                return Err(CommandError::ConnectionLost(
+                    "the device closed the shell".into(),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+async fn reap(inner: Weak<StoreInner>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let idle = inner.idle_timeout;
+        // Dropped outside the lock: each drop spawns the channel's close.
+        let mut expired = Vec::new();
+        {
+            let mut shells = inner.lock();
+            for list in shells.values_mut() {
+                let (old, fresh): (Vec<_>, Vec<_>) = std::mem::take(list)
+                    .into_iter()
+                    .partition(|s| s.idle_since.elapsed() >= idle);
+                *list = fresh;
+                expired.extend(old);
+            }
+            shells.retain(|_, list| !list.is_empty());
+        }
+        drop(expired);
+    }
+}
