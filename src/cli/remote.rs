@@ -547,6 +547,10 @@ pub async fn terminal(socket: &Path, name: String, device: String) -> Result<Exi
     // the call dropped (the broker closes the device's shell).
     let mut ended = EndSignals::terminate_or_hangup();
     let mut screen = Screen::default();
+    // The reader drops `end_tx` at stdin's end without `~.`: the device's
+    // output still comes, so stop watching (a finished oneshot must not be
+    // polled again).
+    let mut reader_running = true;
     loop {
         let event = tokio::select! {
             event = events.message() => event,
@@ -554,7 +558,11 @@ pub async fn terminal(socket: &Path, name: String, device: String) -> Result<Exi
                 screen.end_line();
                 return Err(CliError::Interrupted(signal));
             }
-            Ok(()) = &mut end_rx => {
+            escape = &mut end_rx, if reader_running => {
+                if escape.is_err() {
+                    reader_running = false;
+                    continue;
+                }
                 screen.end_line();
                 eprint!("terminal to {device} ended (~.)\r\n");
                 return Ok(ExitCode::SUCCESS);
