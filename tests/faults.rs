@@ -272,25 +272,23 @@ impl Load {
 
     /// Waits until every caller has had a success ending after `after`.
     async fn until_each_succeeds_after(&self, after: Instant, secs: u64, what: &str) {
-        let outcomes = self.outcomes.clone();
-        eventually(secs, what, || {
-            let seen = outcomes.lock().unwrap();
-            (0..CALLERS).all(|c| {
-                seen.iter()
-                    .any(|o| o.caller == c && o.ended > after && o.result.is_ok())
-            })
-        })
-        .await;
+        self.until_each_ends_after(after, true, secs, what).await;
     }
 
     /// Waits until every caller has had a failure ending after `after`.
     async fn until_each_fails_after(&self, after: Instant, secs: u64, what: &str) {
+        self.until_each_ends_after(after, false, secs, what).await;
+    }
+
+    /// Waits until every caller has had a call ending after `after` that
+    /// succeeded (`ok`) or failed.
+    async fn until_each_ends_after(&self, after: Instant, ok: bool, secs: u64, what: &str) {
         let outcomes = self.outcomes.clone();
         eventually(secs, what, || {
             let seen = outcomes.lock().unwrap();
             (0..CALLERS).all(|c| {
                 seen.iter()
-                    .any(|o| o.caller == c && o.ended > after && o.result.is_err())
+                    .any(|o| o.caller == c && o.ended > after && o.result.is_ok() == ok)
             })
         })
         .await;
@@ -544,6 +542,18 @@ async fn relay_killed_for_good_fails_every_call_within_the_bound() {
     killed_for_good(&mut relay, &broker, load).await;
 }
 
+/// `switchyard ARGS` against `broker`, bounded by `secs`.
+async fn run_cli(
+    broker: &TestBroker,
+    args: &[&str],
+    secs: u64,
+    what: &str,
+) -> std::process::Output {
+    within(secs, what, broker.command().args(args).output())
+        .await
+        .unwrap()
+}
+
 /// The broker SIGKILLed under load: every caller (gRPC clients made
 /// before the kill) fails at once, and so does the CLI, saying the broker
 /// is not running at its socket; after a restart on the same socket the
@@ -560,16 +570,13 @@ async fn broker_killed_under_load_fails_clients_at_once_and_serves_them_after_a_
     load.until_each_fails_after(killed, 10, "every caller's failure after the kill")
         .await;
     let started = Instant::now();
-    let cli = within(
+    let cli = run_cli(
+        &broker,
+        &["exec", "lab", "core-1", "-c", "show version"],
         10,
         "the CLI against a killed broker",
-        broker
-            .command()
-            .args(["exec", "lab", "core-1", "-c", "show version"])
-            .output(),
     )
-    .await
-    .unwrap();
+    .await;
     let cli_took = started.elapsed();
     let stderr = String::from_utf8_lossy(&cli.stderr);
     assert!(!cli.status.success(), "{stderr}");
@@ -590,16 +597,13 @@ async fn broker_killed_under_load_fails_clients_at_once_and_serves_them_after_a_
         s.logins
     );
     // `connect cloud` with the restored login (the CLI has none to give).
-    let connect = within(
+    let connect = run_cli(
+        &broker,
+        &["connect", "cloud", "lab", "--serial", serial],
         30,
         "connect cloud after the restart",
-        broker
-            .command()
-            .args(["connect", "cloud", "lab", "--serial", serial])
-            .output(),
     )
-    .await
-    .unwrap();
+    .await;
     assert!(connect.status.success(), "{connect:?}\n{}", broker.log());
     load.until_each_succeeds_after(back, 30, "every caller's success after the restart")
         .await;
@@ -637,16 +641,13 @@ async fn broker_killed_under_load_fails_clients_at_once_and_serves_them_after_a_
             Err((Code::Unavailable, m)) if m.contains("the broker is not running at"))),
         "no caller was told the broker is not running"
     );
-    let cli = within(
+    let cli = run_cli(
+        &broker,
+        &["exec", "lab", "core-1", "-c", "show version"],
         30,
         "the CLI after the restart",
-        broker
-            .command()
-            .args(["exec", "lab", "core-1", "-c", "show version"])
-            .output(),
     )
-    .await
-    .unwrap();
+    .await;
     let stdout = String::from_utf8_lossy(&cli.stdout);
     assert!(cli.status.success(), "{cli:?}");
     assert!(stdout.contains("Simulated Network OS"), "{stdout}");

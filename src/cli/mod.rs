@@ -179,7 +179,10 @@ pub enum CliError {
     /// the path.
     #[error(transparent)]
     BrokerUnreachable(#[from] crate::broker::socket::ConnectProblem),
-    #[error("{}", .0.message())]
+    /// The broker's answer, or what the gRPC client made of a lost
+    /// connection (its causes included: tonic's own message for a broker
+    /// that went away mid-call is only "transport error").
+    #[error("{}", remote_text(.0))]
     Remote(tonic::Status),
     /// A signal ended a command that was waiting; what it had started at
     /// the broker was cancelled with its call.
@@ -196,6 +199,22 @@ impl From<tonic::Status> for CliError {
     fn from(status: tonic::Status) -> Self {
         Self::Remote(status)
     }
+}
+
+/// A status's message, followed by each cause under it that adds
+/// something (e.g. "transport error: ...: lost the broker at PATH: ...").
+fn remote_text(status: &tonic::Status) -> String {
+    let mut text = status.message().to_string();
+    let mut cause = std::error::Error::source(status);
+    while let Some(err) = cause {
+        let more = err.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = err.source();
+    }
+    text
 }
 
 impl CliError {
@@ -264,5 +283,40 @@ mod duration_tests {
             "must be more than zero"
         );
         assert!(positive_duration("soon").is_err());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transport failure as tonic wraps it: a bland top-level message
+    /// with the reason underneath.
+    #[derive(Debug)]
+    struct Transport(std::io::Error);
+
+    impl std::fmt::Display for Transport {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("transport error")
+        }
+    }
+
+    impl std::error::Error for Transport {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_lost_broker_is_named_in_the_error_text() {
+        let reason =
+            std::io::Error::other("lost the broker at /run/sy.sock: it closed the connection");
+        let status = tonic::Status::from_error(Box::new(Transport(reason)));
+        let text = CliError::from(status).to_string();
+        assert!(text.starts_with("transport error: "), "{text}");
+        assert!(text.contains("lost the broker at /run/sy.sock"), "{text}");
+        // A broker's own answer is shown as it is.
+        let plain = CliError::from(tonic::Status::not_found("no device \"x\""));
+        assert_eq!(plain.to_string(), "no device \"x\"");
     }
 }

@@ -95,13 +95,18 @@ def test_pexpect_through_attach_socket(demo):
             conn.close()
 
 
+async def async_terminal(client, demo, device):
+    """An asyncio terminal on `device` of the demo's integrated service."""
+    service = await client.service_integrated(
+        admin_password=demo["SWITCHYARD_ADMIN_PASSWORD"], db=demo["SWITCHYARD_DB"])
+    inv = await service.get_inventory()
+    return await inv[device].terminal()
+
+
 def test_async_terminal(demo):
     async def main():
         async with AsyncClient.create(socket=demo["SWITCHYARD_SOCKET"]) as client:
-            service = await client.service_integrated(
-                admin_password=demo["SWITCHYARD_ADMIN_PASSWORD"], db=demo["SWITCHYARD_DB"])
-            inv = await service.get_inventory()
-            async with await inv["inproc-1"].terminal() as term:
+            async with await async_terminal(client, demo, "inproc-1") as term:
                 await term.readuntil_regex(PROMPT, timeout=30)
                 assert b"UTC" in await term.exec("show clock")
                 assert b"inproc-1 uptime" in await term.exec("show version")
@@ -123,10 +128,7 @@ def test_async_pexpect_through_attach_socket(demo):
 
     async def main():
         async with AsyncClient.create(socket=demo["SWITCHYARD_SOCKET"]) as client:
-            service = await client.service_integrated(
-                admin_password=demo["SWITCHYARD_ADMIN_PASSWORD"], db=demo["SWITCHYARD_DB"])
-            inv = await service.get_inventory()
-            async with await inv["sim-001"].terminal() as term:
+            async with await async_terminal(client, demo, "sim-001") as term:
                 await term.readuntil_regex(PROMPT, timeout=30)
                 await term.write("show clock\r")
                 await term.readuntil(b"show clock", timeout=30)
