@@ -2,7 +2,9 @@
 //!
 //! * `state` — the state directory (CA, keys, database) made at `init`.
 //! * `store` — the database: identity-provider users, tokens, OTPs,
-//!   certificates, enrolled services.
+//!   certificates, enrolled services (SQLite, one node).
+//! * `pg` — the same on PostgreSQL, shared by the nodes of a tier.
+//! * `db` — the interface the relay uses: either of the two.
 //! * `ca` — the certificate authority (rcgen).
 //! * `tokens` — signed access/refresh tokens and caller assertions (JWT).
 //! * `device_flow` — RFC 8628 device grants (sans-IO).
@@ -20,11 +22,13 @@
 //! imports `broker` or `service`.
 
 pub mod ca;
+pub mod db;
 pub mod device_flow;
 pub mod http;
 pub mod limits;
 pub mod live;
 pub mod packets;
+pub mod pg;
 pub mod quic;
 pub mod state;
 pub mod store;
@@ -41,8 +45,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use self::db::Database;
 use self::device_flow::{DeviceFlowConfig, DeviceGrants};
-use self::state::RelayState;
+use self::state::{RelayKeys, RelayState};
 use self::store::StoreError;
 use self::tokens::TokenError;
 use crate::task::AbortOnDrop;
@@ -159,7 +164,10 @@ pub(crate) struct OnlineService {
 
 /// What both listeners share.
 pub(crate) struct RelayCore {
-    pub state: RelayState,
+    /// Keys and identity (the same on every node of a tier).
+    pub state: RelayKeys,
+    /// The durable state (SQLite, or PostgreSQL shared by a tier).
+    pub db: Database,
     pub config: RelayConfig,
     pub grants: Mutex<DeviceGrants>,
     /// Device-login starts per client address.
@@ -187,7 +195,7 @@ fn token_kind_name(kind: &str) -> &'static str {
 impl RelayCore {
     /// Verifies a token of one of `kinds`: signature, expiry, revocation,
     /// and that its user is still enabled.
-    pub fn check_token(&self, token: &str, kinds: &[&str]) -> Result<TokenClaims, AuthError> {
+    pub async fn check_token(&self, token: &str, kinds: &[&str]) -> Result<TokenClaims, AuthError> {
         let claims = match self.state.signer.verify_token(token) {
             Ok(claims) => claims,
             Err(TokenError::Expired) => {
@@ -202,28 +210,29 @@ impl RelayCore {
         if !kinds.contains(&claims.kind.as_str()) {
             return Err(AuthError::Invalid);
         }
-        match self.state.store.token(&claims.jti)? {
+        match self.db.token(&claims.jti).await? {
             Some(record) if record.revoked => {
                 return Err(AuthError::Revoked { id: claims.jti });
             }
             Some(_) => {}
             None => return Err(AuthError::Invalid),
         }
-        if !self.state.store.user_enabled(&claims.sub)? {
+        if !self.db.user_enabled(&claims.sub).await? {
             return Err(AuthError::UserDisabled(claims.sub));
         }
         Ok(claims)
     }
 
     /// Issues and records a token good for `lifetime`.
-    pub fn issue_token(
+    pub async fn issue_token(
         &self,
         email: &str,
         kind: &str,
         lifetime: Duration,
     ) -> Result<(TokenClaims, String), WireError> {
         self.state
-            .issue_token(email, kind, unix_now() + lifetime.as_secs())
+            .issue_token(&self.db, email, kind, unix_now() + lifetime.as_secs())
+            .await
             .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
     }
 }
@@ -239,8 +248,20 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Binds both listeners and starts serving.
+    /// Binds both listeners and starts serving, on the state directory's
+    /// own SQLite store.
     pub async fn start(state: RelayState, config: RelayConfig) -> Result<Self, RelayError> {
+        let RelayState { keys, store } = state;
+        Self::start_on(keys, Database::Sqlite(Arc::new(store)), config).await
+    }
+
+    /// Binds both listeners and starts serving with `keys` on `db` (a
+    /// node of a tier: PostgreSQL).
+    pub async fn start_on(
+        state: RelayKeys,
+        db: Database,
+        config: RelayConfig,
+    ) -> Result<Self, RelayError> {
         let endpoint = quic::endpoint(&state, &config)?;
         let quic_addr = endpoint.local_addr().map_err(|e| RelayError::Listen {
             addr: config.listen,
@@ -287,6 +308,7 @@ impl Relay {
             next_tunnel: AtomicU64::new(1),
             packets,
             state,
+            db,
             config,
         });
         let tls = http::tls_config(&core.state)?;
