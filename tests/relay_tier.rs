@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::broker::{TestBroker, in_session, open_attached, run_exec};
-use common::cloud::ALICE;
+use common::cloud::{ALICE, CloudService};
 use common::postgres::{PgCluster, TierNode, enroll_service, init_tier_state, run_service_on};
 use common::within;
 use switchyard::api::pb;
@@ -333,4 +333,71 @@ async fn an_otp_redeemed_at_once_on_two_nodes_is_won_by_exactly_one() {
         assert_eq!(audit.len(), 1, "one enrollment recorded: {audit:?}");
     }
     drop(tier.cluster.log());
+}
+
+/// `relay nodes` rows for the node at `quic`: (alive, serials).
+fn node_row(listing: &str, quic: &str) -> Option<(bool, String)> {
+    listing.lines().find_map(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        (cols.get(1) == Some(&quic)).then(|| {
+            let alive = cols[2] == "yes";
+            (
+                alive,
+                if alive {
+                    cols.last().unwrap().to_string()
+                } else {
+                    String::new()
+                },
+            )
+        })
+    })
+}
+
+/// Each node records the services connected to it, with a heartbeat:
+/// `relay nodes` shows the service on node A; once A is SIGKILLed it owns
+/// nothing within the node timeout (plus slack), and the service, started
+/// again on B, is listed there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_stops_owning_its_services_within_the_timeout() {
+    use switchyard::relay::pg::presence::NODE_TIMEOUT;
+    let mut tier = Tier::start().await;
+    let otp = tier.otp("SN-HERE").await;
+    let (dir, enrolled) = enroll_service(tier.node("a"), &otp, &[]).await;
+    enrolled.unwrap();
+    let svc = run_service_on(dir, "SN-HERE", tier.node("a")).await;
+    let a_quic = tier.node("a").quic.clone();
+    let (listing, _) = tier.admin_command_on("b", &["nodes"]).await;
+    assert_eq!(
+        node_row(&listing, &a_quic),
+        Some((true, "SN-HERE".to_string())),
+        "{listing}"
+    );
+    assert_eq!(listing.lines().count(), 4, "three nodes: {listing}");
+
+    tier.nodes[0].kill().await;
+    let killed_at = Instant::now();
+    let bound = NODE_TIMEOUT + SLACK;
+    within(bound.as_secs() + 10, "node A owns nothing", async {
+        loop {
+            let (listing, _) = tier.admin_command_on("b", &["nodes"]).await;
+            if node_row(&listing, &a_quic).is_some_and(|(alive, _)| !alive) {
+                assert!(!listing.contains("SN-HERE"), "{listing}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let took = killed_at.elapsed();
+    eprintln!("node A stopped owning its services {took:?} after SIGKILL");
+    assert!(took <= bound, "{took:?} (timeout {NODE_TIMEOUT:?} + slack)");
+
+    let CloudService { dir, .. } = svc;
+    let _svc = run_service_on(dir, "SN-HERE", tier.node("b")).await;
+    let (listing, _) = tier.admin_command_on("c", &["nodes"]).await;
+    assert_eq!(
+        node_row(&listing, &tier.node("b").quic),
+        Some((true, "SN-HERE".to_string())),
+        "{listing}"
+    );
 }

@@ -46,6 +46,8 @@ pub struct RelayArgs {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of `Run` costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum RelayCommand {
     /// Create the state directory: CA, TLS certificate, signing key, database.
     Init {
@@ -68,6 +70,9 @@ pub enum RelayCommand {
     /// Certificates the relay's CA issued (client and service).
     #[command(subcommand)]
     Cert(CertCommand),
+    /// The nodes of a relay tier (`--database`): alive or not, load, and
+    /// the services connected to each.
+    Nodes,
 }
 
 /// Administrator commands on enrolled services. A serial belongs to the
@@ -162,6 +167,11 @@ pub struct RunArgs {
     /// Device logins waiting for approval at once, from everyone.
     #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_pending_grants: u32,
+    /// In a tier: the address other nodes reach this node's QUIC listener
+    /// at (default: the listener's address; give it when listening on
+    /// 0.0.0.0).
+    #[arg(long, value_name = "ADDR")]
+    pub node_address: Option<SocketAddr>,
     /// Write `{"url": ..., "quic": ..., "ca": ...}` here once listening.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
@@ -306,6 +316,39 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCod
             let (_, store) = open(&dir, database).await?;
             cert_command(&store, cmd).await?;
         }
+        RelayCommand::Nodes => {
+            if database.is_none() {
+                return Err(CliError::Usage(
+                    "`relay nodes` lists a tier's nodes: name its database with --database URL"
+                        .into(),
+                ));
+            }
+            let (_, store) = open(&dir, database).await?;
+            outln!(
+                "{:<18} {:<24} {:<6} {:>8} {:>11} SERVICES",
+                "NODE",
+                "QUIC",
+                "ALIVE",
+                "SERVICES",
+                "CONNECTIONS"
+            );
+            for n in store.nodes().await.map_err(usage)? {
+                let alive = if n.alive {
+                    "yes".to_string()
+                } else {
+                    format!("no ({}s)", n.silent_secs)
+                };
+                outln!(
+                    "{:<18} {:<24} {:<6} {:>8} {:>11} {}",
+                    n.id,
+                    n.quic,
+                    alive,
+                    n.services,
+                    n.connections,
+                    n.serials.join(",")
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -417,6 +460,7 @@ async fn run_relay(
             grant_starts_per_minute: args.grant_starts_per_minute,
             ..Default::default()
         },
+        node_address: args.node_address,
         ..Default::default()
     };
     let relay = Relay::start_on(keys, db, config).await.map_err(usage)?;

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use super::pg::PgStore;
+use super::pg::presence::NodeRecord;
 use super::store::{
     AuditRecord, CertRecord, EnrollRequest, Enrolled, RelayStore, RelayUser, ServiceRecord,
     StoreError, TokenRecord,
@@ -261,6 +262,56 @@ impl Database {
         match self {
             Self::Sqlite(s) => s.revoke_cert(fingerprint),
             Self::Postgres(p) => p.revoke_cert(fingerprint).await,
+        }
+    }
+
+    // Presence (a tier's; nothing to record for a single SQLite node).
+
+    /// Stamps this node's heartbeat with its load; true when its row was
+    /// (re)created and its services must be recorded again.
+    pub async fn heartbeat(
+        &self,
+        node: &str,
+        quic: &str,
+        services: u32,
+        connections: u32,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Self::Sqlite(_) => Ok(false),
+            Self::Postgres(p) => p.heartbeat(node, quic, services, connections).await,
+        }
+    }
+
+    /// Service `serial` is connected to node `node`.
+    pub async fn set_present(&self, serial: &str, node: &str) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(_) => Ok(()),
+            Self::Postgres(p) => p.set_present(serial, node).await,
+        }
+    }
+
+    /// Service `serial` left node `node`.
+    pub async fn clear_present(&self, serial: &str, node: &str) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(_) => Ok(()),
+            Self::Postgres(p) => p.clear_present(serial, node).await,
+        }
+    }
+
+    /// The live node another node must forward to for `serial`: (id, QUIC
+    /// address); always `None` on SQLite (one node).
+    pub async fn locate(&self, serial: &str) -> Result<Option<(String, String)>, StoreError> {
+        match self {
+            Self::Sqlite(_) => Ok(None),
+            Self::Postgres(p) => p.locate(serial).await,
+        }
+    }
+
+    /// The tier's nodes (empty on SQLite).
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        match self {
+            Self::Sqlite(_) => Ok(Vec::new()),
+            Self::Postgres(p) => p.nodes().await,
         }
     }
 }

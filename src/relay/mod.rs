@@ -43,7 +43,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use self::db::Database;
 use self::device_flow::{DeviceFlowConfig, DeviceGrants};
@@ -93,6 +93,9 @@ pub struct RelayConfig {
     /// (used to prove the relay sees only ciphertext). Never set in
     /// production; `try_send`, so it can never slow forwarding.
     pub tap: Option<mpsc::Sender<Bytes>>,
+    /// In a tier: the address other nodes reach this node's QUIC listener
+    /// at (`None`: the listener's own address).
+    pub node_address: Option<SocketAddr>,
 }
 
 impl Default for RelayConfig {
@@ -114,6 +117,7 @@ impl Default for RelayConfig {
             http_limits: http::HttpLimits::default(),
             prelogin: quic::PreloginLimits::default(),
             tap: None,
+            node_address: None,
         }
     }
 }
@@ -178,6 +182,10 @@ pub(crate) struct RelayCore {
     /// Authenticated QUIC connections by credential (for revocation).
     pub live: live::LiveConnections,
     pub quic_addr: SocketAddr,
+    /// This process's id among a tier's nodes (random per start).
+    pub node_id: String,
+    /// Where other nodes reach this one's QUIC listener.
+    pub node_addr: SocketAddr,
     pub next_tunnel: AtomicU64,
     /// The packet port, when enabled: tunnels' datagrams cross the relay
     /// without being decrypted here.
@@ -234,6 +242,47 @@ impl RelayCore {
             .issue_token(&self.db, email, kind, unix_now() + lifetime.as_secs())
             .await
             .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
+    }
+}
+
+/// A tier node's heartbeat: stamps its row with its load every
+/// [`pg::presence::HEARTBEAT`]; when the row was (re)made, records every
+/// service connected here again. Until `cancel`.
+async fn heartbeat(core: Arc<RelayCore>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(pg::presence::HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let serials: Vec<String> = core
+            .online
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let beat = core
+            .db
+            .heartbeat(
+                &core.node_id,
+                &core.node_addr.to_string(),
+                serials.len() as u32,
+                core.live.len() as u32,
+            )
+            .await;
+        match beat {
+            Ok(false) => {}
+            Ok(true) => {
+                for serial in &serials {
+                    if let Err(e) = core.db.set_present(serial, &core.node_id).await {
+                        warn!(error = %e, %serial, "cannot record a service's presence");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "relay node heartbeat failed"),
+        }
     }
 }
 
@@ -305,6 +354,8 @@ impl Relay {
             online: Mutex::new(HashMap::new()),
             live: live::LiveConnections::default(),
             quic_addr,
+            node_id: hex::encode(rand::random::<[u8; 8]>()),
+            node_addr: config.node_address.unwrap_or(quic_addr),
             next_tunnel: AtomicU64::new(1),
             packets,
             state,
@@ -312,7 +363,7 @@ impl Relay {
             config,
         });
         let tls = http::tls_config(&core.state)?;
-        let tasks = vec![
+        let mut tasks = vec![
             AbortOnDrop::new(tokio::spawn(quic::serve(
                 endpoint.clone(),
                 core.clone(),
@@ -326,7 +377,13 @@ impl Relay {
                 cancel.clone(),
             ))),
         ];
-        info!(quic = %quic_addr, https = %http_addr, packets = ?packet_addr, "relay listening");
+        if let Database::Postgres(_) = core.db {
+            tasks.push(AbortOnDrop::new(tokio::spawn(heartbeat(
+                core.clone(),
+                cancel.clone(),
+            ))));
+        }
+        info!(quic = %quic_addr, https = %http_addr, packets = ?packet_addr, node = %core.node_id, database = core.db.kind(), "relay listening");
         Ok(Self {
             core,
             http_addr,

@@ -319,16 +319,23 @@ async fn authenticate(
                 .await?
                 .ok_or(AuthError::UnknownCertificate)?;
             info!(%serial, ?advertise, "service online");
-            let mut online = core.online.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(old) = online.insert(
-                serial.clone(),
-                OnlineService {
-                    conn: conn.clone(),
-                    advertise,
-                },
-            ) {
+            let replaced = core
+                .online
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(
+                    serial.clone(),
+                    OnlineService {
+                        conn: conn.clone(),
+                        advertise,
+                    },
+                );
+            if let Some(old) = replaced {
                 old.conn
                     .close(0u32.into(), b"replaced by a newer connection");
+            }
+            if let Err(e) = core.db.set_present(&serial, &core.node_id).await {
+                warn!(error = %e, %serial, "cannot record the service's presence");
             }
             let credential = Credential::ServiceCert {
                 fingerprint,
@@ -349,13 +356,21 @@ async fn serve_service(
         _ = cancel.cancelled() => {}
         reason = conn.closed() => debug!(%serial, %reason, "service connection ended"),
     }
-    let mut online = core.online.lock().unwrap_or_else(|p| p.into_inner());
-    if online
-        .get(&serial)
-        .is_some_and(|s| s.conn.stable_id() == conn.stable_id())
-    {
-        online.remove(&serial);
+    let gone = {
+        let mut online = core.online.lock().unwrap_or_else(|p| p.into_inner());
+        let gone = online
+            .get(&serial)
+            .is_some_and(|s| s.conn.stable_id() == conn.stable_id());
+        if gone {
+            online.remove(&serial);
+        }
+        gone
+    };
+    if gone {
         info!(%serial, "service offline");
+        if let Err(e) = core.db.clear_present(&serial, &core.node_id).await {
+            warn!(error = %e, %serial, "cannot clear the service's presence");
+        }
     }
 }
 

@@ -43,10 +43,16 @@ const MIGRATION_LOCK: i64 = 0x7377_7964;
 
 /// The migrations, in order; kept in `migrations/postgres/` and applied
 /// at start under an advisory lock, each in its own transaction.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    include_str!("../../../migrations/postgres/0001_relay.sql"),
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        include_str!("../../../migrations/postgres/0001_relay.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../migrations/postgres/0002_presence.sql"),
+    ),
+];
 
 /// How to reach the database: the parsed URL and the TLS it needs.
 #[derive(Clone)]

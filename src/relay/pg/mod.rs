@@ -16,6 +16,7 @@
 //! other sees it used.
 
 pub mod conn;
+pub mod presence;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
