@@ -31,6 +31,10 @@ command -v strip >/dev/null || need+=(binutils)
 # whose UDP is dropped by an nftables rule; tests/faults.rs).
 command -v nft >/dev/null || need+=(nftables)
 command -v ip >/dev/null || need+=(iproute2)
+# PostgreSQL (Debian's, 15 on bookworm) for the relay tier's tests: each
+# test starts a private cluster as an unprivileged user on a Unix socket
+# in a temporary directory (tests/common/postgres.rs).
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
@@ -45,3 +49,9 @@ if ! id switchyard-test >/dev/null 2>&1; then
     useradd --create-home --shell /bin/sh switchyard-test
 fi
 echo 'switchyard-test:switchyard-test-password' | chpasswd
+
+# The unprivileged account the tests run PostgreSQL as (initdb refuses
+# root; tests/common/postgres.rs also creates it when missing).
+if ! id switchyard-pg >/dev/null 2>&1; then
+    useradd --system --no-create-home --shell /usr/sbin/nologin switchyard-pg
+fi

@@ -10,9 +10,10 @@ use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use super::{CliError, outln};
+use crate::relay::db::Database;
 use crate::relay::device_flow::DeviceFlowConfig;
 use crate::relay::http::HttpLimits;
-use crate::relay::store::RelayStore;
+use crate::relay::state::RelayKeys;
 use crate::relay::{Relay, RelayConfig, state};
 use crate::secret::SecretSource;
 use crate::wire::pin::Fingerprint;
@@ -27,11 +28,26 @@ pub struct RelayArgs {
         value_name = "DIR"
     )]
     pub state: Option<PathBuf>,
+    /// The shared PostgreSQL database of a relay tier
+    /// (`postgres://USER:PASSWORD@HOST/DB`, or a Unix socket directory as
+    /// `postgres:///DB?host=/run/postgresql`); without it, the SQLite file
+    /// in the state directory. Prefer the environment variable: a
+    /// password on the command line is visible to other local users.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_RELAY_DATABASE",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub database: Option<String>,
     #[command(subcommand)]
     pub command: RelayCommand,
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of `Run` costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum RelayCommand {
     /// Create the state directory: CA, TLS certificate, signing key, database.
     Init {
@@ -54,6 +70,9 @@ pub enum RelayCommand {
     /// Certificates the relay's CA issued (client and service).
     #[command(subcommand)]
     Cert(CertCommand),
+    /// The nodes of a relay tier (`--database`): alive or not, load, and
+    /// the services connected to each.
+    Nodes,
 }
 
 /// Administrator commands on enrolled services. A serial belongs to the
@@ -148,6 +167,11 @@ pub struct RunArgs {
     /// Device logins waiting for approval at once, from everyone.
     #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_pending_grants: u32,
+    /// In a tier: the address other nodes reach this node's QUIC listener
+    /// at (default: the listener's address; give it when listening on
+    /// 0.0.0.0).
+    #[arg(long, value_name = "ADDR")]
+    pub node_address: Option<SocketAddr>,
     /// Write `{"url": ..., "quic": ..., "ca": ...}` here once listening.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
@@ -195,8 +219,17 @@ fn usage(e: impl std::fmt::Display) -> CliError {
     CliError::Usage(e.to_string())
 }
 
+/// The state directory's keys and the database (`--database`, else its
+/// SQLite file).
+async fn open(dir: &Path, database: Option<&str>) -> Result<(RelayKeys, Database), CliError> {
+    let keys = state::load_keys(dir).map_err(usage)?;
+    let db = Database::open(dir, database).await.map_err(usage)?;
+    Ok((keys, db))
+}
+
 pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCode, CliError> {
     let dir = state_dir(&args)?.to_path_buf();
+    let database = args.database.as_deref();
     match args.command {
         RelayCommand::Init { hostnames } => {
             state::init(&dir, &hostnames).map_err(usage)?;
@@ -206,10 +239,9 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCod
                 dir.join("ca.pem").display()
             );
         }
-        RelayCommand::Run(run) => return run_relay(&dir, run, shutdown).await,
+        RelayCommand::Run(run) => return run_relay(&dir, database, run, shutdown).await,
         RelayCommand::User(cmd) => {
-            let relay = state::load(&dir).map_err(usage)?;
-            let store = &relay.store;
+            let (_, store) = open(&dir, database).await?;
             match cmd {
                 UserCommand::Add {
                     email,
@@ -223,12 +255,12 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCod
                         confirm: true,
                     }
                     .read()?;
-                    store.add_user(&email, &password).map_err(usage)?;
+                    store.add_user(&email, &password).await.map_err(usage)?;
                     outln!("added {email}");
                 }
                 UserCommand::List => {
                     outln!("{:<40} ENABLED", "EMAIL");
-                    for user in store.users().map_err(usage)? {
+                    for user in store.users().await.map_err(usage)? {
                         outln!(
                             "{:<40} {}",
                             user.email,
@@ -237,31 +269,34 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCod
                     }
                 }
                 UserCommand::Disable { email } => {
-                    store.set_user_enabled(&email, false).map_err(usage)?;
+                    store.set_user_enabled(&email, false).await.map_err(usage)?;
                     outln!("disabled {email}; a running relay closes their connections within 2 s");
                 }
                 UserCommand::Enable { email } => {
-                    store.set_user_enabled(&email, true).map_err(usage)?;
+                    store.set_user_enabled(&email, true).await.map_err(usage)?;
                     outln!("enabled {email}");
                 }
             }
         }
         RelayCommand::Token(cmd) => {
-            let relay = state::load(&dir).map_err(usage)?;
+            let (keys, store) = open(&dir, database).await?;
             match cmd {
                 TokenCommand::Issue { email, lifetime } => {
                     let exp = crate::relay::unix_now() + lifetime.as_secs();
-                    let (claims, token) = relay.issue_api_token(&email, exp).map_err(usage)?;
+                    let (claims, token) = keys
+                        .issue_api_token(&store, &email, exp)
+                        .await
+                        .map_err(usage)?;
                     eprintln!("token {} (expires at unix time {})", claims.jti, claims.exp);
                     outln!("{token}");
                 }
                 TokenCommand::Revoke { id } => {
-                    relay.store.revoke_token(&id).map_err(usage)?;
+                    store.revoke_token(&id).await.map_err(usage)?;
                     outln!("revoked {id}; a running relay closes its connections within 2 s");
                 }
                 TokenCommand::List => {
                     outln!("{:<24} {:<32} {:<12} REVOKED", "ID", "EMAIL", "EXPIRES");
-                    for t in relay.store.api_tokens().map_err(usage)? {
+                    for t in store.api_tokens().await.map_err(usage)? {
                         outln!(
                             "{:<24} {:<32} {:<12} {}",
                             t.id,
@@ -274,22 +309,55 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCod
             }
         }
         RelayCommand::Service(cmd) => {
-            let relay = state::load(&dir).map_err(usage)?;
-            service_command(&relay.store, cmd)?;
+            let (_, store) = open(&dir, database).await?;
+            service_command(&store, cmd).await?;
         }
         RelayCommand::Cert(cmd) => {
-            let relay = state::load(&dir).map_err(usage)?;
-            cert_command(&relay.store, cmd)?;
+            let (_, store) = open(&dir, database).await?;
+            cert_command(&store, cmd).await?;
+        }
+        RelayCommand::Nodes => {
+            if database.is_none() {
+                return Err(CliError::Usage(
+                    "`relay nodes` lists a tier's nodes: name its database with --database URL"
+                        .into(),
+                ));
+            }
+            let (_, store) = open(&dir, database).await?;
+            outln!(
+                "{:<18} {:<24} {:<6} {:>8} {:>11} SERVICES",
+                "NODE",
+                "QUIC",
+                "ALIVE",
+                "SERVICES",
+                "CONNECTIONS"
+            );
+            for n in store.nodes().await.map_err(usage)? {
+                let alive = if n.alive {
+                    "yes".to_string()
+                } else {
+                    format!("no ({}s)", n.silent_secs)
+                };
+                outln!(
+                    "{:<18} {:<24} {:<6} {:>8} {:>11} {}",
+                    n.id,
+                    n.quic,
+                    alive,
+                    n.services,
+                    n.connections,
+                    n.serials.join(",")
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn service_command(store: &RelayStore, cmd: ServiceCommand) -> Result<(), CliError> {
+async fn service_command(store: &Database, cmd: ServiceCommand) -> Result<(), CliError> {
     match cmd {
         ServiceCommand::List => {
             outln!("{:<24} {:<32} FINGERPRINT", "SERIAL", "OWNER");
-            for s in store.services().map_err(usage)? {
+            for s in store.services().await.map_err(usage)? {
                 outln!(
                     "{:<24} {:<32} {}",
                     s.serial,
@@ -299,7 +367,7 @@ fn service_command(store: &RelayStore, cmd: ServiceCommand) -> Result<(), CliErr
             }
         }
         ServiceCommand::Transfer { serial, to } => {
-            let previous = store.transfer_service(&serial, &to).map_err(usage)?;
+            let previous = store.transfer_service(&serial, &to).await.map_err(usage)?;
             let previous = previous.as_deref().unwrap_or("(none)");
             tracing::info!(%serial, %previous, owner = %to, "service transferred by an administrator (audit)");
             outln!("{serial} now belongs to {to} (was {previous})");
@@ -313,7 +381,11 @@ fn service_command(store: &RelayStore, cmd: ServiceCommand) -> Result<(), CliErr
                 "ACTOR",
                 "OWNER"
             );
-            for a in store.enrollment_audit(serial.as_deref()).map_err(usage)? {
+            for a in store
+                .enrollment_audit(serial.as_deref())
+                .await
+                .map_err(usage)?
+            {
                 outln!(
                     "{:<12} {:<24} {:<9} {:<24} {:<24} {}",
                     a.at,
@@ -329,7 +401,7 @@ fn service_command(store: &RelayStore, cmd: ServiceCommand) -> Result<(), CliErr
     Ok(())
 }
 
-fn cert_command(store: &RelayStore, cmd: CertCommand) -> Result<(), CliError> {
+async fn cert_command(store: &Database, cmd: CertCommand) -> Result<(), CliError> {
     match cmd {
         CertCommand::List => {
             outln!(
@@ -338,7 +410,7 @@ fn cert_command(store: &RelayStore, cmd: CertCommand) -> Result<(), CliError> {
                 "KIND",
                 "SUBJECT"
             );
-            for c in store.certs().map_err(usage)? {
+            for c in store.certs().await.map_err(usage)? {
                 outln!(
                     "{:<95} {:<8} {:<32} {}",
                     Fingerprint(c.fingerprint),
@@ -354,7 +426,7 @@ fn cert_command(store: &RelayStore, cmd: CertCommand) -> Result<(), CliError> {
                     "{fingerprint:?} is not a SHA-256 fingerprint (as `switchyard relay cert list` shows)"
                 ))
             })?;
-            store.revoke_cert(&parsed.0).map_err(usage)?;
+            store.revoke_cert(&parsed.0).await.map_err(usage)?;
             outln!("revoked {parsed}; a running relay closes its connections within 2 s");
         }
     }
@@ -363,10 +435,11 @@ fn cert_command(store: &RelayStore, cmd: CertCommand) -> Result<(), CliError> {
 
 async fn run_relay(
     dir: &Path,
+    database: Option<&str>,
     args: RunArgs,
     shutdown: CancellationToken,
 ) -> Result<ExitCode, CliError> {
-    let state = state::load(dir).map_err(usage)?;
+    let (keys, db) = open(dir, database).await?;
     let config = RelayConfig {
         listen: args.listen,
         http_listen: args.http_listen,
@@ -387,9 +460,10 @@ async fn run_relay(
             grant_starts_per_minute: args.grant_starts_per_minute,
             ..Default::default()
         },
+        node_address: args.node_address,
         ..Default::default()
     };
-    let relay = Relay::start(state, config).await.map_err(usage)?;
+    let relay = Relay::start_on(keys, db, config).await.map_err(usage)?;
     let ready = serde_json::json!({
         "url": relay.url(),
         "quic": relay.quic_addr().to_string(),

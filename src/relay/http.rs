@@ -47,7 +47,7 @@ use tracing::{debug, info, warn};
 
 use super::device_flow::PollError;
 use super::limits::{Limited, address_key};
-use super::state::RelayState;
+use super::state::RelayKeys;
 use super::store::{EnrollRequest, StoreError};
 use super::{AuthError, RelayCore, RelayError};
 use crate::secret::Secret;
@@ -58,7 +58,7 @@ use crate::wire::relay::{
 
 pub const DEVICE_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
-pub(super) fn tls_config(state: &RelayState) -> Result<Arc<rustls::ServerConfig>, RelayError> {
+pub(super) fn tls_config(state: &RelayKeys) -> Result<Arc<rustls::ServerConfig>, RelayError> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(state.server_key.to_vec()));
     let mut tls = rustls::ServerConfig::builder()
         .with_no_client_auth()
@@ -428,11 +428,14 @@ async fn token(State(core): State<Arc<RelayCore>>, Form(form): Form<TokenForm>) 
                     "refresh_token is required",
                 );
             };
-            match core.check_token(&refresh, &["refresh"]) {
+            match core.check_token(&refresh, &["refresh"]).await {
                 Ok(claims) => {
                     // One refresh token per login; the new access token
                     // replaces the old.
-                    return match core.issue_token(&claims.sub, "access", core.config.access_ttl) {
+                    return match core
+                        .issue_token(&claims.sub, "access", core.config.access_ttl)
+                        .await
+                    {
                         Ok((claims, access)) => token_response(&access, &refresh, claims.exp),
                         Err(e) => oauth_error(
                             StatusCode::INTERNAL_SERVER_ERROR,
@@ -454,12 +457,16 @@ async fn token(State(core): State<Arc<RelayCore>>, Form(form): Form<TokenForm>) 
             );
         }
     };
-    let issued = core
+    let issued = match core
         .issue_token(&email, "access", core.config.access_ttl)
-        .and_then(|(claims, access)| {
-            core.issue_token(&email, "refresh", core.config.refresh_ttl)
-                .map(|(_, refresh)| (claims, access, refresh))
-        });
+        .await
+    {
+        Ok((claims, access)) => core
+            .issue_token(&email, "refresh", core.config.refresh_ttl)
+            .await
+            .map(|(_, refresh)| (claims, access, refresh)),
+        Err(e) => Err(e),
+    };
     match issued {
         Ok((claims, access, refresh)) => {
             info!(%email, "device grant redeemed");
@@ -601,14 +608,7 @@ async fn device_decide(
             "Too many sign-in attempts; wait a minute and try again.",
         );
     }
-    let verified = {
-        let core = core.clone();
-        let email = email.clone();
-        let password = form.password;
-        crate::password::hashing(move || core.state.store.verify_user(&email, &password))
-            .await
-            .unwrap_or(Ok(false))
-    };
+    let verified = core.db.verify_user(&email, form.password).await;
     match verified {
         Ok(true) => core
             .sign_ins
@@ -697,9 +697,12 @@ async fn enroll_service(
         advertise: request.advertise,
     };
     let ca = &core.state.ca;
-    let enrolled = core.state.store.enroll_with_otp(&otp, &enroll, |serial| {
-        ca.issue_service(&csr, serial).map_err(|e| e.to_string())
-    });
+    let enrolled = core
+        .db
+        .enroll_with_otp(&otp, &enroll, |serial| {
+            ca.issue_service(&csr, serial).map_err(|e| e.to_string())
+        })
+        .await;
     let enrolled = match enrolled {
         Ok(enrolled) => enrolled,
         Err(e @ (StoreError::OtpUnknown | StoreError::OtpUsed | StoreError::OtpExpired)) => {

@@ -4,17 +4,21 @@
 //! Owns: the table of authenticated connections (an entry lives as long as
 //! its `LiveEntry` guard) and the watcher task that re-checks them.
 //!
-//! The watcher polls the store's [`generation`](super::store::RelayStore::generation)
+//! The watcher polls the store's [`generation`](super::db::Database::generation)
 //! every [`POLL`]: a token revoked, a user disabled, a certificate revoked
 //! (by an admin command on the same database, or through the relay's own
 //! handle, as a re-enrollment does) changes it, and every live credential
-//! is checked again at once. A full re-check also runs every [`RECHECK`]
-//! regardless. A connection whose credential no longer holds is closed
-//! with `UNAUTHENTICATED` and the reason.
+//! is checked again at once. On PostgreSQL (a tier) every such change is
+//! also a `NOTIFY` that every node's change feed receives at commit and
+//! that wakes the watcher at once (a lost feed reconnects and counts as a
+//! change). A full re-check also runs every [`RECHECK`] regardless. A
+//! connection whose credential no longer holds is closed with
+//! `UNAUTHENTICATED` and the reason.
 //!
 //! **Invariant:** a revoked credential's connections are closed within
-//! [`REVOCATION_BOUND`] of the revocation's commit (poll interval plus the
-//! re-check itself, which reads two rows per connection).
+//! [`REVOCATION_BOUND`] of the revocation's commit, on every node sharing
+//! the database (poll interval or notification, plus the re-check itself,
+//! which reads two rows per connection).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,7 +28,7 @@ use quinn::{Connection, VarInt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::store::RelayStore;
+use super::db::Database;
 use super::{AuthError, RelayCore};
 use crate::wire::messages::close_code;
 use crate::wire::pin::Fingerprint;
@@ -77,34 +81,36 @@ impl std::fmt::Debug for Credential {
 impl Credential {
     /// Whether the credential still holds (expiry is checked per request,
     /// where a client can still present a refreshed token).
-    pub fn check(&self, store: &RelayStore) -> Result<(), AuthError> {
+    pub async fn check(&self, store: &Database) -> Result<(), AuthError> {
         match self {
             Self::Token { jti, user } => {
-                match store.token(jti)? {
+                match store.token(jti).await? {
                     Some(record) if record.revoked => {
                         return Err(AuthError::Revoked { id: jti.clone() });
                     }
                     Some(_) => {}
                     None => return Err(AuthError::Invalid),
                 }
-                enabled(store, user)
+                enabled(store, user).await
             }
             Self::ClientCert { fingerprint, user } => {
                 store
-                    .cert_subject(fingerprint, "client")?
+                    .cert_subject(fingerprint, "client")
+                    .await?
                     .ok_or(AuthError::UnknownCertificate)?;
-                enabled(store, user)
+                enabled(store, user).await
             }
             Self::ServiceCert { fingerprint, .. } => store
-                .cert_subject(fingerprint, "service")?
+                .cert_subject(fingerprint, "service")
+                .await?
                 .map(|_| ())
                 .ok_or(AuthError::UnknownCertificate),
         }
     }
 }
 
-fn enabled(store: &RelayStore, user: &str) -> Result<(), AuthError> {
-    if store.user_enabled(user)? {
+async fn enabled(store: &Database, user: &str) -> Result<(), AuthError> {
+    if store.user_enabled(user).await? {
         Ok(())
     } else {
         Err(AuthError::UserDisabled(user.to_string()))
@@ -162,11 +168,11 @@ impl LiveConnections {
 
     /// Checks every live credential; closes the connections whose
     /// credential no longer holds. Returns how many were closed.
-    fn recheck(&self, store: &RelayStore) -> usize {
+    async fn recheck(&self, store: &Database) -> usize {
         let snapshot: Vec<(Connection, Credential)> = lock(&self.table).values().cloned().collect();
         let mut closed = 0;
         for (conn, credential) in snapshot {
-            let why = match credential.check(store) {
+            let why = match credential.check(store).await {
                 Ok(()) => continue,
                 // A database error is no proof of revocation: keep serving.
                 Err(AuthError::Store(e)) => {
@@ -190,7 +196,9 @@ impl LiveConnections {
 /// The watcher: re-checks live credentials when the database changes, and
 /// every [`RECHECK`] regardless, until `cancel`.
 pub(crate) async fn watch(core: Arc<RelayCore>, cancel: CancellationToken) {
-    let mut seen = core.state.store.generation().ok();
+    // A tier's nodes hear each other's changes at once.
+    let wake = core.db.start_change_feed();
+    let mut seen = core.db.generation().ok();
     let mut last_full = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -198,15 +206,37 @@ pub(crate) async fn watch(core: Arc<RelayCore>, cancel: CancellationToken) {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+            // `notify_one` keeps a wake that comes while re-checking.
+            _ = changed(wake.as_deref()) => {}
         }
         let now = tokio::time::Instant::now();
-        let generation = core.state.store.generation().ok();
+        let generation = core.db.generation().ok();
         if generation == seen && now.duration_since(last_full) < RECHECK {
             continue;
         }
         seen = generation;
         last_full = now;
-        let core = core.clone();
-        let _ = tokio::task::spawn_blocking(move || core.live.recheck(&core.state.store)).await;
+        match &core.db {
+            // SQLite reads block: off the runtime's threads (its calls
+            // never wait on the runtime, so a plain executor runs them).
+            Database::Sqlite(_) => {
+                let core = core.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    futures::executor::block_on(core.live.recheck(&core.db))
+                })
+                .await;
+            }
+            Database::Postgres(_) => {
+                core.live.recheck(&core.db).await;
+            }
+        }
+    }
+}
+
+/// Resolves when the change feed wakes (never without one).
+async fn changed(wake: Option<&tokio::sync::Notify>) {
+    match wake {
+        Some(wake) => wake.notified().await,
+        None => std::future::pending().await,
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! * `state` — the state directory (CA, keys, database) made at `init`.
 //! * `store` — the database: identity-provider users, tokens, OTPs,
-//!   certificates, enrolled services.
+//!   certificates, enrolled services (SQLite, one node).
+//! * `pg` — the same on PostgreSQL, shared by the nodes of a tier.
+//! * `db` — the interface the relay uses: either of the two.
 //! * `ca` — the certificate authority (rcgen).
 //! * `tokens` — signed access/refresh tokens and caller assertions (JWT).
 //! * `device_flow` — RFC 8628 device grants (sans-IO).
@@ -20,11 +22,13 @@
 //! imports `broker` or `service`.
 
 pub mod ca;
+pub mod db;
 pub mod device_flow;
 pub mod http;
 pub mod limits;
 pub mod live;
 pub mod packets;
+pub mod pg;
 pub mod quic;
 pub mod state;
 pub mod store;
@@ -39,10 +43,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
+use self::db::Database;
 use self::device_flow::{DeviceFlowConfig, DeviceGrants};
-use self::state::RelayState;
+use self::state::{RelayKeys, RelayState};
 use self::store::StoreError;
 use self::tokens::TokenError;
 use crate::task::AbortOnDrop;
@@ -88,6 +93,9 @@ pub struct RelayConfig {
     /// (used to prove the relay sees only ciphertext). Never set in
     /// production; `try_send`, so it can never slow forwarding.
     pub tap: Option<mpsc::Sender<Bytes>>,
+    /// In a tier: the address other nodes reach this node's QUIC listener
+    /// at (`None`: the listener's own address).
+    pub node_address: Option<SocketAddr>,
 }
 
 impl Default for RelayConfig {
@@ -109,6 +117,7 @@ impl Default for RelayConfig {
             http_limits: http::HttpLimits::default(),
             prelogin: quic::PreloginLimits::default(),
             tap: None,
+            node_address: None,
         }
     }
 }
@@ -159,7 +168,10 @@ pub(crate) struct OnlineService {
 
 /// What both listeners share.
 pub(crate) struct RelayCore {
-    pub state: RelayState,
+    /// Keys and identity (the same on every node of a tier).
+    pub state: RelayKeys,
+    /// The durable state (SQLite, or PostgreSQL shared by a tier).
+    pub db: Database,
     pub config: RelayConfig,
     pub grants: Mutex<DeviceGrants>,
     /// Device-login starts per client address.
@@ -170,6 +182,10 @@ pub(crate) struct RelayCore {
     /// Authenticated QUIC connections by credential (for revocation).
     pub live: live::LiveConnections,
     pub quic_addr: SocketAddr,
+    /// This process's id among a tier's nodes (random per start).
+    pub node_id: String,
+    /// Where other nodes reach this one's QUIC listener.
+    pub node_addr: SocketAddr,
     pub next_tunnel: AtomicU64,
     /// The packet port, when enabled: tunnels' datagrams cross the relay
     /// without being decrypted here.
@@ -187,7 +203,7 @@ fn token_kind_name(kind: &str) -> &'static str {
 impl RelayCore {
     /// Verifies a token of one of `kinds`: signature, expiry, revocation,
     /// and that its user is still enabled.
-    pub fn check_token(&self, token: &str, kinds: &[&str]) -> Result<TokenClaims, AuthError> {
+    pub async fn check_token(&self, token: &str, kinds: &[&str]) -> Result<TokenClaims, AuthError> {
         let claims = match self.state.signer.verify_token(token) {
             Ok(claims) => claims,
             Err(TokenError::Expired) => {
@@ -202,29 +218,71 @@ impl RelayCore {
         if !kinds.contains(&claims.kind.as_str()) {
             return Err(AuthError::Invalid);
         }
-        match self.state.store.token(&claims.jti)? {
+        match self.db.token(&claims.jti).await? {
             Some(record) if record.revoked => {
                 return Err(AuthError::Revoked { id: claims.jti });
             }
             Some(_) => {}
             None => return Err(AuthError::Invalid),
         }
-        if !self.state.store.user_enabled(&claims.sub)? {
+        if !self.db.user_enabled(&claims.sub).await? {
             return Err(AuthError::UserDisabled(claims.sub));
         }
         Ok(claims)
     }
 
     /// Issues and records a token good for `lifetime`.
-    pub fn issue_token(
+    pub async fn issue_token(
         &self,
         email: &str,
         kind: &str,
         lifetime: Duration,
     ) -> Result<(TokenClaims, String), WireError> {
         self.state
-            .issue_token(email, kind, unix_now() + lifetime.as_secs())
+            .issue_token(&self.db, email, kind, unix_now() + lifetime.as_secs())
+            .await
             .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
+    }
+}
+
+/// A tier node's heartbeat: stamps its row with its load every
+/// [`pg::presence::HEARTBEAT`]; when the row was (re)made, records every
+/// service connected here again. Until `cancel`.
+async fn heartbeat(core: Arc<RelayCore>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(pg::presence::HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let serials: Vec<String> = core
+            .online
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let beat = core
+            .db
+            .heartbeat(
+                &core.node_id,
+                &core.node_addr.to_string(),
+                serials.len() as u32,
+                core.live.len() as u32,
+            )
+            .await;
+        match beat {
+            Ok(false) => {}
+            Ok(true) => {
+                for serial in &serials {
+                    if let Err(e) = core.db.set_present(serial, &core.node_id).await {
+                        warn!(error = %e, %serial, "cannot record a service's presence");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "relay node heartbeat failed"),
+        }
     }
 }
 
@@ -239,8 +297,20 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Binds both listeners and starts serving.
+    /// Binds both listeners and starts serving, on the state directory's
+    /// own SQLite store.
     pub async fn start(state: RelayState, config: RelayConfig) -> Result<Self, RelayError> {
+        let RelayState { keys, store } = state;
+        Self::start_on(keys, Database::Sqlite(Arc::new(store)), config).await
+    }
+
+    /// Binds both listeners and starts serving with `keys` on `db` (a
+    /// node of a tier: PostgreSQL).
+    pub async fn start_on(
+        state: RelayKeys,
+        db: Database,
+        config: RelayConfig,
+    ) -> Result<Self, RelayError> {
         let endpoint = quic::endpoint(&state, &config)?;
         let quic_addr = endpoint.local_addr().map_err(|e| RelayError::Listen {
             addr: config.listen,
@@ -284,13 +354,16 @@ impl Relay {
             online: Mutex::new(HashMap::new()),
             live: live::LiveConnections::default(),
             quic_addr,
+            node_id: hex::encode(rand::random::<[u8; 8]>()),
+            node_addr: config.node_address.unwrap_or(quic_addr),
             next_tunnel: AtomicU64::new(1),
             packets,
             state,
+            db,
             config,
         });
         let tls = http::tls_config(&core.state)?;
-        let tasks = vec![
+        let mut tasks = vec![
             AbortOnDrop::new(tokio::spawn(quic::serve(
                 endpoint.clone(),
                 core.clone(),
@@ -304,7 +377,13 @@ impl Relay {
                 cancel.clone(),
             ))),
         ];
-        info!(quic = %quic_addr, https = %http_addr, packets = ?packet_addr, "relay listening");
+        if let Database::Postgres(_) = core.db {
+            tasks.push(AbortOnDrop::new(tokio::spawn(heartbeat(
+                core.clone(),
+                cancel.clone(),
+            ))));
+        }
+        info!(quic = %quic_addr, https = %http_addr, packets = ?packet_addr, node = %core.node_id, database = core.db.kind(), "relay listening");
         Ok(Self {
             core,
             http_addr,

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::live::{Credential, LiveEntry};
-use super::state::RelayState;
+use super::state::RelayKeys;
 use super::store::StoreError;
 use super::{AuthError, OnlineService, RelayConfig, RelayCore, RelayError};
 use crate::wire::conn::{read_frame, write_frame};
@@ -47,7 +47,7 @@ use crate::wire::relay::{
 /// The QUIC endpoint: server certificate from the CA, client certificates
 /// optional (tokens are the other way in) but verified against the CA
 /// whenever presented.
-pub(super) fn endpoint(state: &RelayState, config: &RelayConfig) -> Result<Endpoint, RelayError> {
+pub(super) fn endpoint(state: &RelayKeys, config: &RelayConfig) -> Result<Endpoint, RelayError> {
     let tls_err = |e: &dyn std::fmt::Display| RelayError::Tls(e.to_string());
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -211,7 +211,7 @@ async fn serve_connection(
             return;
         }
     };
-    let (peer, credential) = match authenticate(&core, &conn, hello) {
+    let (peer, credential) = match authenticate(&core, &conn, hello).await {
         Ok(peer) => peer,
         Err(e) => {
             // The slot stays taken until the refused connection is gone.
@@ -272,15 +272,15 @@ async fn serve_connection(
     }
 }
 
-fn authenticate(
+async fn authenticate(
     core: &RelayCore,
     conn: &Connection,
     hello: RelayHello,
 ) -> Result<(Peer, Credential), AuthError> {
-    let store = &core.state.store;
+    let store = &core.db;
     match hello {
         RelayHello::Client { token: Some(token) } => {
-            let claims = core.check_token(&token, &["access", "api"])?;
+            let claims = core.check_token(&token, &["access", "api"]).await?;
             let credential = Credential::Token {
                 jti: claims.jti.clone(),
                 user: claims.sub.clone(),
@@ -295,9 +295,10 @@ fn authenticate(
         RelayHello::Client { token: None } => {
             let fingerprint = peer_cert_fingerprint(conn).ok_or(AuthError::Missing)?;
             let email = store
-                .cert_subject(&fingerprint, "client")?
+                .cert_subject(&fingerprint, "client")
+                .await?
                 .ok_or(AuthError::UnknownCertificate)?;
-            if !store.user_enabled(&email)? {
+            if !store.user_enabled(&email).await? {
                 return Err(AuthError::UserDisabled(email));
             }
             let credential = Credential::ClientCert {
@@ -314,19 +315,27 @@ fn authenticate(
         RelayHello::Service { advertise } => {
             let fingerprint = peer_cert_fingerprint(conn).ok_or(AuthError::Missing)?;
             let serial = store
-                .cert_subject(&fingerprint, "service")?
+                .cert_subject(&fingerprint, "service")
+                .await?
                 .ok_or(AuthError::UnknownCertificate)?;
             info!(%serial, ?advertise, "service online");
-            let mut online = core.online.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(old) = online.insert(
-                serial.clone(),
-                OnlineService {
-                    conn: conn.clone(),
-                    advertise,
-                },
-            ) {
+            let replaced = core
+                .online
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(
+                    serial.clone(),
+                    OnlineService {
+                        conn: conn.clone(),
+                        advertise,
+                    },
+                );
+            if let Some(old) = replaced {
                 old.conn
                     .close(0u32.into(), b"replaced by a newer connection");
+            }
+            if let Err(e) = core.db.set_present(&serial, &core.node_id).await {
+                warn!(error = %e, %serial, "cannot record the service's presence");
             }
             let credential = Credential::ServiceCert {
                 fingerprint,
@@ -347,13 +356,21 @@ async fn serve_service(
         _ = cancel.cancelled() => {}
         reason = conn.closed() => debug!(%serial, %reason, "service connection ended"),
     }
-    let mut online = core.online.lock().unwrap_or_else(|p| p.into_inner());
-    if online
-        .get(&serial)
-        .is_some_and(|s| s.conn.stable_id() == conn.stable_id())
-    {
-        online.remove(&serial);
+    let gone = {
+        let mut online = core.online.lock().unwrap_or_else(|p| p.into_inner());
+        let gone = online
+            .get(&serial)
+            .is_some_and(|s| s.conn.stable_id() == conn.stable_id());
+        if gone {
+            online.remove(&serial);
+        }
+        gone
+    };
+    if gone {
         info!(%serial, "service offline");
+        if let Err(e) = core.db.clear_present(&serial, &core.node_id).await {
+            warn!(error = %e, %serial, "cannot clear the service's presence");
+        }
     }
 }
 
@@ -424,23 +441,25 @@ async fn serve_request(
     };
     metrics::counter!("switchyard_relay_requests_total", "kind" => kind).increment(1);
     let reply = match request {
-        RelayRequest::Reauth { token } => match core.check_token(&token, &["access", "api"]) {
-            Ok(claims) if claims.sub == identity => {
-                let mut a = auth.lock().unwrap_or_else(|p| p.into_inner());
-                a.expires = Some(claims.exp);
-                a.sso = claims.kind == "access";
-                a.live.replace(Credential::Token {
-                    jti: claims.jti,
-                    user: claims.sub,
-                });
-                RelayReply::Ok
+        RelayRequest::Reauth { token } => {
+            match core.check_token(&token, &["access", "api"]).await {
+                Ok(claims) if claims.sub == identity => {
+                    let mut a = auth.lock().unwrap_or_else(|p| p.into_inner());
+                    a.expires = Some(claims.exp);
+                    a.sso = claims.kind == "access";
+                    a.live.replace(Credential::Token {
+                        jti: claims.jti,
+                        user: claims.sub,
+                    });
+                    RelayReply::Ok
+                }
+                Ok(_) => refuse(
+                    ErrorCode::PermissionDenied,
+                    "a connection cannot change identity",
+                ),
+                Err(e) => RelayReply::Error(e.to_wire()),
             }
-            Ok(_) => refuse(
-                ErrorCode::PermissionDenied,
-                "a connection cannot change identity",
-            ),
-            Err(e) => RelayReply::Error(e.to_wire()),
-        },
+        }
         _ if expired => refuse(
             ErrorCode::Unauthenticated,
             "the access token of this connection expired; log in again",
@@ -448,13 +467,13 @@ async fn serve_request(
         RelayRequest::OpenTunnel { serial } => {
             return open_tunnel(&core, &identity, &serial, send, recv).await;
         }
-        RelayRequest::Assert { serial } => assert_for(&core, &identity, &serial),
-        RelayRequest::ServiceOtp { serial } => service_otp(&core, &identity, &serial),
+        RelayRequest::Assert { serial } => assert_for(&core, &identity, &serial).await,
+        RelayRequest::ServiceOtp { serial } => service_otp(&core, &identity, &serial).await,
         RelayRequest::IssueClientCert { csr_der } => {
             match core.state.ca.issue_client(&csr_der, &identity) {
                 Ok(cert_der) => {
                     let fp = Fingerprint::of(&cert_der).0;
-                    match core.state.store.record_cert(&fp, "client", &identity) {
+                    match core.db.record_cert(&fp, "client", &identity).await {
                         Ok(()) => {
                             info!(%identity, "client certificate issued");
                             RelayReply::ClientCert {
@@ -470,7 +489,7 @@ async fn serve_request(
         }
         RelayRequest::CreateToken { lifetime_secs } if sso => {
             let lifetime = std::time::Duration::from_secs(lifetime_secs.max(60));
-            match core.issue_token(&identity, "api", lifetime) {
+            match core.issue_token(&identity, "api", lifetime).await {
                 Ok((claims, token)) => {
                     info!(%identity, id = %claims.jti, "access token created");
                     RelayReply::Token {
@@ -491,11 +510,11 @@ async fn serve_request(
     let _ = send.finish();
 }
 
-fn facts(core: &RelayCore, serial: &str) -> Result<ServiceFacts, RelayReply> {
+async fn facts(core: &RelayCore, serial: &str) -> Result<ServiceFacts, RelayReply> {
     let record = core
-        .state
-        .store
+        .db
         .service(serial)
+        .await
         .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?
         .ok_or_else(|| {
             refuse(
@@ -516,8 +535,8 @@ fn facts(core: &RelayCore, serial: &str) -> Result<ServiceFacts, RelayReply> {
     })
 }
 
-fn assert_for(core: &RelayCore, identity: &str, serial: &str) -> RelayReply {
-    let facts = match facts(core, serial) {
+async fn assert_for(core: &RelayCore, identity: &str, serial: &str) -> RelayReply {
+    let facts = match facts(core, serial).await {
         Ok(f) => f,
         Err(reply) => return reply,
     };
@@ -531,14 +550,14 @@ fn assert_for(core: &RelayCore, identity: &str, serial: &str) -> RelayReply {
     }
 }
 
-fn service_otp(core: &RelayCore, identity: &str, serial: &str) -> RelayReply {
+async fn service_otp(core: &RelayCore, identity: &str, serial: &str) -> RelayReply {
     if serial.is_empty() || serial.len() > 128 || serial.chars().any(|c| c.is_control()) {
         return refuse(
             ErrorCode::InvalidArgument,
             "a serial is 1-128 printable characters",
         );
     }
-    match core.state.store.check_may_enroll(serial, identity) {
+    match core.db.check_may_enroll(serial, identity).await {
         Ok(()) => {}
         Err(e @ (StoreError::SerialOwned { .. } | StoreError::SerialUnowned { .. })) => {
             warn!(%serial, requested_by = %identity, "enrollment one-time password refused: the serial belongs to another user");
@@ -548,7 +567,7 @@ fn service_otp(core: &RelayCore, identity: &str, serial: &str) -> RelayReply {
     }
     let otp = crate::secret::Secret::new(hex::encode(rand::random::<[u8; 16]>()));
     let expires = super::unix_now() + core.config.otp_ttl.as_secs();
-    match core.state.store.add_otp(&otp, serial, identity, expires) {
+    match core.db.add_otp(&otp, serial, identity, expires).await {
         Ok(()) => {
             info!(%serial, created_by = %identity, "enrollment one-time password created");
             RelayReply::Otp {
@@ -572,7 +591,7 @@ async fn open_tunnel(
         let _ = write_frame(&mut client_send, &reply, max).await;
         let _ = client_send.finish();
     }
-    let facts = match facts(core, serial) {
+    let facts = match facts(core, serial).await {
         Ok(f) => f,
         Err(reply) => return reply_error(client_send, reply, max).await,
     };

@@ -6,7 +6,7 @@
 //! | `server.pem`, `server.key` | the relay's TLS certificate for its host names, signed by the CA |
 //! | `signing.key` | Ed25519 key that signs tokens and assertions |
 //! | `relay-id` | the issuer name in every token (stable across restarts and ports) |
-//! | `relay.db` | users, tokens, one-time passwords, certificates, services |
+//! | `relay.db` | users, tokens, one-time passwords, certificates, services (SQLite; unused by a tier on PostgreSQL) |
 //!
 //! Keys are PKCS#8 DER files of mode 0600 in a directory of mode 0700;
 //! what protects them is the file system (under systemd, the relay's own
@@ -20,7 +20,8 @@ use rustls::pki_types::pem::PemObject;
 use zeroize::Zeroizing;
 
 use super::ca::{CaError, CertificateAuthority};
-use super::store::{RelayStore, StoreError};
+use super::db::Database;
+use super::store::{RelayStore, StoreError, TokenRecord};
 use super::tokens::TokenSigner;
 use crate::fsutil::write_atomically;
 
@@ -43,8 +44,12 @@ pub enum StateError {
     Bad { path: PathBuf, reason: String },
 }
 
-/// Everything the running relay loads from its state directory.
-pub struct RelayState {
+/// The keys and identity every node of a relay loads from its state
+/// directory: CA, server certificate, signing key, issuer. A tier's nodes
+/// load copies of one directory (made once by `relay init`), so a token or
+/// certificate issued by any node is valid on all; the database holds no
+/// private key.
+pub struct RelayKeys {
     pub dir: PathBuf,
     pub ca: CertificateAuthority,
     pub server_cert_der: Vec<u8>,
@@ -52,7 +57,20 @@ pub struct RelayState {
     pub signer: TokenSigner,
     /// The raw Ed25519 public key services verify assertions with.
     pub signing_public: Vec<u8>,
+}
+
+/// The keys and the state directory's own SQLite store (what the
+/// single-node relay and its admin commands open).
+pub struct RelayState {
+    pub keys: RelayKeys,
     pub store: RelayStore,
+}
+
+impl std::ops::Deref for RelayState {
+    type Target = RelayKeys;
+    fn deref(&self) -> &RelayKeys {
+        &self.keys
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -113,8 +131,17 @@ pub fn init(dir: &Path, hostnames: &[String]) -> Result<(), StateError> {
     Ok(())
 }
 
-/// Loads an initialized state directory.
+/// Loads an initialized state directory with its SQLite store.
 pub fn load(dir: &Path) -> Result<RelayState, StateError> {
+    let keys = load_keys(dir)?;
+    Ok(RelayState {
+        keys,
+        store: RelayStore::open(&dir.join("relay.db"))?,
+    })
+}
+
+/// Loads the keys of an initialized state directory (not its database).
+pub fn load_keys(dir: &Path) -> Result<RelayKeys, StateError> {
     if !dir.join("ca.key").exists() {
         return Err(StateError::NotInitialized(dir.to_path_buf()));
     }
@@ -128,26 +155,25 @@ pub fn load(dir: &Path) -> Result<RelayState, StateError> {
         path: id_path.clone(),
         reason: "not UTF-8".into(),
     })?;
-    Ok(RelayState {
+    Ok(RelayKeys {
         dir: dir.to_path_buf(),
         ca,
         server_cert_der: read_cert_pem(&dir.join("server.pem"))?,
         server_key: Zeroizing::new(read(&dir.join("server.key"))?),
         signer: TokenSigner::new(issuer.trim().to_string(), &signing_der, &signing_public),
         signing_public,
-        store: RelayStore::open(&dir.join("relay.db"))?,
     })
 }
 
-impl RelayState {
-    /// Signs a token of `kind` for `email`, expiring at unix time `exp`, and
-    /// records it (so it can be listed and revoked).
-    pub fn issue_token(
+impl RelayKeys {
+    /// Signs a token of `kind` for `email` expiring at unix time `exp`;
+    /// with the record that must be stored before it is handed out.
+    fn sign(
         &self,
         email: &str,
         kind: &str,
         exp: u64,
-    ) -> Result<(crate::wire::relay::TokenClaims, String), StateError> {
+    ) -> Result<(crate::wire::relay::TokenClaims, String, TokenRecord), StateError> {
         let (claims, token) = self
             .signer
             .issue_token_until(email, kind, exp)
@@ -155,18 +181,61 @@ impl RelayState {
                 path: self.dir.clone(),
                 reason: e.to_string(),
             })?;
-        self.store.record_token(&super::store::TokenRecord {
+        let record = TokenRecord {
             id: claims.jti.clone(),
             email: email.into(),
             kind: kind.into(),
             expires_at: claims.exp,
             revoked: false,
-        })?;
+        };
+        Ok((claims, token, record))
+    }
+
+    /// Signs a token and records it in `db` (so it can be listed and
+    /// revoked on every node).
+    pub async fn issue_token(
+        &self,
+        db: &Database,
+        email: &str,
+        kind: &str,
+        exp: u64,
+    ) -> Result<(crate::wire::relay::TokenClaims, String), StateError> {
+        let (claims, token, record) = self.sign(email, kind, exp)?;
+        db.record_token(&record).await?;
         Ok((claims, token))
     }
 
     /// Issues a long-lived access token for an enabled user (`relay token
     /// issue`), expiring at unix time `exp`.
+    pub async fn issue_api_token(
+        &self,
+        db: &Database,
+        email: &str,
+        exp: u64,
+    ) -> Result<(crate::wire::relay::TokenClaims, String), StateError> {
+        if !db.user_enabled(email).await? {
+            return Err(StateError::Store(StoreError::NoSuchUser(email.into())));
+        }
+        self.issue_token(db, email, "api", exp).await
+    }
+}
+
+impl RelayState {
+    /// Signs a token of `kind` for `email`, expiring at unix time `exp`, and
+    /// records it in the SQLite store (so it can be listed and revoked).
+    pub fn issue_token(
+        &self,
+        email: &str,
+        kind: &str,
+        exp: u64,
+    ) -> Result<(crate::wire::relay::TokenClaims, String), StateError> {
+        let (claims, token, record) = self.keys.sign(email, kind, exp)?;
+        self.store.record_token(&record)?;
+        Ok((claims, token))
+    }
+
+    /// Issues a long-lived access token for an enabled user, expiring at
+    /// unix time `exp`.
     pub fn issue_api_token(
         &self,
         email: &str,

@@ -1,4 +1,6 @@
-//! The relay's database (SQLite, WAL): its identity provider's users, every
+//! The relay's database on SQLite (WAL), the single-node default (a tier
+//! of several nodes uses [`PgStore`](super::pg::PgStore); the relay itself
+//! reaches either through [`Database`](super::db::Database)): its identity provider's users, every
 //! token it issued (for listing and revocation), enrollment one-time
 //! passwords, the certificates its CA issued, enrolled services with the
 //! user who owns each, and an audit trail of enrollments and transfers.
@@ -27,6 +29,10 @@ use crate::wire::pin::Fingerprint;
 pub enum StoreError {
     #[error("relay database: {0}")]
     Db(#[from] rusqlite::Error),
+    #[error("relay database: {0}")]
+    Pg(#[from] super::pg::PgError),
+    #[error("password hashing stopped: {0}")]
+    Hashing(String),
     #[error("user {0} already exists")]
     UserExists(String),
     #[error("no such user: {0}")]
