@@ -126,13 +126,19 @@ async fn a_device_refusing_exec_runs_commands_in_one_warm_shell() {
     assert_eq!(bulk.output.len(), 1_000_000);
     assert!(bulk.output.starts_with("0123456789abc"));
 
-    // Two callers at once get a shell each (one command at a time per shell).
+    // Two callers at once: both served, at most a shell each (one command
+    // at a time per shell), and the shells stay warm for the next caller.
     let (a, b) = tokio::join!(
         run(&pool, &shell, &["show clock"]),
         run(&pool, &shell, &["show clock"])
     );
     assert!(a[0].is_ok() && b[0].is_ok());
-    assert_eq!(fleet.shells_opened(), 2);
+    let opened = fleet.shells_opened();
+    assert!(opened <= 2, "{opened} shells for two callers");
+    run(&pool, &shell, &["show clock"]).await[0]
+        .as_ref()
+        .unwrap();
+    assert_eq!(fleet.shells_opened(), opened, "a warm shell was reused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
