@@ -7,6 +7,7 @@ pub mod broker;
 pub mod cloud;
 pub mod demo;
 mod exec_output;
+pub mod forward;
 pub mod handoff;
 pub mod relay;
 pub mod remote;

@@ -135,6 +135,12 @@ pub enum DeviceCommand {
         /// even when `ssh.legacy_algorithms` is on. Default: that setting.
         #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
         legacy_algorithms: Option<bool>,
+        /// TCP ports of the device remote users may forward to (port
+        /// forwarding, the SOCKS proxy), comma-separated, or `none`.
+        /// Default: the device's own SSH port (`--port`); none for a
+        /// simulated device.
+        #[arg(long, value_name = "PORTS")]
+        forward_ports: Option<String>,
     },
     /// List devices (never shows secrets).
     List {
@@ -276,7 +282,9 @@ fn device_command(
             key_file,
             attrs,
             legacy_algorithms,
+            forward_ports,
         } => {
+            let forward_ports = forward_ports.as_deref().map(parse_ports).transpose()?;
             let driver = match driver {
                 DriverArg::Ssh => DriverKind::Ssh,
                 DriverArg::Simulator => DriverKind::Simulator,
@@ -324,7 +332,12 @@ fn device_command(
                 private_key,
                 legacy_algorithms,
             };
-            Inventory::open(db, &admin()?)?.add_device(&device)?;
+            let mut inventory = Inventory::open(db, &admin()?)?;
+            inventory.add_device(&device)?;
+            if let Some(ports) = forward_ports {
+                let ports = crate::service::inventory::ForwardPorts::Listed(ports);
+                inventory.set_forward_ports(&name, &ports)?;
+            }
             outln!("added device {name}");
         }
         DeviceCommand::List { json } => {
@@ -565,4 +578,20 @@ async fn enroll_service(db: &Path, args: EnrollArgs, admin: Secret) -> Result<()
     .map_err(|e| CliError::Usage(e.to_string()))?;
     outln!("enrolled as serial {serial}; `switchyard service run` now also connects to the relay");
     Ok(())
+}
+
+/// `--forward-ports`: `none`, or port numbers separated by commas.
+fn parse_ports(text: &str) -> Result<Vec<u16>, CliError> {
+    if text.trim() == "none" {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|p| match p.trim().parse::<u16>() {
+            Ok(port) if port > 0 => Ok(port),
+            _ => Err(CliError::Usage(format!(
+                "--forward-ports: {p:?} is not a port (1-65535); give ports separated by \
+                 commas, or `none`"
+            ))),
+        })
+        .collect()
 }

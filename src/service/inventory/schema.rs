@@ -46,6 +46,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN legacy_algorithms INTEGER
         CHECK (legacy_algorithms IN (0, 1));
     "#,
+    // 4: the TCP ports of a device remote users may forward to, as a JSON
+    // array of port numbers (NULL: the default, see `inventory::forwarding`).
+    r#"
+    ALTER TABLE devices ADD COLUMN forward_ports TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.
