@@ -37,8 +37,11 @@ use crate::broker::routes::{Routes, ServiceRef};
 /// Connections one forward carries at once, at most; more are reset.
 pub const MAX_CONNECTIONS: usize = 1024;
 
-/// How long a new connection waits for the service to connect it.
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a new connection waits for the service to connect it. Its
+/// request can wait behind other streams' bulk data when the link's
+/// connection-level flow-control window (32 MiB) is full, so this is
+/// generous; a dead link is found sooner by the liveness bound.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a forward reaches, for whom.
 pub struct Target {
