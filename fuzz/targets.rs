@@ -270,6 +270,14 @@ fn service_messages() -> Vec<Vec<u8>> {
         enc(&Response::TerminalOutput(b"router#".to_vec())),
         enc(&Response::TerminalClosed),
         enc(&Response::Pong),
+        enc(&Response::ForwardReady),
+        enc(&RequestEnvelope {
+            deadline_ms: None,
+            request: Request::Forward {
+                device: "core-1".into(),
+                port: 443,
+            },
+        }),
         enc(&Response::Error(error())),
         enc(&TerminalInput::Data(b"show ip int brief\r".to_vec())),
         enc(&TerminalInput::Resize {

@@ -17,10 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 mod cloud;
+mod forward;
 
 use super::error::BrokerError;
 use super::link::CallStream;
-use super::link_actor::{Acquire, InFlight};
+use super::link_actor::InFlight;
 use super::login_registry::{ListLogins, LoginRegistry};
 use super::peer::{ConnectedPeer, Peer};
 use super::registry::{
@@ -65,6 +66,8 @@ pub struct FrontDoor {
     draining: CancellationToken,
     /// Calls running now, across all sessions (drained at shutdown).
     in_flight: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// Port forwards (`ForwardStart`).
+    forwards: std::sync::Arc<super::forward::Forwards>,
 }
 
 impl FrontDoor {
@@ -74,6 +77,7 @@ impl FrontDoor {
         routes: tokio::sync::watch::Receiver<std::sync::Arc<Routes>>,
         draining: CancellationToken,
         in_flight: std::sync::Arc<std::sync::atomic::AtomicU32>,
+        forwards: std::sync::Arc<super::forward::Forwards>,
     ) -> Self {
         Self {
             registry,
@@ -81,6 +85,7 @@ impl FrontDoor {
             routes,
             draining,
             in_flight,
+            forwards,
         }
     }
 
@@ -150,27 +155,16 @@ impl FrontDoor {
     ) -> Result<OpenCall, Status> {
         self.admit()?;
         let resolved = self.routes.borrow().resolve(&peer, &service)?;
-        // Fast path: the link published a live channel. Otherwise ask the
-        // link, which fails fast while it reconnects.
-        let (channel, mut in_flight) = match resolved.channel {
-            Some(channel) => (channel, InFlight::new(vec![resolved.link_in_flight])),
-            None => {
-                let acquired = resolved
-                    .acquire
-                    .send(Acquire { hold: false })
-                    .await
-                    .map_err(mailbox)??;
-                (acquired.channel, acquired.in_flight)
-            }
-        };
-        if let Some(counter) = resolved.session_in_flight {
-            in_flight = in_flight.also(counter);
-        }
-        in_flight = in_flight.also(self.in_flight.clone());
+        let super::routes::OpenLink {
+            channel,
+            in_flight,
+            cancel,
+        } = resolved.open().await?;
+        let in_flight = in_flight.also(self.in_flight.clone());
         let call = channel.call(envelope).await?;
         Ok(OpenCall {
             call,
-            cancel: resolved.cancel,
+            cancel,
             _in_flight: in_flight,
         })
     }
@@ -475,12 +469,19 @@ impl Broker for FrontDoor {
         let logins = self
             .logins
             .send(ListLogins {
-                peer: Some(peer),
+                peer: Some(peer.clone()),
                 live_sessions: live,
             })
             .await
             .map_err(mailbox)?;
-        Ok(Response::new(convert::status_response(info, logins)))
+        let mut response = convert::status_response(info, logins);
+        response.forwards = self
+            .forwards
+            .list(peer.uid)
+            .into_iter()
+            .map(forward::forward_status)
+            .collect();
+        Ok(Response::new(response))
     }
 
     type SsoLoginStream = EventStream<pb::SsoLoginEvent>;
@@ -590,5 +591,26 @@ impl Broker for FrontDoor {
             fingerprint: fp.to_string(),
             target,
         }))
+    }
+
+    async fn forward_start(
+        &self,
+        request: Request<pb::ForwardStartRequest>,
+    ) -> Result<Response<pb::ForwardStatus>, Status> {
+        self.forward_start_impl(request).await
+    }
+
+    async fn forward_stop(
+        &self,
+        request: Request<pb::ForwardStopRequest>,
+    ) -> Result<Response<pb::ForwardStopResponse>, Status> {
+        self.forward_stop_impl(request).await
+    }
+
+    async fn forward_list(
+        &self,
+        request: Request<pb::ForwardListRequest>,
+    ) -> Result<Response<pb::ForwardListResponse>, Status> {
+        self.forward_list_impl(request).await
     }
 }

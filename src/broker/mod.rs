@@ -11,6 +11,7 @@ pub mod dialer;
 pub mod direct_client;
 pub mod direct_link;
 pub mod error;
+pub mod forward;
 pub mod front_door;
 pub mod integrated;
 pub mod known_services;
@@ -133,12 +134,14 @@ pub async fn run(
 
     let draining = CancellationToken::new();
     let in_flight = Arc::new(AtomicU32::new(0));
+    let forwards = forward::Forwards::new(routes.clone(), cancel.child_token());
     let front_door = FrontDoor::new(
         registry.clone(),
         logins,
         routes,
         draining.clone(),
         in_flight.clone(),
+        forwards.clone(),
     );
     let stop_serving = CancellationToken::new();
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).map(|accepted| {
@@ -196,6 +199,8 @@ pub async fn run(
             timeout,
         });
     }
+    // Forwards end with the broker (their connections are reset).
+    forwards.stop_all();
     // Ending sessions ends their attach streams, so connections can close.
     let _ = registry
         .send(Shutdown {

@@ -140,3 +140,41 @@ impl Routes {
         })
     }
 }
+
+/// A link ready for one call: its channel, the in-flight counters the call
+/// holds while it runs, and what cancels it.
+pub struct OpenLink {
+    pub channel: super::link::LinkChannel,
+    pub in_flight: super::link_actor::InFlight,
+    pub cancel: CancellationToken,
+}
+
+impl Resolved {
+    /// The link's live channel (fast path: the one it published; else ask
+    /// the link, which fails fast while it reconnects and starts an
+    /// attempt), counted in flight on the link and the session.
+    pub async fn open(self) -> Result<OpenLink, BrokerError> {
+        let (channel, mut in_flight) = match self.channel {
+            Some(channel) => (
+                channel,
+                super::link_actor::InFlight::new(vec![self.link_in_flight]),
+            ),
+            None => {
+                let acquired = self
+                    .acquire
+                    .send(Acquire { hold: false })
+                    .await
+                    .map_err(BrokerError::mailbox)??;
+                (acquired.channel, acquired.in_flight)
+            }
+        };
+        if let Some(counter) = self.session_in_flight {
+            in_flight = in_flight.also(counter);
+        }
+        Ok(OpenLink {
+            channel,
+            in_flight,
+            cancel: self.cancel,
+        })
+    }
+}

@@ -7,6 +7,7 @@ pub mod broker;
 pub mod cloud;
 pub mod demo;
 mod exec_output;
+pub mod forward;
 pub mod handoff;
 pub mod known_services;
 pub mod relay;

@@ -48,7 +48,10 @@ pub enum ClientCommand {
         /// The device.
         device: String,
     },
-    /// Show sessions, named services and links.
+    /// Port forwards kept by the broker.
+    #[command(subcommand)]
+    Forward(super::forward::ForwardCommand),
+    /// Show sessions, named services, links and forwards.
     Status {
         /// One JSON document instead of text.
         #[arg(long)]
@@ -65,6 +68,7 @@ pub async fn run(socket: &Path, cmd: ClientCommand) -> Result<ExitCode, CliError
         ClientCommand::Exec(args) => exec(socket, args).await,
         ClientCommand::Terminal { name, device } => terminal(socket, name, device).await,
         ClientCommand::Status { json } => status(socket, json).await,
+        ClientCommand::Forward(cmd) => super::forward::run(socket, cmd).await,
     }
 }
 
@@ -378,6 +382,7 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
                 "state": l.state, "expires_unix": l.expires_unix, "sessions": l.sessions,
                 "connected": l.connected, "reach": l.reach, "last_error": l.last_error,
             })).collect::<Vec<_>>(),
+            "forwards": s.forwards.iter().map(super::forward::forward_json).collect::<Vec<_>>(),
         });
         outln!(
             "{}",
@@ -443,6 +448,8 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
             }
         );
     }
+    outln!("forwards: {}", s.forwards.len());
+    super::forward::print_forwards(&s.forwards);
     Ok(ExitCode::SUCCESS)
 }
 

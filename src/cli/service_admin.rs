@@ -143,6 +143,12 @@ pub enum DeviceCommand {
         legacy_algorithms: Option<bool>,
         #[command(flatten)]
         shell: DeviceShellArgs,
+        /// TCP ports of the device remote users may forward to (port
+        /// forwarding, the SOCKS proxy), comma-separated, or `none`.
+        /// Default: the device's own SSH port (`--port`); none for a
+        /// simulated device.
+        #[arg(long, value_name = "PORTS")]
+        forward_ports: Option<String>,
     },
     /// List devices (never shows secrets).
     List {
@@ -285,9 +291,11 @@ fn device_command(
             attrs,
             legacy_algorithms,
             shell,
+            forward_ports,
         } => {
             check_device_type(&device_type)?;
             let (session, enable_password) = shell.read()?;
+            let forward_ports = forward_ports.as_deref().map(parse_ports).transpose()?;
             let driver = match driver {
                 DriverArg::Ssh => DriverKind::Ssh,
                 DriverArg::Simulator => DriverKind::Simulator,
@@ -337,7 +345,12 @@ fn device_command(
                 enable_password,
                 session,
             };
-            Inventory::open(db, &admin()?)?.add_device(&device)?;
+            let mut inventory = Inventory::open(db, &admin()?)?;
+            inventory.add_device(&device)?;
+            if let Some(ports) = forward_ports {
+                let ports = crate::service::inventory::ForwardPorts::Listed(ports);
+                inventory.set_forward_ports(&name, &ports)?;
+            }
             outln!("added device {name}");
         }
         DeviceCommand::List { json } => {
@@ -640,4 +653,20 @@ fn check_device_type(device_type: &str) -> Result<(), CliError> {
             Platform::documented_list()
         ))),
     }
+}
+
+/// `--forward-ports`: `none`, or port numbers separated by commas.
+fn parse_ports(text: &str) -> Result<Vec<u16>, CliError> {
+    if text.trim() == "none" {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|p| match p.trim().parse::<u16>() {
+            Ok(port) if port > 0 => Ok(port),
+            _ => Err(CliError::Usage(format!(
+                "--forward-ports: {p:?} is not a port (1-65535); give ports separated by \
+                 commas, or `none`"
+            ))),
+        })
+        .collect()
 }

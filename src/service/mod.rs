@@ -7,6 +7,7 @@
 pub mod drivers;
 pub mod enroll;
 pub mod exec_limits;
+pub mod forward;
 pub mod identity;
 pub mod inventory;
 pub mod memory;

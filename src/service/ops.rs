@@ -190,7 +190,7 @@ impl ServiceOps {
         &self.limits
     }
 
-    fn inventory(&self) -> MutexGuard<'_, Inventory> {
+    pub(super) fn inventory(&self) -> MutexGuard<'_, Inventory> {
         self.inventory.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -279,6 +279,10 @@ impl ServiceOps {
                 self.terminal(principal, &device, cols, rows, input, out)
                     .await
             }
+            // A byte stream, not events: `forward::serve` or `open_forward`.
+            Request::Forward { .. } => Err(OpsError::Internal(
+                "a forward is served by `service::forward`, not as events".into(),
+            )),
         }
     }
 

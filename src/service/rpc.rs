@@ -625,6 +625,12 @@ async fn serve_request(
     }
     shared.in_flight.fetch_add(1, Ordering::Relaxed);
     let _running = count_in_flight(&shared.in_flight);
+    if let crate::wire::messages::Request::Forward { device, port } = &envelope.request {
+        let deadline = envelope.deadline_ms.map(Duration::from_millis);
+        let target = (device.as_str(), *port);
+        let ops = &shared.ops;
+        return super::forward::serve(ops, &principal, target, deadline, send, recv, max).await;
+    }
     let takes_input = envelope.request.takes_input();
     let (in_tx, in_rx) = mpsc::channel::<TerminalInput>(TERMINAL_QUEUE);
     let (out_tx, mut out_rx) = mpsc::channel::<Response>(64);

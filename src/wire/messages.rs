@@ -145,6 +145,12 @@ pub enum Request {
     },
     /// Liveness check.
     Ping,
+    /// A TCP connection to `port` of `device` (port forwarding, the SOCKS
+    /// proxy). The service answers [`Response::ForwardReady`] once it is
+    /// connected (or one `Error`); after that the stream carries the
+    /// connection's raw bytes both ways, unframed, and each side's finish
+    /// is the TCP half-close. A reset stream is a reset connection.
+    Forward { device: String, port: u16 },
 }
 
 impl Request {
@@ -155,13 +161,14 @@ impl Request {
             Self::Exec { .. } => "exec",
             Self::Terminal { .. } => "terminal",
             Self::Ping => "ping",
+            Self::Forward { .. } => "forward",
         }
     }
 
     /// Whether the caller sends more frames after the request (terminal
     /// input); every other request is the whole of its stream.
     pub fn takes_input(&self) -> bool {
-        matches!(self, Self::Terminal { .. })
+        matches!(self, Self::Terminal { .. } | Self::Forward { .. })
     }
 }
 
@@ -200,6 +207,9 @@ pub enum Response {
     Pong,
     /// The request failed as a whole.
     Error(WireError),
+    /// The device's port is connected: raw bytes follow (see
+    /// [`Request::Forward`]).
+    ForwardReady,
 }
 
 /// One command's completion.

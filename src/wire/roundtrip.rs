@@ -80,6 +80,7 @@ fn request() -> impl Strategy<Value = Request> {
         (text(), any::<u16>(), any::<u16>())
             .prop_map(|(device, cols, rows)| { Request::Terminal { device, cols, rows } }),
         Just(Request::Ping),
+        (text(), any::<u16>()).prop_map(|(device, port)| Request::Forward { device, port }),
     ]
 }
 
@@ -151,6 +152,7 @@ fn response() -> impl Strategy<Value = Response> {
         Just(Response::TerminalClosed),
         Just(Response::Pong),
         wire_error().prop_map(Response::Error),
+        Just(Response::ForwardReady),
     ]
 }
 

@@ -460,6 +460,64 @@ class Device(DeviceInfo):
     #: The reference client's other name for ``terminal``.
     interactive = terminal
 
+    def forward_tcp_port(self, local_port: int = 0, destination_port: int = 22,
+                         local_address: str = "127.0.0.1") -> "TcpForwarder":
+        """Forwards ``local_address:local_port`` (port 0 picks one; loopback
+        only) to ``destination_port`` of this device through the shared
+        link. The forward lives in the broker, reachable only by this uid,
+        until ``stop()`` or until this client closes (its session ends).
+        The service allows the device's SSH port by default, other ports
+        when its ``forward_ports`` setting lists them; a refused connection
+        is reset and the reason kept in ``info().last_error``."""
+        host = f"[{local_address}]" if ":" in local_address else local_address
+        client = self._service._client
+        reply = client._call("ForwardStart", pb.ForwardStartRequest(
+            service=self._service._ref(), device=self.name, port=destination_port,
+            listen=f"{host}:{local_port}"))
+        return TcpForwarder(client, reply)
+
+
+class TcpForwarder:
+    """A port forward the broker keeps (``Device.forward_tcp_port``)."""
+
+    def __init__(self, client: Client, reply: pb.ForwardStatus) -> None:
+        self._client = client
+        self.forward_id: str = reply.forward_id
+        #: The local TCP port it listens on.
+        self.local_port: int = reply.local_port
+        #: ``ADDRESS:PORT`` it listens on.
+        self.address: str = reply.address
+
+    def __repr__(self) -> str:
+        return f"<TcpForwarder {self.forward_id} {self.address}>"
+
+    def __enter__(self) -> "TcpForwarder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def info(self) -> Optional[pb.ForwardStatus]:
+        """Its counters (connections, bytes, last error), or None once it
+        has ended."""
+        reply = self._client._call("ForwardList", pb.ForwardListRequest())
+        return next((f for f in reply.forwards if f.forward_id == self.forward_id), None)
+
+    @property
+    def status(self) -> str:
+        """RUNNING while the broker keeps it, else STOPPED."""
+        return "RUNNING" if self.info() is not None else "STOPPED"
+
+    def stop(self) -> None:
+        """Stops the forward (its open connections are reset); stopping a
+        forward that has already ended does nothing."""
+        try:
+            self._client._stub.ForwardStop(pb.ForwardStopRequest(forward_id=self.forward_id),
+                                           timeout=30)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise from_rpc(err, self._client._socket) from None
+
 
 class Inventory(DeviceSet[Device]):
     """Devices by name (a read-only dict) with ``filter``, ``subset``, set

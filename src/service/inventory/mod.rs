@@ -8,6 +8,7 @@
 //! write, so the file is left exactly as it was.
 
 mod devices;
+mod forwarding;
 mod relay;
 mod schema;
 mod users;
@@ -19,6 +20,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use zeroize::Zeroizing;
 
 pub use devices::{Device, DeviceCredentials, DriverKind, NewDevice, SessionKind};
+pub use forwarding::{ForwardPorts, ForwardTarget};
 pub use relay::RelayEnrollment;
 pub use users::{DeviceScope, LoginRecord, NewRemoteUser, RemoteUser};
 

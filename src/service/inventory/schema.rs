@@ -52,6 +52,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN enable_password_sealed BLOB;
     ALTER TABLE devices ADD COLUMN session TEXT CHECK (session IN ('exec', 'shell'));
     "#,
+    // 5: the TCP ports of a device remote users may forward to, as a JSON
+    // array of port numbers (NULL: the default, see `inventory::forwarding`).
+    r#"
+    ALTER TABLE devices ADD COLUMN forward_ports TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

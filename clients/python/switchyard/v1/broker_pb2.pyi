@@ -256,18 +256,20 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("sessions", "named_services", "links", "version", "logins")
+    __slots__ = ("sessions", "named_services", "links", "version", "logins", "forwards")
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     NAMED_SERVICES_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LOGINS_FIELD_NUMBER: _ClassVar[int]
+    FORWARDS_FIELD_NUMBER: _ClassVar[int]
     sessions: _containers.RepeatedCompositeFieldContainer[SessionStatus]
     named_services: _containers.RepeatedCompositeFieldContainer[NamedServiceStatus]
     links: _containers.RepeatedCompositeFieldContainer[LinkStatus]
     version: str
     logins: _containers.RepeatedCompositeFieldContainer[LoginStatus]
-    def __init__(self, sessions: _Optional[_Iterable[_Union[SessionStatus, _Mapping]]] = ..., named_services: _Optional[_Iterable[_Union[NamedServiceStatus, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkStatus, _Mapping]]] = ..., version: _Optional[str] = ..., logins: _Optional[_Iterable[_Union[LoginStatus, _Mapping]]] = ...) -> None: ...
+    forwards: _containers.RepeatedCompositeFieldContainer[ForwardStatus]
+    def __init__(self, sessions: _Optional[_Iterable[_Union[SessionStatus, _Mapping]]] = ..., named_services: _Optional[_Iterable[_Union[NamedServiceStatus, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkStatus, _Mapping]]] = ..., version: _Optional[str] = ..., logins: _Optional[_Iterable[_Union[LoginStatus, _Mapping]]] = ..., forwards: _Optional[_Iterable[_Union[ForwardStatus, _Mapping]]] = ...) -> None: ...
 
 class LoginStatus(_message.Message):
     __slots__ = ("identity", "relay_url", "method", "state", "expires_unix", "sessions", "connected", "reach", "last_error")
@@ -566,3 +568,63 @@ class ForgetKnownServiceResponse(_message.Message):
     fingerprint: str
     target: str
     def __init__(self, fingerprint: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class ForwardStartRequest(_message.Message):
+    __slots__ = ("service", "device", "port", "listen")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_FIELD_NUMBER: _ClassVar[int]
+    service: ServiceRef
+    device: str
+    port: int
+    listen: str
+    def __init__(self, service: _Optional[_Union[ServiceRef, _Mapping]] = ..., device: _Optional[str] = ..., port: _Optional[int] = ..., listen: _Optional[str] = ...) -> None: ...
+
+class ForwardStatus(_message.Message):
+    __slots__ = ("forward_id", "service", "device", "port", "address", "local_port", "connections_open", "connections_total", "connections_failed", "bytes_to_device", "bytes_from_device", "last_error")
+    FORWARD_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_PORT_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_OPEN_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TO_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FROM_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    forward_id: str
+    service: str
+    device: str
+    port: int
+    address: str
+    local_port: int
+    connections_open: int
+    connections_total: int
+    connections_failed: int
+    bytes_to_device: int
+    bytes_from_device: int
+    last_error: str
+    def __init__(self, forward_id: _Optional[str] = ..., service: _Optional[str] = ..., device: _Optional[str] = ..., port: _Optional[int] = ..., address: _Optional[str] = ..., local_port: _Optional[int] = ..., connections_open: _Optional[int] = ..., connections_total: _Optional[int] = ..., connections_failed: _Optional[int] = ..., bytes_to_device: _Optional[int] = ..., bytes_from_device: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class ForwardStopRequest(_message.Message):
+    __slots__ = ("forward_id",)
+    FORWARD_ID_FIELD_NUMBER: _ClassVar[int]
+    forward_id: str
+    def __init__(self, forward_id: _Optional[str] = ...) -> None: ...
+
+class ForwardStopResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ForwardListRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ForwardListResponse(_message.Message):
+    __slots__ = ("forwards",)
+    FORWARDS_FIELD_NUMBER: _ClassVar[int]
+    forwards: _containers.RepeatedCompositeFieldContainer[ForwardStatus]
+    def __init__(self, forwards: _Optional[_Iterable[_Union[ForwardStatus, _Mapping]]] = ...) -> None: ...

@@ -146,6 +146,21 @@ class BrokerStub:
                 request_serializer=switchyard_dot_v1_dot_broker__pb2.ForgetKnownServiceRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_broker__pb2.ForgetKnownServiceResponse.FromString,
                 _registered_method=True)
+        self.ForwardStart = channel.unary_unary(
+                '/switchyard.v1.Broker/ForwardStart',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.ForwardStartRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.ForwardStatus.FromString,
+                _registered_method=True)
+        self.ForwardStop = channel.unary_unary(
+                '/switchyard.v1.Broker/ForwardStop',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.ForwardStopRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.ForwardStopResponse.FromString,
+                _registered_method=True)
+        self.ForwardList = channel.unary_unary(
+                '/switchyard.v1.Broker/ForwardList',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.ForwardListRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.ForwardListResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServicer:
@@ -330,6 +345,38 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForwardStart(self, request, context):
+        """Starts a port forward owned by the broker: a local listener whose
+        connections reach `port` of `device` through the service's shared link
+        (one link stream per connection). Returns once the listener is bound;
+        the forward lives until ForwardStop, until its service goes (a
+        named service disconnected, a session's service with its session), or
+        with the broker. Only the calling local user (uid) may connect to it,
+        list it or stop it. INVALID_ARGUMENT for a non-loopback TCP address or
+        a Unix socket path in a directory the caller does not own;
+        RESOURCE_EXHAUSTED past 64 forwards per uid. The service checks the
+        device and port when each connection opens (the device's
+        `forward_ports` setting; by default its SSH port).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForwardStop(self, request, context):
+        """Stops a forward of the calling local user (NOT_FOUND otherwise); its
+        open connections are reset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForwardList(self, request, context):
+        """The forwards of the calling local user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -442,6 +489,21 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.ForgetKnownService,
                     request_deserializer=switchyard_dot_v1_dot_broker__pb2.ForgetKnownServiceRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_broker__pb2.ForgetKnownServiceResponse.SerializeToString,
+            ),
+            'ForwardStart': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForwardStart,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.ForwardStartRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.ForwardStatus.SerializeToString,
+            ),
+            'ForwardStop': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForwardStop,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.ForwardStopRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.ForwardStopResponse.SerializeToString,
+            ),
+            'ForwardList': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForwardList,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.ForwardListRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.ForwardListResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1040,6 +1102,87 @@ class Broker:
             '/switchyard.v1.Broker/ForgetKnownService',
             switchyard_dot_v1_dot_broker__pb2.ForgetKnownServiceRequest.SerializeToString,
             switchyard_dot_v1_dot_broker__pb2.ForgetKnownServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardStart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Broker/ForwardStart',
+            switchyard_dot_v1_dot_broker__pb2.ForwardStartRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.ForwardStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardStop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Broker/ForwardStop',
+            switchyard_dot_v1_dot_broker__pb2.ForwardStopRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.ForwardStopResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Broker/ForwardList',
+            switchyard_dot_v1_dot_broker__pb2.ForwardListRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.ForwardListResponse.FromString,
             options,
             channel_credentials,
             insecure,

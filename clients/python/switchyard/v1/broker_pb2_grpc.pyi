@@ -137,6 +137,25 @@ class BrokerStub:
     `host:port` trusts the certificate it meets (first use again). Links
     already up keep theirs. NOT_FOUND when none is remembered.
     """
+    ForwardStart: _grpc.UnaryUnaryMultiCallable[_broker_pb2.ForwardStartRequest, _broker_pb2.ForwardStatus]
+    """Starts a port forward owned by the broker: a local listener whose
+    connections reach `port` of `device` through the service's shared link
+    (one link stream per connection). Returns once the listener is bound;
+    the forward lives until ForwardStop, until its service goes (a
+    named service disconnected, a session's service with its session), or
+    with the broker. Only the calling local user (uid) may connect to it,
+    list it or stop it. INVALID_ARGUMENT for a non-loopback TCP address or
+    a Unix socket path in a directory the caller does not own;
+    RESOURCE_EXHAUSTED past 64 forwards per uid. The service checks the
+    device and port when each connection opens (the device's
+    `forward_ports` setting; by default its SSH port).
+    """
+    ForwardStop: _grpc.UnaryUnaryMultiCallable[_broker_pb2.ForwardStopRequest, _broker_pb2.ForwardStopResponse]
+    """Stops a forward of the calling local user (NOT_FOUND otherwise); its
+    open connections are reset.
+    """
+    ForwardList: _grpc.UnaryUnaryMultiCallable[_broker_pb2.ForwardListRequest, _broker_pb2.ForwardListResponse]
+    """The forwards of the calling local user."""
 
 @_typing.type_check_only
 class BrokerAsyncStub(BrokerStub):
@@ -224,6 +243,25 @@ class BrokerAsyncStub(BrokerStub):
     `host:port` trusts the certificate it meets (first use again). Links
     already up keep theirs. NOT_FOUND when none is remembered.
     """
+    ForwardStart: _aio.UnaryUnaryMultiCallable[_broker_pb2.ForwardStartRequest, _broker_pb2.ForwardStatus]  # type: ignore[assignment]
+    """Starts a port forward owned by the broker: a local listener whose
+    connections reach `port` of `device` through the service's shared link
+    (one link stream per connection). Returns once the listener is bound;
+    the forward lives until ForwardStop, until its service goes (a
+    named service disconnected, a session's service with its session), or
+    with the broker. Only the calling local user (uid) may connect to it,
+    list it or stop it. INVALID_ARGUMENT for a non-loopback TCP address or
+    a Unix socket path in a directory the caller does not own;
+    RESOURCE_EXHAUSTED past 64 forwards per uid. The service checks the
+    device and port when each connection opens (the device's
+    `forward_ports` setting; by default its SSH port).
+    """
+    ForwardStop: _aio.UnaryUnaryMultiCallable[_broker_pb2.ForwardStopRequest, _broker_pb2.ForwardStopResponse]  # type: ignore[assignment]
+    """Stops a forward of the calling local user (NOT_FOUND otherwise); its
+    open connections are reset.
+    """
+    ForwardList: _aio.UnaryUnaryMultiCallable[_broker_pb2.ForwardListRequest, _broker_pb2.ForwardListResponse]  # type: ignore[assignment]
+    """The forwards of the calling local user."""
 
 class BrokerServicer(metaclass=_abc_1.ABCMeta):
     """The broker: sessions, services reached through shared links, and the
@@ -440,5 +478,42 @@ class BrokerServicer(metaclass=_abc_1.ABCMeta):
         `host:port` trusts the certificate it meets (first use again). Links
         already up keep theirs. NOT_FOUND when none is remembered.
         """
+
+    @_abc_1.abstractmethod
+    def ForwardStart(
+        self,
+        request: _broker_pb2.ForwardStartRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_broker_pb2.ForwardStatus, _abc.Awaitable[_broker_pb2.ForwardStatus]]:
+        """Starts a port forward owned by the broker: a local listener whose
+        connections reach `port` of `device` through the service's shared link
+        (one link stream per connection). Returns once the listener is bound;
+        the forward lives until ForwardStop, until its service goes (a
+        named service disconnected, a session's service with its session), or
+        with the broker. Only the calling local user (uid) may connect to it,
+        list it or stop it. INVALID_ARGUMENT for a non-loopback TCP address or
+        a Unix socket path in a directory the caller does not own;
+        RESOURCE_EXHAUSTED past 64 forwards per uid. The service checks the
+        device and port when each connection opens (the device's
+        `forward_ports` setting; by default its SSH port).
+        """
+
+    @_abc_1.abstractmethod
+    def ForwardStop(
+        self,
+        request: _broker_pb2.ForwardStopRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_broker_pb2.ForwardStopResponse, _abc.Awaitable[_broker_pb2.ForwardStopResponse]]:
+        """Stops a forward of the calling local user (NOT_FOUND otherwise); its
+        open connections are reset.
+        """
+
+    @_abc_1.abstractmethod
+    def ForwardList(
+        self,
+        request: _broker_pb2.ForwardListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_broker_pb2.ForwardListResponse, _abc.Awaitable[_broker_pb2.ForwardListResponse]]:
+        """The forwards of the calling local user."""
 
 def add_BrokerServicer_to_server(servicer: BrokerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

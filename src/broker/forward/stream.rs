@@ -1,0 +1,144 @@
+//! One forwarded connection's far end: a link stream carrying a
+//! [`Request::Forward`], or (integrated mode) the device socket itself.
+
+use std::io;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::broker::link::{LinkChannel, LinkError};
+use crate::wire::conn::{ConnError, Waiting, read_frame, write_frame};
+use crate::wire::messages::{Request, RequestEnvelope, Response};
+
+/// Application error code a broken forwarded stream is reset with.
+const RESET_CODE: u32 = 1;
+
+/// The far end of one forwarded connection, connected to the device.
+pub enum ForwardStream {
+    /// A link stream after the service's `ForwardReady`: raw bytes.
+    Quic {
+        send: SendStream,
+        recv: RecvStream,
+        /// The connection is waited on while the stream lives (liveness).
+        _waiting: Waiting,
+    },
+    /// Integrated mode: the service library connected in this process.
+    Local(TcpStream),
+}
+
+impl LinkChannel {
+    /// Asks the service for a TCP connection to `port` of `device` and
+    /// waits for its answer (within `timeout`): the connected stream, or
+    /// the service's refusal (`LinkError::Remote`, naming the device and,
+    /// for a port, the setting).
+    pub async fn open_forward(
+        &self,
+        device: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<ForwardStream, LinkError> {
+        let envelope = RequestEnvelope {
+            deadline_ms: Some(timeout.as_millis() as u64),
+            request: Request::Forward {
+                device: device.to_string(),
+                port,
+            },
+        };
+        match self {
+            Self::Quic {
+                conn,
+                target,
+                max_frame,
+                liveness,
+            } => {
+                let lost = |e: &dyn std::fmt::Display| LinkError::lost(target, liveness.explain(e));
+                let waiting = liveness.waiting();
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+                write_frame(&mut send, &envelope, *max_frame)
+                    .await
+                    .map_err(|e| lost(&e))?;
+                let answer =
+                    tokio::time::timeout(timeout, read_frame::<Response>(&mut recv, *max_frame))
+                        .await
+                        .map_err(|_| {
+                            LinkError::Closed(format!(
+                                "service {target} did not answer the forward to {device}:{port} \
+                         within {} s",
+                                timeout.as_secs()
+                            ))
+                        })?;
+                match answer {
+                    Ok(Some(Response::ForwardReady)) => Ok(ForwardStream::Quic {
+                        send,
+                        recv,
+                        _waiting: waiting,
+                    }),
+                    Ok(Some(Response::Error(e))) => Err(LinkError::Remote(e)),
+                    Ok(other) => Err(LinkError::Protocol {
+                        target: target.clone(),
+                        reason: format!("unexpected answer to a forward: {other:?}"),
+                    }),
+                    Err(ConnError::Frame(e)) => Err(LinkError::Protocol {
+                        target: target.clone(),
+                        reason: e.to_string(),
+                    }),
+                    Err(e) => Err(lost(&e)),
+                }
+            }
+            Self::Local { ops, principal } => ops
+                .open_forward(principal, device, port, Some(timeout))
+                .await
+                .map(ForwardStream::Local)
+                .map_err(|e| LinkError::Remote(e.to_wire())),
+        }
+    }
+}
+
+impl ForwardStream {
+    /// Pumps bytes between `local` and the device until both directions
+    /// have ended ([`crate::pump`]: half-close passed on, back-pressure);
+    /// `up` counts bytes to the device, `down` bytes from it. On an error
+    /// the far end is reset here and the error returned, for the caller to
+    /// reset `local`.
+    pub async fn splice<L>(
+        &mut self,
+        local: &mut L,
+        up: &AtomicU64,
+        down: &AtomicU64,
+    ) -> io::Result<()>
+    where
+        L: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (mut local_read, mut local_write) = tokio::io::split(local);
+        let local = (&mut local_read, &mut local_write);
+        let result = match self {
+            Self::Quic { send, recv, .. } => {
+                crate::pump::splice(local, (recv, send), up, down).await
+            }
+            Self::Local(tcp) => {
+                let (mut read, mut write) = tcp.split();
+                crate::pump::splice(local, (&mut read, &mut write), up, down).await
+            }
+        };
+        if result.is_err() {
+            self.reset();
+        }
+        result
+    }
+
+    /// Resets the far end (the device sees a reset, not an end of file).
+    pub fn reset(&mut self) {
+        match self {
+            Self::Quic { send, recv, .. } => {
+                let _ = send.reset(VarInt::from_u32(RESET_CODE));
+                let _ = recv.stop(VarInt::from_u32(RESET_CODE));
+            }
+            Self::Local(tcp) => {
+                let _ = tcp.set_zero_linger();
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Port forwarding, service side: a TCP connection to a device's port,
+//! carried on one link stream.
+//!
+//! Owns: one forwarded connection per [`Request::Forward`](crate::wire::messages::Request::Forward)
+//! — its socket to the device and its link stream — for as long as the
+//! call runs.
+//!
+//! Takes: a forward request from the RPC socket ([`serve`]), or from the
+//! broker's integrated mode ([`ServiceOps::open_forward`], which hands back
+//! the device socket itself).
+//!
+//! Checks, in order: the caller's device globs (a device outside them gets
+//! the same `no device NAME that you may use` as an unknown one); the
+//! device's driver (a simulated device has no network ports); the device's
+//! `forward_ports` setting (`inventory::forwarding`: by default only the
+//! device's own SSH port); then a TCP connect within [`CONNECT_TIMEOUT`]
+//! (or the caller's deadline, if sooner).
+//!
+//! On failure: a refusal or a failed connect is one `Response::Error`
+//! naming the device (and, for a port, the setting), and the stream ends.
+//! Once connected, bytes flow both ways through [`crate::pump`]; each
+//! side's end of file is passed on as a half-close; an error on either side
+//! (the device resets, the caller resets or goes away) resets the other
+//! side, so a broken connection never looks complete.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::inventory::{DriverKind, InventoryError};
+use super::ops::{OpsError, Principal, ServiceOps};
+use crate::wire::conn::write_frame;
+use crate::wire::messages::{ErrorCode, Response, WireError};
+
+/// Longest wait for a device's port to accept a forwarded connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Application error code of a forwarded stream reset because the other
+/// side failed.
+pub const RESET_CODE: u32 = 1;
+
+/// Why a forward was refused or could not connect.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// Unknown device, outside the caller's globs, or an inventory error.
+    #[error(transparent)]
+    Ops(#[from] OpsError),
+    #[error("device {device} is simulated: it has no network ports to forward to")]
+    Simulated { device: String },
+    #[error(
+        "port {port} of device {device} may not be forwarded to: the device's \
+         forward_ports setting allows {allowed} (set by the service's administrator: \
+         `switchyard service device add --forward-ports`)"
+    )]
+    PortNotAllowed {
+        device: String,
+        port: u16,
+        allowed: String,
+    },
+    #[error("cannot connect to port {port} of device {device} ({host}): {reason}")]
+    Connect {
+        device: String,
+        host: String,
+        port: u16,
+        reason: String,
+    },
+    #[error("port {port} of device {device} ({host}) did not accept within {secs} s")]
+    Timeout {
+        device: String,
+        host: String,
+        port: u16,
+        secs: u64,
+    },
+}
+
+impl ForwardError {
+    /// The error category (a gRPC code at the front door).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Ops(e) => e.code(),
+            Self::Simulated { .. } | Self::PortNotAllowed { .. } => ErrorCode::PermissionDenied,
+            Self::Connect { .. } => ErrorCode::Unavailable,
+            Self::Timeout { .. } => ErrorCode::DeadlineExceeded,
+        }
+    }
+
+    pub fn to_wire(&self) -> WireError {
+        WireError::new(self.code(), self.to_string())
+    }
+}
+
+impl ServiceOps {
+    /// Checks that `principal` may forward to `port` of `device` and
+    /// connects to it (within `deadline` if it is sooner than
+    /// [`CONNECT_TIMEOUT`]).
+    pub async fn open_forward(
+        &self,
+        principal: &Principal,
+        device: &str,
+        port: u16,
+        deadline: Option<Duration>,
+    ) -> Result<TcpStream, ForwardError> {
+        if !principal.scope.allows(device) {
+            return Err(OpsError::NoDevice(device.to_string()).into());
+        }
+        let target = self
+            .inventory()
+            .forward_target(device)
+            .map_err(|e| match e {
+                InventoryError::UnknownDevice(n) => OpsError::NoDevice(n),
+                other => other.into(),
+            })?;
+        if target.driver == DriverKind::Simulator {
+            return Err(ForwardError::Simulated {
+                device: target.name,
+            });
+        }
+        if !target.allows(port) {
+            let allowed = match (&target.allowed[..], target.explicit) {
+                ([], _) => "no ports".to_string(),
+                (list, explicit) => format!(
+                    "only {}{}",
+                    list.iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if explicit {
+                        ""
+                    } else {
+                        " (the default: its SSH port)"
+                    }
+                ),
+            };
+            return Err(ForwardError::PortNotAllowed {
+                device: target.name,
+                port,
+                allowed,
+            });
+        }
+        let limit = deadline.map_or(CONNECT_TIMEOUT, |d| d.min(CONNECT_TIMEOUT));
+        let stream = tokio::time::timeout(limit, TcpStream::connect((target.host.as_str(), port)))
+            .await
+            .map_err(|_| ForwardError::Timeout {
+                device: target.name.clone(),
+                host: target.host.clone(),
+                port,
+                secs: limit.as_secs(),
+            })?
+            .map_err(|e| ForwardError::Connect {
+                device: target.name.clone(),
+                host: target.host.clone(),
+                port,
+                reason: e.to_string(),
+            })?;
+        // Forwarded traffic is often interactive (a shell, a web UI):
+        // small writes leave at once.
+        let _ = stream.set_nodelay(true);
+        metrics::counter!("switchyard_service_forwards_total").increment(1);
+        Ok(stream)
+    }
+}
+
+/// Serves one forward request on its link stream: refuses it with one
+/// `Error` frame, or answers `ForwardReady` and pumps bytes until both
+/// sides have ended (resetting both if either fails).
+pub async fn serve(
+    ops: &ServiceOps,
+    principal: &Principal,
+    (device, port): (&str, u16),
+    deadline: Option<Duration>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    max_frame: usize,
+) {
+    let mut tcp = match ops.open_forward(principal, device, port, deadline).await {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            debug!(user = %principal.user, error = %e, "forward refused");
+            let _ = write_frame(&mut send, &Response::Error(e.to_wire()), max_frame).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    if write_frame(&mut send, &Response::ForwardReady, max_frame)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (mut tcp_read, mut tcp_write) = tcp.split();
+    let pumped = crate::pump::splice(
+        (&mut recv, &mut send),
+        (&mut tcp_read, &mut tcp_write),
+        &up,
+        &down,
+    )
+    .await;
+    if let Err(e) = pumped {
+        debug!(error = %e, "forwarded connection broke; resetting both sides");
+        let _ = send.reset(VarInt::from_u32(RESET_CODE));
+        let _ = recv.stop(VarInt::from_u32(RESET_CODE));
+        let _ = tcp.set_zero_linger();
+    }
+}
