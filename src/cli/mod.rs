@@ -12,6 +12,7 @@ pub mod known_services;
 pub mod relay;
 pub mod remote;
 pub mod service_admin;
+mod service_change;
 pub mod sim;
 pub mod terminal_escape;
 

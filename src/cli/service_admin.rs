@@ -59,6 +59,9 @@ pub enum ServiceCommand {
     /// Enroll with a relay, redeeming a one-time password from
     /// `switchyard enroll service-otp --serial S`.
     Enroll(EnrollArgs),
+    /// Change the admin password: every sealed secret is re-sealed under
+    /// the new one in one transaction (a crash leaves the old one valid).
+    AdminPassword(super::service_change::AdminPasswordArgs),
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +156,8 @@ pub enum DeviceCommand {
         /// The device.
         name: String,
     },
+    /// Change a device: only the options given change.
+    Set(super::service_change::DeviceSetArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +191,8 @@ pub enum UserCommand {
         /// The user.
         name: String,
     },
+    /// Change a remote user: password, devices, enabled.
+    Set(super::service_change::UserSetArgs),
 }
 
 pub async fn run(
@@ -224,6 +231,9 @@ pub async fn run(
         ServiceCommand::Run(run) => {
             return run_service(&db, run, admin()?, settings, shutdown).await;
         }
+        ServiceCommand::AdminPassword(args) => {
+            super::service_change::admin_password(&db, args, admin)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -246,7 +256,7 @@ fn print_json<T: serde::Serialize>(value: &T) {
     );
 }
 
-fn parse_attrs(attrs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+pub(super) fn parse_attrs(attrs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
     attrs
         .iter()
         .map(|a| {
@@ -361,6 +371,7 @@ fn device_command(
             Inventory::open(db, &admin()?)?.forget_host_key(&name)?;
             outln!("forgot the host key of {name}; the next connection records a new one");
         }
+        DeviceCommand::Set(args) => super::service_change::device_set(db, args, admin)?,
     }
     Ok(())
 }
@@ -422,6 +433,7 @@ fn user_command(
             Inventory::open(db, &admin()?)?.remove_user(&name)?;
             outln!("removed remote user {name}");
         }
+        UserCommand::Set(args) => super::service_change::user_set(db, args, admin)?,
     }
     Ok(())
 }

@@ -85,11 +85,11 @@ pub struct DeviceCredentials {
     pub private_key: Option<Secret>,
 }
 
-fn password_context(name: &str) -> String {
+pub(super) fn password_context(name: &str) -> String {
     format!("device:{name}:password")
 }
 
-fn private_key_context(name: &str) -> String {
+pub(super) fn private_key_context(name: &str) -> String {
     format!("device:{name}:private_key")
 }
 
@@ -287,5 +287,75 @@ impl Inventory {
             .conn
             .execute("UPDATE devices SET host_key = NULL WHERE name = ?1", [name])?;
         one_device(n, name)
+    }
+}
+
+/// Changing a device after creation: read its whole record, change fields,
+/// write the whole record back. A field added to [`NewDevice`] later comes
+/// along by being read and written here (next to `add_device`).
+impl Inventory {
+    /// A device's whole record, secrets unsealed: what `add_device` took.
+    /// Needs the admin password.
+    pub fn device_record(&self, name: &str) -> Result<NewDevice, InventoryError> {
+        let (device, credentials) = self.device_with_credentials(name)?;
+        Ok(NewDevice {
+            name: device.name,
+            host: device.host,
+            port: device.port,
+            device_type: device.device_type,
+            driver: device.driver,
+            attributes: device.attributes,
+            username: credentials.username,
+            password: credentials.password,
+            private_key: credentials.private_key,
+            legacy_algorithms: device.legacy_algorithms,
+        })
+    }
+
+    /// Replaces the record of the device `device.name` (the same checks as
+    /// `add_device`; secrets sealed again). A changed host or port forgets
+    /// the recorded SSH host key: it belonged to the old address.
+    pub fn replace_device(&mut self, device: &NewDevice) -> Result<(), InventoryError> {
+        if device.host.trim().is_empty() {
+            return Err(InventoryError::Invalid("a device needs a host".into()));
+        }
+        if device.port == 0 {
+            return Err(InventoryError::Invalid(
+                "port 0 is not a device port".into(),
+            ));
+        }
+        let key = self.key()?;
+        let password = device
+            .password
+            .as_ref()
+            .map(|p| key.seal(&password_context(&device.name), p.expose().as_bytes()))
+            .transpose()?;
+        let private_key = device
+            .private_key
+            .as_ref()
+            .map(|p| key.seal(&private_key_context(&device.name), p.expose().as_bytes()))
+            .transpose()?;
+        let attributes = serde_json::to_string(&device.attributes)
+            .map_err(|e| InventoryError::Invalid(format!("attributes: {e}")))?;
+        let n = self.conn.execute(
+            "UPDATE devices SET \
+             host_key = CASE WHEN host = ?2 AND port = ?3 THEN host_key ELSE NULL END, \
+             host = ?2, port = ?3, device_type = ?4, driver = ?5, attributes = ?6, \
+             username = ?7, password_sealed = ?8, private_key_sealed = ?9, \
+             legacy_algorithms = ?10 WHERE name = ?1",
+            params![
+                device.name,
+                device.host,
+                device.port,
+                device.device_type,
+                device.driver.as_str(),
+                attributes,
+                device.username,
+                password,
+                private_key,
+                device.legacy_algorithms,
+            ],
+        )?;
+        one_device(n, &device.name)
     }
 }

@@ -8,6 +8,7 @@
 //! write, so the file is left exactly as it was.
 
 mod devices;
+mod rekey;
 mod relay;
 mod schema;
 mod users;
@@ -19,8 +20,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use zeroize::Zeroizing;
 
 pub use devices::{Device, DeviceCredentials, DriverKind, NewDevice};
+pub use rekey::ABORT_MIDWAY_ENV;
 pub use relay::RelayEnrollment;
-pub use users::{DeviceScope, LoginRecord, NewRemoteUser, RemoteUser};
+pub use users::{DeviceScope, LoginRecord, NewRemoteUser, RemoteUser, UserChanges};
 
 use crate::secret::Secret;
 use crate::service::identity;
