@@ -31,6 +31,9 @@ command -v strip >/dev/null || need+=(binutils)
 # whose UDP is dropped by an nftables rule; tests/faults.rs).
 command -v nft >/dev/null || need+=(nftables)
 command -v ip >/dev/null || need+=(iproute2)
+# man, for scripts/verify-units.sh's check of the units' Documentation=
+# pages (systemd-analyze verify --man=yes runs it).
+command -v man >/dev/null || need+=(man-db)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

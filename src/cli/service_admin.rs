@@ -343,22 +343,24 @@ fn device_command(
                 print_json(&devices);
             } else {
                 outln!(
-                    "{:<20} {:<24} {:>5}  {:<10} {:<10} USER",
+                    "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} ATTRIBUTES",
                     "NAME",
                     "HOST",
                     "PORT",
                     "TYPE",
-                    "DRIVER"
+                    "DRIVER",
+                    "USER"
                 );
                 for d in devices {
                     outln!(
-                        "{:<20} {:<24} {:>5}  {:<10} {:<10} {}",
+                        "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} {}",
                         d.name,
                         d.host,
                         d.port,
                         d.device_type,
                         d.driver.as_str(),
-                        d.username.as_deref().unwrap_or("-")
+                        d.username.as_deref().unwrap_or("-"),
+                        super::remote::attributes_text(&d.attributes)
                     );
                 }
             }
