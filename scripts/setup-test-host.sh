@@ -35,6 +35,9 @@ command -v ip >/dev/null || need+=(iproute2)
 # test starts a private cluster as an unprivileged user on a Unix socket
 # in a temporary directory (tests/common/postgres.rs).
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
+# man, for scripts/verify-units.sh's check of the units' Documentation=
+# pages (systemd-analyze verify --man=yes runs it).
+command -v man >/dev/null || need+=(man-db)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -1046,3 +1046,110 @@ async fn status_shows_a_restored_logins_real_state() {
         ("reachable", "")
     );
 }
+
+/// `--version` names the commit and the build date (from `git` in a
+/// checkout; `unknown` only when built without one).
+#[test]
+fn version_names_the_commit_and_the_build_date() {
+    let home = tempfile::tempdir().unwrap();
+    let out = clean(home.path()).arg("--version").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rest = text
+        .trim()
+        .strip_prefix(&format!(
+            "switchyard {} (commit ",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .unwrap_or_else(|| panic!("{text:?}"));
+    let (commit, date) = rest
+        .strip_suffix(')')
+        .and_then(|r| r.split_once(", built "))
+        .unwrap_or_else(|| panic!("{text:?}"));
+    let date: Vec<_> = date.split('-').collect();
+    assert!(
+        date.len() == 3 && date[0].len() == 4 && date.iter().all(|p| p.parse::<u32>().is_ok()),
+        "{text:?}"
+    );
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match head {
+        Some(head) => assert!(commit.starts_with(&head), "{commit} is not HEAD {head}"),
+        None => assert_eq!(commit, "unknown"),
+    }
+}
+
+/// Completions for bash, zsh and fish come from the clap definitions (they
+/// know the newest commands), and `man DIR` writes a page for the command,
+/// each subcommand, and every page the systemd units' `Documentation=`
+/// names.
+#[test]
+fn completions_and_man_pages_are_generated_from_the_command_line() {
+    let home = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = clean(home.path())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        for word in ["known-services", "admin-password", "terminal"] {
+            assert!(script.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    let refused = clean(home.path())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+
+    let dir = home.path().join("man1");
+    let out = clean(home.path()).arg("man").arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for page in [
+        "switchyard",
+        "switchyard-broker",
+        "switchyard-terminal",
+        "switchyard-service-device-set",
+    ] {
+        let text = std::fs::read_to_string(dir.join(format!("{page}.1")))
+            .unwrap_or_else(|e| panic!("{page}.1: {e}"));
+        assert!(text.contains(".TH"), "{page}.1 is not a man page");
+    }
+    let terminal = std::fs::read_to_string(dir.join("switchyard-terminal.1")).unwrap();
+    assert!(
+        terminal.contains("~?"),
+        "the escapes are in the terminal's page"
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd");
+    let mut named = 0;
+    for unit in [
+        "switchyard-broker.service",
+        "switchyard-service.service",
+        "switchyard-relay.service",
+        "user/switchyard-broker.service",
+    ] {
+        let text = std::fs::read_to_string(root.join(unit)).unwrap();
+        let docs = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Documentation="))
+            .unwrap_or_else(|| panic!("{unit} has no Documentation="));
+        for doc in docs.split_whitespace() {
+            let page = doc
+                .strip_prefix("man:")
+                .and_then(|p| p.strip_suffix("(1)"))
+                .unwrap_or_else(|| panic!("{unit}: {doc} is not a section-1 man page"));
+            assert!(
+                dir.join(format!("{page}.1")).exists(),
+                "{unit} names {doc}, which `switchyard man` does not write"
+            );
+            named += 1;
+        }
+    }
+    assert_eq!(named, 4);
+}

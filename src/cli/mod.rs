@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod cloud;
 pub mod demo;
+mod docs;
 mod exec_output;
 pub mod forward;
 pub mod handoff;
@@ -13,6 +14,7 @@ pub mod known_services;
 pub mod relay;
 pub mod remote;
 pub mod service_admin;
+mod service_change;
 pub mod sim;
 pub mod terminal_escape;
 
@@ -27,9 +29,22 @@ use crate::secret::SecretError;
 use crate::service::drivers::DriverError;
 use crate::service::inventory::InventoryError;
 
+/// `--version`: the package version, the commit it was built from
+/// (`-modified` when the checkout had changes; `unknown` from a tarball
+/// without `$SWITCHYARD_COMMIT`) and the build date (UTC; from
+/// `$SOURCE_DATE_EPOCH` when set).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SWITCHYARD_COMMIT"),
+    ", built ",
+    env!("SWITCHYARD_BUILD_DATE"),
+    ")"
+);
+
 /// switchyard: one broker per host for remote access to network devices.
 #[derive(Debug, Parser)]
-#[command(name = "switchyard", version, about, propagate_version = true)]
+#[command(name = "switchyard", version = VERSION, about, propagate_version = true)]
 pub struct Cli {
     #[command(flatten)]
     pub globals: GlobalArgs,
@@ -113,6 +128,18 @@ pub enum Command {
     /// connections): list them, or forget one that changed.
     #[command(subcommand)]
     KnownServices(known_services::KnownServicesCommand),
+    /// Print shell completions on stdout, e.g. `switchyard completions bash
+    /// > /usr/share/bash-completion/completions/switchyard`.
+    Completions {
+        /// bash, zsh or fish.
+        shell: docs::CompletionShell,
+    },
+    /// Write the man pages (switchyard.1 and one per subcommand, e.g.
+    /// switchyard-broker.1) into DIR, e.g. /usr/share/man/man1.
+    Man {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+    },
 }
 
 impl Command {
@@ -257,6 +284,8 @@ pub async fn run(
         Command::Enroll(cmd) => cloud::enroll(&socket, cmd).await,
         Command::Token(cmd) => cloud::token(&socket, cmd).await,
         Command::KnownServices(cmd) => known_services::run(&socket, cmd).await,
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man { dir } => docs::man_pages(&dir),
     }
 }
 

@@ -290,14 +290,22 @@ pub async fn inventory(socket: &Path, name: String, json: bool) -> Result<ExitCo
             serde_json::to_string_pretty(&list).unwrap_or_default()
         );
     } else {
-        outln!("{:<24} {:<24} {:>5}  TYPE", "NAME", "HOST", "PORT");
+        outln!(
+            "{:<24} {:<24} {:>5}  {:<10} ATTRIBUTES",
+            "NAME",
+            "HOST",
+            "PORT",
+            "TYPE"
+        );
         for d in devices {
+            let attributes: std::collections::BTreeMap<_, _> = d.attributes.iter().collect();
             outln!(
-                "{:<24} {:<24} {:>5}  {}",
+                "{:<24} {:<24} {:>5}  {:<10} {}",
                 d.name,
                 d.host,
                 d.port,
-                d.device_type
+                d.device_type,
+                attributes_text(attributes)
             );
         }
     }
@@ -677,5 +685,21 @@ impl Screen {
             let _ = stdout.write_all(b"\r\n");
             let _ = stdout.flush();
         }
+    }
+}
+
+/// `key=value,key=value` sorted by key, or `-` when there are none (the
+/// text listings' attributes column).
+pub(super) fn attributes_text<K: std::fmt::Display, V: std::fmt::Display>(
+    attributes: impl IntoIterator<Item = (K, V)>,
+) -> String {
+    let text: Vec<String> = attributes
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text.join(",")
     }
 }

@@ -62,6 +62,9 @@ pub enum ServiceCommand {
     /// Enroll with a relay, redeeming a one-time password from
     /// `switchyard enroll service-otp --serial S`.
     Enroll(EnrollArgs),
+    /// Change the admin password: every sealed secret is re-sealed under
+    /// the new one in one transaction (a crash leaves the old one valid).
+    AdminPassword(super::service_change::AdminPasswordArgs),
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +170,8 @@ pub enum DeviceCommand {
         /// The device.
         name: String,
     },
+    /// Change a device: only the options given change.
+    Set(super::service_change::DeviceSetArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,6 +205,8 @@ pub enum UserCommand {
         /// The user.
         name: String,
     },
+    /// Change a remote user: password, devices, enabled.
+    Set(super::service_change::UserSetArgs),
 }
 
 pub async fn run(
@@ -238,6 +245,9 @@ pub async fn run(
         ServiceCommand::Run(run) => {
             return run_service(&db, run, admin()?, settings, shutdown).await;
         }
+        ServiceCommand::AdminPassword(args) => {
+            super::service_change::admin_password(&db, args, admin)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -260,7 +270,7 @@ fn print_json<T: serde::Serialize>(value: &T) {
     );
 }
 
-fn parse_attrs(attrs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+pub(super) fn parse_attrs(attrs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
     attrs
         .iter()
         .map(|a| {
@@ -359,22 +369,24 @@ fn device_command(
                 print_json(&devices);
             } else {
                 outln!(
-                    "{:<20} {:<24} {:>5}  {:<10} {:<10} USER",
+                    "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} ATTRIBUTES",
                     "NAME",
                     "HOST",
                     "PORT",
                     "TYPE",
-                    "DRIVER"
+                    "DRIVER",
+                    "USER"
                 );
                 for d in devices {
                     outln!(
-                        "{:<20} {:<24} {:>5}  {:<10} {:<10} {}",
+                        "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} {}",
                         d.name,
                         d.host,
                         d.port,
                         d.device_type,
                         d.driver.as_str(),
-                        d.username.as_deref().unwrap_or("-")
+                        d.username.as_deref().unwrap_or("-"),
+                        super::remote::attributes_text(&d.attributes)
                     );
                 }
             }
@@ -387,6 +399,7 @@ fn device_command(
             Inventory::open(db, &admin()?)?.forget_host_key(&name)?;
             outln!("forgot the host key of {name}; the next connection records a new one");
         }
+        DeviceCommand::Set(args) => super::service_change::device_set(db, args, admin)?,
     }
     Ok(())
 }
@@ -448,6 +461,7 @@ fn user_command(
             Inventory::open(db, &admin()?)?.remove_user(&name)?;
             outln!("removed remote user {name}");
         }
+        UserCommand::Set(args) => super::service_change::user_set(db, args, admin)?,
     }
     Ok(())
 }

@@ -139,15 +139,18 @@ pub struct DeviceCredentials {
     pub enable_password: Option<Secret>,
 }
 
-fn password_context(name: &str) -> String {
+/// A device's sealed password, private key and enable secret.
+type SealedSecrets = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+pub(super) fn password_context(name: &str) -> String {
     format!("device:{name}:password")
 }
 
-fn private_key_context(name: &str) -> String {
+pub(super) fn private_key_context(name: &str) -> String {
     format!("device:{name}:private_key")
 }
 
-fn enable_password_context(name: &str) -> String {
+pub(super) fn enable_password_context(name: &str) -> String {
     format!("device:{name}:enable_password")
 }
 
@@ -216,27 +219,7 @@ impl Inventory {
                 "port 0 is not a device port".into(),
             ));
         }
-        let key = self.key()?;
-        let password = device
-            .password
-            .as_ref()
-            .map(|p| key.seal(&password_context(&device.name), p.expose().as_bytes()))
-            .transpose()?;
-        let private_key = device
-            .private_key
-            .as_ref()
-            .map(|p| key.seal(&private_key_context(&device.name), p.expose().as_bytes()))
-            .transpose()?;
-        let enable_password = device
-            .enable_password
-            .as_ref()
-            .map(|p| {
-                key.seal(
-                    &enable_password_context(&device.name),
-                    p.expose().as_bytes(),
-                )
-            })
-            .transpose()?;
+        let (password, private_key, enable_password) = self.seal_device_secrets(device)?;
         let attributes = serde_json::to_string(&device.attributes)
             .map_err(|e| InventoryError::Invalid(format!("attributes: {e}")))?;
         let result = self.conn.execute(
@@ -366,5 +349,87 @@ impl Inventory {
             .conn
             .execute("UPDATE devices SET host_key = NULL WHERE name = ?1", [name])?;
         one_device(n, name)
+    }
+}
+
+/// Changing a device after creation: read its whole record, change fields,
+/// write the whole record back. A field added to [`NewDevice`] later comes
+/// along by being read and written here (next to `add_device`).
+impl Inventory {
+    /// A device's whole record, secrets unsealed: what `add_device` took.
+    /// Needs the admin password.
+    pub fn device_record(&self, name: &str) -> Result<NewDevice, InventoryError> {
+        let (device, credentials) = self.device_with_credentials(name)?;
+        Ok(NewDevice {
+            name: device.name,
+            host: device.host,
+            port: device.port,
+            device_type: device.device_type,
+            driver: device.driver,
+            attributes: device.attributes,
+            username: credentials.username,
+            password: credentials.password,
+            private_key: credentials.private_key,
+            legacy_algorithms: device.legacy_algorithms,
+            enable_password: credentials.enable_password,
+            session: device.session,
+        })
+    }
+
+    /// A device's secrets sealed for storage (password, private key,
+    /// enable secret), each under its own associated data.
+    fn seal_device_secrets(&self, device: &NewDevice) -> Result<SealedSecrets, InventoryError> {
+        let key = self.key()?;
+        let seal = |context: String, secret: &Option<Secret>| {
+            secret
+                .as_ref()
+                .map(|p| key.seal(&context, p.expose().as_bytes()))
+                .transpose()
+        };
+        Ok((
+            seal(password_context(&device.name), &device.password)?,
+            seal(private_key_context(&device.name), &device.private_key)?,
+            seal(enable_password_context(&device.name), &device.enable_password)?,
+        ))
+    }
+
+    /// Replaces the record of the device `device.name` (the same checks as
+    /// `add_device`; secrets sealed again). A changed host or port forgets
+    /// the recorded SSH host key: it belonged to the old address.
+    pub fn replace_device(&mut self, device: &NewDevice) -> Result<(), InventoryError> {
+        if device.host.trim().is_empty() {
+            return Err(InventoryError::Invalid("a device needs a host".into()));
+        }
+        if device.port == 0 {
+            return Err(InventoryError::Invalid(
+                "port 0 is not a device port".into(),
+            ));
+        }
+        let (password, private_key, enable_password) = self.seal_device_secrets(device)?;
+        let attributes = serde_json::to_string(&device.attributes)
+            .map_err(|e| InventoryError::Invalid(format!("attributes: {e}")))?;
+        let n = self.conn.execute(
+            "UPDATE devices SET \
+             host_key = CASE WHEN host = ?2 AND port = ?3 THEN host_key ELSE NULL END, \
+             host = ?2, port = ?3, device_type = ?4, driver = ?5, attributes = ?6, \
+             username = ?7, password_sealed = ?8, private_key_sealed = ?9, \
+             legacy_algorithms = ?10, enable_password_sealed = ?11, session = ?12 \
+             WHERE name = ?1",
+            params![
+                device.name,
+                device.host,
+                device.port,
+                device.device_type,
+                device.driver.as_str(),
+                attributes,
+                device.username,
+                password,
+                private_key,
+                device.legacy_algorithms,
+                enable_password,
+                device.session.map(SessionKind::as_str),
+            ],
+        )?;
+        one_device(n, &device.name)
     }
 }

@@ -9,6 +9,7 @@
 
 mod devices;
 mod forwarding;
+mod rekey;
 mod relay;
 mod schema;
 mod users;
@@ -21,8 +22,9 @@ use zeroize::Zeroizing;
 
 pub use devices::{Device, DeviceCredentials, DriverKind, NewDevice, SessionKind};
 pub use forwarding::{ForwardPorts, ForwardTarget};
+pub use rekey::ABORT_MIDWAY_ENV;
 pub use relay::RelayEnrollment;
-pub use users::{DeviceScope, LoginRecord, NewRemoteUser, RemoteUser};
+pub use users::{DeviceScope, LoginRecord, NewRemoteUser, RemoteUser, UserChanges};
 
 use crate::secret::Secret;
 use crate::service::identity;

@@ -7,7 +7,7 @@ use zeroize::Zeroizing;
 
 use super::{Inventory, InventoryError};
 
-const RELAY_KEY_CONTEXT: &str = "meta:relay_key";
+pub(super) const RELAY_KEY_CONTEXT: &str = "meta:relay_key";
 
 /// What `service enroll` stores and `service run` uses.
 pub struct RelayEnrollment {

@@ -296,3 +296,54 @@ mod tests {
         assert!(!password::verify_password(password::DUMMY_HASH, &Secret::new("x")).unwrap());
     }
 }
+
+/// What `update_user` changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UserChanges {
+    /// A new password (stored as a new Argon2id hash).
+    pub password: Option<Secret>,
+    pub devices: Option<DeviceScope>,
+    pub enabled: Option<bool>,
+}
+
+impl Inventory {
+    /// Changes a remote user in one statement. A cloud identity takes no
+    /// password.
+    pub fn update_user(&mut self, name: &str, changes: &UserChanges) -> Result<(), InventoryError> {
+        let cloud: Option<bool> = self
+            .conn
+            .query_row(
+                "SELECT cloud FROM remote_users WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let cloud = cloud.ok_or_else(|| InventoryError::UnknownUser(name.to_string()))?;
+        if cloud && changes.password.is_some() {
+            return Err(InventoryError::Invalid(
+                "a cloud identity signs in through the relay and has no password here".into(),
+            ));
+        }
+        let hash = changes
+            .password
+            .as_ref()
+            .map(password::hash_password)
+            .transpose()
+            .map_err(|e| InventoryError::Invalid(e.to_string()))?;
+        let devices = changes
+            .devices
+            .as_ref()
+            .map(|d| serde_json::to_string(d.patterns()))
+            .transpose()
+            .map_err(|e| InventoryError::Invalid(e.to_string()))?;
+        let n = self.conn.execute(
+            "UPDATE remote_users SET password_hash = COALESCE(?2, password_hash), \
+             devices = COALESCE(?3, devices), enabled = COALESCE(?4, enabled) WHERE name = ?1",
+            params![name, hash, devices, changes.enabled],
+        )?;
+        if n == 0 {
+            return Err(InventoryError::UnknownUser(name.to_string()));
+        }
+        Ok(())
+    }
+}
