@@ -23,11 +23,13 @@ use switchyard::service::ops::ServiceOps;
 use switchyard::wire::messages::{ErrorCode, Request, RequestEnvelope, Response};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// One JSON report per line of `switchyard exec --json` output.
+/// One JSON report per line of `switchyard exec --json` output (the
+/// closing `{"summary": ...}` line left out).
 fn reports(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|r: &serde_json::Value| r.get("summary").is_none())
         .collect()
 }
 
@@ -340,6 +342,7 @@ async fn exec_counting(
             devices,
             commands: commands.iter().map(|c| c.to_string()).collect(),
             timeout_ms: 0,
+            max_output_bytes: 0,
         })
         .await
         .unwrap()
@@ -356,7 +359,7 @@ async fn exec_counting(
                 let total = bytes.remove(&event.device).unwrap_or(0) + inline;
                 done.push((event.device, total, r.error));
             }
-            None => {}
+            Some(pb::exec_event::Event::Summary(_)) | None => {}
         }
     }
     done

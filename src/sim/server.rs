@@ -374,6 +374,10 @@ async fn exec_once(channel: &Channel<Msg>, device: &SimDevice, line: &str) -> u3
             }
             exit_status
         }
+        Output::Binary(bytes) => match channel.data_bytes(bytes).await {
+            Ok(()) => 0,
+            Err(_) => 255,
+        },
         Output::Bulk(n) => match send_bulk(channel, n).await {
             Ok(()) => 0,
             Err(_) => 255,

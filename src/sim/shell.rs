@@ -129,6 +129,11 @@ impl Shell {
                 out.extend_from_slice(&self.prompt_bytes(false));
                 events.push(ShellEvent::Write(out));
             }
+            Output::Binary(bytes) => {
+                let mut out = bytes;
+                out.extend_from_slice(&self.prompt_bytes(false));
+                events.push(ShellEvent::Write(out));
+            }
             Output::Bulk(n) => {
                 events.push(ShellEvent::Bulk(n));
                 events.push(ShellEvent::Write(self.prompt_bytes(true)));
