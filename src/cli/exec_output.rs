@@ -419,3 +419,54 @@ fn render(report: &DeviceReport, done: usize, total: usize) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(command: u32, output: &[u8]) -> CommandDone {
+        CommandDone {
+            command,
+            output: output.to_vec(),
+            stderr: Vec::new(),
+            exit_status: Some(0),
+            duration_us: 1,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn reports_hold_at_most_the_budget_and_say_when_output_was_dropped() {
+        let devices = vec!["a".to_string(), "b".to_string()];
+        let mut c = ExecCollector::with_budget(devices, vec!["x".into()], 10);
+        c.output(0, 0, false, b"12345678");
+        // b's chunk would pass the budget across both devices: dropped.
+        c.output(1, 0, false, b"abcdef");
+        let b = c.device_done(1, vec![done(0, b"")], None).unwrap();
+        assert_eq!(b.status, FAILURE);
+        assert!(
+            b.results[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("--max-buffer")
+        );
+        let a = c.device_done(0, vec![done(0, b"9")], None).unwrap();
+        assert_eq!(a.status, SUCCESS);
+        assert_eq!(a.results[0].raw, b"123456789");
+    }
+
+    #[test]
+    fn json_carries_bytes_that_are_not_utf8_in_base64_beside_lossy_text() {
+        let mut c = ExecCollector::new(vec!["a".into()], vec!["x".into()]);
+        let mut d = done(0, b"ok\xff");
+        d.stderr = b"warn\n".to_vec();
+        let report = c.device_done(0, vec![d], None).unwrap();
+        let json = serde_json::to_value(&report).unwrap();
+        let r = &json["results"][0];
+        assert_eq!(r["output"], "ok\u{fffd}");
+        assert_eq!(r["output_base64"], "b2v/");
+        assert_eq!(r["stderr"], "warn\n");
+        assert!(r.get("stderr_base64").is_none());
+    }
+}
