@@ -275,6 +275,7 @@ fn exec_req(name: &str, device: &str) -> pb::ExecRequest {
         devices: vec![device.into()],
         commands: vec!["show clock".into()],
         timeout_ms: 0,
+        max_output_bytes: 0,
     }
 }
 
@@ -842,6 +843,7 @@ async fn load(socket: &Path, broker_pid: u32, callers: usize, secs: u64, svc_por
                 devices: vec!["sim-1".into()],
                 commands: vec!["show clock".into()],
                 timeout_ms: 0,
+                max_output_bytes: 0,
             };
             while Instant::now() < deadline {
                 let t = Instant::now();

@@ -278,6 +278,7 @@ fn exec(name: &str, command: &str) -> pb::ExecRequest {
         devices: vec!["sim-1".into()],
         commands: vec![command.into()],
         timeout_ms: 0,
+        max_output_bytes: 0,
     }
 }
 

@@ -15,7 +15,7 @@ use switchyard::api::pb;
 use switchyard::wire::codec;
 use switchyard::wire::frame::{self, Assembler, HEADER_LEN, Payload};
 use switchyard::wire::messages::{
-    AuthRequest, AuthResponse, CommandDone, Credentials, DeviceInfo, ErrorCode, Request,
+    AuthRequest, AuthResponse, CommandDone, Credentials, DeviceInfo, ErrorCode, ExecFlags, Request,
     RequestEnvelope, Response, TerminalInput, WireError,
 };
 use switchyard::wire::packet_relay::{self, PacketPath, PeerRole, TunnelId};
@@ -217,6 +217,7 @@ fn service_messages() -> Vec<Vec<u8>> {
         exit_status: Some(0),
         duration_us: 1234,
         error: None,
+        stderr: b"warning\xff\n".to_vec(),
     };
     vec![
         enc(&AuthRequest {
@@ -247,6 +248,18 @@ fn service_messages() -> Vec<Vec<u8>> {
         enc(&RequestEnvelope {
             deadline_ms: None,
             request: Request::Inventory,
+        }),
+        enc(&RequestEnvelope {
+            deadline_ms: None,
+            request: Request::ExecWith {
+                devices: vec!["core-1".into()],
+                commands: vec!["cat".into()],
+                timeout_ms: None,
+                flags: ExecFlags {
+                    max_output_bytes: Some(1 << 20),
+                    stdin: true,
+                },
+            },
         }),
         enc(&RequestEnvelope {
             deadline_ms: None,
@@ -306,6 +319,7 @@ fn frame_seeds() -> Vec<Vec<u8>> {
         &Response::ExecOutput {
             device: 1,
             command: 0,
+            stderr: false,
             data: Bytes::from_static(b"interface Gi0/0\n ip address 10.0.0.1\n"),
         },
         LIMIT,
@@ -427,6 +441,7 @@ fn broker_api_seeds() -> Vec<Vec<u8>> {
             devices: vec!["core-1".into()],
             commands: vec!["show version".into()],
             timeout_ms: 1000,
+            max_output_bytes: 1 << 20,
         }
         .encode_to_vec(),
         pb::ServiceDirectRequest {

@@ -113,8 +113,13 @@ async fn twenty_processes_exec_through_one_named_service() {
             "exec failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        // One device report, then the request's summary line.
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines();
+        let report: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
         assert_eq!(report["status"], "success");
+        let summary: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+        assert_eq!(summary["summary"]["status"], "SUCCESS");
         assert!(
             report["results"][0]["output"]
                 .as_str()
@@ -355,6 +360,7 @@ async fn helper_hold_session_with_exec_in_flight() {
             devices: vec!["linux-1".into()],
             commands: vec![command],
             timeout_ms: 600_000,
+            max_output_bytes: 0,
         })
         .await;
     // Held (stream or error) until the test kills this process: dropping a

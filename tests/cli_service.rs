@@ -243,10 +243,12 @@ fn config_errors_from_the_environment_are_reported() {
     );
 }
 
+/// The device reports of `exec --json` (the closing summary line left out).
 fn exec_json(out: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(json)
+        .filter(|r| r.get("summary").is_none())
         .collect()
 }
 

@@ -23,11 +23,13 @@ use switchyard::service::ops::ServiceOps;
 use switchyard::wire::messages::{ErrorCode, Request, RequestEnvelope, Response};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// One JSON report per line of `switchyard exec --json` output.
+/// One JSON report per line of `switchyard exec --json` output (the
+/// closing `{"summary": ...}` line left out).
 fn reports(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|r: &serde_json::Value| r.get("summary").is_none())
         .collect()
 }
 
@@ -250,9 +252,105 @@ impl ServiceProcess {
         }
     }
 
+    /// Peak resident memory of the process so far, in bytes (VmHWM).
+    fn peak(&self) -> u64 {
+        status_bytes(self.child.id().unwrap(), "VmHWM:")
+    }
+
     /// Resident memory of the process, in bytes (VmRSS).
     fn rss(&self) -> u64 {
         common::proc_status_bytes(self.child.id().unwrap(), "VmRSS")
+    }
+}
+
+/// A size field (`VmHWM:`, `VmRSS:`, in kB) of `/proc/PID/status`, in bytes.
+fn status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Issue 22: one command's 1 GiB output passes service, broker and caller
+/// (`exec --raw`, real processes all three) with each one's peak resident
+/// memory far below it: output streams, nothing holds it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gigabyte_streams_through_with_bounded_memory_at_every_hop() {
+    const SIZE: u64 = 1 << 30;
+    const BOUND: u64 = 200 << 20;
+    let svc = ServiceProcess::start(&[]).await;
+    let broker = TestBroker::start(&[]).await;
+    connect_as(
+        &broker,
+        svc.addr,
+        "lab",
+        "alice",
+        common::service::ALICE_PASSWORD,
+    )
+    .await;
+    let mut cmd = broker.command();
+    cmd.args([
+        "exec",
+        "lab",
+        "bulk-0",
+        "-c",
+        &format!("show bulk {SIZE}"),
+        "--raw",
+    ])
+    .stdout(Stdio::piped());
+    let mut caller = cmd.spawn().unwrap();
+    let caller_pid = caller.id().unwrap();
+    let mut stdout = caller.stdout.take().unwrap();
+    let mut received = 0u64;
+    let mut caller_peak = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut next_sample = 0;
+    within(600, "1 GiB of output", async {
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut stdout, &mut buf)
+                .await
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            received += n as u64;
+            if received >= next_sample {
+                // VmHWM is the peak so far: the last sample before the
+                // caller exits is its peak over (almost) the whole run.
+                if let Ok(s) = std::fs::read_to_string(format!("/proc/{caller_pid}/status"))
+                    && s.contains("VmHWM:")
+                {
+                    caller_peak = status_bytes(caller_pid, "VmHWM:");
+                }
+                next_sample += 16 << 20;
+            }
+        }
+    })
+    .await;
+    let status = within(30, "the caller's exit", caller.wait())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(received, SIZE);
+    let broker_pid = broker.child.id().unwrap();
+    let (service_peak, broker_peak) = (svc.peak(), status_bytes(broker_pid, "VmHWM:"));
+    eprintln!(
+        "1 GiB through: peak RSS service {} MiB, broker {} MiB, caller {} MiB",
+        service_peak >> 20,
+        broker_peak >> 20,
+        caller_peak >> 20
+    );
+    assert!(caller_peak > 0, "the caller's memory was sampled");
+    for (who, peak) in [
+        ("service", service_peak),
+        ("broker", broker_peak),
+        ("caller", caller_peak),
+    ] {
+        assert!(peak < BOUND, "{who} peaked at {} MiB", peak >> 20);
     }
 }
 
@@ -327,6 +425,7 @@ async fn exec_counting(
             devices,
             commands: commands.iter().map(|c| c.to_string()).collect(),
             timeout_ms: 0,
+            max_output_bytes: 0,
         })
         .await
         .unwrap()
@@ -343,7 +442,7 @@ async fn exec_counting(
                 let total = bytes.remove(&event.device).unwrap_or(0) + inline;
                 done.push((event.device, total, r.error));
             }
-            None => {}
+            Some(pb::exec_event::Event::Summary(_)) | None => {}
         }
     }
     done

@@ -176,6 +176,7 @@ async fn bulk_exec(
                 devices: vec!["core-1".into()],
                 commands: vec![format!("show bulk {n}")],
                 timeout_ms: 0,
+                max_output_bytes: 0,
             })
             .await?
             .into_inner();

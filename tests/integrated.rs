@@ -70,6 +70,7 @@ async fn two_sessions_share_one_integrated_service() {
             devices: vec!["core-1".into(), "edge-1".into()],
             commands: vec!["show version".into()],
             timeout_ms: 0,
+            max_output_bytes: 0,
         })
         .await
         .unwrap()
@@ -150,7 +151,9 @@ async fn cli_connect_integrated_then_exec_and_terminal() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The device's report, then the summary line.
+    let first = out.stdout.split(|b| *b == b'\n').next().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(first).unwrap();
     assert!(
         report["results"][0]["output"]
             .as_str()

@@ -431,15 +431,17 @@ async fn shutdown_drains_running_requests_and_refuses_new_ones() {
     };
     assert_eq!(refused.code, ErrorCode::Unavailable);
     assert!(refused.message.contains("shutting down"));
+    // Output streams as it comes (chunks), the rest rides in the result.
     let mut output = Vec::new();
     while let Some(r) = within(30, "running exec", running.next()).await {
-        if let Response::ExecDevice {
-            commands,
-            error: None,
-            ..
-        } = r.unwrap()
-        {
-            output.extend(commands[0].output.clone());
+        match r.unwrap() {
+            Response::ExecOutput { data, .. } => output.extend_from_slice(&data),
+            Response::ExecDevice {
+                commands,
+                error: None,
+                ..
+            } => output.extend(commands[0].output.clone()),
+            other => panic!("{other:?}"),
         }
     }
     assert_eq!(output, b"done\n");

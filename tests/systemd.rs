@@ -274,6 +274,7 @@ async fn sigterm_drains_running_calls_and_refuses_new_ones() {
         devices: vec![device.into()],
         commands: vec![cmd.into()],
         timeout_ms: 0,
+        max_output_bytes: 0,
     };
     let mut slow_call = c.clone();
     let running = tokio::spawn(async move {

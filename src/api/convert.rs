@@ -95,8 +95,16 @@ pub fn exec_event(r: Response) -> Option<pb::ExecEvent> {
         Response::ExecOutput {
             device,
             command,
+            stderr,
             data,
-        } => (device, Event::Output(pb::CommandOutput { command, data })),
+        } => (
+            device,
+            Event::Output(pb::CommandOutput {
+                command,
+                data,
+                stderr,
+            }),
+        ),
         Response::ExecDevice {
             device,
             commands,
@@ -112,6 +120,7 @@ pub fn exec_event(r: Response) -> Option<pb::ExecEvent> {
                         exit_status: c.exit_status,
                         duration_us: c.duration_us,
                         error: c.error.unwrap_or_default(),
+                        stderr: c.stderr,
                     })
                     .collect(),
                 error_code: error
@@ -127,6 +136,55 @@ pub fn exec_event(r: Response) -> Option<pb::ExecEvent> {
         device,
         event: Some(event),
     })
+}
+
+/// Counts devices as their results pass, for an exec's closing summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExecTally {
+    pub succeeded: u32,
+    pub failed: u32,
+}
+
+impl ExecTally {
+    /// Counts `event` if it is a device's result: succeeded when the device
+    /// ran and every command ended without error and with exit status 0
+    /// (or none reported).
+    pub fn count(&mut self, event: &pb::ExecEvent) {
+        if let Some(pb::exec_event::Event::DeviceResult(r)) = &event.event {
+            let ok = r.error.is_empty()
+                && r.commands
+                    .iter()
+                    .all(|c| c.error.is_empty() && c.exit_status.unwrap_or(0) == 0);
+            if ok {
+                self.succeeded += 1;
+            } else {
+                self.failed += 1;
+            }
+        }
+    }
+
+    /// SUCCESS when no device failed, FAILURE when none succeeded (or
+    /// none ran), PARTIAL_SUCCESS otherwise.
+    pub fn status(&self) -> pb::ExecStatus {
+        match (self.succeeded, self.failed) {
+            (_, 0) if self.succeeded > 0 => pb::ExecStatus::Success,
+            (0, _) => pb::ExecStatus::Failure,
+            _ => pb::ExecStatus::PartialSuccess,
+        }
+    }
+
+    /// The closing event of an exec call.
+    pub fn summary(&self, elapsed: std::time::Duration) -> pb::ExecEvent {
+        pb::ExecEvent {
+            device: 0,
+            event: Some(pb::exec_event::Event::Summary(pb::ExecSummary {
+                status: self.status().into(),
+                succeeded: self.succeeded,
+                failed: self.failed,
+                elapsed_us: elapsed.as_micros().min(u64::MAX as u128) as u64,
+            })),
+        }
+    }
 }
 
 /// A terminal response as a gRPC event.

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 mod cloud;
 mod forward;
+mod exec;
 
 use super::error::BrokerError;
 use super::link::CallStream;
@@ -339,47 +340,16 @@ impl Broker for FrontDoor {
         &self,
         request: Request<pb::ExecRequest>,
     ) -> Result<Response<Self::ExecStream>, Status> {
-        let peer = peer(&request)?;
-        let deadline = convert::deadline(request.metadata());
-        let r = request.into_inner();
-        let service = convert::service_ref(r.service)?;
-        let envelope = RequestEnvelope {
-            deadline_ms: deadline.map(|d| d.as_millis() as u64),
-            request: WireRequest::Exec {
-                devices: r.devices,
-                commands: r.commands,
-                timeout_ms: Some(r.timeout_ms).filter(|t| *t > 0),
-            },
-        };
-        let open = self.open_call(peer, service, envelope).await?;
-        let started = std::time::Instant::now();
-        let stream = futures::stream::unfold(Some(open), move |state| async move {
-            let mut open = state?;
-            loop {
-                let next = tokio::select! {
-                    _ = open.cancel.cancelled() => return Some((Err(cancelled()), None)),
-                    next = open.call.next() => next,
-                };
-                match next {
-                    None => {
-                        metrics::histogram!("switchyard_exec_duration_seconds")
-                            .record(started.elapsed().as_secs_f64());
-                        return None;
-                    }
-                    Some(Err(e)) => {
-                        let status: Status = e.into();
-                        count_error(&status);
-                        return Some((Err(status), None));
-                    }
-                    Some(Ok(response)) => {
-                        if let Some(event) = convert::exec_event(response) {
-                            return Some((Ok(event), Some(open)));
-                        }
-                    }
-                }
-            }
-        });
-        answer_with_first(Box::pin(stream)).await
+        self.exec_call(request).await
+    }
+
+    type ExecWithInputStream = EventStream<pb::ExecEvent>;
+
+    async fn exec_with_input(
+        &self,
+        request: Request<Streaming<pb::ExecInput>>,
+    ) -> Result<Response<Self::ExecWithInputStream>, Status> {
+        self.exec_with_input_call(request).await
     }
 
     type TerminalStream = EventStream<pb::TerminalEvent>;

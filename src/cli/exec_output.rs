@@ -10,7 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::{out, outln};
+use super::outln;
 use crate::wire::messages::{CommandDone, Response};
 
 /// What to run, shared by `switchyard exec` and `switchyard service exec`.
@@ -82,19 +82,39 @@ pub struct DeviceError {
     pub message: String,
 }
 
+/// One command's result. In JSON, `output`/`stderr` are the bytes decoded
+/// as UTF-8 with invalid sequences replaced (U+FFFD); when the bytes are
+/// not valid UTF-8, `output_base64`/`stderr_base64` carry them exactly
+/// (standard base64, RFC 4648 §4), so nothing is lost.
 #[derive(Debug, Clone, Serialize)]
 pub struct CommandReport {
     pub command: String,
     pub status: &'static str,
     pub output: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_base64: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub stderr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_base64: Option<String>,
     pub exit_status: Option<u32>,
     pub duration_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The stdout bytes exactly (text output writes these).
+    #[serde(skip)]
+    pub raw: Vec<u8>,
+    /// The stderr bytes exactly.
+    #[serde(skip)]
+    pub raw_stderr: Vec<u8>,
 }
 
 const SUCCESS: &str = "success";
 const FAILURE: &str = "failure";
+
+/// Output the CLI holds for reports it prints only when their device ends
+/// (several devices), across all devices of the call: 256 MiB.
+pub const DEFAULT_BUFFER: u64 = 256 * 1024 * 1024;
 
 impl DeviceReport {
     pub fn succeeded(&self) -> bool {
@@ -102,65 +122,127 @@ impl DeviceReport {
     }
 }
 
-#[derive(Default)]
-struct Partial {
-    outputs: Vec<Vec<u8>>,
-    results: Vec<Option<CommandReport>>,
+/// `bytes` as JSON text: lossy UTF-8, plus base64 when that lost anything.
+fn text_and_base64(bytes: &[u8]) -> (String, Option<String>) {
+    use base64::Engine;
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (text.to_string(), None),
+        Err(_) => (
+            String::from_utf8_lossy(bytes).into_owned(),
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    }
 }
 
-/// Assembles exec events into per-device reports.
+#[derive(Default)]
+struct Partial {
+    /// Per command: stdout, stderr.
+    outputs: Vec<[Vec<u8>; 2]>,
+    /// Per command: output dropped for the buffer budget.
+    dropped: Vec<bool>,
+    results: Vec<Option<CommandReport>>,
+    held: u64,
+}
+
+/// Assembles exec events into per-device reports, holding at most `budget`
+/// bytes of output across all devices (more is dropped, and the command
+/// is reported failed saying so).
 pub struct ExecCollector {
     devices: Vec<String>,
     commands: Vec<String>,
     partial: Vec<Partial>,
+    budget: u64,
+    held: u64,
 }
 
 impl ExecCollector {
     pub fn new(devices: Vec<String>, commands: Vec<String>) -> Self {
+        Self::with_budget(devices, commands, DEFAULT_BUFFER)
+    }
+
+    /// A collector holding at most `budget` bytes of output at once.
+    pub fn with_budget(devices: Vec<String>, commands: Vec<String>, budget: u64) -> Self {
         let partial = devices
             .iter()
             .map(|_| Partial {
-                outputs: vec![Vec::new(); commands.len()],
+                outputs: vec![[Vec::new(), Vec::new()]; commands.len()],
+                dropped: vec![false; commands.len()],
                 results: vec![None; commands.len()],
+                held: 0,
             })
             .collect();
         Self {
             devices,
             commands,
             partial,
+            budget,
+            held: 0,
         }
     }
 
-    pub fn output(&mut self, device: u32, command: u32, data: &[u8]) {
-        if let Some(out) = self
-            .partial
-            .get_mut(device as usize)
-            .and_then(|p| p.outputs.get_mut(command as usize))
-        {
-            out.extend_from_slice(data);
+    /// A chunk of output (`stderr`: of the command's standard error).
+    pub fn output(&mut self, device: u32, command: u32, stderr: bool, data: &[u8]) {
+        let Some(p) = self.partial.get_mut(device as usize) else {
+            return;
+        };
+        let (Some(out), Some(dropped)) = (
+            p.outputs.get_mut(command as usize),
+            p.dropped.get_mut(command as usize),
+        ) else {
+            return;
+        };
+        let len = data.len() as u64;
+        if *dropped || self.held + len > self.budget {
+            *dropped = true;
+            return;
         }
+        self.held += len;
+        p.held += len;
+        out[usize::from(stderr)].extend_from_slice(data);
     }
 
-    /// A command finished; `tail` is the output not sent in chunks.
+    /// A command finished; its output tails are what was not sent in
+    /// chunks.
     pub fn command_done(&mut self, device: u32, done: CommandDone) {
+        let budget = self.budget;
         let Some(p) = self.partial.get_mut(device as usize) else {
             return;
         };
         let index = done.command as usize;
-        let (Some(name), Some(buffer)) = (self.commands.get(index), p.outputs.get_mut(index))
+        let (Some(name), Some(buffers)) = (self.commands.get(index), p.outputs.get_mut(index))
         else {
             return;
         };
-        buffer.extend_from_slice(&done.output);
-        let output = String::from_utf8_lossy(&std::mem::take(buffer)).into_owned();
-        let ok = done.error.is_none() && done.exit_status.unwrap_or(0) == 0;
+        let [mut raw, mut raw_stderr] = std::mem::take(buffers);
+        raw.extend_from_slice(&done.output);
+        raw_stderr.extend_from_slice(&done.stderr);
+        let error = if p.dropped[index] {
+            Some(format!(
+                "output beyond the {budget}-byte buffer for multi-device reports was \
+                 dropped; raise --max-buffer, or run one device with --raw to stream it"
+            ))
+            .map(|e| match done.error {
+                Some(other) => format!("{other}; {e}"),
+                None => e,
+            })
+        } else {
+            done.error
+        };
+        let ok = error.is_none() && done.exit_status.unwrap_or(0) == 0;
+        let (output, output_base64) = text_and_base64(&raw);
+        let (stderr, stderr_base64) = text_and_base64(&raw_stderr);
         p.results[index] = Some(CommandReport {
             command: name.clone(),
             status: if ok { SUCCESS } else { FAILURE },
             output,
+            output_base64,
+            stderr,
+            stderr_base64,
             exit_status: done.exit_status,
             duration_ms: done.duration_us as f64 / 1000.0,
-            error: done.error,
+            error,
+            raw,
+            raw_stderr,
         });
     }
 
@@ -177,6 +259,7 @@ impl ExecCollector {
         }
         let name = self.devices.get(device as usize)?.clone();
         let p = std::mem::take(self.partial.get_mut(device as usize)?);
+        self.held = self.held.saturating_sub(p.held);
         let results: Vec<CommandReport> = p.results.into_iter().flatten().collect();
         let ok = error.is_none() && results.iter().all(|r| r.status == SUCCESS);
         Some(DeviceReport {
@@ -194,9 +277,10 @@ impl ExecCollector {
             Response::ExecOutput {
                 device,
                 command,
+                stderr,
                 data,
             } => {
-                self.output(device, command, &data);
+                self.output(device, command, stderr, &data);
                 None
             }
             Response::ExecDevice {
@@ -217,13 +301,14 @@ impl ExecCollector {
 }
 
 /// Prints reports as they arrive, with a progress bar on a terminal when
-/// several devices are involved.
+/// several devices are involved, and a summary line at the end.
 pub struct ExecPrinter {
     json: bool,
     total: usize,
     done: usize,
     failed: usize,
     progress: Option<ProgressBar>,
+    started: std::time::Instant,
 }
 
 impl ExecPrinter {
@@ -241,6 +326,7 @@ impl ExecPrinter {
             done: 0,
             failed: 0,
             progress,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -254,13 +340,13 @@ impl ExecPrinter {
         let text = render(report, self.done, self.total);
         match &self.progress {
             Some(bar) => {
-                bar.suspend(|| out!("{text}"));
+                bar.suspend(|| super::write_stdout_bytes(&text));
                 bar.inc(1);
                 if self.failed > 0 {
                     bar.set_message(format!("({} failed)", self.failed));
                 }
             }
-            None => out!("{text}"),
+            None => super::write_stdout_bytes(&text),
         }
     }
 
@@ -269,16 +355,49 @@ impl ExecPrinter {
         self.failed
     }
 
+    /// Clears the progress bar and prints the summary: one line of text
+    /// (`exec: 3 devices: 2 succeeded, 1 failed (partial success) in 1.2 s`)
+    /// or, with `--json`, a last JSON line `{"summary": {...}}` (`status`
+    /// SUCCESS / PARTIAL_SUCCESS / FAILURE, `devices`, `succeeded`,
+    /// `failed`, `elapsed_ms`).
     pub fn finish(&self) {
         if let Some(bar) = &self.progress {
             bar.finish_and_clear();
         }
+        let succeeded = self.done - self.failed;
+        let status = match (succeeded, self.failed) {
+            (s, 0) if s > 0 => "SUCCESS",
+            (0, _) => "FAILURE",
+            _ => "PARTIAL_SUCCESS",
+        };
+        let elapsed = self.started.elapsed();
+        if self.json {
+            let summary = serde_json::json!({"summary": {
+                "status": status,
+                "devices": self.total,
+                "succeeded": succeeded,
+                "failed": self.failed,
+                "elapsed_ms": elapsed.as_secs_f64() * 1000.0,
+            }});
+            outln!("{summary}");
+        } else {
+            outln!(
+                "exec: {} device{}: {succeeded} succeeded, {} failed ({}) in {:.2} s",
+                self.total,
+                if self.total == 1 { "" } else { "s" },
+                self.failed,
+                status.to_lowercase().replace('_', " "),
+                elapsed.as_secs_f64()
+            );
+        }
     }
 }
 
-fn render(report: &DeviceReport, done: usize, total: usize) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
+/// A report as text: header lines, then each command's stdout and stderr
+/// bytes exactly as the device sent them.
+fn render(report: &DeviceReport, done: usize, total: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::new();
     let summary = match &report.error {
         Some(e) => format!("{FAILURE}: {e}"),
         None => report.status.to_string(),
@@ -291,10 +410,63 @@ fn render(report: &DeviceReport, done: usize, total: usize) -> String {
             _ => String::new(),
         };
         let _ = writeln!(out, "--- {}{} [{:.1} ms]", r.command, status, r.duration_ms);
-        out.push_str(&r.output);
-        if !r.output.is_empty() && !r.output.ends_with('\n') {
-            out.push('\n');
+        for bytes in [&r.raw, &r.raw_stderr] {
+            out.extend_from_slice(bytes);
+            if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+                out.push(b'\n');
+            }
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(command: u32, output: &[u8]) -> CommandDone {
+        CommandDone {
+            command,
+            output: output.to_vec(),
+            stderr: Vec::new(),
+            exit_status: Some(0),
+            duration_us: 1,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn reports_hold_at_most_the_budget_and_say_when_output_was_dropped() {
+        let devices = vec!["a".to_string(), "b".to_string()];
+        let mut c = ExecCollector::with_budget(devices, vec!["x".into()], 10);
+        c.output(0, 0, false, b"12345678");
+        // b's chunk would pass the budget across both devices: dropped.
+        c.output(1, 0, false, b"abcdef");
+        let b = c.device_done(1, vec![done(0, b"")], None).unwrap();
+        assert_eq!(b.status, FAILURE);
+        assert!(
+            b.results[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("--max-buffer")
+        );
+        let a = c.device_done(0, vec![done(0, b"9")], None).unwrap();
+        assert_eq!(a.status, SUCCESS);
+        assert_eq!(a.results[0].raw, b"123456789");
+    }
+
+    #[test]
+    fn json_carries_bytes_that_are_not_utf8_in_base64_beside_lossy_text() {
+        let mut c = ExecCollector::new(vec!["a".into()], vec!["x".into()]);
+        let mut d = done(0, b"ok\xff");
+        d.stderr = b"warn\n".to_vec();
+        let report = c.device_done(0, vec![d], None).unwrap();
+        let json = serde_json::to_value(&report).unwrap();
+        let r = &json["results"][0];
+        assert_eq!(r["output"], "ok\u{fffd}");
+        assert_eq!(r["output_base64"], "b2v/");
+        assert_eq!(r["stderr"], "warn\n");
+        assert!(r.get("stderr_base64").is_none());
+    }
 }

@@ -13,6 +13,7 @@ pub mod handoff;
 pub mod known_services;
 pub mod relay;
 pub mod remote;
+mod remote_exec;
 pub mod service_admin;
 mod service_change;
 pub mod sim;
@@ -171,11 +172,14 @@ macro_rules! outln {
 }
 
 /// `print!` for command output; see [`outln!`].
+#[allow(unused_macros)]
 macro_rules! out {
     ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*)) };
 }
 
-pub(crate) use {out, outln};
+#[allow(unused_imports)]
+pub(crate) use out;
+pub(crate) use outln;
 
 /// Writes command output to stdout. A closed pipe exits with the status a
 /// shell reports for a command ended by SIGPIPE (128 + 13); any other
@@ -184,6 +188,20 @@ pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Writes command output bytes to stdout exactly (a closed pipe ends the
+/// command as [`write_stdout`] does).
+pub(crate) fn write_stdout_bytes(bytes: &[u8]) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(141);
         }

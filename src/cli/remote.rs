@@ -5,14 +5,12 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use tokio::sync::mpsc;
 
-use super::exec_output::{DeviceError, ExecCollector, ExecOptions, ExecPrinter};
 use super::{CliError, outln};
 use crate::api::pb;
 use crate::secret::SecretSource;
-use crate::wire::messages::CommandDone;
 
 /// The commands the lean `switchyard` binary runs itself: each is a few
 /// calls to the broker, so it starts without the daemons' code.
@@ -121,13 +119,7 @@ pub enum ConnectCommand {
     },
 }
 
-#[derive(Debug, Args)]
-pub struct ExecArgs {
-    /// The named service.
-    pub name: String,
-    #[command(flatten)]
-    pub exec: ExecOptions,
-}
+pub use super::remote_exec::{ExecArgs, exec};
 
 pub(super) async fn broker_client(
     socket: &Path,
@@ -137,7 +129,7 @@ pub(super) async fn broker_client(
         .map_err(|_| CliError::BrokerUnreachable(crate::broker::socket::diagnose(socket)))
 }
 
-fn named(name: &str) -> Option<pb::ServiceRef> {
+pub(super) fn named(name: &str) -> Option<pb::ServiceRef> {
     Some(pb::ServiceRef {
         name: name.to_string(),
         ..Default::default()
@@ -310,60 +302,6 @@ pub async fn inventory(socket: &Path, name: String, json: bool) -> Result<ExitCo
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-pub async fn exec(socket: &Path, args: ExecArgs) -> Result<ExitCode, CliError> {
-    let timeout_ms = args.exec.timeout()?.map_or(0, |t| t.as_millis() as u64);
-    let ExecArgs { name, exec: args } = args;
-    let devices = args.distinct_devices();
-    let mut broker = broker_client(socket).await?;
-    let mut events = broker
-        .exec(pb::ExecRequest {
-            service: named(&name),
-            devices: devices.clone(),
-            commands: args.commands.clone(),
-            timeout_ms,
-        })
-        .await?
-        .into_inner();
-    let mut printer = ExecPrinter::new(args.json, devices.len());
-    let mut collector = ExecCollector::new(devices, args.commands);
-    while let Some(event) = events.message().await? {
-        use pb::exec_event::Event;
-        let device = event.device;
-        match event.event {
-            Some(Event::Output(o)) => collector.output(device, o.command, &o.data),
-            Some(Event::DeviceResult(r)) => {
-                let commands = r
-                    .commands
-                    .into_iter()
-                    .map(|c| CommandDone {
-                        command: c.command,
-                        output: c.output,
-                        exit_status: c.exit_status,
-                        duration_us: c.duration_us,
-                        error: Some(c.error).filter(|e| !e.is_empty()),
-                    })
-                    .collect();
-                let error = Some(r.error)
-                    .filter(|e| !e.is_empty())
-                    .map(|message| DeviceError {
-                        code: r.error_code,
-                        message,
-                    });
-                if let Some(report) = collector.device_done(device, commands, error) {
-                    printer.print(&report);
-                }
-            }
-            None => {}
-        }
-    }
-    printer.finish();
-    Ok(if printer.failed() == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
 
 pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {

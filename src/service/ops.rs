@@ -18,28 +18,32 @@
 //!
 //! Exec fan-out: a device named several times in one request runs once and
 //! is reported once, under the index of its first occurrence; each device's
-//! driver work holds one of the service's device slots.
+//! driver work holds one of the service's device slots. Output streams: each
+//! device's driver writes into an `OutputSink` that sends `ExecOutput`
+//! chunks on `out` as they arrive (a slow caller makes it wait), then the
+//! device's `ExecDevice`. Standard input (`ExecWith` with `stdin`) goes to
+//! the one command of a one-device request; any other shape is refused.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::drivers::{DeviceExec, DeviceProfile, DeviceTarget, DriverError, Drivers};
+use super::drivers::{
+    DeviceProfile, DeviceRun, DeviceTarget, DriverError, Drivers, ExecOptions, OutputSink,
+};
 use super::exec_limits::{ExecLimits, LimitError};
 use super::inventory::{DeviceScope, Inventory, InventoryError, LoginRecord};
 use crate::secret::Secret;
 use crate::wire::assertion::AssertionVerifier;
 use crate::wire::messages::{
-    CommandDone, DeviceInfo, ErrorCode, Request, RequestEnvelope, Response, TerminalInput,
-    WireError,
+    CommandDone, DeviceInfo, ErrorCode, ExecFlags, Request, RequestEnvelope, Response,
+    TerminalInput, WireError,
 };
 
-/// Output chunk size in exec responses; well under the frame limit.
-pub const OUTPUT_CHUNK: usize = 512 * 1024;
+pub use super::drivers::output::{INLINE_BUDGET, OUTPUT_CHUNK};
 
 /// An authenticated remote user.
 #[derive(Debug, Clone)]
@@ -62,6 +66,9 @@ pub enum OpsError {
     NoDevice(String),
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// The request asks for something that cannot be done as asked.
+    #[error("{0}")]
+    BadRequest(String),
     #[error("the request's deadline passed")]
     DeadlineExceeded,
     #[error(transparent)]
@@ -79,6 +86,7 @@ impl OpsError {
             Self::NotRemoteUser(_) => ErrorCode::PermissionDenied,
             Self::NoDevice(_) => ErrorCode::NotFound,
             Self::Limit(e) => e.code(),
+            Self::BadRequest(_) => ErrorCode::InvalidArgument,
             Self::DeadlineExceeded => ErrorCode::DeadlineExceeded,
             Self::Driver(DriverError::ConnectTimeout { .. }) => ErrorCode::DeadlineExceeded,
             Self::Driver(DriverError::Busy { .. }) => ErrorCode::ResourceExhausted,
@@ -268,11 +276,20 @@ impl ServiceOps {
                 commands,
                 timeout_ms,
             } => {
-                let timeout = match (timeout_ms.map(Duration::from_millis), deadline) {
-                    (Some(t), Some(d)) => Some(t.min(d)),
-                    (t, d) => t.or(d),
-                };
-                self.exec(principal, &devices, &commands, timeout, out)
+                let flags = ExecFlags::default();
+                let timeout = exec_timeout(timeout_ms, deadline);
+                self.exec(principal, &devices, &commands, timeout, flags, None, out)
+                    .await
+            }
+            Request::ExecWith {
+                devices,
+                commands,
+                timeout_ms,
+                flags,
+            } => {
+                let timeout = exec_timeout(timeout_ms, deadline);
+                let stdin = flags.stdin.then_some(input);
+                self.exec(principal, &devices, &commands, timeout, flags, stdin, out)
                     .await
             }
             Request::Terminal { device, cols, rows } => {
@@ -335,60 +352,82 @@ impl ServiceOps {
     }
 
     /// Runs `commands` on each distinct device of `devices` at once, each
-    /// device in one of the service's slots; reports each device as it ends.
+    /// device in one of the service's slots; output streams as it comes,
+    /// and each device is reported as it ends. `stdin` (one device and one
+    /// command only) feeds the command.
+    #[allow(clippy::too_many_arguments)]
     async fn exec(
         &self,
         principal: &Principal,
         devices: &[String],
         commands: &[String],
         timeout: Option<Duration>,
+        flags: ExecFlags,
+        stdin: Option<mpsc::Receiver<TerminalInput>>,
         out: &mpsc::Sender<Response>,
     ) -> Result<(), OpsError> {
         let distinct = self.limits.check(devices, commands)?;
+        if stdin.is_some() && (distinct.len() != 1 || commands.len() != 1) {
+            return Err(OpsError::BadRequest(format!(
+                "standard input can go to one command on one device; this request has {} \
+                 device(s) and {} command(s)",
+                distinct.len(),
+                commands.len()
+            )));
+        }
+        let cap = flags
+            .max_output_bytes
+            .filter(|n| *n > 0)
+            .or(self.drivers.default_output_cap());
         // Declared before `running`, so it drops after it: by then this
         // request's slots are free.
         let _done = RequestDone(&self.limits);
+        let mut stdin = stdin;
         let mut running: FuturesUnordered<_> = distinct
             .into_iter()
-            .map(|(index, name)| async move {
-                (
-                    index,
-                    self.exec_device(principal, name, commands, timeout).await,
-                )
+            .map(|(index, name)| {
+                let sink = OutputSink::new(out.clone(), index, cap);
+                let options = ExecOptions {
+                    timeout,
+                    stdin: stdin.take(),
+                };
+                async move {
+                    let result = self
+                        .exec_device(principal, name, commands, options, sink)
+                        .await;
+                    (index, result)
+                }
             })
             .collect();
         while let Some((index, result)) = running.next().await {
-            for response in exec_responses(index, result) {
-                if out.send(response).await.is_err() {
-                    return Ok(()); // the caller went away; dropping `running` cancels the rest
-                }
+            if out.send(exec_response(index, result)).await.is_err() {
+                return Ok(()); // the caller went away; dropping `running` cancels the rest
             }
         }
         Ok(())
     }
 
-    /// One device of an exec: looked up, then run once a slot is free.
+    /// One device of an exec: looked up, then run once a slot is free, its
+    /// output going to `sink`.
     async fn exec_device(
         &self,
         principal: &Principal,
         name: &str,
         commands: &[String],
-        timeout: Option<Duration>,
-    ) -> Result<DeviceExec, OpsError> {
+        options: ExecOptions,
+        mut sink: OutputSink,
+    ) -> Result<DeviceRun, OpsError> {
         let target = self.resolve(principal, name)?;
         let slot = self.limits.slot().await;
-        let exec = self.drivers.exec(&target, commands, timeout).await?;
-        if let Some(key) = &exec.learned_host_key {
+        let run = self
+            .drivers
+            .run(&target, commands, options, &mut sink)
+            .await?;
+        if let Some(key) = &run.learned_host_key {
             self.record_host_key(&target.name, key);
         }
-        slot.record_output(
-            exec.results
-                .iter()
-                .filter_map(|r| r.outcome.as_ref().ok())
-                .map(|o| o.output.len())
-                .sum(),
-        );
-        Ok(exec)
+        slot.record_output(run.output_bytes.min(usize::MAX as u64) as usize);
+        Ok(run)
     }
 
     async fn terminal(
@@ -446,113 +485,89 @@ impl Drop for RequestDone<'_> {
     }
 }
 
-/// Inline output allowed in one `ExecDevice` frame; the rest is chunked
-/// ahead of it (well under the frame limit).
-pub const INLINE_BUDGET: usize = 512 * 1024;
-
-/// `output` as `ExecOutput` events of at most [`OUTPUT_CHUNK`] bytes each:
-/// slices of the one buffer, not copies.
-fn output_chunks(device: u32, command: u32, output: Bytes) -> impl Iterator<Item = Response> {
-    (0..output.len())
-        .step_by(OUTPUT_CHUNK)
-        .map(move |at| Response::ExecOutput {
-            device,
-            command,
-            data: output.slice(at..(at + OUTPUT_CHUNK).min(output.len())),
-        })
+/// The timeout of each command: the caller's, bounded by its deadline.
+fn exec_timeout(timeout_ms: Option<u64>, deadline: Option<Duration>) -> Option<Duration> {
+    match (timeout_ms.map(Duration::from_millis), deadline) {
+        (Some(t), Some(d)) => Some(t.min(d)),
+        (t, d) => t.or(d),
+    }
 }
 
-/// One device's exec result as protocol events: chunks of any output too
-/// large to inline, then one `ExecDevice`.
-pub fn exec_responses(device: u32, result: Result<DeviceExec, OpsError>) -> Vec<Response> {
-    let exec = match result {
-        Ok(exec) => exec,
+/// One device's end as a protocol event: its commands' statuses and the
+/// output tails that ride inline (the rest was streamed before), or its
+/// failure.
+pub fn exec_response(device: u32, result: Result<DeviceRun, OpsError>) -> Response {
+    let run = match result {
+        Ok(run) => run,
         Err(e) => {
-            return vec![Response::ExecDevice {
+            return Response::ExecDevice {
                 device,
                 commands: Vec::new(),
                 error: Some(e.to_wire()),
-            }];
+            };
         }
     };
-    let mut events = Vec::new();
-    let mut budget = INLINE_BUDGET;
-    let mut commands = Vec::with_capacity(exec.results.len());
-    for (index, r) in exec.results.into_iter().enumerate() {
-        let command = index as u32;
-        let (output, exit_status, error) = match r.outcome {
-            Ok(o) => (o.output.into_bytes(), o.exit_status, None),
-            Err(e) => (Vec::new(), None, Some(e.to_string())),
-        };
-        let inline = if output.len() <= budget {
-            budget -= output.len();
-            output
-        } else {
-            events.extend(output_chunks(device, command, Bytes::from(output)));
-            Vec::new()
-        };
-        commands.push(CommandDone {
-            command,
-            output: inline,
-            exit_status,
+    let commands = run
+        .results
+        .into_iter()
+        .enumerate()
+        .map(|(index, r)| CommandDone {
+            command: index as u32,
+            output: r.tail.stdout,
+            stderr: r.tail.stderr,
+            exit_status: r.exit_status,
             duration_us: r.duration.as_micros().min(u64::MAX as u128) as u64,
-            error,
-        });
-    }
-    events.push(Response::ExecDevice {
+            error: r.error.map(|e| e.to_string()),
+        })
+        .collect();
+    Response::ExecDevice {
         device,
         commands,
         error: None,
-    });
-    events
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::drivers::{CommandOutput, CommandResult};
-
-    fn result(output: usize) -> CommandResult {
-        CommandResult {
-            command: "x".into(),
-            duration: Duration::from_millis(1),
-            outcome: Ok(CommandOutput {
-                output: "a".repeat(output),
-                exit_status: Some(0),
-            }),
-        }
-    }
+    use crate::service::drivers::{CommandError, CommandRun, Tail};
 
     #[test]
-    fn small_results_travel_in_one_frame_large_ones_are_chunked_first() {
-        let small = exec_responses(
-            3,
-            Ok(DeviceExec {
-                results: vec![result(10), result(20)],
-                learned_host_key: None,
-            }),
-        );
-        assert_eq!(small.len(), 1);
-        let big = exec_responses(
-            0,
-            Ok(DeviceExec {
-                results: vec![result(10), result(INLINE_BUDGET + 1)],
-                learned_host_key: None,
-            }),
-        );
-        let chunks = big
-            .iter()
-            .filter(|r| matches!(r, Response::ExecOutput { command: 1, .. }))
-            .count();
-        assert_eq!(chunks, INLINE_BUDGET.div_ceil(OUTPUT_CHUNK) + 1);
-        let Some(Response::ExecDevice { commands, .. }) = big.last() else {
-            panic!("device result last")
+    fn a_device_ends_with_its_tails_statuses_and_errors_in_one_frame() {
+        let run = DeviceRun {
+            results: vec![
+                CommandRun {
+                    command: "a".into(),
+                    duration: Duration::from_millis(1),
+                    exit_status: Some(3),
+                    error: None,
+                    tail: Tail {
+                        stdout: b"out\xff".to_vec(),
+                        stderr: b"err".to_vec(),
+                    },
+                },
+                CommandRun {
+                    command: "b".into(),
+                    duration: Duration::from_millis(1),
+                    exit_status: None,
+                    error: Some(CommandError::TimedOut(Duration::from_secs(1))),
+                    tail: Tail::default(),
+                },
+            ],
+            learned_host_key: None,
+            output_bytes: 7,
         };
-        assert_eq!(commands[0].output.len(), 10);
-        assert!(commands[1].output.is_empty());
-        for r in &big {
-            let frame = crate::wire::frame::encode(r, crate::wire::frame::DEFAULT_MAX_FRAME);
-            assert!(frame.is_ok(), "every event fits in a frame");
-        }
+        let Response::ExecDevice {
+            device, commands, ..
+        } = exec_response(4, Ok(run))
+        else {
+            panic!("a device result")
+        };
+        assert_eq!(device, 4);
+        assert_eq!(commands[0].output, b"out\xff");
+        assert_eq!(commands[0].stderr, b"err");
+        assert_eq!(commands[0].exit_status, Some(3));
+        assert_eq!(commands[1].command, 1);
+        assert!(commands[1].error.as_deref().unwrap().contains("timed out"));
     }
 }

@@ -35,6 +35,8 @@ pub enum Output {
     /// Exactly this many bytes of filler output (streamed, never built
     /// whole in memory by the SSH server).
     Bulk(u64),
+    /// Output that is not text (`show bytes`: every byte value once).
+    Binary(Vec<u8>),
     /// The session should end (`exit`, `logout`).
     Exit,
     /// `enable` in user mode: the shell asks for the enable secret.
@@ -82,6 +84,11 @@ const COMMANDS: &[(&[&str], Handler)] = &[
             Err(_) => invalid(n),
         },
         _ => incomplete(),
+    }),
+    // Every byte value 0..=255 once, in order: for tests that output is
+    // bytes end to end, not text.
+    (&["show", "bytes"], |_, _, _| {
+        Output::Binary((0..=255).collect())
     }),
     (&["terminal", "length"], |d, state, args| match args {
         [n] => match n.parse::<u32>() {

@@ -420,6 +420,10 @@ async fn exec_once(channel: &Channel<Msg>, device: &SimDevice, line: &str, user_
             }
             exit_status
         }
+        Output::Binary(bytes) => match channel.data_bytes(bytes).await {
+            Ok(()) => 0,
+            Err(_) => 255,
+        },
         Output::Bulk(n) => match send_bulk(channel, n).await {
             Ok(()) => 0,
             Err(_) => 255,

@@ -204,6 +204,11 @@ impl Shell {
         }
         match self.device.run(&mut self.state, &line) {
             Output::Text { text, .. } => self.show(&text, events),
+            Output::Binary(bytes) => {
+                let mut out = bytes;
+                out.extend_from_slice(&self.prompt_bytes(false));
+                events.push(ShellEvent::Write(out));
+            }
             Output::Bulk(n) => {
                 events.push(ShellEvent::Bulk(n));
                 // Bulk filler ends with a line end when it is whole lines.

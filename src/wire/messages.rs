@@ -4,8 +4,9 @@
 //! and one [`AuthResponse`]. Every later request opens its own stream: the
 //! client sends one [`RequestEnvelope`] (and, for a terminal, then
 //! [`TerminalInput`] frames); the service answers with [`Response`] frames
-//! and finishes the stream. A device's exec results travel in one frame;
-//! output too large for it is chunked ahead of it.
+//! and finishes the stream. An exec's output streams as `ExecOutput` chunks
+//! as the device sends it; each device ends with one `ExecDevice` frame
+//! (exit statuses, and any output small enough to ride inline).
 
 use std::collections::BTreeMap;
 
@@ -151,6 +152,30 @@ pub enum Request {
     /// connection's raw bytes both ways, unframed, and each side's finish
     /// is the TCP half-close. A reset stream is a reset connection.
     Forward { device: String, port: u16 },
+    /// [`Request::Exec`] with the caller's options ([`ExecFlags`]): what
+    /// the broker sends. With `flags.stdin` the caller then sends its
+    /// standard input as [`TerminalInput::Data`] frames and ends it by
+    /// finishing its side of the stream (`Resize` is ignored).
+    ExecWith {
+        devices: Vec<String>,
+        commands: Vec<String>,
+        timeout_ms: Option<u64>,
+        flags: ExecFlags,
+    },
+}
+
+/// A caller's exec options.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecFlags {
+    /// Largest output (stdout and stderr together) one command may give,
+    /// in bytes; past it the command is stopped and fails with "output
+    /// exceeded". `None`: the service's default (`ssh.max_output_bytes`,
+    /// 0 there meaning no cap). Output streams with bounded memory, so
+    /// this is the caller's choice, not a memory guard.
+    pub max_output_bytes: Option<u64>,
+    /// Forward the caller's input to the command (one device, one command
+    /// only). Without it the command's standard input ends at once.
+    pub stdin: bool,
 }
 
 impl Request {
@@ -158,7 +183,7 @@ impl Request {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Inventory => "inventory",
-            Self::Exec { .. } => "exec",
+            Self::Exec { .. } | Self::ExecWith { .. } => "exec",
             Self::Terminal { .. } => "terminal",
             Self::Ping => "ping",
             Self::Forward { .. } => "forward",
@@ -166,9 +191,14 @@ impl Request {
     }
 
     /// Whether the caller sends more frames after the request (terminal
-    /// input); every other request is the whole of its stream.
+    /// input, an exec's forwarded stdin); every other request is the
+    /// whole of its stream.
     pub fn takes_input(&self) -> bool {
-        matches!(self, Self::Terminal { .. } | Self::Forward { .. })
+        match self {
+            Self::Terminal { .. } | Self::Forward { .. } => true,
+            Self::ExecWith { flags, .. } => flags.stdin,
+            _ => false,
+        }
     }
 }
 
@@ -185,17 +215,22 @@ pub struct DeviceInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Inventory(Vec<DeviceInfo>),
-    /// A piece of a large command output, sent before its device's
-    /// `ExecDevice` (`device`/`command` index the request).
+    /// A piece of a command's output as it arrives from the device, sent
+    /// before its device's `ExecDevice` (`device`/`command` index the
+    /// request). Bytes exactly as the device sent them.
     ExecOutput {
         device: u32,
         command: u32,
+        /// The command's standard error (SSH extended data), else its
+        /// standard output. Drivers that cannot tell them apart (a shell)
+        /// send everything as standard output.
+        stderr: bool,
         /// Travels as the frame's payload, not in the encoded body.
         #[serde(skip)]
         data: Bytes,
     },
-    /// One device finished: a result per command (output inline unless it
-    /// came in chunks before), or the device's failure.
+    /// One device finished: a result per command (the output not already
+    /// sent in chunks), or the device's failure.
     ExecDevice {
         device: u32,
         commands: Vec<CommandDone>,
@@ -224,6 +259,9 @@ pub struct CommandDone {
     pub exit_status: Option<u32>,
     pub duration_us: u64,
     pub error: Option<String>,
+    /// The standard error not already sent in chunks.
+    #[serde(with = "serde_bytes")]
+    pub stderr: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

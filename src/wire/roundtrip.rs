@@ -81,6 +81,24 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(|(device, cols, rows)| { Request::Terminal { device, cols, rows } }),
         Just(Request::Ping),
         (text(), any::<u16>()).prop_map(|(device, port)| Request::Forward { device, port }),
+        (
+            prop::collection::vec(text(), 0..4),
+            prop::collection::vec(text(), 0..4),
+            any::<Option<u64>>(),
+            any::<Option<u64>>(),
+            any::<bool>()
+        )
+            .prop_map(|(devices, commands, timeout_ms, max_output_bytes, stdin)| {
+                Request::ExecWith {
+                    devices,
+                    commands,
+                    timeout_ms,
+                    flags: ExecFlags {
+                        max_output_bytes,
+                        stdin,
+                    },
+                }
+            }),
     ]
 }
 
@@ -115,14 +133,16 @@ fn command_done() -> impl Strategy<Value = CommandDone> {
         any::<Option<u32>>(),
         any::<u64>(),
         prop::option::of(text()),
+        blob(),
     )
         .prop_map(
-            |(command, output, exit_status, duration_us, error)| CommandDone {
+            |(command, output, exit_status, duration_us, error, stderr)| CommandDone {
                 command,
                 output,
                 exit_status,
                 duration_us,
                 error,
+                stderr,
             },
         )
 }
@@ -130,13 +150,14 @@ fn command_done() -> impl Strategy<Value = CommandDone> {
 fn response() -> impl Strategy<Value = Response> {
     prop_oneof![
         prop::collection::vec(device(), 0..3).prop_map(Response::Inventory),
-        (any::<u32>(), any::<u32>(), blob()).prop_map(|(device, command, data)| {
-            Response::ExecOutput {
+        (any::<u32>(), any::<u32>(), any::<bool>(), blob()).prop_map(
+            |(device, command, stderr, data)| Response::ExecOutput {
                 device,
                 command,
+                stderr,
                 data: Bytes::from(data),
             }
-        }),
+        ),
         (
             any::<u32>(),
             prop::collection::vec(command_done(), 0..3),

@@ -248,8 +248,13 @@ pub async fn status(broker: &TestBroker) -> pb::StatusResponse {
 /// One command's result, as the broker reported it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommandReport {
-    /// Its output (chunks sent ahead of the result included).
+    /// Its stdout as text (lossy UTF-8; chunks sent ahead of the result
+    /// included).
     pub output: String,
+    /// Its stdout bytes exactly.
+    pub raw: Vec<u8>,
+    /// Its stderr bytes exactly.
+    pub stderr: Vec<u8>,
     /// Its exit status, when the device reported one.
     pub exit_status: Option<u32>,
     /// Why it failed (timeout, lost connection); empty on success.
@@ -293,34 +298,47 @@ pub async fn run_exec(
     devices: &[&str],
     commands: &[&str],
 ) -> Result<Vec<DeviceReport>, tonic::Status> {
-    let mut stream = client
-        .exec(pb::ExecRequest {
-            service,
-            devices: devices.iter().map(|s| s.to_string()).collect(),
-            commands: commands.iter().map(|s| s.to_string()).collect(),
-            timeout_ms: 0,
-        })
-        .await?
-        .into_inner();
-    let mut out = vec![DeviceReport::default(); devices.len()];
-    // Chunks of a large output arrive before their command's result.
-    let mut chunks = vec![vec![String::new(); commands.len()]; devices.len()];
-    let mut answered = vec![false; devices.len()];
-    while let Some(event) = within(30, "exec event", stream.message()).await? {
+    let request = pb::ExecRequest {
+        service,
+        devices: devices.iter().map(|s| s.to_string()).collect(),
+        commands: commands.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    Ok(run_exec_request(client, request).await?.0)
+}
+
+/// Runs an exec request; returns each device's report and the closing
+/// summary (checked to come last, once).
+pub async fn run_exec_request(
+    client: &mut pb::broker_client::BrokerClient<tonic::transport::Channel>,
+    request: pb::ExecRequest,
+) -> Result<(Vec<DeviceReport>, pb::ExecSummary), tonic::Status> {
+    let (devices, commands) = (request.devices.len(), request.commands.len());
+    let mut stream = client.exec(request).await?.into_inner();
+    let mut out = vec![DeviceReport::default(); devices];
+    // Output chunks arrive before their command's result: [stdout, stderr].
+    let mut chunks = vec![vec![[Vec::new(), Vec::new()]; commands]; devices];
+    let mut answered = vec![false; devices];
+    let mut summary = None;
+    while let Some(event) = within(60, "exec event", stream.message()).await? {
         let d = event.device as usize;
-        assert!(d < devices.len(), "event for device {d}: {event:?}");
+        assert!(d < devices, "event for device {d}: {event:?}");
+        assert!(summary.is_none(), "an event after the summary: {event:?}");
         match event.event {
             Some(pb::exec_event::Event::Output(o)) => {
-                chunks[d][o.command as usize].push_str(&String::from_utf8_lossy(&o.data))
+                chunks[d][o.command as usize][usize::from(o.stderr)].extend_from_slice(&o.data)
             }
             Some(pb::exec_event::Event::DeviceResult(r)) => {
                 assert!(!answered[d], "two results for device {d}");
                 answered[d] = true;
                 for c in r.commands {
-                    let mut output = std::mem::take(&mut chunks[d][c.command as usize]);
-                    output.push_str(&String::from_utf8_lossy(&c.output));
+                    let [mut raw, mut stderr] = std::mem::take(&mut chunks[d][c.command as usize]);
+                    raw.extend_from_slice(&c.output);
+                    stderr.extend_from_slice(&c.stderr);
                     out[d].commands.push(CommandReport {
-                        output,
+                        output: String::from_utf8_lossy(&raw).into_owned(),
+                        raw,
+                        stderr,
                         exit_status: c.exit_status,
                         error: c.error,
                     });
@@ -328,6 +346,7 @@ pub async fn run_exec(
                 out[d].error = r.error;
                 out[d].error_code = r.error_code;
             }
+            Some(pb::exec_event::Event::Summary(s)) => summary = Some(s),
             None => panic!("an exec event with nothing in it"),
         }
     }
@@ -335,7 +354,7 @@ pub async fn run_exec(
         answered.iter().all(|a| *a),
         "a device got no result: {out:?}"
     );
-    Ok(out)
+    Ok((out, summary.expect("the exec ends with a summary")))
 }
 
 pub async fn open_attached(

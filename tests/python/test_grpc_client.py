@@ -70,9 +70,12 @@ def test_session_direct_exec_and_status(stubs, broker, service):
         assert b"edge-1 uptime" in output[1]
 
         events = list(stub.Exec(pb.ExecRequest(service=ref, devices=["nope"], commands=["x"]), timeout=10))
-        assert len(events) == 1 and events[0].device == 0
+        assert len(events) == 2 and events[0].device == 0
         assert events[0].device_result.error_code == "NOT_FOUND"
         assert "nope" in events[0].device_result.error
+        # The request's overall status closes the stream.
+        assert events[1].summary.status == pb.EXEC_STATUS_FAILURE
+        assert (events[1].summary.succeeded, events[1].summary.failed) == (0, 1)
 
         status = stub.Status(pb.StatusRequest(), timeout=10)
         assert [s.session_id for s in status.sessions] == [session]

@@ -253,3 +253,32 @@ def test_uvicorn_auto_reload_keeps_working(broker, service, tmp_path):
         app.terminate()
         app.wait(timeout=30)
         listener.close()
+
+
+def test_exec_output_is_bytes_stderr_apart_and_streams(broker, service):
+    """Every byte value comes back exactly (``raw`` / ``output_bytes``),
+    ``data`` decodes leniently, and ``stream=True`` hands output to
+    ``chunks()`` as it arrives, bounded, with statuses after."""
+    every_byte = bytes(range(256))
+    with Client.create(socket=str(broker)) as client:
+        svc = client.service_direct("alice", host=service["host"], port=service["port"], password=ALICE_PW)
+        device = svc.inventory["core-1"]
+        res = device.exec("show bytes").wait(timeout=30).result["core-1"]["show bytes"]
+        assert res.raw == every_byte
+        assert res.output_bytes == every_byte
+        assert res.stderr == b""
+        assert res.data == every_byte.decode("utf-8", "replace")
+
+        many = svc.inventory.exec("show bulk 3000000", stream=True)
+        got = {}
+        for chunk in many.chunks():
+            assert not chunk.stderr
+            got[chunk.device] = got.get(chunk.device, 0) + len(chunk.data)
+        assert got == {"core-1": 3000000, "core-2": 3000000, "edge-1": 3000000}
+        many.wait(timeout=30)
+        assert many.status == "SUCCESS"
+        # Streamed output is not also kept.
+        assert many.result["core-1"]["show bulk 3000000"].raw == b""
+
+        with pytest.raises(SwitchyardError, match="stream=True"):
+            next(iter(device.exec("show clock").chunks()))

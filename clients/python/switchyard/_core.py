@@ -278,21 +278,53 @@ class DeviceSet(Mapping[str, D], Generic[D]):
 # -- exec results ----------------------------------------------------------
 
 
+# Output chunks an ExecRequest made with stream=True holds for its consumer
+# before it stops reading the broker (and so the device).
+STREAM_QUEUE = 64
+
+
+class OutputChunk:
+    """A piece of a command's output as it arrived from the device
+    (``ExecRequest.chunks()``): ``device`` and ``command`` names, ``data``
+    (the bytes exactly), ``stderr`` (True for the command's standard
+    error)."""
+
+    __slots__ = ("device", "command", "data", "stderr")
+
+    def __init__(self, device: str, command: str, data: bytes, stderr: bool) -> None:
+        self.device = device
+        self.command = command
+        self.data = data
+        self.stderr = stderr
+
+    def __repr__(self) -> str:
+        stream = "stderr" if self.stderr else "stdout"
+        return f"<OutputChunk {self.device} {self.command!r} {stream} {len(self.data)} bytes>"
+
+
 class CommandResult:
     """One command's outcome on one device: ``status`` (SUCCESS or
     FAILURE), ``status_message`` (why it failed, else empty), ``data``
-    (the output text; raises ``ExecError`` for a failure), ``raw`` (the
-    output bytes, also of a failure), ``exit_status`` when the device
-    reports one."""
+    (the output text, decoded as UTF-8 with invalid bytes replaced by
+    U+FFFD; raises ``ExecError`` for a failure), ``raw`` / ``output_bytes``
+    (the stdout bytes exactly, also of a failure), ``stderr`` (the stderr
+    bytes exactly; SSH devices keep it apart, shells cannot),
+    ``exit_status`` when the device reports one."""
 
     def __init__(self, device: str, command: str, status: ExecStatus, output: bytes,
-                 exit_status: Optional[int], error: str) -> None:
+                 exit_status: Optional[int], error: str, stderr: bytes = b"") -> None:
         self.device = device
         self.command = command
         self.status = status
         self.exit_status = exit_status
         self.error = error
         self.raw = output
+        self.stderr = stderr
+
+    @property
+    def output_bytes(self) -> bytes:
+        """The command's stdout bytes exactly (the same as ``raw``)."""
+        return self.raw
 
     @property
     def status_message(self) -> str:
@@ -394,25 +426,56 @@ class ExecResponse(Mapping[str, DeviceResult]):
 
 class ExecCollector:
     """Turns a stream of ``ExecEvent`` into results. Output chunks of a
-    command are joined with its inline output; each device's result
-    arrives once."""
+    command are joined with its inline output (unless ``keep_output`` is
+    False: then only ``chunk()`` sees them); each device's result arrives
+    once; ``summary`` is the request's closing ``ExecSummary``."""
 
-    def __init__(self, devices: Sequence[str], commands: Sequence[str]) -> None:
+    def __init__(self, devices: Sequence[str], commands: Sequence[str],
+                 keep_output: bool = True) -> None:
         # A device named twice runs once (the service merges repeats), so
         # event indices refer to this de-duplicated list.
         self.devices = list(dict.fromkeys(devices))
         self.commands = list(commands)
         self.results: dict[str, DeviceResult] = {}
-        self._chunks: dict[tuple[int, int], bytearray] = {}
+        self.summary: Optional[pb.ExecSummary] = None
+        self._keep = keep_output
+        self._chunks: dict[tuple[int, int, bool], bytearray] = {}
+
+    def chunks(self, event: pb.ExecEvent) -> List[OutputChunk]:
+        """The output an event carries, as chunks: an ``output`` event's
+        piece, or the inline remainders of a ``device_result``."""
+        if event.device >= len(self.devices):
+            return []
+        device = self.devices[event.device]
+        kind = event.WhichOneof("event")
+        if kind == "output":
+            o = event.output
+            if o.command >= len(self.commands):
+                return []
+            return [OutputChunk(device, self.commands[o.command], o.data, o.stderr)]
+        if kind != "device_result":
+            return []
+        found = []
+        for c in event.device_result.commands:
+            if c.command >= len(self.commands):
+                continue
+            for data, stderr in ((c.output, False), (c.stderr, True)):
+                if data:
+                    found.append(OutputChunk(device, self.commands[c.command], data, stderr))
+        return found
 
     def feed(self, event: pb.ExecEvent) -> Optional[DeviceResult]:
         """Takes one event; returns the device's result when it ended."""
+        kind = event.WhichOneof("event")
+        if kind == "summary":
+            self.summary = event.summary
+            return None
         if event.device >= len(self.devices):
             return None
-        kind = event.WhichOneof("event")
         if kind == "output":
-            key = (event.device, event.output.command)
-            self._chunks.setdefault(key, bytearray()).extend(event.output.data)
+            if self._keep:
+                key = (event.device, event.output.command, event.output.stderr)
+                self._chunks.setdefault(key, bytearray()).extend(event.output.data)
             return None
         if kind != "device_result":
             return None
@@ -426,12 +489,16 @@ class ExecCollector:
         for c in r.commands:
             if c.command >= len(self.commands):
                 continue
-            output = bytes(self._chunks.pop((index, c.command), b"")) + c.output
+            output = bytes(self._chunks.pop((index, c.command, False), b""))
+            stderr = bytes(self._chunks.pop((index, c.command, True), b""))
+            if self._keep:
+                output += c.output
+                stderr += c.stderr
             exit_status = c.exit_status if c.HasField("exit_status") else None
             ok = not c.error and exit_status in (None, 0)
             cmd = self.commands[c.command]
             commands[cmd] = CommandResult(name, cmd, SUCCESS if ok else FAILURE, output,
-                                          exit_status, c.error)
+                                          exit_status, c.error, stderr)
         ok = not r.error and all(x.status == SUCCESS for x in commands.values())
         return DeviceResult(name, SUCCESS if ok else FAILURE, r.error, commands)
 
@@ -447,7 +514,7 @@ class ExecCollector:
 
 def exec_request(ref: pb.ServiceRef, devices: Sequence[str], commands: Sequence[str],
                  timeout: Optional[float], reset_before: bool, reset_after: bool,
-                 sudo: bool = False) -> pb.ExecRequest:
+                 sudo: bool = False, max_output: Optional[int] = None) -> pb.ExecRequest:
     """Builds an ExecRequest. ``timeout`` is per command, in seconds (None
     or 0: the service's default). ``reset_before``/``reset_after`` are
     honoured by construction: every exec runs in a fresh session on the
@@ -464,11 +531,14 @@ def exec_request(ref: pb.ServiceRef, devices: Sequence[str], commands: Sequence[
         )
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds, not {timeout}")
+    if max_output is not None and max_output <= 0:
+        raise ValueError(f"max_output must be a positive number of bytes, not {max_output}")
     return pb.ExecRequest(
         service=ref,
         devices=list(dict.fromkeys(devices)),
         commands=list(commands),
         timeout_ms=int(timeout * 1000) if timeout else 0,
+        max_output_bytes=max_output or 0,
     )
 
 

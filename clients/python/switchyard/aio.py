@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, AsyncIterator, Optional, Sequence
 
 import grpc
 import grpc.aio
@@ -39,6 +39,8 @@ from ._core import (
     ExecResponse,
     ExecStatus,
     ForkGuard,
+    OutputChunk,
+    STREAM_QUEUE,
     LinkKey,
     ProxyInfo,
     command_list,
@@ -326,8 +328,10 @@ class Service(ServiceBase):
         return self
 
     def _exec(self, devices: Sequence[str], commands: Commands, timeout: Optional[float],
-              reset_before: bool, reset_after: bool, sudo: bool = False) -> "ExecRequest":
-        return ExecRequest(self, devices, commands, timeout, reset_before, reset_after, sudo)
+              reset_before: bool, reset_after: bool, sudo: bool = False, stream: bool = False,
+              max_output: Optional[int] = None) -> "ExecRequest":
+        return ExecRequest(self, devices, commands, timeout, reset_before, reset_after, sudo,
+                           stream, max_output)
 
 
 class Device(DeviceInfo):
@@ -339,10 +343,11 @@ class Device(DeviceInfo):
 
     async def exec(self, commands: Commands, timeout: Optional[float] = None,
                    reset_before: bool = False, reset_after: bool = False,
-             sudo: bool = False) -> "ExecRequest":
+             sudo: bool = False, stream: bool = False,
+             max_output: Optional[int] = None) -> "ExecRequest":
         """As ``switchyard.sync.Device.exec``; returns the started request."""
         return self._service._exec([self.name], commands, timeout, reset_before, reset_after,
-                                  sudo)
+                                  sudo, stream, max_output)
 
     async def terminal(self, cols: int = 80, rows: int = 24, timeout: float = 30.0) -> AsyncTerminal:
         """An interactive shell on the device; ``async with await
@@ -361,13 +366,14 @@ class Inventory(DeviceSet[Device]):
 
     async def exec(self, commands: Commands, timeout: Optional[float] = None,
                    reset_before: bool = False, reset_after: bool = False,
-             sudo: bool = False) -> "ExecRequest":
+             sudo: bool = False, stream: bool = False,
+             max_output: Optional[int] = None) -> "ExecRequest":
         """As ``switchyard.sync.Inventory.exec``."""
         if not self._devices:
             raise ValueError("exec on an empty set of devices")
         service = next(iter(self._devices.values()))._service
         return service._exec(list(self._devices), commands, timeout, reset_before, reset_after,
-                             sudo)
+                             sudo, stream, max_output)
 
 
 class ExecRequest:
@@ -377,24 +383,56 @@ class ExecRequest:
 
     def __init__(self, service: Service, devices: Sequence[str], commands: Commands,
                  timeout: Optional[float], reset_before: bool, reset_after: bool,
-                 sudo: bool = False) -> None:
-        self._collector = ExecCollector(devices, command_list(commands))
+                 sudo: bool = False, stream: bool = False,
+                 max_output: Optional[int] = None) -> None:
+        self._collector = ExecCollector(devices, command_list(commands), keep_output=not stream)
         request = exec_request(service._ref(), devices, self._collector.commands, timeout,
-                               reset_before, reset_after, sudo)
+                               reset_before, reset_after, sudo, max_output)
         self._service = service
         self._error: Optional[SwitchyardError] = None
+        # stream=True: output goes to `chunks()` through this bounded queue
+        # (the reading task waits when it is full: back-pressure).
+        self._queue: Optional["asyncio.Queue[Optional[OutputChunk]]"] = (
+            asyncio.Queue(maxsize=STREAM_QUEUE) if stream else None)
+        self._ended = False
         self._task = asyncio.get_running_loop().create_task(self._run(service._client._stub,
                                                                       request))
 
     async def _run(self, stub: rpc.BrokerAsyncStub, request: pb.ExecRequest) -> None:
         try:
             async for event in stub.Exec(request):
+                if self._queue is not None:
+                    for chunk in self._collector.chunks(event):
+                        await self._queue.put(chunk)
                 result = self._collector.feed(event)
                 if result is not None:
                     failed = self._service._failed
                     (failed.add if result.error else failed.discard)(result.device)
         except grpc.RpcError as err:
             self._error = from_rpc(err, self._service._client._socket)
+        finally:
+            self._ended = True
+            if self._queue is not None:
+                # Never waits: a consumer that stopped reading must not keep
+                # the request from finishing (chunks() sees `_ended` once
+                # the queue is drained).
+                try:
+                    self._queue.put_nowait(None)
+                except asyncio.QueueFull:
+                    pass
+
+    async def chunks(self) -> AsyncIterator[OutputChunk]:
+        """As ``switchyard.sync.ExecRequest.chunks``: ``async for chunk in
+        request.chunks()`` (only with ``stream=True``)."""
+        if self._queue is None:
+            raise SwitchyardError("chunks() needs exec(..., stream=True)")
+        while True:
+            if self._ended and self._queue.empty():
+                return
+            chunk = await self._queue.get()
+            if chunk is None:
+                return
+            yield chunk
 
     async def wait(self, timeout: Optional[float] = None) -> "ExecRequest":
         """Waits until every device finished (``TimeoutError`` after
@@ -438,5 +476,5 @@ class ExecRequest:
 __all__ = [
     "FAILURE", "PARTIAL_SUCCESS", "SUCCESS",
     "Client", "Service", "Inventory", "Device", "ExecRequest", "ExecResponse", "ExecStatus",
-    "CommandResult", "DeviceResult", "Login", "ProxyInfo", "AsyncTerminal",
+    "CommandResult", "DeviceResult", "OutputChunk", "Login", "ProxyInfo", "AsyncTerminal",
 ]

@@ -23,6 +23,7 @@ client's REPL-style globals do.
 from __future__ import annotations
 
 import getpass
+import queue
 import sys
 import threading
 import time
@@ -46,6 +47,8 @@ from ._core import (
     ExecResponse,
     ExecStatus,
     ForkGuard,
+    OutputChunk,
+    STREAM_QUEUE,
     LinkKey,
     ProxyInfo,
     command_list,
@@ -430,9 +433,10 @@ class Service(ServiceBase):
 
     def _exec(self, devices: Sequence[str], commands: Commands, timeout: Optional[float] = None,
               reset_before: bool = False, reset_after: bool = False,
-              sudo: bool = False) -> "ExecRequest":
+              sudo: bool = False, stream: bool = False,
+              max_output: Optional[int] = None) -> "ExecRequest":
         return ExecRequest(self, list(devices), commands, timeout, reset_before, reset_after,
-                           sudo)
+                           sudo, stream, max_output)
 
 
 class Device(DeviceInfo):
@@ -444,10 +448,11 @@ class Device(DeviceInfo):
 
     def exec(self, commands: Commands, timeout: Optional[float] = None,
              reset_before: bool = False, reset_after: bool = False,
-             sudo: bool = False) -> "ExecRequest":
+             sudo: bool = False, stream: bool = False,
+             max_output: Optional[int] = None) -> "ExecRequest":
         """Runs one command or a list on this device; see ``Inventory.exec``."""
         return self._service._exec([self.name], commands, timeout, reset_before, reset_after,
-                                  sudo)
+                                  sudo, stream, max_output)
 
     def terminal(self, cols: int = 80, rows: int = 24, timeout: float = 30.0) -> Terminal:
         """An interactive shell on the device (a ``Terminal``; use it as a
@@ -525,18 +530,23 @@ class Inventory(DeviceSet[Device]):
 
     def exec(self, commands: Commands, timeout: Optional[float] = None,
              reset_before: bool = False, reset_after: bool = False,
-             sudo: bool = False) -> "ExecRequest":
+             sudo: bool = False, stream: bool = False,
+             max_output: Optional[int] = None) -> "ExecRequest":
         """Runs one command (results keyed by device) or a list (keyed by
         device, then command) on every device of this set, concurrently.
         ``timeout`` is per command in seconds (None: the service's
         default). ``reset_before``/``reset_after`` always hold: every exec
         runs in a fresh session on the device; ``sudo=True`` raises
-        ``NotAvailableError``. Returns at once."""
+        ``NotAvailableError``. ``stream=True``: output goes to
+        ``request.chunks()`` as it arrives instead of into the results
+        (memory stays bounded whatever its size). ``max_output``: bytes one
+        command may output before it is stopped and fails. Returns at
+        once."""
         if not self._devices:
             raise ValueError("exec on an empty set of devices")
         service = next(iter(self._devices.values()))._service
         return service._exec(list(self._devices), commands, timeout, reset_before, reset_after,
-                             sudo)
+                             sudo, stream, max_output)
 
 
 class ExecRequest:
@@ -550,14 +560,20 @@ class ExecRequest:
 
     def __init__(self, service: Service, devices: Sequence[str], commands: Commands,
                  timeout: Optional[float], reset_before: bool = False,
-                 reset_after: bool = False, sudo: bool = False) -> None:
-        self._collector = ExecCollector(devices, command_list(commands))
+                 reset_after: bool = False, sudo: bool = False, stream: bool = False,
+                 max_output: Optional[int] = None) -> None:
+        self._collector = ExecCollector(devices, command_list(commands), keep_output=not stream)
         request = exec_request(service._ref(), devices, self._collector.commands, timeout,
-                               reset_before, reset_after, sudo)
+                               reset_before, reset_after, sudo, max_output)
         self._service = service
         self._error: Optional[SwitchyardError] = None
         self._done = threading.Event()
         self._client = service._client
+        # With stream=True, output goes to `chunks()` through this bounded
+        # queue (the reader thread waits when it is full, so a slow consumer
+        # slows the device read) and is not kept in the results.
+        self._queue: Optional["queue.Queue[Optional[OutputChunk]]"] = (
+            queue.Queue(maxsize=STREAM_QUEUE) if stream else None)
         stub = self._client._stub
         self._thread = threading.Thread(target=self._run, args=(stub, request), daemon=True)
         self._thread.start()
@@ -565,6 +581,9 @@ class ExecRequest:
     def _run(self, stub: rpc.BrokerStub, request: pb.ExecRequest) -> None:
         try:
             for event in stub.Exec(request):
+                if self._queue is not None:
+                    for chunk in self._collector.chunks(event):
+                        self._queue.put(chunk)
                 result = self._collector.feed(event)
                 if result is not None:
                     failed = self._service._failed
@@ -573,6 +592,22 @@ class ExecRequest:
             self._error = from_rpc(err, self._client._socket)
         finally:
             self._done.set()
+            if self._queue is not None:
+                self._queue.put(None)
+
+    def chunks(self) -> Iterator[OutputChunk]:
+        """The output as it arrives (``OutputChunk``: device, command, bytes,
+        stderr or not), until the request ends; then ``wait()`` for the
+        statuses. Only for a request made with ``stream=True``; each chunk
+        is seen once."""
+        if self._queue is None:
+            raise SwitchyardError("chunks() needs exec(..., stream=True)")
+        while True:
+            chunk = self._queue.get()
+            if chunk is None:
+                self._queue.put(None)  # later calls end at once too
+                return
+            yield chunk
 
     def wait(self, timeout: Optional[float] = None) -> "ExecRequest":
         """Blocks until every device finished (or ``timeout`` seconds pass:
@@ -662,7 +697,7 @@ logout = _forward("logout")
 __all__ = [
     "FAILURE", "PARTIAL_SUCCESS", "SUCCESS",
     "Client", "Service", "Inventory", "Device", "ExecRequest", "ExecResponse", "ExecStatus",
-    "CommandResult", "DeviceResult", "Login", "ProxyInfo", "Terminal",
+    "CommandResult", "DeviceResult", "OutputChunk", "Login", "ProxyInfo", "Terminal",
     "create_context", "get_client", "default_socket", "default_cert_dir",
     "sso_login", "certificate_login", "access_token_login", "service_direct",
     "service_integrated", "service_cloud", "service", "service_direct_with_sso", "logout",

@@ -4,9 +4,22 @@
 //! client with a warm-connection pool) or `simulator` (the simulated CLI,
 //! in-process, no network). Results are per command, so one slow or failing
 //! command never hides the others' output.
+//!
+//! The driver interface (what a new driver, e.g. a shell session,
+//! implements): `run(target, commands, ExecOptions, &mut OutputSink) ->
+//! Result<DeviceRun, DriverError>`. It calls `sink.start_command(i)` before
+//! command `i`, `sink.write(stream, bytes)` with the device's bytes as they
+//! arrive (unchanged: output is bytes, not text), `sink.flush()` before it
+//! waits on the device (so a trickling command reaches the caller line by
+//! line), and `sink.end_command()` when the command ends; a sink error
+//! stops the command (the caller went away, or its output cap). A driver
+//! that cannot tell stdout from stderr (a shell) writes everything as
+//! stdout and reports no exit status. Standard input ([`ExecOptions::stdin`])
+//! goes to the first command; without it the command's input ends at once.
 
 pub mod platform;
 pub mod shell_session;
+pub mod output;
 pub mod simulated;
 pub mod ssh;
 pub mod ssh_algorithms;
@@ -17,8 +30,47 @@ pub mod terminal;
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::sync::mpsc;
 
+pub use self::output::{OutputSink, OutputStream, SinkError, Tail};
 use crate::service::inventory::{DeviceCredentials, DriverKind, SessionKind};
+use crate::wire::messages::{Response, TerminalInput};
+
+/// A caller's standard input for a command: `Data` frames (other input is
+/// ignored); the sender's end is the end of input.
+pub type Stdin = mpsc::Receiver<TerminalInput>;
+
+/// What a caller asks of one device's exec besides the commands.
+#[derive(Debug, Default)]
+pub struct ExecOptions {
+    /// Bounds each command (`None`: the configured default).
+    pub timeout: Option<Duration>,
+    /// Input for the first command; `None`: its input ends at once.
+    pub stdin: Option<Stdin>,
+}
+
+/// How one command ended; its output went to the [`OutputSink`], except
+/// `tail`, the small remainder that rides inline.
+#[derive(Debug, Clone)]
+pub struct CommandRun {
+    pub command: String,
+    pub duration: Duration,
+    /// The exit status, where the device reports one.
+    pub exit_status: Option<u32>,
+    /// Why the command failed (its output up to then was kept).
+    pub error: Option<CommandError>,
+    pub tail: Tail,
+}
+
+/// One device's run: a result per command that ran.
+#[derive(Debug, Clone)]
+pub struct DeviceRun {
+    pub results: Vec<CommandRun>,
+    /// A host key seen for the first time; the caller records it.
+    pub learned_host_key: Option<String>,
+    /// Output bytes the device gave in all (both streams).
+    pub output_bytes: u64,
+}
 
 /// Everything a driver needs to reach one device.
 #[derive(Debug, Clone)]
@@ -58,11 +110,14 @@ impl DeviceProfile {
     }
 }
 
-/// A command's output.
+/// A command's output, gathered in memory ([`gather`]: tests and tools).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CommandOutput {
     /// stdout and stderr as the device interleaved them (UTF-8, lossy).
     pub output: String,
+    /// The output bytes exactly (stdout then stderr within each chunk).
+    #[serde(skip)]
+    pub raw: Vec<u8>,
     /// The exit status, where the device reports one.
     pub exit_status: Option<u32>,
 }
@@ -81,9 +136,23 @@ pub enum CommandError {
     /// The device's shell stopped the command (an unanswered question).
     #[error("{0}")]
     Shell(String),
+    #[error("the caller went away")]
+    CallerGone,
+    /// The command ended by a signal (RFC 4254 §6.10 `exit-signal`).
+    #[error("the command was killed by signal {0}")]
+    Killed(String),
 }
 
-/// One command's result.
+impl From<SinkError> for CommandError {
+    fn from(e: SinkError) -> Self {
+        match e {
+            SinkError::CallerGone => Self::CallerGone,
+            SinkError::TooMuch { limit } => Self::TooMuchOutput { limit },
+        }
+    }
+}
+
+/// One command's result, gathered in memory ([`gather`]).
 #[derive(Debug, Clone)]
 pub struct CommandResult {
     pub command: String,
@@ -91,7 +160,7 @@ pub struct CommandResult {
     pub outcome: Result<CommandOutput, CommandError>,
 }
 
-/// The results of running commands on one device.
+/// The results of running commands on one device, gathered in memory.
 #[derive(Debug, Clone)]
 pub struct DeviceExec {
     pub results: Vec<CommandResult>,
@@ -193,23 +262,49 @@ impl Drivers {
         }
     }
 
-    /// Runs `commands` in order on one device; `timeout` applies to each
+    /// The per-command output cap for callers who set none
+    /// (`ssh.max_output_bytes`; 0 there means none).
+    pub fn default_output_cap(&self) -> Option<u64> {
+        Some(self.ssh.config().max_output_bytes).filter(|n| *n > 0)
+    }
+
+    /// Runs `commands` in order on one device, output streaming into
+    /// `sink` (see the module docs); `options.timeout` applies to each
     /// command (the configured default when `None`).
+    pub async fn run(
+        &self,
+        target: &DeviceTarget,
+        commands: &[String],
+        options: ExecOptions,
+        sink: &mut OutputSink,
+    ) -> Result<DeviceRun, DriverError> {
+        let timeout = options.timeout.unwrap_or(self.default_timeout);
+        match target.driver {
+            DriverKind::Ssh => {
+                self.ssh
+                    .run(target, commands, timeout, options.stdin, sink)
+                    .await
+            }
+            DriverKind::Simulator => Ok(simulated::run(target, commands, sink).await),
+        }
+    }
+
+    /// [`Drivers::run`] with the output gathered in memory (tests, tools).
     pub async fn exec(
         &self,
         target: &DeviceTarget,
         commands: &[String],
         timeout: Option<Duration>,
     ) -> Result<DeviceExec, DriverError> {
-        let timeout = timeout.unwrap_or(self.default_timeout);
-        match target.driver {
-            DriverKind::Ssh => self.ssh.exec(target, commands, timeout).await,
-            DriverKind::Simulator => Ok(simulated::exec(
-                target,
-                commands,
-                self.ssh.config().max_output_bytes,
-            )),
-        }
+        let cap = self.default_output_cap();
+        gather(commands.len(), cap, |mut sink| async move {
+            let options = ExecOptions {
+                timeout,
+                stdin: None,
+            };
+            self.run(target, commands, options, &mut sink).await
+        })
+        .await
     }
 
     /// Opens an interactive shell on a device. Returns the terminal and, on
@@ -225,4 +320,65 @@ impl Drivers {
             DriverKind::Simulator => Ok((terminal::simulated(&target.name), None)),
         }
     }
+}
+
+/// A driver run whose output is gathered in memory: the run gets a sink
+/// (per-command `cap`) and `gather` keeps every chunk, then joins each
+/// command's chunks and tail. For tests and tools that want whole results;
+/// the service streams instead.
+pub async fn gather<F, Fut>(
+    commands: usize,
+    cap: Option<u64>,
+    run: F,
+) -> Result<DeviceExec, DriverError>
+where
+    F: FnOnce(OutputSink) -> Fut,
+    Fut: std::future::Future<Output = Result<DeviceRun, DriverError>>,
+{
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut outputs = vec![Vec::new(); commands];
+    let mut keep = |event: Response| {
+        if let Response::ExecOutput { command, data, .. } = event
+            && let Some(out) = outputs.get_mut(command as usize)
+        {
+            out.extend_from_slice(&data);
+        }
+    };
+    // The run owns the sink: once it ends, the channel's sender is gone.
+    let running = run(OutputSink::new(tx, 0, cap));
+    tokio::pin!(running);
+    let result = loop {
+        tokio::select! {
+            result = &mut running => break result,
+            Some(event) = rx.recv() => keep(event),
+        }
+    };
+    while let Ok(event) = rx.try_recv() {
+        keep(event);
+    }
+    let run = result?;
+    Ok(DeviceExec {
+        results: run
+            .results
+            .into_iter()
+            .zip(outputs)
+            .map(|(r, mut raw)| {
+                raw.extend_from_slice(&r.tail.stdout);
+                raw.extend_from_slice(&r.tail.stderr);
+                CommandResult {
+                    command: r.command,
+                    duration: r.duration,
+                    outcome: match r.error {
+                        Some(e) => Err(e),
+                        None => Ok(CommandOutput {
+                            output: String::from_utf8_lossy(&raw).into_owned(),
+                            raw,
+                            exit_status: r.exit_status,
+                        }),
+                    },
+                }
+            })
+            .collect(),
+        learned_host_key: run.learned_host_key,
+    })
 }

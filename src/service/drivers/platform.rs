@@ -174,18 +174,17 @@ impl PlatformSpec {
     }
 }
 
-/// An exec channel's result judged by the platform's error lines: network
-/// devices often report status 0 for `% Invalid input`; such output gets
-/// status 1 (a non-zero status is kept).
-pub fn judge(platform: Platform, output: super::CommandOutput) -> super::CommandOutput {
-    let ok = output.exit_status.unwrap_or(0) == 0;
-    if ok && platform.spec().is_error(&output.output) {
-        super::CommandOutput {
-            exit_status: Some(1),
-            ..output
-        }
+/// An exec channel's exit status judged by the platform's error lines:
+/// IOS-style devices end `% Invalid input` with status 0, so a status 0
+/// whose output rides inline (`tail`: small outputs, where such errors
+/// are) and holds an error line becomes 1. Output already streamed on is
+/// not judged (it is large, and judging would mean scanning every chunk).
+pub fn judge(platform: Platform, exit_status: Option<u32>, tail: &super::Tail) -> Option<u32> {
+    let ok = exit_status.unwrap_or(0) == 0;
+    if ok && platform.spec().is_error(&String::from_utf8_lossy(&tail.stdout)) {
+        Some(1)
     } else {
-        output
+        exit_status
     }
 }
 

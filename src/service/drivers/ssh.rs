@@ -32,6 +32,10 @@
 //! (`ssh_shell`) on channels of this pool; exec-channel output is judged by
 //! the platform's error lines like shell output.
 //!
+//! Output: each command's stdout (channel data) and stderr (extended data)
+//! go to the caller's [`OutputSink`] as they arrive, bytes unchanged; its
+//! input ends at once (EOF) unless the caller forwards its own.
+//!
 //! Which algorithms a connect offers (modern, or with the device's
 //! legacy opt-in also the legacy set) is [`ssh_algorithms`]'s choice; how
 //! it authenticates (public key, password, keyboard-interactive) is
@@ -42,6 +46,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use russh::client::{self, Handle, Msg};
 use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg, Sig};
@@ -54,9 +59,13 @@ use super::ssh_algorithms::{self, ClientConfigs};
 use super::ssh_auth;
 use super::ssh_shell::ShellStore;
 use super::terminal::{TERMINAL_QUEUE, Terminal, TerminalInput};
-use super::{CommandError, CommandOutput, CommandResult, DeviceExec, DeviceTarget, DriverError};
+use super::{
+    CommandError, CommandRun, DeviceExec, DeviceRun, DeviceTarget, DriverError, OutputSink,
+    OutputStream, Stdin, Tail,
+};
 use crate::service::inventory::SessionKind;
 use crate::task::AbortOnDrop;
+use crate::wire::messages::TerminalInput as CallerInput;
 
 /// Tunables of the SSH driver.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,7 +83,9 @@ pub struct SshDriverConfig {
     /// opened (at least 1; default 4). Callers beyond
     /// `max_connections_per_device × max_sessions_per_connection` queue.
     pub max_connections_per_device: usize,
-    /// Largest output accepted from one command.
+    /// Largest output (stdout and stderr together) one command may give,
+    /// in bytes, for callers who set no cap of their own; 0: no cap. Not a
+    /// memory guard: output streams with bounded memory.
     pub max_output_bytes: u64,
     /// Offer the legacy algorithms to devices that do not choose for
     /// themselves (see [`ssh_algorithms`]; default off).
@@ -89,7 +100,7 @@ impl Default for SshDriverConfig {
             idle_timeout: Duration::from_secs(60),
             max_sessions_per_connection: 8,
             max_connections_per_device: 4,
-            max_output_bytes: 64 * 1024 * 1024,
+            max_output_bytes: 0,
             legacy_algorithms: false,
         }
     }
@@ -287,35 +298,43 @@ impl SshPool {
         }
     }
 
-    /// Runs each command on its own channel, in order. A caller waits at
-    /// most `connect_timeout + timeout` for each channel slot.
-    pub async fn exec(
+    /// Runs each command on its own channel, in order, its output
+    /// streaming into `sink` (the driver interface in [`super`]); `stdin`
+    /// feeds the first command (else its input ends at once). A caller
+    /// waits at most `connect_timeout + timeout` for each channel slot.
+    pub async fn run(
         &self,
         target: &DeviceTarget,
         commands: &[String],
         timeout: Duration,
-    ) -> Result<DeviceExec, DriverError> {
+        mut stdin: Option<Stdin>,
+        sink: &mut OutputSink,
+    ) -> Result<DeviceRun, DriverError> {
         let span = debug_span!("ssh_exec", device = %target.name);
         if target.profile.session == SessionKind::Shell {
             return self
                 .shells
-                .exec(self, target, commands, timeout)
+                .run(self, target, commands, timeout, sink)
                 .instrument(span)
                 .await;
         }
         async {
             let mut learned_host_key = None;
             let mut results = Vec::with_capacity(commands.len());
-            for command in commands {
+            let mut output_bytes = 0;
+            for (index, command) in commands.iter().enumerate() {
                 let started = Instant::now();
+                sink.start_command(index as u32);
                 let (lease, channel) = match self.open_channel(target, timeout).await {
                     Ok(pair) => pair,
                     Err(e) if results.is_empty() => return Err(e),
                     Err(e) => {
-                        results.push(CommandResult {
+                        results.push(CommandRun {
                             command: command.clone(),
                             duration: started.elapsed(),
-                            outcome: Err(CommandError::ConnectionLost(e.to_string())),
+                            exit_status: None,
+                            error: Some(CommandError::ConnectionLost(e.to_string())),
+                            tail: Tail::default(),
                         });
                         continue;
                     }
@@ -324,33 +343,75 @@ impl SshPool {
                     learned_host_key = lease.host_key.clone();
                 }
                 let mut channel = ClosingChannel(Some(channel));
-                let limit = self.shared.config.max_output_bytes;
-                let outcome =
-                    match tokio::time::timeout(timeout, run_command(channel.get(), command, limit))
-                        .await
-                    {
-                        Ok(outcome) => outcome,
-                        Err(_) => {
-                            // Free the device's session; the command may still run there.
-                            let _ = channel.get().close().await;
-                            Err(CommandError::TimedOut(timeout))
-                        }
-                    };
+                let input = stdin.take();
+                let ran = tokio::time::timeout(
+                    timeout,
+                    run_command(channel.get(), command, input, sink, &mut output_bytes),
+                )
+                .await;
+                let (exit_status, error) = match ran {
+                    Ok(Ok(exit_status)) => (exit_status, None),
+                    Ok(Err(CommandError::CallerGone)) => {
+                        // Dropping the channel unfinished interrupts and
+                        // closes it, so the device stops the work.
+                        drop(channel);
+                        results.push(CommandRun {
+                            command: command.clone(),
+                            duration: started.elapsed(),
+                            exit_status: None,
+                            error: Some(CommandError::CallerGone),
+                            tail: Tail::default(),
+                        });
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        // Free the device's session (cap reached, refused).
+                        let _ = channel.get().close().await;
+                        (None, Some(e))
+                    }
+                    Err(_) => {
+                        // Free the device's session; the command may still run there.
+                        let _ = channel.get().close().await;
+                        (None, Some(CommandError::TimedOut(timeout)))
+                    }
+                };
                 channel.finished();
                 drop(lease);
-                let outcome = outcome.map(|o| judge(target.profile.platform, o));
-                results.push(CommandResult {
+                let (tail, error) = match sink.end_command().await {
+                    Ok(tail) => (tail, error),
+                    Err(e) => (Tail::default(), error.or(Some(e.into()))),
+                };
+                let exit_status = judge(target.profile.platform, exit_status, &tail);
+                results.push(CommandRun {
                     command: command.clone(),
                     duration: started.elapsed(),
-                    outcome,
+                    exit_status,
+                    error,
+                    tail,
                 });
             }
-            Ok(DeviceExec {
+            Ok(DeviceRun {
                 results,
                 learned_host_key,
+                output_bytes,
             })
         }
         .instrument(span)
+        .await
+    }
+
+    /// [`SshPool::run`] with the output gathered in memory (tests, tools):
+    /// each command's stdout and stderr as the device interleaved them.
+    pub async fn exec(
+        &self,
+        target: &DeviceTarget,
+        commands: &[String],
+        timeout: Duration,
+    ) -> Result<DeviceExec, DriverError> {
+        let cap = Some(self.shared.config.max_output_bytes).filter(|n| *n > 0);
+        super::gather(commands.len(), cap, |mut sink| async move {
+            self.run(target, commands, timeout, None, &mut sink).await
+        })
         .await
     }
 
@@ -753,29 +814,60 @@ async fn bridge_terminal(
     closing.finished();
 }
 
-/// Runs one command on an open channel and collects its output.
+/// Runs one command on an open channel, its output going to `sink` as it
+/// arrives (flushed whenever the device has nothing more ready, so a
+/// trickle reaches the caller as it comes). Input: `stdin` forwarded until
+/// it ends, then EOF; without it, EOF at once (a command reading its input,
+/// e.g. `cat`, then ends instead of waiting for the timeout). Returns the
+/// exit status, if the device reported one. While the sink waits for a slow
+/// caller, this does not read the channel, so russh's bounded channel
+/// buffer fills and the connection stops reading from the device (TCP
+/// back-pressure; other channels on that connection wait too).
 async fn run_command(
     channel: &mut Channel<Msg>,
     command: &str,
-    limit: u64,
-) -> Result<CommandOutput, CommandError> {
+    stdin: Option<Stdin>,
+    sink: &mut OutputSink,
+    output_bytes: &mut u64,
+) -> Result<Option<u32>, CommandError> {
     channel
         .exec(true, command)
         .await
         .map_err(|e| CommandError::ConnectionLost(e.to_string()))?;
-    let mut output = Vec::new();
+    let mut pumping = stdin.is_some();
+    let pump = pump_stdin(stdin, channel.make_writer());
+    tokio::pin!(pump);
+    if !pumping {
+        let _ = channel.eof().await;
+    }
     let mut exit_status = None;
+    let mut signal = None;
     let mut closed = false;
-    while let Some(msg) = channel.wait().await {
-        match msg {
-            ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
-                if output.len() as u64 + data.len() as u64 > limit {
-                    let _ = channel.close().await;
-                    return Err(CommandError::TooMuchOutput { limit });
+    loop {
+        let msg = match channel.wait().now_or_never() {
+            Some(msg) => msg,
+            None => {
+                sink.flush().await?;
+                loop {
+                    tokio::select! {
+                        msg = channel.wait() => break msg,
+                        () = &mut pump, if pumping => pumping = false,
+                    }
                 }
-                output.extend_from_slice(&data);
+            }
+        };
+        let Some(msg) = msg else { break };
+        match msg {
+            ChannelMsg::Data { data } => {
+                *output_bytes += data.len() as u64;
+                sink.write(OutputStream::Stdout, &data).await?;
+            }
+            ChannelMsg::ExtendedData { data, .. } => {
+                *output_bytes += data.len() as u64;
+                sink.write(OutputStream::Stderr, &data).await?;
             }
             ChannelMsg::ExitStatus { exit_status: s } => exit_status = Some(s),
+            ChannelMsg::ExitSignal { signal_name, .. } => signal = Some(format!("{signal_name:?}")),
             ChannelMsg::Failure => return Err(CommandError::Refused),
             ChannelMsg::Close => {
                 closed = true;
@@ -784,13 +876,31 @@ async fn run_command(
             _ => {}
         }
     }
+    if let (None, Some(signal)) = (exit_status, signal) {
+        return Err(CommandError::Killed(signal));
+    }
     if !closed && exit_status.is_none() {
         return Err(CommandError::ConnectionLost(
             "the connection closed before the command finished".into(),
         ));
     }
-    Ok(CommandOutput {
-        output: String::from_utf8_lossy(&output).into_owned(),
-        exit_status,
-    })
+    Ok(exit_status)
+}
+
+/// Forwards a caller's input to a command until it ends, then sends EOF.
+/// With no input, never finishes (the caller sent EOF already).
+async fn pump_stdin(stdin: Option<Stdin>, writer: impl tokio::io::AsyncWrite) {
+    use tokio::io::AsyncWriteExt;
+    let Some(mut stdin) = stdin else {
+        return std::future::pending().await;
+    };
+    tokio::pin!(writer);
+    while let Some(input) = stdin.recv().await {
+        if let CallerInput::Data(bytes) = input
+            && writer.write_all(&bytes).await.is_err()
+        {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
 }

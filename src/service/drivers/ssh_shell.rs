@@ -28,7 +28,9 @@ use russh::{Channel, ChannelMsg};
 use super::platform::Platform;
 use super::shell_session::{ShellError, ShellEvent, ShellOutput, ShellSession};
 use super::ssh::{Lease, SshPool};
-use super::{CommandError, CommandOutput, CommandResult, DeviceExec, DeviceTarget, DriverError};
+use super::{
+    CommandError, CommandRun, DeviceRun, DeviceTarget, DriverError, OutputSink, OutputStream, Tail,
+};
 use crate::task::AbortOnDrop;
 
 /// The terminal a shell is opened with: wide, so devices do not wrap the
@@ -142,21 +144,28 @@ impl ShellStore {
         self.inner.lock().entry(key).or_default().push(shell);
     }
 
-    /// Runs `commands` in order in one shell of the device; `timeout`
-    /// bounds each command, `connect_timeout` the shell's set-up.
-    pub(super) async fn exec(
+    /// Runs `commands` in order in one shell of the device, each one's
+    /// cleaned output going to `sink` when the command ends (a shell's
+    /// output is known to be the command's only once its prompt is back;
+    /// all of it is stdout, and the exit status is 1 when it holds one of
+    /// the platform's error lines, else 0); `timeout` bounds each command,
+    /// `connect_timeout` the shell's set-up.
+    pub(super) async fn run(
         &self,
         pool: &SshPool,
         target: &DeviceTarget,
         commands: &[String],
         timeout: Duration,
-    ) -> Result<DeviceExec, DriverError> {
+        sink: &mut OutputSink,
+    ) -> Result<DeviceRun, DriverError> {
         let key = ShellKey::of(target);
         let mut learned_host_key = None;
         let mut results = Vec::with_capacity(commands.len());
+        let mut output_bytes = 0u64;
         let mut shell = self.take(&key);
-        for command in commands {
+        for (index, command) in commands.iter().enumerate() {
             let started = Instant::now();
+            sink.start_command(index as u32);
             let deadline = tokio::time::Instant::now() + timeout;
             let mut attempt = 0;
             let outcome = loop {
@@ -181,23 +190,46 @@ impl ShellStore {
                     Err(_) => break Err(CommandError::TimedOut(timeout)),
                 }
             };
-            results.push(CommandResult {
+            let (exit_status, mut error) = match outcome {
+                Ok(out) => {
+                    output_bytes += out.output.len() as u64;
+                    match sink.write(OutputStream::Stdout, &out.output).await {
+                        // A shell has no exit status: the platform's
+                        // error lines decide.
+                        Ok(()) => (Some(u32::from(out.failed)), None),
+                        Err(e) => (None, Some(CommandError::from(e))),
+                    }
+                }
+                Err(e) => (None, Some(e)),
+            };
+            let tail = match sink.end_command().await {
+                Ok(tail) => tail,
+                Err(e) => {
+                    error = error.or(Some(e.into()));
+                    Tail::default()
+                }
+            };
+            let gone = matches!(error, Some(CommandError::CallerGone));
+            results.push(CommandRun {
                 command: command.clone(),
                 duration: started.elapsed(),
-                outcome: outcome.map(|out| CommandOutput {
-                    output: String::from_utf8_lossy(&out.output).into_owned(),
-                    // A shell has no exit status: the platform's error
-                    // lines decide.
-                    exit_status: Some(u32::from(out.failed)),
-                }),
+                exit_status,
+                error,
+                tail,
             });
+            if gone {
+                // The shell may be mid-command: it is not kept.
+                shell = None;
+                break;
+            }
         }
         if let Some(warm) = shell {
             self.put(key, warm);
         }
-        Ok(DeviceExec {
+        Ok(DeviceRun {
             results,
             learned_host_key,
+            output_bytes,
         })
     }
 }

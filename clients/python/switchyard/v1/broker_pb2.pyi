@@ -1,10 +1,22 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ExecStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXEC_STATUS_UNSPECIFIED: _ClassVar[ExecStatus]
+    EXEC_STATUS_SUCCESS: _ClassVar[ExecStatus]
+    EXEC_STATUS_PARTIAL_SUCCESS: _ClassVar[ExecStatus]
+    EXEC_STATUS_FAILURE: _ClassVar[ExecStatus]
+EXEC_STATUS_UNSPECIFIED: ExecStatus
+EXEC_STATUS_SUCCESS: ExecStatus
+EXEC_STATUS_PARTIAL_SUCCESS: ExecStatus
+EXEC_STATUS_FAILURE: ExecStatus
 
 class OpenSessionRequest(_message.Message):
     __slots__ = ("client_name",)
@@ -152,34 +164,60 @@ class InventoryResponse(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
 
 class ExecRequest(_message.Message):
-    __slots__ = ("service", "devices", "commands", "timeout_ms")
+    __slots__ = ("service", "devices", "commands", "timeout_ms", "max_output_bytes")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     COMMANDS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     service: ServiceRef
     devices: _containers.RepeatedScalarFieldContainer[str]
     commands: _containers.RepeatedScalarFieldContainer[str]
     timeout_ms: int
-    def __init__(self, service: _Optional[_Union[ServiceRef, _Mapping]] = ..., devices: _Optional[_Iterable[str]] = ..., commands: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    max_output_bytes: int
+    def __init__(self, service: _Optional[_Union[ServiceRef, _Mapping]] = ..., devices: _Optional[_Iterable[str]] = ..., commands: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ..., max_output_bytes: _Optional[int] = ...) -> None: ...
+
+class ExecInput(_message.Message):
+    __slots__ = ("start", "data")
+    START_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    start: ExecRequest
+    data: bytes
+    def __init__(self, start: _Optional[_Union[ExecRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ExecEvent(_message.Message):
-    __slots__ = ("device", "output", "device_result")
+    __slots__ = ("device", "output", "device_result", "summary")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_RESULT_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
     device: int
     output: CommandOutput
     device_result: DeviceResult
-    def __init__(self, device: _Optional[int] = ..., output: _Optional[_Union[CommandOutput, _Mapping]] = ..., device_result: _Optional[_Union[DeviceResult, _Mapping]] = ...) -> None: ...
+    summary: ExecSummary
+    def __init__(self, device: _Optional[int] = ..., output: _Optional[_Union[CommandOutput, _Mapping]] = ..., device_result: _Optional[_Union[DeviceResult, _Mapping]] = ..., summary: _Optional[_Union[ExecSummary, _Mapping]] = ...) -> None: ...
 
 class CommandOutput(_message.Message):
-    __slots__ = ("command", "data")
+    __slots__ = ("command", "data", "stderr")
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
     command: int
     data: bytes
-    def __init__(self, command: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    stderr: bool
+    def __init__(self, command: _Optional[int] = ..., data: _Optional[bytes] = ..., stderr: _Optional[bool] = ...) -> None: ...
+
+class ExecSummary(_message.Message):
+    __slots__ = ("status", "succeeded", "failed", "elapsed_us")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_US_FIELD_NUMBER: _ClassVar[int]
+    status: ExecStatus
+    succeeded: int
+    failed: int
+    elapsed_us: int
+    def __init__(self, status: _Optional[_Union[ExecStatus, str]] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., elapsed_us: _Optional[int] = ...) -> None: ...
 
 class DeviceResult(_message.Message):
     __slots__ = ("commands", "error", "error_code")
@@ -192,18 +230,20 @@ class DeviceResult(_message.Message):
     def __init__(self, commands: _Optional[_Iterable[_Union[CommandResult, _Mapping]]] = ..., error: _Optional[str] = ..., error_code: _Optional[str] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("command", "output", "exit_status", "duration_us", "error")
+    __slots__ = ("command", "output", "exit_status", "duration_us", "error", "stderr")
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     EXIT_STATUS_FIELD_NUMBER: _ClassVar[int]
     DURATION_US_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
     command: int
     output: bytes
     exit_status: int
     duration_us: int
     error: str
-    def __init__(self, command: _Optional[int] = ..., output: _Optional[bytes] = ..., exit_status: _Optional[int] = ..., duration_us: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    stderr: bytes
+    def __init__(self, command: _Optional[int] = ..., output: _Optional[bytes] = ..., exit_status: _Optional[int] = ..., duration_us: _Optional[int] = ..., error: _Optional[str] = ..., stderr: _Optional[bytes] = ...) -> None: ...
 
 class TerminalRequest(_message.Message):
     __slots__ = ("open", "data", "resize")

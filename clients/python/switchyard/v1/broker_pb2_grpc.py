@@ -76,6 +76,11 @@ class BrokerStub:
                 request_serializer=switchyard_dot_v1_dot_broker__pb2.ExecRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_broker__pb2.ExecEvent.FromString,
                 _registered_method=True)
+        self.ExecWithInput = channel.stream_stream(
+                '/switchyard.v1.Broker/ExecWithInput',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.ExecInput.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.ExecEvent.FromString,
+                _registered_method=True)
         self.Terminal = channel.stream_stream(
                 '/switchyard.v1.Broker/Terminal',
                 request_serializer=switchyard_dot_v1_dot_broker__pb2.TerminalRequest.SerializeToString,
@@ -231,7 +236,20 @@ class BrokerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Exec(self, request, context):
-        """Runs commands on devices. Events stream per device as each finishes.
+        """Runs commands on devices. Output streams as the devices send it
+        (`output` events, with back-pressure: a caller that reads slowly slows
+        the device read, nothing buffers without bound); each device ends with
+        one `device_result`; the call ends with one `summary`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExecWithInput(self, request_iterator, context):
+        """Exec with the caller's standard input forwarded to the command (one
+        device, one command). The first message must carry `start`; later ones
+        carry input bytes; the end of the caller's stream is the command's end
+        of input. (`Exec` ends the command's input at once.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -418,6 +436,11 @@ def add_BrokerServicer_to_server(servicer, server):
             'Exec': grpc.unary_stream_rpc_method_handler(
                     servicer.Exec,
                     request_deserializer=switchyard_dot_v1_dot_broker__pb2.ExecRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.ExecEvent.SerializeToString,
+            ),
+            'ExecWithInput': grpc.stream_stream_rpc_method_handler(
+                    servicer.ExecWithInput,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.ExecInput.FromString,
                     response_serializer=switchyard_dot_v1_dot_broker__pb2.ExecEvent.SerializeToString,
             ),
             'Terminal': grpc.stream_stream_rpc_method_handler(
@@ -723,6 +746,33 @@ class Broker:
             target,
             '/switchyard.v1.Broker/Exec',
             switchyard_dot_v1_dot_broker__pb2.ExecRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.ExecEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecWithInput(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/switchyard.v1.Broker/ExecWithInput',
+            switchyard_dot_v1_dot_broker__pb2.ExecInput.SerializeToString,
             switchyard_dot_v1_dot_broker__pb2.ExecEvent.FromString,
             options,
             channel_credentials,

@@ -91,7 +91,17 @@ class BrokerStub:
     Inventory: _grpc.UnaryUnaryMultiCallable[_broker_pb2.InventoryRequest, _broker_pb2.InventoryResponse]
     """The devices of a service that the remote user may reach."""
     Exec: _grpc.UnaryStreamMultiCallable[_broker_pb2.ExecRequest, _broker_pb2.ExecEvent]
-    """Runs commands on devices. Events stream per device as each finishes."""
+    """Runs commands on devices. Output streams as the devices send it
+    (`output` events, with back-pressure: a caller that reads slowly slows
+    the device read, nothing buffers without bound); each device ends with
+    one `device_result`; the call ends with one `summary`.
+    """
+    ExecWithInput: _grpc.StreamStreamMultiCallable[_broker_pb2.ExecInput, _broker_pb2.ExecEvent]
+    """Exec with the caller's standard input forwarded to the command (one
+    device, one command). The first message must carry `start`; later ones
+    carry input bytes; the end of the caller's stream is the command's end
+    of input. (`Exec` ends the command's input at once.)
+    """
     Terminal: _grpc.StreamStreamMultiCallable[_broker_pb2.TerminalRequest, _broker_pb2.TerminalEvent]
     """An interactive shell on one device. The first message must carry
     `open`; later ones carry keystrokes or window sizes.
@@ -197,7 +207,17 @@ class BrokerAsyncStub(BrokerStub):
     Inventory: _aio.UnaryUnaryMultiCallable[_broker_pb2.InventoryRequest, _broker_pb2.InventoryResponse]  # type: ignore[assignment]
     """The devices of a service that the remote user may reach."""
     Exec: _aio.UnaryStreamMultiCallable[_broker_pb2.ExecRequest, _broker_pb2.ExecEvent]  # type: ignore[assignment]
-    """Runs commands on devices. Events stream per device as each finishes."""
+    """Runs commands on devices. Output streams as the devices send it
+    (`output` events, with back-pressure: a caller that reads slowly slows
+    the device read, nothing buffers without bound); each device ends with
+    one `device_result`; the call ends with one `summary`.
+    """
+    ExecWithInput: _aio.StreamStreamMultiCallable[_broker_pb2.ExecInput, _broker_pb2.ExecEvent]  # type: ignore[assignment]
+    """Exec with the caller's standard input forwarded to the command (one
+    device, one command). The first message must carry `start`; later ones
+    carry input bytes; the end of the caller's stream is the command's end
+    of input. (`Exec` ends the command's input at once.)
+    """
     Terminal: _aio.StreamStreamMultiCallable[_broker_pb2.TerminalRequest, _broker_pb2.TerminalEvent]  # type: ignore[assignment]
     """An interactive shell on one device. The first message must carry
     `open`; later ones carry keystrokes or window sizes.
@@ -348,7 +368,23 @@ class BrokerServicer(metaclass=_abc_1.ABCMeta):
         request: _broker_pb2.ExecRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_broker_pb2.ExecEvent], _abc.AsyncIterator[_broker_pb2.ExecEvent]]:
-        """Runs commands on devices. Events stream per device as each finishes."""
+        """Runs commands on devices. Output streams as the devices send it
+        (`output` events, with back-pressure: a caller that reads slowly slows
+        the device read, nothing buffers without bound); each device ends with
+        one `device_result`; the call ends with one `summary`.
+        """
+
+    @_abc_1.abstractmethod
+    def ExecWithInput(
+        self,
+        request_iterator: _MaybeAsyncIterator[_broker_pb2.ExecInput],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_broker_pb2.ExecEvent], _abc.AsyncIterator[_broker_pb2.ExecEvent]]:
+        """Exec with the caller's standard input forwarded to the command (one
+        device, one command). The first message must carry `start`; later ones
+        carry input bytes; the end of the caller's stream is the command's end
+        of input. (`Exec` ends the command's input at once.)
+        """
 
     @_abc_1.abstractmethod
     def Terminal(
