@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 mod cloud;
-mod forward;
 mod exec;
+mod forward;
 
 use super::error::BrokerError;
 use super::link::CallStream;

@@ -17,9 +17,9 @@
 //! stdout and reports no exit status. Standard input ([`ExecOptions::stdin`])
 //! goes to the first command; without it the command's input ends at once.
 
+pub mod output;
 pub mod platform;
 pub mod shell_session;
-pub mod output;
 pub mod simulated;
 pub mod ssh;
 pub mod ssh_algorithms;

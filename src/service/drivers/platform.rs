@@ -181,7 +181,11 @@ impl PlatformSpec {
 /// not judged (it is large, and judging would mean scanning every chunk).
 pub fn judge(platform: Platform, exit_status: Option<u32>, tail: &super::Tail) -> Option<u32> {
     let ok = exit_status.unwrap_or(0) == 0;
-    if ok && platform.spec().is_error(&String::from_utf8_lossy(&tail.stdout)) {
+    if ok
+        && platform
+            .spec()
+            .is_error(&String::from_utf8_lossy(&tail.stdout))
+    {
         Some(1)
     } else {
         exit_status

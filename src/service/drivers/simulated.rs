@@ -35,11 +35,21 @@ pub async fn run(target: &DeviceTarget, commands: &[String], sink: &mut OutputSi
             // An exec channel has no dialogue: say what a shell would ask.
             Output::Enable => {
                 let text = "% enable needs an interactive session\n";
-                (Some(1), write(sink, text.as_bytes()).await.map(|()| text.len() as u64))
+                (
+                    Some(1),
+                    write(sink, text.as_bytes())
+                        .await
+                        .map(|()| text.len() as u64),
+                )
             }
             Output::Confirm(question) => {
                 let text = format!("{question}\n");
-                (Some(1), write(sink, text.as_bytes()).await.map(|()| text.len() as u64))
+                (
+                    Some(1),
+                    write(sink, text.as_bytes())
+                        .await
+                        .map(|()| text.len() as u64),
+                )
             }
         };
         let error = match written {

@@ -234,6 +234,22 @@ impl ShellStore {
     }
 }
 
+/// A shell command's output is held until its prompt comes back (only
+/// then is it known to be the command's), so it always has a bound:
+/// `ssh.max_output_bytes`, or [`SHELL_OUTPUT_LIMIT`] where that is 0 (no
+/// cap for exec channels, which stream).
+fn shell_output_limit(configured: u64) -> u64 {
+    if configured == 0 {
+        SHELL_OUTPUT_LIMIT
+    } else {
+        configured
+    }
+}
+
+/// The bound on one shell command's held output when no cap is set:
+/// 64 MiB.
+pub const SHELL_OUTPUT_LIMIT: u64 = 64 << 20;
+
 /// Opens a pty and shell on a pooled connection and sets the session up
 /// (prompt, enable, paging off) within `connect_timeout`.
 async fn open(
@@ -254,7 +270,7 @@ async fn open(
     let mut session = ShellSession::new(
         target.profile.platform,
         target.credentials.enable_password.clone(),
-        pool.config().max_output_bytes,
+        shell_output_limit(pool.config().max_output_bytes),
     );
     let after = pool.config().connect_timeout;
     let setup = async {

@@ -389,7 +389,10 @@ impl Inventory {
         Ok((
             seal(password_context(&device.name), &device.password)?,
             seal(private_key_context(&device.name), &device.private_key)?,
-            seal(enable_password_context(&device.name), &device.enable_password)?,
+            seal(
+                enable_password_context(&device.name),
+                &device.enable_password,
+            )?,
         ))
     }
 
