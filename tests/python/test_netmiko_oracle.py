@@ -64,6 +64,8 @@ def switchyard_outputs(d, plain_port, gear_port):
     reports = {}
     for line in out.stdout.splitlines():
         r = json.loads(line)
+        if "device" not in r:  # the request's summary line
+            continue
         reports[r["device"]] = [x["output"] for x in r["results"]]
     assert set(reports) == {"plain-shell", "plain-exec", "gear"}, out.stdout + out.stderr
     return reports
