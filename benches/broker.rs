@@ -520,12 +520,13 @@ impl DirectClient {
             username: "bench".into(),
             password: Secret::new(PASSWORD),
             fingerprint: Some(fp),
+            rpc_url: None,
         };
         let limits = TransportLimits::default();
         let conn = connect(&endpoint, &target, &limits).await.unwrap();
         let direct = Self {
             _endpoint: endpoint,
-            channel: LinkChannel::Quic {
+            channel: LinkChannel::Remote {
                 conn: conn.conn.clone(),
                 target: addr.to_string(),
                 max_frame: limits.max_frame,

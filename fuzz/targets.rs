@@ -429,6 +429,7 @@ fn broker_api_seeds() -> Vec<Vec<u8>> {
             port: 8181,
             password: "pw".into(),
             fingerprint: String::new(),
+            rpc_url: "https://127.0.0.1:8081/rpc".into(),
         }
         .encode_to_vec(),
         b"30S".to_vec(),

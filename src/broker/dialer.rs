@@ -1,7 +1,8 @@
 //! How a QUIC link reaches its service and logs in (no actor state: the
 //! `DirectLink` actor runs one dial per connection attempt).
 //!
-//! * [`Dialer::Password`] — straight to the RPC socket, username + password.
+//! * [`Dialer::Password`] — straight to the RPC socket, username + password;
+//!   over QUIC, or over TLS/TCP to its `rpc_url` when one is given.
 //! * [`Dialer::Cloud`] with [`CloudRoute::Relayed`] — a tunnel through the
 //!   relay, carrying a QUIC connection end-to-end encrypted to the service
 //!   (pinned to the fingerprint the service published at enrollment, or
@@ -32,11 +33,17 @@ use crate::task::AbortOnDrop;
 use crate::wire::conn::{TransportLimits, client_endpoint, transport_config};
 use crate::wire::messages::{Credentials, ErrorCode, WireError};
 use crate::wire::pin::Fingerprint;
+use crate::wire::tcp::RpcUrl;
 use crate::wire::tunnel::{Carrier, TunnelEndpoint, TunnelRole};
 
 #[derive(Clone)]
 pub enum Dialer {
-    Password { password: Secret },
+    Password {
+        password: Secret,
+        /// Set: over TCP to the service's TCP RPC listener (the link's
+        /// target is then this URL).
+        rpc_url: Option<RpcUrl>,
+    },
     Cloud(CloudTarget),
 }
 
@@ -88,16 +95,22 @@ impl Dialer {
         let deadline = Instant::now() + connect_timeout;
         let attempt = async {
             match self {
-                Self::Password { password } => {
-                    let addr = resolve(label).await?;
-                    let endpoint = reuse_or_bind(endpoint, addr, label)?;
+                Self::Password { password, rpc_url } => {
+                    let authority = rpc_url.as_ref().map(RpcUrl::authority);
+                    let addr = resolve(authority.as_deref().unwrap_or(label)).await?;
                     let target = DirectTarget {
                         label: label.to_string(),
                         addr,
                         username: username.to_string(),
                         password: password.clone(),
                         fingerprint,
+                        rpc_url: rpc_url.clone(),
                     };
+                    if rpc_url.is_some() {
+                        let connected = direct_client::connect_tcp(&target, limits).await?;
+                        return Ok((endpoint, connected));
+                    }
+                    let endpoint = reuse_or_bind(endpoint, addr, label)?;
                     let connected = direct_client::connect(&endpoint, &target, limits).await?;
                     Ok((Some(endpoint), connected))
                 }
@@ -207,7 +220,7 @@ impl CloudTarget {
                 let closed = tunnel.closed();
                 let watch = AbortOnDrop::new(tokio::spawn(async move {
                     closed.await;
-                    conn.close(0u32.into(), b"tunnel closed");
+                    conn.close(0, b"tunnel closed");
                 }));
                 connected.guard = Some(Box::new((tunnel, watch)));
                 Ok((None, connected))

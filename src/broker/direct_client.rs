@@ -1,5 +1,6 @@
-//! Connecting and logging in to a service's RPC socket (no actor state:
-//! the `DirectLink` actor and the benchmarks both use it).
+//! Connecting and logging in to a service's RPC socket, over QUIC or over
+//! TCP (`rpc_url`), (no actor state: the `DirectLink` actor and the
+//! benchmarks both use it).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +11,9 @@ use super::link::LinkError;
 use crate::secret::Secret;
 use crate::wire::conn::{self, TransportLimits, read_frame, write_frame};
 use crate::wire::messages::{AuthRequest, AuthResponse, Credentials};
+use crate::wire::mux::Conn;
 use crate::wire::pin::{Fingerprint, PinnedServerVerifier};
+use crate::wire::tcp::{self, RpcUrl};
 
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
@@ -22,11 +25,15 @@ pub struct DirectTarget {
     pub password: Secret,
     /// Pinned certificate; `None` trusts on first use.
     pub fingerprint: Option<Fingerprint>,
+    /// Set: over TCP to this `rpc_url` (`addr` is its resolved address)
+    /// instead of QUIC.
+    pub rpc_url: Option<RpcUrl>,
 }
 
 /// A logged-in connection.
 pub struct DirectConnection {
-    pub conn: quinn::Connection,
+    /// QUIC or TCP.
+    pub conn: Conn,
     pub fingerprint: Fingerprint,
     pub service_name: String,
     /// What must live as long as the connection (a relayed tunnel).
@@ -36,16 +43,47 @@ pub struct DirectConnection {
 /// The name we ask for in TLS; the certificate is checked by fingerprint.
 const SERVER_NAME: &str = "switchyard-service";
 
-/// Connects, verifies the certificate and logs in with a password.
+impl DirectTarget {
+    fn credentials(&self) -> Credentials {
+        Credentials::Password {
+            username: self.username.clone(),
+            password: self.password.expose().to_string(),
+        }
+    }
+}
+
+/// Connects over TCP to the target's `rpc_url` (at its `addr`), verifies
+/// the certificate and logs in with a password.
+pub async fn connect_tcp(
+    target: &DirectTarget,
+    limits: &TransportLimits,
+) -> Result<DirectConnection, LinkError> {
+    let url = target
+        .rpc_url
+        .as_ref()
+        .ok_or_else(|| LinkError::Unreachable {
+            target: target.label.clone(),
+            reason: "no rpc_url to connect to over TCP".into(),
+        })?;
+    login_tcp(
+        url,
+        target.addr,
+        &target.label,
+        target.credentials(),
+        target.fingerprint,
+        limits,
+    )
+    .await
+}
+
+/// Connects over QUIC, verifies the certificate and logs in with a
+/// password.
 pub async fn connect(
     endpoint: &Endpoint,
     target: &DirectTarget,
     limits: &TransportLimits,
 ) -> Result<DirectConnection, LinkError> {
-    let credentials = Credentials::Password {
-        username: target.username.clone(),
-        password: target.password.expose().to_string(),
-    };
+    let credentials = target.credentials();
     let transport = Arc::new(conn::transport_config(limits));
     login(
         endpoint,
@@ -70,9 +108,8 @@ pub async fn login(
     transport: Arc<quinn::TransportConfig>,
     limits: &TransportLimits,
 ) -> Result<DirectConnection, LinkError> {
-    let label = label.to_string();
     let unreachable = |reason: String| LinkError::Unreachable {
-        target: label.clone(),
+        target: label.to_string(),
         reason,
     };
     let verifier = PinnedServerVerifier::new(fingerprint);
@@ -81,33 +118,95 @@ pub async fn login(
     let connecting = endpoint
         .connect_with(config, addr, SERVER_NAME)
         .map_err(|e| unreachable(e.to_string()))?;
-    // A reconnect abandons a handshake nobody answers (see
-    // `TransportLimits::handshake_silence`); dropping it ends the attempt.
-    let outcome = match limits.handshake_silence {
-        Some(silence) => match tokio::time::timeout(silence, connecting).await {
-            Ok(outcome) => outcome,
-            Err(_) => return Err(unreachable(format!("no answer within {silence:?}"))),
-        },
-        None => connecting.await,
-    };
-    let conn = match outcome {
+    let conn = match within_handshake_silence(limits, label, connecting).await? {
         Ok(conn) => conn,
-        Err(e) => {
-            return Err(match (fingerprint, verifier.seen()) {
-                (Some(expected), Some(presented)) if expected != presented => {
-                    LinkError::FingerprintMismatch {
-                        target: label,
-                        expected: expected.to_string(),
-                        presented: presented.to_string(),
-                    }
-                }
-                _ => unreachable(e.to_string()),
-            });
-        }
+        Err(e) => return Err(handshake_failed(label, fingerprint, &verifier, e)),
     };
-    let fingerprint = verifier
-        .seen()
-        .ok_or_else(|| unreachable("no certificate was presented".into()))?;
+    authenticate(Conn::Quic(conn), &verifier, label, credentials, limits).await
+}
+
+/// As [`login`], over TCP: TLS 1.3 and HTTP/2 to the service's TCP RPC
+/// listener at `addr` (`url` names it), the certificate pinned the same
+/// way.
+pub async fn login_tcp(
+    url: &RpcUrl,
+    addr: SocketAddr,
+    label: &str,
+    credentials: Credentials,
+    fingerprint: Option<Fingerprint>,
+    limits: &TransportLimits,
+) -> Result<DirectConnection, LinkError> {
+    let verifier = PinnedServerVerifier::new(fingerprint);
+    let tls = Arc::new(tcp::client_tls(Arc::clone(&verifier)));
+    let handshake = async {
+        let socket = tokio::net::TcpStream::connect(addr).await?;
+        let _ = socket.set_nodelay(true);
+        tcp::connect(socket, addr, url, tls, limits).await
+    };
+    let conn = match within_handshake_silence(limits, label, handshake).await? {
+        Ok(conn) => conn,
+        Err(e) => return Err(handshake_failed(label, fingerprint, &verifier, e)),
+    };
+    authenticate(Conn::H2(conn), &verifier, label, credentials, limits).await
+}
+
+/// `handshake`, abandoned after `limits.handshake_silence` when set (see
+/// `TransportLimits::handshake_silence`; dropping it ends the attempt).
+async fn within_handshake_silence<T>(
+    limits: &TransportLimits,
+    label: &str,
+    handshake: impl Future<Output = T>,
+) -> Result<T, LinkError> {
+    match limits.handshake_silence {
+        Some(silence) => {
+            tokio::time::timeout(silence, handshake)
+                .await
+                .map_err(|_| LinkError::Unreachable {
+                    target: label.to_string(),
+                    reason: format!("no answer within {silence:?}"),
+                })
+        }
+        None => Ok(handshake.await),
+    }
+}
+
+/// A failed handshake as the caller reads it: a certificate other than the
+/// pinned one is named as that.
+fn handshake_failed(
+    label: &str,
+    fingerprint: Option<Fingerprint>,
+    verifier: &PinnedServerVerifier,
+    e: impl std::fmt::Display,
+) -> LinkError {
+    match (fingerprint, verifier.seen()) {
+        (Some(expected), Some(presented)) if expected != presented => {
+            LinkError::FingerprintMismatch {
+                target: label.to_string(),
+                expected: expected.to_string(),
+                presented: presented.to_string(),
+            }
+        }
+        _ => LinkError::Unreachable {
+            target: label.to_string(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// The login exchange on a new connection's first stream (either
+/// transport).
+async fn authenticate(
+    conn: Conn,
+    verifier: &PinnedServerVerifier,
+    label: &str,
+    credentials: Credentials,
+    limits: &TransportLimits,
+) -> Result<DirectConnection, LinkError> {
+    let label = label.to_string();
+    let fingerprint = verifier.seen().ok_or_else(|| LinkError::Unreachable {
+        target: label.clone(),
+        reason: "no certificate was presented".into(),
+    })?;
     let lost = |e: &dyn std::fmt::Display| LinkError::lost(&label, e);
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
     let request = AuthRequest {
@@ -129,7 +228,7 @@ pub async fn login(
             guard: None,
         }),
         Ok(Some(AuthResponse::Rejected(error))) => {
-            conn.close(0u32.into(), b"login refused");
+            conn.close(0, b"login refused");
             Err(LinkError::Rejected {
                 target: label,
                 error,

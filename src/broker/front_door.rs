@@ -254,6 +254,13 @@ impl Broker for FrontDoor {
             0 => 8181,
             p => u16::try_from(p).map_err(|_| Status::invalid_argument("port must be 1-65535"))?,
         };
+        let rpc_url = match r.rpc_url.as_str() {
+            "" => None,
+            text => Some(
+                crate::wire::tcp::RpcUrl::parse(text)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            ),
+        };
         let info = self
             .registry
             .send(ServiceDirect {
@@ -265,6 +272,7 @@ impl Broker for FrontDoor {
                 port,
                 password: Some(r.password).filter(|p| !p.is_empty()).map(Secret::new),
                 fingerprint,
+                rpc_url,
             })
             .await
             .map_err(mailbox)??;

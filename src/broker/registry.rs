@@ -486,6 +486,19 @@ pub struct ServiceDirect {
     pub port: u16,
     pub password: Option<Secret>,
     pub fingerprint: Option<Fingerprint>,
+    /// Set: over TCP to this URL instead of QUIC to `host:port`.
+    pub rpc_url: Option<crate::wire::tcp::RpcUrl>,
+}
+
+impl ServiceDirect {
+    /// What the link is to: `host:port` (QUIC) or the `rpc_url` (TCP), so
+    /// the two transports to one service are separate links.
+    pub fn target(&self) -> String {
+        match &self.rpc_url {
+            Some(url) => url.to_string(),
+            None => format!("{}:{}", self.host, self.port),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -507,7 +520,7 @@ impl SessionRegistry {
     ) -> Result<(LinkId, bool), BrokerError> {
         let owner = owner_for(&msg.peer, self.settings.share_group);
         let key = LinkKey {
-            target: format!("{}:{}", msg.host, msg.port),
+            target: msg.target(),
             username: msg.username.clone(),
             owner,
         };
@@ -536,6 +549,7 @@ impl SessionRegistry {
                             common,
                             dialer: Dialer::Password {
                                 password: password.clone(),
+                                rpc_url: msg.rpc_url.clone(),
                             },
                             fingerprint,
                             config,
@@ -555,13 +569,13 @@ impl Handler<ServiceDirect> for SessionRegistry {
     fn handle(&mut self, msg: ServiceDirect, ctx: &mut Self::Context) -> Self::Result {
         let checked = (|| {
             self.check_target(&msg.peer, &msg.session_id, &msg.name)?;
-            if msg.username.is_empty() || msg.host.is_empty() {
+            if msg.username.is_empty() || (msg.host.is_empty() && msg.rpc_url.is_none()) {
                 return Err(BrokerError::InvalidArgument(
-                    "a direct connection needs a user name and a host".into(),
+                    "a direct connection needs a user name and a host (or an rpc_url)".into(),
                 ));
             }
             names::label("user name", &msg.username)?;
-            names::label("host", &msg.host)
+            names::label("host", &msg.target())
         })();
         let link = checked.and_then(|()| self.link_for(&msg, ctx));
         let (link_id, existed) = match link {
@@ -578,14 +592,14 @@ impl Handler<ServiceDirect> for SessionRegistry {
                 act.release(link_id, ctx);
                 return Err(BrokerError::Link(
                     super::link::LinkError::FingerprintMismatch {
-                        target: format!("{}:{}", msg.host, msg.port),
+                        target: msg.target(),
                         expected: pinned.to_string(),
                         presented: seen.to_string(),
                     },
                 ));
             }
             let owner = owner_for(&msg.peer, act.settings.share_group);
-            let target = format!("{}:{}", msg.host, msg.port);
+            let target = msg.target();
             // Learned on first use; a fingerprint the caller gave
             // explicitly (and the service just proved) replaces the
             // remembered one, so later callers without one are not refused.

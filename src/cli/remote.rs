@@ -69,12 +69,16 @@ pub enum ConnectCommand {
     Direct {
         /// Name for the service, used by later commands.
         name: String,
-        /// The service's host name or address.
-        #[arg(long)]
-        host: String,
+        /// The service's host name or address (QUIC).
+        #[arg(long, required_unless_present = "rpc_url")]
+        host: Option<String>,
         /// The service's RPC port (UDP).
         #[arg(long, default_value_t = 8181)]
         port: u16,
+        /// Over TLS/TCP instead of QUIC, to the service's TCP RPC listener:
+        /// `https://HOST:8081/rpc` (for networks that block UDP).
+        #[arg(long, value_name = "URL", conflicts_with = "host")]
+        rpc_url: Option<String>,
         /// Remote user on the service.
         #[arg(long)]
         user: String,
@@ -136,15 +140,16 @@ fn named(name: &str) -> Option<pb::ServiceRef> {
 }
 
 pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, CliError> {
-    let (name, host, port, user, password_file, fingerprint) = match cmd {
+    let (name, host, port, rpc_url, user, password_file, fingerprint) = match cmd {
         ConnectCommand::Direct {
             name,
             host,
             port,
+            rpc_url,
             user,
             password_file,
             fingerprint,
-        } => (name, host, port, user, password_file, fingerprint),
+        } => (name, host, port, rpc_url, user, password_file, fingerprint),
         ConnectCommand::Integrated {
             name,
             db,
@@ -175,10 +180,11 @@ pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, Cli
     let request = |password: String| pb::ServiceDirectRequest {
         name: name.clone(),
         username: user.clone(),
-        host: host.clone(),
+        host: host.clone().unwrap_or_default(),
         port: port.into(),
         password,
         fingerprint: fingerprint.clone().unwrap_or_default(),
+        rpc_url: rpc_url.clone().unwrap_or_default(),
         ..Default::default()
     };
     let result = match password {
@@ -199,8 +205,12 @@ pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, Cli
         },
     };
     let info = result?.into_inner();
+    let at = match (&rpc_url, &host) {
+        (Some(url), _) => url.clone(),
+        (None, host) => format!("{}:{port}", host.as_deref().unwrap_or_default()),
+    };
     outln!(
-        "connected {name} to {} at {host}:{port} as {user}{}",
+        "connected {name} to {} at {at} as {user}{}",
         info.service_name,
         if info.reused {
             " (shared an existing link)"

@@ -55,7 +55,7 @@ class CloseSessionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ServiceDirectRequest(_message.Message):
-    __slots__ = ("session_id", "name", "username", "host", "port", "password", "fingerprint")
+    __slots__ = ("session_id", "name", "username", "host", "port", "password", "fingerprint", "rpc_url")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     USERNAME_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class ServiceDirectRequest(_message.Message):
     PORT_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    RPC_URL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     name: str
     username: str
@@ -70,7 +71,8 @@ class ServiceDirectRequest(_message.Message):
     port: int
     password: str
     fingerprint: str
-    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., username: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., password: _Optional[str] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+    rpc_url: str
+    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., username: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., password: _Optional[str] = ..., fingerprint: _Optional[str] = ..., rpc_url: _Optional[str] = ...) -> None: ...
 
 class ServiceIntegratedRequest(_message.Message):
     __slots__ = ("session_id", "name", "db", "admin_password")
