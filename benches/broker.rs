@@ -521,6 +521,7 @@ impl DirectClient {
             password: Secret::new(PASSWORD),
             fingerprint: Some(fp),
             rpc_url: None,
+            proxy: None,
         };
         let limits = TransportLimits::default();
         let conn = connect(&endpoint, &target, &limits).await.unwrap();

@@ -31,6 +31,9 @@ command -v strip >/dev/null || need+=(binutils)
 # whose UDP is dropped by an nftables rule; tests/faults.rs).
 command -v nft >/dev/null || need+=(nftables)
 command -v ip >/dev/null || need+=(iproute2)
+# A real HTTP CONNECT proxy (with and without Basic auth) for the TCP
+# transport's proxy tests (tests/tcp_transport.rs).
+command -v tinyproxy >/dev/null || need+=(tinyproxy)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

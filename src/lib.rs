@@ -14,6 +14,7 @@ pub mod label;
 pub mod logging;
 pub mod metrics;
 pub mod password;
+pub mod proxy;
 pub mod relay;
 pub mod relay_url;
 pub mod secret;

@@ -140,7 +140,7 @@ impl ServiceProcess {
             port: self.addr.unwrap().port().into(),
             password: ALICE_PASSWORD.into(),
             fingerprint: String::new(),
-            rpc_url: String::new(),
+            ..Default::default()
         }
     }
 }

@@ -27,6 +27,7 @@ fn target(svc: &TestService, user: &str, password: &str) -> DirectTarget {
         password: Secret::new(password),
         fingerprint: Some(svc.fingerprint),
         rpc_url: None,
+        proxy: None,
     }
 }
 

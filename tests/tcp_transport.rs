@@ -54,6 +54,7 @@ fn target(svc: &TestService, password: &str, fingerprint: Option<Fingerprint>) -
         password: Secret::new(password),
         fingerprint,
         rpc_url: Some(RpcUrl::parse(&rpc_url(svc)).unwrap()),
+        proxy: None,
     }
 }
 
@@ -374,4 +375,130 @@ async fn connect_direct_with_rpc_url_execs_over_tcp() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("the scheme must be https"), "{stderr}");
+}
+
+/// `connect direct --rpc-url URL --proxy P` through a real tinyproxy, with
+/// and without Basic authentication: exec runs through it and its log
+/// shows the CONNECT; wrong proxy credentials give an error naming the
+/// proxy and its 407, and the password appears in no output or log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_direct_through_a_real_http_proxy() {
+    let open_svc = tcp_service(RpcConfig::default());
+    let auth_svc = tcp_service(RpcConfig::default());
+    let broker = TestBroker::start(&[]).await;
+    let dir = broker.dir.path();
+    let pw = dir.join("alice-pw");
+    std::fs::write(&pw, format!("{ALICE_PASSWORD}\n")).unwrap();
+    let connect = |name: &str, svc: &TestService, proxy: String, proxy_pw: Option<&str>| {
+        let mut cmd = broker.command();
+        cmd.args(["connect", "direct", name, "--rpc-url", &rpc_url(svc)])
+            .args(["--user", "alice", "--password-file"])
+            .arg(&pw)
+            .args(["--fingerprint", &svc.fingerprint.to_string()])
+            .args(["--proxy", &proxy]);
+        if let Some(secret) = proxy_pw {
+            let file = dir.join(format!("{name}-proxy-pw"));
+            std::fs::write(&file, format!("{secret}\n")).unwrap();
+            cmd.arg("--proxy-password-file").arg(file);
+        }
+        cmd
+    };
+    let exec_ok = async |name: &str| {
+        let mut client = broker.client().await;
+        let reports = run_exec(&mut client, named(name), &["core-1"], &["show version"])
+            .await
+            .unwrap();
+        assert!(reports[0].ok_output().contains("core-1 uptime"));
+    };
+
+    // An open proxy.
+    let open = common::tinyproxy::Tinyproxy::start(None).await;
+    let out = within(
+        30,
+        "connect via proxy",
+        connect("via-open", &open_svc, open.url(None), None).output(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exec_ok("via-open").await;
+    let connect_line = format!("CONNECT 127.0.0.1:{}", tcp_addr(&open_svc).port());
+    assert!(open.log().contains(&connect_line), "{}", open.log());
+
+    // A proxy that wants Basic credentials: wrong ones are refused by name.
+    let auth = common::tinyproxy::Tinyproxy::start(Some(("bob", "proxy-s3cret"))).await;
+    let out = within(
+        30,
+        "connect with wrong proxy credentials",
+        connect(
+            "via-auth",
+            &auth_svc,
+            auth.url(Some("bob")),
+            Some("wrong-pr0xy-pw"),
+        )
+        .output(),
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // 407, or 401 (what tinyproxy answers).
+    assert!(
+        stderr.contains("HTTP 407") || stderr.contains("HTTP 401"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("refused the ones given"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{}", auth.port)),
+        "{stderr}"
+    );
+    // The right ones pass.
+    let out = within(
+        30,
+        "connect with proxy credentials",
+        connect(
+            "via-auth",
+            &auth_svc,
+            auth.url(Some("bob")),
+            Some("proxy-s3cret"),
+        )
+        .output(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exec_ok("via-auth").await;
+    let connect_line = format!("CONNECT 127.0.0.1:{}", tcp_addr(&auth_svc).port());
+    assert!(auth.log().contains(&connect_line), "{}", auth.log());
+
+    // A password on the command line is refused before anything is sent.
+    let out = within(
+        30,
+        "a proxy password in --proxy",
+        connect(
+            "leak",
+            &auth_svc,
+            format!("http://bob:proxy-s3cret@127.0.0.1:{}", auth.port),
+            None,
+        )
+        .output(),
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--proxy-password-file"));
+
+    let status = common::broker::status(&broker).await;
+    let everything = format!("{status:?}{}", broker.log());
+    for secret in ["proxy-s3cret", "wrong-pr0xy-pw"] {
+        assert!(!everything.contains(secret), "{secret} leaked");
+    }
 }

@@ -43,6 +43,8 @@ pub enum Dialer {
         /// Set: over TCP to the service's TCP RPC listener (the link's
         /// target is then this URL).
         rpc_url: Option<RpcUrl>,
+        /// The HTTP proxy the TCP connection goes through (with `rpc_url`).
+        proxy: Option<crate::proxy::Proxy>,
     },
     Cloud(CloudTarget),
 }
@@ -95,9 +97,17 @@ impl Dialer {
         let deadline = Instant::now() + connect_timeout;
         let attempt = async {
             match self {
-                Self::Password { password, rpc_url } => {
-                    let authority = rpc_url.as_ref().map(RpcUrl::authority);
-                    let addr = resolve(authority.as_deref().unwrap_or(label)).await?;
+                Self::Password {
+                    password,
+                    rpc_url,
+                    proxy,
+                } => {
+                    // Through a proxy, the proxy resolves the service's name.
+                    let addr = match (rpc_url, proxy) {
+                        (Some(_), Some(_)) => SocketAddr::from(([0, 0, 0, 0], 0)),
+                        (Some(url), None) => resolve(&url.authority()).await?,
+                        (None, _) => resolve(label).await?,
+                    };
                     let target = DirectTarget {
                         label: label.to_string(),
                         addr,
@@ -105,6 +115,7 @@ impl Dialer {
                         password: password.clone(),
                         fingerprint,
                         rpc_url: rpc_url.clone(),
+                        proxy: proxy.clone(),
                     };
                     if rpc_url.is_some() {
                         let connected = direct_client::connect_tcp(&target, limits).await?;

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use quinn::Endpoint;
 
 use super::link::LinkError;
+use crate::proxy::{Proxy, ProxyError};
 use crate::secret::Secret;
 use crate::wire::conn::{self, TransportLimits, read_frame, write_frame};
 use crate::wire::messages::{AuthRequest, AuthResponse, Credentials};
+use crate::wire::messages::{ErrorCode, WireError};
 use crate::wire::mux::Conn;
 use crate::wire::pin::{Fingerprint, PinnedServerVerifier};
 use crate::wire::tcp::{self, RpcUrl};
@@ -28,6 +30,9 @@ pub struct DirectTarget {
     /// Set: over TCP to this `rpc_url` (`addr` is its resolved address)
     /// instead of QUIC.
     pub rpc_url: Option<RpcUrl>,
+    /// With `rpc_url`: through this HTTP proxy (`addr` is then unused: the
+    /// proxy resolves the service's name).
+    pub proxy: Option<Proxy>,
 }
 
 /// A logged-in connection.
@@ -65,15 +70,50 @@ pub async fn connect_tcp(
             target: target.label.clone(),
             reason: "no rpc_url to connect to over TCP".into(),
         })?;
+    let via = match &target.proxy {
+        Some(proxy) => TcpVia::Proxy(proxy),
+        None => TcpVia::Direct(target.addr),
+    };
     login_tcp(
         url,
-        target.addr,
+        via,
         &target.label,
         target.credentials(),
         target.fingerprint,
         limits,
     )
     .await
+}
+
+/// How a TCP connection reaches the service.
+#[derive(Debug, Clone, Copy)]
+pub enum TcpVia<'a> {
+    /// Straight to this address.
+    Direct(SocketAddr),
+    /// Through an HTTP proxy (`CONNECT` to the URL's host and port).
+    Proxy(&'a Proxy),
+}
+
+/// A proxy's refusal as the link reports it: wrong credentials or a
+/// forbidden destination are final; anything else is worth retrying.
+fn proxy_error(label: &str, e: ProxyError) -> LinkError {
+    match e {
+        ProxyError::Refused {
+            status: 401 | 403 | 407,
+            ..
+        } => LinkError::Refused {
+            target: label.to_string(),
+            error: WireError::new(ErrorCode::PermissionDenied, e.to_string()),
+        },
+        ProxyError::Url { .. } => LinkError::Refused {
+            target: label.to_string(),
+            error: WireError::new(ErrorCode::InvalidArgument, e.to_string()),
+        },
+        other => LinkError::Unreachable {
+            target: label.to_string(),
+            reason: other.to_string(),
+        },
+    }
 }
 
 /// Connects over QUIC, verifies the certificate and logs in with a
@@ -126,11 +166,11 @@ pub async fn login(
 }
 
 /// As [`login`], over TCP: TLS 1.3 and HTTP/2 to the service's TCP RPC
-/// listener at `addr` (`url` names it), the certificate pinned the same
-/// way.
+/// listener (`url` names it) at an address or through a proxy (`via`),
+/// the certificate pinned the same way.
 pub async fn login_tcp(
     url: &RpcUrl,
-    addr: SocketAddr,
+    via: TcpVia<'_>,
     label: &str,
     credentials: Credentials,
     fingerprint: Option<Fingerprint>,
@@ -138,11 +178,29 @@ pub async fn login_tcp(
 ) -> Result<DirectConnection, LinkError> {
     let verifier = PinnedServerVerifier::new(fingerprint);
     let tls = Arc::new(tcp::client_tls(Arc::clone(&verifier)));
-    let handshake = async {
-        let socket = tokio::net::TcpStream::connect(addr).await?;
+    let socket = async {
+        let socket = match via {
+            TcpVia::Direct(addr) => {
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| LinkError::Unreachable {
+                        target: label.to_string(),
+                        reason: e.to_string(),
+                    })?
+            }
+            TcpVia::Proxy(proxy) => proxy
+                .connect(&url.host, url.port)
+                .await
+                .map_err(|e| proxy_error(label, e))?,
+        };
         let _ = socket.set_nodelay(true);
-        tcp::connect(socket, addr, url, tls, limits).await
+        Ok::<_, LinkError>(socket)
     };
+    let socket = within_handshake_silence(limits, label, socket).await??;
+    let peer = socket
+        .peer_addr()
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    let handshake = tcp::connect(socket, peer, url, tls, limits);
     let conn = match within_handshake_silence(limits, label, handshake).await? {
         Ok(conn) => conn,
         Err(e) => return Err(handshake_failed(label, fingerprint, &verifier, e)),

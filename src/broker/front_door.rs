@@ -261,6 +261,23 @@ impl Broker for FrontDoor {
                     .map_err(|e| Status::invalid_argument(e.to_string()))?,
             ),
         };
+        let proxy = match r.proxy_url.as_str() {
+            "" => None,
+            _ if rpc_url.is_none() => {
+                return Err(Status::invalid_argument(
+                    "a proxy carries TCP only: give an rpc_url with proxy_url",
+                ));
+            }
+            text => Some(
+                crate::proxy::Proxy::parse(
+                    text,
+                    Some(r.proxy_password.clone())
+                        .filter(|p| !p.is_empty())
+                        .map(Secret::new),
+                )
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            ),
+        };
         let info = self
             .registry
             .send(ServiceDirect {
@@ -273,6 +290,7 @@ impl Broker for FrontDoor {
                 password: Some(r.password).filter(|p| !p.is_empty()).map(Secret::new),
                 fingerprint,
                 rpc_url,
+                proxy,
             })
             .await
             .map_err(mailbox)??;

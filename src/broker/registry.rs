@@ -72,6 +72,8 @@ pub struct RegistrySettings {
     pub share_group: Option<u32>,
     /// Where learned service fingerprints are kept (`None`: memory only).
     pub state_dir: Option<PathBuf>,
+    /// The HTTP proxy for links over TCP that name none themselves.
+    pub proxy: crate::proxy::ProxyRule,
 }
 
 impl Default for RegistrySettings {
@@ -87,6 +89,7 @@ impl Default for RegistrySettings {
             max_named_per_user: 1024,
             share_group: None,
             state_dir: None,
+            proxy: Default::default(),
         }
     }
 }
@@ -488,6 +491,9 @@ pub struct ServiceDirect {
     pub fingerprint: Option<Fingerprint>,
     /// Set: over TCP to this URL instead of QUIC to `host:port`.
     pub rpc_url: Option<crate::wire::tcp::RpcUrl>,
+    /// The caller's HTTP proxy for the TCP connection (else the broker's
+    /// configured one, if any applies to the host).
+    pub proxy: Option<crate::proxy::Proxy>,
 }
 
 impl ServiceDirect {
@@ -543,6 +549,11 @@ impl SessionRegistry {
                 self.check_link_cap(owner)?;
                 let fingerprint = pinned.or_else(|| self.known.get(owner, &key.target));
                 let config = self.settings.link.clone();
+                let proxy = msg.rpc_url.as_ref().and_then(|url| {
+                    msg.proxy
+                        .clone()
+                        .or_else(|| self.settings.proxy.for_host(&url.host).cloned())
+                });
                 let id = self.add_link(key, tag, Transport::Direct, ctx, |common| {
                     LinkHandle::of(
                         &DirectLink::new(NewDirectLink {
@@ -550,6 +561,7 @@ impl SessionRegistry {
                             dialer: Dialer::Password {
                                 password: password.clone(),
                                 rpc_url: msg.rpc_url.clone(),
+                                proxy,
                             },
                             fingerprint,
                             config,

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::exec_output::{DeviceError, ExecCollector, ExecOptions, ExecPrinter};
 use super::{CliError, outln};
 use crate::api::pb;
-use crate::secret::SecretSource;
+use crate::secret::{Secret, SecretSource};
 use crate::wire::messages::CommandDone;
 
 /// The commands the lean `switchyard` binary runs itself: each is a few
@@ -79,6 +79,14 @@ pub enum ConnectCommand {
         /// `https://HOST:8081/rpc` (for networks that block UDP).
         #[arg(long, value_name = "URL", conflicts_with = "host")]
         rpc_url: Option<String>,
+        /// With --rpc-url: through this HTTP proxy, `http://[USER@]HOST:PORT`
+        /// (default: the broker's `[proxy]`, else its HTTPS_PROXY).
+        #[arg(long, value_name = "URL", requires = "rpc_url")]
+        proxy: Option<String>,
+        /// File holding the proxy user's password (else a prompt when
+        /// --proxy names a user).
+        #[arg(long, value_name = "FILE", requires = "proxy")]
+        proxy_password_file: Option<PathBuf>,
         /// Remote user on the service.
         #[arg(long)]
         user: String,
@@ -140,16 +148,30 @@ fn named(name: &str) -> Option<pb::ServiceRef> {
 }
 
 pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, CliError> {
-    let (name, host, port, rpc_url, user, password_file, fingerprint) = match cmd {
+    let (name, host, port, rpc_url, proxy, user, password_file, fingerprint) = match cmd {
         ConnectCommand::Direct {
             name,
             host,
             port,
             rpc_url,
+            proxy,
+            proxy_password_file,
             user,
             password_file,
             fingerprint,
-        } => (name, host, port, rpc_url, user, password_file, fingerprint),
+        } => {
+            let proxy = proxy_args(proxy, proxy_password_file)?;
+            (
+                name,
+                host,
+                port,
+                rpc_url,
+                proxy,
+                user,
+                password_file,
+                fingerprint,
+            )
+        }
         ConnectCommand::Integrated {
             name,
             db,
@@ -185,6 +207,12 @@ pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, Cli
         password,
         fingerprint: fingerprint.clone().unwrap_or_default(),
         rpc_url: rpc_url.clone().unwrap_or_default(),
+        proxy_url: proxy.as_ref().map(|(u, _)| u.clone()).unwrap_or_default(),
+        proxy_password: proxy
+            .as_ref()
+            .and_then(|(_, p)| p.as_ref())
+            .map(|p| p.expose().to_string())
+            .unwrap_or_default(),
         ..Default::default()
     };
     let result = match password {
@@ -220,6 +248,42 @@ pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, Cli
     );
     outln!("certificate fingerprint: {}", info.fingerprint);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--proxy` and its password: a password in the URL is refused (secrets
+/// never come from the command line); one is read from the file, or asked
+/// for, when the URL names a user.
+fn proxy_args(
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+) -> Result<Option<(String, Option<Secret>)>, CliError> {
+    let Some(url) = url else { return Ok(None) };
+    // The broker parses the URL; the lean front only looks for userinfo.
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let userinfo = authority.rsplit_once('@').map(|(u, _)| u);
+    if userinfo.is_some_and(|u| u.contains(':')) {
+        return Err(CliError::Usage(
+            "--proxy: put no password in the URL (command lines are visible to \
+             other users); give it with --proxy-password-file or at the prompt"
+                .into(),
+        ));
+    }
+    let password = if userinfo.is_none_or(str::is_empty) {
+        None
+    } else {
+        Some(
+            SecretSource {
+                what: "proxy password",
+                file_flag: "--proxy-password-file",
+                file: password_file.as_deref(),
+                credential: None,
+                confirm: false,
+            }
+            .read()?,
+        )
+    };
+    Ok(Some((url, password)))
 }
 
 async fn connect_integrated(

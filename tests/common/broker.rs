@@ -162,7 +162,7 @@ pub fn direct(
         port: svc.addr().port().into(),
         password: password.into(),
         fingerprint: String::new(),
-        rpc_url: String::new(),
+        ..Default::default()
     }
 }
 

@@ -8,6 +8,7 @@ pub mod broker;
 pub mod cloud;
 pub mod service;
 pub mod sshd;
+pub mod tinyproxy;
 
 use std::future::Future;
 use std::time::Duration;

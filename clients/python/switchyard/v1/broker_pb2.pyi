@@ -55,7 +55,7 @@ class CloseSessionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ServiceDirectRequest(_message.Message):
-    __slots__ = ("session_id", "name", "username", "host", "port", "password", "fingerprint", "rpc_url")
+    __slots__ = ("session_id", "name", "username", "host", "port", "password", "fingerprint", "rpc_url", "proxy_url", "proxy_password")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     USERNAME_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,8 @@ class ServiceDirectRequest(_message.Message):
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     RPC_URL_FIELD_NUMBER: _ClassVar[int]
+    PROXY_URL_FIELD_NUMBER: _ClassVar[int]
+    PROXY_PASSWORD_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     name: str
     username: str
@@ -72,7 +74,9 @@ class ServiceDirectRequest(_message.Message):
     password: str
     fingerprint: str
     rpc_url: str
-    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., username: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., password: _Optional[str] = ..., fingerprint: _Optional[str] = ..., rpc_url: _Optional[str] = ...) -> None: ...
+    proxy_url: str
+    proxy_password: str
+    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., username: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., password: _Optional[str] = ..., fingerprint: _Optional[str] = ..., rpc_url: _Optional[str] = ..., proxy_url: _Optional[str] = ..., proxy_password: _Optional[str] = ...) -> None: ...
 
 class ServiceIntegratedRequest(_message.Message):
     __slots__ = ("session_id", "name", "db", "admin_password")
