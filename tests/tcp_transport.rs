@@ -354,9 +354,18 @@ async fn connect_direct_with_rpc_url_execs_over_tcp() {
     assert!(reports[1].ok_output().contains("edge-1 uptime"));
     let status = common::broker::status(&broker).await;
     assert!(
-        status.links.iter().any(|l| l.target == url),
-        "no link to {url}: {status:?}"
+        status
+            .links
+            .iter()
+            .any(|l| l.target == url && l.carrier == "tcp"),
+        "no link to {url} over tcp: {status:?}"
     );
+    // The CLI's status says so too.
+    let out = within(30, "status", broker.command().arg("status").output())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("(direct, tcp)"), "{text}");
 
     // A bad rpc_url is the caller's mistake, said plainly.
     let out = within(
@@ -497,6 +506,18 @@ async fn connect_direct_through_a_real_http_proxy() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--proxy-password-file"));
 
     let status = common::broker::status(&broker).await;
+    let via =
+        |proxy: &common::tinyproxy::Tinyproxy| format!("tcp via proxy 127.0.0.1:{}", proxy.port);
+    for (svc, proxy) in [(&open_svc, &open), (&auth_svc, &auth)] {
+        assert!(
+            status
+                .links
+                .iter()
+                .any(|l| l.target == rpc_url(svc) && l.carrier == via(proxy)),
+            "no link via {}: {status:?}",
+            via(proxy)
+        );
+    }
     let everything = format!("{status:?}{}", broker.log());
     for secret in ["proxy-s3cret", "wrong-pr0xy-pw"] {
         assert!(!everything.contains(secret), "{secret} leaked");

@@ -81,6 +81,22 @@ impl Dialer {
         }
     }
 
+    /// How links made by this dialer travel, for `status`: `quic`, `tcp`,
+    /// or `tcp via proxy HOST:PORT` (never the proxy's credentials).
+    pub fn carrier(&self) -> String {
+        match self {
+            Self::Password {
+                rpc_url: Some(_),
+                proxy: Some(proxy),
+                ..
+            } => format!("tcp via proxy {}", proxy.address()),
+            Self::Password {
+                rpc_url: Some(_), ..
+            } => "tcp".into(),
+            _ => "quic".into(),
+        }
+    }
+
     /// One connection attempt, given up after `connect_timeout` with an
     /// error that says what was being waited for. `endpoint` is a UDP
     /// endpoint kept from an earlier attempt (returned for reuse);

@@ -388,6 +388,7 @@ impl Handler<LinkStatus> for DirectLink {
             connects: self.connects,
             last_error: self.last_error.as_ref().map(|e| e.to_string()),
             fingerprint: self.fingerprint,
+            carrier: self.dialer.carrier(),
         })
     }
 }

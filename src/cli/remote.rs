@@ -441,6 +441,7 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
                 "transport": l.transport, "state": l.state, "holders": l.holders,
                 "in_flight": l.in_flight, "connects": l.connects,
                 "last_error": l.last_error, "fingerprint": l.fingerprint,
+                "carrier": l.carrier,
             })).collect::<Vec<_>>(),
             "logins": s.logins.iter().map(|l| serde_json::json!({
                 "identity": l.identity, "relay_url": l.relay_url, "method": l.method,
@@ -487,11 +488,15 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
     outln!("links: {}", s.links.len());
     for l in &s.links {
         outln!(
-            "  {} {} as {} ({}) {}  holders {}  in flight {}  connects {}{}",
+            "  {} {} as {} ({}{}) {}  holders {}  in flight {}  connects {}{}",
             l.link_id,
             l.target,
             l.principal,
             l.transport,
+            match l.carrier.as_str() {
+                "" => String::new(),
+                carrier => format!(", {carrier}"),
+            },
             l.state,
             l.holders,
             l.in_flight,

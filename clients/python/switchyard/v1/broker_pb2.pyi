@@ -318,7 +318,7 @@ class NamedServiceStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., link_id: _Optional[str] = ..., idle_secs: _Optional[int] = ...) -> None: ...
 
 class LinkStatus(_message.Message):
-    __slots__ = ("link_id", "target", "principal", "transport", "state", "holders", "in_flight", "connects", "last_error", "fingerprint")
+    __slots__ = ("link_id", "target", "principal", "transport", "state", "holders", "in_flight", "connects", "last_error", "fingerprint", "carrier")
     LINK_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
@@ -329,6 +329,7 @@ class LinkStatus(_message.Message):
     CONNECTS_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CARRIER_FIELD_NUMBER: _ClassVar[int]
     link_id: str
     target: str
     principal: str
@@ -339,7 +340,8 @@ class LinkStatus(_message.Message):
     connects: int
     last_error: str
     fingerprint: str
-    def __init__(self, link_id: _Optional[str] = ..., target: _Optional[str] = ..., principal: _Optional[str] = ..., transport: _Optional[str] = ..., state: _Optional[str] = ..., holders: _Optional[int] = ..., in_flight: _Optional[int] = ..., connects: _Optional[int] = ..., last_error: _Optional[str] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+    carrier: str
+    def __init__(self, link_id: _Optional[str] = ..., target: _Optional[str] = ..., principal: _Optional[str] = ..., transport: _Optional[str] = ..., state: _Optional[str] = ..., holders: _Optional[int] = ..., in_flight: _Optional[int] = ..., connects: _Optional[int] = ..., last_error: _Optional[str] = ..., fingerprint: _Optional[str] = ..., carrier: _Optional[str] = ...) -> None: ...
 
 class RelaySelector(_message.Message):
     __slots__ = ("relay_url", "domain")
