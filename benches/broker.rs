@@ -37,6 +37,8 @@ struct Options {
     rounds: usize,
     /// `--only brokered|direct`: only that exec row, `samples` times, after
     /// printing the broker's and the service's pids (for profiling them).
+    /// `--only transports`: exec over QUIC and over TCP (TLS + HTTP/2),
+    /// direct and brokered, in `rounds` interleaved rounds.
     only: Option<String>,
     /// `--broker-threads N`: the broker's tokio worker threads (0: one per
     /// core), also used by the floor's server so both run alike.
@@ -136,6 +138,8 @@ struct ServiceProcess {
     _child: tokio::process::Child,
     pid: u32,
     addr: std::net::SocketAddr,
+    /// The service's TCP (TLS + HTTP/2) listener.
+    tcp: std::net::SocketAddr,
     fp: Fingerprint,
 }
 
@@ -197,6 +201,7 @@ async fn start_service(dir: &Path, ssh_port: u16) -> ServiceProcess {
         pid: child.id().unwrap(),
         _child: child,
         addr: ready["rpc_addr"].as_str().unwrap().parse().unwrap(),
+        tcp: ready["tcp_addr"].as_str().unwrap().parse().unwrap(),
         fp: Fingerprint::parse(ready["fingerprint"].as_str().unwrap()).unwrap(),
     }
 }
@@ -508,9 +513,11 @@ impl NullProxy {
     }
 }
 
-/// A Rust client on its own QUIC connection to the service (no broker).
+/// A Rust client on its own connection (QUIC, or TCP) to the service (no
+/// broker).
 struct DirectClient {
-    _endpoint: quinn::Endpoint,
+    /// The QUIC endpoint (none over TCP).
+    _endpoint: Option<quinn::Endpoint>,
     channel: LinkChannel,
 }
 
@@ -523,14 +530,47 @@ impl DirectClient {
             username: "bench".into(),
             password: Secret::new(PASSWORD),
             fingerprint: Some(fp),
+            rpc_url: None,
+            proxy: None,
         };
         let limits = TransportLimits::default();
         let conn = connect(&endpoint, &target, &limits).await.unwrap();
         let direct = Self {
-            _endpoint: endpoint,
-            channel: LinkChannel::Quic {
+            _endpoint: Some(endpoint),
+            channel: LinkChannel::Remote {
                 conn: conn.conn.clone(),
                 target: addr.to_string(),
+                max_frame: limits.max_frame,
+                liveness: Liveness::on_demand(),
+            },
+        };
+        for _ in 0..200 {
+            direct.once().await;
+        }
+        direct
+    }
+
+    /// As `connect`, over TCP to the service's TCP listener at `tcp`.
+    async fn connect_tcp(tcp: std::net::SocketAddr, fp: Fingerprint) -> Self {
+        let url = format!("https://{tcp}/rpc");
+        let target = DirectTarget {
+            label: url.clone(),
+            addr: tcp,
+            username: "bench".into(),
+            password: Secret::new(PASSWORD),
+            fingerprint: Some(fp),
+            rpc_url: Some(switchyard::wire::tcp::RpcUrl::parse(&url).unwrap()),
+            proxy: None,
+        };
+        let limits = TransportLimits::default();
+        let conn = switchyard::broker::direct_client::connect_tcp(&target, &limits)
+            .await
+            .unwrap();
+        let direct = Self {
+            _endpoint: None,
+            channel: LinkChannel::Remote {
+                conn: conn.conn.clone(),
+                target: url,
                 max_frame: limits.max_frame,
                 liveness: Liveness::on_demand(),
             },
@@ -565,13 +605,20 @@ impl DirectClient {
 struct Brokered {
     client: BrokerClient<Channel>,
     device: String,
+    /// The named service called.
+    name: String,
 }
 
 impl Brokered {
     async fn connect(socket: &Path, device: &str) -> Self {
+        Self::connect_to(socket, "bench", device).await
+    }
+
+    async fn connect_to(socket: &Path, name: &str, device: &str) -> Self {
         let mut brokered = Self {
             client: switchyard::api::client::connect(socket).await.unwrap(),
             device: device.into(),
+            name: name.into(),
         };
         for _ in 0..200 {
             brokered.once().await;
@@ -580,14 +627,14 @@ impl Brokered {
     }
 
     async fn once(&mut self) {
-        broker_exec(&mut self.client, exec_req("bench", &self.device))
+        broker_exec(&mut self.client, exec_req(&self.name, &self.device))
             .await
             .unwrap();
     }
 
     /// One exec's first event, for the floor to answer with.
     async fn sample_event(&mut self) -> pb::ExecEvent {
-        let req = exec_req("bench", &self.device);
+        let req = exec_req(&self.name, &self.device);
         let mut events = self.client.exec(req).await.unwrap().into_inner();
         let event = events.message().await.unwrap().unwrap();
         while events.message().await.unwrap().is_some() {}
@@ -694,6 +741,38 @@ async fn overhead(
 async fn through_broker(socket: &Path, device: &str, label: &str, samples: usize) -> Stats {
     let mut brokered = Brokered::connect(socket, device).await;
     stats(label, timed!(samples, brokered.once()))
+}
+
+/// Exec p50 over each transport, direct (a Rust client on its own
+/// connection) and through the broker (named services `bench` over QUIC
+/// and `bench-tcp` over TCP), in interleaved rounds so drift hits all
+/// four rows alike. Rows: direct QUIC, direct TCP, brokered QUIC, brokered
+/// TCP.
+async fn transports(
+    socket: &Path,
+    service: &ServiceProcess,
+    samples: usize,
+    rounds: usize,
+) -> [Stats; 4] {
+    let quic = DirectClient::connect(service.addr, service.fp).await;
+    let tcp = DirectClient::connect_tcp(service.tcp, service.fp).await;
+    let mut via_quic = Brokered::connect_to(socket, "bench", "sim-1").await;
+    let mut via_tcp = Brokered::connect_to(socket, "bench-tcp", "sim-1").await;
+    let per = (samples / rounds).max(1);
+    let mut v: [Vec<Duration>; 4] = Default::default();
+    for _ in 0..rounds {
+        v[0].extend(timed!(per, quic.once()));
+        v[1].extend(timed!(per, tcp.once()));
+        v[2].extend(timed!(per, via_quic.once()));
+        v[3].extend(timed!(per, via_tcp.once()));
+    }
+    let [a, b, c, d] = v;
+    [
+        stats("exec, Rust client -> service, QUIC", a),
+        stats("exec, Rust client -> service, TCP", b),
+        stats("exec via broker, QUIC link", c),
+        stats("exec via broker, TCP link", d),
+    ]
 }
 
 /// A unary call that crosses the broker to the service (inventory).
@@ -977,6 +1056,32 @@ fn main() {
             .await
             .unwrap();
 
+        if o.only.as_deref() == Some("transports") {
+            client
+                .service_direct(pb::ServiceDirectRequest {
+                    name: "bench-tcp".into(),
+                    username: "bench".into(),
+                    rpc_url: format!("https://{}/rpc", service.tcp),
+                    password: PASSWORD.into(),
+                    fingerprint: fp.to_string(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let rows = on_caller_runtime(o.caller_threads, async {
+                transports(&socket, &service, o.samples, o.rounds).await
+            });
+            println!("\n{:<44} {:>7} {:>9} {:>9} {:>9}", "exec latency", "n", "p50 µs", "p90 µs", "p99 µs");
+            for s in &rows {
+                println!("{:<44} {:>7} {:>9.0} {:>9.0} {:>9.0}", s.name, s.n, s.p50_us, s.p90_us, s.p99_us);
+            }
+            println!(
+                "TCP / QUIC p50: direct {:.2}x, brokered {:.2}x",
+                rows[1].p50_us / rows[0].p50_us,
+                rows[3].p50_us / rows[2].p50_us
+            );
+            return;
+        }
         if let Some(row) = &o.only {
             println!("broker pid {broker_pid}, service pid {}", service.pid);
             let s = on_caller_runtime(o.caller_threads, async {

@@ -452,6 +452,9 @@ fn broker_api_seeds() -> Vec<Vec<u8>> {
             port: 8181,
             password: "pw".into(),
             fingerprint: String::new(),
+            rpc_url: "https://127.0.0.1:8081/rpc".into(),
+            proxy_url: "http://bob@127.0.0.1:3128".into(),
+            ..Default::default()
         }
         .encode_to_vec(),
         b"30S".to_vec(),

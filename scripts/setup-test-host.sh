@@ -38,6 +38,9 @@ compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 # man, for scripts/verify-units.sh's check of the units' Documentation=
 # pages (systemd-analyze verify --man=yes runs it).
 command -v man >/dev/null || need+=(man-db)
+# A real HTTP CONNECT proxy (with and without Basic auth) for the TCP
+# transport's proxy tests (tests/tcp_transport.rs).
+command -v tinyproxy >/dev/null || need+=(tinyproxy)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -105,6 +105,45 @@ struct FileSettings {
     broker: BrokerSection,
     #[serde(default)]
     domains: std::collections::BTreeMap<String, DomainSection>,
+    #[serde(default)]
+    proxy: ProxySection,
+}
+
+/// `[proxy]`: the HTTP proxy for outbound TCP (to services' `rpc_url`s).
+/// Unset: `HTTPS_PROXY`/`https_proxy` and `NO_PROXY`/`no_proxy`, as curl.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct ProxySection {
+    url: Option<String>,
+    no_proxy: Option<String>,
+}
+
+impl ProxySection {
+    fn into_rule(self) -> Result<crate::proxy::ProxyRule, ConfigError> {
+        use crate::proxy::{NoProxy, Proxy, ProxyRule, from_env};
+        let bad = |e: crate::proxy::ProxyError| ConfigError::Value(format!("proxy.url: {e}"));
+        match self.url.filter(|u| !u.is_empty()) {
+            Some(url) => Ok(ProxyRule {
+                proxy: Some(Proxy::parse(&url, None).map_err(bad)?),
+                no_proxy: NoProxy::parse(self.no_proxy.as_deref().unwrap_or("")),
+            }),
+            None => {
+                let env = from_env(|k| std::env::var(k).ok()).map_err(|e| {
+                    ConfigError::Value(format!("HTTPS_PROXY (from the environment): {e}"))
+                })?;
+                Ok(match env {
+                    Some((proxy, env_no_proxy)) => ProxyRule {
+                        proxy: Some(proxy),
+                        no_proxy: match self.no_proxy {
+                            Some(list) => NoProxy::parse(&list),
+                            None => env_no_proxy,
+                        },
+                    },
+                    None => ProxyRule::default(),
+                })
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -448,6 +487,7 @@ impl FileSettings {
                 )?,
                 share_group: group_id("broker.share_group", b.share_group)?,
                 state_dir: b.state_dir.or_else(default_state_dir),
+                proxy: self.proxy.into_rule()?,
             },
         };
         let domains: Vec<Domain> = self
@@ -570,6 +610,9 @@ mod tests {
         assert_eq!(got.attach_grace, want.attach_grace);
         assert_eq!(got.max_links_per_user, want.max_links_per_user);
         assert_eq!(got.max_named_per_user, want.max_named_per_user);
+        if std::env::var_os("HTTPS_PROXY").is_none() && std::env::var_os("https_proxy").is_none() {
+            assert!(got.proxy.proxy.is_none());
+        }
         assert_eq!(s.broker.drain_timeout, Duration::from_secs(10));
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(s.log_filter, "info");

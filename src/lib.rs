@@ -15,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod password;
 pub mod pump;
+pub mod proxy;
 pub mod relay;
 pub mod relay_url;
 pub mod secret;

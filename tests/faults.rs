@@ -145,6 +145,7 @@ impl ServiceProcess {
             port: self.addr.unwrap().port().into(),
             password: ALICE_PASSWORD.into(),
             fingerprint: String::new(),
+            ..Default::default()
         }
     }
 }

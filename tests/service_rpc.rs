@@ -17,6 +17,7 @@ use switchyard::wire::frame::PROTOCOL_VERSION;
 use switchyard::wire::messages::{
     ErrorCode, Request, RequestEnvelope, Response, TerminalInput, close_code,
 };
+use switchyard::wire::mux::Conn;
 
 fn target(svc: &TestService, user: &str, password: &str) -> DirectTarget {
     DirectTarget {
@@ -25,6 +26,16 @@ fn target(svc: &TestService, user: &str, password: &str) -> DirectTarget {
         username: user.into(),
         password: Secret::new(password),
         fingerprint: Some(svc.fingerprint),
+        rpc_url: None,
+        proxy: None,
+    }
+}
+
+/// The QUIC connection under a direct login (these tests speak raw QUIC).
+fn quic(c: &DirectConnection) -> &quinn::Connection {
+    match &c.conn {
+        Conn::Quic(conn) => conn,
+        other => panic!("not a QUIC connection: {other:?}"),
     }
 }
 
@@ -47,7 +58,7 @@ async fn login(
 }
 
 fn channel(c: &DirectConnection, svc: &TestService) -> LinkChannel {
-    LinkChannel::Quic {
+    LinkChannel::Remote {
         conn: c.conn.clone(),
         target: svc.addr().to_string(),
         max_frame: TransportLimits::default().max_frame,
@@ -304,10 +315,10 @@ async fn oversized_and_malformed_frames_cut_off_only_that_connection() {
         smuggled,
     ] {
         let c = login(&svc, "alice", ALICE_PASSWORD).await.unwrap();
-        let (mut send, _recv) = c.conn.open_bi().await.unwrap();
+        let (mut send, _recv) = quic(&c).open_bi().await.unwrap();
         send.write_all(&bad).await.unwrap();
         let _ = send.finish();
-        let reason = within(10, "connection closed", c.conn.closed()).await;
+        let reason = within(10, "connection closed", quic(&c).closed()).await;
         match reason {
             quinn::ConnectionError::ApplicationClosed(close) => {
                 assert_eq!(
@@ -350,7 +361,7 @@ async fn stream_limit_pushes_back_instead_of_queueing() {
     let mut t1 = ch.call(open_terminal()).await.unwrap();
     let _t2 = ch.call(open_terminal()).await.unwrap();
     // Both slots are taken: a third stream cannot open until one ends.
-    let third = tokio::time::timeout(Duration::from_millis(300), c.conn.open_bi()).await;
+    let third = tokio::time::timeout(Duration::from_millis(300), quic(&c).open_bi()).await;
     assert!(third.is_err(), "a third concurrent stream was allowed");
     assert_eq!(
         within(10, "ready", t1.next()).await.unwrap().unwrap(),
@@ -364,7 +375,7 @@ async fn stream_limit_pushes_back_instead_of_queueing() {
     }
     t1.finish_input();
     drop(t1);
-    within(10, "stream after one ended", c.conn.open_bi())
+    within(10, "stream after one ended", quic(&c).open_bi())
         .await
         .unwrap();
 }

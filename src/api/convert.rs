@@ -247,6 +247,7 @@ pub fn status_response(s: StatusInfo, logins: Vec<LoginListing>) -> pb::StatusRe
                 connects: l.connects,
                 last_error: l.last_error.unwrap_or_default(),
                 fingerprint: l.fingerprint.map(|f| f.to_string()).unwrap_or_default(),
+                carrier: l.carrier,
             })
             .collect(),
         version: env!("CARGO_PKG_VERSION").to_string(),

@@ -1,7 +1,8 @@
 //! How a QUIC link reaches its service and logs in (no actor state: the
 //! `DirectLink` actor runs one dial per connection attempt).
 //!
-//! * [`Dialer::Password`] — straight to the RPC socket, username + password.
+//! * [`Dialer::Password`] — straight to the RPC socket, username + password;
+//!   over QUIC, or over TLS/TCP to its `rpc_url` when one is given.
 //! * [`Dialer::Cloud`] with [`CloudRoute::Relayed`] — a tunnel through the
 //!   relay, carrying a QUIC connection end-to-end encrypted to the service
 //!   (pinned to the fingerprint the service published at enrollment, or
@@ -32,11 +33,19 @@ use crate::task::AbortOnDrop;
 use crate::wire::conn::{TransportLimits, client_endpoint, transport_config};
 use crate::wire::messages::{Credentials, ErrorCode, WireError};
 use crate::wire::pin::Fingerprint;
+use crate::wire::tcp::RpcUrl;
 use crate::wire::tunnel::{Carrier, TunnelEndpoint, TunnelRole};
 
 #[derive(Clone)]
 pub enum Dialer {
-    Password { password: Secret },
+    Password {
+        password: Secret,
+        /// Set: over TCP to the service's TCP RPC listener (the link's
+        /// target is then this URL).
+        rpc_url: Option<RpcUrl>,
+        /// The HTTP proxy the TCP connection goes through (with `rpc_url`).
+        proxy: Option<crate::proxy::Proxy>,
+    },
     Cloud(CloudTarget),
 }
 
@@ -72,6 +81,22 @@ impl Dialer {
         }
     }
 
+    /// How links made by this dialer travel, for `status`: `quic`, `tcp`,
+    /// or `tcp via proxy HOST:PORT` (never the proxy's credentials).
+    pub fn carrier(&self) -> String {
+        match self {
+            Self::Password {
+                rpc_url: Some(_),
+                proxy: Some(proxy),
+                ..
+            } => format!("tcp via proxy {}", proxy.address()),
+            Self::Password {
+                rpc_url: Some(_), ..
+            } => "tcp".into(),
+            _ => "quic".into(),
+        }
+    }
+
     /// One connection attempt, given up after `connect_timeout` with an
     /// error that says what was being waited for. `endpoint` is a UDP
     /// endpoint kept from an earlier attempt (returned for reuse);
@@ -88,16 +113,31 @@ impl Dialer {
         let deadline = Instant::now() + connect_timeout;
         let attempt = async {
             match self {
-                Self::Password { password } => {
-                    let addr = resolve(label).await?;
-                    let endpoint = reuse_or_bind(endpoint, addr, label)?;
+                Self::Password {
+                    password,
+                    rpc_url,
+                    proxy,
+                } => {
+                    // Through a proxy, the proxy resolves the service's name.
+                    let addr = match (rpc_url, proxy) {
+                        (Some(_), Some(_)) => SocketAddr::from(([0, 0, 0, 0], 0)),
+                        (Some(url), None) => resolve(&url.authority()).await?,
+                        (None, _) => resolve(label).await?,
+                    };
                     let target = DirectTarget {
                         label: label.to_string(),
                         addr,
                         username: username.to_string(),
                         password: password.clone(),
                         fingerprint,
+                        rpc_url: rpc_url.clone(),
+                        proxy: proxy.clone(),
                     };
+                    if rpc_url.is_some() {
+                        let connected = direct_client::connect_tcp(&target, limits).await?;
+                        return Ok((endpoint, connected));
+                    }
+                    let endpoint = reuse_or_bind(endpoint, addr, label)?;
                     let connected = direct_client::connect(&endpoint, &target, limits).await?;
                     Ok((Some(endpoint), connected))
                 }
@@ -207,7 +247,7 @@ impl CloudTarget {
                 let closed = tunnel.closed();
                 let watch = AbortOnDrop::new(tokio::spawn(async move {
                     closed.await;
-                    conn.close(0u32.into(), b"tunnel closed");
+                    conn.close(0, b"tunnel closed");
                 }));
                 connected.guard = Some(Box::new((tunnel, watch)));
                 Ok((None, connected))

@@ -1,5 +1,6 @@
-//! `DirectLink` actor: one QUIC connection to one service's RPC socket, as
-//! one remote user, for one owner.
+//! `DirectLink` actor: one connection (QUIC, or TLS/TCP to an `rpc_url`:
+//! `wire::mux::Conn`) to one service's RPC socket, as one remote user, for
+//! one owner.
 //!
 //! Owns: the connection (and the password needed to re-establish it; wiped
 //! on drop), its state, holder count, in-flight counter and connect count.
@@ -40,6 +41,7 @@ use super::link_actor::{
 use crate::backoff::Backoff;
 use crate::task::AbortOnDrop;
 use crate::wire::conn::{Liveness, TransportLimits, watch_liveness};
+use crate::wire::mux::Conn;
 use crate::wire::pin::Fingerprint;
 
 /// How long a reconnect's QUIC handshake may go without an answer before
@@ -79,7 +81,7 @@ pub struct DirectLink {
     fingerprint: Option<Fingerprint>,
     config: LinkConfig,
     state: LinkState,
-    conn: Option<quinn::Connection>,
+    conn: Option<Conn>,
     /// Who waits on `conn`, and the task that closes it when its service
     /// goes silent meanwhile (lives as long as `conn`).
     liveness: Liveness,
@@ -128,8 +130,8 @@ impl DirectLink {
         }
     }
 
-    fn channel(&self, conn: quinn::Connection) -> LinkChannel {
-        LinkChannel::Quic {
+    fn channel(&self, conn: Conn) -> LinkChannel {
+        LinkChannel::Remote {
             conn,
             target: self.common.key.target.clone(),
             max_frame: self.config.limits.max_frame,
@@ -205,7 +207,8 @@ impl DirectLink {
                     .publish(Some(self.channel(connected.conn.clone())));
                 self.conn = Some(connected.conn);
                 ctx.spawn(
-                    async move { watch.closed().await }
+                    watch
+                        .closed()
                         .into_actor(self)
                         .map(move |reason, act, ctx| act.on_lost(generation, reason, ctx)),
                 );
@@ -234,12 +237,7 @@ impl DirectLink {
         }
     }
 
-    fn on_lost(
-        &mut self,
-        generation: u64,
-        reason: quinn::ConnectionError,
-        ctx: &mut Context<Self>,
-    ) {
+    fn on_lost(&mut self, generation: u64, reason: String, ctx: &mut Context<Self>) {
         if generation != self.generation || self.state != LinkState::Up {
             return;
         }
@@ -300,7 +298,7 @@ impl Actor for DirectLink {
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.common.on_stopped();
         if let Some(conn) = self.conn.take() {
-            conn.close(0u32.into(), b"link closed");
+            conn.close(0, b"link closed");
         }
         self.watchdog = None;
         self.guard = None;
@@ -363,11 +361,7 @@ impl LinkActor for DirectLink {
     }
 
     fn acquired(&mut self, hold: bool, ctx: &mut Context<Self>) -> Option<Acquired> {
-        let conn = self
-            .conn
-            .as_ref()
-            .filter(|c| c.close_reason().is_none())?
-            .clone();
+        let conn = self.conn.as_ref().filter(|c| !c.is_closed())?.clone();
         if hold {
             self.common.hold(ctx);
         }
@@ -394,6 +388,7 @@ impl Handler<LinkStatus> for DirectLink {
             connects: self.connects,
             last_error: self.last_error.as_ref().map(|e| e.to_string()),
             fingerprint: self.fingerprint,
+            carrier: self.dialer.carrier(),
         })
     }
 }

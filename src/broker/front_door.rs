@@ -249,6 +249,30 @@ impl Broker for FrontDoor {
             0 => 8181,
             p => u16::try_from(p).map_err(|_| Status::invalid_argument("port must be 1-65535"))?,
         };
+        let rpc_url = match r.rpc_url.as_str() {
+            "" => None,
+            text => Some(
+                crate::wire::tcp::RpcUrl::parse(text)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            ),
+        };
+        let proxy = match r.proxy_url.as_str() {
+            "" => None,
+            _ if rpc_url.is_none() => {
+                return Err(Status::invalid_argument(
+                    "a proxy carries TCP only: give an rpc_url with proxy_url",
+                ));
+            }
+            text => Some(
+                crate::proxy::Proxy::parse(
+                    text,
+                    Some(r.proxy_password.clone())
+                        .filter(|p| !p.is_empty())
+                        .map(Secret::new),
+                )
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            ),
+        };
         let info = self
             .registry
             .send(ServiceDirect {
@@ -260,6 +284,8 @@ impl Broker for FrontDoor {
                 port,
                 password: Some(r.password).filter(|p| !p.is_empty()).map(Secret::new),
                 fingerprint,
+                rpc_url,
+                proxy,
             })
             .await
             .map_err(mailbox)??;

@@ -220,6 +220,7 @@ impl Handler<LinkStatus> for IntegratedLink {
             connects: u64::from(self.ops.is_some()),
             last_error: self.last_error.as_ref().map(|e| e.to_string()),
             fingerprint: None,
+            carrier: String::new(),
         })
     }
 }

@@ -3,14 +3,15 @@
 //! A [`LinkChannel`] is what a request needs from a link: a way to open one
 //! call. Every transport speaks the same request/response messages, so the
 //! front door and sessions never know whether a service is reached directly
-//! over QUIC or run in-process; the cloud relay plugs in the same way.
+//! (over QUIC or over HTTP/2 on TLS/TCP: `wire::mux::Conn`) or run
+//! in-process; the cloud relay plugs in the same way.
 
-use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 
 use crate::wire::conn::{ConnError, Liveness, Waiting, read_frame, write_encoded};
 use crate::wire::frame::{self, Encoded, FrameError, Payload};
 use crate::wire::messages::{ErrorCode, RequestEnvelope, Response, TerminalInput, WireError};
+use crate::wire::mux::{Conn, RecvHalf, SendHalf};
 
 /// Why a link or a call on it failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -85,11 +86,12 @@ impl LinkError {
 /// A handle to open calls on a link.
 #[derive(Clone)]
 pub enum LinkChannel {
-    /// A QUIC connection to a service's RPC socket (or a relayed one).
-    /// Each call counts as waiting on it in `liveness`, so a peer silent
-    /// while calls wait is found gone within the liveness bound.
-    Quic {
-        conn: quinn::Connection,
+    /// A connection to a service's RPC socket (QUIC or TCP), or a relayed
+    /// one: each call is one stream on it. Each call counts as waiting on
+    /// it in `liveness`, so a peer silent while calls wait is found gone
+    /// within the liveness bound.
+    Remote {
+        conn: Conn,
         target: String,
         max_frame: usize,
         liveness: Liveness,
@@ -103,9 +105,9 @@ pub enum LinkChannel {
 
 /// One call in progress: responses in, terminal input out.
 pub enum CallStream {
-    Quic {
-        send: SendStream,
-        recv: RecvStream,
+    Remote {
+        send: SendHalf,
+        recv: RecvHalf,
         target: String,
         max_frame: usize,
         liveness: Liveness,
@@ -143,7 +145,7 @@ impl LinkChannel {
     /// Opens a call: sends the request; responses come from the stream.
     pub async fn call(&self, envelope: RequestEnvelope) -> Result<CallStream, LinkError> {
         match self {
-            Self::Quic {
+            Self::Remote {
                 conn,
                 target,
                 max_frame,
@@ -158,14 +160,15 @@ impl LinkChannel {
                     .await
                     .map_err(|e| lost(&e))?;
                 if !takes_input {
-                    // The end of the request rides in the request's packet.
+                    // The end of the request rides in the request's packet
+                    // (QUIC) or frame batch (HTTP/2).
                     // Left open, it would go alone when the call is dropped,
                     // and the service would answer that packet with an
                     // acknowledgement and a stream credit of their own:
                     // four more packets and wake-ups per call.
                     send.finish().map_err(|e| lost(&e))?;
                 }
-                Ok(CallStream::Quic {
+                Ok(CallStream::Remote {
                     send,
                     recv,
                     target: target.clone(),
@@ -197,7 +200,7 @@ impl CallStream {
     /// The next response; `None` when the call is complete.
     pub async fn next(&mut self) -> Option<Result<Response, LinkError>> {
         match self {
-            Self::Quic {
+            Self::Remote {
                 recv,
                 target,
                 max_frame,
@@ -223,7 +226,7 @@ impl CallStream {
     /// Sends terminal input.
     pub async fn send_input(&mut self, input: TerminalInput) -> Result<(), LinkError> {
         match self {
-            Self::Quic {
+            Self::Remote {
                 send,
                 target,
                 max_frame,
@@ -250,7 +253,7 @@ impl CallStream {
     /// Ends the caller's input (the terminal's end of file).
     pub fn finish_input(&mut self) {
         match self {
-            Self::Quic { send, .. } => {
+            Self::Remote { send, .. } => {
                 let _ = send.finish();
             }
             Self::Local { input, .. } => *input = None,

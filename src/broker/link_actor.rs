@@ -160,6 +160,8 @@ pub struct LinkInfo {
     pub connects: u64,
     pub last_error: Option<String>,
     pub fingerprint: Option<Fingerprint>,
+    /// How the connection travels (`Dialer::carrier`); empty in-process.
+    pub carrier: String,
 }
 
 /// The registry's handle on any link actor.

@@ -73,6 +73,8 @@ pub struct RegistrySettings {
     pub share_group: Option<u32>,
     /// Where learned service fingerprints are kept (`None`: memory only).
     pub state_dir: Option<PathBuf>,
+    /// The HTTP proxy for links over TCP that name none themselves.
+    pub proxy: crate::proxy::ProxyRule,
 }
 
 impl Default for RegistrySettings {
@@ -88,6 +90,7 @@ impl Default for RegistrySettings {
             max_named_per_user: 1024,
             share_group: None,
             state_dir: None,
+            proxy: Default::default(),
         }
     }
 }
@@ -487,6 +490,22 @@ pub struct ServiceDirect {
     pub port: u16,
     pub password: Option<Secret>,
     pub fingerprint: Option<Fingerprint>,
+    /// Set: over TCP to this URL instead of QUIC to `host:port`.
+    pub rpc_url: Option<crate::wire::tcp::RpcUrl>,
+    /// The caller's HTTP proxy for the TCP connection (else the broker's
+    /// configured one, if any applies to the host).
+    pub proxy: Option<crate::proxy::Proxy>,
+}
+
+impl ServiceDirect {
+    /// What the link is to: `host:port` (QUIC) or the `rpc_url` (TCP), so
+    /// the two transports to one service are separate links.
+    pub fn target(&self) -> String {
+        match &self.rpc_url {
+            Some(url) => url.to_string(),
+            None => format!("{}:{}", self.host, self.port),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -508,7 +527,7 @@ impl SessionRegistry {
     ) -> Result<(LinkId, bool), BrokerError> {
         let owner = owner_for(&msg.peer, self.settings.share_group);
         let key = LinkKey {
-            target: format!("{}:{}", msg.host, msg.port),
+            target: msg.target(),
             username: msg.username.clone(),
             owner,
         };
@@ -531,12 +550,19 @@ impl SessionRegistry {
                 self.check_link_cap(owner)?;
                 let fingerprint = pinned.or_else(|| self.known.get(owner, &key.target));
                 let config = self.settings.link.clone();
+                let proxy = msg.rpc_url.as_ref().and_then(|url| {
+                    msg.proxy
+                        .clone()
+                        .or_else(|| self.settings.proxy.for_host(&url.host).cloned())
+                });
                 let id = self.add_link(key, tag, Transport::Direct, ctx, |common| {
                     LinkHandle::of(
                         &DirectLink::new(NewDirectLink {
                             common,
                             dialer: Dialer::Password {
                                 password: password.clone(),
+                                rpc_url: msg.rpc_url.clone(),
+                                proxy,
                             },
                             fingerprint,
                             config,
@@ -556,13 +582,13 @@ impl Handler<ServiceDirect> for SessionRegistry {
     fn handle(&mut self, msg: ServiceDirect, ctx: &mut Self::Context) -> Self::Result {
         let checked = (|| {
             self.check_target(&msg.peer, &msg.session_id, &msg.name)?;
-            if msg.username.is_empty() || msg.host.is_empty() {
+            if msg.username.is_empty() || (msg.host.is_empty() && msg.rpc_url.is_none()) {
                 return Err(BrokerError::InvalidArgument(
-                    "a direct connection needs a user name and a host".into(),
+                    "a direct connection needs a user name and a host (or an rpc_url)".into(),
                 ));
             }
             names::label("user name", &msg.username)?;
-            names::label("host", &msg.host)
+            names::label("host", &msg.target())
         })();
         let link = checked.and_then(|()| self.link_for(&msg, ctx));
         let (link_id, existed) = match link {
@@ -579,14 +605,14 @@ impl Handler<ServiceDirect> for SessionRegistry {
                 act.release(link_id, ctx);
                 return Err(BrokerError::Link(
                     super::link::LinkError::FingerprintMismatch {
-                        target: format!("{}:{}", msg.host, msg.port),
+                        target: msg.target(),
                         expected: pinned.to_string(),
                         presented: seen.to_string(),
                     },
                 ));
             }
             let owner = owner_for(&msg.peer, act.settings.share_group);
-            let target = format!("{}:{}", msg.host, msg.port);
+            let target = msg.target();
             // Learned on first use; a fingerprint the caller gave
             // explicitly (and the service just proved) replaces the
             // remembered one, so later callers without one are not refused.

@@ -10,7 +10,8 @@ use tokio::sync::mpsc;
 
 use super::{CliError, outln};
 use crate::api::pb;
-use crate::secret::SecretSource;
+use crate::secret::{Secret, SecretSource};
+use crate::wire::messages::CommandDone;
 
 /// The commands the lean `switchyard` binary runs itself: each is a few
 /// calls to the broker, so it starts without the daemons' code.
@@ -76,12 +77,24 @@ pub enum ConnectCommand {
     Direct {
         /// Name for the service, used by later commands.
         name: String,
-        /// The service's host name or address.
-        #[arg(long)]
-        host: String,
+        /// The service's host name or address (QUIC).
+        #[arg(long, required_unless_present = "rpc_url")]
+        host: Option<String>,
         /// The service's RPC port (UDP).
         #[arg(long, default_value_t = 8181)]
         port: u16,
+        /// Over TLS/TCP instead of QUIC, to the service's TCP RPC listener:
+        /// `https://HOST:8081/rpc` (for networks that block UDP).
+        #[arg(long, value_name = "URL", conflicts_with = "host")]
+        rpc_url: Option<String>,
+        /// With --rpc-url: through this HTTP proxy, `http://[USER@]HOST:PORT`
+        /// (default: the broker's `[proxy]`, else its HTTPS_PROXY).
+        #[arg(long, value_name = "URL", requires = "rpc_url")]
+        proxy: Option<String>,
+        /// File holding the proxy user's password (else a prompt when
+        /// --proxy names a user).
+        #[arg(long, value_name = "FILE", requires = "proxy")]
+        proxy_password_file: Option<PathBuf>,
         /// Remote user on the service.
         #[arg(long)]
         user: String,
@@ -137,15 +150,30 @@ pub(super) fn named(name: &str) -> Option<pb::ServiceRef> {
 }
 
 pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, CliError> {
-    let (name, host, port, user, password_file, fingerprint) = match cmd {
+    let (name, host, port, rpc_url, proxy, user, password_file, fingerprint) = match cmd {
         ConnectCommand::Direct {
             name,
             host,
             port,
+            rpc_url,
+            proxy,
+            proxy_password_file,
             user,
             password_file,
             fingerprint,
-        } => (name, host, port, user, password_file, fingerprint),
+        } => {
+            let proxy = proxy_args(proxy, proxy_password_file)?;
+            (
+                name,
+                host,
+                port,
+                rpc_url,
+                proxy,
+                user,
+                password_file,
+                fingerprint,
+            )
+        }
         ConnectCommand::Integrated {
             name,
             db,
@@ -176,10 +204,17 @@ pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, Cli
     let request = |password: String| pb::ServiceDirectRequest {
         name: name.clone(),
         username: user.clone(),
-        host: host.clone(),
+        host: host.clone().unwrap_or_default(),
         port: port.into(),
         password,
         fingerprint: fingerprint.clone().unwrap_or_default(),
+        rpc_url: rpc_url.clone().unwrap_or_default(),
+        proxy_url: proxy.as_ref().map(|(u, _)| u.clone()).unwrap_or_default(),
+        proxy_password: proxy
+            .as_ref()
+            .and_then(|(_, p)| p.as_ref())
+            .map(|p| p.expose().to_string())
+            .unwrap_or_default(),
         ..Default::default()
     };
     let result = match password {
@@ -200,8 +235,12 @@ pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, Cli
         },
     };
     let info = result?.into_inner();
+    let at = match (&rpc_url, &host) {
+        (Some(url), _) => url.clone(),
+        (None, host) => format!("{}:{port}", host.as_deref().unwrap_or_default()),
+    };
     outln!(
-        "connected {name} to {} at {host}:{port} as {user}{}",
+        "connected {name} to {} at {at} as {user}{}",
         info.service_name,
         if info.reused {
             " (shared an existing link)"
@@ -211,6 +250,42 @@ pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, Cli
     );
     outln!("certificate fingerprint: {}", info.fingerprint);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--proxy` and its password: a password in the URL is refused (secrets
+/// never come from the command line); one is read from the file, or asked
+/// for, when the URL names a user.
+fn proxy_args(
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+) -> Result<Option<(String, Option<Secret>)>, CliError> {
+    let Some(url) = url else { return Ok(None) };
+    // The broker parses the URL; the lean front only looks for userinfo.
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let userinfo = authority.rsplit_once('@').map(|(u, _)| u);
+    if userinfo.is_some_and(|u| u.contains(':')) {
+        return Err(CliError::Usage(
+            "--proxy: put no password in the URL (command lines are visible to \
+             other users); give it with --proxy-password-file or at the prompt"
+                .into(),
+        ));
+    }
+    let password = if userinfo.is_none_or(str::is_empty) {
+        None
+    } else {
+        Some(
+            SecretSource {
+                what: "proxy password",
+                file_flag: "--proxy-password-file",
+                file: password_file.as_deref(),
+                credential: None,
+                confirm: false,
+            }
+            .read()?,
+        )
+    };
+    Ok(Some((url, password)))
 }
 
 async fn connect_integrated(
@@ -322,6 +397,7 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
                 "transport": l.transport, "state": l.state, "holders": l.holders,
                 "in_flight": l.in_flight, "connects": l.connects,
                 "last_error": l.last_error, "fingerprint": l.fingerprint,
+                "carrier": l.carrier,
             })).collect::<Vec<_>>(),
             "logins": s.logins.iter().map(|l| serde_json::json!({
                 "identity": l.identity, "relay_url": l.relay_url, "method": l.method,
@@ -378,11 +454,15 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
     outln!("links: {}", s.links.len());
     for l in &s.links {
         outln!(
-            "  {} {} as {} ({}) {}  holders {}  in flight {}  connects {}{}",
+            "  {} {} as {} ({}{}) {}  holders {}  in flight {}  connects {}{}",
             l.link_id,
             l.target,
             l.principal,
             l.transport,
+            match l.carrier.as_str() {
+                "" => String::new(),
+                carrier => format!(", {carrier}"),
+            },
             l.state,
             l.holders,
             l.in_flight,

@@ -88,10 +88,17 @@ pub struct RunArgs {
     /// UDP address of the RPC socket (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:8181")]
     pub listen: std::net::SocketAddr,
+    /// TCP address of the TLS + HTTP/2 RPC listener, for callers whose
+    /// network blocks UDP (their `--rpc-url https://HOST:PORT/rpc`), or
+    /// `off`. Default: `--listen`'s address on port 8081 (port 0, any free
+    /// port, when `--listen`'s port is 0).
+    #[arg(long, value_name = "ADDR|off")]
+    pub tcp_listen: Option<String>,
     /// Name the service gives itself (default: the host name).
     #[arg(long)]
     pub name: Option<String>,
-    /// Write `{"rpc_addr": ..., "fingerprint": ...}` here once listening.
+    /// Write `{"rpc_addr": ..., "tcp_addr": ..., "fingerprint": ...}` here
+    /// once listening.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
 }
@@ -546,6 +553,7 @@ async fn run_service(
         identity,
         RpcConfig {
             listen: args.listen,
+            tcp_listen: tcp_listen(args.tcp_listen.as_deref(), args.listen)?,
             ..Default::default()
         },
     )
@@ -562,6 +570,7 @@ async fn run_service(
     };
     let ready = serde_json::json!({
         "rpc_addr": addr.to_string(),
+        "tcp_addr": server.tcp_addr().map(|a| a.to_string()),
         "fingerprint": fingerprint,
         "serial": agent.as_ref().map(|(s, _)| s.clone()),
     });
@@ -577,6 +586,30 @@ async fn run_service(
     drop(agent);
     server.shutdown(settings.broker.drain_timeout).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The TCP listener's address from `--tcp-listen` (see [`RunArgs`]).
+fn tcp_listen(
+    flag: Option<&str>,
+    quic: std::net::SocketAddr,
+) -> Result<Option<std::net::SocketAddr>, CliError> {
+    match flag {
+        Some("off") => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            CliError::Usage(format!(
+                "--tcp-listen {}: expected ADDRESS:PORT or off",
+                crate::label::tidy_max(text, 64)
+            ))
+        }),
+        None => {
+            let port = if quic.port() == 0 {
+                0
+            } else {
+                crate::wire::tcp::DEFAULT_PORT
+            };
+            Ok(Some(std::net::SocketAddr::new(quic.ip(), port)))
+        }
+    }
 }
 
 async fn enroll_service(db: &Path, args: EnrollArgs, admin: Secret) -> Result<(), CliError> {

@@ -1,8 +1,13 @@
-//! The service RPC socket: QUIC (TLS 1.3, ALPN `switchyard/1`) on UDP.
+//! The service RPC socket: QUIC (TLS 1.3, ALPN `switchyard/1`) on UDP, and
+//! optionally the same protocol over TLS 1.3 + HTTP/2 on a TCP listener
+//! (`wire::tcp`; the `rpc_url` callers name).
 //!
-//! Owns: the QUIC endpoint, every connection accepted on it and every
-//! request task on those connections (a cancellation tree rooted in
-//! [`RpcServer`]; `shutdown` or drop ends them all).
+//! Owns: the QUIC endpoint, the TCP listener, every connection accepted on
+//! them and every request task on those connections (a cancellation tree
+//! rooted in [`RpcServer`]; `shutdown` or drop ends them all). Both
+//! transports share one login limiter, one cap on connections not yet
+//! logged in and one request path (`serve_logged_in`): a TCP caller gets
+//! exactly what a QUIC caller gets.
 //!
 //! Takes: connections. Each must authenticate on its first stream within
 //! `auth_timeout`; after that every request rides its own bidirectional
@@ -12,7 +17,8 @@
 //! At most `max_unauthenticated` connections may be between their first
 //! packet and a finished login at once (the rest are refused at once and
 //! counted in `switchyard_service_prelogin_refused_total`); the handshake
-//! and the login together must finish within `auth_timeout`.
+//! and the login together must finish within `auth_timeout` (on TCP: the
+//! TCP accept's TLS handshake, the HTTP/2 preface and the login).
 //!
 //! On failure: a wrong password gets `AuthResponse::Rejected` and the
 //! connection is closed with `UNAUTHENTICATED`; repeated password failures
@@ -20,15 +26,18 @@
 //! [`super::ratelimit`] for the keys, and why relay assertions are not
 //! counted); an oversized,
 //! malformed or wrong-version frame closes that one connection with
-//! `PROTOCOL_VIOLATION`. Other connections are never affected. A caller
-//! that stops reading its stream (it went away) cancels that request.
+//! `PROTOCOL_VIOLATION`. Other connections are never affected: on TCP, bytes
+//! that are not TLS, a handshake that never finishes, an oversized frame or
+//! a caller gone silent (nothing for `idle_timeout`) end only their own
+//! connection. A caller that stops reading its stream (it went away)
+//! cancels that request.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use quinn::{Endpoint, RecvStream, SendStream, VarInt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -44,12 +53,17 @@ use crate::wire::messages::{
     AuthRequest, AuthResponse, Credentials, ErrorCode, RequestEnvelope, Response, TerminalInput,
     WireError, close_code,
 };
+use crate::wire::mux::{Conn, RecvHalf, SendHalf};
+use crate::wire::tcp;
 use crate::wire::tunnel::{Carrier, TunnelEndpoint, TunnelRole, tunnel_transport};
 
 /// Settings of the RPC socket.
 #[derive(Debug, Clone)]
 pub struct RpcConfig {
+    /// UDP address of the QUIC socket.
     pub listen: SocketAddr,
+    /// TCP address of the TLS/HTTP/2 listener (`None`: none).
+    pub tcp_listen: Option<SocketAddr>,
     pub limits: TransportLimits,
     /// Time a new connection has for its handshake and login.
     pub auth_timeout: Duration,
@@ -67,6 +81,7 @@ impl Default for RpcConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8181)),
+            tcp_listen: None,
             limits: TransportLimits::default(),
             auth_timeout: Duration::from_secs(10),
             login_limiter: LimiterConfig::default(),
@@ -79,6 +94,11 @@ impl Default for RpcConfig {
 pub enum RpcError {
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: ConnError },
+    #[error("cannot listen on TCP {addr}: {source}")]
+    ListenTcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 struct Shared {
@@ -136,6 +156,7 @@ impl Source {
 pub struct RpcServer {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
     endpoint: Endpoint,
     cancel: CancellationToken,
     accept: tokio::task::JoinHandle<()>,
@@ -216,16 +237,35 @@ impl RpcServer {
             addr: config.listen,
             source,
         })?;
+        let tcp = match config.tcp_listen {
+            Some(addr) => Some(tcp_listener(addr, &identity)?),
+            None => None,
+        };
+        let tcp_addr = tcp.as_ref().map(|(l, _)| l.local_addr()).transpose();
+        let tcp_addr = tcp_addr.map_err(|source| RpcError::ListenTcp {
+            addr: config.tcp_listen.unwrap_or(config.listen),
+            source,
+        })?;
         let (tunnel_tx, tunnel_rx) = mpsc::channel(16);
         let cancel = CancellationToken::new();
         let accept = tokio::spawn(
-            accept_loop(endpoint.clone(), tunnel_rx, shared.clone(), cancel.clone())
-                .instrument(info_span!("rpc", addr = %local_addr)),
+            accept_loop(
+                endpoint.clone(),
+                tcp,
+                tunnel_rx,
+                shared.clone(),
+                cancel.clone(),
+            )
+            .instrument(info_span!("rpc", addr = %local_addr)),
         );
         info!(addr = %local_addr, "service RPC socket listening");
+        if let Some(addr) = tcp_addr {
+            info!(%addr, "service RPC listening on TCP (TLS, HTTP/2)");
+        }
         Ok(Self {
             shared,
             local_addr,
+            tcp_addr,
             endpoint,
             cancel,
             accept,
@@ -244,6 +284,11 @@ impl RpcServer {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The TCP listener's address, when there is one.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
     }
 
     /// Requests running now.
@@ -293,8 +338,36 @@ impl Drop for RpcServer {
     }
 }
 
+/// Binds the TCP listener and the TLS configuration presenting the
+/// service's identity (ALPN `h2`).
+fn tcp_listener(
+    addr: SocketAddr,
+    identity: &TlsIdentity,
+) -> Result<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor), RpcError> {
+    let tls = tcp::server_tls(identity.cert_der.clone(), &identity.key_der)
+        .map_err(|source| RpcError::Listen { addr, source })?;
+    let listen = || {
+        let socket = std::net::TcpListener::bind(addr)?;
+        socket.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(socket)
+    };
+    let listener = listen().map_err(|source| RpcError::ListenTcp { addr, source })?;
+    Ok((listener, tokio_rustls::TlsAcceptor::from(Arc::new(tls))))
+}
+
+/// The next TCP connection, or never when there is no listener.
+async fn accept_tcp(
+    tcp: &Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    match tcp {
+        Some((listener, _)) => listener.accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
+    }
+}
+
 async fn accept_loop(
     endpoint: Endpoint,
+    tcp: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     mut tunnels: mpsc::Receiver<(TunnelEndpoint, String)>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
@@ -303,6 +376,23 @@ async fn accept_loop(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            accepted = accept_tcp(&tcp), if !shared.draining.is_cancelled() => match accepted {
+                Ok(stream) => {
+                    let Some((_, tls)) = &tcp else { continue };
+                    let peer = stream.peer_addr().ok();
+                    let span = info_span!("rpc_tcp", peer = ?peer);
+                    connections.spawn(
+                        serve_tcp(stream, tls.clone(), shared.clone(), cancel.child_token())
+                            .instrument(span),
+                    );
+                }
+                // Out of descriptors and the like: the listener stays;
+                // back off a moment instead of spinning.
+                Err(e) => {
+                    warn!(error = %e, "TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
             Some((tunnel, caller)) = tunnels.recv(), if !shared.draining.is_cancelled() => {
                 connections.spawn(
                     serve_tunnel(tunnel, caller, shared.clone(), cancel.child_token())
@@ -385,15 +475,65 @@ async fn serve_connection(
             return;
         }
     };
+    serve_logged_in(
+        Conn::Quic(conn),
+        deadline,
+        pre_login,
+        source,
+        shared,
+        cancel,
+    )
+    .await;
+}
+
+/// Serves one TCP connection: TLS and HTTP/2 handshakes, then as a QUIC
+/// connection (same login, limiter and requests).
+async fn serve_tcp(
+    stream: tokio::net::TcpStream,
+    tls: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let Ok(permit) = shared.unauthenticated.clone().try_acquire_owned() else {
+        metrics::counter!("switchyard_service_prelogin_refused_total").increment(1);
+        debug!("too many connections logging in; refused");
+        return;
+    };
+    let pre_login = PreLogin::new(permit);
+    let Ok(peer) = stream.peer_addr() else { return };
+    let deadline = tokio::time::Instant::now() + shared.auth_timeout;
+    let conn =
+        match tokio::time::timeout_at(deadline, tcp::accept(stream, tls, &shared.limits)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                debug!(error = %e, "TLS or HTTP/2 handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!("handshake did not finish before the login deadline");
+                return;
+            }
+        };
+    let source = Source::Direct(peer.ip());
+    serve_logged_in(Conn::H2(conn), deadline, pre_login, source, shared, cancel).await;
+}
+
+/// Runs the login on a connection whose handshake is done (by
+/// `deadline`), then serves its requests until it closes.
+async fn serve_logged_in(
+    conn: Conn,
+    deadline: tokio::time::Instant,
+    pre_login: PreLogin,
+    source: Source,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
     let principal =
         match tokio::time::timeout_at(deadline, authenticate(&conn, &source, &shared)).await {
             Ok(Some(principal)) => principal,
             Ok(None) => return,
             Err(_) => {
-                conn.close(
-                    VarInt::from_u32(close_code::UNAUTHENTICATED),
-                    b"authentication timed out",
-                );
+                conn.close(close_code::UNAUTHENTICATED, b"authentication timed out");
                 return;
             }
         };
@@ -420,17 +560,18 @@ async fn serve_connection(
 
 /// Runs the login exchange; `None` when the connection was refused (it is
 /// closed here with the reason).
-async fn authenticate(conn: &Connection, source: &Source, shared: &Shared) -> Option<Principal> {
+async fn authenticate(conn: &Conn, source: &Source, shared: &Shared) -> Option<Principal> {
     let (mut send, mut recv) = conn.accept_bi().await.ok()?;
     let max = shared.limits.max_frame;
     let request: AuthRequest = match read_frame(&mut recv, max).await {
         Ok(Some(r)) => r,
-        Ok(None) | Err(ConnError::Read(_)) | Err(ConnError::Truncated) => return None,
+        Ok(None)
+        | Err(ConnError::Read(_))
+        | Err(ConnError::Truncated)
+        | Err(ConnError::H2(_))
+        | Err(ConnError::Gone(_)) => return None,
         Err(e) => {
-            conn.close(
-                VarInt::from_u32(close_code::PROTOCOL_VIOLATION),
-                e.to_string().as_bytes(),
-            );
+            conn.close(close_code::PROTOCOL_VIOLATION, e.to_string().as_bytes());
             return None;
         }
     };
@@ -468,11 +609,11 @@ async fn authenticate(conn: &Connection, source: &Source, shared: &Shared) -> Op
             let _ = write_frame(&mut send, &AuthResponse::Rejected(error), max).await;
             let _ = send.finish();
             // Let the reply arrive before the connection goes.
-            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-            conn.close(
-                VarInt::from_u32(close_code::UNAUTHENTICATED),
-                b"login refused",
-            );
+            send.delivered(Duration::from_secs(2)).await;
+            conn.close(close_code::UNAUTHENTICATED, b"login refused");
+            // HTTP/2 flushes the answer while it closes: let it (bounded)
+            // before the connection is dropped.
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
             None
         }
     }
@@ -592,18 +733,15 @@ impl Shared {
 }
 
 async fn serve_request(
-    conn: Connection,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    conn: Conn,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
     shared: Arc<Shared>,
     principal: Arc<Principal>,
 ) {
     let max = shared.limits.max_frame;
     let violation = |e: &ConnError| {
-        conn.close(
-            VarInt::from_u32(close_code::PROTOCOL_VIOLATION),
-            e.to_string().as_bytes(),
-        );
+        conn.close(close_code::PROTOCOL_VIOLATION, e.to_string().as_bytes());
     };
     let envelope: RequestEnvelope = match read_frame(&mut recv, max).await {
         Ok(Some(envelope)) => envelope,
@@ -678,11 +816,7 @@ async fn serve_request(
     };
     tokio::select! {
         _ = async { tokio::join!(work, pump_in, pump_out) } => {}
-        stop = stopped => {
-            if let Ok(Some(code)) = stop {
-                debug!(%code, "caller stopped reading; request cancelled");
-            }
-        }
+        () = stopped => debug!("caller stopped reading (or the stream ended); request over"),
     }
 }
 

@@ -1,6 +1,7 @@
 //! quinn glue: QUIC endpoints with TLS 1.3 and ALPN `switchyard/1`, and
-//! framed message I/O on QUIC streams. The only module under `wire` that
-//! touches sockets.
+//! framed message I/O on any stream (QUIC's, or `mux`'s over either
+//! transport). With `tcp` and `tunnel`, the only modules under `wire` that
+//! touch sockets.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{Connection, Endpoint, RecvStream, SendStream, TransportConfig, VarInt};
+use quinn::{Endpoint, TransportConfig, VarInt};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -17,6 +18,7 @@ use serde::de::DeserializeOwned;
 use super::frame::{self, Encoded, FrameError, HEADER_LEN, Payload};
 use super::liveness::{self, Silence, Verdict};
 use super::messages::{ALPN, close_code};
+use super::mux::{ChunkRead, ChunkWrite, Conn};
 use super::pin::PinnedServerVerifier;
 use crate::task::AbortOnDrop;
 
@@ -71,8 +73,17 @@ pub enum ConnError {
     Closed(#[from] quinn::ClosedStream),
     #[error("cannot set up TLS: {0}")]
     Tls(String),
-    #[error("cannot open UDP socket: {0}")]
+    #[error("socket error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("connection failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+    #[error("{0}")]
+    Http(String),
+    /// The connection has ended; why.
+    #[error("connection closed: {0}")]
+    Gone(String),
 }
 
 /// Who waits on one connection, and why the liveness watcher closed it.
@@ -153,19 +164,27 @@ impl Liveness {
     }
 }
 
-/// Watches `conn` until it closes: when it has been waited on (see
-/// [`Liveness`]) and received nothing for `silence`, closes it (code
-/// `PEER_SILENT`), which fails every stream on it at once; the reason is
-/// kept in `liveness`. The watcher is armed only while someone waits: it
-/// then samples the connection every [`liveness::TICK`]; while nobody
-/// waits it sleeps with no timer until the first waiter wakes it (an idle
-/// link costs nothing). The task holds the connection open, so its owner
-/// keeps the returned handle beside the connection and drops both together.
-pub fn watch_liveness(conn: Connection, liveness: Liveness, silence: Duration) -> AbortOnDrop<()> {
+/// Watches `conn` (either transport) until it closes: when it has been
+/// waited on (see [`Liveness`]) and received nothing for `silence`, closes
+/// it (code `PEER_SILENT`), which fails every stream on it at once; the
+/// reason is kept in `liveness`. The watcher is armed only while someone
+/// waits: it then samples the connection every [`liveness::TICK`]; while
+/// nobody waits it sleeps with no timer until the first waiter wakes it (an
+/// idle link costs nothing). The task holds the connection open, so its
+/// owner keeps the returned handle beside the connection and drops both
+/// together.
+pub fn watch_liveness(
+    conn: impl Into<Conn>,
+    liveness: Liveness,
+    silence: Duration,
+) -> AbortOnDrop<()> {
+    let conn: Conn = conn.into();
     AbortOnDrop::new(tokio::spawn(async move {
         let mut watcher = Silence::new(silence);
         let mut tick = tokio::time::interval(liveness::TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let closed = conn.closed();
+        tokio::pin!(closed);
         loop {
             if !liveness.waited_on() {
                 // Disarmed: the next waiter gets a fresh clock.
@@ -179,11 +198,11 @@ pub fn watch_liveness(conn: Connection, liveness: Liveness, silence: Duration) -
                 continue;
             }
             tokio::select! {
-                _ = conn.closed() => return,
+                _ = &mut closed => return,
                 _ = tick.tick() => {}
             }
             liveness.0.samples.fetch_add(1, Ordering::Relaxed);
-            let received = conn.stats().udp_rx.datagrams;
+            let received = conn.received();
             let verdict =
                 watcher.observe(std::time::Instant::now(), received, liveness.waited_on());
             if let Verdict::Silent(quiet) = verdict {
@@ -193,7 +212,7 @@ pub fn watch_liveness(conn: Connection, liveness: Liveness, silence: Duration) -
                 );
                 tracing::warn!(peer = %conn.remote_address(), %reason, "closing a silent connection");
                 let _ = liveness.0.verdict.set(reason);
-                conn.close(VarInt::from_u32(close_code::PEER_SILENT), b"peer silent");
+                conn.close(close_code::PEER_SILENT, b"peer silent");
                 return;
             }
         }
@@ -348,14 +367,24 @@ pub fn server_config(
     key_der: &[u8],
     transport: Arc<TransportConfig>,
 ) -> Result<quinn::ServerConfig, ConnError> {
+    quic_server_config(service_tls(cert_der, key_der, ALPN)?, transport)
+}
+
+/// The service's TLS 1.3 configuration presenting `cert_der` (PKCS#8
+/// `key_der`) under ALPN `alpn`: the same identity on every transport.
+pub fn service_tls(
+    cert_der: Vec<u8>,
+    key_der: &[u8],
+    alpn: &[u8],
+) -> Result<rustls::ServerConfig, ConnError> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec()));
     let mut tls = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
         .with_no_client_auth()
         .with_single_cert(vec![CertificateDer::from(cert_der)], key)
         .map_err(|e| ConnError::Tls(e.to_string()))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     tls.max_early_data_size = 0;
-    quic_server_config(tls, transport)
+    Ok(tls)
 }
 
 /// Wraps a rustls server configuration for QUIC.
@@ -417,7 +446,7 @@ pub fn client_config_with(
 
 /// Writes one message as a frame.
 pub async fn write_frame<T: Serialize + Payload>(
-    send: &mut SendStream,
+    send: &mut impl ChunkWrite,
     msg: &T,
     max_frame: usize,
 ) -> Result<(), ConnError> {
@@ -426,29 +455,28 @@ pub async fn write_frame<T: Serialize + Payload>(
 
 /// Writes a frame encoded beforehand (so a sender can refuse a message
 /// that is too big before it opens a stream for it).
-pub async fn write_encoded(send: &mut SendStream, frame: Encoded) -> Result<(), ConnError> {
-    // Handed to quinn as they are, not copied into its send buffer.
+pub async fn write_encoded(send: &mut impl ChunkWrite, frame: Encoded) -> Result<(), ConnError> {
+    // Handed to the transport as they are, not copied into its buffer.
     match frame.payload {
-        None => send.write_chunk(frame.head.into()).await?,
-        Some(payload) => {
-            send.write_all_chunks(&mut [frame.head.into(), payload])
-                .await?
-        }
+        None => send.write_all(&mut [frame.head.into()]).await,
+        Some(payload) => send.write_all(&mut [frame.head.into(), payload]).await,
     }
-    Ok(())
 }
 
 /// Reads one frame; `Ok(None)` when the peer finished the stream cleanly
 /// between frames.
 pub async fn read_frame<T: DeserializeOwned + Payload>(
-    recv: &mut RecvStream,
+    recv: &mut impl ChunkRead,
     max_frame: usize,
 ) -> Result<Option<T>, ConnError> {
     let mut header = [0u8; HEADER_LEN];
     let mut filled = 0;
     while filled < HEADER_LEN {
-        match recv.read(&mut header[filled..]).await? {
-            Some(n) => filled += n,
+        match recv.read_chunk_max(HEADER_LEN - filled).await? {
+            Some(chunk) => {
+                header[filled..filled + chunk.len()].copy_from_slice(&chunk);
+                filled += chunk.len();
+            }
             None if filled == 0 => return Ok(None),
             // A short frame from a peer of another revision is reported as
             // that, not as a cut-off stream.
@@ -464,14 +492,14 @@ pub async fn read_frame<T: DeserializeOwned + Payload>(
     Ok(Some(frame::decode(&body, payload)?))
 }
 
-/// The next `len` bytes of `recv`, gathered from quinn's chunks as they
-/// come ([`frame::Assembler`]: memory follows what arrived, whatever `len`
-/// claims; no copy when one chunk holds them all).
-async fn read_exact(recv: &mut RecvStream, len: usize) -> Result<Bytes, ConnError> {
+/// The next `len` bytes of `recv`, gathered from the transport's chunks as
+/// they come ([`frame::Assembler`]: memory follows what arrived, whatever
+/// `len` claims; no copy when one chunk holds them all).
+async fn read_exact(recv: &mut impl ChunkRead, len: usize) -> Result<Bytes, ConnError> {
     let mut assembler = frame::Assembler::new(len);
     while assembler.missing() > 0 {
-        match recv.read_chunk(assembler.missing(), true).await? {
-            Some(chunk) => assembler.push(chunk.bytes),
+        match recv.read_chunk_max(assembler.missing()).await? {
+            Some(chunk) => assembler.push(chunk),
             None => return Err(ConnError::Truncated),
         }
     }

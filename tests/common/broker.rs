@@ -217,6 +217,7 @@ pub fn direct(
         port: svc.addr().port().into(),
         password: password.into(),
         fingerprint: String::new(),
+        ..Default::default()
     }
 }
 

@@ -107,7 +107,8 @@ def service(tmp_path_factory):
     try:
         ready = json.loads(read_line(proc, proc.stdout, "rpc_addr"))
         host, port = ready["rpc_addr"].rsplit(":", 1)
-        yield {"host": host, "port": int(port), "fingerprint": ready["fingerprint"]}
+        yield {"host": host, "port": int(port), "fingerprint": ready["fingerprint"],
+               "tcp_addr": ready["tcp_addr"]}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -151,6 +152,45 @@ def demo(tmp_path_factory):
         proc.wait(timeout=30)
 
 
+class Tinyproxy:
+    """A real HTTP CONNECT proxy (Debian's tinyproxy) on a free loopback
+    port, optionally with Basic authentication; ``log()`` is what it logged."""
+
+    def __init__(self, directory, auth=None):
+        self.log_path = directory / "tinyproxy.log"
+        for _ in range(5):
+            with sock.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
+            conf = (f"Port {self.port}\nListen 127.0.0.1\nTimeout 60\n"
+                    f"LogFile \"{self.log_path}\"\nLogLevel Connect\nAllow 127.0.0.1\n")
+            if auth:
+                conf += f"BasicAuth {auth[0]} {auth[1]}\n"
+            (directory / "tinyproxy.conf").write_text(conf)
+            self.proc = subprocess.Popen(["tinyproxy", "-d", "-c", str(directory / "tinyproxy.conf")],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    sock.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return
+                except OSError:
+                    time.sleep(0.02)
+            self.close()
+        raise RuntimeError("tinyproxy did not start")
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self):
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
 def closed_port():
     """A loopback port nothing listens on."""
     s = sock.socket()
@@ -183,7 +223,8 @@ def lab(tmp_path_factory):
     try:
         ready = json.loads(read_line(proc, proc.stdout, "rpc_addr"))
         host, port = ready["rpc_addr"].rsplit(":", 1)
-        yield {"host": host, "port": int(port), "fingerprint": ready["fingerprint"]}
+        yield {"host": host, "port": int(port), "fingerprint": ready["fingerprint"],
+               "tcp_addr": ready["tcp_addr"]}
     finally:
         proc.terminate()
         proc.wait(timeout=30)

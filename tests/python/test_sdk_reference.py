@@ -6,7 +6,7 @@ and command, service attributes, and the login exception classes. Real
 import grpc
 import pytest
 
-from conftest import ALICE_PW, closed_port
+from conftest import ALICE_PW, Tinyproxy, closed_port
 
 from switchyard import (
     ExecError,
@@ -145,10 +145,35 @@ def test_login_exceptions(broker, lab):
         assert err.value.code == grpc.StatusCode.UNAVAILABLE
 
 
+def test_service_direct_over_rpc_url_through_a_real_proxy(broker, lab, tmp_path):
+    """rpc_url= reaches the service's TCP listener; ProxyInfo(url, username,
+    password) sends it through a real tinyproxy with Basic auth (its log
+    shows the CONNECT); wrong proxy credentials are a clear error that
+    names the proxy, without the password."""
+    url = f"https://{lab['tcp_addr']}/rpc"
+    proxy = Tinyproxy(tmp_path, ("bob", "pr0xy-pass"))
+    try:
+        with Client.create(socket=str(broker)) as client:
+            with pytest.raises(SwitchyardError, match="refused CONNECT") as err:
+                client.service_direct("alice", ALICE_PW, rpc_url=url, fingerprint=lab["fingerprint"],
+                                      proxy=ProxyInfo(proxy.url, "bob", "wr0ng-pass"))
+            assert f"127.0.0.1:{proxy.port}" in str(err.value)
+            assert "wr0ng-pass" not in str(err.value)
+            svc = client.service_direct("alice", ALICE_PW, rpc_url=url,
+                                        fingerprint=lab["fingerprint"],
+                                        proxy=ProxyInfo(proxy.url, "bob", "pr0xy-pass"))
+            assert svc.inventory["core-1"].exec("show version").wait(30).status == SUCCESS
+            assert f"CONNECT {lab['tcp_addr']}" in proxy.log()
+            assert "pr0xy-pass" not in repr(ProxyInfo(proxy.url, "bob", "pr0xy-pass"))
+            with pytest.raises(SwitchyardError, match="rpc_url"):
+                client.service_direct("alice", ALICE_PW, host=lab["host"], port=lab["port"],
+                                      proxy=ProxyInfo(proxy.url))
+    finally:
+        proxy.close()
+
+
 def test_unsupported_reference_arguments_are_refused_clearly(broker, tmp_path):
     with Client.create(socket=str(broker)) as client:
-        with pytest.raises(NotAvailableError, match="rpc_url.*host= and port="):
-            client.service_direct("alice", rpc_url="https://svc:8081/rpc")
         with pytest.raises(NotAvailableError, match="proxy"):
             client.sso_login("a@example.com", proxy=ProxyInfo(url="http://proxy:3128"))
         with pytest.raises(NotAvailableError, match="proxy"):

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, Dict, Generic, List, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -51,16 +52,43 @@ class ForkGuard:
 
 @dataclass(frozen=True)
 class ProxyInfo:
-    """An HTTP proxy for cloud logins, in the reference client's shape.
+    """An HTTP proxy (``CONNECT``, optional Basic authentication), in the
+    reference client's shape: ``url`` is ``http://HOST:PORT``; ``username``
+    and ``password`` the proxy's credentials.
 
-    Accepted by the login methods so that code written for the reference
-    client keeps its shape; the broker does not reach relays through proxies
-    yet, so passing one raises ``NotAvailableError`` rather than silently
-    connecting without it."""
+    ``service_direct(..., rpc_url=..., proxy=...)`` reaches the service's
+    TCP listener through it (the broker makes the connection). The cloud
+    logins accept the argument, but the broker does not reach relays
+    through proxies yet, so passing one there raises ``NotAvailableError``
+    rather than silently connecting without it."""
 
     url: str
     username: Optional[str] = None
-    password: Optional[str] = None
+    password: Optional[str] = field(default=None, repr=False)
+
+
+def proxy_fields(proxy: Optional[ProxyInfo]) -> Tuple[str, str]:
+    """``(proxy_url, proxy_password)`` of a ServiceDirect request: the user
+    name goes into the URL, the password beside it (never into the URL)."""
+    if proxy is None:
+        return "", ""
+    url = proxy.url if "://" in proxy.url else f"http://{proxy.url}"
+    if proxy.username:
+        scheme, rest = url.split("://", 1)
+        if "@" not in rest.split("/", 1)[0]:
+            url = f"{scheme}://{urllib.parse.quote(proxy.username, safe='')}@{rest}"
+    return url, proxy.password or ""
+
+
+def rpc_url_target(rpc_url: str) -> str:
+    """The broker's name for an ``rpc_url``'s link (its ``status`` target):
+    ``https://HOST:PORT/PATH``, port 8081 and path ``/rpc`` when left out."""
+    parts = urllib.parse.urlsplit(rpc_url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    path = parts.path if parts.path not in ("", "/") else "/rpc"
+    return f"https://{host}:{parts.port or 8081}{path}"
 
 
 def refuse_proxy(proxy: Optional[ProxyInfo]) -> None:
@@ -72,14 +100,6 @@ def refuse_proxy(proxy: Optional[ProxyInfo]) -> None:
         )
 
 
-def refuse_rpc_url(rpc_url: Optional[str]) -> None:
-    """Raises ``NotAvailableError`` when an ``rpc_url`` was given."""
-    if rpc_url is not None:
-        raise NotAvailableError(
-            f"rpc_url={rpc_url!r} needs the service's HTTP (TCP) RPC transport, which the "
-            "Switchyard broker does not have; pass host= and port= of the service's RPC "
-            "socket instead (default port 8181)"
-        )
 
 
 class ExecStatus(str, Enum):

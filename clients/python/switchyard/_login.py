@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Optional, Tuple
 
-from ._core import LinkKey, ProxyInfo, refuse_proxy, refuse_rpc_url
+from ._core import LinkKey, ProxyInfo, proxy_fields, refuse_proxy, rpc_url_target
 from .errors import NotAvailableError, SwitchyardError
 from .v1 import broker_pb2 as pb
 
@@ -42,14 +42,27 @@ def relay(relay_url: Optional[str], domain: Optional[str]) -> pb.RelaySelector:
 
 def direct_request(session_id: str, username: str, password: Optional[str], host: str,
                    port: int, fingerprint: Optional[str],
-                   rpc_url: Optional[str]) -> Tuple[pb.ServiceDirectRequest, LinkKey]:
-    """The ServiceDirect request and how to find its link."""
-    refuse_rpc_url(rpc_url)
+                   rpc_url: Optional[str], proxy: Optional[ProxyInfo] = None,
+                   ) -> Tuple[pb.ServiceDirectRequest, LinkKey]:
+    """The ServiceDirect request and how to find its link: QUIC to
+    ``host:port``, or TLS over TCP to ``rpc_url`` (through ``proxy``)."""
+    if rpc_url is None:
+        if proxy is not None:
+            raise SwitchyardError(
+                "proxy= carries TCP only: give the service's rpc_url= "
+                "(https://HOST:8081/rpc) with it")
+        request = pb.ServiceDirectRequest(
+            session_id=session_id, username=username, host=host, port=port,
+            password=password or "", fingerprint=fingerprint or "",
+        )
+        return request, LinkKey("direct", f"{host}:{port or 8181}", username)
+    proxy_url, proxy_password = proxy_fields(proxy)
     request = pb.ServiceDirectRequest(
-        session_id=session_id, username=username, host=host, port=port,
+        session_id=session_id, username=username, rpc_url=rpc_url,
         password=password or "", fingerprint=fingerprint or "",
+        proxy_url=proxy_url, proxy_password=proxy_password,
     )
-    return request, LinkKey("direct", f"{host}:{port or 8181}", username)
+    return request, LinkKey("direct", rpc_url_target(rpc_url), username)
 
 
 def asks_password(password: Optional[str], invalid_argument: bool) -> bool:

@@ -185,10 +185,11 @@ class Client:
         self, username: str, password: Optional[str] = None, host: str = "localhost",
         port: int = 8181, sha256_fingerprint: Optional[str] = None,
         rpc_url: Optional[str] = None, *, fingerprint: Optional[str] = None,
+        proxy: Optional[ProxyInfo] = None,
     ) -> "Service":
         """As ``switchyard.sync.Client.service_direct``."""
         request, link = direct_request(self.session_id, username, password, host, port,
-                                       sha256_fingerprint or fingerprint, rpc_url)
+                                       sha256_fingerprint or fingerprint, rpc_url, proxy)
         try:
             reply = await self._stub.ServiceDirect(request, timeout=60)
         except grpc.RpcError as err:

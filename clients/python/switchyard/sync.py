@@ -228,16 +228,19 @@ class Client:
         rpc_url: Optional[str] = None,
         *,
         fingerprint: Optional[str] = None,
+        proxy: Optional[ProxyInfo] = None,
     ) -> "Service":
         """Connects to a service's RPC socket as a remote user. Without a
         password, a live link of this local user is shared, or (on a
         terminal) the password is asked for. ``sha256_fingerprint`` (alias
-        ``fingerprint``) pins the service's certificate. ``rpc_url`` (older
-        services' HTTP transport) raises ``NotAvailableError``.
+        ``fingerprint``) pins the service's certificate. ``rpc_url``
+        (``https://HOST:8081/rpc``, the service's TCP listener) connects over
+        TLS on TCP instead of QUIC, for networks that block UDP; ``proxy``
+        (a ``ProxyInfo``) then names the HTTP proxy to go through.
 
         Raises ``WrongCredentialsError``, ``UnreachableError``."""
         request, link = direct_request(self.session_id, username, password, host, port,
-                                       sha256_fingerprint or fingerprint, rpc_url)
+                                       sha256_fingerprint or fingerprint, rpc_url, proxy)
         try:
             reply = self._stub.ServiceDirect(request, timeout=60)
         except grpc.RpcError as err:

@@ -67,7 +67,7 @@ class CloseSessionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ServiceDirectRequest(_message.Message):
-    __slots__ = ("session_id", "name", "username", "host", "port", "password", "fingerprint")
+    __slots__ = ("session_id", "name", "username", "host", "port", "password", "fingerprint", "rpc_url", "proxy_url", "proxy_password")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     USERNAME_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,9 @@ class ServiceDirectRequest(_message.Message):
     PORT_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    RPC_URL_FIELD_NUMBER: _ClassVar[int]
+    PROXY_URL_FIELD_NUMBER: _ClassVar[int]
+    PROXY_PASSWORD_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     name: str
     username: str
@@ -82,7 +85,10 @@ class ServiceDirectRequest(_message.Message):
     port: int
     password: str
     fingerprint: str
-    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., username: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., password: _Optional[str] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+    rpc_url: str
+    proxy_url: str
+    proxy_password: str
+    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., username: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., password: _Optional[str] = ..., fingerprint: _Optional[str] = ..., rpc_url: _Optional[str] = ..., proxy_url: _Optional[str] = ..., proxy_password: _Optional[str] = ...) -> None: ...
 
 class ServiceIntegratedRequest(_message.Message):
     __slots__ = ("session_id", "name", "db", "admin_password")
@@ -358,7 +364,7 @@ class NamedServiceStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., link_id: _Optional[str] = ..., idle_secs: _Optional[int] = ...) -> None: ...
 
 class LinkStatus(_message.Message):
-    __slots__ = ("link_id", "target", "principal", "transport", "state", "holders", "in_flight", "connects", "last_error", "fingerprint")
+    __slots__ = ("link_id", "target", "principal", "transport", "state", "holders", "in_flight", "connects", "last_error", "fingerprint", "carrier")
     LINK_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
@@ -369,6 +375,7 @@ class LinkStatus(_message.Message):
     CONNECTS_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CARRIER_FIELD_NUMBER: _ClassVar[int]
     link_id: str
     target: str
     principal: str
@@ -379,7 +386,8 @@ class LinkStatus(_message.Message):
     connects: int
     last_error: str
     fingerprint: str
-    def __init__(self, link_id: _Optional[str] = ..., target: _Optional[str] = ..., principal: _Optional[str] = ..., transport: _Optional[str] = ..., state: _Optional[str] = ..., holders: _Optional[int] = ..., in_flight: _Optional[int] = ..., connects: _Optional[int] = ..., last_error: _Optional[str] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+    carrier: str
+    def __init__(self, link_id: _Optional[str] = ..., target: _Optional[str] = ..., principal: _Optional[str] = ..., transport: _Optional[str] = ..., state: _Optional[str] = ..., holders: _Optional[int] = ..., in_flight: _Optional[int] = ..., connects: _Optional[int] = ..., last_error: _Optional[str] = ..., fingerprint: _Optional[str] = ..., carrier: _Optional[str] = ...) -> None: ...
 
 class RelaySelector(_message.Message):
     __slots__ = ("relay_url", "domain")
