@@ -166,19 +166,7 @@ async fn unknown_and_forbidden_devices_fail_on_their_own_through_the_cli() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_devices_fail_on_their_own_in_integrated_mode() {
     let broker = TestBroker::start(&[]).await;
-    let db = broker.dir.path().join("inv.db");
-    drop(make_inventory(&db, &[]));
-    let pw = broker.dir.path().join("admin-pw");
-    std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
-    let out = broker
-        .command()
-        .args(["connect", "integrated", "local", "--db"])
-        .arg(&db)
-        .arg("--admin-password-file")
-        .arg(&pw)
-        .output()
-        .await
-        .unwrap();
+    let out = common::service::connect_integrated_local(&broker).await;
     assert_ok(&out);
     let out = cli_exec(
         &broker,
