@@ -209,7 +209,12 @@ async fn the_commands_input_ends_at_once_unless_stdin_is_forwarded() {
         .await
         .unwrap();
     writer.await.unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout == input, "{} bytes back", out.stdout.len());
 
     // Several devices cannot share one input.

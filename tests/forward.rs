@@ -14,7 +14,7 @@ use common::broker::{TestBroker, in_session, named, open_attached, status};
 use common::service::{ADMIN_PASSWORD, ALICE_PASSWORD, TestService, ssh_device, start_service};
 use common::within;
 use switchyard::api::pb;
-use switchyard::broker::direct_client::{DirectTarget, connect};
+use switchyard::broker::direct_client::{DirectTarget, connect, connect_tcp};
 use switchyard::broker::forward::stream::ForwardStream;
 use switchyard::broker::link::{LinkChannel, LinkError};
 use switchyard::secret::Secret;
@@ -22,6 +22,8 @@ use switchyard::service::inventory::{ForwardPorts, Inventory};
 use switchyard::service::rpc::RpcConfig;
 use switchyard::wire::conn::{Liveness, TransportLimits, client_endpoint};
 use switchyard::wire::messages::ErrorCode;
+use switchyard::wire::mux::Carrier;
+use switchyard::wire::tcp::RpcUrl;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -160,26 +162,63 @@ fn set_ports(svc_dir: &std::path::Path, device: &str, ports: ForwardPorts) {
 }
 
 async fn channel(svc: &TestService, user: &str, password: &str) -> LinkChannel {
-    let endpoint = client_endpoint(svc.addr()).unwrap();
+    channel_over(svc, user, password, Carrier::Quic).await
+}
+
+/// A direct link to `svc` over `carrier` (TCP needs the service's TCP
+/// listener: [`tcp_config`]).
+async fn channel_over(
+    svc: &TestService,
+    user: &str,
+    password: &str,
+    carrier: Carrier,
+) -> LinkChannel {
+    let (addr, rpc_url) = match carrier {
+        Carrier::Quic => (svc.addr(), None),
+        Carrier::Tcp => {
+            let addr = svc
+                .server
+                .as_ref()
+                .and_then(|s| s.tcp_addr())
+                .expect("a TCP listener");
+            (
+                addr,
+                Some(RpcUrl::parse(&format!("https://{addr}/rpc")).unwrap()),
+            )
+        }
+    };
     let target = DirectTarget {
-        label: svc.addr().to_string(),
-        addr: svc.addr(),
+        label: addr.to_string(),
+        addr,
         username: user.into(),
         password: Secret::new(password),
         fingerprint: Some(svc.fingerprint),
+        rpc_url,
+        proxy: None,
     };
-    let c = within(
-        20,
-        "login",
-        connect(&endpoint, &target, &TransportLimits::default()),
-    )
-    .await
+    let limits = TransportLimits::default();
+    let c = match carrier {
+        Carrier::Quic => {
+            let endpoint = client_endpoint(svc.addr()).unwrap();
+            within(20, "login", connect(&endpoint, &target, &limits)).await
+        }
+        Carrier::Tcp => within(20, "login", connect_tcp(&target, &limits)).await,
+    }
     .unwrap();
-    LinkChannel::Quic {
+    assert_eq!(c.conn.carrier(), carrier);
+    LinkChannel::Remote {
         conn: c.conn.clone(),
-        target: svc.addr().to_string(),
-        max_frame: TransportLimits::default().max_frame,
+        target: addr.to_string(),
+        max_frame: limits.max_frame,
         liveness: Liveness::on_demand(),
+    }
+}
+
+/// The service's RPC settings with its TCP listener on a free port too.
+fn tcp_config() -> RpcConfig {
+    RpcConfig {
+        tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..RpcConfig::default()
     }
 }
 
@@ -197,10 +236,17 @@ fn refusal(r: Result<ForwardStream, LinkError>) -> switchyard::wire::messages::W
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forward_stream_carries_bytes_both_ways_with_half_close() {
+    for carrier in [Carrier::Quic, Carrier::Tcp] {
+        forward_stream_round_trip(carrier).await;
+    }
+}
+
+/// One forward over `carrier`: bytes both ways, each side's half-close.
+async fn forward_stream_round_trip(carrier: Carrier) {
     let echo = Echo::start().await;
     // `echo` allows its own port by default (the device's SSH port).
-    let svc = start_service(&[ssh_device("echo", echo.port())], RpcConfig::default());
-    let ch = channel(&svc, "alice", ALICE_PASSWORD).await;
+    let svc = start_service(&[ssh_device("echo", echo.port())], tcp_config());
+    let ch = channel_over(&svc, "alice", ALICE_PASSWORD, carrier).await;
     let stream = within(
         10,
         "open",
@@ -208,8 +254,8 @@ async fn a_forward_stream_carries_bytes_both_ways_with_half_close() {
     )
     .await
     .unwrap();
-    let ForwardStream::Quic { send, recv, .. } = stream else {
-        panic!("a QUIC link gives a QUIC stream")
+    let ForwardStream::Remote { send, recv, .. } = stream else {
+        panic!("a remote link gives a link stream")
     };
     let data = pattern(7, 3 << 20);
     let back = within(60, "echo", round_trip(tokio::io::join(recv, send), &data))
@@ -234,7 +280,7 @@ async fn a_forward_stream_carries_bytes_both_ways_with_half_close() {
         s.read_to_end(&mut rest).await.unwrap();
         rest
     });
-    let Ok(ForwardStream::Quic {
+    let Ok(ForwardStream::Remote {
         mut send, mut recv, ..
     }) = ch.open_forward("echo", port, Duration::from_secs(10)).await
     else {

@@ -122,19 +122,7 @@ async fn wrong_admin_password_is_refused_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_connect_integrated_then_exec_and_terminal() {
     let broker = TestBroker::start(&[]).await;
-    let db = broker.dir.path().join("inv.db");
-    drop(make_inventory(&db, &[]));
-    let pw = broker.dir.path().join("admin-pw");
-    std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
-    let out = broker
-        .command()
-        .args(["connect", "integrated", "local", "--db"])
-        .arg(&db)
-        .arg("--admin-password-file")
-        .arg(&pw)
-        .output()
-        .await
-        .unwrap();
+    let out = common::service::connect_integrated_local(&broker).await;
     assert!(
         out.status.success(),
         "{}",

@@ -191,6 +191,49 @@ async fn calls_over_tcp_run_on_their_own_streams_and_the_certificate_is_pinned()
     }
 }
 
+/// Many short calls back to back and at once on one TCP link: each stream
+/// ends cleanly on both sides, and a stream that ended is never written
+/// again (once failed as "HTTP/2: user error: inactive stream").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_quick_calls_in_a_row_and_at_once_all_succeed_over_tcp() {
+    let svc = tcp_service(RpcConfig::default());
+    let c = login_tcp(&svc).await;
+    let ch = channel(&c);
+    for i in 0..300 {
+        assert_works(&ch, &format!("ping {i} in a row")).await;
+    }
+    for round in 0..5 {
+        let calls = (0..64).map(|_| collect(&ch, Request::Ping));
+        for (i, got) in futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(
+                got.unwrap_or_else(|e| panic!("round {round}, call {i}: {e}")),
+                vec![Response::Pong]
+            );
+        }
+    }
+    for i in 0..40 {
+        let out = collect(
+            &ch,
+            Request::Exec {
+                devices: vec!["core-1".into()],
+                commands: vec!["show version".into()],
+                timeout_ms: None,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec {i}: {e}"));
+        assert!(
+            out.iter()
+                .any(|r| matches!(r, Response::ExecDevice { error: None, .. })),
+            "exec {i}: {out:?}"
+        );
+    }
+}
+
 /// Password failures over TCP and over QUIC from one address count
 /// together: TCP is no way around the limiter. (Each guess names another
 /// user, so only the address's count can lock alice out.)
@@ -352,6 +395,38 @@ async fn connect_direct_with_rpc_url_execs_over_tcp() {
     .unwrap();
     assert!(reports[0].ok_output().contains("core-1 uptime"));
     assert!(reports[1].ok_output().contains("edge-1 uptime"));
+    // Calls in quick succession and at once share the one TCP link.
+    for i in 0..100 {
+        let reports = run_exec(
+            &mut client,
+            named("tcp-svc"),
+            &["core-1"],
+            &["show version"],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec {i} in a row: {e:?}"));
+        assert!(reports[0].ok_output().contains("core-1 uptime"), "exec {i}");
+    }
+    let at_once = (0..32).map(|_| {
+        let mut client = client.clone();
+        async move {
+            run_exec(
+                &mut client,
+                named("tcp-svc"),
+                &["edge-1"],
+                &["show version"],
+            )
+            .await
+        }
+    });
+    for (i, got) in futures::future::join_all(at_once)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let reports = got.unwrap_or_else(|e| panic!("exec {i} at once: {e:?}"));
+        assert!(reports[0].ok_output().contains("edge-1 uptime"), "exec {i}");
+    }
     let status = common::broker::status(&broker).await;
     assert!(
         status

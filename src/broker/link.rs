@@ -6,6 +6,9 @@
 //! (over QUIC or over HTTP/2 on TLS/TCP: `wire::mux::Conn`) or run
 //! in-process; the cloud relay plugs in the same way.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use tokio::sync::mpsc;
 
 use crate::wire::conn::{ConnError, Liveness, Waiting, read_frame, write_encoded};
@@ -107,7 +110,9 @@ pub enum LinkChannel {
 pub enum CallStream {
     Remote {
         send: SendHalf,
-        recv: RecvHalf,
+        /// The response side, read through [`FrameReader`] so that
+        /// [`CallStream::next`] is cancel-safe.
+        recv: FrameReader,
         target: String,
         max_frame: usize,
         liveness: Liveness,
@@ -119,6 +124,47 @@ pub enum CallStream {
         input: Option<mpsc::Sender<TerminalInput>>,
         _task: crate::task::AbortOnDrop<()>,
     },
+}
+
+/// A response stream whose frame read survives cancellation: callers race
+/// [`CallStream::next`] against their own input in `select!`, and a read
+/// dropped half-way through a frame would lose its bytes and misread the
+/// rest of the stream (seen as "peer speaks protocol version N" when a
+/// caller's stdin arrived mid-frame). The read in progress is kept here
+/// and resumed by the next call.
+pub enum FrameReader {
+    /// No read in progress.
+    Idle(RecvHalf),
+    /// A read in progress; it owns the stream until it completes.
+    Reading(Pin<Box<dyn Future<Output = FrameRead> + Send>>),
+    /// The stream failed or ended.
+    Done,
+}
+
+/// A finished read: the stream back, and the frame (or its end or error).
+type FrameRead = (RecvHalf, Result<Option<Response>, ConnError>);
+
+impl FrameReader {
+    /// The next response frame (see [`read_frame`]); cancel-safe.
+    async fn next(&mut self, max_frame: usize) -> Result<Option<Response>, ConnError> {
+        if let Self::Idle(_) = self
+            && let Self::Idle(mut recv) = std::mem::replace(self, Self::Done)
+        {
+            *self = Self::Reading(Box::pin(async move {
+                let read = read_frame::<Response>(&mut recv, max_frame).await;
+                (recv, read)
+            }));
+        }
+        let Self::Reading(read) = self else {
+            return Ok(None);
+        };
+        let (recv, result) = read.as_mut().await;
+        *self = match result {
+            Ok(Some(_)) => Self::Idle(recv),
+            _ => Self::Done,
+        };
+        result
+    }
 }
 
 /// Encodes what a caller sends on a link; a message over the link's frame
@@ -170,7 +216,7 @@ impl LinkChannel {
                 }
                 Ok(CallStream::Remote {
                     send,
-                    recv,
+                    recv: FrameReader::Idle(recv),
                     target: target.clone(),
                     max_frame: *max_frame,
                     liveness: liveness.clone(),
@@ -206,7 +252,7 @@ impl CallStream {
                 max_frame,
                 liveness,
                 ..
-            } => match read_frame::<Response>(recv, *max_frame).await {
+            } => match recv.next(*max_frame).await {
                 Ok(Some(Response::Error(e))) => Some(Err(LinkError::Remote(e))),
                 Ok(Some(r)) => Some(Ok(r)),
                 Ok(None) => None,

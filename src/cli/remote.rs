@@ -11,7 +11,6 @@ use tokio::sync::mpsc;
 use super::{CliError, outln};
 use crate::api::pb;
 use crate::secret::{Secret, SecretSource};
-use crate::wire::messages::CommandDone;
 
 /// The commands the lean `switchyard` binary runs itself: each is a few
 /// calls to the broker, so it starts without the daemons' code.

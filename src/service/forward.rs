@@ -26,7 +26,7 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use quinn::{RecvStream, SendStream, VarInt};
+use crate::wire::mux::{RecvHalf, SendHalf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -171,8 +171,8 @@ pub async fn serve(
     principal: &Principal,
     (device, port): (&str, u16),
     deadline: Option<Duration>,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
     max_frame: usize,
 ) {
     let mut tcp = match ops.open_forward(principal, device, port, deadline).await {
@@ -201,8 +201,8 @@ pub async fn serve(
     .await;
     if let Err(e) = pumped {
         debug!(error = %e, "forwarded connection broke; resetting both sides");
-        let _ = send.reset(VarInt::from_u32(RESET_CODE));
-        let _ = recv.stop(VarInt::from_u32(RESET_CODE));
+        send.reset(RESET_CODE);
+        recv.stop(RESET_CODE);
         let _ = tcp.set_zero_linger();
     }
 }

@@ -558,7 +558,7 @@ mod tests {
 
     /// A client connection to a fresh server on loopback (both endpoints
     /// and the server's end kept alive by the returned values).
-    async fn loopback_pair() -> (Endpoint, Endpoint, Connection, Connection) {
+    async fn loopback_pair() -> (Endpoint, Endpoint, quinn::Connection, quinn::Connection) {
         crate::tls::install_crypto_provider();
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let limits = TransportLimits::default();

@@ -269,3 +269,71 @@ impl ChunkWrite for SendHalf {
         self.write_chunks(chunks).await
     }
 }
+
+/// Byte-stream view of a stream's halves, for pumps that copy between a
+/// socket and a stream (forwarded connections: [`crate::pump`]).
+impl tokio::io::AsyncRead for RecvHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Quic(r) => Pin::new(r).poll_read(cx, buf),
+            Self::H2(r) => r.poll_read_into(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for SendHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Quic(s) => Pin::new(s)
+                .poll_write(cx, buf)
+                .map_err(std::io::Error::from),
+            Self::H2(s) => s.poll_write_some(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    /// Half-close: the peer reads the stream's end after the data.
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(self.get_mut().finish().map_err(std::io::Error::other))
+    }
+}
+
+impl SendHalf {
+    /// Resets the stream with application error `code` (QUIC; HTTP/2
+    /// sends `RST_STREAM` CANCEL): the peer sees it broken, not ended.
+    pub fn reset(&mut self, code: u32) {
+        match self {
+            Self::Quic(s) => {
+                let _ = s.reset(VarInt::from_u32(code));
+            }
+            Self::H2(s) => s.reset(),
+        }
+    }
+}
+
+impl RecvHalf {
+    /// Tells the peer to stop sending (QUIC `STOP_SENDING`); on HTTP/2 the
+    /// send side's reset covers both directions.
+    pub fn stop(&mut self, code: u32) {
+        if let Self::Quic(r) = self {
+            let _ = r.stop(VarInt::from_u32(code));
+        }
+    }
+}

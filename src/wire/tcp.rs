@@ -22,6 +22,7 @@
 //! it ([`H2Conn`]); the task ends when the last clone of the connection is
 //! dropped, or [`H2Conn::close`] is called, and every stream then fails.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -321,9 +322,26 @@ impl H2Send {
         Ok(())
     }
 
-    /// Ends the stream cleanly.
+    /// Ends the stream cleanly. A stream the peer has already reset (it
+    /// answered in full and dropped the rest, RFC 9113 §8.1) needs no end:
+    /// that is not an error, as QUIC's `finish` after `STOP_SENDING` is
+    /// not. (The caller's thread may be descheduled between its last write
+    /// and this, long enough for a quick answer to come back.)
     pub fn finish(&mut self) -> Result<(), ConnError> {
-        Ok(self.stream().send_data(Bytes::new(), true)?)
+        let mut stream = self.stream();
+        match stream.send_data(Bytes::new(), true) {
+            Ok(()) => Ok(()),
+            // Polled only once the stream is dead: the waker it replaces
+            // (`stopped`'s) has nothing left to wait for.
+            Err(_)
+                if stream
+                    .poll_reset(&mut Context::from_waker(std::task::Waker::noop()))
+                    .is_ready() =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Resolves when the peer resets the stream (it went away), or the
@@ -338,6 +356,91 @@ impl H2Send {
             })
             .await;
         })
+    }
+}
+
+impl H2Send {
+    /// Poll form of [`H2Send::write`] for `AsyncWrite`: sends what credit
+    /// allows of `buf` (at least one byte), copied.
+    pub fn poll_write_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut stream = self.stream();
+        loop {
+            let credit = stream.capacity();
+            if credit > 0 {
+                let n = credit.min(buf.len());
+                stream
+                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                    .map_err(std::io::Error::other)?;
+                return Poll::Ready(Ok(n));
+            }
+            stream.reserve_capacity(buf.len());
+            match std::task::ready!(stream.poll_capacity(cx)) {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Poll::Ready(Err(std::io::Error::other(e))),
+                None => {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::BrokenPipe,
+                        "the stream was reset",
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Resets the stream (the peer sees it cancelled, not ended).
+    pub fn reset(&mut self) {
+        self.stream().send_reset(h2::Reason::CANCEL);
+    }
+}
+
+impl H2Recv {
+    /// Poll form of [`H2Recv::read_chunk`] for `AsyncRead`: copies what is
+    /// received into `buf`; nothing added means the stream's end.
+    pub fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            match self {
+                Self::Waiting(response) => {
+                    let response = std::task::ready!(Pin::new(response).poll(cx))
+                        .map_err(std::io::Error::other)?;
+                    if response.status() != http::StatusCode::OK {
+                        return Poll::Ready(Err(std::io::Error::other(format!(
+                            "the service answered HTTP {}",
+                            response.status()
+                        ))));
+                    }
+                    *self = Self::Open {
+                        body: response.into_body(),
+                        held: Bytes::new(),
+                    };
+                }
+                Self::Open { body, held } => {
+                    if !held.is_empty() {
+                        let n = buf.remaining().min(held.len());
+                        buf.put_slice(&held.split_to(n));
+                        return Poll::Ready(Ok(()));
+                    }
+                    match std::task::ready!(body.poll_data(cx)) {
+                        None => return Poll::Ready(Ok(())),
+                        Some(Err(e)) => return Poll::Ready(Err(std::io::Error::other(e))),
+                        Some(Ok(chunk)) => {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            *held = chunk;
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -168,3 +168,23 @@ pub fn start_service(extra: &[NewDevice], config: RpcConfig) -> TestService {
         config,
     }
 }
+
+/// `switchyard connect integrated local` on `broker`: a fresh inventory
+/// (the three simulated devices) in the broker's directory, opened with
+/// the admin password from a file. Returns the command's output for the
+/// caller to check.
+pub async fn connect_integrated_local(broker: &super::broker::TestBroker) -> std::process::Output {
+    let db = broker.dir.path().join("inv.db");
+    drop(make_inventory(&db, &[]));
+    let pw = broker.dir.path().join("admin-pw");
+    std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
+    broker
+        .command()
+        .args(["connect", "integrated", "local", "--db"])
+        .arg(&db)
+        .arg("--admin-password-file")
+        .arg(&pw)
+        .output()
+        .await
+        .unwrap()
+}

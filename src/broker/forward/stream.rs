@@ -5,13 +5,13 @@ use std::io;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use quinn::{RecvStream, SendStream, VarInt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::broker::link::{LinkChannel, LinkError};
 use crate::wire::conn::{ConnError, Waiting, read_frame, write_frame};
 use crate::wire::messages::{Request, RequestEnvelope, Response};
+use crate::wire::mux::{RecvHalf, SendHalf};
 
 /// Application error code a broken forwarded stream is reset with.
 const RESET_CODE: u32 = 1;
@@ -19,9 +19,9 @@ const RESET_CODE: u32 = 1;
 /// The far end of one forwarded connection, connected to the device.
 pub enum ForwardStream {
     /// A link stream after the service's `ForwardReady`: raw bytes.
-    Quic {
-        send: SendStream,
-        recv: RecvStream,
+    Remote {
+        send: SendHalf,
+        recv: RecvHalf,
         /// The connection is waited on while the stream lives (liveness).
         _waiting: Waiting,
     },
@@ -48,7 +48,7 @@ impl LinkChannel {
             },
         };
         match self {
-            Self::Quic {
+            Self::Remote {
                 conn,
                 target,
                 max_frame,
@@ -71,7 +71,7 @@ impl LinkChannel {
                             ))
                         })?;
                 match answer {
-                    Ok(Some(Response::ForwardReady)) => Ok(ForwardStream::Quic {
+                    Ok(Some(Response::ForwardReady)) => Ok(ForwardStream::Remote {
                         send,
                         recv,
                         _waiting: waiting,
@@ -115,7 +115,7 @@ impl ForwardStream {
         let (mut local_read, mut local_write) = tokio::io::split(local);
         let local = (&mut local_read, &mut local_write);
         let result = match self {
-            Self::Quic { send, recv, .. } => {
+            Self::Remote { send, recv, .. } => {
                 crate::pump::splice(local, (recv, send), up, down).await
             }
             Self::Local(tcp) => {
@@ -132,9 +132,9 @@ impl ForwardStream {
     /// Resets the far end (the device sees a reset, not an end of file).
     pub fn reset(&mut self) {
         match self {
-            Self::Quic { send, recv, .. } => {
-                let _ = send.reset(VarInt::from_u32(RESET_CODE));
-                let _ = recv.stop(VarInt::from_u32(RESET_CODE));
+            Self::Remote { send, recv, .. } => {
+                send.reset(RESET_CODE);
+                recv.stop(RESET_CODE);
             }
             Self::Local(tcp) => {
                 let _ = tcp.set_zero_linger();
