@@ -173,6 +173,9 @@ struct BrokerSection {
     reconnect_min_secs: f64,
     reconnect_max_secs: f64,
     drain_timeout_secs: f64,
+    transport: String,
+    quic_head_start_secs: f64,
+    quic_probe_secs: f64,
 }
 
 impl Default for BrokerSection {
@@ -193,6 +196,9 @@ impl Default for BrokerSection {
             reconnect_min_secs: r.link.reconnect_min.as_secs_f64(),
             reconnect_max_secs: r.link.reconnect_max.as_secs_f64(),
             drain_timeout_secs: 10.0,
+            transport: "auto".into(),
+            quic_head_start_secs: r.link.transport.quic_head_start.as_secs_f64(),
+            quic_probe_secs: r.link.transport.quic_probe.as_secs_f64(),
         }
     }
 }
@@ -462,6 +468,20 @@ impl FileSettings {
                     connect_timeout: secs("broker.connect_timeout_secs", b.connect_timeout_secs)?,
                     reconnect_min: secs("broker.reconnect_min_secs", b.reconnect_min_secs)?,
                     reconnect_max: secs("broker.reconnect_max_secs", b.reconnect_max_secs)?,
+                    transport: crate::broker::dialer::TransportPolicy {
+                        mode: crate::broker::dialer::TransportMode::parse(&b.transport)
+                            .ok_or_else(|| {
+                                ConfigError::Value(format!(
+                                    "broker.transport is {:?}; one of \"auto\", \"quic\", \"tcp\"",
+                                    b.transport
+                                ))
+                            })?,
+                        quic_head_start: secs(
+                            "broker.quic_head_start_secs",
+                            b.quic_head_start_secs,
+                        )?,
+                        quic_probe: secs("broker.quic_probe_secs", b.quic_probe_secs)?,
+                    },
                     ..Default::default()
                 },
                 named_idle_timeout: secs(

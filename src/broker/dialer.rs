@@ -32,6 +32,7 @@ use crate::secret::Secret;
 use crate::task::AbortOnDrop;
 use crate::wire::conn::{TransportLimits, client_endpoint, transport_config};
 use crate::wire::messages::{Credentials, ErrorCode, WireError};
+use crate::wire::mux::{Carrier as MuxCarrier, Conn};
 use crate::wire::pin::Fingerprint;
 use crate::wire::tcp::RpcUrl;
 use crate::wire::tunnel::{Carrier, TunnelEndpoint, TunnelRole};
@@ -43,10 +44,62 @@ pub enum Dialer {
         /// Set: over TCP to the service's TCP RPC listener (the link's
         /// target is then this URL).
         rpc_url: Option<RpcUrl>,
-        /// The HTTP proxy the TCP connection goes through (with `rpc_url`).
+        /// The HTTP proxy the TCP connection goes through (with `rpc_url`,
+        /// or `fallback`).
         proxy: Option<crate::proxy::Proxy>,
+        /// Without `rpc_url`: the service's TCP listener, raced against
+        /// QUIC as `policy` says (see [`TransportPolicy`]).
+        fallback: Option<RpcUrl>,
+        policy: TransportPolicy,
     },
     Cloud(CloudTarget),
+}
+
+/// Which transport a link to a QUIC address uses when its service also
+/// listens on TCP (`[broker] transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportMode {
+    /// QUIC preferred: TCP starts after `quic_head_start` (or at once when
+    /// QUIC fails), the first login to complete wins, and a link on TCP
+    /// tries QUIC again every `quic_probe` (moving new calls back to QUIC
+    /// when it works).
+    Auto,
+    /// QUIC only (no TCP fallback).
+    Quic,
+    /// TCP only (UDP known to be blocked).
+    Tcp,
+}
+
+impl TransportMode {
+    /// `auto`, `quic` or `tcp` (the config's words).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "auto" => Some(Self::Auto),
+            "quic" => Some(Self::Quic),
+            "tcp" => Some(Self::Tcp),
+            _ => None,
+        }
+    }
+}
+
+/// How links choose between QUIC and TCP (see [`TransportMode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportPolicy {
+    pub mode: TransportMode,
+    /// QUIC's head start over TCP in a race.
+    pub quic_head_start: Duration,
+    /// How often a link that fell back to TCP tries QUIC again.
+    pub quic_probe: Duration,
+}
+
+impl Default for TransportPolicy {
+    fn default() -> Self {
+        Self {
+            mode: TransportMode::Auto,
+            quic_head_start: Duration::from_millis(250),
+            quic_probe: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -81,26 +134,50 @@ impl Dialer {
         }
     }
 
-    /// How links made by this dialer travel, for `status`: `quic`, `tcp`,
-    /// or `tcp via proxy HOST:PORT` (never the proxy's credentials).
-    pub fn carrier(&self) -> String {
-        match self {
+    /// How a connection made by this dialer travels, for `status`: `quic`,
+    /// `tcp`, or `tcp via proxy HOST:PORT` (never the proxy's credentials).
+    pub fn carrier(&self, conn: &Conn) -> String {
+        match (self, conn.carrier()) {
+            (
+                Self::Password {
+                    proxy: Some(proxy), ..
+                },
+                MuxCarrier::Tcp,
+            ) => format!("tcp via proxy {}", proxy.address()),
+            (_, carrier) => carrier.as_str().into(),
+        }
+    }
+
+    /// Whether a link on TCP should keep trying QUIC (it fell back).
+    pub fn probes_quic(&self) -> bool {
+        matches!(
+            self,
             Self::Password {
-                rpc_url: Some(_),
-                proxy: Some(proxy),
+                rpc_url: None,
+                fallback: Some(_),
+                policy: TransportPolicy {
+                    mode: TransportMode::Auto,
+                    ..
+                },
                 ..
-            } => format!("tcp via proxy {}", proxy.address()),
-            Self::Password {
-                rpc_url: Some(_), ..
-            } => "tcp".into(),
-            _ => "quic".into(),
+            }
+        )
+    }
+
+    /// How often a link on TCP tries QUIC again (see [`Self::probes_quic`]).
+    pub fn quic_probe(&self) -> Option<Duration> {
+        match self {
+            Self::Password { policy, .. } if self.probes_quic() => Some(policy.quic_probe),
+            _ => None,
         }
     }
 
     /// One connection attempt, given up after `connect_timeout` with an
     /// error that says what was being waited for. `endpoint` is a UDP
     /// endpoint kept from an earlier attempt (returned for reuse);
-    /// `fingerprint` the certificate the link already knows.
+    /// `fingerprint` the certificate the link already knows. `quic_only`:
+    /// a probe of QUIC by a link on TCP (no race).
+    #[allow(clippy::too_many_arguments)]
     pub async fn dial(
         &self,
         label: &str,
@@ -109,6 +186,7 @@ impl Dialer {
         fingerprint: Option<Fingerprint>,
         limits: &TransportLimits,
         connect_timeout: Duration,
+        quic_only: bool,
     ) -> Result<(Option<Endpoint>, DirectConnection), LinkError> {
         let deadline = Instant::now() + connect_timeout;
         let attempt = async {
@@ -117,29 +195,50 @@ impl Dialer {
                     password,
                     rpc_url,
                     proxy,
+                    fallback,
+                    policy,
                 } => {
-                    // Through a proxy, the proxy resolves the service's name.
-                    let addr = match (rpc_url, proxy) {
-                        (Some(_), Some(_)) => SocketAddr::from(([0, 0, 0, 0], 0)),
-                        (Some(url), None) => resolve(&url.authority()).await?,
-                        (None, _) => resolve(label).await?,
-                    };
-                    let target = DirectTarget {
+                    let target = |addr, rpc_url: Option<&RpcUrl>| DirectTarget {
                         label: label.to_string(),
                         addr,
                         username: username.to_string(),
                         password: password.clone(),
                         fingerprint,
-                        rpc_url: rpc_url.clone(),
+                        rpc_url: rpc_url.cloned(),
                         proxy: proxy.clone(),
                     };
-                    if rpc_url.is_some() {
-                        let connected = direct_client::connect_tcp(&target, limits).await?;
-                        return Ok((endpoint, connected));
+                    let tcp = |url: &RpcUrl| {
+                        let url = url.clone();
+                        async move {
+                            // Through a proxy, the proxy resolves the name.
+                            let addr = match proxy {
+                                Some(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+                                None => resolve(&url.authority()).await?,
+                            };
+                            direct_client::connect_tcp(&target(addr, Some(&url)), limits).await
+                        }
+                    };
+                    if let Some(url) = rpc_url {
+                        return Ok((endpoint, tcp(url).await?));
                     }
-                    let endpoint = reuse_or_bind(endpoint, addr, label)?;
-                    let connected = direct_client::connect(&endpoint, &target, limits).await?;
-                    Ok((Some(endpoint), connected))
+                    let quic = async {
+                        let addr = resolve(label).await?;
+                        let endpoint = reuse_or_bind(endpoint.clone(), addr, label)?;
+                        let connected =
+                            direct_client::connect(&endpoint, &target(addr, None), limits).await?;
+                        Ok((Some(endpoint), connected))
+                    };
+                    match (fallback, policy.mode) {
+                        _ if quic_only => quic.await,
+                        (Some(url), TransportMode::Tcp) => Ok((endpoint.clone(), tcp(url).await?)),
+                        (Some(url), TransportMode::Auto) => {
+                            race(quic, policy.quic_head_start, async {
+                                Ok((endpoint.clone(), tcp(url).await?))
+                            })
+                            .await
+                        }
+                        _ => quic.await,
+                    }
                 }
                 Self::Cloud(cloud) => cloud.dial(label, endpoint, limits, deadline).await,
             }
@@ -151,6 +250,50 @@ impl Dialer {
             attempt,
         )
         .await
+    }
+}
+
+/// QUIC and TCP raced for one login: `tcp` starts `head_start` after
+/// `quic` or when `quic` fails, whichever is first; the first to succeed
+/// wins and the other is dropped (its handshake abandoned). When both
+/// fail, QUIC's error unless it only timed out or found nothing (then
+/// TCP's, which says more: refused, a proxy's answer).
+async fn race<T>(
+    quic: impl Future<Output = Result<T, LinkError>>,
+    head_start: Duration,
+    tcp: impl Future<Output = Result<T, LinkError>>,
+) -> Result<T, LinkError> {
+    let quic = std::pin::pin!(quic);
+    let mut quic = futures::FutureExt::fuse(quic);
+    let start_tcp = tokio::time::sleep(head_start);
+    tokio::pin!(start_tcp);
+    let quic_error = tokio::select! {
+        r = &mut quic => match r {
+            Ok(won) => return Ok(won),
+            Err(e) => Some(e),
+        },
+        _ = &mut start_tcp => None,
+    };
+    let tcp = std::pin::pin!(tcp);
+    let mut tcp = futures::FutureExt::fuse(tcp);
+    let (mut quic_error, mut tcp_error) = (quic_error, None);
+    loop {
+        tokio::select! {
+            r = &mut quic, if quic_error.is_none() => match r {
+                Ok(won) => return Ok(won),
+                Err(e) => quic_error = Some(e),
+            },
+            r = &mut tcp, if tcp_error.is_none() => match r {
+                Ok(won) => return Ok(won),
+                Err(e) => tcp_error = Some(e),
+            },
+        }
+        if let (Some(q), Some(t)) = (&quic_error, &tcp_error) {
+            return Err(match q {
+                LinkError::Unreachable { .. } => t.clone(),
+                _ => q.clone(),
+            });
+        }
     }
 }
 

@@ -31,7 +31,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::dialer::Dialer;
+use super::dialer::{Dialer, TransportPolicy};
 use super::direct_client::DirectConnection;
 use super::link::{LinkChannel, LinkError};
 use super::link_actor::{
@@ -41,7 +41,7 @@ use super::link_actor::{
 use crate::backoff::Backoff;
 use crate::task::AbortOnDrop;
 use crate::wire::conn::{Liveness, TransportLimits, watch_liveness};
-use crate::wire::mux::Conn;
+use crate::wire::mux::{Carrier, Conn};
 use crate::wire::pin::Fingerprint;
 
 /// How long a reconnect's QUIC handshake may go without an answer before
@@ -59,6 +59,8 @@ pub struct LinkConfig {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub limits: TransportLimits,
+    /// QUIC or TCP, for links whose service listens on both.
+    pub transport: TransportPolicy,
 }
 
 impl Default for LinkConfig {
@@ -69,6 +71,7 @@ impl Default for LinkConfig {
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(30),
             limits: TransportLimits::default(),
+            transport: TransportPolicy::default(),
         }
     }
 }
@@ -96,6 +99,9 @@ pub struct DirectLink {
     last_error: Option<LinkError>,
     backoff: Backoff,
     retry_timer: Option<SpawnHandle>,
+    /// A QUIC attempt by a link that fell back to TCP, scheduled or
+    /// running (see [`Dialer::probes_quic`]).
+    probe: Option<SpawnHandle>,
 }
 
 /// Everything needed to create a link.
@@ -127,6 +133,7 @@ impl DirectLink {
             last_error: None,
             backoff,
             retry_timer: None,
+            probe: None,
         }
     }
 
@@ -144,6 +151,19 @@ impl DirectLink {
             return;
         }
         self.connecting = true;
+        let fut = self.dial(false);
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+            act.connecting = false;
+            act.on_connect_result(result, ctx);
+        }));
+    }
+
+    /// One dial of this link's service (`quic_only`: a probe from TCP).
+    fn dial(
+        &self,
+        quic_only: bool,
+    ) -> impl Future<Output = Result<(Option<quinn::Endpoint>, DirectConnection), LinkError>> + 'static
+    {
         let target = self.common.key.target.clone();
         let username = self.common.key.username.clone();
         let dialer = self.dialer.clone();
@@ -154,8 +174,8 @@ impl DirectLink {
         }
         let endpoint = self.endpoint.clone();
         let connect_timeout = self.config.connect_timeout;
-        let span = info_span!("link_connect", link = %format!("L{}", self.common.id), target = %target, transport = dialer.transport().as_str());
-        let fut = async move {
+        let span = info_span!("link_connect", link = %format!("L{}", self.common.id), target = %target, transport = dialer.transport().as_str(), quic_only);
+        async move {
             dialer
                 .dial(
                     &target,
@@ -164,13 +184,47 @@ impl DirectLink {
                     fingerprint,
                     &limits,
                     connect_timeout,
+                    quic_only,
                 )
                 .await
         }
-        .instrument(span);
-        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
-            act.connecting = false;
-            act.on_connect_result(result, ctx);
+        .instrument(span)
+    }
+
+    /// On TCP after a fallback: tries QUIC again after the probe interval;
+    /// when it works, new calls move to it (calls on TCP finish there).
+    fn schedule_quic_probe(&mut self, ctx: &mut Context<Self>) {
+        let Some(every) = self.dialer.quic_probe() else {
+            return;
+        };
+        if self.probe.is_some() {
+            return;
+        }
+        self.probe = Some(ctx.run_later(every, |act, ctx| {
+            let on_tcp = act
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.carrier() == Carrier::Tcp);
+            if act.state != LinkState::Up || !on_tcp {
+                act.probe = None;
+                return;
+            }
+            let generation = act.generation;
+            let probe = act.dial(true);
+            act.probe = Some(ctx.spawn(probe.into_actor(act).map(move |result, act, ctx| {
+                act.probe = None;
+                match result {
+                    Ok(connected) if act.generation == generation && act.state == LinkState::Up => {
+                        info!(link = act.common.id, target = %act.common.key.target, "QUIC works again: new calls move to it from TCP");
+                        act.on_connect_result(Ok(connected), ctx);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        debug!(link = act.common.id, error = %e, "QUIC still unreachable; staying on TCP");
+                        act.schedule_quic_probe(ctx);
+                    }
+                }
+            })));
         }));
     }
 
@@ -194,7 +248,7 @@ impl DirectLink {
                 self.backoff.reset();
                 self.fingerprint = Some(connected.fingerprint);
                 self.service_name = connected.service_name;
-                info!(link = self.common.id, target = %self.common.key.target, user = %self.common.key.username, connects = self.connects, "link up");
+                info!(link = self.common.id, target = %self.common.key.target, user = %self.common.key.username, connects = self.connects, carrier = connected.conn.carrier().as_str(), "link up");
                 let generation = self.generation;
                 let watch = connected.conn.clone();
                 self.liveness = Liveness::on_demand();
@@ -205,7 +259,11 @@ impl DirectLink {
                 ));
                 self.common
                     .publish(Some(self.channel(connected.conn.clone())));
+                let on_tcp = connected.conn.carrier() == Carrier::Tcp;
                 self.conn = Some(connected.conn);
+                if on_tcp {
+                    self.schedule_quic_probe(ctx);
+                }
                 ctx.spawn(
                     watch
                         .closed()
@@ -388,7 +446,11 @@ impl Handler<LinkStatus> for DirectLink {
             connects: self.connects,
             last_error: self.last_error.as_ref().map(|e| e.to_string()),
             fingerprint: self.fingerprint,
-            carrier: self.dialer.carrier(),
+            carrier: self
+                .conn
+                .as_ref()
+                .map(|c| self.dialer.carrier(c))
+                .unwrap_or_default(),
         })
     }
 }

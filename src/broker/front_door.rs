@@ -249,6 +249,11 @@ impl Broker for FrontDoor {
             0 => 8181,
             p => u16::try_from(p).map_err(|_| Status::invalid_argument("port must be 1-65535"))?,
         };
+        let tcp_port = match r.tcp_port {
+            0 => crate::wire::tcp::DEFAULT_PORT,
+            p => u16::try_from(p)
+                .map_err(|_| Status::invalid_argument("tcp_port must be 1-65535"))?,
+        };
         let rpc_url = match r.rpc_url.as_str() {
             "" => None,
             text => Some(
@@ -286,6 +291,7 @@ impl Broker for FrontDoor {
                 fingerprint,
                 rpc_url,
                 proxy,
+                tcp_port,
             })
             .await
             .map_err(mailbox)??;

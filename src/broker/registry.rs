@@ -495,9 +495,25 @@ pub struct ServiceDirect {
     /// The caller's HTTP proxy for the TCP connection (else the broker's
     /// configured one, if any applies to the host).
     pub proxy: Option<crate::proxy::Proxy>,
+    /// Without `rpc_url`: the service's TCP RPC port, tried when QUIC to
+    /// `host:port` gets no answer (`[broker] transport`).
+    pub tcp_port: u16,
 }
 
 impl ServiceDirect {
+    /// The TCP listener a QUIC link falls back to: the same host at
+    /// `tcp_port` (none with an `rpc_url`, which is TCP already).
+    pub fn fallback(&self) -> Option<crate::wire::tcp::RpcUrl> {
+        match &self.rpc_url {
+            Some(_) => None,
+            None => Some(crate::wire::tcp::RpcUrl {
+                host: self.host.clone(),
+                port: self.tcp_port,
+                path: crate::wire::tcp::RPC_PATH.into(),
+            }),
+        }
+    }
+
     /// What the link is to: `host:port` (QUIC) or the `rpc_url` (TCP), so
     /// the two transports to one service are separate links.
     pub fn target(&self) -> String {
@@ -550,7 +566,8 @@ impl SessionRegistry {
                 self.check_link_cap(owner)?;
                 let fingerprint = pinned.or_else(|| self.known.get(owner, &key.target));
                 let config = self.settings.link.clone();
-                let proxy = msg.rpc_url.as_ref().and_then(|url| {
+                let fallback = msg.fallback();
+                let proxy = msg.rpc_url.as_ref().or(fallback.as_ref()).and_then(|url| {
                     msg.proxy
                         .clone()
                         .or_else(|| self.settings.proxy.for_host(&url.host).cloned())
@@ -563,6 +580,8 @@ impl SessionRegistry {
                                 password: password.clone(),
                                 rpc_url: msg.rpc_url.clone(),
                                 proxy,
+                                fallback,
+                                policy: config.transport,
                             },
                             fingerprint,
                             config,

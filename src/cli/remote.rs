@@ -82,6 +82,10 @@ pub enum ConnectCommand {
         /// The service's RPC port (UDP).
         #[arg(long, default_value_t = 8181)]
         port: u16,
+        /// The service's TCP RPC port on the same host, used when QUIC gets
+        /// no answer (UDP blocked; the broker's `[broker] transport`).
+        #[arg(long, default_value_t = crate::wire::tcp::DEFAULT_PORT, conflicts_with = "rpc_url")]
+        tcp_port: u16,
         /// Over TLS/TCP instead of QUIC, to the service's TCP RPC listener:
         /// `https://HOST:8081/rpc` (for networks that block UDP).
         #[arg(long, value_name = "URL", conflicts_with = "host")]
@@ -149,11 +153,13 @@ pub(super) fn named(name: &str) -> Option<pb::ServiceRef> {
 }
 
 pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, CliError> {
-    let (name, host, port, rpc_url, proxy, user, password_file, fingerprint) = match cmd {
+    let (name, host, (port, tcp_port), rpc_url, proxy, user, password_file, fingerprint) = match cmd
+    {
         ConnectCommand::Direct {
             name,
             host,
             port,
+            tcp_port,
             rpc_url,
             proxy,
             proxy_password_file,
@@ -165,7 +171,7 @@ pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, Cli
             (
                 name,
                 host,
-                port,
+                (port, tcp_port),
                 rpc_url,
                 proxy,
                 user,
@@ -208,6 +214,7 @@ pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, Cli
         password,
         fingerprint: fingerprint.clone().unwrap_or_default(),
         rpc_url: rpc_url.clone().unwrap_or_default(),
+        tcp_port: tcp_port.into(),
         proxy_url: proxy.as_ref().map(|(u, _)| u.clone()).unwrap_or_default(),
         proxy_password: proxy
             .as_ref()

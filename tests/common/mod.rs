@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod cloud;
 pub mod postgres;
+pub mod process;
 pub mod service;
 pub mod sshd;
 pub mod tinyproxy;

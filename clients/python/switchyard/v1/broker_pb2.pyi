@@ -67,7 +67,7 @@ class CloseSessionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ServiceDirectRequest(_message.Message):
-    __slots__ = ("session_id", "name", "username", "host", "port", "password", "fingerprint", "rpc_url", "proxy_url", "proxy_password")
+    __slots__ = ("session_id", "name", "username", "host", "port", "password", "fingerprint", "rpc_url", "proxy_url", "proxy_password", "tcp_port")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     USERNAME_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,7 @@ class ServiceDirectRequest(_message.Message):
     RPC_URL_FIELD_NUMBER: _ClassVar[int]
     PROXY_URL_FIELD_NUMBER: _ClassVar[int]
     PROXY_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    TCP_PORT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     name: str
     username: str
@@ -88,7 +89,8 @@ class ServiceDirectRequest(_message.Message):
     rpc_url: str
     proxy_url: str
     proxy_password: str
-    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., username: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., password: _Optional[str] = ..., fingerprint: _Optional[str] = ..., rpc_url: _Optional[str] = ..., proxy_url: _Optional[str] = ..., proxy_password: _Optional[str] = ...) -> None: ...
+    tcp_port: int
+    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., username: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., password: _Optional[str] = ..., fingerprint: _Optional[str] = ..., rpc_url: _Optional[str] = ..., proxy_url: _Optional[str] = ..., proxy_password: _Optional[str] = ..., tcp_port: _Optional[int] = ...) -> None: ...
 
 class ServiceIntegratedRequest(_message.Message):
     __slots__ = ("session_id", "name", "db", "admin_password")
