@@ -38,6 +38,10 @@ compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 # man, for scripts/verify-units.sh's check of the units' Documentation=
 # pages (systemd-analyze verify --man=yes runs it).
 command -v man >/dev/null || need+=(man-db)
+# Node.js and npm for the Node.js gRPC client test (tests/node, run by
+# tests/python/test_node_client.py; scripts/test.sh runs `npm ci`).
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
