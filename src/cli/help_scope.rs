@@ -7,8 +7,8 @@
 //! options", "Inventory options"), apart from a command's own options, and
 //! [`command`] builds the whole command tree with each one hidden from the
 //! leaf commands that do not use it. A hidden option is still accepted there
-//! (scripts that pass it everywhere keep working); it only leaves the help,
-//! the man pages and the completions.
+//! (scripts that pass it everywhere keep working); it only leaves the help
+//! and the man pages (clap_complete's scripts still offer hidden options).
 
 use clap::{Arg, CommandFactory};
 
