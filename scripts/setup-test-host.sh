@@ -41,6 +41,10 @@ command -v man >/dev/null || need+=(man-db)
 # A real HTTP CONNECT proxy (with and without Basic auth) for the TCP
 # transport's proxy tests (tests/tcp_transport.rs).
 command -v tinyproxy >/dev/null || need+=(tinyproxy)
+# Node.js and npm for the Node.js gRPC client test (tests/node, run by
+# tests/python/test_node_client.py; scripts/test.sh runs `npm ci`).
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -20,6 +20,8 @@ export PYTHON="$venv/bin/python"
 echo "== Python test dependencies"
 "$PYTHON" -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 "$PYTHON" -m pip install -q --disable-pip-version-check ./clients/python
+echo "== Node.js client test packages (tests/node)"
+npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 echo "== Python stubs are generated from proto/"
 bash scripts/gen-python-stubs.sh --check
 echo "== mypy --strict on the SDK and its examples"

@@ -6,13 +6,16 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::FromArgMatches;
 use switchyard::cli::{self, Cli, LogFormatArg};
 use switchyard::logging::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The tree with shared options scoped to the commands that use them
+    // (cli::help_scope): what `--help` shows.
+    let matches = cli::help_scope::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, ValueEnum};
+use clap::ValueEnum;
 
-use super::{Cli, CliError};
+use super::CliError;
 
 /// The shells completions are generated for.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -26,7 +26,12 @@ pub fn completions(shell: CompletionShell) -> Result<ExitCode, CliError> {
         CompletionShell::Fish => Shell::Fish,
     };
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "switchyard", &mut script);
+    clap_complete::generate(
+        shell,
+        &mut super::help_scope::command(),
+        "switchyard",
+        &mut script,
+    );
     super::write_stdout(format_args!("{}", String::from_utf8_lossy(&script)));
     Ok(ExitCode::SUCCESS)
 }
@@ -36,7 +41,7 @@ pub fn completions(shell: CompletionShell) -> Result<ExitCode, CliError> {
 pub fn man_pages(dir: &Path) -> Result<ExitCode, CliError> {
     std::fs::create_dir_all(dir)
         .map_err(CliError::io(format!("cannot create {}", dir.display())))?;
-    clap_mangen::generate_to(Cli::command(), dir).map_err(CliError::io(format!(
+    clap_mangen::generate_to(super::help_scope::command(), dir).map_err(CliError::io(format!(
         "cannot write man pages into {}",
         dir.display()
     )))?;

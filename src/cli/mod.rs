@@ -10,6 +10,7 @@ mod docs;
 mod exec_output;
 pub mod forward;
 pub mod handoff;
+pub mod help_scope;
 pub mod known_services;
 pub mod relay;
 pub mod remote;
@@ -70,19 +71,35 @@ pub struct FrontCli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Configuration file (default: $XDG_CONFIG_HOME/switchyard/config.toml if present).
-    #[arg(long, global = true, env = "SWITCHYARD_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "SWITCHYARD_CONFIG",
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
     /// Log line format on stderr (overrides the config file).
-    #[arg(long, global = true, value_enum)]
+    #[arg(long, global = true, help_heading = "Global options", value_enum)]
     pub log_format: Option<LogFormatArg>,
     /// Serve Prometheus metrics at http://ADDR/metrics (daemons only).
-    #[arg(long, global = true, value_name = "ADDR")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "ADDR"
+    )]
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The broker's socket [default: $SWITCHYARD_SOCKET, else the config's
     /// broker.socket, else $XDG_RUNTIME_DIR/switchyard/broker.sock; without
     /// $XDG_RUNTIME_DIR, /run/switchyard/broker.sock for root and
     /// $TMPDIR/switchyard-UID/broker.sock (TMPDIR: /tmp) for other users].
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "PATH"
+    )]
     pub socket: Option<PathBuf>,
 }
 

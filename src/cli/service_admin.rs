@@ -29,10 +29,22 @@ use crate::wire::messages::{Request, RequestEnvelope, Response};
 #[derive(Debug, Args)]
 pub struct ServiceArgs {
     /// The inventory database.
-    #[arg(long, global = true, env = "SWITCHYARD_DB", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Inventory options",
+        env = "SWITCHYARD_DB",
+        value_name = "PATH"
+    )]
     pub db: Option<PathBuf>,
-    /// File holding the admin password (else $CREDENTIALS_DIRECTORY/admin-password, else a prompt).
-    #[arg(long, global = true, value_name = "FILE")]
+    /// File holding the admin password (else $CREDENTIALS_DIRECTORY/admin-password, else a
+    /// prompt); commands that only list (`info`, `device list`, `user list`) need none.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Inventory options",
+        value_name = "FILE"
+    )]
     pub admin_password_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: ServiceCommand,

@@ -18,6 +18,7 @@ import pytest
 from conftest import ALICE_PW, ROOT, run_script
 
 from switchyard import ExecError, SwitchyardError
+from switchyard._core import ExecArgs
 from switchyard.sync import Client
 
 EXAMPLES = ROOT / "clients" / "python" / "examples"
@@ -63,7 +64,7 @@ def test_api_shape(broker, service):
         assert res.status == "FAILURE"
 
         # An unknown device fails on its own; the others run.
-        mixed = inventory["core-1"]._service._exec(["core-1", "ghost", "core-1"], "show version", None)
+        mixed = inventory["core-1"]._service._exec(["core-1", "ghost", "core-1"], ExecArgs("show version"))
         res = mixed.wait(30).result
         assert sorted(res) == ["core-1", "ghost"]
         assert "core-1 uptime" in res["core-1"].data

@@ -61,6 +61,46 @@ def test_terminal_reads_writes_and_closes(demo, device):
                 term.write(b"show clock\r")
 
 
+@pytest.mark.parametrize("device", ["sim-001", "inproc-1"])
+def test_terminal_answers_a_confirmation_prompt(demo, device):
+    """Log in, wait for the prompt, run two commands, answer `[confirm]`,
+    close (issue 19's terminal scenario)."""
+    prompt_line = f"{device}#".encode()
+    with Client.create(socket=demo["SWITCHYARD_SOCKET"]) as client:
+        with integrated(client, demo).inventory[device].terminal() as term:
+            assert term.readuntil_regex(PROMPT, timeout=30).rstrip().endswith(prompt_line)
+            assert b"UTC" in term.exec("show clock", timeout=30)
+            assert f"{device} uptime".encode() in term.exec("show version", timeout=30)
+            term.write("clear counters\r")
+            question = term.readuntil(b"[confirm]", timeout=30)
+            assert b"Clear" in question and b"counters" in question
+            # The device waits for the answer: no prompt comes back first.
+            with pytest.raises(TimeoutError):
+                term.readuntil_regex(PROMPT, timeout=0.5)
+            term.write("\r")
+            assert term.readuntil_regex(PROMPT, timeout=30).rstrip().endswith(prompt_line)
+            # The shell goes on after the answer.
+            assert b"UTC" in term.exec("show clock", timeout=30)
+        assert term.closed
+
+
+def test_async_terminal_answers_a_confirmation_prompt(demo):
+    async def main():
+        async with AsyncClient.create(socket=demo["SWITCHYARD_SOCKET"]) as client:
+            async with await async_terminal(client, demo, "sim-001") as term:
+                await term.readuntil_regex(PROMPT, timeout=30)
+                assert b"sim-001 uptime" in await term.exec("show version")
+                await term.write("clear counters\r")
+                assert b"Clear" in await term.readuntil(b"[confirm]", timeout=30)
+                await term.write("\r")
+                assert (await term.readuntil_regex(PROMPT, timeout=30)).rstrip().endswith(
+                    b"sim-001#")
+                assert b"UTC" in await term.exec("show clock")
+            assert term.closed
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
 def test_terminal_closed_by_the_caller(demo):
     with Client.create(socket=demo["SWITCHYARD_SOCKET"]) as client:
         device = integrated(client, demo).inventory["sim-001"]

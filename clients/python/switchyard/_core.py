@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, Dict, Generic, List, Optional, Sequence, Tuple, TypeVar, Union
 
+import grpc
+
 from .paths import default_socket as default_socket  # re-exported for sync and aio
 from .errors import (ClientForkedError, ExecError, NotAvailableError, SwitchyardError,
                      TerminalClosedError, UnknownDevicesError)
@@ -252,6 +254,13 @@ class DeviceSet(Mapping[str, D], Generic[D]):
         """This set without the devices whose last exec (through this
         service handle) failed as a whole: unreachable, refused, unknown."""
         return self._new({n: d for n, d in self._devices.items() if n not in self._failed})
+
+    def _exec_target(self) -> Tuple[D, List[str]]:
+        """For ``exec`` on this set: a device (its service runs the exec)
+        and every name. ``ValueError`` for an empty set."""
+        if not self._devices:
+            raise ValueError("exec on an empty set of devices")
+        return next(iter(self._devices.values())), list(self._devices)
 
     def singleton(self) -> D:
         """The only device of this set; ``ValueError`` unless it has exactly
@@ -532,23 +541,42 @@ class ExecCollector:
         return ExecResponse({n: results[n] for n in self.devices if n in results}, error)
 
 
+@dataclass(frozen=True)
+class ExecArgs:
+    """What ``exec(...)`` was asked to do, as its arguments say (see
+    ``switchyard.sync.Inventory.exec``)."""
+
+    commands: Commands
+    timeout: Optional[float] = None
+    reset_before: bool = False
+    reset_after: bool = False
+    sudo: bool = False
+    stream: bool = False
+    max_output: Optional[int] = None
+
+
 def exec_request(ref: pb.ServiceRef, devices: Sequence[str], commands: Sequence[str],
-                 timeout: Optional[float], reset_before: bool, reset_after: bool,
-                 sudo: bool = False, max_output: Optional[int] = None) -> pb.ExecRequest:
+                 args: ExecArgs) -> pb.ExecRequest:
     """Builds an ExecRequest. ``timeout`` is per command, in seconds (None
-    or 0: the service's default). ``reset_before``/``reset_after`` are
-    honoured by construction: every exec runs in a fresh session on the
-    device (a new shell per command over SSH, a fresh CLI state on the
-    simulator), so no state left by an earlier exec is seen and none is
-    left behind. ``sudo`` (run with raised privileges) raises
+    or 0: the service's default). ``reset_before``/``reset_after`` are not
+    sent: the service never carries state from one exec to the next where
+    it runs commands on exec channels (SSH devices by default: each command
+    gets a new channel of a pooled connection, a session of its own on the
+    device) or on the in-process simulator (a fresh CLI per exec), so they
+    hold there by construction; on devices whose commands run in a warm
+    shell (IOS-XE and ASA by default, or a device set to ``session
+    shell``) the shell is kept between execs, so a mode a command leaves
+    (``configure terminal``, ``cd``) is still there for the next exec:
+    end such a command's list with the command that leaves the mode
+    (``end``). ``sudo`` (run with raised privileges) raises
     ``NotAvailableError``: device credentials are the service's, and the
     broker has no way to ask for more."""
-    del reset_before, reset_after  # always true of the broker's exec; see above
-    if sudo:
+    if args.sudo:
         raise NotAvailableError(
             "sudo=True: Switchyard runs commands with the device account the service holds; "
             "it cannot raise privileges (put the privileged command in the command itself)"
         )
+    timeout, max_output = args.timeout, args.max_output
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds, not {timeout}")
     if max_output is not None and max_output <= 0:
@@ -560,6 +588,51 @@ def exec_request(ref: pb.ServiceRef, devices: Sequence[str], commands: Sequence[
         timeout_ms=int(timeout * 1000) if timeout else 0,
         max_output_bytes=max_output or 0,
     )
+
+
+class ExecBase:
+    """What the sync and asyncio ``ExecRequest`` share: the request built
+    from the arguments, the results gathered from the events, the devices
+    that failed as a whole noted on the service handle (for
+    ``exclude_failed()``), and the outcome. Each flavour reads the events
+    (a thread, or a task) and waits in its own way."""
+
+    _collector: ExecCollector
+    _failed: set[str]
+    _error: Optional[SwitchyardError]
+    _streaming: bool
+
+    def _start(self, ref: pb.ServiceRef, failed: set[str], devices: Sequence[str],
+               args: ExecArgs) -> pb.ExecRequest:
+        """Sets the request up; returns the message to send."""
+        self._collector = ExecCollector(devices, command_list(args.commands),
+                                        keep_output=not args.stream)
+        self._failed = failed
+        self._error = None
+        self._streaming = args.stream
+        return exec_request(ref, devices, self._collector.commands, args)
+
+    def _take(self, event: pb.ExecEvent) -> List[OutputChunk]:
+        """Takes one event; returns the output it carries for ``chunks()``
+        (only with ``stream=True``)."""
+        chunks = self._collector.chunks(event) if self._streaming else []
+        result = self._collector.feed(event)
+        if result is not None:
+            (self._failed.add if result.error else self._failed.discard)(result.device)
+        return chunks
+
+    def _outcome(self, done: bool) -> "ExecStatus":
+        """PROCESSING until ``done``; then SUCCESS, PARTIAL_SUCCESS or FAILURE."""
+        if not done:
+            return ExecStatus.PROCESSING
+        return FAILURE if self._error is not None else self._collector.response().status
+
+    def _results(self, full: bool) -> "ExecResponse":
+        """The results of a finished request: raising its error unless
+        ``full``, which lists devices without a result as failed."""
+        if not full and self._error is not None:
+            raise self._error
+        return self._collector.response(str(self._error) if self._error else "")
 
 
 def command_list(commands: Commands) -> List[str]:
@@ -652,6 +725,59 @@ def find_regex(regex: "re.Pattern[bytes]") -> Finder:
         return None if match is None else match.end()
 
     return find
+
+
+#: What a read waits for: where it ends in the unread output, and how an
+#: error names it.
+Wanted = Tuple[Finder, str]
+
+
+def any_output(n: int) -> Wanted:
+    """``read(n)``: up to ``n`` bytes (all when ``n`` < 0), at least one."""
+    return find_any(n), "output"
+
+
+def until_delimiter(delimiter: bytes) -> Wanted:
+    """``readuntil``: up to and including ``delimiter``."""
+    return find_delimiter(delimiter), repr(delimiter)
+
+
+def until_match(pattern: Pattern) -> Wanted:
+    """``readuntil_regex``: up to the end of the first match (MULTILINE)."""
+    regex = compile_prompt(pattern)
+    return find_regex(regex), f"match of {regex.pattern!r}"
+
+
+def open_request(ref: pb.ServiceRef, device: str, cols: int, rows: int) -> pb.TerminalRequest:
+    """The first message of a ``Terminal`` call: which shell, what size."""
+    return pb.TerminalRequest(open=pb.TerminalOpen(
+        service=ref, device=device, size=pb.WindowSize(cols=cols, rows=rows)))
+
+
+def keys_request(data: Union[bytes, str]) -> pb.TerminalRequest:
+    """Keystrokes (str is encoded as UTF-8)."""
+    return pb.TerminalRequest(data=data.encode() if isinstance(data, str) else data)
+
+
+def resize_request(cols: int, rows: int) -> pb.TerminalRequest:
+    """The window's new size."""
+    return pb.TerminalRequest(resize=pb.WindowSize(cols=cols, rows=rows))
+
+
+def closed_error(device: str) -> TerminalClosedError:
+    """What writing to a closed terminal raises."""
+    return TerminalClosedError(f"the terminal on {device} is closed")
+
+
+def rpc_code(err: grpc.RpcError) -> Optional[grpc.StatusCode]:
+    """The status code of a failed call (sync or asyncio), if it has one."""
+    code = getattr(err, "code", None)
+    return code() if callable(code) else None
+
+
+def cancelled(err: grpc.RpcError) -> bool:
+    """Whether a failed call (sync or asyncio) was cancelled by this side."""
+    return rpc_code(err) == grpc.StatusCode.CANCELLED
 
 
 def command_output(command: str, text: bytes) -> bytes:

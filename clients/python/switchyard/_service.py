@@ -42,6 +42,10 @@ class ServiceBase:
             raise SwitchyardError(f"service {self.name!r} was logged out of; connect again")
         return pb.ServiceRef(session_id=self._session.session_id, service_id=self._id)
 
+    def _named(self, name: str) -> None:
+        """Takes the name the broker reports (when it reports one)."""
+        self.name = name or self.name
+
     def _state_in(self, status: pb.StatusResponse) -> str:
         """The link's state as ``status`` reports it (see ``status``)."""
         if self._closed:

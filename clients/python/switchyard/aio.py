@@ -18,24 +18,26 @@ the process: used after ``fork()`` it raises ``ClientForkedError``.
 from __future__ import annotations
 
 import asyncio
-import getpass
 import time
-from typing import Any, AsyncIterator, Optional, Sequence
+from collections.abc import Callable
+from typing import Any, AsyncIterator, Optional, Sequence, TypeVar
 
 import grpc
 import grpc.aio
 
+from ._calls import Call, ClientCalls, inventory_call, sso_event, sso_without_outcome, wait_call
 from ._core import (
-    CHANNEL_OPTIONS,
     FAILURE,
     PARTIAL_SUCCESS,
     SUCCESS,
+    CHANNEL_OPTIONS,
     CommandResult,
     Commands,
     DeviceInfo,
     DeviceResult,
     DeviceSet,
-    ExecCollector,
+    ExecArgs,
+    ExecBase,
     ExecResponse,
     ExecStatus,
     ForkGuard,
@@ -43,32 +45,19 @@ from ._core import (
     STREAM_QUEUE,
     LinkKey,
     ProxyInfo,
-    command_list,
     default_socket,
-    exec_request,
 )
-from ._login import (
-    Login,
-    OnPrompt,
-    asks_password,
-    certificate_request,
-    cloud_request,
-    direct_request,
-    direct_sso_request,
-    integrated_request,
-    relay,
-    show_prompt,
-    sso_request,
-    token_request,
-)
+from ._login import Login, OnPrompt
 from ._service import ServiceBase
 from .aio_terminal import AsyncTerminal
 from .errors import SwitchyardError, from_rpc, login_error
 from .v1 import broker_pb2 as pb
 from .v1 import broker_pb2_grpc as rpc
 
+T = TypeVar("T")
 
-class Client:
+
+class Client(ClientCalls["Service"]):
     """A broker session for asyncio code: ``async with Client.create() as
     client:``."""
 
@@ -172,13 +161,26 @@ class Client:
                 "the client is not open: use `async with Client.create() as client:`")
         return self._stub_
 
-    async def _call(self, method: str, request: Any, timeout: Optional[float] = 60,
-                    login: bool = False) -> Any:
+    async def _do(self, call: Call[T],
+                  retry: Optional[Callable[[grpc.RpcError], Optional[Call[T]]]] = None) -> T:
+        """As ``switchyard.sync.Client._do``."""
         stub = self._stub
         try:
-            return await getattr(stub, method)(request, timeout=timeout)
+            return call.finish(await getattr(stub, call.method)(call.request,
+                                                                timeout=call.timeout))
         except grpc.RpcError as err:
-            raise (login_error if login else from_rpc)(err, self._socket) from None
+            again = retry(err) if retry is not None else None
+            if again is None:
+                raise (login_error if call.login else from_rpc)(err, self._socket) from None
+        return await self._do(again)
+
+    async def _call(self, method: str, request: Any, timeout: Optional[float] = 60,
+                    login: bool = False) -> Any:
+        return await self._do(Call(method, request, lambda reply: reply, login, timeout))
+
+    def _service(self, reply: pb.ServiceResponse, link: LinkKey,
+                 cloud: bool = False) -> "Service":
+        return Service(self, reply, link, cloud)
 
     # -- services (see switchyard.sync.Client for the arguments) -----------
     async def service_direct(
@@ -188,24 +190,15 @@ class Client:
         proxy: Optional[ProxyInfo] = None,
     ) -> "Service":
         """As ``switchyard.sync.Client.service_direct``."""
-        request, link = direct_request(self.session_id, username, password, host, port,
-                                       sha256_fingerprint or fingerprint, rpc_url, proxy)
-        try:
-            reply = await self._stub.ServiceDirect(request, timeout=60)
-        except grpc.RpcError as err:
-            code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
-            if asks_password(password, code == grpc.StatusCode.INVALID_ARGUMENT):
-                request.password = getpass.getpass(f"Password for {username}@{host}: ")
-                reply = await self._call("ServiceDirect", request, login=True)
-            else:
-                raise login_error(err, self._socket) from None
-        return Service(self, reply, link)
+        call = self._direct(username, password, host, port, sha256_fingerprint or fingerprint,
+                            rpc_url, proxy)
+        return await self._do(
+            call, lambda err: self._direct_retry(call, err, password, username, host))
 
     async def service_integrated(self, admin_password: Optional[str] = None,
                                  db: Optional[str] = None) -> "Service":
         """As ``switchyard.sync.Client.service_integrated``."""
-        request, link = integrated_request(self.session_id, admin_password, db)
-        return Service(self, await self._call("ServiceIntegrated", request, login=True), link)
+        return await self._do(self._integrated(admin_password, db))
 
     async def sso_login(
         self, identity: str, domain: Optional[str] = None, open_browser: bool = False,
@@ -213,17 +206,15 @@ class Client:
         timeout: Optional[float] = 600, on_prompt: Optional[OnPrompt] = None,
     ) -> Login:
         """As ``switchyard.sync.Client.sso_login``."""
-        request = sso_request(self.session_id, identity, domain, relay_url, proxy)
+        request = self._sso(identity, domain, relay_url, proxy)
         try:
             async for event in self._stub.SsoLogin(request, timeout=timeout):
-                which = event.WhichOneof("event")
-                if which == "prompt":
-                    show_prompt(identity, event.prompt, open_browser, on_prompt)
-                elif which == "logged_in":
-                    return Login(event.logged_in)
+                login = sso_event(event, identity, open_browser, on_prompt)
+                if login is not None:
+                    return login
         except grpc.RpcError as err:
             raise login_error(err, self._socket) from None
-        raise SwitchyardError("the broker ended the SSO login without an outcome")
+        raise sso_without_outcome()
 
     async def certificate_login(
         self, identity: str, cert_path: Optional[str] = None, key_path: Optional[str] = None,
@@ -233,31 +224,26 @@ class Client:
         password: Optional[str] = None,
     ) -> Login:
         """As ``switchyard.sync.Client.certificate_login``."""
-        request = certificate_request(
-            self.session_id, identity, cert_path, key_path, ca_path,
+        return await self._do(self._certificate(
+            identity, cert_path, key_path, ca_path,
             private_key_password if private_key_password is not None else password,
-            domain, proxy, relay_url, cert_dir)
-        return Login(await self._call("CertificateLogin", request, login=True))
+            domain, proxy, relay_url, cert_dir))
 
     async def access_token_login(self, access_token: str, domain: Optional[str] = None,
                                  proxy: Optional[ProxyInfo] = None, *,
                                  relay_url: Optional[str] = None) -> Login:
         """As ``switchyard.sync.Client.access_token_login``."""
-        request = token_request(self.session_id, access_token, domain, relay_url, proxy)
-        return Login(await self._call("AccessTokenLogin", request, login=True))
+        return await self._do(self._token(access_token, domain, proxy, relay_url))
 
     async def logout(self, identity: Optional[str] = None, domain: Optional[str] = None,
                      relay_url: Optional[str] = None) -> int:
         """As ``switchyard.sync.Client.logout``."""
-        reply = await self._call(
-            "Logout", pb.LogoutRequest(identity=identity or "", relay=relay(relay_url, domain)))
-        return int(reply.logged_out)
+        return await self._do(self._logout(identity, domain, relay_url))
 
     async def service_cloud(self, serial: str, e2ee_fingerprint: Optional[str] = None,
                             identity: Optional[str] = None) -> "Service":
         """As ``switchyard.sync.Client.service_cloud``."""
-        request, link = cloud_request(self.session_id, serial, e2ee_fingerprint, identity)
-        return Service(self, await self._call("ServiceCloud", request), link, cloud=True)
+        return await self._do(self._cloud(serial, e2ee_fingerprint, identity))
 
     #: The reference client's name for ``service_cloud``.
     service = service_cloud
@@ -267,14 +253,11 @@ class Client:
         e2ee_fingerprint: Optional[str] = None, identity: Optional[str] = None,
     ) -> "Service":
         """As ``switchyard.sync.Client.service_direct_with_sso``."""
-        request, link = direct_sso_request(self.session_id, serial, host, port,
-                                           e2ee_fingerprint, identity)
-        return Service(self, await self._call("ServiceDirectWithSso", request), link, cloud=True)
+        return await self._do(self._direct_sso(serial, host, port, e2ee_fingerprint, identity))
 
     async def status(self) -> pb.StatusResponse:
         """The broker's view of this local user (sessions, links)."""
-        result: pb.StatusResponse = await self._call("Status", pb.StatusRequest())
-        return result
+        return await self._do(self._status())
 
 
 class Service(ServiceBase):
@@ -295,9 +278,7 @@ class Service(ServiceBase):
         return self
 
     async def _wait(self, limit: float) -> None:
-        reply = await self._client._call(
-            "Wait", pb.WaitRequest(service=self._ref(), timeout_secs=limit), timeout=limit + 10)
-        self.name = reply.service_name or self.name
+        await self._client._do(wait_call(self._ref(), limit, self._named))
 
     async def get_status(self) -> str:
         """As ``switchyard.sync.Service.status`` (a coroutine here)."""
@@ -324,15 +305,13 @@ class Service(ServiceBase):
 
     async def update_inventory(self) -> "Service":
         """Fetches the inventory from the service again."""
-        reply = await self._client._call("Inventory", pb.InventoryRequest(service=self._ref()))
-        self._inventory = Inventory({d.name: Device(self, d) for d in reply.devices}, self._failed)
+        self._inventory = await self._client._do(inventory_call(
+            self._ref(), lambda reply: Inventory(
+                {d.name: Device(self, d) for d in reply.devices}, self._failed)))
         return self
 
-    def _exec(self, devices: Sequence[str], commands: Commands, timeout: Optional[float],
-              reset_before: bool, reset_after: bool, sudo: bool = False, stream: bool = False,
-              max_output: Optional[int] = None) -> "ExecRequest":
-        return ExecRequest(self, devices, commands, timeout, reset_before, reset_after, sudo,
-                           stream, max_output)
+    def _exec(self, devices: Sequence[str], args: ExecArgs) -> "ExecRequest":
+        return ExecRequest(self, devices, args)
 
 
 class Device(DeviceInfo):
@@ -344,11 +323,11 @@ class Device(DeviceInfo):
 
     async def exec(self, commands: Commands, timeout: Optional[float] = None,
                    reset_before: bool = False, reset_after: bool = False,
-             sudo: bool = False, stream: bool = False,
-             max_output: Optional[int] = None) -> "ExecRequest":
+                   sudo: bool = False, stream: bool = False,
+                   max_output: Optional[int] = None) -> "ExecRequest":
         """As ``switchyard.sync.Device.exec``; returns the started request."""
-        return self._service._exec([self.name], commands, timeout, reset_before, reset_after,
-                                  sudo, stream, max_output)
+        return self._service._exec([self.name], ExecArgs(
+            commands, timeout, reset_before, reset_after, sudo, stream, max_output))
 
     async def terminal(self, cols: int = 80, rows: int = 24, timeout: float = 30.0) -> AsyncTerminal:
         """An interactive shell on the device; ``async with await
@@ -367,34 +346,27 @@ class Inventory(DeviceSet[Device]):
 
     async def exec(self, commands: Commands, timeout: Optional[float] = None,
                    reset_before: bool = False, reset_after: bool = False,
-             sudo: bool = False, stream: bool = False,
-             max_output: Optional[int] = None) -> "ExecRequest":
-        """As ``switchyard.sync.Inventory.exec``."""
-        if not self._devices:
-            raise ValueError("exec on an empty set of devices")
-        service = next(iter(self._devices.values()))._service
-        return service._exec(list(self._devices), commands, timeout, reset_before, reset_after,
-                             sudo, stream, max_output)
+                   sudo: bool = False, stream: bool = False,
+                   max_output: Optional[int] = None) -> "ExecRequest":
+        """As ``switchyard.sync.Inventory.exec`` (where commands run, and
+        what ``reset_before``/``reset_after`` mean, is said there)."""
+        first, names = self._exec_target()
+        return first._service._exec(names, ExecArgs(
+            commands, timeout, reset_before, reset_after, sudo, stream, max_output))
 
 
-class ExecRequest:
+class ExecRequest(ExecBase):
     """Commands running on devices, read by a task of the event loop.
     ``await request.wait(timeout)``, then ``result`` / ``full_result`` /
     ``status`` as in ``switchyard.sync.ExecRequest``."""
 
-    def __init__(self, service: Service, devices: Sequence[str], commands: Commands,
-                 timeout: Optional[float], reset_before: bool, reset_after: bool,
-                 sudo: bool = False, stream: bool = False,
-                 max_output: Optional[int] = None) -> None:
-        self._collector = ExecCollector(devices, command_list(commands), keep_output=not stream)
-        request = exec_request(service._ref(), devices, self._collector.commands, timeout,
-                               reset_before, reset_after, sudo, max_output)
-        self._service = service
-        self._error: Optional[SwitchyardError] = None
+    def __init__(self, service: Service, devices: Sequence[str], args: ExecArgs) -> None:
+        request = self._start(service._ref(), service._failed, devices, args)
+        self._socket = service._client._socket
         # stream=True: output goes to `chunks()` through this bounded queue
         # (the reading task waits when it is full: back-pressure).
         self._queue: Optional["asyncio.Queue[Optional[OutputChunk]]"] = (
-            asyncio.Queue(maxsize=STREAM_QUEUE) if stream else None)
+            asyncio.Queue(maxsize=STREAM_QUEUE) if args.stream else None)
         self._ended = False
         self._task = asyncio.get_running_loop().create_task(self._run(service._client._stub,
                                                                       request))
@@ -402,15 +374,11 @@ class ExecRequest:
     async def _run(self, stub: rpc.BrokerAsyncStub, request: pb.ExecRequest) -> None:
         try:
             async for event in stub.Exec(request):
-                if self._queue is not None:
-                    for chunk in self._collector.chunks(event):
-                        await self._queue.put(chunk)
-                result = self._collector.feed(event)
-                if result is not None:
-                    failed = self._service._failed
-                    (failed.add if result.error else failed.discard)(result.device)
+                for chunk in self._take(event):
+                    assert self._queue is not None  # chunks only with stream=True
+                    await self._queue.put(chunk)
         except grpc.RpcError as err:
-            self._error = from_rpc(err, self._service._client._socket)
+            self._error = from_rpc(err, self._socket)
         finally:
             self._ended = True
             if self._queue is not None:
@@ -454,24 +422,20 @@ class ExecRequest:
     @property
     def status(self) -> ExecStatus:
         """PROCESSING while running; then SUCCESS, PARTIAL_SUCCESS or FAILURE."""
-        if not self._task.done():
-            return ExecStatus.PROCESSING
-        return FAILURE if self._error is not None else self._collector.response().status
+        return self._outcome(self._task.done())
 
     @property
     def result(self) -> ExecResponse:
         """Results by device, once finished; raises if it failed as a whole."""
         self._finished()
-        if self._error is not None:
-            raise self._error
-        return self._collector.response()
+        return self._results(full=False)
 
     @property
     def full_result(self) -> ExecResponse:
         """Results by device, once finished, never raising for a failed
         request (devices without a result listed as failed)."""
         self._finished()
-        return self._collector.response(str(self._error) if self._error else "")
+        return self._results(full=True)
 
 
 __all__ = [

@@ -14,20 +14,23 @@ from collections.abc import Callable
 from typing import Any, Optional, Union
 
 import grpc
-import grpc.aio
 
 from .errors import SwitchyardError, TerminalClosedError
 from ._core import (
     DEFAULT_PROMPT,
     MAX_BUFFER,
-    Finder,
     Pattern,
+    Wanted,
+    any_output,
+    cancelled,
+    closed_error,
     command_output,
-    compile_prompt,
-    find_any,
-    find_delimiter,
-    find_regex,
+    keys_request,
+    open_request,
+    resize_request,
     take_found,
+    until_delimiter,
+    until_match,
     wait_left,
 )
 from .v1 import broker_pb2 as pb
@@ -63,8 +66,7 @@ class AsyncTerminal:
         call = stub.Terminal()
         term = cls(call, device, convert)
         try:
-            await call.write(pb.TerminalRequest(open=pb.TerminalOpen(
-                service=ref, device=device, size=pb.WindowSize(cols=cols, rows=rows))))
+            await call.write(open_request(ref, device, cols, rows))
             await asyncio.wait_for(term._ready.wait(), timeout)
         except asyncio.TimeoutError:
             await term.close()
@@ -88,8 +90,7 @@ class AsyncTerminal:
                 elif kind == "closed":
                     break
         except grpc.RpcError as err:
-            if not (isinstance(err, grpc.aio.AioRpcError)
-                    and err.code() == grpc.StatusCode.CANCELLED):
+            if not cancelled(err):
                 self._error = self._convert(err)
         except asyncio.CancelledError:
             pass
@@ -128,18 +129,18 @@ class AsyncTerminal:
     async def write(self, data: Union[bytes, str]) -> None:
         """Sends keystrokes (str is encoded as UTF-8)."""
         if self._closed:
-            raise TerminalClosedError(f"the terminal on {self.device} is closed")
+            raise closed_error(self.device)
         try:
-            await self._call.write(
-                pb.TerminalRequest(data=data.encode() if isinstance(data, str) else data))
+            await self._call.write(keys_request(data))
         except grpc.RpcError as err:
             raise self._convert(err) from None
 
     async def resize(self, cols: int, rows: int) -> None:
         """Tells the device the window's new size."""
-        await self._call.write(pb.TerminalRequest(resize=pb.WindowSize(cols=cols, rows=rows)))
+        await self._call.write(resize_request(cols, rows))
 
-    async def _take_when(self, find: Finder, timeout: Optional[float], what: str) -> bytes:
+    async def _take_when(self, wanted: Wanted, timeout: Optional[float]) -> bytes:
+        find, what = wanted
         deadline = None if timeout is None else time.monotonic() + timeout
         async with self._cond:
             while True:
@@ -158,13 +159,13 @@ class AsyncTerminal:
         """Up to ``n`` bytes (all buffered when ``n`` < 0), at least one;
         b"" once the shell ended and all was read."""
         try:
-            return await self._take_when(find_any(n), timeout, "output")
+            return await self._take_when(any_output(n), timeout)
         except TerminalClosedError:
             return b""
 
     async def readuntil(self, delimiter: bytes, timeout: Optional[float] = None) -> bytes:
         """Everything up to and including ``delimiter``."""
-        return await self._take_when(find_delimiter(delimiter), timeout, repr(delimiter))
+        return await self._take_when(until_delimiter(delimiter), timeout)
 
     async def readline(self, timeout: Optional[float] = None) -> bytes:
         """One line, with its ``\\n``."""
@@ -172,8 +173,7 @@ class AsyncTerminal:
 
     async def readuntil_regex(self, pattern: Pattern, timeout: Optional[float] = None) -> bytes:
         """Everything up to the end of the first match (MULTILINE)."""
-        regex = compile_prompt(pattern)
-        return await self._take_when(find_regex(regex), timeout, f"match of {regex.pattern!r}")
+        return await self._take_when(until_match(pattern), timeout)
 
     async def readuntil_timeout(self, timeout: float) -> bytes:
         """Everything that arrives within ``timeout`` seconds."""

@@ -22,28 +22,29 @@ client's REPL-style globals do.
 
 from __future__ import annotations
 
-import getpass
 import queue
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, TypeVar
 
 import grpc
 
+from ._calls import Call, ClientCalls, inventory_call, sso_event, sso_without_outcome, wait_call
 from ._core import (
-    CHANNEL_OPTIONS,
     FAILURE,
     PARTIAL_SUCCESS,
     SUCCESS,
+    CHANNEL_OPTIONS,
     CommandResult,
     Commands,
     DeviceInfo,
     DeviceResult,
     DeviceSet,
-    ExecCollector,
+    ExecArgs,
+    ExecBase,
     ExecResponse,
     ExecStatus,
     ForkGuard,
@@ -51,37 +52,23 @@ from ._core import (
     STREAM_QUEUE,
     LinkKey,
     ProxyInfo,
-    command_list,
     default_socket,
-    exec_request,
 )
-from ._login import (
-    Login,
-    OnPrompt,
-    asks_password,
-    certificate_request,
-    cloud_request,
-    default_cert_dir,
-    direct_request,
-    direct_sso_request,
-    integrated_request,
-    relay,
-    show_prompt,
-    sso_request,
-    token_request,
-)
+from ._login import Login, OnPrompt, default_cert_dir
 from .errors import SwitchyardError, from_rpc, login_error
 from ._service import ServiceBase
 from .terminal import Terminal
 from .v1 import broker_pb2 as pb
 from .v1 import broker_pb2_grpc as rpc
 
+T = TypeVar("T")
+
 
 def _channel(socket: str) -> grpc.Channel:
     return grpc.insecure_channel(f"unix:{socket}", options=CHANNEL_OPTIONS)
 
 
-class Client:
+class Client(ClientCalls["Service"]):
     """A broker session. Create it with ``Client.create()`` and use it as a
     context manager (or on an ``ExitStack``)."""
 
@@ -209,13 +196,26 @@ class Client:
             raise SwitchyardError("the client is not open: use `with Client.create() as client:`")
         return self._stub_
 
-    def _call(self, method: str, request: Any, timeout: Optional[float] = 60,
-              login: bool = False) -> Any:
+    def _do(self, call: Call[T],
+            retry: Optional[Callable[[grpc.RpcError], Optional[Call[T]]]] = None) -> T:
+        """Makes ``call``; on failure, makes ``retry(err)`` instead when it
+        gives a call, else raises the error as ``SwitchyardError``."""
         stub = self._stub
         try:
-            return getattr(stub, method)(request, timeout=timeout)
+            return call.finish(getattr(stub, call.method)(call.request, timeout=call.timeout))
         except grpc.RpcError as err:
-            raise (login_error if login else from_rpc)(err, self._socket) from None
+            again = retry(err) if retry is not None else None
+            if again is None:
+                raise (login_error if call.login else from_rpc)(err, self._socket) from None
+        return self._do(again)
+
+    def _call(self, method: str, request: Any, timeout: Optional[float] = 60,
+              login: bool = False) -> Any:
+        return self._do(Call(method, request, lambda reply: reply, login, timeout))
+
+    def _service(self, reply: pb.ServiceResponse, link: LinkKey,
+                 cloud: bool = False) -> "Service":
+        return Service(self, reply, link, cloud)
 
     # -- services ----------------------------------------------------------
     def service_direct(
@@ -239,27 +239,16 @@ class Client:
         (a ``ProxyInfo``) then names the HTTP proxy to go through.
 
         Raises ``WrongCredentialsError``, ``UnreachableError``."""
-        request, link = direct_request(self.session_id, username, password, host, port,
-                                       sha256_fingerprint or fingerprint, rpc_url, proxy)
-        try:
-            reply = self._stub.ServiceDirect(request, timeout=60)
-        except grpc.RpcError as err:
-            code = err.code() if isinstance(err, grpc.Call) else None
-            if asks_password(password, code == grpc.StatusCode.INVALID_ARGUMENT):
-                request.password = getpass.getpass(f"Password for {username}@{host}: ")
-                reply = self._call("ServiceDirect", request, login=True)
-            else:
-                raise login_error(err, self._socket) from None
-        return Service(self, reply, link)
+        call = self._direct(username, password, host, port, sha256_fingerprint or fingerprint,
+                            rpc_url, proxy)
+        return self._do(call, lambda err: self._direct_retry(call, err, password, username, host))
 
     def service_integrated(
         self, admin_password: Optional[str] = None, db: Optional[str] = None
     ) -> "Service":
         """Runs the service inside the broker over an inventory on this host
         (``db``, else ``$SWITCHYARD_DB``); the admin password unseals it."""
-        request, link = integrated_request(self.session_id, admin_password, db)
-        reply = self._call("ServiceIntegrated", request, login=True)
-        return Service(self, reply, link)
+        return self._do(self._integrated(admin_password, db))
 
     # -- cloud -----------------------------------------------------------
     def sso_login(
@@ -279,17 +268,15 @@ class Client:
         user that log in to the same identity meanwhile share this prompt;
         later ones get the login at once. ``proxy`` raises
         ``NotAvailableError``. Raises ``LoginError`` subclasses."""
-        request = sso_request(self.session_id, identity, domain, relay_url, proxy)
+        request = self._sso(identity, domain, relay_url, proxy)
         try:
             for event in self._stub.SsoLogin(request, timeout=timeout):
-                which = event.WhichOneof("event")
-                if which == "prompt":
-                    show_prompt(identity, event.prompt, open_browser, on_prompt)
-                elif which == "logged_in":
-                    return Login(event.logged_in)
+                login = sso_event(event, identity, open_browser, on_prompt)
+                if login is not None:
+                    return login
         except grpc.RpcError as err:
             raise login_error(err, self._socket) from None
-        raise SwitchyardError("the broker ended the SSO login without an outcome")
+        raise sso_without_outcome()
 
     def certificate_login(
         self,
@@ -313,12 +300,10 @@ class Client:
         for on a terminal when not given. ``ca_path`` and ``proxy`` raise
         ``NotAvailableError``: the broker takes the relay's CA from its
         config (``domains.NAME.ca_file``)."""
-        request = certificate_request(
-            self.session_id, identity, cert_path, key_path, ca_path,
+        return self._do(self._certificate(
+            identity, cert_path, key_path, ca_path,
             private_key_password if private_key_password is not None else password,
-            domain, proxy, relay_url, cert_dir)
-        reply = self._call("CertificateLogin", request, login=True)
-        return Login(reply)
+            domain, proxy, relay_url, cert_dir))
 
     def access_token_login(
         self,
@@ -330,9 +315,7 @@ class Client:
     ) -> "Login":
         """Logs in with an access token (``switchyard relay token issue``,
         or ``CreateAccessToken``). Raises ``LoginError`` subclasses."""
-        request = token_request(self.session_id, access_token, domain, relay_url, proxy)
-        reply = self._call("AccessTokenLogin", request, login=True)
-        return Login(reply)
+        return self._do(self._token(access_token, domain, proxy, relay_url))
 
     def logout(
         self, identity: Optional[str] = None, domain: Optional[str] = None,
@@ -340,19 +323,14 @@ class Client:
     ) -> int:
         """Ends this local user's cloud logins (all, or those matching);
         returns how many ended."""
-        reply = self._call(
-            "Logout",
-            pb.LogoutRequest(identity=identity or "", relay=relay(relay_url, domain)),
-        )
-        return int(reply.logged_out)
+        return self._do(self._logout(identity, domain, relay_url))
 
     def service_cloud(
         self, serial: str, e2ee_fingerprint: Optional[str] = None, identity: Optional[str] = None
     ) -> "Service":
         """A service reached through the relay by its serial. Returns at
         once; call ``.wait()`` to block until it is reachable."""
-        request, link = cloud_request(self.session_id, serial, e2ee_fingerprint, identity)
-        return Service(self, self._call("ServiceCloud", request), link, cloud=True)
+        return self._do(self._cloud(serial, e2ee_fingerprint, identity))
 
     #: The reference client's name for ``service_cloud``.
     service = service_cloud
@@ -368,14 +346,11 @@ class Client:
         """A service reached directly (``host``, else the address it
         advertises), authenticated with the SSO login instead of a
         password. Call ``.wait()`` before use."""
-        request, link = direct_sso_request(self.session_id, serial, host, port,
-                                           e2ee_fingerprint, identity)
-        return Service(self, self._call("ServiceDirectWithSso", request), link, cloud=True)
+        return self._do(self._direct_sso(serial, host, port, e2ee_fingerprint, identity))
 
     def status(self) -> pb.StatusResponse:
         """The broker's view of this local user (sessions, links)."""
-        result: pb.StatusResponse = self._call("Status", pb.StatusRequest())
-        return result
+        return self._do(self._status())
 
 
 class Service(ServiceBase):
@@ -396,10 +371,7 @@ class Service(ServiceBase):
         return self
 
     def _wait(self, limit: float) -> None:
-        reply = self._client._call(
-            "Wait", pb.WaitRequest(service=self._ref(), timeout_secs=limit), timeout=limit + 10
-        )
-        self.name = reply.service_name or self.name
+        self._client._do(wait_call(self._ref(), limit, self._named))
 
     # -- the reference client's service attributes -----------------------
     @property
@@ -428,18 +400,12 @@ class Service(ServiceBase):
 
     def update_inventory(self) -> "Service":
         """Fetches the inventory from the service again."""
-        reply = self._client._call("Inventory", pb.InventoryRequest(service=self._ref()))
-        self._inventory = Inventory(
-            {d.name: Device(self, d) for d in reply.devices}, self._failed
-        )
+        self._inventory = self._client._do(inventory_call(self._ref(), lambda reply: Inventory(
+            {d.name: Device(self, d) for d in reply.devices}, self._failed)))
         return self
 
-    def _exec(self, devices: Sequence[str], commands: Commands, timeout: Optional[float] = None,
-              reset_before: bool = False, reset_after: bool = False,
-              sudo: bool = False, stream: bool = False,
-              max_output: Optional[int] = None) -> "ExecRequest":
-        return ExecRequest(self, list(devices), commands, timeout, reset_before, reset_after,
-                           sudo, stream, max_output)
+    def _exec(self, devices: Sequence[str], args: ExecArgs) -> "ExecRequest":
+        return ExecRequest(self, devices, args)
 
 
 class Device(DeviceInfo):
@@ -454,8 +420,8 @@ class Device(DeviceInfo):
              sudo: bool = False, stream: bool = False,
              max_output: Optional[int] = None) -> "ExecRequest":
         """Runs one command or a list on this device; see ``Inventory.exec``."""
-        return self._service._exec([self.name], commands, timeout, reset_before, reset_after,
-                                  sudo, stream, max_output)
+        return self._service._exec([self.name], ExecArgs(
+            commands, timeout, reset_before, reset_after, sudo, stream, max_output))
 
     def terminal(self, cols: int = 80, rows: int = 24, timeout: float = 30.0) -> Terminal:
         """An interactive shell on the device (a ``Terminal``; use it as a
@@ -536,23 +502,34 @@ class Inventory(DeviceSet[Device]):
              sudo: bool = False, stream: bool = False,
              max_output: Optional[int] = None) -> "ExecRequest":
         """Runs one command (results keyed by device) or a list (keyed by
-        device, then command) on every device of this set, concurrently.
+        device, then command) on every device of this set, concurrently;
+        the commands of one device run in order. Returns at once.
+
+        Where a command runs depends on the device: over SSH, on a new
+        exec channel of a pooled connection (the connection is reused
+        across execs and callers; the channel, and so the command's session
+        on the device, is new each time), or, for devices whose commands
+        run in a shell (IOS-XE and ASA by default, or any device added with
+        ``--session shell``), in a warm shell the service keeps between
+        execs (prompt learned, paging off, ``enable`` done once). Simulated
+        devices in process start a fresh CLI per exec.
+
         ``timeout`` is per command in seconds (None: the service's
-        default). ``reset_before``/``reset_after`` always hold: every exec
-        runs in a fresh session on the device; ``sudo=True`` raises
-        ``NotAvailableError``. ``stream=True``: output goes to
+        default). ``reset_before``/``reset_after``: exec channels and the
+        in-process simulator keep no state between execs, so they hold
+        there; a warm shell keeps the mode a command leaves (``configure
+        terminal``, ``cd``) for the next exec on it, so end such a list
+        with the command that leaves the mode (``end``). ``sudo=True``
+        raises ``NotAvailableError``. ``stream=True``: output goes to
         ``request.chunks()`` as it arrives instead of into the results
         (memory stays bounded whatever its size). ``max_output``: bytes one
-        command may output before it is stopped and fails. Returns at
-        once."""
-        if not self._devices:
-            raise ValueError("exec on an empty set of devices")
-        service = next(iter(self._devices.values()))._service
-        return service._exec(list(self._devices), commands, timeout, reset_before, reset_after,
-                             sudo, stream, max_output)
+        command may output before it is stopped and fails."""
+        first, names = self._exec_target()
+        return first._service._exec(names, ExecArgs(
+            commands, timeout, reset_before, reset_after, sudo, stream, max_output))
 
 
-class ExecRequest:
+class ExecRequest(ExecBase):
     """Commands running on devices. It starts at once; ``wait()`` for it.
 
     ``result`` / ``full_result`` are an ``ExecResponse`` keyed by device:
@@ -561,22 +538,15 @@ class ExecRequest:
     with the reason. ``status`` is PROCESSING, SUCCESS, PARTIAL_SUCCESS or
     FAILURE."""
 
-    def __init__(self, service: Service, devices: Sequence[str], commands: Commands,
-                 timeout: Optional[float], reset_before: bool = False,
-                 reset_after: bool = False, sudo: bool = False, stream: bool = False,
-                 max_output: Optional[int] = None) -> None:
-        self._collector = ExecCollector(devices, command_list(commands), keep_output=not stream)
-        request = exec_request(service._ref(), devices, self._collector.commands, timeout,
-                               reset_before, reset_after, sudo, max_output)
-        self._service = service
-        self._error: Optional[SwitchyardError] = None
+    def __init__(self, service: Service, devices: Sequence[str], args: ExecArgs) -> None:
+        request = self._start(service._ref(), service._failed, devices, args)
         self._done = threading.Event()
         self._client = service._client
         # With stream=True, output goes to `chunks()` through this bounded
         # queue (the reader thread waits when it is full, so a slow consumer
         # slows the device read) and is not kept in the results.
         self._queue: Optional["queue.Queue[Optional[OutputChunk]]"] = (
-            queue.Queue(maxsize=STREAM_QUEUE) if stream else None)
+            queue.Queue(maxsize=STREAM_QUEUE) if args.stream else None)
         stub = self._client._stub
         self._thread = threading.Thread(target=self._run, args=(stub, request), daemon=True)
         self._thread.start()
@@ -584,13 +554,9 @@ class ExecRequest:
     def _run(self, stub: rpc.BrokerStub, request: pb.ExecRequest) -> None:
         try:
             for event in stub.Exec(request):
-                if self._queue is not None:
-                    for chunk in self._collector.chunks(event):
-                        self._queue.put(chunk)
-                result = self._collector.feed(event)
-                if result is not None:
-                    failed = self._service._failed
-                    (failed.add if result.error else failed.discard)(result.device)
+                for chunk in self._take(event):
+                    assert self._queue is not None  # chunks only with stream=True
+                    self._queue.put(chunk)
         except grpc.RpcError as err:
             self._error = from_rpc(err, self._client._socket)
         finally:
@@ -625,24 +591,20 @@ class ExecRequest:
     @property
     def status(self) -> ExecStatus:
         """PROCESSING while running; then SUCCESS, PARTIAL_SUCCESS or FAILURE."""
-        if not self._done.is_set():
-            return ExecStatus.PROCESSING
-        if self._error is not None:
-            return FAILURE
-        return self._collector.response().status
+        return self._outcome(self._done.is_set())
 
     @property
     def result(self) -> ExecResponse:
         """Results by device (waits). Raises if the request failed as a whole."""
         self.wait()
-        return self._collector.response()
+        return self._results(full=False)
 
     @property
     def full_result(self) -> ExecResponse:
         """Results by device (waits), never raising: when the request failed
         as a whole, devices without a result are listed as failed."""
         self._done.wait()
-        return self._collector.response(str(self._error) if self._error else "")
+        return self._results(full=True)
 
 
 # -- the reference client's module-level functions ---------------------------

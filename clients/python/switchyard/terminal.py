@@ -31,7 +31,16 @@ from ._core import (  # re-exported: the terminal's public helpers
     find_any as find_any,
     find_delimiter as find_delimiter,
     find_regex as find_regex,
+    Wanted,
+    any_output,
+    cancelled,
+    closed_error,
+    keys_request,
+    open_request,
+    resize_request,
     take_found,
+    until_delimiter,
+    until_match,
     wait_left,
 )
 from .errors import SwitchyardError, TerminalClosedError
@@ -52,8 +61,7 @@ class Terminal:
         self.device = device
         self._convert = convert
         self._input: "queue.Queue[Optional[pb.TerminalRequest]]" = queue.Queue()
-        self._input.put(pb.TerminalRequest(open=pb.TerminalOpen(
-            service=ref, device=device, size=pb.WindowSize(cols=cols, rows=rows))))
+        self._input.put(open_request(ref, device, cols, rows))
         self._buffer = bytearray()
         self._cond = threading.Condition()
         self._closed = False
@@ -88,7 +96,7 @@ class Terminal:
                 elif kind == "closed":
                     break
         except grpc.RpcError as err:
-            if not (isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.CANCELLED):
+            if not cancelled(err):
                 self._error = self._convert(err)
         finally:
             with self._cond:
@@ -120,18 +128,18 @@ class Terminal:
         """Sends keystrokes (str is encoded as UTF-8). Raises
         ``TerminalClosedError`` once the terminal is closed."""
         if self._closed:
-            raise TerminalClosedError(f"the terminal on {self.device} is closed")
-        self._input.put(pb.TerminalRequest(data=data.encode() if isinstance(data, str) else data))
+            raise closed_error(self.device)
+        self._input.put(keys_request(data))
 
     def resize(self, cols: int, rows: int) -> None:
         """Tells the device the window's new size."""
-        self._input.put(pb.TerminalRequest(resize=pb.WindowSize(cols=cols, rows=rows)))
+        self._input.put(resize_request(cols, rows))
 
     # -- reading -------------------------------------------------------------
-    def _take_when(self, find: Finder, timeout: Optional[float],
-                   what: str) -> bytes:
-        """Waits until ``find(buffer)`` gives an end index, then takes the
-        bytes up to it."""
+    def _take_when(self, wanted: Wanted, timeout: Optional[float]) -> bytes:
+        """Waits until what is ``wanted`` is in the unread output, then
+        takes the bytes up to its end."""
+        find, what = wanted
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
@@ -146,7 +154,7 @@ class Terminal:
         """Up to ``n`` bytes (all buffered when ``n`` < 0), waiting for at
         least one. Returns b"" once the terminal closed and all was read."""
         try:
-            return self._take_when(find_any(n), timeout, "output")
+            return self._take_when(any_output(n), timeout)
         except TerminalClosedError:
             if self._error is not None:
                 raise self._error from None
@@ -154,7 +162,7 @@ class Terminal:
 
     def readuntil(self, delimiter: bytes, timeout: Optional[float] = None) -> bytes:
         """Everything up to and including ``delimiter``."""
-        return self._take_when(find_delimiter(delimiter), timeout, repr(delimiter))
+        return self._take_when(until_delimiter(delimiter), timeout)
 
     def readline(self, timeout: Optional[float] = None) -> bytes:
         """One line, with its ``\\n``."""
@@ -164,8 +172,7 @@ class Terminal:
         """Everything up to the end of the first match of ``pattern`` (bytes
         or compiled; searched with MULTILINE, so ``$`` matches at line ends
         and the end of the output so far)."""
-        regex = compile_prompt(pattern)
-        return self._take_when(find_regex(regex), timeout, f"match of {regex.pattern!r}")
+        return self._take_when(until_match(pattern), timeout)
 
     def readuntil_timeout(self, timeout: float) -> bytes:
         """Everything that arrives within ``timeout`` seconds (for output
