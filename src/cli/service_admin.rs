@@ -99,6 +99,7 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DriverArg {
     Ssh,
+    Telnet,
     Simulator,
 }
 
@@ -111,11 +112,11 @@ pub enum DeviceCommand {
         /// Host name or address (not needed for the simulator driver).
         #[arg(long)]
         host: Option<String>,
-        /// SSH port.
-        #[arg(long, default_value_t = 22)]
-        port: u16,
-        /// How to reach the device: a real SSH connection, or the in-process
-        /// simulator.
+        /// The device's port. Default: 22 (ssh), 23 (telnet).
+        #[arg(long)]
+        port: Option<u16>,
+        /// How to reach the device: a real SSH connection, Telnet (plain
+        /// text, for gear without SSH), or the in-process simulator.
         #[arg(long, value_enum, default_value = "ssh")]
         driver: DriverArg,
         /// IOS-XE (or IOS), IOS-XR, NX-OS, ASA, JUNOS, EOS, LINUX or GENERIC:
@@ -308,13 +309,21 @@ fn device_command(
             let forward_ports = forward_ports.as_deref().map(parse_ports).transpose()?;
             let driver = match driver {
                 DriverArg::Ssh => DriverKind::Ssh,
+                DriverArg::Telnet => DriverKind::Telnet,
                 DriverArg::Simulator => DriverKind::Simulator,
             };
+            let port = port.unwrap_or(match driver {
+                DriverKind::Telnet => 23,
+                _ => 22,
+            });
             let host = match (host, driver) {
                 (Some(h), _) => h,
                 (None, DriverKind::Simulator) => "simulated".to_string(),
-                (None, DriverKind::Ssh) => {
-                    return Err(CliError::Usage("an ssh device needs --host".into()));
+                (None, DriverKind::Ssh | DriverKind::Telnet) => {
+                    return Err(CliError::Usage(format!(
+                        "a {} device needs --host",
+                        driver.as_str()
+                    )));
                 }
             };
             let password = if password_file.is_some() || ask_password {

@@ -9,6 +9,7 @@ pub mod cloud;
 pub mod postgres;
 pub mod service;
 pub mod sshd;
+pub mod telnetd;
 
 use std::future::Future;
 use std::time::Duration;
