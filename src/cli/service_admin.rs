@@ -15,11 +15,11 @@ use super::exec_output::{ExecCollector, ExecOptions, ExecPrinter};
 use super::{CliError, outln};
 use crate::config::Settings;
 use crate::secret::{Secret, SecretSource};
-use crate::service::drivers::Drivers;
 use crate::service::drivers::platform::Platform;
+use crate::service::drivers::{DeviceProfile, Drivers};
 use crate::service::enroll::{EnrollOptions, enroll};
 use crate::service::inventory::{
-    DeviceScope, DriverKind, Inventory, NewDevice, NewRemoteUser, SessionKind,
+    Device, DeviceScope, DriverKind, Inventory, NewDevice, NewRemoteUser, SessionKind,
 };
 use crate::service::ops::ServiceOps;
 use crate::service::relay_agent::RelayAgent;
@@ -378,23 +378,27 @@ fn device_command(
                 print_json(&devices);
             } else {
                 outln!(
-                    "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} ATTRIBUTES",
+                    "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} {:<8} {:<6} ATTRIBUTES",
                     "NAME",
                     "HOST",
                     "PORT",
                     "TYPE",
                     "DRIVER",
-                    "USER"
+                    "USER",
+                    "SESSION",
+                    "ENABLE"
                 );
                 for d in devices {
                     outln!(
-                        "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} {}",
+                        "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} {:<8} {:<6} {}",
                         d.name,
                         d.host,
                         d.port,
                         d.device_type,
                         d.driver.as_str(),
                         d.username.as_deref().unwrap_or("-"),
+                        session_text(&d),
+                        if d.has_enable_password { "set" } else { "-" },
                         super::remote::attributes_text(&d.attributes)
                     );
                 }
@@ -663,6 +667,19 @@ impl DeviceShellArgs {
             None
         };
         Ok((session, enable))
+    }
+}
+
+/// Where a listed device's commands run, as the drivers will decide:
+/// its own setting, else its type's default; Telnet devices always use a
+/// shell; simulated devices neither (`-`).
+fn session_text(d: &Device) -> &'static str {
+    match d.driver {
+        DriverKind::Simulator => "-",
+        DriverKind::Telnet => SessionKind::Shell.as_str(),
+        DriverKind::Ssh => DeviceProfile::new(&d.device_type, d.session)
+            .session
+            .as_str(),
     }
 }
 
