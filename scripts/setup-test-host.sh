@@ -45,6 +45,9 @@ command -v tinyproxy >/dev/null || need+=(tinyproxy)
 # tests/python/test_node_client.py; scripts/test.sh runs `npm ci`).
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+# A real Telnet server for the Telnet driver's tests, run per connection
+# by the test (inetd style, tests/common/telnetd.rs), never as a service.
+[ -x /usr/sbin/telnetd ] || need+=(inetutils-telnetd)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
@@ -53,6 +56,15 @@ fi
 # sshd's privilege-separation directory.
 mkdir -p /run/sshd
 chmod 0755 /run/sshd
+
+# inetutils-telnetd depends on an inetd: make sure nothing serves Telnet
+# on port 23 (the tests start telnetd themselves, on loopback ports).
+if [ -x /usr/sbin/telnetd ]; then
+    command -v update-inetd >/dev/null && update-inetd --disable telnet 2>/dev/null || true
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        systemctl disable --now inetutils-inetd.service >/dev/null 2>&1 || true
+    fi
+fi
 
 # The account the tests log into over SSH (tests/common/sshd.rs knows it).
 if ! id switchyard-test >/dev/null 2>&1; then

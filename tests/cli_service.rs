@@ -186,6 +186,87 @@ fn legacy_algorithms_flag_is_stored_per_device() {
 }
 
 #[test]
+fn device_list_text_shows_session_and_whether_an_enable_secret_is_set() {
+    const ENABLE: &str = "En4ble-marker-never-listed";
+    let env = Env::new();
+    ok(&env.service(&["init"]));
+    let en = env.path("enable-pw");
+    std::fs::write(&en, format!("{ENABLE}\n")).unwrap();
+    let en = en.to_str().unwrap();
+    let add = |args: &[&str]| {
+        let mut all = vec!["device", "add"];
+        all.extend_from_slice(args);
+        ok(&env.service(&all));
+    };
+    // IOS-XE: a shell by its type, with an enable secret.
+    add(&[
+        "a-ios",
+        "--host",
+        "h",
+        "--device-type",
+        "IOS-XE",
+        "--enable-password-file",
+        en,
+    ]);
+    // LINUX: exec channels by its type; overridden to a shell.
+    add(&["b-linux", "--host", "h", "--device-type", "LINUX"]);
+    add(&[
+        "c-linux",
+        "--host",
+        "h",
+        "--device-type",
+        "LINUX",
+        "--session",
+        "shell",
+    ]);
+    // IOS-XE overridden to exec.
+    add(&[
+        "d-ios",
+        "--host",
+        "h",
+        "--device-type",
+        "IOS",
+        "--session",
+        "exec",
+    ]);
+    // Telnet: always a shell, port 23 by default.
+    add(&["e-telnet", "--driver", "telnet", "--host", "h"]);
+    add(&["f-sim", "--driver", "simulator"]);
+
+    let out = env.service(&["device", "list"]);
+    let text = ok(&out);
+    assert!(
+        !text.contains(ENABLE),
+        "the enable secret is never listed: {text}"
+    );
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let header = &rows[0];
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no {name} column: {text}"))
+    };
+    let (session, enable, port) = (col("SESSION"), col("ENABLE"), col("PORT"));
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r[0] == name)
+            .unwrap_or_else(|| panic!("no row {name}: {text}"))
+    };
+    let cells = |name: &str| (row(name)[session], row(name)[enable]);
+    assert_eq!(cells("a-ios"), ("shell", "set"), "{text}");
+    assert_eq!(cells("b-linux"), ("exec", "-"), "{text}");
+    assert_eq!(cells("c-linux"), ("shell", "-"), "{text}");
+    assert_eq!(cells("d-ios"), ("exec", "-"), "{text}");
+    assert_eq!(cells("e-telnet"), ("shell", "-"), "{text}");
+    assert_eq!(row("e-telnet")[port], "23", "{text}");
+    assert_eq!(cells("f-sim"), ("-", "-"), "{text}");
+}
+
+#[test]
 fn wrong_admin_password_is_one_clear_line() {
     let env = Env::new();
     ok(&env.service(&["init"]));

@@ -15,11 +15,11 @@ use super::exec_output::{ExecCollector, ExecOptions, ExecPrinter};
 use super::{CliError, outln};
 use crate::config::Settings;
 use crate::secret::{Secret, SecretSource};
-use crate::service::drivers::Drivers;
 use crate::service::drivers::platform::Platform;
+use crate::service::drivers::{DeviceProfile, Drivers};
 use crate::service::enroll::{EnrollOptions, enroll};
 use crate::service::inventory::{
-    DeviceScope, DriverKind, Inventory, NewDevice, NewRemoteUser, SessionKind,
+    Device, DeviceScope, DriverKind, Inventory, NewDevice, NewRemoteUser, SessionKind,
 };
 use crate::service::ops::ServiceOps;
 use crate::service::relay_agent::RelayAgent;
@@ -118,6 +118,7 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DriverArg {
     Ssh,
+    Telnet,
     Simulator,
 }
 
@@ -130,11 +131,11 @@ pub enum DeviceCommand {
         /// Host name or address (not needed for the simulator driver).
         #[arg(long)]
         host: Option<String>,
-        /// SSH port.
-        #[arg(long, default_value_t = 22)]
-        port: u16,
-        /// How to reach the device: a real SSH connection, or the in-process
-        /// simulator.
+        /// The device's port. Default: 22 (ssh), 23 (telnet).
+        #[arg(long)]
+        port: Option<u16>,
+        /// How to reach the device: a real SSH connection, Telnet (plain
+        /// text, for gear without SSH), or the in-process simulator.
         #[arg(long, value_enum, default_value = "ssh")]
         driver: DriverArg,
         /// IOS-XE (or IOS), IOS-XR, NX-OS, ASA, JUNOS, EOS, LINUX or GENERIC:
@@ -327,13 +328,21 @@ fn device_command(
             let forward_ports = forward_ports.as_deref().map(parse_ports).transpose()?;
             let driver = match driver {
                 DriverArg::Ssh => DriverKind::Ssh,
+                DriverArg::Telnet => DriverKind::Telnet,
                 DriverArg::Simulator => DriverKind::Simulator,
             };
+            let port = port.unwrap_or(match driver {
+                DriverKind::Telnet => 23,
+                _ => 22,
+            });
             let host = match (host, driver) {
                 (Some(h), _) => h,
                 (None, DriverKind::Simulator) => "simulated".to_string(),
-                (None, DriverKind::Ssh) => {
-                    return Err(CliError::Usage("an ssh device needs --host".into()));
+                (None, DriverKind::Ssh | DriverKind::Telnet) => {
+                    return Err(CliError::Usage(format!(
+                        "a {} device needs --host",
+                        driver.as_str()
+                    )));
                 }
             };
             let password = if password_file.is_some() || ask_password {
@@ -388,23 +397,27 @@ fn device_command(
                 print_json(&devices);
             } else {
                 outln!(
-                    "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} ATTRIBUTES",
+                    "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} {:<8} {:<6} ATTRIBUTES",
                     "NAME",
                     "HOST",
                     "PORT",
                     "TYPE",
                     "DRIVER",
-                    "USER"
+                    "USER",
+                    "SESSION",
+                    "ENABLE"
                 );
                 for d in devices {
                     outln!(
-                        "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} {}",
+                        "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} {:<8} {:<6} {}",
                         d.name,
                         d.host,
                         d.port,
                         d.device_type,
                         d.driver.as_str(),
                         d.username.as_deref().unwrap_or("-"),
+                        session_text(&d),
+                        if d.has_enable_password { "set" } else { "-" },
                         super::remote::attributes_text(&d.attributes)
                     );
                 }
@@ -699,6 +712,19 @@ impl DeviceShellArgs {
             None
         };
         Ok((session, enable))
+    }
+}
+
+/// Where a listed device's commands run, as the drivers will decide:
+/// its own setting, else its type's default; Telnet devices always use a
+/// shell; simulated devices neither (`-`).
+fn session_text(d: &Device) -> &'static str {
+    match d.driver {
+        DriverKind::Simulator => "-",
+        DriverKind::Telnet => SessionKind::Shell.as_str(),
+        DriverKind::Ssh => DeviceProfile::new(&d.device_type, d.session)
+            .session
+            .as_str(),
     }
 }
 

@@ -48,6 +48,11 @@ pub struct SimArgs {
     /// A login banner printed before the first prompt.
     #[arg(long, value_name = "TEXT")]
     pub banner: Option<String>,
+    /// Each device also listens for Telnet (Username:/Password: login with
+    /// the same credentials); its port is `telnet_port` in the ready
+    /// lines (with --base-port: after the SSH ports).
+    #[arg(long)]
+    pub telnet: bool,
 }
 
 pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<ExitCode, CliError> {
@@ -68,6 +73,7 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<ExitCode,
         base_port: args.base_port,
         credentials,
         refuse_exec: args.refuse_exec,
+        telnet: args.telnet,
         shell: ShellOptions {
             enable_secret: args
                 .enable_password_file

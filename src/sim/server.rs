@@ -1,4 +1,5 @@
-//! Simulated devices behind real SSH servers (`switchyard sim`).
+//! Simulated devices behind real SSH servers (`switchyard sim`), and
+//! optionally Telnet listeners (`sim::telnet`).
 //!
 //! A [`SimFleet`] owns one TCP listener per simulated device and every SSH
 //! connection accepted on it. Each device's host key is derived from its
@@ -57,6 +58,9 @@ pub struct SimFleetConfig {
     /// Banner, pager and enable secret of every device's shell; an enable
     /// secret also puts exec requests in user mode.
     pub shell: ShellOptions,
+    /// Each device also listens for Telnet (`Username:`/`Password:` login,
+    /// then the same shell; see `sim::telnet`).
+    pub telnet: bool,
 }
 
 impl Default for SimFleetConfig {
@@ -69,6 +73,7 @@ impl Default for SimFleetConfig {
             credentials: SimCredentials::default(),
             refuse_exec: false,
             shell: ShellOptions::default(),
+            telnet: false,
         }
     }
 }
@@ -80,6 +85,9 @@ pub struct SimEndpoint {
     #[serde(skip)]
     pub addr: SocketAddr,
     pub port: u16,
+    /// The Telnet port, when the fleet listens for Telnet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub telnet_port: Option<u16>,
 }
 
 /// A running set of simulated devices.
@@ -139,6 +147,33 @@ impl SimFleet {
             let device = Arc::new(SimDevice::new(&name));
             let ssh_config = Arc::new(ssh_config(host_key_for(&name)));
             let span = info_span!("sim_device", device = %name, %addr);
+            let telnet_port = if config.telnet {
+                // After the SSH ports when they are fixed: base + count + i.
+                let port = match config.base_port {
+                    0 => 0,
+                    _ => port.checked_add(config.count as u16).ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            "base port + 2 × count exceeds 65535",
+                        )
+                    })?,
+                };
+                let listener = TcpListener::bind(SocketAddr::new(config.listen, port)).await?;
+                let telnet_port = listener.local_addr()?.port();
+                tasks.spawn(
+                    super::telnet::serve_telnet(
+                        listener,
+                        device.clone(),
+                        credentials.clone(),
+                        behaviour.clone(),
+                        cancel.child_token(),
+                    )
+                    .instrument(span.clone()),
+                );
+                Some(telnet_port)
+            } else {
+                None
+            };
             tasks.spawn(
                 serve_device(
                     listener,
@@ -154,6 +189,7 @@ impl SimFleet {
                 name,
                 addr,
                 port: addr.port(),
+                telnet_port,
             });
         }
         Ok(Self {
@@ -204,10 +240,10 @@ fn ssh_config(key: PrivateKey) -> russh::server::Config {
 
 /// What every device of a fleet does beyond the plain CLI.
 #[derive(Debug)]
-struct Behaviour {
+pub(super) struct Behaviour {
     refuse_exec: bool,
-    shell: ShellOptions,
-    shells_opened: AtomicU64,
+    pub(super) shell: ShellOptions,
+    pub(super) shells_opened: AtomicU64,
 }
 
 async fn serve_device(
@@ -374,7 +410,7 @@ impl russh::server::Handler for SimConnection {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }

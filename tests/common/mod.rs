@@ -11,6 +11,7 @@ pub mod process;
 pub mod service;
 pub mod sshd;
 pub mod tinyproxy;
+pub mod telnetd;
 
 use std::future::Future;
 use std::time::Duration;

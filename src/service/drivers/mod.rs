@@ -1,8 +1,8 @@
 //! Device drivers: how the service runs commands on a device.
 //!
 //! [`Drivers`] picks the driver named in the inventory: `ssh` (a real SSH
-//! client with a warm-connection pool) or `simulator` (the simulated CLI,
-//! in-process, no network). Results are per command, so one slow or failing
+//! client with a warm-connection pool), `telnet` (commands in warm shells
+//! over Telnet) or `simulator` (the simulated CLI, in-process, no network). Results are per command, so one slow or failing
 //! command never hides the others' output.
 //!
 //! The driver interface (what a new driver, e.g. a shell session,
@@ -19,12 +19,15 @@
 
 pub mod output;
 pub mod platform;
+pub mod shell_login;
 pub mod shell_session;
+mod shell_store;
 pub mod simulated;
 pub mod ssh;
 pub mod ssh_algorithms;
 mod ssh_auth;
-mod ssh_shell;
+pub mod telnet;
+pub mod telnet_protocol;
 pub mod terminal;
 
 use std::time::Duration;
@@ -246,10 +249,12 @@ pub enum DriverError {
     Shell { device: String, reason: String },
 }
 
-/// The driver set a service uses: one SSH pool, plus the simulator.
+/// The driver set a service uses: one SSH pool, the Telnet driver, plus
+/// the simulator.
 #[derive(Debug)]
 pub struct Drivers {
     ssh: ssh::SshPool,
+    telnet: telnet::TelnetDriver,
     default_timeout: Duration,
 }
 
@@ -258,6 +263,7 @@ impl Drivers {
     pub fn new(config: ssh::SshDriverConfig) -> Self {
         Self {
             default_timeout: config.command_timeout,
+            telnet: telnet::TelnetDriver::new(config.clone()),
             ssh: ssh::SshPool::new(config),
         }
     }
@@ -285,6 +291,7 @@ impl Drivers {
                     .run(target, commands, timeout, options.stdin, sink)
                     .await
             }
+            DriverKind::Telnet => self.telnet.run(target, commands, timeout, sink).await,
             DriverKind::Simulator => Ok(simulated::run(target, commands, sink).await),
         }
     }
@@ -317,6 +324,7 @@ impl Drivers {
     ) -> Result<(terminal::Terminal, Option<String>), DriverError> {
         match target.driver {
             DriverKind::Ssh => self.ssh.terminal(target, cols, rows).await,
+            DriverKind::Telnet => Ok((self.telnet.terminal(target, cols, rows).await?, None)),
             DriverKind::Simulator => Ok((terminal::simulated(&target.name), None)),
         }
     }

@@ -1,9 +1,12 @@
 //! A command-line session in an interactive shell, as a sans-IO state
 //! machine: bytes from the device in, [`ShellEvent`]s out (bytes to send,
 //! "ready", a command's output). No sockets, no timers: the transport glue
-//! (`ssh_shell`) feeds it and bounds every wait with the caller's deadline.
+//! (`shell_store`) feeds it and bounds every wait with the caller's deadline.
 //!
-//! Life of a session: after login the device prints banners and a prompt;
+//! Life of a session: where the transport has no authentication of its own
+//! (Telnet), the session first answers the device's user-name and password
+//! prompts ([`shell_login`](super::shell_login), [`ShellSession::with_login`]);
+//! after login the device prints banners and a prompt;
 //! the session recognises the prompt ([`PlatformSpec::prompt`]), enters
 //! privileged mode with `enable` when the device is unprivileged and an
 //! enable secret is configured (the secret is sent at most once), sends the
@@ -30,6 +33,7 @@ use regex::bytes::Regex;
 use zeroize::Zeroizing;
 
 use super::platform::{Platform, PlatformSpec};
+use super::shell_login::{Login, LoginError, LoginStep};
 use crate::label::tidy_max;
 use crate::secret::Secret;
 
@@ -66,6 +70,9 @@ pub enum ShellError {
     Unanswered { question: String },
     #[error("output exceeded the {limit}-byte limit")]
     TooMuchOutput { limit: u64 },
+    /// The login at the device's own prompts failed (Telnet).
+    #[error("{0}")]
+    Login(#[from] LoginError),
     #[error("a command is already running in this session")]
     Busy,
     #[error("the session is not ready for commands")]
@@ -74,6 +81,9 @@ pub enum ShellError {
 
 #[derive(Debug)]
 enum State {
+    /// Answering the device's user-name and password prompts until its CLI
+    /// prompt shows (transports without authentication of their own).
+    Authenticating(Login),
     /// Waiting for the first prompt (banners may come first).
     Login,
     /// `enable` sent; `answered` once the secret went out.
@@ -129,6 +139,22 @@ impl ShellSession {
             limit,
             newline: b"\n",
         }
+    }
+
+    /// The session logs in first at the device's own prompts (Telnet):
+    /// `login` answers them until the platform's CLI prompt shows.
+    pub fn with_login(mut self, login: Login) -> Self {
+        if matches!(self.state, State::Login) {
+            self.state = State::Authenticating(login);
+        }
+        self
+    }
+
+    /// Lines are sent ending in `newline` (Telnet's end of line is CR LF,
+    /// RFC 854 "The NVT printer and keyboard").
+    pub fn with_newline(mut self, newline: &'static [u8]) -> Self {
+        self.newline = newline;
+        self
     }
 
     /// Whether set-up is over and no command runs.
@@ -217,7 +243,20 @@ impl ShellSession {
             events.push(ShellEvent::Send(Zeroizing::new(b" ".to_vec())));
             return Ok(());
         }
+        if let State::Authenticating(login) = &mut self.state {
+            if self.spec.prompt.is_match(&last) && !self.spec.enable_prompt.is_match(&last) {
+                self.state = State::Login;
+            } else {
+                if let LoginStep::Send(answer) = login.step(&last)? {
+                    let send = self.line(&answer);
+                    self.clear();
+                    events.push(ShellEvent::Send(send));
+                }
+                return Ok(());
+            }
+        }
         match &mut self.state {
+            State::Authenticating(_) => unreachable!("handled above"),
             State::Login => {
                 if self.spec.prompt.is_match(&last) {
                     self.learn(&last);
@@ -333,7 +372,7 @@ impl ShellSession {
 
 /// The last line of `buf` (after its last `\n`), escapes and carriage
 /// returns resolved, if it is short enough to be a prompt or a pager.
-fn last_line(buf: &[u8]) -> Option<String> {
+pub(super) fn last_line(buf: &[u8]) -> Option<String> {
     let start = buf
         .iter()
         .rev()
@@ -566,5 +605,40 @@ mod tests {
         s.run("cat big").unwrap();
         let err = s.feed(&[b'x'; 2048]).unwrap_err();
         assert_eq!(err, ShellError::TooMuchOutput { limit: 64 });
+    }
+
+    #[test]
+    fn telnet_login_then_enable_with_crlf_lines() {
+        let login = Login::new(Some("admin".into()), Some(Secret::new("pw")));
+        let mut s = ShellSession::new(Platform::IosXe, Some(Secret::new("en")), 1 << 20)
+            .with_login(login)
+            .with_newline(b"\r\n");
+        let ev = s
+            .feed(b"\r\nAuthorised access only\r\n\r\nUsername: ")
+            .unwrap();
+        assert_eq!(sent(&ev), ["admin\r\n"]);
+        let ev = s.feed(b"admin\r\nPassword: ").unwrap();
+        assert_eq!(sent(&ev), ["pw\r\n"]);
+        // The CLI prompt ends the login; enable's "Password:" is enable's.
+        let ev = s.feed(b"\r\nr1>").unwrap();
+        assert_eq!(sent(&ev), ["enable\r\n"]);
+        let ev = s.feed(b"enable\r\nPassword: ").unwrap();
+        assert_eq!(sent(&ev), ["en\r\n"]);
+        let ev = s.feed(b"\r\nr1#").unwrap();
+        assert_eq!(sent(&ev), ["terminal length 0\r\n"]);
+
+        // Refused: asked again, the password sent once.
+        let login = Login::new(Some("admin".into()), Some(Secret::new("bad")));
+        let mut s = ShellSession::new(Platform::IosXe, None, 1 << 20).with_login(login);
+        s.feed(b"Username: ").unwrap();
+        s.feed(b"admin\r\nPassword: ").unwrap();
+        let err = s
+            .feed(b"\r\n% Login invalid\r\n\r\nUsername: ")
+            .unwrap_err();
+        assert!(
+            matches!(err, ShellError::Login(LoginError::Refused { .. })),
+            "{err}"
+        );
+        assert_eq!(s.run("show clock"), Err(ShellError::NotReady));
     }
 }

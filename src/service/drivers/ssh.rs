@@ -29,7 +29,7 @@
 //! closed (after an interrupt signal), so the device stops the work.
 //!
 //! Devices whose profile says `shell` run their commands in warm shells
-//! (`ssh_shell`) on channels of this pool; exec-channel output is judged by
+//! (`shell_store`) on channels of this pool; exec-channel output is judged by
 //! the platform's error lines like shell output.
 //!
 //! Output: each command's stdout (channel data) and stderr (extended data)
@@ -55,9 +55,9 @@ use tokio::sync::{Notify, mpsc};
 use tracing::{Instrument, debug, debug_span};
 
 use super::platform::judge;
+use super::shell_store::{Opener, ShellStore};
 use super::ssh_algorithms::{self, ClientConfigs};
 use super::ssh_auth;
-use super::ssh_shell::ShellStore;
 use super::terminal::{TERMINAL_QUEUE, Terminal, TerminalInput};
 use super::{
     CommandError, CommandRun, DeviceExec, DeviceRun, DeviceTarget, DriverError, OutputSink,
@@ -314,7 +314,7 @@ impl SshPool {
         if target.profile.session == SessionKind::Shell {
             return self
                 .shells
-                .run(self, target, commands, timeout, sink)
+                .run(Opener::Ssh(self), target, commands, timeout, sink)
                 .instrument(span)
                 .await;
         }

@@ -15,6 +15,9 @@ use crate::secret::Secret;
 pub enum DriverKind {
     /// A real SSH client; works for real devices and `switchyard sim` ones.
     Ssh,
+    /// Telnet (RFC 854), for devices that offer nothing else: login at the
+    /// device's prompts, commands in a warm shell.
+    Telnet,
     /// The simulated network-OS CLI run in-process, with no network at all.
     Simulator,
 }
@@ -23,6 +26,7 @@ impl DriverKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ssh => "ssh",
+            Self::Telnet => "telnet",
             Self::Simulator => "simulator",
         }
     }
@@ -33,9 +37,10 @@ impl std::str::FromStr for DriverKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "ssh" => Ok(Self::Ssh),
+            "telnet" => Ok(Self::Telnet),
             "simulator" => Ok(Self::Simulator),
             other => Err(InventoryError::Invalid(format!(
-                "unknown driver {other:?}: use \"ssh\" or \"simulator\""
+                "unknown driver {other:?}: use \"ssh\", \"telnet\" or \"simulator\""
             ))),
         }
     }

@@ -1,22 +1,28 @@
-//! Commands in warm SSH shells: the I/O glue between a pooled SSH channel
-//! (pty + shell) and a sans-IO [`ShellSession`], for devices whose profile
-//! says `shell` (devices that refuse exec requests, or whose type runs
-//! commands in a shell by default).
+//! Commands in warm shells: the I/O glue between a shell's byte transport
+//! (a pty + shell on a pooled SSH channel, or a Telnet connection) and a
+//! sans-IO [`ShellSession`], for devices whose profile says `shell`
+//! (devices that refuse exec requests, or whose type runs commands in a
+//! shell by default) and for every Telnet device. The transports differ
+//! only in [`ShellLink`]'s send and receive; prompts, login, enable and
+//! paging are the session's.
 //!
 //! Owns: the [`ShellStore`] of warm shells not in use (each holds its
-//! channel slot on a pooled connection, so shells count against the
-//! device's connection limit) and the task that closes those idle longer
-//! than `idle_timeout`. Takes: [`ShellStore::exec`] calls from the SSH pool.
-//! A shell runs one command at a time: a caller takes a warm shell (or
-//! opens one), runs its commands in order and puts it back.
+//! connection slot: a channel slot on a pooled SSH connection, or a Telnet
+//! connection permit, so shells count against the device's connection
+//! limit) and the task that closes those idle longer than `idle_timeout`.
+//! Takes: [`ShellStore::run`] calls from the SSH pool and the Telnet
+//! driver. A shell runs one command at a time: a caller takes a warm shell
+//! (or opens one), runs its commands in order and puts it back.
 //!
 //! On failure: a shell that cannot be set up (no prompt within
-//! `connect_timeout`, enable refused, shell refused) fails the device with
-//! [`DriverError::Shell`]; a command that times out, loses its channel or
-//! meets an unanswered question fails alone and its shell is closed (after
-//! a Ctrl-C, so the device stops the work), never put back; a warm shell
-//! found dead on its first use is replaced once. A caller that goes away
-//! mid-command drops its shell the same way.
+//! `connect_timeout` or the caller's deadline, login or enable refused,
+//! shell refused) fails the device with [`DriverError::Shell`] (a refused
+//! login: [`DriverError::AuthenticationFailed`]); a command that times out,
+//! loses its transport or meets an unanswered question fails alone and its
+//! shell is closed (after a Ctrl-C on SSH, so the device stops the work; a
+//! closed Telnet connection hangs the device's line up), never put back; a
+//! warm shell found dead on its first use is replaced once. A caller that
+//! goes away mid-command drops its shell the same way.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -26,8 +32,10 @@ use russh::client::Msg;
 use russh::{Channel, ChannelMsg};
 
 use super::platform::Platform;
+use super::shell_login::{Login, LoginError};
 use super::shell_session::{ShellError, ShellEvent, ShellOutput, ShellSession};
-use super::ssh::{Lease, SshPool};
+use super::ssh::{Lease, SshDriverConfig, SshPool};
+use super::telnet::{TelnetDriver, TelnetLink};
 use super::{
     CommandError, CommandRun, DeviceRun, DeviceTarget, DriverError, OutputSink, OutputStream, Tail,
 };
@@ -59,18 +67,74 @@ impl ShellKey {
     }
 }
 
-/// A shell with its channel slot, ready for a command.
+/// A shell with its connection slot, ready for a command.
 struct WarmShell {
-    _lease: Lease,
-    channel: ShellChannel,
+    link: ShellLink,
     session: ShellSession,
     idle_since: Instant,
+}
+
+/// A shell's byte transport: the one thing SSH and Telnet shells differ in.
+pub(super) enum ShellLink {
+    /// A pty + shell on a pooled SSH connection, with its channel slot.
+    Ssh {
+        channel: ShellChannel,
+        _lease: Lease,
+    },
+    /// A Telnet connection (it holds its connection permit).
+    Telnet(Box<TelnetLink>),
+}
+
+impl ShellLink {
+    /// Writes bytes to the device's terminal.
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        match self {
+            Self::Ssh { channel, .. } => channel.get().data(bytes).await.map_err(|e| e.to_string()),
+            Self::Telnet(link) => link.send(bytes).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The device's next output; `Ok(None)` when it closed the shell.
+    async fn recv(&mut self) -> Result<Option<Vec<u8>>, String> {
+        match self {
+            Self::Ssh { channel, .. } => loop {
+                match channel.get().wait().await {
+                    Some(ChannelMsg::Data { data })
+                    | Some(ChannelMsg::ExtendedData { data, .. }) => {
+                        return Ok(Some(data.to_vec()));
+                    }
+                    Some(ChannelMsg::Failure) => {
+                        return Err("the device refused to start a shell".into());
+                    }
+                    Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => return Ok(None),
+                    Some(_) => {}
+                }
+            },
+            Self::Telnet(link) => link.recv().await.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Where new shells come from.
+#[derive(Clone, Copy)]
+pub(super) enum Opener<'a> {
+    Ssh(&'a SshPool),
+    Telnet(&'a TelnetDriver),
+}
+
+impl Opener<'_> {
+    fn config(&self) -> &SshDriverConfig {
+        match self {
+            Self::Ssh(pool) => pool.config(),
+            Self::Telnet(telnet) => telnet.config(),
+        }
+    }
 }
 
 /// A shell channel that, dropped while open, gets a Ctrl-C and a close:
 /// a command whose caller left stops on the device, and an idle shell
 /// ends.
-struct ShellChannel(Option<Channel<Msg>>);
+pub(super) struct ShellChannel(Option<Channel<Msg>>);
 
 impl ShellChannel {
     fn get(&mut self) -> &mut Channel<Msg> {
@@ -149,10 +213,11 @@ impl ShellStore {
     /// output is known to be the command's only once its prompt is back;
     /// all of it is stdout, and the exit status is 1 when it holds one of
     /// the platform's error lines, else 0); `timeout` bounds each command,
-    /// `connect_timeout` the shell's set-up.
+    /// `connect_timeout` (and the first command's deadline) the shell's
+    /// set-up.
     pub(super) async fn run(
         &self,
-        pool: &SshPool,
+        opener: Opener<'_>,
         target: &DeviceTarget,
         commands: &[String],
         timeout: Duration,
@@ -173,11 +238,13 @@ impl ShellStore {
                 let reused = shell.is_some();
                 let mut warm = match shell.take() {
                     Some(warm) => warm,
-                    None => match open(pool, target, timeout, &mut learned_host_key).await {
-                        Ok(warm) => warm,
-                        Err(e) if results.is_empty() => return Err(e),
-                        Err(e) => break Err(CommandError::ConnectionLost(e.to_string())),
-                    },
+                    None => {
+                        match open(opener, target, timeout, deadline, &mut learned_host_key).await {
+                            Ok(warm) => warm,
+                            Err(e) if results.is_empty() => return Err(e),
+                            Err(e) => break Err(CommandError::ConnectionLost(e.to_string())),
+                        }
+                    }
                 };
                 match tokio::time::timeout_at(deadline, run_in_shell(&mut warm, command)).await {
                     Ok(Ok(out)) => {
@@ -250,78 +317,96 @@ fn shell_output_limit(configured: u64) -> u64 {
 /// 64 MiB.
 pub const SHELL_OUTPUT_LIMIT: u64 = 64 << 20;
 
-/// Opens a pty and shell on a pooled connection and sets the session up
-/// (prompt, enable, paging off) within `connect_timeout`.
+/// Opens a shell (an SSH pty + shell, or a Telnet connection) and sets
+/// the session up (login, prompt, enable, paging off) within
+/// `connect_timeout` and the caller's `deadline`.
 async fn open(
-    pool: &SshPool,
+    opener: Opener<'_>,
     target: &DeviceTarget,
     timeout: Duration,
+    deadline: tokio::time::Instant,
     learned_host_key: &mut Option<String>,
 ) -> Result<WarmShell, DriverError> {
-    let (mut lease, channel) = pool.open_channel(target, timeout).await?;
-    if learned_host_key.is_none() {
-        *learned_host_key = lease.host_key.take();
-    }
     let shell_error = |reason: String| DriverError::Shell {
         device: target.name.clone(),
         reason,
     };
-    let mut channel = ShellChannel(Some(channel));
-    let mut session = ShellSession::new(
+    let started = tokio::time::Instant::now();
+    let by = deadline.min(started + opener.config().connect_timeout);
+    let limit = shell_output_limit(opener.config().max_output_bytes);
+    let session = ShellSession::new(
         target.profile.platform,
         target.credentials.enable_password.clone(),
-        shell_output_limit(pool.config().max_output_bytes),
+        limit,
     );
-    let after = pool.config().connect_timeout;
+    let (mut link, mut session) = match opener {
+        Opener::Ssh(pool) => {
+            let (mut lease, channel) = pool.open_channel(target, timeout).await?;
+            if learned_host_key.is_none() {
+                *learned_host_key = lease.host_key.take();
+            }
+            let mut channel = ShellChannel(Some(channel));
+            let ch = channel.get();
+            ch.request_pty(false, "vt100", COLUMNS, ROWS, 0, 0, &[])
+                .await
+                .map_err(|e| shell_error(e.to_string()))?;
+            ch.request_shell(true)
+                .await
+                .map_err(|e| shell_error(e.to_string()))?;
+            let link = ShellLink::Ssh {
+                channel,
+                _lease: lease,
+            };
+            (link, session)
+        }
+        Opener::Telnet(telnet) => {
+            let link = telnet
+                .connect(target, by, COLUMNS as u16, ROWS as u16)
+                .await?;
+            let login = Login::new(
+                target.credentials.username.clone(),
+                target.credentials.password.clone(),
+            );
+            let session = session.with_login(login).with_newline(b"\r\n");
+            (ShellLink::Telnet(Box::new(link)), session)
+        }
+    };
     let setup = async {
-        let ch = channel.get();
-        ch.request_pty(false, "vt100", COLUMNS, ROWS, 0, 0, &[])
-            .await
-            .map_err(|e| shell_error(e.to_string()))?;
-        ch.request_shell(true)
-            .await
-            .map_err(|e| shell_error(e.to_string()))?;
         loop {
-            match ch.wait().await {
-                Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
-                    for event in session
-                        .feed(&data)
-                        .map_err(|e| shell_error(e.to_string()))?
-                    {
-                        match event {
-                            ShellEvent::Send(bytes) => ch
-                                .data(&bytes[..])
-                                .await
-                                .map_err(|e| shell_error(e.to_string()))?,
-                            ShellEvent::Ready => return Ok(()),
-                            ShellEvent::Done(_) => {}
-                        }
+            let Some(data) = link.recv().await.map_err(&shell_error)? else {
+                return Err(shell_error("the device closed the shell".into()));
+            };
+            for event in session.feed(&data).map_err(|e| match e {
+                ShellError::Login(LoginError::Refused { .. }) => {
+                    DriverError::AuthenticationFailed {
+                        device: target.name.clone(),
+                        user: target.credentials.username.clone().unwrap_or_default(),
                     }
                 }
-                Some(ChannelMsg::Failure) => {
-                    return Err(shell_error("the device refused to start a shell".into()));
+                other => shell_error(other.to_string()),
+            })? {
+                match event {
+                    ShellEvent::Send(bytes) => link.send(&bytes).await.map_err(&shell_error)?,
+                    ShellEvent::Ready => return Ok(()),
+                    ShellEvent::Done(_) => {}
                 }
-                Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => {
-                    return Err(shell_error("the device closed the shell".into()));
-                }
-                Some(_) => {}
             }
         }
     };
-    match tokio::time::timeout(after, setup).await {
+    match tokio::time::timeout_at(by, setup).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),
         Err(_) => {
             return Err(shell_error(format!(
-                "no {} prompt within {after:?} (last line seen: {:?})",
+                "no {} prompt within {:?} (last line seen: {:?})",
                 target.profile.platform,
+                by.saturating_duration_since(started),
                 session.last_line().unwrap_or_default()
             )));
         }
     }
     Ok(WarmShell {
-        _lease: lease,
-        channel,
+        link,
         session,
         idle_since: Instant::now(),
     })
@@ -334,27 +419,26 @@ async fn run_in_shell(warm: &mut WarmShell, command: &str) -> Result<ShellOutput
         ShellError::TooMuchOutput { limit } => CommandError::TooMuchOutput { limit },
         other => CommandError::Shell(other.to_string()),
     };
-    let lost = |e: russh::Error| CommandError::ConnectionLost(e.to_string());
     let send = warm.session.run(command).map_err(shell_error)?;
-    let channel = warm.channel.get();
-    channel.data(&send[..]).await.map_err(lost)?;
+    let link = &mut warm.link;
+    link.send(&send)
+        .await
+        .map_err(CommandError::ConnectionLost)?;
     loop {
-        match channel.wait().await {
-            Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
-                for event in warm.session.feed(&data).map_err(shell_error)? {
-                    match event {
-                        ShellEvent::Send(bytes) => channel.data(&bytes[..]).await.map_err(lost)?,
-                        ShellEvent::Done(out) => return Ok(out),
-                        ShellEvent::Ready => {}
-                    }
-                }
+        let Some(data) = link.recv().await.map_err(CommandError::ConnectionLost)? else {
+            return Err(CommandError::ConnectionLost(
+                "the device closed the shell".into(),
+            ));
+        };
+        for event in warm.session.feed(&data).map_err(shell_error)? {
+            match event {
+                ShellEvent::Send(bytes) => link
+                    .send(&bytes)
+                    .await
+                    .map_err(CommandError::ConnectionLost)?,
+                ShellEvent::Done(out) => return Ok(out),
+                ShellEvent::Ready => {}
             }
-            Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => {
-                return Err(CommandError::ConnectionLost(
-                    "the device closed the shell".into(),
-                ));
-            }
-            Some(_) => {}
         }
     }
 }
