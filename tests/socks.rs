@@ -242,7 +242,11 @@ async fn a_proxy_with_a_password_admits_only_the_right_one() {
 
     let wrong = format!("socks5h://alice:not-it@{proxy}");
     let got = curl(&["-x", &wrong, &lab.url("web-1")]).await;
-    assert!(!got.status.success(), "{got:?}");
+    assert!(
+        !got.status.success(),
+        "a wrong password got {} bytes through",
+        got.stdout.len()
+    );
     // The raw exchange: RFC 1929 status 01, then closed.
     let (s, code) = socks_connect(proxy, Some(("alice", "not-it")), Dest::Name("web-1"), 22).await;
     assert_eq!(code, Err(vec![1, 1]));
