@@ -7,10 +7,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::broker::{TestBroker, in_session, named, open_attached, status};
+use common::http::{HttpServer, curl};
 use common::service::{ADMIN_PASSWORD, ALICE_PASSWORD, TestService, ssh_device, start_service};
 use common::within;
 use switchyard::api::pb;
@@ -344,63 +344,10 @@ async fn the_service_refuses_unlisted_ports_foreign_devices_and_simulators() {
 // Broker-owned forwards.
 // ---------------------------------------------------------------------
 
-/// `python3 -m http.server` on a port-0 loopback socket, serving `dir`.
-struct HttpServer {
-    child: tokio::process::Child,
-    port: u16,
-}
-
-impl HttpServer {
-    async fn start(dir: &std::path::Path) -> Self {
-        let mut child = tokio::process::Command::new("python3")
-            .args([
-                "-u",
-                "-m",
-                "http.server",
-                "0",
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-            ])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-        let port = within(20, "http.server ready", async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                // "Serving HTTP on 127.0.0.1 port 40123 (http://...) ..."
-                if let Some(rest) = line.split(" port ").nth(1) {
-                    return rest.split_whitespace().next().unwrap().parse().unwrap();
-                }
-            }
-            panic!("http.server exited")
-        })
-        .await;
-        Self { child, port }
-    }
-}
-
 async fn cli(broker: &TestBroker, args: &[&str]) -> std::process::Output {
     within(30, "switchyard", broker.command().args(args).output())
         .await
         .unwrap()
-}
-
-async fn curl(args: &[&str]) -> std::process::Output {
-    within(
-        30,
-        "curl",
-        tokio::process::Command::new("curl")
-            .args(["-sS", "--max-time", "20"])
-            .args(args)
-            .output(),
-    )
-    .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

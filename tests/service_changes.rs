@@ -259,6 +259,49 @@ fn device_set_changes_only_the_fields_given() {
     assert!(!bad.status.success());
 }
 
+/// `device set --forward-ports`: a list replaces the setting, other
+/// changes keep it, `none` and `default` work, a bad list changes nothing.
+#[test]
+fn device_set_changes_the_forward_ports() {
+    use switchyard::service::inventory::ForwardPorts;
+    let env = Env::new();
+    let ports = |env: &Env| {
+        env.open(OLD_ADMIN)
+            .unwrap()
+            .forward_ports("core-1")
+            .unwrap()
+    };
+    assert_eq!(ports(&env), ForwardPorts::Default);
+    let set = |list: &str| env.service(&[], &["device", "set", "core-1", "--forward-ports", list]);
+    ok(&set("22,80,830"));
+    assert_eq!(ports(&env), ForwardPorts::Listed(vec![22, 80, 830]));
+    ok(&env.service(&[], &["device", "set", "core-1", "--port", "2222"]));
+    assert_eq!(ports(&env), ForwardPorts::Listed(vec![22, 80, 830]), "kept");
+    let bad = set("22,http");
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("--forward-ports: \"http\" is not a port"),
+        "{err}"
+    );
+    assert_eq!(
+        ports(&env),
+        ForwardPorts::Listed(vec![22, 80, 830]),
+        "unchanged"
+    );
+    ok(&set("none"));
+    assert_eq!(ports(&env), ForwardPorts::Listed(vec![]));
+    ok(&set("default"));
+    assert_eq!(ports(&env), ForwardPorts::Default);
+    // What the service then allows: the device's own (new) SSH port.
+    let target = env
+        .open(OLD_ADMIN)
+        .unwrap()
+        .forward_target("core-1")
+        .unwrap();
+    assert_eq!(target.allowed, vec![2222]);
+}
+
 /// `user set`: a new password (the old one stops working), a new device
 /// scope, disable and enable.
 #[test]

@@ -602,6 +602,13 @@ impl Broker for FrontDoor {
         self.forward_start_impl(request).await
     }
 
+    async fn socks_proxy_start(
+        &self,
+        request: Request<pb::SocksProxyStartRequest>,
+    ) -> Result<Response<pb::ForwardStatus>, Status> {
+        self.socks_proxy_start_impl(request).await
+    }
+
     async fn forward_stop(
         &self,
         request: Request<pb::ForwardStopRequest>,

@@ -1,6 +1,7 @@
-//! `switchyard forward start|stop|list`: port forwards kept by the broker.
+//! `switchyard forward start|stop|list` and `switchyard socks-proxy
+//! start|stop`: port forwards and SOCKS5 proxies kept by the broker.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -8,6 +9,7 @@ use clap::Subcommand;
 use super::remote::broker_client;
 use super::{CliError, outln};
 use crate::api::pb;
+use crate::secret::read_secret_file;
 
 #[derive(Debug, Subcommand)]
 pub enum ForwardCommand {
@@ -39,6 +41,70 @@ pub enum ForwardCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SocksCommand {
+    /// Start a SOCKS5 proxy (CONNECT only) whose clients reach any device
+    /// of a named service by name, through its shared link: the device is
+    /// the host name, resolved by the service (`curl --socks5-hostname`,
+    /// `socks5h://`; IP addresses are refused). The service allows the
+    /// same ports as for `forward start`. Prints the proxy's id and address
+    /// and returns; the proxy lives in the broker until `socks-proxy stop`
+    /// or the named service is disconnected. Only your uid may connect.
+    Start {
+        /// The named service.
+        name: String,
+        /// Where to listen: a loopback ADDRESS:PORT (port 0 picks one), or
+        /// unix:PATH (a 0600 socket in a directory you own).
+        #[arg(long, default_value = "127.0.0.1:1080")]
+        listen: String,
+        /// A username clients must give (RFC 1929), with --password-file.
+        #[arg(long, requires = "password_file")]
+        username: Option<String>,
+        /// A file whose first line is the password clients must give.
+        #[arg(long, requires = "username")]
+        password_file: Option<PathBuf>,
+    },
+    /// Stop a SOCKS5 proxy (its open connections are reset).
+    Stop {
+        /// The proxy's id (`socks-N`), from `socks-proxy start` or
+        /// `forward list`.
+        id: String,
+    },
+}
+
+/// Runs one `socks-proxy` command.
+pub async fn run_socks(socket: &Path, cmd: SocksCommand) -> Result<ExitCode, CliError> {
+    match cmd {
+        SocksCommand::Start {
+            name,
+            listen,
+            username,
+            password_file,
+        } => {
+            let password = match &password_file {
+                Some(path) => read_secret_file("the SOCKS5 password", path)?,
+                None => crate::secret::Secret::new(""),
+            };
+            let mut broker = broker_client(socket).await?;
+            let f = broker
+                .socks_proxy_start(pb::SocksProxyStartRequest {
+                    service: Some(pb::ServiceRef {
+                        name,
+                        ..Default::default()
+                    }),
+                    listen,
+                    username: username.unwrap_or_default(),
+                    password: password.expose().to_string(),
+                })
+                .await?
+                .into_inner();
+            outln!("{}  {}", f.forward_id, f.address);
+            Ok(ExitCode::SUCCESS)
+        }
+        SocksCommand::Stop { id } => run(socket, ForwardCommand::Stop { id }).await,
+    }
 }
 
 /// Runs one `forward` command.
@@ -96,7 +162,8 @@ pub async fn run(socket: &Path, cmd: ForwardCommand) -> Result<ExitCode, CliErro
 /// A forward as JSON (`forward list --json`, `status --json`).
 pub fn forward_json(f: &pb::ForwardStatus) -> serde_json::Value {
     serde_json::json!({
-        "forward_id": f.forward_id, "service": f.service, "device": f.device,
+        "forward_id": f.forward_id, "kind": f.kind, "username": f.username,
+        "service": f.service, "device": f.device,
         "port": f.port, "address": f.address, "local_port": f.local_port,
         "connections_open": f.connections_open, "connections_total": f.connections_total,
         "connections_failed": f.connections_failed, "bytes_to_device": f.bytes_to_device,
@@ -107,13 +174,20 @@ pub fn forward_json(f: &pb::ForwardStatus) -> serde_json::Value {
 /// Forwards as text lines (`forward list`, `status`).
 pub fn print_forwards(list: &[pb::ForwardStatus]) {
     for f in list {
+        let to = if f.kind == "socks5" {
+            match f.username.as_str() {
+                "" => "SOCKS5".to_string(),
+                user => format!("SOCKS5 (username {user})"),
+            }
+        } else {
+            format!("{}:{}", f.device, f.port)
+        };
         outln!(
-            "  {}  {} -> {} {}:{}  connections {} open, {} total, {} failed  bytes {} to device, {} from device{}",
+            "  {}  {} -> {} {}  connections {} open, {} total, {} failed  bytes {} to device, {} from device{}",
             f.forward_id,
             f.address,
             f.service,
-            f.device,
-            f.port,
+            to,
             f.connections_open,
             f.connections_total,
             f.connections_failed,

@@ -49,6 +49,9 @@ pub enum ClientCommand {
     /// Port forwards kept by the broker.
     #[command(subcommand)]
     Forward(super::forward::ForwardCommand),
+    /// SOCKS5 proxies kept by the broker (listed by `forward list`).
+    #[command(subcommand)]
+    SocksProxy(super::forward::SocksCommand),
     /// Show sessions, named services, links and forwards.
     Status {
         /// One JSON document instead of text.
@@ -67,6 +70,7 @@ pub async fn run(socket: &Path, cmd: ClientCommand) -> Result<ExitCode, CliError
         ClientCommand::Terminal { name, device } => terminal(socket, name, device).await,
         ClientCommand::Status { json } => status(socket, json).await,
         ClientCommand::Forward(cmd) => super::forward::run(socket, cmd).await,
+        ClientCommand::SocksProxy(cmd) => super::forward::run_socks(socket, cmd).await,
     }
 }
 

@@ -741,7 +741,7 @@ fn check_device_type(device_type: &str) -> Result<(), CliError> {
 }
 
 /// `--forward-ports`: `none`, or port numbers separated by commas.
-fn parse_ports(text: &str) -> Result<Vec<u16>, CliError> {
+pub(super) fn parse_ports(text: &str) -> Result<Vec<u16>, CliError> {
     if text.trim() == "none" {
         return Ok(Vec::new());
     }

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::service_admin::parse_attrs;
+use super::service_admin::{parse_attrs, parse_ports};
 use super::{CliError, outln};
 use crate::secret::{Secret, SecretSource};
-use crate::service::inventory::{DeviceScope, Inventory, UserChanges};
+use crate::service::inventory::{DeviceScope, ForwardPorts, Inventory, UserChanges};
 
 /// `service device set NAME ...`: only the options given change.
 #[derive(Debug, Args)]
@@ -56,6 +56,11 @@ pub struct DeviceSetArgs {
     /// `default` follows `ssh.legacy_algorithms` again.
     #[arg(long, value_name = "true|false|default")]
     pub legacy_algorithms: Option<String>,
+    /// TCP ports remote users may forward to (port forwarding, the SOCKS5
+    /// proxy), comma-separated (replaces the list); `none` for no port;
+    /// `default` for the device's own SSH port again.
+    #[arg(long, value_name = "PORTS|none|default")]
+    pub forward_ports: Option<String>,
 }
 
 /// `service user set NAME ...`: only the options given change.
@@ -144,6 +149,11 @@ pub fn device_set(
         })
         .transpose()?;
     let attrs = parse_attrs(&args.attrs)?;
+    let forward_ports = match args.forward_ports.as_deref().map(str::trim) {
+        None => None,
+        Some("default") => Some(ForwardPorts::Default),
+        Some(list) => Some(ForwardPorts::Listed(parse_ports(list)?)),
+    };
     let mut inv = Inventory::open(db, &admin()?)?;
     let mut record = inv.device_record(&args.name)?;
     if let Some(host) = args.host {
@@ -172,6 +182,9 @@ pub fn device_set(
         record.legacy_algorithms = legacy;
     }
     inv.replace_device(&record)?;
+    if let Some(ports) = forward_ports {
+        inv.set_forward_ports(&args.name, &ports)?;
+    }
     outln!("changed device {}", args.name);
     Ok(())
 }

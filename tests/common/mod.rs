@@ -6,6 +6,7 @@
 
 pub mod broker;
 pub mod cloud;
+pub mod http;
 pub mod postgres;
 pub mod process;
 pub mod service;

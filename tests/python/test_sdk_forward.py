@@ -101,3 +101,77 @@ def test_forward_tcp_port_echoes_and_stops(broker, echo_service):
         assert list(client.status().forwards) == []
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def socks_echo(proxy_port, device, port, payload, login=None):
+    """A raw SOCKS5 client: CONNECT to ``device:port`` by name (optionally
+    logging in, RFC 1929), then ``echo_through``'s exchange."""
+    with socket.create_connection(("127.0.0.1", proxy_port), timeout=20) as s:
+        s.sendall(bytes([5, 1, 2 if login else 0]))
+        assert s.recv(2) == bytes([5, 2 if login else 0])
+        if login:
+            user, pw = (x.encode() for x in login)
+            s.sendall(bytes([1, len(user)]) + user + bytes([len(pw)]) + pw)
+            if s.recv(2) != b"\x01\x00":
+                return None
+        name = device.encode()
+        s.sendall(bytes([5, 1, 0, 3, len(name)]) + name + port.to_bytes(2, "big"))
+        reply = s.recv(10)
+        if reply[1] != 0:
+            return reply[1]
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        back = b""
+        while chunk := s.recv(65536):
+            back += chunk
+    return back
+
+
+def test_socks_proxy_from_the_sync_client(broker, echo_service):
+    with Client.create(socket=str(broker)) as client:
+        service = client.service_direct(
+            username="alice", password=ALICE_PW, host=echo_service["host"],
+            port=echo_service["port"])
+        with pytest.raises(ValueError):
+            client.start_socks_proxy(service, username="alice")
+        proxy = client.start_socks_proxy(service, username="alice", password="pw-1")
+        assert proxy.forward_id.startswith("socks-") and proxy.status == "RUNNING"
+        port = echo_service["echo_port"]
+        assert socks_echo(proxy.local_port, "echo-1", port, b"hi", ("alice", "pw-1")) == b"hi"
+        assert socks_echo(proxy.local_port, "echo-1", port, b"hi", ("alice", "no")) is None
+        # Not the device's SSH port: 02, not allowed.
+        assert socks_echo(proxy.local_port, "echo-1", 9, b"hi", ("alice", "pw-1")) == 2
+        info = proxy.info()
+        assert info.kind == "socks5" and info.username == "alice"
+        assert (info.connections_total, info.connections_failed) == (3, 2)
+        proxy.stop()
+        assert proxy.status == "STOPPED"
+
+
+def test_aio_forward_tcp_port_and_socks_proxy(broker, echo_service):
+    import asyncio
+
+    from switchyard import aio
+
+    async def main():
+        async with aio.Client.create(socket=str(broker)) as client:
+            service = await client.service_direct(
+                username="alice", password=ALICE_PW, host=echo_service["host"],
+                port=echo_service["port"])
+            device = (await service.get_inventory())["echo-1"]
+            port = echo_service["echo_port"]
+            async with await device.forward_tcp_port(destination_port=port) as fwd:
+                assert await fwd.get_status() == "RUNNING"
+                payload = bytes(range(256)) * 64
+                back = await asyncio.to_thread(echo_through, fwd.local_port, payload)
+                assert back == payload
+                assert (await fwd.info()).bytes_from_device == len(payload)
+            assert await fwd.get_status() == "STOPPED"
+            proxy = await client.start_socks_proxy(service)
+            back = await asyncio.to_thread(socks_echo, proxy.local_port, "echo-1", port, b"x")
+            assert back == b"x"
+            await proxy.stop()
+            await proxy.stop()  # harmless
+            assert await proxy.get_status() == "STOPPED"
+
+    asyncio.run(main())

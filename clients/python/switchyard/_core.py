@@ -648,6 +648,24 @@ def command_list(commands: Commands) -> List[str]:
 CAPABILITIES = frozenset({"inventory", "exec", "terminal"})
 
 
+def listen_address(local_address: str, local_port: int) -> str:
+    """A forward's or SOCKS5 proxy's ``listen`` field: ``ADDRESS:PORT``
+    (an IPv6 address in brackets)."""
+    host = f"[{local_address}]" if ":" in local_address else local_address
+    return f"{host}:{local_port}"
+
+
+def socks_proxy_request(ref: pb.ServiceRef, local_port: int, local_address: str,
+                        username: Optional[str], password: Optional[str]
+                        ) -> pb.SocksProxyStartRequest:
+    """The ``SocksProxyStart`` request; username and password go together."""
+    if (username is None) != (password is None):
+        raise ValueError("give both a SOCKS5 username and a password, or neither")
+    return pb.SocksProxyStartRequest(
+        service=ref, listen=listen_address(local_address, local_port),
+        username=username or "", password=password or "")
+
+
 def link_state_name(state: str) -> str:
     """A broker link state as the reference's service status word."""
     return {"up": "READY", "idle": "READY"}.get(state, state.upper().replace(" ", "_"))

@@ -46,6 +46,8 @@ from ._core import (
     LinkKey,
     ProxyInfo,
     default_socket,
+    listen_address,
+    socks_proxy_request,
 )
 from ._login import Login, OnPrompt
 from ._service import ServiceBase
@@ -255,6 +257,15 @@ class Client(ClientCalls["Service"]):
         """As ``switchyard.sync.Client.service_direct_with_sso``."""
         return await self._do(self._direct_sso(serial, host, port, e2ee_fingerprint, identity))
 
+    async def start_socks_proxy(self, service: "Service", local_port: int = 0,
+                                local_address: str = "127.0.0.1",
+                                username: Optional[str] = None,
+                                password: Optional[str] = None) -> "TcpForwarder":
+        """As ``switchyard.sync.Client.start_socks_proxy``."""
+        reply = await self._call("SocksProxyStart", socks_proxy_request(
+            service._ref(), local_port, local_address, username, password))
+        return TcpForwarder(self, reply)
+
     async def status(self) -> pb.StatusResponse:
         """The broker's view of this local user (sessions, links)."""
         return await self._do(self._status())
@@ -338,6 +349,57 @@ class Device(DeviceInfo):
 
     #: The reference client's other name for ``terminal``.
     interactive = terminal
+
+    async def forward_tcp_port(self, local_port: int = 0, destination_port: int = 22,
+                               local_address: str = "127.0.0.1") -> "TcpForwarder":
+        """As ``switchyard.sync.Device.forward_tcp_port``."""
+        client = self._service._client
+        reply = await client._call("ForwardStart", pb.ForwardStartRequest(
+            service=self._service._ref(), device=self.name, port=destination_port,
+            listen=listen_address(local_address, local_port)))
+        return TcpForwarder(client, reply)
+
+
+class TcpForwarder:
+    """A port forward or SOCKS5 proxy the broker keeps (asyncio), as
+    ``switchyard.sync.TcpForwarder``; ``async with`` stops it."""
+
+    def __init__(self, client: Client, reply: pb.ForwardStatus) -> None:
+        self._client = client
+        self.forward_id: str = reply.forward_id
+        #: The local TCP port it listens on.
+        self.local_port: int = reply.local_port
+        #: ``ADDRESS:PORT`` it listens on.
+        self.address: str = reply.address
+
+    def __repr__(self) -> str:
+        return f"<TcpForwarder {self.forward_id} {self.address}>"
+
+    async def __aenter__(self) -> "TcpForwarder":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def info(self) -> Optional[pb.ForwardStatus]:
+        """Its counters (connections, bytes, last error), or None once it
+        has ended."""
+        reply = await self._client._call("ForwardList", pb.ForwardListRequest())
+        return next((f for f in reply.forwards if f.forward_id == self.forward_id), None)
+
+    async def get_status(self) -> str:
+        """RUNNING while the broker keeps it, else STOPPED."""
+        return "RUNNING" if await self.info() is not None else "STOPPED"
+
+    async def stop(self) -> None:
+        """Stops it (its open connections are reset); stopping one that has
+        already ended does nothing."""
+        try:
+            await self._client._stub.ForwardStop(
+                pb.ForwardStopRequest(forward_id=self.forward_id), timeout=30)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise from_rpc(err, self._client._socket) from None
 
 
 class Inventory(DeviceSet[Device]):
@@ -442,4 +504,5 @@ __all__ = [
     "FAILURE", "PARTIAL_SUCCESS", "SUCCESS",
     "Client", "Service", "Inventory", "Device", "ExecRequest", "ExecResponse", "ExecStatus",
     "CommandResult", "DeviceResult", "OutputChunk", "Login", "ProxyInfo", "AsyncTerminal",
+    "TcpForwarder",
 ]

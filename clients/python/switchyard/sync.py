@@ -53,6 +53,8 @@ from ._core import (
     LinkKey,
     ProxyInfo,
     default_socket,
+    listen_address,
+    socks_proxy_request,
 )
 from ._login import Login, OnPrompt, default_cert_dir
 from .errors import SwitchyardError, from_rpc, login_error
@@ -348,6 +350,22 @@ class Client(ClientCalls["Service"]):
         password. Call ``.wait()`` before use."""
         return self._do(self._direct_sso(serial, host, port, e2ee_fingerprint, identity))
 
+    def start_socks_proxy(self, service: "Service", local_port: int = 0,
+                          local_address: str = "127.0.0.1", username: Optional[str] = None,
+                          password: Optional[str] = None) -> "TcpForwarder":
+        """Starts a SOCKS5 proxy (CONNECT only) on ``local_address:local_port``
+        (port 0 picks one; loopback only) whose clients reach ``service``'s
+        devices by name through its shared link: the device is the host name
+        (``socks5h://``, ``curl --socks5-hostname``; IP addresses are
+        refused), with the ports the service allows for forwards. With
+        ``username`` and ``password`` (1-255 bytes each) clients must log in
+        (RFC 1929). The proxy lives in the broker, reachable only by this
+        uid, until ``stop()`` or until this client closes. Returns a
+        ``TcpForwarder`` (``local_port``, ``status``, ``info()``, ``stop()``)."""
+        reply = self._call("SocksProxyStart", socks_proxy_request(
+            service._ref(), local_port, local_address, username, password))
+        return TcpForwarder(self, reply)
+
     def status(self) -> pb.StatusResponse:
         """The broker's view of this local user (sessions, links)."""
         return self._do(self._status())
@@ -443,16 +461,16 @@ class Device(DeviceInfo):
         The service allows the device's SSH port by default, other ports
         when its ``forward_ports`` setting lists them; a refused connection
         is reset and the reason kept in ``info().last_error``."""
-        host = f"[{local_address}]" if ":" in local_address else local_address
         client = self._service._client
         reply = client._call("ForwardStart", pb.ForwardStartRequest(
             service=self._service._ref(), device=self.name, port=destination_port,
-            listen=f"{host}:{local_port}"))
+            listen=listen_address(local_address, local_port)))
         return TcpForwarder(client, reply)
 
 
 class TcpForwarder:
-    """A port forward the broker keeps (``Device.forward_tcp_port``)."""
+    """A port forward or SOCKS5 proxy the broker keeps
+    (``Device.forward_tcp_port``, ``Client.start_socks_proxy``)."""
 
     def __init__(self, client: Client, reply: pb.ForwardStatus) -> None:
         self._client = client
@@ -663,6 +681,7 @@ __all__ = [
     "FAILURE", "PARTIAL_SUCCESS", "SUCCESS",
     "Client", "Service", "Inventory", "Device", "ExecRequest", "ExecResponse", "ExecStatus",
     "CommandResult", "DeviceResult", "OutputChunk", "Login", "ProxyInfo", "Terminal",
+    "TcpForwarder",
     "create_context", "get_client", "default_socket", "default_cert_dir",
     "sso_login", "certificate_login", "access_token_login", "service_direct",
     "service_integrated", "service_cloud", "service", "service_direct_with_sso", "logout",

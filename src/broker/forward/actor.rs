@@ -9,13 +9,16 @@
 //! broker shutting down).
 //!
 //! Each connection: its uid checked against the owner's (reset if not),
-//! then routed like a call from the owner (the latest snapshot, the live
+//! for a SOCKS5 proxy the client's handshake (`socks`: the device and port
+//! it asks for, within a bound), then routed like a call from the owner (the latest snapshot, the live
 //! channel or an `Acquire` that starts a reconnect), one `Forward` stream
 //! opened on the link, and bytes pumped until both sides end.
 //!
 //! On failure: a connection whose link is down, whose service refuses it,
 //! or whose link breaks mid-way is reset (never closed as if complete);
-//! the error is kept as the forward's `last_error` and the forward goes on
+//! the error is kept as the forward's `last_error` (a SOCKS5 client gets
+//! the matching reply code first, and the refusal is logged at info) and
+//! the forward goes on
 //! accepting, so it recovers as soon as the link is back. The forward
 //! itself ends only when stopped, when its service is gone from the
 //! routing table, or with the broker.
@@ -27,9 +30,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::listener::{LocalListener, LocalStream};
+use super::socks::{self, ProxyLogin};
+use super::socks5::Reply;
 use crate::broker::error::BrokerError;
 use crate::broker::peer::{Peer, owner_for};
 use crate::broker::routes::{Routes, ServiceRef};
@@ -45,10 +50,20 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a forward reaches, for whom.
 pub struct Target {
+    /// The forward's id, for logs.
+    pub id: String,
     pub peer: Peer,
     pub service: ServiceRef,
-    pub device: String,
-    pub port: u16,
+    pub destination: Destination,
+}
+
+/// Where a forward's connections go.
+pub enum Destination {
+    /// Always this port of this device (`forward start`).
+    Port { device: String, port: u16 },
+    /// Where each SOCKS5 client asks (`socks-proxy start`), after its
+    /// login if the proxy has one.
+    Socks { login: Option<ProxyLogin> },
 }
 
 /// A forward's live counters (read by `status` and `forward list`).
@@ -151,12 +166,25 @@ async fn connection(
     stats.open.fetch_add(1, Ordering::Relaxed);
     let _open = Open(&stats.open);
     stats.total.fetch_add(1, Ordering::Relaxed);
+    let (device, port, socks, early) = match &target.destination {
+        Destination::Port { device, port } => (device.clone(), *port, false, Vec::new()),
+        Destination::Socks { login } => match socks::accept(&mut local, login.as_ref()).await {
+            Ok(r) => (r.device, r.port, true, r.early),
+            Err(e) => {
+                // Told to the client already where SOCKS5 has a reply for
+                // it; closed (not reset) so the reply is read.
+                info!(proxy = %target.id, error = %e, "SOCKS5 client turned away");
+                stats.failed(crate::label::tidy_max(&e.to_string(), 512));
+                return;
+            }
+        },
+    };
     let resolved = routes.borrow().resolve(&target.peer, &target.service);
     let opened = async {
         let link = resolved?.open().await?;
         let remote = link
             .channel
-            .open_forward(&target.device, target.port, OPEN_TIMEOUT)
+            .open_forward(&device, port, OPEN_TIMEOUT)
             .await?;
         Ok::<_, BrokerError>((link, remote))
     }
@@ -164,12 +192,34 @@ async fn connection(
     let (link, mut remote) = match opened {
         Ok(opened) => opened,
         Err(e) => {
-            debug!(device = %target.device, port = target.port, error = %e, "forwarded connection not opened");
             stats.failed(crate::label::tidy_max(&e.to_string(), 512));
-            local.reset();
+            if socks {
+                let code = socks::reply_for(&e);
+                info!(proxy = %target.id, %device, port, reply = ?code, error = %e, "SOCKS5 CONNECT refused");
+                let _ = socks::answer(&mut local, code).await;
+            } else {
+                debug!(%device, port, error = %e, "forwarded connection not opened");
+                local.reset();
+            }
             return;
         }
     };
+    if socks {
+        let started = async {
+            socks::answer(&mut local, Reply::Succeeded).await?;
+            remote.send_early(&early).await?;
+            stats
+                .bytes_to_device
+                .fetch_add(early.len() as u64, Ordering::Relaxed);
+            Ok::<_, std::io::Error>(())
+        };
+        if let Err(e) = started.await {
+            debug!(proxy = %target.id, error = %e, "SOCKS5 client gone before its connection started");
+            remote.reset();
+            local.reset();
+            return;
+        }
+    }
     let pumped = tokio::select! {
         r = remote.splice(&mut local, &stats.bytes_to_device, &stats.bytes_from_device) => r,
         _ = link.cancel.cancelled() => {
@@ -178,7 +228,7 @@ async fn connection(
         }
     };
     if let Err(e) = pumped {
-        debug!(device = %target.device, error = %e, "forwarded connection broke; reset");
+        debug!(%device, error = %e, "forwarded connection broke; reset");
         *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
             format!("a connection broke: {e}");
         local.reset();

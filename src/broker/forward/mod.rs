@@ -1,6 +1,8 @@
 //! Port forwards owned by the broker: a local listener (loopback TCP or a
 //! Unix socket) whose connections ride the shared link to a device's TCP
-//! port, one link stream each.
+//! port, one link stream each. A SOCKS5 proxy is a forward whose clients
+//! name the device and port themselves (`socks`, `socks5`); it shares the
+//! table, listener, limits and counters.
 //!
 //! Owns: the table of forwards (id → owner, target, counters, task). The
 //! table is a mutex held only for map operations; each forward is its own
@@ -17,6 +19,8 @@
 
 pub mod actor;
 pub mod listener;
+pub mod socks;
+pub mod socks5;
 pub mod stream;
 
 use std::collections::BTreeMap;
@@ -28,7 +32,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use self::actor::{Stats, Target};
+use self::actor::{Destination, Stats, Target};
 use self::listener::{Listen, LocalListener};
 use super::error::BrokerError;
 use super::peer::Peer;
@@ -38,24 +42,44 @@ use crate::task::AbortOnDrop;
 /// Forwards one uid may hold at once.
 pub const MAX_PER_USER: usize = 64;
 
-/// What `forward start` asks for.
+/// What `forward start` or `socks-proxy start` asks for.
 pub struct ForwardRequest {
     pub peer: Peer,
     pub service: ServiceRef,
     /// The service as the caller named it, for listings.
     pub service_label: String,
-    pub device: String,
-    pub port: u16,
+    pub destination: Destination,
     pub listen: Listen,
+}
+
+/// What a forward is: `forward` (one device port) or `socks5` (a proxy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Forward,
+    Socks5,
+}
+
+impl Kind {
+    /// As `forward list` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Forward => "forward",
+            Self::Socks5 => "socks5",
+        }
+    }
 }
 
 /// A forward as listed (`forward list`, `status`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardView {
     pub id: String,
+    pub kind: Kind,
     pub service: String,
+    /// The device and port of a `forward` (empty and 0 for a proxy).
     pub device: String,
     pub port: u16,
+    /// A SOCKS5 proxy's username, if it asks for one.
+    pub username: String,
     /// `ADDRESS:PORT` or `unix:PATH`.
     pub address: String,
     /// The bound TCP port (0 for a Unix socket).
@@ -70,9 +94,11 @@ pub struct ForwardView {
 
 struct Entry {
     uid: u32,
+    kind: Kind,
     service: String,
     device: String,
     port: u16,
+    username: String,
     address: String,
     local_port: u16,
     stats: Arc<Stats>,
@@ -86,9 +112,11 @@ impl Entry {
         let s = &self.stats;
         ForwardView {
             id: id.to_string(),
+            kind: self.kind,
             service: self.service.clone(),
             device: self.device.clone(),
             port: self.port,
+            username: self.username.clone(),
             address: self.address.clone(),
             local_port: self.local_port,
             open: s.open.load(Ordering::Relaxed),
@@ -137,18 +165,32 @@ impl Forwards {
         self: &Arc<Self>,
         request: ForwardRequest,
     ) -> Result<ForwardView, BrokerError> {
-        crate::label::check("a device name", &request.device)
-            .map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
-        if request.device.is_empty() {
-            return Err(BrokerError::InvalidArgument(
-                "a forward needs a device".into(),
-            ));
-        }
-        if request.port == 0 {
-            return Err(BrokerError::InvalidArgument(
-                "a forward needs the device's port (1-65535)".into(),
-            ));
-        }
+        let (kind, device, port, username) = match &request.destination {
+            Destination::Port { device, port } => {
+                crate::label::check("a device name", device)
+                    .map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
+                if device.is_empty() {
+                    return Err(BrokerError::InvalidArgument(
+                        "a forward needs a device".into(),
+                    ));
+                }
+                if *port == 0 {
+                    return Err(BrokerError::InvalidArgument(
+                        "a forward needs the device's port (1-65535)".into(),
+                    ));
+                }
+                (Kind::Forward, device.clone(), *port, String::new())
+            }
+            Destination::Socks { login } => (
+                Kind::Socks5,
+                String::new(),
+                0,
+                login
+                    .as_ref()
+                    .map(|l| l.username().to_string())
+                    .unwrap_or_default(),
+            ),
+        };
         // The service must exist now (it may be down: connections then
         // wait for it, like calls do).
         self.routes
@@ -171,15 +213,18 @@ impl Forwards {
         let address = listener.address();
         let local_port = listener.port();
         let stats = Arc::new(Stats::default());
-        let target = Arc::new(Target {
-            peer: request.peer,
-            service: request.service,
-            device: request.device.clone(),
-            port: request.port,
-        });
         let mut table = self.table();
         table.next += 1;
-        let id = format!("fwd-{}", table.next);
+        let id = match kind {
+            Kind::Forward => format!("fwd-{}", table.next),
+            Kind::Socks5 => format!("socks-{}", table.next),
+        };
+        let target = Arc::new(Target {
+            id: id.clone(),
+            peer: request.peer,
+            service: request.service,
+            destination: request.destination,
+        });
         let cancel = self.cancel.child_token();
         let forward = actor::run(
             listener,
@@ -202,9 +247,11 @@ impl Forwards {
         });
         let entry = Entry {
             uid,
+            kind,
             service: request.service_label,
-            device: request.device,
-            port: request.port,
+            device,
+            port,
+            username,
             address,
             local_port,
             stats,
@@ -212,7 +259,7 @@ impl Forwards {
             task: AbortOnDrop::new(task),
         };
         let view = entry.view(&id);
-        info!(forward = %id, uid, address = %view.address, device = %view.device, port = view.port, "forward started");
+        info!(forward = %id, kind = kind.as_str(), uid, address = %view.address, device = %view.device, port = view.port, "forward started");
         table.entries.insert(id, entry);
         Ok(view)
     }

@@ -129,6 +129,19 @@ impl ForwardStream {
         result
     }
 
+    /// Sends `bytes` to the device ahead of the pumped ones (a SOCKS5
+    /// client's optimistic data); nothing for an empty slice.
+    pub async fn send_early(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Self::Quic { send, .. } => send.write_all(bytes).await.map_err(io::Error::from),
+            Self::Local(tcp) => tcp.write_all(bytes).await,
+        }
+    }
+
     /// Resets the far end (the device sees a reset, not an end of file).
     pub fn reset(&mut self) {
         match self {

@@ -632,7 +632,7 @@ class ForwardStartRequest(_message.Message):
     def __init__(self, service: _Optional[_Union[ServiceRef, _Mapping]] = ..., device: _Optional[str] = ..., port: _Optional[int] = ..., listen: _Optional[str] = ...) -> None: ...
 
 class ForwardStatus(_message.Message):
-    __slots__ = ("forward_id", "service", "device", "port", "address", "local_port", "connections_open", "connections_total", "connections_failed", "bytes_to_device", "bytes_from_device", "last_error")
+    __slots__ = ("forward_id", "service", "device", "port", "address", "local_port", "connections_open", "connections_total", "connections_failed", "bytes_to_device", "bytes_from_device", "last_error", "kind", "username")
     FORWARD_ID_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -645,6 +645,8 @@ class ForwardStatus(_message.Message):
     BYTES_TO_DEVICE_FIELD_NUMBER: _ClassVar[int]
     BYTES_FROM_DEVICE_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
     forward_id: str
     service: str
     device: str
@@ -657,7 +659,21 @@ class ForwardStatus(_message.Message):
     bytes_to_device: int
     bytes_from_device: int
     last_error: str
-    def __init__(self, forward_id: _Optional[str] = ..., service: _Optional[str] = ..., device: _Optional[str] = ..., port: _Optional[int] = ..., address: _Optional[str] = ..., local_port: _Optional[int] = ..., connections_open: _Optional[int] = ..., connections_total: _Optional[int] = ..., connections_failed: _Optional[int] = ..., bytes_to_device: _Optional[int] = ..., bytes_from_device: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+    kind: str
+    username: str
+    def __init__(self, forward_id: _Optional[str] = ..., service: _Optional[str] = ..., device: _Optional[str] = ..., port: _Optional[int] = ..., address: _Optional[str] = ..., local_port: _Optional[int] = ..., connections_open: _Optional[int] = ..., connections_total: _Optional[int] = ..., connections_failed: _Optional[int] = ..., bytes_to_device: _Optional[int] = ..., bytes_from_device: _Optional[int] = ..., last_error: _Optional[str] = ..., kind: _Optional[str] = ..., username: _Optional[str] = ...) -> None: ...
+
+class SocksProxyStartRequest(_message.Message):
+    __slots__ = ("service", "listen", "username", "password")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    service: ServiceRef
+    listen: str
+    username: str
+    password: str
+    def __init__(self, service: _Optional[_Union[ServiceRef, _Mapping]] = ..., listen: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
 
 class ForwardStopRequest(_message.Message):
     __slots__ = ("forward_id",)

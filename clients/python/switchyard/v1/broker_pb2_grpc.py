@@ -166,6 +166,11 @@ class BrokerStub:
                 request_serializer=switchyard_dot_v1_dot_broker__pb2.ForwardListRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_broker__pb2.ForwardListResponse.FromString,
                 _registered_method=True)
+        self.SocksProxyStart = channel.unary_unary(
+                '/switchyard.v1.Broker/SocksProxyStart',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.SocksProxyStartRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.ForwardStatus.FromString,
+                _registered_method=True)
 
 
 class BrokerServicer:
@@ -395,6 +400,21 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SocksProxyStart(self, request, context):
+        """Starts a SOCKS5 proxy (RFC 1928, CONNECT only) owned by the broker: a
+        local listener like a forward's, whose clients name the device as the
+        host (SOCKS5 domain-name address: `curl --socks5-hostname`, socks5h://)
+        and its port; each connection rides the service's shared link like a
+        forwarded one, checked by the service the same way (the device's
+        `forward_ports`, the remote user's globs). IP addresses are refused
+        (reply 08, address type not supported). Optional username/password
+        (RFC 1929), both 1-255 bytes. Listed by ForwardList (kind "socks5"),
+        stopped by ForwardStop; counts against the 64 forwards per uid.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -527,6 +547,11 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.ForwardList,
                     request_deserializer=switchyard_dot_v1_dot_broker__pb2.ForwardListRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_broker__pb2.ForwardListResponse.SerializeToString,
+            ),
+            'SocksProxyStart': grpc.unary_unary_rpc_method_handler(
+                    servicer.SocksProxyStart,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.SocksProxyStartRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.ForwardStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1233,6 +1258,33 @@ class Broker:
             '/switchyard.v1.Broker/ForwardList',
             switchyard_dot_v1_dot_broker__pb2.ForwardListRequest.SerializeToString,
             switchyard_dot_v1_dot_broker__pb2.ForwardListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SocksProxyStart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Broker/SocksProxyStart',
+            switchyard_dot_v1_dot_broker__pb2.SocksProxyStartRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.ForwardStatus.FromString,
             options,
             channel_credentials,
             insecure,

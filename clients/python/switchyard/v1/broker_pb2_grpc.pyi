@@ -166,6 +166,17 @@ class BrokerStub:
     """
     ForwardList: _grpc.UnaryUnaryMultiCallable[_broker_pb2.ForwardListRequest, _broker_pb2.ForwardListResponse]
     """The forwards of the calling local user."""
+    SocksProxyStart: _grpc.UnaryUnaryMultiCallable[_broker_pb2.SocksProxyStartRequest, _broker_pb2.ForwardStatus]
+    """Starts a SOCKS5 proxy (RFC 1928, CONNECT only) owned by the broker: a
+    local listener like a forward's, whose clients name the device as the
+    host (SOCKS5 domain-name address: `curl --socks5-hostname`, socks5h://)
+    and its port; each connection rides the service's shared link like a
+    forwarded one, checked by the service the same way (the device's
+    `forward_ports`, the remote user's globs). IP addresses are refused
+    (reply 08, address type not supported). Optional username/password
+    (RFC 1929), both 1-255 bytes. Listed by ForwardList (kind "socks5"),
+    stopped by ForwardStop; counts against the 64 forwards per uid.
+    """
 
 @_typing.type_check_only
 class BrokerAsyncStub(BrokerStub):
@@ -282,6 +293,17 @@ class BrokerAsyncStub(BrokerStub):
     """
     ForwardList: _aio.UnaryUnaryMultiCallable[_broker_pb2.ForwardListRequest, _broker_pb2.ForwardListResponse]  # type: ignore[assignment]
     """The forwards of the calling local user."""
+    SocksProxyStart: _aio.UnaryUnaryMultiCallable[_broker_pb2.SocksProxyStartRequest, _broker_pb2.ForwardStatus]  # type: ignore[assignment]
+    """Starts a SOCKS5 proxy (RFC 1928, CONNECT only) owned by the broker: a
+    local listener like a forward's, whose clients name the device as the
+    host (SOCKS5 domain-name address: `curl --socks5-hostname`, socks5h://)
+    and its port; each connection rides the service's shared link like a
+    forwarded one, checked by the service the same way (the device's
+    `forward_ports`, the remote user's globs). IP addresses are refused
+    (reply 08, address type not supported). Optional username/password
+    (RFC 1929), both 1-255 bytes. Listed by ForwardList (kind "socks5"),
+    stopped by ForwardStop; counts against the 64 forwards per uid.
+    """
 
 class BrokerServicer(metaclass=_abc_1.ABCMeta):
     """The broker: sessions, services reached through shared links, and the
@@ -551,5 +573,22 @@ class BrokerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_broker_pb2.ForwardListResponse, _abc.Awaitable[_broker_pb2.ForwardListResponse]]:
         """The forwards of the calling local user."""
+
+    @_abc_1.abstractmethod
+    def SocksProxyStart(
+        self,
+        request: _broker_pb2.SocksProxyStartRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_broker_pb2.ForwardStatus, _abc.Awaitable[_broker_pb2.ForwardStatus]]:
+        """Starts a SOCKS5 proxy (RFC 1928, CONNECT only) owned by the broker: a
+        local listener like a forward's, whose clients name the device as the
+        host (SOCKS5 domain-name address: `curl --socks5-hostname`, socks5h://)
+        and its port; each connection rides the service's shared link like a
+        forwarded one, checked by the service the same way (the device's
+        `forward_ports`, the remote user's globs). IP addresses are refused
+        (reply 08, address type not supported). Optional username/password
+        (RFC 1929), both 1-255 bytes. Listed by ForwardList (kind "socks5"),
+        stopped by ForwardStop; counts against the 64 forwards per uid.
+        """
 
 def add_BrokerServicer_to_server(servicer: BrokerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
