@@ -90,6 +90,8 @@ pub async fn run(socket: &Path, cmd: SshProxyCommand) -> Result<ExitCode, CliErr
                         .as_ref()
                         .map(|p| p.expose().to_string())
                         .unwrap_or_default(),
+                    // Lives until `ssh-proxy stop`, reaching named services.
+                    session_id: String::new(),
                 })
                 .await?
                 .into_inner();

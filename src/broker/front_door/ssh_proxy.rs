@@ -42,6 +42,7 @@ impl FrontDoor {
                 peer,
                 listen: r.listen,
                 auth,
+                session_id: Some(r.session_id).filter(|s| !s.is_empty()),
             })
             .await?;
         Ok(Response::new(ssh_proxy_status(view)))

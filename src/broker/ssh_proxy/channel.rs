@@ -93,12 +93,22 @@ async fn open(
     request: impl FnOnce(String) -> Request,
 ) -> Result<(OpenLink, CallStream), String> {
     let target = Target::parse(user)?;
-    let service = ServiceRef::Named(target.service.clone());
-    let resolved = shared
-        .routes
-        .borrow()
-        .resolve(&shared.owner, &service)
-        .map_err(|e| e.to_string())?;
+    let resolved = {
+        let routes = shared.routes.borrow();
+        let named = ServiceRef::Named(target.service.clone());
+        match (routes.resolve(&shared.owner, &named), &shared.session_id) {
+            // A session-bound proxy also reaches its session's services.
+            (Err(_), Some(session_id)) => routes.resolve(
+                &shared.owner,
+                &ServiceRef::InSession {
+                    session_id: session_id.clone(),
+                    service_id: target.service.clone(),
+                },
+            ),
+            (resolved, _) => resolved,
+        }
+        .map_err(|e| e.to_string())?
+    };
     let link = resolved.open().await.map_err(|e| e.to_string())?;
     let envelope = RequestEnvelope {
         deadline_ms: None,

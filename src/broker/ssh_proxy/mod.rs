@@ -49,6 +49,9 @@ pub struct SshProxyRequest {
     /// `""` for [`DEFAULT_LISTEN`], else a loopback `ADDRESS:PORT`.
     pub listen: String,
     pub auth: ClientAuth,
+    /// A session of the caller's that the proxy lives and dies with (its
+    /// services become targets too); `None`: until stopped.
+    pub session_id: Option<String>,
 }
 
 /// A proxy as shown (`status`, the start answer).
@@ -114,6 +117,8 @@ pub struct Shared {
     pub routes: watch::Receiver<Arc<Routes>>,
     pub auth: ClientAuth,
     pub stats: Stats,
+    /// The session whose services are targets too (`SshProxyRequest`).
+    pub session_id: Option<String>,
 }
 
 struct Entry {
@@ -212,6 +217,24 @@ impl SshProxies {
             text => text,
         };
         let listen = Listen::parse(listen)?;
+        // A session-bound proxy ends when its session does.
+        let session_cancel = match &request.session_id {
+            Some(id) => {
+                let routes = self.routes.borrow();
+                let session = routes.sessions.get(id).filter(|s| s.uid == uid);
+                Some(
+                    session
+                        .ok_or_else(|| {
+                            BrokerError::NotFound(format!(
+                                "no session {id:?} of yours (it may have ended)"
+                            ))
+                        })?
+                        .cancel
+                        .clone(),
+                )
+            }
+            None => None,
+        };
         let key = self.host_key().await?;
         let fingerprint = key.public_key().fingerprint(HashAlg::Sha256).to_string();
         let listener = LocalListener::bind(&listen, uid).await?;
@@ -222,10 +245,20 @@ impl SshProxies {
             routes: self.routes.clone(),
             auth: request.auth,
             stats: Stats::default(),
+            session_id: request.session_id,
         });
         let config = Arc::new(server::config(key, &shared));
         let cancel = self.cancel.child_token();
         let proxy = server::run(listener, config, shared.clone(), cancel.clone());
+        let proxy = async move {
+            match session_cancel {
+                Some(session) => tokio::select! {
+                    why = proxy => why,
+                    _ = session.cancelled() => "its session ended",
+                },
+                None => proxy.await,
+            }
+        };
         let table_ref: Weak<Self> = Arc::downgrade(self);
         let mut table = self.table();
         if table.contains_key(&uid) {

@@ -672,14 +672,16 @@ class ForwardListResponse(_message.Message):
     def __init__(self, forwards: _Optional[_Iterable[_Union[ForwardStatus, _Mapping]]] = ...) -> None: ...
 
 class SshProxyStartRequest(_message.Message):
-    __slots__ = ("listen", "authorized_keys", "password")
+    __slots__ = ("listen", "authorized_keys", "password", "session_id")
     LISTEN_FIELD_NUMBER: _ClassVar[int]
     AUTHORIZED_KEYS_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     listen: str
     authorized_keys: str
     password: str
-    def __init__(self, listen: _Optional[str] = ..., authorized_keys: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+    session_id: str
+    def __init__(self, listen: _Optional[str] = ..., authorized_keys: _Optional[str] = ..., password: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class SshProxyStatus(_message.Message):
     __slots__ = ("address", "local_port", "host_key_fingerprint", "authorized_keys", "password", "connections_open", "connections_total", "connections_failed", "last_error")
