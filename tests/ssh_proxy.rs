@@ -350,3 +350,35 @@ async fn the_host_key_is_the_same_after_a_broker_restart() {
         known
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_w_reaches_a_device_port_through_the_proxy_and_refusals_say_why() {
+    let lab = Lab::start().await;
+    let (port, _) = lab.start_proxy(&[]).await;
+    // `-W`: ssh's stdin and stdout are the device's SSH port (allowed by
+    // default), whose banner comes first.
+    let to = format!("linux-1:{}", lab._sshd.port);
+    let mut cmd = lab.ssh(port, "key", "linux-1@lab", &["-W", &to]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let banner = within(30, "the device's banner", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(banner.starts_with("SSH-2.0-OpenSSH"), "{banner:?}");
+    drop(child.stdin.take());
+    let _ = child.start_kill();
+
+    // A port the service does not allow: the channel is refused with the
+    // service's reason (which ssh logs at INFO).
+    let extra = ["-o", "LogLevel=INFO", "-W", "linux-1:1"];
+    let out = run(lab.ssh(port, "key", "linux-1@lab", &extra)).await;
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("open failed") && err.contains("forward_ports"),
+        "{out:?}"
+    );
+}

@@ -19,13 +19,15 @@
 
 use std::sync::Arc;
 
-use russh::server::Msg;
-use russh::{Channel, ChannelMsg};
+use std::sync::atomic::AtomicU64;
+
+use russh::server::{ChannelOpenHandle, Msg};
+use russh::{Channel, ChannelMsg, ChannelOpenFailure};
 
 use super::Shared;
 use super::auth::Target;
 use crate::broker::link::CallStream;
-use crate::broker::routes::{OpenLink, ServiceRef};
+use crate::broker::routes::{OpenLink, Resolved, ServiceRef};
 use crate::wire::messages::{ExecFlags, Request, RequestEnvelope, Response, TerminalInput};
 
 /// Exit status for a session that failed before or outside the device.
@@ -86,6 +88,90 @@ fn clamp(cols: u32, rows: u32) -> (u16, u16) {
     (fit(cols, DEFAULT_SIZE.0), fit(rows, DEFAULT_SIZE.1))
 }
 
+/// The link of `service` as the proxy's owner sees it: a named service,
+/// or (session-bound proxy) a service of that session.
+fn resolve(shared: &Shared, service: &str) -> Result<Resolved, String> {
+    let routes = shared.routes.borrow();
+    let named = ServiceRef::Named(service.to_string());
+    match (routes.resolve(&shared.owner, &named), &shared.session_id) {
+        (Err(_), Some(session_id)) => routes.resolve(
+            &shared.owner,
+            &ServiceRef::InSession {
+                session_id: session_id.clone(),
+                service_id: service.to_string(),
+            },
+        ),
+        (resolved, _) => resolved,
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// How long a `direct-tcpip` channel waits for the service to connect it
+/// (as a broker forward's connection does).
+const FORWARD_TIMEOUT: std::time::Duration = crate::broker::forward::actor::OPEN_TIMEOUT;
+
+/// SSH's reason code for a channel that could not be connected (RFC 4254,
+/// 5.1: `SSH_OPEN_CONNECT_FAILED`).
+const OPEN_CONNECT_FAILED: u32 = 2;
+
+/// A `direct-tcpip` channel (`ssh -W`, `-J`, `-L` through the proxy): a
+/// `Forward` to `port` of the device named `host`, on the service the
+/// login names (its device part aside), subject to the service's
+/// `forward_ports`. The channel is confirmed only once the service has
+/// connected; a refusal is the open failure's reason. Bytes are pumped
+/// with half-close until both ends finish; a broken side resets the other.
+pub async fn direct_tcpip(
+    channel: Channel<Msg>,
+    reply: ChannelOpenHandle,
+    user: String,
+    host: String,
+    port: u32,
+    shared: Arc<Shared>,
+) {
+    let opened = async {
+        let target = Target::parse(&user)?;
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{port} is not a TCP port"))?;
+        let link = resolve(&shared, &target.service)?
+            .open()
+            .await
+            .map_err(|e| e.to_string())?;
+        let remote = link
+            .channel
+            .open_forward(&host, port, FORWARD_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((link, remote))
+    }
+    .await;
+    let (link, mut remote) = match opened {
+        Ok(opened) => opened,
+        Err(reason) => {
+            shared.stats.set_last_error(&reason);
+            reply
+                .reject(ChannelOpenFailure::Other {
+                    code: OPEN_CONNECT_FAILED,
+                    reason,
+                })
+                .await;
+            return;
+        }
+    };
+    reply.accept().await;
+    let mut stream = channel.into_stream();
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    tokio::select! {
+        pumped = remote.splice(&mut stream, &up, &down) => {
+            if let Err(e) = pumped {
+                shared.stats.set_last_error(&format!("a forwarded channel broke: {e}"));
+            }
+        }
+        _ = link.cancel.cancelled() => remote.reset(),
+    }
+}
+
 /// Opens `request` for the login's target on its service's link.
 async fn open(
     shared: &Shared,
@@ -93,23 +179,10 @@ async fn open(
     request: impl FnOnce(String) -> Request,
 ) -> Result<(OpenLink, CallStream), String> {
     let target = Target::parse(user)?;
-    let resolved = {
-        let routes = shared.routes.borrow();
-        let named = ServiceRef::Named(target.service.clone());
-        match (routes.resolve(&shared.owner, &named), &shared.session_id) {
-            // A session-bound proxy also reaches its session's services.
-            (Err(_), Some(session_id)) => routes.resolve(
-                &shared.owner,
-                &ServiceRef::InSession {
-                    session_id: session_id.clone(),
-                    service_id: target.service.clone(),
-                },
-            ),
-            (resolved, _) => resolved,
-        }
-        .map_err(|e| e.to_string())?
-    };
-    let link = resolved.open().await.map_err(|e| e.to_string())?;
+    let link = resolve(shared, &target.service)?
+        .open()
+        .await
+        .map_err(|e| e.to_string())?;
     let envelope = RequestEnvelope {
         deadline_ms: None,
         request: request(target.device),

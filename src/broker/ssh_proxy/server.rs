@@ -257,6 +257,39 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        while self.channels.try_join_next().is_some() {}
+        let Some(user) = self.user.clone() else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        if self.channels.len() >= MAX_CHANNELS {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        // Connected in its own task: the session keeps serving meanwhile.
+        self.channels.spawn(channel::direct_tcpip(
+            channel,
+            reply,
+            user,
+            host_to_connect.to_string(),
+            port_to_connect,
+            self.shared.clone(),
+        ));
+        Ok(())
+    }
+
     async fn pty_request(
         &mut self,
         channel: ChannelId,
