@@ -270,6 +270,8 @@ pub fn status_response(s: StatusInfo, logins: Vec<LoginListing>) -> pb::StatusRe
             .collect(),
         // Filled in by the front door from its forwards table.
         forwards: Vec::new(),
+        // Filled in by the front door from its SSH proxies.
+        ssh_proxy: None,
     }
 }
 

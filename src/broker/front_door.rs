@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 mod cloud;
 mod exec;
 mod forward;
+mod ssh_proxy;
 
 use super::error::BrokerError;
 use super::link::CallStream;
@@ -69,6 +70,8 @@ pub struct FrontDoor {
     in_flight: std::sync::Arc<std::sync::atomic::AtomicU32>,
     /// Port forwards (`ForwardStart`).
     forwards: std::sync::Arc<super::forward::Forwards>,
+    /// SSH proxies (`SshProxyStart`).
+    ssh_proxies: std::sync::Arc<super::ssh_proxy::SshProxies>,
 }
 
 impl FrontDoor {
@@ -79,6 +82,7 @@ impl FrontDoor {
         draining: CancellationToken,
         in_flight: std::sync::Arc<std::sync::atomic::AtomicU32>,
         forwards: std::sync::Arc<super::forward::Forwards>,
+        ssh_proxies: std::sync::Arc<super::ssh_proxy::SshProxies>,
     ) -> Self {
         Self {
             registry,
@@ -87,6 +91,7 @@ impl FrontDoor {
             draining,
             in_flight,
             forwards,
+            ssh_proxies,
         }
     }
 
@@ -483,6 +488,10 @@ impl Broker for FrontDoor {
             .into_iter()
             .map(forward::forward_status)
             .collect();
+        response.ssh_proxy = self
+            .ssh_proxies
+            .view(peer.uid)
+            .map(ssh_proxy::ssh_proxy_status);
         Ok(Response::new(response))
     }
 
@@ -621,5 +630,19 @@ impl Broker for FrontDoor {
         request: Request<pb::ForwardListRequest>,
     ) -> Result<Response<pb::ForwardListResponse>, Status> {
         self.forward_list_impl(request).await
+    }
+
+    async fn ssh_proxy_start(
+        &self,
+        request: Request<pb::SshProxyStartRequest>,
+    ) -> Result<Response<pb::SshProxyStatus>, Status> {
+        self.ssh_proxy_start_impl(request).await
+    }
+
+    async fn ssh_proxy_stop(
+        &self,
+        request: Request<pb::SshProxyStopRequest>,
+    ) -> Result<Response<pb::SshProxyStopResponse>, Status> {
+        self.ssh_proxy_stop_impl(request).await
     }
 }

@@ -26,6 +26,7 @@ pub mod relay_client;
 pub mod routes;
 pub mod session;
 pub mod socket;
+pub mod ssh_proxy;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -135,6 +136,11 @@ pub async fn run(
     let draining = CancellationToken::new();
     let in_flight = Arc::new(AtomicU32::new(0));
     let forwards = forward::Forwards::new(routes.clone(), cancel.child_token());
+    let ssh_proxies = ssh_proxy::SshProxies::new(
+        routes.clone(),
+        cancel.child_token(),
+        config.registry.state_dir.clone(),
+    );
     let front_door = FrontDoor::new(
         registry.clone(),
         logins,
@@ -142,6 +148,7 @@ pub async fn run(
         draining.clone(),
         in_flight.clone(),
         forwards.clone(),
+        ssh_proxies.clone(),
     );
     let stop_serving = CancellationToken::new();
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).map(|accepted| {
@@ -201,6 +208,7 @@ pub async fn run(
     }
     // Forwards end with the broker (their connections are reset).
     forwards.stop_all();
+    ssh_proxies.stop_all();
     // Ending sessions ends their attach streams, so connections can close.
     let _ = registry
         .send(Shutdown {

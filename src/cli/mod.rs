@@ -18,6 +18,7 @@ mod remote_exec;
 pub mod service_admin;
 mod service_change;
 pub mod sim;
+pub mod ssh_proxy;
 pub mod terminal_escape;
 
 use std::path::PathBuf;

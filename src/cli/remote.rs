@@ -52,7 +52,10 @@ pub enum ClientCommand {
     /// SOCKS5 proxies kept by the broker (listed by `forward list`).
     #[command(subcommand)]
     SocksProxy(super::forward::SocksCommand),
-    /// Show sessions, named services, links and forwards.
+    /// The SSH proxy kept by the broker (`ssh DEVICE@SERVICE@127.0.0.1`).
+    #[command(subcommand)]
+    SshProxy(super::ssh_proxy::SshProxyCommand),
+    /// Show sessions, named services, links, forwards and the SSH proxy.
     Status {
         /// One JSON document instead of text.
         #[arg(long)]
@@ -71,6 +74,7 @@ pub async fn run(socket: &Path, cmd: ClientCommand) -> Result<ExitCode, CliError
         ClientCommand::Status { json } => status(socket, json).await,
         ClientCommand::Forward(cmd) => super::forward::run(socket, cmd).await,
         ClientCommand::SocksProxy(cmd) => super::forward::run_socks(socket, cmd).await,
+        ClientCommand::SshProxy(cmd) => super::ssh_proxy::run(socket, cmd).await,
     }
 }
 
@@ -415,6 +419,7 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
                 "connected": l.connected, "reach": l.reach, "last_error": l.last_error,
             })).collect::<Vec<_>>(),
             "forwards": s.forwards.iter().map(super::forward::forward_json).collect::<Vec<_>>(),
+            "ssh_proxy": s.ssh_proxy.as_ref().map(super::ssh_proxy::ssh_proxy_json),
         });
         outln!(
             "{}",
@@ -486,6 +491,7 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
     }
     outln!("forwards: {}", s.forwards.len());
     super::forward::print_forwards(&s.forwards);
+    super::ssh_proxy::print_ssh_proxy(s.ssh_proxy.as_ref());
     Ok(ExitCode::SUCCESS)
 }
 

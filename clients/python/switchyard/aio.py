@@ -51,6 +51,7 @@ from ._core import (
 )
 from ._login import Login, OnPrompt
 from ._service import ServiceBase
+from ._ssh_proxy import KeysPath, SshProxyBase, start_request as ssh_proxy_request
 from .aio_terminal import AsyncTerminal
 from .errors import SwitchyardError, from_rpc, login_error
 from .v1 import broker_pb2 as pb
@@ -266,9 +267,49 @@ class Client(ClientCalls["Service"]):
             service._ref(), local_port, local_address, username, password))
         return TcpForwarder(self, reply)
 
+    async def start_ssh_proxy(self, local_port: int = 2222, password: Optional[str] = None,
+                              authorized_keys: Optional[KeysPath] = None,
+                              local_address: str = "127.0.0.1",
+                              persist: bool = False) -> "SshProxy":
+        """As ``switchyard.sync.Client.start_ssh_proxy``."""
+        request = ssh_proxy_request(self.session_id, local_port, password, authorized_keys,
+                                    local_address, persist)
+        return SshProxy(self, await self._call("SshProxyStart", request))
+
     async def status(self) -> pb.StatusResponse:
         """The broker's view of this local user (sessions, links)."""
         return await self._do(self._status())
+
+
+class SshProxy(SshProxyBase):
+    """The SSH proxy the broker keeps (``Client.start_ssh_proxy``, asyncio)."""
+
+    def __init__(self, client: Client, reply: pb.SshProxyStatus) -> None:
+        super().__init__(reply)
+        self._client = client
+
+    async def __aenter__(self) -> "SshProxy":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def info(self) -> Optional[pb.SshProxyStatus]:
+        """As ``switchyard.sync.SshProxy.info``."""
+        reply = await self._client._call("Status", pb.StatusRequest())
+        return reply.ssh_proxy if reply.HasField("ssh_proxy") else None
+
+    async def status(self) -> str:
+        """RUNNING while the broker keeps it, else STOPPED."""
+        return "RUNNING" if await self.info() is not None else "STOPPED"
+
+    async def stop(self) -> None:
+        """As ``switchyard.sync.SshProxy.stop``."""
+        try:
+            await self._client._stub.SshProxyStop(pb.SshProxyStopRequest(), timeout=30)
+        except grpc.RpcError as err:
+            if not isinstance(err, grpc.aio.AioRpcError) or err.code() != grpc.StatusCode.NOT_FOUND:
+                raise from_rpc(err, self._client._socket) from None
 
 
 class Service(ServiceBase):

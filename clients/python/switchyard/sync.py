@@ -59,6 +59,7 @@ from ._core import (
 from ._login import Login, OnPrompt, default_cert_dir
 from .errors import SwitchyardError, from_rpc, login_error
 from ._service import ServiceBase
+from ._ssh_proxy import KeysPath, SshProxyBase, start_request as ssh_proxy_request
 from .terminal import Terminal
 from .v1 import broker_pb2 as pb
 from .v1 import broker_pb2_grpc as rpc
@@ -366,6 +367,25 @@ class Client(ClientCalls["Service"]):
             service._ref(), local_port, local_address, username, password))
         return TcpForwarder(self, reply)
 
+    def start_ssh_proxy(self, local_port: int = 2222, password: Optional[str] = None,
+                        authorized_keys: Optional[KeysPath] = None,
+                        local_address: str = "127.0.0.1",
+                        persist: bool = False) -> "SshProxy":
+        """Starts this local user's SSH proxy in the broker: stock ``ssh``
+        (or netmiko, Ansible...) logs in to ``local_address:local_port``
+        (loopback only; port 0 picks one) as ``DEVICE@SERVICE`` and gets a
+        shell or runs a command on that device through the shared link
+        (``SshProxy.login_name(device)`` gives the user name; SERVICE is one
+        of this client's services or a named service). Clients log in with
+        a key from ``authorized_keys`` (a path; by default
+        ``~/.ssh/authorized_keys`` if it exists) or with ``password``; only
+        this uid may connect. It ends with this client unless ``persist``
+        (then ``stop()`` or ``switchyard ssh-proxy stop`` ends it). One
+        proxy per local user."""
+        request = ssh_proxy_request(self.session_id, local_port, password, authorized_keys,
+                                    local_address, persist)
+        return SshProxy(self, self._call("SshProxyStart", request))
+
     def status(self) -> pb.StatusResponse:
         """The broker's view of this local user (sessions, links)."""
         return self._do(self._status())
@@ -506,6 +526,40 @@ class TcpForwarder:
         try:
             self._client._stub.ForwardStop(pb.ForwardStopRequest(forward_id=self.forward_id),
                                            timeout=30)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise from_rpc(err, self._client._socket) from None
+
+
+class SshProxy(SshProxyBase):
+    """The SSH proxy the broker keeps (``Client.start_ssh_proxy``)."""
+
+    def __init__(self, client: Client, reply: pb.SshProxyStatus) -> None:
+        super().__init__(reply)
+        self._client = client
+
+    def __enter__(self) -> "SshProxy":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def info(self) -> Optional[pb.SshProxyStatus]:
+        """Its counters (connections, failed logins, last error), or None
+        once it has ended."""
+        reply = self._client._call("Status", pb.StatusRequest())
+        return reply.ssh_proxy if reply.HasField("ssh_proxy") else None
+
+    @property
+    def status(self) -> str:
+        """RUNNING while the broker keeps it, else STOPPED."""
+        return "RUNNING" if self.info() is not None else "STOPPED"
+
+    def stop(self) -> None:
+        """Stops the proxy (its sessions end); stopping one that has
+        already ended does nothing."""
+        try:
+            self._client._stub.SshProxyStop(pb.SshProxyStopRequest(), timeout=30)
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.NOT_FOUND:
                 raise from_rpc(err, self._client._socket) from None

@@ -137,7 +137,7 @@ impl ForwardStream {
             return Ok(());
         }
         match self {
-            Self::Quic { send, .. } => send.write_all(bytes).await.map_err(io::Error::from),
+            Self::Remote { send, .. } => send.write_all(bytes).await,
             Self::Local(tcp) => tcp.write_all(bytes).await,
         }
     }

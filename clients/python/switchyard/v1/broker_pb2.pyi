@@ -304,20 +304,22 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("sessions", "named_services", "links", "version", "logins", "forwards")
+    __slots__ = ("sessions", "named_services", "links", "version", "logins", "forwards", "ssh_proxy")
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     NAMED_SERVICES_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LOGINS_FIELD_NUMBER: _ClassVar[int]
     FORWARDS_FIELD_NUMBER: _ClassVar[int]
+    SSH_PROXY_FIELD_NUMBER: _ClassVar[int]
     sessions: _containers.RepeatedCompositeFieldContainer[SessionStatus]
     named_services: _containers.RepeatedCompositeFieldContainer[NamedServiceStatus]
     links: _containers.RepeatedCompositeFieldContainer[LinkStatus]
     version: str
     logins: _containers.RepeatedCompositeFieldContainer[LoginStatus]
     forwards: _containers.RepeatedCompositeFieldContainer[ForwardStatus]
-    def __init__(self, sessions: _Optional[_Iterable[_Union[SessionStatus, _Mapping]]] = ..., named_services: _Optional[_Iterable[_Union[NamedServiceStatus, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkStatus, _Mapping]]] = ..., version: _Optional[str] = ..., logins: _Optional[_Iterable[_Union[LoginStatus, _Mapping]]] = ..., forwards: _Optional[_Iterable[_Union[ForwardStatus, _Mapping]]] = ...) -> None: ...
+    ssh_proxy: SshProxyStatus
+    def __init__(self, sessions: _Optional[_Iterable[_Union[SessionStatus, _Mapping]]] = ..., named_services: _Optional[_Iterable[_Union[NamedServiceStatus, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkStatus, _Mapping]]] = ..., version: _Optional[str] = ..., logins: _Optional[_Iterable[_Union[LoginStatus, _Mapping]]] = ..., forwards: _Optional[_Iterable[_Union[ForwardStatus, _Mapping]]] = ..., ssh_proxy: _Optional[_Union[SshProxyStatus, _Mapping]] = ...) -> None: ...
 
 class LoginStatus(_message.Message):
     __slots__ = ("identity", "relay_url", "method", "state", "expires_unix", "sessions", "connected", "reach", "last_error")
@@ -694,3 +696,45 @@ class ForwardListResponse(_message.Message):
     FORWARDS_FIELD_NUMBER: _ClassVar[int]
     forwards: _containers.RepeatedCompositeFieldContainer[ForwardStatus]
     def __init__(self, forwards: _Optional[_Iterable[_Union[ForwardStatus, _Mapping]]] = ...) -> None: ...
+
+class SshProxyStartRequest(_message.Message):
+    __slots__ = ("listen", "authorized_keys", "password", "session_id")
+    LISTEN_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZED_KEYS_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    listen: str
+    authorized_keys: str
+    password: str
+    session_id: str
+    def __init__(self, listen: _Optional[str] = ..., authorized_keys: _Optional[str] = ..., password: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class SshProxyStatus(_message.Message):
+    __slots__ = ("address", "local_port", "host_key_fingerprint", "authorized_keys", "password", "connections_open", "connections_total", "connections_failed", "last_error")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_PORT_FIELD_NUMBER: _ClassVar[int]
+    HOST_KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZED_KEYS_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_OPEN_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    local_port: int
+    host_key_fingerprint: str
+    authorized_keys: int
+    password: bool
+    connections_open: int
+    connections_total: int
+    connections_failed: int
+    last_error: str
+    def __init__(self, address: _Optional[str] = ..., local_port: _Optional[int] = ..., host_key_fingerprint: _Optional[str] = ..., authorized_keys: _Optional[int] = ..., password: _Optional[bool] = ..., connections_open: _Optional[int] = ..., connections_total: _Optional[int] = ..., connections_failed: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class SshProxyStopRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SshProxyStopResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -171,6 +171,16 @@ class BrokerStub:
                 request_serializer=switchyard_dot_v1_dot_broker__pb2.SocksProxyStartRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_broker__pb2.ForwardStatus.FromString,
                 _registered_method=True)
+        self.SshProxyStart = channel.unary_unary(
+                '/switchyard.v1.Broker/SshProxyStart',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.SshProxyStartRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.SshProxyStatus.FromString,
+                _registered_method=True)
+        self.SshProxyStop = channel.unary_unary(
+                '/switchyard.v1.Broker/SshProxyStop',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.SshProxyStopRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.SshProxyStopResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServicer:
@@ -415,6 +425,29 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SshProxyStart(self, request, context):
+        """Starts the calling local user's SSH proxy: a local SSH server in the
+        broker where `ssh -p PORT DEVICE@SERVICE@127.0.0.1` reaches DEVICE of
+        SERVICE (one of the caller's named services) through its shared link:
+        a shell (pty, window changes) or an exec with its exit status. The
+        device's credentials stay on the service. Clients authenticate with a
+        key from `authorized_keys` or with `password`; connections are also
+        admitted only from the caller's uid (loopback only). One proxy per
+        uid: INVALID_ARGUMENT if one runs, and INVALID_ARGUMENT without any key or
+        password, or for a non-loopback address. The host key is kept in the
+        broker's state directory (ed25519, made once).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SshProxyStop(self, request, context):
+        """Stops the caller's SSH proxy (NOT_FOUND if none); its sessions end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -552,6 +585,16 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.SocksProxyStart,
                     request_deserializer=switchyard_dot_v1_dot_broker__pb2.SocksProxyStartRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_broker__pb2.ForwardStatus.SerializeToString,
+            ),
+            'SshProxyStart': grpc.unary_unary_rpc_method_handler(
+                    servicer.SshProxyStart,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.SshProxyStartRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.SshProxyStatus.SerializeToString,
+            ),
+            'SshProxyStop': grpc.unary_unary_rpc_method_handler(
+                    servicer.SshProxyStop,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.SshProxyStopRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.SshProxyStopResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1285,6 +1328,60 @@ class Broker:
             '/switchyard.v1.Broker/SocksProxyStart',
             switchyard_dot_v1_dot_broker__pb2.SocksProxyStartRequest.SerializeToString,
             switchyard_dot_v1_dot_broker__pb2.ForwardStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SshProxyStart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Broker/SshProxyStart',
+            switchyard_dot_v1_dot_broker__pb2.SshProxyStartRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.SshProxyStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SshProxyStop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Broker/SshProxyStop',
+            switchyard_dot_v1_dot_broker__pb2.SshProxyStopRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.SshProxyStopResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -177,6 +177,20 @@ class BrokerStub:
     (RFC 1929), both 1-255 bytes. Listed by ForwardList (kind "socks5"),
     stopped by ForwardStop; counts against the 64 forwards per uid.
     """
+    SshProxyStart: _grpc.UnaryUnaryMultiCallable[_broker_pb2.SshProxyStartRequest, _broker_pb2.SshProxyStatus]
+    """Starts the calling local user's SSH proxy: a local SSH server in the
+    broker where `ssh -p PORT DEVICE@SERVICE@127.0.0.1` reaches DEVICE of
+    SERVICE (one of the caller's named services) through its shared link:
+    a shell (pty, window changes) or an exec with its exit status. The
+    device's credentials stay on the service. Clients authenticate with a
+    key from `authorized_keys` or with `password`; connections are also
+    admitted only from the caller's uid (loopback only). One proxy per
+    uid: INVALID_ARGUMENT if one runs, and INVALID_ARGUMENT without any key or
+    password, or for a non-loopback address. The host key is kept in the
+    broker's state directory (ed25519, made once).
+    """
+    SshProxyStop: _grpc.UnaryUnaryMultiCallable[_broker_pb2.SshProxyStopRequest, _broker_pb2.SshProxyStopResponse]
+    """Stops the caller's SSH proxy (NOT_FOUND if none); its sessions end."""
 
 @_typing.type_check_only
 class BrokerAsyncStub(BrokerStub):
@@ -304,6 +318,20 @@ class BrokerAsyncStub(BrokerStub):
     (RFC 1929), both 1-255 bytes. Listed by ForwardList (kind "socks5"),
     stopped by ForwardStop; counts against the 64 forwards per uid.
     """
+    SshProxyStart: _aio.UnaryUnaryMultiCallable[_broker_pb2.SshProxyStartRequest, _broker_pb2.SshProxyStatus]  # type: ignore[assignment]
+    """Starts the calling local user's SSH proxy: a local SSH server in the
+    broker where `ssh -p PORT DEVICE@SERVICE@127.0.0.1` reaches DEVICE of
+    SERVICE (one of the caller's named services) through its shared link:
+    a shell (pty, window changes) or an exec with its exit status. The
+    device's credentials stay on the service. Clients authenticate with a
+    key from `authorized_keys` or with `password`; connections are also
+    admitted only from the caller's uid (loopback only). One proxy per
+    uid: INVALID_ARGUMENT if one runs, and INVALID_ARGUMENT without any key or
+    password, or for a non-loopback address. The host key is kept in the
+    broker's state directory (ed25519, made once).
+    """
+    SshProxyStop: _aio.UnaryUnaryMultiCallable[_broker_pb2.SshProxyStopRequest, _broker_pb2.SshProxyStopResponse]  # type: ignore[assignment]
+    """Stops the caller's SSH proxy (NOT_FOUND if none); its sessions end."""
 
 class BrokerServicer(metaclass=_abc_1.ABCMeta):
     """The broker: sessions, services reached through shared links, and the
@@ -590,5 +618,31 @@ class BrokerServicer(metaclass=_abc_1.ABCMeta):
         (RFC 1929), both 1-255 bytes. Listed by ForwardList (kind "socks5"),
         stopped by ForwardStop; counts against the 64 forwards per uid.
         """
+
+    @_abc_1.abstractmethod
+    def SshProxyStart(
+        self,
+        request: _broker_pb2.SshProxyStartRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_broker_pb2.SshProxyStatus, _abc.Awaitable[_broker_pb2.SshProxyStatus]]:
+        """Starts the calling local user's SSH proxy: a local SSH server in the
+        broker where `ssh -p PORT DEVICE@SERVICE@127.0.0.1` reaches DEVICE of
+        SERVICE (one of the caller's named services) through its shared link:
+        a shell (pty, window changes) or an exec with its exit status. The
+        device's credentials stay on the service. Clients authenticate with a
+        key from `authorized_keys` or with `password`; connections are also
+        admitted only from the caller's uid (loopback only). One proxy per
+        uid: INVALID_ARGUMENT if one runs, and INVALID_ARGUMENT without any key or
+        password, or for a non-loopback address. The host key is kept in the
+        broker's state directory (ed25519, made once).
+        """
+
+    @_abc_1.abstractmethod
+    def SshProxyStop(
+        self,
+        request: _broker_pb2.SshProxyStopRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_broker_pb2.SshProxyStopResponse, _abc.Awaitable[_broker_pb2.SshProxyStopResponse]]:
+        """Stops the caller's SSH proxy (NOT_FOUND if none); its sessions end."""
 
 def add_BrokerServicer_to_server(servicer: BrokerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
