@@ -17,6 +17,10 @@ switchyard, ssh, ...):
 * small: `true`, warm (per-call median over `--small` calls per round);
 * time to first byte: `echo x; sleep 0.3` (spawn to the first byte).
 
+For bulk it also reports CPU seconds per GB per stage: the service and
+broker (and ssh's ControlMaster) from /proc around each transfer, each
+client process from its rusage; the device's sshd is common to both.
+
 Peak RSS (VmHWM) of the service and broker are read at the end. Results go
 to stdout as a Markdown table and to target/bench-exec-vs-ssh.json.
 """
@@ -95,8 +99,30 @@ def peak_mib(pid):
     return 0.0
 
 
-def timed_read(argv, env=None):
-    """Spawns argv; returns (seconds to first byte, seconds to EOF, bytes)."""
+def cpu_seconds(pid):
+    """User + system CPU seconds a live process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Cpu:
+    """CPU seconds per stage over the bulk rounds: the long-lived processes
+    (service, broker; ssh's ControlMaster) by /proc deltas around each
+    transfer, the per-call client process (`switchyard exec`, `ssh -S`)
+    from its rusage."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    def add(self, stage, seconds):
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+
+def timed_read(argv, env=None, cpu=None, stage=None, watch=()):
+    """Spawns argv; returns (seconds to first byte, seconds to EOF, bytes).
+    With `cpu`, adds the client's CPU time under `stage` and each watched
+    (name, pid)'s CPU time over the call under its name."""
+    before = {name: cpu_seconds(pid) for name, pid in watch}
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
     fd = proc.stdout.fileno()
@@ -110,7 +136,12 @@ def timed_read(argv, env=None):
             first = time.perf_counter() - start
         total += len(chunk)
     end = time.perf_counter() - start
-    rc = proc.wait()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = rc = os.waitstatus_to_exitcode(status)
+    if cpu is not None:
+        cpu.add(stage, usage.ru_utime + usage.ru_stime)
+        for name, pid in watch:
+            cpu.add(name, cpu_seconds(pid) - before[name])
     if rc != 0:
         raise SystemExit(f"{argv} exited {rc}")
     return first or end, end, total
@@ -172,9 +203,13 @@ def main():
             timed_read(tool("true"), env)
         rows = {"bulk": {"switchyard": [], "ssh": []}, "small": {"switchyard": [], "ssh": []},
                 "ttfb": {"switchyard": [], "ssh": []}}
+        cpu = Cpu()
+        watch = {"switchyard": (("service", service.pid), ("broker", broker.pid)),
+                 "ssh": (("ssh master", master.pid),)}
+        client = {"switchyard": "switchyard exec (CLI)", "ssh": "ssh -S (client)"}
         for r in range(args.rounds):
             for name, tool in (("switchyard", sy), ("ssh", ssh)):
-                _, secs, got = timed_read(tool(bulk), env)
+                _, secs, got = timed_read(tool(bulk), env, cpu, client[name], watch[name])
                 assert got == n, (name, got)
                 rows["bulk"][name].append(n / secs / 1e6)
             for name, tool in (("switchyard", sy), ("ssh", ssh)):
@@ -207,9 +242,16 @@ def main():
               f"{med['ttfb']['ssh']:.2f} ms | **{ratio['ttfb']:.2f}×** faster |")
         print(f"| peak RSS after the run | service {peaks['service']:.0f} MiB, broker "
               f"{peaks['broker']:.0f} MiB | — | — |")
+        moved_gb = n * args.rounds / 1e9
+        per_gb = {stage: secs / moved_gb for stage, secs in cpu.seconds.items()}
+        print()
+        print("| bulk: CPU seconds per GB moved (all rounds) | stage |")
+        print("| --- | --- |")
+        for stage, secs in per_gb.items():
+            print(f"| {stage} | {secs:.2f} s/GB |")
         out = ROOT / "target" / "bench-exec-vs-ssh.json"
         out.write_text(json.dumps({"rounds": rows, "median": med, "ratio": ratio,
-                                   "peak_rss_mib": peaks}, indent=1))
+                                   "peak_rss_mib": peaks, "cpu_s_per_gb": per_gb}, indent=1))
     finally:
         for p in reversed(procs):
             p.terminate()

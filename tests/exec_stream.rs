@@ -226,16 +226,47 @@ async fn the_commands_input_ends_at_once_unless_stdin_is_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_reaches_the_caller_while_the_command_still_runs() {
     let lab = Lab::start().await;
-    // The command prints a line, then waits for a file only the test makes
-    // once it has seen that line: the line must arrive before the command
-    // can end.
-    let go = lab.sshd.scratch().join("go");
+    // --raw: the bytes alone, as ssh prints them.
+    let (first, rest) = first_output_then_rest(&lab, "raw", &["--raw"]).await;
+    assert_eq!(first, b"first\n");
+    assert_eq!(rest, b"second\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_devices_text_output_is_printed_as_it_comes_then_its_status() {
+    let lab = Lab::start().await;
+    let (first, rest) = first_output_then_rest(&lab, "text", &[]).await;
+    let first = String::from_utf8(first).unwrap();
+    // The command's line, then its first output line, while it runs.
+    assert!(first.starts_with("--- echo first;"), "{first}");
+    assert!(first.ends_with("\nfirst\n"), "{first}");
+    // The rest, then the device's status lines and the summary.
+    let rest = String::from_utf8(rest).unwrap();
+    assert!(
+        rest.starts_with("second\n=== linux-1 [1/1] success\n--- echo first;"),
+        "{rest}"
+    );
+    assert!(
+        rest.lines()
+            .last()
+            .unwrap()
+            .starts_with("exec: 1 device: 1 succeeded, 0 failed (success) in "),
+        "{rest}"
+    );
+}
+
+/// Runs a command on `linux-1` that prints `first`, then waits for a file
+/// only this test makes once it has seen that line on the CLI's stdout
+/// (so the line must arrive before the command can end), then prints
+/// `second`. Returns stdout up to the first line and the rest.
+async fn first_output_then_rest(lab: &Lab, tag: &str, args: &[&str]) -> (Vec<u8>, Vec<u8>) {
+    let go = lab.sshd.scratch().join(format!("go-{tag}"));
     let script = format!(
         "echo first; while [ ! -e {0} ]; do sleep 0.05; done; echo second",
         go.display()
     );
-    let mut cmd = lab.exec(&["linux-1", "-c", &script, "--raw", "--timeout", "60"]);
-    cmd.stdout(Stdio::piped());
+    let mut cmd = lab.exec(&["linux-1", "-c", &script, "--timeout", "60"]);
+    cmd.args(args).stdout(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut seen = Vec::new();
@@ -247,15 +278,14 @@ async fn output_reaches_the_caller_while_the_command_still_runs() {
         assert!(n > 0, "output ended before the first line: {seen:?}");
         seen.extend_from_slice(&buf[..n]);
     }
-    assert_eq!(seen, b"first\n");
     assert!(child.try_wait().unwrap().is_none(), "still running");
     std::fs::write(&go, b"").unwrap();
     let mut rest = Vec::new();
     within(30, "the rest", stdout.read_to_end(&mut rest))
         .await
         .unwrap();
-    assert_eq!(rest, b"second\n");
     assert_eq!(child.wait().await.unwrap().code(), Some(0));
+    (seen, rest)
 }
 
 /// Reads a decimal count the device side keeps in `path` (0 before).

@@ -25,7 +25,8 @@ pub struct ExecOptions {
     /// Per-command timeout in seconds.
     #[arg(long)]
     pub timeout: Option<f64>,
-    /// One JSON object per device on stdout.
+    /// One JSON object per device on stdout, each printed whole when its
+    /// device ends (`--raw` streams one device's output as it comes).
     #[arg(long)]
     pub json: bool,
 }
@@ -304,6 +305,9 @@ impl ExecCollector {
 /// several devices are involved, and a summary line at the end.
 pub struct ExecPrinter {
     json: bool,
+    /// Output was printed as it came ([`super::exec_live::LivePrinter`]):
+    /// reports print their status lines only.
+    live: bool,
     total: usize,
     done: usize,
     failed: usize,
@@ -322,11 +326,22 @@ impl ExecPrinter {
         });
         Self {
             json,
+            live: false,
             total,
             done: 0,
             failed: 0,
             progress,
             started: std::time::Instant::now(),
+        }
+    }
+
+    /// A printer for one device whose output was printed as it came: its
+    /// report prints as the `=== DEVICE` and `--- COMMAND` status lines
+    /// without the output.
+    pub fn live() -> Self {
+        Self {
+            live: true,
+            ..Self::new(false, 1)
         }
     }
 
@@ -337,7 +352,7 @@ impl ExecPrinter {
             outln!("{}", serde_json::to_string(report).unwrap_or_default());
             return;
         }
-        let text = render(report, self.done, self.total);
+        let text = render(report, self.done, self.total, !self.live);
         match &self.progress {
             Some(bar) => {
                 bar.suspend(|| super::write_stdout_bytes(&text));
@@ -393,9 +408,9 @@ impl ExecPrinter {
     }
 }
 
-/// A report as text: header lines, then each command's stdout and stderr
-/// bytes exactly as the device sent them.
-fn render(report: &DeviceReport, done: usize, total: usize) -> Vec<u8> {
+/// A report as text: header lines, then (`with_output`) each command's
+/// stdout and stderr bytes exactly as the device sent them.
+fn render(report: &DeviceReport, done: usize, total: usize, with_output: bool) -> Vec<u8> {
     use std::io::Write;
     let mut out = Vec::new();
     let summary = match &report.error {
@@ -410,6 +425,9 @@ fn render(report: &DeviceReport, done: usize, total: usize) -> Vec<u8> {
             _ => String::new(),
         };
         let _ = writeln!(out, "--- {}{} [{:.1} ms]", r.command, status, r.duration_ms);
+        if !with_output {
+            continue;
+        }
         for bytes in [&r.raw, &r.raw_stderr] {
             out.extend_from_slice(bytes);
             if !bytes.is_empty() && !bytes.ends_with(b"\n") {

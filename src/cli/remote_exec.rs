@@ -1,9 +1,10 @@
 //! `switchyard exec`: runs commands through the broker and shows the
-//! results, as reports (text or `--json`, one device's at a time, when it
-//! ends) or, with `--raw`, like ssh: the command's bytes on stdout as they
-//! come, its stderr on stderr, and its exit status as the process's.
+//! results: for one device in text mode its output as it comes, then its
+//! status lines; for several devices (or `--json`) one report per device
+//! when it ends; with `--raw`, like ssh: the command's bytes on stdout as
+//! they come, its stderr on stderr, and its exit status as the process's.
 
-use std::io::Write;
+use std::mem::take;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -11,7 +12,9 @@ use clap::Args;
 use futures::StreamExt as _;
 
 use super::CliError;
+use super::exec_live::LivePrinter;
 use super::exec_output::{DEFAULT_BUFFER, DeviceError, ExecCollector, ExecOptions, ExecPrinter};
+use super::output_writer::OutputWriter;
 use super::remote::{broker_client, named};
 use crate::api::pb;
 use crate::wire::messages::CommandDone;
@@ -65,23 +68,41 @@ pub async fn exec(socket: &Path, args: ExecArgs) -> Result<ExitCode, CliError> {
     let commands = args.exec.commands.clone();
     let json = args.exec.json;
     let budget = args.max_buffer;
+    // One device in text mode: its output printed as it comes.
+    let mut live = (!json && devices.len() == 1).then(|| LivePrinter::new(commands.clone()));
     let mut events = start(socket, &args, devices.clone()).await?;
-    let mut printer = ExecPrinter::new(json, devices.len());
+    let mut printer = match live {
+        Some(_) => ExecPrinter::live(),
+        None => ExecPrinter::new(json, devices.len()),
+    };
     let mut collector = ExecCollector::with_budget(devices, commands, budget);
     while let Some(event) = events.message().await? {
         use pb::exec_event::Event;
         let device = event.device;
-        match event.event {
-            Some(Event::Output(o)) => collector.output(device, o.command, o.stderr, &o.data),
-            Some(Event::DeviceResult(r)) => {
+        match (event.event, live.as_mut()) {
+            (Some(Event::Output(o)), Some(live)) => live.output(o.command, o.stderr, o.data).await,
+            (Some(Event::Output(o)), None) => {
+                collector.output(device, o.command, o.stderr, &o.data)
+            }
+            (Some(Event::DeviceResult(mut r)), live) => {
+                if let Some(live) = live {
+                    for c in &mut r.commands {
+                        let (output, stderr) = (take(&mut c.output), take(&mut c.stderr));
+                        live.output(c.command, false, output.into()).await;
+                        live.output(c.command, true, stderr.into()).await;
+                    }
+                    live.finish().await;
+                }
                 let (commands, error) = device_result(r);
                 if let Some(report) = collector.device_done(device, commands, error) {
                     printer.print(&report);
                 }
             }
-            Some(Event::Summary(_)) | None => {}
+            (Some(Event::Summary(_)) | None, _) => {}
         }
     }
+    // The output written before the status lines and summary.
+    drop(live);
     printer.finish();
     Ok(if printer.failed() == 0 {
         ExitCode::SUCCESS
@@ -174,23 +195,27 @@ async fn raw(socket: &Path, args: ExecArgs) -> Result<ExitCode, CliError> {
     let device = devices[0].clone();
     let mut events = start(socket, &args, devices).await?;
     let mut code = None;
+    let mut failure = None;
+    // Written by a thread while this one reads on (see `OutputWriter`).
+    let out = OutputWriter::start();
     while let Some(event) = events.message().await? {
         use pb::exec_event::Event;
         match event.event {
-            Some(Event::Output(o)) => write_stream(o.stderr, &o.data),
+            Some(Event::Output(o)) => out.write(o.stderr, o.data).await,
             Some(Event::DeviceResult(r)) => {
                 if !r.error.is_empty() {
-                    eprintln!("error: {device}: {}", r.error);
+                    failure = Some(format!("error: {device}: {}", r.error));
                     code = Some(TRANSPORT_FAILURE);
                     continue;
                 }
                 for c in r.commands {
-                    write_stream(false, &c.output);
-                    write_stream(true, &c.stderr);
+                    out.write(false, c.output.into()).await;
+                    out.write(true, c.stderr.into()).await;
                     code = Some(if c.error.is_empty() {
                         c.exit_status.unwrap_or(0).min(255) as u8
                     } else {
-                        eprintln!("error: {device}: {}: {}", args.exec.commands[0], c.error);
+                        let command = &args.exec.commands[0];
+                        failure = Some(format!("error: {device}: {command}: {}", c.error));
                         TRANSPORT_FAILURE
                     });
                 }
@@ -198,18 +223,10 @@ async fn raw(socket: &Path, args: ExecArgs) -> Result<ExitCode, CliError> {
             Some(Event::Summary(_)) | None => {}
         }
     }
+    // The output first, then why it failed.
+    out.finish();
+    if let Some(failure) = failure {
+        eprintln!("{failure}");
+    }
     Ok(ExitCode::from(code.unwrap_or(TRANSPORT_FAILURE)))
-}
-
-/// Writes output bytes to stdout or stderr as they are.
-fn write_stream(stderr: bool, data: &[u8]) {
-    if data.is_empty() {
-        return;
-    }
-    if stderr {
-        let mut err = std::io::stderr().lock();
-        let _ = err.write_all(data).and_then(|()| err.flush());
-    } else {
-        super::write_stdout_bytes(data);
-    }
 }

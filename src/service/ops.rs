@@ -386,7 +386,7 @@ impl ServiceOps {
         let mut running: FuturesUnordered<_> = distinct
             .into_iter()
             .map(|(index, name)| {
-                let sink = OutputSink::new(out.clone(), index, cap);
+                let sink = OutputSink::new(out.clone(), index, cap).with_commands(commands.len());
                 let options = ExecOptions {
                     timeout,
                     stdin: stdin.take(),

@@ -67,6 +67,9 @@ pub struct OutputSink {
     cap: Option<u64>,
     /// Bytes the running command has given so far.
     written: u64,
+    /// The request's number of commands, when known: only the last one's
+    /// remainder may ride inline (see [`OutputSink::with_commands`]).
+    commands: Option<u32>,
 }
 
 impl OutputSink {
@@ -81,7 +84,19 @@ impl OutputSink {
             inline_left: INLINE_BUDGET,
             cap,
             written: 0,
+            commands: None,
         }
+    }
+
+    /// The request runs `commands` commands on this device: then only the
+    /// last command's remainder rides inline, the others' are sent when
+    /// they end, so the caller gets the device's output in command order
+    /// (an inline tail arrives after every chunk, and a caller printing
+    /// chunks as they come would otherwise print an earlier command's
+    /// tail after a later command's output).
+    pub fn with_commands(mut self, commands: usize) -> Self {
+        self.commands = Some(u32::try_from(commands).unwrap_or(u32::MAX));
+        self
     }
 
     /// The next output belongs to command `command` (its index in the
@@ -122,11 +137,12 @@ impl OutputSink {
     }
 
     /// The running command ended: returns what stays to ride inline (all
-    /// of the remainder when it fits the device's inline budget, else
-    /// nothing: it is sent now).
+    /// of the remainder when it fits the device's inline budget and no
+    /// later command follows, else nothing: it is sent now).
     pub async fn end_command(&mut self) -> Result<Tail, SinkError> {
         let held = self.pending[0].len() + self.pending[1].len();
-        if held > self.inline_left {
+        let later = self.commands.is_some_and(|n| self.command + 1 < n);
+        if held > self.inline_left || later {
             self.flush().await?;
             return Ok(Tail::default());
         }
@@ -190,6 +206,20 @@ mod tests {
         assert_eq!(chunks(&mut rx), vec![(1, false, OUTPUT_CHUNK)]);
         sink.flush().await.unwrap();
         assert_eq!(chunks(&mut rx), vec![(1, false, 10)]);
+    }
+
+    #[tokio::test]
+    async fn only_the_last_commands_remainder_rides_inline_when_the_count_is_known() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut sink = OutputSink::new(tx, 0, None).with_commands(2);
+        sink.start_command(0);
+        sink.write(OutputStream::Stdout, b"first\n").await.unwrap();
+        assert_eq!(sink.end_command().await.unwrap(), Tail::default());
+        assert_eq!(chunks(&mut rx), vec![(0, false, 6)]);
+        sink.start_command(1);
+        sink.write(OutputStream::Stdout, b"last\n").await.unwrap();
+        assert_eq!(sink.end_command().await.unwrap().stdout, b"last\n");
+        assert!(chunks(&mut rx).is_empty());
     }
 
     #[tokio::test]
