@@ -625,3 +625,59 @@ async fn bench_exec_p50_through_two_nodes_vs_one() {
     );
     assert!(tier.node("a").log().contains("link to relay node opened"));
 }
+
+/// Benchmark for the README: the database side of presence at scale.
+/// 1,000 simulated services recorded on three nodes (16 at a time, as
+/// nodes' pools would), then the 333 of one node moved to the other two
+/// (what a killed node's services do when they reconnect), then the tier
+/// listed. No QUIC: two cores cannot run 1,000 real services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: cargo test --release --test relay_tier -- --ignored --nocapture"]
+async fn bench_presence_of_1000_services_on_three_nodes() {
+    use futures::StreamExt;
+    common::init();
+    let cluster = PgCluster::start();
+    let database = cluster.create_database();
+    let work = tempfile::tempdir().unwrap();
+    let state = init_tier_state(work.path());
+    let db = Database::open(&state, Some(&database)).await.unwrap();
+    let nodes = ["sim-a", "sim-b", "sim-c"];
+    for node in nodes {
+        db.heartbeat(node, "127.0.0.1:1", Default::default())
+            .await
+            .unwrap();
+    }
+    let record = |serials: Vec<(String, &'static str)>| {
+        let db = &db;
+        futures::stream::iter(serials)
+            .map(move |(serial, node)| async move { db.set_present(&serial, node).await.unwrap() })
+            .buffer_unordered(16)
+            .collect::<Vec<()>>()
+    };
+    let t = Instant::now();
+    record(
+        (0..1000)
+            .map(|i| (format!("SN-{i:04}"), nodes[i % 3]))
+            .collect(),
+    )
+    .await;
+    let recorded = t.elapsed();
+    let t = Instant::now();
+    record(
+        (0..1000)
+            .filter(|i| i % 3 == 0)
+            .map(|i| (format!("SN-{i:04}"), nodes[1 + (i / 3) % 2]))
+            .collect(),
+    )
+    .await;
+    let moved = t.elapsed();
+    let t = Instant::now();
+    let listed = db.nodes().await.unwrap();
+    let listing = t.elapsed();
+    let on = |id: &str| listed.iter().find(|n| n.id == id).unwrap().serials.len();
+    assert_eq!((on("sim-a"), on("sim-b") + on("sim-c")), (0, 1000));
+    eprintln!(
+        "presence: 1000 services recorded in {recorded:?} ({:.0}/s); node A's 334 moved in {moved:?}; `relay nodes` read in {listing:?}",
+        1000.0 / recorded.as_secs_f64()
+    );
+}
