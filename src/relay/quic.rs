@@ -9,6 +9,12 @@
 //! authenticates with a token or its client certificate, then sends one
 //! [`RelayRequest`] per stream.
 //!
+//! In a tier, another node logs in with its node certificate
+//! (`RelayHello::Node`, see `nodes`) and then sends one
+//! `RelayRequest::Forward` per stream; a client's `OpenTunnel` for a service
+//! connected to another node is forwarded there over that node's link (one
+//! hop, no packet path).
+//!
 //! Before login a connection holds one of `PreloginLimits::max_connections`
 //! slots (more are refused as they arrive) and must have sent its hello
 //! within `hello_timeout` of its first packet. After login it is recorded
