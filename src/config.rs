@@ -532,7 +532,7 @@ impl FileSettings {
                     d.name
                 )));
             }
-            crate::relay_url::check(&d.url)
+            crate::relay_url::check_list(&d.url)
                 .map_err(|e| ConfigError::Value(format!("domains.{}.url: {e}", d.name)))?;
         }
         Ok(Settings {

@@ -54,6 +54,25 @@ pub fn check(raw: &str) -> Result<String, RelayUrlError> {
     Ok(trimmed.to_string())
 }
 
+/// A relay tier's base URLs separated by commas (its nodes, tried in
+/// turn), each passing [`check`]; a single URL is a list of one. Returns
+/// them joined by commas, without trailing slashes or blanks.
+pub fn check_list(raw: &str) -> Result<String, RelayUrlError> {
+    let urls = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(check)
+        .collect::<Result<Vec<_>, _>>()?;
+    if urls.is_empty() {
+        return Err(RelayUrlError::Invalid {
+            shown: redacted(raw),
+            reason: "no relay URL".into(),
+        });
+    }
+    Ok(urls.join(","))
+}
+
 /// `raw` fit for a message: anything before an `@` in its authority is
 /// replaced by `[redacted]`, and the rest is tidied.
 pub fn redacted(raw: &str) -> String {
@@ -73,6 +92,21 @@ pub fn redacted(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tiers_urls_are_checked_one_by_one() {
+        assert_eq!(
+            check_list(" https://a.example:8443/, https://b.example:8443").unwrap(),
+            "https://a.example:8443,https://b.example:8443"
+        );
+        assert_eq!(
+            check_list("https://a.example").unwrap(),
+            "https://a.example"
+        );
+        let err = check_list("https://a.example,https://u:pw@b.example").unwrap_err();
+        assert!(!err.to_string().contains("pw"), "{err}");
+        assert!(check_list(" , ").is_err());
+    }
 
     #[test]
     fn plain_https_urls_pass_without_their_trailing_slash() {

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use common::broker::{Metrics, TestBroker, in_session, open_attached, run_exec, status};
 use common::cloud::{
-    ALICE, ALICE_SSO_PASSWORD, CAROL, Client, CloudService, TestRelay, assert_show_version,
-    broker_for, broker_for_with, cloud_service, show_version, token_login, token_session,
+    ALICE, ALICE_SSO_PASSWORD, CAROL, Client, CloudService, TestRelay, assert_ciphertext_only,
+    assert_show_version, broker_for, broker_for_with, cloud_service, show_version, token_login,
+    token_session,
 };
 use common::within;
 use switchyard::api::pb;
@@ -185,28 +186,8 @@ async fn ciphertext_only(relay: TestRelay, mut tap: tokio::sync::mpsc::Receiver<
     .unwrap();
     let output = out[0].ok_output();
     assert!(output.contains("hostname core-1"), "{output}");
-    let mut seen = Vec::new();
-    while let Ok(chunk) = tap.try_recv() {
-        seen.extend_from_slice(&chunk);
-    }
-    assert!(
-        seen.len() > output.len(),
-        "the relay forwarded {} bytes",
-        seen.len()
-    );
-    let contains = |needle: &[u8]| seen.windows(needle.len()).any(|w| w == needle);
-    assert!(
-        !contains(command.as_bytes()),
-        "the command crossed the relay in the clear"
-    );
-    assert!(
-        !contains(b"hostname core-1"),
-        "the output crossed the relay in the clear"
-    );
-    assert!(
-        !contains(ALICE.as_bytes()),
-        "the assertion crossed the relay in the clear"
-    );
+    let seen = assert_ciphertext_only(&mut tap, command, "hostname core-1", ALICE);
+    assert!(seen > output.len(), "the relay forwarded {seen} bytes");
 }
 
 /// The prompt line `switchyard login sso` prints for scripts.

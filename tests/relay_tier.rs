@@ -10,16 +10,21 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::broker::{TestBroker, in_session, open_attached, run_exec};
-use common::cloud::{ALICE, CloudService};
-use common::postgres::{PgCluster, TierNode, enroll_service, init_tier_state, run_service_on};
+use common::cloud::{
+    ALICE, CloudService, assert_ciphertext_only, assert_show_version, cloud_service, show_version,
+    token_session,
+};
+use common::postgres::{
+    PgCluster, TierNode, enroll_service, enrolled_quic, init_tier_state, run_service,
+    run_service_on,
+};
 use common::within;
 use switchyard::api::pb;
 use switchyard::relay::db::Database;
 use switchyard::relay::live::REVOCATION_BOUND;
+use switchyard::relay::nodes::{NodeError, NodeIdentity};
 use switchyard::relay::unix_now;
 use switchyard::secret::Secret;
-
-type Client = pb::broker_client::BrokerClient<tonic::transport::Channel>;
 
 /// Slack on top of a documented bound, for a loaded test machine.
 const SLACK: Duration = Duration::from_secs(3);
@@ -38,29 +43,46 @@ struct Tier {
 
 impl Tier {
     async fn start() -> Self {
+        Self::start_with(&["a", "b", "c"], None).await.0
+    }
+
+    /// Nodes `names` as real processes started at once, and node `tapped`
+    /// (if any) inside the test process, copying what it forwards to the
+    /// returned receiver.
+    async fn start_with(
+        names: &[&str],
+        tapped: Option<&str>,
+    ) -> (Self, Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>) {
         common::init();
         let cluster = PgCluster::start();
         let database = cluster.create_database();
         let work = tempfile::tempdir().unwrap();
         let state = init_tier_state(work.path());
-        let (a, b, c) = tokio::join!(
-            TierNode::start("a", work.path(), &state, &database),
-            TierNode::start("b", work.path(), &state, &database),
-            TierNode::start("c", work.path(), &state, &database),
-        );
+        let mut nodes = futures::future::join_all(
+            names
+                .iter()
+                .map(|name| TierNode::start(name, work.path(), &state, &database)),
+        )
+        .await;
+        let mut tap = None;
+        if let Some(name) = tapped {
+            let (node, rx) = TierNode::start_tapped(name, work.path(), &state, &database).await;
+            nodes.insert(0, node);
+            tap = Some(rx);
+        }
         let admin = Database::open(&state, Some(&database)).await.unwrap();
         admin
             .add_user(ALICE, &Secret::new("alice-password"))
             .await
             .unwrap();
-        Self {
+        let tier = Self {
             work,
             cluster,
             database,
-
-            nodes: vec![a, b, c],
+            nodes,
             admin,
-        }
+        };
+        (tier, tap)
     }
 
     fn node(&self, name: &str) -> &TierNode {
@@ -119,6 +141,39 @@ impl Tier {
         otp
     }
 
+    /// A broker whose default domain is the tier of nodes `names` (their
+    /// URLs in that order).
+    async fn broker_knowing(&self, names: &[&str]) -> TestBroker {
+        let urls: Vec<&str> = names.iter().map(|n| self.node(n).url.as_str()).collect();
+        let config = self
+            .work
+            .path()
+            .join(format!("broker-tier-{:08x}.toml", rand::random::<u32>()));
+        std::fs::write(
+            &config,
+            format!(
+                "[domains.tier]\nurl = \"{}\"\nca_file = \"{}\"\ndefault = true\n",
+                urls.join(","),
+                self.node(names[0]).ca_file().display()
+            ),
+        )
+        .unwrap();
+        TestBroker::start_with(&[], &["--config", config.to_str().unwrap()])
+            .await
+            .0
+    }
+
+    /// The live node serial `serial` is present on (its QUIC address).
+    async fn present_on(&self, serial: &str) -> Option<String> {
+        self.admin
+            .nodes()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|n| n.alive && n.serials.iter().any(|s| s == serial))
+            .map(|n| n.quic)
+    }
+
     /// A broker whose default domain is `node`.
     async fn broker_on(&self, node: &str) -> TestBroker {
         let config = self.node(node).broker_config(self.work.path());
@@ -126,67 +181,6 @@ impl Tier {
             .await
             .0
     }
-}
-
-/// A caller on an attached session of `broker`, logged in with `token`.
-async fn token_session(
-    broker: &TestBroker,
-    token: &str,
-) -> (Client, String, tonic::Streaming<pb::SessionEvent>) {
-    let mut client = broker.client().await;
-    let (session, attach) = open_attached(&mut client).await;
-    client
-        .access_token_login(pb::AccessTokenLoginRequest {
-            session_id: session.clone(),
-            token: token.into(),
-            relay: None,
-        })
-        .await
-        .unwrap();
-    (client, session, attach)
-}
-
-/// `serial` through the broker's relay node, once reachable.
-async fn cloud_service(client: &mut Client, session: &str, serial: &str) -> String {
-    let service = client
-        .service_cloud(pb::ServiceCloudRequest {
-            session_id: session.into(),
-            serial: serial.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .service_id;
-    within(
-        20,
-        "service reachable",
-        client.wait(pb::WaitRequest {
-            service: in_session(session, &service),
-            timeout_secs: 15.0,
-        }),
-    )
-    .await
-    .unwrap();
-    service
-}
-
-/// `show version` on core-1 through `service`.
-async fn show_version(
-    client: &mut Client,
-    session: &str,
-    service: &str,
-) -> Result<String, tonic::Status> {
-    let out = run_exec(
-        client,
-        in_session(session, service),
-        &["core-1"],
-        &["show version"],
-    )
-    .await?;
-    let text = out[0].ok_output();
-    assert!(text.contains("Simulated Network OS"), "{text}");
-    Ok(text)
 }
 
 /// A service enrolled through node A (its certificate issued there) runs
@@ -204,10 +198,8 @@ async fn a_service_enrolled_through_a_serves_a_broker_logged_in_through_b() {
     let (token, _) = tier.token_on("c").await;
     let broker = tier.broker_on("b").await;
     let (mut client, session, _attach) = token_session(&broker, &token).await;
-    let service = cloud_service(&mut client, &session, "SN-TIER").await;
-    show_version(&mut client, &session, &service)
-        .await
-        .expect("an exec through node B");
+    let service = cloud_service(&mut client, &session, "SN-TIER", Some(15.0)).await;
+    assert_show_version(&mut client, &session, &service).await;
 
     let (listed, _) = tier.admin_command_on("c", &["service", "list"]).await;
     assert!(
@@ -237,8 +229,8 @@ async fn a_token_revoked_on_node_c_is_refused_on_node_a_within_the_bound() {
     let (token, id) = tier.token_on("a").await;
     let broker = tier.broker_on("a").await;
     let (mut client, session, _attach) = token_session(&broker, &token).await;
-    let service = cloud_service(&mut client, &session, "SN-REV").await;
-    show_version(&mut client, &session, &service).await.unwrap();
+    let service = cloud_service(&mut client, &session, "SN-REV", Some(15.0)).await;
+    assert_show_version(&mut client, &session, &service).await;
 
     let (out, _) = tier.admin_command_on("c", &["token", "revoke", &id]).await;
     assert!(out.contains("revoked"), "{out}");
@@ -399,5 +391,293 @@ async fn a_killed_node_stops_owning_its_services_within_the_timeout() {
         node_row(&listing, &tier.node("b").quic),
         Some((true, "SN-HERE".to_string())),
         "{listing}"
+    );
+}
+
+/// One hop: a broker logged in through node A reaches a service connected
+/// only to node B (a real process). A finds B in the presence table and
+/// forwards the tunnel over a node-to-node link (mutual TLS) that a second
+/// tunnel reuses; the bytes A forwards carry neither the command, the
+/// output nor the caller's identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_on_node_a_reaches_a_service_on_node_b_in_one_hop() {
+    let (tier, tap) = Tier::start_with(&["b"], Some("a")).await;
+    let mut tap = tap.unwrap();
+    let otp = tier.otp("SN-HOP").await;
+    let (dir, enrolled) = enroll_service(tier.node("b"), &otp, &[]).await;
+    enrolled.unwrap();
+    let _svc = run_service_on(dir, "SN-HOP", tier.node("b")).await;
+    let (token, _) = tier.token_on("b").await;
+    let a = tier.node("a").relay.as_ref().unwrap();
+    assert_eq!(a.services_online(), 0, "the service is on B only");
+
+    let broker = tier.broker_on("a").await;
+    let (mut client, session, _attach) = token_session(&broker, &token).await;
+    let service = cloud_service(&mut client, &session, "SN-HOP", Some(15.0)).await;
+    let command = "show running-config";
+    let out = run_exec(
+        &mut client,
+        in_session(&session, &service),
+        &["core-1"],
+        &[command],
+    )
+    .await
+    .unwrap();
+    let output = out[0].ok_output();
+    assert!(output.contains("hostname core-1"), "{output}");
+    let seen = assert_ciphertext_only(&mut tap, command, "hostname core-1", ALICE);
+    assert!(seen > output.len(), "node A forwarded {seen} bytes");
+
+    // A second broker's tunnel rides the same link.
+    let other = tier.broker_on("a").await;
+    let (mut client2, session2, _attach2) = token_session(&other, &token).await;
+    let service2 = cloud_service(&mut client2, &session2, "SN-HOP", Some(15.0)).await;
+    assert_show_version(&mut client2, &session2, &service2).await;
+    assert_eq!(a.node_links_opened(), 1, "one link from A to B");
+    let log = tier.node("b").log();
+    assert_eq!(log.matches("relay node connected").count(), 1, "{log}");
+
+    // Per-node load: A counts both tunnels and what it forwarded, and its
+    // heartbeat publishes that to the tier (`relay nodes`).
+    let load = a.load();
+    assert_eq!(load.tunnels_total, 2, "{load:?}");
+    assert!(load.tunnel_bytes >= seen as u64, "{load:?} (tapped {seen})");
+    let a_id = a.node_id().to_string();
+    within(10, "A's heartbeat reports its tunnels", async {
+        loop {
+            let nodes = tier.admin.nodes().await.unwrap();
+            if nodes
+                .iter()
+                .any(|n| n.id == a_id && n.load.tunnels_total == 2)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
+/// Opens a node-to-node link to `node` presenting `identity`.
+async fn link_as(node: &TierNode, identity: &NodeIdentity) -> Result<quinn::Connection, NodeError> {
+    let keys = switchyard::relay::state::load_keys(&node.state).unwrap();
+    let limits = switchyard::wire::conn::TransportLimits::default();
+    let addr: std::net::SocketAddr = node.quic.parse().unwrap();
+    let endpoint = switchyard::wire::conn::client_endpoint(addr).unwrap();
+    let config = identity
+        .client_config(&keys.server_cert_der, &limits)
+        .unwrap();
+    switchyard::relay::nodes::connect(
+        &endpoint,
+        config,
+        &identity.id,
+        &node.name,
+        addr,
+        limits.max_frame,
+    )
+    .await
+}
+
+/// A node is admitted only with the node certificate recorded for the id
+/// its hello names: a client certificate of the tier's own CA, a node
+/// certificate presented under another node's id, and a node certificate
+/// from another CA (recorded in the database, even) are refused; a node
+/// certificate issued as every node issues its own is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_presenting_a_wrong_certificate_is_refused() {
+    let (tier, _) = Tier::start_with(&["b"], None).await;
+    let b = tier.node("b");
+    let keys = switchyard::relay::state::load_keys(&b.state).unwrap();
+    let fingerprint = |der: &[u8]| switchyard::wire::pin::Fingerprint::of(der).0;
+
+    let (csr, key) = switchyard::tls::new_certificate_request("intruder").unwrap();
+    let client_cert = keys.ca.issue_client(&csr, ALICE).unwrap();
+    tier.admin
+        .record_cert(&fingerprint(&client_cert), "client", ALICE)
+        .await
+        .unwrap();
+    let err = link_as(b, &NodeIdentity::from_parts("intruder", client_cert, key))
+        .await
+        .expect_err("a client certificate is no node's");
+    assert!(
+        matches!(&err, NodeError::Refused { reason, .. } if reason.contains("not the node certificate")),
+        "{err}"
+    );
+
+    let mut borrowed = NodeIdentity::issue(&keys, &tier.admin, "node-x")
+        .await
+        .unwrap();
+    borrowed.id = "node-y".into();
+    let err = link_as(b, &borrowed)
+        .await
+        .expect_err("node-x's certificate does not make anyone node-y");
+    assert!(matches!(err, NodeError::Refused { .. }), "{err}");
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = init_tier_state(elsewhere.path());
+    let other_keys = switchyard::relay::state::load_keys(&other).unwrap();
+    let (csr, key) = switchyard::tls::new_certificate_request("node-z").unwrap();
+    let foreign = other_keys.ca.issue_node(&csr, "node-z").unwrap();
+    tier.admin
+        .record_cert(&fingerprint(&foreign), "node", "node-z")
+        .await
+        .unwrap();
+    let err = link_as(b, &NodeIdentity::from_parts("node-z", foreign, key))
+        .await
+        .expect_err("a certificate of another CA is refused in the handshake");
+    assert!(matches!(err, NodeError::Connect { .. }), "{err}");
+
+    let genuine = NodeIdentity::issue(&keys, &tier.admin, "node-ok")
+        .await
+        .unwrap();
+    link_as(b, &genuine)
+        .await
+        .expect("a node certificate recorded for its id is admitted");
+}
+
+/// Failover: a service (its enrollment answer named both nodes) and a
+/// broker (its domain lists both nodes' URLs) are on node A; A is
+/// SIGKILLed; both move to B on their own, and the broker's exec
+/// succeeds again within the target (5 s, plus slack), time reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_node_a_dies_its_service_and_broker_move_to_node_b() {
+    let (mut tier, _) = Tier::start_with(&["a", "b"], None).await;
+    let otp = tier.otp("SN-MOVE").await;
+    let (dir, enrolled) = enroll_service(tier.node("a"), &otp, &[]).await;
+    enrolled.unwrap();
+    let (a_quic, b_quic) = (tier.node("a").quic.clone(), tier.node("b").quic.clone());
+    assert_eq!(enrolled_quic(&dir), format!("{a_quic},{b_quic}"));
+    let _svc = run_service(dir, "SN-MOVE").await;
+    assert_eq!(tier.present_on("SN-MOVE").await, Some(a_quic.clone()));
+
+    let (token, _) = tier.token_on("b").await;
+    let broker = tier.broker_knowing(&["a", "b"]).await;
+    let (mut client, session, _attach) = token_session(&broker, &token).await;
+    let service = cloud_service(&mut client, &session, "SN-MOVE", Some(15.0)).await;
+    assert_show_version(&mut client, &session, &service).await;
+
+    tier.nodes
+        .iter_mut()
+        .find(|n| n.name == "a")
+        .unwrap()
+        .kill()
+        .await;
+    let killed_at = Instant::now();
+    within(60, "an exec succeeds again after node A died", async {
+        while show_version(&mut client, &session, &service).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let took = killed_at.elapsed();
+    eprintln!("exec through node B {took:?} after node A was SIGKILLed");
+    assert_show_version(&mut client, &session, &service).await;
+    assert_eq!(tier.present_on("SN-MOVE").await, Some(b_quic));
+    let bound = Duration::from_secs(5) + SLACK;
+    assert!(took <= bound, "{took:?} (target 5 s + slack)");
+}
+
+/// The median of `samples` (sorted in place).
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Benchmark for the README: exec p50 through two nodes (broker on A,
+/// service on B, forwarded) against one node (broker and service on B),
+/// alternating one exec each, in one run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: cargo test --release --test relay_tier -- --ignored --nocapture"]
+async fn bench_exec_p50_through_two_nodes_vs_one() {
+    const ROUNDS: usize = 400;
+    let (tier, _) = Tier::start_with(&["a", "b"], None).await;
+    let otp = tier.otp("SN-BENCH").await;
+    let (dir, enrolled) = enroll_service(tier.node("b"), &otp, &[]).await;
+    enrolled.unwrap();
+    let _svc = run_service_on(dir, "SN-BENCH", tier.node("b")).await;
+    let (token, _) = tier.token_on("b").await;
+    let (via_a, via_b) = (tier.broker_on("a").await, tier.broker_on("b").await);
+    let (mut two, two_session, _a) = token_session(&via_a, &token).await;
+    let (mut one, one_session, _b) = token_session(&via_b, &token).await;
+    let two_service = cloud_service(&mut two, &two_session, "SN-BENCH", Some(15.0)).await;
+    let one_service = cloud_service(&mut one, &one_session, "SN-BENCH", Some(15.0)).await;
+    for _ in 0..20 {
+        assert_show_version(&mut two, &two_session, &two_service).await;
+        assert_show_version(&mut one, &one_session, &one_service).await;
+    }
+    let (mut forwarded, mut local) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        show_version(&mut two, &two_session, &two_service)
+            .await
+            .unwrap();
+        forwarded.push(t.elapsed());
+        let t = Instant::now();
+        show_version(&mut one, &one_session, &one_service)
+            .await
+            .unwrap();
+        local.push(t.elapsed());
+    }
+    let (f, l) = (median(&mut forwarded), median(&mut local));
+    eprintln!(
+        "exec p50 over {ROUNDS} rounds: two nodes (forwarded) {f:?}, one node {l:?}, ratio {:.2}",
+        f.as_secs_f64() / l.as_secs_f64()
+    );
+    assert!(tier.node("a").log().contains("link to relay node opened"));
+}
+
+/// Benchmark for the README: the database side of presence at scale.
+/// 1,000 simulated services recorded on three nodes (16 at a time, as
+/// nodes' pools would), then the 333 of one node moved to the other two
+/// (what a killed node's services do when they reconnect), then the tier
+/// listed. No QUIC: two cores cannot run 1,000 real services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: cargo test --release --test relay_tier -- --ignored --nocapture"]
+async fn bench_presence_of_1000_services_on_three_nodes() {
+    use futures::StreamExt;
+    common::init();
+    let cluster = PgCluster::start();
+    let database = cluster.create_database();
+    let work = tempfile::tempdir().unwrap();
+    let state = init_tier_state(work.path());
+    let db = Database::open(&state, Some(&database)).await.unwrap();
+    let nodes = ["sim-a", "sim-b", "sim-c"];
+    for node in nodes {
+        db.heartbeat(node, "127.0.0.1:1", Default::default())
+            .await
+            .unwrap();
+    }
+    let record = |serials: Vec<(String, &'static str)>| {
+        let db = &db;
+        futures::stream::iter(serials)
+            .map(move |(serial, node)| async move { db.set_present(&serial, node).await.unwrap() })
+            .buffer_unordered(16)
+            .collect::<Vec<()>>()
+    };
+    let t = Instant::now();
+    record(
+        (0..1000)
+            .map(|i| (format!("SN-{i:04}"), nodes[i % 3]))
+            .collect(),
+    )
+    .await;
+    let recorded = t.elapsed();
+    let t = Instant::now();
+    record(
+        (0..1000)
+            .filter(|i| i % 3 == 0)
+            .map(|i| (format!("SN-{i:04}"), nodes[1 + (i / 3) % 2]))
+            .collect(),
+    )
+    .await;
+    let moved = t.elapsed();
+    let t = Instant::now();
+    let listed = db.nodes().await.unwrap();
+    let listing = t.elapsed();
+    let on = |id: &str| listed.iter().find(|n| n.id == id).unwrap().serials.len();
+    assert_eq!((on("sim-a"), on("sim-b") + on("sim-c")), (0, 1000));
+    eprintln!(
+        "presence: 1000 services recorded in {recorded:?} ({:.0}/s); node A's 334 moved in {moved:?}; `relay nodes` read in {listing:?}",
+        1000.0 / recorded.as_secs_f64()
     );
 }

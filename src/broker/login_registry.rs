@@ -96,7 +96,7 @@ impl LoginRegistry {
         let (url, domain) = match (&spec.relay_url, &spec.domain) {
             (Some(url), _) => {
                 // Refuses credentials in the URL before it is kept anywhere.
-                let url = crate::relay_url::check(url)
+                let url = crate::relay_url::check_list(url)
                     .map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
                 let trimmed = url.as_str();
                 let known = self

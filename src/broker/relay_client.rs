@@ -59,10 +59,15 @@ impl CloudError {
 /// A relay as the broker reaches it.
 #[derive(Clone)]
 pub struct RelayInfo {
-    /// HTTPS base URL, without a trailing slash.
+    /// HTTPS base URL, without a trailing slash; for a relay tier, several
+    /// separated by commas (its nodes, tried in turn when one is down).
     pub url: String,
-    /// TLS name of the relay (the URL's host).
+    /// TLS name of the relay (the first URL's host).
     pub host: String,
+    /// Each node's (URL, TLS name), in the order given.
+    nodes: Arc<Vec<(String, String)>>,
+    /// The node that answered last: tried first next time.
+    current: Arc<std::sync::atomic::AtomicUsize>,
     pub roots: Arc<rustls::RootCertStore>,
     /// The CA certificates the roots came from (`None`: the system's),
     /// kept so a stored login can rebuild them.
@@ -71,17 +76,23 @@ pub struct RelayInfo {
 }
 
 impl RelayInfo {
+    /// A relay at `url` (one HTTPS base URL, or a tier's several separated
+    /// by commas), trusting `ca_pem` (or the system's roots).
     pub fn new(url: &str, ca_pem: Option<String>) -> Result<Self, CloudError> {
-        // No credentials in it (they would be logged, shown and stored).
-        let url = crate::relay_url::check(url).map_err(|e| CloudError::Config(e.to_string()))?;
-        let parsed =
-            url::Url::parse(&url).map_err(|e| CloudError::Config(format!("{url}: {e}")))?;
-        let host = parsed
-            .host_str()
-            .ok_or_else(|| CloudError::Config(format!("{url}: no host")))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
+        let nodes = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(node_url)
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some((_, host)) = nodes.first().cloned() else {
+            return Err(CloudError::Config(format!("{url:?}: no relay URL")));
+        };
+        let url = nodes
+            .iter()
+            .map(|(u, _)| u.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         let roots = match &ca_pem {
             Some(pem) => {
                 use rustls::pki_types::CertificateDer;
@@ -103,6 +114,8 @@ impl RelayInfo {
         Ok(Self {
             url,
             host,
+            nodes: Arc::new(nodes),
+            current: Arc::default(),
             roots: Arc::new(roots),
             ca_pem,
             http,
@@ -116,9 +129,21 @@ impl RelayInfo {
         }
     }
 
-    /// The relay's QUIC address, from its well-known document.
+    /// The URL OAuth and HTTPS requests go to: the node that answered last.
+    fn base(&self) -> &str {
+        let k = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.nodes[k % self.nodes.len()].0
+    }
+
+    /// The QUIC address of the node that answered last, from its
+    /// well-known document.
     pub async fn discover(&self) -> Result<SocketAddr, CloudError> {
-        let url = format!("{}/.well-known/switchyard-relay", self.url);
+        self.discover_at(self.base()).await
+    }
+
+    /// The QUIC address of the node at `base`, from its well-known document.
+    async fn discover_at(&self, base: &str) -> Result<SocketAddr, CloudError> {
+        let url = format!("{base}/.well-known/switchyard-relay");
         let doc: WellKnown = self
             .http
             .get(&url)
@@ -138,10 +163,10 @@ impl RelayInfo {
         let bad = |e: url::ParseError| CloudError::Config(e.to_string());
         Ok(BasicClient::new(ClientId::new(CLIENT_ID.into()))
             .set_device_authorization_url(
-                DeviceAuthorizationUrl::new(format!("{}/oauth/device_authorization", self.url))
+                DeviceAuthorizationUrl::new(format!("{}/oauth/device_authorization", self.base()))
                     .map_err(bad)?,
             )
-            .set_token_uri(TokenUrl::new(format!("{}/oauth/token", self.url)).map_err(bad)?))
+            .set_token_uri(TokenUrl::new(format!("{}/oauth/token", self.base())).map_err(bad)?))
     }
 
     /// Starts a device grant for `identity`.
@@ -190,27 +215,69 @@ impl RelayInfo {
         Ok(t)
     }
 
-    /// Connects to the relay's QUIC listener and says hello.
+    /// Connects to the relay's QUIC listener and says hello: to the node
+    /// that answered last, else to each other node in turn (a node that is
+    /// down is passed over; a refusal is final).
     pub async fn connect(
         &self,
         hello: RelayHello,
         client_cert: Option<(Vec<u8>, &[u8])>,
         limits: &TransportLimits,
     ) -> Result<RelayConnection, CloudError> {
-        let quic = self.discover().await?;
+        let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut failed = Vec::new();
+        for i in 0..self.nodes.len() {
+            let k = (start + i) % self.nodes.len();
+            let (base, host) = &self.nodes[k];
+            match self
+                .connect_to(base, host, &hello, client_cert.clone(), limits)
+                .await
+            {
+                Ok(conn) => {
+                    self.current.store(k, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(conn);
+                }
+                Err(e @ CloudError::Refused(_)) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(node = %base, error = %e, "relay node unreachable; trying the next");
+                    failed.push(e)
+                }
+            }
+        }
+        drop(hello);
+        Err(match failed.len() {
+            1 => failed.remove(0),
+            _ => self.unreachable(
+                failed
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        })
+    }
+
+    async fn connect_to(
+        &self,
+        base: &str,
+        host: &str,
+        hello: &RelayHello,
+        client_cert: Option<(Vec<u8>, &[u8])>,
+        limits: &TransportLimits,
+    ) -> Result<RelayConnection, CloudError> {
+        let quic = self.discover_at(base).await?;
         let config = relay_client_config((*self.roots).clone(), client_cert, limits)
             .map_err(|e| CloudError::Config(e.to_string()))?;
         let endpoint = client_endpoint(quic).map_err(|e| self.unreachable(e))?;
         let conn = endpoint
-            .connect_with(config, quic, &self.host)
+            .connect_with(config, quic, host)
             .map_err(|e| self.unreachable(e))?
             .await
             .map_err(|e| self.unreachable(e))?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| self.unreachable(e))?;
-        write_frame(&mut send, &hello, limits.max_frame)
+        write_frame(&mut send, hello, limits.max_frame)
             .await
             .map_err(|e| self.unreachable(e))?;
-        drop(hello);
         let _ = send.finish();
         match read_frame::<HelloReply>(&mut recv, limits.max_frame).await {
             Ok(Some(HelloReply::Welcome {
@@ -232,6 +299,20 @@ impl RelayInfo {
             Err(e) => Err(self.unreachable(e)),
         }
     }
+}
+
+/// One node's base URL (checked: no credentials in it, as they would be
+/// logged, shown and stored) and its TLS name.
+fn node_url(url: &str) -> Result<(String, String), CloudError> {
+    let url = crate::relay_url::check(url).map_err(|e| CloudError::Config(e.to_string()))?;
+    let parsed = url::Url::parse(&url).map_err(|e| CloudError::Config(format!("{url}: {e}")))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| CloudError::Config(format!("{url}: no host")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok((url, host))
 }
 
 type OAuthClient = BasicClient<

@@ -325,12 +325,15 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCod
             }
             let (_, store) = open(&dir, database).await?;
             outln!(
-                "{:<18} {:<24} {:<6} {:>8} {:>11} SERVICES",
+                "{:<18} {:<24} {:<6} {:>8} {:>11} {:>7} {:>13} {:>12} SERVICES",
                 "NODE",
                 "QUIC",
                 "ALIVE",
                 "SERVICES",
-                "CONNECTIONS"
+                "CONNECTIONS",
+                "TUNNELS",
+                "TUNNELS-TOTAL",
+                "TUNNEL-BYTES"
             );
             for n in store.nodes().await.map_err(usage)? {
                 let alive = if n.alive {
@@ -339,12 +342,15 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<ExitCod
                     format!("no ({}s)", n.silent_secs)
                 };
                 outln!(
-                    "{:<18} {:<24} {:<6} {:>8} {:>11} {}",
+                    "{:<18} {:<24} {:<6} {:>8} {:>11} {:>7} {:>13} {:>12} {}",
                     n.id,
                     n.quic,
                     alive,
-                    n.services,
-                    n.connections,
+                    n.load.services,
+                    n.load.connections,
+                    n.load.tunnels,
+                    n.load.tunnels_total,
+                    n.load.tunnel_bytes,
                     n.serials.join(",")
                 );
             }

@@ -99,6 +99,19 @@ impl CertificateAuthority {
         self.issue_for_request(csr_der, email, san, 365)
     }
 
+    /// A relay node's certificate for node `id`, for the key in
+    /// `csr_der` (mutual TLS between the nodes of a tier; see
+    /// `relay::nodes`). Short-lived: a node makes a new one at each start.
+    pub fn issue_node(&self, csr_der: &[u8], id: &str) -> Result<Vec<u8>, CaError> {
+        let uri = format!("urn:switchyard:relay-node:{id}");
+        let san = SanType::URI(
+            uri.clone()
+                .try_into()
+                .map_err(|e: rcgen::Error| CaError::Name(uri, e.to_string()))?,
+        );
+        self.issue_for_request(csr_der, id, san, 30)
+    }
+
     fn issue_for_request(
         &self,
         csr_der: &[u8],

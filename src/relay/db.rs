@@ -273,12 +273,11 @@ impl Database {
         &self,
         node: &str,
         quic: &str,
-        services: u32,
-        connections: u32,
+        load: super::pg::presence::NodeLoadReport,
     ) -> Result<bool, StoreError> {
         match self {
             Self::Sqlite(_) => Ok(false),
-            Self::Postgres(p) => p.heartbeat(node, quic, services, connections).await,
+            Self::Postgres(p) => p.heartbeat(node, quic, load).await,
         }
     }
 

@@ -725,6 +725,18 @@ async fn enroll_service(
         }
     };
     let (serial, cert) = (enrolled.serial, enrolled.cert_der);
+    // A tier's other live nodes, for the service to fall back to.
+    let nodes = match core.db.nodes().await {
+        Ok(nodes) => nodes
+            .into_iter()
+            .filter(|n| n.alive && n.id != core.node_id)
+            .map(|n| n.quic)
+            .collect(),
+        Err(e) => {
+            warn!(error = %e, "cannot list the tier's nodes for an enrollment");
+            Vec::new()
+        }
+    };
     info!(
         %serial,
         %fingerprint,
@@ -739,6 +751,7 @@ async fn enroll_service(
         assertion_key: B64.encode(&core.state.signing_public),
         issuer: core.state.signer.issuer().to_string(),
         quic: core.quic_addr.to_string(),
+        nodes,
     })
     .into_response()
 }

@@ -53,6 +53,8 @@ pub(crate) enum Credential {
         fingerprint: [u8; 32],
         serial: String,
     },
+    /// Another relay node's certificate (`nodes`).
+    NodeCert { fingerprint: [u8; 32], node: String },
 }
 
 impl std::fmt::Debug for Credential {
@@ -72,6 +74,11 @@ impl std::fmt::Debug for Credential {
             } => write!(
                 f,
                 "service certificate {} of {serial}",
+                Fingerprint(*fingerprint)
+            ),
+            Self::NodeCert { fingerprint, node } => write!(
+                f,
+                "node certificate {} of relay node {node}",
                 Fingerprint(*fingerprint)
             ),
         }
@@ -102,6 +109,11 @@ impl Credential {
             }
             Self::ServiceCert { fingerprint, .. } => store
                 .cert_subject(fingerprint, "service")
+                .await?
+                .map(|_| ())
+                .ok_or(AuthError::UnknownCertificate),
+            Self::NodeCert { fingerprint, .. } => store
+                .cert_subject(fingerprint, super::nodes::NODE_CERT_KIND)
                 .await?
                 .map(|_| ())
                 .ok_or(AuthError::UnknownCertificate),

@@ -13,6 +13,8 @@
 //! * `quic` — the QUIC listener: client and service connections, tunnels.
 //! * `limits` — per-address and per-user budgets (grant starts, sign-ins).
 //! * `live` — live connections by credential; revocations close them.
+//! * `nodes` — a tier's node-to-node links (mutual TLS), for forwarding
+//!   a tunnel one hop to the node its service is on.
 //!
 //! [`Relay`] owns both listeners and every task under them (one
 //! cancellation tree); dropping or shutting it down ends them all.
@@ -27,6 +29,7 @@ pub mod device_flow;
 pub mod http;
 pub mod limits;
 pub mod live;
+pub mod nodes;
 pub mod packets;
 pub mod pg;
 pub mod quic;
@@ -36,7 +39,7 @@ pub mod tokens;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -128,6 +131,8 @@ pub enum RelayError {
     Listen { addr: SocketAddr, reason: String },
     #[error("TLS set-up: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Node(#[from] nodes::NodeError),
 }
 
 /// Why a credential was refused; each message says which case it is.
@@ -145,6 +150,8 @@ pub enum AuthError {
     UnknownCertificate,
     #[error("no credentials were presented")]
     Missing,
+    #[error("this certificate is not the node certificate of relay node {0}")]
+    NotANode(String),
     #[error("relay database: {0}")]
     Store(#[from] StoreError),
 }
@@ -187,9 +194,58 @@ pub(crate) struct RelayCore {
     /// Where other nodes reach this one's QUIC listener.
     pub node_addr: SocketAddr,
     pub next_tunnel: AtomicU64,
+    /// Tunnels and bytes through this node.
+    pub load: NodeLoad,
+    /// Links to the tier's other nodes (PostgreSQL only).
+    pub links: Option<nodes::NodeLinks>,
     /// The packet port, when enabled: tunnels' datagrams cross the relay
     /// without being decrypted here.
     pub packets: Option<packets::PacketRelay>,
+}
+
+/// What passes through this node's tunnel streams: tunnels open now and
+/// since start, bytes forwarded (the packet port counts its own).
+#[derive(Default)]
+pub(crate) struct NodeLoad {
+    open: AtomicU64,
+    total: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// One open tunnel, counted in [`NodeLoad`] until dropped.
+pub(crate) struct OpenTunnel<'a>(&'a NodeLoad);
+
+impl Drop for OpenTunnel<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("switchyard_relay_tunnels").decrement(1.0);
+    }
+}
+
+impl NodeLoad {
+    /// Counts a tunnel open until the guard drops.
+    pub fn tunnel(&self) -> OpenTunnel<'_> {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("switchyard_relay_tunnels").increment(1.0);
+        metrics::counter!("switchyard_relay_tunnels_total").increment(1);
+        OpenTunnel(self)
+    }
+
+    /// `n` tunnel bytes forwarded.
+    pub fn add_bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("switchyard_relay_tunnel_bytes_total").increment(n);
+    }
+
+    /// (tunnels open now, tunnels since start, tunnel bytes since start).
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.open.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
 }
 
 fn token_kind_name(kind: &str) -> &'static str {
@@ -231,6 +287,19 @@ impl RelayCore {
         Ok(claims)
     }
 
+    /// This node's load now, with `services` connected.
+    pub fn load_report(&self, services: usize) -> pg::presence::NodeLoadReport {
+        let (tunnels, tunnels_total, stream_bytes) = self.load.snapshot();
+        let packet_bytes = self.packets.as_ref().map_or(0, |p| p.bytes_forwarded());
+        pg::presence::NodeLoadReport {
+            services: services as u32,
+            connections: self.live.len() as u32,
+            tunnels: tunnels as u32,
+            tunnels_total,
+            tunnel_bytes: stream_bytes + packet_bytes,
+        }
+    }
+
     /// Issues and records a token good for `lifetime`.
     pub async fn issue_token(
         &self,
@@ -268,8 +337,7 @@ async fn heartbeat(core: Arc<RelayCore>, cancel: CancellationToken) {
             .heartbeat(
                 &core.node_id,
                 &core.node_addr.to_string(),
-                serials.len() as u32,
-                core.live.len() as u32,
+                core.load_report(serials.len()),
             )
             .await;
         match beat {
@@ -343,6 +411,19 @@ impl Relay {
             })
             .transpose()?;
         let packet_addr = packets.as_ref().map(|p| p.local_addr());
+        let node_id = hex::encode(rand::random::<[u8; 8]>());
+        let links = match &db {
+            Database::Postgres(_) => {
+                let identity = nodes::NodeIdentity::issue(&state, &db, &node_id).await?;
+                Some(nodes::NodeLinks::new(
+                    &identity,
+                    &state,
+                    endpoint.clone(),
+                    &config.limits,
+                )?)
+            }
+            Database::Sqlite(_) => None,
+        };
         let core = Arc::new(RelayCore {
             grants: Mutex::new(DeviceGrants::new(config.device_flow.clone())),
             grant_starts: Mutex::new(limits::KeyedBudget::new(
@@ -354,9 +435,11 @@ impl Relay {
             online: Mutex::new(HashMap::new()),
             live: live::LiveConnections::default(),
             quic_addr,
-            node_id: hex::encode(rand::random::<[u8; 8]>()),
+            node_id,
             node_addr: config.node_address.unwrap_or(quic_addr),
             next_tunnel: AtomicU64::new(1),
+            load: NodeLoad::default(),
+            links,
             packets,
             state,
             db,
@@ -438,6 +521,21 @@ impl Relay {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pending()
+    }
+
+    /// This node's load now (what its heartbeat reports).
+    pub fn load(&self) -> pg::presence::NodeLoadReport {
+        self.core.load_report(self.services_online())
+    }
+
+    /// Links this node opened to other nodes of its tier since start.
+    pub fn node_links_opened(&self) -> u64 {
+        self.core.links.as_ref().map_or(0, |l| l.opened())
+    }
+
+    /// This node's id in its tier's presence table.
+    pub fn node_id(&self) -> &str {
+        &self.core.node_id
     }
 
     /// Services connected now.

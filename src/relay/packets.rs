@@ -66,6 +66,8 @@ type Table = Arc<Mutex<HashMap<TunnelId, Entry>>>;
 pub struct PacketRelay {
     local: SocketAddr,
     table: Table,
+    /// Bytes forwarded since start (headers included).
+    bytes: Arc<std::sync::atomic::AtomicU64>,
     _task: AbortOnDrop<()>,
 }
 
@@ -109,16 +111,30 @@ impl PacketRelay {
         let socket = UdpSocket::from_std(std_socket)?;
         let local = socket.local_addr()?;
         let table = Table::default();
-        let task = tokio::spawn(forward(socket, state, table.clone(), tap, cancel));
+        let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = tokio::spawn(forward(
+            socket,
+            state,
+            table.clone(),
+            tap,
+            bytes.clone(),
+            cancel,
+        ));
         Ok(Self {
             local,
             table,
+            bytes,
             _task: AbortOnDrop::new(task),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Bytes forwarded since start (headers included).
+    pub fn bytes_forwarded(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Opens the packet path of a new tunnel.
@@ -148,6 +164,7 @@ async fn forward(
     state: UdpSocketState,
     table: Table,
     tap: Option<mpsc::Sender<Bytes>>,
+    bytes: Arc<std::sync::atomic::AtomicU64>,
     cancel: CancellationToken,
 ) {
     let mut storage = vec![vec![0u8; BUF]; BATCH];
@@ -185,6 +202,8 @@ async fn forward(
             if let Some(tap) = &tap {
                 let _ = tap.try_send(Bytes::copy_from_slice(data));
             }
+            bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!("switchyard_relay_tunnel_bytes_total").increment(data.len() as u64);
             send(&socket, &state, to, via, data, m.stride).await;
         }
     }

@@ -9,6 +9,12 @@
 //! authenticates with a token or its client certificate, then sends one
 //! [`RelayRequest`] per stream.
 //!
+//! In a tier, another node logs in with its node certificate
+//! (`RelayHello::Node`, see `nodes`) and then sends one
+//! `RelayRequest::Forward` per stream; a client's `OpenTunnel` for a service
+//! connected to another node is forwarded there over that node's link (one
+//! hop, no packet path).
+//!
 //! Before login a connection holds one of `PreloginLimits::max_connections`
 //! slots (more are refused as they arrive) and must have sent its hello
 //! within `hello_timeout` of its first packet. After login it is recorded
@@ -158,6 +164,10 @@ enum Peer {
     Service {
         serial: String,
     },
+    /// Another node of the tier (see `nodes`).
+    Node {
+        id: String,
+    },
 }
 
 fn peer_cert_fingerprint(conn: &Connection) -> Option<[u8; 32]> {
@@ -235,6 +245,7 @@ async fn serve_connection(
             identity, expires, ..
         } => (identity.clone(), *expires),
         Peer::Service { serial } => (serial.clone(), None),
+        Peer::Node { id } => (id.clone(), None),
     };
     let welcome = HelloReply::Welcome {
         identity,
@@ -247,6 +258,12 @@ async fn serve_connection(
     match peer {
         Peer::Service { serial } => {
             serve_service(conn, core, serial, cancel).await;
+            drop(live);
+        }
+        Peer::Node { id } => {
+            info!(node = %id, "relay node connected");
+            let span = info_span!("node", node = %id);
+            serve_node(conn, core, cancel).instrument(span).await;
             drop(live);
         }
         Peer::Client {
@@ -343,6 +360,20 @@ async fn authenticate(
             };
             Ok((Peer::Service { serial }, credential))
         }
+        RelayHello::Node { id } => {
+            let fingerprint = peer_cert_fingerprint(conn).ok_or(AuthError::Missing)?;
+            let subject = store
+                .cert_subject(&fingerprint, super::nodes::NODE_CERT_KIND)
+                .await?;
+            if subject.as_deref() != Some(id.as_str()) {
+                return Err(AuthError::NotANode(id));
+            }
+            let credential = Credential::NodeCert {
+                fingerprint,
+                node: id.clone(),
+            };
+            Ok((Peer::Node { id }, credential))
+        }
     }
 }
 
@@ -409,6 +440,49 @@ async fn serve_client(
     streams.shutdown().await;
 }
 
+/// Another node's link: one [`RelayRequest::Forward`] per stream.
+async fn serve_node(conn: Connection, core: Arc<RelayCore>, cancel: CancellationToken) {
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    streams.spawn(serve_forward(core.clone(), send, recv));
+                }
+                Err(e) => {
+                    debug!(reason = %e, "relay node link ended");
+                    break;
+                }
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+    streams.shutdown().await;
+}
+
+/// A tunnel another node forwards here, for a service connected here.
+async fn serve_forward(core: Arc<RelayCore>, mut send: SendStream, mut recv: RecvStream) {
+    let max = core.config.limits.max_frame;
+    let reply = match read_frame(&mut recv, max).await {
+        Ok(Some(RelayRequest::Forward { serial, caller })) => {
+            metrics::counter!("switchyard_relay_requests_total", "kind" => "forward").increment(1);
+            return open_tunnel(&core, &caller, &serial, send, recv, Hop::Node).await;
+        }
+        Ok(Some(other)) => refuse(
+            ErrorCode::PermissionDenied,
+            format!(
+                "a relay node link carries forwarded tunnels only, not {}",
+                other.kind()
+            ),
+        ),
+        Ok(None) => return,
+        Err(e) => refuse(ErrorCode::InvalidArgument, e.to_string()),
+    };
+    let _ = write_frame(&mut send, &reply, max).await;
+    let _ = send.finish();
+}
+
 fn refuse(code: ErrorCode, message: impl Into<String>) -> RelayReply {
     RelayReply::Error(WireError::new(code, message))
 }
@@ -465,8 +539,12 @@ async fn serve_request(
             "the access token of this connection expired; log in again",
         ),
         RelayRequest::OpenTunnel { serial } => {
-            return open_tunnel(&core, &identity, &serial, send, recv).await;
+            return open_tunnel(&core, &identity, &serial, send, recv, Hop::Client).await;
         }
+        RelayRequest::Forward { .. } => refuse(
+            ErrorCode::PermissionDenied,
+            "only the relay's own nodes may forward tunnels",
+        ),
         RelayRequest::Assert { serial } => assert_for(&core, &identity, &serial).await,
         RelayRequest::ServiceOtp { serial } => service_otp(&core, &identity, &serial).await,
         RelayRequest::IssueClientCert { csr_der } => {
@@ -579,18 +657,31 @@ async fn service_otp(core: &RelayCore, identity: &str, serial: &str) -> RelayRep
     }
 }
 
+/// Who asked for a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    /// A broker connected to this node: its service may be on another
+    /// node, then the tunnel is forwarded there.
+    Client,
+    /// Another node, forwarding a broker's tunnel: the service must be
+    /// here (one hop, never forwarded again); no packet path.
+    Node,
+}
+
+async fn reply_error(mut client_send: SendStream, reply: RelayReply, max: usize) {
+    let _ = write_frame(&mut client_send, &reply, max).await;
+    let _ = client_send.finish();
+}
+
 async fn open_tunnel(
     core: &RelayCore,
     identity: &str,
     serial: &str,
-    mut client_send: SendStream,
+    client_send: SendStream,
     client_recv: RecvStream,
+    hop: Hop,
 ) {
     let max = core.config.limits.max_frame;
-    async fn reply_error(mut client_send: SendStream, reply: RelayReply, max: usize) {
-        let _ = write_frame(&mut client_send, &reply, max).await;
-        let _ = client_send.finish();
-    }
     let facts = match facts(core, serial).await {
         Ok(f) => f,
         Err(reply) => return reply_error(client_send, reply, max).await,
@@ -601,16 +692,50 @@ async fn open_tunnel(
         .unwrap_or_else(|p| p.into_inner())
         .get(serial)
         .cloned();
-    let Some(service) = service else {
-        let offline = refuse(
-            ErrorCode::Unavailable,
-            format!("service {serial} is offline"),
-        );
-        return reply_error(client_send, offline, max).await;
-    };
+    match service {
+        Some(service) => {
+            bridge_local(
+                core,
+                identity,
+                serial,
+                facts,
+                service,
+                (client_send, client_recv),
+                hop,
+            )
+            .await
+        }
+        None if hop == Hop::Client && core.links.is_some() => {
+            forward_to_node(core, identity, serial, client_send, client_recv).await
+        }
+        None => {
+            let offline = refuse(
+                ErrorCode::Unavailable,
+                format!("service {serial} is offline"),
+            );
+            reply_error(client_send, offline, max).await
+        }
+    }
+}
+
+/// Bridges a tunnel to a service connected to this node.
+async fn bridge_local(
+    core: &RelayCore,
+    identity: &str,
+    serial: &str,
+    facts: ServiceFacts,
+    service: OnlineService,
+    (mut client_send, client_recv): (SendStream, RecvStream),
+    hop: Hop,
+) {
+    let max = core.config.limits.max_frame;
     let tunnel = core.next_tunnel.fetch_add(1, Ordering::Relaxed);
-    // Held for the tunnel's life: dropping it closes the packet path.
-    let mut packets = core.packets.as_ref().map(|p| p.register());
+    // Held for the tunnel's life: dropping it closes the packet path. A
+    // forwarded tunnel has none (its packets would need a second hop).
+    let mut packets = match hop {
+        Hop::Client => core.packets.as_ref().map(|p| p.register()),
+        Hop::Node => None,
+    };
     let packet = packets.as_ref().map(|t| t.path);
     let opened = async {
         let offline = || format!("service {serial} went offline");
@@ -650,18 +775,92 @@ async fn open_tunnel(
     if write_frame(&mut client_send, &open, max).await.is_err() {
         return;
     }
-    info!(tunnel, %serial, caller = %identity, "tunnel open");
-    metrics::gauge!("switchyard_relay_tunnels").increment(1.0);
+    info!(tunnel, %serial, caller = %identity, ?hop, "tunnel open");
+    let _open = core.load.tunnel();
     let tap = core.config.tap.clone();
     // With a packet path the streams carry nothing, but their end (either
     // side's) still ends the tunnel on the other side.
     tokio::join!(
-        forward(client_recv, service_send, tap.clone()),
-        forward(service_recv, client_send, tap),
+        forward(client_recv, service_send, tap.clone(), &core.load),
+        forward(service_recv, client_send, tap, &core.load),
     );
     drop(packets);
-    metrics::gauge!("switchyard_relay_tunnels").decrement(1.0);
     debug!(tunnel, "tunnel closed");
+}
+
+/// Forwards a broker's tunnel one hop to the node its service is
+/// connected to (from the presence table), over that node's link.
+async fn forward_to_node(
+    core: &RelayCore,
+    identity: &str,
+    serial: &str,
+    client_send: SendStream,
+    client_recv: RecvStream,
+) {
+    let max = core.config.limits.max_frame;
+    let unavailable = |why: String| refuse(ErrorCode::Unavailable, why);
+    let (node, addr) = match core.db.locate(serial).await {
+        Ok(Some((node, addr))) if node != core.node_id => (node, addr),
+        Ok(_) => {
+            let offline = unavailable(format!("service {serial} is offline"));
+            return reply_error(client_send, offline, max).await;
+        }
+        Err(e) => {
+            return reply_error(client_send, refuse(ErrorCode::Internal, e.to_string()), max).await;
+        }
+    };
+    let Some(links) = core.links.as_ref() else {
+        return reply_error(
+            client_send,
+            unavailable(format!("service {serial} is offline")),
+            max,
+        )
+        .await;
+    };
+    let opened = async {
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|_| format!("relay node {node} has a bad address {addr:?}"))?;
+        let link = links.link(&node, addr).await.map_err(|e| e.to_string())?;
+        let lost =
+            |e: &dyn std::fmt::Display| format!("relay node {node} holding service {serial}: {e}");
+        let (mut send, mut recv) = link.open_bi().await.map_err(|e| lost(&e))?;
+        let request = RelayRequest::Forward {
+            serial: serial.to_string(),
+            caller: identity.to_string(),
+        };
+        write_frame(&mut send, &request, max)
+            .await
+            .map_err(|e| lost(&e))?;
+        let wait = SERVICE_READY + super::nodes::CONNECT_TIMEOUT;
+        let reply: RelayReply = tokio::time::timeout(wait, read_frame(&mut recv, max))
+            .await
+            .map_err(|_| lost(&"no answer in time"))?
+            .map_err(|e| lost(&e))?
+            .ok_or_else(|| lost(&"the link closed"))?;
+        Ok::<_, String>((send, recv, reply))
+    }
+    .await;
+    let (node_send, node_recv, reply) = match opened {
+        Ok(opened) => opened,
+        Err(why) => {
+            warn!(%serial, %node, reason = %why, "cannot forward a tunnel");
+            return reply_error(client_send, unavailable(why), max).await;
+        }
+    };
+    let mut client_send = client_send;
+    let is_open = matches!(reply, RelayReply::TunnelOpen { .. });
+    if write_frame(&mut client_send, &reply, max).await.is_err() || !is_open {
+        let _ = client_send.finish();
+        return;
+    }
+    info!(%serial, caller = %identity, %node, "tunnel forwarded");
+    let _open = core.load.tunnel();
+    let tap = core.config.tap.clone();
+    tokio::join!(
+        forward(client_recv, node_send, tap.clone(), &core.load),
+        forward(node_recv, client_send, tap, &core.load),
+    );
 }
 
 /// How long a service may take to announce its packet address.
@@ -677,6 +876,7 @@ async fn forward(
     mut from: RecvStream,
     mut to: SendStream,
     tap: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    load: &super::NodeLoad,
 ) {
     // Chunks move in batches: one lock of each connection per batch instead
     // of per (packet-sized) chunk, and no copies.
@@ -690,6 +890,7 @@ async fn forward(
                             let _ = tap.try_send(chunk.clone());
                         }
                     }
+                    load.add_bytes(batch[..n].iter().map(|c| c.len() as u64).sum());
                     if to.write_all_chunks(&mut batch[..n]).await.is_err() {
                         let _ = from.stop(0u32.into());
                         return;

@@ -81,7 +81,11 @@ pub async fn enroll(
     };
     let enrollment = RelayEnrollment {
         url: relay_url,
-        quic: answer.quic,
+        // The node enrolled through first, then the tier's others.
+        quic: std::iter::once(answer.quic)
+            .chain(answer.nodes)
+            .collect::<Vec<_>>()
+            .join(","),
         serial: answer.serial.clone(),
         cert_der: decode("cert", &answer.cert)?,
         key_der,

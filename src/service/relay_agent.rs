@@ -8,6 +8,11 @@
 //! QUIC connection handed to the RPC server ([`TunnelAcceptor`]), which
 //! authenticates the caller end to end from the relay's assertion.
 //!
+//! The enrollment may name several relay addresses (the nodes of a relay
+//! tier, comma-separated: [`relay_addresses`]); the agent connects to the
+//! first and, whenever a connection is lost or refused, tries the next one
+//! (in a ring), so a node that dies moves its services to another node.
+//!
 //! On failure: a lost or refused connection is retried with jittered
 //! exponential back-off (200 ms to 30 s) for as long as the agent lives;
 //! the direct RPC socket is unaffected. The connection is a standing one:
@@ -58,6 +63,21 @@ pub enum AgentError {
     BadUrl(String),
 }
 
+/// The relay addresses an enrollment's `quic` names: one `HOST:PORT`, or
+/// several separated by commas (a tier's nodes, in the order to try).
+pub fn relay_addresses(quic: &str) -> Result<Vec<SocketAddr>, AgentError> {
+    let addrs = quic
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| a.parse().map_err(|_| AgentError::BadAddress(a.to_string())))
+        .collect::<Result<Vec<SocketAddr>, _>>()?;
+    if addrs.is_empty() {
+        return Err(AgentError::BadAddress(quic.to_string()));
+    }
+    Ok(addrs)
+}
+
 /// The TLS server name of a relay URL (`https://host:port`).
 pub fn relay_host(url: &str) -> Result<String, AgentError> {
     let parsed = url::Url::parse(url).map_err(|_| AgentError::BadUrl(url.into()))?;
@@ -76,10 +96,7 @@ impl RelayAgent {
         tunnels: TunnelAcceptor,
         limits: TransportLimits,
     ) -> Result<Self, AgentError> {
-        let quic: SocketAddr = enrollment
-            .quic
-            .parse()
-            .map_err(|_| AgentError::BadAddress(enrollment.quic.clone()))?;
+        let quic = relay_addresses(&enrollment.quic)?;
         let server_name = relay_host(&enrollment.url)?;
         let (state_tx, state) = watch::channel(AgentState::Connecting);
         // An enrollment stored before URLs were checked may hold credentials.
@@ -109,14 +126,16 @@ impl RelayAgent {
 
 async fn run(
     enrollment: RelayEnrollment,
-    quic: SocketAddr,
+    addrs: Vec<SocketAddr>,
     server_name: String,
     tunnels: TunnelAcceptor,
     limits: TransportLimits,
     state: watch::Sender<AgentState>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-    loop {
+    for next in 0.. {
+        // A lost or refused node is followed by the next one.
+        let quic = addrs[next % addrs.len()];
         let _ = state.send(AgentState::Connecting);
         let result = connect_and_serve(
             &enrollment,
@@ -129,8 +148,8 @@ async fn run(
         )
         .await;
         let reason = match result {
-            Ok(()) => "relay connection ended".to_string(),
-            Err(e) => e,
+            Ok(()) => format!("relay connection to {quic} ended"),
+            Err(e) => format!("{quic}: {e}"),
         };
         let delay = backoff.next_delay(rand::random::<f64>());
         warn!(%reason, ?delay, "relay connection down; retrying");

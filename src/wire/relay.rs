@@ -36,6 +36,10 @@ pub enum RelayHello {
     /// An enrolled service (identified by its TLS client certificate).
     /// `advertise` is the direct RPC address it tells callers about.
     Service { advertise: Option<String> },
+    /// Another node of the relay's tier, `id` as in the presence table
+    /// (identified by its node certificate; see `relay::nodes`). It then
+    /// opens one stream per [`RelayRequest::Forward`].
+    Node { id: String },
 }
 
 impl std::fmt::Debug for RelayHello {
@@ -49,6 +53,7 @@ impl std::fmt::Debug for RelayHello {
                 .debug_struct("Service")
                 .field("advertise", advertise)
                 .finish(),
+            Self::Node { id } => f.debug_struct("Node").field("id", id).finish(),
         }
     }
 }
@@ -86,6 +91,11 @@ pub enum RelayRequest {
     },
     /// A long-lived access token for this identity.
     CreateToken { lifetime_secs: u64 },
+    /// From another node of the tier only: bridge this stream to service
+    /// `serial`, connected to this node, for `caller` (whom the asking
+    /// node authenticated). Answered as `OpenTunnel` is, always without a
+    /// packet path; never forwarded again (one hop).
+    Forward { serial: String, caller: String },
 }
 
 impl std::fmt::Debug for RelayRequest {
@@ -103,6 +113,7 @@ impl RelayRequest {
             Self::ServiceOtp { .. } => "service_otp",
             Self::IssueClientCert { .. } => "issue_client_cert",
             Self::CreateToken { .. } => "create_token",
+            Self::Forward { .. } => "forward",
         }
     }
 }
@@ -253,6 +264,11 @@ pub struct EnrollServiceResponse {
     pub assertion_key: String,
     pub issuer: String,
     pub quic: String,
+    /// In a relay tier: the QUIC addresses of the tier's other live nodes,
+    /// which the service falls back to when `quic` is lost (absent from a
+    /// single relay's answer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]

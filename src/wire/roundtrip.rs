@@ -351,6 +351,7 @@ proptest! {
             ca: aud.clone(),
             assertion_key: issuer,
             issuer: quic.clone(),
+            nodes: vec![quic.clone(), advertise.clone().unwrap_or_default()],
             quic,
         });
         json_round_trip(&ErrorBody { error: sub.clone(), message: aud.clone() });

@@ -658,3 +658,32 @@ pub async fn assert_show_version(client: &mut Client, session: &str, service: &s
     assert!(out.contains("Simulated Network OS"), "{out}");
     assert!(out.contains("core-1 uptime is"), "{out}");
 }
+
+/// Drains `tap` (the bytes a relay forwarded) and checks they carry
+/// neither `command`, nor `output` (text the device printed), nor the
+/// caller's identity in the clear. Returns how many bytes it saw.
+pub fn assert_ciphertext_only(
+    tap: &mut mpsc::Receiver<Bytes>,
+    command: &str,
+    output: &str,
+    caller: &str,
+) -> usize {
+    let mut seen = Vec::new();
+    while let Ok(chunk) = tap.try_recv() {
+        seen.extend_from_slice(&chunk);
+    }
+    let contains = |needle: &[u8]| seen.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        !contains(command.as_bytes()),
+        "the command crossed the relay in the clear"
+    );
+    assert!(
+        !contains(output.as_bytes()),
+        "the output crossed the relay in the clear"
+    );
+    assert!(
+        !contains(caller.as_bytes()),
+        "the assertion crossed the relay in the clear"
+    );
+    seen.len()
+}

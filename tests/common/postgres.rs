@@ -262,6 +262,8 @@ pub struct TierNode {
     pub url: String,
     pub quic: String,
     pub child: Option<tokio::process::Child>,
+    /// A node run inside the test process instead (`start_tapped`).
+    pub relay: Option<switchyard::relay::Relay>,
     log: PathBuf,
 }
 
@@ -302,6 +304,7 @@ impl TierNode {
             url: String::new(),
             quic: String::new(),
             child: Some(child),
+            relay: None,
             log,
         };
         let text = within(30, "relay node ready", async {
@@ -322,6 +325,44 @@ impl TierNode {
         node
     }
 
+    /// Node `name` as a `Relay` inside the test process, on `database`
+    /// with its own copy of `state`, copying every tunnel byte it forwards
+    /// to the returned receiver.
+    pub async fn start_tapped(
+        name: &str,
+        work: &Path,
+        state: &Path,
+        database: &str,
+    ) -> (Self, tokio::sync::mpsc::Receiver<bytes::Bytes>) {
+        use switchyard::relay::{Relay, RelayConfig, db::Database, state::load_keys};
+        let own = work.join(format!("state-{name}"));
+        if !own.exists() {
+            copy_state(state, &own);
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(1 << 20);
+        let config = RelayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            public_host: Some("127.0.0.1".into()),
+            tap: Some(tx),
+            ..RelayConfig::default()
+        };
+        let db = Database::open(&own, Some(database)).await.unwrap();
+        let relay = Relay::start_on(load_keys(&own).unwrap(), db, config)
+            .await
+            .unwrap();
+        let node = Self {
+            name: name.into(),
+            state: own,
+            url: relay.url(),
+            quic: relay.quic_addr().to_string(),
+            child: None,
+            relay: Some(relay),
+            log: work.join(format!("relay-{name}.log")),
+        };
+        (node, rx)
+    }
+
     pub fn ca_file(&self) -> PathBuf {
         self.state.join("ca.pem")
     }
@@ -330,11 +371,13 @@ impl TierNode {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGKILL, and reaped.
+    /// SIGKILL, and reaped (an in-process node is dropped: its sockets
+    /// close at once).
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().await.unwrap();
         }
+        drop(self.relay.take());
     }
 
     /// A broker config file naming this node as the default domain `test`.
@@ -399,6 +442,17 @@ pub async fn run_service_on(dir: tempfile::TempDir, serial: &str, node: &TierNod
         enrollment.quic = node.quic.clone();
         inv.set_relay_enrollment(&enrollment).unwrap();
     }
+    run_service(dir, serial).await
+}
+
+/// The relay address(es) an enrolled service's inventory holds.
+pub fn enrolled_quic(dir: &tempfile::TempDir) -> String {
+    let inv = Inventory::open(&dir.path().join("inv.db"), &Secret::new(ADMIN_PASSWORD)).unwrap();
+    inv.relay_enrollment().unwrap().unwrap().quic
+}
+
+/// Runs an enrolled service as its enrollment says, once online.
+pub async fn run_service(dir: tempfile::TempDir, serial: &str) -> CloudService {
     let mut svc = CloudService {
         dir,
         serial: serial.into(),

@@ -52,6 +52,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../../../migrations/postgres/0002_presence.sql"),
     ),
+    (
+        3,
+        include_str!("../../../migrations/postgres/0003_node_load.sql"),
+    ),
 ];
 
 /// How to reach the database: the parsed URL and the TLS it needs.

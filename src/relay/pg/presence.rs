@@ -21,6 +21,21 @@ pub const NODE_FORGET: Duration = Duration::from_secs(60);
 /// The channel presence changes are announced on.
 pub const PRESENCE_CHANNEL: &str = "switchyard_relay_presence";
 
+/// A node's load as its heartbeat reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeLoadReport {
+    /// Services connected to it.
+    pub services: u32,
+    /// Authenticated QUIC connections (brokers, services, other nodes).
+    pub connections: u32,
+    /// Tunnels open through it now.
+    pub tunnels: u32,
+    /// Tunnels since it started.
+    pub tunnels_total: u64,
+    /// Tunnel bytes it forwarded since it started (both paths).
+    pub tunnel_bytes: u64,
+}
+
 /// One node of the tier as `relay nodes` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRecord {
@@ -30,9 +45,8 @@ pub struct NodeRecord {
     pub alive: bool,
     /// Seconds since its last heartbeat.
     pub silent_secs: u64,
-    /// Services and authenticated connections at its last heartbeat.
-    pub services: u32,
-    pub connections: u32,
+    /// Its load at its last heartbeat.
+    pub load: NodeLoadReport,
     /// Serials present on it (alive nodes only).
     pub serials: Vec<String>,
 }
@@ -45,22 +59,27 @@ impl PgStore {
         &self,
         id: &str,
         quic: &str,
-        services: u32,
-        connections: u32,
+        load: NodeLoadReport,
     ) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;
         let row = client
             .query_one(
-                "INSERT INTO relay_nodes (id, quic, started_at, heartbeat_at, services, connections) \
-                 VALUES ($1, $2, $3, now(), $4, $5) ON CONFLICT (id) DO UPDATE SET \
+                "INSERT INTO relay_nodes (id, quic, started_at, heartbeat_at, services, connections, \
+                 tunnels, tunnels_total, tunnel_bytes) \
+                 VALUES ($1, $2, $3, now(), $4, $5, $6, $7, $8) ON CONFLICT (id) DO UPDATE SET \
                  heartbeat_at = now(), quic = EXCLUDED.quic, services = EXCLUDED.services, \
-                 connections = EXCLUDED.connections RETURNING (xmax = 0)",
+                 connections = EXCLUDED.connections, tunnels = EXCLUDED.tunnels, \
+                 tunnels_total = EXCLUDED.tunnels_total, tunnel_bytes = EXCLUDED.tunnel_bytes \
+                 RETURNING (xmax = 0)",
                 &[
                     &id,
                     &quic,
                     &super::now(),
-                    &(services as i32),
-                    &(connections as i32),
+                    &(load.services as i32),
+                    &(load.connections as i32),
+                    &(load.tunnels as i32),
+                    &(load.tunnels_total as i64),
+                    &(load.tunnel_bytes as i64),
                 ],
             )
             .await?;
@@ -128,8 +147,8 @@ impl PgStore {
         let rows = client
             .query(
                 "SELECT id, quic, heartbeat_at > now() - make_interval(secs => $1), \
-                 GREATEST(0, EXTRACT(EPOCH FROM now() - heartbeat_at))::BIGINT, services, connections \
-                 FROM relay_nodes ORDER BY id",
+                 GREATEST(0, EXTRACT(EPOCH FROM now() - heartbeat_at))::BIGINT, services, connections, \
+                 tunnels, tunnels_total, tunnel_bytes FROM relay_nodes ORDER BY id",
                 &[&NODE_TIMEOUT.as_secs_f64()],
             )
             .await?;
@@ -150,8 +169,13 @@ impl PgStore {
                     quic: r.get(1),
                     alive,
                     silent_secs: r.get::<_, i64>(3) as u64,
-                    services: r.get::<_, i32>(4) as u32,
-                    connections: r.get::<_, i32>(5) as u32,
+                    load: NodeLoadReport {
+                        services: r.get::<_, i32>(4) as u32,
+                        connections: r.get::<_, i32>(5) as u32,
+                        tunnels: r.get::<_, i32>(6) as u32,
+                        tunnels_total: r.get::<_, i64>(7) as u64,
+                        tunnel_bytes: r.get::<_, i64>(8) as u64,
+                    },
                     serials,
                     id,
                 }

@@ -13,7 +13,8 @@ pub(super) const RELAY_KEY_CONTEXT: &str = "meta:relay_key";
 pub struct RelayEnrollment {
     /// The relay's HTTPS base URL.
     pub url: String,
-    /// The relay's QUIC address.
+    /// The relay's QUIC address, or several separated by commas (a relay
+    /// tier's nodes, tried in turn: `relay_agent::relay_addresses`).
     pub quic: String,
     pub serial: String,
     pub cert_der: Vec<u8>,
