@@ -49,6 +49,10 @@ pub enum ClientCommand {
     /// Port forwards kept by the broker.
     #[command(subcommand)]
     Forward(super::forward::ForwardCommand),
+    /// Copy a file from or to a device (SFTP, else SCP), run by the
+    /// service: `cp NAME DEVICE:REMOTE LOCAL` or `cp NAME LOCAL
+    /// DEVICE:REMOTE`. A download lands under its name only when complete.
+    Cp(super::cp::CpArgs),
     /// Show sessions, named services, links and forwards.
     Status {
         /// One JSON document instead of text.
@@ -67,6 +71,7 @@ pub async fn run(socket: &Path, cmd: ClientCommand) -> Result<ExitCode, CliError
         ClientCommand::Terminal { name, device } => terminal(socket, name, device).await,
         ClientCommand::Status { json } => status(socket, json).await,
         ClientCommand::Forward(cmd) => super::forward::run(socket, cmd).await,
+        ClientCommand::Cp(args) => super::cp::run(socket, args).await,
     }
 }
 
