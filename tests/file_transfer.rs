@@ -197,6 +197,38 @@ async fn missing_and_forbidden_remote_files_are_named_in_the_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_with_neither_sftp_nor_scp_is_named_with_both_reasons() {
+    // No `Subsystem` line, and no `scp` on the session's PATH.
+    let lab = Lab::start("SetEnv PATH=/nonexistent").await;
+    let (path, _) = device_file(&lab.sshd, "some.bin", 1024);
+    let target = lab.local("some.bin");
+    let spec = format!("linux-1:{}", path.display());
+    let out = lab.run_cp(&[&spec, target.to_str().unwrap()]).await;
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(
+        text.contains(&format!(
+            "linux-1 offers no file transfer for {}",
+            path.display()
+        )) && text.contains("no SFTP subsystem")
+            && text.contains("no SCP"),
+        "{text}"
+    );
+    assert!(!target.exists());
+    let back = format!("linux-1:{}", lab.remote("up.bin").display());
+    std::fs::write(lab.local("up.bin"), b"x").unwrap();
+    let out = lab
+        .run_cp(&[lab.local("up.bin").to_str().unwrap(), &back])
+        .await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("offers no file transfer"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_cut_off_midway_leaves_no_file_under_the_target_name() {
     let mut lab = Lab::start(SFTP).await;
     // 1 GiB, sparse on the device: far more than every buffer on the way.

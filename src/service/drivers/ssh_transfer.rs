@@ -224,9 +224,9 @@ impl SshPool {
                 let _ = sftp.close().await;
                 transferred(bytes, TransferProtocol::Sftp, lease)
             }
-            Opened::Scp(lease, channel) => {
+            Opened::Scp(lease, channel, no_sftp) => {
                 let bytes = scp_download(&job, channel, max_bytes, out).await;
-                transferred(bytes, TransferProtocol::Scp, lease)
+                transferred(neither(&job, bytes, no_sftp), TransferProtocol::Scp, lease)
             }
         }
     }
@@ -261,9 +261,9 @@ impl SshPool {
                 let _ = sftp.close().await;
                 transferred(bytes, TransferProtocol::Sftp, lease)
             }
-            Opened::Scp(lease, channel) => {
+            Opened::Scp(lease, channel, no_sftp) => {
                 let bytes = scp_upload(&job, channel, mode, source, out).await;
-                transferred(bytes, TransferProtocol::Scp, lease)
+                transferred(neither(&job, bytes, no_sftp), TransferProtocol::Scp, lease)
             }
         }
     }
@@ -279,7 +279,7 @@ impl SshPool {
         let device = target.name.clone();
         if protocol == TransferProtocol::Scp {
             let (lease, channel) = self.open_channel(target, job.idle).await?;
-            return Ok(Opened::Scp(lease, channel));
+            return Ok(Opened::Scp(lease, channel, None));
         }
         let (lease, mut channel) = self.open_channel(target, job.idle).await?;
         let refused = match job.bounded(subsystem(&mut channel, &device)).await {
@@ -309,13 +309,32 @@ impl SshPool {
         }
         debug!(device = %device, reason = %sftp_reason, "no SFTP; trying SCP");
         let (lease, channel) = self.open_channel(target, job.idle).await?;
-        Ok(Opened::Scp(lease, channel))
+        Ok(Opened::Scp(lease, channel, Some(sftp_reason)))
     }
 }
 
+/// A channel ready for the transfer: SFTP running, or SCP about to (with
+/// why SFTP was refused, when SCP is the fallback).
 enum Opened {
     Sftp(Lease, SftpSession),
-    Scp(Lease, russh::Channel<russh::client::Msg>),
+    Scp(Lease, russh::Channel<russh::client::Msg>, Option<String>),
+}
+
+/// A fallback SCP that is not there either: the device offers neither.
+fn neither(
+    job: &Job<'_>,
+    result: Result<u64, TransferError>,
+    no_sftp: Option<String>,
+) -> Result<u64, TransferError> {
+    match (result, no_sftp) {
+        (Err(TransferError::NoScp { reason, .. }), Some(sftp)) => Err(TransferError::Unsupported {
+            device: job.device.to_string(),
+            path: job.path.to_string(),
+            sftp,
+            scp: reason,
+        }),
+        (result, _) => result,
+    }
 }
 
 fn transferred(
@@ -715,7 +734,9 @@ async fn scp_download(
     out: &mpsc::Sender<Response>,
 ) -> Result<u64, TransferError> {
     let (mut reader, mut writer) = start_scp(job, channel, false).await?;
-    write(job, &mut writer, &[0]).await?;
+    // A device whose `scp` is missing may have closed the channel already:
+    // what it read (nothing) then says so better than this write's error.
+    let _ = write(job, &mut writer, &[0]).await;
     let header = loop {
         let Some(ack) = read_ack_or_record(job, &mut reader).await? else {
             return Err(TransferError::NoScp {
