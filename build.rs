@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Bulk output as `Bytes`: a receiver's message shares the buffer it
         // was read into instead of copying each chunk out of it.
         .bytes(".switchyard.v1.CommandOutput.data")
+        // File transfer chunks likewise (every bytes field of both).
+        .bytes(".switchyard.v1.FileDownloadEvent")
+        .bytes(".switchyard.v1.FileUploadInput")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

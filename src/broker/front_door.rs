@@ -20,6 +20,7 @@ mod cloud;
 mod exec;
 mod forward;
 mod ssh_proxy;
+mod transfer;
 
 use super::error::BrokerError;
 use super::link::CallStream;
@@ -387,6 +388,22 @@ impl Broker for FrontDoor {
         request: Request<Streaming<pb::ExecInput>>,
     ) -> Result<Response<Self::ExecWithInputStream>, Status> {
         self.exec_with_input_call(request).await
+    }
+
+    type FileDownloadStream = EventStream<pb::FileDownloadEvent>;
+
+    async fn file_download(
+        &self,
+        request: Request<pb::FileDownloadRequest>,
+    ) -> Result<Response<Self::FileDownloadStream>, Status> {
+        self.file_download_call(request).await
+    }
+
+    async fn file_upload(
+        &self,
+        request: Request<Streaming<pb::FileUploadInput>>,
+    ) -> Result<Response<pb::FileTransferResult>, Status> {
+        self.file_upload_call(request).await
     }
 
     type TerminalStream = EventStream<pb::TerminalEvent>;

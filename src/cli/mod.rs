@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod cloud;
+pub mod cp;
 pub mod demo;
 mod docs;
 mod exec_live;

@@ -55,6 +55,10 @@ pub enum ClientCommand {
     /// The SSH proxy kept by the broker (`ssh DEVICE@SERVICE@127.0.0.1`).
     #[command(subcommand)]
     SshProxy(super::ssh_proxy::SshProxyCommand),
+    /// Copy a file from or to a device (SFTP, else SCP), run by the
+    /// service: `cp NAME DEVICE:REMOTE LOCAL` or `cp NAME LOCAL
+    /// DEVICE:REMOTE`. A download lands under its name only when complete.
+    Cp(super::cp::CpArgs),
     /// Show sessions, named services, links, forwards and the SSH proxy.
     Status {
         /// One JSON document instead of text.
@@ -75,6 +79,7 @@ pub async fn run(socket: &Path, cmd: ClientCommand) -> Result<ExitCode, CliError
         ClientCommand::Forward(cmd) => super::forward::run(socket, cmd).await,
         ClientCommand::SocksProxy(cmd) => super::forward::run_socks(socket, cmd).await,
         ClientCommand::SshProxy(cmd) => super::ssh_proxy::run(socket, cmd).await,
+        ClientCommand::Cp(args) => super::cp::run(socket, args).await,
     }
 }
 

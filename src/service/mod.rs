@@ -16,3 +16,4 @@ pub mod ratelimit;
 pub mod relay_agent;
 pub mod rpc;
 pub mod seal;
+pub mod transfer;

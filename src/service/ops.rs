@@ -31,6 +31,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::drivers::ssh_transfer::TransferError;
 use super::drivers::{
     DeviceProfile, DeviceRun, DeviceTarget, DriverError, Drivers, ExecOptions, OutputSink,
 };
@@ -77,6 +78,18 @@ pub enum OpsError {
     Driver(#[from] DriverError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A file transfer failed (device and path named).
+    #[error(transparent)]
+    Transfer(TransferError),
+}
+
+impl From<TransferError> for OpsError {
+    fn from(e: TransferError) -> Self {
+        match e {
+            TransferError::Driver(d) => Self::Driver(d),
+            other => Self::Transfer(other),
+        }
+    }
 }
 
 impl OpsError {
@@ -92,6 +105,7 @@ impl OpsError {
             Self::Driver(DriverError::Busy { .. }) => ErrorCode::ResourceExhausted,
             Self::Driver(_) => ErrorCode::Unavailable,
             Self::Inventory(_) | Self::Internal(_) => ErrorCode::Internal,
+            Self::Transfer(e) => e.code().unwrap_or(ErrorCode::Unavailable),
         }
     }
 
@@ -300,6 +314,33 @@ impl ServiceOps {
             Request::Forward { .. } => Err(OpsError::Internal(
                 "a forward is served by `service::forward`, not as events".into(),
             )),
+            Request::FileGet {
+                device,
+                path,
+                protocol,
+                max_bytes,
+            } => {
+                let copy = super::transfer::Copy {
+                    device: &device,
+                    path: &path,
+                    protocol,
+                };
+                self.file_get(principal, copy, max_bytes, out).await
+            }
+            Request::FilePut {
+                device,
+                path,
+                protocol,
+                size,
+                mode,
+            } => {
+                let copy = super::transfer::Copy {
+                    device: &device,
+                    path: &path,
+                    protocol,
+                };
+                self.file_put(principal, copy, size, mode, input, out).await
+            }
         }
     }
 
@@ -322,7 +363,11 @@ impl ServiceOps {
 
     /// Looks a device up and unseals its credentials, checking the scope
     /// first: a device outside it is not even looked up.
-    fn resolve(&self, principal: &Principal, name: &str) -> Result<DeviceTarget, OpsError> {
+    pub(super) fn resolve(
+        &self,
+        principal: &Principal,
+        name: &str,
+    ) -> Result<DeviceTarget, OpsError> {
         if !principal.scope.allows(name) {
             return Err(OpsError::NoDevice(name.to_string()));
         }
@@ -345,7 +390,7 @@ impl ServiceOps {
         })
     }
 
-    fn record_host_key(&self, device: &str, key: &str) {
+    pub(super) fn record_host_key(&self, device: &str, key: &str) {
         if let Err(e) = self.inventory().record_host_key(device, key) {
             warn!(device, error = %e, "cannot record the device's host key");
         }

@@ -162,6 +162,54 @@ pub enum Request {
         timeout_ms: Option<u64>,
         flags: ExecFlags,
     },
+    /// Copy a file from `device` (file transfer, `switchyard cp`). The
+    /// service answers one [`Response::FileReady`] (the protocol used and
+    /// the file's size), then [`Response::FileData`] chunks in order, then
+    /// one [`Response::FileDone`]; or an `Error` at any point (the copy is
+    /// then incomplete). `max_bytes`: refuse a larger file (`None`: no cap).
+    FileGet {
+        device: String,
+        path: String,
+        protocol: TransferProtocol,
+        max_bytes: Option<u64>,
+    },
+    /// Copy a file of exactly `size` bytes to `path` on `device`. The
+    /// service answers [`Response::FileReady`] when it can take the bytes;
+    /// the caller then sends them as [`TerminalInput::Data`] frames and
+    /// finishes its side; the service answers [`Response::FileDone`] once
+    /// the file is in place under its name (or an `Error`). Fewer or more
+    /// bytes than `size` fail the copy. `mode`: the new file's permission
+    /// bits (e.g. `0o644`).
+    FilePut {
+        device: String,
+        path: String,
+        protocol: TransferProtocol,
+        size: u64,
+        mode: u32,
+    },
+}
+
+/// How a file is copied to or from a device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferProtocol {
+    /// SFTP, else SCP when the device has no SFTP subsystem.
+    #[default]
+    Auto,
+    /// SFTP only (the SSH `sftp` subsystem; draft-ietf-secsh-filexfer-02).
+    Sftp,
+    /// SCP only (`scp -f` / `scp -t` run on the device over an exec channel).
+    Scp,
+}
+
+impl TransferProtocol {
+    /// The name users give and see (`auto`, `sftp`, `scp`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Sftp => "sftp",
+            Self::Scp => "scp",
+        }
+    }
 }
 
 /// A caller's exec options.
@@ -187,6 +235,8 @@ impl Request {
             Self::Terminal { .. } => "terminal",
             Self::Ping => "ping",
             Self::Forward { .. } => "forward",
+            Self::FileGet { .. } => "file_get",
+            Self::FilePut { .. } => "file_put",
         }
     }
 
@@ -195,7 +245,7 @@ impl Request {
     /// whole of its stream.
     pub fn takes_input(&self) -> bool {
         match self {
-            Self::Terminal { .. } | Self::Forward { .. } => true,
+            Self::Terminal { .. } | Self::Forward { .. } | Self::FilePut { .. } => true,
             Self::ExecWith { flags, .. } => flags.stdin,
             _ => false,
         }
@@ -245,6 +295,23 @@ pub enum Response {
     /// The device's port is connected: raw bytes follow (see
     /// [`Request::Forward`]).
     ForwardReady,
+    /// A file transfer can start: the protocol in use (never `Auto`) and,
+    /// for a download, the file's size in bytes.
+    FileReady {
+        protocol: TransferProtocol,
+        size: Option<u64>,
+    },
+    /// The next bytes of a downloaded file, in order.
+    FileData {
+        /// Travels as the frame's payload, not in the encoded body.
+        #[serde(skip)]
+        data: Bytes,
+    },
+    /// The transfer is complete: `bytes` were copied (a download's file is
+    /// whole; an upload's is in place under its name).
+    FileDone {
+        bytes: u64,
+    },
 }
 
 /// One command's completion.
@@ -275,14 +342,14 @@ pub enum TerminalInput {
 impl Payload for Response {
     fn payload(&self) -> Option<&Bytes> {
         match self {
-            Response::ExecOutput { data, .. } => Some(data),
+            Response::ExecOutput { data, .. } | Response::FileData { data } => Some(data),
             _ => None,
         }
     }
 
     fn set_payload(&mut self, payload: Bytes) -> bool {
         match self {
-            Response::ExecOutput { data, .. } => {
+            Response::ExecOutput { data, .. } | Response::FileData { data } => {
                 *data = payload;
                 true
             }

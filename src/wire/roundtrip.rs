@@ -99,6 +99,31 @@ fn request() -> impl Strategy<Value = Request> {
                     },
                 }
             }),
+        (text(), text(), protocol(), any::<Option<u64>>()).prop_map(
+            |(device, path, protocol, max_bytes)| Request::FileGet {
+                device,
+                path,
+                protocol,
+                max_bytes,
+            }
+        ),
+        (text(), text(), protocol(), any::<u64>(), any::<u32>()).prop_map(
+            |(device, path, protocol, size, mode)| Request::FilePut {
+                device,
+                path,
+                protocol,
+                size,
+                mode,
+            }
+        ),
+    ]
+}
+
+fn protocol() -> impl Strategy<Value = TransferProtocol> {
+    prop_oneof![
+        Just(TransferProtocol::Auto),
+        Just(TransferProtocol::Sftp),
+        Just(TransferProtocol::Scp),
     ]
 }
 
@@ -174,6 +199,12 @@ fn response() -> impl Strategy<Value = Response> {
         Just(Response::Pong),
         wire_error().prop_map(Response::Error),
         Just(Response::ForwardReady),
+        (protocol(), any::<Option<u64>>())
+            .prop_map(|(protocol, size)| Response::FileReady { protocol, size }),
+        blob().prop_map(|data| Response::FileData {
+            data: Bytes::from(data)
+        }),
+        any::<u64>().prop_map(|bytes| Response::FileDone { bytes }),
     ]
 }
 

@@ -61,6 +61,8 @@ from .errors import SwitchyardError, from_rpc, login_error
 from ._service import ServiceBase
 from ._ssh_proxy import KeysPath, SshProxyBase, start_request as ssh_proxy_request
 from .terminal import Terminal
+from . import transfer
+from .transfer import FileTransfer
 from .v1 import broker_pb2 as pb
 from .v1 import broker_pb2_grpc as rpc
 
@@ -486,6 +488,43 @@ class Device(DeviceInfo):
             service=self._service._ref(), device=self.name, port=destination_port,
             listen=listen_address(local_address, local_port)))
         return TcpForwarder(client, reply)
+
+    # -- file transfer (the service runs SFTP or SCP against the device) ---
+    def _download(self, remote_path: str, local_path: str,
+                  protocol: "pb.TransferProtocol",
+                  max_bytes: Optional[int]) -> FileTransfer:
+        client = self._service._client
+        return transfer.download(client._stub, client._socket, self._service._ref(), self.name,
+                                 remote_path, str(local_path), protocol, max_bytes)
+
+    def _upload(self, local_path: str, remote_path: str,
+                protocol: "pb.TransferProtocol") -> FileTransfer:
+        client = self._service._client
+        return transfer.upload(client._stub, client._socket, self._service._ref(), self.name,
+                               str(local_path), remote_path, protocol)
+
+    def sftp_download_to_file(self, remote_path: str, local_path: str,
+                              max_bytes: Optional[int] = None) -> FileTransfer:
+        """Copies ``remote_path`` on this device to ``local_path`` over SFTP
+        (a ``FileTransfer``: ``wait()``, ``bytes_transferred``). The file
+        lands under its name only when complete; ``max_bytes`` refuses a
+        larger file. Errors name the device and path."""
+        return self._download(remote_path, local_path, pb.TRANSFER_PROTOCOL_SFTP, max_bytes)
+
+    def sftp_upload_from_file(self, local_path: str, remote_path: str) -> FileTransfer:
+        """Copies ``local_path`` to ``remote_path`` on this device over SFTP
+        (written under a temporary name, renamed into place when complete)."""
+        return self._upload(local_path, remote_path, pb.TRANSFER_PROTOCOL_SFTP)
+
+    def scp_download_to_file(self, remote_path: str, local_path: str,
+                             max_bytes: Optional[int] = None) -> FileTransfer:
+        """``sftp_download_to_file`` over SCP (``scp -f`` on the device)."""
+        return self._download(remote_path, local_path, pb.TRANSFER_PROTOCOL_SCP, max_bytes)
+
+    def scp_upload_from_file(self, local_path: str, remote_path: str) -> FileTransfer:
+        """``sftp_upload_from_file`` over SCP (``scp -t`` on the device;
+        written in place: a failed copy may leave a partial file there)."""
+        return self._upload(local_path, remote_path, pb.TRANSFER_PROTOCOL_SCP)
 
 
 class TcpForwarder:

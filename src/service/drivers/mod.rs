@@ -20,6 +20,7 @@
 pub mod output;
 pub mod platform;
 pub mod shell_login;
+pub mod scp;
 pub mod shell_session;
 mod shell_store;
 pub mod simulated;
@@ -28,6 +29,7 @@ pub mod ssh_algorithms;
 mod ssh_auth;
 pub mod telnet;
 pub mod telnet_protocol;
+pub mod ssh_transfer;
 pub mod terminal;
 
 use std::time::Duration;
@@ -326,6 +328,52 @@ impl Drivers {
             DriverKind::Ssh => self.ssh.terminal(target, cols, rows).await,
             DriverKind::Telnet => Ok((self.telnet.terminal(target, cols, rows).await?, None)),
             DriverKind::Simulator => Ok((terminal::simulated(&target.name), None)),
+        }
+    }
+}
+
+impl Drivers {
+    /// Copies a file from the device (see [`ssh::SshPool::download`]);
+    /// simulated devices have no files. `idle` defaults to the command
+    /// timeout.
+    pub async fn download(
+        &self,
+        target: &DeviceTarget,
+        request: ssh_transfer::TransferRequest<'_>,
+        max_bytes: Option<u64>,
+        out: &mpsc::Sender<Response>,
+    ) -> Result<ssh_transfer::Transferred, ssh_transfer::TransferError> {
+        self.ssh_only(target)?;
+        self.ssh.download(target, request, max_bytes, out).await
+    }
+
+    /// Copies a file to the device (see [`ssh::SshPool::upload`]).
+    pub async fn upload(
+        &self,
+        target: &DeviceTarget,
+        request: ssh_transfer::TransferRequest<'_>,
+        size: u64,
+        mode: u32,
+        input: Stdin,
+        out: &mpsc::Sender<Response>,
+    ) -> Result<ssh_transfer::Transferred, ssh_transfer::TransferError> {
+        self.ssh_only(target)?;
+        self.ssh
+            .upload(target, request, size, mode, input, out)
+            .await
+    }
+
+    /// The idle bound of a transfer: the command timeout.
+    pub fn transfer_idle(&self) -> Duration {
+        self.default_timeout
+    }
+
+    fn ssh_only(&self, target: &DeviceTarget) -> Result<(), ssh_transfer::TransferError> {
+        match target.driver {
+            DriverKind::Ssh => Ok(()),
+            DriverKind::Simulator => Err(ssh_transfer::TransferError::Simulated {
+                device: target.name.clone(),
+            }),
         }
     }
 }

@@ -13,10 +13,19 @@ class ExecStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXEC_STATUS_SUCCESS: _ClassVar[ExecStatus]
     EXEC_STATUS_PARTIAL_SUCCESS: _ClassVar[ExecStatus]
     EXEC_STATUS_FAILURE: _ClassVar[ExecStatus]
+
+class TransferProtocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRANSFER_PROTOCOL_AUTO: _ClassVar[TransferProtocol]
+    TRANSFER_PROTOCOL_SFTP: _ClassVar[TransferProtocol]
+    TRANSFER_PROTOCOL_SCP: _ClassVar[TransferProtocol]
 EXEC_STATUS_UNSPECIFIED: ExecStatus
 EXEC_STATUS_SUCCESS: ExecStatus
 EXEC_STATUS_PARTIAL_SUCCESS: ExecStatus
 EXEC_STATUS_FAILURE: ExecStatus
+TRANSFER_PROTOCOL_AUTO: TransferProtocol
+TRANSFER_PROTOCOL_SFTP: TransferProtocol
+TRANSFER_PROTOCOL_SCP: TransferProtocol
 
 class OpenSessionRequest(_message.Message):
     __slots__ = ("client_name",)
@@ -738,3 +747,67 @@ class SshProxyStopRequest(_message.Message):
 class SshProxyStopResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class FileDownloadRequest(_message.Message):
+    __slots__ = ("service", "device", "remote_path", "protocol", "max_bytes")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_PATH_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    service: ServiceRef
+    device: str
+    remote_path: str
+    protocol: TransferProtocol
+    max_bytes: int
+    def __init__(self, service: _Optional[_Union[ServiceRef, _Mapping]] = ..., device: _Optional[str] = ..., remote_path: _Optional[str] = ..., protocol: _Optional[_Union[TransferProtocol, str]] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class FileDownloadEvent(_message.Message):
+    __slots__ = ("started", "data", "done")
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    started: FileTransferStarted
+    data: bytes
+    done: FileTransferResult
+    def __init__(self, started: _Optional[_Union[FileTransferStarted, _Mapping]] = ..., data: _Optional[bytes] = ..., done: _Optional[_Union[FileTransferResult, _Mapping]] = ...) -> None: ...
+
+class FileTransferStarted(_message.Message):
+    __slots__ = ("protocol", "size")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    protocol: TransferProtocol
+    size: int
+    def __init__(self, protocol: _Optional[_Union[TransferProtocol, str]] = ..., size: _Optional[int] = ...) -> None: ...
+
+class FileUploadStart(_message.Message):
+    __slots__ = ("service", "device", "remote_path", "protocol", "size", "mode")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_PATH_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    service: ServiceRef
+    device: str
+    remote_path: str
+    protocol: TransferProtocol
+    size: int
+    mode: int
+    def __init__(self, service: _Optional[_Union[ServiceRef, _Mapping]] = ..., device: _Optional[str] = ..., remote_path: _Optional[str] = ..., protocol: _Optional[_Union[TransferProtocol, str]] = ..., size: _Optional[int] = ..., mode: _Optional[int] = ...) -> None: ...
+
+class FileUploadInput(_message.Message):
+    __slots__ = ("start", "data")
+    START_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    start: FileUploadStart
+    data: bytes
+    def __init__(self, start: _Optional[_Union[FileUploadStart, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class FileTransferResult(_message.Message):
+    __slots__ = ("bytes", "protocol")
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    bytes: int
+    protocol: TransferProtocol
+    def __init__(self, bytes: _Optional[int] = ..., protocol: _Optional[_Union[TransferProtocol, str]] = ...) -> None: ...

@@ -181,6 +181,16 @@ class BrokerStub:
                 request_serializer=switchyard_dot_v1_dot_broker__pb2.SshProxyStopRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_broker__pb2.SshProxyStopResponse.FromString,
                 _registered_method=True)
+        self.FileDownload = channel.unary_stream(
+                '/switchyard.v1.Broker/FileDownload',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.FileDownloadRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.FileDownloadEvent.FromString,
+                _registered_method=True)
+        self.FileUpload = channel.stream_unary(
+                '/switchyard.v1.Broker/FileUpload',
+                request_serializer=switchyard_dot_v1_dot_broker__pb2.FileUploadInput.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_broker__pb2.FileTransferResult.FromString,
+                _registered_method=True)
 
 
 class BrokerServicer:
@@ -448,6 +458,33 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FileDownload(self, request, context):
+        """Copies a file from a device, run by the service over the device's SSH
+        connection: SFTP, else SCP (`scp -f`) when the device has no SFTP
+        subsystem. Streams one `started` (protocol, size), then `data` chunks
+        in order (at most 256 KiB each; a slow reader slows the device read),
+        then one `done`. A stream that ends otherwise (an error status) is an
+        incomplete copy: keep nothing. NOT_FOUND / PERMISSION_DENIED name the
+        device and path; UNAVAILABLE when the device has neither SFTP nor SCP;
+        RESOURCE_EXHAUSTED over `max_bytes`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FileUpload(self, request_iterator, context):
+        """Copies a file to a device. The first message must carry `start`; the
+        later ones carry the file's bytes in order, exactly `start.size` in
+        all (fewer or more: INVALID_ARGUMENT, nothing kept). Over SFTP the file
+        is written beside the target under a temporary name and renamed into
+        place once complete and synced (a failed upload leaves nothing); over
+        SCP (`scp -t`) it is written in place. The answer comes once the file
+        is in place.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -595,6 +632,16 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.SshProxyStop,
                     request_deserializer=switchyard_dot_v1_dot_broker__pb2.SshProxyStopRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_broker__pb2.SshProxyStopResponse.SerializeToString,
+            ),
+            'FileDownload': grpc.unary_stream_rpc_method_handler(
+                    servicer.FileDownload,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.FileDownloadRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.FileDownloadEvent.SerializeToString,
+            ),
+            'FileUpload': grpc.stream_unary_rpc_method_handler(
+                    servicer.FileUpload,
+                    request_deserializer=switchyard_dot_v1_dot_broker__pb2.FileUploadInput.FromString,
+                    response_serializer=switchyard_dot_v1_dot_broker__pb2.FileTransferResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1382,6 +1429,60 @@ class Broker:
             '/switchyard.v1.Broker/SshProxyStop',
             switchyard_dot_v1_dot_broker__pb2.SshProxyStopRequest.SerializeToString,
             switchyard_dot_v1_dot_broker__pb2.SshProxyStopResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FileDownload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/switchyard.v1.Broker/FileDownload',
+            switchyard_dot_v1_dot_broker__pb2.FileDownloadRequest.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.FileDownloadEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FileUpload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/switchyard.v1.Broker/FileUpload',
+            switchyard_dot_v1_dot_broker__pb2.FileUploadInput.SerializeToString,
+            switchyard_dot_v1_dot_broker__pb2.FileTransferResult.FromString,
             options,
             channel_credentials,
             insecure,

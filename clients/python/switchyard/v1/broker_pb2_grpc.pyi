@@ -191,6 +191,25 @@ class BrokerStub:
     """
     SshProxyStop: _grpc.UnaryUnaryMultiCallable[_broker_pb2.SshProxyStopRequest, _broker_pb2.SshProxyStopResponse]
     """Stops the caller's SSH proxy (NOT_FOUND if none); its sessions end."""
+    FileDownload: _grpc.UnaryStreamMultiCallable[_broker_pb2.FileDownloadRequest, _broker_pb2.FileDownloadEvent]
+    """Copies a file from a device, run by the service over the device's SSH
+    connection: SFTP, else SCP (`scp -f`) when the device has no SFTP
+    subsystem. Streams one `started` (protocol, size), then `data` chunks
+    in order (at most 256 KiB each; a slow reader slows the device read),
+    then one `done`. A stream that ends otherwise (an error status) is an
+    incomplete copy: keep nothing. NOT_FOUND / PERMISSION_DENIED name the
+    device and path; UNAVAILABLE when the device has neither SFTP nor SCP;
+    RESOURCE_EXHAUSTED over `max_bytes`.
+    """
+    FileUpload: _grpc.StreamUnaryMultiCallable[_broker_pb2.FileUploadInput, _broker_pb2.FileTransferResult]
+    """Copies a file to a device. The first message must carry `start`; the
+    later ones carry the file's bytes in order, exactly `start.size` in
+    all (fewer or more: INVALID_ARGUMENT, nothing kept). Over SFTP the file
+    is written beside the target under a temporary name and renamed into
+    place once complete and synced (a failed upload leaves nothing); over
+    SCP (`scp -t`) it is written in place. The answer comes once the file
+    is in place.
+    """
 
 @_typing.type_check_only
 class BrokerAsyncStub(BrokerStub):
@@ -332,6 +351,25 @@ class BrokerAsyncStub(BrokerStub):
     """
     SshProxyStop: _aio.UnaryUnaryMultiCallable[_broker_pb2.SshProxyStopRequest, _broker_pb2.SshProxyStopResponse]  # type: ignore[assignment]
     """Stops the caller's SSH proxy (NOT_FOUND if none); its sessions end."""
+    FileDownload: _aio.UnaryStreamMultiCallable[_broker_pb2.FileDownloadRequest, _broker_pb2.FileDownloadEvent]  # type: ignore[assignment]
+    """Copies a file from a device, run by the service over the device's SSH
+    connection: SFTP, else SCP (`scp -f`) when the device has no SFTP
+    subsystem. Streams one `started` (protocol, size), then `data` chunks
+    in order (at most 256 KiB each; a slow reader slows the device read),
+    then one `done`. A stream that ends otherwise (an error status) is an
+    incomplete copy: keep nothing. NOT_FOUND / PERMISSION_DENIED name the
+    device and path; UNAVAILABLE when the device has neither SFTP nor SCP;
+    RESOURCE_EXHAUSTED over `max_bytes`.
+    """
+    FileUpload: _aio.StreamUnaryMultiCallable[_broker_pb2.FileUploadInput, _broker_pb2.FileTransferResult]  # type: ignore[assignment]
+    """Copies a file to a device. The first message must carry `start`; the
+    later ones carry the file's bytes in order, exactly `start.size` in
+    all (fewer or more: INVALID_ARGUMENT, nothing kept). Over SFTP the file
+    is written beside the target under a temporary name and renamed into
+    place once complete and synced (a failed upload leaves nothing); over
+    SCP (`scp -t`) it is written in place. The answer comes once the file
+    is in place.
+    """
 
 class BrokerServicer(metaclass=_abc_1.ABCMeta):
     """The broker: sessions, services reached through shared links, and the
@@ -644,5 +682,36 @@ class BrokerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_broker_pb2.SshProxyStopResponse, _abc.Awaitable[_broker_pb2.SshProxyStopResponse]]:
         """Stops the caller's SSH proxy (NOT_FOUND if none); its sessions end."""
+
+    @_abc_1.abstractmethod
+    def FileDownload(
+        self,
+        request: _broker_pb2.FileDownloadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_broker_pb2.FileDownloadEvent], _abc.AsyncIterator[_broker_pb2.FileDownloadEvent]]:
+        """Copies a file from a device, run by the service over the device's SSH
+        connection: SFTP, else SCP (`scp -f`) when the device has no SFTP
+        subsystem. Streams one `started` (protocol, size), then `data` chunks
+        in order (at most 256 KiB each; a slow reader slows the device read),
+        then one `done`. A stream that ends otherwise (an error status) is an
+        incomplete copy: keep nothing. NOT_FOUND / PERMISSION_DENIED name the
+        device and path; UNAVAILABLE when the device has neither SFTP nor SCP;
+        RESOURCE_EXHAUSTED over `max_bytes`.
+        """
+
+    @_abc_1.abstractmethod
+    def FileUpload(
+        self,
+        request_iterator: _MaybeAsyncIterator[_broker_pb2.FileUploadInput],
+        context: _ServicerContext,
+    ) -> _typing.Union[_broker_pb2.FileTransferResult, _abc.Awaitable[_broker_pb2.FileTransferResult]]:
+        """Copies a file to a device. The first message must carry `start`; the
+        later ones carry the file's bytes in order, exactly `start.size` in
+        all (fewer or more: INVALID_ARGUMENT, nothing kept). Over SFTP the file
+        is written beside the target under a temporary name and renamed into
+        place once complete and synced (a failed upload leaves nothing); over
+        SCP (`scp -t`) it is written in place. The answer comes once the file
+        is in place.
+        """
 
 def add_BrokerServicer_to_server(servicer: BrokerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
