@@ -11,8 +11,8 @@ pub mod postgres;
 pub mod process;
 pub mod service;
 pub mod sshd;
-pub mod tinyproxy;
 pub mod telnetd;
+pub mod tinyproxy;
 
 use std::future::Future;
 use std::time::Duration;

@@ -19,17 +19,17 @@
 
 pub mod output;
 pub mod platform;
-pub mod shell_login;
 pub mod scp;
+pub mod shell_login;
 pub mod shell_session;
 mod shell_store;
 pub mod simulated;
 pub mod ssh;
 pub mod ssh_algorithms;
 mod ssh_auth;
+pub mod ssh_transfer;
 pub mod telnet;
 pub mod telnet_protocol;
-pub mod ssh_transfer;
 pub mod terminal;
 
 use std::time::Duration;
@@ -372,6 +372,9 @@ impl Drivers {
         match target.driver {
             DriverKind::Ssh => Ok(()),
             DriverKind::Simulator => Err(ssh_transfer::TransferError::Simulated {
+                device: target.name.clone(),
+            }),
+            DriverKind::Telnet => Err(ssh_transfer::TransferError::Telnet {
                 device: target.name.clone(),
             }),
         }

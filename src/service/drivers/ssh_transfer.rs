@@ -55,6 +55,8 @@ pub struct Transferred {
 pub enum TransferError {
     #[error("{device} is simulated: it has no files to copy")]
     Simulated { device: String },
+    #[error("{device} is reached over Telnet, which carries no files (SFTP and SCP need SSH)")]
+    Telnet { device: String },
     #[error("{device}:{path}: no such file or directory")]
     NotFound { device: String, path: String },
     #[error("{device}:{path}: permission denied")]
@@ -112,9 +114,10 @@ impl TransferError {
         Some(match self {
             Self::NotFound { .. } => ErrorCode::NotFound,
             Self::PermissionDenied { .. } => ErrorCode::PermissionDenied,
-            Self::NotAFile { .. } | Self::SizeMismatch { .. } | Self::Simulated { .. } => {
-                ErrorCode::InvalidArgument
-            }
+            Self::NotAFile { .. }
+            | Self::SizeMismatch { .. }
+            | Self::Simulated { .. }
+            | Self::Telnet { .. } => ErrorCode::InvalidArgument,
             Self::TooLarge { .. } => ErrorCode::ResourceExhausted,
             Self::NoSftp { .. } | Self::NoScp { .. } | Self::Unsupported { .. } => {
                 ErrorCode::Unavailable
