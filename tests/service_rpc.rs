@@ -115,6 +115,20 @@ async fn login_inventory_and_exec_stream_per_device() {
     let mut output = [String::new(), String::new()];
     let mut done = [false, false];
     for e in &events {
+        // A command's output comes in chunks, then the rest with its device.
+        if let Response::ExecOutput {
+            device,
+            command: 0,
+            stderr: false,
+            data,
+        } = e
+        {
+            output[*device as usize].push_str(&String::from_utf8_lossy(data));
+            continue;
+        }
+        if matches!(e, Response::ExecOutput { .. }) {
+            continue;
+        }
         let Response::ExecDevice {
             device,
             commands,
@@ -123,7 +137,7 @@ async fn login_inventory_and_exec_stream_per_device() {
         else {
             panic!("unexpected event {e:?}");
         };
-        output[*device as usize] = String::from_utf8_lossy(&commands[0].output).into_owned();
+        output[*device as usize].push_str(&String::from_utf8_lossy(&commands[0].output));
         assert_eq!(commands[1].exit_status, Some(1), "show nope fails");
         done[*device as usize] = true;
     }
