@@ -281,6 +281,7 @@ fn exec_req(name: &str, device: &str) -> pb::ExecRequest {
         commands: vec!["show clock".into()],
         timeout_ms: 0,
         max_output_bytes: 0,
+        ..Default::default()
     }
 }
 
@@ -923,6 +924,7 @@ async fn load(socket: &Path, broker_pid: u32, callers: usize, secs: u64, svc_por
                 commands: vec!["show clock".into()],
                 timeout_ms: 0,
                 max_output_bytes: 0,
+                ..Default::default()
             };
             while Instant::now() < deadline {
                 let t = Instant::now();

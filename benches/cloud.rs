@@ -279,6 +279,7 @@ fn exec(name: &str, command: &str) -> pb::ExecRequest {
         commands: vec![command.into()],
         timeout_ms: 0,
         max_output_bytes: 0,
+        ..Default::default()
     }
 }
 

@@ -442,6 +442,7 @@ fn broker_api_seeds() -> Vec<Vec<u8>> {
             commands: vec!["show version".into()],
             timeout_ms: 1000,
             max_output_bytes: 1 << 20,
+            ..Default::default()
         }
         .encode_to_vec(),
         pb::ServiceDirectRequest {

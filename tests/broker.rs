@@ -361,6 +361,7 @@ async fn helper_hold_session_with_exec_in_flight() {
             commands: vec![command],
             timeout_ms: 600_000,
             max_output_bytes: 0,
+            ..Default::default()
         })
         .await;
     // Held (stream or error) until the test kills this process: dropping a

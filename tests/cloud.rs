@@ -608,6 +608,7 @@ async fn a_relay_restart_fails_calls_fast_and_everything_reconnects() {
         commands: vec!["sleep 60; echo never".into()],
         timeout_ms: 0,
         max_output_bytes: 0,
+        ..Default::default()
     };
     let call = tokio::spawn(async move {
         let mut stream = caller.exec(request).await?.into_inner();

@@ -425,6 +425,7 @@ async fn exec_counting(
             commands: commands.iter().map(|c| c.to_string()).collect(),
             timeout_ms: 0,
             max_output_bytes: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

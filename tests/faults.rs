@@ -67,6 +67,7 @@ async fn bulk_exec(
                 commands: vec![format!("show bulk {n}")],
                 timeout_ms: 0,
                 max_output_bytes: 0,
+                ..Default::default()
             })
             .await?
             .into_inner();

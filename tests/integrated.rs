@@ -71,6 +71,7 @@ async fn two_sessions_share_one_integrated_service() {
             commands: vec!["show version".into()],
             timeout_ms: 0,
             max_output_bytes: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -275,6 +275,7 @@ async fn sigterm_drains_running_calls_and_refuses_new_ones() {
         commands: vec![cmd.into()],
         timeout_ms: 0,
         max_output_bytes: 0,
+        ..Default::default()
     };
     let mut slow_call = c.clone();
     let running = tokio::spawn(async move {

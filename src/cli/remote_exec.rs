@@ -52,6 +52,17 @@ pub struct ExecArgs {
     /// dropped and its command reported failed, saying so.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BUFFER)]
     pub max_buffer: u64,
+    /// Start from a fresh shell on devices whose commands run in a warm
+    /// shell (IOS-XE and ASA by default, `--session shell`, Telnet): the
+    /// device's idle shells are closed and a new one is opened, so no mode
+    /// an earlier exec left (`configure terminal`, `disable`) carries
+    /// over. Exec channels start fresh for every command anyway.
+    #[arg(long)]
+    pub reset_before: bool,
+    /// Close the shell the commands ran in afterwards instead of keeping
+    /// it warm for the next exec (shell devices; see `--reset-before`).
+    #[arg(long)]
+    pub reset_after: bool,
 }
 
 pub async fn exec(socket: &Path, args: ExecArgs) -> Result<ExitCode, CliError> {
@@ -147,6 +158,8 @@ async fn start(
         commands: args.exec.commands.clone(),
         timeout_ms,
         max_output_bytes: args.max_output.unwrap_or(0),
+        reset_before: args.reset_before,
+        reset_after: args.reset_after,
     };
     let mut broker = broker_client(socket).await?;
     if !args.stdin {

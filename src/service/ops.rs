@@ -40,7 +40,7 @@ use super::inventory::{DeviceScope, Inventory, InventoryError, LoginRecord};
 use crate::secret::Secret;
 use crate::wire::assertion::AssertionVerifier;
 use crate::wire::messages::{
-    CommandDone, DeviceInfo, ErrorCode, ExecFlags, Request, RequestEnvelope, Response,
+    CommandDone, DeviceInfo, ErrorCode, ExecFlags, Request, RequestEnvelope, Response, ShellReset,
     TerminalInput, WireError,
 };
 
@@ -292,8 +292,11 @@ impl ServiceOps {
             } => {
                 let flags = ExecFlags::default();
                 let timeout = exec_timeout(timeout_ms, deadline);
-                self.exec(principal, &devices, &commands, timeout, flags, None, out)
-                    .await
+                let reset = ShellReset::default();
+                self.exec(
+                    principal, &devices, &commands, timeout, flags, reset, None, out,
+                )
+                .await
             }
             Request::ExecWith {
                 devices,
@@ -303,8 +306,25 @@ impl ServiceOps {
             } => {
                 let timeout = exec_timeout(timeout_ms, deadline);
                 let stdin = flags.stdin.then_some(input);
-                self.exec(principal, &devices, &commands, timeout, flags, stdin, out)
-                    .await
+                let reset = ShellReset::default();
+                self.exec(
+                    principal, &devices, &commands, timeout, flags, reset, stdin, out,
+                )
+                .await
+            }
+            Request::ExecReset {
+                devices,
+                commands,
+                timeout_ms,
+                flags,
+                reset,
+            } => {
+                let timeout = exec_timeout(timeout_ms, deadline);
+                let stdin = flags.stdin.then_some(input);
+                self.exec(
+                    principal, &devices, &commands, timeout, flags, reset, stdin, out,
+                )
+                .await
             }
             Request::Terminal { device, cols, rows } => {
                 self.terminal(principal, &device, cols, rows, input, out)
@@ -399,7 +419,8 @@ impl ServiceOps {
     /// Runs `commands` on each distinct device of `devices` at once, each
     /// device in one of the service's slots; output streams as it comes,
     /// and each device is reported as it ends. `stdin` (one device and one
-    /// command only) feeds the command.
+    /// command only) feeds the command; `reset` asks shell devices for
+    /// fresh shells ([`ShellReset`]).
     #[allow(clippy::too_many_arguments)]
     async fn exec(
         &self,
@@ -408,6 +429,7 @@ impl ServiceOps {
         commands: &[String],
         timeout: Option<Duration>,
         flags: ExecFlags,
+        reset: ShellReset,
         stdin: Option<mpsc::Receiver<TerminalInput>>,
         out: &mpsc::Sender<Response>,
     ) -> Result<(), OpsError> {
@@ -435,6 +457,7 @@ impl ServiceOps {
                 let options = ExecOptions {
                     timeout,
                     stdin: stdin.take(),
+                    reset,
                 };
                 async move {
                     let result = self

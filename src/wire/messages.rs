@@ -187,6 +187,38 @@ pub enum Request {
         size: u64,
         mode: u32,
     },
+    /// [`Request::ExecWith`] with fresh shells around it ([`ShellReset`]).
+    /// A new variant rather than a field of [`ExecFlags`], so that every
+    /// exec without a reset keeps its encoding and services that predate
+    /// it keep serving them (they cannot decode this one: it is a
+    /// malformed frame to them, which closes the connection).
+    ExecReset {
+        devices: Vec<String>,
+        commands: Vec<String>,
+        timeout_ms: Option<u64>,
+        flags: ExecFlags,
+        reset: ShellReset,
+    },
+}
+
+/// Fresh shell sessions around an exec, for devices whose commands run in
+/// a warm shell (the SDK's `reset_before`/`reset_after`); devices whose
+/// commands run on exec channels, or in the in-process simulator, start
+/// fresh for every command anyway.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShellReset {
+    /// Close the device's warm shells not in use and run in a newly opened
+    /// one (logged in, paging off, `enable` done).
+    pub before: bool,
+    /// Close the shell the commands ran in instead of keeping it warm.
+    pub after: bool,
+}
+
+impl ShellReset {
+    /// Whether either reset is asked.
+    pub fn any(self) -> bool {
+        self.before || self.after
+    }
 }
 
 /// How a file is copied to or from a device.
@@ -231,7 +263,7 @@ impl Request {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Inventory => "inventory",
-            Self::Exec { .. } | Self::ExecWith { .. } => "exec",
+            Self::Exec { .. } | Self::ExecWith { .. } | Self::ExecReset { .. } => "exec",
             Self::Terminal { .. } => "terminal",
             Self::Ping => "ping",
             Self::Forward { .. } => "forward",
@@ -246,7 +278,7 @@ impl Request {
     pub fn takes_input(&self) -> bool {
         match self {
             Self::Terminal { .. } | Self::Forward { .. } | Self::FilePut { .. } => true,
-            Self::ExecWith { flags, .. } => flags.stdin,
+            Self::ExecWith { flags, .. } | Self::ExecReset { flags, .. } => flags.stdin,
             _ => false,
         }
     }

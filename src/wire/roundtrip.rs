@@ -116,6 +116,26 @@ fn request() -> impl Strategy<Value = Request> {
                 mode,
             }
         ),
+        (
+            prop::collection::vec(text(), 0..4),
+            prop::collection::vec(text(), 0..4),
+            any::<Option<u64>>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>()
+        )
+            .prop_map(|(devices, commands, timeout_ms, stdin, before, after)| {
+                Request::ExecReset {
+                    devices,
+                    commands,
+                    timeout_ms,
+                    flags: ExecFlags {
+                        max_output_bytes: None,
+                        stdin,
+                    },
+                    reset: ShellReset { before, after },
+                }
+            }),
     ]
 }
 

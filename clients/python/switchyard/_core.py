@@ -558,19 +558,20 @@ class ExecArgs:
 def exec_request(ref: pb.ServiceRef, devices: Sequence[str], commands: Sequence[str],
                  args: ExecArgs) -> pb.ExecRequest:
     """Builds an ExecRequest. ``timeout`` is per command, in seconds (None
-    or 0: the service's default). ``reset_before``/``reset_after`` are not
-    sent: the service never carries state from one exec to the next where
-    it runs commands on exec channels (SSH devices by default: each command
-    gets a new channel of a pooled connection, a session of its own on the
-    device) or on the in-process simulator (a fresh CLI per exec), so they
-    hold there by construction; on devices whose commands run in a warm
-    shell (IOS-XE and ASA by default, or a device set to ``session
-    shell``) the shell is kept between execs, so a mode a command leaves
-    (``configure terminal``, ``cd``) is still there for the next exec:
-    end such a command's list with the command that leaves the mode
-    (``end``). ``sudo`` (run with raised privileges) raises
-    ``NotAvailableError``: device credentials are the service's, and the
-    broker has no way to ask for more."""
+    or 0: the service's default). ``reset_before``/``reset_after`` go to
+    the service (``ExecRequest.reset_before``/``reset_after``): on devices
+    whose commands run in a warm shell (IOS-XE and ASA by default, a device
+    set to ``session shell``, Telnet devices), ``reset_before`` closes the
+    device's idle shells and runs the commands in a newly opened one, and
+    ``reset_after`` closes the shell afterwards instead of keeping it warm,
+    so a mode a command leaves (``configure terminal``, ``disable``,
+    ``cd``) does not reach the next exec. Where commands run on exec
+    channels (SSH devices by default: each command gets a new channel, a
+    session of its own on the device) or on the in-process simulator (a
+    fresh CLI per exec), every exec starts fresh anyway. ``sudo`` (run
+    with raised privileges) raises ``NotAvailableError``: device
+    credentials are the service's, and the broker has no way to ask for
+    more."""
     if args.sudo:
         raise NotAvailableError(
             "sudo=True: Switchyard runs commands with the device account the service holds; "
@@ -587,6 +588,8 @@ def exec_request(ref: pb.ServiceRef, devices: Sequence[str], commands: Sequence[
         commands=list(commands),
         timeout_ms=int(timeout * 1000) if timeout else 0,
         max_output_bytes=max_output or 0,
+        reset_before=args.reset_before,
+        reset_after=args.reset_after,
     )
 
 

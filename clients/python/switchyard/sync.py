@@ -626,11 +626,13 @@ class Inventory(DeviceSet[Device]):
         devices in process start a fresh CLI per exec.
 
         ``timeout`` is per command in seconds (None: the service's
-        default). ``reset_before``/``reset_after``: exec channels and the
-        in-process simulator keep no state between execs, so they hold
-        there; a warm shell keeps the mode a command leaves (``configure
-        terminal``, ``cd``) for the next exec on it, so end such a list
-        with the command that leaves the mode (``end``). ``sudo=True``
+        default). A warm shell keeps the mode a command leaves
+        (``configure terminal``, ``disable``, ``cd``) for the next exec on
+        it: ``reset_before=True`` runs the commands in a freshly opened
+        shell (the device's idle shells are closed first) and
+        ``reset_after=True`` closes the shell afterwards instead of keeping
+        it warm. Exec channels and the in-process simulator keep no state
+        between execs, so there both hold anyway. ``sudo=True``
         raises ``NotAvailableError``. ``stream=True``: output goes to
         ``request.chunks()`` as it arrives instead of into the results
         (memory stays bounded whatever its size). ``max_output``: bytes one

@@ -12,25 +12,47 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{EventStream, FrontDoor, OpenCall, answer_with_first, cancelled, count_error, peer};
 use crate::api::convert::{self, ExecTally};
 use crate::api::pb;
-use crate::wire::messages::{ExecFlags, Request as WireRequest, RequestEnvelope, TerminalInput};
+use crate::wire::messages::{
+    ExecFlags, Request as WireRequest, RequestEnvelope, ShellReset, TerminalInput,
+};
 
-/// The link request for a gRPC exec.
+/// The link request for a gRPC exec: `ExecWith`, or `ExecReset` when the
+/// caller asked for fresh shells (so execs without a reset still reach
+/// services that predate it).
 fn envelope(
     r: pb::ExecRequest,
     deadline: Option<std::time::Duration>,
     stdin: bool,
 ) -> RequestEnvelope {
+    let (devices, commands) = (r.devices, r.commands);
+    let timeout_ms = Some(r.timeout_ms).filter(|t| *t > 0);
+    let flags = ExecFlags {
+        max_output_bytes: Some(r.max_output_bytes).filter(|n| *n > 0),
+        stdin,
+    };
+    let reset = ShellReset {
+        before: r.reset_before,
+        after: r.reset_after,
+    };
+    let request = if reset.any() {
+        WireRequest::ExecReset {
+            devices,
+            commands,
+            timeout_ms,
+            flags,
+            reset,
+        }
+    } else {
+        WireRequest::ExecWith {
+            devices,
+            commands,
+            timeout_ms,
+            flags,
+        }
+    };
     RequestEnvelope {
         deadline_ms: deadline.map(|d| d.as_millis() as u64),
-        request: WireRequest::ExecWith {
-            devices: r.devices,
-            commands: r.commands,
-            timeout_ms: Some(r.timeout_ms).filter(|t| *t > 0),
-            flags: ExecFlags {
-                max_output_bytes: Some(r.max_output_bytes).filter(|n| *n > 0),
-                stdin,
-            },
-        },
+        request,
     }
 }
 

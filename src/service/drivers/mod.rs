@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 
 pub use self::output::{OutputSink, OutputStream, SinkError, Tail};
 use crate::service::inventory::{DeviceCredentials, DriverKind, SessionKind};
-use crate::wire::messages::{Response, TerminalInput};
+use crate::wire::messages::{Response, ShellReset, TerminalInput};
 
 /// A caller's standard input for a command: `Data` frames (other input is
 /// ignored); the sender's end is the end of input.
@@ -52,6 +52,10 @@ pub struct ExecOptions {
     pub timeout: Option<Duration>,
     /// Input for the first command; `None`: its input ends at once.
     pub stdin: Option<Stdin>,
+    /// Fresh shells before and/or after, for devices whose commands run
+    /// in a warm shell (exec channels and the simulator start fresh
+    /// anyway).
+    pub reset: ShellReset,
 }
 
 /// How one command ended; its output went to the [`OutputSink`], except
@@ -290,10 +294,21 @@ impl Drivers {
         match target.driver {
             DriverKind::Ssh => {
                 self.ssh
-                    .run(target, commands, timeout, options.stdin, sink)
+                    .run(
+                        target,
+                        commands,
+                        timeout,
+                        options.stdin,
+                        options.reset,
+                        sink,
+                    )
                     .await
             }
-            DriverKind::Telnet => self.telnet.run(target, commands, timeout, sink).await,
+            DriverKind::Telnet => {
+                self.telnet
+                    .run(target, commands, timeout, options.reset, sink)
+                    .await
+            }
             DriverKind::Simulator => Ok(simulated::run(target, commands, sink).await),
         }
     }
@@ -309,7 +324,7 @@ impl Drivers {
         gather(commands.len(), cap, |mut sink| async move {
             let options = ExecOptions {
                 timeout,
-                stdin: None,
+                ..Default::default()
             };
             self.run(target, commands, options, &mut sink).await
         })

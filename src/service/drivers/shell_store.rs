@@ -40,6 +40,7 @@ use super::{
     CommandError, CommandRun, DeviceRun, DeviceTarget, DriverError, OutputSink, OutputStream, Tail,
 };
 use crate::task::AbortOnDrop;
+use crate::wire::messages::ShellReset;
 
 /// The terminal a shell is opened with: wide, so devices do not wrap the
 /// echoed command or long output lines.
@@ -214,20 +215,31 @@ impl ShellStore {
     /// all of it is stdout, and the exit status is 1 when it holds one of
     /// the platform's error lines, else 0); `timeout` bounds each command,
     /// `connect_timeout` (and the first command's deadline) the shell's
-    /// set-up.
+    /// set-up. `reset.before`: the device's warm shells not in use are
+    /// closed and the commands run in a newly opened one; `reset.after`:
+    /// the shell is closed at the end instead of kept warm.
     pub(super) async fn run(
         &self,
         opener: Opener<'_>,
         target: &DeviceTarget,
         commands: &[String],
         timeout: Duration,
+        reset: ShellReset,
         sink: &mut OutputSink,
     ) -> Result<DeviceRun, DriverError> {
         let key = ShellKey::of(target);
         let mut learned_host_key = None;
         let mut results = Vec::with_capacity(commands.len());
         let mut output_bytes = 0u64;
-        let mut shell = self.take(&key);
+        let mut shell = if reset.before {
+            // Dropped outside the lock: each closes its channel or
+            // connection.
+            let stale = self.inner.lock().remove(&key);
+            drop(stale);
+            None
+        } else {
+            self.take(&key)
+        };
         for (index, command) in commands.iter().enumerate() {
             let started = Instant::now();
             sink.start_command(index as u32);
@@ -290,7 +302,7 @@ impl ShellStore {
                 break;
             }
         }
-        if let Some(warm) = shell {
+        if let Some(warm) = shell.filter(|_| !reset.after) {
             self.put(key, warm);
         }
         Ok(DeviceRun {

@@ -65,6 +65,7 @@ use super::{
 };
 use crate::service::inventory::SessionKind;
 use crate::task::AbortOnDrop;
+use crate::wire::messages::ShellReset;
 use crate::wire::messages::TerminalInput as CallerInput;
 
 /// Tunables of the SSH driver.
@@ -302,19 +303,21 @@ impl SshPool {
     /// streaming into `sink` (the driver interface in [`super`]); `stdin`
     /// feeds the first command (else its input ends at once). A caller
     /// waits at most `connect_timeout + timeout` for each channel slot.
+    /// `reset` applies to shell devices (a channel is fresh anyway).
     pub async fn run(
         &self,
         target: &DeviceTarget,
         commands: &[String],
         timeout: Duration,
         mut stdin: Option<Stdin>,
+        reset: ShellReset,
         sink: &mut OutputSink,
     ) -> Result<DeviceRun, DriverError> {
         let span = debug_span!("ssh_exec", device = %target.name);
         if target.profile.session == SessionKind::Shell {
             return self
                 .shells
-                .run(Opener::Ssh(self), target, commands, timeout, sink)
+                .run(Opener::Ssh(self), target, commands, timeout, reset, sink)
                 .instrument(span)
                 .await;
         }
@@ -410,7 +413,15 @@ impl SshPool {
     ) -> Result<DeviceExec, DriverError> {
         let cap = Some(self.shared.config.max_output_bytes).filter(|n| *n > 0);
         super::gather(commands.len(), cap, |mut sink| async move {
-            self.run(target, commands, timeout, None, &mut sink).await
+            self.run(
+                target,
+                commands,
+                timeout,
+                None,
+                ShellReset::default(),
+                &mut sink,
+            )
+            .await
         })
         .await
     }

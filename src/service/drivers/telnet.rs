@@ -34,6 +34,7 @@ use super::ssh::SshDriverConfig;
 use super::telnet_protocol::TelnetProtocol;
 use super::terminal::{TERMINAL_QUEUE, Terminal, TerminalInput};
 use super::{DeviceRun, DeviceTarget, DriverError, OutputSink};
+use crate::wire::messages::ShellReset;
 
 /// Bytes read from the device at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -69,16 +70,18 @@ impl TelnetDriver {
     }
 
     /// Runs `commands` in order in a warm shell of the device (the driver
-    /// interface in [`super`]); `timeout` bounds each command.
+    /// interface in [`super`]); `timeout` bounds each command, `reset`
+    /// asks for fresh shells ([`ShellReset`]).
     pub async fn run(
         &self,
         target: &DeviceTarget,
         commands: &[String],
         timeout: Duration,
+        reset: ShellReset,
         sink: &mut OutputSink,
     ) -> Result<DeviceRun, DriverError> {
         self.shells
-            .run(Opener::Telnet(self), target, commands, timeout, sink)
+            .run(Opener::Telnet(self), target, commands, timeout, reset, sink)
             .await
     }
 

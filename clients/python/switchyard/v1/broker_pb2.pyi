@@ -181,18 +181,22 @@ class InventoryResponse(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
 
 class ExecRequest(_message.Message):
-    __slots__ = ("service", "devices", "commands", "timeout_ms", "max_output_bytes")
+    __slots__ = ("service", "devices", "commands", "timeout_ms", "max_output_bytes", "reset_before", "reset_after")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     COMMANDS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESET_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    RESET_AFTER_FIELD_NUMBER: _ClassVar[int]
     service: ServiceRef
     devices: _containers.RepeatedScalarFieldContainer[str]
     commands: _containers.RepeatedScalarFieldContainer[str]
     timeout_ms: int
     max_output_bytes: int
-    def __init__(self, service: _Optional[_Union[ServiceRef, _Mapping]] = ..., devices: _Optional[_Iterable[str]] = ..., commands: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ..., max_output_bytes: _Optional[int] = ...) -> None: ...
+    reset_before: bool
+    reset_after: bool
+    def __init__(self, service: _Optional[_Union[ServiceRef, _Mapping]] = ..., devices: _Optional[_Iterable[str]] = ..., commands: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ..., max_output_bytes: _Optional[int] = ..., reset_before: _Optional[bool] = ..., reset_after: _Optional[bool] = ...) -> None: ...
 
 class ExecInput(_message.Message):
     __slots__ = ("start", "data")
