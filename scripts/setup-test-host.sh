@@ -45,6 +45,22 @@ command -v tinyproxy >/dev/null || need+=(tinyproxy)
 # tests/python/test_node_client.py; scripts/test.sh runs `npm ci`).
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+# Go and the Go gRPC libraries from Debian for the Go client test
+# (tests/go/build.sh builds it GOPATH-style from /usr/share/gocode; run by
+# tests/python/test_go_client.py): the compiler, grpc-go and the protobuf
+# runtime as source, protoc and its two Go plugins for the stubs. grpc-go
+# 1.33 marshals through github.com/golang/protobuf, which must be the 1.5
+# line (a wrapper of the APIv2 runtime the stubs use): with 1.3 (the other
+# package apt may pick for grpc's dependency) every call panics with
+# "protobuf tag not enough fields". It is listed first so apt takes it.
+grep -qs ProtoPackageIsVersion4 /usr/share/gocode/src/github.com/golang/protobuf/proto/proto.go \
+    || need+=(golang-github-golang-protobuf-1-5-dev)
+command -v go >/dev/null || need+=(golang-go)
+[ -d /usr/share/gocode/src/google.golang.org/grpc ] || need+=(golang-google-grpc-dev)
+[ -d /usr/share/gocode/src/google.golang.org/protobuf ] || need+=(golang-google-protobuf-dev)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v protoc-gen-go >/dev/null || need+=(protoc-gen-go)
+command -v protoc-gen-go-grpc >/dev/null || need+=(protoc-gen-go-grpc)
 # A real Telnet server for the Telnet driver's tests, run per connection
 # by the test (inetd style, tests/common/telnetd.rs), never as a service.
 [ -x /usr/sbin/telnetd ] || need+=(inetutils-telnetd)
