@@ -1,6 +1,7 @@
 """Fixtures: a real `switchyard service` and `switchyard broker`, and gRPC
 stubs generated from proto/ with grpcio-tools."""
 
+import contextlib
 import json
 import socket as sock
 import os
@@ -114,10 +115,14 @@ def service(tmp_path_factory):
         proc.wait(timeout=30)
 
 
-@pytest.fixture()
-def broker(tmp_path):
+@contextlib.contextmanager
+def running_broker(tmp_path, extra_env=None):
+    """A `switchyard broker` on `tmp_path/broker.sock` (state and config
+    under `tmp_path`; `extra_env` adds variables, e.g. config overrides
+    such as SWITCHYARD_BROKER__TRANSPORT); yields the socket's path."""
     sock = tmp_path / "broker.sock"
-    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"), XDG_CONFIG_HOME=str(tmp_path))
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"), XDG_CONFIG_HOME=str(tmp_path),
+               **(extra_env or {}))
     env.pop("SWITCHYARD_SOCKET", None)
     proc = subprocess.Popen(
         [BIN, "broker", "--socket", str(sock)],
@@ -129,6 +134,12 @@ def broker(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def broker(tmp_path):
+    with running_broker(tmp_path) as sock:
+        yield sock
 
 
 @pytest.fixture(scope="module")

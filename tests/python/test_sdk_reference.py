@@ -3,10 +3,12 @@ arguments, inventory selection and set operations, exec results by device
 and command, service attributes, and the login exception classes. Real
 `switchyard service` and `switchyard broker` processes."""
 
+import asyncio
+
 import grpc
 import pytest
 
-from conftest import ALICE_PW, Tinyproxy, closed_port
+from conftest import ALICE_PW, Tinyproxy, closed_port, running_broker
 
 from switchyard import (
     ExecError,
@@ -170,6 +172,40 @@ def test_service_direct_over_rpc_url_through_a_real_proxy(broker, lab, tmp_path)
                                       proxy=ProxyInfo(proxy.url))
     finally:
         proxy.close()
+
+
+def test_service_direct_tcp_port_names_the_tcp_listener(lab, tmp_path):
+    """tcp_port= (sync and asyncio) is the service's TCP listener port for
+    a host= link: with the broker pinned to TCP (`[broker] transport =
+    "tcp"`), the link goes there (its carrier is "tcp") and execs; a closed
+    tcp_port is UnreachableError; a bad one, or one beside rpc_url=, a
+    ValueError before any call."""
+    from switchyard import aio
+
+    tcp_port = int(lab["tcp_addr"].rsplit(":", 1)[1])
+    where = dict(host=lab["host"], port=lab["port"], fingerprint=lab["fingerprint"])
+    with running_broker(tmp_path, {"SWITCHYARD_BROKER__TRANSPORT": "tcp"}) as sock:
+        with Client.create(socket=str(sock)) as client:
+            with pytest.raises(UnreachableError):
+                client.service_direct("alice", ALICE_PW, tcp_port=closed_port(), **where)
+            svc = client.service_direct("alice", ALICE_PW, tcp_port=tcp_port, **where)
+            assert svc.inventory["core-1"].exec("show version").wait(30).status == SUCCESS
+            assert [link.carrier for link in client.status().links] == ["tcp"]
+            for bad in (0, 70000):
+                with pytest.raises(ValueError, match="tcp_port"):
+                    client.service_direct("alice", ALICE_PW, tcp_port=bad, **where)
+            with pytest.raises(ValueError, match="rpc_url"):
+                client.service_direct("alice", ALICE_PW, rpc_url=f"https://{lab['tcp_addr']}/rpc",
+                                      tcp_port=tcp_port, fingerprint=lab["fingerprint"])
+
+        async def on_aio():
+            async with aio.Client.create(socket=str(sock)) as client:
+                svc = await client.service_direct("alice", ALICE_PW, tcp_port=tcp_port, **where)
+                request = await (await svc.get_inventory())["core-2"].exec("show version")
+                await request.wait(30)
+                return request.status, [link.carrier for link in (await client.status()).links]
+
+        assert asyncio.run(asyncio.wait_for(on_aio(), 60)) == (SUCCESS, ["tcp"])
 
 
 def test_unsupported_reference_arguments_are_refused_clearly(broker, tmp_path):

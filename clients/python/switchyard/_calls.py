@@ -67,9 +67,9 @@ class ClientCalls(Generic[S]):
 
     def _direct(self, username: str, password: Optional[str], host: str, port: int,
                 fingerprint: Optional[str], rpc_url: Optional[str],
-                proxy: Optional[ProxyInfo]) -> Call[S]:
+                proxy: Optional[ProxyInfo], tcp_port: Optional[int] = None) -> Call[S]:
         built = direct_request(self.session_id, username, password, host, port, fingerprint,
-                               rpc_url, proxy)
+                               rpc_url, proxy, tcp_port)
         return self._service_call("ServiceDirect", built, login=True)
 
     def _direct_retry(self, call: Call[S], err: grpc.RpcError, password: Optional[str],

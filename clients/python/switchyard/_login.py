@@ -43,9 +43,15 @@ def relay(relay_url: Optional[str], domain: Optional[str]) -> pb.RelaySelector:
 def direct_request(session_id: str, username: str, password: Optional[str], host: str,
                    port: int, fingerprint: Optional[str],
                    rpc_url: Optional[str], proxy: Optional[ProxyInfo] = None,
+                   tcp_port: Optional[int] = None,
                    ) -> Tuple[pb.ServiceDirectRequest, LinkKey]:
     """The ServiceDirect request and how to find its link: QUIC to
-    ``host:port``, or TLS over TCP to ``rpc_url`` (through ``proxy``)."""
+    ``host:port`` (falling back to TLS over TCP at ``host:tcp_port``, 8081
+    when None), or TLS over TCP to ``rpc_url`` (through ``proxy``).
+    ``tcp_port`` outside 1-65535, or given with ``rpc_url`` (whose URL names
+    its port), raises ``ValueError``."""
+    if tcp_port is not None and not 0 < tcp_port < 65536:
+        raise ValueError(f"tcp_port must be 1-65535, not {tcp_port}")
     if rpc_url is None:
         if proxy is not None:
             raise SwitchyardError(
@@ -53,9 +59,13 @@ def direct_request(session_id: str, username: str, password: Optional[str], host
                 "(https://HOST:8081/rpc) with it")
         request = pb.ServiceDirectRequest(
             session_id=session_id, username=username, host=host, port=port,
-            password=password or "", fingerprint=fingerprint or "",
+            password=password or "", fingerprint=fingerprint or "", tcp_port=tcp_port or 0,
         )
         return request, LinkKey("direct", f"{host}:{port or 8181}", username)
+    if tcp_port is not None:
+        raise ValueError(
+            "tcp_port= is the TCP fallback of a host= link; an rpc_url= names its port itself "
+            "(https://HOST:PORT/rpc)")
     proxy_url, proxy_password = proxy_fields(proxy)
     request = pb.ServiceDirectRequest(
         session_id=session_id, username=username, rpc_url=rpc_url,

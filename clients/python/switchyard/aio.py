@@ -190,11 +190,11 @@ class Client(ClientCalls["Service"]):
         self, username: str, password: Optional[str] = None, host: str = "localhost",
         port: int = 8181, sha256_fingerprint: Optional[str] = None,
         rpc_url: Optional[str] = None, *, fingerprint: Optional[str] = None,
-        proxy: Optional[ProxyInfo] = None,
+        proxy: Optional[ProxyInfo] = None, tcp_port: Optional[int] = None,
     ) -> "Service":
         """As ``switchyard.sync.Client.service_direct``."""
         call = self._direct(username, password, host, port, sha256_fingerprint or fingerprint,
-                            rpc_url, proxy)
+                            rpc_url, proxy, tcp_port)
         return await self._do(
             call, lambda err: self._direct_retry(call, err, password, username, host))
 

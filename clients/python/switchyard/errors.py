@@ -43,7 +43,10 @@ def from_rpc(err: grpc.RpcError, socket: str) -> SwitchyardError:
         problem = socket_problem(socket)
         if problem is not None:
             return BrokerUnreachableError(problem, code)
-        if "connect" in lowered or "target uri" in lowered:
+        # gRPC's own failure ("failed to connect to all addresses"), not
+        # the broker's UNAVAILABLE for a service it cannot reach (which may
+        # say "Connection refused" too: the broker runs).
+        if "failed to connect" in lowered or "target uri" in lowered:
             return BrokerNotRunningError(
                 f"the broker is not running at {socket}; start it with "
                 f"`{start_command(socket)}`",

@@ -234,6 +234,7 @@ class Client(ClientCalls["Service"]):
         *,
         fingerprint: Optional[str] = None,
         proxy: Optional[ProxyInfo] = None,
+        tcp_port: Optional[int] = None,
     ) -> "Service":
         """Connects to a service's RPC socket as a remote user. Without a
         password, a live link of this local user is shared, or (on a
@@ -242,10 +243,16 @@ class Client(ClientCalls["Service"]):
         (``https://HOST:8081/rpc``, the service's TCP listener) connects over
         TLS on TCP instead of QUIC, for networks that block UDP; ``proxy``
         (a ``ProxyInfo``) then names the HTTP proxy to go through.
+        ``tcp_port`` (without ``rpc_url``): the service's TCP listener port on
+        ``host`` (None: 8081), which the broker uses when QUIC to
+        ``host:port`` gets no answer, or always where the broker's
+        ``[broker] transport`` is ``tcp`` (the CLI's ``--tcp-port``).
 
-        Raises ``WrongCredentialsError``, ``UnreachableError``."""
+        Raises ``WrongCredentialsError``, ``UnreachableError``;
+        ``ValueError`` for a ``tcp_port`` outside 1-65535 or with
+        ``rpc_url``."""
         call = self._direct(username, password, host, port, sha256_fingerprint or fingerprint,
-                            rpc_url, proxy)
+                            rpc_url, proxy, tcp_port)
         return self._do(call, lambda err: self._direct_retry(call, err, password, username, host))
 
     def service_integrated(
