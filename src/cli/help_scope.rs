@@ -164,6 +164,55 @@ mod tests {
         assert!(own < shared, "{add}");
     }
 
+    /// Every visible argument and subcommand of every command, by path,
+    /// that has no description in `--help` (issue 20, item 11).
+    fn undescribed(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if arg.is_hide_set() || id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} {id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            let sub_path = format!("{path} {}", sub.get_name());
+            if sub.is_hide_set() || sub.get_name() == "help" {
+                continue;
+            }
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                missing.push(sub_path.clone());
+            }
+            undescribed(sub, &sub_path, missing);
+        }
+    }
+
+    #[test]
+    fn every_option_argument_and_command_has_a_description() {
+        let mut cmd = command();
+        cmd.build();
+        let mut missing = Vec::new();
+        undescribed(&cmd, "switchyard", &mut missing);
+        assert!(missing.is_empty(), "no description in --help: {missing:#?}");
+    }
+
+    #[test]
+    fn help_shows_the_default_socket_rule() {
+        // Issue 20, item 12: the rule for every user, not only the one
+        // with $XDG_RUNTIME_DIR.
+        for path in [&["status"][..], &["broker"], &["exec"]] {
+            let text = help(path);
+            for part in [
+                "$SWITCHYARD_SOCKET",
+                "$XDG_RUNTIME_DIR/switchyard/broker.sock",
+                "/run/switchyard/broker.sock",
+            ] {
+                assert!(text.contains(part), "{path:?} --help lacks {part}:\n{text}");
+            }
+        }
+    }
+
     #[test]
     fn hidden_shared_options_are_still_accepted() {
         use clap::FromArgMatches;

@@ -87,6 +87,7 @@ pub enum ServiceCommand {
     /// enroll it (the running service keeps its certificate). Recorded in
     /// the audit trail.
     Transfer {
+        /// The service's serial (`relay service list`).
         serial: String,
         /// The new owner (a relay user).
         #[arg(long, value_name = "EMAIL")]
@@ -106,7 +107,10 @@ pub enum CertCommand {
     List,
     /// Revoke a certificate by fingerprint: logins with it are refused and
     /// a running relay closes the connections using it within 2 s.
-    Revoke { fingerprint: String },
+    Revoke {
+        /// The certificate's SHA-256 fingerprint (`relay cert list`).
+        fingerprint: String,
+    },
 }
 
 /// `--packet-listen`: an address, or `off`.
@@ -181,6 +185,7 @@ pub struct RunArgs {
 pub enum UserCommand {
     /// Add a user.
     Add {
+        /// The user's e-mail address: their identity at logins.
         email: String,
         /// File holding the password (else a prompt).
         #[arg(long, value_name = "FILE")]
@@ -189,22 +194,32 @@ pub enum UserCommand {
     /// List users.
     List,
     /// Disable a user: sign-ins, tokens and certificates stop working.
-    Disable { email: String },
+    Disable {
+        /// The user's e-mail address.
+        email: String,
+    },
     /// Enable a disabled user again.
-    Enable { email: String },
+    Enable {
+        /// The user's e-mail address.
+        email: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Issue an access token for a user; prints it once.
     Issue {
+        /// The user's e-mail address.
         email: String,
         /// e.g. 7d, 12h.
         #[arg(long, default_value = "7d", value_parser = super::positive_duration)]
         lifetime: Duration,
     },
     /// Revoke a token by id.
-    Revoke { id: String },
+    Revoke {
+        /// The token's id (printed when it was issued; `relay token list`).
+        id: String,
+    },
     /// List access tokens (ids, never the tokens).
     List,
 }
