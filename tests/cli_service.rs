@@ -231,7 +231,15 @@ fn device_list_text_shows_session_and_whether_an_enable_secret_is_set() {
     ]);
     // Telnet: always a shell, port 23 by default.
     add(&["e-telnet", "--driver", "telnet", "--host", "h"]);
-    add(&["f-sim", "--driver", "simulator"]);
+    add(&[
+        "f-sim",
+        "--driver",
+        "simulator",
+        "--attr",
+        "site=lab",
+        "--attr",
+        "role=core",
+    ]);
 
     let out = env.service(&["device", "list"]);
     let text = ok(&out);
@@ -264,6 +272,10 @@ fn device_list_text_shows_session_and_whether_an_enable_secret_is_set() {
     assert_eq!(cells("e-telnet"), ("shell", "-"), "{text}");
     assert_eq!(row("e-telnet")[port], "23", "{text}");
     assert_eq!(cells("f-sim"), ("-", "-"), "{text}");
+    // Attributes (issue 20, item 18): `key=value` by key, "-" for none.
+    let attributes = col("ATTRIBUTES");
+    assert_eq!(row("f-sim")[attributes], "role=core,site=lab", "{text}");
+    assert_eq!(row("b-linux")[attributes], "-", "{text}");
 }
 
 #[test]
