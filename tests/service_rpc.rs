@@ -549,3 +549,84 @@ async fn ten_thousand_names_of_one_device_stay_within_its_connection_limit() {
     );
     relay.abort();
 }
+
+/// `Request::ExecReset` over a real QUIC link to a service whose device
+/// runs commands in a warm shell (IOS-XE over SSH to the simulator):
+/// `disable` leaves the shell in user mode, where the simulator refuses
+/// `show running-config` (exit status 1). Without a reset that carries
+/// over; `reset.before` runs in a fresh shell, `reset.after` closes the
+/// shell `disable` ran in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_reset_gives_shell_devices_a_fresh_shell_over_the_wire() {
+    use switchyard::sim::server::{SimFleet, SimFleetConfig};
+    use switchyard::wire::messages::{ExecFlags, ShellReset};
+
+    let fleet = SimFleet::start(SimFleetConfig {
+        count: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("simulated device");
+    let device = switchyard::service::inventory::NewDevice {
+        device_type: "IOS-XE".into(),
+        username: Some("admin".into()),
+        password: Some(Secret::new("admin")),
+        ..ssh_device("shell-1", fleet.endpoints()[0].port)
+    };
+    let svc = start_service(&[device], RpcConfig::default());
+    let c = login(&svc, "alice", ALICE_PASSWORD).await.unwrap();
+    let ch = channel(&c, &svc);
+    let run = |command: &str, before: bool, after: bool| {
+        let devices = vec!["shell-1".to_string()];
+        let commands = vec![command.to_string()];
+        let reset = ShellReset { before, after };
+        let request = if reset.any() {
+            Request::ExecReset {
+                devices,
+                commands,
+                timeout_ms: None,
+                flags: ExecFlags::default(),
+                reset,
+            }
+        } else {
+            Request::ExecWith {
+                devices,
+                commands,
+                timeout_ms: None,
+                flags: ExecFlags::default(),
+            }
+        };
+        let ch = &ch;
+        async move {
+            let events = collect(ch, req(request)).await.unwrap();
+            let done = events.iter().find_map(|e| match e {
+                Response::ExecDevice {
+                    commands,
+                    error: None,
+                    ..
+                } => Some(commands[0].exit_status),
+                _ => None,
+            });
+            done.unwrap_or_else(|| panic!("no device result: {events:?}"))
+        }
+    };
+    const PRIVILEGED: &str = "show running-config";
+    assert_eq!(run(PRIVILEGED, false, false).await, Some(0));
+    assert_eq!(run("disable", false, false).await, Some(0));
+    assert_eq!(
+        run(PRIVILEGED, false, false).await,
+        Some(1),
+        "user mode kept"
+    );
+    assert_eq!(run(PRIVILEGED, true, false).await, Some(0), "reset before");
+    assert_eq!(
+        run(PRIVILEGED, false, false).await,
+        Some(0),
+        "fresh one kept"
+    );
+    assert_eq!(run("disable", false, true).await, Some(0));
+    assert_eq!(run(PRIVILEGED, false, false).await, Some(0), "reset after");
+    // The connection is still the one it was: ExecReset is a well-formed
+    // request to this service, not a protocol violation.
+    assert!(quic(&c).close_reason().is_none());
+}
