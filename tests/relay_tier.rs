@@ -427,6 +427,10 @@ async fn a_broker_on_node_a_reaches_a_service_on_node_b_in_one_hop() {
     assert!(output.contains("hostname core-1"), "{output}");
     let seen = assert_ciphertext_only(&mut tap, command, "hostname core-1", ALICE);
     assert!(seen > output.len(), "node A forwarded {seen} bytes");
+    // Both nodes have a packet port: the tunnel crossed as datagrams on
+    // the node link, its stream carried nothing.
+    assert!(a.node_datagrams() > 0, "no datagram crossed the node link");
+    assert_eq!(a.stream_bytes(), 0, "the tunnel took the stream path");
 
     // A second broker's tunnel rides the same link.
     let other = tier.broker_on("a").await;
@@ -456,6 +460,53 @@ async fn a_broker_on_node_a_reaches_a_service_on_node_b_in_one_hop() {
         }
     })
     .await;
+}
+
+/// The packet path across nodes, seen from the service's side: a broker
+/// logged in through node B (a process) reaches a service connected to
+/// node A (in this process, tapped). The tunnel's datagrams cross the B–A
+/// link as QUIC datagrams and A sends them on to the service over UDP
+/// (A's tunnel streams carry nothing); what A forwards holds neither the
+/// command, the output nor the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_tunnel_takes_the_packet_path_across_nodes() {
+    let (tier, tap) = Tier::start_with(&["b"], Some("a")).await;
+    let mut tap = tap.unwrap();
+    let otp = tier.otp("SN-PKT").await;
+    let (dir, enrolled) = enroll_service(tier.node("a"), &otp, &[]).await;
+    enrolled.unwrap();
+    let _svc = run_service_on(dir, "SN-PKT", tier.node("a")).await;
+    let a = tier.node("a").relay.as_ref().unwrap();
+    assert_eq!(a.services_online(), 1, "the service is on A");
+    let (token, _) = tier.token_on("a").await;
+
+    let broker = tier.broker_on("b").await;
+    let (mut client, session, _attach) = token_session(&broker, &token).await;
+    let service = cloud_service(&mut client, &session, "SN-PKT", Some(15.0)).await;
+    let command = "show running-config";
+    let out = run_exec(
+        &mut client,
+        in_session(&session, &service),
+        &["core-1"],
+        &[command],
+    )
+    .await
+    .unwrap();
+    let output = out[0].ok_output();
+    assert!(output.contains("hostname core-1"), "{output}");
+    assert!(
+        a.node_datagrams() > 0,
+        "no datagram crossed the node link: {}",
+        tier.node("b").log()
+    );
+    assert_eq!(a.stream_bytes(), 0, "the tunnel took the stream path");
+    let seen = assert_ciphertext_only(&mut tap, command, "hostname core-1", ALICE);
+    assert!(seen > output.len(), "node A forwarded {seen} bytes");
+    let log = tier.node("b").log();
+    assert!(
+        log.contains("tunnel forwarded") && log.contains("packets=true"),
+        "{log}"
+    );
 }
 
 /// Opens a node-to-node link to `node` presenting `identity`.

@@ -420,6 +420,7 @@ impl Relay {
                     &state,
                     endpoint.clone(),
                     &config.limits,
+                    packets.as_ref().map(|p| p.node_inbox()),
                 )?)
             }
             Database::Sqlite(_) => None,
@@ -531,6 +532,18 @@ impl Relay {
     /// Links this node opened to other nodes of its tier since start.
     pub fn node_links_opened(&self) -> u64 {
         self.core.links.as_ref().map_or(0, |l| l.opened())
+    }
+
+    /// Tunnel datagrams exchanged with other nodes over node links (both
+    /// ways) since start: a forwarded tunnel on the packet path.
+    pub fn node_datagrams(&self) -> u64 {
+        self.core.packets.as_ref().map_or(0, |p| p.node_datagrams())
+    }
+
+    /// Tunnel bytes carried in tunnel streams (not the packet path) since
+    /// start.
+    pub fn stream_bytes(&self) -> u64 {
+        self.core.load.snapshot().2
     }
 
     /// This node's id in its tier's presence table.
