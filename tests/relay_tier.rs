@@ -9,10 +9,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::broker::{TestBroker, in_session, open_attached, run_exec};
+use common::broker::{TestBroker, in_session, open_attached, run_exec, status};
 use common::cloud::{
-    ALICE, CloudService, assert_ciphertext_only, assert_show_version, cloud_service, show_version,
-    token_session,
+    ALICE, CloudService, assert_ciphertext_only, assert_show_version, cloud_service, decide_at,
+    show_version, token_session,
 };
 use common::postgres::{
     PgCluster, TierNode, enroll_service, enrolled_quic, init_tier_state, run_service,
@@ -53,17 +53,26 @@ impl Tier {
         names: &[&str],
         tapped: Option<&str>,
     ) -> (Self, Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>) {
+        Self::start_with_args(names, tapped, &[]).await
+    }
+
+    /// As [`Tier::start_with`], the processes with `extra` arguments to
+    /// `relay run`.
+    async fn start_with_args(
+        names: &[&str],
+        tapped: Option<&str>,
+        extra: &[&str],
+    ) -> (Self, Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>) {
         common::init();
         let cluster = PgCluster::start();
         let database = cluster.create_database();
         let work = tempfile::tempdir().unwrap();
         let state = init_tier_state(work.path());
-        let mut nodes = futures::future::join_all(
-            names
-                .iter()
-                .map(|name| TierNode::start(name, work.path(), &state, &database)),
-        )
-        .await;
+        let mut nodes =
+            futures::future::join_all(names.iter().map(|name| {
+                TierNode::start_with_args(name, work.path(), &state, &database, extra)
+            }))
+            .await;
         let mut tap = None;
         if let Some(name) = tapped {
             let (node, rx) = TierNode::start_tapped(name, work.path(), &state, &database).await;
@@ -626,6 +635,139 @@ async fn when_node_a_dies_its_service_and_broker_move_to_node_b() {
     assert_eq!(tier.present_on("SN-MOVE").await, Some(b_quic));
     let bound = Duration::from_secs(5) + SLACK;
     assert!(took <= bound, "{took:?} (target 5 s + slack)");
+}
+
+/// The expiry of the broker's one login's access token (status).
+async fn login_expiry(broker: &TestBroker) -> u64 {
+    let s = status(broker).await;
+    assert_eq!(s.logins.len(), 1, "{:?}", s.logins);
+    s.logins[0].expires_unix
+}
+
+/// A login outlives the node it was made through. A broker whose domain
+/// lists nodes A and B logs in with SSO through A (access tokens live
+/// 6 s, refreshed a second before expiry); A is SIGKILLed a second or two
+/// before the next refresh is due, so the token expires while A is gone.
+/// The refresh reaches B, the next exec succeeds through B, and so does a
+/// new `connect cloud` on the same login; times reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_login_node_dies_refresh_and_new_links_go_through_another() {
+    let (mut tier, _) =
+        Tier::start_with_args(&["a", "b"], None, &["--access-token-lifetime", "6s"]).await;
+    let otp = tier.otp("SN-LOGIN").await;
+    let (dir, enrolled) = enroll_service(tier.node("b"), &otp, &[]).await;
+    enrolled.unwrap();
+    let _svc = run_service_on(dir, "SN-LOGIN", tier.node("b")).await;
+    let broker = tier.broker_knowing(&["a", "b"]).await;
+    let mut client = broker.client().await;
+    let (session, _attach) = open_attached(&mut client).await;
+    let mut events = client
+        .sso_login(pb::SsoLoginRequest {
+            session_id: session.clone(),
+            identity: ALICE.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let event = within(10, "prompt", events.message()).await.unwrap();
+    let Some(pb::sso_login_event::Event::Prompt(prompt)) = event.unwrap().event else {
+        panic!("expected a prompt first");
+    };
+    let a = tier.node("a");
+    assert!(
+        prompt.verification_uri.starts_with(&a.url),
+        "the login starts on A: {}",
+        prompt.verification_uri
+    );
+    let page = decide_at(
+        &a.url,
+        &a.ca_file(),
+        &prompt.user_code,
+        ALICE,
+        "alice-password",
+        true,
+    )
+    .await;
+    assert!(page.contains("Approved"), "{page}");
+    let event = within(20, "login", events.message()).await.unwrap();
+    let Some(pb::sso_login_event::Event::LoggedIn(_)) = event.unwrap().event else {
+        panic!("expected the login");
+    };
+    let service = cloud_service(&mut client, &session, "SN-LOGIN", Some(15.0)).await;
+    assert_show_version(&mut client, &session, &service).await;
+
+    // Wait for the moment 1-2 s before the token's expiry (its refresh is
+    // due about a second before it), then kill A.
+    let expiry = within(30, "a moment before a refresh", async {
+        loop {
+            let expiry = login_expiry(&broker).await;
+            if unix_now() + 2 == expiry {
+                return expiry;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    tier.nodes
+        .iter_mut()
+        .find(|n| n.name == "a")
+        .unwrap()
+        .kill()
+        .await;
+    let killed_at = Instant::now();
+    within(30, "the token refreshed through node B", async {
+        while login_expiry(&broker).await <= expiry {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let refreshed = killed_at.elapsed();
+    within(60, "an exec succeeds again after node A died", async {
+        while show_version(&mut client, &session, &service).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let exec = killed_at.elapsed();
+    let out = within(
+        30,
+        "connect cloud",
+        broker
+            .command()
+            .args(["connect", "cloud", "again", "--serial", "SN-LOGIN"])
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = within(
+        30,
+        "exec on the new link",
+        broker
+            .command()
+            .args(["exec", "again", "core-1", "-c", "show clock"])
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("UTC"));
+    let connect = killed_at.elapsed();
+    eprintln!(
+        "after node A (the login's node) was SIGKILLed: token refreshed through B at {refreshed:?}, \
+         exec at {exec:?}, new connect cloud + exec done at {connect:?}"
+    );
+    let bound = Duration::from_secs(5) + SLACK;
+    assert!(exec <= bound, "{exec:?} (target 5 s + slack)");
 }
 
 /// The median of `samples` (sorted in place).
