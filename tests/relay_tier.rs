@@ -770,6 +770,91 @@ async fn when_the_login_node_dies_refresh_and_new_links_go_through_another() {
     assert!(exec <= bound, "{exec:?} (target 5 s + slack)");
 }
 
+impl Tier {
+    /// `sql` in the tier's database (psql, tuples only).
+    fn sql(&self, sql: &str) -> String {
+        let name = self
+            .database
+            .split('/')
+            .nth(3)
+            .and_then(|rest| rest.split('?').next())
+            .unwrap();
+        self.cluster.psql(name, sql)
+    }
+
+    /// How many node certificates are recorded for node id `id`.
+    fn node_certs(&self, id: &str) -> usize {
+        self.sql(&format!(
+            "SELECT count(*) FROM certs WHERE kind = 'node' AND subject = '{id}'"
+        ))
+        .trim()
+        .parse()
+        .unwrap()
+    }
+
+    /// The id of the node listening at `quic` (from the presence table).
+    async fn node_id_at(&self, quic: &str) -> String {
+        within(10, "the node's first heartbeat", async {
+            loop {
+                let nodes = self.admin.nodes().await.unwrap();
+                if let Some(n) = nodes.into_iter().find(|n| n.quic == quic) {
+                    return n.id;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+    }
+}
+
+/// Node certificates do not pile up: each start makes a new node id and
+/// certificate, and the certificate of a node dead longer than the
+/// presence table's forget bound (60 s; aged here by hand) is deleted
+/// with its row by the live nodes' heartbeats; a certificate younger than
+/// that with no row yet (a node starting) is kept. A live node the others
+/// forgot (its row and certificate deleted, as after a long stall) records
+/// its certificate again with its next heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_certificates_of_long_dead_nodes_are_deleted() {
+    let (mut tier, _) = Tier::start_with(&["a", "b"], None).await;
+    let a_id = tier.node_id_at(&tier.node("a").quic).await;
+    let b_id = tier.node_id_at(&tier.node("b").quic).await;
+    assert_eq!((tier.node_certs(&a_id), tier.node_certs(&b_id)), (1, 1));
+    tier.sql(
+        "INSERT INTO certs (fingerprint, kind, subject, created_at) \
+         VALUES ('\\x01', 'node', 'node-starting', extract(epoch from now())::bigint)",
+    );
+
+    tier.nodes
+        .iter_mut()
+        .find(|n| n.name == "a")
+        .unwrap()
+        .kill()
+        .await;
+    tier.sql(&format!(
+        "UPDATE relay_nodes SET heartbeat_at = now() - interval '2 minutes' WHERE id = '{a_id}'; \
+         UPDATE certs SET created_at = created_at - 120 WHERE subject = '{a_id}'"
+    ));
+    within(10, "node A's certificate deleted", async {
+        while tier.node_certs(&a_id) > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(tier.node_certs(&b_id), 1, "a live node's certificate stays");
+    assert_eq!(tier.node_certs("node-starting"), 1, "a young one stays");
+
+    tier.sql(&format!(
+        "DELETE FROM relay_nodes WHERE id = '{b_id}'; DELETE FROM certs WHERE subject = '{b_id}'"
+    ));
+    within(10, "node B's certificate recorded again", async {
+        while tier.node_certs(&b_id) == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
 /// The median of `samples` (sorted in place).
 fn median(samples: &mut [Duration]) -> Duration {
     samples.sort();

@@ -343,6 +343,16 @@ async fn heartbeat(core: Arc<RelayCore>, cancel: CancellationToken) {
         match beat {
             Ok(false) => {}
             Ok(true) => {
+                // The others forgot this node (it stalled): its node
+                // certificate may have gone with it.
+                if let Some(links) = &core.links
+                    && let Err(e) = core
+                        .db
+                        .keep_node_cert(links.fingerprint(), &core.node_id)
+                        .await
+                {
+                    warn!(error = %e, "cannot record this node's certificate again");
+                }
                 for serial in &serials {
                     if let Err(e) = core.db.set_present(serial, &core.node_id).await {
                         warn!(error = %e, %serial, "cannot record a service's presence");

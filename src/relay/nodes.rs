@@ -204,6 +204,8 @@ pub struct NodeLinks {
     opened: std::sync::atomic::AtomicU64,
     /// Where datagrams arriving on a link go (the node's packet port).
     inbox: Option<NodeInbox>,
+    /// This node's certificate (recorded again if the others forget it).
+    fingerprint: [u8; 32],
 }
 
 impl NodeLinks {
@@ -224,6 +226,7 @@ impl NodeLinks {
             links: Mutex::new(HashMap::new()),
             opened: 0.into(),
             inbox,
+            fingerprint: Fingerprint::of(&identity.cert_der).0,
         })
     }
 
@@ -269,6 +272,11 @@ impl NodeLinks {
             _datagrams: datagrams,
         });
         Ok(conn)
+    }
+
+    /// The fingerprint of this node's certificate.
+    pub fn fingerprint(&self) -> &[u8; 32] {
+        &self.fingerprint
     }
 
     /// Links opened since start.
