@@ -959,3 +959,272 @@ async fn bench_presence_of_1000_services_on_three_nodes() {
         1000.0 / recorded.as_secs_f64()
     );
 }
+
+/// (QUIC address, services present) of each live node.
+async fn alive_presence(admin: &Database) -> Vec<(String, usize)> {
+    admin
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.alive)
+        .map(|n| (n.quic, n.serials.len()))
+        .collect()
+}
+
+/// VmHWM and VmRSS of process `pid`, in KiB (from /proc).
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// A QUIC connection to the relay node at `addr` that has said `hello`
+/// and been welcomed.
+async fn hello_to(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: std::net::SocketAddr,
+    hello: &switchyard::wire::relay::RelayHello,
+) -> Result<quinn::Connection, String> {
+    use switchyard::wire::conn::{read_frame, write_frame};
+    use switchyard::wire::relay::HelloReply;
+    let max = switchyard::wire::conn::TransportLimits::default().max_frame;
+    let conn = endpoint
+        .connect_with(config, addr, "127.0.0.1")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    write_frame(&mut send, hello, max)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    match read_frame::<HelloReply>(&mut recv, max).await {
+        Ok(Some(HelloReply::Welcome { .. })) => Ok(conn),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// A simulated service: only its relay connection (its certificate's
+/// hello), to node `first` of `nodes`, moving to the next node when the
+/// connection ends or goes silent (the real agent's 2 s liveness bound),
+/// at most `gate` connection attempts at once across services.
+async fn sim_service(
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    nodes: std::sync::Arc<Vec<std::net::SocketAddr>>,
+    first: usize,
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
+) {
+    use switchyard::wire::conn::{Liveness, TransportLimits, watch_liveness};
+    let hello = switchyard::wire::relay::RelayHello::Service { advertise: None };
+    // The agent's bound by default; SIM_SILENCE (seconds) for a machine
+    // too loaded to keep 1,000 connections' keep-alives on time.
+    let silence = std::env::var("SIM_SILENCE").map_or(TransportLimits::default().silence, |v| {
+        Duration::from_secs(v.parse().unwrap())
+    });
+    let mut k = first;
+    loop {
+        let attempt = {
+            let _permit = gate.acquire().await.unwrap();
+            hello_to(&endpoint, config.clone(), nodes[k % nodes.len()], &hello).await
+        };
+        match attempt {
+            Ok(conn) => {
+                let _watch = watch_liveness(conn.clone(), Liveness::always(), silence);
+                conn.closed().await;
+            }
+            Err(e) => {
+                if first == 0 {
+                    eprintln!("simulated service: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+        }
+        k += 1;
+    }
+}
+
+/// Benchmark for the README: 1,000 enrolled services and 1,000 logged-in
+/// brokers on three real relay nodes. The services and brokers are
+/// simulated in this process (their relay connections and hellos only:
+/// two cores do not run 2,000 real processes): services with their own
+/// certificates, brokers with their own access tokens. Reports the
+/// presence update rate (services recorded per second until all 1,000
+/// are listed), each node's memory (VmHWM / VmRSS, idle and loaded), and
+/// how long the services of a SIGKILLed node take to be listed on the
+/// other two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: cargo test --release --test relay_tier -- --ignored --nocapture"]
+async fn bench_1000_services_and_1000_brokers_on_three_nodes() {
+    use futures::StreamExt;
+    use switchyard::task::AbortOnDrop;
+    use switchyard::wire::conn::{TransportLimits, client_endpoint, relay_client_config};
+    use switchyard::wire::pin::Fingerprint;
+    use switchyard::wire::relay::RelayHello;
+    #[allow(non_snake_case)]
+    let N: usize = std::env::var("SIM_N").map_or(1000, |v| v.parse().unwrap());
+    let names = ["a", "b", "c"];
+    let (mut tier, _) = Tier::start_with(&names, None).await;
+    let keys = switchyard::relay::state::load_keys(&tier.node("a").state).unwrap();
+    let nodes: std::sync::Arc<Vec<std::net::SocketAddr>> = std::sync::Arc::new(
+        names
+            .iter()
+            .map(|n| tier.node(n).quic.parse().unwrap())
+            .collect(),
+    );
+    let pids: Vec<u32> = names
+        .iter()
+        .map(|n| tier.node(n).child.as_ref().unwrap().id().unwrap())
+        .collect();
+    let idle: Vec<(u64, u64)> = pids.iter().map(|p| memory_kib(*p)).collect();
+
+    let t = Instant::now();
+    let mut services = Vec::new();
+    for i in 0..N {
+        let serial = format!("SIM-{i:04}");
+        let (csr, key) = switchyard::tls::new_certificate_request(&serial).unwrap();
+        let cert = keys.ca.issue_service(&csr, &serial).unwrap();
+        tier.admin
+            .record_cert(&Fingerprint::of(&cert).0, "service", &serial)
+            .await
+            .unwrap();
+        services.push((cert, key));
+    }
+    let mut tokens = Vec::new();
+    for _ in 0..N {
+        let (_, token) = keys
+            .issue_token(&tier.admin, ALICE, "api", unix_now() + 3600)
+            .await
+            .unwrap();
+        tokens.push(token);
+    }
+    eprintln!(
+        "{N} service certificates and {N} tokens issued in {:?}",
+        t.elapsed()
+    );
+
+    let roots = switchyard::tls::root_store(Some(&tier.node("a").ca_file())).unwrap();
+    let limits = TransportLimits::default();
+    let endpoint = client_endpoint(nodes[0]).unwrap();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let t = Instant::now();
+    let _services: Vec<AbortOnDrop<()>> = services
+        .iter()
+        .enumerate()
+        .map(|(i, (cert, key))| {
+            let config =
+                relay_client_config(roots.clone(), Some((cert.clone(), key.as_slice())), &limits)
+                    .unwrap();
+            AbortOnDrop::new(tokio::spawn(sim_service(
+                endpoint.clone(),
+                config,
+                nodes.clone(),
+                i % 3,
+                gate.clone(),
+            )))
+        })
+        .collect();
+    within(300, "all services present", async {
+        loop {
+            let listed = alive_presence(&tier.admin).await;
+            if listed.iter().map(|(_, n)| n).sum::<usize>() >= N {
+                break;
+            }
+            if rand::random::<u8>() < 8 {
+                eprintln!("present so far: {listed:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let services_up = t.elapsed();
+
+    let t = Instant::now();
+    let broker_config = relay_client_config(roots.clone(), None, &limits).unwrap();
+    let brokers: Vec<(quinn::Connection, Vec<String>)> =
+        futures::stream::iter(tokens.into_iter().enumerate())
+            .map(|(i, token)| {
+                let (endpoint, config, nodes) = (&endpoint, broker_config.clone(), &nodes);
+                async move {
+                    let hello = RelayHello::Client { token: Some(token) };
+                    let mut failed = Vec::new();
+                    loop {
+                        match hello_to(endpoint, config.clone(), nodes[i % 3], &hello).await {
+                            Ok(conn) => return (conn, failed),
+                            Err(e) if failed.len() < 5 => failed.push(e),
+                            Err(e) => panic!("broker {i}: {e}; before: {failed:?}"),
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+    let brokers_up = t.elapsed();
+    assert_eq!(brokers.len(), N);
+    let retries: Vec<&String> = brokers.iter().flat_map(|(_, f)| f).collect();
+    eprintln!(
+        "broker hellos retried: {} (first: {:?})",
+        retries.len(),
+        retries.first()
+    );
+    let loaded: Vec<(u64, u64)> = pids.iter().map(|p| memory_kib(*p)).collect();
+
+    tier.nodes
+        .iter_mut()
+        .find(|n| n.name == "a")
+        .unwrap()
+        .kill()
+        .await;
+    let killed_at = Instant::now();
+    let a_quic = nodes[0].to_string();
+    within(120, "node A's services listed on B and C", async {
+        loop {
+            let listed = alive_presence(&tier.admin).await;
+            let on_a = listed.iter().any(|(q, n)| *q == a_quic && *n > 0);
+            if !on_a && listed.iter().map(|(_, n)| n).sum::<usize>() == N {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let moved = killed_at.elapsed();
+    let after: Vec<(u64, u64)> = pids[1..].iter().map(|p| memory_kib(*p)).collect();
+
+    eprintln!(
+        "{N} services present on 3 nodes after {services_up:?} ({:.0}/s); {N} brokers logged in \
+         in {brokers_up:?} ({:.0}/s)",
+        N as f64 / services_up.as_secs_f64(),
+        N as f64 / brokers_up.as_secs_f64()
+    );
+    for (i, name) in names.iter().enumerate() {
+        let ((_, idle_rss), (hwm, rss)) = (idle[i], loaded[i]);
+        eprintln!(
+            "node {name}: idle VmRSS {:.1} MiB; with ~{} services + ~{} brokers VmHWM {:.1} MiB, \
+             VmRSS {:.1} MiB ({:.1} KiB per connection)",
+            idle_rss as f64 / 1024.0,
+            N / 3,
+            N / 3,
+            hwm as f64 / 1024.0,
+            rss as f64 / 1024.0,
+            (rss.saturating_sub(idle_rss)) as f64 / (2 * N / 3) as f64
+        );
+    }
+    eprintln!(
+        "node A SIGKILLed: its services listed on B and C after {moved:?}; then B, C VmHWM \
+         {:.1} / {:.1} MiB",
+        after[0].0 as f64 / 1024.0,
+        after[1].0 as f64 / 1024.0
+    );
+    drop(brokers);
+}
