@@ -9,10 +9,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::broker::{TestBroker, in_session, open_attached, run_exec};
+use common::broker::{TestBroker, in_session, open_attached, run_exec, status};
 use common::cloud::{
-    ALICE, CloudService, assert_ciphertext_only, assert_show_version, cloud_service, show_version,
-    token_session,
+    ALICE, CloudService, assert_ciphertext_only, assert_show_version, cloud_service, decide_at,
+    show_version, token_session,
 };
 use common::postgres::{
     PgCluster, TierNode, enroll_service, enrolled_quic, init_tier_state, run_service,
@@ -53,17 +53,26 @@ impl Tier {
         names: &[&str],
         tapped: Option<&str>,
     ) -> (Self, Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>) {
+        Self::start_with_args(names, tapped, &[]).await
+    }
+
+    /// As [`Tier::start_with`], the processes with `extra` arguments to
+    /// `relay run`.
+    async fn start_with_args(
+        names: &[&str],
+        tapped: Option<&str>,
+        extra: &[&str],
+    ) -> (Self, Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>) {
         common::init();
         let cluster = PgCluster::start();
         let database = cluster.create_database();
         let work = tempfile::tempdir().unwrap();
         let state = init_tier_state(work.path());
-        let mut nodes = futures::future::join_all(
-            names
-                .iter()
-                .map(|name| TierNode::start(name, work.path(), &state, &database)),
-        )
-        .await;
+        let mut nodes =
+            futures::future::join_all(names.iter().map(|name| {
+                TierNode::start_with_args(name, work.path(), &state, &database, extra)
+            }))
+            .await;
         let mut tap = None;
         if let Some(name) = tapped {
             let (node, rx) = TierNode::start_tapped(name, work.path(), &state, &database).await;
@@ -427,6 +436,10 @@ async fn a_broker_on_node_a_reaches_a_service_on_node_b_in_one_hop() {
     assert!(output.contains("hostname core-1"), "{output}");
     let seen = assert_ciphertext_only(&mut tap, command, "hostname core-1", ALICE);
     assert!(seen > output.len(), "node A forwarded {seen} bytes");
+    // Both nodes have a packet port: the tunnel crossed as datagrams on
+    // the node link, its stream carried nothing.
+    assert!(a.node_datagrams() > 0, "no datagram crossed the node link");
+    assert_eq!(a.stream_bytes(), 0, "the tunnel took the stream path");
 
     // A second broker's tunnel rides the same link.
     let other = tier.broker_on("a").await;
@@ -456,6 +469,53 @@ async fn a_broker_on_node_a_reaches_a_service_on_node_b_in_one_hop() {
         }
     })
     .await;
+}
+
+/// The packet path across nodes, seen from the service's side: a broker
+/// logged in through node B (a process) reaches a service connected to
+/// node A (in this process, tapped). The tunnel's datagrams cross the B–A
+/// link as QUIC datagrams and A sends them on to the service over UDP
+/// (A's tunnel streams carry nothing); what A forwards holds neither the
+/// command, the output nor the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_tunnel_takes_the_packet_path_across_nodes() {
+    let (tier, tap) = Tier::start_with(&["b"], Some("a")).await;
+    let mut tap = tap.unwrap();
+    let otp = tier.otp("SN-PKT").await;
+    let (dir, enrolled) = enroll_service(tier.node("a"), &otp, &[]).await;
+    enrolled.unwrap();
+    let _svc = run_service_on(dir, "SN-PKT", tier.node("a")).await;
+    let a = tier.node("a").relay.as_ref().unwrap();
+    assert_eq!(a.services_online(), 1, "the service is on A");
+    let (token, _) = tier.token_on("a").await;
+
+    let broker = tier.broker_on("b").await;
+    let (mut client, session, _attach) = token_session(&broker, &token).await;
+    let service = cloud_service(&mut client, &session, "SN-PKT", Some(15.0)).await;
+    let command = "show running-config";
+    let out = run_exec(
+        &mut client,
+        in_session(&session, &service),
+        &["core-1"],
+        &[command],
+    )
+    .await
+    .unwrap();
+    let output = out[0].ok_output();
+    assert!(output.contains("hostname core-1"), "{output}");
+    assert!(
+        a.node_datagrams() > 0,
+        "no datagram crossed the node link: {}",
+        tier.node("b").log()
+    );
+    assert_eq!(a.stream_bytes(), 0, "the tunnel took the stream path");
+    let seen = assert_ciphertext_only(&mut tap, command, "hostname core-1", ALICE);
+    assert!(seen > output.len(), "node A forwarded {seen} bytes");
+    let log = tier.node("b").log();
+    assert!(
+        log.contains("tunnel forwarded") && log.contains("packets=true"),
+        "{log}"
+    );
 }
 
 /// Opens a node-to-node link to `node` presenting `identity`.
@@ -577,6 +637,224 @@ async fn when_node_a_dies_its_service_and_broker_move_to_node_b() {
     assert!(took <= bound, "{took:?} (target 5 s + slack)");
 }
 
+/// The expiry of the broker's one login's access token (status).
+async fn login_expiry(broker: &TestBroker) -> u64 {
+    let s = status(broker).await;
+    assert_eq!(s.logins.len(), 1, "{:?}", s.logins);
+    s.logins[0].expires_unix
+}
+
+/// A login outlives the node it was made through. A broker whose domain
+/// lists nodes A and B logs in with SSO through A (access tokens live
+/// 6 s, refreshed a second before expiry); A is SIGKILLed a second or two
+/// before the next refresh is due, so the token expires while A is gone.
+/// The refresh reaches B, the next exec succeeds through B, and so does a
+/// new `connect cloud` on the same login; times reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_login_node_dies_refresh_and_new_links_go_through_another() {
+    let (mut tier, _) =
+        Tier::start_with_args(&["a", "b"], None, &["--access-token-lifetime", "6s"]).await;
+    let otp = tier.otp("SN-LOGIN").await;
+    let (dir, enrolled) = enroll_service(tier.node("b"), &otp, &[]).await;
+    enrolled.unwrap();
+    let _svc = run_service_on(dir, "SN-LOGIN", tier.node("b")).await;
+    let broker = tier.broker_knowing(&["a", "b"]).await;
+    let mut client = broker.client().await;
+    let (session, _attach) = open_attached(&mut client).await;
+    let mut events = client
+        .sso_login(pb::SsoLoginRequest {
+            session_id: session.clone(),
+            identity: ALICE.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let event = within(10, "prompt", events.message()).await.unwrap();
+    let Some(pb::sso_login_event::Event::Prompt(prompt)) = event.unwrap().event else {
+        panic!("expected a prompt first");
+    };
+    let a = tier.node("a");
+    assert!(
+        prompt.verification_uri.starts_with(&a.url),
+        "the login starts on A: {}",
+        prompt.verification_uri
+    );
+    let page = decide_at(
+        &a.url,
+        &a.ca_file(),
+        &prompt.user_code,
+        ALICE,
+        "alice-password",
+        true,
+    )
+    .await;
+    assert!(page.contains("Approved"), "{page}");
+    let event = within(20, "login", events.message()).await.unwrap();
+    let Some(pb::sso_login_event::Event::LoggedIn(_)) = event.unwrap().event else {
+        panic!("expected the login");
+    };
+    let service = cloud_service(&mut client, &session, "SN-LOGIN", Some(15.0)).await;
+    assert_show_version(&mut client, &session, &service).await;
+
+    // Wait for the moment 1-2 s before the token's expiry (its refresh is
+    // due about a second before it), then kill A.
+    let expiry = within(30, "a moment before a refresh", async {
+        loop {
+            let expiry = login_expiry(&broker).await;
+            if unix_now() + 2 == expiry {
+                return expiry;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    tier.nodes
+        .iter_mut()
+        .find(|n| n.name == "a")
+        .unwrap()
+        .kill()
+        .await;
+    let killed_at = Instant::now();
+    within(30, "the token refreshed through node B", async {
+        while login_expiry(&broker).await <= expiry {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let refreshed = killed_at.elapsed();
+    within(60, "an exec succeeds again after node A died", async {
+        while show_version(&mut client, &session, &service).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let exec = killed_at.elapsed();
+    let out = within(
+        30,
+        "connect cloud",
+        broker
+            .command()
+            .args(["connect", "cloud", "again", "--serial", "SN-LOGIN"])
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = within(
+        30,
+        "exec on the new link",
+        broker
+            .command()
+            .args(["exec", "again", "core-1", "-c", "show clock"])
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("UTC"));
+    let connect = killed_at.elapsed();
+    eprintln!(
+        "after node A (the login's node) was SIGKILLed: token refreshed through B at {refreshed:?}, \
+         exec at {exec:?}, new connect cloud + exec done at {connect:?}"
+    );
+    let bound = Duration::from_secs(5) + SLACK;
+    assert!(exec <= bound, "{exec:?} (target 5 s + slack)");
+}
+
+impl Tier {
+    /// `sql` in the tier's database (psql, tuples only).
+    fn sql(&self, sql: &str) -> String {
+        let name = self
+            .database
+            .split('/')
+            .nth(3)
+            .and_then(|rest| rest.split('?').next())
+            .unwrap();
+        self.cluster.psql(name, sql)
+    }
+
+    /// How many node certificates are recorded for node id `id`.
+    fn node_certs(&self, id: &str) -> usize {
+        self.sql(&format!(
+            "SELECT count(*) FROM certs WHERE kind = 'node' AND subject = '{id}'"
+        ))
+        .trim()
+        .parse()
+        .unwrap()
+    }
+
+    /// The id of the node listening at `quic` (from the presence table).
+    async fn node_id_at(&self, quic: &str) -> String {
+        within(10, "the node's first heartbeat", async {
+            loop {
+                let nodes = self.admin.nodes().await.unwrap();
+                if let Some(n) = nodes.into_iter().find(|n| n.quic == quic) {
+                    return n.id;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+    }
+}
+
+/// Node certificates do not pile up: each start makes a new node id and
+/// certificate, and the certificate of a node dead longer than the
+/// presence table's forget bound (60 s; aged here by hand) is deleted
+/// with its row by the live nodes' heartbeats; a certificate younger than
+/// that with no row yet (a node starting) is kept. A live node the others
+/// forgot (its row and certificate deleted, as after a long stall) records
+/// its certificate again with its next heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_certificates_of_long_dead_nodes_are_deleted() {
+    let (mut tier, _) = Tier::start_with(&["a", "b"], None).await;
+    let a_id = tier.node_id_at(&tier.node("a").quic).await;
+    let b_id = tier.node_id_at(&tier.node("b").quic).await;
+    assert_eq!((tier.node_certs(&a_id), tier.node_certs(&b_id)), (1, 1));
+    tier.sql(
+        "INSERT INTO certs (fingerprint, kind, subject, created_at) \
+         VALUES ('\\x01', 'node', 'node-starting', extract(epoch from now())::bigint)",
+    );
+
+    tier.nodes
+        .iter_mut()
+        .find(|n| n.name == "a")
+        .unwrap()
+        .kill()
+        .await;
+    tier.sql(&format!(
+        "UPDATE relay_nodes SET heartbeat_at = now() - interval '2 minutes' WHERE id = '{a_id}'; \
+         UPDATE certs SET created_at = created_at - 120 WHERE subject = '{a_id}'"
+    ));
+    within(10, "node A's certificate deleted", async {
+        while tier.node_certs(&a_id) > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(tier.node_certs(&b_id), 1, "a live node's certificate stays");
+    assert_eq!(tier.node_certs("node-starting"), 1, "a young one stays");
+
+    tier.sql(&format!(
+        "DELETE FROM relay_nodes WHERE id = '{b_id}'; DELETE FROM certs WHERE subject = '{b_id}'"
+    ));
+    within(10, "node B's certificate recorded again", async {
+        while tier.node_certs(&b_id) == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
 /// The median of `samples` (sorted in place).
 fn median(samples: &mut [Duration]) -> Duration {
     samples.sort();
@@ -680,4 +958,273 @@ async fn bench_presence_of_1000_services_on_three_nodes() {
         "presence: 1000 services recorded in {recorded:?} ({:.0}/s); node A's 334 moved in {moved:?}; `relay nodes` read in {listing:?}",
         1000.0 / recorded.as_secs_f64()
     );
+}
+
+/// (QUIC address, services present) of each live node.
+async fn alive_presence(admin: &Database) -> Vec<(String, usize)> {
+    admin
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.alive)
+        .map(|n| (n.quic, n.serials.len()))
+        .collect()
+}
+
+/// VmHWM and VmRSS of process `pid`, in KiB (from /proc).
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// A QUIC connection to the relay node at `addr` that has said `hello`
+/// and been welcomed.
+async fn hello_to(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: std::net::SocketAddr,
+    hello: &switchyard::wire::relay::RelayHello,
+) -> Result<quinn::Connection, String> {
+    use switchyard::wire::conn::{read_frame, write_frame};
+    use switchyard::wire::relay::HelloReply;
+    let max = switchyard::wire::conn::TransportLimits::default().max_frame;
+    let conn = endpoint
+        .connect_with(config, addr, "127.0.0.1")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    write_frame(&mut send, hello, max)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    match read_frame::<HelloReply>(&mut recv, max).await {
+        Ok(Some(HelloReply::Welcome { .. })) => Ok(conn),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// A simulated service: only its relay connection (its certificate's
+/// hello), to node `first` of `nodes`, moving to the next node when the
+/// connection ends or goes silent (the real agent's 2 s liveness bound),
+/// at most `gate` connection attempts at once across services.
+async fn sim_service(
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    nodes: std::sync::Arc<Vec<std::net::SocketAddr>>,
+    first: usize,
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
+) {
+    use switchyard::wire::conn::{Liveness, TransportLimits, watch_liveness};
+    let hello = switchyard::wire::relay::RelayHello::Service { advertise: None };
+    // The agent's bound by default; SIM_SILENCE (seconds) for a machine
+    // too loaded to keep 1,000 connections' keep-alives on time.
+    let silence = std::env::var("SIM_SILENCE").map_or(TransportLimits::default().silence, |v| {
+        Duration::from_secs(v.parse().unwrap())
+    });
+    let mut k = first;
+    loop {
+        let attempt = {
+            let _permit = gate.acquire().await.unwrap();
+            hello_to(&endpoint, config.clone(), nodes[k % nodes.len()], &hello).await
+        };
+        match attempt {
+            Ok(conn) => {
+                let _watch = watch_liveness(conn.clone(), Liveness::always(), silence);
+                conn.closed().await;
+            }
+            Err(e) => {
+                if first == 0 {
+                    eprintln!("simulated service: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+        }
+        k += 1;
+    }
+}
+
+/// Benchmark for the README: 1,000 enrolled services and 1,000 logged-in
+/// brokers on three real relay nodes. The services and brokers are
+/// simulated in this process (their relay connections and hellos only:
+/// two cores do not run 2,000 real processes): services with their own
+/// certificates, brokers with their own access tokens. Reports the
+/// presence update rate (services recorded per second until all 1,000
+/// are listed), each node's memory (VmHWM / VmRSS, idle and loaded), and
+/// how long the services of a SIGKILLed node take to be listed on the
+/// other two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: cargo test --release --test relay_tier -- --ignored --nocapture"]
+async fn bench_1000_services_and_1000_brokers_on_three_nodes() {
+    use futures::StreamExt;
+    use switchyard::task::AbortOnDrop;
+    use switchyard::wire::conn::{TransportLimits, client_endpoint, relay_client_config};
+    use switchyard::wire::pin::Fingerprint;
+    use switchyard::wire::relay::RelayHello;
+    #[allow(non_snake_case)]
+    let N: usize = std::env::var("SIM_N").map_or(1000, |v| v.parse().unwrap());
+    let names = ["a", "b", "c"];
+    let (mut tier, _) = Tier::start_with(&names, None).await;
+    let keys = switchyard::relay::state::load_keys(&tier.node("a").state).unwrap();
+    let nodes: std::sync::Arc<Vec<std::net::SocketAddr>> = std::sync::Arc::new(
+        names
+            .iter()
+            .map(|n| tier.node(n).quic.parse().unwrap())
+            .collect(),
+    );
+    let pids: Vec<u32> = names
+        .iter()
+        .map(|n| tier.node(n).child.as_ref().unwrap().id().unwrap())
+        .collect();
+    let idle: Vec<(u64, u64)> = pids.iter().map(|p| memory_kib(*p)).collect();
+
+    let t = Instant::now();
+    let mut services = Vec::new();
+    for i in 0..N {
+        let serial = format!("SIM-{i:04}");
+        let (csr, key) = switchyard::tls::new_certificate_request(&serial).unwrap();
+        let cert = keys.ca.issue_service(&csr, &serial).unwrap();
+        tier.admin
+            .record_cert(&Fingerprint::of(&cert).0, "service", &serial)
+            .await
+            .unwrap();
+        services.push((cert, key));
+    }
+    let mut tokens = Vec::new();
+    for _ in 0..N {
+        let (_, token) = keys
+            .issue_token(&tier.admin, ALICE, "api", unix_now() + 3600)
+            .await
+            .unwrap();
+        tokens.push(token);
+    }
+    eprintln!(
+        "{N} service certificates and {N} tokens issued in {:?}",
+        t.elapsed()
+    );
+
+    let roots = switchyard::tls::root_store(Some(&tier.node("a").ca_file())).unwrap();
+    let limits = TransportLimits::default();
+    let endpoint = client_endpoint(nodes[0]).unwrap();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let t = Instant::now();
+    let _services: Vec<AbortOnDrop<()>> = services
+        .iter()
+        .enumerate()
+        .map(|(i, (cert, key))| {
+            let config =
+                relay_client_config(roots.clone(), Some((cert.clone(), key.as_slice())), &limits)
+                    .unwrap();
+            AbortOnDrop::new(tokio::spawn(sim_service(
+                endpoint.clone(),
+                config,
+                nodes.clone(),
+                i % 3,
+                gate.clone(),
+            )))
+        })
+        .collect();
+    within(300, "all services present", async {
+        loop {
+            let listed = alive_presence(&tier.admin).await;
+            if listed.iter().map(|(_, n)| n).sum::<usize>() >= N {
+                break;
+            }
+            if rand::random::<u8>() < 8 {
+                eprintln!("present so far: {listed:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let services_up = t.elapsed();
+
+    let t = Instant::now();
+    let broker_config = relay_client_config(roots.clone(), None, &limits).unwrap();
+    let brokers: Vec<(quinn::Connection, Vec<String>)> =
+        futures::stream::iter(tokens.into_iter().enumerate())
+            .map(|(i, token)| {
+                let (endpoint, config, nodes) = (&endpoint, broker_config.clone(), &nodes);
+                async move {
+                    let hello = RelayHello::Client { token: Some(token) };
+                    let mut failed = Vec::new();
+                    loop {
+                        match hello_to(endpoint, config.clone(), nodes[i % 3], &hello).await {
+                            Ok(conn) => return (conn, failed),
+                            Err(e) if failed.len() < 5 => failed.push(e),
+                            Err(e) => panic!("broker {i}: {e}; before: {failed:?}"),
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+    let brokers_up = t.elapsed();
+    assert_eq!(brokers.len(), N);
+    let retries: Vec<&String> = brokers.iter().flat_map(|(_, f)| f).collect();
+    eprintln!(
+        "broker hellos retried: {} (first: {:?})",
+        retries.len(),
+        retries.first()
+    );
+    let loaded: Vec<(u64, u64)> = pids.iter().map(|p| memory_kib(*p)).collect();
+
+    tier.nodes
+        .iter_mut()
+        .find(|n| n.name == "a")
+        .unwrap()
+        .kill()
+        .await;
+    let killed_at = Instant::now();
+    let a_quic = nodes[0].to_string();
+    within(120, "node A's services listed on B and C", async {
+        loop {
+            let listed = alive_presence(&tier.admin).await;
+            let on_a = listed.iter().any(|(q, n)| *q == a_quic && *n > 0);
+            if !on_a && listed.iter().map(|(_, n)| n).sum::<usize>() == N {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let moved = killed_at.elapsed();
+    let after: Vec<(u64, u64)> = pids[1..].iter().map(|p| memory_kib(*p)).collect();
+
+    eprintln!(
+        "{N} services present on 3 nodes after {services_up:?} ({:.0}/s); {N} brokers logged in \
+         in {brokers_up:?} ({:.0}/s)",
+        N as f64 / services_up.as_secs_f64(),
+        N as f64 / brokers_up.as_secs_f64()
+    );
+    for (i, name) in names.iter().enumerate() {
+        let ((_, idle_rss), (hwm, rss)) = (idle[i], loaded[i]);
+        eprintln!(
+            "node {name}: idle VmRSS {:.1} MiB; with ~{} services + ~{} brokers VmHWM {:.1} MiB, \
+             VmRSS {:.1} MiB ({:.1} KiB per connection)",
+            idle_rss as f64 / 1024.0,
+            N / 3,
+            N / 3,
+            hwm as f64 / 1024.0,
+            rss as f64 / 1024.0,
+            (rss.saturating_sub(idle_rss)) as f64 / (2 * N / 3) as f64
+        );
+    }
+    eprintln!(
+        "node A SIGKILLed: its services listed on B and C after {moved:?}; then B, C VmHWM \
+         {:.1} / {:.1} MiB",
+        after[0].0 as f64 / 1024.0,
+        after[1].0 as f64 / 1024.0
+    );
+    drop(brokers);
 }

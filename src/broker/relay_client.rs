@@ -160,26 +160,79 @@ impl RelayInfo {
     }
 
     fn oauth(&self) -> Result<OAuthClient, CloudError> {
+        self.oauth_at(self.base())
+    }
+
+    fn oauth_at(&self, base: &str) -> Result<OAuthClient, CloudError> {
         let bad = |e: url::ParseError| CloudError::Config(e.to_string());
         Ok(BasicClient::new(ClientId::new(CLIENT_ID.into()))
             .set_device_authorization_url(
-                DeviceAuthorizationUrl::new(format!("{}/oauth/device_authorization", self.base()))
+                DeviceAuthorizationUrl::new(format!("{base}/oauth/device_authorization"))
                     .map_err(bad)?,
             )
-            .set_token_uri(TokenUrl::new(format!("{}/oauth/token", self.base())).map_err(bad)?))
+            .set_token_uri(TokenUrl::new(format!("{base}/oauth/token")).map_err(bad)?))
     }
 
-    /// Starts a device grant for `identity`.
+    /// `request` against the node that answered last, else each other node
+    /// in turn (a tier's nodes share grants' results, tokens and
+    /// revocations); the node that answers becomes the one asked first.
+    /// A node that cannot be reached is passed over; any other error
+    /// (`is_final`) is the answer.
+    async fn on_some_node<T, F, Fut>(
+        &self,
+        is_final: impl Fn(&CloudError) -> bool,
+        request: F,
+    ) -> Result<T, CloudError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CloudError>>,
+    {
+        let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut failed = Vec::new();
+        for i in 0..self.nodes.len() {
+            let k = (start + i) % self.nodes.len();
+            match request(self.nodes[k].0.clone()).await {
+                Ok(answer) => {
+                    self.current.store(k, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(answer);
+                }
+                Err(e) if is_final(&e) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(node = %self.nodes[k].0, error = %e, "relay node unreachable; trying the next");
+                    failed.push(e);
+                }
+            }
+        }
+        Err(match failed.len() {
+            1 => failed.remove(0),
+            _ => self.unreachable(
+                failed
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        })
+    }
+
+    /// Starts a device grant for `identity` (on the first node that
+    /// answers; the grant is finished there).
     pub async fn start_device_flow(
         &self,
         identity: &str,
     ) -> Result<StandardDeviceAuthorizationResponse, CloudError> {
-        self.oauth()?
-            .exchange_device_code()
-            .add_extra_param("login_hint", identity)
-            .request_async(&self.http)
-            .await
-            .map_err(|e| self.unreachable(describe(&e)))
+        self.on_some_node(
+            |e| !matches!(e, CloudError::Unreachable { .. }),
+            |base| async move {
+                self.oauth_at(&base)?
+                    .exchange_device_code()
+                    .add_extra_param("login_hint", identity)
+                    .request_async(&self.http)
+                    .await
+                    .map_err(|e| self.unreachable(describe(&e)))
+            },
+        )
+        .await
     }
 
     /// Polls until the person decides (honouring `interval` and
@@ -197,17 +250,27 @@ impl RelayInfo {
         tokens(response)
     }
 
-    /// A new access token for a refresh token.
+    /// A new access token for a refresh token, from the node that answered
+    /// last or, when it is down, from another node of the tier (a refusal
+    /// is final).
     pub async fn refresh(&self, refresh: &Secret) -> Result<Tokens, CloudError> {
         let response = self
-            .oauth()?
-            .exchange_refresh_token(&RefreshToken::new(refresh.expose().to_string()))
-            .request_async(&self.http)
-            .await
-            .map_err(|e| match &e {
-                oauth2::RequestTokenError::ServerResponse(_) => CloudError::Sso(describe(&e)),
-                _ => self.unreachable(describe(&e)),
-            })?;
+            .on_some_node(
+                |e| !matches!(e, CloudError::Unreachable { .. }),
+                |base| async move {
+                    self.oauth_at(&base)?
+                        .exchange_refresh_token(&RefreshToken::new(refresh.expose().to_string()))
+                        .request_async(&self.http)
+                        .await
+                        .map_err(|e| match &e {
+                            oauth2::RequestTokenError::ServerResponse(_) => {
+                                CloudError::Sso(describe(&e))
+                            }
+                            _ => self.unreachable(describe(&e)),
+                        })
+                },
+            )
+            .await?;
         let mut t = tokens(response)?;
         if t.refresh.is_none() {
             t.refresh = Some(refresh.clone());

@@ -281,6 +281,15 @@ impl Database {
         }
     }
 
+    /// Records node `id`'s certificate again unless it is recorded
+    /// (PostgreSQL; see `pg::presence`).
+    pub async fn keep_node_cert(&self, fingerprint: &[u8; 32], id: &str) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(_) => Ok(()),
+            Self::Postgres(p) => p.keep_node_cert(fingerprint, id).await,
+        }
+    }
+
     /// Service `serial` is connected to node `node`.
     pub async fn set_present(&self, serial: &str, node: &str) -> Result<(), StoreError> {
         match self {

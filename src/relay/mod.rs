@@ -343,6 +343,16 @@ async fn heartbeat(core: Arc<RelayCore>, cancel: CancellationToken) {
         match beat {
             Ok(false) => {}
             Ok(true) => {
+                // The others forgot this node (it stalled): its node
+                // certificate may have gone with it.
+                if let Some(links) = &core.links
+                    && let Err(e) = core
+                        .db
+                        .keep_node_cert(links.fingerprint(), &core.node_id)
+                        .await
+                {
+                    warn!(error = %e, "cannot record this node's certificate again");
+                }
                 for serial in &serials {
                     if let Err(e) = core.db.set_present(serial, &core.node_id).await {
                         warn!(error = %e, %serial, "cannot record a service's presence");
@@ -420,6 +430,7 @@ impl Relay {
                     &state,
                     endpoint.clone(),
                     &config.limits,
+                    packets.as_ref().map(|p| p.node_inbox()),
                 )?)
             }
             Database::Sqlite(_) => None,
@@ -531,6 +542,18 @@ impl Relay {
     /// Links this node opened to other nodes of its tier since start.
     pub fn node_links_opened(&self) -> u64 {
         self.core.links.as_ref().map_or(0, |l| l.opened())
+    }
+
+    /// Tunnel datagrams exchanged with other nodes over node links (both
+    /// ways) since start: a forwarded tunnel on the packet path.
+    pub fn node_datagrams(&self) -> u64 {
+        self.core.packets.as_ref().map_or(0, |p| p.node_datagrams())
+    }
+
+    /// Tunnel bytes carried in tunnel streams (not the packet path) since
+    /// start.
+    pub fn stream_bytes(&self) -> u64 {
+        self.core.load.snapshot().2
     }
 
     /// This node's id in its tier's presence table.

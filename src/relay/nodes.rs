@@ -21,6 +21,13 @@
 //! only to a holder of the tier's server key. Nothing about the tunnel's
 //! end-to-end keys changes: nodes copy ciphertext.
 //!
+//! **Both paths.** A forwarded tunnel's stream is one stream of the link;
+//! its packet path (when both nodes have a packet port and the link carries
+//! a full-size tunnel datagram, see `packets::link_carries_tunnels`)
+//! is QUIC datagrams on the same link, read on each side by a
+//! `packets::NodeInbox` (here for links this node opened, in `quic`
+//! for links other nodes opened).
+//!
 //! Takes: [`NodeLinks::link`] (a node id and the address from the presence
 //! table). On failure: a link that cannot be opened within
 //! [`CONNECT_TIMEOUT`] is an error naming the node (the tunnel is refused
@@ -38,8 +45,10 @@ use zeroize::Zeroizing;
 
 use super::ca::CaError;
 use super::db::Database;
+use super::packets::NodeInbox;
 use super::state::RelayKeys;
 use super::store::StoreError;
+use crate::task::AbortOnDrop;
 use crate::wire::conn::{ConnError, TransportLimits, read_frame, write_frame};
 use crate::wire::pin::{Fingerprint, PinnedServerVerifier};
 use crate::wire::relay::{HelloReply, RELAY_ALPN, RelayHello};
@@ -176,7 +185,13 @@ pub async fn connect(
         .map_err(|_| fail(format!("no answer within {CONNECT_TIMEOUT:?}")))?
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+/// An open link and the reader of its datagrams (the packet path).
+struct Link {
+    conn: Connection,
+    _datagrams: Option<AbortOnDrop<()>>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Link>>>;
 
 /// One link per other node, opened on first use and shared.
 pub struct NodeLinks {
@@ -187,15 +202,21 @@ pub struct NodeLinks {
     /// Node id → its link (the slot's lock makes opening single-flight).
     links: Mutex<HashMap<String, Slot>>,
     opened: std::sync::atomic::AtomicU64,
+    /// Where datagrams arriving on a link go (the node's packet port).
+    inbox: Option<NodeInbox>,
+    /// This node's certificate (recorded again if the others forget it).
+    fingerprint: [u8; 32],
 }
 
 impl NodeLinks {
-    /// Links from `endpoint` (the node's own QUIC listener) as `identity`.
+    /// Links from `endpoint` (the node's own QUIC listener) as `identity`;
+    /// datagrams arriving on them go to `inbox` (the node's packet port).
     pub fn new(
         identity: &NodeIdentity,
         keys: &RelayKeys,
         endpoint: Endpoint,
         limits: &TransportLimits,
+        inbox: Option<NodeInbox>,
     ) -> Result<Self, NodeError> {
         Ok(Self {
             me: identity.id.clone(),
@@ -204,6 +225,8 @@ impl NodeLinks {
             max_frame: limits.max_frame,
             links: Mutex::new(HashMap::new()),
             opened: 0.into(),
+            inbox,
+            fingerprint: Fingerprint::of(&identity.cert_der).0,
         })
     }
 
@@ -216,16 +239,16 @@ impl NodeLinks {
             links.retain(|id, slot| {
                 id == node
                     || slot.try_lock().map_or(true, |l| {
-                        l.as_ref().is_some_and(|c| c.close_reason().is_none())
+                        l.as_ref().is_some_and(|l| l.conn.close_reason().is_none())
                     })
             });
             links.entry(node.to_string()).or_default().clone()
         };
         let mut slot = slot.lock().await;
-        if let Some(conn) = slot.as_ref()
-            && conn.close_reason().is_none()
+        if let Some(link) = slot.as_ref()
+            && link.conn.close_reason().is_none()
         {
-            return Ok(conn.clone());
+            return Ok(link.conn.clone());
         }
         let conn = connect(
             &self.endpoint,
@@ -240,8 +263,20 @@ impl NodeLinks {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics::counter!("switchyard_relay_node_links_opened_total").increment(1);
         info!(%node, %addr, "link to relay node opened");
-        *slot = Some(conn.clone());
+        let datagrams = self
+            .inbox
+            .clone()
+            .map(|inbox| AbortOnDrop::new(tokio::spawn(inbox.serve(conn.clone()))));
+        *slot = Some(Link {
+            conn: conn.clone(),
+            _datagrams: datagrams,
+        });
         Ok(conn)
+    }
+
+    /// The fingerprint of this node's certificate.
+    pub fn fingerprint(&self) -> &[u8; 32] {
+        &self.fingerprint
     }
 
     /// Links opened since start.

@@ -9,17 +9,33 @@
 //! stops with the [`PacketRelay`]. Datagrams are received in GRO batches
 //! and sent on as GSO batches, untouched: no copy, no crypto.
 //!
+//! In a tier, a tunnel whose broker and service are on different nodes
+//! has one entry on each node under the same id: on the service's node
+//! (`register_across`) the client end is the node link the tunnel was
+//! forwarded over, on the broker's node (`join_forwarded`) the service end
+//! is. Datagrams cross between the two as QUIC datagrams on that link
+//! (mutual TLS, see `nodes`), still untouched: the nodes add their link's
+//! encryption around the tunnel's, they never remove the tunnel's.
+//! [`NodeInbox`] reads a link's datagrams (one reader per link, owned by
+//! whoever owns the link).
+//!
 //! **Invariant:** a datagram is forwarded only to the other end of the
 //! tunnel its header names, and only once that end has spoken from its
-//! address; nothing unknown is ever answered (no amplification).
+//! address; nothing unknown is ever answered (no amplification). An end
+//! across a node link speaks only over that link (a UDP sender naming it
+//! is ignored), and a datagram from a link goes only to a local UDP end
+//! (never on to a third node).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry as Slot;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use quinn::Connection;
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -35,12 +51,24 @@ const BATCH: usize = 16;
 /// Room per receive buffer: a full GRO batch of the largest datagrams.
 const BUF: usize = 64 * 1024;
 
-/// Where one end of a tunnel speaks from.
-#[derive(Debug, Clone, Copy)]
-struct End {
-    addr: SocketAddr,
-    /// The relay address it sent to: replies leave from there.
-    via: Option<IpAddr>,
+/// The smallest datagram a node link must carry for a tunnel's packet
+/// path to cross it: a QUIC Initial (1,200 bytes, RFC 9000 §14.1) and the
+/// packet-path header.
+pub const MIN_LINK_DATAGRAM: usize = 1200 + HEADER_LEN;
+
+/// Where one end of a tunnel is.
+#[derive(Debug, Clone)]
+enum End {
+    /// Speaks UDP from `addr`; replies leave from `via`, the relay address
+    /// it sent to.
+    Udp {
+        addr: SocketAddr,
+        via: Option<IpAddr>,
+    },
+    /// Across the link to another node of the tier: its datagrams arrive
+    /// as QUIC datagrams on that link (and only there), and go back the
+    /// same way.
+    Node(Connection),
 }
 
 #[derive(Default)]
@@ -62,12 +90,36 @@ impl Entry {
 
 type Table = Arc<Mutex<HashMap<TunnelId, Entry>>>;
 
+/// What the forwarding task and the node links' readers share.
+struct Port {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    table: Table,
+    tap: Option<mpsc::Sender<Bytes>>,
+    /// Bytes forwarded since start (headers included).
+    bytes: AtomicU64,
+    /// Datagrams sent to or received from other nodes' links.
+    node_datagrams: AtomicU64,
+}
+
+impl Port {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TunnelId, Entry>> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count(&self, data: &[u8]) {
+        if let Some(tap) = &self.tap {
+            let _ = tap.try_send(Bytes::copy_from_slice(data));
+        }
+        self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        metrics::counter!("switchyard_relay_tunnel_bytes_total").increment(data.len() as u64);
+    }
+}
+
 /// The packet port and its forwarding task.
 pub struct PacketRelay {
     local: SocketAddr,
-    table: Table,
-    /// Bytes forwarded since start (headers included).
-    bytes: Arc<std::sync::atomic::AtomicU64>,
+    port: Arc<Port>,
     _task: AbortOnDrop<()>,
 }
 
@@ -98,6 +150,46 @@ impl Drop for PacketTunnel {
     }
 }
 
+/// Reads the QUIC datagrams another node sends over one node link and
+/// forwards each to the local end of its tunnel (see
+/// [`PacketRelay::register_across`] and [`PacketRelay::join_forwarded`]).
+#[derive(Clone)]
+pub struct NodeInbox(Arc<Port>);
+
+impl NodeInbox {
+    /// Serves `link`'s datagrams until it closes.
+    pub async fn serve(self, link: Connection) {
+        while let Ok(data) = link.read_datagram().await {
+            let Some((to, via)) = route_from_node(&self.0, &link, &data) else {
+                continue;
+            };
+            self.0.count(&data);
+            self.0.node_datagrams.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("switchyard_relay_node_datagrams_total", "way" => "in").increment(1);
+            send(&self.0.socket, &self.0.state, to, via, &data, data.len()).await;
+        }
+    }
+}
+
+/// Whether `link` carries a tunnel's datagrams ([`MIN_LINK_DATAGRAM`]),
+/// waiting up to `wait` for its path MTU discovery to get there (a fresh
+/// link starts at QUIC's 1,200-byte minimum and grows within a few round
+/// trips where the network allows).
+pub async fn link_carries_tunnels(link: &Connection, wait: Duration) -> bool {
+    let fits = || {
+        link.max_datagram_size()
+            .is_some_and(|m| m >= MIN_LINK_DATAGRAM)
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    while !fits() {
+        if tokio::time::Instant::now() >= deadline || link.close_reason().is_some() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
 impl PacketRelay {
     /// Binds the packet port and starts forwarding until `cancel`.
     pub fn start(
@@ -110,20 +202,18 @@ impl PacketRelay {
         let state = UdpSocketState::new((&std_socket).into())?;
         let socket = UdpSocket::from_std(std_socket)?;
         let local = socket.local_addr()?;
-        let table = Table::default();
-        let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let task = tokio::spawn(forward(
+        let port = Arc::new(Port {
             socket,
             state,
-            table.clone(),
+            table: Table::default(),
             tap,
-            bytes.clone(),
-            cancel,
-        ));
+            bytes: AtomicU64::new(0),
+            node_datagrams: AtomicU64::new(0),
+        });
+        let task = tokio::spawn(forward(port.clone(), cancel));
         Ok(Self {
             local,
-            table,
-            bytes,
+            port,
             _task: AbortOnDrop::new(task),
         })
     }
@@ -134,39 +224,84 @@ impl PacketRelay {
 
     /// Bytes forwarded since start (headers included).
     pub fn bytes_forwarded(&self) -> u64 {
-        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+        self.port.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Datagrams exchanged with other nodes since start (both ways).
+    pub fn node_datagrams(&self) -> u64 {
+        self.port.node_datagrams.load(Ordering::Relaxed)
+    }
+
+    /// What serves node links' datagrams into this port.
+    pub fn node_inbox(&self) -> NodeInbox {
+        NodeInbox(self.port.clone())
     }
 
     /// Opens the packet path of a new tunnel.
     pub fn register(&self) -> PacketTunnel {
-        let id = TunnelId::random();
+        self.insert_new(None)
+    }
+
+    /// Opens the packet path of a tunnel another node forwarded here over
+    /// `link`: the service end is local (UDP), the client end is across
+    /// the link.
+    pub fn register_across(&self, link: Connection) -> PacketTunnel {
+        self.insert_new(Some(End::Node(link)))
+    }
+
+    /// The client-side half of a tunnel this node forwarded over `link`:
+    /// the node across it opened tunnel `id` (its service end is there),
+    /// the client end is local. None if `id` is already taken here (128
+    /// random bits: never in practice).
+    pub fn join_forwarded(&self, id: TunnelId, link: Connection) -> Option<PacketTunnel> {
+        let (_, service_known) = watch::channel(true);
+        match self.port.lock().entry(id) {
+            Slot::Occupied(_) => return None,
+            Slot::Vacant(slot) => {
+                slot.insert(Entry {
+                    service: Some(End::Node(link)),
+                    ..Entry::default()
+                });
+            }
+        }
+        Some(self.tunnel(id, service_known))
+    }
+
+    fn insert_new(&self, client: Option<End>) -> PacketTunnel {
         let (tx, rx) = watch::channel(false);
-        self.table.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        let mut table = self.port.lock();
+        let id = loop {
+            let id = TunnelId::random();
+            if !table.contains_key(&id) {
+                break id;
+            }
+        };
+        table.insert(
             id,
             Entry {
+                client,
                 service_known: Some(tx),
                 ..Entry::default()
             },
         );
+        drop(table);
+        self.tunnel(id, rx)
+    }
+
+    fn tunnel(&self, id: TunnelId, service_known: watch::Receiver<bool>) -> PacketTunnel {
         PacketTunnel {
             path: PacketPath {
                 port: self.local.port(),
                 id,
             },
-            table: self.table.clone(),
-            service_known: rx,
+            table: self.port.table.clone(),
+            service_known,
         }
     }
 }
 
-async fn forward(
-    socket: UdpSocket,
-    state: UdpSocketState,
-    table: Table,
-    tap: Option<mpsc::Sender<Bytes>>,
-    bytes: Arc<std::sync::atomic::AtomicU64>,
-    cancel: CancellationToken,
-) {
+async fn forward(port: Arc<Port>, cancel: CancellationToken) {
+    let socket = &port.socket;
     let mut storage = vec![vec![0u8; BUF]; BATCH];
     let mut meta = [RecvMeta::default(); BATCH];
     loop {
@@ -177,7 +312,7 @@ async fn forward(
                     let mut bufs: Vec<IoSliceMut<'_>> =
                         storage.iter_mut().map(|b| IoSliceMut::new(&mut b[..])).collect();
                     socket.try_io(Interest::READABLE, || {
-                        state.recv((&socket).into(), &mut bufs, &mut meta)
+                        port.state.recv(socket.into(), &mut bufs, &mut meta)
                     })
                 }
                 Err(e) => {
@@ -196,22 +331,43 @@ async fn forward(
         };
         for (buf, m) in storage.iter().zip(meta.iter()).take(n) {
             let data = &buf[..m.len];
-            let Some((to, via)) = route(&table, data, m) else {
+            let Some(to) = route(&port, data, m) else {
                 continue;
             };
-            if let Some(tap) = &tap {
-                let _ = tap.try_send(Bytes::copy_from_slice(data));
+            port.count(data);
+            match to {
+                End::Udp { addr, via } => {
+                    send(socket, &port.state, addr, via, data, m.stride).await;
+                }
+                End::Node(link) => to_node(&port, &link, data, m.stride),
             }
-            bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            metrics::counter!("switchyard_relay_tunnel_bytes_total").increment(data.len() as u64);
-            send(&socket, &state, to, via, data, m.stride).await;
+        }
+    }
+}
+
+/// Sends a batch's datagrams over a node link, one QUIC datagram each. One
+/// that does not fit the link is dropped, as a router drops a packet over
+/// its MTU (the tunnel's own path MTU discovery then settles below it).
+fn to_node(port: &Port, link: &Connection, data: &[u8], stride: usize) {
+    for datagram in data.chunks(stride.max(1)) {
+        match link.send_datagram(Bytes::copy_from_slice(datagram)) {
+            Ok(()) => {
+                port.node_datagrams.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("switchyard_relay_node_datagrams_total", "way" => "out")
+                    .increment(1);
+            }
+            Err(e) => {
+                debug!(error = %e, "datagram to relay node dropped");
+                metrics::counter!("switchyard_relay_node_datagrams_dropped_total").increment(1);
+            }
         }
     }
 }
 
 /// Where a received batch goes: records its sender as the end its header
-/// names, and answers the other end's address once known.
-fn route(table: &Table, data: &[u8], meta: &RecvMeta) -> Option<(SocketAddr, Option<IpAddr>)> {
+/// names, and answers the other end once known. An end that is across a
+/// node link speaks only over that link, never from a UDP address.
+fn route(port: &Port, data: &[u8], meta: &RecvMeta) -> Option<End> {
     let (role, id) = packet_relay::parse(data)?;
     // A GRO batch is one sender's; it must be one tunnel's too.
     if data
@@ -220,16 +376,19 @@ fn route(table: &Table, data: &[u8], meta: &RecvMeta) -> Option<(SocketAddr, Opt
     {
         return None;
     }
-    let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
+    let mut table = port.lock();
     let entry = table.get_mut(&id)?;
-    let me = End {
-        addr: meta.addr,
-        via: meta.dst_ip,
+    let changed = match entry.end(role) {
+        Some(End::Node(_)) => return None,
+        Some(End::Udp { addr, .. }) => *addr != meta.addr,
+        None => true,
     };
-    let changed = entry.end(role).is_none_or(|e| e.addr != me.addr);
     if changed {
-        debug!(tunnel = ?id, ?role, addr = %me.addr, "packet path end registered");
-        *entry.end(role) = Some(me);
+        debug!(tunnel = ?id, ?role, addr = %meta.addr, "packet path end registered");
+        *entry.end(role) = Some(End::Udp {
+            addr: meta.addr,
+            via: meta.dst_ip,
+        });
         if let (PeerRole::Service, Some(known)) = (role, &entry.service_known) {
             let _ = known.send(true);
         }
@@ -237,8 +396,31 @@ fn route(table: &Table, data: &[u8], meta: &RecvMeta) -> Option<(SocketAddr, Opt
     if data.len() == HEADER_LEN {
         return None; // an announcement only
     }
-    let other = (*entry.end(role.other()))?;
-    Some((other.addr, other.via))
+    entry.end(role.other()).clone()
+}
+
+/// Where a datagram from node link `link` goes: only a tunnel whose end
+/// its header names is across that very link, and only to that tunnel's
+/// local (UDP) end.
+fn route_from_node(
+    port: &Port,
+    link: &Connection,
+    data: &[u8],
+) -> Option<(SocketAddr, Option<IpAddr>)> {
+    let (role, id) = packet_relay::parse(data)?;
+    if data.len() == HEADER_LEN {
+        return None;
+    }
+    let mut table = port.lock();
+    let entry = table.get_mut(&id)?;
+    match entry.end(role) {
+        Some(End::Node(across)) if across.stable_id() == link.stable_id() => {}
+        _ => return None,
+    }
+    match entry.end(role.other()) {
+        Some(End::Udp { addr, via }) => Some((*addr, *via)),
+        _ => None,
+    }
 }
 
 /// Sends a batch on (as GSO segments of `stride`), waiting for socket room.

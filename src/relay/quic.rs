@@ -13,7 +13,7 @@
 //! (`RelayHello::Node`, see `nodes`) and then sends one
 //! `RelayRequest::Forward` per stream; a client's `OpenTunnel` for a service
 //! connected to another node is forwarded there over that node's link (one
-//! hop, no packet path).
+//! hop; its packet path as QUIC datagrams on the same link, see `packets`).
 //!
 //! Before login a connection holds one of `PreloginLimits::max_connections`
 //! slots (more are refused as they arrive) and must have sent its hello
@@ -443,12 +443,15 @@ async fn serve_client(
 /// Another node's link: one [`RelayRequest::Forward`] per stream.
 async fn serve_node(conn: Connection, core: Arc<RelayCore>, cancel: CancellationToken) {
     let mut streams = JoinSet::new();
+    if let Some(packets) = &core.packets {
+        streams.spawn(packets.node_inbox().serve(conn.clone()));
+    }
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
-                    streams.spawn(serve_forward(core.clone(), send, recv));
+                    streams.spawn(serve_forward(core.clone(), conn.clone(), send, recv));
                 }
                 Err(e) => {
                     debug!(reason = %e, "relay node link ended");
@@ -462,12 +465,22 @@ async fn serve_node(conn: Connection, core: Arc<RelayCore>, cancel: Cancellation
 }
 
 /// A tunnel another node forwards here, for a service connected here.
-async fn serve_forward(core: Arc<RelayCore>, mut send: SendStream, mut recv: RecvStream) {
+async fn serve_forward(
+    core: Arc<RelayCore>,
+    link: Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
     let max = core.config.limits.max_frame;
     let reply = match read_frame(&mut recv, max).await {
-        Ok(Some(RelayRequest::Forward { serial, caller })) => {
+        Ok(Some(RelayRequest::Forward {
+            serial,
+            caller,
+            packets,
+        })) => {
             metrics::counter!("switchyard_relay_requests_total", "kind" => "forward").increment(1);
-            return open_tunnel(&core, &caller, &serial, send, recv, Hop::Node).await;
+            let hop = Hop::Node(packets.then_some(link));
+            return open_tunnel(&core, &caller, &serial, send, recv, hop).await;
         }
         Ok(Some(other)) => refuse(
             ErrorCode::PermissionDenied,
@@ -658,15 +671,20 @@ async fn service_otp(core: &RelayCore, identity: &str, serial: &str) -> RelayRep
 }
 
 /// Who asked for a tunnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Hop {
     /// A broker connected to this node: its service may be on another
     /// node, then the tunnel is forwarded there.
     Client,
     /// Another node, forwarding a broker's tunnel: the service must be
-    /// here (one hop, never forwarded again); no packet path.
-    Node,
+    /// here (one hop, never forwarded again). With the link when that
+    /// node asked for a packet path (its datagrams cross the link).
+    Node(Option<Connection>),
 }
+
+/// How long a tunnel waits for a fresh node link's path MTU to carry its
+/// datagrams before it takes the stream path instead.
+const LINK_MTU_WAIT: Duration = Duration::from_secs(1);
 
 async fn reply_error(mut client_send: SendStream, reply: RelayReply, max: usize) {
     let _ = write_frame(&mut client_send, &reply, max).await;
@@ -705,7 +723,7 @@ async fn open_tunnel(
             )
             .await
         }
-        None if hop == Hop::Client && core.links.is_some() => {
+        None if matches!(hop, Hop::Client) && core.links.is_some() => {
             forward_to_node(core, identity, serial, client_send, client_recv).await
         }
         None => {
@@ -731,10 +749,15 @@ async fn bridge_local(
     let max = core.config.limits.max_frame;
     let tunnel = core.next_tunnel.fetch_add(1, Ordering::Relaxed);
     // Held for the tunnel's life: dropping it closes the packet path. A
-    // forwarded tunnel has none (its packets would need a second hop).
-    let mut packets = match hop {
-        Hop::Client => core.packets.as_ref().map(|p| p.register()),
-        Hop::Node => None,
+    // forwarded tunnel's client end is across the link it came over.
+    let mut packets = match (&hop, core.packets.as_ref()) {
+        (Hop::Client, Some(p)) => Some(p.register()),
+        (Hop::Node(Some(link)), Some(p))
+            if super::packets::link_carries_tunnels(link, LINK_MTU_WAIT).await =>
+        {
+            Some(p.register_across(link.clone()))
+        }
+        _ => None,
     };
     let packet = packets.as_ref().map(|t| t.path);
     let opened = async {
@@ -775,7 +798,8 @@ async fn bridge_local(
     if write_frame(&mut client_send, &open, max).await.is_err() {
         return;
     }
-    info!(tunnel, %serial, caller = %identity, ?hop, "tunnel open");
+    let from_node = matches!(hop, Hop::Node(_));
+    info!(tunnel, %serial, caller = %identity, from_node, packets = packets.is_some(), "tunnel open");
     let _open = core.load.tunnel();
     let tap = core.config.tap.clone();
     // With a packet path the streams carry nothing, but their end (either
@@ -824,10 +848,13 @@ async fn forward_to_node(
         let link = links.link(&node, addr).await.map_err(|e| e.to_string())?;
         let lost =
             |e: &dyn std::fmt::Display| format!("relay node {node} holding service {serial}: {e}");
+        let packets = core.packets.is_some()
+            && super::packets::link_carries_tunnels(&link, LINK_MTU_WAIT).await;
         let (mut send, mut recv) = link.open_bi().await.map_err(|e| lost(&e))?;
         let request = RelayRequest::Forward {
             serial: serial.to_string(),
             caller: identity.to_string(),
+            packets,
         };
         write_frame(&mut send, &request, max)
             .await
@@ -838,10 +865,40 @@ async fn forward_to_node(
             .map_err(|_| lost(&"no answer in time"))?
             .map_err(|e| lost(&e))?
             .ok_or_else(|| lost(&"the link closed"))?;
-        Ok::<_, String>((send, recv, reply))
+        // The packet path's client half: this node's port, the far node's
+        // tunnel id, datagrams over the link.
+        let (reply, joined) = match reply {
+            RelayReply::TunnelOpen {
+                facts,
+                packet: Some(path),
+            } => {
+                let port = core
+                    .packets
+                    .as_ref()
+                    .filter(|_| packets)
+                    .ok_or_else(|| lost(&"it offered a packet path not asked for"))?;
+                let joined = port
+                    .join_forwarded(path.id, link.clone())
+                    .ok_or_else(|| lost(&"its tunnel id is taken here"))?;
+                let packet = PacketPath {
+                    port: core
+                        .config
+                        .misdirect_client_packets
+                        .unwrap_or(joined.path.port),
+                    id: path.id,
+                };
+                let open = RelayReply::TunnelOpen {
+                    facts,
+                    packet: Some(packet),
+                };
+                (open, Some(joined))
+            }
+            other => (other, None),
+        };
+        Ok::<_, String>((send, recv, reply, joined))
     }
     .await;
-    let (node_send, node_recv, reply) = match opened {
+    let (node_send, node_recv, reply, _packets) = match opened {
         Ok(opened) => opened,
         Err(why) => {
             warn!(%serial, %node, reason = %why, "cannot forward a tunnel");
@@ -854,7 +911,7 @@ async fn forward_to_node(
         let _ = client_send.finish();
         return;
     }
-    info!(%serial, caller = %identity, %node, "tunnel forwarded");
+    info!(%serial, caller = %identity, %node, packets = _packets.is_some(), "tunnel forwarded");
     let _open = core.load.tunnel();
     let tap = core.config.tap.clone();
     tokio::join!(

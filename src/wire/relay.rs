@@ -93,9 +93,15 @@ pub enum RelayRequest {
     CreateToken { lifetime_secs: u64 },
     /// From another node of the tier only: bridge this stream to service
     /// `serial`, connected to this node, for `caller` (whom the asking
-    /// node authenticated). Answered as `OpenTunnel` is, always without a
-    /// packet path; never forwarded again (one hop).
-    Forward { serial: String, caller: String },
+    /// node authenticated). Answered as `OpenTunnel` is, with a packet
+    /// path only when `packets` (the asking node then forwards the
+    /// tunnel's datagrams over the link as QUIC datagrams); never
+    /// forwarded again (one hop).
+    Forward {
+        serial: String,
+        caller: String,
+        packets: bool,
+    },
 }
 
 impl std::fmt::Debug for RelayRequest {

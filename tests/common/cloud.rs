@@ -397,21 +397,42 @@ impl TestRelay {
         password: &str,
         approve: bool,
     ) -> String {
-        let roots = switchyard::tls::root_store(Some(&self.ca_file())).unwrap();
-        let http = switchyard::tls::http_client(roots).unwrap();
-        let response = http
-            .post(format!("{}/device", self.url()))
-            .form(&[
-                ("user_code", user_code),
-                ("email", email),
-                ("password", password),
-                ("decision", if approve { "approve" } else { "deny" }),
-            ])
-            .send()
-            .await
-            .unwrap();
-        response.text().await.unwrap()
+        decide_at(
+            &self.url(),
+            &self.ca_file(),
+            user_code,
+            email,
+            password,
+            approve,
+        )
+        .await
     }
+}
+
+/// Approves (or denies) a pending SSO login on the page of the relay at
+/// `url` (trusting `ca_file`), as a person would submit the form.
+pub async fn decide_at(
+    url: &str,
+    ca_file: &std::path::Path,
+    user_code: &str,
+    email: &str,
+    password: &str,
+    approve: bool,
+) -> String {
+    let roots = switchyard::tls::root_store(Some(ca_file)).unwrap();
+    let http = switchyard::tls::http_client(roots).unwrap();
+    let response = http
+        .post(format!("{url}/device"))
+        .form(&[
+            ("user_code", user_code),
+            ("email", email),
+            ("password", password),
+            ("decision", if approve { "approve" } else { "deny" }),
+        ])
+        .send()
+        .await
+        .unwrap();
+    response.text().await.unwrap()
 }
 
 fn rand_hex() -> String {

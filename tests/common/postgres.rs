@@ -270,6 +270,17 @@ pub struct TierNode {
 impl TierNode {
     /// Starts node `name` with its own copy of `state`, on `database`.
     pub async fn start(name: &str, work: &Path, state: &Path, database: &str) -> Self {
+        Self::start_with_args(name, work, state, database, &[]).await
+    }
+
+    /// As [`TierNode::start`], with `extra` arguments to `relay run`.
+    pub async fn start_with_args(
+        name: &str,
+        work: &Path,
+        state: &Path,
+        database: &str,
+        extra: &[&str],
+    ) -> Self {
         let own = work.join(format!("state-{name}"));
         if !own.exists() {
             copy_state(state, &own);
@@ -288,6 +299,7 @@ impl TierNode {
                 "127.0.0.1:0",
             ])
             .args(["--packet-listen", "127.0.0.1:0", "--poll-interval", "1"])
+            .args(extra)
             .arg("--ready-file")
             .arg(&ready)
             .env("SWITCHYARD_RELAY_DATABASE", database)

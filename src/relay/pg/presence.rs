@@ -5,12 +5,16 @@
 //! the database's clock so nodes' clocks do not matter) is younger than
 //! [`NODE_TIMEOUT`]; readers only believe presence rows of live nodes, so
 //! a node that dies stops owning its services within `NODE_TIMEOUT`. Rows
-//! of nodes dead longer than [`NODE_FORGET`] are deleted by the others.
+//! of nodes dead longer than [`NODE_FORGET`] are deleted by the others,
+//! and so are their node certificates (kind `node`, subject the node id;
+//! a node that the others forgot while it stalled records its certificate
+//! again with its next beat, see [`PgStore::keep_node_cert`]).
 //! Each change is announced with `NOTIFY` on [`PRESENCE_CHANNEL`].
 
 use std::time::Duration;
 
 use super::{PgStore, StoreError};
+use crate::relay::nodes::NODE_CERT_KIND;
 
 /// How often a node stamps its row.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -89,7 +93,36 @@ impl PgStore {
                 &[&NODE_FORGET.as_secs_f64()],
             )
             .await?;
+        // Node certificates of nodes gone from the table (each start makes a
+        // new node id and certificate). A certificate younger than
+        // NODE_FORGET is kept: its node may not have beaten yet.
+        client
+            .execute(
+                "DELETE FROM certs WHERE kind = $1 AND created_at < $2 AND NOT EXISTS \
+                 (SELECT 1 FROM relay_nodes n WHERE n.id = certs.subject)",
+                &[
+                    &NODE_CERT_KIND,
+                    &(super::now() - NODE_FORGET.as_secs() as i64),
+                ],
+            )
+            .await?;
         Ok(row.get(0))
+    }
+
+    /// Records node `id`'s certificate `fingerprint` again unless it is
+    /// still recorded (a node the others forgot while it stalled; a row
+    /// that is there, revoked or not, is left as it is).
+    pub async fn keep_node_cert(&self, fingerprint: &[u8; 32], id: &str) -> Result<(), StoreError> {
+        self.pool
+            .get()
+            .await?
+            .execute(
+                "INSERT INTO certs (fingerprint, kind, subject, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (fingerprint) DO NOTHING",
+                &[&fingerprint.as_slice(), &NODE_CERT_KIND, &id, &super::now()],
+            )
+            .await?;
+        Ok(())
     }
 
     /// Service `serial` is connected to node `node` now.
