@@ -508,3 +508,30 @@ async fn a_device_without_sftp_gives_a_clear_error_and_legacy_scp_still_works() 
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(std::fs::read(&remote).unwrap(), b"through legacy scp\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_reaches_a_device_of_an_integrated_service() {
+    // The same device also as service `local`, run inside the broker: the
+    // subsystem's channel is handed over in-process, no link stream.
+    let lab = Lab::start_with(SFTP).await;
+    let out = lab
+        .broker
+        .connect_integrated("local", &[sshd_device("linux-1", lab.sshd.port)])
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    let (port, _) = lab.start_proxy(&[]).await;
+    let original = lab.path("original.bin");
+    std::fs::write(&original, pattern(1 << 20)).unwrap();
+    let remote = lab.sshd.scratch().join("integrated.bin");
+    let back = lab.path("back.bin");
+    let batch = lab.path("batch");
+    let (o, r, b) = (original.display(), remote.display(), back.display());
+    std::fs::write(&batch, format!("put {o} {r}\nget {r} {b}\n")).unwrap();
+    let batch = batch.to_str().unwrap();
+    let mut cmd = lab.openssh("sftp", "key", &["-P", &port.to_string(), "-b", batch]);
+    cmd.arg("linux-1@local@127.0.0.1");
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(sha256_file(&remote), sha256_file(&original));
+    assert_eq!(sha256_file(&back), sha256_file(&original));
+}
