@@ -28,81 +28,15 @@ to stdout as a Markdown table and to target/bench-exec-vs-ssh.json.
 import argparse
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = os.environ.get("SWITCHYARD_BIN", str(ROOT / "target" / "release" / "switchyard"))
-USER = "switchyard-test"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def keygen(path):
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-
-
-def start_sshd(d):
-    keygen(d / "host_key")
-    keygen(d / "client_key")
-    shutil.copy(d / "client_key.pub", d / "authorized_keys")
-    os.chmod(d, 0o755)
-    port = free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile none\n"
-        f"UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        f"PubkeyAuthentication yes\nAuthorizedKeysFile {d}/authorized_keys\n"
-        f"StrictModes no\nMaxSessions 20\nLogLevel ERROR\n")
-    os.makedirs("/run/sshd", exist_ok=True)
-    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(d / "sshd_config")])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("sshd did not start")
-
-
-def run(*args, **kw):
-    return subprocess.run([BIN, *args], check=True, capture_output=True, text=True, **kw)
-
-
-def read_line(stream, want, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            break
-        if want in line:
-            return line
-    raise SystemExit(f"no {want!r}")
-
-
-def peak_mib(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pid):
-    """User + system CPU seconds a live process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (BIN, ROOT, USER, Switchyard, bench_dir, cpu_seconds,  # noqa: E402
+                     medians, peak_mib, ratio, start_master, start_sshd)
 
 
 class Cpu:
@@ -155,41 +89,14 @@ def main():
     args = ap.parse_args()
     n = args.bulk_mb * 1_000_000
 
-    d = Path(tempfile.mkdtemp(prefix="bench-exec-"))
-    sshd, port = start_sshd(d)
-    procs = [sshd]
-    try:
-        env = dict(os.environ, XDG_CONFIG_HOME=str(d), XDG_STATE_HOME=str(d),
-                   SWITCHYARD_SOCKET=str(d / "broker.sock"), RUST_LOG="warn")
-        (d / "admin").write_text("bench-admin-password\n")
-        (d / "alice").write_text("bench-alice-password\n")
-        admin = ["service", "--db", str(d / "inv.db"), "--admin-password-file", str(d / "admin")]
-        run(*admin, "init", env=env)
-        run(*admin, "device", "add", "dev", "--host", "127.0.0.1", "--port", str(port),
-            "--username", USER, "--key-file", str(d / "client_key"), env=env)
-        run(*admin, "user", "add", "alice", "--password-file", str(d / "alice"), env=env)
-        service = subprocess.Popen([BIN, *admin, "run", "--listen", "127.0.0.1:0"], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        procs.append(service)
-        rpc = json.loads(read_line(service.stdout, "rpc_addr"))["rpc_addr"]
-        broker = subprocess.Popen([BIN, "broker"], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True)
-        procs.append(broker)
-        read_line(broker.stderr, "listening on")
-        host, rport = rpc.rsplit(":", 1)
-        run("connect", "direct", "lab", "--host", host, "--port", rport, "--user", "alice",
-            "--password-file", str(d / "alice"), env=env)
-
-        ctl = d / "ctl"
-        ssh_base = ["ssh", "-S", str(ctl), "-p", str(port), "-i", str(d / "client_key"),
-                    "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={d}/known",
-                    "-o", "BatchMode=yes", f"{USER}@127.0.0.1"]
-        master = subprocess.Popen(["ssh", "-M", "-N", *ssh_base[1:]],
-                                  stdin=subprocess.DEVNULL)
-        procs.append(master)
-        deadline = time.monotonic() + 10
-        while not ctl.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with bench_dir("bench-exec-") as (d, procs):
+        sshd, port = start_sshd(d)
+        procs.append(sshd)
+        lab = Switchyard(d, port, procs)
+        env = lab.env
+        service, broker = lab.service, lab.broker
+        opts, master = start_master(d, port, procs)
+        ssh_base = ["ssh", "-p", str(port), *opts, f"{USER}@127.0.0.1"]
 
         def sy(cmd):
             return [BIN, "exec", "lab", "dev", "-c", cmd, "--raw"]
@@ -222,24 +129,21 @@ def main():
             print(f"round {r + 1}: bulk {rows['bulk']['switchyard'][-1]:.0f} vs "
                   f"{rows['bulk']['ssh'][-1]:.0f} MB/s", file=sys.stderr)
         peaks = {"service": peak_mib(service.pid), "broker": peak_mib(broker.pid)}
-        med = {k: {t: statistics.median(v) for t, v in rows[k].items()} for k in rows}
-        ratio = {
-            "bulk": statistics.median(a / b for a, b in zip(rows["bulk"]["switchyard"],
-                                                            rows["bulk"]["ssh"])),
-            "small": statistics.median(b / a for a, b in zip(rows["small"]["switchyard"],
-                                                             rows["small"]["ssh"])),
-            "ttfb": statistics.median(b / a for a, b in zip(rows["ttfb"]["switchyard"],
-                                                            rows["ttfb"]["ssh"])),
+        med = medians(rows)
+        ratios = {
+            "bulk": ratio(rows["bulk"], "switchyard", "ssh"),
+            "small": ratio(rows["small"], "switchyard", "ssh", invert=True),
+            "ttfb": ratio(rows["ttfb"], "switchyard", "ssh", invert=True),
         }
         print(f"| measurement ({args.bulk_mb} MB bulk, {args.rounds} rounds) | switchyard exec --raw"
               f" | ssh -S ctl (ControlMaster) | switchyard vs ssh (median of rounds) |")
         print("| --- | --- | --- | --- |")
         print(f"| bulk `head -c {n} /dev/zero` | {med['bulk']['switchyard']:.0f} MB/s | "
-              f"{med['bulk']['ssh']:.0f} MB/s | **{ratio['bulk']:.2f}×** |")
+              f"{med['bulk']['ssh']:.0f} MB/s | **{ratios['bulk']:.2f}×** |")
         print(f"| warm `true`, per call | {med['small']['switchyard']:.2f} ms | "
-              f"{med['small']['ssh']:.2f} ms | **{ratio['small']:.2f}×** faster |")
+              f"{med['small']['ssh']:.2f} ms | **{ratios['small']:.2f}×** faster |")
         print(f"| time to first byte, `echo x; sleep 0.3` | {med['ttfb']['switchyard']:.2f} ms | "
-              f"{med['ttfb']['ssh']:.2f} ms | **{ratio['ttfb']:.2f}×** faster |")
+              f"{med['ttfb']['ssh']:.2f} ms | **{ratios['ttfb']:.2f}×** faster |")
         print(f"| peak RSS after the run | service {peaks['service']:.0f} MiB, broker "
               f"{peaks['broker']:.0f} MiB | — | — |")
         moved_gb = n * args.rounds / 1e9
@@ -250,16 +154,8 @@ def main():
         for stage, secs in per_gb.items():
             print(f"| {stage} | {secs:.2f} s/GB |")
         out = ROOT / "target" / "bench-exec-vs-ssh.json"
-        out.write_text(json.dumps({"rounds": rows, "median": med, "ratio": ratio,
+        out.write_text(json.dumps({"rounds": rows, "median": med, "ratio": ratios,
                                    "peak_rss_mib": peaks, "cpu_s_per_gb": per_gb}, indent=1))
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

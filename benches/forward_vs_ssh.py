@@ -6,7 +6,7 @@ OpenSSH ControlMaster to the same host, side by side in one run.
     python3 benches/forward_vs_ssh.py [--bulk-mb 500] [--rounds 5] [--setups 50]
 
 Needs root (a private `sshd -D`, as the test account `switchyard-test` that
-scripts/setup-test-host.sh creates; helpers from exec_vs_ssh.py). The
+scripts/setup-test-host.sh creates; helpers from _common.py). The
 device is 127.0.0.1, reached by the service over SSH for nothing here but
 listed with two extra forward ports, served by a separate process:
 
@@ -31,17 +31,16 @@ target/bench-forward-vs-ssh.json.
 import argparse
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exec_vs_ssh import BIN, ROOT, USER, free_port, peak_mib, read_line, run, start_sshd  # noqa: E402
+from _common import (ROOT, USER, Switchyard, bench_dir, free_port, medians,  # noqa: E402
+                     peak_mib, ratio, run, start_master, start_sshd)
 
 SERVER = r"""
 import socket, sys, threading
@@ -113,50 +112,24 @@ def main():
     args = ap.parse_args()
     n = args.bulk_mb * 1_000_000
 
-    d = Path(tempfile.mkdtemp(prefix="bench-forward-"))
-    sshd, port = start_sshd(d)
-    procs = [sshd]
-    try:
+    with bench_dir("bench-forward-") as (d, procs):
+        sshd, port = start_sshd(d)
+        procs.append(sshd)
         server = subprocess.Popen([sys.executable, "-c", SERVER, str(n)],
                                   stdout=subprocess.PIPE, text=True)
         procs.append(server)
         bulk_port, hello_port = (int(p) for p in server.stdout.readline().split())
 
-        env = dict(os.environ, XDG_CONFIG_HOME=str(d), XDG_STATE_HOME=str(d),
-                   SWITCHYARD_SOCKET=str(d / "broker.sock"), RUST_LOG="warn")
-        (d / "admin").write_text("bench-admin-password\n")
-        (d / "alice").write_text("bench-alice-password\n")
-        admin = ["service", "--db", str(d / "inv.db"), "--admin-password-file", str(d / "admin")]
-        run(*admin, "init", env=env)
-        run(*admin, "device", "add", "dev", "--host", "127.0.0.1", "--port", str(port),
-            "--username", USER, "--key-file", str(d / "client_key"),
-            "--forward-ports", f"{bulk_port},{hello_port}", env=env)
-        run(*admin, "user", "add", "alice", "--password-file", str(d / "alice"), env=env)
-        service = subprocess.Popen([BIN, *admin, "run", "--listen", "127.0.0.1:0"], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        procs.append(service)
-        rpc = json.loads(read_line(service.stdout, "rpc_addr"))["rpc_addr"]
-        broker = subprocess.Popen([BIN, "broker"], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True)
-        procs.append(broker)
-        read_line(broker.stderr, "listening on")
-        host, rport = rpc.rsplit(":", 1)
-        run("connect", "direct", "lab", "--host", host, "--port", rport, "--user", "alice",
-            "--password-file", str(d / "alice"), env=env)
+        lab = Switchyard(d, port, procs, ("--forward-ports", f"{bulk_port},{hello_port}"))
+        env = lab.env
+        service, broker = lab.service, lab.broker
         sy = {}
         for name, dport in (("bulk", bulk_port), ("hello", hello_port)):
             out = run("forward", "start", "lab", "dev", str(dport), env=env).stdout
             sy[name] = int(out.split()[1].rsplit(":", 1)[1])
 
-        ctl = d / "ctl"
-        ssh_base = ["-S", str(ctl), "-p", str(port), "-i", str(d / "client_key"),
-                    "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={d}/known",
-                    "-o", "BatchMode=yes", f"{USER}@127.0.0.1"]
-        master = subprocess.Popen(["ssh", "-M", "-N", *ssh_base], stdin=subprocess.DEVNULL)
-        procs.append(master)
-        deadline = time.monotonic() + 10
-        while not ctl.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        opts, _ = start_master(d, port, procs)
+        ssh_base = ["-p", str(port), *opts, f"{USER}@127.0.0.1"]
         ssh = {}
         for name, dport in (("bulk", bulk_port), ("hello", hello_port)):
             lport = free_port()
@@ -180,36 +153,25 @@ def main():
                   f"{rows['setup']['switchyard'][-1]:.3f} vs {rows['setup']['ssh'][-1]:.3f} ms",
                   file=sys.stderr)
         peaks = {"service": peak_mib(service.pid), "broker": peak_mib(broker.pid)}
-        med = {k: {t: statistics.median(v) for t, v in rows[k].items()} for k in rows}
-        ratio = {
+        med = medians(rows)
+        ratios = {
             # Throughput: switchyard / ssh (higher is better; target >= 0.9).
-            "bulk": statistics.median(a / b for a, b in zip(rows["bulk"]["switchyard"],
-                                                            rows["bulk"]["ssh"])),
+            "bulk": ratio(rows["bulk"], "switchyard", "ssh"),
             # Set-up time: switchyard / ssh (lower is better; target <= 1).
-            "setup": statistics.median(a / b for a, b in zip(rows["setup"]["switchyard"],
-                                                             rows["setup"]["ssh"])),
+            "setup": ratio(rows["setup"], "switchyard", "ssh"),
         }
         print(f"| measurement ({args.bulk_mb} MB bulk, {args.setups} set-ups, {args.rounds} rounds)"
               f" | switchyard forward | ssh -L (ControlMaster) | switchyard vs ssh |")
         print("| --- | --- | --- | --- |")
         print(f"| bulk download | {med['bulk']['switchyard']:.0f} MB/s | "
-              f"{med['bulk']['ssh']:.0f} MB/s | **{ratio['bulk']:.2f}×** (target ≥ 0.9×) |")
+              f"{med['bulk']['ssh']:.0f} MB/s | **{ratios['bulk']:.2f}×** (target ≥ 0.9×) |")
         print(f"| new connection to first byte | {med['setup']['switchyard']:.3f} ms | "
-              f"{med['setup']['ssh']:.3f} ms | **{ratio['setup']:.2f}×** the time (target ≤ 1×) |")
+              f"{med['setup']['ssh']:.3f} ms | **{ratios['setup']:.2f}×** the time (target ≤ 1×) |")
         print(f"| peak RSS (VmHWM) | service {peaks['service']:.0f} MiB, "
               f"broker {peaks['broker']:.0f} MiB | — | — |")
         out = ROOT / "target" / "bench-forward-vs-ssh.json"
-        out.write_text(json.dumps({"rounds": rows, "median": med, "ratio": ratio,
+        out.write_text(json.dumps({"rounds": rows, "median": med, "ratio": ratios,
                                    "peak_mib": peaks, "load": os.getloadavg()}, indent=2))
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

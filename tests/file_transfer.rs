@@ -9,7 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::broker::{TestBroker, in_session, open_attached};
+use common::broker::{TestBroker, in_session};
 use common::service::{TestService, sshd_device, start_service};
 use common::sshd::Sshd;
 use common::{eventually, within};
@@ -359,34 +359,13 @@ async fn grpc_upload(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_cross_a_relayed_link_both_ways() {
-    use common::cloud::{ALICE, CloudService, TestRelay};
+    use common::cloud::{ALICE, CloudService, TestRelay, broker_for, cloud_service, token_session};
     let sshd = Sshd::start_with(10, SFTP).await;
     let relay = TestRelay::start().await;
     let _svc = CloudService::start(&relay, "SN-CP", &[sshd_device(CORE, sshd.port)]).await;
-    let config = relay.broker_config(relay.dir.path());
-    let broker = TestBroker::start_with(&[], &["--config", config.to_str().unwrap()])
-        .await
-        .0;
-    let mut client = broker.client().await;
-    let (session, _attach) = open_attached(&mut client).await;
-    client
-        .access_token_login(pb::AccessTokenLoginRequest {
-            session_id: session.clone(),
-            token: relay.token(ALICE),
-            relay: None,
-        })
-        .await
-        .unwrap();
-    let service = client
-        .service_cloud(pb::ServiceCloudRequest {
-            session_id: session.clone(),
-            serial: "SN-CP".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .service_id;
+    let broker = broker_for(&relay).await;
+    let (mut client, session, _attach) = token_session(&broker, &relay.token(ALICE)).await;
+    let service = cloud_service(&mut client, &session, "SN-CP", None).await;
     let (path, want) = device_file(&sshd, "relayed.bin", 4 << 20);
     let (data, protocol) = grpc_download(&mut client, in_session(&session, &service), &path).await;
     assert_eq!(hex::encode(Sha256::digest(&data)), want);
@@ -401,22 +380,9 @@ async fn files_cross_a_relayed_link_both_ways() {
 async fn files_cross_an_integrated_link_both_ways() {
     let sshd = Sshd::start_with(10, SFTP).await;
     let broker = TestBroker::start(&[]).await;
-    let db = broker.dir.path().join("inv.db");
-    drop(common::service::make_inventory(
-        &db,
-        &[sshd_device("linux-1", sshd.port)],
-    ));
-    let pw = broker.dir.path().join("admin-pw");
-    std::fs::write(&pw, format!("{}\n", common::service::ADMIN_PASSWORD)).unwrap();
     let out = broker
-        .command()
-        .args(["connect", "integrated", "lab", "--db"])
-        .arg(&db)
-        .arg("--admin-password-file")
-        .arg(&pw)
-        .output()
-        .await
-        .unwrap();
+        .connect_integrated("lab", &[sshd_device("linux-1", sshd.port)])
+        .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let (path, want) = device_file(&sshd, "integrated.bin", 4 << 20);
     let local = tempfile::tempdir().unwrap();

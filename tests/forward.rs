@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::broker::{TestBroker, in_session, named, open_attached, status};
+use common::broker::{TestBroker, in_session, named, status};
 use common::http::{HttpServer, curl};
 use common::service::{ADMIN_PASSWORD, ALICE_PASSWORD, TestService, ssh_device, start_service};
 use common::within;
@@ -476,35 +476,14 @@ async fn a_hundred_connections_echo_a_megabyte_each_over_one_direct_link() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_connections_echo_a_megabyte_each_over_one_relayed_link() {
-    use common::cloud::{ALICE, CloudService, TestRelay};
+    use common::cloud::{ALICE, CloudService, TestRelay, broker_for, cloud_service, token_session};
     let echo = Echo::start().await;
     let relay = TestRelay::start().await;
     // Alice's cloud identity may reach core-*.
     let _svc = CloudService::start(&relay, "SN-F", &[ssh_device("core-echo", echo.port())]).await;
-    let config = relay.broker_config(relay.dir.path());
-    let broker = TestBroker::start_with(&[], &["--config", config.to_str().unwrap()])
-        .await
-        .0;
-    let mut client = broker.client().await;
-    let (session, _attach) = open_attached(&mut client).await;
-    client
-        .access_token_login(pb::AccessTokenLoginRequest {
-            session_id: session.clone(),
-            token: relay.token(ALICE),
-            relay: None,
-        })
-        .await
-        .unwrap();
-    let service = client
-        .service_cloud(pb::ServiceCloudRequest {
-            session_id: session.clone(),
-            serial: "SN-F".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .service_id;
+    let broker = broker_for(&relay).await;
+    let (mut client, session, _attach) = token_session(&broker, &relay.token(ALICE)).await;
+    let service = cloud_service(&mut client, &session, "SN-F", None).await;
     let f = start_forward(
         &mut client,
         in_session(&session, &service),

@@ -2,8 +2,8 @@
 //! to a `python3 -m http.server` "device" through a direct link, the reply
 //! codes a raw SOCKS5 client gets for a refused port, an unknown device and
 //! an IP address (and the broker's log lines saying why), username and
-//! password (RFC 1929), and hostile handshakes closing only their own
-//! connection.
+//! password (RFC 1929), hostile handshakes closing only their own
+//! connection, and the same proxy over a relayed and an integrated link.
 
 mod common;
 
@@ -332,4 +332,98 @@ async fn hostile_handshakes_close_only_their_own_connection() {
         }
     })
     .await;
+}
+
+/// A page served by `python3 -m http.server`, as device `core-web` whose
+/// SSH port is the server's (a device's own SSH port may be forwarded to
+/// by default, so no `forward_ports` setting is needed on either link).
+struct WebDevice {
+    page: Vec<u8>,
+    http: HttpServer,
+    _site: tempfile::TempDir,
+}
+
+impl WebDevice {
+    async fn start() -> Self {
+        let site = tempfile::tempdir().unwrap();
+        let page: Vec<u8> = (0..150_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        std::fs::write(site.path().join("page.bin"), &page).unwrap();
+        let http = HttpServer::start(site.path()).await;
+        Self {
+            page,
+            http,
+            _site: site,
+        }
+    }
+
+    fn device(&self) -> switchyard::service::inventory::NewDevice {
+        ssh_device("core-web", self.http.port)
+    }
+
+    /// curl through `proxy` to the page by the device's name: its bytes,
+    /// then a refused port's SOCKS5 reply (02, not allowed).
+    async fn check_through(&self, proxy: SocketAddr) {
+        let url = format!("http://core-web:{}/page.bin", self.http.port);
+        let got = curl(&["--socks5-hostname", &proxy.to_string(), &url]).await;
+        assert!(got.status.success(), "{got:?}");
+        assert!(
+            got.stdout == self.page,
+            "curl got {} bytes",
+            got.stdout.len()
+        );
+        let (_, code) = socks_connect(proxy, None, Dest::Name("core-web"), 1).await;
+        assert_eq!(code, Ok(2));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_reaches_a_device_through_a_relayed_link() {
+    use common::broker::in_session;
+    use common::cloud::{ALICE, CloudService, TestRelay, broker_for, cloud_service, token_session};
+    use switchyard::api::pb;
+    let web = WebDevice::start().await;
+    let relay = TestRelay::start().await;
+    let _svc = CloudService::start(&relay, "SN-SOCKS", &[web.device()]).await;
+    let broker = broker_for(&relay).await;
+    let (mut client, session, _attach) = token_session(&broker, &relay.token(ALICE)).await;
+    let service = cloud_service(&mut client, &session, "SN-SOCKS", Some(30.0)).await;
+    let proxy = client
+        .socks_proxy_start(pb::SocksProxyStartRequest {
+            service: in_session(&session, &service),
+            listen: "127.0.0.1:0".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(proxy.kind, "socks5");
+    web.check_through(proxy.address.parse().unwrap()).await;
+    let s = status(&broker).await;
+    let relayed = s.links.iter().filter(|l| l.transport == "relayed").count();
+    assert_eq!(relayed, 1, "{:?}", s.links);
+    assert_eq!(s.forwards[0].connections_total, 2, "{:?}", s.forwards);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_reaches_a_device_through_an_integrated_link() {
+    let web = WebDevice::start().await;
+    let broker = TestBroker::start(&[]).await;
+    let out = broker.connect_integrated("lab", &[web.device()]).await;
+    assert!(out.status.success(), "{out:?}");
+    let out = within(
+        30,
+        "socks-proxy start",
+        broker
+            .command()
+            .args(["socks-proxy", "start", "lab", "--listen", "127.0.0.1:0"])
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let line = String::from_utf8(out.stdout).unwrap();
+    let (_, addr) = line.trim().split_once("  ").expect("ID  ADDRESS");
+    web.check_through(addr.parse().unwrap()).await;
+    let s = status(&broker).await;
+    assert_eq!(s.links[0].transport, "integrated", "{:?}", s.links);
 }

@@ -2,7 +2,9 @@
 //! broker process, a service on loopback QUIC, a stock OpenSSH device and
 //! the simulator. Exec with output and exit status, an interactive shell
 //! over `ssh -tt`, key and password logins and their refusals, clear
-//! errors for unknown targets, and a host key that survives a restart.
+//! errors for unknown targets, a host key that survives a restart, and
+//! stock `sftp` and `scp` (its SFTP mode and `-O`) carrying files both
+//! ways through the device's SFTP subsystem (or a clear error without one).
 
 mod common;
 
@@ -19,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 /// A broker with the named service `lab` (`linux-1` on stock OpenSSH,
 /// `sim-1` simulated) and a client key pair in `dir`.
 struct Lab {
-    _sshd: Sshd,
+    sshd: Sshd,
     svc: TestService,
     broker: TestBroker,
     dir: tempfile::TempDir,
@@ -36,7 +38,13 @@ fn keygen(path: &Path) {
 
 impl Lab {
     async fn start() -> Self {
-        let sshd = Sshd::start(10).await;
+        Self::start_with("").await
+    }
+
+    /// [`Lab::start`] with `extra` sshd_config lines for the device (e.g.
+    /// its `Subsystem sftp` line; without one it has no SFTP).
+    async fn start_with(sshd_extra: &str) -> Self {
+        let sshd = Sshd::start_with(10, sshd_extra).await;
         let svc = start_service(
             &[sshd_device("linux-1", sshd.port), sim_device("sim-1")],
             RpcConfig::default(),
@@ -53,7 +61,7 @@ impl Lab {
         )
         .unwrap();
         Self {
-            _sshd: sshd,
+            sshd,
             svc,
             broker,
             dir,
@@ -98,10 +106,20 @@ impl Lab {
     /// mode, trusting the host key on first use in the test's own
     /// known_hosts; `extra` options override these.
     fn ssh(&self, port: u16, key: &str, user: &str, extra: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new("ssh");
-        // Options given first win in ssh: the caller's go first.
+        let mut cmd = self.openssh("ssh", key, extra);
+        cmd.args(["-p", &port.to_string()])
+            .arg(format!("{user}@127.0.0.1"));
+        cmd
+    }
+
+    /// A stock OpenSSH `program` (`ssh`, `sftp`, `scp`) with the test's
+    /// options: `key` only, batch mode, the test's own known_hosts
+    /// (trusting the proxy's key on first use); `extra` go first (in
+    /// OpenSSH the first value given wins).
+    fn openssh(&self, program: &str, key: &str, extra: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(program);
         cmd.args(extra)
-            .args(["-F", "/dev/null", "-p", &port.to_string(), "-i"])
+            .args(["-F", "/dev/null", "-i"])
             .arg(self.path(key))
             .args([
                 "-o",
@@ -122,7 +140,6 @@ impl Lab {
                 "UserKnownHostsFile={}",
                 self.path("known_hosts").display()
             ))
-            .arg(format!("{user}@127.0.0.1"))
             .env_remove("SSH_AUTH_SOCK")
             .stdin(Stdio::null())
             .kill_on_drop(true);
@@ -357,7 +374,7 @@ async fn ssh_w_reaches_a_device_port_through_the_proxy_and_refusals_say_why() {
     let (port, _) = lab.start_proxy(&[]).await;
     // `-W`: ssh's stdin and stdout are the device's SSH port (allowed by
     // default), whose banner comes first.
-    let to = format!("linux-1:{}", lab._sshd.port);
+    let to = format!("linux-1:{}", lab.sshd.port);
     let mut cmd = lab.ssh(port, "key", "linux-1@lab", &["-W", &to]);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
@@ -381,4 +398,140 @@ async fn ssh_w_reaches_a_device_port_through_the_proxy_and_refusals_say_why() {
         err.contains("open failed") && err.contains("forward_ports"),
         "{out:?}"
     );
+}
+
+/// The device's SFTP server (Debian's OpenSSH path).
+const SFTP: &str = "Subsystem sftp /usr/lib/openssh/sftp-server";
+
+/// Pseudo-random bytes (xorshift), so a lost or repeated block shows.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_and_scp_carry_10_mb_both_ways_through_the_proxy() {
+    let lab = Lab::start_with(SFTP).await;
+    let (port, _) = lab.start_proxy(&[]).await;
+    let port = port.to_string();
+    let original = lab.path("original.bin");
+    std::fs::write(&original, pattern(10 << 20)).unwrap();
+    let want = sha256_file(&original);
+    let scratch = lab.sshd.scratch();
+
+    // sftp, as DEVICE@SERVICE@HOST: a batch that puts and gets back.
+    let remote = scratch.join("by-sftp.bin");
+    let back = lab.path("back-sftp.bin");
+    let batch = lab.path("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} {}\nget {} {}\n",
+            original.display(),
+            remote.display(),
+            remote.display(),
+            back.display()
+        ),
+    )
+    .unwrap();
+    let batch = batch.to_str().unwrap();
+    let mut cmd = lab.openssh("sftp", "key", &["-P", &port, "-b", batch]);
+    cmd.arg("linux-1@lab@127.0.0.1");
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "sftp: {out:?}");
+    assert_eq!(sha256_file(&remote), want, "sftp put");
+    assert_eq!(sha256_file(&back), want, "sftp get");
+
+    // scp in its default SFTP mode, then in the legacy protocol (`-O`:
+    // `scp -t`/`-f` run as exec commands), each both ways.
+    for (mode, extra) in [("sftp-mode", &[][..]), ("legacy", &["-O"][..])] {
+        let remote = scratch.join(format!("by-scp-{mode}.bin"));
+        let back = lab.path(&format!("back-scp-{mode}.bin"));
+        let spec = format!("linux-1@lab@127.0.0.1:{}", remote.display());
+        let mut args = vec!["-q", "-P", &port];
+        args.extend_from_slice(extra);
+        let mut cmd = lab.openssh("scp", "key", &args);
+        cmd.arg(&original).arg(&spec);
+        let out = run(cmd).await;
+        assert_eq!(out.status.code(), Some(0), "scp {mode} up: {out:?}");
+        assert_eq!(sha256_file(&remote), want, "scp {mode} up");
+        let mut cmd = lab.openssh("scp", "key", &args);
+        cmd.arg(&spec).arg(&back);
+        let out = run(cmd).await;
+        assert_eq!(out.status.code(), Some(0), "scp {mode} down: {out:?}");
+        assert_eq!(sha256_file(&back), want, "scp {mode} down");
+    }
+    let proxy = status(&lab.broker).await.ssh_proxy.unwrap();
+    assert_eq!(proxy.connections_failed, 0, "{proxy:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_without_sftp_gives_a_clear_error_and_legacy_scp_still_works() {
+    // No `Subsystem` line: this device refuses SFTP.
+    let lab = Lab::start().await;
+    let (port, _) = lab.start_proxy(&[]).await;
+    let port = port.to_string();
+    let says = "switchyard ssh-proxy: linux-1 has no sftp subsystem";
+
+    let mut cmd = lab.openssh("sftp", "key", &["-P", &port, "-b", "/dev/null"]);
+    cmd.arg("linux-1@lab@127.0.0.1");
+    let out = run(cmd).await;
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stderr).contains(says), "{out:?}");
+
+    let file = lab.path("small.txt");
+    std::fs::write(&file, b"through legacy scp\n").unwrap();
+    let remote = lab.sshd.scratch().join("small.txt");
+    let spec = format!("linux-1@lab@127.0.0.1:{}", remote.display());
+    let mut cmd = lab.openssh("scp", "key", &["-q", "-P", &port]);
+    cmd.arg(&file).arg(&spec);
+    let out = run(cmd).await;
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stderr).contains(says), "{out:?}");
+    assert!(!remote.exists());
+
+    let mut cmd = lab.openssh("scp", "key", &["-q", "-O", "-P", &port]);
+    cmd.arg(&file).arg(&spec);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(std::fs::read(&remote).unwrap(), b"through legacy scp\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_reaches_a_device_of_an_integrated_service() {
+    // The same device also as service `local`, run inside the broker: the
+    // subsystem's channel is handed over in-process, no link stream.
+    let lab = Lab::start_with(SFTP).await;
+    let out = lab
+        .broker
+        .connect_integrated("local", &[sshd_device("linux-1", lab.sshd.port)])
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    let (port, _) = lab.start_proxy(&[]).await;
+    let original = lab.path("original.bin");
+    std::fs::write(&original, pattern(1 << 20)).unwrap();
+    let remote = lab.sshd.scratch().join("integrated.bin");
+    let back = lab.path("back.bin");
+    let batch = lab.path("batch");
+    let (o, r, b) = (original.display(), remote.display(), back.display());
+    std::fs::write(&batch, format!("put {o} {r}\nget {r} {b}\n")).unwrap();
+    let batch = batch.to_str().unwrap();
+    let mut cmd = lab.openssh("sftp", "key", &["-P", &port.to_string(), "-b", batch]);
+    cmd.arg("linux-1@local@127.0.0.1");
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(sha256_file(&remote), sha256_file(&original));
+    assert_eq!(sha256_file(&back), sha256_file(&original));
 }

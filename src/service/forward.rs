@@ -23,13 +23,18 @@
 //! (the device resets, the caller resets or goes away) resets the other
 //! side, so a broken connection never looks complete.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::wire::mux::{RecvHalf, SendHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use super::drivers::ssh_subsystem::SubsystemStream;
 use super::inventory::{DriverKind, InventoryError};
 use super::ops::{OpsError, Principal, ServiceOps};
 use crate::wire::conn::write_frame;
@@ -163,23 +168,100 @@ impl ServiceOps {
     }
 }
 
-/// Serves one forward request on its link stream: refuses it with one
-/// `Error` frame, or answers `ForwardReady` and pumps bytes until both
-/// sides have ended (resetting both if either fails).
+/// The device end of a raw link stream: a TCP connection to a device's
+/// port ([`Request::Forward`](crate::wire::messages::Request::Forward)) or
+/// an SSH subsystem on it
+/// ([`Request::Subsystem`](crate::wire::messages::Request::Subsystem)).
+pub enum DeviceStream {
+    Tcp(TcpStream),
+    /// Boxed: a channel stream is several times a socket's size.
+    Subsystem(Box<SubsystemStream>),
+}
+
+impl DeviceStream {
+    /// Ends the device side abruptly: a TCP reset (zero linger); a
+    /// subsystem's channel is closed when the stream is dropped.
+    pub fn reset(&mut self) {
+        if let Self::Tcp(tcp) = self {
+            let _ = tcp.set_zero_linger();
+        }
+    }
+}
+
+impl AsyncRead for DeviceStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Subsystem(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for DeviceStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Subsystem(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Subsystem(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Subsystem(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Serves one forward request on its link stream (see [`serve_stream`]).
 pub async fn serve(
     ops: &ServiceOps,
     principal: &Principal,
     (device, port): (&str, u16),
     deadline: Option<Duration>,
+    send: SendHalf,
+    recv: RecvHalf,
+    max_frame: usize,
+) {
+    let opened = ops
+        .open_forward(principal, device, port, deadline)
+        .await
+        .map(DeviceStream::Tcp)
+        .map_err(|e| e.to_wire());
+    serve_stream(opened, principal, send, recv, max_frame).await;
+}
+
+/// Answers a raw-stream request on its link stream: its refusal as one
+/// `Error` frame, or `ForwardReady` and then bytes pumped between the link
+/// stream and `opened` until both sides have ended (resetting both if
+/// either fails).
+pub async fn serve_stream(
+    opened: Result<DeviceStream, WireError>,
+    principal: &Principal,
     mut send: SendHalf,
     mut recv: RecvHalf,
     max_frame: usize,
 ) {
-    let mut tcp = match ops.open_forward(principal, device, port, deadline).await {
-        Ok(tcp) => tcp,
+    let mut device = match opened {
+        Ok(device) => device,
         Err(e) => {
-            debug!(user = %principal.user, error = %e, "forward refused");
-            let _ = write_frame(&mut send, &Response::Error(e.to_wire()), max_frame).await;
+            debug!(user = %principal.user, error = %e, "raw stream refused");
+            let _ = write_frame(&mut send, &Response::Error(e), max_frame).await;
             let _ = send.finish();
             return;
         }
@@ -191,18 +273,18 @@ pub async fn serve(
         return;
     }
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let (mut tcp_read, mut tcp_write) = tcp.split();
+    let (mut device_read, mut device_write) = tokio::io::split(&mut device);
     let pumped = crate::pump::splice(
         (&mut recv, &mut send),
-        (&mut tcp_read, &mut tcp_write),
+        (&mut device_read, &mut device_write),
         &up,
         &down,
     )
     .await;
     if let Err(e) = pumped {
-        debug!(error = %e, "forwarded connection broke; resetting both sides");
+        debug!(error = %e, "raw stream broke; resetting both sides");
         send.reset(RESET_CODE);
         recv.stop(RESET_CODE);
-        let _ = tcp.set_zero_linger();
+        device.reset();
     }
 }

@@ -16,4 +16,5 @@ pub mod ratelimit;
 pub mod relay_agent;
 pub mod rpc;
 pub mod seal;
+pub mod subsystem;
 pub mod transfer;

@@ -31,6 +31,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::drivers::ssh_subsystem::SubsystemError;
 use super::drivers::ssh_transfer::TransferError;
 use super::drivers::{
     DeviceProfile, DeviceRun, DeviceTarget, DriverError, Drivers, ExecOptions, OutputSink,
@@ -81,6 +82,18 @@ pub enum OpsError {
     /// A file transfer failed (device and path named).
     #[error(transparent)]
     Transfer(TransferError),
+    /// An SSH subsystem could not be started (device and name named).
+    #[error(transparent)]
+    Subsystem(SubsystemError),
+}
+
+impl From<SubsystemError> for OpsError {
+    fn from(e: SubsystemError) -> Self {
+        match e {
+            SubsystemError::Driver(d) => Self::Driver(d),
+            other => Self::Subsystem(other),
+        }
+    }
 }
 
 impl From<TransferError> for OpsError {
@@ -106,6 +119,15 @@ impl OpsError {
             Self::Driver(_) => ErrorCode::Unavailable,
             Self::Inventory(_) | Self::Internal(_) => ErrorCode::Internal,
             Self::Transfer(e) => e.code().unwrap_or(ErrorCode::Unavailable),
+            Self::Subsystem(e) => match e {
+                SubsystemError::BadName { .. }
+                | SubsystemError::Simulated { .. }
+                | SubsystemError::Telnet { .. } => ErrorCode::InvalidArgument,
+                SubsystemError::Stalled { .. } => ErrorCode::DeadlineExceeded,
+                SubsystemError::Refused { .. } | SubsystemError::Driver(_) => {
+                    ErrorCode::Unavailable
+                }
+            },
         }
     }
 
@@ -331,8 +353,8 @@ impl ServiceOps {
                     .await
             }
             // A byte stream, not events: `forward::serve` or `open_forward`.
-            Request::Forward { .. } => Err(OpsError::Internal(
-                "a forward is served by `service::forward`, not as events".into(),
+            Request::Forward { .. } | Request::Subsystem { .. } => Err(OpsError::Internal(
+                "a raw stream is served by `service::forward`/`subsystem`, not as events".into(),
             )),
             Request::FileGet {
                 device,

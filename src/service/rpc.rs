@@ -769,6 +769,12 @@ async fn serve_request(
         let ops = &shared.ops;
         return super::forward::serve(ops, &principal, target, deadline, send, recv, max).await;
     }
+    if let crate::wire::messages::Request::Subsystem { device, name } = &envelope.request {
+        let deadline = envelope.deadline_ms.map(Duration::from_millis);
+        let target = (device.as_str(), name.as_str());
+        let ops = &shared.ops;
+        return super::subsystem::serve(ops, &principal, target, deadline, send, recv, max).await;
+    }
     let takes_input = envelope.request.takes_input();
     let (in_tx, in_rx) = mpsc::channel::<TerminalInput>(TERMINAL_QUEUE);
     let (out_tx, mut out_rx) = mpsc::channel::<Response>(64);

@@ -199,6 +199,14 @@ pub enum Request {
         flags: ExecFlags,
         reset: ShellReset,
     },
+    /// An SSH subsystem (`name`, e.g. `sftp`, `netconf`) on `device`, run
+    /// on a channel of the service's pooled connection to it (the SSH
+    /// proxy's `subsystem` requests). Answered like [`Request::Forward`]:
+    /// [`Response::ForwardReady`] once the device accepted the subsystem
+    /// (or one `Error`, e.g. the device has no such subsystem); then the
+    /// stream carries the subsystem's raw bytes both ways, unframed, each
+    /// side's finish being the channel's end of file.
+    Subsystem { device: String, name: String },
 }
 
 /// Fresh shell sessions around an exec, for devices whose commands run in
@@ -269,6 +277,7 @@ impl Request {
             Self::Forward { .. } => "forward",
             Self::FileGet { .. } => "file_get",
             Self::FilePut { .. } => "file_put",
+            Self::Subsystem { .. } => "subsystem",
         }
     }
 
@@ -277,7 +286,10 @@ impl Request {
     /// whole of its stream.
     pub fn takes_input(&self) -> bool {
         match self {
-            Self::Terminal { .. } | Self::Forward { .. } | Self::FilePut { .. } => true,
+            Self::Terminal { .. }
+            | Self::Forward { .. }
+            | Self::FilePut { .. }
+            | Self::Subsystem { .. } => true,
             Self::ExecWith { flags, .. } | Self::ExecReset { flags, .. } => flags.stdin,
             _ => false,
         }

@@ -81,6 +81,7 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(|(device, cols, rows)| { Request::Terminal { device, cols, rows } }),
         Just(Request::Ping),
         (text(), any::<u16>()).prop_map(|(device, port)| Request::Forward { device, port }),
+        (text(), text()).prop_map(|(device, name)| Request::Subsystem { device, name }),
         (
             prop::collection::vec(text(), 0..4),
             prop::collection::vec(text(), 0..4),

@@ -180,6 +180,28 @@ impl TestBroker {
         cmd.output().await.unwrap()
     }
 
+    /// `switchyard connect integrated NAME` over a fresh inventory in the
+    /// broker's directory holding `devices` (and the usual simulated ones),
+    /// opened with the test admin password; returns the command's output.
+    pub async fn connect_integrated(
+        &self,
+        name: &str,
+        devices: &[switchyard::service::inventory::NewDevice],
+    ) -> std::process::Output {
+        let db = self.dir.path().join(format!("{name}-inv.db"));
+        drop(super::service::make_inventory(&db, devices));
+        let pw = self.dir.path().join(format!("{name}-admin-pw"));
+        std::fs::write(&pw, format!("{}\n", super::service::ADMIN_PASSWORD)).unwrap();
+        self.command()
+            .args(["connect", "integrated", name, "--db"])
+            .arg(&db)
+            .arg("--admin-password-file")
+            .arg(&pw)
+            .output()
+            .await
+            .unwrap()
+    }
+
     /// A client of this broker for which `svc` is the named service
     /// `name`, reached directly as alice.
     pub async fn client_with_named(&self, svc: &TestService, name: &str) -> BrokerClient<Channel> {

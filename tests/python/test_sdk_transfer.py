@@ -3,6 +3,7 @@ other three against a real broker and service, the device a stock OpenSSH
 ``sshd -D`` (with its sftp-server) as the test account
 ``switchyard-test`` of scripts/setup-test-host.sh (needs root)."""
 
+import asyncio
 import hashlib
 import json
 import os
@@ -110,3 +111,39 @@ def test_a_file_goes_both_ways_with_its_sha256_intact(broker, device, tmp_path, 
             missing.wait(60)
         assert not (tmp_path / "x").exists()
         assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
+
+
+@pytest.mark.parametrize("kind", ["sftp", "scp"])
+def test_the_asyncio_client_copies_both_ways_and_a_failed_copy_leaves_nothing(
+        broker, device, tmp_path, kind):
+    from switchyard.aio import Client as AsyncClient
+
+    data = os.urandom(3 << 20)
+    original = tmp_path / "original.bin"
+    original.write_bytes(data)
+    remote = device["scratch"] / f"sdk-aio-{kind}.bin"
+    back = tmp_path / "back.bin"
+
+    async def main():
+        async with AsyncClient.create(socket=str(broker)) as client:
+            service = await client.service_direct(username="alice", password=ALICE_PW,
+                                                  host=device["host"], port=device["port"])
+            dev = (await service.get_inventory())["linux-1"]
+            up = await getattr(dev, f"{kind}_upload_from_file")(str(original), str(remote))
+            assert (up.bytes_transferred, up.protocol) == (len(data), kind)
+            assert digest(remote) == digest(original)
+            # Two downloads at once on one client, each waited on.
+            downs = [getattr(dev, f"{kind}_download_to_file")(str(remote), str(p))
+                     for p in (back, tmp_path / "back2.bin")]
+            for down in downs:
+                await down.wait(120)
+                assert (down.bytes_transferred, down.protocol) == (len(data), kind)
+            missing = getattr(dev, f"{kind}_download_to_file")("/nope/x", str(tmp_path / "x"))
+            with pytest.raises(SwitchyardError, match="linux-1:/nope/x: no such file"):
+                await missing.wait(60)
+
+    asyncio.run(asyncio.wait_for(main(), 300))
+    assert digest(back) == digest(original)
+    assert digest(tmp_path / "back2.bin") == digest(original)
+    assert not (tmp_path / "x").exists()
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]

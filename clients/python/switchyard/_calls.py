@@ -153,3 +153,45 @@ def wait_call(ref: pb.ServiceRef, limit: float, named: Callable[[str], None]) ->
 def inventory_call(ref: pb.ServiceRef, make: Callable[[pb.InventoryResponse], T]) -> Call[T]:
     """``Inventory`` for a service; ``make`` builds the flavour's set."""
     return Call("Inventory", pb.InventoryRequest(service=ref), make)
+
+
+F = TypeVar("F")
+
+
+class DeviceTransfers(Generic[F]):
+    """A device's file transfers, described once for the sync and asyncio
+    clients: each flavour starts a copy in its own way (``_download``,
+    ``_upload``: a thread and ``transfer.FileTransfer``, or a task and
+    ``transfer.AsyncFileTransfer``) and returns its handle ``F`` at once.
+    The service runs SFTP or SCP against the device; the bytes stream
+    through the broker (``FileDownload`` / ``FileUpload``)."""
+
+    def _download(self, remote_path: str, local_path: str, protocol: "pb.TransferProtocol",
+                  max_bytes: Optional[int]) -> F:
+        raise NotImplementedError
+
+    def _upload(self, local_path: str, remote_path: str, protocol: "pb.TransferProtocol") -> F:
+        raise NotImplementedError
+
+    def sftp_download_to_file(self, remote_path: str, local_path: str,
+                              max_bytes: Optional[int] = None) -> F:
+        """Copies ``remote_path`` on this device to ``local_path`` over SFTP
+        (a transfer: ``wait()``, ``bytes_transferred``, ``protocol``). The
+        file lands under its name only when complete; ``max_bytes`` refuses
+        a larger file. Errors name the device and path."""
+        return self._download(remote_path, str(local_path), pb.TRANSFER_PROTOCOL_SFTP, max_bytes)
+
+    def sftp_upload_from_file(self, local_path: str, remote_path: str) -> F:
+        """Copies ``local_path`` to ``remote_path`` on this device over SFTP
+        (written under a temporary name, renamed into place when complete)."""
+        return self._upload(str(local_path), remote_path, pb.TRANSFER_PROTOCOL_SFTP)
+
+    def scp_download_to_file(self, remote_path: str, local_path: str,
+                             max_bytes: Optional[int] = None) -> F:
+        """``sftp_download_to_file`` over SCP (``scp -f`` on the device)."""
+        return self._download(remote_path, str(local_path), pb.TRANSFER_PROTOCOL_SCP, max_bytes)
+
+    def scp_upload_from_file(self, local_path: str, remote_path: str) -> F:
+        """``sftp_upload_from_file`` over SCP (``scp -t`` on the device;
+        written in place: a failed copy may leave a partial file there)."""
+        return self._upload(str(local_path), remote_path, pb.TRANSFER_PROTOCOL_SCP)

@@ -25,7 +25,8 @@ from typing import Any, AsyncIterator, Optional, Sequence, TypeVar
 import grpc
 import grpc.aio
 
-from ._calls import Call, ClientCalls, inventory_call, sso_event, sso_without_outcome, wait_call
+from ._calls import (Call, ClientCalls, DeviceTransfers, inventory_call, sso_event,
+                     sso_without_outcome, wait_call)
 from ._core import (
     FAILURE,
     PARTIAL_SUCCESS,
@@ -52,7 +53,9 @@ from ._core import (
 from ._login import Login, OnPrompt
 from ._service import ServiceBase
 from ._ssh_proxy import KeysPath, SshProxyBase, start_request as ssh_proxy_request
+from . import transfer
 from .aio_terminal import AsyncTerminal
+from .transfer import AsyncFileTransfer
 from .errors import SwitchyardError, from_rpc, login_error
 from .v1 import broker_pb2 as pb
 from .v1 import broker_pb2_grpc as rpc
@@ -366,8 +369,13 @@ class Service(ServiceBase):
         return ExecRequest(self, devices, args)
 
 
-class Device(DeviceInfo):
-    """One device of a service's inventory (asyncio)."""
+class Device(DeviceInfo, DeviceTransfers[AsyncFileTransfer]):
+    """One device of a service's inventory (asyncio). Its file transfers
+    (``sftp_download_to_file``, ``sftp_upload_from_file``,
+    ``scp_download_to_file``, ``scp_upload_from_file``, as in
+    ``switchyard.sync``) start a task and return an ``AsyncFileTransfer``
+    at once: ``await device.sftp_download_to_file(...)`` waits for the
+    copy; ``await transfer.wait(timeout)`` does too."""
 
     def __init__(self, service: Service, d: pb.Device) -> None:
         super().__init__(d)
@@ -399,6 +407,19 @@ class Device(DeviceInfo):
             service=self._service._ref(), device=self.name, port=destination_port,
             listen=listen_address(local_address, local_port)))
         return TcpForwarder(client, reply)
+
+    # -- file transfer (the service runs SFTP or SCP against the device) ---
+    def _download(self, remote_path: str, local_path: str, protocol: "pb.TransferProtocol",
+                  max_bytes: Optional[int]) -> AsyncFileTransfer:
+        client = self._service._client
+        return transfer.download_async(client._stub, client._socket, self._service._ref(),
+                                       self.name, remote_path, local_path, protocol, max_bytes)
+
+    def _upload(self, local_path: str, remote_path: str,
+                protocol: "pb.TransferProtocol") -> AsyncFileTransfer:
+        client = self._service._client
+        return transfer.upload_async(client._stub, client._socket, self._service._ref(),
+                                     self.name, local_path, remote_path, protocol)
 
 
 class TcpForwarder:

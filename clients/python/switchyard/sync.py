@@ -32,7 +32,8 @@ from typing import Any, Optional, Sequence, TypeVar
 
 import grpc
 
-from ._calls import Call, ClientCalls, inventory_call, sso_event, sso_without_outcome, wait_call
+from ._calls import (Call, ClientCalls, DeviceTransfers, inventory_call, sso_event,
+                     sso_without_outcome, wait_call)
 from ._core import (
     FAILURE,
     PARTIAL_SUCCESS,
@@ -455,7 +456,7 @@ class Service(ServiceBase):
         return ExecRequest(self, devices, args)
 
 
-class Device(DeviceInfo):
+class Device(DeviceInfo, DeviceTransfers[FileTransfer]):
     """One device of a service's inventory."""
 
     def __init__(self, service: Service, d: pb.Device) -> None:
@@ -502,36 +503,16 @@ class Device(DeviceInfo):
                   max_bytes: Optional[int]) -> FileTransfer:
         client = self._service._client
         return transfer.download(client._stub, client._socket, self._service._ref(), self.name,
-                                 remote_path, str(local_path), protocol, max_bytes)
+                                 remote_path, local_path, protocol, max_bytes)
 
     def _upload(self, local_path: str, remote_path: str,
                 protocol: "pb.TransferProtocol") -> FileTransfer:
         client = self._service._client
         return transfer.upload(client._stub, client._socket, self._service._ref(), self.name,
-                               str(local_path), remote_path, protocol)
+                               local_path, remote_path, protocol)
 
-    def sftp_download_to_file(self, remote_path: str, local_path: str,
-                              max_bytes: Optional[int] = None) -> FileTransfer:
-        """Copies ``remote_path`` on this device to ``local_path`` over SFTP
-        (a ``FileTransfer``: ``wait()``, ``bytes_transferred``). The file
-        lands under its name only when complete; ``max_bytes`` refuses a
-        larger file. Errors name the device and path."""
-        return self._download(remote_path, local_path, pb.TRANSFER_PROTOCOL_SFTP, max_bytes)
-
-    def sftp_upload_from_file(self, local_path: str, remote_path: str) -> FileTransfer:
-        """Copies ``local_path`` to ``remote_path`` on this device over SFTP
-        (written under a temporary name, renamed into place when complete)."""
-        return self._upload(local_path, remote_path, pb.TRANSFER_PROTOCOL_SFTP)
-
-    def scp_download_to_file(self, remote_path: str, local_path: str,
-                             max_bytes: Optional[int] = None) -> FileTransfer:
-        """``sftp_download_to_file`` over SCP (``scp -f`` on the device)."""
-        return self._download(remote_path, local_path, pb.TRANSFER_PROTOCOL_SCP, max_bytes)
-
-    def scp_upload_from_file(self, local_path: str, remote_path: str) -> FileTransfer:
-        """``sftp_upload_from_file`` over SCP (``scp -t`` on the device;
-        written in place: a failed copy may leave a partial file there)."""
-        return self._upload(local_path, remote_path, pb.TRANSFER_PROTOCOL_SCP)
+    # sftp_download_to_file, sftp_upload_from_file, scp_download_to_file,
+    # scp_upload_from_file: from ``DeviceTransfers``.
 
 
 class TcpForwarder:

@@ -1,16 +1,20 @@
 //! One forwarded connection's far end: a link stream carrying a
-//! [`Request::Forward`], or (integrated mode) the device socket itself.
+//! [`Request::Forward`] (or a [`Request::Subsystem`], the SSH proxy's
+//! `sftp`), or (integrated mode) the device socket or subsystem channel
+//! itself.
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use crate::broker::link::{LinkChannel, LinkError};
+use crate::service::forward::DeviceStream;
+use crate::service::ops::{Principal, ServiceOps};
 use crate::wire::conn::{ConnError, Waiting, read_frame, write_frame};
-use crate::wire::messages::{Request, RequestEnvelope, Response};
+use crate::wire::messages::{Request, RequestEnvelope, Response, WireError};
 use crate::wire::mux::{RecvHalf, SendHalf};
 
 /// Application error code a broken forwarded stream is reset with.
@@ -25,8 +29,9 @@ pub enum ForwardStream {
         /// The connection is waited on while the stream lives (liveness).
         _waiting: Waiting,
     },
-    /// Integrated mode: the service library connected in this process.
-    Local(TcpStream),
+    /// Integrated mode: the service library connected in this process (a
+    /// device's TCP port, or an SSH subsystem on it).
+    Local(DeviceStream),
 }
 
 impl LinkChannel {
@@ -40,59 +45,109 @@ impl LinkChannel {
         port: u16,
         timeout: Duration,
     ) -> Result<ForwardStream, LinkError> {
-        let envelope = RequestEnvelope {
-            deadline_ms: Some(timeout.as_millis() as u64),
-            request: Request::Forward {
-                device: device.to_string(),
-                port,
-            },
+        let request = Request::Forward {
+            device: device.to_string(),
+            port,
         };
-        match self {
+        let what = format!("the forward to {device}:{port}");
+        let device = device.to_string();
+        self.open_raw(request, &what, timeout, |ops, principal| async move {
+            ops.open_forward(&principal, &device, port, Some(timeout))
+                .await
+                .map(DeviceStream::Tcp)
+                .map_err(|e| e.to_wire())
+        })
+        .await
+    }
+
+    /// Asks the service to start SSH subsystem `name` (e.g. `sftp`) on
+    /// `device` and waits for its answer (within `timeout`): the
+    /// subsystem's byte stream, or the service's refusal
+    /// (`LinkError::Remote`, e.g. the device has no such subsystem).
+    pub async fn open_subsystem(
+        &self,
+        device: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<ForwardStream, LinkError> {
+        let request = Request::Subsystem {
+            device: device.to_string(),
+            name: name.to_string(),
+        };
+        let what = format!("the {name} subsystem of {device}");
+        let (device, name) = (device.to_string(), name.to_string());
+        self.open_raw(request, &what, timeout, |ops, principal| async move {
+            ops.open_subsystem(&principal, &device, &name, Some(timeout))
+                .await
+                .map(|channel| DeviceStream::Subsystem(Box::new(channel)))
+                .map_err(|e| e.to_wire())
+        })
+        .await
+    }
+
+    /// Sends a raw-stream `request` on a new link stream and waits (within
+    /// `timeout`) for `ForwardReady` or the refusal; `what` names it in
+    /// errors. In integrated mode `local` opens the device end in this
+    /// process instead.
+    async fn open_raw<F, Fut>(
+        &self,
+        request: Request,
+        what: &str,
+        timeout: Duration,
+        local: F,
+    ) -> Result<ForwardStream, LinkError>
+    where
+        F: FnOnce(Arc<ServiceOps>, Arc<Principal>) -> Fut,
+        Fut: Future<Output = Result<DeviceStream, WireError>>,
+    {
+        let (conn, target, max_frame, liveness) = match self {
+            Self::Local { ops, principal } => {
+                return local(ops.clone(), principal.clone())
+                    .await
+                    .map(ForwardStream::Local)
+                    .map_err(LinkError::Remote);
+            }
             Self::Remote {
                 conn,
                 target,
                 max_frame,
                 liveness,
-            } => {
-                let lost = |e: &dyn std::fmt::Display| LinkError::lost(target, liveness.explain(e));
-                let waiting = liveness.waiting();
-                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
-                write_frame(&mut send, &envelope, *max_frame)
-                    .await
-                    .map_err(|e| lost(&e))?;
-                let answer =
-                    tokio::time::timeout(timeout, read_frame::<Response>(&mut recv, *max_frame))
-                        .await
-                        .map_err(|_| {
-                            LinkError::Closed(format!(
-                                "service {target} did not answer the forward to {device}:{port} \
-                         within {} s",
-                                timeout.as_secs()
-                            ))
-                        })?;
-                match answer {
-                    Ok(Some(Response::ForwardReady)) => Ok(ForwardStream::Remote {
-                        send,
-                        recv,
-                        _waiting: waiting,
-                    }),
-                    Ok(Some(Response::Error(e))) => Err(LinkError::Remote(e)),
-                    Ok(other) => Err(LinkError::Protocol {
-                        target: target.clone(),
-                        reason: format!("unexpected answer to a forward: {other:?}"),
-                    }),
-                    Err(ConnError::Frame(e)) => Err(LinkError::Protocol {
-                        target: target.clone(),
-                        reason: e.to_string(),
-                    }),
-                    Err(e) => Err(lost(&e)),
-                }
-            }
-            Self::Local { ops, principal } => ops
-                .open_forward(principal, device, port, Some(timeout))
-                .await
-                .map(ForwardStream::Local)
-                .map_err(|e| LinkError::Remote(e.to_wire())),
+            } => (conn, target, max_frame, liveness),
+        };
+        let envelope = RequestEnvelope {
+            deadline_ms: Some(timeout.as_millis() as u64),
+            request,
+        };
+        let lost = |e: &dyn std::fmt::Display| LinkError::lost(target, liveness.explain(e));
+        let waiting = liveness.waiting();
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+        write_frame(&mut send, &envelope, *max_frame)
+            .await
+            .map_err(|e| lost(&e))?;
+        let answer = tokio::time::timeout(timeout, read_frame::<Response>(&mut recv, *max_frame))
+            .await
+            .map_err(|_| {
+                LinkError::Closed(format!(
+                    "service {target} did not answer {what} within {} s",
+                    timeout.as_secs()
+                ))
+            })?;
+        match answer {
+            Ok(Some(Response::ForwardReady)) => Ok(ForwardStream::Remote {
+                send,
+                recv,
+                _waiting: waiting,
+            }),
+            Ok(Some(Response::Error(e))) => Err(LinkError::Remote(e)),
+            Ok(other) => Err(LinkError::Protocol {
+                target: target.clone(),
+                reason: format!("unexpected answer to {what}: {other:?}"),
+            }),
+            Err(ConnError::Frame(e)) => Err(LinkError::Protocol {
+                target: target.clone(),
+                reason: e.to_string(),
+            }),
+            Err(e) => Err(lost(&e)),
         }
     }
 }
@@ -118,8 +173,8 @@ impl ForwardStream {
             Self::Remote { send, recv, .. } => {
                 crate::pump::splice(local, (recv, send), up, down).await
             }
-            Self::Local(tcp) => {
-                let (mut read, mut write) = tcp.split();
+            Self::Local(device) => {
+                let (mut read, mut write) = tokio::io::split(device);
                 crate::pump::splice(local, (&mut read, &mut write), up, down).await
             }
         };
@@ -138,7 +193,7 @@ impl ForwardStream {
         }
         match self {
             Self::Remote { send, .. } => send.write_all(bytes).await,
-            Self::Local(tcp) => tcp.write_all(bytes).await,
+            Self::Local(device) => device.write_all(bytes).await,
         }
     }
 
@@ -149,9 +204,7 @@ impl ForwardStream {
                 send.reset(RESET_CODE);
                 recv.stop(RESET_CODE);
             }
-            Self::Local(tcp) => {
-                let _ = tcp.set_zero_linger();
-            }
+            Self::Local(device) => device.reset(),
         }
     }
 }

@@ -10,6 +10,14 @@
 //!   as data, stderr as extended data, and the command's exit status as
 //!   the channel's `exit-status`.
 //!
+//! * `subsystem NAME` (`sftp`, and so `scp` in its default SFTP mode;
+//!   `netconf`): a `Subsystem` request on the link; the service starts the
+//!   subsystem on a channel of its own connection to the device, and the
+//!   client's request is answered only once the device has answered it (a
+//!   refusal: the error on stderr and status 255, as below). Then the channel carries the subsystem's bytes
+//!   both ways, pumped with half-close as a `direct-tcpip` channel is.
+//!   `scp -O` (the legacy protocol) is an `exec` of `scp -t`/`scp -f`.
+//!
 //! Errors (no such service or device, link down, the service's refusal)
 //! are written to the client's stderr as one line starting
 //! `switchyard ssh-proxy:` and end the channel with exit status 255, as
@@ -21,7 +29,7 @@ use std::sync::Arc;
 
 use std::sync::atomic::AtomicU64;
 
-use russh::server::{ChannelOpenHandle, Msg};
+use russh::server::{ChannelOpenHandle, Handle, Msg};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure};
 
 use super::Shared;
@@ -41,7 +49,7 @@ const STDERR: u32 = 1;
 
 /// Serves one session channel until its shell or command ends; `user` is
 /// the login's user name (the target).
-pub async fn serve(mut channel: Channel<Msg>, user: String, shared: Arc<Shared>) {
+pub async fn serve(mut channel: Channel<Msg>, handle: Handle, user: String, shared: Arc<Shared>) {
     let mut size = None;
     while let Some(msg) = channel.wait().await {
         let status = match msg {
@@ -65,6 +73,9 @@ pub async fn serve(mut channel: Channel<Msg>, user: String, shared: Arc<Shared>)
             ChannelMsg::Exec { command, .. } => {
                 let command = String::from_utf8_lossy(&command).into_owned();
                 exec(&mut channel, &user, command, &shared).await
+            }
+            ChannelMsg::RequestSubsystem { name, .. } => {
+                return subsystem(channel, handle, &user, &name, &shared).await;
             }
             ChannelMsg::Eof | ChannelMsg::Close => return,
             _ => continue,
@@ -170,6 +181,75 @@ pub async fn direct_tcpip(
         }
         _ = link.cancel.cancelled() => remote.reset(),
     }
+}
+
+/// How long a `subsystem` request waits for the service to start it on the
+/// device (a new connection to the device included).
+const SUBSYSTEM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A `subsystem NAME` request (`sftp`, `scp`'s SFTP mode, `netconf`): the
+/// subsystem started on the login's device through the link, then its
+/// bytes pumped with half-close until both ends finish. The request is
+/// answered through `handle` only once the device has answered it; a
+/// refusal (no such subsystem, an unknown device, the link down) is
+/// answered with success and then one stderr line (`switchyard ssh-proxy:
+/// ...`), exit status 255 and the channel's close, so the client shows the
+/// reason (OpenSSH exits on a failed subsystem request before writing the
+/// stderr that preceded it). The
+/// channel's exit status is 0 when both directions ended cleanly, else
+/// 255 (the device's own status does not travel on the raw stream).
+async fn subsystem(channel: Channel<Msg>, handle: Handle, user: &str, name: &str, shared: &Shared) {
+    let id = channel.id();
+    let opened = async {
+        let target = Target::parse(user)?;
+        let link = resolve(shared, &target.service)?
+            .open()
+            .await
+            .map_err(|e| e.to_string())?;
+        let remote = link
+            .channel
+            .open_subsystem(&target.device, name, SUBSYSTEM_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((link, remote))
+    }
+    .await;
+    let (link, mut remote) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            // Accepted, then ended with the reason and status 255: OpenSSH
+            // exits at once on a refused subsystem, before it has written
+            // the stderr that came with the refusal, but drains it on a
+            // channel's close.
+            let _ = handle.channel_success(id).await;
+            fail(&channel, shared, &e, false).await;
+            let _ = channel.exit_status(FAILURE_STATUS).await;
+            let _ = channel.eof().await;
+            let _ = channel.close().await;
+            return;
+        }
+    };
+    if handle.channel_success(id).await.is_err() {
+        return;
+    }
+    let mut stream = channel.into_stream();
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let status = tokio::select! {
+        pumped = remote.splice(&mut stream, &up, &down) => match pumped {
+            Ok(()) => 0,
+            Err(e) => {
+                shared.stats.set_last_error(&format!("a {name} subsystem channel broke: {e}"));
+                FAILURE_STATUS
+            }
+        },
+        _ = link.cancel.cancelled() => {
+            remote.reset();
+            FAILURE_STATUS
+        }
+    };
+    // The device's own exit status does not travel on a raw stream; both
+    // directions ending cleanly is success (`scp` checks it).
+    let _ = handle.exit_status_request(id, status).await;
 }
 
 /// Opens `request` for the login's target on its service's link.

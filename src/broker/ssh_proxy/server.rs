@@ -238,7 +238,7 @@ impl russh::server::Handler for Connection {
         &mut self,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         while self.channels.try_join_next().is_some() {}
         let Some(user) = self.user.clone() else {
@@ -252,8 +252,9 @@ impl russh::server::Handler for Connection {
             return Ok(());
         }
         reply.accept().await;
+        let handle = session.handle();
         self.channels
-            .spawn(channel::serve(channel, user, self.shared.clone()));
+            .spawn(channel::serve(channel, handle, user, self.shared.clone()));
         Ok(())
     }
 
@@ -334,11 +335,12 @@ impl russh::server::Handler for Connection {
 
     async fn subsystem_request(
         &mut self,
-        channel: ChannelId,
+        _channel: ChannelId,
         _name: &str,
-        session: &mut Session,
+        _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // No subsystems (SFTP) through the proxy.
-        session.channel_failure(channel)
+        // Answered by the channel's task (`channel::serve`) once the
+        // device has accepted or refused the subsystem.
+        Ok(())
     }
 }

@@ -27,6 +27,7 @@ pub mod simulated;
 pub mod ssh;
 pub mod ssh_algorithms;
 mod ssh_auth;
+pub mod ssh_subsystem;
 pub mod ssh_transfer;
 pub mod telnet;
 pub mod telnet_protocol;
@@ -376,6 +377,26 @@ impl Drivers {
         self.ssh
             .upload(target, request, size, mode, input, out)
             .await
+    }
+
+    /// Starts SSH subsystem `name` on the device (see
+    /// [`ssh::SshPool::open_subsystem`]); SSH devices only.
+    pub async fn open_subsystem(
+        &self,
+        target: &DeviceTarget,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(ssh_subsystem::SubsystemStream, Option<String>), ssh_subsystem::SubsystemError>
+    {
+        let device = target.name.clone();
+        match target.driver {
+            DriverKind::Ssh => self.ssh.open_subsystem(target, name, timeout).await,
+            DriverKind::Simulator => Err(ssh_subsystem::SubsystemError::Simulated { device }),
+            DriverKind::Telnet => Err(ssh_subsystem::SubsystemError::Telnet {
+                device,
+                name: name.to_string(),
+            }),
+        }
     }
 
     /// The idle bound of a transfer: the command timeout.

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use russh::ChannelMsg;
 use russh_sftp::client::SftpSession;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
@@ -357,24 +356,12 @@ async fn subsystem(
     channel: &mut russh::Channel<russh::client::Msg>,
     device: &str,
 ) -> Result<(), TransferError> {
-    let refused = |reason: &str| TransferError::NoSftp {
-        device: device.to_string(),
-        reason: reason.to_string(),
-    };
-    channel
-        .request_subsystem(true, "sftp")
+    super::ssh_subsystem::request(channel, "sftp")
         .await
-        .map_err(|e| refused(&e.to_string()))?;
-    loop {
-        match channel.wait().await {
-            Some(ChannelMsg::Success) => return Ok(()),
-            Some(ChannelMsg::Failure) => return Err(refused("the device refused the subsystem")),
-            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
-                return Err(refused("the device closed the channel"));
-            }
-            Some(_) => {}
-        }
-    }
+        .map_err(|reason| TransferError::NoSftp {
+            device: device.to_string(),
+            reason,
+        })
 }
 
 /// The caller's bytes for an upload, counted against what it announced.
