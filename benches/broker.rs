@@ -22,7 +22,7 @@ use switchyard::service::inventory::{
 use switchyard::service::seal::KdfParams;
 use switchyard::sim::server::{SimFleet, SimFleetConfig};
 use switchyard::wire::conn::{Liveness, TransportLimits, client_endpoint};
-use switchyard::wire::messages::{Request, RequestEnvelope};
+use switchyard::wire::messages::{Request, RequestEnvelope, Response};
 use switchyard::wire::pin::Fingerprint;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::transport::Channel;
@@ -40,6 +40,9 @@ struct Options {
     /// `--only transports`: exec over QUIC and over TCP (TLS + HTTP/2),
     /// direct and brokered, in `rounds` interleaved rounds.
     only: Option<String>,
+    /// `--bulk-mb N` (with `--only transports`): also N MB of output
+    /// through each direct link per round (0: none; default 100).
+    bulk_mb: usize,
     /// `--broker-threads N`: the broker's tokio worker threads (0: one per
     /// core), also used by the floor's server so both run alike.
     broker_threads: usize,
@@ -56,6 +59,7 @@ fn usage() -> Options {
         process_runs: 50,
         rounds: 50,
         only: None,
+        bulk_mb: 100,
         broker_threads: 0,
         caller_threads: 1,
     };
@@ -75,6 +79,7 @@ fn usage() -> Options {
             ("--rounds", Some(v)) => o.rounds = v.max(1),
             ("--broker-threads", Some(v)) => o.broker_threads = v,
             ("--caller-threads", Some(v)) => o.caller_threads = v,
+            ("--bulk-mb", Some(v)) => o.bulk_mb = v,
             _ => {
                 i += 1;
                 continue;
@@ -582,6 +587,34 @@ impl DirectClient {
         direct
     }
 
+    /// `show bulk n` on the simulated device: the output bytes received
+    /// (chunks and the device's remainder), read to the call's end.
+    async fn bulk(&self, n: usize) -> usize {
+        let mut call = self
+            .channel
+            .call(RequestEnvelope {
+                deadline_ms: None,
+                request: Request::Exec {
+                    devices: vec!["sim-1".into()],
+                    commands: vec![format!("show bulk {n}")],
+                    timeout_ms: None,
+                },
+            })
+            .await
+            .unwrap();
+        let mut got = 0;
+        while let Some(r) = call.next().await {
+            match r.unwrap() {
+                Response::ExecOutput { data, .. } => got += data.len(),
+                Response::ExecDevice { commands, .. } => {
+                    got += commands.iter().map(|c| c.output.len()).sum::<usize>();
+                }
+                _ => {}
+            }
+        }
+        got
+    }
+
     async fn once(&self) {
         let mut call = self
             .channel
@@ -744,36 +777,64 @@ async fn through_broker(socket: &Path, device: &str, label: &str, samples: usize
     stats(label, timed!(samples, brokered.once()))
 }
 
+/// Bulk output through one link, per transport: MB/s of `show bulk` on
+/// the simulated device, a Rust client straight to the service (no
+/// broker, no CLI), one figure per round.
+#[derive(Debug, Default, serde::Serialize)]
+struct LinkBulk {
+    mb: usize,
+    quic_mb_s: Vec<f64>,
+    tcp_mb_s: Vec<f64>,
+}
+
 /// Exec p50 over each transport, direct (a Rust client on its own
 /// connection) and through the broker (named services `bench` over QUIC
 /// and `bench-tcp` over TCP), in interleaved rounds so drift hits all
 /// four rows alike. Rows: direct QUIC, direct TCP, brokered QUIC, brokered
-/// TCP.
+/// TCP. With `bulk_mb` > 0, each round also moves that much output over
+/// each direct link (QUIC, then TCP).
 async fn transports(
     socket: &Path,
     service: &ServiceProcess,
     samples: usize,
     rounds: usize,
-) -> [Stats; 4] {
+    bulk_mb: usize,
+) -> ([Stats; 4], LinkBulk) {
     let quic = DirectClient::connect(service.addr, service.fp).await;
     let tcp = DirectClient::connect_tcp(service.tcp, service.fp).await;
     let mut via_quic = Brokered::connect_to(socket, "bench", "sim-1").await;
     let mut via_tcp = Brokered::connect_to(socket, "bench-tcp", "sim-1").await;
     let per = (samples / rounds).max(1);
     let mut v: [Vec<Duration>; 4] = Default::default();
+    let mut bulk = LinkBulk {
+        mb: bulk_mb,
+        ..Default::default()
+    };
+    let n = bulk_mb * 1_000_000;
+    let mb_s = |t: Instant, got: usize| {
+        assert_eq!(got, n, "bulk output bytes");
+        n as f64 / t.elapsed().as_secs_f64() / 1e6
+    };
     for _ in 0..rounds {
         v[0].extend(timed!(per, quic.once()));
         v[1].extend(timed!(per, tcp.once()));
         v[2].extend(timed!(per, via_quic.once()));
         v[3].extend(timed!(per, via_tcp.once()));
+        if n > 0 {
+            let t = Instant::now();
+            bulk.quic_mb_s.push(mb_s(t, quic.bulk(n).await));
+            let t = Instant::now();
+            bulk.tcp_mb_s.push(mb_s(t, tcp.bulk(n).await));
+        }
     }
     let [a, b, c, d] = v;
-    [
+    let rows = [
         stats("exec, Rust client -> service, QUIC", a),
         stats("exec, Rust client -> service, TCP", b),
         stats("exec via broker, QUIC link", c),
         stats("exec via broker, TCP link", d),
-    ]
+    ];
+    (rows, bulk)
 }
 
 /// A unary call that crosses the broker to the service (inventory).
@@ -1070,8 +1131,8 @@ fn main() {
                 })
                 .await
                 .unwrap();
-            let rows = on_caller_runtime(o.caller_threads, async {
-                transports(&socket, &service, o.samples, o.rounds).await
+            let (rows, bulk) = on_caller_runtime(o.caller_threads, async {
+                transports(&socket, &service, o.samples, o.rounds, o.bulk_mb).await
             });
             println!("\n{:<44} {:>7} {:>9} {:>9} {:>9}", "exec latency", "n", "p50 µs", "p90 µs", "p99 µs");
             for s in &rows {
@@ -1082,6 +1143,20 @@ fn main() {
                 rows[1].p50_us / rows[0].p50_us,
                 rows[3].p50_us / rows[2].p50_us
             );
+            if !bulk.quic_mb_s.is_empty() {
+                let per_round: Vec<f64> =
+                    bulk.tcp_mb_s.iter().zip(&bulk.quic_mb_s).map(|(t, q)| t / q).collect();
+                println!(
+                    "bulk {} MB through one link (Rust client -> service): QUIC {:.0} MB/s, TCP {:.0} MB/s (medians of {} rounds); TCP / QUIC {:.2}x (median round)",
+                    bulk.mb,
+                    median(bulk.quic_mb_s.clone()),
+                    median(bulk.tcp_mb_s.clone()),
+                    bulk.quic_mb_s.len(),
+                    median(per_round)
+                );
+            }
+            let json = serde_json::json!({ "rows": rows, "bulk": bulk });
+            let _ = std::fs::write("target/bench-transports.json", json.to_string());
             return;
         }
         if let Some(row) = &o.only {

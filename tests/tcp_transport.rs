@@ -598,3 +598,409 @@ async fn connect_direct_through_a_real_http_proxy() {
         assert!(!everything.contains(secret), "{secret} leaked");
     }
 }
+
+/// A hand-written HTTP/2 peer (RFC 9113) on TLS to the service's
+/// listener: it sends frames no well-behaved client would, and reads what
+/// the service answers frame by frame.
+mod raw_h2 {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use switchyard::wire::pin::{Fingerprint, PinnedServerVerifier};
+    use switchyard::wire::tcp::client_tls;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::client::TlsStream;
+
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
+    pub const GOAWAY: u8 = 0x7;
+    pub const CONTINUATION: u8 = 0x9;
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    pub const ACK: u8 = 0x1;
+    /// Error codes (RFC 9113 §7).
+    pub const FRAME_SIZE_ERROR: u32 = 0x6;
+    pub const REFUSED_STREAM: u32 = 0x7;
+    pub const COMPRESSION_ERROR: u32 = 0x9;
+    pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+    /// The service's answer to an accepted stream: `:status 200`, HPACK
+    /// static index 8, and nothing else.
+    pub const STATUS_200: [u8; 1] = [0x88];
+
+    #[derive(Debug)]
+    pub struct Frame {
+        pub kind: u8,
+        pub flags: u8,
+        pub stream: u32,
+        pub payload: Vec<u8>,
+    }
+
+    impl Frame {
+        /// The error code of a RST_STREAM or a GOAWAY (RFC 9113 §6.4,
+        /// §6.8); `None` for other frames.
+        pub fn error_code(&self) -> Option<u32> {
+            let at = match self.kind {
+                RST_STREAM => 0,
+                GOAWAY => 4,
+                _ => return None,
+            };
+            let code = self.payload.get(at..at + 4)?;
+            Some(u32::from_be_bytes(code.try_into().ok()?))
+        }
+    }
+
+    pub struct Peer(TlsStream<tokio::net::TcpStream>);
+
+    /// An HPACK integer (RFC 7541 §5.1) with a `prefix`-bit prefix.
+    fn hpack_int(out: &mut Vec<u8>, first: u8, prefix: u32, mut value: usize) {
+        let max = (1usize << prefix) - 1;
+        if value < max {
+            out.push(first | value as u8);
+            return;
+        }
+        out.push(first | max as u8);
+        value -= max;
+        while value >= 128 {
+            out.push((value % 128) as u8 | 0x80);
+            value /= 128;
+        }
+        out.push(value as u8);
+    }
+
+    /// `POST /rpc` as an HPACK block (static-table names, no Huffman, no
+    /// indexing), with one more header `x-pad` of `pad` bytes when not 0.
+    pub fn post_rpc(pad: usize) -> Vec<u8> {
+        // :method POST (static 3), :scheme https (static 7).
+        let mut block = vec![0x83, 0x87];
+        // :path (static name 4) and :authority (static name 1), literal
+        // without indexing (RFC 7541 §6.2.2).
+        for (name, value) in [(4u8, &b"/rpc"[..]), (1, b"x")] {
+            block.push(name);
+            hpack_int(&mut block, 0, 7, value.len());
+            block.extend_from_slice(value);
+        }
+        if pad > 0 {
+            block.push(0);
+            hpack_int(&mut block, 0, 7, 5);
+            block.extend_from_slice(b"x-pad");
+            hpack_int(&mut block, 0, 7, pad);
+            block.extend(std::iter::repeat_n(b'a', pad));
+        }
+        block
+    }
+
+    /// A frame's bytes: 9-byte header (24-bit length), then the payload.
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut out = len.to_be_bytes()[1..].to_vec();
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    impl Peer {
+        /// TLS (ALPN h2, the service pinned) and the HTTP/2 preface, both
+        /// ends' SETTINGS acknowledged (so the service's limits apply).
+        pub async fn connect(addr: SocketAddr, fp: Fingerprint) -> Self {
+            let tls = client_tls(PinnedServerVerifier::new(Some(fp)));
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+                .connect(name, tcp)
+                .await
+                .expect("TLS handshake");
+            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+            let mut peer = Self(tls);
+            let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+            hello.extend(frame(SETTINGS, 0, 0, &[]));
+            peer.send(&hello).await;
+            let (mut theirs, mut ours_acked) = (false, false);
+            while !(theirs && ours_acked) {
+                let f = peer.next().await.expect("the service's SETTINGS");
+                if f.kind == SETTINGS {
+                    if f.flags & ACK != 0 {
+                        ours_acked = true;
+                    } else {
+                        theirs = true;
+                    }
+                }
+            }
+            peer
+        }
+
+        /// Writes `bytes`; a service that has already closed is no error
+        /// here (what it answered is read afterwards).
+        pub async fn send(&mut self, bytes: &[u8]) {
+            let _ = self.0.write_all(bytes).await;
+            let _ = self.0.flush().await;
+        }
+
+        /// The next frame; `None` once the service has closed the
+        /// connection. The service's SETTINGS are acknowledged on the way.
+        pub async fn next(&mut self) -> Option<Frame> {
+            let mut head = [0u8; 9];
+            self.0.read_exact(&mut head).await.ok()?;
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            self.0.read_exact(&mut payload).await.ok()?;
+            let f = Frame {
+                kind: head[3],
+                flags: head[4],
+                stream: u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff,
+                payload,
+            };
+            if f.kind == SETTINGS && f.flags & ACK == 0 {
+                self.send(&frame(SETTINGS, ACK, 0, &[])).await;
+            }
+            Some(f)
+        }
+
+        /// Frames up to and including the first `want` matches; panics if
+        /// the connection ends first.
+        pub async fn until(&mut self, what: &str, want: impl Fn(&Frame) -> bool) -> Frame {
+            loop {
+                match self.next().await {
+                    Some(f) if want(&f) => return f,
+                    Some(_) => {}
+                    None => panic!("the connection ended before {what}"),
+                }
+            }
+        }
+
+        /// The GOAWAY the service ends with, then the end of the
+        /// connection; panics on a PING answer (the connection went on).
+        pub async fn goaway_then_closed(&mut self) -> Frame {
+            let goaway = loop {
+                match self.next().await {
+                    Some(f) if f.kind == GOAWAY => break f,
+                    Some(f) if f.kind == PING => panic!("the service went on: {f:?}"),
+                    Some(_) => {}
+                    None => panic!("closed without a GOAWAY"),
+                }
+            };
+            while self.next().await.is_some() {}
+            goaway
+        }
+
+        /// A PING, and its answer: the connection is still served.
+        pub async fn ping(&mut self) {
+            self.send(&frame(PING, 0, 0, b"are-you?")).await;
+            let f = self
+                .until("a PING answer", |f| f.kind == PING || f.kind == GOAWAY)
+                .await;
+            assert_eq!((f.kind, f.flags), (PING, ACK), "{f:?}");
+        }
+    }
+}
+
+/// A good caller on its own connection, and a check that it still works.
+async fn good_caller(svc: &TestService) -> (DirectConnection, LinkChannel) {
+    let good = login_tcp(svc).await;
+    let ch = channel(&good);
+    assert_works(&ch, "at first").await;
+    (good, ch)
+}
+
+/// A real TLS 1.3 client that sends its ClientHello, reads the service's
+/// whole first flight and never sends its Finished: the service ends the
+/// connection at the login deadline (`auth_timeout`, 4 s here; 10 s by
+/// default), while a good caller keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_never_finishes_its_handshake_is_closed_at_the_login_deadline() {
+    let svc = tcp_service(RpcConfig {
+        auth_timeout: Duration::from_secs(4),
+        ..Default::default()
+    });
+    let (good, ch) = good_caller(&svc).await;
+    let verifier = switchyard::wire::pin::PinnedServerVerifier::new(Some(svc.fingerprint));
+    let mut tls = rustls::ClientConnection::new(
+        std::sync::Arc::new(switchyard::wire::tcp::client_tls(verifier)),
+        rustls::pki_types::ServerName::IpAddress(tcp_addr(&svc).ip().into()),
+    )
+    .unwrap();
+    let mut hello = Vec::new();
+    tls.write_tls(&mut hello).unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(tcp_addr(&svc))
+        .await
+        .unwrap();
+    stalled.write_all(&hello).await.unwrap();
+    // The service's answer (ServerHello … Finished) comes, then nothing
+    // until the deadline closes the connection.
+    let mut answered = 0;
+    let mut buf = [0u8; 4096];
+    within(20, "closing a handshake left unfinished", async {
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answered += n,
+            }
+        }
+    })
+    .await;
+    assert!(answered > 0, "the service never answered the ClientHello");
+    assert!(!good.conn.is_closed(), "the good connection was closed");
+    assert_works(&ch, "after an unfinished handshake").await;
+}
+
+/// An HTTP/2 frame longer than the service's SETTINGS_MAX_FRAME_SIZE
+/// (64 KiB) ends that connection with GOAWAY FRAME_SIZE_ERROR (RFC 9113
+/// §4.2), before its payload is buffered; a good caller keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_http2_frame_closes_only_that_connection() {
+    use raw_h2::*;
+    // The raw peer never logs in: a login deadline far beyond the test.
+    let svc = tcp_service(RpcConfig {
+        auth_timeout: Duration::from_secs(120),
+        ..Default::default()
+    });
+    let (good, ch) = good_caller(&svc).await;
+    let mut peer = Peer::connect(tcp_addr(&svc), svc.fingerprint).await;
+    peer.ping().await;
+    // An extension frame type (ignored by a peer that accepts its size),
+    // one byte over the limit, then a PING that only a connection still
+    // served would answer.
+    let mut bytes = frame(0xfa, 0, 0, &vec![0u8; 64 * 1024 + 1]);
+    bytes.extend(frame(PING, 0, 0, b"still-up"));
+    peer.send(&bytes).await;
+    let goaway = within(
+        10,
+        "GOAWAY after an oversized frame",
+        peer.goaway_then_closed(),
+    )
+    .await;
+    assert_eq!(goaway.error_code(), Some(FRAME_SIZE_ERROR), "{goaway:?}");
+    assert!(!good.conn.is_closed(), "the good connection was closed");
+    assert_works(&ch, "after an oversized HTTP/2 frame").await;
+}
+
+/// A request header block over the service's SETTINGS_MAX_HEADER_LIST_SIZE
+/// (16 KiB) is refused (431 and REFUSED_STREAM) without ending the
+/// connection; a header block that keeps coming in CONTINUATION frames
+/// ends the connection; a good caller keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_header_block_is_refused_and_a_continuation_flood_closes_the_connection() {
+    use raw_h2::*;
+    // The raw peer never logs in: a login deadline far beyond the test.
+    let svc = tcp_service(RpcConfig {
+        auth_timeout: Duration::from_secs(120),
+        ..Default::default()
+    });
+    let (good, ch) = good_caller(&svc).await;
+    let mut peer = Peer::connect(tcp_addr(&svc), svc.fingerprint).await;
+    // 20 KB of one header, in one HEADERS frame (under the frame limit).
+    let block = post_rpc(20_000);
+    peer.send(&frame(HEADERS, END_HEADERS, 1, &block)).await;
+    let answer = within(
+        10,
+        "an answer to the oversized request",
+        peer.until("an answer on stream 1", |f| {
+            (f.stream == 1 && [HEADERS, RST_STREAM].contains(&f.kind)) || f.kind == GOAWAY
+        }),
+    )
+    .await;
+    // h2 answers 431 and ends the stream (or resets it): anything but the
+    // service's 200 that keeps the stream open.
+    let refused = match answer.kind {
+        RST_STREAM => true,
+        HEADERS => answer.flags & END_STREAM != 0 && answer.payload != STATUS_200,
+        _ => false,
+    };
+    assert!(refused, "the oversized request was not refused: {answer:?}");
+    within(10, "a PING answer after the refusal", peer.ping()).await;
+
+    // A header block that never ends: HEADERS, then CONTINUATION frames
+    // without END_HEADERS, 4 KiB each.
+    let block = post_rpc(64 * 1024);
+    let mut parts = block.chunks(4096);
+    let mut bytes = frame(HEADERS, 0, 3, parts.next().unwrap());
+    for part in parts {
+        bytes.extend(frame(CONTINUATION, 0, 3, part));
+    }
+    peer.send(&bytes).await;
+    let goaway = within(
+        10,
+        "GOAWAY after a CONTINUATION flood",
+        peer.goaway_then_closed(),
+    )
+    .await;
+    assert!(
+        [Some(ENHANCE_YOUR_CALM), Some(COMPRESSION_ERROR)].contains(&goaway.error_code()),
+        "{goaway:?}"
+    );
+    assert!(!good.conn.is_closed(), "the good connection was closed");
+    assert_works(&ch, "after oversized header blocks").await;
+}
+
+/// A peer opening more streams than `max_concurrent_streams` (4 here;
+/// 1024 by default) gets REFUSED_STREAM for each one over; one that keeps
+/// opening them anyway (over 1024 refusals, h2's default) loses its
+/// connection (GOAWAY ENHANCE_YOUR_CALM); a good caller keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_concurrent_streams_are_refused_and_a_flood_closes_only_that_connection() {
+    use raw_h2::*;
+    let svc = tcp_service(RpcConfig {
+        limits: TransportLimits {
+            max_concurrent_streams: 4,
+            ..Default::default()
+        },
+        auth_timeout: Duration::from_secs(120),
+        ..Default::default()
+    });
+    let (good, ch) = good_caller(&svc).await;
+    let mut peer = Peer::connect(tcp_addr(&svc), svc.fingerprint).await;
+    let block = post_rpc(0);
+    // Four open streams (no END_STREAM): each answered 200 and kept.
+    let mut bytes = Vec::new();
+    for id in [1, 3, 5, 7] {
+        bytes.extend(frame(HEADERS, END_HEADERS, id, &block));
+    }
+    peer.send(&bytes).await;
+    for _ in 0..4 {
+        let f = within(
+            10,
+            "a response",
+            peer.until("a response", |f| f.kind == HEADERS || f.kind == RST_STREAM),
+        )
+        .await;
+        assert_eq!(
+            (f.kind, f.payload.as_slice()),
+            (HEADERS, &STATUS_200[..]),
+            "stream {} not answered: {f:?}",
+            f.stream
+        );
+    }
+    // Two more while four are open: refused, the connection goes on.
+    let mut bytes = frame(HEADERS, END_HEADERS, 9, &block);
+    bytes.extend(frame(HEADERS, END_HEADERS, 11, &block));
+    peer.send(&bytes).await;
+    for id in [9, 11] {
+        let f = within(
+            10,
+            "a refusal",
+            peer.until("a refusal", |f| {
+                [HEADERS, RST_STREAM, GOAWAY].contains(&f.kind)
+            }),
+        )
+        .await;
+        assert_eq!(
+            (f.kind, f.stream, f.error_code()),
+            (RST_STREAM, id, Some(REFUSED_STREAM)),
+            "{f:?}"
+        );
+    }
+    within(10, "a PING answer after refusals", peer.ping()).await;
+    // Keep opening streams: the connection is ended.
+    let mut bytes = Vec::new();
+    for n in 0..1100u32 {
+        bytes.extend(frame(HEADERS, END_HEADERS, 13 + 2 * n, &block));
+    }
+    bytes.extend(frame(PING, 0, 0, b"still-up"));
+    peer.send(&bytes).await;
+    let goaway = within(10, "GOAWAY after a stream flood", peer.goaway_then_closed()).await;
+    assert_eq!(goaway.error_code(), Some(ENHANCE_YOUR_CALM), "{goaway:?}");
+    assert!(!good.conn.is_closed(), "the good connection was closed");
+    assert_works(&ch, "after a stream flood").await;
+}
