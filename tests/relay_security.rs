@@ -209,7 +209,9 @@ async fn an_administrator_transfer_moves_a_serial_and_is_recorded() {
 // #21 item 3: revocation ends live sessions.
 
 /// A broker caller with a working exec through the relay, and the
-/// relay's live connection count with it (service + broker).
+/// relay's live connection count with it (service + broker): the broker's
+/// token login dialled the relay exactly once (asking the relay whose
+/// token it is used the login's own connection).
 async fn live_session(
     relay: &TestRelay,
     broker: &TestBroker,
@@ -217,9 +219,19 @@ async fn live_session(
     serial: &str,
 ) -> (Client, String, String, tonic::Streaming<pb::SessionEvent>) {
     let (mut client, session, attach) = token_session(broker, token).await;
+    assert_eq!(
+        relay.relay().clients_admitted(),
+        1,
+        "relay connections per login"
+    );
     let service = cloud_service(&mut client, &session, serial, Some(15.0)).await;
     assert_show_version(&mut client, &session, &service).await;
     assert_eq!(relay.relay().live_connections(), 2);
+    assert_eq!(
+        relay.relay().clients_admitted(),
+        1,
+        "relay connections per login"
+    );
     (client, session, service, attach)
 }
 

@@ -41,6 +41,7 @@ pub async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> 
                 Ok::<_, io::Error>(TokioIo::new(BrokerIo {
                     inner: stream.coalescing(),
                     socket: Arc::new(path),
+                    gone: false,
                 }))
             }
         }))
@@ -51,9 +52,20 @@ pub async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> 
 /// connection is open (the broker closes its clients' connections only
 /// when it exits) becomes an error carrying an `UNAVAILABLE` status, which
 /// tonic finds in the error's chain and hands to every call in flight.
+///
+/// Only the read side reports it. h2 hands a read error to every open
+/// stream, but a write error ends the connection without telling the
+/// streams why, and they then end with h2's own "stream closed because of
+/// a broken pipe" (h2 0.4: `Connection::poll` returns `poll_complete`'s
+/// error as is; dropping the connection closes its streams with that
+/// text). So a write that finds the broker gone (`EPIPE`, `ECONNRESET`:
+/// its end of the socket is closed) is taken as written and dropped, and
+/// the read side, which sees the same end of stream next, reports it.
 struct BrokerIo {
     inner: ReadWokenUnixStream,
     socket: Arc<PathBuf>,
+    /// A write found the broker's end closed: later writes are dropped.
+    gone: bool,
 }
 
 /// An I/O error whose source is the status callers get.
@@ -83,17 +95,30 @@ impl BrokerIo {
 
     fn check(&self, result: io::Result<()>) -> io::Result<()> {
         match result {
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-                ) =>
-            {
-                Err(self.gone(&format!("{e}")))
+            Err(e) if is_gone(&e) => Err(self.gone(&format!("{e}"))),
+            other => other,
+        }
+    }
+
+    /// A write's result: the broker's end found closed means `written`
+    /// bytes taken (and dropped), so the read side reports the loss.
+    fn wrote(&mut self, result: io::Result<usize>, written: usize) -> io::Result<usize> {
+        match result {
+            Err(e) if is_gone(&e) => {
+                self.gone = true;
+                Ok(written)
             }
             other => other,
         }
     }
+}
+
+/// Whether `e` says the other end of the socket is closed.
+fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
 }
 
 impl AsyncRead for BrokerIo {
@@ -120,9 +145,12 @@ impl AsyncWrite for BrokerIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.gone {
+            return Poll::Ready(Ok(buf.len()));
+        }
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Ready(Err(e)) => Poll::Ready(Err(self.check(Err(e)).unwrap_err())),
-            other => other,
+            Poll::Ready(result) => Poll::Ready(self.wrote(result, buf.len())),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -131,9 +159,13 @@ impl AsyncWrite for BrokerIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let len = bufs.iter().map(|b| b.len()).sum();
+        if self.gone {
+            return Poll::Ready(Ok(len));
+        }
         match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Err(e)) => Poll::Ready(Err(self.check(Err(e)).unwrap_err())),
-            other => other,
+            Poll::Ready(result) => Poll::Ready(self.wrote(result, len)),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -142,13 +174,19 @@ impl AsyncWrite for BrokerIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.gone {
+            return Poll::Ready(Ok(()));
+        }
         match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Ready(result) => Poll::Ready(self.check(result)),
+            Poll::Ready(result) => Poll::Ready(self.wrote(result.map(|()| 0), 0).map(|_| ())),
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.gone {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

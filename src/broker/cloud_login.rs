@@ -508,9 +508,12 @@ impl Handler<BeginSso> for CloudLogin {
 }
 
 /// Log in with a certificate or token: kept only if the relay accepts it.
+/// The second field is a connection already opened with this credential
+/// (the one that asked the relay whose token it is), used instead of
+/// dialling again.
 #[derive(Message)]
 #[rtype(result = "Result<LoginSummary, CloudError>")]
-pub struct UseCredential(pub Credential);
+pub struct UseCredential(pub Credential, pub Option<RelayConnection>);
 
 impl Handler<UseCredential> for CloudLogin {
     type Result = ResponseActFuture<Self, Result<LoginSummary, CloudError>>;
@@ -519,7 +522,13 @@ impl Handler<UseCredential> for CloudLogin {
         let relay = self.relay.clone();
         let limits = self.limits.clone();
         let credential = msg.0.clone();
-        let attempt = async move { connect(&relay, &credential, &limits).await };
+        let opened = msg.1;
+        let attempt = async move {
+            match opened {
+                Some(conn) => Ok(conn),
+                None => connect(&relay, &credential, &limits).await,
+            }
+        };
         Box::pin(attempt.into_actor(self).map(move |result, act, ctx| {
             let conn = result?;
             if conn.identity != act.key.identity {

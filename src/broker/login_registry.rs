@@ -292,9 +292,12 @@ impl Handler<CredentialLogin> for LoginRegistry {
         let probe = credential.clone();
         let learn = async move {
             if !identity.is_empty() {
-                return Ok((identity, relay));
+                return Ok((identity, relay, None));
             }
-            // A token names its own identity: ask the relay who it is.
+            // A token names its own identity: ask the relay who it is. The
+            // connection that asked becomes the login's (one connection per
+            // login: a second dial would leave this one for the relay to
+            // time out whenever its close was lost).
             if !matches!(probe, Credential::Token { .. }) {
                 return Err(BrokerError::InvalidArgument(
                     "a certificate login needs the identity".into(),
@@ -303,8 +306,7 @@ impl Handler<CredentialLogin> for LoginRegistry {
             let conn = super::cloud_login::connect(&relay, &probe, &Default::default())
                 .await
                 .map_err(BrokerError::from)?;
-            conn.conn.close(0u32.into(), b"identified");
-            Ok((conn.identity, relay))
+            Ok((conn.identity.clone(), relay, Some(conn)))
         };
         let method = msg.method;
         let session = msg.session_id;
@@ -312,7 +314,7 @@ impl Handler<CredentialLogin> for LoginRegistry {
             let fut: Pin<Box<dyn ActorFuture<Self, Output = Result<LoginSummary, BrokerError>>>> =
                 match learned {
                     Err(e) => Box::pin(fut::ready(Err(e))),
-                    Ok((identity, relay)) => {
+                    Ok((identity, relay, opened)) => {
                         let key = LoginKey {
                             relay: relay_url,
                             identity,
@@ -326,7 +328,7 @@ impl Handler<CredentialLogin> for LoginRegistry {
                         Box::pin(
                             async move {
                                 login
-                                    .send(UseCredential(credential))
+                                    .send(UseCredential(credential, opened))
                                     .await
                                     .map_err(BrokerError::mailbox)?
                                     .map_err(BrokerError::from)

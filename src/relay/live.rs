@@ -135,6 +135,9 @@ type Table = Mutex<HashMap<usize, (Connection, Credential)>>;
 #[derive(Default)]
 pub(crate) struct LiveConnections {
     table: Arc<Table>,
+    /// Client connections (token or client certificate) admitted since
+    /// start-up: how many times brokers dialled in.
+    clients_admitted: std::sync::atomic::AtomicU64,
 }
 
 /// A connection's place in the table; removed on drop.
@@ -166,11 +169,24 @@ impl LiveConnections {
     /// Records an authenticated connection until the returned entry drops.
     pub fn register(&self, conn: &Connection, credential: Credential) -> LiveEntry {
         let id = conn.stable_id();
+        if matches!(
+            credential,
+            Credential::Token { .. } | Credential::ClientCert { .. }
+        ) {
+            self.clients_admitted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         lock(&self.table).insert(id, (conn.clone(), credential));
         LiveEntry {
             table: self.table.clone(),
             id,
         }
+    }
+
+    /// Client connections admitted since start-up (closed ones included).
+    pub fn clients_admitted(&self) -> u64 {
+        self.clients_admitted
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Connections recorded now.

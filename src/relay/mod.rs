@@ -525,6 +525,12 @@ impl Relay {
         self.core.live.len()
     }
 
+    /// Client (broker) connections admitted since start-up, closed ones
+    /// included: one per login and reconnect.
+    pub fn clients_admitted(&self) -> u64 {
+        self.core.live.clients_admitted()
+    }
+
     /// Device grants open now (started, neither redeemed nor purged).
     pub fn grants_pending(&self) -> usize {
         self.core

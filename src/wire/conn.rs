@@ -260,9 +260,39 @@ fn derive<const N: usize>(secret: &[u8], label: &[u8]) -> zeroize::Zeroizing<[u8
 /// Receive window of one stream (see [`transport_config`]).
 pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 
+/// Largest UDP payload an endpoint accepts (its `max_udp_payload_size`
+/// transport parameter, RFC 9000 §18.2) and the most path MTU discovery
+/// tries: 6,400 bytes. Packets start at 1,200 bytes and grow only as far
+/// as probes get through, so an Ethernet path settles near 1,452 as
+/// before, while loopback (MTU 64 KiB, where a broker and its service
+/// often run) carries 4.4x fewer packets for bulk output: per-packet work
+/// was most of the service's and broker's CPU per byte
+/// (`benches/exec_vs_ssh.py`). Not more: quinn hands the kernel up to 10
+/// packets per GSO send, and a send over 64 KiB fails with EMSGSIZE, which
+/// quinn-udp takes for a lost MTU probe and drops silently (16 KiB
+/// packets lost whole batches and stalled links). Costs a receive buffer
+/// of 6,400 x 64 GRO segments x 32 per endpoint (13 MiB reserved, touched
+/// only as packets arrive).
+///
+/// Known cost: quinn-proto 0.11.19 gates a closing connection's
+/// CONNECTION_CLOSE packet by congestion control (quinn issue #2785, fixed
+/// upstream after that release): with frames still pending and
+/// `in_flight + MTU >= cwnd` the close is never sent and the peer learns of
+/// it only at its idle timeout or liveness watch. A fresh connection's
+/// window holds about two 6,400-byte packets, so one MTU probe in flight
+/// blocks its close; nothing may rely on a close of a just-opened
+/// connection arriving (the broker's token login therefore keeps the
+/// connection that asked the relay whose token it is, instead of closing
+/// it and dialling again; `tests/relay_security.rs` counts one relay
+/// connection per login).
+pub const MAX_UDP_PAYLOAD: u16 = 6400;
+
 /// Transport settings both ends use for `limits`.
 pub fn transport_config(limits: &TransportLimits) -> TransportConfig {
     let mut t = TransportConfig::default();
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
     t.max_concurrent_bidi_streams(VarInt::from_u32(limits.max_concurrent_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .keep_alive_interval(Some(limits.keep_alive))
@@ -330,8 +360,11 @@ pub fn keyed_endpoint(
 fn endpoint_with(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
-    config: quinn::EndpointConfig,
+    mut config: quinn::EndpointConfig,
 ) -> std::io::Result<Endpoint> {
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
     Endpoint::new(config, server, udp_socket(addr)?, runtime)
