@@ -120,6 +120,17 @@ impl Proxy {
         format!("{}:{}", self.host, self.port)
     }
 
+    /// The same proxy for HTTPS requests made with `reqwest` (`CONNECT`,
+    /// Basic credentials when it has them).
+    pub fn reqwest(&self) -> Result<reqwest::Proxy, reqwest::Error> {
+        let proxy = reqwest::Proxy::https(format!("http://{}", self.address()))?;
+        Ok(match (&self.username, &self.password) {
+            (Some(user), Some(password)) => proxy.basic_auth(user, password.expose()),
+            (Some(user), None) => proxy.basic_auth(user, ""),
+            _ => proxy,
+        })
+    }
+
     /// A TCP connection to `host:port` through the proxy: connects to it,
     /// asks `CONNECT`, and returns the socket once it answers 2xx. A
     /// refusal names the proxy and its answer.

@@ -5,15 +5,23 @@
 //! `status`, and moves back to QUIC once the rule is gone — with one new
 //! connection, not a reconnect storm. Skipped (loudly) only where network
 //! namespaces cannot be made; CI runs as root and makes them.
+//!
+//! The same for the relay: a relay, a relay-enrolled service and a broker
+//! (three real processes) in such a namespace log in, come online and
+//! exec through a tunnel over TLS/TCP.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::broker::{TestBroker, named, run_exec, status};
+use common::broker::{TestBroker, in_session, named, run_exec, status};
+use common::cloud::{ALICE, TestRelay, assert_show_version, cloud_service, token_session};
 use common::process::{Netns, ServiceProcess};
+use common::service::ADMIN_PASSWORD;
 use common::within;
 use switchyard::api::pb;
+use switchyard::secret::Secret;
+use switchyard::service::inventory::{DeviceScope, Inventory, NewRemoteUser};
 
 /// nftables table holding the UDP drop inside the test's namespace.
 const TABLE: &str = "udp_blocked";
@@ -155,4 +163,97 @@ async fn transport_quic_pins_quic_and_fails_when_udp_is_blocked() {
         .expect_err("QUIC pinned: no fallback to TCP");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
     assert!(err.message().contains("127.0.0.1"), "{err}");
+}
+
+/// A service process in `ns`, alice's cloud identity one of its remote
+/// users, enrolled with `relay` as `serial` (`service enroll` run in the
+/// namespace too), and started.
+async fn enrolled_service_in(ns: &Netns, relay: &TestRelay, serial: &str) -> ServiceProcess {
+    let mut svc = ServiceProcess::new(Some(ns.0.clone()));
+    let db = svc.dir.path().join("inv.db");
+    let mut inv = Inventory::open(&db, &Secret::new(ADMIN_PASSWORD)).unwrap();
+    inv.add_user(&NewRemoteUser {
+        name: ALICE.into(),
+        password: None,
+        devices: DeviceScope::parse("core-*").unwrap(),
+        enabled: true,
+        cloud: true,
+    })
+    .unwrap();
+    drop(inv);
+    let otp_file = svc.dir.path().join("otp");
+    std::fs::write(&otp_file, relay.otp(serial)).unwrap();
+    let admin_pw = svc.dir.path().join("admin-pw");
+    ns.run(&[
+        common::switchyard_bin(),
+        "service",
+        "--db",
+        db.to_str().unwrap(),
+        "--admin-password-file",
+        admin_pw.to_str().unwrap(),
+        "enroll",
+        "--relay",
+        &relay.url(),
+        "--otp-file",
+        otp_file.to_str().unwrap(),
+        "--relay-ca",
+        relay.ca_file().to_str().unwrap(),
+    ]);
+    svc.start().await;
+    svc
+}
+
+/// A relay, a service enrolled with it and a broker, all in a namespace
+/// whose UDP is dropped: the service comes online over TCP, the broker's
+/// token login connects over TCP (`status` says `tcp`), and a relayed exec
+/// works through a tunnel carried in an HTTP/2 stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_logins_and_relayed_exec_work_over_tcp_when_udp_is_blocked() {
+    let Some(ns) = Netns::create() else {
+        return;
+    };
+    block_udp(&ns);
+    let relay = TestRelay::start_process_via(&ns.prefix(), &[]).await;
+    let svc = enrolled_service_in(&ns, &relay, "SN-TCP").await;
+    let config = relay.broker_config(relay.dir.path());
+    let (broker, _) =
+        TestBroker::start_via(&ns.prefix(), &[], &["--config", config.to_str().unwrap()]).await;
+
+    // Without the fallback the login fails after QUIC's connect timeout.
+    let first_try = Instant::now();
+    let (mut client, session, _attach) = within(
+        30,
+        "a token login",
+        token_session(&broker, &relay.token(ALICE)),
+    )
+    .await;
+    let service = cloud_service(&mut client, &session, "SN-TCP", None).await;
+    within(
+        25,
+        "the service reachable through the relay",
+        client.wait(pb::WaitRequest {
+            service: in_session(&session, &service),
+            timeout_secs: 20.0,
+        }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nrelay:\n{}\nservice:\n{}", relay.log(), svc.log()));
+    assert_show_version(&mut client, &session, &service).await;
+    eprintln!(
+        "first relayed exec with UDP blocked after {:?}",
+        first_try.elapsed()
+    );
+    let logins = status(&broker).await.logins;
+    assert_eq!(logins.len(), 1, "{logins:?}");
+    assert_eq!(logins[0].carrier, "tcp", "{logins:?}");
+    let text = broker.command().arg("status").output().await.unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("(token, tcp) logged in"), "{text}");
+    assert!(
+        svc.log().contains("online at the relay") && svc.log().contains("carrier=tcp"),
+        "the service is online over TCP:\n{}",
+        svc.log()
+    );
+    // A second call rides the same login and tunnel.
+    assert_show_version(&mut client, &session, &service).await;
 }

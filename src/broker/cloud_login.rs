@@ -136,6 +136,9 @@ pub struct LoginSummary {
     pub connected: bool,
     /// The relay as last seen (meaningful while logged in).
     pub reach: Reach,
+    /// How the open relay connection travels: `quic`, `tcp`, `tcp via
+    /// proxy HOST:PORT` (empty without one).
+    pub carrier: String,
 }
 
 pub struct CloudLogin {
@@ -308,7 +311,7 @@ impl CloudLogin {
                 if !matches!(result, Ok(RelayReply::Ok)) {
                     // The next use connects afresh with the new token.
                     if let Some(conn) = act.conn.take() {
-                        conn.conn.close(0u32.into(), b"re-authenticating");
+                        conn.conn.close(0, b"re-authenticating");
                     }
                 }
             }),
@@ -321,7 +324,7 @@ impl CloudLogin {
             let _ = store.remove(&stored);
         }
         if let Some(conn) = self.conn.take() {
-            conn.conn.close(0u32.into(), b"logged out");
+            conn.conn.close(0, b"logged out");
         }
         self.phase.send_replace(LoginPhase::Failed(reason));
     }
@@ -369,7 +372,7 @@ impl CloudLogin {
                 Ok(Some(tokens)) => {
                     info!(identity = %act.key.identity, relay = %act.relay.url, "SSO login complete");
                     if let Some(conn) = act.conn.take() {
-                        conn.conn.close(0u32.into(), b"new login");
+                        conn.conn.close(0, b"new login");
                     }
                     act.logged_in(Credential::Sso(tokens), ctx);
                 }
@@ -416,12 +419,12 @@ impl CloudLogin {
             if let Ok(conn) = &result {
                 act.conn = Some(conn.clone());
                 let watch = conn.conn.clone();
-                let id = watch.stable_id();
+                let id = watch.clone();
                 ctx.spawn(async move { watch.closed().await }.into_actor(act).map(
                     move |reason, act, _| {
                         // Only an unplanned loss: a connection this login
                         // closed itself was taken out of `conn` first.
-                        if act.conn.as_ref().is_some_and(|c| c.conn.stable_id() == id) {
+                        if act.conn.as_ref().is_some_and(|c| c.conn.same(&id)) {
                             act.conn = None;
                             act.reach = Reach::Failing(format!("lost the relay connection: {reason}"));
                         }
@@ -481,7 +484,7 @@ impl Actor for CloudLogin {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         if let Some(conn) = self.conn.take() {
-            conn.conn.close(0u32.into(), b"login closed");
+            conn.conn.close(0, b"login closed");
         }
         self.answer_conn_waiters(Err(CloudError::NotLoggedIn {
             relay: self.relay.url.clone(),
@@ -523,7 +526,7 @@ impl Handler<UseCredential> for CloudLogin {
         Box::pin(attempt.into_actor(self).map(move |result, act, ctx| {
             let conn = result?;
             if conn.identity != act.key.identity {
-                conn.conn.close(0u32.into(), b"wrong identity");
+                conn.conn.close(0, b"wrong identity");
                 return Err(CloudError::Refused(crate::wire::messages::WireError::new(
                     crate::wire::messages::ErrorCode::PermissionDenied,
                     format!(
@@ -533,7 +536,7 @@ impl Handler<UseCredential> for CloudLogin {
                 )));
             }
             if let Some(old) = act.conn.replace(conn.clone()) {
-                old.conn.close(0u32.into(), b"new login");
+                old.conn.close(0, b"new login");
             }
             act.logged_in(msg.0, ctx);
             info!(identity = %act.key.identity, method = act.key.method.as_str(), "logged in");
@@ -556,11 +559,14 @@ impl CloudLogin {
             expires: expires
                 .or_else(|| self.credential.as_ref().and_then(expiry))
                 .or_else(|| self.conn.as_ref().and_then(|c| c.expires)),
-            connected: self
+            connected: self.conn.as_ref().is_some_and(|c| !c.conn.is_closed()),
+            reach: self.reach.clone(),
+            carrier: self
                 .conn
                 .as_ref()
-                .is_some_and(|c| c.conn.close_reason().is_none()),
-            reach: self.reach.clone(),
+                .filter(|c| !c.conn.is_closed())
+                .map(|c| c.carrier.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -574,11 +580,7 @@ impl Handler<GetRelay> for CloudLogin {
     type Result = ResponseFuture<Result<RelayConnection, CloudError>>;
 
     fn handle(&mut self, _: GetRelay, ctx: &mut Self::Context) -> Self::Result {
-        if let Some(conn) = self
-            .conn
-            .as_ref()
-            .filter(|c| c.conn.close_reason().is_none())
-        {
+        if let Some(conn) = self.conn.as_ref().filter(|c| !c.conn.is_closed()) {
             return Box::pin(std::future::ready(Ok(conn.clone())));
         }
         let (tx, rx) = oneshot::channel();

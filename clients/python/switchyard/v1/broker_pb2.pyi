@@ -331,7 +331,7 @@ class StatusResponse(_message.Message):
     def __init__(self, sessions: _Optional[_Iterable[_Union[SessionStatus, _Mapping]]] = ..., named_services: _Optional[_Iterable[_Union[NamedServiceStatus, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkStatus, _Mapping]]] = ..., version: _Optional[str] = ..., logins: _Optional[_Iterable[_Union[LoginStatus, _Mapping]]] = ..., forwards: _Optional[_Iterable[_Union[ForwardStatus, _Mapping]]] = ..., ssh_proxy: _Optional[_Union[SshProxyStatus, _Mapping]] = ...) -> None: ...
 
 class LoginStatus(_message.Message):
-    __slots__ = ("identity", "relay_url", "method", "state", "expires_unix", "sessions", "connected", "reach", "last_error")
+    __slots__ = ("identity", "relay_url", "method", "state", "expires_unix", "sessions", "connected", "reach", "last_error", "carrier")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     RELAY_URL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -341,6 +341,7 @@ class LoginStatus(_message.Message):
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     REACH_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CARRIER_FIELD_NUMBER: _ClassVar[int]
     identity: str
     relay_url: str
     method: str
@@ -350,7 +351,8 @@ class LoginStatus(_message.Message):
     connected: bool
     reach: str
     last_error: str
-    def __init__(self, identity: _Optional[str] = ..., relay_url: _Optional[str] = ..., method: _Optional[str] = ..., state: _Optional[str] = ..., expires_unix: _Optional[int] = ..., sessions: _Optional[int] = ..., connected: _Optional[bool] = ..., reach: _Optional[str] = ..., last_error: _Optional[str] = ...) -> None: ...
+    carrier: str
+    def __init__(self, identity: _Optional[str] = ..., relay_url: _Optional[str] = ..., method: _Optional[str] = ..., state: _Optional[str] = ..., expires_unix: _Optional[int] = ..., sessions: _Optional[int] = ..., connected: _Optional[bool] = ..., reach: _Optional[str] = ..., last_error: _Optional[str] = ..., carrier: _Optional[str] = ...) -> None: ...
 
 class SessionStatus(_message.Message):
     __slots__ = ("session_id", "client_name", "pid", "services", "in_flight")
