@@ -12,13 +12,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::broker::{TestBroker, in_session, named, run_exec, status};
 use common::cloud::{ALICE, TestRelay, assert_show_version, cloud_service, token_session};
 use common::process::{Netns, ServiceProcess};
 use common::service::ADMIN_PASSWORD;
-use common::within;
+use common::{eventually, eventually_some, within};
 use switchyard::api::pb;
 use switchyard::secret::Secret;
 use switchyard::service::inventory::{DeviceScope, Inventory, NewRemoteUser};
@@ -100,10 +100,8 @@ async fn a_direct_link_falls_back_to_tcp_when_udp_is_blocked_and_returns_to_quic
     let connects_on_tcp = on_tcp.connects;
     // Probes keep failing while UDP is blocked: the link stays on TCP and
     // calls keep working.
-    within(30, "a failed QUIC probe", async {
-        while !broker.log().contains("QUIC still unreachable") {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    eventually(30, "a failed QUIC probe", || {
+        broker.log().contains("QUIC still unreachable")
     })
     .await;
     show_version(&mut client).await;
@@ -111,14 +109,8 @@ async fn a_direct_link_falls_back_to_tcp_when_udp_is_blocked_and_returns_to_quic
 
     // UDP back: new calls move to QUIC, on one new connection.
     unblock_udp(&ns);
-    let moved = within(30, "the link back on QUIC", async {
-        loop {
-            let l = link(&broker, &target).await;
-            if l.carrier == "quic" {
-                return l;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let moved = eventually_some(30, "the link back on QUIC", || async {
+        Some(link(&broker, &target).await).filter(|l| l.carrier == "quic")
     })
     .await;
     assert_eq!(
@@ -206,7 +198,8 @@ async fn enrolled_service_in(ns: &Netns, relay: &TestRelay, serial: &str) -> Ser
 /// A relay, a service enrolled with it and a broker, all in a namespace
 /// whose UDP is dropped: the service comes online over TCP, the broker's
 /// token login connects over TCP (`status` says `tcp`), and a relayed exec
-/// works through a tunnel carried in an HTTP/2 stream.
+/// works through a tunnel carried in an HTTP/2 stream. Once UDP is back,
+/// the login's probe moves it to QUIC and calls keep working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_logins_and_relayed_exec_work_over_tcp_when_udp_is_blocked() {
     let Some(ns) = Netns::create() else {
@@ -216,8 +209,13 @@ async fn relay_logins_and_relayed_exec_work_over_tcp_when_udp_is_blocked() {
     let relay = TestRelay::start_process_via(&ns.prefix(), &[]).await;
     let svc = enrolled_service_in(&ns, &relay, "SN-TCP").await;
     let config = relay.broker_config(relay.dir.path());
-    let (broker, _) =
-        TestBroker::start_via(&ns.prefix(), &[], &["--config", config.to_str().unwrap()]).await;
+    let (broker, _) = TestBroker::start_via(
+        &ns.prefix(),
+        // Probe QUIC often, so its return is seen quickly here.
+        &[("SWITCHYARD_BROKER__QUIC_PROBE_SECS", "0.5")],
+        &["--config", config.to_str().unwrap()],
+    )
+    .await;
 
     // Without the fallback the login fails after QUIC's connect timeout.
     let first_try = Instant::now();
@@ -255,5 +253,19 @@ async fn relay_logins_and_relayed_exec_work_over_tcp_when_udp_is_blocked() {
         svc.log()
     );
     // A second call rides the same login and tunnel.
+    assert_show_version(&mut client, &session, &service).await;
+    eventually(30, "a failed QUIC probe of the relay", || {
+        broker.log().contains("QUIC to the relay still unreachable")
+    })
+    .await;
+    assert_eq!(status(&broker).await.logins[0].carrier, "tcp");
+
+    // UDP back: the login moves to QUIC; the running tunnel keeps its TCP
+    // connection, and calls keep working.
+    unblock_udp(&ns);
+    eventually_some(30, "the login back on QUIC", || async {
+        Some(status(&broker).await.logins).filter(|l| l[0].carrier == "quic")
+    })
+    .await;
     assert_show_version(&mut client, &session, &service).await;
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::{oneshot, watch};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 use zeroize::Zeroizing;
 
 use super::login_store::{LoginStore, StoredLogin};
@@ -418,24 +418,73 @@ impl CloudLogin {
             };
             if let Ok(conn) = &result {
                 act.conn = Some(conn.clone());
-                let watch = conn.conn.clone();
-                let id = watch.clone();
-                ctx.spawn(async move { watch.closed().await }.into_actor(act).map(
-                    move |reason, act, _| {
-                        // Only an unplanned loss: a connection this login
-                        // closed itself was taken out of `conn` first.
-                        if act.conn.as_ref().is_some_and(|c| c.conn.same(&id)) {
-                            act.conn = None;
-                            act.reach = Reach::Failing(format!("lost the relay connection: {reason}"));
-                        }
-                    },
-                ));
+                act.probe_quic(conn, ctx);
+                act.watch_loss(conn, ctx);
             }
             if let Err(CloudError::Refused(e)) = &result {
                 warn!(identity = %act.key.identity, error = %e, "the relay refused the login");
             }
             act.answer_conn_waiters(result);
         }));
+    }
+
+    /// Forgets `conn` when it is lost unplanned (a connection this login
+    /// closed or replaced itself was taken out of `conn` first).
+    fn watch_loss(&mut self, conn: &RelayConnection, ctx: &mut Context<Self>) {
+        let watch = conn.conn.clone();
+        let id = watch.clone();
+        ctx.spawn(async move { watch.closed().await }.into_actor(self).map(
+            move |reason, act, _| {
+                if act.conn.as_ref().is_some_and(|c| c.conn.same(&id)) {
+                    act.conn = None;
+                    act.reach = Reach::Failing(format!("lost the relay connection: {reason}"));
+                }
+            },
+        ));
+    }
+
+    /// On TCP after a fallback (`auto`, no proxy): tries QUIC every
+    /// `quic_probe`; a QUIC connection that says hello replaces `tcp` as
+    /// this login's connection (new tunnels and requests use it; tunnels
+    /// running on TCP keep that connection until they end). Stops when
+    /// `tcp` is no longer the login's connection.
+    fn probe_quic(&mut self, tcp: &RelayConnection, ctx: &mut Context<Self>) {
+        let policy = self.relay.transport;
+        if tcp.conn.carrier() != crate::wire::mux::Carrier::Tcp
+            || policy.mode != super::dialer::TransportMode::Auto
+            || self.relay.proxy.is_some()
+        {
+            return;
+        }
+        let mut relay = self.relay.clone();
+        relay.transport.mode = super::dialer::TransportMode::Quic;
+        let limits = self.limits.clone();
+        let tcp = tcp.conn.clone();
+        ctx.run_later(policy.quic_probe, move |act, ctx| {
+            if !act.conn.as_ref().is_some_and(|c| c.conn.same(&tcp)) {
+                return;
+            }
+            let Some(credential) = act.credential.clone() else {
+                return;
+            };
+            let attempt = async move { connect(&relay, &credential, &limits).await };
+            ctx.spawn(attempt.into_actor(act).map(move |result, act, ctx| {
+                let Some(current) = act.conn.clone().filter(|c| c.conn.same(&tcp)) else {
+                    return;
+                };
+                match result {
+                    Ok(quic) => {
+                        info!(identity = %act.key.identity, "QUIC to the relay works again; new requests move off TCP");
+                        act.conn = Some(quic.clone());
+                        act.watch_loss(&quic, ctx);
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "QUIC to the relay still unreachable; staying on TCP");
+                        act.probe_quic(&current, ctx);
+                    }
+                }
+            }));
+        });
     }
 
     fn answer_conn_waiters(&mut self, result: Result<RelayConnection, CloudError>) {
@@ -513,13 +562,15 @@ impl Handler<BeginSso> for CloudLogin {
 /// Log in with a certificate or token: kept only if the relay accepts it.
 #[derive(Message)]
 #[rtype(result = "Result<LoginSummary, CloudError>")]
-pub struct UseCredential(pub Credential);
+/// A credential to log in with, and the relay as this login reaches it
+/// now (a repeated login may name another proxy: it wins once it works).
+pub struct UseCredential(pub Credential, pub RelayInfo);
 
 impl Handler<UseCredential> for CloudLogin {
     type Result = ResponseActFuture<Self, Result<LoginSummary, CloudError>>;
 
     fn handle(&mut self, msg: UseCredential, _: &mut Self::Context) -> Self::Result {
-        let relay = self.relay.clone();
+        let relay = msg.1.clone();
         let limits = self.limits.clone();
         let credential = msg.0.clone();
         let attempt = async move { connect(&relay, &credential, &limits).await };
@@ -538,6 +589,8 @@ impl Handler<UseCredential> for CloudLogin {
             if let Some(old) = act.conn.replace(conn.clone()) {
                 old.conn.close(0, b"new login");
             }
+            act.relay = msg.1;
+            act.probe_quic(&conn, ctx);
             act.logged_in(msg.0, ctx);
             info!(identity = %act.key.identity, method = act.key.method.as_str(), "logged in");
             Ok(act.summary(conn.expires))

@@ -305,7 +305,10 @@ impl CloudTarget {
                     closed.await;
                     conn.close(0, b"tunnel closed");
                 }));
-                connected.guard = Some(Box::new((tunnel, watch)));
+                // The relay connection stays open while its tunnel lives
+                // (over TCP the streams alone do not hold it), even when
+                // the login has moved on to another (back to QUIC).
+                connected.guard = Some(Box::new((tunnel, watch, relay)));
                 Ok((None, connected))
             }
             CloudRoute::Direct { addr } => {

@@ -39,6 +39,9 @@ use crate::secret::Secret;
 pub struct RelaySpec {
     pub relay_url: Option<String>,
     pub domain: Option<String>,
+    /// The HTTP proxy this login reaches the relay through (`--proxy`),
+    /// instead of the broker's rule.
+    pub proxy: Option<crate::proxy::Proxy>,
 }
 
 impl From<CloudError> for BrokerError {
@@ -100,10 +103,14 @@ impl LoginRegistry {
         }
     }
 
-    /// `relay` reached as this broker's transport policy and proxy rule
-    /// say.
-    fn reached(&self, relay: RelayInfo) -> Result<RelayInfo, CloudError> {
-        let proxy = self.proxy.for_host(&relay.host).cloned();
+    /// `relay` reached as this broker's transport policy says, through
+    /// `proxy` when given, else the proxy the broker's rule names for it.
+    fn reached(
+        &self,
+        relay: RelayInfo,
+        proxy: Option<crate::proxy::Proxy>,
+    ) -> Result<RelayInfo, CloudError> {
+        let proxy = proxy.or_else(|| self.proxy.for_host(&relay.host).cloned());
         relay.with_transport(self.transport, proxy)
     }
 
@@ -159,7 +166,7 @@ impl LoginRegistry {
             })?),
             None => None,
         };
-        Ok(self.reached(RelayInfo::new(&url, ca)?)?)
+        Ok(self.reached(RelayInfo::new(&url, ca)?, spec.proxy.clone())?)
     }
 
     fn login(
@@ -188,7 +195,7 @@ impl LoginRegistry {
         }
         for login in stored {
             let restored = restore_one(&login).and_then(|(key, relay, credential)| {
-                let relay = self.reached(relay).map_err(|e| e.to_string())?;
+                let relay = self.reached(relay, None).map_err(|e| e.to_string())?;
                 Ok((key, relay, credential))
             });
             match restored {
@@ -340,14 +347,14 @@ impl Handler<CredentialLogin> for LoginRegistry {
                             method,
                             owner,
                         };
-                        let login = act.login(key.clone(), relay, None);
+                        let login = act.login(key.clone(), relay.clone(), None);
                         if let Some(session) = session {
                             act.session_logins.insert(session, key);
                         }
                         Box::pin(
                             async move {
                                 login
-                                    .send(UseCredential(credential))
+                                    .send(UseCredential(credential, relay))
                                     .await
                                     .map_err(BrokerError::mailbox)?
                                     .map_err(BrokerError::from)

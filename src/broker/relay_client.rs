@@ -58,6 +58,10 @@ pub enum CloudError {
     NotLoggedIn { relay: String, identity: String },
     #[error("the relay's answer made no sense: {0}")]
     Protocol(String),
+    /// An HTTP proxy refused us (wrong or missing credentials, a
+    /// destination it forbids): final, names the proxy and its answer.
+    #[error("cannot reach the relay at {relay}: {reason}")]
+    ProxyRefused { relay: String, reason: String },
 }
 
 impl CloudError {
@@ -68,6 +72,7 @@ impl CloudError {
             Self::Sso(_) | Self::NotLoggedIn { .. } => ErrorCode::Unauthenticated,
             Self::Config(_) => ErrorCode::InvalidArgument,
             Self::Protocol(_) => ErrorCode::Internal,
+            Self::ProxyRefused { .. } => ErrorCode::PermissionDenied,
         }
     }
 }
@@ -197,17 +202,50 @@ impl RelayInfo {
     /// The well-known document of the node at `base`.
     async fn well_known(&self, base: &str) -> Result<WellKnown, CloudError> {
         let url = format!("{base}/.well-known/switchyard-relay");
-        let doc: WellKnown = self
+        let response = self
             .http
             .get(&url)
             .send()
             .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| self.unreachable(e))?
-            .json()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .and_then(|r| r.error_for_status());
+        let response = match response {
+            Ok(response) => response,
+            Err(e) => return Err(self.explain(base, e).await),
+        };
+        let doc: WellKnown = response.json().await.map_err(|e| self.unreachable(e))?;
         Ok(doc)
+    }
+
+    /// An HTTPS request to `base` failed. Through a proxy, reqwest's
+    /// error does not say what the proxy answered: one `CONNECT` of our
+    /// own to the same place does (a refusal names the proxy and its
+    /// answer, e.g. 407 for wrong credentials).
+    async fn explain(&self, base: &str, e: reqwest::Error) -> CloudError {
+        let (Some(proxy), Ok(url)) = (&self.proxy, url::Url::parse(base)) else {
+            return self.unreachable(e);
+        };
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return self.unreachable(e);
+        };
+        match proxy.connect(host.trim_matches(['[', ']']), port).await {
+            Err(refused) => self.proxy_error(refused),
+            Ok(_) => self.unreachable(e),
+        }
+    }
+
+    /// A proxy's refusal of credentials or destination is final; anything
+    /// else (not reachable, a 502) is worth retrying.
+    fn proxy_error(&self, e: crate::proxy::ProxyError) -> CloudError {
+        match e {
+            crate::proxy::ProxyError::Refused {
+                status: 401 | 403 | 407,
+                ..
+            } => CloudError::ProxyRefused {
+                relay: self.url.clone(),
+                reason: e.to_string(),
+            },
+            other => self.unreachable(other),
+        }
     }
 
     fn oauth(&self) -> Result<OAuthClient, CloudError> {
@@ -294,7 +332,9 @@ impl RelayInfo {
                     self.current.store(k, std::sync::atomic::Ordering::Relaxed);
                     return Ok(conn);
                 }
-                Err(e @ CloudError::Refused(_)) => return Err(e),
+                Err(e @ (CloudError::Refused(_) | CloudError::ProxyRefused { .. })) => {
+                    return Err(e);
+                }
                 Err(e) => {
                     tracing::debug!(node = %base, error = %e, "relay node unreachable; trying the next");
                     failed.push(e)
@@ -404,7 +444,7 @@ impl RelayInfo {
                 proxy
                     .connect(host, addr.port())
                     .await
-                    .map_err(|e| self.unreachable(e))?,
+                    .map_err(|e| self.proxy_error(e))?,
                 format!("tcp via proxy {}", proxy.address()),
             ),
             None => (

@@ -274,7 +274,7 @@ pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, Cli
 /// `--proxy` and its password: a password in the URL is refused (secrets
 /// never come from the command line); one is read from the file, or asked
 /// for, when the URL names a user.
-fn proxy_args(
+pub(super) fn proxy_args(
     url: Option<String>,
     password_file: Option<PathBuf>,
 ) -> Result<Option<(String, Option<Secret>)>, CliError> {

@@ -405,12 +405,16 @@ class LinkStatus(_message.Message):
     def __init__(self, link_id: _Optional[str] = ..., target: _Optional[str] = ..., principal: _Optional[str] = ..., transport: _Optional[str] = ..., state: _Optional[str] = ..., holders: _Optional[int] = ..., in_flight: _Optional[int] = ..., connects: _Optional[int] = ..., last_error: _Optional[str] = ..., fingerprint: _Optional[str] = ..., carrier: _Optional[str] = ...) -> None: ...
 
 class RelaySelector(_message.Message):
-    __slots__ = ("relay_url", "domain")
+    __slots__ = ("relay_url", "domain", "proxy_url", "proxy_password")
     RELAY_URL_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    PROXY_URL_FIELD_NUMBER: _ClassVar[int]
+    PROXY_PASSWORD_FIELD_NUMBER: _ClassVar[int]
     relay_url: str
     domain: str
-    def __init__(self, relay_url: _Optional[str] = ..., domain: _Optional[str] = ...) -> None: ...
+    proxy_url: str
+    proxy_password: str
+    def __init__(self, relay_url: _Optional[str] = ..., domain: _Optional[str] = ..., proxy_url: _Optional[str] = ..., proxy_password: _Optional[str] = ...) -> None: ...
 
 class SsoLoginRequest(_message.Message):
     __slots__ = ("session_id", "identity", "relay")
