@@ -56,6 +56,22 @@ pub enum Dialer {
     Cloud(CloudTarget),
 }
 
+/// One connection attempt of a link.
+pub struct DialRequest<'a> {
+    /// The link's target, as errors name it (`host:port`, a URL, a serial).
+    pub label: &'a str,
+    /// The remote user to log in as.
+    pub username: &'a str,
+    /// A UDP endpoint kept from an earlier attempt (returned for reuse).
+    pub endpoint: Option<Endpoint>,
+    /// The certificate the link already knows.
+    pub fingerprint: Option<Fingerprint>,
+    pub limits: &'a TransportLimits,
+    pub connect_timeout: Duration,
+    /// A probe of QUIC by a link on TCP (no race).
+    pub quic_only: bool,
+}
+
 #[derive(Clone)]
 pub struct CloudTarget {
     pub login: Addr<CloudLogin>,
@@ -126,22 +142,22 @@ impl Dialer {
         }
     }
 
-    /// One connection attempt, given up after `connect_timeout` with an
-    /// error that says what was being waited for. `endpoint` is a UDP
-    /// endpoint kept from an earlier attempt (returned for reuse);
-    /// `fingerprint` the certificate the link already knows. `quic_only`:
-    /// a probe of QUIC by a link on TCP (no race).
-    #[allow(clippy::too_many_arguments)]
+    /// One connection attempt (see [`DialRequest`]), given up after its
+    /// `connect_timeout` with an error that says what was being waited
+    /// for.
     pub async fn dial(
         &self,
-        label: &str,
-        username: &str,
-        endpoint: Option<Endpoint>,
-        fingerprint: Option<Fingerprint>,
-        limits: &TransportLimits,
-        connect_timeout: Duration,
-        quic_only: bool,
+        request: DialRequest<'_>,
     ) -> Result<(Option<Endpoint>, DirectConnection), LinkError> {
+        let DialRequest {
+            label,
+            username,
+            endpoint,
+            fingerprint,
+            limits,
+            connect_timeout,
+            quic_only,
+        } = request;
         let deadline = Instant::now() + connect_timeout;
         let attempt = async {
             match self {

@@ -13,7 +13,7 @@
 //! TCP address of a relay is its QUIC address.
 //!
 //! A service on TCP cannot be sent new streams (an HTTP/2 server opens
-//! none), so it keeps a few streams open to the relay ([`SERVICE_SLOTS`]
+//! none), so it keeps a few streams open to the relay (`SERVICE_SLOTS`
 //! at most are held for it), each waiting for a tunnel offer; the relay
 //! writes an offer on one of them instead of opening a stream.
 //!
