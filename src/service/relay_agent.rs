@@ -52,6 +52,9 @@ use crate::wire::tunnel::Carrier;
 /// Bound on reaching the relay and its answer to our hello.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How a refused hello's error begins.
+const REFUSED: &str = "the relay refused us";
+
 /// Streams a service on TCP keeps open at the relay for tunnel offers (a
 /// new one is opened as soon as one is used).
 pub const TCP_SLOTS: usize = 4;
@@ -232,9 +235,13 @@ impl Relay {
             match mode {
                 TransportMode::Quic => quic.await,
                 TransportMode::Tcp => tcp.await,
-                // Both failing: QUIC's error says as much as TCP's.
+                // Both failing: the relay's refusal wherever it came from
+                // (it says why: a revoked certificate), else TCP's error.
                 TransportMode::Auto => {
-                    race(quic, self.transport.quic_head_start, tcp, |_| true).await
+                    race(quic, self.transport.quic_head_start, tcp, |e| {
+                        !e.starts_with(REFUSED)
+                    })
+                    .await
                 }
             }
         };
@@ -261,7 +268,7 @@ impl Relay {
                 info!(serial = %identity, carrier = %conn.carrier().as_str(), "online at the relay");
                 Ok(conn)
             }
-            Ok(Some(HelloReply::Refused(e))) => Err(format!("the relay refused us: {e}")),
+            Ok(Some(HelloReply::Refused(e))) => Err(format!("{REFUSED}: {e}")),
             Ok(None) => Err("the relay closed the hello stream".into()),
             Err(e) => Err(e.to_string()),
         }
