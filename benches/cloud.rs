@@ -215,8 +215,13 @@ async fn start_cloud(bulk_bytes: usize) -> Cloud {
         },
     )
     .unwrap();
-    let agent =
-        RelayAgent::start(enrollment, server.tunnel_acceptor(), Default::default()).unwrap();
+    let agent = RelayAgent::start(
+        enrollment,
+        server.tunnel_acceptor(),
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap();
     assert!(agent.wait_online(Duration::from_secs(10)).await);
     Cloud {
         rpc_port: server.local_addr().port(),

@@ -116,16 +116,28 @@ struct FileSettings {
 struct ProxySection {
     url: Option<String>,
     no_proxy: Option<String>,
+    /// Host (and its subdomains) → that host's proxy URL.
+    domains: std::collections::BTreeMap<String, String>,
 }
 
 impl ProxySection {
     fn into_rule(self) -> Result<crate::proxy::ProxyRule, ConfigError> {
         use crate::proxy::{NoProxy, Proxy, ProxyRule, from_env};
         let bad = |e: crate::proxy::ProxyError| ConfigError::Value(format!("proxy.url: {e}"));
-        match self.url.filter(|u| !u.is_empty()) {
+        let domains = self
+            .domains
+            .iter()
+            .map(|(host, url)| {
+                Proxy::parse(url, None)
+                    .map(|p| (host.clone(), p))
+                    .map_err(|e| ConfigError::Value(format!("proxy.domains.{host:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let rule = match self.url.filter(|u| !u.is_empty()) {
             Some(url) => Ok(ProxyRule {
                 proxy: Some(Proxy::parse(&url, None).map_err(bad)?),
                 no_proxy: NoProxy::parse(self.no_proxy.as_deref().unwrap_or("")),
+                domains: Vec::new(),
             }),
             None => {
                 let env = from_env(|k| std::env::var(k).ok()).map_err(|e| {
@@ -138,11 +150,13 @@ impl ProxySection {
                             Some(list) => NoProxy::parse(&list),
                             None => env_no_proxy,
                         },
+                        domains: Vec::new(),
                     },
                     None => ProxyRule::default(),
                 })
             }
-        }
+        };
+        rule.map(|rule| ProxyRule { domains, ..rule })
     }
 }
 

@@ -23,5 +23,6 @@ pub mod service;
 pub mod sim;
 pub mod task;
 pub mod tls;
+pub mod transport_policy;
 pub mod uds;
 pub mod wire;

@@ -120,6 +120,17 @@ impl Proxy {
         format!("{}:{}", self.host, self.port)
     }
 
+    /// The same proxy for HTTPS requests made with `reqwest` (`CONNECT`,
+    /// Basic credentials when it has them).
+    pub fn reqwest(&self) -> Result<reqwest::Proxy, reqwest::Error> {
+        let proxy = reqwest::Proxy::https(format!("http://{}", self.address()))?;
+        Ok(match (&self.username, &self.password) {
+            (Some(user), Some(password)) => proxy.basic_auth(user, password.expose()),
+            (Some(user), None) => proxy.basic_auth(user, ""),
+            _ => proxy,
+        })
+    }
+
     /// A TCP connection to `host:port` through the proxy: connects to it,
     /// asks `CONNECT`, and returns the socket once it answers 2xx. A
     /// refusal names the proxy and its answer.
@@ -263,12 +274,24 @@ pub fn from_env(
 pub struct ProxyRule {
     pub proxy: Option<Proxy>,
     pub no_proxy: NoProxy,
+    /// Per destination (`[proxy.domains]`): a host, its subdomains
+    /// included, and the proxy for it, which wins over `proxy` and
+    /// `no_proxy`.
+    pub domains: Vec<(String, Proxy)>,
 }
 
 impl ProxyRule {
-    /// The proxy for a connection to `host`, if any.
+    /// The proxy for a connection to `host`, if any: its domain's, else
+    /// the default one unless `no_proxy` exempts the host.
     pub fn for_host(&self, host: &str) -> Option<&Proxy> {
-        self.proxy.as_ref().filter(|_| !self.no_proxy.matches(host))
+        let by_domain = self
+            .domains
+            .iter()
+            .find(|(domain, _)| NoProxy::parse(domain).matches(host));
+        match by_domain {
+            Some((_, proxy)) => Some(proxy),
+            None => self.proxy.as_ref().filter(|_| !self.no_proxy.matches(host)),
+        }
     }
 }
 
@@ -371,6 +394,24 @@ mod tests {
         assert!(!n.matches("example.com"));
         assert!(NoProxy::parse("*").matches("anything"));
         assert!(!NoProxy::parse("").matches("anything"));
+    }
+
+    #[test]
+    fn a_domain_proxy_wins_for_its_host_and_subdomains_only() {
+        let rule = ProxyRule {
+            proxy: Some(Proxy::parse("http://default:3128", None).unwrap()),
+            no_proxy: NoProxy::parse("relay.example,internal"),
+            domains: vec![(
+                "relay.example".into(),
+                Proxy::parse("http://eu:3128", None).unwrap(),
+            )],
+        };
+        let via = |host| rule.for_host(host).map(Proxy::address);
+        assert_eq!(via("relay.example").as_deref(), Some("eu:3128"));
+        assert_eq!(via("node1.relay.example").as_deref(), Some("eu:3128"));
+        assert_eq!(via("other.example").as_deref(), Some("default:3128"));
+        assert_eq!(via("svc.internal"), None);
+        assert_eq!(via("xrelay.example").as_deref(), Some("default:3128"));
     }
 
     #[test]

@@ -72,16 +72,27 @@ pub fn root_store_of(ca_der: &[u8]) -> Result<rustls::RootCertStore, TlsError> {
 /// An HTTPS client (ring provider, TLS 1.2+, `roots` as trust anchors, no
 /// redirects: OAuth endpoints must not be followed elsewhere).
 pub fn http_client(roots: rustls::RootCertStore) -> Result<reqwest::Client, TlsError> {
+    http_client_via(roots, None)
+}
+
+/// As [`http_client`], through `proxy` (HTTP `CONNECT`) when given.
+pub fn http_client_via(
+    roots: rustls::RootCertStore,
+    proxy: Option<reqwest::Proxy>,
+) -> Result<reqwest::Client, TlsError> {
     install_crypto_provider();
     let tls = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .map_err(|e| TlsError::Client(e.to_string()))
+        .timeout(std::time::Duration::from_secs(30));
+    let builder = match proxy {
+        Some(proxy) => builder.proxy(proxy),
+        None => builder,
+    };
+    builder.build().map_err(|e| TlsError::Client(e.to_string()))
 }
 
 /// A PKCS#10 request for a new ECDSA P-256 key: (request DER, PKCS#8

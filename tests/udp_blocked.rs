@@ -5,15 +5,23 @@
 //! `status`, and moves back to QUIC once the rule is gone — with one new
 //! connection, not a reconnect storm. Skipped (loudly) only where network
 //! namespaces cannot be made; CI runs as root and makes them.
+//!
+//! The same for the relay: a relay, a relay-enrolled service and a broker
+//! (three real processes) in such a namespace log in, come online and
+//! exec through a tunnel over TLS/TCP.
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::broker::{TestBroker, named, run_exec, status};
+use common::broker::{TestBroker, in_session, named, run_exec, status};
+use common::cloud::{ALICE, TestRelay, assert_show_version, cloud_service, token_session};
 use common::process::{Netns, ServiceProcess};
-use common::within;
+use common::service::ADMIN_PASSWORD;
+use common::{eventually, eventually_some, within};
 use switchyard::api::pb;
+use switchyard::secret::Secret;
+use switchyard::service::inventory::{DeviceScope, Inventory, NewRemoteUser};
 
 /// nftables table holding the UDP drop inside the test's namespace.
 const TABLE: &str = "udp_blocked";
@@ -92,10 +100,8 @@ async fn a_direct_link_falls_back_to_tcp_when_udp_is_blocked_and_returns_to_quic
     let connects_on_tcp = on_tcp.connects;
     // Probes keep failing while UDP is blocked: the link stays on TCP and
     // calls keep working.
-    within(30, "a failed QUIC probe", async {
-        while !broker.log().contains("QUIC still unreachable") {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    eventually(30, "a failed QUIC probe", || {
+        broker.log().contains("QUIC still unreachable")
     })
     .await;
     show_version(&mut client).await;
@@ -103,14 +109,8 @@ async fn a_direct_link_falls_back_to_tcp_when_udp_is_blocked_and_returns_to_quic
 
     // UDP back: new calls move to QUIC, on one new connection.
     unblock_udp(&ns);
-    let moved = within(30, "the link back on QUIC", async {
-        loop {
-            let l = link(&broker, &target).await;
-            if l.carrier == "quic" {
-                return l;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let moved = eventually_some(30, "the link back on QUIC", || async {
+        Some(link(&broker, &target).await).filter(|l| l.carrier == "quic")
     })
     .await;
     assert_eq!(
@@ -155,4 +155,117 @@ async fn transport_quic_pins_quic_and_fails_when_udp_is_blocked() {
         .expect_err("QUIC pinned: no fallback to TCP");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
     assert!(err.message().contains("127.0.0.1"), "{err}");
+}
+
+/// A service process in `ns`, alice's cloud identity one of its remote
+/// users, enrolled with `relay` as `serial` (`service enroll` run in the
+/// namespace too), and started.
+async fn enrolled_service_in(ns: &Netns, relay: &TestRelay, serial: &str) -> ServiceProcess {
+    let mut svc = ServiceProcess::new(Some(ns.0.clone()));
+    let db = svc.dir.path().join("inv.db");
+    let mut inv = Inventory::open(&db, &Secret::new(ADMIN_PASSWORD)).unwrap();
+    inv.add_user(&NewRemoteUser {
+        name: ALICE.into(),
+        password: None,
+        devices: DeviceScope::parse("core-*").unwrap(),
+        enabled: true,
+        cloud: true,
+    })
+    .unwrap();
+    drop(inv);
+    let otp_file = svc.dir.path().join("otp");
+    std::fs::write(&otp_file, relay.otp(serial)).unwrap();
+    let admin_pw = svc.dir.path().join("admin-pw");
+    ns.run(&[
+        common::switchyard_bin(),
+        "service",
+        "--db",
+        db.to_str().unwrap(),
+        "--admin-password-file",
+        admin_pw.to_str().unwrap(),
+        "enroll",
+        "--relay",
+        &relay.url(),
+        "--otp-file",
+        otp_file.to_str().unwrap(),
+        "--relay-ca",
+        relay.ca_file().to_str().unwrap(),
+    ]);
+    svc.start().await;
+    svc
+}
+
+/// A relay, a service enrolled with it and a broker, all in a namespace
+/// whose UDP is dropped: the service comes online over TCP, the broker's
+/// token login connects over TCP (`status` says `tcp`), and a relayed exec
+/// works through a tunnel carried in an HTTP/2 stream. Once UDP is back,
+/// the login's probe moves it to QUIC and calls keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_logins_and_relayed_exec_work_over_tcp_when_udp_is_blocked() {
+    let Some(ns) = Netns::create() else {
+        return;
+    };
+    block_udp(&ns);
+    let relay = TestRelay::start_process_via(&ns.prefix(), &[]).await;
+    let svc = enrolled_service_in(&ns, &relay, "SN-TCP").await;
+    let config = relay.broker_config(relay.dir.path());
+    let (broker, _) = TestBroker::start_via(
+        &ns.prefix(),
+        // Probe QUIC often, so its return is seen quickly here.
+        &[("SWITCHYARD_BROKER__QUIC_PROBE_SECS", "0.5")],
+        &["--config", config.to_str().unwrap()],
+    )
+    .await;
+
+    // Without the fallback the login fails after QUIC's connect timeout.
+    let first_try = Instant::now();
+    let (mut client, session, _attach) = within(
+        30,
+        "a token login",
+        token_session(&broker, &relay.token(ALICE)),
+    )
+    .await;
+    let service = cloud_service(&mut client, &session, "SN-TCP", None).await;
+    within(
+        25,
+        "the service reachable through the relay",
+        client.wait(pb::WaitRequest {
+            service: in_session(&session, &service),
+            timeout_secs: 20.0,
+        }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nrelay:\n{}\nservice:\n{}", relay.log(), svc.log()));
+    assert_show_version(&mut client, &session, &service).await;
+    eprintln!(
+        "first relayed exec with UDP blocked after {:?}",
+        first_try.elapsed()
+    );
+    let logins = status(&broker).await.logins;
+    assert_eq!(logins.len(), 1, "{logins:?}");
+    assert_eq!(logins[0].carrier, "tcp", "{logins:?}");
+    let text = broker.command().arg("status").output().await.unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("(token, tcp) logged in"), "{text}");
+    assert!(
+        svc.log().contains("online at the relay") && svc.log().contains("carrier=tcp"),
+        "the service is online over TCP:\n{}",
+        svc.log()
+    );
+    // A second call rides the same login and tunnel.
+    assert_show_version(&mut client, &session, &service).await;
+    eventually(30, "a failed QUIC probe of the relay", || {
+        broker.log().contains("QUIC to the relay still unreachable")
+    })
+    .await;
+    assert_eq!(status(&broker).await.logins[0].carrier, "tcp");
+
+    // UDP back: the login moves to QUIC; the running tunnel keeps its TCP
+    // connection, and calls keep working.
+    unblock_udp(&ns);
+    eventually_some(30, "the login back on QUIC", || async {
+        Some(status(&broker).await.logins).filter(|l| l[0].carrier == "quic")
+    })
+    .await;
+    assert_show_version(&mut client, &session, &service).await;
 }

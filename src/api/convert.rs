@@ -266,6 +266,7 @@ pub fn status_response(s: StatusInfo, logins: Vec<LoginListing>) -> pb::StatusRe
                     crate::broker::cloud_login::Reach::Failing(e) => e.clone(),
                     _ => String::new(),
                 },
+                carrier: l.summary.carrier,
             })
             .collect(),
         // Filled in by the front door from its forwards table.

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::{oneshot, watch};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 use zeroize::Zeroizing;
 
 use super::login_store::{LoginStore, StoredLogin};
@@ -136,6 +136,9 @@ pub struct LoginSummary {
     pub connected: bool,
     /// The relay as last seen (meaningful while logged in).
     pub reach: Reach,
+    /// How the open relay connection travels: `quic`, `tcp`, `tcp via
+    /// proxy HOST:PORT` (empty without one).
+    pub carrier: String,
 }
 
 pub struct CloudLogin {
@@ -308,7 +311,7 @@ impl CloudLogin {
                 if !matches!(result, Ok(RelayReply::Ok)) {
                     // The next use connects afresh with the new token.
                     if let Some(conn) = act.conn.take() {
-                        conn.conn.close(0u32.into(), b"re-authenticating");
+                        conn.conn.close(0, b"re-authenticating");
                     }
                 }
             }),
@@ -321,7 +324,7 @@ impl CloudLogin {
             let _ = store.remove(&stored);
         }
         if let Some(conn) = self.conn.take() {
-            conn.conn.close(0u32.into(), b"logged out");
+            conn.conn.close(0, b"logged out");
         }
         self.phase.send_replace(LoginPhase::Failed(reason));
     }
@@ -369,7 +372,7 @@ impl CloudLogin {
                 Ok(Some(tokens)) => {
                     info!(identity = %act.key.identity, relay = %act.relay.url, "SSO login complete");
                     if let Some(conn) = act.conn.take() {
-                        conn.conn.close(0u32.into(), b"new login");
+                        conn.conn.close(0, b"new login");
                     }
                     act.logged_in(Credential::Sso(tokens), ctx);
                 }
@@ -415,24 +418,73 @@ impl CloudLogin {
             };
             if let Ok(conn) = &result {
                 act.conn = Some(conn.clone());
-                let watch = conn.conn.clone();
-                let id = watch.stable_id();
-                ctx.spawn(async move { watch.closed().await }.into_actor(act).map(
-                    move |reason, act, _| {
-                        // Only an unplanned loss: a connection this login
-                        // closed itself was taken out of `conn` first.
-                        if act.conn.as_ref().is_some_and(|c| c.conn.stable_id() == id) {
-                            act.conn = None;
-                            act.reach = Reach::Failing(format!("lost the relay connection: {reason}"));
-                        }
-                    },
-                ));
+                act.probe_quic(conn, ctx);
+                act.watch_loss(conn, ctx);
             }
             if let Err(CloudError::Refused(e)) = &result {
                 warn!(identity = %act.key.identity, error = %e, "the relay refused the login");
             }
             act.answer_conn_waiters(result);
         }));
+    }
+
+    /// Forgets `conn` when it is lost unplanned (a connection this login
+    /// closed or replaced itself was taken out of `conn` first).
+    fn watch_loss(&mut self, conn: &RelayConnection, ctx: &mut Context<Self>) {
+        let watch = conn.conn.clone();
+        let id = watch.clone();
+        ctx.spawn(async move { watch.closed().await }.into_actor(self).map(
+            move |reason, act, _| {
+                if act.conn.as_ref().is_some_and(|c| c.conn.same(&id)) {
+                    act.conn = None;
+                    act.reach = Reach::Failing(format!("lost the relay connection: {reason}"));
+                }
+            },
+        ));
+    }
+
+    /// On TCP after a fallback (`auto`, no proxy): tries QUIC every
+    /// `quic_probe`; a QUIC connection that says hello replaces `tcp` as
+    /// this login's connection (new tunnels and requests use it; tunnels
+    /// running on TCP keep that connection until they end). Stops when
+    /// `tcp` is no longer the login's connection.
+    fn probe_quic(&mut self, tcp: &RelayConnection, ctx: &mut Context<Self>) {
+        let policy = self.relay.transport;
+        if tcp.conn.carrier() != crate::wire::mux::Carrier::Tcp
+            || policy.mode != super::dialer::TransportMode::Auto
+            || self.relay.proxy.is_some()
+        {
+            return;
+        }
+        let mut relay = self.relay.clone();
+        relay.transport.mode = super::dialer::TransportMode::Quic;
+        let limits = self.limits.clone();
+        let tcp = tcp.conn.clone();
+        ctx.run_later(policy.quic_probe, move |act, ctx| {
+            if !act.conn.as_ref().is_some_and(|c| c.conn.same(&tcp)) {
+                return;
+            }
+            let Some(credential) = act.credential.clone() else {
+                return;
+            };
+            let attempt = async move { connect(&relay, &credential, &limits).await };
+            ctx.spawn(attempt.into_actor(act).map(move |result, act, ctx| {
+                let Some(current) = act.conn.clone().filter(|c| c.conn.same(&tcp)) else {
+                    return;
+                };
+                match result {
+                    Ok(quic) => {
+                        info!(identity = %act.key.identity, "QUIC to the relay works again; new requests move off TCP");
+                        act.conn = Some(quic.clone());
+                        act.watch_loss(&quic, ctx);
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "QUIC to the relay still unreachable; staying on TCP");
+                        act.probe_quic(&current, ctx);
+                    }
+                }
+            }));
+        });
     }
 
     fn answer_conn_waiters(&mut self, result: Result<RelayConnection, CloudError>) {
@@ -481,7 +533,7 @@ impl Actor for CloudLogin {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         if let Some(conn) = self.conn.take() {
-            conn.conn.close(0u32.into(), b"login closed");
+            conn.conn.close(0, b"login closed");
         }
         self.answer_conn_waiters(Err(CloudError::NotLoggedIn {
             relay: self.relay.url.clone(),
@@ -508,21 +560,26 @@ impl Handler<BeginSso> for CloudLogin {
 }
 
 /// Log in with a certificate or token: kept only if the relay accepts it.
-/// The second field is a connection already opened with this credential
-/// (the one that asked the relay whose token it is), used instead of
-/// dialling again.
+/// The second field is the relay as this login reaches it now (a repeated
+/// login may name another proxy: it wins once it works); the third a
+/// connection already opened with this credential (the one that asked the
+/// relay whose token it is), used instead of dialling again.
 #[derive(Message)]
 #[rtype(result = "Result<LoginSummary, CloudError>")]
-pub struct UseCredential(pub Credential, pub Option<RelayConnection>);
+pub struct UseCredential(
+    pub Credential,
+    pub RelayInfo,
+    pub Option<RelayConnection>,
+);
 
 impl Handler<UseCredential> for CloudLogin {
     type Result = ResponseActFuture<Self, Result<LoginSummary, CloudError>>;
 
     fn handle(&mut self, msg: UseCredential, _: &mut Self::Context) -> Self::Result {
-        let relay = self.relay.clone();
+        let relay = msg.1.clone();
         let limits = self.limits.clone();
         let credential = msg.0.clone();
-        let opened = msg.1;
+        let opened = msg.2;
         let attempt = async move {
             match opened {
                 Some(conn) => Ok(conn),
@@ -532,7 +589,7 @@ impl Handler<UseCredential> for CloudLogin {
         Box::pin(attempt.into_actor(self).map(move |result, act, ctx| {
             let conn = result?;
             if conn.identity != act.key.identity {
-                conn.conn.close(0u32.into(), b"wrong identity");
+                conn.conn.close(0, b"wrong identity");
                 return Err(CloudError::Refused(crate::wire::messages::WireError::new(
                     crate::wire::messages::ErrorCode::PermissionDenied,
                     format!(
@@ -542,8 +599,10 @@ impl Handler<UseCredential> for CloudLogin {
                 )));
             }
             if let Some(old) = act.conn.replace(conn.clone()) {
-                old.conn.close(0u32.into(), b"new login");
+                old.conn.close(0, b"new login");
             }
+            act.relay = msg.1;
+            act.probe_quic(&conn, ctx);
             act.logged_in(msg.0, ctx);
             info!(identity = %act.key.identity, method = act.key.method.as_str(), "logged in");
             Ok(act.summary(conn.expires))
@@ -565,11 +624,14 @@ impl CloudLogin {
             expires: expires
                 .or_else(|| self.credential.as_ref().and_then(expiry))
                 .or_else(|| self.conn.as_ref().and_then(|c| c.expires)),
-            connected: self
+            connected: self.conn.as_ref().is_some_and(|c| !c.conn.is_closed()),
+            reach: self.reach.clone(),
+            carrier: self
                 .conn
                 .as_ref()
-                .is_some_and(|c| c.conn.close_reason().is_none()),
-            reach: self.reach.clone(),
+                .filter(|c| !c.conn.is_closed())
+                .map(|c| c.carrier.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -583,11 +645,7 @@ impl Handler<GetRelay> for CloudLogin {
     type Result = ResponseFuture<Result<RelayConnection, CloudError>>;
 
     fn handle(&mut self, _: GetRelay, ctx: &mut Self::Context) -> Self::Result {
-        if let Some(conn) = self
-            .conn
-            .as_ref()
-            .filter(|c| c.conn.close_reason().is_none())
-        {
+        if let Some(conn) = self.conn.as_ref().filter(|c| !c.conn.is_closed()) {
             return Box::pin(std::future::ready(Ok(conn.clone())));
         }
         let (tx, rx) = oneshot::channel();

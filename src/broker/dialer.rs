@@ -30,6 +30,7 @@ use super::link_actor::Transport;
 use super::relay_client::{self, CloudError};
 use crate::secret::Secret;
 use crate::task::AbortOnDrop;
+pub use crate::transport_policy::{TransportMode, TransportPolicy, race};
 use crate::wire::conn::{TransportLimits, client_endpoint, transport_config};
 use crate::wire::messages::{Credentials, ErrorCode, WireError};
 use crate::wire::mux::{Carrier as MuxCarrier, Conn};
@@ -55,51 +56,20 @@ pub enum Dialer {
     Cloud(CloudTarget),
 }
 
-/// Which transport a link to a QUIC address uses when its service also
-/// listens on TCP (`[broker] transport`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransportMode {
-    /// QUIC preferred: TCP starts after `quic_head_start` (or at once when
-    /// QUIC fails), the first login to complete wins, and a link on TCP
-    /// tries QUIC again every `quic_probe` (moving new calls back to QUIC
-    /// when it works).
-    Auto,
-    /// QUIC only (no TCP fallback).
-    Quic,
-    /// TCP only (UDP known to be blocked).
-    Tcp,
-}
-
-impl TransportMode {
-    /// `auto`, `quic` or `tcp` (the config's words).
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "auto" => Some(Self::Auto),
-            "quic" => Some(Self::Quic),
-            "tcp" => Some(Self::Tcp),
-            _ => None,
-        }
-    }
-}
-
-/// How links choose between QUIC and TCP (see [`TransportMode`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TransportPolicy {
-    pub mode: TransportMode,
-    /// QUIC's head start over TCP in a race.
-    pub quic_head_start: Duration,
-    /// How often a link that fell back to TCP tries QUIC again.
-    pub quic_probe: Duration,
-}
-
-impl Default for TransportPolicy {
-    fn default() -> Self {
-        Self {
-            mode: TransportMode::Auto,
-            quic_head_start: Duration::from_millis(250),
-            quic_probe: Duration::from_secs(30),
-        }
-    }
+/// One connection attempt of a link.
+pub struct DialRequest<'a> {
+    /// The link's target, as errors name it (`host:port`, a URL, a serial).
+    pub label: &'a str,
+    /// The remote user to log in as.
+    pub username: &'a str,
+    /// A UDP endpoint kept from an earlier attempt (returned for reuse).
+    pub endpoint: Option<Endpoint>,
+    /// The certificate the link already knows.
+    pub fingerprint: Option<Fingerprint>,
+    pub limits: &'a TransportLimits,
+    pub connect_timeout: Duration,
+    /// A probe of QUIC by a link on TCP (no race).
+    pub quic_only: bool,
 }
 
 #[derive(Clone)]
@@ -172,22 +142,22 @@ impl Dialer {
         }
     }
 
-    /// One connection attempt, given up after `connect_timeout` with an
-    /// error that says what was being waited for. `endpoint` is a UDP
-    /// endpoint kept from an earlier attempt (returned for reuse);
-    /// `fingerprint` the certificate the link already knows. `quic_only`:
-    /// a probe of QUIC by a link on TCP (no race).
-    #[allow(clippy::too_many_arguments)]
+    /// One connection attempt (see [`DialRequest`]), given up after its
+    /// `connect_timeout` with an error that says what was being waited
+    /// for.
     pub async fn dial(
         &self,
-        label: &str,
-        username: &str,
-        endpoint: Option<Endpoint>,
-        fingerprint: Option<Fingerprint>,
-        limits: &TransportLimits,
-        connect_timeout: Duration,
-        quic_only: bool,
+        request: DialRequest<'_>,
     ) -> Result<(Option<Endpoint>, DirectConnection), LinkError> {
+        let DialRequest {
+            label,
+            username,
+            endpoint,
+            fingerprint,
+            limits,
+            connect_timeout,
+            quic_only,
+        } = request;
         let deadline = Instant::now() + connect_timeout;
         let attempt = async {
             match self {
@@ -232,9 +202,12 @@ impl Dialer {
                         _ if quic_only => quic.await,
                         (Some(url), TransportMode::Tcp) => Ok((endpoint.clone(), tcp(url).await?)),
                         (Some(url), TransportMode::Auto) => {
-                            race(quic, policy.quic_head_start, async {
-                                Ok((endpoint.clone(), tcp(url).await?))
-                            })
+                            race(
+                                quic,
+                                policy.quic_head_start,
+                                async { Ok((endpoint.clone(), tcp(url).await?)) },
+                                |e| matches!(e, LinkError::Unreachable { .. }),
+                            )
                             .await
                         }
                         _ => quic.await,
@@ -250,50 +223,6 @@ impl Dialer {
             attempt,
         )
         .await
-    }
-}
-
-/// QUIC and TCP raced for one login: `tcp` starts `head_start` after
-/// `quic` or when `quic` fails, whichever is first; the first to succeed
-/// wins and the other is dropped (its handshake abandoned). When both
-/// fail, QUIC's error unless it only timed out or found nothing (then
-/// TCP's, which says more: refused, a proxy's answer).
-async fn race<T>(
-    quic: impl Future<Output = Result<T, LinkError>>,
-    head_start: Duration,
-    tcp: impl Future<Output = Result<T, LinkError>>,
-) -> Result<T, LinkError> {
-    let quic = std::pin::pin!(quic);
-    let mut quic = futures::FutureExt::fuse(quic);
-    let start_tcp = tokio::time::sleep(head_start);
-    tokio::pin!(start_tcp);
-    let quic_error = tokio::select! {
-        r = &mut quic => match r {
-            Ok(won) => return Ok(won),
-            Err(e) => Some(e),
-        },
-        _ = &mut start_tcp => None,
-    };
-    let tcp = std::pin::pin!(tcp);
-    let mut tcp = futures::FutureExt::fuse(tcp);
-    let (mut quic_error, mut tcp_error) = (quic_error, None);
-    loop {
-        tokio::select! {
-            r = &mut quic, if quic_error.is_none() => match r {
-                Ok(won) => return Ok(won),
-                Err(e) => quic_error = Some(e),
-            },
-            r = &mut tcp, if tcp_error.is_none() => match r {
-                Ok(won) => return Ok(won),
-                Err(e) => tcp_error = Some(e),
-            },
-        }
-        if let (Some(q), Some(t)) = (&quic_error, &tcp_error) {
-            return Err(match q {
-                LinkError::Unreachable { .. } => t.clone(),
-                _ => q.clone(),
-            });
-        }
     }
 }
 
@@ -392,7 +321,10 @@ impl CloudTarget {
                     closed.await;
                     conn.close(0, b"tunnel closed");
                 }));
-                connected.guard = Some(Box::new((tunnel, watch)));
+                // The relay connection stays open while its tunnel lives
+                // (over TCP the streams alone do not hold it), even when
+                // the login has moved on to another (back to QUIC).
+                connected.guard = Some(Box::new((tunnel, watch, relay)));
                 Ok((None, connected))
             }
             CloudRoute::Direct { addr } => {

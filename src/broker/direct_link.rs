@@ -31,7 +31,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::dialer::{Dialer, TransportPolicy};
+use super::dialer::{DialRequest, Dialer, TransportPolicy};
 use super::direct_client::DirectConnection;
 use super::link::{LinkChannel, LinkError};
 use super::link_actor::{
@@ -177,15 +177,15 @@ impl DirectLink {
         let span = info_span!("link_connect", link = %format!("L{}", self.common.id), target = %target, transport = dialer.transport().as_str(), quic_only);
         async move {
             dialer
-                .dial(
-                    &target,
-                    &username,
+                .dial(DialRequest {
+                    label: &target,
+                    username: &username,
                     endpoint,
                     fingerprint,
-                    &limits,
+                    limits: &limits,
                     connect_timeout,
                     quic_only,
-                )
+                })
                 .await
         }
         .instrument(span)

@@ -25,11 +25,13 @@ use super::cloud_login::{
     BeginSso, CloudLogin, Credential, LoginKey, LoginMethod, LoginPhase, LoginStatus, LoginSummary,
     Logout, UseCredential,
 };
+use super::dialer::TransportPolicy;
 use super::error::BrokerError;
 use super::login_store::{LoginStore, StoredLogin};
 use super::peer::{Owner, Peer, owner_for};
 use super::relay_client::{CloudError, RelayInfo, Tokens};
 use crate::config::Domain;
+use crate::proxy::ProxyRule;
 use crate::secret::Secret;
 
 /// Which relay a request means.
@@ -37,6 +39,9 @@ use crate::secret::Secret;
 pub struct RelaySpec {
     pub relay_url: Option<String>,
     pub domain: Option<String>,
+    /// The HTTP proxy this login reaches the relay through (`--proxy`),
+    /// instead of the broker's rule.
+    pub proxy: Option<crate::proxy::Proxy>,
 }
 
 impl From<CloudError> for BrokerError {
@@ -64,6 +69,10 @@ pub struct LoginRegistry {
     recency: HashMap<LoginKey, u64>,
     clock: u64,
     session_logins: HashMap<String, LoginKey>,
+    /// How relay connections travel (`[broker] transport`).
+    transport: TransportPolicy,
+    /// Which HTTP proxy reaches which relay (`[proxy]`, `HTTPS_PROXY`).
+    proxy: ProxyRule,
 }
 
 impl LoginRegistry {
@@ -71,6 +80,8 @@ impl LoginRegistry {
         domains: Vec<Domain>,
         share_group: Option<u32>,
         state_dir: Option<&std::path::Path>,
+        transport: TransportPolicy,
+        proxy: ProxyRule,
     ) -> Self {
         let store = state_dir.and_then(|dir| match LoginStore::open(dir) {
             Ok(store) => Some(Arc::new(store)),
@@ -87,7 +98,20 @@ impl LoginRegistry {
             recency: HashMap::new(),
             clock: 0,
             session_logins: HashMap::new(),
+            transport,
+            proxy,
         }
+    }
+
+    /// `relay` reached as this broker's transport policy says, through
+    /// `proxy` when given, else the proxy the broker's rule names for it.
+    fn reached(
+        &self,
+        relay: RelayInfo,
+        proxy: Option<crate::proxy::Proxy>,
+    ) -> Result<RelayInfo, CloudError> {
+        let proxy = proxy.or_else(|| self.proxy.for_host(&relay.host).cloned());
+        relay.with_transport(self.transport, proxy)
     }
 
     /// The relay `spec` means: its URL (without a trailing slash), and the
@@ -142,7 +166,7 @@ impl LoginRegistry {
             })?),
             None => None,
         };
-        Ok(RelayInfo::new(&url, ca)?)
+        Ok(self.reached(RelayInfo::new(&url, ca)?, spec.proxy.clone())?)
     }
 
     fn login(
@@ -170,7 +194,11 @@ impl LoginRegistry {
             warn!(error = %e, "a stored login cannot be read; skipped");
         }
         for login in stored {
-            match restore_one(&login) {
+            let restored = restore_one(&login).and_then(|(key, relay, credential)| {
+                let relay = self.reached(relay, None).map_err(|e| e.to_string())?;
+                Ok((key, relay, credential))
+            });
+            match restored {
                 Ok((key, relay, credential)) => {
                     info!(identity = %key.identity, relay = %key.relay, method = key.method.as_str(), "login restored");
                     self.login(key, relay, Some(credential));
@@ -321,14 +349,14 @@ impl Handler<CredentialLogin> for LoginRegistry {
                             method,
                             owner,
                         };
-                        let login = act.login(key.clone(), relay, None);
+                        let login = act.login(key.clone(), relay.clone(), None);
                         if let Some(session) = session {
                             act.session_logins.insert(session, key);
                         }
                         Box::pin(
                             async move {
                                 login
-                                    .send(UseCredential(credential, opened))
+                                    .send(UseCredential(credential, relay, opened))
                                     .await
                                     .map_err(BrokerError::mailbox)?
                                     .map_err(BrokerError::from)

@@ -106,6 +106,8 @@ pub async fn run(
         config.domains.clone(),
         config.registry.share_group,
         config.registry.state_dir.as_deref(),
+        config.registry.link.transport,
+        config.registry.proxy.clone(),
     )
     .start();
 

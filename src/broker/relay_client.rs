@@ -1,6 +1,14 @@
 //! Talking to a relay (no actor state: the `CloudLogin` actor and the
 //! cloud dialers use it): discovery over HTTPS, the OAuth 2.0 device grant
-//! and refresh (the `oauth2` crate), the QUIC connection and its requests.
+//! and refresh (the `oauth2` crate), the relay connection and its requests.
+//!
+//! The connection is QUIC, or TLS 1.3 over TCP with HTTP/2 streams (the
+//! relay's TCP listener, `wire::tcp`) when QUIC is not possible: by
+//! [`TransportPolicy`] (`auto` races QUIC against TCP with QUIC's head
+//! start, the first hello answered wins), or always through an HTTP proxy
+//! when one applies to the relay. Everything after the hello sees a
+//! `wire::mux::Conn`; tunnels over a TCP connection carry their packets
+//! in the stream (no packet port).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +19,10 @@ use oauth2::{
     ClientId, DeviceAuthorizationUrl, RefreshToken, StandardDeviceAuthorizationResponse,
     TokenResponse, TokenUrl,
 };
-use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use quinn::Endpoint;
 
+use super::dialer::{TransportMode, TransportPolicy};
+use crate::proxy::Proxy;
 use crate::secret::Secret;
 use crate::task::AbortOnDrop;
 use crate::wire::conn::{
@@ -20,10 +30,16 @@ use crate::wire::conn::{
     write_frame,
 };
 use crate::wire::messages::{ErrorCode, WireError};
+use crate::wire::mux::{Conn, RecvHalf, SendHalf};
 use crate::wire::relay::{
     HelloReply, RelayHello, RelayReply, RelayRequest, ServiceFacts, WellKnown,
 };
+use crate::wire::tcp::RpcUrl;
 use crate::wire::tunnel::Carrier;
+
+/// Bound on reaching one relay node and its answer to our hello (both
+/// transports, raced or not).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The OAuth client id brokers use with the relay's device grant.
 pub const CLIENT_ID: &str = "switchyard-broker";
@@ -42,6 +58,10 @@ pub enum CloudError {
     NotLoggedIn { relay: String, identity: String },
     #[error("the relay's answer made no sense: {0}")]
     Protocol(String),
+    /// An HTTP proxy refused us (wrong or missing credentials, a
+    /// destination it forbids): final, names the proxy and its answer.
+    #[error("cannot reach the relay at {relay}: {reason}")]
+    ProxyRefused { relay: String, reason: String },
 }
 
 impl CloudError {
@@ -52,6 +72,7 @@ impl CloudError {
             Self::Sso(_) | Self::NotLoggedIn { .. } => ErrorCode::Unauthenticated,
             Self::Config(_) => ErrorCode::InvalidArgument,
             Self::Protocol(_) => ErrorCode::Internal,
+            Self::ProxyRefused { .. } => ErrorCode::PermissionDenied,
         }
     }
 }
@@ -73,6 +94,10 @@ pub struct RelayInfo {
     /// kept so a stored login can rebuild them.
     pub ca_pem: Option<String>,
     pub http: reqwest::Client,
+    /// QUIC, TCP, or both raced (`[broker] transport`).
+    pub transport: TransportPolicy,
+    /// The HTTP proxy relay connections go through (TCP only then).
+    pub proxy: Option<Proxy>,
 }
 
 impl RelayInfo {
@@ -119,7 +144,32 @@ impl RelayInfo {
             roots: Arc::new(roots),
             ca_pem,
             http,
+            transport: TransportPolicy::default(),
+            proxy: None,
         })
+    }
+
+    /// The same relay reached as `transport` says, through `proxy` when
+    /// one is given (HTTPS requests too).
+    pub fn with_transport(
+        mut self,
+        transport: TransportPolicy,
+        proxy: Option<Proxy>,
+    ) -> Result<Self, CloudError> {
+        if let Some(proxy) = &proxy {
+            self.http = crate::tls::http_client_via(
+                (*self.roots).clone(),
+                Some(
+                    proxy
+                        .reqwest()
+                        .map_err(|e| CloudError::Config(e.to_string()))?,
+                ),
+            )
+            .map_err(|e| CloudError::Config(e.to_string()))?;
+        }
+        self.transport = transport;
+        self.proxy = proxy;
+        Ok(self)
     }
 
     fn unreachable(&self, reason: impl std::fmt::Display) -> CloudError {
@@ -143,20 +193,59 @@ impl RelayInfo {
 
     /// The QUIC address of the node at `base`, from its well-known document.
     async fn discover_at(&self, base: &str) -> Result<SocketAddr, CloudError> {
+        let doc = self.well_known(base).await?;
+        doc.quic
+            .parse()
+            .map_err(|_| CloudError::Protocol(format!("QUIC address {:?}", doc.quic)))
+    }
+
+    /// The well-known document of the node at `base`.
+    async fn well_known(&self, base: &str) -> Result<WellKnown, CloudError> {
         let url = format!("{base}/.well-known/switchyard-relay");
-        let doc: WellKnown = self
+        let response = self
             .http
             .get(&url)
             .send()
             .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| self.unreachable(e))?
-            .json()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        doc.quic
-            .parse()
-            .map_err(|_| CloudError::Protocol(format!("QUIC address {:?}", doc.quic)))
+            .and_then(|r| r.error_for_status());
+        let response = match response {
+            Ok(response) => response,
+            Err(e) => return Err(self.explain(base, e).await),
+        };
+        let doc: WellKnown = response.json().await.map_err(|e| self.unreachable(e))?;
+        Ok(doc)
+    }
+
+    /// An HTTPS request to `base` failed. Through a proxy, reqwest's
+    /// error does not say what the proxy answered: one `CONNECT` of our
+    /// own to the same place does (a refusal names the proxy and its
+    /// answer, e.g. 407 for wrong credentials).
+    async fn explain(&self, base: &str, e: reqwest::Error) -> CloudError {
+        let (Some(proxy), Ok(url)) = (&self.proxy, url::Url::parse(base)) else {
+            return self.unreachable(e);
+        };
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return self.unreachable(e);
+        };
+        match proxy.connect(host.trim_matches(['[', ']']), port).await {
+            Err(refused) => self.proxy_error(refused),
+            Ok(_) => self.unreachable(e),
+        }
+    }
+
+    /// A proxy's refusal of credentials or destination is final; anything
+    /// else (not reachable, a 502) is worth retrying.
+    fn proxy_error(&self, e: crate::proxy::ProxyError) -> CloudError {
+        match e {
+            crate::proxy::ProxyError::Refused {
+                status: 401 | 403 | 407,
+                ..
+            } => CloudError::ProxyRefused {
+                relay: self.url.clone(),
+                reason: e.to_string(),
+            },
+            other => self.unreachable(other),
+        }
     }
 
     fn oauth(&self) -> Result<OAuthClient, CloudError> {
@@ -292,15 +381,23 @@ impl RelayInfo {
         for i in 0..self.nodes.len() {
             let k = (start + i) % self.nodes.len();
             let (base, host) = &self.nodes[k];
-            match self
-                .connect_to(base, host, &hello, client_cert.clone(), limits)
+            let attempt = self.connect_to(base, host, &hello, client_cert.clone(), limits);
+            let attempt = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
                 .await
-            {
+                .unwrap_or_else(|_| {
+                    Err(self.unreachable(format!(
+                        "no answer within {CONNECT_TIMEOUT:?} (is UDP blocked? `[broker] \
+                         transport = \"auto\"` falls back to TCP)"
+                    )))
+                });
+            match attempt {
                 Ok(conn) => {
                     self.current.store(k, std::sync::atomic::Ordering::Relaxed);
                     return Ok(conn);
                 }
-                Err(e @ CloudError::Refused(_)) => return Err(e),
+                Err(e @ (CloudError::Refused(_) | CloudError::ProxyRefused { .. })) => {
+                    return Err(e);
+                }
                 Err(e) => {
                     tracing::debug!(node = %base, error = %e, "relay node unreachable; trying the next");
                     failed.push(e)
@@ -328,15 +425,114 @@ impl RelayInfo {
         client_cert: Option<(Vec<u8>, &[u8])>,
         limits: &TransportLimits,
     ) -> Result<RelayConnection, CloudError> {
-        let quic = self.discover_at(base).await?;
-        let config = relay_client_config((*self.roots).clone(), client_cert, limits)
-            .map_err(|e| CloudError::Config(e.to_string()))?;
-        let endpoint = client_endpoint(quic).map_err(|e| self.unreachable(e))?;
-        let conn = endpoint
-            .connect_with(config, quic, host)
-            .map_err(|e| self.unreachable(e))?
+        let doc = self.well_known(base).await?;
+        let quic_addr = || {
+            doc.quic
+                .parse::<SocketAddr>()
+                .map_err(|_| CloudError::Protocol(format!("QUIC address {:?}", doc.quic)))
+        };
+        let tcp_addr = doc
+            .tcp
+            .as_deref()
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .map_err(|_| CloudError::Protocol(format!("TCP address {a:?}")))
+            })
+            .transpose()?;
+        let quic = async {
+            let addr = quic_addr()?;
+            let config = relay_client_config((*self.roots).clone(), client_cert.clone(), limits)
+                .map_err(|e| CloudError::Config(e.to_string()))?;
+            let endpoint = client_endpoint(addr).map_err(|e| self.unreachable(e))?;
+            let conn = endpoint
+                .connect_with(config, addr, host)
+                .map_err(|e| self.unreachable(e))?
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            self.hello(
+                Conn::Quic(conn),
+                Some(endpoint),
+                hello,
+                "quic".into(),
+                limits,
+            )
+            .await
+        };
+        let no_tcp = || {
+            self.unreachable("the relay has no TCP listener (its well-known document names none)")
+        };
+        let tcp = async {
+            let addr = tcp_addr.ok_or_else(no_tcp)?;
+            let (conn, carrier) = self
+                .connect_tcp(host, addr, client_cert.clone(), limits)
+                .await?;
+            self.hello(conn, None, hello, carrier, limits).await
+        };
+        match (self.transport.mode, &self.proxy, tcp_addr) {
+            // A proxy is there because nothing else gets out.
+            (_, Some(_), _) | (TransportMode::Tcp, None, _) => tcp.await,
+            (TransportMode::Auto, None, Some(_)) => {
+                super::dialer::race(quic, self.transport.quic_head_start, tcp, |e| {
+                    matches!(e, CloudError::Unreachable { .. })
+                })
+                .await
+            }
+            (TransportMode::Auto | TransportMode::Quic, None, _) => quic.await,
+        }
+    }
+
+    /// TLS 1.3 + HTTP/2 to the relay's TCP listener at `addr` (or through
+    /// the proxy, to `host` and `addr`'s port); with how it travels, for
+    /// `status`.
+    async fn connect_tcp(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+        client_cert: Option<(Vec<u8>, &[u8])>,
+        limits: &TransportLimits,
+    ) -> Result<(Conn, String), CloudError> {
+        let tls = crate::wire::conn::relay_client_tls(
+            (*self.roots).clone(),
+            client_cert,
+            crate::wire::tcp::ALPN_H2,
+        )
+        .map_err(|e| CloudError::Config(e.to_string()))?;
+        let url = RpcUrl {
+            host: host.to_string(),
+            port: addr.port(),
+            path: crate::wire::tcp::RPC_PATH.to_string(),
+        };
+        let (socket, carrier) = match &self.proxy {
+            Some(proxy) => (
+                proxy
+                    .connect(host, addr.port())
+                    .await
+                    .map_err(|e| self.proxy_error(e))?,
+                format!("tcp via proxy {}", proxy.address()),
+            ),
+            None => (
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| self.unreachable(format!("TCP {addr}: {e}")))?,
+                "tcp".to_string(),
+            ),
+        };
+        let _ = socket.set_nodelay(true);
+        let conn = crate::wire::tcp::connect(socket, addr, &url, Arc::new(tls), limits)
             .await
             .map_err(|e| self.unreachable(e))?;
+        Ok((Conn::H2(conn), carrier))
+    }
+
+    /// Says hello on a new connection; the relay's answer.
+    async fn hello(
+        &self,
+        conn: Conn,
+        endpoint: Option<Endpoint>,
+        hello: &RelayHello,
+        carrier: String,
+        limits: &TransportLimits,
+    ) -> Result<RelayConnection, CloudError> {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| self.unreachable(e))?;
         write_frame(&mut send, hello, limits.max_frame)
             .await
@@ -354,6 +550,7 @@ impl RelayInfo {
                     limits.silence,
                 )),
                 conn,
+                carrier,
                 identity,
                 expires: expires_unix,
             }),
@@ -436,14 +633,18 @@ fn tokens(response: oauth2::basic::BasicTokenResponse) -> Result<Tokens, CloudEr
     })
 }
 
-/// An authenticated QUIC connection to a relay. A standing connection:
-/// a relay silent for `TransportLimits::silence` at any time is gone (the
-/// connection closes, and the tunnels riding it with it), so the next use
-/// reconnects instead of waiting out QUIC's idle timeout.
+/// An authenticated connection to a relay (QUIC or TLS/TCP). A standing
+/// connection: a relay silent for `TransportLimits::silence` at any time
+/// is gone (the connection closes, and the tunnels riding it with it), so
+/// the next use reconnects instead of waiting out an idle timeout.
 #[derive(Clone)]
 pub struct RelayConnection {
-    pub endpoint: Endpoint,
-    pub conn: Connection,
+    /// The UDP endpoint (QUIC only).
+    pub endpoint: Option<Endpoint>,
+    pub conn: Conn,
+    /// How it travels, for `status`: `quic`, `tcp` or `tcp via proxy
+    /// HOST:PORT`.
+    pub carrier: String,
     pub identity: String,
     pub expires: Option<u64>,
     /// Watches `conn` while any clone of this lives.
@@ -452,7 +653,7 @@ pub struct RelayConnection {
 
 /// Sends one request on its own stream and reads the reply.
 pub async fn call(
-    conn: &Connection,
+    conn: &Conn,
     request: &RelayRequest,
     limits: &TransportLimits,
 ) -> Result<RelayReply, CloudError> {
@@ -462,10 +663,10 @@ pub async fn call(
 }
 
 async fn open(
-    conn: &Connection,
+    conn: &Conn,
     request: &RelayRequest,
     limits: &TransportLimits,
-) -> Result<(SendStream, RecvStream), CloudError> {
+) -> Result<(SendHalf, RecvHalf), CloudError> {
     let lost = |e: &dyn std::fmt::Display| CloudError::Unreachable {
         relay: "relay".into(),
         reason: e.to_string(),
@@ -477,7 +678,7 @@ async fn open(
     Ok((send, recv))
 }
 
-async fn reply(recv: &mut RecvStream, limits: &TransportLimits) -> Result<RelayReply, CloudError> {
+async fn reply(recv: &mut RecvHalf, limits: &TransportLimits) -> Result<RelayReply, CloudError> {
     match read_frame::<RelayReply>(recv, limits.max_frame).await {
         Ok(Some(RelayReply::Error(e))) => Err(CloudError::Refused(e)),
         Ok(Some(reply)) => Ok(reply),
@@ -492,15 +693,15 @@ async fn reply(recv: &mut RecvStream, limits: &TransportLimits) -> Result<RelayR
 /// An open tunnel: its control stream, how its packets travel, and what
 /// the relay knows of the service.
 pub struct OpenTunnel {
-    pub send: SendStream,
-    pub recv: RecvStream,
+    pub send: SendHalf,
+    pub recv: RecvHalf,
     pub carrier: Carrier,
     pub facts: ServiceFacts,
 }
 
 /// Opens a tunnel to `serial`.
 pub async fn open_tunnel(
-    conn: &Connection,
+    conn: &Conn,
     serial: &str,
     limits: &TransportLimits,
 ) -> Result<OpenTunnel, CloudError> {
@@ -523,7 +724,7 @@ pub async fn open_tunnel(
 
 /// A relay-signed assertion of who we are, for service `serial`.
 pub async fn assertion(
-    conn: &Connection,
+    conn: &Conn,
     serial: &str,
     limits: &TransportLimits,
 ) -> Result<(Secret, ServiceFacts), CloudError> {

@@ -25,14 +25,30 @@ pub struct RelayArgs {
     /// A relay named in the broker's config (`domains.NAME`).
     #[arg(long, value_name = "NAME")]
     pub domain: Option<String>,
+    /// Reach the relay through this HTTP proxy, `http://[USER@]HOST:PORT`
+    /// (its relay connection is then TLS/TCP; default: the broker's
+    /// `[proxy]`, else its HTTPS_PROXY).
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
+    /// File holding the proxy user's password (else a prompt when --proxy
+    /// names a user).
+    #[arg(long, value_name = "FILE", requires = "proxy")]
+    pub proxy_password_file: Option<PathBuf>,
 }
 
 impl RelayArgs {
-    fn selector(&self) -> Option<pb::RelaySelector> {
-        Some(pb::RelaySelector {
+    fn selector(&self) -> Result<Option<pb::RelaySelector>, CliError> {
+        let proxy =
+            super::remote::proxy_args(self.proxy.clone(), self.proxy_password_file.clone())?;
+        Ok(Some(pb::RelaySelector {
             relay_url: self.relay.clone().unwrap_or_default(),
             domain: self.domain.clone().unwrap_or_default(),
-        })
+            proxy_url: proxy.as_ref().map(|(u, _)| u.clone()).unwrap_or_default(),
+            proxy_password: proxy
+                .and_then(|(_, p)| p)
+                .map(|p| p.expose().to_string())
+                .unwrap_or_default(),
+        }))
     }
 }
 
@@ -176,7 +192,7 @@ pub async fn login(socket: &Path, cmd: LoginCommand) -> Result<ExitCode, CliErro
             let mut events = broker
                 .sso_login(pb::SsoLoginRequest {
                     identity,
-                    relay: relay.selector(),
+                    relay: relay.selector()?,
                     ..Default::default()
                 })
                 .await?
@@ -252,7 +268,7 @@ pub async fn login(socket: &Path, cmd: LoginCommand) -> Result<ExitCode, CliErro
             let login = broker
                 .certificate_login(pb::CertificateLoginRequest {
                     identity,
-                    relay: relay.selector(),
+                    relay: relay.selector()?,
                     cert_pem,
                     encrypted_key,
                     key_password: password.expose().to_string(),
@@ -268,7 +284,7 @@ pub async fn login(socket: &Path, cmd: LoginCommand) -> Result<ExitCode, CliErro
             let login = broker
                 .access_token_login(pb::AccessTokenLoginRequest {
                     token: token.expose().to_string(),
-                    relay: relay.selector(),
+                    relay: relay.selector()?,
                     ..Default::default()
                 })
                 .await?
@@ -288,7 +304,7 @@ pub async fn logout(
     let n = broker
         .logout(pb::LogoutRequest {
             identity: identity.unwrap_or_default(),
-            relay: relay.selector(),
+            relay: relay.selector()?,
         })
         .await?
         .into_inner()

@@ -134,6 +134,11 @@ pub struct RunArgs {
     /// TCP address of the HTTPS listener (sign-in page, OAuth endpoints).
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub http_listen: SocketAddr,
+    /// Also accept brokers and services over TLS/TCP (HTTP/2 streams) on
+    /// the QUIC listener's address and port number, for networks that
+    /// block UDP; `off` accepts QUIC only.
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = ["on", "off"])]
+    pub tcp_listen: String,
     /// UDP address of the packet port, through which tunnels' end-to-end
     /// encrypted datagrams are forwarded without being decrypted; `off`
     /// carries them inside relayed streams instead (slower).
@@ -463,6 +468,7 @@ async fn run_relay(
     let (keys, db) = open(dir, database).await?;
     let config = RelayConfig {
         listen: args.listen,
+        tcp: args.tcp_listen == "on",
         http_listen: args.http_listen,
         packet_listen: args.packet_listen.0,
         public_host: args.public_host,

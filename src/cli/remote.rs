@@ -274,7 +274,7 @@ pub async fn connect(socket: &Path, cmd: ConnectCommand) -> Result<ExitCode, Cli
 /// `--proxy` and its password: a password in the URL is refused (secrets
 /// never come from the command line); one is read from the file, or asked
 /// for, when the URL names a user.
-fn proxy_args(
+pub(super) fn proxy_args(
     url: Option<String>,
     password_file: Option<PathBuf>,
 ) -> Result<Option<(String, Option<Secret>)>, CliError> {
@@ -422,6 +422,7 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
                 "identity": l.identity, "relay_url": l.relay_url, "method": l.method,
                 "state": l.state, "expires_unix": l.expires_unix, "sessions": l.sessions,
                 "connected": l.connected, "reach": l.reach, "last_error": l.last_error,
+                "carrier": l.carrier,
             })).collect::<Vec<_>>(),
             "forwards": s.forwards.iter().map(super::forward::forward_json).collect::<Vec<_>>(),
             "ssh_proxy": s.ssh_proxy.as_ref().map(super::ssh_proxy::ssh_proxy_json),
@@ -458,10 +459,14 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, CliError> {
             _ => String::new(),
         };
         outln!(
-            "  {} at {} ({}) {}{}  sessions {}{}",
+            "  {} at {} ({}{}) {}{}  sessions {}{}",
             l.identity,
             l.relay_url,
             l.method,
+            match l.carrier.as_str() {
+                "" => String::new(),
+                carrier => format!(", {carrier}"),
+            },
             l.state,
             reach,
             l.sessions,

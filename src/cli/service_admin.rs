@@ -106,6 +106,11 @@ pub struct RunArgs {
     /// port, when `--listen`'s port is 0).
     #[arg(long, value_name = "ADDR|off")]
     pub tcp_listen: Option<String>,
+    /// How the relay agent reaches its relay: `auto` races QUIC against
+    /// TLS/TCP (QUIC first by 0.25 s, QUIC tried again every 30 s while on
+    /// TCP), `quic` or `tcp` pins one.
+    #[arg(long, default_value = "auto", value_name = "auto|quic|tcp", value_parser = ["auto", "quic", "tcp"])]
+    pub relay_transport: String,
     /// Name the service gives itself (default: the host name).
     #[arg(long)]
     pub name: Option<String>,
@@ -587,8 +592,18 @@ async fn run_service(
     let agent = match enrollment {
         Some(enrollment) => {
             let serial = enrollment.serial.clone();
-            let agent = RelayAgent::start(enrollment, server.tunnel_acceptor(), Default::default())
-                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let transport = crate::transport_policy::TransportPolicy {
+                mode: crate::transport_policy::TransportMode::parse(&args.relay_transport)
+                    .unwrap_or(crate::transport_policy::TransportMode::Auto),
+                ..Default::default()
+            };
+            let agent = RelayAgent::start(
+                enrollment,
+                server.tunnel_acceptor(),
+                Default::default(),
+                transport,
+            )
+            .map_err(|e| CliError::Usage(e.to_string()))?;
             Some((serial, agent))
         }
         None => None,

@@ -285,6 +285,7 @@ async fn well_known(State(core): State<Arc<RelayCore>>) -> Json<WellKnown> {
     Json(WellKnown {
         issuer: core.state.signer.issuer().to_string(),
         quic: core.quic_addr.to_string(),
+        tcp: core.tcp_addr.map(|a| a.to_string()),
     })
 }
 

@@ -1,4 +1,4 @@
-//! Live QUIC connections and the credential each was admitted with, so a
+//! Live relay connections (QUIC or TCP) and the credential each was admitted with, so a
 //! revocation ends the sessions it concerns.
 //!
 //! Owns: the table of authenticated connections (an entry lives as long as
@@ -24,13 +24,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quinn::{Connection, VarInt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::db::Database;
 use super::{AuthError, RelayCore};
 use crate::wire::messages::close_code;
+use crate::wire::mux::Conn as Connection;
 use crate::wire::pin::Fingerprint;
 
 /// How often the watcher looks for a change in the database.
@@ -138,6 +138,8 @@ pub(crate) struct LiveConnections {
     /// Client connections (token or client certificate) admitted since
     /// start-up: how many times brokers dialled in.
     clients_admitted: std::sync::atomic::AtomicU64,
+    /// The next entry's key.
+    next: std::sync::atomic::AtomicUsize,
 }
 
 /// A connection's place in the table; removed on drop.
@@ -168,7 +170,6 @@ fn lock(table: &Table) -> std::sync::MutexGuard<'_, HashMap<usize, (Connection, 
 impl LiveConnections {
     /// Records an authenticated connection until the returned entry drops.
     pub fn register(&self, conn: &Connection, credential: Credential) -> LiveEntry {
-        let id = conn.stable_id();
         if matches!(
             credential,
             Credential::Token { .. } | Credential::ClientCert { .. }
@@ -176,6 +177,7 @@ impl LiveConnections {
             self.clients_admitted
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         lock(&self.table).insert(id, (conn.clone(), credential));
         LiveEntry {
             table: self.table.clone(),
@@ -210,10 +212,7 @@ impl LiveConnections {
                 Err(why) => why,
             };
             info!(credential = ?credential, reason = %why, "closing a live relay connection: its credential no longer holds");
-            conn.close(
-                VarInt::from_u32(close_code::UNAUTHENTICATED),
-                why.to_string().as_bytes(),
-            );
+            conn.close(close_code::UNAUTHENTICATED, why.to_string().as_bytes());
             metrics::counter!("switchyard_relay_sessions_revoked_total").increment(1);
             closed += 1;
         }

@@ -71,6 +71,9 @@ pub fn unix_now() -> u64 {
 pub struct RelayConfig {
     /// QUIC listener for brokers and services.
     pub listen: SocketAddr,
+    /// Also listen on TCP (TLS 1.3 + HTTP/2) at the QUIC listener's
+    /// address and port, for callers whose network blocks UDP.
+    pub tcp: bool,
     /// HTTPS listener for the approval page and token endpoints.
     pub http_listen: SocketAddr,
     /// Host name or address callers use in URLs (must be in the server
@@ -105,6 +108,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            tcp: true,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             // Ephemeral: peers learn the port in each tunnel's offer (the
             // CLI's default is 4434, for firewalls).
@@ -166,11 +170,18 @@ impl AuthError {
     }
 }
 
-/// A service connected to the relay now.
+/// A service connected to the relay now (over QUIC or TCP).
 #[derive(Clone)]
 pub(crate) struct OnlineService {
-    pub conn: quinn::Connection,
+    pub conn: crate::wire::mux::Conn,
     pub advertise: Option<String>,
+    /// Streams the service opened for tunnel offers (TCP: see `quic`).
+    pub slots_in: mpsc::Sender<(crate::wire::mux::SendHalf, crate::wire::mux::RecvHalf)>,
+    pub slots: Arc<
+        tokio::sync::Mutex<
+            mpsc::Receiver<(crate::wire::mux::SendHalf, crate::wire::mux::RecvHalf)>,
+        >,
+    >,
 }
 
 /// What both listeners share.
@@ -189,6 +200,8 @@ pub(crate) struct RelayCore {
     /// Authenticated QUIC connections by credential (for revocation).
     pub live: live::LiveConnections,
     pub quic_addr: SocketAddr,
+    /// The TCP listener (the QUIC listener's address), when there is one.
+    pub tcp_addr: Option<SocketAddr>,
     /// This process's id among a tier's nodes (random per start).
     pub node_id: String,
     /// Where other nodes reach this one's QUIC listener.
@@ -364,6 +377,39 @@ async fn heartbeat(core: Arc<RelayCore>, cancel: CancellationToken) {
     }
 }
 
+/// The QUIC endpoint and, when `config.tcp`, a TCP listener on the same
+/// address and port. With port 0 the system picks QUIC's port; when that
+/// port is taken on TCP, another is picked (a few times).
+async fn bind_quic_and_tcp(
+    state: &RelayKeys,
+    config: &RelayConfig,
+) -> Result<(quinn::Endpoint, Option<tokio::net::TcpListener>), RelayError> {
+    const TRIES: usize = 16;
+    for attempt in 1.. {
+        let endpoint = quic::endpoint(state, config)?;
+        if !config.tcp {
+            return Ok((endpoint, None));
+        }
+        let addr = endpoint.local_addr().map_err(|e| RelayError::Listen {
+            addr: config.listen,
+            reason: e.to_string(),
+        })?;
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok((endpoint, Some(listener))),
+            Err(e) if config.listen.port() == 0 && attempt < TRIES => {
+                tracing::debug!(%addr, error = %e, "TCP port taken; picking another");
+            }
+            Err(e) => {
+                return Err(RelayError::Listen {
+                    addr,
+                    reason: format!("TCP (beside QUIC): {e}"),
+                });
+            }
+        }
+    }
+    unreachable!("the loop returns")
+}
+
 /// A running relay.
 pub struct Relay {
     core: Arc<RelayCore>,
@@ -389,11 +435,12 @@ impl Relay {
         db: Database,
         config: RelayConfig,
     ) -> Result<Self, RelayError> {
-        let endpoint = quic::endpoint(&state, &config)?;
+        let (endpoint, tcp_listener) = bind_quic_and_tcp(&state, &config).await?;
         let quic_addr = endpoint.local_addr().map_err(|e| RelayError::Listen {
             addr: config.listen,
             reason: e.to_string(),
         })?;
+        let tcp_addr = tcp_listener.as_ref().map(|_| quic_addr);
         let http_listener = tokio::net::TcpListener::bind(config.http_listen)
             .await
             .map_err(|e| RelayError::Listen {
@@ -446,6 +493,7 @@ impl Relay {
             online: Mutex::new(HashMap::new()),
             live: live::LiveConnections::default(),
             quic_addr,
+            tcp_addr,
             node_id,
             node_addr: config.node_address.unwrap_or(quic_addr),
             next_tunnel: AtomicU64::new(1),
@@ -457,10 +505,12 @@ impl Relay {
             config,
         });
         let tls = http::tls_config(&core.state)?;
+        let prelogin = quic::prelogin_slots(&core);
         let mut tasks = vec![
             AbortOnDrop::new(tokio::spawn(quic::serve(
                 endpoint.clone(),
                 core.clone(),
+                prelogin.clone(),
                 cancel.clone(),
             ))),
             AbortOnDrop::new(tokio::spawn(live::watch(core.clone(), cancel.clone()))),
@@ -471,13 +521,22 @@ impl Relay {
                 cancel.clone(),
             ))),
         ];
+        if let Some(listener) = tcp_listener {
+            tasks.push(AbortOnDrop::new(tokio::spawn(quic::serve_tcp(
+                listener,
+                quic::tcp_acceptor(&core.state)?,
+                core.clone(),
+                prelogin,
+                cancel.clone(),
+            ))));
+        }
         if let Database::Postgres(_) = core.db {
             tasks.push(AbortOnDrop::new(tokio::spawn(heartbeat(
                 core.clone(),
                 cancel.clone(),
             ))));
         }
-        info!(quic = %quic_addr, https = %http_addr, packets = ?packet_addr, node = %core.node_id, database = core.db.kind(), "relay listening");
+        info!(quic = %quic_addr, tcp = ?tcp_addr, https = %http_addr, packets = ?packet_addr, node = %core.node_id, database = core.db.kind(), "relay listening");
         Ok(Self {
             core,
             http_addr,
@@ -490,6 +549,11 @@ impl Relay {
 
     pub fn quic_addr(&self) -> SocketAddr {
         self.core.quic_addr
+    }
+
+    /// The TCP listener (the QUIC listener's address), unless turned off.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.core.tcp_addr
     }
 
     /// The packet port, when enabled.

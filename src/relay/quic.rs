@@ -1,4 +1,21 @@
-//! The relay's QUIC listener (ALPN `switchyard-relay/1`).
+//! The relay's listeners for brokers and services: QUIC (ALPN
+//! `switchyard-relay/1`) and, beside it on the same port number, TLS 1.3
+//! over TCP with HTTP/2 streams (`wire::tcp`, ALPN `h2`) for callers whose
+//! network lets no UDP through. Both serve the same protocol: after the
+//! TLS handshake everything here sees a `wire::mux::Conn`.
+//!
+//! Why a TCP port beside QUIC's and not the HTTPS port: the HTTPS listener
+//! (axum/hyper) asks for no client certificates (services and certificate
+//! logins need them) and hands out hyper request bodies, not the `h2`
+//! streams `wire::tcp` gives; a second listener reuses the direct TCP
+//! transport as it is. The same port number as QUIC's (TCP and UDP ports
+//! are separate) means services and tier nodes need no new address: the
+//! TCP address of a relay is its QUIC address.
+//!
+//! A service on TCP cannot be sent new streams (an HTTP/2 server opens
+//! none), so it keeps a few streams open to the relay (`SERVICE_SLOTS`
+//! at most are held for it), each waiting for a tunnel offer; the relay
+//! writes an offer on one of them instead of opening a stream.
 //!
 //! Owns: every client and service connection and every tunnel between
 //! them (tasks under the relay's cancellation tree).
@@ -31,7 +48,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use quinn::Endpoint;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -44,6 +61,7 @@ use super::store::StoreError;
 use super::{AuthError, OnlineService, RelayConfig, RelayCore, RelayError};
 use crate::wire::conn::{read_frame, write_frame};
 use crate::wire::messages::{ErrorCode, WireError, close_code};
+use crate::wire::mux::{Carrier, Conn, RecvHalf, SendHalf};
 use crate::wire::packet_relay::PacketPath;
 use crate::wire::pin::Fingerprint;
 use crate::wire::relay::{
@@ -54,6 +72,31 @@ use crate::wire::relay::{
 /// optional (tokens are the other way in) but verified against the CA
 /// whenever presented.
 pub(super) fn endpoint(state: &RelayKeys, config: &RelayConfig) -> Result<Endpoint, RelayError> {
+    let tls_err = |e: &dyn std::fmt::Display| RelayError::Tls(e.to_string());
+    let tls = server_tls(state, RELAY_ALPN)?;
+    let transport = Arc::new(crate::wire::conn::server_transport_config(&config.limits));
+    let server = crate::wire::conn::quic_server_config(tls, transport).map_err(|e| tls_err(&e))?;
+    // The stateless-reset key derives from the server key, so a restarted
+    // relay ends its callers' old connections at their next packet.
+    crate::wire::conn::keyed_endpoint(config.listen, server, &state.server_key).map_err(|e| {
+        RelayError::Listen {
+            addr: config.listen,
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// The TCP listener's TLS (the same certificate and client-certificate
+/// rules as QUIC's, ALPN `h2`).
+pub(super) fn tcp_acceptor(state: &RelayKeys) -> Result<tokio_rustls::TlsAcceptor, RelayError> {
+    let tls = server_tls(state, crate::wire::tcp::ALPN_H2)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+}
+
+/// TLS 1.3 with the relay's server certificate; client certificates
+/// optional (tokens are the other way in) but verified against the CA
+/// whenever presented.
+fn server_tls(state: &RelayKeys, alpn: &[u8]) -> Result<rustls::ServerConfig, RelayError> {
     let tls_err = |e: &dyn std::fmt::Display| RelayError::Tls(e.to_string());
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -71,25 +114,24 @@ pub(super) fn endpoint(state: &RelayKeys, config: &RelayConfig) -> Result<Endpoi
             key,
         )
         .map_err(|e| tls_err(&e))?;
-    tls.alpn_protocols = vec![RELAY_ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     tls.max_early_data_size = 0;
-    let transport = Arc::new(crate::wire::conn::server_transport_config(&config.limits));
-    let server = crate::wire::conn::quic_server_config(tls, transport).map_err(|e| tls_err(&e))?;
-    // The stateless-reset key derives from the server key, so a restarted
-    // relay ends its callers' old connections at their next packet.
-    crate::wire::conn::keyed_endpoint(config.listen, server, &state.server_key).map_err(|e| {
-        RelayError::Listen {
-            addr: config.listen,
-            reason: e.to_string(),
-        }
-    })
+    Ok(tls)
 }
 
-pub(super) async fn serve(endpoint: Endpoint, core: Arc<RelayCore>, cancel: CancellationToken) {
+/// Connections that have not logged in yet, on both listeners: a stranger
+/// can open these for free, so they are capped (and each has a deadline).
+pub(super) fn prelogin_slots(core: &RelayCore) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(core.config.prelogin.max_connections))
+}
+
+pub(super) async fn serve(
+    endpoint: Endpoint,
+    core: Arc<RelayCore>,
+    prelogin: Arc<Semaphore>,
+    cancel: CancellationToken,
+) {
     let mut connections = JoinSet::new();
-    // Connections that have not logged in yet: a stranger can open these
-    // for free, so they are capped and each has a deadline.
-    let prelogin = Arc::new(Semaphore::new(core.config.prelogin.max_connections));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -103,7 +145,7 @@ pub(super) async fn serve(endpoint: Endpoint, core: Arc<RelayCore>, cancel: Canc
                     };
                     let span = info_span!("relay_conn", peer = %incoming.remote_address());
                     connections.spawn(
-                        serve_connection(incoming, slot, core.clone(), cancel.child_token()).instrument(span),
+                        serve_quic(incoming, slot, core.clone(), cancel.child_token()).instrument(span),
                     );
                 }
                 None => break,
@@ -112,6 +154,67 @@ pub(super) async fn serve(endpoint: Endpoint, core: Arc<RelayCore>, cancel: Canc
         }
     }
     connections.shutdown().await;
+}
+
+/// The TCP listener: the same protocol over TLS 1.3 + HTTP/2.
+pub(super) async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    core: Arc<RelayCore>,
+    prelogin: Arc<Semaphore>,
+    cancel: CancellationToken,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let Ok(slot) = prelogin.clone().try_acquire_owned() else {
+                        metrics::counter!("switchyard_relay_prelogin_refused_total").increment(1);
+                        debug!(%peer, "TCP connection refused: too many connections have not logged in yet");
+                        continue;
+                    };
+                    let span = info_span!("relay_conn", %peer, carrier = "tcp");
+                    connections.spawn(
+                        serve_tcp_connection(tcp, tls.clone(), slot, core.clone(), cancel.child_token()).instrument(span),
+                    );
+                }
+                // Out of descriptors and the like: the listener stays.
+                Err(e) => {
+                    warn!(error = %e, "cannot accept a TCP connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.shutdown().await;
+}
+
+async fn serve_tcp_connection(
+    tcp: tokio::net::TcpStream,
+    tls: tokio_rustls::TlsAcceptor,
+    slot: OwnedSemaphorePermit,
+    core: Arc<RelayCore>,
+    cancel: CancellationToken,
+) {
+    let prelogin = Prelogin::new(slot);
+    let deadline = tokio::time::Instant::now() + core.config.prelogin.hello_timeout;
+    let accepted = crate::wire::tcp::accept(tcp, tls, &core.config.limits);
+    let conn = match tokio::time::timeout_at(deadline, accepted).await {
+        Ok(Ok(conn)) => Conn::H2(conn),
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS or HTTP/2 handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics::counter!("switchyard_relay_prelogin_timeouts_total").increment(1);
+            debug!("handshake did not finish in time");
+            return;
+        }
+    };
+    serve_connection(conn, prelogin, deadline, core, cancel).await
 }
 
 /// Bounds on connections that have not logged in yet.
@@ -170,15 +273,11 @@ enum Peer {
     },
 }
 
-fn peer_cert_fingerprint(conn: &Connection) -> Option<[u8; 32]> {
-    let certs = conn
-        .peer_identity()?
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .ok()?;
-    certs.first().map(|c| Fingerprint::of(c).0)
+fn peer_cert_fingerprint(conn: &Conn) -> Option<[u8; 32]> {
+    conn.peer_certificate().map(|c| Fingerprint::of(&c).0)
 }
 
-async fn serve_connection(
+async fn serve_quic(
     incoming: quinn::Incoming,
     slot: OwnedSemaphorePermit,
     core: Arc<RelayCore>,
@@ -187,7 +286,7 @@ async fn serve_connection(
     let prelogin = Prelogin::new(slot);
     let deadline = tokio::time::Instant::now() + core.config.prelogin.hello_timeout;
     let conn = match tokio::time::timeout_at(deadline, incoming).await {
-        Ok(Ok(conn)) => conn,
+        Ok(Ok(conn)) => Conn::Quic(conn),
         Ok(Err(e)) => {
             debug!(error = %e, "handshake failed");
             return;
@@ -199,6 +298,18 @@ async fn serve_connection(
             return;
         }
     };
+    serve_connection(conn, prelogin, deadline, core, cancel).await
+}
+
+/// A connection after its handshake, on either listener: its hello within
+/// `deadline`, then what its peer is served.
+async fn serve_connection(
+    conn: Conn,
+    prelogin: Prelogin,
+    deadline: tokio::time::Instant,
+    core: Arc<RelayCore>,
+    cancel: CancellationToken,
+) {
     let max = core.config.limits.max_frame;
     let hello = tokio::time::timeout_at(deadline, async {
         let (send, mut recv) = conn.accept_bi().await.ok()?;
@@ -209,15 +320,12 @@ async fn serve_connection(
     let (mut send, hello) = match hello {
         Ok(Some(hello)) => hello,
         Ok(None) => {
-            conn.close(VarInt::from_u32(close_code::UNAUTHENTICATED), b"no hello");
+            conn.close(close_code::UNAUTHENTICATED, b"no hello");
             return;
         }
         Err(_) => {
             metrics::counter!("switchyard_relay_prelogin_timeouts_total").increment(1);
-            conn.close(
-                VarInt::from_u32(close_code::UNAUTHENTICATED),
-                b"no hello in time",
-            );
+            conn.close(close_code::UNAUTHENTICATED, b"no hello in time");
             return;
         }
     };
@@ -228,11 +336,8 @@ async fn serve_connection(
             warn!(reason = %e, "relay login refused");
             let _ = write_frame(&mut send, &HelloReply::Refused(e.to_wire()), max).await;
             let _ = send.finish();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped()).await;
-            conn.close(
-                VarInt::from_u32(close_code::UNAUTHENTICATED),
-                b"login refused",
-            );
+            send.delivered(std::time::Duration::from_secs(2)).await;
+            conn.close(close_code::UNAUTHENTICATED, b"login refused");
             drop(prelogin);
             return;
         }
@@ -291,7 +396,7 @@ async fn serve_connection(
 
 async fn authenticate(
     core: &RelayCore,
-    conn: &Connection,
+    conn: &Conn,
     hello: RelayHello,
 ) -> Result<(Peer, Credential), AuthError> {
     let store = &core.db;
@@ -340,16 +445,9 @@ async fn authenticate(
                 .online
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(
-                    serial.clone(),
-                    OnlineService {
-                        conn: conn.clone(),
-                        advertise,
-                    },
-                );
+                .insert(serial.clone(), OnlineService::new(conn.clone(), advertise));
             if let Some(old) = replaced {
-                old.conn
-                    .close(0u32.into(), b"replaced by a newer connection");
+                old.conn.close(0, b"replaced by a newer connection");
             }
             if let Err(e) = core.db.set_present(&serial, &core.node_id).await {
                 warn!(error = %e, %serial, "cannot record the service's presence");
@@ -378,20 +476,37 @@ async fn authenticate(
 }
 
 async fn serve_service(
-    conn: Connection,
+    conn: Conn,
     core: Arc<RelayCore>,
     serial: String,
     cancel: CancellationToken,
 ) {
+    let slots = core
+        .online
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&serial)
+        .filter(|s| s.conn.same(&conn))
+        .map(|s| s.slots_in.clone());
+    // Streams a service opens are slots for tunnel offers (a service on
+    // TCP; one on QUIC opens none): kept up to `SERVICE_SLOTS`, more are
+    // reset.
+    let park = async {
+        while let Ok(stream) = conn.accept_bi().await {
+            if let Some(Err(e)) = slots.as_ref().map(|s| s.try_send(stream)) {
+                let (mut send, _) = e.into_inner();
+                send.reset(0);
+            }
+        }
+    };
     tokio::select! {
         _ = cancel.cancelled() => {}
         reason = conn.closed() => debug!(%serial, %reason, "service connection ended"),
+        () = park => debug!(%serial, "service connection ended"),
     }
     let gone = {
         let mut online = core.online.lock().unwrap_or_else(|p| p.into_inner());
-        let gone = online
-            .get(&serial)
-            .is_some_and(|s| s.conn.stable_id() == conn.stable_id());
+        let gone = online.get(&serial).is_some_and(|s| s.conn.same(&conn));
         if gone {
             online.remove(&serial);
         }
@@ -415,19 +530,23 @@ struct ClientAuth {
 }
 
 async fn serve_client(
-    conn: Connection,
+    conn: Conn,
     core: Arc<RelayCore>,
     auth: ClientAuth,
     cancel: CancellationToken,
 ) {
     let auth = Arc::new(std::sync::Mutex::new(auth));
+    // Tunnels of a client on TCP carry their packets in the stream.
+    let hop = Hop::Client {
+        udp: conn.carrier() == Carrier::Quic,
+    };
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
-                    streams.spawn(serve_request(core.clone(), auth.clone(), send, recv));
+                    streams.spawn(serve_request(core.clone(), auth.clone(), hop.clone(), send, recv));
                 }
                 Err(e) => {
                     debug!(reason = %e, "client connection ended");
@@ -441,17 +560,23 @@ async fn serve_client(
 }
 
 /// Another node's link: one [`RelayRequest::Forward`] per stream.
-async fn serve_node(conn: Connection, core: Arc<RelayCore>, cancel: CancellationToken) {
+async fn serve_node(conn: Conn, core: Arc<RelayCore>, cancel: CancellationToken) {
     let mut streams = JoinSet::new();
-    if let Some(packets) = &core.packets {
-        streams.spawn(packets.node_inbox().serve(conn.clone()));
+    // Node links are dialled over QUIC (`NodeLinks`); only a QUIC link can
+    // carry tunnels' datagrams.
+    let link = match &conn {
+        Conn::Quic(link) => Some(link.clone()),
+        Conn::H2(_) => None,
+    };
+    if let (Some(packets), Some(link)) = (&core.packets, &link) {
+        streams.spawn(packets.node_inbox().serve(link.clone()));
     }
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
-                    streams.spawn(serve_forward(core.clone(), conn.clone(), send, recv));
+                    streams.spawn(serve_forward(core.clone(), link.clone(), send, recv));
                 }
                 Err(e) => {
                     debug!(reason = %e, "relay node link ended");
@@ -467,9 +592,9 @@ async fn serve_node(conn: Connection, core: Arc<RelayCore>, cancel: Cancellation
 /// A tunnel another node forwards here, for a service connected here.
 async fn serve_forward(
     core: Arc<RelayCore>,
-    link: Connection,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    link: Option<Connection>,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
 ) {
     let max = core.config.limits.max_frame;
     let reply = match read_frame(&mut recv, max).await {
@@ -479,7 +604,7 @@ async fn serve_forward(
             packets,
         })) => {
             metrics::counter!("switchyard_relay_requests_total", "kind" => "forward").increment(1);
-            let hop = Hop::Node(packets.then_some(link));
+            let hop = Hop::Node(link.filter(|_| packets));
             return open_tunnel(&core, &caller, &serial, send, recv, hop).await;
         }
         Ok(Some(other)) => refuse(
@@ -503,8 +628,9 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> RelayReply {
 async fn serve_request(
     core: Arc<RelayCore>,
     auth: Arc<std::sync::Mutex<ClientAuth>>,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    hop: Hop,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
 ) {
     let max = core.config.limits.max_frame;
     let request: RelayRequest = match read_frame(&mut recv, max).await {
@@ -552,7 +678,7 @@ async fn serve_request(
             "the access token of this connection expired; log in again",
         ),
         RelayRequest::OpenTunnel { serial } => {
-            return open_tunnel(&core, &identity, &serial, send, recv, Hop::Client).await;
+            return open_tunnel(&core, &identity, &serial, send, recv, hop).await;
         }
         RelayRequest::Forward { .. } => refuse(
             ErrorCode::PermissionDenied,
@@ -674,8 +800,9 @@ async fn service_otp(core: &RelayCore, identity: &str, serial: &str) -> RelayRep
 #[derive(Debug, Clone)]
 enum Hop {
     /// A broker connected to this node: its service may be on another
-    /// node, then the tunnel is forwarded there.
-    Client,
+    /// node, then the tunnel is forwarded there. `udp`: it came over QUIC
+    /// (a broker on TCP gets no packet path).
+    Client { udp: bool },
     /// Another node, forwarding a broker's tunnel: the service must be
     /// here (one hop, never forwarded again). With the link when that
     /// node asked for a packet path (its datagrams cross the link).
@@ -686,7 +813,7 @@ enum Hop {
 /// datagrams before it takes the stream path instead.
 const LINK_MTU_WAIT: Duration = Duration::from_secs(1);
 
-async fn reply_error(mut client_send: SendStream, reply: RelayReply, max: usize) {
+async fn reply_error(mut client_send: SendHalf, reply: RelayReply, max: usize) {
     let _ = write_frame(&mut client_send, &reply, max).await;
     let _ = client_send.finish();
 }
@@ -695,8 +822,8 @@ async fn open_tunnel(
     core: &RelayCore,
     identity: &str,
     serial: &str,
-    client_send: SendStream,
-    client_recv: RecvStream,
+    client_send: SendHalf,
+    client_recv: RecvHalf,
     hop: Hop,
 ) {
     let max = core.config.limits.max_frame;
@@ -723,8 +850,9 @@ async fn open_tunnel(
             )
             .await
         }
-        None if matches!(hop, Hop::Client) && core.links.is_some() => {
-            forward_to_node(core, identity, serial, client_send, client_recv).await
+        None if matches!(hop, Hop::Client { .. }) && core.links.is_some() => {
+            let client_udp = matches!(hop, Hop::Client { udp: true });
+            forward_to_node(core, identity, serial, client_send, client_recv, client_udp).await
         }
         None => {
             let offline = refuse(
@@ -743,17 +871,19 @@ async fn bridge_local(
     serial: &str,
     facts: ServiceFacts,
     service: OnlineService,
-    (mut client_send, client_recv): (SendStream, RecvStream),
+    (mut client_send, client_recv): (SendHalf, RecvHalf),
     hop: Hop,
 ) {
     let max = core.config.limits.max_frame;
     let tunnel = core.next_tunnel.fetch_add(1, Ordering::Relaxed);
     // Held for the tunnel's life: dropping it closes the packet path. A
-    // forwarded tunnel's client end is across the link it came over.
+    // forwarded tunnel's client end is across the link it came over. A
+    // tunnel with an end on TCP has none (UDP may be what is blocked there).
+    let udp = service.conn.carrier() == Carrier::Quic;
     let mut packets = match (&hop, core.packets.as_ref()) {
-        (Hop::Client, Some(p)) => Some(p.register()),
+        (Hop::Client { udp: true }, Some(p)) if udp => Some(p.register()),
         (Hop::Node(Some(link)), Some(p))
-            if super::packets::link_carries_tunnels(link, LINK_MTU_WAIT).await =>
+            if udp && super::packets::link_carries_tunnels(link, LINK_MTU_WAIT).await =>
         {
             Some(p.register_across(link.clone()))
         }
@@ -762,15 +892,15 @@ async fn bridge_local(
     let packet = packets.as_ref().map(|t| t.path);
     let opened = async {
         let offline = || format!("service {serial} went offline");
-        let (mut send, recv) = service.conn.open_bi().await.map_err(|_| offline())?;
         let offer = TunnelOffer {
             tunnel,
             caller: identity.to_string(),
             packet,
         };
-        write_frame(&mut send, &offer, max)
-            .await
-            .map_err(|_| offline())?;
+        let (send, recv) = service.offer(&offer, max).await.map_err(|e| {
+            debug!(tunnel, %serial, error = %e, "cannot offer the tunnel");
+            offline()
+        })?;
         // The client's first packet must find the service's address known.
         if let Some(path) = packets.as_mut()
             && !path.service_ready(SERVICE_READY).await
@@ -813,13 +943,16 @@ async fn bridge_local(
 }
 
 /// Forwards a broker's tunnel one hop to the node its service is
-/// connected to (from the presence table), over that node's link.
+/// connected to (from the presence table), over that node's link. The
+/// packet path is asked for only when the broker came over QUIC
+/// (`client_udp`).
 async fn forward_to_node(
     core: &RelayCore,
     identity: &str,
     serial: &str,
-    client_send: SendStream,
-    client_recv: RecvStream,
+    client_send: SendHalf,
+    client_recv: RecvHalf,
+    client_udp: bool,
 ) {
     let max = core.config.limits.max_frame;
     let unavailable = |why: String| refuse(ErrorCode::Unavailable, why);
@@ -848,7 +981,8 @@ async fn forward_to_node(
         let link = links.link(&node, addr).await.map_err(|e| e.to_string())?;
         let lost =
             |e: &dyn std::fmt::Display| format!("relay node {node} holding service {serial}: {e}");
-        let packets = core.packets.is_some()
+        let packets = client_udp
+            && core.packets.is_some()
             && super::packets::link_carries_tunnels(&link, LINK_MTU_WAIT).await;
         let (mut send, mut recv) = link.open_bi().await.map_err(|e| lost(&e))?;
         let request = RelayRequest::Forward {
@@ -895,7 +1029,7 @@ async fn forward_to_node(
             }
             other => (other, None),
         };
-        Ok::<_, String>((send, recv, reply, joined))
+        Ok::<_, String>((SendHalf::Quic(send), RecvHalf::Quic(recv), reply, joined))
     }
     .await;
     let (node_send, node_recv, reply, _packets) = match opened {
@@ -930,8 +1064,8 @@ const FORWARD_BATCH: usize = 32;
 /// inside. When the source fails, the sink is reset (and vice versa), so
 /// the far end learns at once.
 async fn forward(
-    mut from: RecvStream,
-    mut to: SendStream,
+    mut from: RecvHalf,
+    mut to: SendHalf,
     tap: Option<tokio::sync::mpsc::Sender<Bytes>>,
     load: &super::NodeLoad,
 ) {
@@ -948,8 +1082,8 @@ async fn forward(
                         }
                     }
                     load.add_bytes(batch[..n].iter().map(|c| c.len() as u64).sum());
-                    if to.write_all_chunks(&mut batch[..n]).await.is_err() {
-                        let _ = from.stop(0u32.into());
+                    if to.write_chunks(&mut batch[..n]).await.is_err() {
+                        from.stop(0);
                         return;
                     }
                 }
@@ -958,13 +1092,58 @@ async fn forward(
                     return;
                 }
                 Err(_) => {
-                    let _ = to.reset(0u32.into());
+                    to.reset(0);
                     return;
                 }
             },
-            _ = to.stopped() => {
-                let _ = from.stop(0u32.into());
+            () = to.stopped() => {
+                from.stop(0);
                 return;
+            }
+        }
+    }
+}
+
+/// Streams a service on TCP may hold open at the relay, waiting for
+/// tunnel offers.
+pub(crate) const SERVICE_SLOTS: usize = 16;
+
+impl OnlineService {
+    pub(crate) fn new(conn: Conn, advertise: Option<String>) -> Self {
+        let (slots_in, slots) = tokio::sync::mpsc::channel(SERVICE_SLOTS);
+        Self {
+            conn,
+            advertise,
+            slots_in,
+            slots: Arc::new(tokio::sync::Mutex::new(slots)),
+        }
+    }
+
+    /// Sends `offer` to the service on a stream of its own and returns
+    /// that stream: a new one over QUIC; over TCP one the service holds
+    /// open (waiting at most [`SERVICE_READY`] for it to open another when
+    /// none is; one the service reset meanwhile is passed over).
+    async fn offer(&self, offer: &TunnelOffer, max: usize) -> Result<(SendHalf, RecvHalf), String> {
+        if self.conn.carrier() == Carrier::Quic {
+            let (mut send, recv) = self.conn.open_bi().await.map_err(|e| e.to_string())?;
+            write_frame(&mut send, offer, max)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok((send, recv));
+        }
+        let mut slots = self.slots.lock().await;
+        let deadline = tokio::time::Instant::now() + SERVICE_READY;
+        loop {
+            let next = tokio::select! {
+                next = slots.recv() => next,
+                why = self.conn.closed() => return Err(why),
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err("the service holds no stream open for tunnels".into());
+                }
+            };
+            let (mut send, recv) = next.ok_or("the service is gone")?;
+            if write_frame(&mut send, offer, max).await.is_ok() {
+                return Ok((send, recv));
             }
         }
     }

@@ -1,12 +1,21 @@
 //! The service's connection to the relay it enrolled with.
 //!
-//! Owns: one QUIC connection to the relay (mutual TLS with the certificate
+//! Owns: one connection to the relay (mutual TLS with the certificate
 //! bound to the service's serial) and its reconnect loop; a task owned by
-//! [`RelayAgent`] (dropped = stopped).
+//! [`RelayAgent`] (dropped = stopped). The connection is QUIC, or TLS 1.3
+//! over TCP with HTTP/2 streams to the relay's TCP listener (the same
+//! address and port number) when QUIC does not get through: the two are
+//! raced with QUIC's head start ([`TransportPolicy`]), and while on TCP
+//! QUIC is tried again every `quic_probe` (a working QUIC connection
+//! replaces the TCP one; the relay then closes the older connection).
 //!
-//! Takes: tunnel offers the relay opens as streams; each becomes an inner
-//! QUIC connection handed to the RPC server ([`TunnelAcceptor`]), which
-//! authenticates the caller end to end from the relay's assertion.
+//! Takes: tunnel offers the relay sends on streams (over QUIC it opens
+//! one per tunnel; over TCP, where the relay cannot open streams, the
+//! agent keeps [`TCP_SLOTS`] streams open for it to answer on); each
+//! becomes an inner QUIC connection handed to the RPC server
+//! ([`TunnelAcceptor`]), which authenticates the caller end to end from
+//! the relay's assertion. The inner connection rides the stream either
+//! way on TCP (no packet port), still end to end encrypted.
 //!
 //! The enrollment may name several relay addresses (the nodes of a relay
 //! tier, comma-separated: [`relay_addresses`]); the agent connects to the
@@ -31,15 +40,24 @@ use super::inventory::RelayEnrollment;
 use super::rpc::TunnelAcceptor;
 use crate::backoff::Backoff;
 use crate::task::AbortOnDrop;
+use crate::transport_policy::{TransportMode, TransportPolicy, race};
 use crate::wire::conn::{
     Liveness, TransportLimits, client_endpoint, read_frame, relay_client_config, watch_liveness,
     write_frame,
 };
+use crate::wire::mux::{Conn, RecvHalf, SendHalf};
 use crate::wire::relay::{HelloReply, RelayHello, TunnelOffer};
 use crate::wire::tunnel::Carrier;
 
 /// Bound on reaching the relay and its answer to our hello.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a refused hello's error begins.
+const REFUSED: &str = "the relay refused us";
+
+/// Streams a service on TCP keeps open at the relay for tunnel offers (a
+/// new one is opened as soon as one is used).
+pub const TCP_SLOTS: usize = 4;
 
 /// Where the agent is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +113,7 @@ impl RelayAgent {
         enrollment: RelayEnrollment,
         tunnels: TunnelAcceptor,
         limits: TransportLimits,
+        transport: TransportPolicy,
     ) -> Result<Self, AgentError> {
         let quic = relay_addresses(&enrollment.quic)?;
         let server_name = relay_host(&enrollment.url)?;
@@ -103,7 +122,18 @@ impl RelayAgent {
         let relay = crate::relay_url::redacted(&enrollment.url);
         let span = info_span!("relay_agent", serial = %enrollment.serial, %relay);
         let task = tokio::spawn(
-            run(enrollment, quic, server_name, tunnels, limits, state_tx).instrument(span),
+            run(
+                Relay {
+                    enrollment,
+                    server_name,
+                    transport,
+                },
+                quic,
+                tunnels,
+                limits,
+                state_tx,
+            )
+            .instrument(span),
         );
         Ok(Self {
             state,
@@ -124,10 +154,16 @@ impl RelayAgent {
     }
 }
 
-async fn run(
+/// The relay as this agent reaches it.
+struct Relay {
     enrollment: RelayEnrollment,
-    addrs: Vec<SocketAddr>,
     server_name: String,
+    transport: TransportPolicy,
+}
+
+async fn run(
+    relay: Relay,
+    addrs: Vec<SocketAddr>,
     tunnels: TunnelAcceptor,
     limits: TransportLimits,
     state: watch::Sender<AgentState>,
@@ -137,16 +173,7 @@ async fn run(
         // A lost or refused node is followed by the next one.
         let quic = addrs[next % addrs.len()];
         let _ = state.send(AgentState::Connecting);
-        let result = connect_and_serve(
-            &enrollment,
-            quic,
-            &server_name,
-            &tunnels,
-            &limits,
-            &state,
-            &mut backoff,
-        )
-        .await;
+        let result = connect_and_serve(&relay, quic, &tunnels, &limits, &state, &mut backoff).await;
         let reason = match result {
             Ok(()) => format!("relay connection to {quic} ended"),
             Err(e) => format!("{quic}: {e}"),
@@ -158,32 +185,79 @@ async fn run(
     }
 }
 
-async fn connect_and_serve(
-    enrollment: &RelayEnrollment,
-    quic: SocketAddr,
-    server_name: &str,
-    tunnels: &TunnelAcceptor,
-    limits: &TransportLimits,
-    state: &watch::Sender<AgentState>,
-    backoff: &mut Backoff,
-) -> Result<(), String> {
-    let roots = crate::tls::root_store_of(&enrollment.ca_der).map_err(|e| e.to_string())?;
-    let config = relay_client_config(
-        roots,
-        Some((enrollment.cert_der.clone(), &enrollment.key_der)),
-        limits,
-    )
-    .map_err(|e| e.to_string())?;
-    let endpoint = client_endpoint(quic).map_err(|e| e.to_string())?;
-    let hello = async {
-        let conn = endpoint
-            .connect_with(config, quic, server_name)
-            .map_err(|e| e.to_string())?
+impl Relay {
+    /// Connects over QUIC, TCP or both raced (as `transport` says) and
+    /// says hello; the connection the relay welcomed.
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        mode: TransportMode,
+        limits: &TransportLimits,
+    ) -> Result<Conn, String> {
+        let quic = async {
+            let roots =
+                crate::tls::root_store_of(&self.enrollment.ca_der).map_err(|e| e.to_string())?;
+            let config = relay_client_config(roots, Some(self.client_cert()), limits)
+                .map_err(|e| e.to_string())?;
+            let endpoint = client_endpoint(addr).map_err(|e| e.to_string())?;
+            let conn = endpoint
+                .connect_with(config, addr, &self.server_name)
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| format!("cannot connect to the relay over QUIC: {e}"))?;
+            self.hello(Conn::Quic(conn), limits).await
+        };
+        let tcp = async {
+            let roots =
+                crate::tls::root_store_of(&self.enrollment.ca_der).map_err(|e| e.to_string())?;
+            let tls = crate::wire::conn::relay_client_tls(
+                roots,
+                Some(self.client_cert()),
+                crate::wire::tcp::ALPN_H2,
+            )
+            .map_err(|e| e.to_string())?;
+            let url = crate::wire::tcp::RpcUrl {
+                host: self.server_name.clone(),
+                port: addr.port(),
+                path: crate::wire::tcp::RPC_PATH.to_string(),
+            };
+            let socket = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("cannot connect to the relay over TCP: {e}"))?;
+            let _ = socket.set_nodelay(true);
+            let conn =
+                crate::wire::tcp::connect(socket, addr, &url, std::sync::Arc::new(tls), limits)
+                    .await
+                    .map_err(|e| format!("cannot connect to the relay over TCP: {e}"))?;
+            self.hello(Conn::H2(conn), limits).await
+        };
+        let attempt = async {
+            match mode {
+                TransportMode::Quic => quic.await,
+                TransportMode::Tcp => tcp.await,
+                // Both failing: the relay's refusal wherever it came from
+                // (it says why: a revoked certificate), else TCP's error.
+                TransportMode::Auto => {
+                    race(quic, self.transport.quic_head_start, tcp, |e| {
+                        !e.starts_with(REFUSED)
+                    })
+                    .await
+                }
+            }
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, attempt)
             .await
-            .map_err(|e| format!("cannot connect to the relay: {e}"))?;
+            .map_err(|_| format!("no answer from the relay within {CONNECT_TIMEOUT:?}"))?
+    }
+
+    fn client_cert(&self) -> (Vec<u8>, &[u8]) {
+        (self.enrollment.cert_der.clone(), &self.enrollment.key_der)
+    }
+
+    async fn hello(&self, conn: Conn, limits: &TransportLimits) -> Result<Conn, String> {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         let hello = RelayHello::Service {
-            advertise: enrollment.advertise.clone(),
+            advertise: self.enrollment.advertise.clone(),
         };
         write_frame(&mut send, &hello, limits.max_frame)
             .await
@@ -191,28 +265,81 @@ async fn connect_and_serve(
         let _ = send.finish();
         match read_frame::<HelloReply>(&mut recv, limits.max_frame).await {
             Ok(Some(HelloReply::Welcome { identity, .. })) => {
-                info!(serial = %identity, "online at the relay");
+                info!(serial = %identity, carrier = %conn.carrier().as_str(), "online at the relay");
                 Ok(conn)
             }
-            Ok(Some(HelloReply::Refused(e))) => Err(format!("the relay refused us: {e}")),
+            Ok(Some(HelloReply::Refused(e))) => Err(format!("{REFUSED}: {e}")),
             Ok(None) => Err("the relay closed the hello stream".into()),
             Err(e) => Err(e.to_string()),
         }
-    };
-    let conn = tokio::time::timeout(CONNECT_TIMEOUT, hello)
-        .await
-        .map_err(|_| format!("no answer from the relay within {CONNECT_TIMEOUT:?}"))??;
-    let liveness = Liveness::always();
-    let _watchdog = watch_liveness(conn.clone(), liveness.clone(), limits.silence);
+    }
+}
+
+async fn connect_and_serve(
+    relay: &Relay,
+    addr: SocketAddr,
+    tunnels: &TunnelAcceptor,
+    limits: &TransportLimits,
+    state: &watch::Sender<AgentState>,
+    backoff: &mut Backoff,
+) -> Result<(), String> {
+    let mut conn = relay.connect(addr, relay.transport.mode, limits).await?;
     backoff.reset();
     let _ = state.send(AgentState::Online);
     loop {
-        let (send, mut recv) = match conn.accept_bi().await {
-            Ok(stream) => stream,
-            Err(e) => {
-                return Err(format!("relay connection lost: {}", liveness.explain(e)));
+        let liveness = Liveness::always();
+        let _watchdog = watch_liveness(conn.clone(), liveness.clone(), limits.silence);
+        let serve = async {
+            match conn.carrier() {
+                crate::wire::mux::Carrier::Quic => serve_quic(&conn, tunnels, limits).await,
+                crate::wire::mux::Carrier::Tcp => serve_tcp(&conn, tunnels, limits).await,
+            }
+            .map_err(|e| match e {
+                Lost::Conn(e) => format!("relay connection lost: {}", liveness.explain(e)),
+                Lost::Server(e) => e,
+            })
+        };
+        // On TCP after a fallback, QUIC is tried again now and then.
+        let probe = async {
+            let every = match (relay.transport.mode, conn.carrier()) {
+                (TransportMode::Auto, crate::wire::mux::Carrier::Tcp) => relay.transport.quic_probe,
+                _ => return std::future::pending().await,
+            };
+            loop {
+                tokio::time::sleep(every).await;
+                match relay.connect(addr, TransportMode::Quic, limits).await {
+                    Ok(quic) => return quic,
+                    Err(e) => debug!(error = %e, "QUIC to the relay still fails; staying on TCP"),
+                }
             }
         };
+        tokio::select! {
+            ended = serve => return ended,
+            quic = probe => {
+                info!("QUIC to the relay works again; moving off TCP");
+                conn.close(0, b"moved to QUIC");
+                conn = quic;
+            }
+        }
+    }
+}
+
+/// Why serving a relay connection ended.
+enum Lost {
+    /// The connection failed (explained by its liveness watcher).
+    Conn(crate::wire::conn::ConnError),
+    /// The RPC server stopped.
+    Server(String),
+}
+
+/// QUIC: the relay opens a stream per tunnel offer.
+async fn serve_quic(
+    conn: &Conn,
+    tunnels: &TunnelAcceptor,
+    limits: &TransportLimits,
+) -> Result<(), Lost> {
+    loop {
+        let (send, mut recv) = conn.accept_bi().await.map_err(Lost::Conn)?;
         let offer: TunnelOffer = match read_frame(&mut recv, limits.max_frame).await {
             Ok(Some(offer)) => offer,
             Ok(None) => continue,
@@ -221,10 +348,59 @@ async fn connect_and_serve(
                 continue;
             }
         };
-        debug!(tunnel = offer.tunnel, caller = %offer.caller, "tunnel offered");
-        let carrier = Carrier::through(&conn, offer.packet);
-        if let Err(e) = tunnels.accept(send, recv, carrier, &offer.caller).await {
-            return Err(e.to_string());
+        offered(conn, tunnels, send, recv, offer).await?;
+    }
+}
+
+/// TCP: [`TCP_SLOTS`] streams held open, each waiting for an offer; one
+/// used is replaced at once.
+async fn serve_tcp(
+    conn: &Conn,
+    tunnels: &TunnelAcceptor,
+    limits: &TransportLimits,
+) -> Result<(), Lost> {
+    let mut slots = tokio::task::JoinSet::new();
+    let slot = |conn: Conn, max: usize| async move {
+        let (send, mut recv) = conn.open_bi().await?;
+        let offer = read_frame::<TunnelOffer>(&mut recv, max).await;
+        Ok::<_, crate::wire::conn::ConnError>((send, recv, offer))
+    };
+    for _ in 0..TCP_SLOTS {
+        slots.spawn(slot(conn.clone(), limits.max_frame));
+    }
+    while let Some(done) = slots.join_next().await {
+        let (send, recv, offer) = match done {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(e)) => return Err(Lost::Conn(e)),
+            Err(e) => return Err(Lost::Server(format!("a tunnel slot failed: {e}"))),
+        };
+        if conn.is_closed() {
+            return Err(Lost::Conn(crate::wire::conn::ConnError::Gone(
+                conn.closed().await,
+            )));
+        }
+        slots.spawn(slot(conn.clone(), limits.max_frame));
+        match offer {
+            Ok(Some(offer)) => offered(conn, tunnels, send, recv, offer).await?,
+            Ok(None) => {}
+            Err(e) => debug!(error = %e, "bad tunnel offer"),
         }
     }
+    Ok(())
+}
+
+/// Hands an offered tunnel to the RPC server.
+async fn offered(
+    conn: &Conn,
+    tunnels: &TunnelAcceptor,
+    send: SendHalf,
+    recv: RecvHalf,
+    offer: TunnelOffer,
+) -> Result<(), Lost> {
+    debug!(tunnel = offer.tunnel, caller = %offer.caller, "tunnel offered");
+    let carrier = Carrier::through(conn, offer.packet);
+    tunnels
+        .accept(send, recv, carrier, &offer.caller)
+        .await
+        .map_err(|e| Lost::Server(e.to_string()))
 }

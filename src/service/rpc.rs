@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quinn::{Endpoint, RecvStream, SendStream, VarInt};
+use quinn::{Endpoint, VarInt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -179,8 +179,8 @@ impl TunnelAcceptor {
     /// password failures inside the tunnel are counted against.
     pub async fn accept(
         &self,
-        send: SendStream,
-        recv: RecvStream,
+        send: crate::wire::mux::SendHalf,
+        recv: crate::wire::mux::RecvHalf,
         carrier: Carrier,
         caller: &str,
     ) -> Result<(), ConnError> {

@@ -547,6 +547,19 @@ pub fn relay_client_config(
     client_cert: Option<(Vec<u8>, &[u8])>,
     limits: &TransportLimits,
 ) -> Result<quinn::ClientConfig, ConnError> {
+    let tls = relay_client_tls(roots, client_cert, super::relay::RELAY_ALPN)?;
+    quic_client_config(tls, transport(limits))
+}
+
+/// TLS 1.3 client configuration for a relay (certificate checked against
+/// `roots`, optional client certificate `(cert DER, PKCS#8 key DER)`),
+/// offering `alpn`: [`super::relay::RELAY_ALPN`] over QUIC, `h2` over TCP
+/// ([`super::tcp`]).
+pub fn relay_client_tls(
+    roots: rustls::RootCertStore,
+    client_cert: Option<(Vec<u8>, &[u8])>,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, ConnError> {
     let builder = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
         .with_root_certificates(roots);
     let mut tls = match client_cert {
@@ -558,8 +571,8 @@ pub fn relay_client_config(
             .map_err(|e| ConnError::Tls(e.to_string()))?,
         None => builder.with_no_client_auth(),
     };
-    tls.alpn_protocols = vec![super::relay::RELAY_ALPN.to_vec()];
-    quic_client_config(tls, transport(limits))
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
 }
 
 #[cfg(test)]

@@ -124,6 +124,21 @@ impl Conn {
         }
     }
 
+    /// The first certificate the peer presented in TLS (DER), on the
+    /// accepting end: a client certificate, when the listener asked for
+    /// one and the peer gave it.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        match self {
+            Self::Quic(c) => c
+                .peer_identity()?
+                .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()?
+                .first()
+                .map(|c| c.to_vec()),
+            Self::H2(c) => c.peer_certificate().map(<[u8]>::to_vec),
+        }
+    }
+
     /// Which transport this is.
     pub fn carrier(&self) -> Carrier {
         match self {
@@ -208,6 +223,23 @@ impl SendHalf {
 }
 
 impl RecvHalf {
+    /// Fills the front of `chunks` with what has arrived (at least one
+    /// chunk; QUIC may give several at once, HTTP/2 gives one) and says
+    /// how many; `Ok(None)` at the stream's clean end.
+    pub async fn read_chunks(&mut self, chunks: &mut [Bytes]) -> Result<Option<usize>, ConnError> {
+        match self {
+            Self::Quic(r) => Ok(r.read_chunks(chunks).await?),
+            Self::H2(r) => match (r.read_chunk(usize::MAX).await?, chunks.first_mut()) {
+                (Some(chunk), Some(slot)) => {
+                    *slot = chunk;
+                    Ok(Some(1))
+                }
+                (Some(_), None) => Ok(Some(0)),
+                (None, _) => Ok(None),
+            },
+        }
+    }
+
     /// The next bytes of the stream, at most `max`; `Ok(None)` at its clean
     /// end.
     pub async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, ConnError> {

@@ -226,6 +226,11 @@ pub struct TokenClaims {
 pub struct WellKnown {
     pub issuer: String,
     pub quic: String,
+    /// The relay's TLS/TCP listener (HTTP/2 streams, `wire::tcp`) for
+    /// callers that cannot use QUIC; absent when it has none (an older
+    /// relay, or `--tcp-listen off`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
 }
 
 /// Serde for a [`Secret`] field: a plain JSON string on the wire, moved

@@ -395,7 +395,7 @@ proptest! {
             (text(), text(), text(), text(), text(), prop::option::of(text())),
         (iss, sub, aud, exp, iat) in (text(), text(), text(), any::<u64>(), any::<u64>()),
     ) {
-        json_round_trip(&WellKnown { issuer: issuer.clone(), quic: quic.clone() });
+        json_round_trip(&WellKnown { issuer: issuer.clone(), quic: quic.clone(), tcp: Some(quic.clone()) });
         json_round_trip(&EnrollServiceRequest { otp: crate::secret::Secret::new(otp), csr, fingerprint, advertise: advertise.clone() });
         json_round_trip(&EnrollServiceResponse {
             serial: iss.clone(),

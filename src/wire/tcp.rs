@@ -162,6 +162,8 @@ struct Inner {
     side: Side,
     state: Arc<State>,
     peer: SocketAddr,
+    /// The caller's TLS client certificate (DER), service end only.
+    peer_cert: Option<Vec<u8>>,
     _driver: AbortOnDrop<()>,
 }
 
@@ -274,6 +276,12 @@ impl H2Conn {
 
     pub fn remote_address(&self) -> SocketAddr {
         self.0.peer
+    }
+
+    /// The certificate the caller presented in TLS (DER; only on the
+    /// accepting end, and only when the acceptor asked for one).
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        self.0.peer_cert.as_deref()
     }
 
     /// True when both are the same connection.
@@ -607,6 +615,7 @@ pub async fn connect<S: Io>(
         side: Side::Client { requests, uri },
         state,
         peer,
+        peer_cert: None,
         _driver: AbortOnDrop::new(tokio::spawn(driver)),
     })))
 }
@@ -627,6 +636,12 @@ pub async fn accept(
     let peer = tcp.peer_addr()?;
     let _ = tcp.set_nodelay(true);
     let stream = tls.accept(tcp).await?;
+    let peer_cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec());
     let state = Arc::new(State::default());
     let io = Counted {
         inner: stream,
@@ -650,6 +665,7 @@ pub async fn accept(
         },
         state,
         peer,
+        peer_cert,
         _driver: AbortOnDrop::new(tokio::spawn(driver)),
     })))
 }

@@ -35,7 +35,9 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use quinn::udp::{RecvMeta, Transmit};
-use quinn::{AsyncUdpSocket, Endpoint, EndpointConfig, RecvStream, SendStream, UdpPoller};
+use quinn::{AsyncUdpSocket, Endpoint, EndpointConfig, UdpPoller};
+
+use super::mux::{Conn, RecvHalf, SendHalf};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
@@ -111,13 +113,15 @@ pub enum Carrier {
 impl Carrier {
     /// Packets through the relay's packet port (on the address we reach
     /// the relay at over `relay`) when it offers one, else in the stream.
-    pub fn through(relay: &quinn::Connection, packet: Option<PacketPath>) -> Self {
+    /// A relay reached over TCP carries the tunnel in the stream always
+    /// (UDP may well be what is blocked).
+    pub fn through(relay: &Conn, packet: Option<PacketPath>) -> Self {
         match packet {
-            Some(path) => Self::Packets {
+            Some(path) if relay.carrier() == super::mux::Carrier::Quic => Self::Packets {
                 relay: SocketAddr::new(relay.remote_address().ip(), path.port),
                 path,
             },
-            None => Self::Stream,
+            _ => Self::Stream,
         }
     }
 }
@@ -132,7 +136,7 @@ pub struct TunnelEndpoint {
     closed: CancellationToken,
     /// Packet path only: the control stream (finished when this drops, so
     /// the relay ends the tunnel) and the task watching its end.
-    _control: Option<(SendStream, AbortOnDrop<()>)>,
+    _control: Option<(SendHalf, AbortOnDrop<()>)>,
 }
 
 impl TunnelEndpoint {
@@ -142,8 +146,8 @@ impl TunnelEndpoint {
     /// [`TunnelEndpoint::peer`].
     pub fn start(
         role: TunnelRole,
-        send: SendStream,
-        recv: RecvStream,
+        send: SendHalf,
+        recv: RecvHalf,
         server: Option<quinn::ServerConfig>,
         carrier: Carrier,
         limits: &TransportLimits,
@@ -204,8 +208,8 @@ impl TunnelEndpoint {
 
 /// Packet path: the control stream carries nothing; its end (either side,
 /// or the relay, went away) ends the tunnel.
-async fn watch_control(mut recv: RecvStream, closed: CancellationToken) {
-    while let Ok(Some(_)) = recv.read_chunk(usize::MAX, true).await {}
+async fn watch_control(mut recv: RecvHalf, closed: CancellationToken) {
+    while let Ok(Some(_)) = recv.read_chunk(usize::MAX).await {}
     closed.cancel();
 }
 
@@ -387,8 +391,8 @@ impl fmt::Debug for TunnelSocket {
 impl TunnelSocket {
     fn start(
         role: TunnelRole,
-        send: SendStream,
-        recv: RecvStream,
+        send: SendHalf,
+        recv: RecvHalf,
         closed: CancellationToken,
     ) -> Arc<Self> {
         let (local, peer) = match role {
@@ -412,13 +416,13 @@ impl TunnelSocket {
 /// Writes queued packets (already framed by `try_send`) into the carrier,
 /// batching what is ready; quinn takes the buffers without copying them.
 async fn write_packets(
-    mut send: SendStream,
+    mut send: SendHalf,
     mut queue: mpsc::Receiver<Bytes>,
     closed: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while queue.recv_many(&mut batch, BATCH).await > 0 {
-        if send.write_all_chunks(&mut batch).await.is_err() {
+        if send.write_chunks(&mut batch).await.is_err() {
             break;
         }
         batch.clear();
@@ -440,7 +444,7 @@ pub fn packet_codec() -> LengthDelimitedCodec {
 
 /// Reads the peer's packets from the carrier. Awaiting queue space pushes
 /// back on the carrier's flow control instead of dropping packets.
-async fn read_packets(recv: RecvStream, queue: mpsc::Sender<Bytes>, closed: CancellationToken) {
+async fn read_packets(recv: RecvHalf, queue: mpsc::Sender<Bytes>, closed: CancellationToken) {
     let codec = packet_codec();
     // Room for several whole packets, so reads are not cut at 8 KiB.
     let mut frames = FramedRead::with_capacity(recv, codec, 4 * usize::from(TUNNEL_MTU));

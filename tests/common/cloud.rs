@@ -16,6 +16,7 @@ use switchyard::service::inventory::{DeviceScope, Inventory, NewDevice, NewRemot
 use switchyard::service::ops::ServiceOps;
 use switchyard::service::relay_agent::RelayAgent;
 use switchyard::service::rpc::{RpcConfig, RpcServer};
+use switchyard::transport_policy::TransportPolicy;
 use tokio::sync::mpsc;
 
 use switchyard::api::pb;
@@ -46,6 +47,8 @@ struct RelayProcess {
     child: Option<tokio::process::Child>,
     /// Extra `relay run` arguments (limits).
     args: Vec<String>,
+    /// What the command runs through (e.g. `ip netns exec NS`).
+    prefix: Vec<String>,
 }
 
 impl TestRelay {
@@ -104,6 +107,12 @@ impl TestRelay {
     /// poll interval and `args` added to `relay run`. `relay()` is not
     /// available; `pid()` and `log()` are.
     pub async fn start_process(args: &[&str]) -> Self {
+        Self::start_process_via(&[], args).await
+    }
+
+    /// As [`Self::start_process`], run through `prefix` (e.g. `ip netns
+    /// exec NS`).
+    pub async fn start_process_via(prefix: &[&str], args: &[&str]) -> Self {
         let (dir, _) = Self::init_state();
         let mut config = RelayConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -118,6 +127,7 @@ impl TestRelay {
             process: Some(RelayProcess {
                 child: None,
                 args: args.iter().map(|a| a.to_string()).collect(),
+                prefix: prefix.iter().map(|a| a.to_string()).collect(),
             }),
         };
         relay.spawn().await;
@@ -139,7 +149,15 @@ impl TestRelay {
                 .open(self.dir.path().join("relay.log"))
                 .unwrap();
             let process = self.process.as_ref().expect("a relay process");
-            let mut child = tokio::process::Command::new(super::switchyard_bin())
+            let mut command = match process.prefix.split_first() {
+                Some((first, rest)) => {
+                    let mut command = tokio::process::Command::new(first);
+                    command.args(rest).arg(super::switchyard_bin());
+                    command
+                }
+                None => tokio::process::Command::new(super::switchyard_bin()),
+            };
+            let mut child = command
                 .args(["relay", "--state"])
                 .arg(self.state_dir())
                 .arg("run")
@@ -446,6 +464,8 @@ pub struct CloudService {
     pub serial: String,
     pub server: Option<RpcServer>,
     pub agent: Option<RelayAgent>,
+    /// How its relay agent reaches the relay (QUIC, TCP, or both raced).
+    pub transport: TransportPolicy,
 }
 
 impl CloudService {
@@ -464,6 +484,18 @@ impl CloudService {
         serial: &str,
         otp: &str,
         extra: &[NewDevice],
+    ) -> Result<Self, switchyard::service::enroll::EnrollError> {
+        Self::start_over(relay, serial, otp, extra, TransportPolicy::default()).await
+    }
+
+    /// As [`Self::start_with_otp`], its relay agent reaching the relay as
+    /// `transport` says.
+    pub async fn start_over(
+        relay: &TestRelay,
+        serial: &str,
+        otp: &str,
+        extra: &[NewDevice],
+        transport: TransportPolicy,
     ) -> Result<Self, switchyard::service::enroll::EnrollError> {
         super::init();
         let dir = tempfile::tempdir().unwrap();
@@ -495,6 +527,7 @@ impl CloudService {
             serial: serial.into(),
             server: None,
             agent: None,
+            transport,
         };
         svc.run();
         within(10, "service online at the relay", async {
@@ -554,8 +587,13 @@ impl CloudService {
             },
         )
         .unwrap();
-        let agent =
-            RelayAgent::start(enrollment, server.tunnel_acceptor(), Default::default()).unwrap();
+        let agent = RelayAgent::start(
+            enrollment,
+            server.tunnel_acceptor(),
+            Default::default(),
+            self.transport,
+        )
+        .unwrap();
         self.server = Some(server);
         self.agent = Some(agent);
     }

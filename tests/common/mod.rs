@@ -43,6 +43,27 @@ pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Polls the async `probe` until it gives `Some`, failing after `secs`;
+/// what it gave. For state another process changes with no event to wait
+/// on (a broker's `status`).
+pub async fn eventually_some<T, F: Future<Output = Option<T>>>(
+    secs: u64,
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen within {secs}s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Set to `1` to let a run that is not root skip the checks that need root
 /// (running a command as another uid). CI runs as root and never sets it.
 pub const SKIP_ROOT_ENV: &str = "SWITCHYARD_TEST_SKIP_ROOT_CHECKS";

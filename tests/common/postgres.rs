@@ -470,6 +470,7 @@ pub async fn run_service(dir: tempfile::TempDir, serial: &str) -> CloudService {
         serial: serial.into(),
         server: None,
         agent: None,
+        transport: Default::default(),
     };
     svc.run();
     within(15, "service online at its node", async {

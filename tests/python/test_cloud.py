@@ -15,9 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import BIN, read_line, run
+from conftest import BIN, Tinyproxy, read_line, run
 from switchyard import SwitchyardError
-from switchyard.sync import Client
+from switchyard.sync import Client, ProxyInfo
 
 ALICE = "alice@example.com"
 ALICE_PW = "alice-sso-pw"
@@ -282,3 +282,35 @@ def test_login_errors_have_their_own_classes(cloud):
             time.sleep(0.2)
         with pytest.raises(UnreachableError):
             client.access_token_login(cloud["token"], relay_url="https://127.0.0.1:1")
+
+
+def test_access_token_login_through_a_real_proxy(cloud, tmp_path):
+    """ProxyInfo(url, username, password) on access_token_login: the broker
+    reaches the relay through a real tinyproxy with Basic authentication
+    (its HTTPS requests and its relay connection, then over TLS/TCP; the
+    proxy's log shows both CONNECTs) and a relayed exec works; wrong proxy
+    credentials are an error naming the proxy, without the password."""
+    proxy = Tinyproxy(tmp_path, ("bob", "pr0xy-pass"))
+    relay_port = urllib.parse.urlsplit(cloud["url"]).port
+    try:
+        with Client.create(socket=cloud["sock"]) as client:
+            with pytest.raises(SwitchyardError, match="refused CONNECT") as err:
+                client.access_token_login(cloud["token"],
+                                          proxy=ProxyInfo(proxy.url, "bob", "wr0ng-pass"))
+            assert f"127.0.0.1:{proxy.port}" in str(err.value)
+            assert "wr0ng-pass" not in str(err.value)
+            login = client.access_token_login(cloud["token"],
+                                              proxy=ProxyInfo(proxy.url, "bob", "pr0xy-pass"))
+            assert login.identity == ALICE
+            assert f"CONNECT 127.0.0.1:{relay_port}" in proxy.log()
+            [status] = [l for l in client.status().logins if l.method == "token"]
+            assert status.carrier == f"tcp via proxy 127.0.0.1:{proxy.port}"
+            service = client.service_cloud(SERIAL).wait(timeout=20)
+            result = service.inventory["core-1"].exec("show version").wait(timeout=30)
+            assert "Simulated Network OS" in result.result["core-1"].data
+            # The relay connection itself went through the proxy too (the
+            # relay's TCP listener, beside its QUIC port).
+            assert proxy.log().count("CONNECT 127.0.0.1:") >= 2, proxy.log()
+            client.logout()
+    finally:
+        proxy.close()

@@ -210,10 +210,6 @@ def test_service_direct_tcp_port_names_the_tcp_listener(lab, tmp_path):
 
 def test_unsupported_reference_arguments_are_refused_clearly(broker, tmp_path):
     with Client.create(socket=str(broker)) as client:
-        with pytest.raises(NotAvailableError, match="proxy"):
-            client.sso_login("a@example.com", proxy=ProxyInfo(url="http://proxy:3128"))
-        with pytest.raises(NotAvailableError, match="proxy"):
-            client.access_token_login("token", proxy=ProxyInfo(url="http://proxy:3128"))
         with pytest.raises(NotAvailableError, match="ca_file"):
             client.certificate_login("a@example.com", ca_path="/etc/ca.pem")
         (tmp_path / "cert.pem").write_text("x")

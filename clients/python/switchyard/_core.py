@@ -59,10 +59,10 @@ class ProxyInfo:
     and ``password`` the proxy's credentials.
 
     ``service_direct(..., rpc_url=..., proxy=...)`` reaches the service's
-    TCP listener through it (the broker makes the connection). The cloud
-    logins accept the argument, but the broker does not reach relays
-    through proxies yet, so passing one there raises ``NotAvailableError``
-    rather than silently connecting without it."""
+    TCP listener through it; ``sso_login``, ``certificate_login`` and
+    ``access_token_login`` reach the relay through it (its HTTPS requests,
+    and its relay connection, then over TLS/TCP). The broker makes the
+    connections; the password is sent to it beside the URL, never in it."""
 
     url: str
     username: Optional[str] = None
@@ -91,17 +91,6 @@ def rpc_url_target(rpc_url: str) -> str:
         host = f"[{host}]"
     path = parts.path if parts.path not in ("", "/") else "/rpc"
     return f"https://{host}:{parts.port or 8081}{path}"
-
-
-def refuse_proxy(proxy: Optional[ProxyInfo]) -> None:
-    """Raises ``NotAvailableError`` when a proxy was asked for."""
-    if proxy is not None:
-        raise NotAvailableError(
-            f"proxy={proxy.url!r}: the Switchyard broker cannot reach relays through an HTTP "
-            "proxy yet; connect without a proxy (the broker, not this process, talks to the relay)"
-        )
-
-
 
 
 class ExecStatus(str, Enum):

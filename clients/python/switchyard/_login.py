@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Optional, Tuple
 
-from ._core import LinkKey, ProxyInfo, proxy_fields, refuse_proxy, rpc_url_target
+from ._core import LinkKey, ProxyInfo, proxy_fields, rpc_url_target
 from .errors import NotAvailableError, SwitchyardError
 from .v1 import broker_pb2 as pb
 
@@ -34,10 +34,14 @@ class Login:
         return f"<Login {self.identity} at {self.relay_url} ({self.method})>"
 
 
-def relay(relay_url: Optional[str], domain: Optional[str]) -> pb.RelaySelector:
+def relay(relay_url: Optional[str], domain: Optional[str],
+          proxy: Optional[ProxyInfo] = None) -> pb.RelaySelector:
     """Which relay: a URL, a domain of the broker's config, or (neither) the
-    configured default."""
-    return pb.RelaySelector(relay_url=relay_url or "", domain=domain or "")
+    configured default; and the HTTP proxy the broker reaches it through
+    (``None``: the broker's own proxy settings)."""
+    proxy_url, proxy_password = proxy_fields(proxy)
+    return pb.RelaySelector(relay_url=relay_url or "", domain=domain or "",
+                            proxy_url=proxy_url, proxy_password=proxy_password)
 
 
 def direct_request(session_id: str, username: str, password: Optional[str], host: str,
@@ -98,10 +102,10 @@ def integrated_request(session_id: str, admin_password: Optional[str],
 
 def sso_request(session_id: str, identity: str, domain: Optional[str],
                 relay_url: Optional[str], proxy: Optional[ProxyInfo]) -> pb.SsoLoginRequest:
-    """The SsoLogin request; refuses a proxy."""
-    refuse_proxy(proxy)
+    """The SsoLogin request (the broker reaches the relay through ``proxy``
+    when given)."""
     return pb.SsoLoginRequest(session_id=session_id, identity=identity,
-                              relay=relay(relay_url, domain))
+                              relay=relay(relay_url, domain, proxy))
 
 
 def show_prompt(identity: str, prompt: pb.SsoPrompt, open_browser: bool,
@@ -127,8 +131,7 @@ def certificate_request(
 ) -> pb.CertificateLoginRequest:
     """The CertificateLogin request: reads the certificate and the
     encrypted key, asks for the key's password on the terminal when not
-    given. Refuses ``ca_path`` and ``proxy`` (``NotAvailableError``)."""
-    refuse_proxy(proxy)
+    given. Refuses ``ca_path`` (``NotAvailableError``)."""
     if ca_path is not None:
         raise NotAvailableError(
             "ca_path: the broker trusts the relay through its own config "
@@ -147,7 +150,7 @@ def certificate_request(
     if key_password is None:
         key_password = getpass.getpass(f"Password for the key of {identity}: ")
     return pb.CertificateLoginRequest(
-        session_id=session_id, identity=identity, relay=relay(relay_url, domain),
+        session_id=session_id, identity=identity, relay=relay(relay_url, domain, proxy),
         cert_pem=cert.read_text(), encrypted_key=encrypted, key_password=key_password,
     )
 
@@ -167,10 +170,10 @@ def read_encrypted_key(path: Path) -> bytes:
 
 def token_request(session_id: str, token: str, domain: Optional[str],
                   relay_url: Optional[str], proxy: Optional[ProxyInfo]) -> pb.AccessTokenLoginRequest:
-    """The AccessTokenLogin request; refuses a proxy."""
-    refuse_proxy(proxy)
+    """The AccessTokenLogin request (the broker reaches the relay through
+    ``proxy`` when given)."""
     return pb.AccessTokenLoginRequest(session_id=session_id, token=token,
-                                      relay=relay(relay_url, domain))
+                                      relay=relay(relay_url, domain, proxy))
 
 
 def cloud_request(session_id: str, serial: str, e2ee_fingerprint: Optional[str],

@@ -27,12 +27,27 @@ use crate::wire::conn::TransportLimits;
 use crate::wire::pin::Fingerprint;
 use crate::wire::relay::{RelayReply, RelayRequest};
 
-fn relay_spec(selector: Option<pb::RelaySelector>) -> RelaySpec {
+/// Which relay a request means, and the proxy it names (a bad proxy URL
+/// is `INVALID_ARGUMENT`, never echoing credentials).
+fn relay_spec(selector: Option<pb::RelaySelector>) -> Result<RelaySpec, Status> {
     let s = selector.unwrap_or_default();
-    RelaySpec {
+    let proxy = match s.proxy_url.as_str() {
+        "" => None,
+        url => Some(
+            crate::proxy::Proxy::parse(
+                url,
+                Some(s.proxy_password)
+                    .filter(|p| !p.is_empty())
+                    .map(Secret::new),
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?,
+        ),
+    };
+    Ok(RelaySpec {
         relay_url: Some(s.relay_url).filter(|u| !u.is_empty()),
         domain: Some(s.domain).filter(|d| !d.is_empty()),
-    }
+        proxy,
+    })
 }
 
 fn non_empty(text: String) -> Option<String> {
@@ -112,7 +127,7 @@ impl FrontDoor {
                 peer,
                 session_id: non_empty(r.session_id),
                 identity: r.identity,
-                relay: relay_spec(r.relay),
+                relay: relay_spec(r.relay)?,
             })
             .await
             .map_err(mailbox)??;
@@ -183,7 +198,7 @@ impl FrontDoor {
                 peer,
                 session_id: non_empty(session_id),
                 identity,
-                relay: relay_spec(relay),
+                relay: relay_spec(relay)?,
                 method,
                 credential,
             })
@@ -260,7 +275,7 @@ impl FrontDoor {
             .send(LogoutLogins {
                 peer,
                 identity: non_empty(r.identity),
-                relay: relay_spec(r.relay),
+                relay: relay_spec(r.relay)?,
             })
             .await
             .map_err(mailbox)??;

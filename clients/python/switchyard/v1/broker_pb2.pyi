@@ -335,7 +335,7 @@ class StatusResponse(_message.Message):
     def __init__(self, sessions: _Optional[_Iterable[_Union[SessionStatus, _Mapping]]] = ..., named_services: _Optional[_Iterable[_Union[NamedServiceStatus, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkStatus, _Mapping]]] = ..., version: _Optional[str] = ..., logins: _Optional[_Iterable[_Union[LoginStatus, _Mapping]]] = ..., forwards: _Optional[_Iterable[_Union[ForwardStatus, _Mapping]]] = ..., ssh_proxy: _Optional[_Union[SshProxyStatus, _Mapping]] = ...) -> None: ...
 
 class LoginStatus(_message.Message):
-    __slots__ = ("identity", "relay_url", "method", "state", "expires_unix", "sessions", "connected", "reach", "last_error")
+    __slots__ = ("identity", "relay_url", "method", "state", "expires_unix", "sessions", "connected", "reach", "last_error", "carrier")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     RELAY_URL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -345,6 +345,7 @@ class LoginStatus(_message.Message):
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     REACH_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CARRIER_FIELD_NUMBER: _ClassVar[int]
     identity: str
     relay_url: str
     method: str
@@ -354,7 +355,8 @@ class LoginStatus(_message.Message):
     connected: bool
     reach: str
     last_error: str
-    def __init__(self, identity: _Optional[str] = ..., relay_url: _Optional[str] = ..., method: _Optional[str] = ..., state: _Optional[str] = ..., expires_unix: _Optional[int] = ..., sessions: _Optional[int] = ..., connected: _Optional[bool] = ..., reach: _Optional[str] = ..., last_error: _Optional[str] = ...) -> None: ...
+    carrier: str
+    def __init__(self, identity: _Optional[str] = ..., relay_url: _Optional[str] = ..., method: _Optional[str] = ..., state: _Optional[str] = ..., expires_unix: _Optional[int] = ..., sessions: _Optional[int] = ..., connected: _Optional[bool] = ..., reach: _Optional[str] = ..., last_error: _Optional[str] = ..., carrier: _Optional[str] = ...) -> None: ...
 
 class SessionStatus(_message.Message):
     __slots__ = ("session_id", "client_name", "pid", "services", "in_flight")
@@ -407,12 +409,16 @@ class LinkStatus(_message.Message):
     def __init__(self, link_id: _Optional[str] = ..., target: _Optional[str] = ..., principal: _Optional[str] = ..., transport: _Optional[str] = ..., state: _Optional[str] = ..., holders: _Optional[int] = ..., in_flight: _Optional[int] = ..., connects: _Optional[int] = ..., last_error: _Optional[str] = ..., fingerprint: _Optional[str] = ..., carrier: _Optional[str] = ...) -> None: ...
 
 class RelaySelector(_message.Message):
-    __slots__ = ("relay_url", "domain")
+    __slots__ = ("relay_url", "domain", "proxy_url", "proxy_password")
     RELAY_URL_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    PROXY_URL_FIELD_NUMBER: _ClassVar[int]
+    PROXY_PASSWORD_FIELD_NUMBER: _ClassVar[int]
     relay_url: str
     domain: str
-    def __init__(self, relay_url: _Optional[str] = ..., domain: _Optional[str] = ...) -> None: ...
+    proxy_url: str
+    proxy_password: str
+    def __init__(self, relay_url: _Optional[str] = ..., domain: _Optional[str] = ..., proxy_url: _Optional[str] = ..., proxy_password: _Optional[str] = ...) -> None: ...
 
 class SsoLoginRequest(_message.Message):
     __slots__ = ("session_id", "identity", "relay")
