@@ -11,8 +11,9 @@ use common::broker::{
 };
 use common::service::{ALICE_PASSWORD, ssh_device, sshd_device, start_service};
 use common::sshd::{Sshd, endless_command, process_alive, read_pid};
-use common::{eventually, within};
+use common::within;
 use switchyard::api::pb;
+use switchyard::service::inventory::{NewDevice, SessionKind};
 use switchyard::service::rpc::RpcConfig;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
@@ -372,11 +373,32 @@ async fn helper_hold_session_with_exec_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_killed_mid_exec_is_released_within_a_second() {
+    caller_killed_mid_command(SessionKind::Exec, Duration::from_secs(5)).await;
+}
+
+/// Issue 15 input 7 on a shell-session device (stock sshd, `session =
+/// shell`): the command runs in a warm shell's pty, with no channel of its
+/// own to close; the shell gets a Ctrl-C and is closed when its caller is
+/// killed, and the command's process is gone within 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_killed_mid_shell_command_stops_it_on_the_device_within_two_seconds() {
+    caller_killed_mid_command(SessionKind::Shell, Duration::from_secs(2)).await;
+}
+
+/// A caller (a helper process) runs a never-ending command on a stock
+/// sshd device whose commands run on exec channels or in a shell, and is
+/// killed with SIGKILL: its session is released within a second and the
+/// command's process on the device ends within `gone_within`.
+async fn caller_killed_mid_command(session: SessionKind, gone_within: Duration) {
     // A real device running a command that never ends by itself, with a
     // ten-minute timeout: only the caller's going away can stop it.
     let sshd = Sshd::start(10).await;
     let pid_file = sshd.scratch().join("pid");
-    let svc = start_service(&[sshd_device("linux-1", sshd.port)], RpcConfig::default());
+    let device = NewDevice {
+        session: Some(session),
+        ..sshd_device("linux-1", sshd.port)
+    };
+    let svc = start_service(&[device], RpcConfig::default());
     let broker = TestBroker::start(&[]).await;
 
     // Another session, busy on its own, must not notice.
@@ -398,7 +420,14 @@ async fn caller_killed_mid_exec_is_released_within_a_second() {
         ])
         .env("HELPER_SOCKET", broker.socket())
         .env("HELPER_PORT", svc.addr().port().to_string())
-        .env("HELPER_COMMAND", endless_command(&pid_file))
+        .env(
+            "HELPER_COMMAND",
+            match session {
+                SessionKind::Exec => endless_command(&pid_file),
+                // The loop in a process of its own: the shell's pid stays.
+                SessionKind::Shell => format!("sh -c '{}'", endless_command(&pid_file)),
+            },
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -453,12 +482,16 @@ async fn caller_killed_mid_exec_is_released_within_a_second() {
     }
     // Its in-flight exec was cancelled all the way to the device: the
     // command's process ends (it would otherwise run for ten minutes).
-    eventually(
-        5,
-        "the device command ends after its caller was killed",
-        || !process_alive(pid),
-    )
-    .await;
+    loop {
+        if !process_alive(pid) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < gone_within,
+            "the device command still runs {gone_within:?} after its caller was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let out = run_exec(
         &mut other,
         in_session(&so, &other_svc),

@@ -640,3 +640,120 @@ async fn device_type_session_and_enable_secret_reach_the_shell() {
     assert_eq!(reports[1]["status"], "failure", "exec refused: {reports:?}");
     fleet.shutdown().await;
 }
+
+/// `--jump-host` on `device add` and `device set`: checked when set (the
+/// jump exists, is an ssh device, no cycles), shown in `device list`,
+/// guarded on `device remove`; `service exec` reaches a device through a
+/// stock sshd jump host (its log shows the direct-tcpip open) and records
+/// the jump's host key too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jump_hosts_are_checked_listed_and_used() {
+    init();
+    let jump = Sshd::start_with(10, "AllowTcpForwarding yes\nLogLevel DEBUG1").await;
+    let target = Sshd::start(10).await;
+    let env = Env::new();
+    ok(&env.service(&["init"]));
+    let pw = env.path("sshd-pw");
+    std::fs::write(&pw, format!("{TEST_PASSWORD}\n")).unwrap();
+    let add = |name: &str, port: u16, extra: &[&str]| {
+        let port = port.to_string();
+        let mut args = vec![
+            "device",
+            "add",
+            name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--device-type",
+            "LINUX",
+            "--username",
+            TEST_USER,
+            "--password-file",
+            pw.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        env.service(&args)
+    };
+    let fails = |out: Output, want: &str| {
+        assert!(!out.status.success(), "should fail: {want}");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains(want), "{err}");
+    };
+    ok(&add("jump-1", jump.port, &[]));
+    // An unknown jump host: refused, and no device is left behind.
+    fails(
+        add("behind", target.port, &["--jump-host", "nope"]),
+        "jump host \"nope\" is not a device in the inventory",
+    );
+    ok(&env.service(&["device", "add", "sim-1", "--driver", "simulator"]));
+    fails(
+        add("behind", target.port, &["--jump-host", "sim-1"]),
+        "a jump host must be an ssh device",
+    );
+    let list = json(&ok(&env.service(&["device", "list", "--json"])));
+    assert_eq!(list.as_array().unwrap().len(), 2, "nothing added: {list}");
+    ok(&add("behind", target.port, &["--jump-host", "jump-1"]));
+    // A cycle: jump-1 through behind, which goes through jump-1.
+    fails(
+        env.service(&["device", "set", "jump-1", "--jump-host", "behind"]),
+        "would make a cycle: jump-1 -> behind -> jump-1",
+    );
+    fails(
+        env.service(&["device", "remove", "jump-1"]),
+        "it is the jump host of behind",
+    );
+    let text = ok(&env.service(&["device", "list"]));
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let col = rows[0].iter().position(|h| *h == "JUMP").expect("JUMP");
+    let cell = |name: &str| rows.iter().find(|r| r[0] == name).unwrap()[col];
+    assert_eq!((cell("behind"), cell("jump-1")), ("jump-1", "-"), "{text}");
+
+    let exec = |device: &str| {
+        let (db, admin, home) = (env.db(), env.path("admin-pw"), env.dir.path().to_owned());
+        let device = device.to_string();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(switchyard_bin())
+                .args(["service", "--db"])
+                .arg(db)
+                .arg("--admin-password-file")
+                .arg(admin)
+                .args(["exec", &device, "-c", "echo via-$((6*7))", "--json"])
+                .env("XDG_CONFIG_HOME", home)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = exec("behind").await.unwrap();
+    let report = &exec_json(&out)[0];
+    assert_eq!(report["status"], "success", "{report}\n{}", jump.log());
+    assert_eq!(
+        report["results"][0]["output"].as_str().unwrap().trim(),
+        "via-42"
+    );
+    let want = format!("target 127.0.0.1 port {}", target.port);
+    assert!(jump.log().contains(&want), "{}", jump.log());
+    // Both host keys were recorded: the target's and the jump's.
+    let list = json(&ok(&env.service(&["device", "list", "--json"])));
+    for (name, server) in [("behind", &target), ("jump-1", &jump)] {
+        let d = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .unwrap();
+        assert_eq!(
+            common::key_body(d["host_key"].as_str().unwrap_or_default()),
+            common::key_body(&server.host_public_key()),
+            "{name}: {d}"
+        );
+    }
+    // Cleared: reached directly again, and jump-1 may go.
+    ok(&env.service(&["device", "set", "behind", "--jump-host", "none"]));
+    ok(&env.service(&["device", "remove", "jump-1"]));
+    let out = exec("behind").await.unwrap();
+    assert_eq!(exec_json(&out)[0]["status"], "success");
+}

@@ -50,6 +50,7 @@ fn target(fleet: &SimFleet, platform: Platform, session: SessionKind) -> DeviceT
         known_host_key: None,
         legacy_algorithms: None,
         profile: DeviceProfile { platform, session },
+        jump: None,
     }
 }
 
@@ -246,4 +247,39 @@ async fn confirm_questions_take_the_commands_next_line() {
     // ... and the next command gets a fresh shell.
     assert!(out[2].as_ref().unwrap().output.contains("UTC"));
     assert_eq!(fleet.shells_opened(), 2);
+}
+
+/// A warm shell is keyed by a tag of the device's secrets: after `device
+/// set` changes the password, the next command does not use the shell
+/// logged in with the old one (nor its SSH connection), so a wrong new
+/// password fails at once instead of riding on the old login; the old
+/// secret finds its own warm shell again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_password_is_not_served_by_an_old_warm_shell() {
+    init();
+    let fleet = fleet(true, ShellOptions::default()).await;
+    let pool = SshPool::new(SshDriverConfig::default());
+    let good = target(&fleet, Platform::IosXe, SessionKind::Shell);
+    run(&pool, &good, &["show clock"]).await[0]
+        .as_ref()
+        .unwrap();
+    assert_eq!(fleet.shells_opened(), 1);
+
+    let mut changed = good.clone();
+    changed.credentials.password = Some(Secret::new("not-the-password"));
+    let err = within(30, "exec", pool.exec(&changed, &cmds(&["show clock"]), T))
+        .await
+        .expect_err("the new, wrong password is used");
+    assert!(
+        matches!(err, DriverError::AuthenticationFailed { .. }),
+        "{err}"
+    );
+    assert_eq!(fleet.shells_opened(), 1, "no shell for a refused login");
+
+    // The old password again: its warm shell is still there.
+    run(&pool, &good, &["show clock"]).await[0]
+        .as_ref()
+        .unwrap();
+    assert_eq!(fleet.shells_opened(), 1, "the old warm shell was reused");
+    assert_eq!(pool.stats().connects, 1);
 }

@@ -31,6 +31,7 @@ fn target(name: &str, port: u16, password: &str) -> DeviceTarget {
         known_host_key: None,
         legacy_algorithms: None,
         profile: Default::default(),
+        jump: None,
     }
 }
 

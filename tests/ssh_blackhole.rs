@@ -100,6 +100,7 @@ fn target(port: u16) -> DeviceTarget {
         known_host_key: None,
         legacy_algorithms: None,
         profile: Default::default(),
+        jump: None,
     }
 }
 

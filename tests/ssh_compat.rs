@@ -35,6 +35,7 @@ fn target(port: u16, password: &str, legacy: Option<bool>) -> DeviceTarget {
         known_host_key: None,
         legacy_algorithms: legacy,
         profile: Default::default(),
+        jump: None,
     }
 }
 

@@ -26,6 +26,7 @@ fn target(port: u16, password: &str) -> DeviceTarget {
         known_host_key: None,
         legacy_algorithms: None,
         profile: Default::default(),
+        jump: None,
     }
 }
 
@@ -229,6 +230,7 @@ async fn ten_thousand_callers_to_one_device_share_the_limit() {
         known_host_key: None,
         legacy_algorithms: None,
         profile: Default::default(),
+        jump: None,
     };
     let command = cmds(&["show version"]);
     let runs = (0..10_000).map(|_| pool.exec(&t, &command, Duration::from_secs(120)));

@@ -93,6 +93,7 @@ async fn exec(port: u16) -> DriverError {
         known_host_key: None,
         legacy_algorithms: None,
         profile: Default::default(),
+        jump: None,
     };
     within(
         30,

@@ -61,6 +61,7 @@ fn target(name: &str, port: u16, password: &str) -> DeviceTarget {
             platform: Platform::Linux,
             session: SessionKind::Exec,
         },
+        jump: None,
     }
 }
 
@@ -226,6 +227,7 @@ fn sim_target(fleet: &SimFleet, platform: Platform, password: &str) -> DeviceTar
             platform,
             session: SessionKind::Exec,
         },
+        jump: None,
     }
 }
 

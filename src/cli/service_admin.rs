@@ -177,6 +177,11 @@ pub enum DeviceCommand {
         /// simulated device.
         #[arg(long, value_name = "PORTS")]
         forward_ports: Option<String>,
+        /// Reach this device through another inventory device (an ssh
+        /// device): an SSH `direct-tcpip` channel on the jump host's
+        /// pooled connection, like `ssh -J`. The jump device must exist.
+        #[arg(long, value_name = "DEVICE")]
+        jump_host: Option<String>,
     },
     /// List devices (never shows secrets).
     List {
@@ -327,6 +332,7 @@ fn device_command(
             legacy_algorithms,
             shell,
             forward_ports,
+            jump_host,
         } => {
             check_device_type(&device_type)?;
             let (session, enable_password) = shell.read()?;
@@ -390,9 +396,17 @@ fn device_command(
             };
             let mut inventory = Inventory::open(db, &admin()?)?;
             inventory.add_device(&device)?;
-            if let Some(ports) = forward_ports {
-                let ports = crate::service::inventory::ForwardPorts::Listed(ports);
-                inventory.set_forward_ports(&name, &ports)?;
+            let settings = (|| {
+                if let Some(ports) = forward_ports {
+                    let ports = crate::service::inventory::ForwardPorts::Listed(ports);
+                    inventory.set_forward_ports(&name, &ports)?;
+                }
+                inventory.set_jump_host(&name, jump_host.as_deref())
+            })();
+            if let Err(e) = settings {
+                // All or nothing: a refused setting leaves no device behind.
+                let _ = inventory.remove_device(&name);
+                return Err(e.into());
             }
             outln!("added device {name}");
         }
@@ -402,7 +416,7 @@ fn device_command(
                 print_json(&devices);
             } else {
                 outln!(
-                    "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} {:<8} {:<6} ATTRIBUTES",
+                    "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} {:<8} {:<6} {:<16} ATTRIBUTES",
                     "NAME",
                     "HOST",
                     "PORT",
@@ -410,11 +424,12 @@ fn device_command(
                     "DRIVER",
                     "USER",
                     "SESSION",
-                    "ENABLE"
+                    "ENABLE",
+                    "JUMP"
                 );
                 for d in devices {
                     outln!(
-                        "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} {:<8} {:<6} {}",
+                        "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} {:<8} {:<6} {:<16} {}",
                         d.name,
                         d.host,
                         d.port,
@@ -423,6 +438,7 @@ fn device_command(
                         d.username.as_deref().unwrap_or("-"),
                         session_text(&d),
                         if d.has_enable_password { "set" } else { "-" },
+                        d.jump_host.as_deref().unwrap_or("-"),
                         super::remote::attributes_text(&d.attributes)
                     );
                 }

@@ -61,6 +61,10 @@ pub struct DeviceSetArgs {
     /// `default` for the device's own SSH port again.
     #[arg(long, value_name = "PORTS|none|default")]
     pub forward_ports: Option<String>,
+    /// Reach the device through another inventory device (an ssh device,
+    /// SSH `direct-tcpip`); `none` to reach it directly again.
+    #[arg(long, value_name = "DEVICE|none")]
+    pub jump_host: Option<String>,
 }
 
 /// `service user set NAME ...`: only the options given change.
@@ -180,6 +184,11 @@ pub fn device_set(
     record.attributes.extend(attrs);
     if let Some(legacy) = legacy {
         record.legacy_algorithms = legacy;
+    }
+    // The jump host first: a refused one changes nothing.
+    if let Some(jump) = args.jump_host.as_deref().map(str::trim) {
+        let jump = Some(jump).filter(|j| *j != "none");
+        inv.set_jump_host(&args.name, jump)?;
     }
     inv.replace_device(&record)?;
     if let Some(ports) = forward_ports {

@@ -413,13 +413,28 @@ impl ServiceOps {
         if !principal.scope.allows(name) {
             return Err(OpsError::NoDevice(name.to_string()));
         }
-        let (device, credentials) =
-            self.inventory()
-                .device_with_credentials(name)
-                .map_err(|e| match e {
-                    InventoryError::UnknownDevice(n) => OpsError::NoDevice(n),
-                    other => other.into(),
-                })?;
+        self.target(name, 0).map_err(|e| match e {
+            OpsError::Inventory(InventoryError::UnknownDevice(n)) => OpsError::NoDevice(n),
+            other => other,
+        })
+    }
+
+    /// Device `name` and, through its `jump_host`, the chain of devices it
+    /// is reached through (`hops` so far; the inventory keeps chains
+    /// acyclic and short, this bound guards a file edited by hand). A jump
+    /// device needs no scope of its own: it is the path, not the target.
+    fn target(&self, name: &str, hops: usize) -> Result<DeviceTarget, OpsError> {
+        let (device, credentials) = self.inventory().device_with_credentials(name)?;
+        let jump = match &device.jump_host {
+            Some(_) if hops >= crate::service::inventory::MAX_JUMPS => {
+                return Err(OpsError::Inventory(InventoryError::Corrupt(format!(
+                    "the jump hosts of {name} go on for more than {} hops",
+                    crate::service::inventory::MAX_JUMPS
+                ))));
+            }
+            Some(jump) => Some(Box::new(self.target(jump, hops + 1)?)),
+            None => None,
+        };
         Ok(DeviceTarget {
             credentials,
             name: device.name,
@@ -429,12 +444,31 @@ impl ServiceOps {
             known_host_key: device.host_key,
             legacy_algorithms: device.legacy_algorithms,
             profile: DeviceProfile::new(&device.device_type, device.session),
+            jump,
         })
     }
 
     pub(super) fn record_host_key(&self, device: &str, key: &str) {
         if let Err(e) = self.inventory().record_host_key(device, key) {
             warn!(device, error = %e, "cannot record the device's host key");
+        }
+    }
+
+    /// Records the host keys a call met for the first time: the target's
+    /// (`learned`) and those of the jump hosts it went through, which the
+    /// SSH pool keeps until asked.
+    pub(super) fn record_learned(&self, target: &DeviceTarget, learned: Option<&str>) {
+        if let Some(key) = learned {
+            self.record_host_key(&target.name, key);
+        }
+        let mut jump = target.jump.as_deref();
+        while let Some(hop) = jump {
+            if hop.known_host_key.is_none()
+                && let Some(key) = self.drivers.take_host_key(&hop.name)
+            {
+                self.record_host_key(&hop.name, &key);
+            }
+            jump = hop.jump.as_deref();
         }
     }
 
@@ -513,9 +547,7 @@ impl ServiceOps {
             .drivers
             .run(&target, commands, options, &mut sink)
             .await?;
-        if let Some(key) = &run.learned_host_key {
-            self.record_host_key(&target.name, key);
-        }
+        self.record_learned(&target, run.learned_host_key.as_deref());
         slot.record_output(run.output_bytes.min(usize::MAX as u64) as usize);
         Ok(run)
     }
@@ -531,9 +563,7 @@ impl ServiceOps {
     ) -> Result<(), OpsError> {
         let target = self.resolve(principal, device)?;
         let (mut terminal, learned) = self.drivers.terminal(&target, cols, rows).await?;
-        if let Some(key) = learned {
-            self.record_host_key(&target.name, &key);
-        }
+        self.record_learned(&target, learned.as_deref());
         if out.send(Response::TerminalReady).await.is_err() {
             return Ok(());
         }

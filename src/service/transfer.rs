@@ -59,9 +59,7 @@ impl ServiceOps {
             .drivers()
             .download(&target, request, max_bytes, out)
             .await?;
-        if let Some(key) = &done.learned_host_key {
-            self.record_host_key(&target.name, key);
-        }
+        self.record_learned(&target, done.learned_host_key.as_deref());
         let _ = out.send(Response::FileDone { bytes: done.bytes }).await;
         Ok(())
     }
@@ -87,9 +85,7 @@ impl ServiceOps {
             .drivers()
             .upload(&target, request, size, mode, input, out)
             .await?;
-        if let Some(key) = &done.learned_host_key {
-            self.record_host_key(&target.name, key);
-        }
+        self.record_learned(&target, done.learned_host_key.as_deref());
         let _ = out.send(Response::FileDone { bytes: done.bytes }).await;
         Ok(())
     }

@@ -97,6 +97,28 @@ pub struct DeviceTarget {
     pub legacy_algorithms: Option<bool>,
     /// The device's type and where its commands run.
     pub profile: DeviceProfile,
+    /// The inventory device this one is reached through (SSH
+    /// `direct-tcpip`, RFC 4254 §7.2, on the jump's pooled connection);
+    /// `None`: a TCP connection of our own. SSH driver only.
+    pub jump: Option<Box<DeviceTarget>>,
+}
+
+impl DeviceTarget {
+    /// A tag of the target's secrets (password, private key, enable
+    /// secret) under a keyed hash whose key (`keys`) is the caller's,
+    /// random per process: pooled connections and warm shells are keyed
+    /// with it, so a changed secret is used by the next connection or
+    /// shell instead of one logged in with the old secret. The secrets
+    /// themselves are not kept in the key.
+    pub(crate) fn credentials_tag(&self, keys: &std::hash::RandomState) -> u64 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = keys.build_hasher();
+        let c = &self.credentials;
+        for secret in [&c.password, &c.private_key, &c.enable_password] {
+            secret.as_ref().map(|s| s.expose()).hash(&mut h);
+        }
+        h.finish()
+    }
 }
 
 /// What kind of device a target is and how its commands run.
@@ -254,6 +276,28 @@ pub enum DriverError {
     Silent { device: String, after: Duration },
     #[error("the shell of {device} could not be set up: {reason}")]
     Shell { device: String, reason: String },
+    /// The jump host could not be used (its connect, authentication or
+    /// host key failed): `reason` is its own error, naming it.
+    #[error("cannot reach {device} through the jump host {jump}: {reason}")]
+    Jump {
+        device: String,
+        jump: String,
+        reason: String,
+    },
+    /// The jump host refused to open the `direct-tcpip` channel (RFC 4254
+    /// §7.2; OpenSSH does so when `AllowTcpForwarding` is off, or when it
+    /// cannot connect to the target).
+    #[error("the jump host {jump} refused direct-tcpip to {addr} for {device} ({reason}){hint}")]
+    JumpRefused {
+        device: String,
+        jump: String,
+        /// The target's `host:port` as asked of the jump.
+        addr: String,
+        /// The jump's reason code (RFC 4254 §5.1).
+        reason: String,
+        /// What to check on the jump host.
+        hint: &'static str,
+    },
 }
 
 /// The driver set a service uses: one SSH pool, the Telnet driver, plus
@@ -330,6 +374,12 @@ impl Drivers {
             self.run(target, commands, options, &mut sink).await
         })
         .await
+    }
+
+    /// A host key first seen on a connection to `device` that no caller
+    /// has recorded yet (a jump host's; see [`ssh::SshPool::take_host_key`]).
+    pub fn take_host_key(&self, device: &str) -> Option<String> {
+        self.ssh.take_host_key(device)
     }
 
     /// Opens an interactive shell on a device. Returns the terminal and, on

@@ -54,16 +54,23 @@ struct ShellKey {
     port: u16,
     username: Option<String>,
     platform: Platform,
+    /// [`DeviceTarget::credentials_tag`]: a shell logged in (or enabled)
+    /// with secrets since changed is not used again (it closes when idle).
+    credentials: u64,
+    /// The jump host, for SSH shells behind one.
+    jump: Option<String>,
 }
 
 impl ShellKey {
-    fn of(target: &DeviceTarget) -> Self {
+    fn of(target: &DeviceTarget, keys: &std::hash::RandomState) -> Self {
         Self {
             device: target.name.clone(),
             host: target.host.clone(),
             port: target.port,
             username: target.credentials.username.clone(),
             platform: target.profile.platform,
+            credentials: target.credentials_tag(keys),
+            jump: target.jump.as_ref().map(|j| j.name.clone()),
         }
     }
 }
@@ -160,6 +167,8 @@ impl Drop for ShellChannel {
 struct StoreInner {
     idle: Mutex<HashMap<ShellKey, Vec<WarmShell>>>,
     idle_timeout: Duration,
+    /// The key of the shells' [`DeviceTarget::credentials_tag`].
+    tag_keys: std::hash::RandomState,
 }
 
 impl StoreInner {
@@ -182,6 +191,7 @@ impl ShellStore {
         let inner = Arc::new(StoreInner {
             idle: Mutex::new(HashMap::new()),
             idle_timeout,
+            tag_keys: std::hash::RandomState::new(),
         });
         let period = (idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
         let reaper = tokio::spawn(reap(Arc::downgrade(&inner), period));
@@ -227,7 +237,7 @@ impl ShellStore {
         reset: ShellReset,
         sink: &mut OutputSink,
     ) -> Result<DeviceRun, DriverError> {
-        let key = ShellKey::of(target);
+        let key = ShellKey::of(target, &self.inner.tag_keys);
         let mut learned_host_key = None;
         let mut results = Vec::with_capacity(commands.len());
         let mut output_bytes = 0u64;

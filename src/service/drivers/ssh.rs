@@ -113,6 +113,47 @@ struct PoolKey {
     host: String,
     port: u16,
     username: String,
+    /// The jump device the connection goes through (`None`: direct), so a
+    /// changed `jump_host` gets a fresh connection.
+    jump: Option<String>,
+    /// [`DeviceTarget::credentials_tag`]: a changed password or key gets a
+    /// fresh connection (the old ones close when idle).
+    credentials: u64,
+}
+
+impl PoolKey {
+    fn of(target: &DeviceTarget, keys: &std::hash::RandomState) -> Result<Self, DriverError> {
+        let username =
+            target
+                .credentials
+                .username
+                .clone()
+                .ok_or_else(|| DriverError::NoUsername {
+                    device: target.name.clone(),
+                })?;
+        Ok(Self {
+            device: target.name.clone(),
+            host: target.host.clone(),
+            port: target.port,
+            username,
+            jump: target.jump.as_ref().map(|j| j.name.clone()),
+            credentials: target.credentials_tag(keys),
+        })
+    }
+}
+
+/// What kind of channel a caller opens (RFC 4254 §6.1 and §7.2).
+#[derive(Clone, Copy)]
+enum ChannelKind<'a> {
+    /// A session channel, for a command, a shell or a file transfer.
+    Session,
+    /// A `direct-tcpip` channel to `host:port` through this device, the
+    /// jump host of `behind`.
+    DirectTcpip {
+        host: &'a str,
+        port: u16,
+        behind: &'a str,
+    },
 }
 
 type SshHandle = Handle<HostKeyCheck>;
@@ -128,6 +169,22 @@ struct PooledConn {
     /// form), until one lease has taken it to be recorded: one report per
     /// connection, not one per command.
     host_key: Option<String>,
+    /// For a device behind a jump host: the `direct-tcpip` channel slot on
+    /// the jump's connection this connection runs over, freed with it.
+    /// **Never dropped under the pool lock** (its drop takes the lock):
+    /// removed connections leave through [`take_conns`].
+    _via: Option<Lease>,
+}
+
+/// Removes the connections `keep` refuses from `conns` and hands them
+/// back, for the caller to drop after releasing the pool lock.
+fn take_conns(
+    conns: &mut Vec<PooledConn>,
+    mut keep: impl FnMut(&PooledConn) -> bool,
+) -> Vec<PooledConn> {
+    let (kept, gone) = std::mem::take(conns).into_iter().partition(|c| keep(c));
+    *conns = kept;
+    gone
 }
 
 /// One device's connections, its connect in flight and its queue.
@@ -162,6 +219,8 @@ struct PoolShared {
     client_configs: ClientConfigs,
     state: Mutex<PoolState>,
     connects: AtomicU64,
+    /// The key of [`DeviceTarget::credentials_tag`] in pool keys.
+    tag_keys: std::hash::RandomState,
 }
 
 /// Counters for status output and tests.
@@ -192,7 +251,8 @@ impl std::fmt::Debug for SshPool {
 
 /// A channel slot on one pooled connection; returns the slot when dropped.
 pub(super) struct Lease {
-    shared: Arc<PoolShared>,
+    /// Weak: a jump connection's lease lives inside the pool's state.
+    shared: Weak<PoolShared>,
     key: PoolKey,
     id: u64,
     handle: Arc<SshHandle>,
@@ -203,8 +263,13 @@ pub(super) struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let mut state = lock(&self.shared.state);
-        let close_now = self.shared.config.idle_timeout.is_zero();
+        let Some(shared) = self.shared.upgrade() else {
+            return; // the pool is gone, and its connections with it
+        };
+        // Declared before the guard: dropped after it is released.
+        let mut closed = Vec::new();
+        let mut state = lock(&shared.state);
+        let close_now = shared.config.idle_timeout.is_zero();
         if let Some(dev) = state.devices.get_mut(&self.key) {
             if let Some(conn) = dev.conns.iter_mut().find(|c| c.id == self.id) {
                 conn.open_channels = conn.open_channels.saturating_sub(1);
@@ -213,13 +278,15 @@ impl Drop for Lease {
             // With a zero idle timeout an unused connection closes at once,
             // unless a queued caller is about to use it.
             if close_now && Arc::strong_count(&dev.wake) == 1 {
-                dev.conns.retain(|c| c.open_channels > 0);
+                closed = take_conns(&mut dev.conns, |c| c.open_channels > 0);
             }
             dev.wake.notify_one();
             if dev.unused() {
                 state.devices.remove(&self.key);
             }
         }
+        drop(state);
+        drop(closed);
     }
 }
 
@@ -276,6 +343,7 @@ impl SshPool {
             client_configs,
             state: Mutex::new(PoolState::default()),
             connects: AtomicU64::new(0),
+            tag_keys: std::hash::RandomState::new(),
         });
         let period = (shared.config.idle_timeout / 2)
             .clamp(Duration::from_millis(100), Duration::from_secs(30));
@@ -463,34 +531,66 @@ impl SshPool {
         target: &DeviceTarget,
         timeout: Duration,
     ) -> Result<(Lease, Channel<Msg>), DriverError> {
-        let username =
-            target
-                .credentials
-                .username
-                .clone()
-                .ok_or_else(|| DriverError::NoUsername {
-                    device: target.name.clone(),
-                })?;
-        let key = PoolKey {
-            device: target.name.clone(),
-            host: target.host.clone(),
-            port: target.port,
-            username,
-        };
-        let waited = self.shared.config.connect_timeout.saturating_add(timeout);
+        self.shared
+            .open_channel(target, timeout, ChannelKind::Session)
+            .await
+    }
+
+    /// Takes the host key first seen on a connection to `device` that no
+    /// lease has reported (a jump host's: a connection used only for
+    /// `direct-tcpip` reports nothing to its callers), to be recorded.
+    pub fn take_host_key(&self, device: &str) -> Option<String> {
+        let mut state = lock(&self.shared.state);
+        state
+            .devices
+            .iter_mut()
+            .filter(|(key, _)| key.device == device)
+            .flat_map(|(_, dev)| dev.conns.iter_mut())
+            .find_map(|conn| conn.host_key.take())
+    }
+}
+
+impl PoolShared {
+    /// [`SshPool::open_channel`] for a channel of any kind. A jump host's
+    /// refusal of a `direct-tcpip` channel is final
+    /// ([`DriverError::JumpRefused`]), not a full connection.
+    async fn open_channel(
+        self: &Arc<Self>,
+        target: &DeviceTarget,
+        timeout: Duration,
+        kind: ChannelKind<'_>,
+    ) -> Result<(Lease, Channel<Msg>), DriverError> {
+        let key = PoolKey::of(target, &self.tag_keys)?;
+        let waited = self.config.connect_timeout.saturating_add(timeout);
         let deadline = tokio::time::Instant::now() + waited;
+        // The host key is reported to the callers of session channels; a
+        // jump's stays on its connection (see `SshPool::take_host_key`).
+        let report_host_key = matches!(kind, ChannelKind::Session);
         // A few rounds: a pooled connection may have died or hit the
         // device's session limit since we last used it.
         let mut last_error = None;
         // A host key to record survives a retry on another lease.
         let mut host_key = None;
         for _ in 0..4 {
-            let mut lease = self.acquire(&key, target, deadline, waited).await?;
+            let mut lease = self
+                .acquire(&key, target, deadline, waited, report_host_key)
+                .await?;
             host_key = host_key.or(lease.host_key.take());
             // A pooled connection whose path went silent never answers: the
             // open counts against the caller's timeout, and a connection
             // that lets it pass is dead (issue 15 input 6).
-            let opened = tokio::time::timeout(timeout, lease.handle.channel_open_session()).await;
+            let opening = async {
+                match kind {
+                    ChannelKind::Session => lease.handle.channel_open_session().await,
+                    ChannelKind::DirectTcpip { host, port, .. } => {
+                        lease
+                            .handle
+                            .channel_open_direct_tcpip(host, port.into(), "127.0.0.1", 0)
+                            .await
+                    }
+                }
+            };
+            let opened = tokio::time::timeout(timeout, opening).await;
             let Ok(opened) = opened else {
                 debug!("no answer to a channel open; dropping the silent connection");
                 self.remove(&lease);
@@ -499,12 +599,33 @@ impl SshPool {
                     after: timeout,
                 });
             };
-            match opened {
-                Ok(channel) => {
+            match (opened, kind) {
+                (Ok(channel), _) => {
                     lease.host_key = host_key;
                     return Ok((lease, channel));
                 }
-                Err(russh::Error::ChannelOpenFailure(reason)) => {
+                (
+                    Err(russh::Error::ChannelOpenFailure(reason)),
+                    ChannelKind::DirectTcpip { host, port, behind },
+                ) => {
+                    let hint = match reason {
+                        russh::ChannelOpenFailure::AdministrativelyProhibited => {
+                            "; AllowTcpForwarding on the jump host?"
+                        }
+                        russh::ChannelOpenFailure::ConnectFailed => {
+                            "; the jump host could not connect there"
+                        }
+                        _ => "",
+                    };
+                    return Err(DriverError::JumpRefused {
+                        device: behind.to_string(),
+                        jump: target.name.clone(),
+                        addr: format!("{host}:{port}"),
+                        reason: format!("{reason:?}"),
+                        hint,
+                    });
+                }
+                (Err(russh::Error::ChannelOpenFailure(reason)), ChannelKind::Session) => {
                     debug!(
                         ?reason,
                         "device refused a channel; treating the connection as full"
@@ -512,7 +633,7 @@ impl SshPool {
                     self.mark_full(&lease);
                     last_error = Some(format!("channel refused: {reason:?}"));
                 }
-                Err(e) => {
+                (Err(e), _) => {
                     debug!(error = %e, "pooled connection is dead; dropping it");
                     self.remove(&lease);
                     last_error = Some(e.to_string());
@@ -528,21 +649,25 @@ impl SshPool {
     /// A channel slot on one of the device's connections: a free one now,
     /// else a new connection if the device is below its limit and none is
     /// being opened, else the next slot that frees up (by `deadline`).
+    /// `report_host_key`: the lease carries a first-seen host key.
     async fn acquire(
-        &self,
+        self: &Arc<Self>,
         key: &PoolKey,
         target: &DeviceTarget,
         deadline: tokio::time::Instant,
         waited: Duration,
+        report_host_key: bool,
     ) -> Result<Lease, DriverError> {
-        let limit = self.shared.config.max_connections_per_device.max(1);
+        let limit = self.config.max_connections_per_device.max(1);
         // The connect this caller waits on, to learn if it failed.
         let mut waiting_on = None;
         loop {
             let wake: Arc<Notify>;
             let mut woken;
+            // Declared before the guard: dropped after it is released.
+            let closed;
             {
-                let mut guard = lock(&self.shared.state);
+                let mut guard = lock(&self.state);
                 let state = &mut *guard;
                 let dev = state.devices.entry(key.clone()).or_default();
                 if let (Some(attempt), Some((failed, error))) = (waiting_on, &dev.failed)
@@ -550,7 +675,7 @@ impl SshPool {
                 {
                     return Err(error.clone());
                 }
-                dev.conns.retain(|c| !c.handle.is_closed());
+                closed = take_conns(&mut dev.conns, |c| !c.handle.is_closed());
                 if let Some(conn) = dev
                     .conns
                     .iter_mut()
@@ -558,25 +683,28 @@ impl SshPool {
                     .min_by_key(|c| c.open_channels)
                 {
                     conn.open_channels += 1;
-                    let host_key = if target.known_host_key.is_none() {
+                    let host_key = if target.known_host_key.is_none() && report_host_key {
                         conn.host_key.take()
                     } else {
                         None
                     };
-                    return Ok(Lease {
-                        shared: self.shared.clone(),
+                    let lease = Lease {
+                        shared: Arc::downgrade(self),
                         key: key.clone(),
                         id: conn.id,
                         handle: conn.handle.clone(),
                         host_key,
-                    });
+                    };
+                    drop(guard);
+                    drop(closed);
+                    return Ok(lease);
                 }
                 if dev.connecting.is_none() && dev.conns.len() < limit {
                     state.next_id += 1;
                     let attempt = state.next_id;
                     dev.connecting = Some(attempt);
-                    tokio::spawn(connect_into_pool(
-                        self.shared.clone(),
+                    tokio::spawn(connect_task(
+                        self.clone(),
                         key.clone(),
                         target.clone(),
                         attempt,
@@ -589,6 +717,7 @@ impl SshPool {
                 woken = Box::pin(wake.notified());
                 woken.as_mut().enable();
             }
+            drop(closed);
             if tokio::time::timeout_at(deadline, woken).await.is_err() {
                 return Err(DriverError::Busy {
                     device: target.name.clone(),
@@ -600,7 +729,7 @@ impl SshPool {
     }
 
     fn mark_full(&self, lease: &Lease) {
-        let mut state = lock(&self.shared.state);
+        let mut state = lock(&self.state);
         if let Some(conn) = state
             .devices
             .get_mut(&lease.key)
@@ -612,13 +741,27 @@ impl SshPool {
     }
 
     fn remove(&self, lease: &Lease) {
-        let mut state = lock(&self.shared.state);
+        let mut closed = Vec::new();
+        let mut state = lock(&self.state);
         if let Some(dev) = state.devices.get_mut(&lease.key) {
-            dev.conns.retain(|c| c.id != lease.id);
+            closed = take_conns(&mut dev.conns, |c| c.id != lease.id);
             // Room for a new connection: a queued caller may open it.
             dev.wake.notify_waiters();
         }
+        drop(state);
+        drop(closed);
     }
+}
+
+/// [`connect_into_pool`] boxed, with its type written out: a connect may
+/// open a jump host's connection, which spawns a connect of its own.
+fn connect_task(
+    shared: Arc<PoolShared>,
+    key: PoolKey,
+    target: DeviceTarget,
+    attempt: u64,
+) -> futures::future::BoxFuture<'static, ()> {
+    Box::pin(connect_into_pool(shared, key, target, attempt))
 }
 
 /// The single connect in flight for one device: opens the connection, puts
@@ -639,13 +782,18 @@ async fn connect_into_pool(
         dev.connecting = None;
     }
     match result {
-        Ok((handle, host_key)) => dev.conns.push(PooledConn {
+        Ok(Connected {
+            handle,
+            host_key,
+            via,
+        }) => dev.conns.push(PooledConn {
             id,
             handle: Arc::new(handle),
             open_channels: 0,
             capacity: shared.config.max_sessions_per_connection,
             idle_since: Instant::now(),
             host_key,
+            _via: via,
         }),
         Err(error) => dev.failed = Some((attempt, error)),
     }
@@ -661,18 +809,21 @@ async fn reap(shared: Weak<PoolShared>, period: Duration) {
             return;
         };
         let idle = shared.config.idle_timeout;
+        let mut closed = Vec::new();
         let mut state = lock(&shared.state);
         for dev in state.devices.values_mut() {
-            let before = dev.conns.len();
-            dev.conns.retain(|c| {
+            let gone = take_conns(&mut dev.conns, |c| {
                 !c.handle.is_closed() && (c.open_channels > 0 || c.idle_since.elapsed() < idle)
             });
-            if dev.conns.len() < before {
+            if !gone.is_empty() {
                 // Room below the limit: a queued caller may connect.
                 dev.wake.notify_waiters();
             }
+            closed.extend(gone);
         }
         state.devices.retain(|_, dev| !dev.unused());
+        drop(state);
+        drop(closed);
     }
 }
 
@@ -707,13 +858,107 @@ fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
-/// Opens and authenticates one connection. Returns it with the host key
-/// presented (OpenSSH form).
+/// A connection just opened and authenticated.
+struct Connected {
+    handle: SshHandle,
+    /// The host key presented (OpenSSH form).
+    host_key: Option<String>,
+    /// The jump host's channel slot it runs over, if any.
+    via: Option<Lease>,
+}
+
+/// Opens and authenticates one connection: over TCP, or through the
+/// device's jump host (a `direct-tcpip` channel on the jump's pooled
+/// connection, opened first if need be). All of it, the jump's connect and
+/// channel open included, within `connect_timeout`.
 async fn connect(
+    shared: &Arc<PoolShared>,
+    target: &DeviceTarget,
+    key: &PoolKey,
+) -> Result<Connected, DriverError> {
+    let device = target.name.clone();
+    let after = shared.config.connect_timeout;
+    // Whether the jump host has given us its channel: a timeout before
+    // that is the jump's.
+    let through_jump = std::sync::atomic::AtomicBool::new(false);
+    let attempt = async {
+        match target.jump.as_deref() {
+            None => {
+                let addr = format!("{}:{}", key.host, key.port);
+                let stream = TcpStream::connect(&addr)
+                    .await
+                    .map_err(|e| DriverError::Connect {
+                        device: device.clone(),
+                        addr: addr.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let _ = stream.set_nodelay(true);
+                let (handle, host_key) = handshake(shared, target, key, stream).await?;
+                Ok(Connected {
+                    handle,
+                    host_key,
+                    via: None,
+                })
+            }
+            Some(jump) => {
+                let kind = ChannelKind::DirectTcpip {
+                    host: &key.host,
+                    port: key.port,
+                    behind: &device,
+                };
+                let (via, channel) =
+                    shared
+                        .open_channel(jump, after, kind)
+                        .await
+                        .map_err(|e| match e {
+                            refused @ DriverError::JumpRefused { .. } => refused,
+                            other => DriverError::Jump {
+                                device: device.clone(),
+                                jump: jump.name.clone(),
+                                reason: other.to_string(),
+                            },
+                        })?;
+                through_jump.store(true, Ordering::Relaxed);
+                let (handle, host_key) =
+                    handshake(shared, target, key, channel.into_stream()).await?;
+                Ok(Connected {
+                    handle,
+                    host_key,
+                    via: Some(via),
+                })
+            }
+        }
+    };
+    let connected = tokio::time::timeout(after, attempt).await.map_err(|_| {
+        match target.jump.as_deref() {
+            Some(jump) if !through_jump.load(Ordering::Relaxed) => DriverError::Jump {
+                device: device.clone(),
+                jump: jump.name.clone(),
+                reason: format!("no channel through the jump host within {after:?}"),
+            },
+            _ => DriverError::ConnectTimeout {
+                device: device.clone(),
+                after,
+            },
+        }
+    })??;
+    shared.connects.fetch_add(1, Ordering::Relaxed);
+    debug!(device = %device, jump = ?key.jump, "ssh connection established");
+    Ok(connected)
+}
+
+/// The SSH handshake and authentication on an open byte stream (a TCP
+/// connection, or a jump host's `direct-tcpip` channel). Returns the
+/// handle and the host key presented (OpenSSH form).
+async fn handshake<S>(
     shared: &PoolShared,
     target: &DeviceTarget,
     key: &PoolKey,
-) -> Result<(SshHandle, Option<String>), DriverError> {
+    stream: S,
+) -> Result<(SshHandle, Option<String>), DriverError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let device = target.name.clone();
     let expected = target
         .known_host_key
@@ -729,52 +974,30 @@ async fn connect(
         expected: expected.clone(),
         presented: presented.clone(),
     };
-    let after = shared.config.connect_timeout;
-    let attempt = async {
-        let addr = format!("{}:{}", key.host, key.port);
-        let stream = TcpStream::connect(&addr)
-            .await
-            .map_err(|e| DriverError::Connect {
-                device: device.clone(),
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
-        let _ = stream.set_nodelay(true);
-        let legacy = target
-            .legacy_algorithms
-            .unwrap_or(shared.config.legacy_algorithms);
-        let client_config = shared.client_configs.get(legacy);
-        let mut handle = client::connect_stream(client_config, stream, check)
-            .await
-            .map_err(
-                |e| match ssh_algorithms::negotiation_error(&device, e, legacy) {
-                    Ok(no_common) => no_common,
-                    Err(russh::Error::UnknownKey) => {
-                        let seen = presented.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                        DriverError::HostKeyChanged {
-                            device: device.clone(),
-                            expected: expected.as_ref().map(fingerprint).unwrap_or_default(),
-                            presented: seen.as_ref().map(fingerprint).unwrap_or_default(),
-                        }
-                    }
-                    Err(other) => DriverError::Ssh {
+    let legacy = target
+        .legacy_algorithms
+        .unwrap_or(shared.config.legacy_algorithms);
+    let client_config = shared.client_configs.get(legacy);
+    let mut handle = client::connect_stream(client_config, stream, check)
+        .await
+        .map_err(
+            |e| match ssh_algorithms::negotiation_error(&device, e, legacy) {
+                Ok(no_common) => no_common,
+                Err(russh::Error::UnknownKey) => {
+                    let seen = presented.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    DriverError::HostKeyChanged {
                         device: device.clone(),
-                        reason: other.to_string(),
-                    },
+                        expected: expected.as_ref().map(fingerprint).unwrap_or_default(),
+                        presented: seen.as_ref().map(fingerprint).unwrap_or_default(),
+                    }
+                }
+                Err(other) => DriverError::Ssh {
+                    device: device.clone(),
+                    reason: other.to_string(),
                 },
-            )?;
-        ssh_auth::authenticate(&mut handle, target, &key.username).await?;
-        Ok::<_, DriverError>(handle)
-    };
-    let handle =
-        tokio::time::timeout(after, attempt)
-            .await
-            .map_err(|_| DriverError::ConnectTimeout {
-                device: device.clone(),
-                after,
-            })??;
-    shared.connects.fetch_add(1, Ordering::Relaxed);
-    debug!(device = %device, "ssh connection established");
+            },
+        )?;
+    ssh_auth::authenticate(&mut handle, target, &key.username).await?;
     let seen = presented
         .lock()
         .unwrap_or_else(|p| p.into_inner())

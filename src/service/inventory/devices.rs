@@ -110,6 +110,10 @@ pub struct Device {
     pub has_enable_password: bool,
     /// Where commands run; `None` follows the device type's default.
     pub session: Option<SessionKind>,
+    /// The inventory device this one is reached through (SSH
+    /// `direct-tcpip`); `None`: reached directly. Set with
+    /// [`Inventory::set_jump_host`].
+    pub jump_host: Option<String>,
 }
 
 /// A device to add.
@@ -185,7 +189,7 @@ fn one_device(n: usize, name: &str) -> Result<(), InventoryError> {
 
 const DEVICE_COLUMNS: &str = "name, host, port, device_type, driver, attributes, username, \
      password_sealed IS NOT NULL, private_key_sealed IS NOT NULL, host_key, legacy_algorithms, \
-     enable_password_sealed IS NOT NULL, session";
+     enable_password_sealed IS NOT NULL, session, jump_host";
 
 fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, InventoryError>> {
     let driver: String = row.get(4)?;
@@ -208,6 +212,7 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, InventoryEr
             legacy_algorithms: row.get(10)?,
             has_enable_password: row.get(11)?,
             session: row.get(12)?,
+            jump_host: row.get(13)?,
         })
     })())
 }
@@ -258,8 +263,10 @@ impl Inventory {
         }
     }
 
-    /// Removes a device.
+    /// Removes a device (refused while another device is reached through
+    /// it: see [`Inventory::set_jump_host`]).
     pub fn remove_device(&mut self, name: &str) -> Result<(), InventoryError> {
+        self.check_not_a_jump_host(name, "remove")?;
         let n = self
             .conn
             .execute("DELETE FROM devices WHERE name = ?1", [name])?;
@@ -412,6 +419,10 @@ impl Inventory {
             return Err(InventoryError::Invalid(
                 "port 0 is not a device port".into(),
             ));
+        }
+        if device.driver != DriverKind::Ssh {
+            self.check_not_a_jump_host(&device.name, "change the driver of")?;
+            self.check_no_jump_host(&device.name, device.driver)?;
         }
         let (password, private_key, enable_password) = self.seal_device_secrets(device)?;
         let attributes = serde_json::to_string(&device.attributes)

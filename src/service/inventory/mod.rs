@@ -9,6 +9,7 @@
 
 mod devices;
 mod forwarding;
+mod jump;
 mod rekey;
 mod relay;
 mod schema;
@@ -22,6 +23,7 @@ use zeroize::Zeroizing;
 
 pub use devices::{Device, DeviceCredentials, DriverKind, NewDevice, SessionKind};
 pub use forwarding::{ForwardPorts, ForwardTarget};
+pub use jump::MAX_JUMPS;
 pub use rekey::ABORT_MIDWAY_ENV;
 pub use relay::RelayEnrollment;
 pub use users::{DeviceScope, LoginRecord, NewRemoteUser, RemoteUser, UserChanges};

@@ -57,6 +57,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE devices ADD COLUMN forward_ports TEXT;
     "#,
+    // 6: the inventory device this one is reached through over SSH
+    // `direct-tcpip` (NULL: reached directly; see `inventory::jump`).
+    r#"
+    ALTER TABLE devices ADD COLUMN jump_host TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.
