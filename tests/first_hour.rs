@@ -1153,3 +1153,64 @@ fn completions_and_man_pages_are_generated_from_the_command_line() {
     }
     assert_eq!(named, 4);
 }
+
+/// `service enroll` waits for the relay's answer; against a relay that
+/// accepts the connection and never answers, the first SIGINT (or
+/// SIGTERM) ends it at once, non-zero, and nothing is enrolled.
+async fn first_signal_stops_an_enrollment_waiting_for_the_relay(signal: nix::sys::signal::Signal) {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{text}\n")).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let admin = write("admin", "admin password for enrollment");
+    let otp = write("otp", "not-a-real-otp");
+    let db = dir.join("inv.db").display().to_string();
+    let svc = ["service", "--db", &db, "--admin-password-file", &admin];
+    let init = clean(dir).args(svc).arg("init").output().unwrap();
+    assert!(init.status.success(), "{}", stderr(&init));
+
+    // A "relay" that takes the TCP connection and then says nothing.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let mut cmd = tokio::process::Command::from(clean(dir));
+    cmd.args(svc)
+        .args(["enroll", "--relay", &url, "--otp-file", &otp])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().unwrap();
+    let (_held, _) = within(20, "the enrollment to reach the relay", silent.accept())
+        .await
+        .unwrap();
+
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, signal).unwrap();
+    let out = within(
+        5,
+        "the enrollment to stop on the first signal",
+        child.wait_with_output(),
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "{:?}", out.status);
+
+    // Nothing half-done: the inventory still says the service is not
+    // enrolled (a later `run --relay` would need a new OTP anyway).
+    let show = clean(dir).args(svc).arg("info").output().unwrap();
+    assert!(show.status.success(), "{}", stderr(&show));
+    let text = String::from_utf8_lossy(&show.stdout).into_owned();
+    assert!(!text.contains(&url), "the relay was recorded: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_sigint_stops_an_enrollment_waiting_for_the_relay() {
+    first_signal_stops_an_enrollment_waiting_for_the_relay(nix::sys::signal::Signal::SIGINT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_sigterm_stops_an_enrollment_waiting_for_the_relay() {
+    first_signal_stops_an_enrollment_waiting_for_the_relay(nix::sys::signal::Signal::SIGTERM).await;
+}
