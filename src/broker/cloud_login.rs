@@ -566,11 +566,7 @@ impl Handler<BeginSso> for CloudLogin {
 /// relay whose token it is), used instead of dialling again.
 #[derive(Message)]
 #[rtype(result = "Result<LoginSummary, CloudError>")]
-pub struct UseCredential(
-    pub Credential,
-    pub RelayInfo,
-    pub Option<RelayConnection>,
-);
+pub struct UseCredential(pub Credential, pub RelayInfo, pub Option<RelayConnection>);
 
 impl Handler<UseCredential> for CloudLogin {
     type Result = ResponseActFuture<Self, Result<LoginSummary, CloudError>>;
