@@ -15,11 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::sshd::{Sshd, TEST_PASSWORD, TEST_USER};
 use common::{init, within};
-use switchyard::secret::Secret;
 use switchyard::service::drivers::platform::Platform;
 use switchyard::service::drivers::ssh::{SshDriverConfig, SshPool};
 use switchyard::service::drivers::{DeviceProfile, DeviceTarget};
-use switchyard::service::inventory::{DeviceCredentials, DriverKind, SessionKind};
+use switchyard::service::inventory::SessionKind;
 
 const CALLERS: usize = 100;
 const ROUNDS: usize = 7;
@@ -27,23 +26,11 @@ const T: Duration = Duration::from_secs(60);
 
 fn target(port: u16) -> DeviceTarget {
     DeviceTarget {
-        name: "bench-1".into(),
-        host: "127.0.0.1".into(),
-        port,
-        driver: DriverKind::Ssh,
-        credentials: DeviceCredentials {
-            username: Some(TEST_USER.into()),
-            password: Some(Secret::new(TEST_PASSWORD)),
-            private_key: None,
-            enable_password: None,
-        },
-        known_host_key: None,
-        legacy_algorithms: None,
         profile: DeviceProfile {
             platform: Platform::Linux,
             session: SessionKind::Exec,
         },
-        jump: None,
+        ..common::loopback_device("bench-1", port, TEST_USER, TEST_PASSWORD)
     }
 }
 

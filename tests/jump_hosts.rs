@@ -10,35 +10,23 @@ use std::time::{Duration, Instant};
 
 use common::sshd::{Sshd, TEST_PASSWORD, TEST_USER};
 use common::{init, within};
-use switchyard::secret::Secret;
 use switchyard::service::drivers::platform::Platform;
 use switchyard::service::drivers::ssh::{SshDriverConfig, SshPool};
 use switchyard::service::drivers::terminal::TerminalInput;
 use switchyard::service::drivers::{DeviceProfile, DeviceTarget, DriverError};
-use switchyard::service::inventory::{DeviceCredentials, DriverKind, SessionKind};
+use switchyard::service::inventory::SessionKind;
 
 const T: Duration = Duration::from_secs(20);
 
 /// A stock-sshd device named `name` at `port`, reached through `jump`.
 fn target(name: &str, port: u16, password: &str, jump: Option<DeviceTarget>) -> DeviceTarget {
     DeviceTarget {
-        name: name.into(),
-        host: "127.0.0.1".into(),
-        port,
-        driver: DriverKind::Ssh,
-        credentials: DeviceCredentials {
-            username: Some(TEST_USER.into()),
-            password: Some(Secret::new(password)),
-            private_key: None,
-            enable_password: None,
-        },
-        known_host_key: None,
-        legacy_algorithms: None,
         profile: DeviceProfile {
             platform: Platform::Linux,
             session: SessionKind::Exec,
         },
         jump: jump.map(Box::new),
+        ..common::loopback_device(name, port, TEST_USER, password)
     }
 }
 

@@ -7,32 +7,15 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{init, key_body, switchyard_bin, within};
-use switchyard::secret::Secret;
 use switchyard::service::drivers::ssh::{SshDriverConfig, SshPool};
 use switchyard::service::drivers::{DeviceTarget, DriverError};
-use switchyard::service::inventory::{DeviceCredentials, DriverKind};
 use switchyard::sim::server::{SimFleet, SimFleetConfig, public_host_key_for};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const T: Duration = Duration::from_secs(20);
 
 fn target(name: &str, port: u16, password: &str) -> DeviceTarget {
-    DeviceTarget {
-        name: name.into(),
-        host: "127.0.0.1".into(),
-        port,
-        driver: DriverKind::Ssh,
-        credentials: DeviceCredentials {
-            username: Some("admin".into()),
-            password: Some(Secret::new(password)),
-            private_key: None,
-            enable_password: None,
-        },
-        known_host_key: None,
-        legacy_algorithms: None,
-        profile: Default::default(),
-        jump: None,
-    }
+    common::loopback_device(name, port, "admin", password)
 }
 
 async fn fleet(count: usize) -> SimFleet {

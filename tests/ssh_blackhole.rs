@@ -14,10 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::sshd::{Sshd, TEST_PASSWORD, TEST_USER};
 use common::{init, within};
-use switchyard::secret::Secret;
 use switchyard::service::drivers::ssh::{SshDriverConfig, SshPool};
 use switchyard::service::drivers::{DeviceTarget, DriverError};
-use switchyard::service::inventory::{DeviceCredentials, DriverKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -86,22 +84,7 @@ async fn pipe(
 }
 
 fn target(port: u16) -> DeviceTarget {
-    DeviceTarget {
-        name: "far-router".into(),
-        host: "127.0.0.1".into(),
-        port,
-        driver: DriverKind::Ssh,
-        credentials: DeviceCredentials {
-            username: Some(TEST_USER.into()),
-            password: Some(Secret::new(TEST_PASSWORD)),
-            private_key: None,
-            enable_password: None,
-        },
-        known_host_key: None,
-        legacy_algorithms: None,
-        profile: Default::default(),
-        jump: None,
-    }
+    common::loopback_device("far-router", port, TEST_USER, TEST_PASSWORD)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,29 +13,15 @@ use std::time::Duration;
 
 use common::sshd::{Sshd, TEST_PASSWORD, TEST_USER};
 use common::{init, key_body, within};
-use switchyard::secret::Secret;
 use switchyard::service::drivers::ssh::{SshDriverConfig, SshPool};
 use switchyard::service::drivers::{DeviceExec, DeviceTarget, DriverError};
-use switchyard::service::inventory::{DeviceCredentials, DriverKind};
 
 const T: Duration = Duration::from_secs(20);
 
 fn target(port: u16, password: &str, legacy: Option<bool>) -> DeviceTarget {
     DeviceTarget {
-        name: "old-router".into(),
-        host: "127.0.0.1".into(),
-        port,
-        driver: DriverKind::Ssh,
-        credentials: DeviceCredentials {
-            username: Some(TEST_USER.into()),
-            password: Some(Secret::new(password)),
-            private_key: None,
-            enable_password: None,
-        },
-        known_host_key: None,
         legacy_algorithms: legacy,
-        profile: Default::default(),
-        jump: None,
+        ..common::loopback_device("old-router", port, TEST_USER, password)
     }
 }
 

@@ -12,22 +12,7 @@ use switchyard::service::drivers::{CommandError, DeviceTarget, DriverError};
 use switchyard::service::inventory::{DeviceCredentials, DriverKind};
 
 fn target(port: u16, password: &str) -> DeviceTarget {
-    DeviceTarget {
-        name: "linux-1".into(),
-        host: "127.0.0.1".into(),
-        port,
-        driver: DriverKind::Ssh,
-        credentials: DeviceCredentials {
-            username: Some(TEST_USER.into()),
-            password: Some(Secret::new(password)),
-            private_key: None,
-            enable_password: None,
-        },
-        known_host_key: None,
-        legacy_algorithms: None,
-        profile: Default::default(),
-        jump: None,
-    }
+    common::loopback_device("linux-1", port, TEST_USER, password)
 }
 
 fn cmds(list: &[&str]) -> Vec<String> {

@@ -45,23 +45,12 @@ fn telnet_device(name: &str, port: u16) -> NewDevice {
 
 fn target(name: &str, port: u16, password: &str) -> DeviceTarget {
     DeviceTarget {
-        name: name.into(),
-        host: "127.0.0.1".into(),
-        port,
         driver: DriverKind::Telnet,
-        credentials: DeviceCredentials {
-            username: Some(TEST_USER.into()),
-            password: Some(Secret::new(password)),
-            private_key: None,
-            enable_password: None,
-        },
-        known_host_key: None,
-        legacy_algorithms: None,
         profile: DeviceProfile {
             platform: Platform::Linux,
             session: SessionKind::Exec,
         },
-        jump: None,
+        ..common::loopback_device(name, port, TEST_USER, password)
     }
 }
 
@@ -124,10 +113,24 @@ async fn exec_and_terminal_on_a_real_telnetd_through_the_broker() {
         }
     })
     .await;
-    stdin
-        .write_all(b"echo tele$((40+2))\rexit\r")
-        .await
-        .unwrap();
+    // `exit` only once the output is back: inetutils-telnetd ends the
+    // session when the shell exits, and may drop what the shell wrote
+    // just before (seen: `echo` and `exit` typed together lost the echo).
+    stdin.write_all(b"echo tele$((40+2))\r").await.unwrap();
+    within(30, "the command's output", async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&screen).contains("tele42") {
+            let n = stdout.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "terminal ended: {:?}",
+                String::from_utf8_lossy(&screen)
+            );
+            screen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    stdin.write_all(b"exit\r").await.unwrap();
     within(30, "terminal session", stdout.read_to_end(&mut screen))
         .await
         .unwrap();

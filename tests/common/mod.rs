@@ -111,3 +111,30 @@ pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
     kib * 1024
 }
+
+/// A device at `127.0.0.1:port`, reached by SSH as `username` with
+/// `password`, with the inventory's defaults otherwise; a test changes
+/// the fields it is about with struct update syntax.
+pub fn loopback_device(
+    name: &str,
+    port: u16,
+    username: &str,
+    password: &str,
+) -> switchyard::service::drivers::DeviceTarget {
+    switchyard::service::drivers::DeviceTarget {
+        name: name.into(),
+        host: "127.0.0.1".into(),
+        port,
+        driver: switchyard::service::inventory::DriverKind::Ssh,
+        credentials: switchyard::service::inventory::DeviceCredentials {
+            username: Some(username.into()),
+            password: Some(switchyard::secret::Secret::new(password)),
+            private_key: None,
+            enable_password: None,
+        },
+        known_host_key: None,
+        legacy_algorithms: None,
+        profile: Default::default(),
+        jump: None,
+    }
+}
