@@ -66,6 +66,9 @@ pub struct Settings {
     pub broker: BrokerSettings,
     /// Relays known by name, for `--domain NAME` logins.
     pub domains: Vec<Domain>,
+    /// How an enrolled service's relay agent reaches its relay
+    /// (`[relay_agent]`; the mode comes from `--relay-transport`).
+    pub relay_agent: crate::service::relay_agent::AgentConfig,
 }
 
 /// A relay known by name.
@@ -107,6 +110,50 @@ struct FileSettings {
     domains: std::collections::BTreeMap<String, DomainSection>,
     #[serde(default)]
     proxy: ProxySection,
+    #[serde(default)]
+    relay_agent: RelayAgentSection,
+}
+
+/// `[relay_agent]`: how `service run` reaches the relay it enrolled with.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RelayAgentSection {
+    quic_head_start_secs: f64,
+    quic_probe_secs: f64,
+    tcp_drain_secs: f64,
+}
+
+impl Default for RelayAgentSection {
+    fn default() -> Self {
+        let d = crate::service::relay_agent::AgentConfig::default();
+        Self {
+            quic_head_start_secs: d.transport.quic_head_start.as_secs_f64(),
+            quic_probe_secs: d.transport.quic_probe.as_secs_f64(),
+            tcp_drain_secs: d.tcp_drain.as_secs_f64(),
+        }
+    }
+}
+
+impl RelayAgentSection {
+    fn into_config(self) -> Result<crate::service::relay_agent::AgentConfig, ConfigError> {
+        let probe = secs("relay_agent.quic_probe_secs", self.quic_probe_secs)?;
+        if probe.is_zero() {
+            return Err(ConfigError::Value(
+                "relay_agent.quic_probe_secs must be more than 0".into(),
+            ));
+        }
+        Ok(crate::service::relay_agent::AgentConfig {
+            transport: crate::transport_policy::TransportPolicy {
+                quic_head_start: secs(
+                    "relay_agent.quic_head_start_secs",
+                    self.quic_head_start_secs,
+                )?,
+                quic_probe: probe,
+                ..Default::default()
+            },
+            tcp_drain: secs("relay_agent.tcp_drain_secs", self.tcp_drain_secs)?,
+        })
+    }
 }
 
 /// `[proxy]`: the HTTP proxy for outbound TCP (to services' `rpc_url`s).
@@ -550,6 +597,7 @@ impl FileSettings {
                 .map_err(|e| ConfigError::Value(format!("domains.{}.url: {e}", d.name)))?;
         }
         Ok(Settings {
+            relay_agent: self.relay_agent.into_config()?,
             domains,
             runtime_threads: Some(self.runtime.worker_threads).filter(|n| *n > 0),
             broker,
@@ -626,6 +674,12 @@ mod tests {
         std::fs::write(&path, "[broker]\nmax_links_per_user = 0\n").unwrap();
         let err = load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("broker.max_links_per_user"), "{err}");
+        std::fs::write(&path, "[relay_agent]\nquic_probe_secs = 0\n").unwrap();
+        let err = load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("relay_agent.quic_probe_secs"), "{err}");
+        std::fs::write(&path, "[relay_agent]\nquic_probe_secs = 2.5\n").unwrap();
+        let probe = load(Some(&path)).unwrap().relay_agent.transport.quic_probe;
+        assert_eq!(probe, Duration::from_millis(2500));
     }
 
     #[test]
@@ -650,6 +704,10 @@ mod tests {
         assert_eq!(s.broker.drain_timeout, Duration::from_secs(10));
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(s.log_filter, "info");
+        assert_eq!(
+            s.relay_agent,
+            crate::service::relay_agent::AgentConfig::default()
+        );
     }
 
     #[test]

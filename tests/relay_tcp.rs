@@ -155,3 +155,302 @@ async fn a_cloud_login_and_relayed_exec_go_through_a_real_http_proxy() {
     );
     assert!(!text.contains("pr0xy-s3cret") && !broker.log().contains("pr0xy-s3cret"));
 }
+
+/// What a login through `proxy` must show: a relayed exec works, then
+/// `status` says `tcp via proxy HOST:PORT`, and the proxy's log holds
+/// CONNECTs to the relay's HTTPS port and to its relay (TLS/TCP) port.
+async fn assert_login_went_through(
+    broker: &common::broker::TestBroker,
+    relay: &TestRelay,
+    proxy: &Tinyproxy,
+    client: &mut common::cloud::Client,
+    session: &str,
+    serial: &str,
+) {
+    let service = cloud_service(client, session, serial, Some(10.0)).await;
+    assert_show_version(client, session, &service).await;
+    let proxy_addr = proxy.url(None).trim_start_matches("http://").to_string();
+    let logins = status(broker).await.logins;
+    assert_eq!(logins.len(), 1, "{logins:?}");
+    assert_eq!(
+        logins[0].carrier,
+        format!("tcp via proxy {proxy_addr}"),
+        "{logins:?}"
+    );
+    let log = proxy.log();
+    let https = format!("CONNECT 127.0.0.1:{}", relay.http_addr().port());
+    let tcp = format!("CONNECT 127.0.0.1:{}", relay.relay().quic_addr().port());
+    assert!(log.contains(&https), "the login's HTTPS requests: {log}");
+    assert!(log.contains(&tcp), "the relay connection: {log}");
+    assert!(!broker.log().contains("pr0xy-s3cret"));
+}
+
+/// The proxy as a login names it: tinyproxy's URL with user bob and his
+/// password.
+fn through(proxy: &Tinyproxy) -> Option<pb::RelaySelector> {
+    Some(pb::RelaySelector {
+        proxy_url: proxy.url(Some("bob")),
+        proxy_password: "pr0xy-s3cret".into(),
+        ..Default::default()
+    })
+}
+
+/// A certificate login (the client certificate enrolled beforehand, with
+/// a token login that does not use the proxy) naming a real tinyproxy with
+/// Basic authentication: its relay connection is TLS/TCP through the proxy
+/// (the client certificate presented inside the tunnel), `status` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_login_goes_through_a_real_http_proxy() {
+    let relay = TestRelay::start().await;
+    let _svc = CloudService::start(&relay, "SN-PROXY-CERT", &[]).await;
+    let proxy = Tinyproxy::start(Some(("bob", "pr0xy-s3cret"))).await;
+    let broker = broker_for(&relay).await;
+    let mut client = broker.client().await;
+    common::cloud::token_login(&mut client, "", &relay.token(ALICE))
+        .await
+        .unwrap();
+    let enrolled = client
+        .enroll_client(pb::EnrollClientRequest {
+            key_password: "key-password".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    client.logout(pb::LogoutRequest::default()).await.unwrap();
+    assert!(
+        !proxy.log().contains("CONNECT 127.0.0.1:"),
+        "{}",
+        proxy.log()
+    );
+
+    let (session, _attach) = open_attached(&mut client).await;
+    let login = within(
+        30,
+        "a certificate login through the proxy",
+        client.certificate_login(pb::CertificateLoginRequest {
+            session_id: session.clone(),
+            identity: ALICE.into(),
+            cert_pem: enrolled.cert_pem.clone(),
+            encrypted_key: enrolled.encrypted_key.clone(),
+            key_password: "key-password".into(),
+            relay: through(&proxy),
+        }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", broker.log()))
+    .into_inner();
+    assert_eq!(login.method, "certificate");
+    assert_login_went_through(
+        &broker,
+        &relay,
+        &proxy,
+        &mut client,
+        &session,
+        "SN-PROXY-CERT",
+    )
+    .await;
+}
+
+/// An SSO login (OAuth device grant, approved on the relay's page)
+/// naming a real tinyproxy with Basic authentication: the device-grant
+/// requests and the relay connection go through the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sso_login_goes_through_a_real_http_proxy() {
+    let relay = TestRelay::start().await;
+    let _svc = CloudService::start(&relay, "SN-PROXY-SSO", &[]).await;
+    let proxy = Tinyproxy::start(Some(("bob", "pr0xy-s3cret"))).await;
+    let broker = broker_for(&relay).await;
+    let mut client = broker.client().await;
+    let (session, _attach) = open_attached(&mut client).await;
+    let mut events = within(
+        30,
+        "an SSO login through the proxy",
+        client.sso_login(pb::SsoLoginRequest {
+            session_id: session.clone(),
+            identity: ALICE.into(),
+            relay: through(&proxy),
+        }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", broker.log()))
+    .into_inner();
+    let Some(pb::sso_login_event::Event::Prompt(prompt)) = within(10, "prompt", events.message())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", broker.log()))
+        .unwrap()
+        .event
+    else {
+        panic!("expected a prompt first");
+    };
+    relay
+        .decide(
+            &prompt.user_code,
+            ALICE,
+            common::cloud::ALICE_SSO_PASSWORD,
+            true,
+        )
+        .await;
+    let Some(pb::sso_login_event::Event::LoggedIn(_)) = within(20, "login", events.message())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", broker.log()))
+        .unwrap()
+        .event
+    else {
+        panic!("expected the login");
+    };
+    assert_login_went_through(
+        &broker,
+        &relay,
+        &proxy,
+        &mut client,
+        &session,
+        "SN-PROXY-SSO",
+    )
+    .await;
+}
+
+/// HTTP/2 streams a pre-login peer opens in the window tests, asking
+/// each for more than any window.
+const GREEDY_STREAMS: usize = 8;
+const GREEDY_ASK: usize = 1024 * 1024;
+
+/// A raw HTTP/2 connection (TLS, any certificate) to `addr` that logs in
+/// on none of its [`GREEDY_STREAMS`] streams and asks to send
+/// [`GREEDY_ASK`] on each: the send credit the listener's flow control
+/// grants (bytes it would have to buffer), counted once a PING has come
+/// back after its SETTINGS and WINDOW_UPDATEs.
+async fn h2_prelogin_credit(addr: std::net::SocketAddr) -> usize {
+    use switchyard::wire::pin::PinnedServerVerifier;
+    let tls = switchyard::wire::tcp::client_tls(PinnedServerVerifier::new(None));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (client, mut connection) = h2::client::Builder::new()
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .unwrap();
+    let mut ping = connection.ping_pong().unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut streams = Vec::new();
+    for _ in 0..GREEDY_STREAMS {
+        let mut ready = client.clone().ready().await.unwrap();
+        let request = http::Request::post(format!("https://{addr}/rpc"))
+            .body(())
+            .unwrap();
+        let (response, mut send) = ready.send_request(request, false).unwrap();
+        send.reserve_capacity(GREEDY_ASK);
+        streams.push((send, response));
+    }
+    // The listener's SETTINGS and window updates came before its answer.
+    within(10, "a PING answered", ping.ping(h2::Ping::opaque()))
+        .await
+        .unwrap();
+    let credit = streams.iter().map(|(send, _)| send.capacity()).sum();
+    driver.abort();
+    credit
+}
+
+/// A raw QUIC connection to `addr` (any certificate) that logs in on
+/// none of its streams: a first stream left empty (where a login would
+/// go), then [`GREEDY_STREAMS`] streams each writing up to [`GREEDY_ASK`].
+/// The bytes written once the writers have stalled on the listener's flow
+/// control (quinn buffers no more than the peer's windows allow).
+async fn quic_prelogin_credit(addr: std::net::SocketAddr, alpn: &[u8]) -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use switchyard::wire::pin::PinnedServerVerifier;
+    let mut tls = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .dangerous()
+        .with_custom_certificate_verifier(PinnedServerVerifier::new(None))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let limits = switchyard::wire::conn::TransportLimits::default();
+    let transport = std::sync::Arc::new(switchyard::wire::conn::transport_config(&limits));
+    let config = switchyard::wire::conn::quic_client_config(tls, transport).unwrap();
+    let endpoint = switchyard::wire::conn::client_endpoint(addr).unwrap();
+    let conn = endpoint
+        .connect_with(config, addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (_login_send, _login_recv) = conn.open_bi().await.unwrap();
+    let written = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..GREEDY_STREAMS {
+        let (conn, written) = (conn.clone(), written.clone());
+        writers.spawn(async move {
+            let (mut send, _recv) = conn.open_bi().await.unwrap();
+            let chunk = vec![0x55u8; 16 * 1024];
+            let mut sent = 0;
+            while sent < GREEDY_ASK {
+                let n = send.write(&chunk).await.unwrap();
+                sent += n;
+                written.fetch_add(n, Ordering::Relaxed);
+            }
+        });
+    }
+    // Some bytes get through at once; then the writers stall for as long
+    // as nobody logs in (a bound, not a synchronisation: a listener with
+    // full windows takes all 8 MiB well within it).
+    common::eventually(10, "the first bytes written", || {
+        written.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    let all = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while writers.join_next().await.is_some() {}
+    })
+    .await;
+    assert!(
+        all.is_err(),
+        "every writer finished: no flow control held them"
+    );
+    writers.shutdown().await;
+    written.load(Ordering::Relaxed)
+}
+
+/// A peer that has not logged in gets small receive windows on every
+/// listener a stranger can reach: the relay's TCP and QUIC listeners and a
+/// service's TCP and QUIC listeners let it send at most
+/// `PRELOGIN_CONNECTION_WINDOW` (256 KiB) per connection, not the 32 MiB a
+/// logged-in peer gets (with full windows each would take all 8 MiB).
+/// That logins grow them again: every relayed and direct test moves bulk
+/// output; the README's bulk figures measure the speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_have_not_logged_in_get_small_receive_windows() {
+    use switchyard::wire::conn::PRELOGIN_CONNECTION_WINDOW;
+    let cap = PRELOGIN_CONNECTION_WINDOW as usize;
+    let relay = TestRelay::start().await;
+    let mut svc = common::process::ServiceProcess::new(None);
+    let svc_quic = svc.start().await;
+    let svc_tcp = svc.tcp_addr.expect("the service's TCP listener");
+    for (what, credit) in [
+        (
+            "relay TCP",
+            h2_prelogin_credit(relay.relay().tcp_addr().unwrap()).await,
+        ),
+        ("service TCP", h2_prelogin_credit(svc_tcp).await),
+        (
+            "relay QUIC",
+            quic_prelogin_credit(
+                relay.relay().quic_addr(),
+                switchyard::wire::relay::RELAY_ALPN,
+            )
+            .await,
+        ),
+        (
+            "service QUIC",
+            quic_prelogin_credit(svc_quic, switchyard::wire::messages::ALPN).await,
+        ),
+    ] {
+        eprintln!("{what}: a pre-login peer may send {credit} bytes");
+        assert!(
+            credit > 0 && credit <= cap,
+            "{what}: {credit} bytes before login"
+        );
+    }
+}

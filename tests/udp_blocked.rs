@@ -161,7 +161,21 @@ async fn transport_quic_pins_quic_and_fails_when_udp_is_blocked() {
 /// users, enrolled with `relay` as `serial` (`service enroll` run in the
 /// namespace too), and started.
 async fn enrolled_service_in(ns: &Netns, relay: &TestRelay, serial: &str) -> ServiceProcess {
+    enrolled_service_with(ns, relay, serial, "").await
+}
+
+/// As [`enrolled_service_in`], the service reading `config` as its config
+/// file (`$XDG_CONFIG_HOME/switchyard/config.toml`).
+async fn enrolled_service_with(
+    ns: &Netns,
+    relay: &TestRelay,
+    serial: &str,
+    config: &str,
+) -> ServiceProcess {
     let mut svc = ServiceProcess::new(Some(ns.0.clone()));
+    let config_dir = svc.dir.path().join("switchyard");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(config_dir.join("config.toml"), config).unwrap();
     let db = svc.dir.path().join("inv.db");
     let mut inv = Inventory::open(&db, &Secret::new(ADMIN_PASSWORD)).unwrap();
     inv.add_user(&NewRemoteUser {
@@ -268,4 +282,173 @@ async fn relay_logins_and_relayed_exec_work_over_tcp_when_udp_is_blocked() {
     })
     .await;
     assert_show_version(&mut client, &session, &service).await;
+}
+
+/// `serial` through the relay for `session`, once reachable: its handle.
+async fn reachable(client: &mut common::cloud::Client, session: &str, serial: &str) -> String {
+    let service = cloud_service(client, session, serial, None).await;
+    within(
+        25,
+        "the service reachable through the relay",
+        client.wait(pb::WaitRequest {
+            service: in_session(session, &service),
+            timeout_secs: 20.0,
+        }),
+    )
+    .await
+    .unwrap();
+    service
+}
+
+/// `show bulk N` on core-1 through `service`, started: the stream of its
+/// events (the caller reads it at its own pace).
+async fn start_bulk(
+    client: &mut common::cloud::Client,
+    session: &str,
+    service: &str,
+    bytes: usize,
+) -> tonic::Streaming<pb::ExecEvent> {
+    client
+        .exec(pb::ExecRequest {
+            service: in_session(session, service),
+            devices: vec!["core-1".into()],
+            commands: vec![format!("show bulk {bytes}")],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Reads `events` to its end: output bytes, and whether the device's
+/// command exited 0 without error.
+async fn finish_bulk(
+    events: &mut tonic::Streaming<pb::ExecEvent>,
+    mut bytes: usize,
+) -> (usize, bool) {
+    let mut ok = false;
+    while let Some(event) = within(60, "exec event", events.message()).await.unwrap() {
+        match event.event {
+            Some(pb::exec_event::Event::Output(o)) => bytes += o.data.len(),
+            Some(pb::exec_event::Event::DeviceResult(r)) => {
+                bytes += r.commands.iter().map(|c| c.output.len()).sum::<usize>();
+                ok = r.error.is_empty()
+                    && r.commands
+                        .iter()
+                        .all(|c| c.exit_status == Some(0) && c.error.is_empty());
+            }
+            _ => {}
+        }
+    }
+    (bytes, ok)
+}
+
+/// The service's relay agent in a namespace whose UDP is dropped comes up
+/// on TCP; its config file's `[relay_agent] quic_probe_secs = 0.5` has it
+/// try QUIC every 0.5 s. Once the rule is gone it moves to QUIC on exactly
+/// one new connection (the relay saw two service connections in all, the
+/// service one QUIC one), gracefully: a 64 MiB exec streaming through the
+/// tunnel on the TCP connection at the move (the caller holds it back, so
+/// most of it crosses after) completes in full, the TCP connection stays
+/// until that tunnel ends (its session closed), and is then closed; a new
+/// session's tunnel goes over QUIC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_agent_moves_back_to_quic_and_drains_its_tcp_tunnels() {
+    let Some(ns) = Netns::create() else {
+        return;
+    };
+    block_udp(&ns);
+    let relay = TestRelay::start_process_via(&ns.prefix(), &[]).await;
+    let svc = enrolled_service_with(
+        &ns,
+        &relay,
+        "SN-MOVE",
+        "[relay_agent]\nquic_probe_secs = 0.5\n",
+    )
+    .await;
+    let config = relay.broker_config(relay.dir.path());
+    let (broker, _) = TestBroker::start_via(
+        &ns.prefix(),
+        // A link closes as soon as no session holds it.
+        &[("SWITCHYARD_BROKER__IDLE_TIMEOUT_SECS", "0")],
+        &["--config", config.to_str().unwrap()],
+    )
+    .await;
+    let (mut client, session, attach) = within(
+        30,
+        "a token login",
+        token_session(&broker, &relay.token(ALICE)),
+    )
+    .await;
+    let service = reachable(&mut client, &session, "SN-MOVE").await;
+    let online = |log: &str, carrier: &str| {
+        log.lines()
+            .filter(|l| l.contains("online at the relay") && l.contains(carrier))
+            .count()
+    };
+    assert_eq!(online(&svc.log(), "carrier=tcp"), 1, "{}", svc.log());
+    assert!(
+        svc.log().contains("trying QUIC again every 500ms"),
+        "the config file's probe interval:\n{}",
+        svc.log()
+    );
+
+    // A bulk exec through the TCP connection, held back by its reader.
+    const BULK: usize = 64 * 1024 * 1024;
+    let mut events = start_bulk(&mut client, &session, &service, BULK).await;
+    let mut got = 0;
+    while got == 0 {
+        let event = within(30, "the first output", events.message())
+            .await
+            .unwrap()
+            .expect("output before the end");
+        if let Some(pb::exec_event::Event::Output(o)) = event.event {
+            got += o.data.len();
+        }
+    }
+
+    unblock_udp(&ns);
+    eventually(30, "the agent online over QUIC", || {
+        online(&svc.log(), "carrier=quic") == 1
+    })
+    .await;
+    assert!(svc.log().contains("moving off TCP"), "{}", svc.log());
+    let (total, ok) = finish_bulk(&mut events, got).await;
+    assert_eq!((total, ok), (BULK, true), "the exec through TCP completed");
+    // Its tunnel (the session's link) is still open: so is the TCP
+    // connection.
+    assert_show_version(&mut client, &session, &service).await;
+    assert!(!svc.log().contains("old TCP connection"), "{}", svc.log());
+
+    // The session ends, its link and tunnel with it: the TCP connection is
+    // closed.
+    drop(attach);
+    drop(events);
+    eventually(30, "the drained TCP connection closed", || {
+        svc.log()
+            .contains("the tunnels on the old TCP connection to the relay have ended")
+    })
+    .await;
+
+    // A new session's tunnel: over QUIC, with no further connection.
+    let (mut client, session, _attach) = within(
+        30,
+        "a second session",
+        token_session(&broker, &relay.token(ALICE)),
+    )
+    .await;
+    let service = reachable(&mut client, &session, "SN-MOVE").await;
+    assert_show_version(&mut client, &session, &service).await;
+    let log = svc.log();
+    assert_eq!(
+        (online(&log, "carrier=tcp"), online(&log, "carrier=quic")),
+        (1, 1),
+        "one TCP and one QUIC connection:\n{log}"
+    );
+    let relay_log = relay.log();
+    let at_relay = relay_log
+        .lines()
+        .filter(|l| l.contains("service online") && l.contains("SN-MOVE"))
+        .count();
+    assert_eq!(at_relay, 2, "{relay_log}");
 }

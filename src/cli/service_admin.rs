@@ -108,7 +108,7 @@ pub struct RunArgs {
     pub tcp_listen: Option<String>,
     /// How the relay agent reaches its relay: `auto` races QUIC against
     /// TLS/TCP (QUIC first by 0.25 s, QUIC tried again every 30 s while on
-    /// TCP), `quic` or `tcp` pins one.
+    /// TCP: `[relay_agent]` in the config file), `quic` or `tcp` pins one.
     #[arg(long, default_value = "auto", value_name = "auto|quic|tcp", value_parser = ["auto", "quic", "tcp"])]
     pub relay_transport: String,
     /// Name the service gives itself (default: the host name).
@@ -608,16 +608,15 @@ async fn run_service(
     let agent = match enrollment {
         Some(enrollment) => {
             let serial = enrollment.serial.clone();
-            let transport = crate::transport_policy::TransportPolicy {
-                mode: crate::transport_policy::TransportMode::parse(&args.relay_transport)
-                    .unwrap_or(crate::transport_policy::TransportMode::Auto),
-                ..Default::default()
-            };
-            let agent = RelayAgent::start(
+            let mut config = settings.relay_agent;
+            config.transport.mode =
+                crate::transport_policy::TransportMode::parse(&args.relay_transport)
+                    .unwrap_or(crate::transport_policy::TransportMode::Auto);
+            let agent = RelayAgent::start_with(
                 enrollment,
                 server.tunnel_acceptor(),
                 Default::default(),
-                transport,
+                config,
             )
             .map_err(|e| CliError::Usage(e.to_string()))?;
             Some((serial, agent))

@@ -182,6 +182,13 @@ pub(crate) struct OnlineService {
             mpsc::Receiver<(crate::wire::mux::SendHalf, crate::wire::mux::RecvHalf)>,
         >,
     >,
+    /// Cancelled when a newer connection of the same serial replaces this
+    /// one: it then gets no new tunnels and is closed after
+    /// `quic::REPLACED_GRACE` unless the service closes it first.
+    pub replaced: tokio_util::sync::CancellationToken,
+    /// The connection this one replaced, still carrying its running
+    /// tunnels (at most one per serial: a third connection closes it).
+    pub draining: Option<crate::wire::mux::Conn>,
 }
 
 /// What both listeners share.

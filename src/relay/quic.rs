@@ -199,22 +199,14 @@ async fn serve_tcp_connection(
     core: Arc<RelayCore>,
     cancel: CancellationToken,
 ) {
-    let prelogin = Prelogin::new(slot);
-    let deadline = tokio::time::Instant::now() + core.config.prelogin.hello_timeout;
-    let accepted = crate::wire::tcp::accept(tcp, tls, &core.config.limits);
-    let conn = match tokio::time::timeout_at(deadline, accepted).await {
-        Ok(Ok(conn)) => Conn::H2(conn),
-        Ok(Err(e)) => {
-            debug!(error = %e, "TLS or HTTP/2 handshake failed");
-            return;
-        }
-        Err(_) => {
-            metrics::counter!("switchyard_relay_prelogin_timeouts_total").increment(1);
-            debug!("handshake did not finish in time");
-            return;
-        }
+    let limits = core.config.limits.clone();
+    let handshake = async move {
+        crate::wire::tcp::accept(tcp, tls, &limits)
+            .await
+            .map(Conn::H2)
+            .map_err(|e| e.to_string())
     };
-    serve_connection(conn, prelogin, deadline, core, cancel).await
+    handshake_then_serve(handshake, slot, core, cancel).await
 }
 
 /// Bounds on connections that have not logged in yet.
@@ -283,16 +275,29 @@ async fn serve_quic(
     core: Arc<RelayCore>,
     cancel: CancellationToken,
 ) {
+    // Dropping an unfinished handshake closes the connection.
+    let handshake = async move { incoming.await.map(Conn::Quic).map_err(|e| e.to_string()) };
+    handshake_then_serve(handshake, slot, core, cancel).await
+}
+
+/// A new connection on either listener: its handshake (TLS, and HTTP/2's
+/// preface on TCP) within the pre-login deadline, holding its pre-login
+/// slot, then [`serve_connection`].
+async fn handshake_then_serve(
+    handshake: impl std::future::Future<Output = Result<Conn, String>>,
+    slot: OwnedSemaphorePermit,
+    core: Arc<RelayCore>,
+    cancel: CancellationToken,
+) {
     let prelogin = Prelogin::new(slot);
     let deadline = tokio::time::Instant::now() + core.config.prelogin.hello_timeout;
-    let conn = match tokio::time::timeout_at(deadline, incoming).await {
-        Ok(Ok(conn)) => Conn::Quic(conn),
+    let conn = match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             debug!(error = %e, "handshake failed");
             return;
         }
         Err(_) => {
-            // Dropping the handshake closes the connection.
             metrics::counter!("switchyard_relay_prelogin_timeouts_total").increment(1);
             debug!("handshake did not finish in time");
             return;
@@ -343,6 +348,7 @@ async fn serve_connection(
         }
     };
     drop(prelogin);
+    conn.open_windows();
     // From here until the connection ends, a revocation closes it.
     let live = core.live.register(&conn, credential);
     let (identity, expires) = match &peer {
@@ -441,14 +447,7 @@ async fn authenticate(
                 .await?
                 .ok_or(AuthError::UnknownCertificate)?;
             info!(%serial, ?advertise, "service online");
-            let replaced = core
-                .online
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(serial.clone(), OnlineService::new(conn.clone(), advertise));
-            if let Some(old) = replaced {
-                old.conn.close(0, b"replaced by a newer connection");
-            }
+            replace_online(core, &serial, OnlineService::new(conn.clone(), advertise));
             if let Err(e) = core.db.set_present(&serial, &core.node_id).await {
                 warn!(error = %e, %serial, "cannot record the service's presence");
             }
@@ -475,19 +474,51 @@ async fn authenticate(
     }
 }
 
+/// Makes `service` the one `serial` is reached by. The connection it
+/// replaces keeps its running tunnels (a service moving from TCP back to
+/// QUIC drains its TCP connection, then closes it) but gets no new ones,
+/// and is closed after [`REPLACED_GRACE`]; one replaced earlier and still
+/// open is closed now, so a serial holds two connections at most.
+fn replace_online(core: &RelayCore, serial: &str, mut service: OnlineService) {
+    let mut online = core.online.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(old) = online.remove(serial) {
+        if let Some(older) = old.draining {
+            older.close(0, b"replaced by a newer connection");
+        }
+        old.replaced.cancel();
+        service.draining = Some(old.conn);
+    }
+    online.insert(serial.to_string(), service);
+}
+
+/// How long a service connection replaced by a newer one of the same
+/// serial may keep carrying its tunnels before the relay closes it (the
+/// service closes it itself once they end: `relay_agent`'s drain, 5 min
+/// by default).
+pub(crate) const REPLACED_GRACE: Duration = Duration::from_secs(10 * 60);
+
 async fn serve_service(
     conn: Conn,
     core: Arc<RelayCore>,
     serial: String,
     cancel: CancellationToken,
 ) {
-    let slots = core
+    let (slots, replaced) = core
         .online
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&serial)
         .filter(|s| s.conn.same(&conn))
-        .map(|s| s.slots_in.clone());
+        .map(|s| (s.slots_in.clone(), s.replaced.clone()))
+        .unzip();
+    // Replaced by a newer connection (or, when this one was replaced
+    // before it got here, at once): closed after the grace.
+    let retire = async {
+        if let Some(replaced) = replaced {
+            replaced.cancelled().await;
+        }
+        tokio::time::sleep(REPLACED_GRACE).await;
+    };
     // Streams a service opens are slots for tunnel offers (a service on
     // TCP; one on QUIC opens none): kept up to `SERVICE_SLOTS`, more are
     // reset.
@@ -503,6 +534,10 @@ async fn serve_service(
         _ = cancel.cancelled() => {}
         reason = conn.closed() => debug!(%serial, %reason, "service connection ended"),
         () = park => debug!(%serial, "service connection ended"),
+        () = retire => {
+            info!(%serial, "closing a replaced service connection after {REPLACED_GRACE:?}");
+            conn.close(0, b"replaced by a newer connection");
+        }
     }
     let gone = {
         let mut online = core.online.lock().unwrap_or_else(|p| p.into_inner());
@@ -1116,6 +1151,8 @@ impl OnlineService {
             advertise,
             slots_in,
             slots: Arc::new(tokio::sync::Mutex::new(slots)),
+            replaced: CancellationToken::new(),
+            draining: None,
         }
     }
 

@@ -6,8 +6,12 @@
 //! over TCP with HTTP/2 streams to the relay's TCP listener (the same
 //! address and port number) when QUIC does not get through: the two are
 //! raced with QUIC's head start ([`TransportPolicy`]), and while on TCP
-//! QUIC is tried again every `quic_probe` (a working QUIC connection
-//! replaces the TCP one; the relay then closes the older connection).
+//! QUIC is tried again every `quic_probe` (`[relay_agent]
+//! quic_probe_secs`). A working QUIC connection replaces the TCP one
+//! gracefully: new tunnels come over QUIC (the relay offers them on the
+//! newest connection), tunnels already open on TCP keep running, and the
+//! TCP connection is closed once they have all ended, or after
+//! [`AgentConfig::tcp_drain`] at the latest.
 //!
 //! Takes: tunnel offers the relay sends on streams (over QUIC it opens
 //! one per tunnel; over TCP, where the relay cannot open streams, the
@@ -59,6 +63,25 @@ const REFUSED: &str = "the relay refused us";
 /// new one is opened as soon as one is used).
 pub const TCP_SLOTS: usize = 4;
 
+/// How the agent reaches its relay (`[relay_agent]` in the config file,
+/// the transport from `service run --relay-transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub transport: TransportPolicy,
+    /// After moving from TCP back to QUIC, how long tunnels still open on
+    /// the TCP connection may keep it before it is closed under them.
+    pub tcp_drain: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            transport: TransportPolicy::default(),
+            tcp_drain: Duration::from_secs(300),
+        }
+    }
+}
+
 /// Where the agent is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentState {
@@ -109,11 +132,27 @@ pub fn relay_host(url: &str) -> Result<String, AgentError> {
 }
 
 impl RelayAgent {
+    /// [`RelayAgent::start_with`] with `transport` and the default drain.
     pub fn start(
         enrollment: RelayEnrollment,
         tunnels: TunnelAcceptor,
         limits: TransportLimits,
         transport: TransportPolicy,
+    ) -> Result<Self, AgentError> {
+        let config = AgentConfig {
+            transport,
+            ..Default::default()
+        };
+        Self::start_with(enrollment, tunnels, limits, config)
+    }
+
+    /// Starts the agent's task (stopped when the agent is dropped).
+    /// Errors: the enrollment's relay addresses or URL are malformed.
+    pub fn start_with(
+        enrollment: RelayEnrollment,
+        tunnels: TunnelAcceptor,
+        limits: TransportLimits,
+        config: AgentConfig,
     ) -> Result<Self, AgentError> {
         let quic = relay_addresses(&enrollment.quic)?;
         let server_name = relay_host(&enrollment.url)?;
@@ -126,7 +165,8 @@ impl RelayAgent {
                 Relay {
                     enrollment,
                     server_name,
-                    transport,
+                    transport: config.transport,
+                    tcp_drain: config.tcp_drain,
                 },
                 quic,
                 tunnels,
@@ -159,6 +199,7 @@ struct Relay {
     enrollment: RelayEnrollment,
     server_name: String,
     transport: TransportPolicy,
+    tcp_drain: Duration,
 }
 
 async fn run(
@@ -169,11 +210,24 @@ async fn run(
     state: watch::Sender<AgentState>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    // A TCP connection left behind by a move to QUIC, until its tunnels
+    // end (it outlives the QUIC connection's own end: its tunnels are
+    // still good).
+    let mut draining = None;
     for next in 0.. {
         // A lost or refused node is followed by the next one.
         let quic = addrs[next % addrs.len()];
         let _ = state.send(AgentState::Connecting);
-        let result = connect_and_serve(&relay, quic, &tunnels, &limits, &state, &mut backoff).await;
+        let result = connect_and_serve(
+            &relay,
+            quic,
+            &tunnels,
+            &limits,
+            &state,
+            &mut backoff,
+            &mut draining,
+        )
+        .await;
         let reason = match result {
             Ok(()) => format!("relay connection to {quic} ended"),
             Err(e) => format!("{quic}: {e}"),
@@ -282,10 +336,20 @@ async fn connect_and_serve(
     limits: &TransportLimits,
     state: &watch::Sender<AgentState>,
     backoff: &mut Backoff,
+    draining: &mut Option<AbortOnDrop<()>>,
 ) -> Result<(), String> {
     let mut conn = relay.connect(addr, relay.transport.mode, limits).await?;
     backoff.reset();
     let _ = state.send(AgentState::Online);
+    if (relay.transport.mode, conn.carrier())
+        == (TransportMode::Auto, crate::wire::mux::Carrier::Tcp)
+    {
+        info!(
+            every = ?relay.transport.quic_probe,
+            "on TCP to the relay; trying QUIC again every {:?}",
+            relay.transport.quic_probe
+        );
+    }
     loop {
         let liveness = Liveness::always();
         let _watchdog = watch_liveness(conn.clone(), liveness.clone(), limits.silence);
@@ -317,11 +381,34 @@ async fn connect_and_serve(
             ended = serve => return ended,
             quic = probe => {
                 info!("QUIC to the relay works again; moving off TCP");
-                conn.close(0, b"moved to QUIC");
-                conn = quic;
+                let tcp = std::mem::replace(&mut conn, quic);
+                // Replacing an older one closes it (one left at a time).
+                *draining = Some(AbortOnDrop::new(tokio::spawn(
+                    drain(tcp, relay.tcp_drain).in_current_span(),
+                )));
             }
         }
     }
+}
+
+/// A TCP connection the agent moved off: it takes no new tunnels (its
+/// offer slots went with `serve_tcp`), and is closed once the tunnels it
+/// carries have ended, or after `bound`.
+async fn drain(tcp: Conn, bound: Duration) {
+    let Conn::H2(h2) = &tcp else {
+        tcp.close(0, b"moved to QUIC");
+        return;
+    };
+    let drained = tokio::time::timeout(bound, h2.streams_done()).await.is_ok();
+    if drained {
+        info!("the tunnels on the old TCP connection to the relay have ended; closing it");
+    } else {
+        info!(
+            ?bound,
+            "closing the old TCP connection to the relay with tunnels still open"
+        );
+    }
+    tcp.close(0, b"moved to QUIC");
 }
 
 /// Why serving a relay connection ended.

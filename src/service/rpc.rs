@@ -538,6 +538,7 @@ async fn serve_logged_in(
             }
         };
     drop(pre_login);
+    conn.open_windows();
     let principal = Arc::new(principal);
     let mut requests = JoinSet::new();
     loop {

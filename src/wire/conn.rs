@@ -260,6 +260,20 @@ fn derive<const N: usize>(secret: &[u8], label: &[u8]) -> zeroize::Zeroizing<[u8
 /// Receive window of one stream (see [`transport_config`]).
 pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 
+/// Receive window of a whole connection (QUIC's `receive_window`, HTTP/2's
+/// connection window), once its peer has logged in.
+pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+
+/// What a server lets a peer that has not logged in yet send ahead of what
+/// it has read: per connection (QUIC and HTTP/2) and per stream (HTTP/2;
+/// a QUIC stream's window cannot change after the handshake and is bounded
+/// by the connection's). A login grows both to the full windows
+/// (`mux::Conn::open_windows`), so the pre-login connections a stranger
+/// may hold (256 at the relay) pin 256 x 256 KiB at most, not 256 x 32 MiB.
+pub const PRELOGIN_CONNECTION_WINDOW: u32 = 256 * 1024;
+/// See [`PRELOGIN_CONNECTION_WINDOW`].
+pub const PRELOGIN_STREAM_WINDOW: u32 = 64 * 1024;
+
 /// Largest UDP payload an endpoint accepts (its `max_udp_payload_size`
 /// transport parameter, RFC 9000 §18.2) and the most path MTU discovery
 /// tries: 6,400 bytes. Packets start at 1,200 bytes and grow only as far
@@ -303,7 +317,7 @@ pub fn transport_config(limits: &TransportLimits) -> TransportConfig {
         // it copies the whole backlog into one buffer, which a bulk reader
         // that falls behind would pay for again and again.
         .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
-        .receive_window(VarInt::from_u32(32 * 1024 * 1024))
+        .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
         .send_window(32 * 1024 * 1024);
     t
 }
@@ -375,10 +389,13 @@ fn transport(limits: &TransportLimits) -> Arc<TransportConfig> {
 }
 
 /// Transport settings of a server's end: as [`transport_config`], without
-/// keep-alives (its callers send them).
+/// keep-alives (its callers send them), and with the connection's receive
+/// window [`PRELOGIN_CONNECTION_WINDOW`] until its peer logs in
+/// (`mux::Conn::open_windows`).
 pub fn server_transport_config(limits: &TransportLimits) -> TransportConfig {
     let mut t = transport_config(limits);
     t.keep_alive_interval(None);
+    t.receive_window(VarInt::from_u32(PRELOGIN_CONNECTION_WINDOW));
     t
 }
 

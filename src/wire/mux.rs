@@ -63,6 +63,16 @@ impl Conn {
         }
     }
 
+    /// The peer has logged in: a server's end grows its receive windows
+    /// from the pre-login ones (`conn::PRELOGIN_CONNECTION_WINDOW`) to the
+    /// full ones (`conn::CONNECTION_WINDOW`).
+    pub fn open_windows(&self) {
+        match self {
+            Self::Quic(c) => c.set_receive_window(VarInt::from_u32(super::conn::CONNECTION_WINDOW)),
+            Self::H2(c) => c.open_windows(),
+        }
+    }
+
     /// Waits for the peer's next stream (the server's side).
     pub async fn accept_bi(&self) -> Result<(SendHalf, RecvHalf), ConnError> {
         match self {

@@ -12,6 +12,10 @@
 //!   per-stream flow control keeps one slow reader from holding up the
 //!   others, as QUIC's does; the windows are QUIC's
 //!   ([`super::conn::STREAM_WINDOW`] per stream, 32 MiB per connection).
+//!   The accepting end starts with small windows
+//!   ([`super::conn::PRELOGIN_STREAM_WINDOW`] and
+//!   [`super::conn::PRELOGIN_CONNECTION_WINDOW`]) and grows them to the
+//!   full ones once its peer has logged in ([`H2Conn::open_windows`]).
 //! * Liveness: the caller's end sends an HTTP/2 PING each `keep_alive`, so
 //!   [`H2Conn::received`] (bytes read) keeps growing while the peer lives,
 //!   and `conn::watch_liveness` works unchanged. Either end closes a
@@ -36,7 +40,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{ConnError, STREAM_WINDOW, TransportLimits};
+use super::conn::{
+    CONNECTION_WINDOW, ConnError, PRELOGIN_CONNECTION_WINDOW, PRELOGIN_STREAM_WINDOW,
+    STREAM_WINDOW, TransportLimits,
+};
 use super::mux::Stopped;
 use super::pin::PinnedServerVerifier;
 use crate::task::AbortOnDrop;
@@ -54,8 +61,6 @@ const MAX_H2_FRAME: u32 = 64 * 1024;
 /// Largest header block either end accepts (the caller's headers are a
 /// stranger's input on the service's listener).
 const MAX_HEADER_LIST: u32 = 16 * 1024;
-/// Connection-level receive window (as QUIC's, `conn::transport_config`).
-const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 /// Bytes one stream may queue for sending beyond what its peer has read.
 const SEND_BUFFER: usize = 1024 * 1024;
 /// How long a closing service end may take to flush what it queued (a
@@ -144,6 +149,10 @@ struct State {
     closing: CancellationToken,
     /// Cancelled once the driver has ended (the connection is gone).
     closed: CancellationToken,
+    /// Cancelled by [`H2Conn::open_windows`] (the peer has logged in).
+    logged_in: CancellationToken,
+    /// Sending halves of this connection's streams still held.
+    streams: tokio::sync::watch::Sender<usize>,
     reason: OnceLock<String>,
 }
 
@@ -151,6 +160,22 @@ impl State {
     fn end(&self, reason: String) {
         let _ = self.reason.set(reason);
         self.closed.cancel();
+    }
+}
+
+/// Counts one stream's sending half in [`State::streams`] while it lives.
+struct StreamHeld(Arc<State>);
+
+impl StreamHeld {
+    fn new(state: &Arc<State>) -> Self {
+        state.streams.send_modify(|n| *n += 1);
+        Self(state.clone())
+    }
+}
+
+impl Drop for StreamHeld {
+    fn drop(&mut self) {
+        self.0.streams.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -220,7 +245,7 @@ impl H2Conn {
         let (response, send) = ready
             .send_request(request, false)
             .map_err(|e| self.or_gone(e))?;
-        Ok((H2Send::new(send), H2Recv::Waiting(response)))
+        Ok((H2Send::new(send, &self.0.state), H2Recv::Waiting(response)))
     }
 
     /// The caller's next stream (the service's end).
@@ -269,6 +294,24 @@ impl H2Conn {
         self.0.state.closed.is_cancelled() || self.0.state.closing.is_cancelled()
     }
 
+    /// The peer has logged in: the accepting end grows its receive
+    /// windows from the pre-login ones to the full ones (a connection
+    /// window update and new SETTINGS for every stream). Nothing on the
+    /// caller's end, whose windows are full from the start.
+    pub fn open_windows(&self) {
+        self.0.state.logged_in.cancel();
+    }
+
+    /// Resolves once no stream of this connection is held any more (every
+    /// sending half dropped), or the connection has ended.
+    pub async fn streams_done(&self) {
+        let mut held = self.0.state.streams.subscribe();
+        tokio::select! {
+            _ = held.wait_for(|n| *n == 0) => {}
+            _ = self.0.state.closed.cancelled() => {}
+        }
+    }
+
     /// Bytes received so far (grows with every PING answer).
     pub fn received(&self) -> u64 {
         self.0.state.received.load(Ordering::Relaxed)
@@ -296,12 +339,14 @@ pub struct H2Send {
     /// waker per stream for both, so that future must be polled in the
     /// task that writes (the service's request task does both).
     send: Arc<std::sync::Mutex<h2::SendStream<Bytes>>>,
+    _held: StreamHeld,
 }
 
 impl H2Send {
-    fn new(send: h2::SendStream<Bytes>) -> Self {
+    fn new(send: h2::SendStream<Bytes>, state: &Arc<State>) -> Self {
         Self {
             send: Arc::new(std::sync::Mutex::new(send)),
+            _held: StreamHeld::new(state),
         }
     }
 
@@ -648,8 +693,8 @@ pub async fn accept(
         state: state.clone(),
     };
     let connection = h2::server::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_window_size(PRELOGIN_STREAM_WINDOW)
+        .initial_connection_window_size(PRELOGIN_CONNECTION_WINDOW)
         .max_frame_size(MAX_H2_FRAME)
         .max_header_list_size(MAX_HEADER_LIST)
         .max_send_buffer_size(SEND_BUFFER)
@@ -723,8 +768,35 @@ async fn drive_server<T: Io>(
     idle_timeout: Duration,
 ) {
     let serve = async {
+        // Pre-login windows until the peer has logged in; then the full
+        // ones (new SETTINGS may be refused while earlier ones await their
+        // acknowledgement: tried again a moment later).
+        let mut windows_open = false;
+        let mut retry_at = None;
         loop {
-            let (request, mut respond) = match connection.accept().await {
+            let grow = async {
+                if windows_open {
+                    return std::future::pending().await;
+                }
+                state.logged_in.cancelled().await;
+                if let Some(at) = retry_at {
+                    tokio::time::sleep_until(at).await;
+                }
+            };
+            let next = tokio::select! {
+                next = connection.accept() => next,
+                () = grow => {
+                    connection.set_target_window_size(CONNECTION_WINDOW);
+                    match connection.set_initial_window_size(STREAM_WINDOW) {
+                        Ok(()) => windows_open = true,
+                        Err(_) => {
+                            retry_at = Some(tokio::time::Instant::now() + Duration::from_millis(20));
+                        }
+                    }
+                    continue;
+                }
+            };
+            let (request, mut respond) = match next {
                 None => return "closed by the caller".to_string(),
                 Some(Err(e)) => return e.to_string(),
                 Some(Ok(next)) => next,
@@ -739,7 +811,7 @@ async fn drive_server<T: Io>(
                 continue;
             };
             let pair = (
-                H2Send::new(send),
+                H2Send::new(send, &state),
                 H2Recv::Open {
                     body: request.into_body(),
                     held: Bytes::new(),
