@@ -4,7 +4,10 @@
 //!
 //! Run: `cargo bench --bench cloud [-- --samples N --bulk-mb M --rounds R]`
 //! (`--bulk-only` skips the latency rows, `--relayed-only` runs only the
-//! relayed bulk row once, for profiling). Bulk runs in rounds of all four
+//! relayed bulk row once, for profiling; `--transports` only compares
+//! relayed exec p50 with the broker's relay login over QUIC and over TCP:
+//! two brokers, `[broker] transport` `quic` and `tcp`, in `--rounds`
+//! interleaved rounds of `--samples` / rounds calls each). Bulk runs in rounds of all four
 //! transfers back to back; ratios are taken within a round.
 //! Everything is on loopback: the relay and an enrolled service (in this
 //! process), the real broker binary, the in-process simulator device, and
@@ -236,6 +239,15 @@ async fn start_cloud(bulk_bytes: usize) -> Cloud {
 }
 
 async fn start_broker(dir: &Path, cloud: &Cloud) -> (tokio::process::Child, PathBuf) {
+    start_broker_with(dir, cloud, "auto").await
+}
+
+/// A broker whose links and logins use `transport` (`[broker] transport`).
+async fn start_broker_with(
+    dir: &Path,
+    cloud: &Cloud,
+    transport: &str,
+) -> (tokio::process::Child, PathBuf) {
     let socket = dir.join("broker.sock");
     let config = dir.join("broker.toml");
     std::fs::write(
@@ -254,6 +266,7 @@ async fn start_broker(dir: &Path, cloud: &Cloud) -> (tokio::process::Child, Path
         .arg("--socket")
         .arg(&socket)
         .env("XDG_STATE_HOME", dir.join("state"))
+        .env("SWITCHYARD_BROKER__TRANSPORT", transport)
         .env("RUST_LOG", "warn")
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -327,6 +340,107 @@ async fn exec_latency(
         v.push(t.elapsed());
     }
     latency(label, v)
+}
+
+/// A caller of a broker for `transport`, logged in to the cloud and with
+/// the enrolled service named `relayed`, reachable; checks the login's
+/// carrier is `transport`.
+async fn relayed_caller(
+    dir: &Path,
+    cloud: &Cloud,
+    transport: &str,
+) -> (tokio::process::Child, BrokerClient<Channel>) {
+    let (broker, socket) = start_broker_with(dir, cloud, transport).await;
+    let mut client = switchyard::api::client::connect(&socket).await.unwrap();
+    client
+        .access_token_login(pb::AccessTokenLoginRequest {
+            token: cloud.token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .service_cloud(pb::ServiceCloudRequest {
+            name: "relayed".into(),
+            serial: "SN-BENCH".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .wait(pb::WaitRequest {
+            service: Some(pb::ServiceRef {
+                name: "relayed".into(),
+                ..Default::default()
+            }),
+            timeout_secs: 20.0,
+        })
+        .await
+        .unwrap();
+    let logins = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .logins;
+    assert_eq!(logins[0].carrier, transport, "{logins:?}");
+    (broker, client)
+}
+
+/// Relayed exec p50 with the broker's relay login over QUIC and over TCP
+/// (the service's agent on QUIC), in interleaved rounds.
+async fn transports(cloud: &Cloud, samples: usize, rounds: usize) {
+    let (quic_dir, tcp_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_quic_broker, mut quic) = relayed_caller(quic_dir.path(), cloud, "quic").await;
+    let (_tcp_broker, mut tcp) = relayed_caller(tcp_dir.path(), cloud, "tcp").await;
+    let per = (samples / rounds).max(1);
+    let mut v: [Vec<Duration>; 2] = Default::default();
+    let mut ratios = Vec::new();
+    for client in [&mut quic, &mut tcp] {
+        for _ in 0..200 {
+            run(client, exec("relayed", "show clock")).await;
+        }
+    }
+    for _ in 0..rounds {
+        let mut p50 = [0.0; 2];
+        for (i, client) in [&mut quic, &mut tcp].into_iter().enumerate() {
+            let mut round = Vec::with_capacity(per);
+            for _ in 0..per {
+                let t = Instant::now();
+                run(client, exec("relayed", "show clock")).await;
+                round.push(t.elapsed());
+            }
+            p50[i] = latency("round", round.clone()).p50_us;
+            v[i].extend(round);
+        }
+        ratios.push(p50[1] / p50[0]);
+    }
+    let [q, t] = v;
+    let rows = [
+        latency("exec via broker, relayed, QUIC login", q),
+        latency("exec via broker, relayed, TCP login", t),
+    ];
+    println!(
+        "\n{:<40} {:>7} {:>9} {:>9} {:>9}",
+        "latency", "n", "p50 µs", "p90 µs", "p99 µs"
+    );
+    for s in &rows {
+        println!(
+            "{:<40} {:>7} {:>9.0} {:>9.0} {:>9.0}",
+            s.name, s.n, s.p50_us, s.p90_us, s.p99_us
+        );
+    }
+    println!(
+        "TCP / QUIC p50: median of rounds {:.2}x (rounds: {}) (target <= 1.3x)",
+        median(&ratios),
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let json = serde_json::json!({ "rows": rows, "tcp_over_quic_rounds": ratios });
+    let _ = std::fs::write("target/bench-cloud-transports.json", json.to_string());
 }
 
 /// One quinn connection, one stream, `bytes` from server to client.
@@ -556,6 +670,10 @@ fn main() {
         let bulk = o.bulk_mb * 1024 * 1024;
         let dir = tempfile::tempdir().unwrap();
         let cloud = start_cloud(bulk).await;
+        if std::env::args().any(|a| a == "--transports") {
+            transports(&cloud, o.samples, o.rounds).await;
+            return;
+        }
         let (_broker, socket) = start_broker(dir.path(), &cloud).await;
         let mut client = switchyard::api::client::connect(&socket).await.unwrap();
         client
