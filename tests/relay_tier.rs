@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::broker::{TestBroker, in_session, open_attached, run_exec, status};
 use common::cloud::{
-    ALICE, CloudService, assert_ciphertext_only, assert_show_version, cloud_service, decide_at,
-    show_version, token_session,
+    ALICE, CloudService, OauthAt, assert_ciphertext_only, assert_show_version, cloud_service,
+    decide_at, show_version, token_session,
 };
 use common::postgres::{
     PgCluster, TierNode, enroll_service, enrolled_quic, init_tier_state, run_service,
@@ -853,6 +853,205 @@ async fn node_certificates_of_long_dead_nodes_are_deleted() {
         }
     })
     .await;
+}
+
+impl Tier {
+    /// Node `name`'s OAuth endpoints, as a device-login client sees them.
+    fn oauth(&self, name: &str) -> OauthAt {
+        let node = self.node(name);
+        OauthAt::new(&node.url, &node.ca_file())
+    }
+
+    /// Device grants stored now (psql), those with `user_code` if given.
+    fn grant_rows(&self, user_code: Option<&str>) -> usize {
+        let filter = user_code.map_or(String::new(), |c| format!(" WHERE user_code = '{c}'"));
+        self.sql(&format!("SELECT count(*) FROM device_grants{filter}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+/// Polls `node` at the protocol's pace (the 1 s interval every test node
+/// has, 5 s longer after each `slow_down`, RFC 8628 §3.5) until it answers
+/// something other than pending, for at most 30 s.
+async fn poll_until_decided(node: &OauthAt, device_code: &str) -> (u16, serde_json::Value) {
+    within(30, "the device login is decided", async {
+        let mut interval = Duration::from_millis(1100);
+        loop {
+            tokio::time::sleep(interval).await;
+            let (status, body) = node.poll(device_code).await;
+            match body["error"].as_str() {
+                Some("authorization_pending") => {}
+                Some("slow_down") => interval += Duration::from_secs(5),
+                _ => return (status, body),
+            }
+        }
+    })
+    .await
+}
+
+/// A device login (RFC 8628) finishes on any node: started on node A (its
+/// grant pending on C too), A's approval page opened, then A SIGKILLed
+/// mid-approval; the person approves through B and the client's polling
+/// through C gets the tokens, which B refreshes; the grant is redeemed
+/// once (a second poll is refused) and its row is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_login_started_on_a_finishes_through_b_and_c_after_a_dies() {
+    let mut tier = Tier::start().await;
+    let (b, c) = (tier.oauth("b"), tier.oauth("c"));
+    let grant = tier.oauth("a").start_device_login(ALICE).await;
+    let device_code = grant["device_code"].as_str().unwrap().to_string();
+    let user_code = grant["user_code"].as_str().unwrap().to_string();
+    assert_eq!(grant["interval"], 1, "{grant}");
+    let (status, body) = c.poll(&device_code).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("authorization_pending")),
+        "C knows A's grant: {body}"
+    );
+    let page = tier.oauth("a").device_page(&user_code).await;
+    assert!(page.contains(ALICE), "A's page names the login: {page}");
+    assert!(
+        !tier
+            .sql("SELECT encode(device_hash, 'hex') FROM device_grants")
+            .contains(&device_code),
+        "the device code is stored only hashed"
+    );
+
+    tier.nodes
+        .iter_mut()
+        .find(|n| n.name == "a")
+        .unwrap()
+        .kill()
+        .await;
+    let page = b.device_page(&user_code).await;
+    assert!(page.contains(ALICE), "B's page names the login: {page}");
+    let page = decide_at(
+        &b.url,
+        &tier.node("b").ca_file(),
+        &user_code,
+        ALICE,
+        "alice-password",
+        true,
+    )
+    .await;
+    assert!(page.contains("Approved"), "approved through B: {page}");
+
+    let (status, tokens) = poll_until_decided(&c, &device_code).await;
+    assert_eq!(status, 200, "redeemed through C: {tokens}");
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    assert!(tokens["access_token"].as_str().is_some(), "{tokens}");
+    let (status, refreshed) = b.refresh(refresh).await;
+    assert_eq!(status, 200, "B honours the tokens C issued: {refreshed}");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, again) = b.poll(&device_code).await;
+    assert_eq!(
+        (status, again["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "redeemed once: {again}"
+    );
+    assert_eq!(tier.grant_rows(None), 0);
+}
+
+/// A user code is single-use across nodes: approvals submitted through B
+/// and C at once are held at the database (the test locks the grant's
+/// row) until both wait, then released together; exactly one approves,
+/// the other is told the code was already used (two rounds). An expired
+/// grant (aged by hand) cannot be approved, its poll says so once and
+/// deletes it; a grant expired longer than `EXPIRED_KEPT` is deleted by
+/// the next start on any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_code_is_approved_once_across_nodes_and_expired_grants_are_deleted() {
+    use switchyard::relay::device_flow::EXPIRED_KEPT;
+    let tier = Tier::start_with(&["b", "c"], None).await.0;
+    let (b, c) = (tier.oauth("b"), tier.oauth("c"));
+    let (mut gate, conn) = tokio_postgres::connect(&tier.database, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let _driver = switchyard::task::AbortOnDrop::new(tokio::spawn(conn));
+    let approve_at = |name: &str, user_code: String| {
+        let node = tier.node(name);
+        let (url, ca) = (node.url.clone(), node.ca_file());
+        async move { decide_at(&url, &ca, &user_code, ALICE, "alice-password", true).await }
+    };
+    for round in 0..2 {
+        let grant = b.start_device_login(ALICE).await;
+        let user_code = grant["user_code"].as_str().unwrap().to_string();
+        // The gate holds the grant's row: an approval that locks the row
+        // to read it waits here, and so does one that read it unlocked
+        // and then writes (which would then approve twice).
+        let lock = gate.transaction().await.unwrap();
+        lock.execute(
+            "SELECT 1 FROM device_grants WHERE user_code = $1 FOR UPDATE",
+            &[&user_code],
+        )
+        .await
+        .unwrap();
+        let both = async {
+            tokio::join!(
+                approve_at("b", user_code.clone()),
+                approve_at("c", user_code.clone())
+            )
+        };
+        let release = async {
+            within(30, "both approvals wait at the database", async {
+                loop {
+                    let waiting: i64 = lock
+                        .query_one("SELECT count(*) FROM pg_locks WHERE NOT granted", &[])
+                        .await
+                        .unwrap()
+                        .get(0);
+                    if waiting >= 2 {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            lock.commit().await.unwrap();
+        };
+        let ((on_b, on_c), ()) = tokio::join!(both, release);
+        let pages = [on_b, on_c];
+        let won = pages.iter().filter(|p| p.contains("Approved")).count();
+        assert_eq!(won, 1, "round {round}: {pages:?}");
+        assert!(
+            pages.iter().any(|p| p.contains("already used")),
+            "round {round}: {pages:?}"
+        );
+        let device_code = grant["device_code"].as_str().unwrap();
+        let (status, _) = c.poll(device_code).await;
+        assert_eq!(status, 200, "round {round}: the approved grant redeems");
+    }
+
+    // Expired (aged past its lifetime): refused, told once, deleted.
+    let grant = c.start_device_login(ALICE).await;
+    let user_code = grant["user_code"].as_str().unwrap().to_string();
+    tier.sql(&format!(
+        "UPDATE device_grants SET expires_at = expires_at - 601000 WHERE user_code = '{user_code}'"
+    ));
+    let page = approve_at("b", user_code.clone()).await;
+    assert!(page.contains("expired"), "{page}");
+    let (status, body) = b.poll(grant["device_code"].as_str().unwrap()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("expired_token")),
+        "{body}"
+    );
+    assert_eq!(tier.grant_rows(Some(&user_code)), 0, "told once, deleted");
+
+    // Expired long ago and never polled: the next start deletes it.
+    let old = b.start_device_login(ALICE).await;
+    let old_code = old["user_code"].as_str().unwrap().to_string();
+    let aged = 600_000 + EXPIRED_KEPT.as_millis() as i64 + 1_000;
+    tier.sql(&format!(
+        "UPDATE device_grants SET expires_at = expires_at - {aged} WHERE user_code = '{old_code}'"
+    ));
+    assert_eq!(tier.grant_rows(Some(&old_code)), 1);
+    c.start_device_login(ALICE).await;
+    assert_eq!(tier.grant_rows(Some(&old_code)), 0, "deleted by C's start");
+    assert_eq!(tier.grant_rows(None), 1, "only the new grant");
 }
 
 /// The median of `samples` (sorted in place).

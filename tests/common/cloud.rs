@@ -453,6 +453,84 @@ pub async fn decide_at(
     response.text().await.unwrap()
 }
 
+/// The OAuth endpoints of the relay (node) at `url`, as a device-login
+/// client uses them over HTTPS (trusting `ca_file`).
+pub struct OauthAt {
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl OauthAt {
+    pub fn new(url: &str, ca_file: &std::path::Path) -> Self {
+        let roots = switchyard::tls::root_store(Some(ca_file)).unwrap();
+        Self {
+            url: url.to_string(),
+            http: switchyard::tls::http_client(roots).unwrap(),
+        }
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Starts a device login for `hint` (RFC 8628 §3.1); the relay's
+    /// answer (device_code, user_code, ...).
+    pub async fn start_device_login(&self, hint: &str) -> serde_json::Value {
+        let (status, body) = self
+            .post(
+                "/oauth/device_authorization",
+                &[("client_id", "switchyard"), ("login_hint", hint)],
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// One poll (RFC 8628 §3.4): HTTP status and body.
+    pub async fn poll(&self, device_code: &str) -> (u16, serde_json::Value) {
+        self.post(
+            "/oauth/token",
+            &[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("device_code", device_code),
+            ],
+        )
+        .await
+    }
+
+    /// A refresh (RFC 6749 §6): HTTP status and body.
+    pub async fn refresh(&self, refresh_token: &str) -> (u16, serde_json::Value) {
+        self.post(
+            "/oauth/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ],
+        )
+        .await
+    }
+
+    /// The approval page for `user_code` (as a person opens it).
+    pub async fn device_page(&self, user_code: &str) -> String {
+        self.http
+            .get(format!("{}/device?user_code={user_code}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
 fn rand_hex() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
