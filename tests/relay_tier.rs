@@ -9,10 +9,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::broker::{TestBroker, in_session, open_attached, run_exec, status};
+use common::broker::{TestBroker, open_attached, status};
 use common::cloud::{
-    ALICE, CloudService, OauthAt, assert_ciphertext_only, assert_show_version, cloud_service,
-    decide_at, show_version, token_session,
+    ALICE, CloudCaller, CloudService, OauthAt, assert_ciphertext_only, assert_show_version,
+    broker_at, cloud_service, decide_at, show_version,
 };
 use common::postgres::{
     PgCluster, TierNode, enroll_service, enrolled_quic, init_tier_state, run_service,
@@ -63,16 +63,28 @@ impl Tier {
         tapped: Option<&str>,
         extra: &[&str],
     ) -> (Self, Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>) {
+        Self::start_bin(common::switchyard_bin(), names, tapped, extra).await
+    }
+
+    /// As [`Tier::start_with_args`], the processes running relay binary
+    /// `bin`.
+    async fn start_bin(
+        bin: &str,
+        names: &[&str],
+        tapped: Option<&str>,
+        extra: &[&str],
+    ) -> (Self, Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>) {
         common::init();
         let cluster = PgCluster::start();
         let database = cluster.create_database();
         let work = tempfile::tempdir().unwrap();
         let state = init_tier_state(work.path());
-        let mut nodes =
-            futures::future::join_all(names.iter().map(|name| {
-                TierNode::start_with_args(name, work.path(), &state, &database, extra)
-            }))
-            .await;
+        let mut nodes = futures::future::join_all(
+            names
+                .iter()
+                .map(|name| TierNode::start_bin(bin, name, work.path(), &state, &database, extra)),
+        )
+        .await;
         let mut tap = None;
         if let Some(name) = tapped {
             let (node, rx) = TierNode::start_tapped(name, work.path(), &state, &database).await;
@@ -154,22 +166,8 @@ impl Tier {
     /// URLs in that order).
     async fn broker_knowing(&self, names: &[&str]) -> TestBroker {
         let urls: Vec<&str> = names.iter().map(|n| self.node(n).url.as_str()).collect();
-        let config = self
-            .work
-            .path()
-            .join(format!("broker-tier-{:08x}.toml", rand::random::<u32>()));
-        std::fs::write(
-            &config,
-            format!(
-                "[domains.tier]\nurl = \"{}\"\nca_file = \"{}\"\ndefault = true\n",
-                urls.join(","),
-                self.node(names[0]).ca_file().display()
-            ),
-        )
-        .unwrap();
-        TestBroker::start_with(&[], &["--config", config.to_str().unwrap()])
-            .await
-            .0
+        let ca = self.node(names[0]).ca_file();
+        broker_at(self.work.path(), &urls, &ca, &[]).await
     }
 
     /// The live node serial `serial` is present on (its QUIC address).
@@ -185,10 +183,24 @@ impl Tier {
 
     /// A broker whose default domain is `node`.
     async fn broker_on(&self, node: &str) -> TestBroker {
-        let config = self.node(node).broker_config(self.work.path());
-        TestBroker::start_with(&[], &["--config", config.to_str().unwrap()])
-            .await
-            .0
+        self.broker_knowing(&[node]).await
+    }
+
+    /// Service `serial` enrolled through node `via` (with a one-time
+    /// password of alice's) and running connected to node `on`.
+    async fn service(&self, serial: &str, via: &str, on: &str) -> CloudService {
+        let otp = self.otp(serial).await;
+        let (dir, enrolled) = enroll_service(self.node(via), &otp, &[]).await;
+        assert_eq!(enrolled.unwrap(), serial);
+        run_service_on(dir, serial, self.node(on)).await
+    }
+
+    /// A broker on node `node` and its caller logged in with `token`,
+    /// holding `serial` (reachable).
+    async fn caller_on(&self, node: &str, token: &str, serial: &str) -> (TestBroker, CloudCaller) {
+        let broker = self.broker_on(node).await;
+        let caller = CloudCaller::start(&broker, token, serial).await;
+        (broker, caller)
     }
 }
 
@@ -205,10 +217,8 @@ async fn a_service_enrolled_through_a_serves_a_broker_logged_in_through_b() {
     let _svc = run_service_on(dir, "SN-TIER", tier.node("b")).await;
 
     let (token, _) = tier.token_on("c").await;
-    let broker = tier.broker_on("b").await;
-    let (mut client, session, _attach) = token_session(&broker, &token).await;
-    let service = cloud_service(&mut client, &session, "SN-TIER", Some(15.0)).await;
-    assert_show_version(&mut client, &session, &service).await;
+    let (_broker, mut caller) = tier.caller_on("b", &token, "SN-TIER").await;
+    caller.assert_show_version().await;
 
     let (listed, _) = tier.admin_command_on("c", &["service", "list"]).await;
     assert!(
@@ -231,15 +241,10 @@ async fn a_service_enrolled_through_a_serves_a_broker_logged_in_through_b() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_revoked_on_node_c_is_refused_on_node_a_within_the_bound() {
     let tier = Tier::start().await;
-    let otp = tier.otp("SN-REV").await;
-    let (dir, enrolled) = enroll_service(tier.node("a"), &otp, &[]).await;
-    enrolled.unwrap();
-    let _svc = run_service_on(dir, "SN-REV", tier.node("a")).await;
+    let _svc = tier.service("SN-REV", "a", "a").await;
     let (token, id) = tier.token_on("a").await;
-    let broker = tier.broker_on("a").await;
-    let (mut client, session, _attach) = token_session(&broker, &token).await;
-    let service = cloud_service(&mut client, &session, "SN-REV", Some(15.0)).await;
-    assert_show_version(&mut client, &session, &service).await;
+    let (_broker, mut caller) = tier.caller_on("a", &token, "SN-REV").await;
+    caller.assert_show_version().await;
 
     let (out, _) = tier.admin_command_on("c", &["token", "revoke", &id]).await;
     assert!(out.contains("revoked"), "{out}");
@@ -250,7 +255,7 @@ async fn a_token_revoked_on_node_c_is_refused_on_node_a_within_the_bound() {
         "an exec on node A fails saying revoked",
         async {
             loop {
-                match show_version(&mut client, &session, &service).await {
+                match caller.show_version().await {
                     Err(e) if e.message().contains("revoked") => return,
                     _ => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
@@ -362,10 +367,7 @@ fn node_row(listing: &str, quic: &str) -> Option<(bool, String)> {
 async fn a_killed_node_stops_owning_its_services_within_the_timeout() {
     use switchyard::relay::pg::presence::NODE_TIMEOUT;
     let mut tier = Tier::start().await;
-    let otp = tier.otp("SN-HERE").await;
-    let (dir, enrolled) = enroll_service(tier.node("a"), &otp, &[]).await;
-    enrolled.unwrap();
-    let svc = run_service_on(dir, "SN-HERE", tier.node("a")).await;
+    let svc = tier.service("SN-HERE", "a", "a").await;
     let a_quic = tier.node("a").quic.clone();
     let (listing, _) = tier.admin_command_on("b", &["nodes"]).await;
     assert_eq!(
@@ -412,26 +414,14 @@ async fn a_killed_node_stops_owning_its_services_within_the_timeout() {
 async fn a_broker_on_node_a_reaches_a_service_on_node_b_in_one_hop() {
     let (tier, tap) = Tier::start_with(&["b"], Some("a")).await;
     let mut tap = tap.unwrap();
-    let otp = tier.otp("SN-HOP").await;
-    let (dir, enrolled) = enroll_service(tier.node("b"), &otp, &[]).await;
-    enrolled.unwrap();
-    let _svc = run_service_on(dir, "SN-HOP", tier.node("b")).await;
+    let _svc = tier.service("SN-HOP", "b", "b").await;
     let (token, _) = tier.token_on("b").await;
     let a = tier.node("a").relay.as_ref().unwrap();
     assert_eq!(a.services_online(), 0, "the service is on B only");
 
-    let broker = tier.broker_on("a").await;
-    let (mut client, session, _attach) = token_session(&broker, &token).await;
-    let service = cloud_service(&mut client, &session, "SN-HOP", Some(15.0)).await;
+    let (_broker, mut caller) = tier.caller_on("a", &token, "SN-HOP").await;
     let command = "show running-config";
-    let out = run_exec(
-        &mut client,
-        in_session(&session, &service),
-        &["core-1"],
-        &[command],
-    )
-    .await
-    .unwrap();
+    let out = caller.exec("core-1", &[command]).await.unwrap();
     let output = out[0].ok_output();
     assert!(output.contains("hostname core-1"), "{output}");
     let seen = assert_ciphertext_only(&mut tap, command, "hostname core-1", ALICE);
@@ -442,10 +432,8 @@ async fn a_broker_on_node_a_reaches_a_service_on_node_b_in_one_hop() {
     assert_eq!(a.stream_bytes(), 0, "the tunnel took the stream path");
 
     // A second broker's tunnel rides the same link.
-    let other = tier.broker_on("a").await;
-    let (mut client2, session2, _attach2) = token_session(&other, &token).await;
-    let service2 = cloud_service(&mut client2, &session2, "SN-HOP", Some(15.0)).await;
-    assert_show_version(&mut client2, &session2, &service2).await;
+    let (_other, mut caller2) = tier.caller_on("a", &token, "SN-HOP").await;
+    caller2.assert_show_version().await;
     assert_eq!(a.node_links_opened(), 1, "one link from A to B");
     let log = tier.node("b").log();
     assert_eq!(log.matches("relay node connected").count(), 1, "{log}");
@@ -481,26 +469,14 @@ async fn a_broker_on_node_a_reaches_a_service_on_node_b_in_one_hop() {
 async fn a_forwarded_tunnel_takes_the_packet_path_across_nodes() {
     let (tier, tap) = Tier::start_with(&["b"], Some("a")).await;
     let mut tap = tap.unwrap();
-    let otp = tier.otp("SN-PKT").await;
-    let (dir, enrolled) = enroll_service(tier.node("a"), &otp, &[]).await;
-    enrolled.unwrap();
-    let _svc = run_service_on(dir, "SN-PKT", tier.node("a")).await;
+    let _svc = tier.service("SN-PKT", "a", "a").await;
     let a = tier.node("a").relay.as_ref().unwrap();
     assert_eq!(a.services_online(), 1, "the service is on A");
     let (token, _) = tier.token_on("a").await;
 
-    let broker = tier.broker_on("b").await;
-    let (mut client, session, _attach) = token_session(&broker, &token).await;
-    let service = cloud_service(&mut client, &session, "SN-PKT", Some(15.0)).await;
+    let (_broker, mut caller) = tier.caller_on("b", &token, "SN-PKT").await;
     let command = "show running-config";
-    let out = run_exec(
-        &mut client,
-        in_session(&session, &service),
-        &["core-1"],
-        &[command],
-    )
-    .await
-    .unwrap();
+    let out = caller.exec("core-1", &[command]).await.unwrap();
     let output = out[0].ok_output();
     assert!(output.contains("hostname core-1"), "{output}");
     assert!(
@@ -612,9 +588,8 @@ async fn when_node_a_dies_its_service_and_broker_move_to_node_b() {
 
     let (token, _) = tier.token_on("b").await;
     let broker = tier.broker_knowing(&["a", "b"]).await;
-    let (mut client, session, _attach) = token_session(&broker, &token).await;
-    let service = cloud_service(&mut client, &session, "SN-MOVE", Some(15.0)).await;
-    assert_show_version(&mut client, &session, &service).await;
+    let mut caller = CloudCaller::start(&broker, &token, "SN-MOVE").await;
+    caller.assert_show_version().await;
 
     tier.nodes
         .iter_mut()
@@ -624,14 +599,14 @@ async fn when_node_a_dies_its_service_and_broker_move_to_node_b() {
         .await;
     let killed_at = Instant::now();
     within(60, "an exec succeeds again after node A died", async {
-        while show_version(&mut client, &session, &service).await.is_err() {
+        while caller.show_version().await.is_err() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .await;
     let took = killed_at.elapsed();
     eprintln!("exec through node B {took:?} after node A was SIGKILLed");
-    assert_show_version(&mut client, &session, &service).await;
+    caller.assert_show_version().await;
     assert_eq!(tier.present_on("SN-MOVE").await, Some(b_quic));
     let bound = Duration::from_secs(5) + SLACK;
     assert!(took <= bound, "{took:?} (target 5 s + slack)");
@@ -654,10 +629,7 @@ async fn login_expiry(broker: &TestBroker) -> u64 {
 async fn when_the_login_node_dies_refresh_and_new_links_go_through_another() {
     let (mut tier, _) =
         Tier::start_with_args(&["a", "b"], None, &["--access-token-lifetime", "6s"]).await;
-    let otp = tier.otp("SN-LOGIN").await;
-    let (dir, enrolled) = enroll_service(tier.node("b"), &otp, &[]).await;
-    enrolled.unwrap();
-    let _svc = run_service_on(dir, "SN-LOGIN", tier.node("b")).await;
+    let _svc = tier.service("SN-LOGIN", "b", "b").await;
     let broker = tier.broker_knowing(&["a", "b"]).await;
     let mut client = broker.client().await;
     let (session, _attach) = open_attached(&mut client).await;
@@ -1062,45 +1034,61 @@ fn median(samples: &mut [Duration]) -> Duration {
 
 /// Benchmark for the README: exec p50 through two nodes (broker on A,
 /// service on B, forwarded) against one node (broker and service on B),
-/// alternating one exec each, in one run.
+/// alternating one exec each, in one run. With `BENCH_BASE_BIN` (another
+/// build's `switchyard`, e.g. main's), a second tier of that build runs
+/// interleaved with this one, exec by exec: before/after in one run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: cargo test --release --test relay_tier -- --ignored --nocapture"]
 async fn bench_exec_p50_through_two_nodes_vs_one() {
-    const ROUNDS: usize = 400;
-    let (tier, _) = Tier::start_with(&["a", "b"], None).await;
-    let otp = tier.otp("SN-BENCH").await;
-    let (dir, enrolled) = enroll_service(tier.node("b"), &otp, &[]).await;
-    enrolled.unwrap();
-    let _svc = run_service_on(dir, "SN-BENCH", tier.node("b")).await;
-    let (token, _) = tier.token_on("b").await;
-    let (via_a, via_b) = (tier.broker_on("a").await, tier.broker_on("b").await);
-    let (mut two, two_session, _a) = token_session(&via_a, &token).await;
-    let (mut one, one_session, _b) = token_session(&via_b, &token).await;
-    let two_service = cloud_service(&mut two, &two_session, "SN-BENCH", Some(15.0)).await;
-    let one_service = cloud_service(&mut one, &one_session, "SN-BENCH", Some(15.0)).await;
+    let rounds: usize = std::env::var("BENCH_ROUNDS").map_or(400, |v| v.parse().unwrap());
+    let base = std::env::var("BENCH_BASE_BIN").ok();
+    let mut builds = vec![("this build", common::switchyard_bin().to_string())];
+    if let Some(base) = base {
+        builds.push(("base build", base));
+    }
+    // Per build: its tier, its service, and (forwarded, local) callers.
+    let mut setups = Vec::new();
+    for (_, bin) in &builds {
+        let (tier, _) = Tier::start_bin(bin, &["a", "b"], None, &[]).await;
+        let svc = tier.service("SN-BENCH", "b", "b").await;
+        let (token, _) = tier.token_on("b").await;
+        let (via_a, two) = tier.caller_on("a", &token, "SN-BENCH").await;
+        let (via_b, one) = tier.caller_on("b", &token, "SN-BENCH").await;
+        setups.push((tier, svc, [(via_a, two), (via_b, one)]));
+    }
     for _ in 0..20 {
-        assert_show_version(&mut two, &two_session, &two_service).await;
-        assert_show_version(&mut one, &one_session, &one_service).await;
+        for (_, _, callers) in &mut setups {
+            for (_, caller) in callers.iter_mut() {
+                caller.assert_show_version().await;
+            }
+        }
     }
-    let (mut forwarded, mut local) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let t = Instant::now();
-        show_version(&mut two, &two_session, &two_service)
-            .await
-            .unwrap();
-        forwarded.push(t.elapsed());
-        let t = Instant::now();
-        show_version(&mut one, &one_session, &one_service)
-            .await
-            .unwrap();
-        local.push(t.elapsed());
+    let mut samples = vec![[Vec::new(), Vec::new()]; setups.len()];
+    for _ in 0..rounds {
+        for (i, (_, _, callers)) in setups.iter_mut().enumerate() {
+            for (k, (_, caller)) in callers.iter_mut().enumerate() {
+                let t = Instant::now();
+                caller.show_version().await.unwrap();
+                samples[i][k].push(t.elapsed());
+            }
+        }
     }
-    let (f, l) = (median(&mut forwarded), median(&mut local));
-    eprintln!(
-        "exec p50 over {ROUNDS} rounds: two nodes (forwarded) {f:?}, one node {l:?}, ratio {:.2}",
-        f.as_secs_f64() / l.as_secs_f64()
-    );
-    assert!(tier.node("a").log().contains("link to relay node opened"));
+    for (i, (name, bin)) in builds.iter().enumerate() {
+        let [forwarded, local] = &mut samples[i];
+        let (f, l) = (median(forwarded), median(local));
+        eprintln!(
+            "{name} ({bin}): exec p50 over {rounds} rounds: two nodes (forwarded) {f:?}, \
+             one node {l:?}, ratio {:.2}",
+            f.as_secs_f64() / l.as_secs_f64()
+        );
+        assert!(
+            setups[i]
+                .0
+                .node("a")
+                .log()
+                .contains("link to relay node opened")
+        );
+    }
 }
 
 /// Benchmark for the README: the database side of presence at scale.

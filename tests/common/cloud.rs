@@ -393,17 +393,7 @@ impl TestRelay {
 
     /// A broker config file naming this relay as the default domain `test`.
     pub fn broker_config(&self, dir: &std::path::Path) -> PathBuf {
-        let path = dir.join(format!("broker-{}.toml", rand_hex()));
-        std::fs::write(
-            &path,
-            format!(
-                "[domains.test]\nurl = \"{}\"\nca_file = \"{}\"\ndefault = true\n",
-                self.url(),
-                self.ca_file().display()
-            ),
-        )
-        .unwrap();
-        path
+        broker_config_at(dir, &[&self.url()], &self.ca_file())
     }
 
     /// Approves (or denies) a pending SSO login on the relay's page, as a
@@ -703,9 +693,91 @@ pub async fn broker_for(relay: &TestRelay) -> TestBroker {
 
 /// A broker for `relay`, with extra environment (config overrides).
 pub async fn broker_for_with(relay: &TestRelay, env: &[(&str, &str)]) -> TestBroker {
-    let config = relay.broker_config(relay.dir.path());
+    broker_at(relay.dir.path(), &[&relay.url()], &relay.ca_file(), env).await
+}
+
+/// A broker config file in `dir` whose default domain `test` is the relay
+/// node(s) at `urls` (one relay or a tier's nodes, tried in that order),
+/// trusting `ca_file`.
+pub fn broker_config_at(
+    dir: &std::path::Path,
+    urls: &[&str],
+    ca_file: &std::path::Path,
+) -> PathBuf {
+    let path = dir.join(format!("broker-{}.toml", rand_hex()));
+    std::fs::write(
+        &path,
+        format!(
+            "[domains.test]\nurl = \"{}\"\nca_file = \"{}\"\ndefault = true\n",
+            urls.join(","),
+            ca_file.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A broker process (config in `dir`) whose default domain is the relay
+/// node(s) at `urls` ([`broker_config_at`]), with extra environment.
+pub async fn broker_at(
+    dir: &std::path::Path,
+    urls: &[&str],
+    ca_file: &std::path::Path,
+    env: &[(&str, &str)],
+) -> TestBroker {
+    let config = broker_config_at(dir, urls, ca_file);
     let config = config.to_str().unwrap().to_string();
     TestBroker::start_with(env, &["--config", &config]).await.0
+}
+
+/// A caller of a broker on an attached session, logged in with a token,
+/// holding a reachable cloud service.
+pub struct CloudCaller {
+    pub client: Client,
+    pub session: String,
+    /// The cloud service's handle in `session`.
+    pub service: String,
+    _attach: tonic::Streaming<pb::SessionEvent>,
+}
+
+impl CloudCaller {
+    /// `broker`'s caller logged in with `token`, with `serial` through the
+    /// relay, waited for (15 s) until reachable.
+    pub async fn start(broker: &TestBroker, token: &str, serial: &str) -> Self {
+        let (mut client, session, attach) = token_session(broker, token).await;
+        let service = cloud_service(&mut client, &session, serial, Some(15.0)).await;
+        Self {
+            client,
+            session,
+            service,
+            _attach: attach,
+        }
+    }
+
+    /// `show version` on core-1 through the service ([`show_version`]).
+    pub async fn show_version(&mut self) -> Result<String, tonic::Status> {
+        show_version(&mut self.client, &self.session, &self.service).await
+    }
+
+    /// As [`assert_show_version`].
+    pub async fn assert_show_version(&mut self) {
+        assert_show_version(&mut self.client, &self.session, &self.service).await
+    }
+
+    /// `commands` on `device` through the service; the devices' results.
+    pub async fn exec(
+        &mut self,
+        device: &str,
+        commands: &[&str],
+    ) -> Result<Vec<super::broker::DeviceReport>, tonic::Status> {
+        run_exec(
+            &mut self.client,
+            in_session(&self.session, &self.service),
+            &[device],
+            commands,
+        )
+        .await
+    }
 }
 
 /// An access-token login (`session` empty: the caller's own login, which
