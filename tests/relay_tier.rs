@@ -612,6 +612,76 @@ async fn when_node_a_dies_its_service_and_broker_move_to_node_b() {
     assert!(took <= bound, "{took:?} (target 5 s + slack)");
 }
 
+/// Starts alice's SSO login on `session`: its events and the prompt
+/// (the first event).
+async fn sso_prompt(
+    client: &mut common::cloud::Client,
+    session: &str,
+) -> (tonic::Streaming<pb::SsoLoginEvent>, pb::SsoPrompt) {
+    let mut events = client
+        .sso_login(pb::SsoLoginRequest {
+            session_id: session.into(),
+            identity: ALICE.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let event = within(10, "prompt", events.message()).await.unwrap();
+    let Some(pb::sso_login_event::Event::Prompt(prompt)) = event.unwrap().event else {
+        panic!("expected a prompt first");
+    };
+    (events, prompt)
+}
+
+/// Waits (30 s) for the login's next event and checks it is the login.
+async fn logged_in(events: &mut tonic::Streaming<pb::SsoLoginEvent>) {
+    let event = within(30, "login", events.message()).await;
+    let Some(pb::sso_login_event::Event::LoggedIn(_)) = event.unwrap().unwrap().event else {
+        panic!("expected the login");
+    };
+}
+
+/// A broker's SSO login survives its node dying mid-approval: the broker
+/// (its domain lists A and B) starts the login on A; A is SIGKILLed
+/// before the person approves; they approve on B's page; the broker's
+/// polling moves to B (the grant is in the shared database) and the
+/// login completes; an exec through it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sso_login_whose_node_dies_mid_approval_finishes_through_another() {
+    let (mut tier, _) = Tier::start_with(&["a", "b"], None).await;
+    let _svc = tier.service("SN-SSO", "b", "b").await;
+    let broker = tier.broker_knowing(&["a", "b"]).await;
+    let mut client = broker.client().await;
+    let (session, _attach) = open_attached(&mut client).await;
+    let (mut events, prompt) = sso_prompt(&mut client, &session).await;
+    assert!(
+        prompt.verification_uri.starts_with(&tier.node("a").url),
+        "the login starts on A: {}",
+        prompt.verification_uri
+    );
+    tier.nodes
+        .iter_mut()
+        .find(|n| n.name == "a")
+        .unwrap()
+        .kill()
+        .await;
+    let b = tier.node("b");
+    let page = decide_at(
+        &b.url,
+        &b.ca_file(),
+        &prompt.user_code,
+        ALICE,
+        "alice-password",
+        true,
+    )
+    .await;
+    assert!(page.contains("Approved"), "approved on B: {page}");
+    logged_in(&mut events).await;
+    let service = cloud_service(&mut client, &session, "SN-SSO", Some(15.0)).await;
+    assert_show_version(&mut client, &session, &service).await;
+}
+
 /// The expiry of the broker's one login's access token (status).
 async fn login_expiry(broker: &TestBroker) -> u64 {
     let s = status(broker).await;
@@ -633,19 +703,7 @@ async fn when_the_login_node_dies_refresh_and_new_links_go_through_another() {
     let broker = tier.broker_knowing(&["a", "b"]).await;
     let mut client = broker.client().await;
     let (session, _attach) = open_attached(&mut client).await;
-    let mut events = client
-        .sso_login(pb::SsoLoginRequest {
-            session_id: session.clone(),
-            identity: ALICE.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let event = within(10, "prompt", events.message()).await.unwrap();
-    let Some(pb::sso_login_event::Event::Prompt(prompt)) = event.unwrap().event else {
-        panic!("expected a prompt first");
-    };
+    let (mut events, prompt) = sso_prompt(&mut client, &session).await;
     let a = tier.node("a");
     assert!(
         prompt.verification_uri.starts_with(&a.url),
@@ -662,10 +720,7 @@ async fn when_the_login_node_dies_refresh_and_new_links_go_through_another() {
     )
     .await;
     assert!(page.contains("Approved"), "{page}");
-    let event = within(20, "login", events.message()).await.unwrap();
-    let Some(pb::sso_login_event::Event::LoggedIn(_)) = event.unwrap().event else {
-        panic!("expected the login");
-    };
+    logged_in(&mut events).await;
     let service = cloud_service(&mut client, &session, "SN-LOGIN", Some(15.0)).await;
     assert_show_version(&mut client, &session, &service).await;
 
