@@ -652,7 +652,7 @@ async fn grant_starts_are_bounded_per_address_and_in_total() {
         15,
         "{statuses:?}"
     );
-    assert_eq!(relay.relay().grants_pending(), 5);
+    assert_eq!(relay.relay().grants_pending().await.unwrap(), 5);
     // Other addresses fill the global cap and no more.
     let mut refused = 0;
     for local in ["127.0.0.3", "127.0.0.4", "127.0.0.5"] {
@@ -664,7 +664,7 @@ async fn grant_starts_are_bounded_per_address_and_in_total() {
             }
         }
     }
-    assert_eq!(relay.relay().grants_pending(), 12);
+    assert_eq!(relay.relay().grants_pending().await.unwrap(), 12);
     assert_eq!(refused, 8);
 
     // A 1,000-byte login_hint is refused, naming the field...
@@ -692,7 +692,7 @@ async fn grant_starts_are_bounded_per_address_and_in_total() {
     )
     .await;
     assert_eq!(status_of(&r), 413, "{r}");
-    assert_eq!(relay.relay().grants_pending(), 12);
+    assert_eq!(relay.relay().grants_pending().await.unwrap(), 12);
 }
 
 /// README ("Faults and hostile clients"): the memory of a relay process

@@ -9,10 +9,10 @@
 
 mod common;
 
-use common::broker::{in_session, open_attached, run_exec, status};
+use common::broker::{open_attached, status};
 use common::cloud::{
-    ALICE, CloudService, TestRelay, assert_ciphertext_only, assert_show_version, broker_for,
-    broker_for_with, cloud_service,
+    ALICE, CloudCaller, CloudService, TestRelay, assert_ciphertext_only, assert_show_version,
+    broker_for, broker_for_with, cloud_service,
 };
 use common::tinyproxy::Tinyproxy;
 use common::within;
@@ -38,29 +38,12 @@ async fn tunnels_through_the_relays_tcp_listener_carry_only_ciphertext() {
         .await
         .unwrap();
     let broker = broker_for_with(&relay, &[("SWITCHYARD_BROKER__TRANSPORT", "tcp")]).await;
-    let mut client = broker.client().await;
-    let (session, _attach) = open_attached(&mut client).await;
-    client
-        .access_token_login(pb::AccessTokenLoginRequest {
-            session_id: session.clone(),
-            token: relay.token(ALICE),
-            relay: None,
-        })
-        .await
-        .unwrap();
-    let service = cloud_service(&mut client, &session, "SN-TCPTAP", Some(10.0)).await;
+    let mut caller = CloudCaller::start(&broker, &relay.token(ALICE), "SN-TCPTAP").await;
     let logins = status(&broker).await.logins;
     assert_eq!(logins[0].carrier, "tcp", "{logins:?}");
 
     let command = "show running-config";
-    let out = run_exec(
-        &mut client,
-        in_session(&session, &service),
-        &["core-1"],
-        &[command],
-    )
-    .await
-    .unwrap();
+    let out = caller.exec("core-1", &[command]).await.unwrap();
     assert!(out[0].ok_output().contains("hostname core-1"));
     let seen = assert_ciphertext_only(&mut tap, command, "hostname core-1", ALICE);
     assert!(seen > 1000, "the tunnel crossed the relay: {seen} bytes");

@@ -9,10 +9,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::broker::{TestBroker, in_session, open_attached, run_exec, status};
+use common::broker::{TestBroker, open_attached, status};
 use common::cloud::{
-    ALICE, CloudService, assert_ciphertext_only, assert_show_version, cloud_service, decide_at,
-    show_version, token_session,
+    ALICE, CloudCaller, CloudService, OauthAt, assert_ciphertext_only, assert_show_version,
+    broker_at, cloud_service, decide_at, show_version,
 };
 use common::postgres::{
     PgCluster, TierNode, enroll_service, enrolled_quic, init_tier_state, run_service,
@@ -63,16 +63,28 @@ impl Tier {
         tapped: Option<&str>,
         extra: &[&str],
     ) -> (Self, Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>) {
+        Self::start_bin(common::switchyard_bin(), names, tapped, extra).await
+    }
+
+    /// As [`Tier::start_with_args`], the processes running relay binary
+    /// `bin`.
+    async fn start_bin(
+        bin: &str,
+        names: &[&str],
+        tapped: Option<&str>,
+        extra: &[&str],
+    ) -> (Self, Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>) {
         common::init();
         let cluster = PgCluster::start();
         let database = cluster.create_database();
         let work = tempfile::tempdir().unwrap();
         let state = init_tier_state(work.path());
-        let mut nodes =
-            futures::future::join_all(names.iter().map(|name| {
-                TierNode::start_with_args(name, work.path(), &state, &database, extra)
-            }))
-            .await;
+        let mut nodes = futures::future::join_all(
+            names
+                .iter()
+                .map(|name| TierNode::start_bin(bin, name, work.path(), &state, &database, extra)),
+        )
+        .await;
         let mut tap = None;
         if let Some(name) = tapped {
             let (node, rx) = TierNode::start_tapped(name, work.path(), &state, &database).await;
@@ -154,22 +166,8 @@ impl Tier {
     /// URLs in that order).
     async fn broker_knowing(&self, names: &[&str]) -> TestBroker {
         let urls: Vec<&str> = names.iter().map(|n| self.node(n).url.as_str()).collect();
-        let config = self
-            .work
-            .path()
-            .join(format!("broker-tier-{:08x}.toml", rand::random::<u32>()));
-        std::fs::write(
-            &config,
-            format!(
-                "[domains.tier]\nurl = \"{}\"\nca_file = \"{}\"\ndefault = true\n",
-                urls.join(","),
-                self.node(names[0]).ca_file().display()
-            ),
-        )
-        .unwrap();
-        TestBroker::start_with(&[], &["--config", config.to_str().unwrap()])
-            .await
-            .0
+        let ca = self.node(names[0]).ca_file();
+        broker_at(self.work.path(), &urls, &ca, &[]).await
     }
 
     /// The live node serial `serial` is present on (its QUIC address).
@@ -185,10 +183,24 @@ impl Tier {
 
     /// A broker whose default domain is `node`.
     async fn broker_on(&self, node: &str) -> TestBroker {
-        let config = self.node(node).broker_config(self.work.path());
-        TestBroker::start_with(&[], &["--config", config.to_str().unwrap()])
-            .await
-            .0
+        self.broker_knowing(&[node]).await
+    }
+
+    /// Service `serial` enrolled through node `via` (with a one-time
+    /// password of alice's) and running connected to node `on`.
+    async fn service(&self, serial: &str, via: &str, on: &str) -> CloudService {
+        let otp = self.otp(serial).await;
+        let (dir, enrolled) = enroll_service(self.node(via), &otp, &[]).await;
+        assert_eq!(enrolled.unwrap(), serial);
+        run_service_on(dir, serial, self.node(on)).await
+    }
+
+    /// A broker on node `node` and its caller logged in with `token`,
+    /// holding `serial` (reachable).
+    async fn caller_on(&self, node: &str, token: &str, serial: &str) -> (TestBroker, CloudCaller) {
+        let broker = self.broker_on(node).await;
+        let caller = CloudCaller::start(&broker, token, serial).await;
+        (broker, caller)
     }
 }
 
@@ -205,10 +217,8 @@ async fn a_service_enrolled_through_a_serves_a_broker_logged_in_through_b() {
     let _svc = run_service_on(dir, "SN-TIER", tier.node("b")).await;
 
     let (token, _) = tier.token_on("c").await;
-    let broker = tier.broker_on("b").await;
-    let (mut client, session, _attach) = token_session(&broker, &token).await;
-    let service = cloud_service(&mut client, &session, "SN-TIER", Some(15.0)).await;
-    assert_show_version(&mut client, &session, &service).await;
+    let (_broker, mut caller) = tier.caller_on("b", &token, "SN-TIER").await;
+    caller.assert_show_version().await;
 
     let (listed, _) = tier.admin_command_on("c", &["service", "list"]).await;
     assert!(
@@ -231,15 +241,10 @@ async fn a_service_enrolled_through_a_serves_a_broker_logged_in_through_b() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_revoked_on_node_c_is_refused_on_node_a_within_the_bound() {
     let tier = Tier::start().await;
-    let otp = tier.otp("SN-REV").await;
-    let (dir, enrolled) = enroll_service(tier.node("a"), &otp, &[]).await;
-    enrolled.unwrap();
-    let _svc = run_service_on(dir, "SN-REV", tier.node("a")).await;
+    let _svc = tier.service("SN-REV", "a", "a").await;
     let (token, id) = tier.token_on("a").await;
-    let broker = tier.broker_on("a").await;
-    let (mut client, session, _attach) = token_session(&broker, &token).await;
-    let service = cloud_service(&mut client, &session, "SN-REV", Some(15.0)).await;
-    assert_show_version(&mut client, &session, &service).await;
+    let (_broker, mut caller) = tier.caller_on("a", &token, "SN-REV").await;
+    caller.assert_show_version().await;
 
     let (out, _) = tier.admin_command_on("c", &["token", "revoke", &id]).await;
     assert!(out.contains("revoked"), "{out}");
@@ -250,7 +255,7 @@ async fn a_token_revoked_on_node_c_is_refused_on_node_a_within_the_bound() {
         "an exec on node A fails saying revoked",
         async {
             loop {
-                match show_version(&mut client, &session, &service).await {
+                match caller.show_version().await {
                     Err(e) if e.message().contains("revoked") => return,
                     _ => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
@@ -362,10 +367,7 @@ fn node_row(listing: &str, quic: &str) -> Option<(bool, String)> {
 async fn a_killed_node_stops_owning_its_services_within_the_timeout() {
     use switchyard::relay::pg::presence::NODE_TIMEOUT;
     let mut tier = Tier::start().await;
-    let otp = tier.otp("SN-HERE").await;
-    let (dir, enrolled) = enroll_service(tier.node("a"), &otp, &[]).await;
-    enrolled.unwrap();
-    let svc = run_service_on(dir, "SN-HERE", tier.node("a")).await;
+    let svc = tier.service("SN-HERE", "a", "a").await;
     let a_quic = tier.node("a").quic.clone();
     let (listing, _) = tier.admin_command_on("b", &["nodes"]).await;
     assert_eq!(
@@ -412,26 +414,14 @@ async fn a_killed_node_stops_owning_its_services_within_the_timeout() {
 async fn a_broker_on_node_a_reaches_a_service_on_node_b_in_one_hop() {
     let (tier, tap) = Tier::start_with(&["b"], Some("a")).await;
     let mut tap = tap.unwrap();
-    let otp = tier.otp("SN-HOP").await;
-    let (dir, enrolled) = enroll_service(tier.node("b"), &otp, &[]).await;
-    enrolled.unwrap();
-    let _svc = run_service_on(dir, "SN-HOP", tier.node("b")).await;
+    let _svc = tier.service("SN-HOP", "b", "b").await;
     let (token, _) = tier.token_on("b").await;
     let a = tier.node("a").relay.as_ref().unwrap();
     assert_eq!(a.services_online(), 0, "the service is on B only");
 
-    let broker = tier.broker_on("a").await;
-    let (mut client, session, _attach) = token_session(&broker, &token).await;
-    let service = cloud_service(&mut client, &session, "SN-HOP", Some(15.0)).await;
+    let (_broker, mut caller) = tier.caller_on("a", &token, "SN-HOP").await;
     let command = "show running-config";
-    let out = run_exec(
-        &mut client,
-        in_session(&session, &service),
-        &["core-1"],
-        &[command],
-    )
-    .await
-    .unwrap();
+    let out = caller.exec("core-1", &[command]).await.unwrap();
     let output = out[0].ok_output();
     assert!(output.contains("hostname core-1"), "{output}");
     let seen = assert_ciphertext_only(&mut tap, command, "hostname core-1", ALICE);
@@ -442,10 +432,8 @@ async fn a_broker_on_node_a_reaches_a_service_on_node_b_in_one_hop() {
     assert_eq!(a.stream_bytes(), 0, "the tunnel took the stream path");
 
     // A second broker's tunnel rides the same link.
-    let other = tier.broker_on("a").await;
-    let (mut client2, session2, _attach2) = token_session(&other, &token).await;
-    let service2 = cloud_service(&mut client2, &session2, "SN-HOP", Some(15.0)).await;
-    assert_show_version(&mut client2, &session2, &service2).await;
+    let (_other, mut caller2) = tier.caller_on("a", &token, "SN-HOP").await;
+    caller2.assert_show_version().await;
     assert_eq!(a.node_links_opened(), 1, "one link from A to B");
     let log = tier.node("b").log();
     assert_eq!(log.matches("relay node connected").count(), 1, "{log}");
@@ -481,26 +469,14 @@ async fn a_broker_on_node_a_reaches_a_service_on_node_b_in_one_hop() {
 async fn a_forwarded_tunnel_takes_the_packet_path_across_nodes() {
     let (tier, tap) = Tier::start_with(&["b"], Some("a")).await;
     let mut tap = tap.unwrap();
-    let otp = tier.otp("SN-PKT").await;
-    let (dir, enrolled) = enroll_service(tier.node("a"), &otp, &[]).await;
-    enrolled.unwrap();
-    let _svc = run_service_on(dir, "SN-PKT", tier.node("a")).await;
+    let _svc = tier.service("SN-PKT", "a", "a").await;
     let a = tier.node("a").relay.as_ref().unwrap();
     assert_eq!(a.services_online(), 1, "the service is on A");
     let (token, _) = tier.token_on("a").await;
 
-    let broker = tier.broker_on("b").await;
-    let (mut client, session, _attach) = token_session(&broker, &token).await;
-    let service = cloud_service(&mut client, &session, "SN-PKT", Some(15.0)).await;
+    let (_broker, mut caller) = tier.caller_on("b", &token, "SN-PKT").await;
     let command = "show running-config";
-    let out = run_exec(
-        &mut client,
-        in_session(&session, &service),
-        &["core-1"],
-        &[command],
-    )
-    .await
-    .unwrap();
+    let out = caller.exec("core-1", &[command]).await.unwrap();
     let output = out[0].ok_output();
     assert!(output.contains("hostname core-1"), "{output}");
     assert!(
@@ -612,9 +588,8 @@ async fn when_node_a_dies_its_service_and_broker_move_to_node_b() {
 
     let (token, _) = tier.token_on("b").await;
     let broker = tier.broker_knowing(&["a", "b"]).await;
-    let (mut client, session, _attach) = token_session(&broker, &token).await;
-    let service = cloud_service(&mut client, &session, "SN-MOVE", Some(15.0)).await;
-    assert_show_version(&mut client, &session, &service).await;
+    let mut caller = CloudCaller::start(&broker, &token, "SN-MOVE").await;
+    caller.assert_show_version().await;
 
     tier.nodes
         .iter_mut()
@@ -624,17 +599,87 @@ async fn when_node_a_dies_its_service_and_broker_move_to_node_b() {
         .await;
     let killed_at = Instant::now();
     within(60, "an exec succeeds again after node A died", async {
-        while show_version(&mut client, &session, &service).await.is_err() {
+        while caller.show_version().await.is_err() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .await;
     let took = killed_at.elapsed();
     eprintln!("exec through node B {took:?} after node A was SIGKILLed");
-    assert_show_version(&mut client, &session, &service).await;
+    caller.assert_show_version().await;
     assert_eq!(tier.present_on("SN-MOVE").await, Some(b_quic));
     let bound = Duration::from_secs(5) + SLACK;
     assert!(took <= bound, "{took:?} (target 5 s + slack)");
+}
+
+/// Starts alice's SSO login on `session`: its events and the prompt
+/// (the first event).
+async fn sso_prompt(
+    client: &mut common::cloud::Client,
+    session: &str,
+) -> (tonic::Streaming<pb::SsoLoginEvent>, pb::SsoPrompt) {
+    let mut events = client
+        .sso_login(pb::SsoLoginRequest {
+            session_id: session.into(),
+            identity: ALICE.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let event = within(10, "prompt", events.message()).await.unwrap();
+    let Some(pb::sso_login_event::Event::Prompt(prompt)) = event.unwrap().event else {
+        panic!("expected a prompt first");
+    };
+    (events, prompt)
+}
+
+/// Waits (30 s) for the login's next event and checks it is the login.
+async fn logged_in(events: &mut tonic::Streaming<pb::SsoLoginEvent>) {
+    let event = within(30, "login", events.message()).await;
+    let Some(pb::sso_login_event::Event::LoggedIn(_)) = event.unwrap().unwrap().event else {
+        panic!("expected the login");
+    };
+}
+
+/// A broker's SSO login survives its node dying mid-approval: the broker
+/// (its domain lists A and B) starts the login on A; A is SIGKILLed
+/// before the person approves; they approve on B's page; the broker's
+/// polling moves to B (the grant is in the shared database) and the
+/// login completes; an exec through it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sso_login_whose_node_dies_mid_approval_finishes_through_another() {
+    let (mut tier, _) = Tier::start_with(&["a", "b"], None).await;
+    let _svc = tier.service("SN-SSO", "b", "b").await;
+    let broker = tier.broker_knowing(&["a", "b"]).await;
+    let mut client = broker.client().await;
+    let (session, _attach) = open_attached(&mut client).await;
+    let (mut events, prompt) = sso_prompt(&mut client, &session).await;
+    assert!(
+        prompt.verification_uri.starts_with(&tier.node("a").url),
+        "the login starts on A: {}",
+        prompt.verification_uri
+    );
+    tier.nodes
+        .iter_mut()
+        .find(|n| n.name == "a")
+        .unwrap()
+        .kill()
+        .await;
+    let b = tier.node("b");
+    let page = decide_at(
+        &b.url,
+        &b.ca_file(),
+        &prompt.user_code,
+        ALICE,
+        "alice-password",
+        true,
+    )
+    .await;
+    assert!(page.contains("Approved"), "approved on B: {page}");
+    logged_in(&mut events).await;
+    let service = cloud_service(&mut client, &session, "SN-SSO", Some(15.0)).await;
+    assert_show_version(&mut client, &session, &service).await;
 }
 
 /// The expiry of the broker's one login's access token (status).
@@ -654,26 +699,11 @@ async fn login_expiry(broker: &TestBroker) -> u64 {
 async fn when_the_login_node_dies_refresh_and_new_links_go_through_another() {
     let (mut tier, _) =
         Tier::start_with_args(&["a", "b"], None, &["--access-token-lifetime", "6s"]).await;
-    let otp = tier.otp("SN-LOGIN").await;
-    let (dir, enrolled) = enroll_service(tier.node("b"), &otp, &[]).await;
-    enrolled.unwrap();
-    let _svc = run_service_on(dir, "SN-LOGIN", tier.node("b")).await;
+    let _svc = tier.service("SN-LOGIN", "b", "b").await;
     let broker = tier.broker_knowing(&["a", "b"]).await;
     let mut client = broker.client().await;
     let (session, _attach) = open_attached(&mut client).await;
-    let mut events = client
-        .sso_login(pb::SsoLoginRequest {
-            session_id: session.clone(),
-            identity: ALICE.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let event = within(10, "prompt", events.message()).await.unwrap();
-    let Some(pb::sso_login_event::Event::Prompt(prompt)) = event.unwrap().event else {
-        panic!("expected a prompt first");
-    };
+    let (mut events, prompt) = sso_prompt(&mut client, &session).await;
     let a = tier.node("a");
     assert!(
         prompt.verification_uri.starts_with(&a.url),
@@ -690,10 +720,7 @@ async fn when_the_login_node_dies_refresh_and_new_links_go_through_another() {
     )
     .await;
     assert!(page.contains("Approved"), "{page}");
-    let event = within(20, "login", events.message()).await.unwrap();
-    let Some(pb::sso_login_event::Event::LoggedIn(_)) = event.unwrap().event else {
-        panic!("expected the login");
-    };
+    logged_in(&mut events).await;
     let service = cloud_service(&mut client, &session, "SN-LOGIN", Some(15.0)).await;
     assert_show_version(&mut client, &session, &service).await;
 
@@ -855,6 +882,205 @@ async fn node_certificates_of_long_dead_nodes_are_deleted() {
     .await;
 }
 
+impl Tier {
+    /// Node `name`'s OAuth endpoints, as a device-login client sees them.
+    fn oauth(&self, name: &str) -> OauthAt {
+        let node = self.node(name);
+        OauthAt::new(&node.url, &node.ca_file())
+    }
+
+    /// Device grants stored now (psql), those with `user_code` if given.
+    fn grant_rows(&self, user_code: Option<&str>) -> usize {
+        let filter = user_code.map_or(String::new(), |c| format!(" WHERE user_code = '{c}'"));
+        self.sql(&format!("SELECT count(*) FROM device_grants{filter}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+/// Polls `node` at the protocol's pace (the 1 s interval every test node
+/// has, 5 s longer after each `slow_down`, RFC 8628 §3.5) until it answers
+/// something other than pending, for at most 30 s.
+async fn poll_until_decided(node: &OauthAt, device_code: &str) -> (u16, serde_json::Value) {
+    within(30, "the device login is decided", async {
+        let mut interval = Duration::from_millis(1100);
+        loop {
+            tokio::time::sleep(interval).await;
+            let (status, body) = node.poll(device_code).await;
+            match body["error"].as_str() {
+                Some("authorization_pending") => {}
+                Some("slow_down") => interval += Duration::from_secs(5),
+                _ => return (status, body),
+            }
+        }
+    })
+    .await
+}
+
+/// A device login (RFC 8628) finishes on any node: started on node A (its
+/// grant pending on C too), A's approval page opened, then A SIGKILLed
+/// mid-approval; the person approves through B and the client's polling
+/// through C gets the tokens, which B refreshes; the grant is redeemed
+/// once (a second poll is refused) and its row is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_login_started_on_a_finishes_through_b_and_c_after_a_dies() {
+    let mut tier = Tier::start().await;
+    let (b, c) = (tier.oauth("b"), tier.oauth("c"));
+    let grant = tier.oauth("a").start_device_login(ALICE).await;
+    let device_code = grant["device_code"].as_str().unwrap().to_string();
+    let user_code = grant["user_code"].as_str().unwrap().to_string();
+    assert_eq!(grant["interval"], 1, "{grant}");
+    let (status, body) = c.poll(&device_code).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("authorization_pending")),
+        "C knows A's grant: {body}"
+    );
+    let page = tier.oauth("a").device_page(&user_code).await;
+    assert!(page.contains(ALICE), "A's page names the login: {page}");
+    assert!(
+        !tier
+            .sql("SELECT encode(device_hash, 'hex') FROM device_grants")
+            .contains(&device_code),
+        "the device code is stored only hashed"
+    );
+
+    tier.nodes
+        .iter_mut()
+        .find(|n| n.name == "a")
+        .unwrap()
+        .kill()
+        .await;
+    let page = b.device_page(&user_code).await;
+    assert!(page.contains(ALICE), "B's page names the login: {page}");
+    let page = decide_at(
+        &b.url,
+        &tier.node("b").ca_file(),
+        &user_code,
+        ALICE,
+        "alice-password",
+        true,
+    )
+    .await;
+    assert!(page.contains("Approved"), "approved through B: {page}");
+
+    let (status, tokens) = poll_until_decided(&c, &device_code).await;
+    assert_eq!(status, 200, "redeemed through C: {tokens}");
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    assert!(tokens["access_token"].as_str().is_some(), "{tokens}");
+    let (status, refreshed) = b.refresh(refresh).await;
+    assert_eq!(status, 200, "B honours the tokens C issued: {refreshed}");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, again) = b.poll(&device_code).await;
+    assert_eq!(
+        (status, again["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "redeemed once: {again}"
+    );
+    assert_eq!(tier.grant_rows(None), 0);
+}
+
+/// A user code is single-use across nodes: approvals submitted through B
+/// and C at once are held at the database (the test locks the grant's
+/// row) until both wait, then released together; exactly one approves,
+/// the other is told the code was already used (two rounds). An expired
+/// grant (aged by hand) cannot be approved, its poll says so once and
+/// deletes it; a grant expired longer than `EXPIRED_KEPT` is deleted by
+/// the next start on any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_code_is_approved_once_across_nodes_and_expired_grants_are_deleted() {
+    use switchyard::relay::device_flow::EXPIRED_KEPT;
+    let tier = Tier::start_with(&["b", "c"], None).await.0;
+    let (b, c) = (tier.oauth("b"), tier.oauth("c"));
+    let (mut gate, conn) = tokio_postgres::connect(&tier.database, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let _driver = switchyard::task::AbortOnDrop::new(tokio::spawn(conn));
+    let approve_at = |name: &str, user_code: String| {
+        let node = tier.node(name);
+        let (url, ca) = (node.url.clone(), node.ca_file());
+        async move { decide_at(&url, &ca, &user_code, ALICE, "alice-password", true).await }
+    };
+    for round in 0..2 {
+        let grant = b.start_device_login(ALICE).await;
+        let user_code = grant["user_code"].as_str().unwrap().to_string();
+        // The gate holds the grant's row: an approval that locks the row
+        // to read it waits here, and so does one that read it unlocked
+        // and then writes (which would then approve twice).
+        let lock = gate.transaction().await.unwrap();
+        lock.execute(
+            "SELECT 1 FROM device_grants WHERE user_code = $1 FOR UPDATE",
+            &[&user_code],
+        )
+        .await
+        .unwrap();
+        let both = async {
+            tokio::join!(
+                approve_at("b", user_code.clone()),
+                approve_at("c", user_code.clone())
+            )
+        };
+        let release = async {
+            within(30, "both approvals wait at the database", async {
+                loop {
+                    let waiting: i64 = lock
+                        .query_one("SELECT count(*) FROM pg_locks WHERE NOT granted", &[])
+                        .await
+                        .unwrap()
+                        .get(0);
+                    if waiting >= 2 {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            lock.commit().await.unwrap();
+        };
+        let ((on_b, on_c), ()) = tokio::join!(both, release);
+        let pages = [on_b, on_c];
+        let won = pages.iter().filter(|p| p.contains("Approved")).count();
+        assert_eq!(won, 1, "round {round}: {pages:?}");
+        assert!(
+            pages.iter().any(|p| p.contains("already used")),
+            "round {round}: {pages:?}"
+        );
+        let device_code = grant["device_code"].as_str().unwrap();
+        let (status, _) = c.poll(device_code).await;
+        assert_eq!(status, 200, "round {round}: the approved grant redeems");
+    }
+
+    // Expired (aged past its lifetime): refused, told once, deleted.
+    let grant = c.start_device_login(ALICE).await;
+    let user_code = grant["user_code"].as_str().unwrap().to_string();
+    tier.sql(&format!(
+        "UPDATE device_grants SET expires_at = expires_at - 601000 WHERE user_code = '{user_code}'"
+    ));
+    let page = approve_at("b", user_code.clone()).await;
+    assert!(page.contains("expired"), "{page}");
+    let (status, body) = b.poll(grant["device_code"].as_str().unwrap()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("expired_token")),
+        "{body}"
+    );
+    assert_eq!(tier.grant_rows(Some(&user_code)), 0, "told once, deleted");
+
+    // Expired long ago and never polled: the next start deletes it.
+    let old = b.start_device_login(ALICE).await;
+    let old_code = old["user_code"].as_str().unwrap().to_string();
+    let aged = 600_000 + EXPIRED_KEPT.as_millis() as i64 + 1_000;
+    tier.sql(&format!(
+        "UPDATE device_grants SET expires_at = expires_at - {aged} WHERE user_code = '{old_code}'"
+    ));
+    assert_eq!(tier.grant_rows(Some(&old_code)), 1);
+    c.start_device_login(ALICE).await;
+    assert_eq!(tier.grant_rows(Some(&old_code)), 0, "deleted by C's start");
+    assert_eq!(tier.grant_rows(None), 1, "only the new grant");
+}
+
 /// The median of `samples` (sorted in place).
 fn median(samples: &mut [Duration]) -> Duration {
     samples.sort();
@@ -863,45 +1089,61 @@ fn median(samples: &mut [Duration]) -> Duration {
 
 /// Benchmark for the README: exec p50 through two nodes (broker on A,
 /// service on B, forwarded) against one node (broker and service on B),
-/// alternating one exec each, in one run.
+/// alternating one exec each, in one run. With `BENCH_BASE_BIN` (another
+/// build's `switchyard`, e.g. main's), a second tier of that build runs
+/// interleaved with this one, exec by exec: before/after in one run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: cargo test --release --test relay_tier -- --ignored --nocapture"]
 async fn bench_exec_p50_through_two_nodes_vs_one() {
-    const ROUNDS: usize = 400;
-    let (tier, _) = Tier::start_with(&["a", "b"], None).await;
-    let otp = tier.otp("SN-BENCH").await;
-    let (dir, enrolled) = enroll_service(tier.node("b"), &otp, &[]).await;
-    enrolled.unwrap();
-    let _svc = run_service_on(dir, "SN-BENCH", tier.node("b")).await;
-    let (token, _) = tier.token_on("b").await;
-    let (via_a, via_b) = (tier.broker_on("a").await, tier.broker_on("b").await);
-    let (mut two, two_session, _a) = token_session(&via_a, &token).await;
-    let (mut one, one_session, _b) = token_session(&via_b, &token).await;
-    let two_service = cloud_service(&mut two, &two_session, "SN-BENCH", Some(15.0)).await;
-    let one_service = cloud_service(&mut one, &one_session, "SN-BENCH", Some(15.0)).await;
+    let rounds: usize = std::env::var("BENCH_ROUNDS").map_or(400, |v| v.parse().unwrap());
+    let base = std::env::var("BENCH_BASE_BIN").ok();
+    let mut builds = vec![("this build", common::switchyard_bin().to_string())];
+    if let Some(base) = base {
+        builds.push(("base build", base));
+    }
+    // Per build: its tier, its service, and (forwarded, local) callers.
+    let mut setups = Vec::new();
+    for (_, bin) in &builds {
+        let (tier, _) = Tier::start_bin(bin, &["a", "b"], None, &[]).await;
+        let svc = tier.service("SN-BENCH", "b", "b").await;
+        let (token, _) = tier.token_on("b").await;
+        let (via_a, two) = tier.caller_on("a", &token, "SN-BENCH").await;
+        let (via_b, one) = tier.caller_on("b", &token, "SN-BENCH").await;
+        setups.push((tier, svc, [(via_a, two), (via_b, one)]));
+    }
     for _ in 0..20 {
-        assert_show_version(&mut two, &two_session, &two_service).await;
-        assert_show_version(&mut one, &one_session, &one_service).await;
+        for (_, _, callers) in &mut setups {
+            for (_, caller) in callers.iter_mut() {
+                caller.assert_show_version().await;
+            }
+        }
     }
-    let (mut forwarded, mut local) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let t = Instant::now();
-        show_version(&mut two, &two_session, &two_service)
-            .await
-            .unwrap();
-        forwarded.push(t.elapsed());
-        let t = Instant::now();
-        show_version(&mut one, &one_session, &one_service)
-            .await
-            .unwrap();
-        local.push(t.elapsed());
+    let mut samples = vec![[Vec::new(), Vec::new()]; setups.len()];
+    for _ in 0..rounds {
+        for (i, (_, _, callers)) in setups.iter_mut().enumerate() {
+            for (k, (_, caller)) in callers.iter_mut().enumerate() {
+                let t = Instant::now();
+                caller.show_version().await.unwrap();
+                samples[i][k].push(t.elapsed());
+            }
+        }
     }
-    let (f, l) = (median(&mut forwarded), median(&mut local));
-    eprintln!(
-        "exec p50 over {ROUNDS} rounds: two nodes (forwarded) {f:?}, one node {l:?}, ratio {:.2}",
-        f.as_secs_f64() / l.as_secs_f64()
-    );
-    assert!(tier.node("a").log().contains("link to relay node opened"));
+    for (i, (name, bin)) in builds.iter().enumerate() {
+        let [forwarded, local] = &mut samples[i];
+        let (f, l) = (median(forwarded), median(local));
+        eprintln!(
+            "{name} ({bin}): exec p50 over {rounds} rounds: two nodes (forwarded) {f:?}, \
+             one node {l:?}, ratio {:.2}",
+            f.as_secs_f64() / l.as_secs_f64()
+        );
+        assert!(
+            setups[i]
+                .0
+                .node("a")
+                .log()
+                .contains("link to relay node opened")
+        );
+    }
 }
 
 /// Benchmark for the README: the database side of presence at scale.

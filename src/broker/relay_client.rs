@@ -248,10 +248,6 @@ impl RelayInfo {
         }
     }
 
-    fn oauth(&self) -> Result<OAuthClient, CloudError> {
-        self.oauth_at(self.base())
-    }
-
     fn oauth_at(&self, base: &str) -> Result<OAuthClient, CloudError> {
         let bad = |e: url::ParseError| CloudError::Config(e.to_string());
         Ok(BasicClient::new(ClientId::new(CLIENT_ID.into()))
@@ -260,6 +256,40 @@ impl RelayInfo {
                     .map_err(bad)?,
             )
             .set_token_uri(TokenUrl::new(format!("{base}/oauth/token")).map_err(bad)?))
+    }
+
+    /// One request to a token endpoint (its path and query kept), sent to
+    /// the node that answered last or, when that one cannot be reached,
+    /// the others in turn.
+    async fn token_request_on_some_node(
+        &self,
+        request: oauth2::HttpRequest,
+    ) -> Result<oauth2::HttpResponse, CloudError> {
+        let (parts, body) = request.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/oauth/token".to_string(), |p| p.as_str().to_string());
+        self.on_some_node(
+            |e| !matches!(e, CloudError::Unreachable { .. }),
+            |base| {
+                let request = http::Request::builder()
+                    .method(parts.method.clone())
+                    .uri(format!("{base}{path}"))
+                    .body(body.clone())
+                    .map(|mut r| {
+                        *r.headers_mut() = parts.headers.clone();
+                        r
+                    });
+                async move {
+                    let request = request.map_err(|e| CloudError::Config(e.to_string()))?;
+                    oauth2::AsyncHttpClient::call(&self.http, request)
+                        .await
+                        .map_err(|e| self.unreachable(e.to_string()))
+                }
+            },
+        )
+        .await
     }
 
     /// `request` against the node that answered last, else each other node
@@ -305,7 +335,8 @@ impl RelayInfo {
     }
 
     /// Starts a device grant for `identity` (on the first node that
-    /// answers; the grant is finished there).
+    /// answers; a tier's nodes share their grants, so it can be finished
+    /// through any of them).
     pub async fn start_device_flow(
         &self,
         identity: &str,
@@ -325,15 +356,19 @@ impl RelayInfo {
     }
 
     /// Polls until the person decides (honouring `interval` and
-    /// `slow_down`) or the code expires.
+    /// `slow_down`) or the code expires. Each poll goes to the node that
+    /// answered last and, when that one is down (it died mid-approval), to
+    /// the next node of the tier, which holds the same grant; the relay's
+    /// answer (denied, expired) is final.
     pub async fn finish_device_flow(
         &self,
         details: &StandardDeviceAuthorizationResponse,
     ) -> Result<Tokens, CloudError> {
+        let http = |request: oauth2::HttpRequest| self.token_request_on_some_node(request);
         let response = self
-            .oauth()?
+            .oauth_at(self.base())?
             .exchange_device_access_token(details)
-            .request_async(&self.http, tokio::time::sleep, None)
+            .request_async(&http, tokio::time::sleep, None)
             .await
             .map_err(|e| CloudError::Sso(describe(&e)))?;
         tokens(response)

@@ -12,11 +12,12 @@
 
 use std::sync::Arc;
 
+use super::device_flow::{GrantKey, GrantRecord, GrantWrite};
 use super::pg::PgStore;
 use super::pg::presence::NodeRecord;
 use super::store::{
-    AuditRecord, CertRecord, EnrollRequest, Enrolled, RelayStore, RelayUser, ServiceRecord,
-    StoreError, TokenRecord,
+    AuditRecord, CertRecord, EnrollRequest, Enrolled, GrantStart, RelayStore, RelayUser,
+    ServiceRecord, StoreError, TokenRecord,
 };
 use crate::password;
 use crate::secret::Secret;
@@ -262,6 +263,43 @@ impl Database {
         match self {
             Self::Sqlite(s) => s.revoke_cert(fingerprint),
             Self::Postgres(p) => p.revoke_cert(fingerprint).await,
+        }
+    }
+
+    // Device grants (RFC 8628), shared by every node of a tier.
+
+    /// Stores a new device grant unless `max_pending` are open (see
+    /// [`RelayStore::start_grant`]); `now` in Unix milliseconds.
+    pub async fn start_grant(
+        &self,
+        grant: &GrantRecord,
+        max_pending: usize,
+        now: u64,
+    ) -> Result<GrantStart, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.start_grant(grant, max_pending, now),
+            Self::Postgres(p) => p.start_grant(grant, max_pending, now).await,
+        }
+    }
+
+    /// Runs a `device_flow` rule on grant `key` holding its row, then
+    /// saves or deletes it as the rule says (see [`RelayStore::update_grant`]).
+    pub async fn update_grant<R: Send>(
+        &self,
+        key: GrantKey<'_>,
+        rule: impl FnOnce(Option<&mut GrantRecord>) -> (R, GrantWrite) + Send,
+    ) -> Result<R, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.update_grant(key, rule),
+            Self::Postgres(p) => p.update_grant(key, rule).await,
+        }
+    }
+
+    /// Device grants open (not expired) at `now` (Unix milliseconds).
+    pub async fn pending_grants(&self, now: u64) -> Result<usize, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.pending_grants(now),
+            Self::Postgres(p) => p.pending_grants(now).await,
         }
     }
 

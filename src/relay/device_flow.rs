@@ -1,14 +1,26 @@
-//! The OAuth 2.0 device authorization grant (RFC 8628), relay side, as a
-//! state machine with no I/O and no clock of its own (every call takes
-//! `now`), so its rules are tested with virtual time.
+//! The OAuth 2.0 device authorization grant (RFC 8628), relay side: the
+//! rules of one grant as plain functions over its record, with no I/O and
+//! no clock of its own (every call takes `now`, Unix milliseconds), so
+//! they are tested with virtual time.
 //!
 //! A grant is started by a client (device code + user code), decided by a
 //! person on the approval page (by user code), and redeemed once by the
 //! client's polling (by device code). Polling faster than the interval
 //! earns `slow_down` and a 5-second longer interval (RFC 8628 §3.5).
+//!
+//! The records live in the relay's store (`device_grants`, SQLite or a
+//! tier's PostgreSQL), so a grant started on one node is approved and
+//! redeemed through any node, and survives the node that started it.
+//! The store applies these rules inside one transaction per call, holding
+//! the grant's row (see `RelayStore::update_grant`, `PgStore::update_grant`).
+//!
+//! **Invariant:** the device code is never stored: only its SHA-256
+//! ([`device_code_hash`]; it is 32 random bytes, so a slow hash buys
+//! nothing). A grant is decided at most once and redeemed at most once.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 
 /// Settings of the grant.
 #[derive(Debug, Clone)]
@@ -30,6 +42,19 @@ impl Default for DeviceFlowConfig {
             max_pending: 10_000,
         }
     }
+}
+
+/// How long an expired grant is kept (so a late poll hears
+/// `expired_token`, not `invalid_grant`) before a grant start deletes it.
+pub const EXPIRED_KEPT: Duration = Duration::from_secs(60);
+
+/// Unix time in milliseconds (the grants' clock; shared by the nodes of a
+/// tier, so it is wall-clock time).
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Why a grant could not be started.
@@ -82,30 +107,74 @@ pub enum DecideError {
     WrongUser(String),
 }
 
+/// A person's decision on a grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Decision {
+pub enum Decision {
     Pending,
+    /// Approved by this user (the identity the grant is redeemed as).
     Approved(String),
     Denied,
 }
 
-#[derive(Debug)]
-struct Grant {
-    user_code: String,
-    login_hint: Option<String>,
-    expires_at: Instant,
-    interval: Duration,
-    last_poll: Option<Instant>,
-    decision: Decision,
+impl Decision {
+    /// The stored form: (`pending` | `approved` | `denied`, the approver).
+    pub fn to_columns(&self) -> (&'static str, Option<&str>) {
+        match self {
+            Self::Pending => ("pending", None),
+            Self::Approved(email) => ("approved", Some(email)),
+            Self::Denied => ("denied", None),
+        }
+    }
+
+    /// From the stored form; an unknown state or an approval without an
+    /// approver reads as denied (never as approved).
+    pub fn from_columns(state: &str, email: Option<String>) -> Self {
+        match (state, email) {
+            ("pending", _) => Self::Pending,
+            ("approved", Some(email)) => Self::Approved(email),
+            _ => Self::Denied,
+        }
+    }
 }
 
-/// Open grants.
-#[derive(Debug, Default)]
-pub struct DeviceGrants {
-    config: DeviceFlowConfig,
-    by_device_code: HashMap<String, Grant>,
-    by_user_code: HashMap<String, String>,
-    started: u64,
+/// One grant as stored. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    /// SHA-256 of the device code (the key polls find it by).
+    pub device_hash: [u8; 32],
+    /// Normalized (`ABCD-EFGH`); unique among stored grants.
+    pub user_code: String,
+    pub login_hint: Option<String>,
+    pub expires_at: u64,
+    /// Milliseconds the client must wait between polls.
+    pub interval: u64,
+    pub last_poll: Option<u64>,
+    pub decision: Decision,
+}
+
+/// What a store does with a grant's row after a rule ran on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantWrite {
+    /// Nothing changed.
+    Keep,
+    /// Write the record back.
+    Save,
+    /// Delete the row (redeemed, denied and told, or expired and told).
+    Delete,
+}
+
+/// Which grant a store call is about.
+#[derive(Debug, Clone, Copy)]
+pub enum GrantKey<'a> {
+    /// A user code as typed (normalized by the store call).
+    UserCode(&'a str),
+    /// A device code's hash.
+    Device(&'a [u8; 32]),
+}
+
+/// SHA-256 of a device code, the only form it is stored in.
+pub fn device_code_hash(device_code: &str) -> [u8; 32] {
+    Sha256::digest(device_code.as_bytes()).into()
 }
 
 /// Letters that cannot be confused with each other or digits, and no
@@ -138,75 +207,37 @@ pub fn normalize_user_code(code: &str) -> String {
     }
 }
 
-impl DeviceGrants {
-    pub fn new(config: DeviceFlowConfig) -> Self {
-        Self {
-            config,
-            ..Self::default()
-        }
-    }
+/// A new grant: what the client is told and what is stored (a store that
+/// finds the user code taken asks for another grant).
+pub fn new_grant(
+    config: &DeviceFlowConfig,
+    login_hint: Option<String>,
+    now: u64,
+) -> (NewGrant, GrantRecord) {
+    let device_code = hex::encode(rand::random::<[u8; 32]>());
+    let user_code = new_user_code();
+    let record = GrantRecord {
+        device_hash: device_code_hash(&device_code),
+        user_code: user_code.clone(),
+        login_hint,
+        expires_at: now + config.lifetime.as_millis() as u64,
+        interval: config.interval.as_millis() as u64,
+        last_poll: None,
+        decision: Decision::Pending,
+    };
+    let grant = NewGrant {
+        device_code,
+        user_code,
+        expires_in: config.lifetime,
+        interval: config.interval,
+    };
+    (grant, record)
+}
 
-    /// Grants started since the relay started (what the "one prompt for
-    /// many processes" promise is checked against).
-    pub fn started(&self) -> u64 {
-        self.started
-    }
-
-    /// Grants open now (expired ones are counted until the next start).
-    pub fn pending(&self) -> usize {
-        self.by_device_code.len()
-    }
-
-    /// Starts a grant, unless `max_pending` are open already.
-    pub fn start(
-        &mut self,
-        login_hint: Option<String>,
-        now: Instant,
-    ) -> Result<NewGrant, StartError> {
-        self.purge(now);
-        if self.by_device_code.len() >= self.config.max_pending {
-            return Err(StartError::TooManyPending);
-        }
-        let device_code = hex::encode(rand::random::<[u8; 32]>());
-        let mut user_code = new_user_code();
-        while self.by_user_code.contains_key(&user_code) {
-            user_code = new_user_code();
-        }
-        self.by_user_code
-            .insert(user_code.clone(), device_code.clone());
-        self.by_device_code.insert(
-            device_code.clone(),
-            Grant {
-                user_code: user_code.clone(),
-                login_hint,
-                expires_at: now + self.config.lifetime,
-                interval: self.config.interval,
-                last_poll: None,
-                decision: Decision::Pending,
-            },
-        );
-        self.started += 1;
-        Ok(NewGrant {
-            device_code,
-            user_code,
-            expires_in: self.config.lifetime,
-            interval: self.config.interval,
-        })
-    }
-
-    /// The identity the grant was started for, if it is open.
-    pub fn login_hint(&self, user_code: &str, now: Instant) -> Result<Option<String>, DecideError> {
-        let grant = self.open_grant(user_code, now)?;
-        Ok(grant.login_hint.clone())
-    }
-
-    fn open_grant(&self, user_code: &str, now: Instant) -> Result<&Grant, DecideError> {
-        let code = normalize_user_code(user_code);
-        let grant = self
-            .by_user_code
-            .get(&code)
-            .and_then(|d| self.by_device_code.get(d))
-            .ok_or(DecideError::UnknownCode)?;
+impl GrantRecord {
+    /// Whether the grant can still be decided: known, unexpired, pending.
+    pub fn open(grant: Option<&Self>, now: u64) -> Result<&Self, DecideError> {
+        let grant = grant.ok_or(DecideError::UnknownCode)?;
         if now >= grant.expires_at {
             return Err(DecideError::Expired);
         }
@@ -216,82 +247,53 @@ impl DeviceGrants {
         Ok(grant)
     }
 
-    /// A signed-in person approves (or denies) the grant with `user_code`.
+    /// A signed-in person (`email`) approves or denies the grant.
     pub fn decide(
-        &mut self,
-        user_code: &str,
+        grant: Option<&mut Self>,
         email: &str,
         approve: bool,
-        now: Instant,
-    ) -> Result<(), DecideError> {
-        let grant = self.open_grant(user_code, now)?;
+        now: u64,
+    ) -> (Result<(), DecideError>, GrantWrite) {
+        let Some(grant) = grant else {
+            return (Err(DecideError::UnknownCode), GrantWrite::Keep);
+        };
+        if let Err(e) = Self::open(Some(grant), now) {
+            return (Err(e), GrantWrite::Keep);
+        }
         if let Some(hint) = &grant.login_hint
             && !hint.eq_ignore_ascii_case(email)
         {
-            return Err(DecideError::WrongUser(hint.clone()));
+            return (Err(DecideError::WrongUser(hint.clone())), GrantWrite::Keep);
         }
-        let code = normalize_user_code(user_code);
-        if let Some(grant) = self
-            .by_user_code
-            .get(&code)
-            .and_then(|d| self.by_device_code.get_mut(d))
-        {
-            grant.decision = if approve {
-                Decision::Approved(email.to_string())
-            } else {
-                Decision::Denied
-            };
-        }
-        Ok(())
+        grant.decision = if approve {
+            Decision::Approved(email.to_string())
+        } else {
+            Decision::Denied
+        };
+        (Ok(()), GrantWrite::Save)
     }
 
-    /// A client polls with its device code; returns the approved identity
-    /// once (the grant is then gone).
-    pub fn poll(&mut self, device_code: &str, now: Instant) -> Result<String, PollError> {
-        let grant = self
-            .by_device_code
-            .get_mut(device_code)
-            .ok_or(PollError::InvalidGrant)?;
+    /// The client polls; the approved identity is returned once (the
+    /// grant is then deleted).
+    pub fn poll(grant: Option<&mut Self>, now: u64) -> (Result<String, PollError>, GrantWrite) {
+        let Some(grant) = grant else {
+            return (Err(PollError::InvalidGrant), GrantWrite::Keep);
+        };
         if now >= grant.expires_at {
-            self.remove(device_code);
-            return Err(PollError::ExpiredToken);
+            return (Err(PollError::ExpiredToken), GrantWrite::Delete);
         }
         let too_soon = grant
             .last_poll
-            .is_some_and(|last| now.saturating_duration_since(last) < grant.interval);
+            .is_some_and(|last| now.saturating_sub(last) < grant.interval);
         grant.last_poll = Some(now);
         if too_soon {
-            grant.interval += Duration::from_secs(5);
-            return Err(PollError::SlowDown);
+            grant.interval += 5_000;
+            return (Err(PollError::SlowDown), GrantWrite::Save);
         }
         match grant.decision.clone() {
-            Decision::Pending => Err(PollError::AuthorizationPending),
-            Decision::Denied => {
-                self.remove(device_code);
-                Err(PollError::AccessDenied)
-            }
-            Decision::Approved(email) => {
-                self.remove(device_code);
-                Ok(email)
-            }
-        }
-    }
-
-    fn remove(&mut self, device_code: &str) {
-        if let Some(grant) = self.by_device_code.remove(device_code) {
-            self.by_user_code.remove(&grant.user_code);
-        }
-    }
-
-    fn purge(&mut self, now: Instant) {
-        let expired: Vec<String> = self
-            .by_device_code
-            .iter()
-            .filter(|(_, g)| now >= g.expires_at + Duration::from_secs(60))
-            .map(|(d, _)| d.clone())
-            .collect();
-        for device_code in expired {
-            self.remove(&device_code);
+            Decision::Pending => (Err(PollError::AuthorizationPending), GrantWrite::Save),
+            Decision::Denied => (Err(PollError::AccessDenied), GrantWrite::Delete),
+            Decision::Approved(email) => (Ok(email), GrantWrite::Delete),
         }
     }
 }
@@ -300,102 +302,111 @@ impl DeviceGrants {
 mod tests {
     use super::*;
 
-    fn grants() -> (DeviceGrants, Instant) {
+    const T0: u64 = 1_000_000;
+
+    fn grant(hint: Option<&str>) -> (NewGrant, GrantRecord) {
         let config = DeviceFlowConfig {
             lifetime: Duration::from_secs(60),
             interval: Duration::from_secs(2),
             ..Default::default()
         };
-        (DeviceGrants::new(config), Instant::now())
+        new_grant(&config, hint.map(String::from), T0)
     }
 
     #[test]
-    fn approve_then_redeem_once() {
-        let (mut g, t0) = grants();
-        let grant = g.start(Some("a@x".into()), t0).unwrap();
+    fn approve_then_redeem_once_and_only_the_hash_is_kept() {
+        let (new, mut g) = grant(Some("a@x"));
+        assert_eq!(g.device_hash, device_code_hash(&new.device_code));
+        assert_ne!(&g.device_hash[..], new.device_code.as_bytes());
         assert_eq!(
-            g.poll(&grant.device_code, t0),
-            Err(PollError::AuthorizationPending)
+            GrantRecord::poll(Some(&mut g), T0),
+            (Err(PollError::AuthorizationPending), GrantWrite::Save)
         );
-        let typed = grant.user_code.to_lowercase().replace('-', "");
-        g.decide(&typed, "a@x", true, t0 + Duration::from_secs(1))
-            .unwrap();
+        let typed = new.user_code.to_lowercase().replace('-', "");
+        assert_eq!(normalize_user_code(&typed), g.user_code);
         assert_eq!(
-            g.poll(&grant.device_code, t0 + Duration::from_secs(3)),
-            Ok("a@x".into())
+            GrantRecord::decide(Some(&mut g), "a@x", true, T0 + 1_000),
+            (Ok(()), GrantWrite::Save)
         );
         assert_eq!(
-            g.poll(&grant.device_code, t0 + Duration::from_secs(6)),
-            Err(PollError::InvalidGrant)
+            GrantRecord::poll(Some(&mut g), T0 + 3_000),
+            (Ok("a@x".into()), GrantWrite::Delete)
         );
-        assert_eq!(g.started(), 1);
+        assert_eq!(
+            GrantRecord::poll(None, T0 + 6_000),
+            (Err(PollError::InvalidGrant), GrantWrite::Keep)
+        );
     }
 
     #[test]
     fn polling_too_fast_slows_the_client_down() {
-        let (mut g, t0) = grants();
-        let grant = g.start(None, t0).unwrap();
-        let _ = g.poll(&grant.device_code, t0);
+        let (_, mut g) = grant(None);
+        let _ = GrantRecord::poll(Some(&mut g), T0);
         assert_eq!(
-            g.poll(&grant.device_code, t0 + Duration::from_secs(1)),
+            GrantRecord::poll(Some(&mut g), T0 + 1_000).0,
             Err(PollError::SlowDown)
         );
         // The interval is now 7 s: 3 s later is still too soon.
         assert_eq!(
-            g.poll(&grant.device_code, t0 + Duration::from_secs(4)),
+            GrantRecord::poll(Some(&mut g), T0 + 4_000).0,
             Err(PollError::SlowDown)
         );
         assert_eq!(
-            g.poll(&grant.device_code, t0 + Duration::from_secs(20)),
+            GrantRecord::poll(Some(&mut g), T0 + 20_000).0,
             Err(PollError::AuthorizationPending)
         );
     }
 
     #[test]
     fn denied_expired_and_wrong_user() {
-        let (mut g, t0) = grants();
-        let grant = g.start(Some("a@x".into()), t0).unwrap();
+        let (_, mut g) = grant(Some("a@x"));
         assert_eq!(
-            g.decide(&grant.user_code, "b@x", true, t0),
-            Err(DecideError::WrongUser("a@x".into()))
+            GrantRecord::decide(Some(&mut g), "b@x", true, T0),
+            (Err(DecideError::WrongUser("a@x".into())), GrantWrite::Keep)
         );
-        g.decide(&grant.user_code, "A@x", false, t0).unwrap();
         assert_eq!(
-            g.decide(&grant.user_code, "a@x", true, t0),
-            Err(DecideError::AlreadyDecided)
+            GrantRecord::decide(Some(&mut g), "A@x", false, T0).0,
+            Ok(())
         );
-        assert_eq!(g.poll(&grant.device_code, t0), Err(PollError::AccessDenied));
+        assert_eq!(
+            GrantRecord::decide(Some(&mut g), "a@x", true, T0),
+            (Err(DecideError::AlreadyDecided), GrantWrite::Keep)
+        );
+        assert_eq!(
+            GrantRecord::poll(Some(&mut g), T0),
+            (Err(PollError::AccessDenied), GrantWrite::Delete)
+        );
 
-        let late = g.start(None, t0).unwrap();
-        let after = t0 + Duration::from_secs(61);
+        let (_, mut late) = grant(None);
+        let after = T0 + 61_000;
         assert_eq!(
-            g.decide(&late.user_code, "a@x", true, after),
+            GrantRecord::decide(Some(&mut late), "a@x", true, after).0,
             Err(DecideError::Expired)
         );
         assert_eq!(
-            g.poll(&late.device_code, after),
-            Err(PollError::ExpiredToken)
+            GrantRecord::poll(Some(&mut late), after),
+            (Err(PollError::ExpiredToken), GrantWrite::Delete)
         );
         assert_eq!(
-            g.decide("ZZZZ-ZZZZ", "a@x", true, t0),
+            GrantRecord::decide(None, "a@x", true, T0).0,
             Err(DecideError::UnknownCode)
         );
     }
 
     #[test]
-    fn open_grants_are_capped_until_some_close() {
-        let t0 = Instant::now();
-        let mut g = DeviceGrants::new(DeviceFlowConfig {
-            max_pending: 2,
-            ..Default::default()
-        });
-        let first = g.start(None, t0).unwrap();
-        g.start(None, t0).unwrap();
-        assert_eq!(g.start(None, t0).unwrap_err(), StartError::TooManyPending);
-        assert_eq!(g.pending(), 2);
-        g.decide(&first.user_code, "a@x", false, t0).unwrap();
-        assert_eq!(g.poll(&first.device_code, t0), Err(PollError::AccessDenied));
-        g.start(None, t0).unwrap();
-        assert_eq!(g.pending(), 2);
+    fn decisions_round_trip_through_their_columns_and_junk_is_denied() {
+        for d in [
+            Decision::Pending,
+            Decision::Approved("a@x".into()),
+            Decision::Denied,
+        ] {
+            let (state, email) = d.to_columns();
+            assert_eq!(Decision::from_columns(state, email.map(String::from)), d);
+        }
+        assert_eq!(Decision::from_columns("approved", None), Decision::Denied);
+        assert_eq!(
+            Decision::from_columns("bogus", Some("a@x".into())),
+            Decision::Denied
+        );
     }
 }

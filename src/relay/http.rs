@@ -45,9 +45,13 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
-use super::device_flow::PollError;
+use super::device_flow::{
+    GrantKey, GrantRecord, GrantWrite, NewGrant, PollError, StartError, device_code_hash,
+    new_grant, unix_now_ms,
+};
 use super::limits::{Limited, address_key};
 use super::state::RelayKeys;
+use super::store::GrantStart;
 use super::store::{EnrollRequest, StoreError};
 use super::{AuthError, RelayCore, RelayError};
 use crate::secret::Secret;
@@ -345,19 +349,21 @@ async fn device_authorization(
         );
     }
     let hint = form.login_hint.filter(|h| !h.is_empty());
-    let (started, pending) = {
-        let mut grants = core.grants.lock().unwrap_or_else(|p| p.into_inner());
-        (grants.start(hint.clone(), now), grants.pending())
-    };
-    metrics::gauge!("switchyard_relay_device_grants_pending").set(pending as f64);
-    let grant = match started {
-        Ok(grant) => grant,
-        Err(e) => {
+    let grant = match start_grant(&core, hint.clone()).await {
+        Ok(Ok(grant)) => grant,
+        Ok(Err(e)) => {
             metrics::counter!("switchyard_relay_device_grants_refused_total", "reason" => "pending")
                 .increment(1);
             return oauth_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
+                &e.to_string(),
+            );
+        }
+        Err(e) => {
+            return oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
                 &e.to_string(),
             );
         }
@@ -402,14 +408,22 @@ async fn token(State(core): State<Arc<RelayCore>>, Form(form): Form<TokenForm>) 
                     "device_code is required",
                 );
             };
-            let (polled, pending) = {
-                let mut grants = core.grants.lock().unwrap_or_else(|p| p.into_inner());
-                (grants.poll(&device_code, Instant::now()), grants.pending())
-            };
-            metrics::gauge!("switchyard_relay_device_grants_pending").set(pending as f64);
+            let hash = device_code_hash(&device_code);
+            let now = unix_now_ms();
+            let polled = core
+                .db
+                .update_grant(GrantKey::Device(&hash), |g| GrantRecord::poll(g, now))
+                .await;
             match polled {
-                Ok(email) => email,
+                Ok(Ok(email)) => email,
                 Err(e) => {
+                    return oauth_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "server_error",
+                        &e.to_string(),
+                    );
+                }
+                Ok(Err(e)) => {
                     let description = match e {
                         PollError::AuthorizationPending => "waiting for approval",
                         PollError::SlowDown => "polling too fast",
@@ -481,6 +495,37 @@ async fn token(State(core): State<Arc<RelayCore>>, Form(form): Form<TokenForm>) 
     }
 }
 
+/// Stores a new grant in the relay's database (a fresh user code if one
+/// is taken; at most a few tries) and counts it.
+async fn start_grant(
+    core: &RelayCore,
+    hint: Option<String>,
+) -> Result<Result<NewGrant, StartError>, StoreError> {
+    let config = &core.config.device_flow;
+    for _ in 0..8 {
+        let now = unix_now_ms();
+        let (grant, record) = new_grant(config, hint.clone(), now);
+        match core
+            .db
+            .start_grant(&record, config.max_pending, now)
+            .await?
+        {
+            GrantStart::Started => {
+                core.grants_started
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Ok(pending) = core.db.pending_grants(now).await {
+                    metrics::gauge!("switchyard_relay_device_grants_pending").set(pending as f64);
+                }
+                return Ok(Ok(grant));
+            }
+            GrantStart::TooManyPending => return Ok(Err(StartError::TooManyPending)),
+            GrantStart::CodeTaken => continue,
+        }
+    }
+    // 20^8 codes: eight collisions in a row mean the table is full.
+    Ok(Err(StartError::TooManyPending))
+}
+
 fn token_response(access: &str, refresh: &str, expires_at: u64) -> Response {
     let body = serde_json::json!({
         "access_token": access,
@@ -522,12 +567,16 @@ async fn device_page(
     if code.len() > caps::CODE {
         code.clear();
     }
+    let now = unix_now_ms();
     let hint = core
-        .grants
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .login_hint(&code, Instant::now())
+        .db
+        .update_grant(GrantKey::UserCode(&code), |g| {
+            let hint = GrantRecord::open(g.as_deref(), now).map(|g| g.login_hint.clone());
+            (hint, GrantWrite::Keep)
+        })
+        .await
         .ok()
+        .and_then(|hint| hint.ok())
         .flatten()
         .unwrap_or_default();
     page(
@@ -629,11 +678,23 @@ async fn device_decide(
         }
     }
     let approve = form.decision == "approve";
+    let now = unix_now_ms();
     let decided = core
-        .grants
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .decide(&form.user_code, &email, approve, Instant::now());
+        .db
+        .update_grant(GrantKey::UserCode(&form.user_code), |g| {
+            GrantRecord::decide(g, &email, approve, now)
+        })
+        .await;
+    let decided = match decided {
+        Ok(decided) => decided,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                page("Error", &escape(&e.to_string())),
+            )
+                .into_response();
+        }
+    };
     match decided {
         Ok(()) => {
             info!(%email, approve, "device grant decided");

@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use self::db::Database;
-use self::device_flow::{DeviceFlowConfig, DeviceGrants};
+use self::device_flow::DeviceFlowConfig;
 use self::state::{RelayKeys, RelayState};
 use self::store::StoreError;
 use self::tokens::TokenError;
@@ -198,7 +198,9 @@ pub(crate) struct RelayCore {
     /// The durable state (SQLite, or PostgreSQL shared by a tier).
     pub db: Database,
     pub config: RelayConfig,
-    pub grants: Mutex<DeviceGrants>,
+    /// Device grants started through this node (the grants themselves
+    /// are in `db`, shared by a tier).
+    pub grants_started: AtomicU64,
     /// Device-login starts per client address.
     pub grant_starts: Mutex<limits::KeyedBudget<std::net::IpAddr>>,
     /// The approval page's sign-in attempts per address and per user.
@@ -490,7 +492,7 @@ impl Relay {
             Database::Sqlite(_) => None,
         };
         let core = Arc::new(RelayCore {
-            grants: Mutex::new(DeviceGrants::new(config.device_flow.clone())),
+            grants_started: AtomicU64::new(0),
             grant_starts: Mutex::new(limits::KeyedBudget::new(
                 config.http_limits.grant_starts_per_minute,
                 Duration::from_secs(60) / config.http_limits.grant_starts_per_minute.max(1),
@@ -582,13 +584,9 @@ impl Relay {
         format!("https://{host}:{}", self.http_addr.port())
     }
 
-    /// Device grants started since start-up.
+    /// Device grants started through this node since start-up.
     pub fn grants_started(&self) -> u64 {
-        self.core
-            .grants
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .started()
+        self.core.grants_started.load(Ordering::Relaxed)
     }
 
     /// Authenticated QUIC connections (clients and services) now.
@@ -602,13 +600,13 @@ impl Relay {
         self.core.live.clients_admitted()
     }
 
-    /// Device grants open now (started, neither redeemed nor purged).
-    pub fn grants_pending(&self) -> usize {
+    /// Device grants open now in the store (started, neither redeemed
+    /// nor expired; every node's, on a tier).
+    pub async fn grants_pending(&self) -> Result<usize, StoreError> {
         self.core
-            .grants
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pending()
+            .db
+            .pending_grants(device_flow::unix_now_ms())
+            .await
     }
 
     /// This node's load now (what its heartbeat reports).

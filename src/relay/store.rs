@@ -3,7 +3,8 @@
 //! reaches either through [`Database`](super::db::Database)): its identity provider's users, every
 //! token it issued (for listing and revocation), enrollment one-time
 //! passwords, the certificates its CA issued, enrolled services with the
-//! user who owns each, and an audit trail of enrollments and transfers.
+//! user who owns each, an audit trail of enrollments and transfers, and
+//! device logins waiting for approval (RFC 8628 grants).
 //!
 //! **Invariant:** a serial belongs to the user whose one-time password
 //! first enrolled it; only that user may enroll it again (which revokes
@@ -12,15 +13,16 @@
 //! someone else. Every enrollment and transfer leaves an audit row.
 //!
 //! **Invariant:** no secret is stored in the clear: passwords are Argon2id
-//! hashes and one-time passwords are stored as SHA-256 hashes (they are
-//! random and short-lived, so a slow hash buys nothing).
+//! hashes and one-time passwords and device codes are stored as SHA-256
+//! hashes (they are random and short-lived, so a slow hash buys nothing).
 
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
+use super::device_flow::{Decision, EXPIRED_KEPT, GrantKey, GrantRecord, GrantWrite};
 use crate::password;
 use crate::secret::Secret;
 use crate::wire::pin::Fingerprint;
@@ -122,7 +124,34 @@ const SCHEMA: &[&str] = &[
         fingerprint    BLOB
     );
 "#,
+    // 3: device logins (RFC 8628) waiting for approval or redemption, so
+    // they outlive a relay restart (see `relay::device_flow`). Times in
+    // Unix milliseconds; the device code only as its SHA-256.
+    r#"
+    CREATE TABLE device_grants (
+        device_hash      BLOB PRIMARY KEY,
+        user_code        TEXT NOT NULL UNIQUE,
+        login_hint       TEXT,
+        expires_at       INTEGER NOT NULL,
+        poll_interval_ms INTEGER NOT NULL,
+        last_poll        INTEGER,
+        state            TEXT NOT NULL,
+        approved_by      TEXT,
+        created_at       INTEGER NOT NULL
+    );
+    CREATE INDEX device_grants_by_expiry ON device_grants (expires_at);
+"#,
 ];
+
+/// What storing a new device grant came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantStart {
+    Started,
+    /// `max_pending` unexpired grants are open already.
+    TooManyPending,
+    /// Another open grant has this user code: make another grant.
+    CodeTaken,
+}
 
 /// A user of the built-in identity provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -613,6 +642,137 @@ impl RelayStore {
         self.changed();
         Ok(())
     }
+
+    /// Stores a new device grant unless `max_pending` unexpired ones are
+    /// open, first deleting grants expired longer than [`EXPIRED_KEPT`]
+    /// ago. `now` in Unix milliseconds.
+    pub fn start_grant(
+        &self,
+        grant: &GrantRecord,
+        max_pending: usize,
+        now: u64,
+    ) -> Result<GrantStart, StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "DELETE FROM device_grants WHERE expires_at <= ?1",
+            params![now.saturating_sub(EXPIRED_KEPT.as_millis() as u64) as i64],
+        )?;
+        let open: i64 = tx.query_row(
+            "SELECT count(*) FROM device_grants WHERE expires_at > ?1",
+            params![now as i64],
+            |r| r.get(0),
+        )?;
+        if open as usize >= max_pending {
+            tx.commit()?;
+            return Ok(GrantStart::TooManyPending);
+        }
+        let (state, approved_by) = grant.decision.to_columns();
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO device_grants (device_hash, user_code, login_hint, expires_at, \
+             poll_interval_ms, last_poll, state, approved_by, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                grant.device_hash.as_slice(),
+                grant.user_code,
+                grant.login_hint,
+                grant.expires_at as i64,
+                grant.interval as i64,
+                grant.last_poll.map(|t| t as i64),
+                state,
+                approved_by,
+                now as i64
+            ],
+        )?;
+        tx.commit()?;
+        Ok(if inserted == 0 {
+            GrantStart::CodeTaken
+        } else {
+            GrantStart::Started
+        })
+    }
+
+    /// Runs a device-flow rule on the grant `key` names (`None`: no such
+    /// grant) inside one transaction holding the database's write lock,
+    /// then saves or deletes the row as the rule says.
+    pub fn update_grant<R>(
+        &self,
+        key: GrantKey<'_>,
+        rule: impl FnOnce(Option<&mut GrantRecord>) -> (R, GrantWrite),
+    ) -> Result<R, StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut grant = match key {
+            GrantKey::UserCode(code) => tx
+                .query_row(
+                    &format!("{GRANT_SELECT} WHERE user_code = ?1"),
+                    params![super::device_flow::normalize_user_code(code)],
+                    grant_row,
+                )
+                .optional()?,
+            GrantKey::Device(hash) => tx
+                .query_row(
+                    &format!("{GRANT_SELECT} WHERE device_hash = ?1"),
+                    params![hash.as_slice()],
+                    grant_row,
+                )
+                .optional()?,
+        };
+        let (result, write) = rule(grant.as_mut());
+        if let Some(grant) = &grant {
+            match write {
+                GrantWrite::Keep => {}
+                GrantWrite::Save => {
+                    let (state, approved_by) = grant.decision.to_columns();
+                    tx.execute(
+                        "UPDATE device_grants SET poll_interval_ms = ?2, last_poll = ?3, \
+                         state = ?4, approved_by = ?5 WHERE device_hash = ?1",
+                        params![
+                            grant.device_hash.as_slice(),
+                            grant.interval as i64,
+                            grant.last_poll.map(|t| t as i64),
+                            state,
+                            approved_by
+                        ],
+                    )?;
+                }
+                GrantWrite::Delete => {
+                    tx.execute(
+                        "DELETE FROM device_grants WHERE device_hash = ?1",
+                        params![grant.device_hash.as_slice()],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(result)
+    }
+
+    /// Device grants not yet expired at `now` (Unix milliseconds).
+    pub fn pending_grants(&self, now: u64) -> Result<usize, StoreError> {
+        let n: i64 = self.db().query_row(
+            "SELECT count(*) FROM device_grants WHERE expires_at > ?1",
+            params![now as i64],
+            |r| r.get(0),
+        )?;
+        Ok(n as usize)
+    }
+}
+
+const GRANT_SELECT: &str = "SELECT device_hash, user_code, login_hint, expires_at, \
+     poll_interval_ms, last_poll, state, approved_by FROM device_grants";
+
+fn grant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GrantRecord> {
+    let hash: Vec<u8> = r.get(0)?;
+    Ok(GrantRecord {
+        device_hash: hash.try_into().unwrap_or([0; 32]),
+        user_code: r.get(1)?,
+        login_hint: r.get(2)?,
+        expires_at: r.get::<_, i64>(3)? as u64,
+        interval: r.get::<_, i64>(4)? as u64,
+        last_poll: r.get::<_, Option<i64>>(5)?.map(|t| t as u64),
+        decision: Decision::from_columns(&r.get::<_, String>(6)?, r.get(7)?),
+    })
 }
 
 /// The serial's current owner if `user` may enroll it (`None`: new serial).
@@ -689,6 +849,9 @@ fn otp_hash(otp: &Secret) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::device_flow::{
+        DecideError, DeviceFlowConfig, PollError, device_code_hash, new_grant,
+    };
 
     fn store() -> (tempfile::TempDir, RelayStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -873,6 +1036,97 @@ mod tests {
         let admin = RelayStore::open(&_dir.path().join("relay.db")).unwrap();
         admin.set_user_enabled("a@x", true).unwrap();
         assert_ne!(store.generation().unwrap(), after_local);
+    }
+
+    fn grant_record(config: &DeviceFlowConfig, now: u64) -> (String, GrantRecord) {
+        let (new, record) = new_grant(config, None, now);
+        (new.device_code, record)
+    }
+
+    /// Grants live in the database: a second handle on the file (another
+    /// process) approves and redeems what the first started; a user code
+    /// is decided once; starts are capped; expired grants are told so once
+    /// and deleted, and older ones are deleted by the next start.
+    #[test]
+    fn device_grants_are_shared_decided_once_and_purged() {
+        let (dir, store) = store();
+        let other = RelayStore::open(&dir.path().join("relay.db")).unwrap();
+        let config = DeviceFlowConfig {
+            lifetime: std::time::Duration::from_secs(60),
+            ..Default::default()
+        };
+        let t0 = 1_000_000_000;
+        let (code, grant) = grant_record(&config, t0);
+        assert_eq!(
+            store.start_grant(&grant, 2, t0).unwrap(),
+            GrantStart::Started
+        );
+        let stored: Vec<u8> = store
+            .db()
+            .query_row("SELECT device_hash FROM device_grants", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, device_code_hash(&code).to_vec());
+        assert_ne!(stored, code.as_bytes(), "only the hash is stored");
+        // The same user code again is refused (the caller makes another).
+        let (_, mut twin) = grant_record(&config, t0);
+        twin.user_code = grant.user_code.clone();
+        assert_eq!(
+            store.start_grant(&twin, 2, t0).unwrap(),
+            GrantStart::CodeTaken
+        );
+
+        let typed = grant.user_code.to_lowercase();
+        let decide = |s: &RelayStore| {
+            s.update_grant(GrantKey::UserCode(&typed), |g| {
+                GrantRecord::decide(g, "a@x", true, t0 + 1)
+            })
+            .unwrap()
+        };
+        assert_eq!(decide(&other), Ok(()));
+        assert_eq!(decide(&store), Err(DecideError::AlreadyDecided));
+        let hash = device_code_hash(&code);
+        let poll = |s: &RelayStore, at| {
+            s.update_grant(GrantKey::Device(&hash), |g| GrantRecord::poll(g, at))
+                .unwrap()
+        };
+        assert_eq!(poll(&other, t0 + 2), Ok("a@x".to_string()));
+        assert_eq!(poll(&store, t0 + 10_000), Err(PollError::InvalidGrant));
+
+        // The cap counts unexpired grants only.
+        let (late, expiring) = grant_record(&config, t0);
+        store.start_grant(&expiring, 2, t0).unwrap();
+        store
+            .start_grant(&grant_record(&config, t0).1, 2, t0)
+            .unwrap();
+        assert_eq!(
+            store
+                .start_grant(&grant_record(&config, t0).1, 2, t0)
+                .unwrap(),
+            GrantStart::TooManyPending
+        );
+        let expired = t0 + 60_000;
+        assert_eq!(store.pending_grants(expired).unwrap(), 0);
+        let late_hash = device_code_hash(&late);
+        assert_eq!(
+            store
+                .update_grant(GrantKey::Device(&late_hash), |g| GrantRecord::poll(
+                    g, expired
+                ))
+                .unwrap(),
+            Err(PollError::ExpiredToken)
+        );
+        let rows = |s: &RelayStore| -> i64 {
+            s.db()
+                .query_row("SELECT count(*) FROM device_grants", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(rows(&store), 1, "the expired grant told so is deleted");
+        // A start after EXPIRED_KEPT deletes the rest.
+        let later = expired + EXPIRED_KEPT.as_millis() as u64;
+        store
+            .start_grant(&grant_record(&config, later).1, 2, later)
+            .unwrap();
+        assert_eq!(rows(&store), 1, "only the new grant is left");
     }
 
     #[test]

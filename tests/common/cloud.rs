@@ -393,17 +393,7 @@ impl TestRelay {
 
     /// A broker config file naming this relay as the default domain `test`.
     pub fn broker_config(&self, dir: &std::path::Path) -> PathBuf {
-        let path = dir.join(format!("broker-{}.toml", rand_hex()));
-        std::fs::write(
-            &path,
-            format!(
-                "[domains.test]\nurl = \"{}\"\nca_file = \"{}\"\ndefault = true\n",
-                self.url(),
-                self.ca_file().display()
-            ),
-        )
-        .unwrap();
-        path
+        broker_config_at(dir, &[&self.url()], &self.ca_file())
     }
 
     /// Approves (or denies) a pending SSO login on the relay's page, as a
@@ -451,6 +441,84 @@ pub async fn decide_at(
         .await
         .unwrap();
     response.text().await.unwrap()
+}
+
+/// The OAuth endpoints of the relay (node) at `url`, as a device-login
+/// client uses them over HTTPS (trusting `ca_file`).
+pub struct OauthAt {
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl OauthAt {
+    pub fn new(url: &str, ca_file: &std::path::Path) -> Self {
+        let roots = switchyard::tls::root_store(Some(ca_file)).unwrap();
+        Self {
+            url: url.to_string(),
+            http: switchyard::tls::http_client(roots).unwrap(),
+        }
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Starts a device login for `hint` (RFC 8628 §3.1); the relay's
+    /// answer (device_code, user_code, ...).
+    pub async fn start_device_login(&self, hint: &str) -> serde_json::Value {
+        let (status, body) = self
+            .post(
+                "/oauth/device_authorization",
+                &[("client_id", "switchyard"), ("login_hint", hint)],
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// One poll (RFC 8628 §3.4): HTTP status and body.
+    pub async fn poll(&self, device_code: &str) -> (u16, serde_json::Value) {
+        self.post(
+            "/oauth/token",
+            &[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("device_code", device_code),
+            ],
+        )
+        .await
+    }
+
+    /// A refresh (RFC 6749 §6): HTTP status and body.
+    pub async fn refresh(&self, refresh_token: &str) -> (u16, serde_json::Value) {
+        self.post(
+            "/oauth/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ],
+        )
+        .await
+    }
+
+    /// The approval page for `user_code` (as a person opens it).
+    pub async fn device_page(&self, user_code: &str) -> String {
+        self.http
+            .get(format!("{}/device?user_code={user_code}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
 }
 
 fn rand_hex() -> String {
@@ -625,9 +693,91 @@ pub async fn broker_for(relay: &TestRelay) -> TestBroker {
 
 /// A broker for `relay`, with extra environment (config overrides).
 pub async fn broker_for_with(relay: &TestRelay, env: &[(&str, &str)]) -> TestBroker {
-    let config = relay.broker_config(relay.dir.path());
+    broker_at(relay.dir.path(), &[&relay.url()], &relay.ca_file(), env).await
+}
+
+/// A broker config file in `dir` whose default domain `test` is the relay
+/// node(s) at `urls` (one relay or a tier's nodes, tried in that order),
+/// trusting `ca_file`.
+pub fn broker_config_at(
+    dir: &std::path::Path,
+    urls: &[&str],
+    ca_file: &std::path::Path,
+) -> PathBuf {
+    let path = dir.join(format!("broker-{}.toml", rand_hex()));
+    std::fs::write(
+        &path,
+        format!(
+            "[domains.test]\nurl = \"{}\"\nca_file = \"{}\"\ndefault = true\n",
+            urls.join(","),
+            ca_file.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A broker process (config in `dir`) whose default domain is the relay
+/// node(s) at `urls` ([`broker_config_at`]), with extra environment.
+pub async fn broker_at(
+    dir: &std::path::Path,
+    urls: &[&str],
+    ca_file: &std::path::Path,
+    env: &[(&str, &str)],
+) -> TestBroker {
+    let config = broker_config_at(dir, urls, ca_file);
     let config = config.to_str().unwrap().to_string();
     TestBroker::start_with(env, &["--config", &config]).await.0
+}
+
+/// A caller of a broker on an attached session, logged in with a token,
+/// holding a reachable cloud service.
+pub struct CloudCaller {
+    pub client: Client,
+    pub session: String,
+    /// The cloud service's handle in `session`.
+    pub service: String,
+    _attach: tonic::Streaming<pb::SessionEvent>,
+}
+
+impl CloudCaller {
+    /// `broker`'s caller logged in with `token`, with `serial` through the
+    /// relay, waited for (15 s) until reachable.
+    pub async fn start(broker: &TestBroker, token: &str, serial: &str) -> Self {
+        let (mut client, session, attach) = token_session(broker, token).await;
+        let service = cloud_service(&mut client, &session, serial, Some(15.0)).await;
+        Self {
+            client,
+            session,
+            service,
+            _attach: attach,
+        }
+    }
+
+    /// `show version` on core-1 through the service ([`show_version`]).
+    pub async fn show_version(&mut self) -> Result<String, tonic::Status> {
+        show_version(&mut self.client, &self.session, &self.service).await
+    }
+
+    /// As [`assert_show_version`].
+    pub async fn assert_show_version(&mut self) {
+        assert_show_version(&mut self.client, &self.session, &self.service).await
+    }
+
+    /// `commands` on `device` through the service; the devices' results.
+    pub async fn exec(
+        &mut self,
+        device: &str,
+        commands: &[&str],
+    ) -> Result<Vec<super::broker::DeviceReport>, tonic::Status> {
+        run_exec(
+            &mut self.client,
+            in_session(&self.session, &self.service),
+            &[device],
+            commands,
+        )
+        .await
+    }
 }
 
 /// An access-token login (`session` empty: the caller's own login, which

@@ -281,13 +281,26 @@ impl TierNode {
         database: &str,
         extra: &[&str],
     ) -> Self {
+        Self::start_bin(super::switchyard_bin(), name, work, state, database, extra).await
+    }
+
+    /// As [`TierNode::start_with_args`], running the relay binary `bin`
+    /// (benchmarks compare another build).
+    pub async fn start_bin(
+        bin: &str,
+        name: &str,
+        work: &Path,
+        state: &Path,
+        database: &str,
+        extra: &[&str],
+    ) -> Self {
         let own = work.join(format!("state-{name}"));
         if !own.exists() {
             copy_state(state, &own);
         }
         let ready = work.join(format!("ready-{name}-{:08x}.json", rand::random::<u32>()));
         let log = work.join(format!("relay-{name}.log"));
-        let child = tokio::process::Command::new(super::switchyard_bin())
+        let child = tokio::process::Command::new(bin)
             .arg("relay")
             .arg("--state")
             .arg(&own)
@@ -394,21 +407,7 @@ impl TierNode {
 
     /// A broker config file naming this node as the default domain `test`.
     pub fn broker_config(&self, dir: &Path) -> PathBuf {
-        let path = dir.join(format!(
-            "broker-{}-{:08x}.toml",
-            self.name,
-            rand::random::<u32>()
-        ));
-        std::fs::write(
-            &path,
-            format!(
-                "[domains.test]\nurl = \"{}\"\nca_file = \"{}\"\ndefault = true\n",
-                self.url,
-                self.ca_file().display()
-            ),
-        )
-        .unwrap();
-        path
+        super::cloud::broker_config_at(dir, &[&self.url], &self.ca_file())
     }
 }
 

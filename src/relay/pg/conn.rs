@@ -56,6 +56,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         3,
         include_str!("../../../migrations/postgres/0003_node_load.sql"),
     ),
+    (
+        4,
+        include_str!("../../../migrations/postgres/0004_device_grants.sql"),
+    ),
 ];
 
 /// How to reach the database: the parsed URL and the TLS it needs.

@@ -14,6 +14,11 @@
 //! holds its row lock (`SELECT ... FOR UPDATE`) and the serial's advisory
 //! lock: of two redemptions on any nodes at once exactly one wins; the
 //! other sees it used.
+//!
+//! **Invariant:** a device grant's rule runs in one transaction holding
+//! its row (`FOR UPDATE`): of two approvals on any nodes at once exactly
+//! one decides it, and it is redeemed once; starts hold an advisory lock
+//! so the tier's open grants stay within `max_pending`.
 
 pub mod conn;
 pub mod presence;
@@ -26,9 +31,10 @@ use tokio_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
 use self::conn::{CHANGES_CHANNEL, ChangeFeed, Pool, Target};
+use super::device_flow::{Decision, EXPIRED_KEPT, GrantKey, GrantRecord, GrantWrite};
 use super::store::{
-    AuditRecord, CertRecord, EnrollRequest, Enrolled, RelayUser, ServiceRecord, StoreError,
-    TokenRecord,
+    AuditRecord, CertRecord, EnrollRequest, Enrolled, GrantStart, RelayUser, ServiceRecord,
+    StoreError, TokenRecord,
 };
 use crate::secret::Secret;
 use crate::wire::pin::Fingerprint;
@@ -553,6 +559,157 @@ impl PgStore {
             ));
         }
         Ok(())
+    }
+}
+
+impl PgStore {
+    /// As [`RelayStore::start_grant`](super::store::RelayStore::start_grant),
+    /// for the whole tier: starts hold an advisory lock, so concurrent
+    /// starts on several nodes never exceed `max_pending` together.
+    pub async fn start_grant(
+        &self,
+        grant: &GrantRecord,
+        max_pending: usize,
+        now: u64,
+    ) -> Result<GrantStart, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&GRANT_START_LOCK])
+            .await?;
+        tx.execute(
+            "DELETE FROM device_grants WHERE expires_at <= $1",
+            &[&(now.saturating_sub(EXPIRED_KEPT.as_millis() as u64) as i64)],
+        )
+        .await?;
+        let open: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM device_grants WHERE expires_at > $1",
+                &[&(now as i64)],
+            )
+            .await?
+            .get(0);
+        if open as usize >= max_pending {
+            tx.commit().await?;
+            return Ok(GrantStart::TooManyPending);
+        }
+        let (state, approved_by) = grant.decision.to_columns();
+        let inserted = tx
+            .execute(
+                "INSERT INTO device_grants (device_hash, user_code, login_hint, expires_at, \
+                 poll_interval_ms, last_poll, state, approved_by, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                &[
+                    &grant.device_hash.as_slice(),
+                    &grant.user_code,
+                    &grant.login_hint,
+                    &(grant.expires_at as i64),
+                    &(grant.interval as i64),
+                    &grant.last_poll.map(|t| t as i64),
+                    &state,
+                    &approved_by,
+                    &(now as i64),
+                ],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(if inserted == 0 {
+            GrantStart::CodeTaken
+        } else {
+            GrantStart::Started
+        })
+    }
+
+    /// As [`RelayStore::update_grant`](super::store::RelayStore::update_grant):
+    /// the grant's row is locked (`FOR UPDATE`) while `rule` runs, so a
+    /// concurrent call on any node waits and then sees the outcome.
+    pub async fn update_grant<R>(
+        &self,
+        key: GrantKey<'_>,
+        rule: impl FnOnce(Option<&mut GrantRecord>) -> (R, GrantWrite),
+    ) -> Result<R, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = match key {
+            GrantKey::UserCode(code) => {
+                let code = super::device_flow::normalize_user_code(code);
+                tx.query_opt(
+                    &format!("{GRANT_SELECT} WHERE user_code = $1 FOR UPDATE"),
+                    &[&code],
+                )
+                .await?
+            }
+            GrantKey::Device(hash) => {
+                tx.query_opt(
+                    &format!("{GRANT_SELECT} WHERE device_hash = $1 FOR UPDATE"),
+                    &[&hash.as_slice()],
+                )
+                .await?
+            }
+        };
+        let mut grant = row.map(|r| grant_row(&r));
+        let (result, write) = rule(grant.as_mut());
+        if let Some(grant) = &grant {
+            match write {
+                GrantWrite::Keep => {}
+                GrantWrite::Save => {
+                    let (state, approved_by) = grant.decision.to_columns();
+                    tx.execute(
+                        "UPDATE device_grants SET poll_interval_ms = $2, last_poll = $3, \
+                         state = $4, approved_by = $5 WHERE device_hash = $1",
+                        &[
+                            &grant.device_hash.as_slice(),
+                            &(grant.interval as i64),
+                            &grant.last_poll.map(|t| t as i64),
+                            &state,
+                            &approved_by,
+                        ],
+                    )
+                    .await?;
+                }
+                GrantWrite::Delete => {
+                    tx.execute(
+                        "DELETE FROM device_grants WHERE device_hash = $1",
+                        &[&grant.device_hash.as_slice()],
+                    )
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    /// Device grants not yet expired at `now` (Unix milliseconds).
+    pub async fn pending_grants(&self, now: u64) -> Result<usize, StoreError> {
+        let n: i64 = self
+            .pool
+            .get()
+            .await?
+            .query_one(
+                "SELECT count(*) FROM device_grants WHERE expires_at > $1",
+                &[&(now as i64)],
+            )
+            .await?
+            .get(0);
+        Ok(n as usize)
+    }
+}
+
+/// Key of the advisory lock grant starts hold ("swgr" in ASCII).
+const GRANT_START_LOCK: i64 = 0x7377_6772;
+
+const GRANT_SELECT: &str = "SELECT device_hash, user_code, login_hint, expires_at, \
+     poll_interval_ms, last_poll, state, approved_by FROM device_grants";
+
+fn grant_row(r: &tokio_postgres::Row) -> GrantRecord {
+    GrantRecord {
+        device_hash: r.get::<_, Vec<u8>>(0).try_into().unwrap_or([0; 32]),
+        user_code: r.get(1),
+        login_hint: r.get(2),
+        expires_at: r.get::<_, i64>(3) as u64,
+        interval: r.get::<_, i64>(4) as u64,
+        last_poll: r.get::<_, Option<i64>>(5).map(|t| t as u64),
+        decision: Decision::from_columns(r.get(6), r.get(7)),
     }
 }
 
