@@ -477,6 +477,43 @@ async fn sftp_and_scp_carry_10_mb_both_ways_through_the_proxy() {
     assert_eq!(proxy.connections_failed, 0, "{proxy:?}");
 }
 
+/// The cipher `ssh -v` says it negotiated in `direction` (`client->server`
+/// or `server->client`).
+fn negotiated_cipher(stderr: &str, direction: &str) -> String {
+    let tag = format!("kex: {direction} cipher: ");
+    let line = stderr
+        .lines()
+        .find_map(|l| l.split_once(tag.as_str()).map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no {tag:?} in {stderr}"));
+    line.split_whitespace().next().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_clients_get_aes_gcm_where_the_cpu_has_aes_instructions() {
+    let lab = Lab::start().await;
+    let (port, _) = lab.start_proxy(&[]).await;
+    let mut cmd = lab.ssh(port, "key", "linux-1@lab", &["-o", "LogLevel=DEBUG1"]);
+    cmd.arg("echo ok");
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout, b"ok\n");
+    let stderr = text(&out.stderr);
+    let want_gcm = switchyard::broker::ssh_proxy::server::aes_hardware();
+    for direction in ["client->server", "server->client"] {
+        let cipher = negotiated_cipher(&stderr, direction);
+        if want_gcm {
+            // OpenSSH's own order puts ChaCha20 and AES-CTR first: it
+            // takes AES-GCM only if nothing else is offered.
+            assert!(
+                cipher.starts_with("aes") && cipher.ends_with("-gcm@openssh.com"),
+                "{cipher}"
+            );
+        } else {
+            assert_eq!(cipher, "chacha20-poly1305@openssh.com");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_without_sftp_gives_a_clear_error_and_legacy_scp_still_works() {
     // No `Subsystem` line: this device refuses SFTP.
