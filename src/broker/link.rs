@@ -6,12 +6,9 @@
 //! (over QUIC or over HTTP/2 on TLS/TCP: `wire::mux::Conn`) or run
 //! in-process; the cloud relay plugs in the same way.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use tokio::sync::mpsc;
 
-use crate::wire::conn::{ConnError, Liveness, Waiting, read_frame, write_encoded};
+use crate::wire::conn::{ConnError, FrameReader, Liveness, Waiting, write_encoded};
 use crate::wire::frame::{self, Encoded, FrameError, Payload};
 use crate::wire::messages::{ErrorCode, RequestEnvelope, Response, TerminalInput, WireError};
 use crate::wire::mux::{Conn, RecvHalf, SendHalf};
@@ -110,9 +107,14 @@ pub enum LinkChannel {
 pub enum CallStream {
     Remote {
         send: SendHalf,
-        /// The response side, read through [`FrameReader`] so that
-        /// [`CallStream::next`] is cancel-safe.
-        recv: FrameReader,
+        /// The response side.
+        recv: RecvHalf,
+        /// Reads `recv`'s frames, keeping one read half-way so that
+        /// [`CallStream::next`] is cancel-safe (callers race it against
+        /// their own input in `select!`).
+        reader: Box<FrameReader>,
+        /// The stream ended or failed: no more reads.
+        done: bool,
         target: String,
         max_frame: usize,
         liveness: Liveness,
@@ -126,45 +128,20 @@ pub enum CallStream {
     },
 }
 
-/// A response stream whose frame read survives cancellation: callers race
-/// [`CallStream::next`] against their own input in `select!`, and a read
-/// dropped half-way through a frame would lose its bytes and misread the
-/// rest of the stream (seen as "peer speaks protocol version N" when a
-/// caller's stdin arrived mid-frame). The read in progress is kept here
-/// and resumed by the next call.
-pub enum FrameReader {
-    /// No read in progress.
-    Idle(RecvHalf),
-    /// A read in progress; it owns the stream until it completes.
-    Reading(Pin<Box<dyn Future<Output = FrameRead> + Send>>),
-    /// The stream failed or ended.
-    Done,
-}
-
-/// A finished read: the stream back, and the frame (or its end or error).
-type FrameRead = (RecvHalf, Result<Option<Response>, ConnError>);
-
-impl FrameReader {
-    /// The next response frame (see [`read_frame`]); cancel-safe.
-    async fn next(&mut self, max_frame: usize) -> Result<Option<Response>, ConnError> {
-        if let Self::Idle(_) = self
-            && let Self::Idle(mut recv) = std::mem::replace(self, Self::Done)
-        {
-            *self = Self::Reading(Box::pin(async move {
-                let read = read_frame::<Response>(&mut recv, max_frame).await;
-                (recv, read)
-            }));
-        }
-        let Self::Reading(read) = self else {
-            return Ok(None);
-        };
-        let (recv, result) = read.as_mut().await;
-        *self = match result {
-            Ok(Some(_)) => Self::Idle(recv),
-            _ => Self::Done,
-        };
-        result
+/// The next response frame of a call's stream (cancel-safe, see
+/// [`FrameReader`]); after its end or an error, `Ok(None)` for good.
+async fn next_response(
+    recv: &mut RecvHalf,
+    reader: &mut FrameReader,
+    done: &mut bool,
+    max_frame: usize,
+) -> Result<Option<Response>, ConnError> {
+    if *done {
+        return Ok(None);
     }
+    let read = reader.next::<Response>(recv, max_frame).await;
+    *done = !matches!(read, Ok(Some(_)));
+    read
 }
 
 /// Encodes what a caller sends on a link; a message over the link's frame
@@ -216,7 +193,9 @@ impl LinkChannel {
                 }
                 Ok(CallStream::Remote {
                     send,
-                    recv: FrameReader::Idle(recv),
+                    recv,
+                    reader: Box::default(),
+                    done: false,
                     target: target.clone(),
                     max_frame: *max_frame,
                     liveness: liveness.clone(),
@@ -248,11 +227,13 @@ impl CallStream {
         match self {
             Self::Remote {
                 recv,
+                reader,
+                done,
                 target,
                 max_frame,
                 liveness,
                 ..
-            } => match recv.next(*max_frame).await {
+            } => match next_response(recv, reader, done, *max_frame).await {
                 Ok(Some(Response::Error(e))) => Some(Err(LinkError::Remote(e))),
                 Ok(Some(r)) => Some(Ok(r)),
                 Ok(None) => None,

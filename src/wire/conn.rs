@@ -514,46 +514,127 @@ pub async fn write_encoded(send: &mut impl ChunkWrite, frame: Encoded) -> Result
 }
 
 /// Reads one frame; `Ok(None)` when the peer finished the stream cleanly
-/// between frames.
+/// between frames. Not cancel-safe (a read dropped half-way loses what it
+/// took): a caller that races reads against other work keeps a
+/// [`FrameReader`] instead.
 pub async fn read_frame<T: DeserializeOwned + Payload>(
     recv: &mut impl ChunkRead,
     max_frame: usize,
 ) -> Result<Option<T>, ConnError> {
-    let mut header = [0u8; HEADER_LEN];
-    let mut filled = 0;
-    while filled < HEADER_LEN {
-        match recv.read_chunk_max(HEADER_LEN - filled).await? {
-            Some(chunk) => {
-                header[filled..filled + chunk.len()].copy_from_slice(&chunk);
-                filled += chunk.len();
-            }
-            None if filled == 0 => return Ok(None),
-            // A short frame from a peer of another revision is reported as
-            // that, not as a cut-off stream.
-            None if header[0] != frame::PROTOCOL_VERSION => {
-                return Err(FrameError::Version { got: header[0] }.into());
-            }
-            None => return Err(ConnError::Truncated),
-        }
-    }
-    let lengths = frame::parse_header(header, max_frame)?;
-    let body = read_exact(recv, lengths.body).await?;
-    let payload = read_exact(recv, lengths.payload).await?;
-    Ok(Some(frame::decode(&body, payload)?))
+    FrameReader::default().next(recv, max_frame).await
 }
 
-/// The next `len` bytes of `recv`, gathered from the transport's chunks as
-/// they come ([`frame::Assembler`]: memory follows what arrived, whatever
-/// `len` claims; no copy when one chunk holds them all).
-async fn read_exact(recv: &mut impl ChunkRead, len: usize) -> Result<Bytes, ConnError> {
-    let mut assembler = frame::Assembler::new(len);
+/// Reads frames off one stream and keeps a frame read half-way between
+/// calls, so [`FrameReader::next`] is cancel-safe: callers race it against
+/// their own input in `select!`, and a read dropped mid-frame resumes
+/// where it stopped on the next call (dropping its bytes would misread the
+/// rest of the stream, seen as "peer speaks protocol version N"). Needs a
+/// cancel-safe `read_chunk_max` (quinn's and HTTP/2's are). Holds only
+/// the frame being read ([`frame::Assembler`]); reads never go past the
+/// frame's end, so nothing of the next frame is held.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    header: [u8; HEADER_LEN],
+    /// Header bytes read so far.
+    filled: usize,
+    stage: Stage,
+}
+
+/// Where a [`FrameReader`] is in the frame.
+#[derive(Debug, Default)]
+enum Stage {
+    #[default]
+    Header,
+    Body {
+        payload_len: usize,
+        body: frame::Assembler,
+    },
+    Payload {
+        body: Bytes,
+        payload: frame::Assembler,
+    },
+}
+
+impl FrameReader {
+    /// The next frame; `Ok(None)` when the peer finished the stream
+    /// cleanly between frames. After an error the stream is out of step:
+    /// read no further.
+    pub async fn next<T: DeserializeOwned + Payload>(
+        &mut self,
+        recv: &mut impl ChunkRead,
+        max_frame: usize,
+    ) -> Result<Option<T>, ConnError> {
+        loop {
+            match &mut self.stage {
+                Stage::Header => {
+                    if !self.read_header(recv).await? {
+                        return Ok(None);
+                    }
+                    let lengths = frame::parse_header(self.header, max_frame)?;
+                    self.filled = 0;
+                    self.stage = Stage::Body {
+                        payload_len: lengths.payload,
+                        body: frame::Assembler::new(lengths.body),
+                    };
+                }
+                Stage::Body { body, .. } => {
+                    fill(recv, body).await?;
+                    if let Stage::Body { payload_len, body } = std::mem::take(&mut self.stage) {
+                        self.stage = Stage::Payload {
+                            body: body.finish().ok_or(ConnError::Truncated)?,
+                            payload: frame::Assembler::new(payload_len),
+                        };
+                    }
+                }
+                Stage::Payload { payload, .. } => {
+                    fill(recv, payload).await?;
+                    if let Stage::Payload { body, payload } = std::mem::take(&mut self.stage) {
+                        let payload = payload.finish().ok_or(ConnError::Truncated)?;
+                        return Ok(Some(frame::decode(&body, payload)?));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Completes the header; `false` when the stream ended cleanly before
+    /// its first byte.
+    async fn read_header(&mut self, recv: &mut impl ChunkRead) -> Result<bool, ConnError> {
+        while self.filled < HEADER_LEN {
+            match recv.read_chunk_max(HEADER_LEN - self.filled).await? {
+                Some(chunk) => {
+                    let end = self.filled + chunk.len();
+                    self.header[self.filled..end].copy_from_slice(&chunk);
+                    self.filled = end;
+                }
+                None if self.filled == 0 => return Ok(false),
+                // A short frame from a peer of another revision is
+                // reported as that, not as a cut-off stream.
+                None if self.header[0] != frame::PROTOCOL_VERSION => {
+                    let got = self.header[0];
+                    return Err(FrameError::Version { got }.into());
+                }
+                None => return Err(ConnError::Truncated),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Reads into `assembler` until it has all it wants ([`frame::Assembler`]:
+/// memory follows what arrived, whatever the header claimed; no copy when
+/// one chunk holds it all). Cancel-safe: what was read stays in it.
+async fn fill(
+    recv: &mut impl ChunkRead,
+    assembler: &mut frame::Assembler,
+) -> Result<(), ConnError> {
     while assembler.missing() > 0 {
         match recv.read_chunk_max(assembler.missing()).await? {
             Some(chunk) => assembler.push(chunk),
             None => return Err(ConnError::Truncated),
         }
     }
-    assembler.finish().ok_or(ConnError::Truncated)
+    Ok(())
 }
 
 /// Client configuration for the relay (ALPN `switchyard-relay/1`): the
@@ -687,6 +768,73 @@ mod tests {
         assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
         assert!(live.verdict().is_none());
         drop(call);
+    }
+
+    /// A stream that hands out what was pushed, at most `max` at a time
+    /// (cancel-safe, like quinn's and HTTP/2's reads).
+    struct Trickle {
+        rx: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+        held: Bytes,
+    }
+
+    impl ChunkRead for Trickle {
+        async fn read_chunk_max(&mut self, max: usize) -> Result<Option<Bytes>, ConnError> {
+            if self.held.is_empty() {
+                match self.rx.recv().await {
+                    Some(bytes) => self.held = bytes,
+                    None => return Ok(None),
+                }
+            }
+            let n = max.min(self.held.len());
+            Ok(Some(self.held.split_to(n)))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_reader_dropped_mid_frame_resumes_where_it_stopped() {
+        use super::super::messages::Response;
+        let frames: Vec<Response> = (0..3u32)
+            .map(|i| Response::ExecOutput {
+                device: i,
+                command: 7,
+                stderr: i == 1,
+                data: Bytes::from(vec![i as u8; 300 + i as usize]),
+            })
+            .collect();
+        let mut wire = Vec::new();
+        for f in &frames {
+            let e = frame::encode(f, 4096).unwrap();
+            wire.extend_from_slice(&e.head);
+            wire.extend_from_slice(&e.payload.unwrap());
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut recv = Trickle {
+            rx,
+            held: Bytes::new(),
+        };
+        let mut reader = FrameReader::default();
+        let mut got = Vec::new();
+        // One byte at a time; each read is polled once and then dropped
+        // (as a `select!` that another branch won drops it) unless the
+        // byte completed a frame.
+        for byte in wire {
+            tx.send(Bytes::from(vec![byte])).unwrap();
+            use futures::FutureExt;
+            // Unconstrained: tokio's task budget would otherwise make the
+            // channel answer "pending" after 128 reads in one poll.
+            let read = tokio::task::unconstrained(reader.next::<Response>(&mut recv, 4096));
+            if let Some(read) = read.now_or_never() {
+                got.push(read.unwrap().expect("a frame"));
+            }
+        }
+        drop(tx);
+        let end = reader.next::<Response>(&mut recv, 4096).await;
+        assert!(
+            matches!(end, Ok(None)),
+            "{end:?} after {} frames",
+            got.len()
+        );
+        assert_eq!(format!("{got:?}"), format!("{frames:?}"));
     }
 
     #[test]
