@@ -423,7 +423,7 @@ impl ServiceOps {
     /// is reached through (`hops` so far; the inventory keeps chains
     /// acyclic and short, this bound guards a file edited by hand). A jump
     /// device needs no scope of its own: it is the path, not the target.
-    fn target(&self, name: &str, hops: usize) -> Result<DeviceTarget, OpsError> {
+    pub(super) fn target(&self, name: &str, hops: usize) -> Result<DeviceTarget, OpsError> {
         let (device, credentials) = self.inventory().device_with_credentials(name)?;
         let jump = match &device.jump_host {
             Some(_) if hops >= crate::service::inventory::MAX_JUMPS => {
@@ -461,7 +461,14 @@ impl ServiceOps {
         if let Some(key) = learned {
             self.record_host_key(&target.name, key);
         }
-        let mut jump = target.jump.as_deref();
+        self.record_jump_keys(target.jump.as_deref());
+    }
+
+    /// Records the host keys first seen on the connections to `jump` and
+    /// the jump hosts it is reached through (kept by the SSH pool until
+    /// asked: a `direct-tcpip` channel reports none to its caller).
+    pub(super) fn record_jump_keys(&self, jump: Option<&DeviceTarget>) {
+        let mut jump = jump;
         while let Some(hop) = jump {
             if hop.known_host_key.is_none()
                 && let Some(key) = self.drivers.take_host_key(&hop.name)

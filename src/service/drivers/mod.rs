@@ -29,6 +29,7 @@ pub mod ssh_algorithms;
 mod ssh_auth;
 pub mod ssh_subsystem;
 pub mod ssh_transfer;
+pub mod ssh_tunnel;
 pub mod telnet;
 pub mod telnet_protocol;
 pub mod terminal;
@@ -447,6 +448,21 @@ impl Drivers {
                 name: name.to_string(),
             }),
         }
+    }
+
+    /// Opens a connection to port `port` of device `behind` (at `host`)
+    /// through its jump host `jump` (see [`ssh::SshPool::open_tunnel`]);
+    /// jump hosts are SSH devices (the inventory's rule).
+    pub async fn open_tunnel(
+        &self,
+        jump: &DeviceTarget,
+        (host, port): (&str, u16),
+        behind: &str,
+        timeout: Duration,
+    ) -> Result<ssh_tunnel::TunnelStream, DriverError> {
+        self.ssh
+            .open_tunnel(jump, (host, port), behind, timeout)
+            .await
     }
 
     /// The idle bound of a transfer: the command timeout.

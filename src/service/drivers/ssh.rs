@@ -536,6 +536,25 @@ impl SshPool {
             .await
     }
 
+    /// Opens a `direct-tcpip` channel (RFC 4254 §7.2) to `addr` (host,
+    /// port) on a pooled connection of `jump`, the jump host of device
+    /// `behind` (connecting to the jump, and through its own jump hosts,
+    /// if need be): the channel and the slot it holds. `timeout` bounds the
+    /// channel open and, with `connect_timeout`, the wait for a slot.
+    /// Errors name the jump: [`DriverError::JumpRefused`] (the jump said
+    /// no, e.g. `AllowTcpForwarding no`) or [`DriverError::Jump`].
+    pub(super) async fn open_direct_tcpip(
+        &self,
+        jump: &DeviceTarget,
+        addr: (&str, u16),
+        behind: &str,
+        timeout: Duration,
+    ) -> Result<(Lease, Channel<Msg>), DriverError> {
+        self.shared
+            .open_direct_tcpip(jump, addr, behind, timeout)
+            .await
+    }
+
     /// Takes the host key first seen on a connection to `device` that no
     /// lease has reported (a jump host's: a connection used only for
     /// `direct-tcpip` reports nothing to its callers), to be recorded.
@@ -551,6 +570,28 @@ impl SshPool {
 }
 
 impl PoolShared {
+    /// [`SshPool::open_direct_tcpip`]: the one way through a jump host, for
+    /// a device's SSH handshake and for forwards to its ports alike.
+    async fn open_direct_tcpip(
+        self: &Arc<Self>,
+        jump: &DeviceTarget,
+        (host, port): (&str, u16),
+        behind: &str,
+        timeout: Duration,
+    ) -> Result<(Lease, Channel<Msg>), DriverError> {
+        let kind = ChannelKind::DirectTcpip { host, port, behind };
+        self.open_channel(jump, timeout, kind)
+            .await
+            .map_err(|e| match e {
+                refused @ DriverError::JumpRefused { .. } => refused,
+                other => DriverError::Jump {
+                    device: behind.to_string(),
+                    jump: jump.name.clone(),
+                    reason: other.to_string(),
+                },
+            })
+    }
+
     /// [`SshPool::open_channel`] for a channel of any kind. A jump host's
     /// refusal of a `direct-tcpip` channel is final
     /// ([`DriverError::JumpRefused`]), not a full connection.
@@ -901,23 +942,9 @@ async fn connect(
                 })
             }
             Some(jump) => {
-                let kind = ChannelKind::DirectTcpip {
-                    host: &key.host,
-                    port: key.port,
-                    behind: &device,
-                };
-                let (via, channel) =
-                    shared
-                        .open_channel(jump, after, kind)
-                        .await
-                        .map_err(|e| match e {
-                            refused @ DriverError::JumpRefused { .. } => refused,
-                            other => DriverError::Jump {
-                                device: device.clone(),
-                                jump: jump.name.clone(),
-                                reason: other.to_string(),
-                            },
-                        })?;
+                let (via, channel) = shared
+                    .open_direct_tcpip(jump, (&key.host, key.port), &device, after)
+                    .await?;
                 through_jump.store(true, Ordering::Relaxed);
                 let (handle, host_key) =
                     handshake(shared, target, key, channel.into_stream()).await?;
