@@ -119,19 +119,36 @@ async fn two_devices_behind_one_jump_share_one_jump_connection() {
     })
     .await;
     drop(term);
+    // A forward's tunnel to a port behind the jump (here the target's SSH
+    // port: its banner) rides the same jump connection.
+    let mut tunnel = within(
+        30,
+        "tunnel",
+        pool.open_tunnel(&jump, ("127.0.0.1", target_server.port), "behind-exec", T),
+    )
+    .await
+    .unwrap();
+    let mut banner = [0u8; 8];
+    within(20, "banner", tunnel.read_exact(&mut banner))
+        .await
+        .unwrap();
+    assert_eq!(&banner, b"SSH-2.0-");
+    drop(tunnel);
 
     // The target was reached through the jump: its sshd logged each
-    // direct-tcpip open to the target's port (one per device connection).
+    // direct-tcpip open to the target's port (one per device connection,
+    // one for the tunnel).
     assert_eq!(
         direct_tcpip_opens(&jump_server, target_server.port),
-        2,
+        3,
         "jump log:\n{}",
         jump_server.log()
     );
-    // One SSH connection to the jump serves both devices; the target saw
-    // one per device (the exec device's channels and terminal share one).
+    // One SSH connection to the jump serves both devices and the tunnel;
+    // the target saw one per device (the exec device's channels and
+    // terminal share one) and the tunnel's.
     assert_eq!(jump_server.accepted(), 1, "connections to the jump host");
-    assert_eq!(target_server.accepted(), 2, "connections to the target");
+    assert_eq!(target_server.accepted(), 3, "connections to the target");
     assert_eq!(pool.stats().connects, 3);
     // The jump's host key waits in the pool to be recorded (nobody asked
     // for it on the direct-tcpip lease).
