@@ -590,3 +590,80 @@ async fn a_forward_through_a_silent_jump_ends_by_its_deadline() {
         switchyard::wire::messages::ErrorCode::DeadlineExceeded
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_the_jump_cannot_reach_fails_alone_and_keeps_the_jump_connection() {
+    init();
+    let jump_server = jump_sshd(true).await;
+    // A port whose connects hang: a listener with a full accept queue
+    // (backlog 0, one connection queued, never accepted).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let hanging = socket.listen(0).unwrap();
+    let hanging_port = hanging.local_addr().unwrap().port();
+    let _queued = tokio::net::TcpStream::connect(("127.0.0.1", hanging_port))
+        .await
+        .unwrap();
+    // And a port that answers.
+    let web = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web_port = web.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let (ops, alice) = ops_behind_jump(
+        dir.path(),
+        jump_server.port,
+        web_port,
+        SshDriverConfig::default(),
+    );
+    open_inventory(&dir.path().join("inv.db"))
+        .set_forward_ports(
+            "behind",
+            &ForwardPorts::Listed(vec![web_port, hanging_port]),
+        )
+        .unwrap();
+    let first = within(
+        30,
+        "open",
+        ops.open_forward(&alice, "behind", web_port, None),
+    )
+    .await
+    .unwrap();
+    let (first_conn, _) = within(10, "accept", web.accept()).await.unwrap();
+    drop((first, first_conn));
+
+    let deadline = Duration::from_secs(2);
+    let err = within(
+        30,
+        "open",
+        ops.open_forward(&alice, "behind", hanging_port, Some(deadline)),
+    )
+    .await
+    .err()
+    .expect("the jump cannot connect there");
+    // The jump's connection, shared by everything behind it, is still the
+    // one: the next forward rides it.
+    let mut again = within(
+        30,
+        "open",
+        ops.open_forward(&alice, "behind", web_port, None),
+    )
+    .await
+    .unwrap();
+    let (mut conn, _) = within(10, "accept", web.accept()).await.unwrap();
+    conn.write_all(b"hello").await.unwrap();
+    let mut got = [0u8; 5];
+    within(10, "read", again.read_exact(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(&got, b"hello");
+    assert_eq!(jump_server.accepted(), 1, "connections to the jump host");
+    // The error names the jump and the port it could not open.
+    let text = err.to_string();
+    assert!(
+        text.contains("jump-1") && text.contains(&hanging_port.to_string()),
+        "{text}"
+    );
+    assert_eq!(
+        err.code(),
+        switchyard::wire::messages::ErrorCode::DeadlineExceeded
+    );
+}

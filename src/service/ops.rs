@@ -114,7 +114,9 @@ impl OpsError {
             Self::Limit(e) => e.code(),
             Self::BadRequest(_) => ErrorCode::InvalidArgument,
             Self::DeadlineExceeded => ErrorCode::DeadlineExceeded,
-            Self::Driver(DriverError::ConnectTimeout { .. }) => ErrorCode::DeadlineExceeded,
+            Self::Driver(DriverError::ConnectTimeout { .. } | DriverError::JumpSlow { .. }) => {
+                ErrorCode::DeadlineExceeded
+            }
             Self::Driver(DriverError::Busy { .. }) => ErrorCode::ResourceExhausted,
             Self::Driver(_) => ErrorCode::Unavailable,
             Self::Inventory(_) | Self::Internal(_) => ErrorCode::Internal,

@@ -299,6 +299,21 @@ pub enum DriverError {
         /// What to check on the jump host.
         hint: &'static str,
     },
+    /// The jump host did not answer a `direct-tcpip` open in time. OpenSSH
+    /// answers only once its own connect to the target is done, so this is
+    /// most often a target the jump cannot reach; the jump's connection
+    /// stays (a ping checks it, off the caller's time).
+    #[error(
+        "the jump host {jump} did not open direct-tcpip to {addr} for {device} within {after:?} \
+         (can the jump host reach {addr}?)"
+    )]
+    JumpSlow {
+        device: String,
+        jump: String,
+        /// The target's `host:port` as asked of the jump.
+        addr: String,
+        after: Duration,
+    },
 }
 
 /// The driver set a service uses: one SSH pool, the Telnet driver, plus

@@ -542,7 +542,9 @@ impl SshPool {
     /// if need be): the channel and the slot it holds. `timeout` bounds the
     /// channel open and, with `connect_timeout`, the wait for a slot.
     /// Errors name the jump: [`DriverError::JumpRefused`] (the jump said
-    /// no, e.g. `AllowTcpForwarding no`) or [`DriverError::Jump`].
+    /// no, e.g. `AllowTcpForwarding no`), [`DriverError::JumpSlow`] (no
+    /// answer within `timeout`; the jump's connection stays unless a ping
+    /// finds it silent too) or [`DriverError::Jump`].
     pub(super) async fn open_direct_tcpip(
         &self,
         jump: &DeviceTarget,
@@ -583,7 +585,9 @@ impl PoolShared {
         self.open_channel(jump, timeout, kind)
             .await
             .map_err(|e| match e {
-                refused @ DriverError::JumpRefused { .. } => refused,
+                refused @ (DriverError::JumpRefused { .. } | DriverError::JumpSlow { .. }) => {
+                    refused
+                }
                 other => DriverError::Jump {
                     device: behind.to_string(),
                     jump: jump.name.clone(),
@@ -632,6 +636,18 @@ impl PoolShared {
                 }
             };
             let opened = tokio::time::timeout(timeout, opening).await;
+            if let (Err(_), ChannelKind::DirectTcpip { host, port, behind }) = (&opened, kind) {
+                // A jump answers a direct-tcpip open only once its own
+                // connect there is done: slowness is the target's, not
+                // proof of a dead connection, which a ping tells apart.
+                self.remove_if_silent(lease, timeout);
+                return Err(DriverError::JumpSlow {
+                    device: behind.to_string(),
+                    jump: target.name.clone(),
+                    addr: format!("{host}:{port}"),
+                    after: timeout,
+                });
+            }
             let Ok(opened) = opened else {
                 debug!("no answer to a channel open; dropping the silent connection");
                 self.remove(&lease);
@@ -767,6 +783,23 @@ impl PoolShared {
                 });
             }
         }
+    }
+
+    /// Pings the connection of `lease` (a jump host's, slow to open a
+    /// channel) and drops it from the pool if no answer comes within
+    /// `within`. Runs in a task of its own, bounded by `within`, so the
+    /// caller is answered at once; holds the slot until done.
+    fn remove_if_silent(self: &Arc<Self>, lease: Lease, within: Duration) {
+        let shared = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let answered = tokio::time::timeout(within, lease.handle.send_ping()).await;
+            if !matches!(answered, Ok(Ok(())))
+                && let Some(shared) = shared.upgrade()
+            {
+                debug!("no answer to a ping either; dropping the silent connection");
+                shared.remove(&lease);
+            }
+        });
     }
 
     fn mark_full(&self, lease: &Lease) {

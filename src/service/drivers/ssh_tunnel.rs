@@ -11,8 +11,11 @@
 //! pool.
 //!
 //! On failure: [`DriverError::JumpRefused`] when the jump host says no
-//! (`AllowTcpForwarding no`, or it cannot connect to the port), else
-//! [`DriverError::Jump`]; both name the jump and the device.
+//! (`AllowTcpForwarding no`, or it cannot connect to the port),
+//! [`DriverError::JumpSlow`] when it does not answer in time (it may still
+//! be connecting there: the jump's connection, shared by others, stays
+//! unless a ping finds it silent too), else [`DriverError::Jump`]; all
+//! name the jump and the device.
 //!
 //! Bytes: writes are channel data (the peer's window and russh's bounded
 //! channel buffer give back-pressure); shutting the write side down sends
