@@ -449,10 +449,40 @@ async fn a_forward_through_a_jump_without_tcp_forwarding_names_the_jump_and_the_
         )) && error.contains("AllowTcpForwarding"),
         "{error}"
     );
+    // Through the SOCKS5 proxy the jump's policy refusal is reply 02,
+    // "connection not allowed by ruleset" (RFC 1928 §6), not 05.
+    let out = cli(
+        &broker,
+        &["socks-proxy", "start", "lab", "--listen", "127.0.0.1:0"],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let proxy = bound_address(&out);
+    assert_eq!(socks_reply(&proxy, "behind", web_port).await, 2);
     assert!(
         matches!(web.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the device's port was reached"
     );
+}
+
+/// A SOCKS5 CONNECT (no authentication) to `device:port` through the
+/// proxy at `proxy`; the reply's REP code (RFC 1928 §6).
+async fn socks_reply(proxy: &str, device: &str, port: u16) -> u8 {
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    within(30, "the SOCKS5 reply", async {
+        s.write_all(&[5, 1, 0]).await.unwrap();
+        let mut method = [0u8; 2];
+        s.read_exact(&mut method).await.unwrap();
+        assert_eq!(method, [5, 0]);
+        let mut msg = vec![5, 1, 0, 3, device.len() as u8];
+        msg.extend_from_slice(device.as_bytes());
+        msg.extend_from_slice(&port.to_be_bytes());
+        s.write_all(&msg).await.unwrap();
+        let mut reply = [0u8; 10];
+        s.read_exact(&mut reply).await.unwrap();
+        reply[1]
+    })
+    .await
 }
 
 /// A service library over an inventory holding `jump-1` (at `jump_port`)

@@ -62,7 +62,7 @@ pub enum ForwardError {
     #[error(
         "port {port} of device {device} may not be forwarded to: the device's \
          forward_ports setting allows {allowed} (set by the service's administrator: \
-         `switchyard service device add --forward-ports`)"
+         `switchyard service device set {device} --forward-ports PORT,...`)"
     )]
     PortNotAllowed {
         device: String,
@@ -167,7 +167,7 @@ impl ServiceOps {
         port: u16,
         limit: Duration,
     ) -> Result<TunnelStream, ForwardError> {
-        let jump_target = self.target(jump, 1)?;
+        let jump_target = self.target(jump, &[target.name.as_str()])?;
         let opening =
             self.drivers()
                 .open_tunnel(&jump_target, (&target.host, port), &target.name, limit);

@@ -298,6 +298,10 @@ pub enum DriverError {
         reason: String,
         /// What to check on the jump host.
         hint: &'static str,
+        /// Refused by the jump's policy (`SSH_OPEN_ADMINISTRATIVELY_PROHIBITED`,
+        /// e.g. `AllowTcpForwarding no`), not for want of a connection:
+        /// a permission refusal (SOCKS5 reply 02, RFC 1928 §6).
+        by_policy: bool,
     },
     /// The jump host did not answer a `direct-tcpip` open in time. OpenSSH
     /// answers only once its own connect to the target is done, so this is

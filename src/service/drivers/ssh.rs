@@ -680,6 +680,10 @@ impl PoolShared {
                         addr: format!("{host}:{port}"),
                         reason: format!("{reason:?}"),
                         hint,
+                        by_policy: matches!(
+                            reason,
+                            russh::ChannelOpenFailure::AdministrativelyProhibited
+                        ),
                     });
                 }
                 (Err(russh::Error::ChannelOpenFailure(reason)), ChannelKind::Session) => {
