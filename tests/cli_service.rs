@@ -757,3 +757,110 @@ async fn jump_hosts_are_checked_listed_and_used() {
     let out = exec("behind").await.unwrap();
     assert_eq!(exec_json(&out)[0]["status"], "success");
 }
+
+/// A device cannot be its own jump host (`device add` or `device set`):
+/// refused like any other cycle. A self-reference already stored (a
+/// database from before this check) makes calls fail with what is wrong
+/// and the command that fixes it, not "inventory data is corrupt".
+#[test]
+fn a_device_cannot_be_its_own_jump_host() {
+    let env = Env::new();
+    ok(&env.service(&["init"]));
+    let pw = env.path("device-pw");
+    let add = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "device",
+            "add",
+            name,
+            "--host",
+            "127.0.0.1",
+            "--username",
+            "u",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        env.service(&args)
+    };
+    let fails = |out: Output, want: &str| {
+        assert!(!out.status.success(), "should fail: {want}");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains(want), "{err}");
+    };
+    ok(&add("bastion", &[]));
+    fails(
+        env.service(&["device", "set", "bastion", "--jump-host", "bastion"]),
+        "jump host bastion for bastion would make a cycle: bastion -> bastion",
+    );
+    fails(
+        add("loop", &["--jump-host", "loop"]),
+        "jump host loop for loop would make a cycle: loop -> loop",
+    );
+    ok(&add("behind", &["--jump-host", "bastion"]));
+    let list = json(&ok(&env.service(&["device", "list", "--json"])));
+    let names: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["name"])
+        .collect();
+    assert_eq!(names, ["bastion", "behind"], "nothing else added: {list}");
+    assert!(list[0]["jump_host"].is_null(), "bastion unchanged: {list}");
+    // The ports that may be forwarded: the default (its own port), or a
+    // list as set; `device list` shows them in a FORWARD column.
+    assert_eq!(list[0]["forward_ports"], serde_json::json!([22]), "{list}");
+    ok(&env.service(&["device", "set", "behind", "--forward-ports", "8080,22"]));
+    let list = json(&ok(&env.service(&["device", "list", "--json"])));
+    assert_eq!(
+        list[1]["forward_ports"],
+        serde_json::json!([22, 8080]),
+        "{list}"
+    );
+    ok(&env.service(&["device", "set", "bastion", "--forward-ports", "none"]));
+    let text = ok(&env.service(&["device", "list"]));
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let col = rows[0]
+        .iter()
+        .position(|h| *h == "FORWARD")
+        .expect("FORWARD");
+    let cell = |name: &str| rows.iter().find(|r| r[0] == name).unwrap()[col];
+    assert_eq!(
+        (cell("bastion"), cell("behind")),
+        ("-", "22,8080"),
+        "{text}"
+    );
+
+    // A self-reference stored before the check existed.
+    let db = rusqlite::Connection::open(env.db()).unwrap();
+    db.execute(
+        "UPDATE devices SET jump_host = 'bastion' WHERE name = 'bastion'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let fix = "fix it with `switchyard service device set bastion --jump-host none`";
+    for (device, chain) in [
+        ("bastion", "bastion -> bastion"),
+        ("behind", "behind -> bastion -> bastion"),
+    ] {
+        let out = env.service(&["exec", device, "-c", "true", "--json"]);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want = format!("the jump hosts of {device} form a cycle: {chain}; {fix}");
+        assert!(all.contains(&want), "{device}: {all}");
+        assert!(!all.contains("corrupt"), "{device}: {all}");
+    }
+    // The named fix works.
+    ok(&env.service(&["device", "set", "bastion", "--jump-host", "none"]));
+    let out = env.service(&["exec", "behind", "-c", "true", "--json"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("jump hosts of"),
+        "{out:?}"
+    );
+}

@@ -319,6 +319,12 @@ async fn the_service_refuses_unlisted_ports_foreign_devices_and_simulators() {
     assert!(e.message.contains("port 443 of device edge-web"), "{e}");
     assert!(e.message.contains("forward_ports"), "{e}");
     assert!(e.message.contains(&format!("only {}", echo.port())), "{e}");
+    // The fix named is for the existing device (`set`, not `add`).
+    assert!(
+        e.message
+            .contains("`switchyard service device set edge-web --forward-ports PORT,...`"),
+        "{e}"
+    );
     // Listed explicitly, the default no longer applies.
     set_ports(svc.dir.path(), "edge-web", ForwardPorts::Listed(vec![443]));
     let e = refusal(alice.open_forward("edge-web", echo.port(), t).await);

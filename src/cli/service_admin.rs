@@ -416,7 +416,7 @@ fn device_command(
                 print_json(&devices);
             } else {
                 outln!(
-                    "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} {:<8} {:<6} {:<16} ATTRIBUTES",
+                    "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} {:<8} {:<6} {:<16} {:<12} ATTRIBUTES",
                     "NAME",
                     "HOST",
                     "PORT",
@@ -425,11 +425,12 @@ fn device_command(
                     "USER",
                     "SESSION",
                     "ENABLE",
-                    "JUMP"
+                    "JUMP",
+                    "FORWARD"
                 );
                 for d in devices {
                     outln!(
-                        "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} {:<8} {:<6} {:<16} {}",
+                        "{:<20} {:<24} {:>5}  {:<10} {:<10} {:<12} {:<8} {:<6} {:<16} {:<12} {}",
                         d.name,
                         d.host,
                         d.port,
@@ -439,6 +440,7 @@ fn device_command(
                         session_text(&d),
                         if d.has_enable_password { "set" } else { "-" },
                         d.jump_host.as_deref().unwrap_or("-"),
+                        forward_ports_text(&d.forward_ports),
                         super::remote::attributes_text(&d.attributes)
                     );
                 }
@@ -784,4 +786,16 @@ pub(super) fn parse_ports(text: &str) -> Result<Vec<u16>, CliError> {
             ))),
         })
         .collect()
+}
+
+/// A device's forward ports for `device list`: `22,8080`, or `-` for none.
+fn forward_ports_text(ports: &[u16]) -> String {
+    if ports.is_empty() {
+        return "-".into();
+    }
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -114,8 +114,15 @@ impl OpsError {
             Self::Limit(e) => e.code(),
             Self::BadRequest(_) => ErrorCode::InvalidArgument,
             Self::DeadlineExceeded => ErrorCode::DeadlineExceeded,
-            Self::Driver(DriverError::ConnectTimeout { .. }) => ErrorCode::DeadlineExceeded,
+            Self::Driver(DriverError::ConnectTimeout { .. } | DriverError::JumpSlow { .. }) => {
+                ErrorCode::DeadlineExceeded
+            }
             Self::Driver(DriverError::Busy { .. }) => ErrorCode::ResourceExhausted,
+            // The jump host's policy forbids the channel (not a failure to
+            // connect): a refusal like a port outside `forward_ports`.
+            Self::Driver(DriverError::JumpRefused {
+                by_policy: true, ..
+            }) => ErrorCode::PermissionDenied,
             Self::Driver(_) => ErrorCode::Unavailable,
             Self::Inventory(_) | Self::Internal(_) => ErrorCode::Internal,
             Self::Transfer(e) => e.code().unwrap_or(ErrorCode::Unavailable),
@@ -413,26 +420,45 @@ impl ServiceOps {
         if !principal.scope.allows(name) {
             return Err(OpsError::NoDevice(name.to_string()));
         }
-        self.target(name, 0).map_err(|e| match e {
+        self.target(name, &[]).map_err(|e| match e {
             OpsError::Inventory(InventoryError::UnknownDevice(n)) => OpsError::NoDevice(n),
             other => other,
         })
     }
 
     /// Device `name` and, through its `jump_host`, the chain of devices it
-    /// is reached through (`hops` so far; the inventory keeps chains
-    /// acyclic and short, this bound guards a file edited by hand). A jump
-    /// device needs no scope of its own: it is the path, not the target.
-    fn target(&self, name: &str, hops: usize) -> Result<DeviceTarget, OpsError> {
+    /// is reached through (`via`: the devices before it on the chain,
+    /// nearest last; the inventory keeps chains acyclic and short, this
+    /// check guards a database written by an older version or by hand,
+    /// and says which setting to clear). A jump device needs no scope of
+    /// its own: it is the path, not the target.
+    pub(super) fn target(&self, name: &str, via: &[&str]) -> Result<DeviceTarget, OpsError> {
         let (device, credentials) = self.inventory().device_with_credentials(name)?;
         let jump = match &device.jump_host {
-            Some(_) if hops >= crate::service::inventory::MAX_JUMPS => {
-                return Err(OpsError::Inventory(InventoryError::Corrupt(format!(
-                    "the jump hosts of {name} go on for more than {} hops",
-                    crate::service::inventory::MAX_JUMPS
-                ))));
+            Some(jump) => {
+                let mut chain = via.to_vec();
+                chain.push(name);
+                let problem = if chain.contains(&jump.as_str()) {
+                    Some("form a cycle".to_string())
+                } else if chain.len() > crate::service::inventory::MAX_JUMPS {
+                    Some(format!(
+                        "form too long a chain (at most {} jump hosts)",
+                        crate::service::inventory::MAX_JUMPS
+                    ))
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    return Err(OpsError::Inventory(InventoryError::Invalid(format!(
+                        "the jump hosts of {start} {problem}: {path} -> {jump}; \
+                         fix it with `switchyard service device set {name} --jump-host none` \
+                         (or another jump host)",
+                        start = chain[0],
+                        path = chain.join(" -> "),
+                    ))));
+                }
+                Some(Box::new(self.target(jump, &chain)?))
             }
-            Some(jump) => Some(Box::new(self.target(jump, hops + 1)?)),
             None => None,
         };
         Ok(DeviceTarget {
@@ -461,7 +487,14 @@ impl ServiceOps {
         if let Some(key) = learned {
             self.record_host_key(&target.name, key);
         }
-        let mut jump = target.jump.as_deref();
+        self.record_jump_keys(target.jump.as_deref());
+    }
+
+    /// Records the host keys first seen on the connections to `jump` and
+    /// the jump hosts it is reached through (kept by the SSH pool until
+    /// asked: a `direct-tcpip` channel reports none to its caller).
+    pub(super) fn record_jump_keys(&self, jump: Option<&DeviceTarget>) {
+        let mut jump = jump;
         while let Some(hop) = jump {
             if hop.known_host_key.is_none()
                 && let Some(key) = self.drivers.take_host_key(&hop.name)

@@ -67,7 +67,7 @@ pub async fn serve(
     let opened = ops
         .open_subsystem(principal, device, name, deadline)
         .await
-        .map(|channel| DeviceStream::Subsystem(Box::new(channel)))
+        .map(|channel| DeviceStream::Right(Box::new(channel)))
         .map_err(|e| e.to_wire());
     serve_stream(opened, principal, send, recv, max_frame).await;
 }

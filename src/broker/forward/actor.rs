@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::listener::{LocalListener, LocalStream};
+use super::listener::{LocalListener, LocalStream, reset};
 use super::socks::{self, ProxyLogin};
 use super::socks5::Reply;
 use crate::broker::error::BrokerError;
@@ -130,12 +130,12 @@ pub async fn run(
                 }
                 Ok((stream, Ok(()))) => {
                     stats.failed(format!("more than {MAX_CONNECTIONS} connections at once"));
-                    stream.reset();
+                    reset(&stream);
                 }
                 Ok((stream, Err(why))) => {
                     warn!(listener = %listener.address(), %why, "forward connection refused");
                     stats.failed(format!("a connection was refused: {why}"));
-                    stream.reset();
+                    reset(&stream);
                 }
                 Err(e) => {
                     // Out of descriptors, most likely: let some close.
@@ -199,7 +199,7 @@ async fn connection(
                 let _ = socks::answer(&mut local, code).await;
             } else {
                 debug!(%device, port, error = %e, "forwarded connection not opened");
-                local.reset();
+                reset(&local);
             }
             return;
         }
@@ -216,7 +216,7 @@ async fn connection(
         if let Err(e) = started.await {
             debug!(proxy = %target.id, error = %e, "SOCKS5 client gone before its connection started");
             remote.reset();
-            local.reset();
+            reset(&local);
             return;
         }
     }
@@ -231,7 +231,7 @@ async fn connection(
         debug!(%device, error = %e, "forwarded connection broke; reset");
         *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
             format!("a connection broke: {e}");
-        local.reset();
+        reset(&local);
     }
     drop(link);
 }

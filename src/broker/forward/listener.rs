@@ -27,14 +27,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use nix::fcntl::OFlag;
 use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
 use nix::sys::stat::Mode;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio_util::either::Either;
 
 use crate::broker::error::BrokerError;
 
@@ -99,11 +97,8 @@ enum Kind {
     },
 }
 
-/// An accepted local connection.
-pub enum LocalStream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
+/// An accepted local connection: TCP (left) or a Unix socket (right).
+pub type LocalStream = Either<TcpStream, UnixStream>;
 
 impl LocalListener {
     /// Binds `listen` for `owner` (see the module docs for the checks).
@@ -148,7 +143,7 @@ impl LocalListener {
                     Some(uid) => Err(format!("uid {uid} is not the forward's owner")),
                     None => Err(format!("no socket of {peer} found to check its uid")),
                 };
-                Ok((LocalStream::Tcp(stream), check))
+                Ok((Either::Left(stream), check))
             }
             Kind::Unix { listener, .. } => {
                 let (stream, _) = listener.accept().await?;
@@ -157,7 +152,7 @@ impl LocalListener {
                     Ok(cred) => Err(format!("uid {} is not the forward's owner", cred.uid())),
                     Err(e) => Err(format!("no peer credentials: {e}")),
                 };
-                Ok((LocalStream::Unix(stream), check))
+                Ok((Either::Right(stream), check))
             }
         }
     }
@@ -290,52 +285,10 @@ fn parse_addr(text: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-impl LocalStream {
-    /// Resets the connection (TCP: RST; Unix: closed with data unread).
-    pub fn reset(&self) {
-        if let Self::Tcp(tcp) = self {
-            let _ = tcp.set_zero_linger();
-        }
-    }
-}
-
-impl AsyncRead for LocalStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for LocalStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Self::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
+/// Resets a local connection (TCP: RST; Unix: closed with data unread).
+pub fn reset(stream: &LocalStream) {
+    if let Either::Left(tcp) = stream {
+        let _ = tcp.set_zero_linger();
     }
 }
 

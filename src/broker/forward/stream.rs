@@ -1,7 +1,7 @@
 //! One forwarded connection's far end: a link stream carrying a
 //! [`Request::Forward`] (or a [`Request::Subsystem`], the SSH proxy's
-//! `sftp`), or (integrated mode) the device socket or subsystem channel
-//! itself.
+//! `sftp`), or (integrated mode) the device end itself: its socket, the
+//! `direct-tcpip` channel through its jump host, or the subsystem channel.
 
 use std::io;
 use std::sync::Arc;
@@ -30,7 +30,8 @@ pub enum ForwardStream {
         _waiting: Waiting,
     },
     /// Integrated mode: the service library connected in this process (a
-    /// device's TCP port, or an SSH subsystem on it).
+    /// device's TCP port, directly or through its jump host's SSH
+    /// connection, or an SSH subsystem on it).
     Local(DeviceStream),
 }
 
@@ -54,7 +55,7 @@ impl LinkChannel {
         self.open_raw(request, &what, timeout, |ops, principal| async move {
             ops.open_forward(&principal, &device, port, Some(timeout))
                 .await
-                .map(DeviceStream::Tcp)
+                .map(DeviceStream::Left)
                 .map_err(|e| e.to_wire())
         })
         .await
@@ -79,7 +80,7 @@ impl LinkChannel {
         self.open_raw(request, &what, timeout, |ops, principal| async move {
             ops.open_subsystem(&principal, &device, &name, Some(timeout))
                 .await
-                .map(|channel| DeviceStream::Subsystem(Box::new(channel)))
+                .map(|channel| DeviceStream::Right(Box::new(channel)))
                 .map_err(|e| e.to_wire())
         })
         .await
@@ -204,7 +205,7 @@ impl ForwardStream {
                 send.reset(RESET_CODE);
                 recv.stop(RESET_CODE);
             }
-            Self::Local(device) => device.reset(),
+            Self::Local(device) => crate::service::forward::reset(device),
         }
     }
 }

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{Shared, channel};
-use crate::broker::forward::listener::{LocalListener, LocalStream};
+use crate::broker::forward::listener::{LocalListener, LocalStream, reset};
 
 /// SSH connections one proxy carries at once, at most; more are reset.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -140,12 +140,12 @@ pub async fn run(
                 }
                 Ok((stream, Ok(()))) => {
                     shared.stats.failed(format!("more than {MAX_CONNECTIONS} connections at once"));
-                    stream.reset();
+                    reset(&stream);
                 }
                 Ok((stream, Err(why))) => {
                     warn!(listener = %listener.address(), %why, "SSH proxy connection refused");
                     shared.stats.failed(format!("a connection was refused: {why}"));
-                    stream.reset();
+                    reset(&stream);
                 }
                 Err(e) => {
                     // Out of descriptors, most likely: let some close.

@@ -29,6 +29,7 @@ pub mod ssh_algorithms;
 mod ssh_auth;
 pub mod ssh_subsystem;
 pub mod ssh_transfer;
+pub mod ssh_tunnel;
 pub mod telnet;
 pub mod telnet_protocol;
 pub mod terminal;
@@ -297,6 +298,25 @@ pub enum DriverError {
         reason: String,
         /// What to check on the jump host.
         hint: &'static str,
+        /// Refused by the jump's policy (`SSH_OPEN_ADMINISTRATIVELY_PROHIBITED`,
+        /// e.g. `AllowTcpForwarding no`), not for want of a connection:
+        /// a permission refusal (SOCKS5 reply 02, RFC 1928 §6).
+        by_policy: bool,
+    },
+    /// The jump host did not answer a `direct-tcpip` open in time. OpenSSH
+    /// answers only once its own connect to the target is done, so this is
+    /// most often a target the jump cannot reach; the jump's connection
+    /// stays (a ping checks it, off the caller's time).
+    #[error(
+        "the jump host {jump} did not open direct-tcpip to {addr} for {device} within {after:?} \
+         (can the jump host reach {addr}?)"
+    )]
+    JumpSlow {
+        device: String,
+        jump: String,
+        /// The target's `host:port` as asked of the jump.
+        addr: String,
+        after: Duration,
     },
 }
 
@@ -447,6 +467,21 @@ impl Drivers {
                 name: name.to_string(),
             }),
         }
+    }
+
+    /// Opens a connection to port `port` of device `behind` (at `host`)
+    /// through its jump host `jump` (see [`ssh::SshPool::open_tunnel`]);
+    /// jump hosts are SSH devices (the inventory's rule).
+    pub async fn open_tunnel(
+        &self,
+        jump: &DeviceTarget,
+        (host, port): (&str, u16),
+        behind: &str,
+        timeout: Duration,
+    ) -> Result<ssh_tunnel::TunnelStream, DriverError> {
+        self.ssh
+            .open_tunnel(jump, (host, port), behind, timeout)
+            .await
     }
 
     /// The idle bound of a transfer: the command timeout.

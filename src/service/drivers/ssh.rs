@@ -536,6 +536,27 @@ impl SshPool {
             .await
     }
 
+    /// Opens a `direct-tcpip` channel (RFC 4254 §7.2) to `addr` (host,
+    /// port) on a pooled connection of `jump`, the jump host of device
+    /// `behind` (connecting to the jump, and through its own jump hosts,
+    /// if need be): the channel and the slot it holds. `timeout` bounds the
+    /// channel open and, with `connect_timeout`, the wait for a slot.
+    /// Errors name the jump: [`DriverError::JumpRefused`] (the jump said
+    /// no, e.g. `AllowTcpForwarding no`), [`DriverError::JumpSlow`] (no
+    /// answer within `timeout`; the jump's connection stays unless a ping
+    /// finds it silent too) or [`DriverError::Jump`].
+    pub(super) async fn open_direct_tcpip(
+        &self,
+        jump: &DeviceTarget,
+        addr: (&str, u16),
+        behind: &str,
+        timeout: Duration,
+    ) -> Result<(Lease, Channel<Msg>), DriverError> {
+        self.shared
+            .open_direct_tcpip(jump, addr, behind, timeout)
+            .await
+    }
+
     /// Takes the host key first seen on a connection to `device` that no
     /// lease has reported (a jump host's: a connection used only for
     /// `direct-tcpip` reports nothing to its callers), to be recorded.
@@ -551,6 +572,30 @@ impl SshPool {
 }
 
 impl PoolShared {
+    /// [`SshPool::open_direct_tcpip`]: the one way through a jump host, for
+    /// a device's SSH handshake and for forwards to its ports alike.
+    async fn open_direct_tcpip(
+        self: &Arc<Self>,
+        jump: &DeviceTarget,
+        (host, port): (&str, u16),
+        behind: &str,
+        timeout: Duration,
+    ) -> Result<(Lease, Channel<Msg>), DriverError> {
+        let kind = ChannelKind::DirectTcpip { host, port, behind };
+        self.open_channel(jump, timeout, kind)
+            .await
+            .map_err(|e| match e {
+                refused @ (DriverError::JumpRefused { .. } | DriverError::JumpSlow { .. }) => {
+                    refused
+                }
+                other => DriverError::Jump {
+                    device: behind.to_string(),
+                    jump: jump.name.clone(),
+                    reason: other.to_string(),
+                },
+            })
+    }
+
     /// [`SshPool::open_channel`] for a channel of any kind. A jump host's
     /// refusal of a `direct-tcpip` channel is final
     /// ([`DriverError::JumpRefused`]), not a full connection.
@@ -591,6 +636,18 @@ impl PoolShared {
                 }
             };
             let opened = tokio::time::timeout(timeout, opening).await;
+            if let (Err(_), ChannelKind::DirectTcpip { host, port, behind }) = (&opened, kind) {
+                // A jump answers a direct-tcpip open only once its own
+                // connect there is done: slowness is the target's, not
+                // proof of a dead connection, which a ping tells apart.
+                self.remove_if_silent(lease, timeout);
+                return Err(DriverError::JumpSlow {
+                    device: behind.to_string(),
+                    jump: target.name.clone(),
+                    addr: format!("{host}:{port}"),
+                    after: timeout,
+                });
+            }
             let Ok(opened) = opened else {
                 debug!("no answer to a channel open; dropping the silent connection");
                 self.remove(&lease);
@@ -623,6 +680,10 @@ impl PoolShared {
                         addr: format!("{host}:{port}"),
                         reason: format!("{reason:?}"),
                         hint,
+                        by_policy: matches!(
+                            reason,
+                            russh::ChannelOpenFailure::AdministrativelyProhibited
+                        ),
                     });
                 }
                 (Err(russh::Error::ChannelOpenFailure(reason)), ChannelKind::Session) => {
@@ -726,6 +787,23 @@ impl PoolShared {
                 });
             }
         }
+    }
+
+    /// Pings the connection of `lease` (a jump host's, slow to open a
+    /// channel) and drops it from the pool if no answer comes within
+    /// `within`. Runs in a task of its own, bounded by `within`, so the
+    /// caller is answered at once; holds the slot until done.
+    fn remove_if_silent(self: &Arc<Self>, lease: Lease, within: Duration) {
+        let shared = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let answered = tokio::time::timeout(within, lease.handle.send_ping()).await;
+            if !matches!(answered, Ok(Ok(())))
+                && let Some(shared) = shared.upgrade()
+            {
+                debug!("no answer to a ping either; dropping the silent connection");
+                shared.remove(&lease);
+            }
+        });
     }
 
     fn mark_full(&self, lease: &Lease) {
@@ -901,23 +979,9 @@ async fn connect(
                 })
             }
             Some(jump) => {
-                let kind = ChannelKind::DirectTcpip {
-                    host: &key.host,
-                    port: key.port,
-                    behind: &device,
-                };
-                let (via, channel) =
-                    shared
-                        .open_channel(jump, after, kind)
-                        .await
-                        .map_err(|e| match e {
-                            refused @ DriverError::JumpRefused { .. } => refused,
-                            other => DriverError::Jump {
-                                device: device.clone(),
-                                jump: jump.name.clone(),
-                                reason: other.to_string(),
-                            },
-                        })?;
+                let (via, channel) = shared
+                    .open_direct_tcpip(jump, (&key.host, key.port), &device, after)
+                    .await?;
                 through_jump.store(true, Ordering::Relaxed);
                 let (handle, host_key) =
                     handshake(shared, target, key, channel.into_stream()).await?;

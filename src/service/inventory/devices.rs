@@ -114,6 +114,11 @@ pub struct Device {
     /// `direct-tcpip`); `None`: reached directly. Set with
     /// [`Inventory::set_jump_host`].
     pub jump_host: Option<String>,
+    /// The TCP ports remote users may forward to, in effect: the
+    /// `forward_ports` setting, or its default when unset (the device's
+    /// own port for `ssh`, none for `simulator`; see
+    /// [`Inventory::forward_target`]).
+    pub forward_ports: Vec<u16>,
 }
 
 /// A device to add.
@@ -189,20 +194,29 @@ fn one_device(n: usize, name: &str) -> Result<(), InventoryError> {
 
 const DEVICE_COLUMNS: &str = "name, host, port, device_type, driver, attributes, username, \
      password_sealed IS NOT NULL, private_key_sealed IS NOT NULL, host_key, legacy_algorithms, \
-     enable_password_sealed IS NOT NULL, session, jump_host";
+     enable_password_sealed IS NOT NULL, session, jump_host, forward_ports";
 
 fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, InventoryError>> {
     let driver: String = row.get(4)?;
     let attributes: String = row.get(5)?;
     let port: i64 = row.get(2)?;
+    let forward_ports: Option<String> = row.get(14)?;
     Ok((|| {
+        let driver: DriverKind = driver.parse()?;
+        let port = u16::try_from(port)
+            .map_err(|_| InventoryError::Corrupt(format!("port {port} out of range")))?;
+        let forward_ports = match forward_ports {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| InventoryError::Corrupt(format!("forward_ports: {e}")))?,
+            None if driver == DriverKind::Ssh => vec![port],
+            None => Vec::new(),
+        };
         Ok(Device {
             name: row.get(0)?,
             host: row.get(1)?,
-            port: u16::try_from(port)
-                .map_err(|_| InventoryError::Corrupt(format!("port {port} out of range")))?,
+            port,
             device_type: row.get(3)?,
-            driver: driver.parse()?,
+            driver,
             attributes: serde_json::from_str(&attributes)
                 .map_err(|e| InventoryError::Corrupt(format!("attributes: {e}")))?,
             username: row.get(6)?,
@@ -213,6 +227,7 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, InventoryEr
             has_enable_password: row.get(11)?,
             session: row.get(12)?,
             jump_host: row.get(13)?,
+            forward_ports,
         })
     })())
 }

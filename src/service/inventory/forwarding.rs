@@ -34,6 +34,9 @@ pub struct ForwardTarget {
     pub allowed: Vec<u16>,
     /// Whether `allowed` comes from an explicit `forward_ports` setting.
     pub explicit: bool,
+    /// The device's `jump_host` (`inventory::jump`): a forward to it is a
+    /// `direct-tcpip` channel on that device's SSH connection.
+    pub jump_host: Option<String>,
 }
 
 impl ForwardTarget {
@@ -80,13 +83,19 @@ impl Inventory {
 
     /// A device's `forward_ports` setting as stored.
     pub fn forward_ports(&self, name: &str) -> Result<ForwardPorts, InventoryError> {
-        Ok(self.forward_row(name)?.3)
+        Ok(self.forward_row(name)?.ports)
     }
 
     /// A device as a forward needs it, with its default applied. Needs no
     /// secret.
     pub fn forward_target(&self, name: &str) -> Result<ForwardTarget, InventoryError> {
-        let (host, port, driver, ports) = self.forward_row(name)?;
+        let ForwardRow {
+            host,
+            port,
+            driver,
+            ports,
+            jump_host,
+        } = self.forward_row(name)?;
         let (allowed, explicit) = match ports {
             ForwardPorts::Listed(list) => (list, true),
             ForwardPorts::Default if driver == DriverKind::Ssh => (vec![port], false),
@@ -98,20 +107,21 @@ impl Inventory {
             driver,
             allowed,
             explicit,
+            jump_host,
         })
     }
 
-    fn forward_row(
-        &self,
-        name: &str,
-    ) -> Result<(String, u16, DriverKind, ForwardPorts), InventoryError> {
+    fn forward_row(&self, name: &str) -> Result<ForwardRow, InventoryError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT host, port, driver, forward_ports FROM devices WHERE name = ?1",
+            "SELECT host, port, driver, forward_ports, jump_host FROM devices WHERE name = ?1",
         )?;
-        let row: Option<(String, i64, String, Option<String>)> = stmt
-            .query_row([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        type Row = (String, i64, String, Option<String>, Option<String>);
+        let row: Option<Row> = stmt
+            .query_row([name], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .optional()?;
-        let (host, port, driver, ports) =
+        let (host, port, driver, ports, jump_host) =
             row.ok_or_else(|| InventoryError::UnknownDevice(name.to_string()))?;
         let port = u16::try_from(port)
             .map_err(|_| InventoryError::Corrupt(format!("port {port} out of range")))?;
@@ -122,6 +132,21 @@ impl Inventory {
                     .map_err(|e| InventoryError::Corrupt(format!("forward_ports: {e}")))?,
             ),
         };
-        Ok((host, port, driver.parse()?, ports))
+        Ok(ForwardRow {
+            host,
+            port,
+            driver: driver.parse()?,
+            ports,
+            jump_host,
+        })
     }
+}
+
+/// A device's row as forwards read it (setting as stored).
+struct ForwardRow {
+    host: String,
+    port: u16,
+    driver: DriverKind,
+    ports: ForwardPorts,
+    jump_host: Option<String>,
 }

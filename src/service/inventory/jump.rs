@@ -44,6 +44,11 @@ impl Inventory {
                     jump_device.driver.as_str()
                 )));
             }
+            if jump == name {
+                return Err(InventoryError::Invalid(format!(
+                    "jump host {jump} for {name} would make a cycle: {name} -> {jump}"
+                )));
+            }
             // Walk the chain from the jump: it must neither come back to
             // `name` nor grow beyond the bound.
             let mut chain = vec![name.to_string(), jump.to_string()];
