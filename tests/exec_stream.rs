@@ -253,6 +253,37 @@ async fn one_devices_text_output_is_printed_as_it_comes_then_its_status() {
             .starts_with("exec: 1 device: 1 succeeded, 0 failed (success) in "),
         "{rest}"
     );
+    // The summary's time covers the whole call, so at least the command's
+    // own time (its status line `--- COMMAND [12.3 ms]`); both are rounded
+    // to 10 ms at most.
+    let command_ms = rest
+        .lines()
+        .filter(|l| l.starts_with("--- "))
+        .filter_map(|l| l.rsplit_once(" ["))
+        .filter_map(|(_, d)| duration_ms(d.trim_end_matches(']')))
+        .next()
+        .unwrap_or_else(|| panic!("no command time in {rest}"));
+    let total_ms = rest
+        .lines()
+        .last()
+        .and_then(|l| l.rsplit_once(" in "))
+        .and_then(|(_, d)| duration_ms(d))
+        .unwrap_or_else(|| panic!("no summary time in {rest}"));
+    assert!(
+        total_ms + 10.0 >= command_ms,
+        "summary {total_ms} ms < command {command_ms} ms: {rest}"
+    );
+}
+
+/// `12.3 ms` or `1.25 s` in milliseconds.
+fn duration_ms(text: &str) -> Option<f64> {
+    let (number, unit) = text.trim().split_once(' ')?;
+    let number: f64 = number.parse().ok()?;
+    match unit {
+        "ms" => Some(number),
+        "s" => Some(number * 1000.0),
+        _ => None,
+    }
 }
 
 /// Runs a command on `linux-1` that prints `first`, then waits for a file

@@ -81,11 +81,12 @@ pub async fn exec(socket: &Path, args: ExecArgs) -> Result<ExitCode, CliError> {
     let budget = args.max_buffer;
     // One device in text mode: its output printed as it comes.
     let mut live = (!json && devices.len() == 1).then(|| LivePrinter::new(commands.clone()));
-    let mut events = start(socket, &args, devices.clone()).await?;
+    // Made before the call starts: the summary's time covers all of it.
     let mut printer = match live {
         Some(_) => ExecPrinter::live(),
         None => ExecPrinter::new(json, devices.len()),
     };
+    let mut events = start(socket, &args, devices.clone()).await?;
     let mut collector = ExecCollector::with_budget(devices, commands, budget);
     while let Some(event) = events.message().await? {
         use pb::exec_event::Event;
