@@ -13,18 +13,14 @@
 //! within the caller's bound); a name that is not a plain token is refused
 //! before the device is asked.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use russh::ChannelMsg;
 use russh::client::Msg;
-use russh::{ChannelMsg, ChannelStream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::DeviceTarget;
 use super::DriverError;
-use super::ssh::{Lease, SshPool};
+use super::ssh::SshPool;
 
 /// Longest subsystem name accepted, in bytes.
 pub const MAX_NAME: usize = 64;
@@ -67,38 +63,7 @@ pub fn valid_name(name: &str) -> bool {
 /// A subsystem running on a device: its bytes both ways. Shutting down the
 /// write side sends the channel's end of file; reading ends at the
 /// device's.
-pub struct SubsystemStream {
-    stream: ChannelStream<Msg>,
-    _lease: Lease,
-}
-
-impl AsyncRead for SubsystemStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SubsystemStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
+pub type SubsystemStream = super::ssh_tunnel::LeasedChannel;
 
 /// Asks for subsystem `name` on `channel` and waits for the device's
 /// answer; `Err(reason)` if it refused or closed the channel.
@@ -153,10 +118,7 @@ impl SshPool {
             }
         }
         let host_key = lease.host_key.take();
-        let stream = SubsystemStream {
-            stream: channel.into_stream(),
-            _lease: lease,
-        };
+        let stream = SubsystemStream::new(channel, lease);
         Ok((stream, host_key))
     }
 }

@@ -34,13 +34,30 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::ssh::{Lease, SshPool};
 use super::{DeviceTarget, DriverError};
 
-/// A port of a device, reached through its jump host's SSH connection.
-pub struct TunnelStream {
+/// A channel on a pooled SSH connection as a byte stream, holding its slot
+/// on that connection (`Lease`) for as long as it lives: a port reached
+/// through a jump host ([`TunnelStream`]) or a device's subsystem
+/// (`ssh_subsystem::SubsystemStream`). Dropping it closes the channel and
+/// frees the slot; shutting its write side down sends the channel's EOF.
+pub struct LeasedChannel {
     stream: ChannelStream<Msg>,
     _lease: Lease,
 }
 
-impl AsyncRead for TunnelStream {
+/// A port of a device, reached through its jump host's SSH connection.
+pub type TunnelStream = LeasedChannel;
+
+impl LeasedChannel {
+    /// `channel` as a stream, keeping `lease` (its slot) with it.
+    pub(super) fn new(channel: russh::Channel<Msg>, lease: Lease) -> Self {
+        Self {
+            stream: channel.into_stream(),
+            _lease: lease,
+        }
+    }
+}
+
+impl AsyncRead for LeasedChannel {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -50,7 +67,7 @@ impl AsyncRead for TunnelStream {
     }
 }
 
-impl AsyncWrite for TunnelStream {
+impl AsyncWrite for LeasedChannel {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -82,9 +99,6 @@ impl SshPool {
         timeout: Duration,
     ) -> Result<TunnelStream, DriverError> {
         let (lease, channel) = self.open_direct_tcpip(jump, addr, behind, timeout).await?;
-        Ok(TunnelStream {
-            stream: channel.into_stream(),
-            _lease: lease,
-        })
+        Ok(LeasedChannel::new(channel, lease))
     }
 }
