@@ -27,6 +27,10 @@ use crate::wire::messages::Response;
 /// limit.
 pub const OUTPUT_CHUNK: usize = 512 * 1024;
 
+/// Output held past this size is bulk: the chunk's buffer is then
+/// reserved whole rather than grown step by step (small outputs stay small).
+const GROW_WHOLE: usize = 16 * 1024;
+
 /// Output a device's finished commands may keep to ride inline in its
 /// `ExecDevice` frame (small commands then cost one frame, not two).
 pub const INLINE_BUDGET: usize = 512 * 1024;
@@ -119,6 +123,12 @@ impl OutputSink {
         while !data.is_empty() {
             let buf = &mut self.pending[stream as usize];
             let room = OUTPUT_CHUNK - buf.len();
+            if buf.len() + data.len() > buf.capacity() && buf.len() + data.len() > GROW_WHOLE {
+                // Bulk output: the chunk's whole room at once (growing by
+                // doubling copied each chunk about once more, 3.5% of the
+                // service's CPU time in a bulk exec; perf).
+                buf.reserve(room);
+            }
             let (now, rest) = data.split_at(room.min(data.len()));
             buf.extend_from_slice(now);
             data = rest;
