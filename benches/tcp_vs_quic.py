@@ -37,7 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from exec_vs_ssh import BIN, ROOT, USER, read_line, run, start_sshd, timed_read
+from _common import BIN, ROOT, USER, read_line, run, start_sshd
+from exec_vs_ssh import timed_read
 
 
 def status_links(env):
