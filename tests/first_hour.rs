@@ -313,6 +313,7 @@ async fn first_signal_stops_a_waiting_login(signal: nix::sys::signal::Signal) {
             .collect::<Vec<_>>()
     };
 
+    default_sigint();
     let mut child = start_login();
     let first_code = read_code(&mut child).await;
     assert_eq!(login_states().await, ["waiting for approval"]);
@@ -1187,6 +1188,7 @@ async fn first_signal_stops_an_enrollment_waiting_for_the_relay(signal: nix::sys
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
+    default_sigint();
     let child = cmd.spawn().unwrap();
     let (_held, _) = within(20, "the enrollment to reach the relay", silent.accept())
         .await
@@ -1219,4 +1221,14 @@ async fn the_first_sigint_stops_an_enrollment_waiting_for_the_relay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_sigterm_stops_an_enrollment_waiting_for_the_relay() {
     first_signal_stops_an_enrollment_waiting_for_the_relay(nix::sys::signal::Signal::SIGTERM).await;
+}
+
+/// Gives the children spawned next SIGINT's default action: a test run
+/// started in the background by a non-interactive shell inherits SIGINT
+/// ignored, which a child keeps across exec (as a background job should),
+/// so it would never see the signal these tests send.
+fn default_sigint() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: installs the default action, no handler code runs.
+    unsafe { signal(Signal::SIGINT, SigHandler::SigDfl) }.unwrap();
 }
