@@ -308,27 +308,11 @@ async fn an_otp_redeemed_at_once_on_two_nodes_is_won_by_exactly_one() {
                 enroll_service(tier.node("b"), &otp, &[]),
             )
         };
-        let release = async {
-            within(30, "both redemptions wait at the database", async {
-                loop {
-                    let waiting: i64 = lock
-                        .query_one(
-                            "SELECT count(*) FROM pg_locks \
-                             WHERE NOT granted AND relation = 'otps'::regclass",
-                            &[],
-                        )
-                        .await
-                        .unwrap()
-                        .get(0);
-                    if waiting >= 2 {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await;
-            lock.commit().await.unwrap();
-        };
+        let release = commit_once_two_wait(
+            lock,
+            "both redemptions wait at the database",
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'otps'::regclass",
+        );
         let (((_a_dir, a), (_b_dir, b)), ()) = tokio::join!(both, release);
         let outcomes = [a, b];
         let won = outcomes.iter().filter(|r| r.is_ok()).count();
@@ -1022,23 +1006,11 @@ async fn a_user_code_is_approved_once_across_nodes_and_expired_grants_are_delete
                 approve_at("c", user_code.clone())
             )
         };
-        let release = async {
-            within(30, "both approvals wait at the database", async {
-                loop {
-                    let waiting: i64 = lock
-                        .query_one("SELECT count(*) FROM pg_locks WHERE NOT granted", &[])
-                        .await
-                        .unwrap()
-                        .get(0);
-                    if waiting >= 2 {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await;
-            lock.commit().await.unwrap();
-        };
+        let release = commit_once_two_wait(
+            lock,
+            "both approvals wait at the database",
+            "SELECT count(*) FROM pg_locks WHERE NOT granted",
+        );
         let ((on_b, on_c), ()) = tokio::join!(both, release);
         let pages = [on_b, on_c];
         let won = pages.iter().filter(|p| p.contains("Approved")).count();
@@ -1469,4 +1441,20 @@ async fn bench_1000_services_and_1000_brokers_on_three_nodes() {
         after[1].0 as f64 / 1024.0
     );
     drop(brokers);
+}
+
+/// Commits `lock` once `waiting` (a count over `pg_locks`) says two
+/// sessions wait behind it: both racers are then at the database.
+async fn commit_once_two_wait(lock: tokio_postgres::Transaction<'_>, what: &str, waiting: &str) {
+    within(30, what, async {
+        loop {
+            let n: i64 = lock.query_one(waiting, &[]).await.unwrap().get(0);
+            if n >= 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    lock.commit().await.unwrap();
 }
