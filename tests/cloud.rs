@@ -12,6 +12,7 @@ use common::cloud::{
     assert_show_version, broker_for, broker_for_with, cloud_service, show_version, token_login,
     token_session,
 };
+use common::process::ServiceProcess;
 use common::within;
 use switchyard::api::pb;
 use switchyard::relay::unix_now;
@@ -563,16 +564,28 @@ async fn an_unknown_serial_is_not_found_and_the_login_carries_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_blocks_until_an_offline_service_comes_online() {
     let relay = TestRelay::start().await;
-    let mut svc = CloudService::start(&relay, "SN-WAIT", &[]).await;
-    svc.stop().await;
+    // A real process: its stop ends with the process, as in production.
+    let mut svc = ServiceProcess::enrolled(
+        None,
+        &relay,
+        "SN-WAIT",
+        "",
+        &["--relay-transport", "quic", "--name", "cloud-service"],
+    )
+    .await;
+    common::eventually(20, "the service online at the relay", || {
+        relay.relay().services_online() == 1
+    })
+    .await;
+    svc.terminate().await;
     let broker = broker_for(&relay).await;
     let (mut client, session, _attach) = token_session(&broker, &relay.token(ALICE)).await;
     let service = cloud_service(&mut client, &session, "SN-WAIT", None).await;
-    // The relay learns of the stop from the service's close, or, when that
-    // close is never sent (quinn #2785: a just-opened connection still
-    // probing its path MTU, see `wire::conn::MAX_UDP_PAYLOAD`), at its
-    // 30 s idle timeout: each try is a bounded 1 s wait.
-    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    // The relay took the service offline at its goodbye, before the
+    // process exited (without it, the close the exiting process sent was
+    // often lost — quinn #2785 — and the relay showed the service online
+    // until its 30 s idle timeout): each try is a bounded 1 s wait.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let err = wait(&mut client, &session, &service, 1.0)
             .await
@@ -592,7 +605,7 @@ async fn wait_blocks_until_an_offline_service_comes_online() {
         let (session, service) = (session.clone(), service.clone());
         tokio::spawn(async move { wait(&mut client, &session, &service, 20.0).await })
     };
-    svc.run();
+    svc.start().await;
     let name = within(25, "wait", waiting).await.unwrap().unwrap();
     assert_eq!(name, "cloud-service");
     assert_show_version(&mut client, &session, &service).await;

@@ -17,11 +17,8 @@ use std::time::Instant;
 use common::broker::{TestBroker, in_session, named, run_exec, status};
 use common::cloud::{ALICE, TestRelay, assert_show_version, cloud_service, token_session};
 use common::process::{Netns, ServiceProcess};
-use common::service::ADMIN_PASSWORD;
 use common::{eventually, eventually_some, within};
 use switchyard::api::pb;
-use switchyard::secret::Secret;
-use switchyard::service::inventory::{DeviceScope, Inventory, NewRemoteUser};
 
 /// nftables table holding the UDP drop inside the test's namespace.
 const TABLE: &str = "udp_blocked";
@@ -157,56 +154,10 @@ async fn transport_quic_pins_quic_and_fails_when_udp_is_blocked() {
     assert!(err.message().contains("127.0.0.1"), "{err}");
 }
 
-/// A service process in `ns`, alice's cloud identity one of its remote
-/// users, enrolled with `relay` as `serial` (`service enroll` run in the
-/// namespace too), and started.
+/// A service process in `ns`, enrolled with `relay` as `serial`, and
+/// started.
 async fn enrolled_service_in(ns: &Netns, relay: &TestRelay, serial: &str) -> ServiceProcess {
-    enrolled_service_with(ns, relay, serial, "").await
-}
-
-/// As [`enrolled_service_in`], the service reading `config` as its config
-/// file (`$XDG_CONFIG_HOME/switchyard/config.toml`).
-async fn enrolled_service_with(
-    ns: &Netns,
-    relay: &TestRelay,
-    serial: &str,
-    config: &str,
-) -> ServiceProcess {
-    let mut svc = ServiceProcess::new(Some(ns.0.clone()));
-    let config_dir = svc.dir.path().join("switchyard");
-    std::fs::create_dir_all(&config_dir).unwrap();
-    std::fs::write(config_dir.join("config.toml"), config).unwrap();
-    let db = svc.dir.path().join("inv.db");
-    let mut inv = Inventory::open(&db, &Secret::new(ADMIN_PASSWORD)).unwrap();
-    inv.add_user(&NewRemoteUser {
-        name: ALICE.into(),
-        password: None,
-        devices: DeviceScope::parse("core-*").unwrap(),
-        enabled: true,
-        cloud: true,
-    })
-    .unwrap();
-    drop(inv);
-    let otp_file = svc.dir.path().join("otp");
-    std::fs::write(&otp_file, relay.otp(serial)).unwrap();
-    let admin_pw = svc.dir.path().join("admin-pw");
-    ns.run(&[
-        common::switchyard_bin(),
-        "service",
-        "--db",
-        db.to_str().unwrap(),
-        "--admin-password-file",
-        admin_pw.to_str().unwrap(),
-        "enroll",
-        "--relay",
-        &relay.url(),
-        "--otp-file",
-        otp_file.to_str().unwrap(),
-        "--relay-ca",
-        relay.ca_file().to_str().unwrap(),
-    ]);
-    svc.start().await;
-    svc
+    ServiceProcess::enrolled(Some(ns), relay, serial, "", &[]).await
 }
 
 /// A relay, a service enrolled with it and a broker, all in a namespace
@@ -359,11 +310,12 @@ async fn the_relay_agent_moves_back_to_quic_and_drains_its_tcp_tunnels() {
     };
     block_udp(&ns);
     let relay = TestRelay::start_process_via(&ns.prefix(), &[]).await;
-    let svc = enrolled_service_with(
-        &ns,
+    let svc = ServiceProcess::enrolled(
+        Some(&ns),
         &relay,
         "SN-MOVE",
         "[relay_agent]\nquic_probe_secs = 0.5\n",
+        &[],
     )
     .await;
     let config = relay.broker_config(relay.dir.path());

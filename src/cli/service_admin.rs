@@ -640,8 +640,16 @@ async fn run_service(
     let _watchdog = crate::daemon::Watchdog::start_if_enabled();
     shutdown.cancelled().await;
     crate::daemon::stopping();
-    drop(agent);
+    // Offline at the relay first (it refuses new tunnels at once), then
+    // the calls drain (relayed ones too), then the relay connection closes.
+    let departed = match agent {
+        Some((_, agent)) => Some(agent.leave().await),
+        None => None,
+    };
     server.shutdown(settings.broker.drain_timeout).await;
+    if let Some(departed) = departed {
+        departed.close().await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -65,7 +65,8 @@ use crate::wire::mux::{Carrier, Conn, RecvHalf, SendHalf};
 use crate::wire::packet_relay::PacketPath;
 use crate::wire::pin::Fingerprint;
 use crate::wire::relay::{
-    HelloReply, RELAY_ALPN, RelayHello, RelayReply, RelayRequest, ServiceFacts, TunnelOffer,
+    HelloReply, NoticeReply, RELAY_ALPN, RelayHello, RelayReply, RelayRequest, ServiceFacts,
+    ServiceNotice, TunnelOffer,
 };
 
 /// The QUIC endpoint: server certificate from the CA, client certificates
@@ -319,10 +320,10 @@ async fn serve_connection(
     let hello = tokio::time::timeout_at(deadline, async {
         let (send, mut recv) = conn.accept_bi().await.ok()?;
         let hello: RelayHello = read_frame(&mut recv, max).await.ok()??;
-        Some((send, hello))
+        Some((send, recv, hello))
     })
     .await;
-    let (mut send, hello) = match hello {
+    let (mut send, recv, hello) = match hello {
         Ok(Some(hello)) => hello,
         Ok(None) => {
             conn.close(close_code::UNAUTHENTICATED, b"no hello");
@@ -365,13 +366,14 @@ async fn serve_connection(
     if write_frame(&mut send, &welcome, max).await.is_err() {
         return;
     }
-    let _ = send.finish();
     match peer {
         Peer::Service { serial } => {
-            serve_service(conn, core, serial, cancel).await;
+            // The hello stream stays open: the service's control stream.
+            serve_service(conn, core, serial, (send, recv), cancel).await;
             drop(live);
         }
         Peer::Node { id } => {
+            let _ = send.finish();
             info!(node = %id, "relay node connected");
             let span = info_span!("node", node = %id);
             serve_node(conn, core, cancel).instrument(span).await;
@@ -382,6 +384,7 @@ async fn serve_connection(
             expires,
             sso,
         } => {
+            let _ = send.finish();
             let span = info_span!("client", identity = %identity);
             serve_client(
                 conn,
@@ -501,8 +504,10 @@ async fn serve_service(
     conn: Conn,
     core: Arc<RelayCore>,
     serial: String,
+    control: (SendHalf, RecvHalf),
     cancel: CancellationToken,
 ) {
+    let max = core.config.limits.max_frame;
     let (slots, replaced) = core
         .online
         .lock()
@@ -530,29 +535,80 @@ async fn serve_service(
             }
         }
     };
-    tokio::select! {
-        _ = cancel.cancelled() => {}
-        reason = conn.closed() => debug!(%serial, %reason, "service connection ended"),
-        () = park => debug!(%serial, "service connection ended"),
+    let goodbye = goodbye(control, &serial, max);
+    let left = tokio::select! {
+        _ = cancel.cancelled() => None,
+        reason = conn.closed() => {
+            debug!(%serial, %reason, "service connection ended");
+            None
+        }
+        () = park => {
+            debug!(%serial, "service connection ended");
+            None
+        }
         () = retire => {
             info!(%serial, "closing a replaced service connection after {REPLACED_GRACE:?}");
             conn.close(0, b"replaced by a newer connection");
+            None
+        }
+        send = goodbye => Some(send),
+    };
+    let gone = offline(&core, &serial, &conn).await;
+    let Some(mut send) = left else {
+        return;
+    };
+    // Answered once the serial is offline here and in the presence table.
+    info!(%serial, offline = gone, "service said goodbye");
+    let _ = write_frame(&mut send, &NoticeReply::Offline, max).await;
+    let _ = send.finish();
+    // Its open tunnels run on until the service closes the connection,
+    // after draining its calls (as a replaced connection's: the grace at
+    // most).
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        reason = conn.closed() => debug!(%serial, %reason, "service connection ended after its goodbye"),
+        () = tokio::time::sleep(REPLACED_GRACE) => {
+            conn.close(0, b"said goodbye long ago");
         }
     }
+}
+
+/// A service's control stream (its hello stream, kept open): resolves
+/// with the stream's sending half when the service says goodbye; never
+/// otherwise. Its end (an older service finishes it after its hello) or a
+/// notice this relay does not know is answered by finishing our side, which
+/// the service reads as "not understood".
+async fn goodbye((mut send, mut recv): (SendHalf, RecvHalf), serial: &str, max: usize) -> SendHalf {
+    match read_frame::<ServiceNotice>(&mut recv, max).await {
+        Ok(Some(ServiceNotice::Goodbye)) => return send,
+        Ok(None) => {}
+        Err(e) => {
+            debug!(%serial, error = %e, "a service notice this relay cannot read; not answered")
+        }
+    }
+    let _ = send.finish();
+    std::future::pending().await
+}
+
+/// Forgets `conn` as the connection `serial` is reached by, and clears the
+/// serial's presence row, unless a newer connection has replaced it. True
+/// if it was the serial's connection.
+async fn offline(core: &RelayCore, serial: &str, conn: &Conn) -> bool {
     let gone = {
         let mut online = core.online.lock().unwrap_or_else(|p| p.into_inner());
-        let gone = online.get(&serial).is_some_and(|s| s.conn.same(&conn));
+        let gone = online.get(serial).is_some_and(|s| s.conn.same(conn));
         if gone {
-            online.remove(&serial);
+            online.remove(serial);
         }
         gone
     };
     if gone {
         info!(%serial, "service offline");
-        if let Err(e) = core.db.clear_present(&serial, &core.node_id).await {
+        if let Err(e) = core.db.clear_present(serial, &core.node_id).await {
             warn!(error = %e, %serial, "cannot clear the service's presence");
         }
     }
+    gone
 }
 
 struct ClientAuth {

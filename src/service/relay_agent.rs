@@ -26,6 +26,19 @@
 //! first and, whenever a connection is lost or refused, tries the next one
 //! (in a ring), so a node that dies moves its services to another node.
 //!
+//! Stopping ([`RelayAgent::leave`], on SIGTERM/SIGINT or a systemd
+//! stop): the agent says goodbye on its control stream (the hello stream,
+//! kept open: `wire::relay::ServiceNotice`) and waits at most
+//! [`GOODBYE_BOUND`] for the relay's answer, so the relay refuses new
+//! tunnels and clears the serial's presence at once instead of after its
+//! idle timeout (a QUIC close sent as the process exits may never leave:
+//! quinn #2785). It never reconnects after that. The tunnels already open
+//! keep the connection ([`Departed`]) while the RPC server drains their
+//! calls; [`Departed::close`] then closes it and waits (at most
+//! [`CLOSE_BOUND`]) until the close is sent (`Endpoint::wait_idle`; on TCP
+//! until the connection has ended). A relay that does not answer the
+//! goodbye (an older one) gets the close at once instead, as before.
+//!
 //! On failure: a lost or refused connection is retried with jittered
 //! exponential back-off (200 ms to 30 s) for as long as the agent lives;
 //! the direct RPC socket is unaffected. The connection is a standing one:
@@ -37,7 +50,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::inventory::RelayEnrollment;
@@ -50,11 +63,17 @@ use crate::wire::conn::{
     write_frame,
 };
 use crate::wire::mux::{Conn, RecvHalf, SendHalf};
-use crate::wire::relay::{HelloReply, RelayHello, TunnelOffer};
+use crate::wire::relay::{HelloReply, NoticeReply, RelayHello, ServiceNotice, TunnelOffer};
 use crate::wire::tunnel::Carrier;
 
 /// Bound on reaching the relay and its answer to our hello.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bound on the relay's answer to our goodbye.
+pub const GOODBYE_BOUND: Duration = Duration::from_secs(1);
+
+/// Bound on sending our close to the relay once we close.
+pub const CLOSE_BOUND: Duration = Duration::from_secs(1);
 
 /// How a refused hello's error begins.
 const REFUSED: &str = "the relay refused us";
@@ -89,11 +108,64 @@ pub enum AgentState {
     Online,
     /// Waiting to retry after this error.
     Retrying(String),
+    /// Stopping: said goodbye (or had no connection); never reconnects.
+    Left,
 }
 
 pub struct RelayAgent {
     state: watch::Receiver<AgentState>,
+    /// Asks the run task to say goodbye and hand back what is left.
+    leave: mpsc::Sender<oneshot::Sender<Departed>>,
     _task: AbortOnDrop<()>,
+}
+
+/// What is left of a [`RelayAgent`] after its goodbye: the relay
+/// connection, which the tunnels still open ride until [`Departed::close`]
+/// (the relay sends no new ones). Dropped without `close`, the connection
+/// ends when its last tunnel does.
+#[derive(Default)]
+pub struct Departed {
+    /// The connection the relay acknowledged our goodbye on, and its QUIC
+    /// endpoint.
+    link: Option<(Conn, Option<quinn::Endpoint>)>,
+    /// A TCP connection still draining after a move to QUIC.
+    draining: Option<AbortOnDrop<()>>,
+    acknowledged: bool,
+}
+
+impl Departed {
+    /// Whether the relay acknowledged the goodbye (then it showed the
+    /// service offline before [`RelayAgent::leave`] returned).
+    pub fn acknowledged(&self) -> bool {
+        self.acknowledged
+    }
+
+    /// Closes the relay connection (ending the tunnels still on it) and
+    /// waits, at most [`CLOSE_BOUND`], until the close has been sent.
+    pub async fn close(self) {
+        if let Some((conn, endpoint)) = self.link {
+            close_link(&conn, endpoint.as_ref(), b"service stopping").await;
+        }
+        drop(self.draining);
+    }
+}
+
+/// Closes `conn` and waits (at most [`CLOSE_BOUND`]) until the close is
+/// on its way: QUIC's endpoint idle (a close frame of an endpoint dropped
+/// at once may never be sent: quinn #2785), TCP's connection ended.
+async fn close_link(conn: &Conn, endpoint: Option<&quinn::Endpoint>, why: &[u8]) {
+    conn.close(0, why);
+    let sent = match endpoint {
+        Some(endpoint) => tokio::time::timeout(CLOSE_BOUND, endpoint.wait_idle())
+            .await
+            .is_ok(),
+        None => tokio::time::timeout(CLOSE_BOUND, conn.closed())
+            .await
+            .is_ok(),
+    };
+    if !sent {
+        debug!(bound = ?CLOSE_BOUND, "the close to the relay was not confirmed in time");
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +229,7 @@ impl RelayAgent {
         let quic = relay_addresses(&enrollment.quic)?;
         let server_name = relay_host(&enrollment.url)?;
         let (state_tx, state) = watch::channel(AgentState::Connecting);
+        let (leave, leave_rx) = mpsc::channel(1);
         // An enrollment stored before URLs were checked may hold credentials.
         let relay = crate::relay_url::redacted(&enrollment.url);
         let span = info_span!("relay_agent", serial = %enrollment.serial, %relay);
@@ -172,17 +245,37 @@ impl RelayAgent {
                 tunnels,
                 limits,
                 state_tx,
+                leave_rx,
             )
             .instrument(span),
         );
         Ok(Self {
             state,
+            leave,
             _task: AbortOnDrop::new(task),
         })
     }
 
     pub fn state(&self) -> AgentState {
         self.state.borrow().clone()
+    }
+
+    /// Stops the agent gracefully: says goodbye to the relay (waiting at
+    /// most [`GOODBYE_BOUND`] for its answer), stops reconnecting, and
+    /// hands back the connection for [`Departed::close`] once the calls
+    /// on its tunnels have drained. Not connected (or a relay that does
+    /// not answer): nothing to hand back, any connection is closed now.
+    pub async fn leave(self) -> Departed {
+        let (answer, answered) = oneshot::channel();
+        if self.leave.send(answer).await.is_err() {
+            return Departed::default();
+        }
+        // The task answers within the goodbye's bound, or the close's.
+        let bound = GOODBYE_BOUND + CLOSE_BOUND + Duration::from_secs(1);
+        match tokio::time::timeout(bound, answered).await {
+            Ok(Ok(departed)) => departed,
+            _ => Departed::default(),
+        }
     }
 
     /// Waits until the agent is online (or `timeout` passes).
@@ -202,12 +295,24 @@ struct Relay {
     tcp_drain: Duration,
 }
 
+/// A request to leave: answered with what is left.
+type Leave = oneshot::Sender<Departed>;
+
+/// How serving one connection ended.
+enum Served {
+    /// The relay ended it (or the RPC server stopped).
+    Ended,
+    /// We left (the caller has its answer): no reconnecting.
+    Left,
+}
+
 async fn run(
     relay: Relay,
     addrs: Vec<SocketAddr>,
     tunnels: TunnelAcceptor,
     limits: TransportLimits,
     state: watch::Sender<AgentState>,
+    mut leave: mpsc::Receiver<Leave>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     // A TCP connection left behind by a move to QUIC, until its tunnels
@@ -226,16 +331,83 @@ async fn run(
             &state,
             &mut backoff,
             &mut draining,
+            &mut leave,
         )
         .await;
         let reason = match result {
-            Ok(()) => format!("relay connection to {quic} ended"),
+            Ok(Served::Left) => return,
+            Ok(Served::Ended) => format!("relay connection to {quic} ended"),
             Err(e) => format!("{quic}: {e}"),
         };
         let delay = backoff.next_delay(rand::random::<f64>());
         warn!(%reason, ?delay, "relay connection down; retrying");
         let _ = state.send(AgentState::Retrying(reason));
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            asked = leave.recv() => return left_offline(asked, &state, &mut draining),
+        }
+    }
+}
+
+/// Leaving with no connection: nothing to say goodbye on.
+fn left_offline(
+    asked: Option<Leave>,
+    state: &watch::Sender<AgentState>,
+    draining: &mut Option<AbortOnDrop<()>>,
+) {
+    let _ = state.send(AgentState::Left);
+    if let Some(answer) = asked {
+        let _ = answer.send(Departed {
+            draining: draining.take(),
+            ..Default::default()
+        });
+    }
+}
+
+/// A connection the relay welcomed.
+struct Link {
+    conn: Conn,
+    /// The hello stream, kept open to say goodbye on.
+    control: Control,
+    /// The QUIC connection's endpoint (one per connection), waited on
+    /// when it closes.
+    endpoint: Option<quinn::Endpoint>,
+}
+
+/// The service's control stream to the relay (`wire::relay::ServiceNotice`).
+struct Control {
+    send: SendHalf,
+    recv: RecvHalf,
+}
+
+impl Control {
+    /// Says goodbye; true once the relay answered that we are offline
+    /// (within [`GOODBYE_BOUND`]). False from a relay that finished or
+    /// stopped the stream without an answer (an older relay), or sent
+    /// something else.
+    async fn goodbye(mut self, max: usize) -> bool {
+        let exchange = async {
+            write_frame(&mut self.send, &ServiceNotice::Goodbye, max)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = self.send.finish();
+            match read_frame::<NoticeReply>(&mut self.recv, max).await {
+                Ok(Some(NoticeReply::Offline)) => Ok(()),
+                Ok(None) => Err("the relay does not know goodbyes".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match tokio::time::timeout(GOODBYE_BOUND, exchange).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                info!(reason = %e, "the relay did not answer our goodbye");
+                false
+            }
+            Err(_) => {
+                info!(bound = ?GOODBYE_BOUND, "no answer to our goodbye in time");
+                false
+            }
+        }
     }
 }
 
@@ -247,7 +419,7 @@ impl Relay {
         addr: SocketAddr,
         mode: TransportMode,
         limits: &TransportLimits,
-    ) -> Result<Conn, String> {
+    ) -> Result<Link, String> {
         let quic = async {
             let roots =
                 crate::tls::root_store_of(&self.enrollment.ca_der).map_err(|e| e.to_string())?;
@@ -259,7 +431,9 @@ impl Relay {
                 .map_err(|e| e.to_string())?
                 .await
                 .map_err(|e| format!("cannot connect to the relay over QUIC: {e}"))?;
-            self.hello(Conn::Quic(conn), limits).await
+            let mut link = self.hello(Conn::Quic(conn), limits).await?;
+            link.endpoint = Some(endpoint);
+            Ok(link)
         };
         let tcp = async {
             let roots =
@@ -308,7 +482,9 @@ impl Relay {
         (self.enrollment.cert_der.clone(), &self.enrollment.key_der)
     }
 
-    async fn hello(&self, conn: Conn, limits: &TransportLimits) -> Result<Conn, String> {
+    /// Says hello on the connection's first stream, which stays open as
+    /// its control stream.
+    async fn hello(&self, conn: Conn, limits: &TransportLimits) -> Result<Link, String> {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         let hello = RelayHello::Service {
             advertise: self.enrollment.advertise.clone(),
@@ -316,11 +492,14 @@ impl Relay {
         write_frame(&mut send, &hello, limits.max_frame)
             .await
             .map_err(|e| e.to_string())?;
-        let _ = send.finish();
         match read_frame::<HelloReply>(&mut recv, limits.max_frame).await {
             Ok(Some(HelloReply::Welcome { identity, .. })) => {
                 info!(serial = %identity, carrier = %conn.carrier().as_str(), "online at the relay");
-                Ok(conn)
+                Ok(Link {
+                    conn,
+                    control: Control { send, recv },
+                    endpoint: None,
+                })
             }
             Ok(Some(HelloReply::Refused(e))) => Err(format!("{REFUSED}: {e}")),
             Ok(None) => Err("the relay closed the hello stream".into()),
@@ -329,6 +508,7 @@ impl Relay {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connect_and_serve(
     relay: &Relay,
     addr: SocketAddr,
@@ -337,11 +517,18 @@ async fn connect_and_serve(
     state: &watch::Sender<AgentState>,
     backoff: &mut Backoff,
     draining: &mut Option<AbortOnDrop<()>>,
-) -> Result<(), String> {
-    let mut conn = relay.connect(addr, relay.transport.mode, limits).await?;
+    leave: &mut mpsc::Receiver<Leave>,
+) -> Result<Served, String> {
+    let mut link = tokio::select! {
+        link = relay.connect(addr, relay.transport.mode, limits) => link?,
+        asked = leave.recv() => {
+            left_offline(asked, state, draining);
+            return Ok(Served::Left);
+        }
+    };
     backoff.reset();
     let _ = state.send(AgentState::Online);
-    if (relay.transport.mode, conn.carrier())
+    if (relay.transport.mode, link.conn.carrier())
         == (TransportMode::Auto, crate::wire::mux::Carrier::Tcp)
     {
         info!(
@@ -351,12 +538,13 @@ async fn connect_and_serve(
         );
     }
     loop {
+        let conn = &link.conn;
         let liveness = Liveness::always();
         let _watchdog = watch_liveness(conn.clone(), liveness.clone(), limits.silence);
         let serve = async {
             match conn.carrier() {
-                crate::wire::mux::Carrier::Quic => serve_quic(&conn, tunnels, limits).await,
-                crate::wire::mux::Carrier::Tcp => serve_tcp(&conn, tunnels, limits).await,
+                crate::wire::mux::Carrier::Quic => serve_quic(conn, tunnels, limits).await,
+                crate::wire::mux::Carrier::Tcp => serve_tcp(conn, tunnels, limits).await,
             }
             .map_err(|e| match e {
                 Lost::Conn(e) => format!("relay connection lost: {}", liveness.explain(e)),
@@ -378,14 +566,40 @@ async fn connect_and_serve(
             }
         };
         tokio::select! {
-            ended = serve => return ended,
+            ended = serve => return ended.map(|()| Served::Ended),
             quic = probe => {
                 info!("QUIC to the relay works again; moving off TCP");
-                let tcp = std::mem::replace(&mut conn, quic);
+                // The old connection's control stream ends here (its
+                // sending half held would keep it from draining).
+                let tcp = std::mem::replace(&mut link, quic).conn;
                 // Replacing an older one closes it (one left at a time).
                 *draining = Some(AbortOnDrop::new(tokio::spawn(
                     drain(tcp, relay.tcp_drain).in_current_span(),
                 )));
+            }
+            asked = leave.recv() => {
+                let _ = state.send(AgentState::Left);
+                let Link { conn, control, endpoint } = link;
+                let acknowledged = control.goodbye(limits.max_frame).await;
+                let departed = if acknowledged {
+                    info!("said goodbye: the relay shows us offline");
+                    Departed {
+                        link: Some((conn, endpoint)),
+                        draining: draining.take(),
+                        acknowledged,
+                    }
+                } else {
+                    // As before goodbyes: the relay learns from the close.
+                    close_link(&conn, endpoint.as_ref(), b"service stopping").await;
+                    Departed {
+                        draining: draining.take(),
+                        ..Default::default()
+                    }
+                };
+                if let Some(answer) = asked {
+                    let _ = answer.send(departed);
+                }
+                return Ok(Served::Left);
             }
         }
     }

@@ -9,6 +9,10 @@
 //! * a **service** proves its serial with the certificate the relay issued
 //!   at enrollment (mTLS; required).
 //!
+//! A service keeps that stream open as its control stream: a
+//! [`ServiceNotice`] (its goodbye when it stops) answered by a
+//! [`NoticeReply`].
+//!
 //! After that a client opens one stream per [`RelayRequest`]. For
 //! `OpenTunnel`, the relay opens a stream on the service's connection,
 //! sends it a [`TunnelOffer`], answers the client `TunnelOpen`, and from
@@ -195,6 +199,33 @@ pub struct TunnelOffer {
     pub packet: Option<PacketPath>,
 }
 
+/// What a service may tell the relay on its control stream: the hello
+/// stream, which a service of this version keeps open after the relay's
+/// [`HelloReply::Welcome`] (so does the relay, for services).
+///
+/// Compatibility: a relay that does not know a notice (a decode error: an
+/// unknown variant) finishes its side of the control stream, and so does
+/// an older relay right after its welcome; a service reads that end (or a
+/// stopped stream) as "not understood" and goes on without the answer. A
+/// service that finishes the control stream (an older one does so right
+/// after its hello) just sends no notices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceNotice {
+    /// The service is stopping: take it offline now (new tunnels refused,
+    /// presence cleared for the whole tier) instead of when its connection
+    /// ends. Tunnels already open keep running until the service closes
+    /// the connection (after draining its calls), then end.
+    Goodbye,
+}
+
+/// The relay's answer to a [`ServiceNotice`], on the control stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NoticeReply {
+    /// To `Goodbye`: the serial is offline on this relay and its presence
+    /// row is gone (on a tier, as far as the database write succeeded).
+    Offline,
+}
+
 /// Claims of a relay-signed assertion (a JWT, EdDSA). `aud` is the serial of
 /// the one service it is good for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,6 +324,8 @@ impl Payload for HelloReply {}
 impl Payload for RelayRequest {}
 impl Payload for RelayReply {}
 impl Payload for TunnelOffer {}
+impl Payload for ServiceNotice {}
+impl Payload for NoticeReply {}
 
 #[cfg(test)]
 mod tests {

@@ -670,11 +670,18 @@ impl CloudService {
         self.server.as_ref().unwrap().local_addr()
     }
 
-    /// Stops the service (relay connection and RPC socket).
+    /// Stops the service as `service run` does on SIGTERM: goodbye to the
+    /// relay, RPC socket shut, relay connection closed.
     pub async fn stop(&mut self) {
-        self.agent = None;
+        let departed = match self.agent.take() {
+            Some(agent) => Some(agent.leave().await),
+            None => None,
+        };
         if let Some(server) = self.server.take() {
             server.shutdown(Duration::ZERO).await;
+        }
+        if let Some(departed) = departed {
+            departed.close().await;
         }
     }
 }

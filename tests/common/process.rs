@@ -21,6 +21,8 @@ pub struct ServiceProcess {
     pub addr: Option<SocketAddr>,
     /// Its TCP RPC listener (TLS + HTTP/2), after the first start.
     pub tcp_addr: Option<SocketAddr>,
+    /// Extra `service run` arguments (e.g. `--relay-transport tcp`).
+    pub run_args: Vec<String>,
 }
 
 impl ServiceProcess {
@@ -39,7 +41,75 @@ impl ServiceProcess {
             child: None,
             addr: None,
             tcp_addr: None,
+            run_args: Vec::new(),
         }
+    }
+
+    /// A service in `ns` (or on the host), alice's cloud identity one of
+    /// its remote users, reading `config` as its config file
+    /// (`$XDG_CONFIG_HOME/switchyard/config.toml`), enrolled with `relay`
+    /// as `serial` (`service enroll` run in the namespace too) and started
+    /// with `run_args`.
+    pub async fn enrolled(
+        ns: Option<&Netns>,
+        relay: &super::cloud::TestRelay,
+        serial: &str,
+        config: &str,
+        run_args: &[&str],
+    ) -> Self {
+        use switchyard::secret::Secret;
+        use switchyard::service::inventory::{DeviceScope, Inventory, NewRemoteUser};
+        let mut svc = Self::new(ns.map(|ns| ns.0.clone()));
+        svc.run_args = run_args.iter().map(|a| a.to_string()).collect();
+        let config_dir = svc.dir.path().join("switchyard");
+        std::fs::create_dir_all(&config_dir).unwrap();
+        std::fs::write(config_dir.join("config.toml"), config).unwrap();
+        let db = svc.dir.path().join("inv.db");
+        let mut inv = Inventory::open(&db, &Secret::new(super::service::ADMIN_PASSWORD)).unwrap();
+        inv.add_user(&NewRemoteUser {
+            name: super::cloud::ALICE.into(),
+            password: None,
+            devices: DeviceScope::parse("core-*").unwrap(),
+            enabled: true,
+            cloud: true,
+        })
+        .unwrap();
+        drop(inv);
+        let otp_file = svc.dir.path().join("otp");
+        std::fs::write(&otp_file, relay.otp(serial)).unwrap();
+        let admin_pw = svc.dir.path().join("admin-pw");
+        let (url, ca) = (relay.url(), relay.ca_file());
+        let enroll = [
+            switchyard_bin(),
+            "service",
+            "--db",
+            db.to_str().unwrap(),
+            "--admin-password-file",
+            admin_pw.to_str().unwrap(),
+            "enroll",
+            "--relay",
+            &url,
+            "--otp-file",
+            otp_file.to_str().unwrap(),
+            "--relay-ca",
+            ca.to_str().unwrap(),
+        ];
+        match ns {
+            Some(ns) => ns.run(&enroll),
+            None => {
+                let out = std::process::Command::new(enroll[0])
+                    .args(&enroll[1..])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "service enroll: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        svc.start().await;
+        svc
     }
 
     /// The service's log (appended to by every start).
@@ -82,6 +152,7 @@ impl ServiceProcess {
             .arg("--admin-password-file")
             .arg(self.dir.path().join("admin-pw"))
             .args(["run", "--listen", &listen, "--tcp-listen", &tcp_listen])
+            .args(&self.run_args)
             .arg("--ready-file")
             .arg(self.ready_file())
             .env("XDG_CONFIG_HOME", self.dir.path())
@@ -109,6 +180,17 @@ impl ServiceProcess {
         let mut child = self.child.take().expect("running");
         child.start_kill().unwrap();
         within(10, "the killed service to exit", child.wait())
+            .await
+            .unwrap();
+    }
+
+    /// SIGTERM (a graceful stop, as systemd's); returns once the process
+    /// is gone.
+    pub async fn terminate(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let pid = nix::unistd::Pid::from_raw(child.id().expect("running") as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        within(30, "the stopped service to exit", child.wait())
             .await
             .unwrap();
     }

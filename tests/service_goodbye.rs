@@ -1,0 +1,119 @@
+//! A relay-enrolled service (a real `switchyard service run` process)
+//! stopped gracefully says goodbye to the relay, which shows it offline at
+//! once, on QUIC and on TCP; one killed says nothing and is found gone by
+//! the relay's idle timeout (see `service::relay_agent`, `relay::quic`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::cloud::{ALICE, Client, TestRelay, broker_for, cloud_service, token_session};
+use common::process::ServiceProcess;
+use common::{eventually, within};
+use switchyard::api::pb;
+use tonic::Code;
+
+/// What the goodbye guarantees, with generous slack: its bound
+/// (`relay_agent::GOODBYE_BOUND`, 1 s) is far below the relay's idle
+/// timeout (30 s), which is what tells it otherwise.
+const OFFLINE_BOUND: u64 = 5;
+
+/// A broker's `wait` for `service`, `secs` at most.
+async fn wait(client: &mut Client, session: &str, service: &str, secs: f64) -> Result<(), String> {
+    client
+        .wait(pb::WaitRequest {
+            service: common::broker::in_session(session, service),
+            timeout_secs: secs,
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+            e.message().to_string()
+        })
+}
+
+/// A service on `transport` (`quic` or `tcp`) reachable through the relay
+/// by a broker; SIGTERM; the relay shows it offline within the bound,
+/// before the service has even finished stopping, and a broker asking is
+/// told so.
+async fn sigterm_takes_a_service_offline_at_once(transport: &str, serial: &str) {
+    let relay = TestRelay::start().await;
+    let mut svc =
+        ServiceProcess::enrolled(None, &relay, serial, "", &["--relay-transport", transport]).await;
+    let online = format!("online at the relay serial={serial} carrier={transport}");
+    eventually(20, "the service online at the relay", || {
+        relay.relay().services_online() == 1 && svc.log().contains(&online)
+    })
+    .await;
+    let broker = broker_for(&relay).await;
+    let (mut client, session, _attach) = token_session(&broker, &relay.token(ALICE)).await;
+    let service = cloud_service(&mut client, &session, serial, None).await;
+    within(25, "the service reachable", async {
+        wait(&mut client, &session, &service, 20.0).await.unwrap()
+    })
+    .await;
+
+    let stopping = tokio::spawn(async move {
+        svc.terminate().await;
+        svc
+    });
+    eventually(
+        OFFLINE_BOUND,
+        "the relay showing the service offline",
+        || relay.relay().services_online() == 0,
+    )
+    .await;
+    let svc = within(30, "the service stopped", stopping).await.unwrap();
+    assert!(
+        svc.log()
+            .contains("said goodbye: the relay shows us offline"),
+        "{}",
+        svc.log()
+    );
+    // A broker asking now is told the service is offline (its link may
+    // first see its old connection end).
+    let offline = format!("service {serial} is offline");
+    within(OFFLINE_BOUND + 10, "the broker told it is offline", async {
+        loop {
+            let err = wait(&mut client, &session, &service, 1.0)
+                .await
+                .expect_err("the stopped service answered");
+            if err.contains(&offline) {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_stopped_with_sigterm_is_offline_at_the_relay_at_once_over_quic() {
+    sigterm_takes_a_service_offline_at_once("quic", "SN-BYE-QUIC").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_stopped_with_sigterm_is_offline_at_the_relay_at_once_over_tcp() {
+    sigterm_takes_a_service_offline_at_once("tcp", "SN-BYE-TCP").await;
+}
+
+/// SIGKILL: no goodbye; the relay finds the service gone by its idle
+/// timeout (shortened here to 3 s) as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_service_is_offline_at_the_relay_after_its_idle_timeout() {
+    let idle = Duration::from_secs(3);
+    let relay = TestRelay::start_with(|c| c.limits.idle_timeout = idle).await;
+    let mut svc = ServiceProcess::enrolled(None, &relay, "SN-KILLED", "", &[]).await;
+    eventually(20, "the service online at the relay", || {
+        relay.relay().services_online() == 1
+    })
+    .await;
+    svc.kill().await;
+    eventually(
+        idle.as_secs() + 10,
+        "the relay showing the service offline",
+        || relay.relay().services_online() == 0,
+    )
+    .await;
+    assert!(!svc.log().contains("said goodbye"), "{}", svc.log());
+}
