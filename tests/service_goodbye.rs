@@ -117,3 +117,103 @@ async fn a_killed_service_is_offline_at_the_relay_after_its_idle_timeout() {
     .await;
     assert!(!svc.log().contains("said goodbye"), "{}", svc.log());
 }
+
+/// A service connection spoken by hand: `serial`'s enrollment (from its
+/// inventory in `dir`), hello sent, welcome read; the hello stream's
+/// halves (the control stream).
+async fn raw_service_conn(
+    dir: &std::path::Path,
+) -> (
+    switchyard::wire::mux::Conn,
+    switchyard::wire::mux::SendHalf,
+    switchyard::wire::mux::RecvHalf,
+) {
+    use switchyard::secret::Secret;
+    use switchyard::service::inventory::Inventory;
+    use switchyard::wire::conn::{read_frame, write_frame};
+    use switchyard::wire::relay::{HelloReply, RelayHello};
+    let inv = Inventory::open(
+        &dir.join("inv.db"),
+        &Secret::new(common::service::ADMIN_PASSWORD),
+    )
+    .unwrap();
+    let e = inv.relay_enrollment().unwrap().unwrap();
+    let limits = switchyard::wire::conn::TransportLimits::default();
+    let roots = switchyard::tls::root_store_of(&e.ca_der).unwrap();
+    let config = switchyard::wire::conn::relay_client_config(
+        roots,
+        Some((e.cert_der.clone(), &e.key_der)),
+        &limits,
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = e.quic.parse().unwrap();
+    let endpoint = switchyard::wire::conn::client_endpoint(addr).unwrap();
+    let host = switchyard::service::relay_agent::relay_host(&e.url).unwrap();
+    let quic = endpoint
+        .connect_with(config, addr, &host)
+        .unwrap()
+        .await
+        .unwrap();
+    let conn = switchyard::wire::mux::Conn::Quic(quic);
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let hello = RelayHello::Service { advertise: None };
+    write_frame(&mut send, &hello, limits.max_frame)
+        .await
+        .unwrap();
+    let welcome = read_frame::<HelloReply>(&mut recv, limits.max_frame).await;
+    assert!(
+        matches!(welcome, Ok(Some(HelloReply::Welcome { .. }))),
+        "{welcome:?}"
+    );
+    (conn, send, recv)
+}
+
+/// Either side may be older: a service that finishes its hello stream
+/// (as every service before the goodbye did) stays online, and gets the
+/// stream finished back; a notice the relay cannot read is answered the
+/// same way ("not understood"), the connection untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_service_or_an_unknown_notice_leaves_the_connection_alone() {
+    use switchyard::wire::conn::{read_frame, write_frame};
+    use switchyard::wire::relay::{NoticeReply, RelayHello};
+    let relay = TestRelay::start().await;
+    let mut svc = common::cloud::CloudService::start(&relay, "SN-OLD", &[]).await;
+    svc.stop().await;
+    assert_eq!(relay.relay().services_online(), 0);
+    let max = switchyard::wire::conn::TransportLimits::default().max_frame;
+
+    // An older service: hello, then the stream finished.
+    let (conn, mut send, mut recv) = raw_service_conn(svc.dir.path()).await;
+    send.finish().unwrap();
+    let answer = within(
+        5,
+        "the relay's side finished",
+        read_frame::<NoticeReply>(&mut recv, max),
+    )
+    .await;
+    assert!(matches!(answer, Ok(None)), "{answer:?}");
+    assert_eq!(relay.relay().services_online(), 1);
+    assert!(!conn.is_closed());
+    conn.close(0, b"done");
+    eventually(5, "the older service offline", || {
+        relay.relay().services_online() == 0
+    })
+    .await;
+
+    // A newer service's notice this relay cannot decode.
+    let (conn, mut send, mut recv) = raw_service_conn(svc.dir.path()).await;
+    let unknown = RelayHello::Node {
+        id: "not-a-notice".into(),
+    };
+    write_frame(&mut send, &unknown, max).await.unwrap();
+    let answer = within(
+        5,
+        "the relay's side finished",
+        read_frame::<NoticeReply>(&mut recv, max),
+    )
+    .await;
+    assert!(matches!(answer, Ok(None)), "{answer:?}");
+    assert_eq!(relay.relay().services_online(), 1);
+    assert!(!conn.is_closed());
+    conn.close(0, b"done");
+}

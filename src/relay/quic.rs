@@ -22,7 +22,11 @@
 //!
 //! Takes: connections. A service must present the certificate issued at
 //! its enrollment and is then "online" until its connection ends (a newer
-//! connection for the same serial replaces an older one). A client
+//! connection for the same serial replaces an older one) or it says
+//! goodbye on its control stream (the hello stream, which stays open for
+//! services: `ServiceNotice`): then it is offline at once, here and in the
+//! presence table, new tunnels to it are refused, and the ones open run
+//! until the service closes the connection once its calls drained. A client
 //! authenticates with a token or its client certificate, then sends one
 //! [`RelayRequest`] per stream.
 //!
