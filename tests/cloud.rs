@@ -400,17 +400,7 @@ async fn certificate_login_end_to_end_and_a_wrong_key_password() {
     let _svc = CloudService::start(&relay, "SN-CERT", &[]).await;
     let broker = broker_for(&relay).await;
     let mut client = broker.client().await;
-    token_login(&mut client, "", &relay.token(ALICE))
-        .await
-        .unwrap();
-    let enrolled = client
-        .enroll_client(pb::EnrollClientRequest {
-            key_password: "key-password".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let enrolled = common::cloud::enroll_alice_cert(&mut client, &relay).await;
     assert_eq!(enrolled.identity, ALICE);
     assert!(
         !enrolled
@@ -442,7 +432,7 @@ async fn certificate_login_end_to_end_and_a_wrong_key_password() {
         err.message()
     );
     let ok = client
-        .certificate_login(login("key-password"))
+        .certificate_login(login(common::cloud::KEY_PASSWORD))
         .await
         .unwrap()
         .into_inner();

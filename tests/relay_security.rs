@@ -297,21 +297,7 @@ async fn revoking_a_client_certificate_ends_its_certificate_login() {
     let _svc = CloudService::start(&relay, "SN-CREV", &[]).await;
     let broker = broker_for(&relay).await;
     let mut client = broker.client().await;
-    client
-        .access_token_login(pb::AccessTokenLoginRequest {
-            token: relay.token(ALICE),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let enrolled = client
-        .enroll_client(pb::EnrollClientRequest {
-            key_password: "key-password".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let enrolled = common::cloud::enroll_alice_cert(&mut client, &relay).await;
     client.logout(pb::LogoutRequest::default()).await.unwrap();
     let (session, _attach) = open_attached(&mut client).await;
     let login = client
@@ -320,7 +306,7 @@ async fn revoking_a_client_certificate_ends_its_certificate_login() {
             identity: ALICE.into(),
             cert_pem: enrolled.cert_pem.clone(),
             encrypted_key: enrolled.encrypted_key.clone(),
-            key_password: "key-password".into(),
+            key_password: common::cloud::KEY_PASSWORD.into(),
             relay: None,
         })
         .await
@@ -628,6 +614,21 @@ async fn one_address_cannot_hold_every_connection() {
     drop(held);
 }
 
+/// The answer to a device-login start from 127.0.0.6 whose `login_hint`
+/// is `len` bytes long.
+async fn start_with_hint(relay: &TestRelay, len: usize) -> String {
+    let hint = "h".repeat(len);
+    https_from(
+        relay,
+        "127.0.0.6",
+        &form_post(
+            "/oauth/device_authorization",
+            &format!("client_id=switchyard&login_hint={hint}"),
+        ),
+    )
+    .await
+}
+
 /// Device-login starts are budgeted per address and capped in total, and
 /// oversized fields are refused naming the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -668,29 +669,11 @@ async fn grant_starts_are_bounded_per_address_and_in_total() {
     assert_eq!(refused, 8);
 
     // A 1,000-byte login_hint is refused, naming the field...
-    let hint = "h".repeat(1000);
-    let r = https_from(
-        &relay,
-        "127.0.0.6",
-        &form_post(
-            "/oauth/device_authorization",
-            &format!("client_id=switchyard&login_hint={hint}"),
-        ),
-    )
-    .await;
+    let r = start_with_hint(&relay, 1000).await;
     assert_eq!(status_of(&r), 400, "{r}");
     assert!(r.contains("login_hint is longer than 254 bytes"), "{r}");
     // ...and a 1.9 MB one never reaches a handler.
-    let hint = "h".repeat(1_900_000);
-    let r = https_from(
-        &relay,
-        "127.0.0.6",
-        &form_post(
-            "/oauth/device_authorization",
-            &format!("client_id=switchyard&login_hint={hint}"),
-        ),
-    )
-    .await;
+    let r = start_with_hint(&relay, 1_900_000).await;
     assert_eq!(status_of(&r), 413, "{r}");
     assert_eq!(relay.relay().grants_pending().await.unwrap(), 12);
 }

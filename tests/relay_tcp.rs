@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::broker::{open_attached, status};
+use common::broker::{TestBroker, open_attached, status};
 use common::cloud::{
     ALICE, CloudCaller, CloudService, TestRelay, assert_ciphertext_only, assert_show_version,
     broker_for, broker_for_with, cloud_service,
@@ -56,10 +56,7 @@ async fn tunnels_through_the_relays_tcp_listener_carry_only_ciphertext() {
 /// proxy and its answer, never echoing the password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cloud_login_and_relayed_exec_go_through_a_real_http_proxy() {
-    let relay = TestRelay::start().await;
-    let _svc = CloudService::start(&relay, "SN-PROXY", &[]).await;
-    let proxy = Tinyproxy::start(Some(("bob", "pr0xy-s3cret"))).await;
-    let broker = broker_for(&relay).await;
+    let (relay, _svc, proxy, broker) = proxy_lab("SN-PROXY").await;
 
     // Wrong credentials, from the CLI.
     let dir = broker.dir.path();
@@ -100,28 +97,12 @@ async fn a_cloud_login_and_relayed_exec_go_through_a_real_http_proxy() {
         client.access_token_login(pb::AccessTokenLoginRequest {
             session_id: session.clone(),
             token: relay.token(ALICE),
-            relay: Some(pb::RelaySelector {
-                proxy_url: proxy.url(Some("bob")),
-                proxy_password: "pr0xy-s3cret".into(),
-                ..Default::default()
-            }),
+            relay: through(&proxy),
         }),
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", broker.log()));
-    let service = cloud_service(&mut client, &session, "SN-PROXY", Some(10.0)).await;
-    assert_show_version(&mut client, &session, &service).await;
-    let logins = status(&broker).await.logins;
-    assert_eq!(
-        logins[0].carrier,
-        format!("tcp via proxy {proxy_addr}"),
-        "{logins:?}"
-    );
-    let log = proxy.log();
-    let https = format!("CONNECT 127.0.0.1:{}", relay.http_addr().port());
-    let tcp = format!("CONNECT 127.0.0.1:{}", relay.relay().quic_addr().port());
-    assert!(log.contains(&https), "the well-known request: {log}");
-    assert!(log.contains(&tcp), "the relay connection: {log}");
+    assert_login_went_through(&broker, &relay, &proxy, &mut client, &session, "SN-PROXY").await;
     let text = String::from_utf8_lossy(
         &broker
             .command()
@@ -143,7 +124,7 @@ async fn a_cloud_login_and_relayed_exec_go_through_a_real_http_proxy() {
 /// `status` says `tcp via proxy HOST:PORT`, and the proxy's log holds
 /// CONNECTs to the relay's HTTPS port and to its relay (TLS/TCP) port.
 async fn assert_login_went_through(
-    broker: &common::broker::TestBroker,
+    broker: &TestBroker,
     relay: &TestRelay,
     proxy: &Tinyproxy,
     client: &mut common::cloud::Client,
@@ -168,6 +149,16 @@ async fn assert_login_went_through(
     assert!(!broker.log().contains("pr0xy-s3cret"));
 }
 
+/// A relay with `serial` enrolled and online, a real tinyproxy asking for
+/// bob's Basic credentials, and a broker for the relay.
+async fn proxy_lab(serial: &str) -> (TestRelay, CloudService, Tinyproxy, TestBroker) {
+    let relay = TestRelay::start().await;
+    let svc = CloudService::start(&relay, serial, &[]).await;
+    let proxy = Tinyproxy::start(Some(("bob", "pr0xy-s3cret"))).await;
+    let broker = broker_for(&relay).await;
+    (relay, svc, proxy, broker)
+}
+
 /// The proxy as a login names it: tinyproxy's URL with user bob and his
 /// password.
 fn through(proxy: &Tinyproxy) -> Option<pb::RelaySelector> {
@@ -184,22 +175,9 @@ fn through(proxy: &Tinyproxy) -> Option<pb::RelaySelector> {
 /// (the client certificate presented inside the tunnel), `status` says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_login_goes_through_a_real_http_proxy() {
-    let relay = TestRelay::start().await;
-    let _svc = CloudService::start(&relay, "SN-PROXY-CERT", &[]).await;
-    let proxy = Tinyproxy::start(Some(("bob", "pr0xy-s3cret"))).await;
-    let broker = broker_for(&relay).await;
+    let (relay, _svc, proxy, broker) = proxy_lab("SN-PROXY-CERT").await;
     let mut client = broker.client().await;
-    common::cloud::token_login(&mut client, "", &relay.token(ALICE))
-        .await
-        .unwrap();
-    let enrolled = client
-        .enroll_client(pb::EnrollClientRequest {
-            key_password: "key-password".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let enrolled = common::cloud::enroll_alice_cert(&mut client, &relay).await;
     client.logout(pb::LogoutRequest::default()).await.unwrap();
     assert!(
         !proxy.log().contains("CONNECT 127.0.0.1:"),
@@ -216,7 +194,7 @@ async fn a_certificate_login_goes_through_a_real_http_proxy() {
             identity: ALICE.into(),
             cert_pem: enrolled.cert_pem.clone(),
             encrypted_key: enrolled.encrypted_key.clone(),
-            key_password: "key-password".into(),
+            key_password: common::cloud::KEY_PASSWORD.into(),
             relay: through(&proxy),
         }),
     )
@@ -235,15 +213,26 @@ async fn a_certificate_login_goes_through_a_real_http_proxy() {
     .await;
 }
 
+/// An SSO login's next event (within `secs`).
+async fn next_event(
+    events: &mut tonic::Streaming<pb::SsoLoginEvent>,
+    broker: &TestBroker,
+    secs: u64,
+    what: &str,
+) -> Option<pb::sso_login_event::Event> {
+    within(secs, what, events.message())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", broker.log()))
+        .unwrap()
+        .event
+}
+
 /// An SSO login (OAuth device grant, approved on the relay's page)
 /// naming a real tinyproxy with Basic authentication: the device-grant
 /// requests and the relay connection go through the proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sso_login_goes_through_a_real_http_proxy() {
-    let relay = TestRelay::start().await;
-    let _svc = CloudService::start(&relay, "SN-PROXY-SSO", &[]).await;
-    let proxy = Tinyproxy::start(Some(("bob", "pr0xy-s3cret"))).await;
-    let broker = broker_for(&relay).await;
+    let (relay, _svc, proxy, broker) = proxy_lab("SN-PROXY-SSO").await;
     let mut client = broker.client().await;
     let (session, _attach) = open_attached(&mut client).await;
     let mut events = within(
@@ -258,11 +247,8 @@ async fn an_sso_login_goes_through_a_real_http_proxy() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", broker.log()))
     .into_inner();
-    let Some(pb::sso_login_event::Event::Prompt(prompt)) = within(10, "prompt", events.message())
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", broker.log()))
-        .unwrap()
-        .event
+    let Some(pb::sso_login_event::Event::Prompt(prompt)) =
+        next_event(&mut events, &broker, 10, "prompt").await
     else {
         panic!("expected a prompt first");
     };
@@ -274,11 +260,8 @@ async fn an_sso_login_goes_through_a_real_http_proxy() {
             true,
         )
         .await;
-    let Some(pb::sso_login_event::Event::LoggedIn(_)) = within(20, "login", events.message())
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", broker.log()))
-        .unwrap()
-        .event
+    let Some(pb::sso_login_event::Event::LoggedIn(_)) =
+        next_event(&mut events, &broker, 20, "login").await
     else {
         panic!("expected the login");
     };

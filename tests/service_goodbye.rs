@@ -168,32 +168,41 @@ async fn raw_service_conn(
     (conn, send, recv)
 }
 
+/// The relay finished its side of the control stream without answering
+/// ("not understood"), and the service is online on `conn`, still open.
+async fn answered_not_understood(
+    relay: &TestRelay,
+    conn: &switchyard::wire::mux::Conn,
+    recv: &mut switchyard::wire::mux::RecvHalf,
+) {
+    use switchyard::wire::relay::NoticeReply;
+    let max = switchyard::wire::conn::TransportLimits::default().max_frame;
+    let answer = within(
+        5,
+        "the relay's side finished",
+        switchyard::wire::conn::read_frame::<NoticeReply>(recv, max),
+    )
+    .await;
+    assert!(matches!(answer, Ok(None)), "{answer:?}");
+    assert_eq!(relay.relay().services_online(), 1);
+    assert!(!conn.is_closed());
+}
+
 /// Either side may be older: a service that finishes its hello stream
 /// (as every service before the goodbye did) stays online, and gets the
 /// stream finished back; a notice the relay cannot read is answered the
 /// same way ("not understood"), the connection untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_service_or_an_unknown_notice_leaves_the_connection_alone() {
-    use switchyard::wire::conn::{read_frame, write_frame};
-    use switchyard::wire::relay::{NoticeReply, RelayHello};
     let relay = TestRelay::start().await;
     let mut svc = common::cloud::CloudService::start(&relay, "SN-OLD", &[]).await;
     svc.stop().await;
     assert_eq!(relay.relay().services_online(), 0);
-    let max = switchyard::wire::conn::TransportLimits::default().max_frame;
 
     // An older service: hello, then the stream finished.
     let (conn, mut send, mut recv) = raw_service_conn(svc.dir.path()).await;
     send.finish().unwrap();
-    let answer = within(
-        5,
-        "the relay's side finished",
-        read_frame::<NoticeReply>(&mut recv, max),
-    )
-    .await;
-    assert!(matches!(answer, Ok(None)), "{answer:?}");
-    assert_eq!(relay.relay().services_online(), 1);
-    assert!(!conn.is_closed());
+    answered_not_understood(&relay, &conn, &mut recv).await;
     conn.close(0, b"done");
     eventually(5, "the older service offline", || {
         relay.relay().services_online() == 0
@@ -202,18 +211,13 @@ async fn an_older_service_or_an_unknown_notice_leaves_the_connection_alone() {
 
     // A newer service's notice this relay cannot decode.
     let (conn, mut send, mut recv) = raw_service_conn(svc.dir.path()).await;
-    let unknown = RelayHello::Node {
+    let unknown = switchyard::wire::relay::RelayHello::Node {
         id: "not-a-notice".into(),
     };
-    write_frame(&mut send, &unknown, max).await.unwrap();
-    let answer = within(
-        5,
-        "the relay's side finished",
-        read_frame::<NoticeReply>(&mut recv, max),
-    )
-    .await;
-    assert!(matches!(answer, Ok(None)), "{answer:?}");
-    assert_eq!(relay.relay().services_online(), 1);
-    assert!(!conn.is_closed());
+    let max = switchyard::wire::conn::TransportLimits::default().max_frame;
+    switchyard::wire::conn::write_frame(&mut send, &unknown, max)
+        .await
+        .unwrap();
+    answered_not_understood(&relay, &conn, &mut recv).await;
     conn.close(0, b"done");
 }

@@ -804,6 +804,24 @@ pub async fn token_login(
         .map(|r| r.into_inner())
 }
 
+/// The key password [`enroll_alice_cert`] seals the key under.
+pub const KEY_PASSWORD: &str = "key-password";
+
+/// Alice's client certificate, enrolled through `client` after an
+/// access-token login the broker stores (the key sealed under
+/// [`KEY_PASSWORD`]).
+pub async fn enroll_alice_cert(client: &mut Client, relay: &TestRelay) -> pb::EnrollClientResponse {
+    token_login(client, "", &relay.token(ALICE)).await.unwrap();
+    client
+        .enroll_client(pb::EnrollClientRequest {
+            key_password: KEY_PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// A caller of `broker` on an attached session, logged in with `token`.
 pub async fn token_session(
     broker: &TestBroker,

@@ -96,17 +96,7 @@ impl ServiceProcess {
         ];
         match ns {
             Some(ns) => ns.run(&enroll),
-            None => {
-                let out = std::process::Command::new(enroll[0])
-                    .args(&enroll[1..])
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "service enroll: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            None => run_ok(&enroll),
         }
         svc.start().await;
         svc
@@ -209,6 +199,20 @@ impl ServiceProcess {
     }
 }
 
+/// Runs `argv` (a command and its arguments); panics, with its stderr,
+/// if it fails.
+pub fn run_ok(argv: &[&str]) {
+    let out = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{argv:?}: {e} (run scripts/setup-test-host.sh)"));
+    assert!(
+        out.status.success(),
+        "{argv:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A network namespace of the test's own, deleted on drop.
 pub struct Netns(pub String);
 
@@ -241,16 +245,9 @@ impl Netns {
 
     /// Runs `argv` inside the namespace; panics if it fails.
     pub fn run(&self, argv: &[&str]) {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(argv)
-            .output()
-            .unwrap_or_else(|e| panic!("{argv:?}: {e} (run scripts/setup-test-host.sh)"));
-        assert!(
-            out.status.success(),
-            "{argv:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut inside = self.prefix().to_vec();
+        inside.extend_from_slice(argv);
+        run_ok(&inside);
     }
 
     pub fn prefix(&self) -> [&str; 4] {
