@@ -55,6 +55,34 @@ impl Env {
             .output()
             .unwrap()
     }
+
+    /// `device add NAME --host 127.0.0.1 [--port PORT] --username USER
+    /// --password-file FILE` and then `extra`.
+    fn add_device(
+        &self,
+        name: &str,
+        port: Option<u16>,
+        user: &str,
+        password_file: &std::path::Path,
+        extra: &[&str],
+    ) -> Output {
+        let port = port.map(|p| p.to_string());
+        let mut args = vec!["device", "add", name, "--host", "127.0.0.1"];
+        if let Some(port) = &port {
+            args.extend(["--port", port.as_str()]);
+        }
+        args.extend(["--username", user, "--password-file"]);
+        args.push(password_file.to_str().unwrap());
+        args.extend(extra);
+        self.service(&args)
+    }
+}
+
+/// `out` is a failure whose stderr says `want`.
+fn fails(out: Output, want: &str) {
+    assert!(!out.status.success(), "should fail: {want}");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains(want), "{err}");
 }
 
 fn ok(out: &Output) -> String {
@@ -569,24 +597,9 @@ async fn device_type_session_and_enable_secret_reach_the_shell() {
     let enable = env.path("enable-pw");
     std::fs::write(&enable, format!("{ENABLE_PW}\n")).unwrap();
     let sim_pw = env.path("sim-pw");
-    let port = fleet.endpoints()[0].port.to_string();
-    let add = |name: &str, extra: &[&str]| {
-        let mut args = vec![
-            "device",
-            "add",
-            name,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--username",
-            "admin",
-            "--password-file",
-            sim_pw.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        env.service(&args)
-    };
+    let port = fleet.endpoints()[0].port;
+    let add =
+        |name: &str, extra: &[&str]| env.add_device(name, Some(port), "admin", &sim_pw, extra);
     let enable_flag = ["--enable-password-file", enable.to_str().unwrap()];
     ok(&add(
         "sim-001",
@@ -656,29 +669,8 @@ async fn jump_hosts_are_checked_listed_and_used() {
     let pw = env.path("sshd-pw");
     std::fs::write(&pw, format!("{TEST_PASSWORD}\n")).unwrap();
     let add = |name: &str, port: u16, extra: &[&str]| {
-        let port = port.to_string();
-        let mut args = vec![
-            "device",
-            "add",
-            name,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--device-type",
-            "LINUX",
-            "--username",
-            TEST_USER,
-            "--password-file",
-            pw.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        env.service(&args)
-    };
-    let fails = |out: Output, want: &str| {
-        assert!(!out.status.success(), "should fail: {want}");
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(err.contains(want), "{err}");
+        let extra = [&["--device-type", "LINUX"][..], extra].concat();
+        env.add_device(name, Some(port), TEST_USER, &pw, &extra)
     };
     ok(&add("jump-1", jump.port, &[]));
     // An unknown jump host: refused, and no device is left behind.
@@ -767,26 +759,7 @@ fn a_device_cannot_be_its_own_jump_host() {
     let env = Env::new();
     ok(&env.service(&["init"]));
     let pw = env.path("device-pw");
-    let add = |name: &str, extra: &[&str]| {
-        let mut args = vec![
-            "device",
-            "add",
-            name,
-            "--host",
-            "127.0.0.1",
-            "--username",
-            "u",
-            "--password-file",
-            pw.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        env.service(&args)
-    };
-    let fails = |out: Output, want: &str| {
-        assert!(!out.status.success(), "should fail: {want}");
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(err.contains(want), "{err}");
-    };
+    let add = |name: &str, extra: &[&str]| env.add_device(name, None, "u", &pw, extra);
     ok(&add("bastion", &[]));
     fails(
         env.service(&["device", "set", "bastion", "--jump-host", "bastion"]),

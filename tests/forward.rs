@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::broker::{TestBroker, in_session, named, status};
-use common::http::{HttpServer, curl};
+use common::http::{ServedPage, curl};
 use common::service::{ADMIN_PASSWORD, ALICE_PASSWORD, TestService, ssh_device, start_service};
 use common::within;
 use switchyard::api::pb;
@@ -265,21 +265,12 @@ async fn forward_stream_round_trip(carrier: Carrier) {
 
     // The device's end of file reaches the caller even while the caller
     // still has its side open: a server that answers and closes.
-    let answer = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = answer.local_addr().unwrap().port();
+    let (port, server) = common::banner_server().await;
     set_ports(
         svc.dir.path(),
         "echo",
         ForwardPorts::Listed(vec![echo.port(), port]),
     );
-    let server = tokio::spawn(async move {
-        let (mut s, _) = answer.accept().await.unwrap();
-        s.write_all(b"banner\n").await.unwrap();
-        s.shutdown().await.unwrap();
-        let mut rest = Vec::new();
-        s.read_to_end(&mut rest).await.unwrap();
-        rest
-    });
     let Ok(ForwardStream::Remote {
         mut send, mut recv, ..
     }) = ch.open_forward("echo", port, Duration::from_secs(10)).await
@@ -358,10 +349,8 @@ async fn cli(broker: &TestBroker, args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_reaches_an_http_device_through_a_cli_forward() {
-    let site = tempfile::tempdir().unwrap();
-    let page = pattern(3, 200_000);
-    std::fs::write(site.path().join("page.bin"), &page).unwrap();
-    let http = HttpServer::start(site.path()).await;
+    let web = ServedPage::start().await;
+    let (page, http) = (&web.page, &web.http);
     // The device is reached on SSH port 22; its web UI must be listed.
     let svc = start_service(&[ssh_device("web-1", 22)], RpcConfig::default());
     set_ports(
@@ -380,8 +369,7 @@ async fn curl_reaches_an_http_device_through_a_cli_forward() {
     let (id, addr) = line.trim().split_once("  ").expect("ID  ADDRESS");
     assert!(addr.starts_with("127.0.0.1:"), "{line}");
     let got = curl(&[&format!("http://{addr}/page.bin")]).await;
-    assert!(got.status.success(), "{got:?}");
-    assert!(got.stdout == page, "curl got {} bytes", got.stdout.len());
+    web.assert_served(&got, "");
 
     // A Unix socket forward: mode 0600, curl over it.
     let sock_dir = tempfile::tempdir().unwrap();
@@ -404,7 +392,7 @@ async fn curl_reaches_an_http_device_through_a_cli_forward() {
         "http://web-1/page.bin",
     ])
     .await;
-    assert!(got.stdout == page, "{got:?}");
+    assert!(got.stdout == *page, "{got:?}");
 
     // Listed with counts, also in `status`.
     let out = cli(&broker, &["forward", "list", "--json"]).await;
@@ -427,7 +415,7 @@ async fn curl_reaches_an_http_device_through_a_cli_forward() {
     assert!(cli(&broker, &["disconnect", "lab"]).await.status.success());
     common::eventually(10, "unix forward gone", || !sock.exists()).await;
     assert!(status(&broker).await.forwards.is_empty());
-    drop(http.child);
+    drop(web);
 }
 
 async fn start_forward(
@@ -452,15 +440,9 @@ fn local(f: &pb::ForwardStatus) -> SocketAddr {
     f.address.parse().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hundred_connections_echo_a_megabyte_each_over_one_direct_link() {
-    let echo = Echo::start().await;
-    let svc = start_service(&[ssh_device("echo", echo.port())], RpcConfig::default());
-    let broker = TestBroker::start(&[]).await;
-    let mut client = broker.client_with_named(&svc, "lab").await;
-    let f = start_forward(&mut client, named("lab"), "echo", echo.port()).await;
-    let failures = echo_many(local(&f), 100, 1 << 20).await;
-    let s = status(&broker).await;
+/// No echo failed; else the failures, the forwards' counts and the
+/// broker's log (less its line per forwarded connection).
+fn assert_no_failures(failures: &[String], s: &pb::StatusResponse, broker: &TestBroker) {
     assert!(
         failures.is_empty(),
         "{failures:?}\n{:?}\n{}",
@@ -472,6 +454,18 @@ async fn a_hundred_connections_echo_a_megabyte_each_over_one_direct_link() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_connections_echo_a_megabyte_each_over_one_direct_link() {
+    let echo = Echo::start().await;
+    let svc = start_service(&[ssh_device("echo", echo.port())], RpcConfig::default());
+    let broker = TestBroker::start(&[]).await;
+    let mut client = broker.client_with_named(&svc, "lab").await;
+    let f = start_forward(&mut client, named("lab"), "echo", echo.port()).await;
+    let failures = echo_many(local(&f), 100, 1 << 20).await;
+    let s = status(&broker).await;
+    assert_no_failures(&failures, &s, &broker);
     assert_eq!(s.links.len(), 1);
     assert_eq!(s.links[0].connects, 1, "one link handshake for all 100");
     let f = &s.forwards[0];
@@ -499,17 +493,7 @@ async fn a_hundred_connections_echo_a_megabyte_each_over_one_relayed_link() {
     .await;
     let failures = echo_many(local(&f), 100, 1 << 20).await;
     let s = status(&broker).await;
-    assert!(
-        failures.is_empty(),
-        "{failures:?}\n{:?}\n{}",
-        s.forwards,
-        broker
-            .log()
-            .lines()
-            .filter(|l| !l.contains("forwarded connection"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_no_failures(&failures, &s, &broker);
     let relayed: Vec<_> = s
         .links
         .iter()

@@ -14,7 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::broker::{TestBroker, status};
-use common::http::{HttpServer, curl};
+use common::http::{ServedPage, curl};
 use common::service::{ADMIN_PASSWORD, make_inventory, sshd_device, start_service};
 use common::sshd::{Sshd, TEST_PASSWORD, TEST_USER};
 use common::{init, within};
@@ -211,14 +211,7 @@ async fn wrong_jump_credentials_are_the_jumps_error() {
 async fn a_silent_jump_host_ends_within_the_connect_timeout() {
     init();
     // A jump "host" that accepts TCP and never says a word.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_port = silent.local_addr().unwrap().port();
-    let _hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
+    let (silent_port, _hold) = common::silent_listener().await;
     let target_server = Sshd::start(10).await;
     let connect_timeout = Duration::from_secs(2);
     let pool = SshPool::new(SshDriverConfig {
@@ -266,68 +259,38 @@ fn open_inventory(path: &std::path::Path) -> Inventory {
     Inventory::open(path, &Secret::new(ADMIN_PASSWORD)).unwrap()
 }
 
-/// `python3 -m http.server` serving one page: the web UI of `behind`.
-struct Web {
-    page: Vec<u8>,
-    http: HttpServer,
-    _site: tempfile::TempDir,
-}
+/// Through service `lab` of `broker`: `forward start` to `behind`'s web
+/// port (serving `web`, its web UI) and curl the page, then a SOCKS5 proxy
+/// and curl it by the device's name; both went through the jump's one SSH
+/// connection.
+async fn fetch_through_forward_and_socks(web: &ServedPage, broker: &TestBroker, jump: &Sshd) {
+    let port = web.http.port.to_string();
+    let out = cli(broker, &["forward", "start", "lab", "behind", &port]).await;
+    assert!(out.status.success(), "{out:?}");
+    let addr = bound_address(&out);
+    let got = curl(&[&format!("http://{addr}/page.bin")]).await;
+    web.assert_served(&got, &format!("jump log:\n{}", jump.log()));
 
-impl Web {
-    async fn start() -> Self {
-        let site = tempfile::tempdir().unwrap();
-        let page: Vec<u8> = (0..150_000u32).map(|i| (i * 13 % 241) as u8).collect();
-        std::fs::write(site.path().join("page.bin"), &page).unwrap();
-        let http = HttpServer::start(site.path()).await;
-        Self {
-            page,
-            http,
-            _site: site,
-        }
-    }
+    let out = cli(
+        broker,
+        &["socks-proxy", "start", "lab", "--listen", "127.0.0.1:0"],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let proxy = bound_address(&out);
+    let url = format!("http://behind:{port}/page.bin");
+    let got = curl(&["--socks5-hostname", &proxy, &url]).await;
+    web.assert_served(&got, &format!("jump log:\n{}", jump.log()));
 
-    /// Through service `lab` of `broker`: `forward start` to `behind`'s
-    /// web port and curl the page, then a SOCKS5 proxy and curl it by the
-    /// device's name; both went through the jump's one SSH connection.
-    async fn fetch_through_forward_and_socks(&self, broker: &TestBroker, jump: &Sshd) {
-        let port = self.http.port.to_string();
-        let out = cli(broker, &["forward", "start", "lab", "behind", &port]).await;
-        assert!(out.status.success(), "{out:?}");
-        let addr = bound_address(&out);
-        let got = curl(&[&format!("http://{addr}/page.bin")]).await;
-        assert!(got.status.success(), "{got:?}\njump log:\n{}", jump.log());
-        assert!(
-            got.stdout == self.page,
-            "curl got {} bytes",
-            got.stdout.len()
-        );
-
-        let out = cli(
-            broker,
-            &["socks-proxy", "start", "lab", "--listen", "127.0.0.1:0"],
-        )
-        .await;
-        assert!(out.status.success(), "{out:?}");
-        let proxy = bound_address(&out);
-        let url = format!("http://behind:{port}/page.bin");
-        let got = curl(&["--socks5-hostname", &proxy, &url]).await;
-        assert!(got.status.success(), "{got:?}\njump log:\n{}", jump.log());
-        assert!(
-            got.stdout == self.page,
-            "curl got {} bytes",
-            got.stdout.len()
-        );
-
-        // Each connection was a direct-tcpip channel the jump opened to the
-        // web port, all on one SSH connection to the jump.
-        assert_eq!(
-            direct_tcpip_opens(jump, self.http.port),
-            2,
-            "jump log:\n{}",
-            jump.log()
-        );
-        assert_eq!(jump.accepted(), 1, "connections to the jump host");
-    }
+    // Each connection was a direct-tcpip channel the jump opened to the
+    // web port, all on one SSH connection to the jump.
+    assert_eq!(
+        direct_tcpip_opens(jump, web.http.port),
+        2,
+        "jump log:\n{}",
+        jump.log()
+    );
+    assert_eq!(jump.accepted(), 1, "connections to the jump host");
 }
 
 async fn cli(broker: &TestBroker, args: &[&str]) -> std::process::Output {
@@ -347,7 +310,7 @@ fn bound_address(out: &std::process::Output) -> String {
 async fn a_forward_and_a_socks_proxy_reach_a_device_behind_a_jump_on_its_one_connection() {
     init();
     let jump_server = jump_sshd(true).await;
-    let web = Web::start().await;
+    let web = ServedPage::start().await;
     let svc = start_service(&jump_devices(jump_server.port), RpcConfig::default());
     put_behind_jump(
         &mut open_inventory(&svc.dir.path().join("inv.db")),
@@ -357,8 +320,7 @@ async fn a_forward_and_a_socks_proxy_reach_a_device_behind_a_jump_on_its_one_con
     let out = broker.connect_direct(&svc, "lab", &[]).await;
     assert!(out.status.success(), "{out:?}");
 
-    web.fetch_through_forward_and_socks(&broker, &jump_server)
-        .await;
+    fetch_through_forward_and_socks(&web, &broker, &jump_server).await;
     // The jump's host key, first seen by a forward, was recorded.
     let inv = open_inventory(&svc.dir.path().join("inv.db"));
     let key = inv.device("jump-1").unwrap().host_key.expect("recorded");
@@ -372,7 +334,7 @@ async fn a_forward_and_a_socks_proxy_reach_a_device_behind_a_jump_on_its_one_con
 async fn an_integrated_forward_reaches_a_device_behind_a_jump() {
     init();
     let jump_server = jump_sshd(true).await;
-    let web = Web::start().await;
+    let web = ServedPage::start().await;
     let broker = TestBroker::start(&[]).await;
     let db = broker.dir.path().join("lab-inv.db");
     put_behind_jump(
@@ -398,8 +360,7 @@ async fn an_integrated_forward_reaches_a_device_behind_a_jump() {
     .await;
     assert!(out.status.success(), "{out:?}");
 
-    web.fetch_through_forward_and_socks(&broker, &jump_server)
-        .await;
+    fetch_through_forward_and_socks(&web, &broker, &jump_server).await;
     let s = status(&broker).await;
     assert_eq!(s.links[0].transport, "integrated", "{:?}", s.links);
 }
@@ -554,19 +515,10 @@ async fn a_channel_backed_forward_passes_half_closes_both_ways() {
 
     // The device's end of file reaches the caller while the caller still
     // writes: a server that answers, half-closes, then reads the rest.
-    let answer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = answer.local_addr().unwrap().port();
+    let (port, server) = common::banner_server().await;
     open_inventory(&dir.path().join("inv.db"))
         .set_forward_ports("behind", &ForwardPorts::Listed(vec![port]))
         .unwrap();
-    let server = tokio::spawn(async move {
-        let (mut s, _) = answer.accept().await.unwrap();
-        s.write_all(b"banner\n").await.unwrap();
-        s.shutdown().await.unwrap();
-        let mut rest = Vec::new();
-        s.read_to_end(&mut rest).await.unwrap();
-        rest
-    });
     let stream = within(30, "open", ops.open_forward(&alice, "behind", port, None))
         .await
         .unwrap();
@@ -587,14 +539,7 @@ async fn a_channel_backed_forward_passes_half_closes_both_ways() {
 async fn a_forward_through_a_silent_jump_ends_by_its_deadline() {
     init();
     // A jump "host" that accepts TCP and never says a word.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_port = silent.local_addr().unwrap().port();
-    let _hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
+    let (silent_port, _hold) = common::silent_listener().await;
     let dir = tempfile::tempdir().unwrap();
     // The pool's own connect timeout is longer than the caller's deadline.
     let (ops, alice) = ops_behind_jump(dir.path(), silent_port, 8080, SshDriverConfig::default());

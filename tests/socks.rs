@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::broker::{TestBroker, status};
-use common::http::{HttpServer, curl};
+use common::http::{ServedPage, curl};
 use common::service::{ADMIN_PASSWORD, TestService, ssh_device, start_service};
 use common::within;
 use switchyard::secret::Secret;
@@ -24,32 +24,25 @@ use tokio::net::TcpStream;
 /// web port listed in `forward_ports`), and a broker with the service
 /// connected as `lab`.
 struct Lab {
-    page: Vec<u8>,
-    http: HttpServer,
-    _site: tempfile::TempDir,
+    web: ServedPage,
     _svc: TestService,
     broker: TestBroker,
 }
 
 impl Lab {
     async fn start() -> Self {
-        let site = tempfile::tempdir().unwrap();
-        let page: Vec<u8> = (0..150_000u32).map(|i| (i * 31 % 251) as u8).collect();
-        std::fs::write(site.path().join("page.bin"), &page).unwrap();
-        let http = HttpServer::start(site.path()).await;
+        let web = ServedPage::start().await;
         let svc = start_service(&[ssh_device("web-1", 22)], RpcConfig::default());
         let mut inv =
             Inventory::open(&svc.dir.path().join("inv.db"), &Secret::new(ADMIN_PASSWORD)).unwrap();
-        inv.set_forward_ports("web-1", &ForwardPorts::Listed(vec![22, http.port]))
+        inv.set_forward_ports("web-1", &ForwardPorts::Listed(vec![22, web.http.port]))
             .unwrap();
         drop(inv);
         let broker = TestBroker::start(&[]).await;
         let out = broker.connect_direct(&svc, "lab", &[]).await;
         assert!(out.status.success(), "{out:?}");
         Self {
-            page,
-            http,
-            _site: site,
+            web,
             _svc: svc,
             broker,
         }
@@ -73,7 +66,7 @@ impl Lab {
     }
 
     fn url(&self, host: &str) -> String {
-        format!("http://{host}:{}/page.bin", self.http.port)
+        format!("http://{host}:{}/page.bin", self.web.http.port)
     }
 }
 
@@ -155,12 +148,7 @@ async fn curl_reaches_a_device_by_name_and_refusals_get_socks_replies() {
 
     // curl resolves nothing itself: the device's name goes to the service.
     let got = curl(&["--socks5-hostname", &proxy.to_string(), &lab.url("web-1")]).await;
-    assert!(got.status.success(), "{got:?}\n{}", lab.broker.log());
-    assert!(
-        got.stdout == lab.page,
-        "curl got {} bytes",
-        got.stdout.len()
-    );
+    lab.web.assert_served(&got, &lab.broker.log());
 
     // A port not in the device's forward_ports: 02, not allowed.
     let (_, code) = socks_connect(proxy, None, Dest::Name("web-1"), 443).await;
@@ -169,7 +157,7 @@ async fn curl_reaches_a_device_by_name_and_refusals_get_socks_replies() {
     let (_, code) = socks_connect(proxy, None, Dest::Name("nowhere"), 80).await;
     assert_eq!(code, Ok(4));
     // An IP address: 08, address type not supported.
-    let (_, code) = socks_connect(proxy, None, Dest::V4([127, 0, 0, 1]), lab.http.port).await;
+    let (_, code) = socks_connect(proxy, None, Dest::V4([127, 0, 0, 1]), lab.web.http.port).await;
     assert_eq!(code, Ok(8));
     // curl sees the refusal as a failure too.
     let got = curl(&["--socks5-hostname", &proxy.to_string(), "http://web-1:443/"]).await;
@@ -205,7 +193,7 @@ async fn curl_reaches_a_device_by_name_and_refusals_get_socks_replies() {
     assert_eq!(list[0]["kind"], "socks5");
     assert_eq!(list[0]["connections_total"], 5);
     assert_eq!(list[0]["connections_failed"], 4);
-    assert!(list[0]["bytes_from_device"].as_u64().unwrap() > lab.page.len() as u64);
+    assert!(list[0]["bytes_from_device"].as_u64().unwrap() > lab.web.page.len() as u64);
     let text = String::from_utf8(lab.cli(&["status"]).await.stdout).unwrap();
     assert!(
         text.contains(&format!("{id}  {proxy} -> lab SOCKS5")),
@@ -238,7 +226,7 @@ async fn a_proxy_with_a_password_admits_only_the_right_one() {
     let right = format!("socks5h://alice:{password}@{proxy}");
     let got = curl(&["-x", &right, &lab.url("web-1")]).await;
     assert!(got.status.success(), "{got:?}\n{}", lab.broker.log());
-    assert!(got.stdout == lab.page);
+    assert!(got.stdout == lab.web.page);
 
     let wrong = format!("socks5h://alice:not-it@{proxy}");
     let got = curl(&["-x", &wrong, &lab.url("web-1")]).await;
@@ -283,7 +271,7 @@ async fn hostile_handshakes_close_only_their_own_connection() {
     let lab = Lab::start().await;
     let (_, proxy) = lab.start_proxy(&[]).await;
     // A good connection, open before the hostile ones and used after.
-    let (mut held, code) = socks_connect(proxy, None, Dest::Name("web-1"), lab.http.port).await;
+    let (mut held, code) = socks_connect(proxy, None, Dest::Name("web-1"), lab.web.http.port).await;
     assert_eq!(code, Ok(0));
 
     // Not SOCKS at all.
@@ -320,9 +308,13 @@ async fn hostile_handshakes_close_only_their_own_connection() {
     within(20, "held response", held.read_to_end(&mut response))
         .await
         .unwrap();
-    assert!(response.ends_with(&lab.page), "{} bytes", response.len());
+    assert!(
+        response.ends_with(&lab.web.page),
+        "{} bytes",
+        response.len()
+    );
     let got = curl(&["--socks5-hostname", &proxy.to_string(), &lab.url("web-1")]).await;
-    assert!(got.stdout == lab.page, "{got:?}");
+    assert!(got.stdout == lab.web.page, "{got:?}");
     drop(held);
     let s = status(&lab.broker).await;
     assert_eq!(s.forwards[0].connections_failed, 4, "{:?}", s.forwards[0]);
@@ -334,46 +326,21 @@ async fn hostile_handshakes_close_only_their_own_connection() {
     .await;
 }
 
-/// A page served by `python3 -m http.server`, as device `core-web` whose
-/// SSH port is the server's (a device's own SSH port may be forwarded to
-/// by default, so no `forward_ports` setting is needed on either link).
-struct WebDevice {
-    page: Vec<u8>,
-    http: HttpServer,
-    _site: tempfile::TempDir,
+/// `web` as device `core-web`, whose SSH port is the page's server's (a
+/// device's own SSH port may be forwarded to by default, so no
+/// `forward_ports` setting is needed on either link).
+fn web_device(web: &ServedPage) -> switchyard::service::inventory::NewDevice {
+    ssh_device("core-web", web.http.port)
 }
 
-impl WebDevice {
-    async fn start() -> Self {
-        let site = tempfile::tempdir().unwrap();
-        let page: Vec<u8> = (0..150_000u32).map(|i| (i * 7 % 253) as u8).collect();
-        std::fs::write(site.path().join("page.bin"), &page).unwrap();
-        let http = HttpServer::start(site.path()).await;
-        Self {
-            page,
-            http,
-            _site: site,
-        }
-    }
-
-    fn device(&self) -> switchyard::service::inventory::NewDevice {
-        ssh_device("core-web", self.http.port)
-    }
-
-    /// curl through `proxy` to the page by the device's name: its bytes,
-    /// then a refused port's SOCKS5 reply (02, not allowed).
-    async fn check_through(&self, proxy: SocketAddr) {
-        let url = format!("http://core-web:{}/page.bin", self.http.port);
-        let got = curl(&["--socks5-hostname", &proxy.to_string(), &url]).await;
-        assert!(got.status.success(), "{got:?}");
-        assert!(
-            got.stdout == self.page,
-            "curl got {} bytes",
-            got.stdout.len()
-        );
-        let (_, code) = socks_connect(proxy, None, Dest::Name("core-web"), 1).await;
-        assert_eq!(code, Ok(2));
-    }
+/// curl through `proxy` to `web`'s page by the device's name: its bytes,
+/// then a refused port's SOCKS5 reply (02, not allowed).
+async fn check_through(web: &ServedPage, proxy: SocketAddr) {
+    let url = format!("http://core-web:{}/page.bin", web.http.port);
+    let got = curl(&["--socks5-hostname", &proxy.to_string(), &url]).await;
+    web.assert_served(&got, "");
+    let (_, code) = socks_connect(proxy, None, Dest::Name("core-web"), 1).await;
+    assert_eq!(code, Ok(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,9 +348,9 @@ async fn curl_reaches_a_device_through_a_relayed_link() {
     use common::broker::in_session;
     use common::cloud::{ALICE, CloudService, TestRelay, broker_for, cloud_service, token_session};
     use switchyard::api::pb;
-    let web = WebDevice::start().await;
+    let web = ServedPage::start().await;
     let relay = TestRelay::start().await;
-    let _svc = CloudService::start(&relay, "SN-SOCKS", &[web.device()]).await;
+    let _svc = CloudService::start(&relay, "SN-SOCKS", &[web_device(&web)]).await;
     let broker = broker_for(&relay).await;
     let (mut client, session, _attach) = token_session(&broker, &relay.token(ALICE)).await;
     let service = cloud_service(&mut client, &session, "SN-SOCKS", Some(30.0)).await;
@@ -397,7 +364,7 @@ async fn curl_reaches_a_device_through_a_relayed_link() {
         .unwrap()
         .into_inner();
     assert_eq!(proxy.kind, "socks5");
-    web.check_through(proxy.address.parse().unwrap()).await;
+    check_through(&web, proxy.address.parse().unwrap()).await;
     let s = status(&broker).await;
     let relayed = s.links.iter().filter(|l| l.transport == "relayed").count();
     assert_eq!(relayed, 1, "{:?}", s.links);
@@ -406,9 +373,9 @@ async fn curl_reaches_a_device_through_a_relayed_link() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_reaches_a_device_through_an_integrated_link() {
-    let web = WebDevice::start().await;
+    let web = ServedPage::start().await;
     let broker = TestBroker::start(&[]).await;
-    let out = broker.connect_integrated("lab", &[web.device()]).await;
+    let out = broker.connect_integrated("lab", &[web_device(&web)]).await;
     assert!(out.status.success(), "{out:?}");
     let out = within(
         30,
@@ -423,7 +390,7 @@ async fn curl_reaches_a_device_through_an_integrated_link() {
     assert!(out.status.success(), "{out:?}");
     let line = String::from_utf8(out.stdout).unwrap();
     let (_, addr) = line.trim().split_once("  ").expect("ID  ADDRESS");
-    web.check_through(addr.parse().unwrap()).await;
+    check_through(&web, addr.parse().unwrap()).await;
     let s = status(&broker).await;
     assert_eq!(s.links[0].transport, "integrated", "{:?}", s.links);
 }

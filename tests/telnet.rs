@@ -171,14 +171,7 @@ async fn a_wrong_password_is_an_authentication_error_naming_the_device() {
 async fn a_black_holed_telnet_device_ends_at_the_calls_timeout() {
     init();
     // Accepts and then says nothing, ever.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let _hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
-        }
-    });
+    let (port, _hold) = common::silent_listener().await;
     let drivers = Drivers::new(SshDriverConfig {
         connect_timeout: Duration::from_secs(60),
         ..Default::default()

@@ -58,3 +58,37 @@ pub async fn curl(args: &[&str]) -> std::process::Output {
     .await
     .unwrap()
 }
+
+/// One page (`page.bin`, 150,000 bytes) served by [`HttpServer`] from a
+/// directory of its own: a device's web UI in the forward and SOCKS5
+/// tests.
+pub struct ServedPage {
+    pub page: Vec<u8>,
+    pub http: HttpServer,
+    _site: tempfile::TempDir,
+}
+
+impl ServedPage {
+    pub async fn start() -> Self {
+        let site = tempfile::tempdir().unwrap();
+        let page: Vec<u8> = (0..150_000u32).map(|i| (i * 13 % 241) as u8).collect();
+        std::fs::write(site.path().join("page.bin"), &page).unwrap();
+        let http = HttpServer::start(site.path()).await;
+        Self {
+            page,
+            http,
+            _site: site,
+        }
+    }
+
+    /// `got` (curl's output) succeeded with the whole page; `context` is
+    /// shown when it did not.
+    pub fn assert_served(&self, got: &std::process::Output, context: &str) {
+        assert!(got.status.success(), "{got:?}\n{context}");
+        assert!(
+            got.stdout == self.page,
+            "curl got {} bytes",
+            got.stdout.len()
+        );
+    }
+}

@@ -30,6 +30,40 @@ pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T
     }
 }
 
+/// A black-holed host: a loopback TCP listener that accepts connections
+/// and never says a word. Its port, and the task holding what it accepted
+/// (which runs until the test's runtime ends).
+pub async fn silent_listener() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    (port, hold)
+}
+
+/// A server that answers one connection with `banner\n`, half-closes,
+/// then reads the rest: its port, and the task that ends with what it read
+/// (a device's end of file must reach a forward's caller while the caller
+/// still writes).
+pub async fn banner_server() -> (u16, tokio::task::JoinHandle<Vec<u8>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"banner\n").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        rest
+    });
+    (port, server)
+}
+
 /// Polls `cond` until it holds, failing after `secs`. For state that has no
 /// event to wait on (a pool reaping idle connections).
 pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
