@@ -560,6 +560,7 @@ async fn wait_blocks_until_an_offline_service_comes_online() {
         &relay,
         "SN-WAIT",
         "",
+        &[],
         &["--relay-transport", "quic", "--name", "cloud-service"],
     )
     .await;

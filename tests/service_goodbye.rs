@@ -39,8 +39,15 @@ async fn wait(client: &mut Client, session: &str, service: &str, secs: f64) -> R
 /// told so.
 async fn sigterm_takes_a_service_offline_at_once(transport: &str, serial: &str) {
     let relay = TestRelay::start().await;
-    let mut svc =
-        ServiceProcess::enrolled(None, &relay, serial, "", &["--relay-transport", transport]).await;
+    let mut svc = ServiceProcess::enrolled(
+        None,
+        &relay,
+        serial,
+        "",
+        &[],
+        &["--relay-transport", transport],
+    )
+    .await;
     let online = format!("online at the relay serial={serial} carrier={transport}");
     eventually(20, "the service online at the relay", || {
         relay.relay().services_online() == 1 && svc.log().contains(&online)
@@ -103,7 +110,7 @@ async fn a_service_stopped_with_sigterm_is_offline_at_the_relay_at_once_over_tcp
 async fn a_killed_service_is_offline_at_the_relay_after_its_idle_timeout() {
     let idle = Duration::from_secs(3);
     let relay = TestRelay::start_with(|c| c.limits.idle_timeout = idle).await;
-    let mut svc = ServiceProcess::enrolled(None, &relay, "SN-KILLED", "", &[]).await;
+    let mut svc = ServiceProcess::enrolled(None, &relay, "SN-KILLED", "", &[], &[]).await;
     eventually(20, "the service online at the relay", || {
         relay.relay().services_online() == 1
     })
@@ -220,4 +227,76 @@ async fn an_older_service_or_an_unknown_notice_leaves_the_connection_alone() {
         .unwrap();
     answered_not_understood(&relay, &conn, &mut recv).await;
     conn.close(0, b"done");
+}
+
+/// A call running through the relay when the service is stopped finishes
+/// (the service drains it, and the relay keeps carrying its tunnel after
+/// the goodbye), while the relay already shows the service offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_call_running_at_sigterm_finishes_after_the_goodbye() {
+    let sshd = common::sshd::Sshd::start(10).await;
+    let relay = TestRelay::start().await;
+    let slow = common::service::sshd_device("core-slow", sshd.port);
+    let mut svc = ServiceProcess::enrolled(None, &relay, "SN-DRAIN", "", &[slow], &[]).await;
+    eventually(20, "the service online at the relay", || {
+        relay.relay().services_online() == 1
+    })
+    .await;
+    let broker = broker_for(&relay).await;
+    let (mut client, session, _attach) = token_session(&broker, &relay.token(ALICE)).await;
+    let service = cloud_service(&mut client, &session, "SN-DRAIN", None).await;
+    within(25, "the service reachable", async {
+        wait(&mut client, &session, &service, 20.0).await.unwrap()
+    })
+    .await;
+    let call = {
+        let (mut client, service) = (
+            client.clone(),
+            common::broker::in_session(&session, &service),
+        );
+        tokio::spawn(async move {
+            common::broker::run_exec(
+                &mut client,
+                service,
+                &["core-slow"],
+                &["sleep 4; echo drained"],
+            )
+            .await
+        })
+    };
+    eventually(20, "the call at the device", || sshd.accepted() >= 1).await;
+
+    let log_path = svc.dir.path().join("service.log");
+    let stopping = tokio::spawn(async move {
+        svc.terminate().await;
+        svc
+    });
+    eventually(
+        OFFLINE_BOUND,
+        "the relay showing the service offline",
+        || relay.relay().services_online() == 0,
+    )
+    .await;
+    assert!(
+        !call.is_finished(),
+        "the call has ended: it must run on after the goodbye"
+    );
+    let reports = within(30, "the running call", call)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| {
+            panic!(
+                "the running call failed: {e}\nservice:\n{}\nbroker:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default(),
+                broker.log()
+            )
+        });
+    assert!(reports[0].ok_output().contains("drained"), "{reports:?}");
+    let svc = within(30, "the service stopped", stopping).await.unwrap();
+    assert!(
+        svc.log()
+            .contains("said goodbye: the relay shows us offline"),
+        "{}",
+        svc.log()
+    );
 }

@@ -157,7 +157,7 @@ async fn transport_quic_pins_quic_and_fails_when_udp_is_blocked() {
 /// A service process in `ns`, enrolled with `relay` as `serial`, and
 /// started.
 async fn enrolled_service_in(ns: &Netns, relay: &TestRelay, serial: &str) -> ServiceProcess {
-    ServiceProcess::enrolled(Some(ns), relay, serial, "", &[]).await
+    ServiceProcess::enrolled(Some(ns), relay, serial, "", &[], &[]).await
 }
 
 /// A relay, a service enrolled with it and a broker, all in a namespace
@@ -315,6 +315,7 @@ async fn the_relay_agent_moves_back_to_quic_and_drains_its_tcp_tunnels() {
         &relay,
         "SN-MOVE",
         "[relay_agent]\nquic_probe_secs = 0.5\n",
+        &[],
         &[],
     )
     .await;

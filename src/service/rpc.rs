@@ -291,7 +291,8 @@ impl RpcServer {
         self.tcp_addr
     }
 
-    /// Requests running now.
+    /// Requests running now (a finished one until its reply is
+    /// acknowledged, `REPLY_DELIVERY` at most).
     pub fn running_requests(&self) -> u32 {
         self.shared.in_flight.load(Ordering::Relaxed)
     }
@@ -822,10 +823,20 @@ async fn serve_request(
         let _ = send.finish();
     };
     tokio::select! {
-        _ = async { tokio::join!(work, pump_in, pump_out) } => {}
+        _ = async { tokio::join!(work, pump_in, pump_out) } => {
+            // Running until the caller has the reply (QUIC: acknowledged;
+            // HTTP/2 flushes on close), at most `REPLY_DELIVERY`: a drain
+            // closes the connection once nothing runs, and a QUIC close
+            // drops what is still unsent.
+            send.delivered(REPLY_DELIVERY).await;
+        }
         () = stopped => debug!("caller stopped reading (or the stream ended); request over"),
     }
 }
+
+/// How long a finished request waits for its reply to be acknowledged
+/// before it stops counting as running.
+const REPLY_DELIVERY: Duration = Duration::from_secs(2);
 
 /// Decrements the in-flight count when the request ends, however it ends.
 fn count_in_flight(counter: &Arc<AtomicU32>) -> impl Drop + use<> {

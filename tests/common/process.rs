@@ -45,8 +45,9 @@ impl ServiceProcess {
         }
     }
 
-    /// A service in `ns` (or on the host), alice's cloud identity one of
-    /// its remote users, reading `config` as its config file
+    /// A service in `ns` (or on the host) with `devices` beside the usual
+    /// ones, alice's cloud identity one of its remote users (for `core-*`),
+    /// reading `config` as its config file
     /// (`$XDG_CONFIG_HOME/switchyard/config.toml`), enrolled with `relay`
     /// as `serial` (`service enroll` run in the namespace too) and started
     /// with `run_args`.
@@ -55,6 +56,7 @@ impl ServiceProcess {
         relay: &super::cloud::TestRelay,
         serial: &str,
         config: &str,
+        devices: &[switchyard::service::inventory::NewDevice],
         run_args: &[&str],
     ) -> Self {
         use switchyard::secret::Secret;
@@ -74,6 +76,9 @@ impl ServiceProcess {
             cloud: true,
         })
         .unwrap();
+        for device in devices {
+            inv.add_device(device).unwrap();
+        }
         drop(inv);
         let otp_file = svc.dir.path().join("otp");
         std::fs::write(&otp_file, relay.otp(serial)).unwrap();
