@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -58,36 +59,24 @@ async fn every_source_of_the_socket_path_reaches_the_broker_in_its_order() {
     let good_cfg = config_naming(home.path(), "good.toml", &good);
     let bad_cfg = config_naming(home.path(), "bad.toml", &bad);
 
-    let out = clean(home.path())
-        .arg("status")
-        .arg("--socket")
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert_reached(&out, "--socket");
-    let out = clean(home.path())
-        .arg("status")
-        .env("SWITCHYARD_SOCKET", &good)
-        .output()
-        .unwrap();
+    // `status` with `args` and the environment `env` added.
+    let status = |args: &[&OsStr], env: &[(&str, &Path)]| {
+        let mut cmd = clean(home.path());
+        cmd.arg("status").args(args);
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        cmd.output().unwrap()
+    };
+    let socket_flag = [OsStr::new("--socket"), good.as_os_str()];
+    let config_flag = [OsStr::new("--config"), good_cfg.as_os_str()];
+    assert_reached(&status(&socket_flag, &[]), "--socket");
+    let out = status(&[], &[("SWITCHYARD_SOCKET", &good)]);
     assert_reached(&out, "$SWITCHYARD_SOCKET");
-    let out = clean(home.path())
-        .args(["status", "--config"])
-        .arg(&good_cfg)
-        .output()
-        .unwrap();
-    assert_reached(&out, "--config");
-    let out = clean(home.path())
-        .arg("status")
-        .env("SWITCHYARD_CONFIG", &good_cfg)
-        .output()
-        .unwrap();
+    assert_reached(&status(&config_flag, &[]), "--config");
+    let out = status(&[], &[("SWITCHYARD_CONFIG", &good_cfg)]);
     assert_reached(&out, "$SWITCHYARD_CONFIG");
-    let out = clean(home.path())
-        .arg("status")
-        .env("SWITCHYARD_BROKER__SOCKET", &good)
-        .output()
-        .unwrap();
+    let out = status(&[], &[("SWITCHYARD_BROKER__SOCKET", &good)]);
     assert_reached(&out, "$SWITCHYARD_BROKER__SOCKET");
     // The commands the front hands to switchyardd follow the same rule.
     let out = clean(home.path())
@@ -98,27 +87,20 @@ async fn every_source_of_the_socket_path_reaches_the_broker_in_its_order() {
     assert!(out.status.success(), "logout --config: {}", stderr(&out));
 
     // The order: --socket, then $SWITCHYARD_SOCKET, then the config.
-    let out = clean(home.path())
-        .arg("status")
-        .arg("--socket")
-        .arg(&good)
-        .env("SWITCHYARD_SOCKET", &bad)
-        .env("SWITCHYARD_CONFIG", &bad_cfg)
-        .output()
-        .unwrap();
+    let out = status(
+        &socket_flag,
+        &[("SWITCHYARD_SOCKET", &bad), ("SWITCHYARD_CONFIG", &bad_cfg)],
+    );
     assert_reached(&out, "--socket over the rest");
-    let out = clean(home.path())
-        .arg("status")
-        .env("SWITCHYARD_SOCKET", &good)
-        .env("SWITCHYARD_CONFIG", &bad_cfg)
-        .output()
-        .unwrap();
+    let out = status(
+        &[],
+        &[
+            ("SWITCHYARD_SOCKET", &good),
+            ("SWITCHYARD_CONFIG", &bad_cfg),
+        ],
+    );
     assert_reached(&out, "$SWITCHYARD_SOCKET over the config");
-    let out = clean(home.path())
-        .arg("status")
-        .env("SWITCHYARD_CONFIG", &bad_cfg)
-        .output()
-        .unwrap();
+    let out = status(&[], &[("SWITCHYARD_CONFIG", &bad_cfg)]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains(&format!("not running at {}", bad.display())),
@@ -130,8 +112,7 @@ async fn every_source_of_the_socket_path_reaches_the_broker_in_its_order() {
     let default_cfg = home.path().join("config/switchyard/config.toml");
     std::fs::create_dir_all(default_cfg.parent().unwrap()).unwrap();
     std::fs::copy(&good_cfg, &default_cfg).unwrap();
-    let out = clean(home.path()).arg("status").output().unwrap();
-    assert_reached(&out, "the default config file");
+    assert_reached(&status(&[], &[]), "the default config file");
 }
 
 #[test]
@@ -371,16 +352,7 @@ async fn an_explicit_fingerprint_replaces_the_remembered_one() {
     let broker = TestBroker::start(&[("SWITCHYARD_BROKER__IDLE_TIMEOUT_SECS", "0.1")]).await;
     let mut svc = start_service(&[], RpcConfig::default());
     let mut client = broker.client().await;
-    client
-        .service_direct(direct(&svc, "", "first", ALICE_PASSWORD))
-        .await
-        .unwrap();
-    client
-        .disconnect(pb::DisconnectRequest {
-            name: "first".into(),
-        })
-        .await
-        .unwrap();
+    connect_then_disconnect(&mut client, direct(&svc, "", "first", ALICE_PASSWORD)).await;
     reinitialize(&mut svc).await;
     links_closed(&mut client).await;
 
@@ -392,13 +364,7 @@ async fn an_explicit_fingerprint_replaces_the_remembered_one() {
 
     let mut pinned = direct(&svc, "", "third", ALICE_PASSWORD);
     pinned.fingerprint = svc.fingerprint.to_string();
-    client.service_direct(pinned).await.unwrap();
-    client
-        .disconnect(pb::DisconnectRequest {
-            name: "third".into(),
-        })
-        .await
-        .unwrap();
+    connect_then_disconnect(&mut client, pinned).await;
     links_closed(&mut client).await;
     // A caller that names no fingerprint, on a new link, gets the new pin.
     client
@@ -434,16 +400,7 @@ async fn known_services_lists_and_forgets_a_learned_certificate() {
     assert_eq!(known().await, serde_json::json!([]));
 
     let mut client = broker.client().await;
-    client
-        .service_direct(direct(&svc, "", "first", ALICE_PASSWORD))
-        .await
-        .unwrap();
-    client
-        .disconnect(pb::DisconnectRequest {
-            name: "first".into(),
-        })
-        .await
-        .unwrap();
+    connect_then_disconnect(&mut client, direct(&svc, "", "first", ALICE_PASSWORD)).await;
     let old = svc.fingerprint.to_string();
     assert_eq!(
         known().await,
@@ -539,6 +496,20 @@ async fn reinitialize(svc: &mut common::service::TestService) {
     svc.fingerprint = new_svc.fingerprint;
 }
 
+/// Connects `request` (a named direct service), then disconnects it: the
+/// broker has learned the service's certificate.
+async fn connect_then_disconnect(
+    client: &mut pb::broker_client::BrokerClient<tonic::transport::Channel>,
+    request: pb::ServiceDirectRequest,
+) {
+    let name = request.name.clone();
+    client.service_direct(request).await.unwrap();
+    client
+        .disconnect(pb::DisconnectRequest { name })
+        .await
+        .unwrap();
+}
+
 /// Waits (bounded) until the broker has no links, so the next call makes a
 /// new one instead of sharing.
 async fn links_closed(client: &mut pb::broker_client::BrokerClient<tonic::transport::Channel>) {
@@ -567,7 +538,7 @@ async fn links_closed(client: &mut pb::broker_client::BrokerClient<tonic::transp
 async fn sigterm_ends_an_open_terminal_with_a_message() {
     use common::service::start_service;
     use switchyard::service::rpc::RpcConfig;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     let svc = start_service(&[], RpcConfig::default());
     let broker = TestBroker::start(&[]).await;
@@ -584,17 +555,8 @@ async fn sigterm_ends_an_open_terminal_with_a_message() {
     stdin.write_all(b"\r").await.unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut screen = Vec::new();
-    within(20, "the device's prompt", async {
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&screen).contains("core-1#") {
-            let n = stdout.read(&mut buf).await.unwrap();
-            assert!(
-                n > 0,
-                "terminal ended: {:?}",
-                String::from_utf8_lossy(&screen)
-            );
-            screen.extend_from_slice(&buf[..n]);
-        }
+    common::read_screen_until(&mut stdout, &mut screen, 20, "the device's prompt", |s| {
+        s.contains("core-1#")
     })
     .await;
 
@@ -851,7 +813,7 @@ async fn open_terminal(
     service: &str,
     device: &str,
 ) -> (tokio::process::Child, tokio::process::ChildStdin) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut child = cmd
         .args(["terminal", service, device])
         .stdin(std::process::Stdio::piped())
@@ -865,17 +827,8 @@ async fn open_terminal(
     let mut stdout = child.stdout.take().unwrap();
     let prompt = format!("{device}#");
     let mut screen = Vec::new();
-    within(30, "the device's prompt", async {
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&screen).contains(&prompt) {
-            let n = stdout.read(&mut buf).await.unwrap();
-            assert!(
-                n > 0,
-                "terminal ended: {:?}",
-                String::from_utf8_lossy(&screen)
-            );
-            screen.extend_from_slice(&buf[..n]);
-        }
+    common::read_screen_until(&mut stdout, &mut screen, 30, "the device's prompt", |s| {
+        s.contains(&prompt)
     })
     .await;
     (child, stdin)

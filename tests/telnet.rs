@@ -100,34 +100,20 @@ async fn exec_and_terminal_on_a_real_telnetd_through_the_broker() {
     // Type only once the shell prompt shows (keystrokes end the automated
     // login).
     let mut screen = Vec::new();
-    within(30, "the terminal's shell prompt", async {
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&screen).trim_end().ends_with('$') {
-            let n = stdout.read(&mut buf).await.unwrap();
-            assert!(
-                n > 0,
-                "terminal ended: {:?}",
-                String::from_utf8_lossy(&screen)
-            );
-            screen.extend_from_slice(&buf[..n]);
-        }
-    })
+    common::read_screen_until(
+        &mut stdout,
+        &mut screen,
+        30,
+        "the terminal's shell prompt",
+        |s| s.trim_end().ends_with('$'),
+    )
     .await;
     // `exit` only once the output is back: inetutils-telnetd ends the
     // session when the shell exits, and may drop what the shell wrote
     // just before (seen: `echo` and `exit` typed together lost the echo).
     stdin.write_all(b"echo tele$((40+2))\r").await.unwrap();
-    within(30, "the command's output", async {
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&screen).contains("tele42") {
-            let n = stdout.read(&mut buf).await.unwrap();
-            assert!(
-                n > 0,
-                "terminal ended: {:?}",
-                String::from_utf8_lossy(&screen)
-            );
-            screen.extend_from_slice(&buf[..n]);
-        }
+    common::read_screen_until(&mut stdout, &mut screen, 30, "the command's output", |s| {
+        s.contains("tele42")
     })
     .await;
     stdin.write_all(b"exit\r").await.unwrap();

@@ -64,6 +64,32 @@ pub async fn banner_server() -> (u16, tokio::task::JoinHandle<Vec<u8>>) {
     (port, server)
 }
 
+/// Reads `from` onto `screen` until `done` holds for what the screen shows
+/// (lossy UTF-8): a terminal's output. Fails if the stream ends first or
+/// after `secs`.
+pub async fn read_screen_until(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    screen: &mut Vec<u8>,
+    secs: u64,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) {
+    use tokio::io::AsyncReadExt;
+    within(secs, what, async {
+        let mut buf = [0u8; 4096];
+        while !done(&String::from_utf8_lossy(screen)) {
+            let n = from.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "terminal ended: {:?}",
+                String::from_utf8_lossy(screen)
+            );
+            screen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+}
+
 /// Polls `cond` until it holds, failing after `secs`. For state that has no
 /// event to wait on (a pool reaping idle connections).
 pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
