@@ -33,13 +33,65 @@ async fn wait(client: &mut Client, session: &str, service: &str, secs: f64) -> R
         })
 }
 
+/// A broker for `relay` with a caller logged in as alice, and `serial`
+/// through the relay once reachable: broker, client, session, service
+/// handle, and the session's attach stream.
+async fn reach(
+    relay: &TestRelay,
+    serial: &str,
+) -> (
+    common::broker::TestBroker,
+    Client,
+    String,
+    String,
+    tonic::Streaming<pb::SessionEvent>,
+) {
+    let broker = broker_for(relay).await;
+    let (mut client, session, attach) = token_session(&broker, &relay.token(ALICE)).await;
+    let service = cloud_service(&mut client, &session, serial, None).await;
+    within(25, "the service reachable", async {
+        wait(&mut client, &session, &service, 20.0).await.unwrap()
+    })
+    .await;
+    (broker, client, session, service, attach)
+}
+
+/// SIGTERM to `svc`; returns once `relay` shows it offline (within the
+/// bound, failing otherwise), with the task stopping it.
+async fn terminate_until_offline(
+    mut svc: ServiceProcess,
+    relay: &TestRelay,
+) -> tokio::task::JoinHandle<ServiceProcess> {
+    let stopping = tokio::spawn(async move {
+        svc.terminate().await;
+        svc
+    });
+    eventually(
+        OFFLINE_BOUND,
+        "the relay showing the service offline",
+        || relay.relay().services_online() == 0,
+    )
+    .await;
+    stopping
+}
+
+/// The stopped `svc` said goodbye and the relay answered it.
+fn assert_said_goodbye(svc: &ServiceProcess) {
+    assert!(
+        svc.log()
+            .contains("said goodbye: the relay shows us offline"),
+        "{}",
+        svc.log()
+    );
+}
+
 /// A service on `transport` (`quic` or `tcp`) reachable through the relay
 /// by a broker; SIGTERM; the relay shows it offline within the bound,
 /// before the service has even finished stopping, and a broker asking is
 /// told so.
 async fn sigterm_takes_a_service_offline_at_once(transport: &str, serial: &str) {
     let relay = TestRelay::start().await;
-    let mut svc = ServiceProcess::enrolled(
+    let svc = ServiceProcess::enrolled(
         None,
         &relay,
         serial,
@@ -53,31 +105,11 @@ async fn sigterm_takes_a_service_offline_at_once(transport: &str, serial: &str) 
         relay.relay().services_online() == 1 && svc.log().contains(&online)
     })
     .await;
-    let broker = broker_for(&relay).await;
-    let (mut client, session, _attach) = token_session(&broker, &relay.token(ALICE)).await;
-    let service = cloud_service(&mut client, &session, serial, None).await;
-    within(25, "the service reachable", async {
-        wait(&mut client, &session, &service, 20.0).await.unwrap()
-    })
-    .await;
+    let (_broker, mut client, session, service, _attach) = reach(&relay, serial).await;
 
-    let stopping = tokio::spawn(async move {
-        svc.terminate().await;
-        svc
-    });
-    eventually(
-        OFFLINE_BOUND,
-        "the relay showing the service offline",
-        || relay.relay().services_online() == 0,
-    )
-    .await;
+    let stopping = terminate_until_offline(svc, &relay).await;
     let svc = within(30, "the service stopped", stopping).await.unwrap();
-    assert!(
-        svc.log()
-            .contains("said goodbye: the relay shows us offline"),
-        "{}",
-        svc.log()
-    );
+    assert_said_goodbye(&svc);
     // A broker asking now is told the service is offline (its link may
     // first see its old connection end).
     let offline = format!("service {serial} is offline");
@@ -237,18 +269,12 @@ async fn a_relayed_call_running_at_sigterm_finishes_after_the_goodbye() {
     let sshd = common::sshd::Sshd::start(10).await;
     let relay = TestRelay::start().await;
     let slow = common::service::sshd_device("core-slow", sshd.port);
-    let mut svc = ServiceProcess::enrolled(None, &relay, "SN-DRAIN", "", &[slow], &[]).await;
+    let svc = ServiceProcess::enrolled(None, &relay, "SN-DRAIN", "", &[slow], &[]).await;
     eventually(20, "the service online at the relay", || {
         relay.relay().services_online() == 1
     })
     .await;
-    let broker = broker_for(&relay).await;
-    let (mut client, session, _attach) = token_session(&broker, &relay.token(ALICE)).await;
-    let service = cloud_service(&mut client, &session, "SN-DRAIN", None).await;
-    within(25, "the service reachable", async {
-        wait(&mut client, &session, &service, 20.0).await.unwrap()
-    })
-    .await;
+    let (broker, client, session, service, _attach) = reach(&relay, "SN-DRAIN").await;
     let call = {
         let (mut client, service) = (
             client.clone(),
@@ -267,16 +293,7 @@ async fn a_relayed_call_running_at_sigterm_finishes_after_the_goodbye() {
     eventually(20, "the call at the device", || sshd.accepted() >= 1).await;
 
     let log_path = svc.dir.path().join("service.log");
-    let stopping = tokio::spawn(async move {
-        svc.terminate().await;
-        svc
-    });
-    eventually(
-        OFFLINE_BOUND,
-        "the relay showing the service offline",
-        || relay.relay().services_online() == 0,
-    )
-    .await;
+    let stopping = terminate_until_offline(svc, &relay).await;
     assert!(
         !call.is_finished(),
         "the call has ended: it must run on after the goodbye"
@@ -293,10 +310,5 @@ async fn a_relayed_call_running_at_sigterm_finishes_after_the_goodbye() {
         });
     assert!(reports[0].ok_output().contains("drained"), "{reports:?}");
     let svc = within(30, "the service stopped", stopping).await.unwrap();
-    assert!(
-        svc.log()
-            .contains("said goodbye: the relay shows us offline"),
-        "{}",
-        svc.log()
-    );
+    assert_said_goodbye(&svc);
 }
