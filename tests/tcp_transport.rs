@@ -35,6 +35,13 @@ fn tcp_service(config: RpcConfig) -> TestService {
     )
 }
 
+/// A plain TCP connection to `svc`'s TCP listener that has sent `bytes`.
+async fn sending(svc: &TestService, bytes: &[u8]) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(tcp_addr(svc)).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    tcp
+}
+
 fn tcp_addr(svc: &TestService) -> SocketAddr {
     svc.server
         .as_ref()
@@ -296,34 +303,19 @@ async fn bad_input_on_the_tcp_listener_closes_only_that_connection() {
     assert_works(&ch, "at first").await;
 
     // Not TLS at all.
-    let mut plain = tokio::net::TcpStream::connect(tcp_addr(&svc))
-        .await
-        .unwrap();
-    plain
-        .write_all(b"GET /rpc HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut plain = sending(&svc, b"GET /rpc HTTP/1.1\r\nHost: x\r\n\r\n").await;
     closed_by_service(&mut plain, "closing a plain-text connection").await;
     assert_works(&ch, "after plain text").await;
 
     // A TLS client that starts a ClientHello and never finishes it: ended
     // by the login deadline (2 s here), not held for ever.
-    let mut stalled = tokio::net::TcpStream::connect(tcp_addr(&svc))
-        .await
-        .unwrap();
-    stalled
-        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
-        .await
-        .unwrap();
+    let mut stalled = sending(&svc, &[0x16, 0x03, 0x01, 0x02, 0x00]).await;
     closed_by_service(&mut stalled, "closing a stalled handshake").await;
     assert_works(&ch, "after a stalled handshake").await;
 
     // Half-open: the caller sends its FIN mid-handshake and keeps its
     // socket; the service closes its side.
-    let mut half = tokio::net::TcpStream::connect(tcp_addr(&svc))
-        .await
-        .unwrap();
-    half.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let mut half = sending(&svc, &[0x16, 0x03, 0x01]).await;
     half.shutdown().await.unwrap();
     closed_by_service(&mut half, "closing a half-closed connection").await;
     assert_works(&ch, "after a half-closed connection").await;
@@ -823,10 +815,7 @@ async fn a_tls_client_that_never_finishes_its_handshake_is_closed_at_the_login_d
     .unwrap();
     let mut hello = Vec::new();
     tls.write_tls(&mut hello).unwrap();
-    let mut stalled = tokio::net::TcpStream::connect(tcp_addr(&svc))
-        .await
-        .unwrap();
-    stalled.write_all(&hello).await.unwrap();
+    let mut stalled = sending(&svc, &hello).await;
     // The service's answer (ServerHello … Finished) comes, then nothing
     // until the deadline closes the connection.
     let mut answered = 0;
@@ -845,19 +834,30 @@ async fn a_tls_client_that_never_finishes_its_handshake_is_closed_at_the_login_d
     assert_works(&ch, "after an unfinished handshake").await;
 }
 
+/// A TCP service with `limits`, a good caller of it, and a raw HTTP/2
+/// peer connected to it that never logs in (the login deadline is far
+/// beyond the test).
+async fn raw_peer_beside_a_good_caller(
+    limits: TransportLimits,
+) -> (TestService, DirectConnection, LinkChannel, raw_h2::Peer) {
+    let svc = tcp_service(RpcConfig {
+        limits,
+        auth_timeout: Duration::from_secs(120),
+        ..Default::default()
+    });
+    let (good, ch) = good_caller(&svc).await;
+    let peer = raw_h2::Peer::connect(tcp_addr(&svc), svc.fingerprint).await;
+    (svc, good, ch, peer)
+}
+
 /// An HTTP/2 frame longer than the service's SETTINGS_MAX_FRAME_SIZE
 /// (64 KiB) ends that connection with GOAWAY FRAME_SIZE_ERROR (RFC 9113
 /// §4.2), before its payload is buffered; a good caller keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_http2_frame_closes_only_that_connection() {
     use raw_h2::*;
-    // The raw peer never logs in: a login deadline far beyond the test.
-    let svc = tcp_service(RpcConfig {
-        auth_timeout: Duration::from_secs(120),
-        ..Default::default()
-    });
-    let (good, ch) = good_caller(&svc).await;
-    let mut peer = Peer::connect(tcp_addr(&svc), svc.fingerprint).await;
+    let (_svc, good, ch, mut peer) =
+        raw_peer_beside_a_good_caller(TransportLimits::default()).await;
     peer.ping().await;
     // An extension frame type (ignored by a peer that accepts its size),
     // one byte over the limit, then a PING that only a connection still
@@ -883,13 +883,8 @@ async fn an_oversized_http2_frame_closes_only_that_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_header_block_is_refused_and_a_continuation_flood_closes_the_connection() {
     use raw_h2::*;
-    // The raw peer never logs in: a login deadline far beyond the test.
-    let svc = tcp_service(RpcConfig {
-        auth_timeout: Duration::from_secs(120),
-        ..Default::default()
-    });
-    let (good, ch) = good_caller(&svc).await;
-    let mut peer = Peer::connect(tcp_addr(&svc), svc.fingerprint).await;
+    let (_svc, good, ch, mut peer) =
+        raw_peer_beside_a_good_caller(TransportLimits::default()).await;
     // 20 KB of one header, in one HEADERS frame (under the frame limit).
     let block = post_rpc(20_000);
     peer.send(&frame(HEADERS, END_HEADERS, 1, &block)).await;
@@ -941,16 +936,11 @@ async fn an_oversized_header_block_is_refused_and_a_continuation_flood_closes_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_concurrent_streams_are_refused_and_a_flood_closes_only_that_connection() {
     use raw_h2::*;
-    let svc = tcp_service(RpcConfig {
-        limits: TransportLimits {
-            max_concurrent_streams: 4,
-            ..Default::default()
-        },
-        auth_timeout: Duration::from_secs(120),
+    let limits = TransportLimits {
+        max_concurrent_streams: 4,
         ..Default::default()
-    });
-    let (good, ch) = good_caller(&svc).await;
-    let mut peer = Peer::connect(tcp_addr(&svc), svc.fingerprint).await;
+    };
+    let (_svc, good, ch, mut peer) = raw_peer_beside_a_good_caller(limits).await;
     let block = post_rpc(0);
     // Four open streams (no END_STREAM): each answered 200 and kept.
     let mut bytes = Vec::new();
