@@ -102,6 +102,24 @@ impl Daemon {
     }
 }
 
+/// `connect direct lab` to 127.0.0.1:`port` as bob, his password in
+/// `password_file`.
+fn connect_as_bob<'a>(port: &'a str, password_file: &'a str) -> [&'a str; 11] {
+    [
+        "connect",
+        "direct",
+        "lab",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port,
+        "--user",
+        "bob",
+        "--password-file",
+        password_file,
+    ]
+}
+
 /// Runs one CLI command to completion; its output joins the scan.
 struct Cli {
     env: Vec<(String, String)>,
@@ -419,34 +437,8 @@ async fn no_secret_reaches_a_log_status_or_error_text() {
     // Direct with a password: a wrong one, then bob's; a device whose
     // password is sealed (its connection fails).
     let wrong_bob = file(dir, "wrong-bob", s.wrong_bob_password);
-    cli.fails(&[
-        "connect",
-        "direct",
-        "lab",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--user",
-        "bob",
-        "--password-file",
-        &wrong_bob,
-    ])
-    .await;
-    cli.ok(&[
-        "connect",
-        "direct",
-        "lab",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--user",
-        "bob",
-        "--password-file",
-        &bob_pw,
-    ])
-    .await;
+    cli.fails(&connect_as_bob(&port, &wrong_bob)).await;
+    cli.ok(&connect_as_bob(&port, &bob_pw)).await;
     let exec = cli
         .run(&[
             "exec",

@@ -190,6 +190,23 @@ fn model(name: &str, command: &str) -> String {
     }
 }
 
+/// `commands` run on `target` through `drivers`: each one's output, all
+/// having run.
+async fn outputs(
+    drivers: &Drivers,
+    target: &DeviceTarget,
+    commands: &[&str],
+) -> Vec<switchyard::service::drivers::CommandOutput> {
+    let commands: Vec<String> = commands.iter().map(|c| c.to_string()).collect();
+    let run = within(30, "exec", drivers.exec(target, &commands, None))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    run.results
+        .into_iter()
+        .map(|r| r.outcome.unwrap())
+        .collect()
+}
+
 fn sim_target(fleet: &SimFleet, platform: Platform, password: &str) -> DeviceTarget {
     let ep = &fleet.endpoints()[0];
     DeviceTarget {
@@ -235,18 +252,7 @@ async fn the_simulator_over_telnet_logs_in_enables_and_pages() {
 
     // IOS-XE: login, enable with the secret, paging off; privileged output.
     let ios = sim_target(&fleet, Platform::IosXe, "admin");
-    let run = within(
-        30,
-        "exec",
-        drivers.exec(&ios, &cmds(&["show running-config", "show bogus"]), None),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let out: Vec<_> = run
-        .results
-        .into_iter()
-        .map(|r| r.outcome.unwrap())
-        .collect();
+    let out = outputs(&drivers, &ios, &["show running-config", "show bogus"]).await;
     assert_eq!(out[0].output, want);
     assert_eq!(out[0].exit_status, Some(0));
     assert_eq!(out[1].output, model(&name, "show bogus"));
@@ -257,18 +263,7 @@ async fn the_simulator_over_telnet_logs_in_enables_and_pages() {
     // and removed; `show clock` needs no privilege.
     let mut generic = sim_target(&fleet, Platform::Generic, "admin");
     generic.credentials.enable_password = None;
-    let run = within(
-        30,
-        "exec",
-        drivers.exec(&generic, &cmds(&["show interfaces", "show clock"]), None),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let out: Vec<_> = run
-        .results
-        .into_iter()
-        .map(|r| r.outcome.unwrap())
-        .collect();
+    let out = outputs(&drivers, &generic, &["show interfaces", "show clock"]).await;
     let interfaces = model(&name, "show interfaces");
     assert!(interfaces.lines().count() > 4, "more than a page");
     assert_eq!(out[0].output, interfaces);
