@@ -285,9 +285,12 @@ async fn a_token_revoked_on_node_c_is_refused_on_node_a_within_the_bound() {
 }
 
 /// One password, redeemed over HTTPS on nodes A and B at the same moment:
-/// both requests are held at the database (the test locks the table) until
-/// both wait, then released together. Exactly one enrolls; the other is
-/// told the password was already used. Three rounds.
+/// both requests are held at the database until both wait, then released
+/// together. The test holds the password's row lock (not the table): a
+/// redemption that locks the row to read it (`FOR UPDATE`) waits there,
+/// and so does one that read it unlocked and then writes; only the first
+/// is right (the second would then redeem it twice). Exactly one enrolls;
+/// the other is told the password was already used. Three rounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_otp_redeemed_at_once_on_two_nodes_is_won_by_exactly_one() {
     let tier = Tier::start().await;
@@ -299,9 +302,14 @@ async fn an_otp_redeemed_at_once_on_two_nodes_is_won_by_exactly_one() {
         let serial = format!("SN-RACE-{round}");
         let otp = tier.otp(&serial).await;
         let lock = gate.transaction().await.unwrap();
-        lock.batch_execute("LOCK TABLE otps IN ACCESS EXCLUSIVE MODE")
+        let held = lock
+            .execute(
+                "SELECT 1 FROM otps WHERE serial = $1 FOR UPDATE",
+                &[&serial],
+            )
             .await
             .unwrap();
+        assert_eq!(held, 1, "the password's row");
         let both = async {
             tokio::join!(
                 enroll_service(tier.node("a"), &otp, &[]),
@@ -311,7 +319,7 @@ async fn an_otp_redeemed_at_once_on_two_nodes_is_won_by_exactly_one() {
         let release = commit_once_two_wait(
             lock,
             "both redemptions wait at the database",
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'otps'::regclass",
+            "SELECT count(*) FROM pg_locks WHERE NOT granted",
         );
         let (((_a_dir, a), (_b_dir, b)), ()) = tokio::join!(both, release);
         let outcomes = [a, b];
@@ -410,9 +418,9 @@ async fn a_broker_on_node_a_reaches_a_service_on_node_b_in_one_hop() {
     assert!(output.contains("hostname core-1"), "{output}");
     let seen = assert_ciphertext_only(&mut tap, command, "hostname core-1", ALICE);
     assert!(seen > output.len(), "node A forwarded {seen} bytes");
-    // Both nodes have a packet port: the tunnel crossed as datagrams on
-    // the node link, its stream carried nothing.
-    assert!(a.node_datagrams() > 0, "no datagram crossed the node link");
+    // Both nodes have a packet port: the tunnel crossed as datagrams
+    // between them, its stream carried nothing.
+    assert!(a.node_datagrams() > 0, "no datagram crossed to node B");
     assert_eq!(a.stream_bytes(), 0, "the tunnel took the stream path");
 
     // A second broker's tunnel rides the same link.
@@ -445,8 +453,9 @@ async fn a_broker_on_node_a_reaches_a_service_on_node_b_in_one_hop() {
 
 /// The packet path across nodes, seen from the service's side: a broker
 /// logged in through node B (a process) reaches a service connected to
-/// node A (in this process, tapped). The tunnel's datagrams cross the B–A
-/// link as QUIC datagrams and A sends them on to the service over UDP
+/// node A (in this process, tapped). The tunnel's datagrams cross from B's
+/// packet port to A's as plain UDP (with the hop token) and A sends them
+/// on to the service
 /// (A's tunnel streams carry nothing); what A forwards holds neither the
 /// command, the output nor the caller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,6 +484,75 @@ async fn a_forwarded_tunnel_takes_the_packet_path_across_nodes() {
     assert!(
         log.contains("tunnel forwarded") && log.contains("packets=true"),
         "{log}"
+    );
+}
+
+/// A stranger who knows a forwarded tunnel's id (it is in every datagram
+/// between an end and its node) but not its hop token (only the two nodes
+/// have it) sends to the service's node A: a node hop datagram with a
+/// wrong token, and an end datagram claiming the client end (which is
+/// across the hop). Both are dropped and counted by reason; the stranger
+/// is answered nothing, and the tunnel keeps working (its client end was
+/// not moved to the stranger).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_cannot_inject_into_or_take_over_a_forwarded_tunnel() {
+    use switchyard::relay::packets::Dropped;
+    use switchyard::wire::packet_relay::{self, Header, HopToken, PeerRole};
+    let (tier, tap) = Tier::start_with(&["b"], Some("a")).await;
+    let mut tap = tap.unwrap();
+    let _svc = tier.service("SN-STRANGER", "a", "a").await;
+    let a = tier.node("a").relay.as_ref().unwrap();
+    let (token, _) = tier.token_on("a").await;
+    let (_broker, mut caller) = tier.caller_on("b", &token, "SN-STRANGER").await;
+    caller.assert_show_version().await;
+    assert!(a.node_datagrams() > 0, "the tunnel took the packet path");
+    // The tunnel's id, from a datagram the service sent to A.
+    let mut id = None;
+    while let Ok(chunk) = tap.try_recv() {
+        if let Ok(Header::End {
+            role: PeerRole::Service,
+            id: seen,
+        }) = packet_relay::classify(&chunk)
+        {
+            id = Some(seen);
+        }
+    }
+    let id = id.expect("A forwarded a datagram of the service's");
+
+    let port = a.packet_addr().unwrap();
+    let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let before = (
+        a.packets_dropped(Dropped::UnknownHop),
+        a.packets_dropped(Dropped::EndAcrossNodes),
+    );
+    let payload = [0x40u8; 64];
+    for header in [
+        packet_relay::hop_header(PeerRole::Client, HopToken::random()),
+        packet_relay::header(PeerRole::Client, id),
+    ] {
+        let mut d = header.to_vec();
+        d.extend_from_slice(&payload);
+        stranger.send_to(&d, port).await.unwrap();
+    }
+    // The tunnel still works (so its client end is still across the hop),
+    // and by then A has read the stranger's datagrams (sent first).
+    let again = tokio::time::timeout(Duration::from_secs(30), caller.assert_show_version());
+    again
+        .await
+        .expect("the tunnel still works after the stranger");
+    let after = (
+        a.packets_dropped(Dropped::UnknownHop),
+        a.packets_dropped(Dropped::EndAcrossNodes),
+    );
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1, 1),
+        "each stranger datagram dropped and counted"
+    );
+    let mut buf = [0u8; 2048];
+    assert!(
+        stranger.try_recv(&mut buf).is_err(),
+        "the stranger was sent a datagram of the tunnel"
     );
 }
 

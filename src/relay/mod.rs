@@ -486,7 +486,6 @@ impl Relay {
                     &state,
                     endpoint.clone(),
                     &config.limits,
-                    packets.as_ref().map(|p| p.node_inbox()),
                 )?)
             }
             Database::Sqlite(_) => None,
@@ -619,10 +618,16 @@ impl Relay {
         self.core.links.as_ref().map_or(0, |l| l.opened())
     }
 
-    /// Tunnel datagrams exchanged with other nodes over node links (both
+    /// Tunnel datagrams exchanged with other nodes' packet ports (both
     /// ways) since start: a forwarded tunnel on the packet path.
     pub fn node_datagrams(&self) -> u64 {
         self.core.packets.as_ref().map_or(0, |p| p.node_datagrams())
+    }
+
+    /// Datagrams the packet port dropped since start for reason `why`
+    /// (hostile or stray input: see `packets::Dropped`).
+    pub fn packets_dropped(&self, why: packets::Dropped) -> u64 {
+        self.core.packets.as_ref().map_or(0, |p| p.dropped(why))
     }
 
     /// Tunnel bytes carried in tunnel streams (not the packet path) since

@@ -22,11 +22,12 @@
 //! end-to-end keys changes: nodes copy ciphertext.
 //!
 //! **Both paths.** A forwarded tunnel's stream is one stream of the link;
-//! its packet path (when both nodes have a packet port and the link carries
-//! a full-size tunnel datagram, see `packets::link_carries_tunnels`)
-//! is QUIC datagrams on the same link, read on each side by a
-//! `packets::NodeInbox` (here for links this node opened, in `quic`
-//! for links other nodes opened).
+//! its packet path (when both nodes have a packet port and both ends are
+//! on QUIC) crosses between the two nodes' packet ports as plain UDP: the
+//! forward request, on the link, carries the forwarding node's packet
+//! port and the tunnel's hop token (`wire::packet_relay::NodeHop`), so
+//! only the two nodes know the token (see `packets` for what it protects
+//! against). The link itself carries no datagrams.
 //!
 //! Takes: [`NodeLinks::link`] (a node id and the address from the presence
 //! table). On failure: a link that cannot be opened within
@@ -45,10 +46,8 @@ use zeroize::Zeroizing;
 
 use super::ca::CaError;
 use super::db::Database;
-use super::packets::NodeInbox;
 use super::state::RelayKeys;
 use super::store::StoreError;
-use crate::task::AbortOnDrop;
 use crate::wire::conn::{ConnError, TransportLimits, read_frame, write_frame};
 use crate::wire::pin::{Fingerprint, PinnedServerVerifier};
 use crate::wire::relay::{HelloReply, RELAY_ALPN, RelayHello};
@@ -142,14 +141,14 @@ impl NodeIdentity {
 
 /// How often the node at the far end of a link this node opened is asked
 /// to acknowledge what this node sends (draft-ietf-quic-ack-frequency,
-/// which quinn speaks on both ends). A link carries the tunnels' own QUIC
-/// (end to end, acknowledged by the tunnels' ends) as unreliable
-/// datagrams, which are never retransmitted: the link's ACKs only clock
-/// its congestion controller. By default a receiver acknowledges every
-/// second packet at once, which on a request/response exec is one extra
-/// packet to build, send, receive and process per exchange on each node.
-/// Here: after 6 packets (fewer than a fresh link's initial window of
-/// about 10, so the window never waits on a held-back ACK) or 5 ms.
+/// which quinn speaks on both ends). A link carries forward requests and
+/// the streams of tunnels with an end on TCP (a packet path tunnel's
+/// datagrams cross between packet ports, not on the link). By default a
+/// receiver acknowledges every second packet at once, which on a
+/// request/response exchange is one extra packet to build, send, receive
+/// and process per exchange on each node. Here: after 6 packets (fewer
+/// than a fresh link's initial window of about 10, so the window never
+/// waits on a held-back ACK) or 5 ms.
 pub fn link_ack_frequency() -> quinn::AckFrequencyConfig {
     let mut ack = quinn::AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(quinn::VarInt::from_u32(5))
@@ -203,13 +202,7 @@ pub async fn connect(
         .map_err(|_| fail(format!("no answer within {CONNECT_TIMEOUT:?}")))?
 }
 
-/// An open link and the reader of its datagrams (the packet path).
-struct Link {
-    conn: Connection,
-    _datagrams: Option<AbortOnDrop<()>>,
-}
-
-type Slot = Arc<tokio::sync::Mutex<Option<Link>>>;
+type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
 
 /// One link per other node, opened on first use and shared.
 pub struct NodeLinks {
@@ -220,21 +213,17 @@ pub struct NodeLinks {
     /// Node id → its link (the slot's lock makes opening single-flight).
     links: Mutex<HashMap<String, Slot>>,
     opened: std::sync::atomic::AtomicU64,
-    /// Where datagrams arriving on a link go (the node's packet port).
-    inbox: Option<NodeInbox>,
     /// This node's certificate (recorded again if the others forget it).
     fingerprint: [u8; 32],
 }
 
 impl NodeLinks {
-    /// Links from `endpoint` (the node's own QUIC listener) as `identity`;
-    /// datagrams arriving on them go to `inbox` (the node's packet port).
+    /// Links from `endpoint` (the node's own QUIC listener) as `identity`.
     pub fn new(
         identity: &NodeIdentity,
         keys: &RelayKeys,
         endpoint: Endpoint,
         limits: &TransportLimits,
-        inbox: Option<NodeInbox>,
     ) -> Result<Self, NodeError> {
         Ok(Self {
             me: identity.id.clone(),
@@ -243,7 +232,6 @@ impl NodeLinks {
             max_frame: limits.max_frame,
             links: Mutex::new(HashMap::new()),
             opened: 0.into(),
-            inbox,
             fingerprint: Fingerprint::of(&identity.cert_der).0,
         })
     }
@@ -257,16 +245,16 @@ impl NodeLinks {
             links.retain(|id, slot| {
                 id == node
                     || slot.try_lock().map_or(true, |l| {
-                        l.as_ref().is_some_and(|l| l.conn.close_reason().is_none())
+                        l.as_ref().is_some_and(|l| l.close_reason().is_none())
                     })
             });
             links.entry(node.to_string()).or_default().clone()
         };
         let mut slot = slot.lock().await;
         if let Some(link) = slot.as_ref()
-            && link.conn.close_reason().is_none()
+            && link.close_reason().is_none()
         {
-            return Ok(link.conn.clone());
+            return Ok(link.clone());
         }
         let conn = connect(
             &self.endpoint,
@@ -281,14 +269,7 @@ impl NodeLinks {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics::counter!("switchyard_relay_node_links_opened_total").increment(1);
         info!(%node, %addr, "link to relay node opened");
-        let datagrams = self
-            .inbox
-            .clone()
-            .map(|inbox| AbortOnDrop::new(tokio::spawn(inbox.serve(conn.clone()))));
-        *slot = Some(Link {
-            conn: conn.clone(),
-            _datagrams: datagrams,
-        });
+        *slot = Some(conn.clone());
         Ok(conn)
     }
 

@@ -34,7 +34,8 @@
 //! (`RelayHello::Node`, see `nodes`) and then sends one
 //! `RelayRequest::Forward` per stream; a client's `OpenTunnel` for a service
 //! connected to another node is forwarded there over that node's link (one
-//! hop; its packet path as QUIC datagrams on the same link, see `packets`).
+//! hop; its packet path as plain UDP between the two nodes' packet ports,
+//! with a hop token agreed in the forward request, see `packets`).
 //!
 //! Before login a connection holds one of `PreloginLimits::max_connections`
 //! slots (more are refused as they arrive) and must have sent its hello
@@ -47,12 +48,13 @@
 //! serial; when either end of a tunnel goes away the other end's stream is
 //! reset at once, so the broker fails over instead of hanging.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quinn::{Connection, Endpoint};
+use quinn::Endpoint;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -66,7 +68,7 @@ use super::{AuthError, OnlineService, RelayConfig, RelayCore, RelayError};
 use crate::wire::conn::{read_frame, write_frame};
 use crate::wire::messages::{ErrorCode, WireError, close_code};
 use crate::wire::mux::{Carrier, Conn, RecvHalf, SendHalf};
-use crate::wire::packet_relay::PacketPath;
+use crate::wire::packet_relay::{HopToken, NodeHop, PacketPath};
 use crate::wire::pin::Fingerprint;
 use crate::wire::relay::{
     HelloReply, NoticeReply, RELAY_ALPN, RelayHello, RelayReply, RelayRequest, ServiceFacts,
@@ -657,21 +659,16 @@ async fn serve_client(
 /// Another node's link: one [`RelayRequest::Forward`] per stream.
 async fn serve_node(conn: Conn, core: Arc<RelayCore>, cancel: CancellationToken) {
     let mut streams = JoinSet::new();
-    // Node links are dialled over QUIC (`NodeLinks`); only a QUIC link can
-    // carry tunnels' datagrams.
-    let link = match &conn {
-        Conn::Quic(link) => Some(link.clone()),
-        Conn::H2(_) => None,
-    };
-    if let (Some(packets), Some(link)) = (&core.packets, &link) {
-        streams.spawn(packets.node_inbox().serve(link.clone()));
-    }
+    // The forwarding node's packet port is on the address its link
+    // comes from (a mapped IPv4 address as plain IPv4, as the packet port
+    // may be an IPv4 socket).
+    let node_ip = conn.remote_address().ip().to_canonical();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
-                    streams.spawn(serve_forward(core.clone(), link.clone(), send, recv));
+                    streams.spawn(serve_forward(core.clone(), node_ip, send, recv));
                 }
                 Err(e) => {
                     debug!(reason = %e, "relay node link ended");
@@ -687,7 +684,7 @@ async fn serve_node(conn: Conn, core: Arc<RelayCore>, cancel: CancellationToken)
 /// A tunnel another node forwards here, for a service connected here.
 async fn serve_forward(
     core: Arc<RelayCore>,
-    link: Option<Connection>,
+    node_ip: std::net::IpAddr,
     mut send: SendHalf,
     mut recv: RecvHalf,
 ) {
@@ -699,7 +696,8 @@ async fn serve_forward(
             packets,
         })) => {
             metrics::counter!("switchyard_relay_requests_total", "kind" => "forward").increment(1);
-            let hop = Hop::Node(link.filter(|_| packets));
+            let across = packets.map(|hop| (SocketAddr::new(node_ip, hop.port), hop));
+            let hop = Hop::Node(across);
             return open_tunnel(&core, &caller, &serial, send, recv, hop).await;
         }
         Ok(Some(other)) => refuse(
@@ -899,14 +897,10 @@ enum Hop {
     /// (a broker on TCP gets no packet path).
     Client { udp: bool },
     /// Another node, forwarding a broker's tunnel: the service must be
-    /// here (one hop, never forwarded again). With the link when that
-    /// node asked for a packet path (its datagrams cross the link).
-    Node(Option<Connection>),
+    /// here (one hop, never forwarded again). With that node's packet
+    /// port and the tunnel's hop when it asked for a packet path.
+    Node(Option<(SocketAddr, NodeHop)>),
 }
-
-/// How long a tunnel waits for a fresh node link's path MTU to carry its
-/// datagrams before it takes the stream path instead.
-const LINK_MTU_WAIT: Duration = Duration::from_secs(1);
 
 async fn reply_error(mut client_send: SendHalf, reply: RelayReply, max: usize) {
     let _ = write_frame(&mut client_send, &reply, max).await;
@@ -977,11 +971,7 @@ async fn bridge_local(
     let udp = service.conn.carrier() == Carrier::Quic;
     let mut packets = match (&hop, core.packets.as_ref()) {
         (Hop::Client { udp: true }, Some(p)) if udp => Some(p.register()),
-        (Hop::Node(Some(link)), Some(p))
-            if udp && super::packets::link_carries_tunnels(link, LINK_MTU_WAIT).await =>
-        {
-            Some(p.register_across(link.clone()))
-        }
+        (Hop::Node(Some((node, hop))), Some(p)) if udp => p.register_across(*node, *hop),
         _ => None,
     };
     let packet = packets.as_ref().map(|t| t.path);
@@ -1076,14 +1066,22 @@ async fn forward_to_node(
         let link = links.link(&node, addr).await.map_err(|e| e.to_string())?;
         let lost =
             |e: &dyn std::fmt::Display| format!("relay node {node} holding service {serial}: {e}");
-        let packets = client_udp
-            && core.packets.is_some()
-            && super::packets::link_carries_tunnels(&link, LINK_MTU_WAIT).await;
+        // The packet path crosses as plain UDP from this node's packet
+        // port, with a token only the two nodes know (see `packets`).
+        let hop = core
+            .packets
+            .as_ref()
+            .filter(|_| client_udp)
+            .map(|p| NodeHop {
+                port: p.local_addr().port(),
+                token: HopToken::random(),
+            });
+        let packets = hop.map(|h| h.token);
         let (mut send, mut recv) = link.open_bi().await.map_err(|e| lost(&e))?;
         let request = RelayRequest::Forward {
             serial: serial.to_string(),
             caller: identity.to_string(),
-            packets,
+            packets: hop,
         };
         write_frame(&mut send, &request, max)
             .await
@@ -1095,19 +1093,21 @@ async fn forward_to_node(
             .map_err(|e| lost(&e))?
             .ok_or_else(|| lost(&"the link closed"))?;
         // The packet path's client half: this node's port, the far node's
-        // tunnel id, datagrams over the link.
+        // tunnel id, datagrams to the far node's packet port (on the
+        // address its link answers at) with this tunnel's token.
         let (reply, joined) = match reply {
             RelayReply::TunnelOpen {
                 facts,
                 packet: Some(path),
             } => {
-                let port = core
+                let (port, token) = core
                     .packets
                     .as_ref()
-                    .filter(|_| packets)
+                    .zip(packets)
                     .ok_or_else(|| lost(&"it offered a packet path not asked for"))?;
+                let far = SocketAddr::new(link.remote_address().ip().to_canonical(), path.port);
                 let joined = port
-                    .join_forwarded(path.id, link.clone())
+                    .join_forwarded(path.id, far, token)
                     .ok_or_else(|| lost(&"its tunnel id is taken here"))?;
                 let packet = PacketPath {
                     port: core

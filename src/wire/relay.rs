@@ -22,7 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::packet_relay::PacketPath;
+use super::packet_relay::{NodeHop, PacketPath};
 
 use super::frame::Payload;
 use super::messages::WireError;
@@ -98,13 +98,14 @@ pub enum RelayRequest {
     /// From another node of the tier only: bridge this stream to service
     /// `serial`, connected to this node, for `caller` (whom the asking
     /// node authenticated). Answered as `OpenTunnel` is, with a packet
-    /// path only when `packets` (the asking node then forwards the
-    /// tunnel's datagrams over the link as QUIC datagrams); never
-    /// forwarded again (one hop).
+    /// path only when `packets` is given: the asking node's packet port
+    /// (on the address of its link) and the tunnel's hop token, with which
+    /// the tunnel's datagrams cross between the two nodes' packet ports as
+    /// plain UDP; never forwarded again (one hop).
     Forward {
         serial: String,
         caller: String,
-        packets: bool,
+        packets: Option<NodeHop>,
     },
 }
 
