@@ -278,19 +278,17 @@ async fn sigterm_drains_running_calls_and_refuses_new_ones() {
         ..Default::default()
     };
     let mut slow_call = c.clone();
+    // The output may stream as a chunk before the result or come in it:
+    // `run_exec_request` joins both.
     let running = tokio::spawn(async move {
-        let mut events = slow_call
-            .exec(req("slow-1", "sleep 1; echo done"))
-            .await?
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(e) = events.message().await? {
-            if let Some(pb::exec_event::Event::DeviceResult(r)) = e.event {
-                assert!(r.error.is_empty(), "{}", r.error);
-                out.extend(r.commands[0].output.clone());
-            }
-        }
-        Ok::<_, tonic::Status>(String::from_utf8_lossy(&out).into_owned())
+        let (mut reports, _) = common::broker::run_exec_request(
+            &mut slow_call,
+            req("slow-1", "sleep 1; echo done"),
+        )
+        .await?;
+        let report = reports.remove(0);
+        assert!(report.error.is_empty(), "{}", report.error);
+        Ok::<_, tonic::Status>(report.commands[0].output.clone())
     });
     // Wait until the call is in flight at the broker.
     let deadline = Instant::now() + Duration::from_secs(20);
