@@ -169,6 +169,25 @@ fn packet_header_target(data: &[u8]) {
             data[..packet_relay::HEADER_LEN]
         );
     }
+    // Either header (an end's or the node hop's) reads back as built.
+    let built = match packet_relay::classify(data) {
+        Ok(packet_relay::Header::End { role, id }) => packet_relay::header(role, id),
+        Ok(packet_relay::Header::Hop { role, token }) => packet_relay::hop_header(role, token),
+        Err(_) => return,
+    };
+    assert_eq!(built[..], data[..packet_relay::HEADER_LEN]);
+    // A batch of any stride: checked and rewritten without a panic, and a
+    // rewritten batch of one tunnel stays one tunnel's, payload untouched.
+    let stride = usize::from(data[data.len() - 1]).max(1);
+    let mut batch = data.to_vec();
+    let one = packet_relay::one_tunnel(&batch, stride);
+    packet_relay::rewrite(&mut batch, stride, &[0x01; packet_relay::HEADER_LEN]);
+    if one {
+        assert!(packet_relay::one_tunnel(&batch, stride));
+        for (a, b) in batch.chunks(stride).zip(data.chunks(stride)) {
+            assert_eq!(a[packet_relay::HEADER_LEN..], b[packet_relay::HEADER_LEN..]);
+        }
+    }
 }
 
 fn tunnel_stream_target(data: &[u8]) {
@@ -415,9 +434,16 @@ fn relay_json_seeds() -> Vec<Vec<u8>> {
 fn packet_header_seeds() -> Vec<Vec<u8>> {
     let mut datagram = packet_relay::header(PeerRole::Client, TunnelId([9; 16])).to_vec();
     datagram.extend_from_slice(&[0x40, 1, 2, 3]);
+    let hop = packet_relay::hop_header(PeerRole::Service, packet_relay::HopToken([7; 16]));
+    let mut batch = Vec::new();
+    for _ in 0..3 {
+        batch.extend_from_slice(&hop);
+        batch.extend_from_slice(&[0x40, 1, 2, 22]);
+    }
     vec![
         datagram,
         packet_relay::header(PeerRole::Service, TunnelId([0; 16])).to_vec(),
+        batch,
     ]
 }
 

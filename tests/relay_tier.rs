@@ -556,6 +556,27 @@ async fn a_stranger_cannot_inject_into_or_take_over_a_forwarded_tunnel() {
     );
 }
 
+/// The stream path across nodes: with no packet port on either node, a
+/// broker logged in through A reaches a service on B, the tunnel's QUIC
+/// riding the streams of the node link (two tunnels, one after the
+/// other, on the same link).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_packet_ports_a_forwarded_tunnel_rides_the_node_links_streams() {
+    let (tier, _) = Tier::start_with_args(&["a", "b"], None, &["--packet-listen", "off"]).await;
+    let _svc = tier.service("SN-STREAM", "b", "b").await;
+    let (token, _) = tier.token_on("b").await;
+    for _ in 0..2 {
+        let (_broker, mut caller) = tier.caller_on("a", &token, "SN-STREAM").await;
+        caller.assert_show_version().await;
+    }
+    let log = tier.node("a").log();
+    assert!(
+        log.contains("tunnel forwarded") && log.contains("packets=false"),
+        "{log}"
+    );
+    assert_eq!(log.matches("link to relay node opened").count(), 1, "{log}");
+}
+
 /// Opens a node-to-node link to `node` presenting `identity`.
 async fn link_as(node: &TierNode, identity: &NodeIdentity) -> Result<quinn::Connection, NodeError> {
     let keys = switchyard::relay::state::load_keys(&node.state).unwrap();

@@ -33,8 +33,10 @@
 //! the tunnel's end-to-end QUIC (AEAD with keys the nodes never hold), so
 //! what it can do is what it can do anyway there: drop or delay packets.
 //! A MAC per datagram would stop only that on-path forgery, which cannot
-//! reach plaintext, at a cryptographic cost per byte on every node: not
-//! taken. Every datagram dropped is counted by reason ([`Dropped`]).
+//! reach plaintext, at a cryptographic cost per byte on both nodes
+//! (`openssl speed` on the 2-core test machine: HMAC-SHA256 1.1 GB/s,
+//! AES-GCM 1.8 GB/s on 1,200-byte datagrams, a fifth to a third of a
+//! core per node on a bulk tunnel, README): not taken. Every datagram dropped is counted by reason ([`Dropped`]).
 //!
 //! **Invariant:** a datagram is forwarded only to the other end of the
 //! tunnel its header names, and only once that end has spoken from its

@@ -311,7 +311,14 @@ impl TierNode {
                 "--http-listen",
                 "127.0.0.1:0",
             ])
-            .args(["--packet-listen", "127.0.0.1:0", "--poll-interval", "1"])
+            .args(["--poll-interval", "1"])
+            // A loopback packet port unless `extra` names one (or `off`).
+            .args(
+                (!extra.contains(&"--packet-listen"))
+                    .then_some(["--packet-listen", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(extra)
             .arg("--ready-file")
             .arg(&ready)
