@@ -63,8 +63,6 @@ const MAX_H2_FRAME: u32 = 64 * 1024;
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 /// Bytes one stream may queue for sending beyond what its peer has read.
 const SEND_BUFFER: usize = 1024 * 1024;
-/// Credit [`H2Send::poll_credit`] asks for while waiting.
-const CREDIT_ASK: usize = 64 * 1024;
 /// How long a closing service end may take to flush what it queued (a
 /// refused login's answer) before the socket is dropped.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
@@ -375,47 +373,6 @@ impl H2Send {
             self.stream().send_data(part, false)?;
         }
         Ok(())
-    }
-
-    /// Queues `data` whole, at once and without waiting, if the stream has
-    /// any flow-control credit (asked for here when it has none); else
-    /// hands it back unsent. h2's connection task sends what is queued as
-    /// the peer's window allows, so a caller with no task of its own (a
-    /// tunnel's packet socket) writes the stream in place. Bytes queued
-    /// beyond the credit are at most one call's `data`: the next call
-    /// finds no credit until they have left.
-    pub fn try_send_whole(&mut self, data: Bytes) -> Result<Option<Bytes>, ConnError> {
-        let mut stream = self.stream();
-        if stream.capacity() == 0 {
-            stream.reserve_capacity(data.len());
-            if stream.capacity() == 0 {
-                return Ok(Some(data));
-            }
-        }
-        stream.send_data(data, false)?;
-        Ok(None)
-    }
-
-    /// Resolves once the stream has some credit again (after
-    /// [`H2Send::try_send_whole`] handed data back), or has failed.
-    pub fn poll_credit(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
-        let mut stream = self.stream();
-        loop {
-            if stream.capacity() > 0 {
-                return Poll::Ready(Ok(()));
-            }
-            // Credit is assigned only as asked for (and what was asked is
-            // used up as queued bytes leave).
-            stream.reserve_capacity(CREDIT_ASK);
-            if stream.capacity() > 0 {
-                return Poll::Ready(Ok(()));
-            }
-            match std::task::ready!(stream.poll_capacity(cx)) {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Poll::Ready(Err(e.into())),
-                None => return Poll::Ready(Err(ConnError::Gone("the stream was reset".into()))),
-            }
-        }
     }
 
     /// Ends the stream cleanly. A stream the peer has already reset (it

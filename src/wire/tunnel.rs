@@ -38,7 +38,6 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Endpoint, EndpointConfig, UdpPoller};
 
 use super::mux::{Conn, RecvHalf, SendHalf};
-use super::tcp::H2Send;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
@@ -372,42 +371,12 @@ impl AsyncUdpSocket for PacketPathSocket {
 }
 
 /// The inner endpoint's "UDP socket" when packets ride the stream.
-///
-/// Owns the carrier stream's halves. The endpoint's own driver reads the
-/// receiving half in place (`poll_recv` decodes frames straight from it),
-/// and over HTTP/2 `try_send` queues frames on the sending half in place
-/// too (h2's connection task sends them): no task or channel sits
-/// between the inner endpoint and the carrier, so a packet costs no extra
-/// task wake-up (on a busy runtime each one may be a thread hand-off).
-/// A QUIC stream can only be written by awaiting it, so there one pump
-/// task writes what `try_send` queues.
 struct TunnelSocket {
     local: SocketAddr,
     peer: SocketAddr,
-    incoming: Mutex<Incoming>,
-    outgoing: Outgoing,
-    /// Cancelled when the carrier ends (read or write side).
-    closed: CancellationToken,
-}
-
-/// The carrier's receiving half, decoded in place by `poll_recv`.
-struct Incoming {
-    frames: FramedRead<RecvHalf, LengthDelimitedCodec>,
-    /// The stream ended (or failed): nothing more will come.
-    ended: bool,
-}
-
-/// The carrier's sending half.
-enum Outgoing {
-    /// HTTP/2: frames queued in place (`H2Send::try_send_whole`); a
-    /// transmit the stream has no credit for yet waits in quinn, which
-    /// asks the poller when to retry.
-    InPlace(Arc<Mutex<H2Send>>),
-    /// QUIC: frames go through a bounded queue to a task writing them.
-    Pump {
-        queue: mpsc::Sender<Bytes>,
-        _task: AbortOnDrop<()>,
-    },
+    outgoing: mpsc::Sender<Bytes>,
+    incoming: Mutex<mpsc::Receiver<Bytes>>,
+    _pumps: [AbortOnDrop<()>; 2],
 }
 
 impl fmt::Debug for TunnelSocket {
@@ -430,63 +399,22 @@ impl TunnelSocket {
             TunnelRole::Client => (CLIENT_ADDR, SERVICE_ADDR),
             TunnelRole::Service => (SERVICE_ADDR, CLIENT_ADDR),
         };
-        let outgoing = match send {
-            SendHalf::H2(send) => Outgoing::InPlace(Arc::new(Mutex::new(send))),
-            quic => {
-                let (queue, rx) = mpsc::channel(QUEUE);
-                let task = tokio::spawn(write_packets(quic, rx, closed.clone()));
-                Outgoing::Pump {
-                    queue,
-                    _task: AbortOnDrop::new(task),
-                }
-            }
-        };
-        // Room for several whole packets, so reads are not cut at 8 KiB.
-        let frames = FramedRead::with_capacity(recv, packet_codec(), 4 * usize::from(TUNNEL_MTU));
+        let (out_tx, out_rx) = mpsc::channel(QUEUE);
+        let (in_tx, in_rx) = mpsc::channel(QUEUE);
+        let writer = tokio::spawn(write_packets(send, out_rx, closed.clone()));
+        let reader = tokio::spawn(read_packets(recv, in_tx, closed));
         Arc::new(Self {
             local,
             peer,
-            incoming: Mutex::new(Incoming {
-                frames,
-                ended: false,
-            }),
-            outgoing,
-            closed,
+            outgoing: out_tx,
+            incoming: Mutex::new(in_rx),
+            _pumps: [AbortOnDrop::new(writer), AbortOnDrop::new(reader)],
         })
     }
-
-    /// The frames of `transmit`'s packets (2-byte length before each), in
-    /// one buffer: the one copy out of quinn's buffer also writes the
-    /// headers, and a batch of packets leaves as one carrier write.
-    fn frames(transmit: &Transmit) -> (BytesMut, usize) {
-        let size = transmit
-            .segment_size
-            .unwrap_or(transmit.contents.len())
-            .max(1);
-        let segments = transmit.contents.len().div_ceil(size);
-        let mut frames = BytesMut::with_capacity(transmit.contents.len() + 2 * segments);
-        for segment in transmit.contents.chunks(size) {
-            frames.put_u16(segment.len() as u16);
-            frames.put_slice(segment);
-        }
-        (frames, segments)
-    }
 }
 
-impl Drop for TunnelSocket {
-    /// The endpoint is gone: the carrier ends (the pump finishes its
-    /// stream itself when its queue closes).
-    fn drop(&mut self) {
-        if let Outgoing::InPlace(send) = &self.outgoing {
-            let _ = send.lock().unwrap_or_else(|p| p.into_inner()).finish();
-        }
-        self.closed.cancel();
-    }
-}
-
-/// Writes queued packets (already framed by `try_send`) into a QUIC
-/// carrier, batching what is ready; quinn takes the buffers without
-/// copying them.
+/// Writes queued packets (already framed by `try_send`) into the carrier,
+/// batching what is ready; quinn takes the buffers without copying them.
 async fn write_packets(
     mut send: SendHalf,
     mut queue: mpsc::Receiver<Bytes>,
@@ -514,51 +442,53 @@ pub fn packet_codec() -> LengthDelimitedCodec {
         .new_codec()
 }
 
+/// Reads the peer's packets from the carrier. Awaiting queue space pushes
+/// back on the carrier's flow control instead of dropping packets.
+async fn read_packets(recv: RecvHalf, queue: mpsc::Sender<Bytes>, closed: CancellationToken) {
+    let codec = packet_codec();
+    // Room for several whole packets, so reads are not cut at 8 KiB.
+    let mut frames = FramedRead::with_capacity(recv, codec, 4 * usize::from(TUNNEL_MTU));
+    while let Some(Ok(packet)) = frames.next().await {
+        if queue.send(packet.freeze()).await.is_err() {
+            break;
+        }
+    }
+    closed.cancel();
+}
+
 impl AsyncUdpSocket for TunnelSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
         Box::pin(TunnelPoller {
-            socket: self,
+            outgoing: self.outgoing.clone(),
             waiting: Mutex::new(None),
         })
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        if self.closed.is_cancelled() {
+        let size = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        let segments = transmit.contents.len().div_ceil(size);
+        if self.outgoing.is_closed() {
             // Like UDP to a vanished host: the packet is lost, and the
             // carrier's `closed` signal ends the connection.
             return Ok(());
         }
-        match &self.outgoing {
-            Outgoing::InPlace(send) => {
-                let (frames, _) = Self::frames(transmit);
-                let mut send = send.lock().unwrap_or_else(|p| p.into_inner());
-                match send.try_send_whole(frames.freeze()) {
-                    Ok(None) => Ok(()),
-                    Ok(Some(_)) => Err(io::ErrorKind::WouldBlock.into()),
-                    Err(_) => {
-                        self.closed.cancel();
-                        Ok(())
-                    }
-                }
-            }
-            Outgoing::Pump { queue, .. } => {
-                if queue.is_closed() {
-                    return Ok(());
-                }
-                let (frames, segments) = Self::frames(transmit);
-                let Ok(permit) = queue.try_reserve_many(segments) else {
-                    return Err(io::ErrorKind::WouldBlock.into());
-                };
-                // One queue entry per packet: the pump hands whole batches
-                // to quinn without copying.
-                let mut frames = frames.freeze();
-                for permit in permit {
-                    let len = 2 + usize::from(u16::from_be_bytes([frames[0], frames[1]]));
-                    permit.send(frames.split_to(len));
-                }
-                Ok(())
+        if self.outgoing.capacity() < segments {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        for segment in transmit.contents.chunks(size) {
+            // The one copy out of quinn's buffer also writes the frame
+            // header, so the writer hands the frame on untouched.
+            let mut frame = BytesMut::with_capacity(2 + segment.len());
+            frame.put_u16(segment.len() as u16);
+            frame.put_slice(segment);
+            if self.outgoing.try_send(frame.freeze()).is_err() {
+                return Err(io::ErrorKind::WouldBlock.into());
             }
         }
+        Ok(())
     }
 
     fn poll_recv(
@@ -569,17 +499,19 @@ impl AsyncUdpSocket for TunnelSocket {
     ) -> Poll<io::Result<usize>> {
         let mut incoming = self.incoming.lock().unwrap_or_else(|p| p.into_inner());
         let mut filled = 0;
-        while !incoming.ended && filled < bufs.len().min(meta.len()) {
-            let packet = match incoming.frames.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(packet))) => packet,
-                // The carrier ended or sent a bad frame: nothing more will
-                // come; the owner closes the endpoint on `closed`.
-                Poll::Ready(Some(Err(_)) | None) => {
-                    incoming.ended = true;
-                    self.closed.cancel();
-                    break;
+        while filled < bufs.len().min(meta.len()) {
+            let packet = if filled == 0 {
+                match incoming.poll_recv(cx) {
+                    Poll::Ready(Some(p)) => p,
+                    // The carrier ended: nothing more will come; the owner
+                    // closes the endpoint on `closed`.
+                    Poll::Ready(None) | Poll::Pending => return Poll::Pending,
                 }
-                Poll::Pending => break,
+            } else {
+                match incoming.try_recv() {
+                    Ok(p) => p,
+                    Err(_) => break,
+                }
             };
             let buf = &mut bufs[filled];
             if packet.len() > buf.len() {
@@ -596,9 +528,6 @@ impl AsyncUdpSocket for TunnelSocket {
                 dst_ip: None,
             };
             filled += 1;
-        }
-        if filled == 0 {
-            return Poll::Pending;
         }
         Poll::Ready(Ok(filled))
     }
@@ -618,13 +547,10 @@ impl AsyncUdpSocket for TunnelSocket {
 
 type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Wakes the endpoint when the carrier can take a transmit again: the
-/// HTTP/2 stream has credit again, or the pump's queue has room for a
-/// batch.
+/// Wakes the endpoint when the outgoing queue has room again.
 struct TunnelPoller {
-    socket: Arc<TunnelSocket>,
-    /// Pump only; `Mutex` only to make the boxed future `Sync`; never
-    /// contended.
+    outgoing: mpsc::Sender<Bytes>,
+    /// `Mutex` only to make the boxed future `Sync`; never contended.
     waiting: Mutex<Option<Wait>>,
 }
 
@@ -637,23 +563,12 @@ impl fmt::Debug for TunnelPoller {
 impl UdpPoller for TunnelPoller {
     fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let queue = match &this.socket.outgoing {
-            Outgoing::InPlace(send) => {
-                let mut send = send.lock().unwrap_or_else(|p| p.into_inner());
-                if std::task::ready!(send.poll_credit(cx)).is_err() {
-                    // The next `try_send` finds the stream dead.
-                    this.socket.closed.cancel();
-                }
-                return Poll::Ready(Ok(()));
-            }
-            Outgoing::Pump { queue, .. } => queue,
-        };
         let waiting = this.waiting.get_mut().unwrap_or_else(|p| p.into_inner());
         if waiting.is_none() {
-            let queue = queue.clone();
+            let outgoing = this.outgoing.clone();
             *waiting = Some(Box::pin(async move {
-                // Permits taken and given back: there is room now.
-                let _ = queue.reserve_many(BATCH).await;
+                // A permit taken and given back: there is room now.
+                let _ = outgoing.reserve().await;
             }));
         }
         match waiting.as_mut().map(|w| w.as_mut().poll(cx)) {
@@ -678,107 +593,6 @@ mod tests {
             ecn: None,
             dst_ip: None,
         }
-    }
-
-    /// Both ends of one HTTP/2 stream on loopback TLS (the relay's
-    /// carrier for a TCP login's tunnel).
-    async fn h2_stream_pair() -> ((SendHalf, RecvHalf), (SendHalf, RecvHalf), [Conn; 2]) {
-        crate::tls::install_crypto_provider();
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let cert = certified.cert.der().to_vec();
-        let fp = super::super::pin::Fingerprint::of(&cert);
-        let server_tls =
-            super::super::tcp::server_tls(cert, &certified.signing_key.serialize_der()).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let url =
-            super::super::tcp::RpcUrl::parse(&format!("https://127.0.0.1:{}/rpc", addr.port()))
-                .unwrap();
-        let limits = TransportLimits::default();
-        let client_tls =
-            super::super::tcp::client_tls(super::super::pin::PinnedServerVerifier::new(Some(fp)));
-        let accept = async {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let tls = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
-            super::super::tcp::accept(tcp, tls, &limits).await.unwrap()
-        };
-        let connect = async {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            super::super::tcp::connect(tcp, addr, &url, Arc::new(client_tls), &limits)
-                .await
-                .unwrap()
-        };
-        let (server, client) = tokio::join!(accept, connect);
-        let (client, server) = (Conn::H2(client), Conn::H2(server));
-        let caller = client.open_bi().await.unwrap();
-        let service = server.accept_bi().await.unwrap();
-        (caller, service, [client, server])
-    }
-
-    fn recv_meta() -> RecvMeta {
-        meta(CLIENT_ADDR, 0, 0)
-    }
-
-    /// Over HTTP/2 the socket writes and reads the carrier in place: no
-    /// task between the inner endpoint and the stream (each was a wake-up
-    /// per packet); a GSO batch crosses as its packets; dropping one end
-    /// ends the carrier for the other.
-    #[tokio::test(flavor = "current_thread")]
-    async fn an_http2_carried_tunnel_socket_runs_no_task_and_carries_batches_whole() {
-        let ((c_send, c_recv), (s_send, s_recv), _conns) = h2_stream_pair().await;
-        let metrics = tokio::runtime::Handle::current().metrics();
-        let tasks = metrics.num_alive_tasks();
-        let (c_closed, s_closed) = (CancellationToken::new(), CancellationToken::new());
-        let client = TunnelSocket::start(TunnelRole::Client, c_send, c_recv, c_closed.clone());
-        let service = TunnelSocket::start(TunnelRole::Service, s_send, s_recv, s_closed.clone());
-        assert_eq!(metrics.num_alive_tasks(), tasks, "pump tasks were spawned");
-
-        // Three packets in one transmit (the last one shorter).
-        let contents: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
-        client
-            .try_send(&Transmit {
-                destination: SERVICE_ADDR,
-                ecn: None,
-                contents: &contents,
-                segment_size: Some(1000),
-                src_ip: None,
-            })
-            .unwrap();
-        let mut got: Vec<Vec<u8>> = Vec::new();
-        let mut storage = vec![vec![0u8; usize::from(TUNNEL_MTU)]; 4];
-        while got.len() < 3 {
-            let mut bufs: Vec<IoSliceMut> =
-                storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            let mut metas = [recv_meta(); 4];
-            let n = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                std::future::poll_fn(|cx| service.poll_recv(cx, &mut bufs, &mut metas)),
-            )
-            .await
-            .expect("the packets never arrived")
-            .unwrap();
-            for (buf, m) in bufs.iter().zip(&metas).take(n) {
-                assert_eq!(m.addr, CLIENT_ADDR);
-                got.push(buf[..m.len].to_vec());
-            }
-        }
-        let sent: Vec<Vec<u8>> = contents.chunks(1000).map(<[u8]>::to_vec).collect();
-        assert_eq!(got, sent);
-
-        drop(client);
-        assert!(c_closed.is_cancelled());
-        let mut bufs = [IoSliceMut::new(&mut storage[0])];
-        let mut metas = [recv_meta()];
-        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            loop {
-                tokio::select! {
-                    _ = s_closed.cancelled() => break,
-                    _ = std::future::poll_fn(|cx| service.poll_recv(cx, &mut bufs, &mut metas)) => {}
-                }
-            }
-        })
-        .await;
-        assert!(ended.is_ok(), "the service end never saw the carrier end");
     }
 
     #[tokio::test]
