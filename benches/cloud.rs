@@ -6,8 +6,13 @@
 //! (`--bulk-only` skips the latency rows, `--relayed-only` runs only the
 //! relayed bulk row once, for profiling; `--transports` only compares
 //! relayed exec p50 with the broker's relay login over QUIC and over TCP:
-//! two brokers, `[broker] transport` `quic` and `tcp`, in `--rounds`
-//! interleaved rounds of `--samples` / rounds calls each). Bulk runs in rounds of all four
+//! brokers with `[broker] transport` `quic` and `tcp`, in `--rounds`
+//! interleaved rounds of `--samples` / rounds calls each, beside a QUIC
+//! login to a second relay without a packet port (the tunnel then rides
+//! the relayed streams on both sides, as a TCP login's does: the row
+//! separates the cost of stream carriage from that of TCP itself);
+//! `--base-broker PATH` adds a TCP row whose broker is another build's
+//! binary, e.g. main's, for a before/after in the same run). Bulk runs in rounds of all four
 //! transfers back to back; ratios are taken within a round.
 //! Everything is on loopback: the relay and an enrolled service (in this
 //! process), the real broker binary, the in-process simulator device, and
@@ -127,7 +132,8 @@ struct Cloud {
 
 /// A relay, and a service enrolled with it (simulator device `sim-1`,
 /// remote users `bench` (password) and the cloud identity).
-async fn start_cloud(bulk_bytes: usize) -> Cloud {
+/// `packet_port`: whether the relay offers its UDP packet path.
+async fn start_cloud(bulk_bytes: usize, packet_port: bool) -> Cloud {
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().join("relay");
     state::init(&state_dir, &["127.0.0.1".into()]).unwrap();
@@ -151,6 +157,7 @@ async fn start_cloud(bulk_bytes: usize) -> Cloud {
         RelayConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             http_listen: "127.0.0.1:0".parse().unwrap(),
+            packet_listen: packet_port.then(|| "127.0.0.1:0".parse().unwrap()),
             ..Default::default()
         },
     )
@@ -239,14 +246,22 @@ async fn start_cloud(bulk_bytes: usize) -> Cloud {
 }
 
 async fn start_broker(dir: &Path, cloud: &Cloud) -> (tokio::process::Child, PathBuf) {
-    start_broker_with(dir, cloud, "auto").await
+    start_broker_with(
+        dir,
+        cloud,
+        "auto",
+        Path::new(env!("CARGO_BIN_EXE_switchyard")),
+    )
+    .await
 }
 
-/// A broker whose links and logins use `transport` (`[broker] transport`).
+/// A broker (the binary `exe`) whose links and logins use `transport`
+/// (`[broker] transport`).
 async fn start_broker_with(
     dir: &Path,
     cloud: &Cloud,
     transport: &str,
+    exe: &Path,
 ) -> (tokio::process::Child, PathBuf) {
     let socket = dir.join("broker.sock");
     let config = dir.join("broker.toml");
@@ -259,7 +274,7 @@ async fn start_broker_with(
         ),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let mut child = tokio::process::Command::new(exe)
         .arg("--config")
         .arg(&config)
         .arg("broker")
@@ -349,8 +364,9 @@ async fn relayed_caller(
     dir: &Path,
     cloud: &Cloud,
     transport: &str,
+    exe: &Path,
 ) -> (tokio::process::Child, BrokerClient<Channel>) {
-    let (broker, socket) = start_broker_with(dir, cloud, transport).await;
+    let (broker, socket) = start_broker_with(dir, cloud, transport, exe).await;
     let mut client = switchyard::api::client::connect(&socket).await.unwrap();
     client
         .access_token_login(pb::AccessTokenLoginRequest {
@@ -387,60 +403,151 @@ async fn relayed_caller(
     (broker, client)
 }
 
+/// One row of `--transports`: a broker logged in to a relay over one
+/// transport, and its caller.
+struct TransportRow {
+    label: String,
+    _dir: tempfile::TempDir,
+    _broker: tokio::process::Child,
+    client: BrokerClient<Channel>,
+}
+
+impl TransportRow {
+    async fn start(label: &str, cloud: &Cloud, transport: &str, exe: &Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, client) = relayed_caller(dir.path(), cloud, transport, exe).await;
+        Self {
+            label: label.into(),
+            _dir: dir,
+            _broker: broker,
+            client,
+        }
+    }
+}
+
 /// Relayed exec p50 with the broker's relay login over QUIC and over TCP
-/// (the service's agent on QUIC), in interleaved rounds.
-async fn transports(cloud: &Cloud, samples: usize, rounds: usize) {
-    let (quic_dir, tcp_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (_quic_broker, mut quic) = relayed_caller(quic_dir.path(), cloud, "quic").await;
-    let (_tcp_broker, mut tcp) = relayed_caller(tcp_dir.path(), cloud, "tcp").await;
+/// (the service's agent on QUIC), in interleaved rounds; also a QUIC
+/// login to `streams_only` (a relay without a packet port) and, with
+/// `base_broker`, a TCP login from that broker binary. Ratios are of each
+/// row's round p50 to the QUIC row's in the same round.
+async fn transports(
+    cloud: &Cloud,
+    streams_only: &Cloud,
+    base_broker: Option<&Path>,
+    samples: usize,
+    rounds: usize,
+) {
+    let this = Path::new(env!("CARGO_BIN_EXE_switchyard"));
+    let mut rows = vec![
+        TransportRow::start("exec via broker, relayed, QUIC login", cloud, "quic", this).await,
+        TransportRow::start(
+            "relayed, QUIC login, no packet port",
+            streams_only,
+            "quic",
+            this,
+        )
+        .await,
+        TransportRow::start("exec via broker, relayed, TCP login", cloud, "tcp", this).await,
+    ];
+    if let Some(base) = base_broker {
+        rows.push(TransportRow::start("relayed, TCP login, base broker", cloud, "tcp", base).await);
+    }
     let per = (samples / rounds).max(1);
-    let mut v: [Vec<Duration>; 2] = Default::default();
-    let mut ratios = Vec::new();
-    for client in [&mut quic, &mut tcp] {
+    // CPU seconds of [the broker, this process (relay, service, caller)].
+    let mut cpu = vec![[0.0f64; 2]; rows.len()];
+    let mut all: Vec<Vec<Duration>> = vec![Vec::new(); rows.len()];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+    for row in &mut rows {
         for _ in 0..200 {
-            run(client, exec("relayed", "show clock")).await;
+            run(&mut row.client, exec("relayed", "show clock")).await;
         }
     }
     for _ in 0..rounds {
-        let mut p50 = [0.0; 2];
-        for (i, client) in [&mut quic, &mut tcp].into_iter().enumerate() {
+        let mut p50 = vec![0.0; rows.len()];
+        for (i, row) in rows.iter_mut().enumerate() {
             let mut round = Vec::with_capacity(per);
+            let broker = row._broker.id().unwrap_or(0).to_string();
+            let before = [cpu_seconds(&broker), cpu_seconds("self")];
             for _ in 0..per {
                 let t = Instant::now();
-                run(client, exec("relayed", "show clock")).await;
+                run(&mut row.client, exec("relayed", "show clock")).await;
                 round.push(t.elapsed());
             }
+            for (k, who) in [broker.as_str(), "self"].into_iter().enumerate() {
+                cpu[i][k] += cpu_seconds(who) - before[k];
+            }
             p50[i] = latency("round", round.clone()).p50_us;
-            v[i].extend(round);
+            all[i].extend(round);
         }
-        ratios.push(p50[1] / p50[0]);
+        for (i, r) in ratios.iter_mut().enumerate() {
+            r.push(p50[i] / p50[0]);
+        }
     }
-    let [q, t] = v;
-    let rows = [
-        latency("exec via broker, relayed, QUIC login", q),
-        latency("exec via broker, relayed, TCP login", t),
-    ];
+    let stats: Vec<Latency> = rows
+        .iter()
+        .zip(all)
+        .map(|(row, v)| latency(&row.label, v))
+        .collect();
     println!(
-        "\n{:<40} {:>7} {:>9} {:>9} {:>9}",
-        "latency", "n", "p50 µs", "p90 µs", "p99 µs"
+        "\n{:<40} {:>7} {:>9} {:>9} {:>9} {:>16}",
+        "latency", "n", "p50 µs", "p90 µs", "p99 µs", "/ QUIC (rounds)"
     );
-    for s in &rows {
+    for (s, r) in stats.iter().zip(&ratios) {
         println!(
-            "{:<40} {:>7} {:>9.0} {:>9.0} {:>9.0}",
-            s.name, s.n, s.p50_us, s.p90_us, s.p99_us
+            "{:<40} {:>7} {:>9.0} {:>9.0} {:>9.0} {:>15.2}x",
+            s.name,
+            s.n,
+            s.p50_us,
+            s.p90_us,
+            s.p99_us,
+            median(r)
+        );
+    }
+    let calls = (per * rounds) as f64;
+    for (s, c) in stats.iter().zip(&cpu) {
+        println!(
+            "{:<40} CPU µs per exec: broker {:.0}, relay+service+caller {:.0}",
+            s.name,
+            c[0] / calls * 1e6,
+            c[1] / calls * 1e6
+        );
+    }
+    for (s, r) in stats.iter().zip(&ratios).skip(1) {
+        println!(
+            "{} / QUIC p50 rounds: {}",
+            s.name,
+            r.iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     println!(
-        "TCP / QUIC p50: median of rounds {:.2}x (rounds: {}) (target <= 1.3x)",
-        median(&ratios),
-        ratios
-            .iter()
-            .map(|r| format!("{r:.2}"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        "TCP / QUIC p50: median of rounds {:.2}x (target <= 1.3x)",
+        median(&ratios[2])
     );
-    let json = serde_json::json!({ "rows": rows, "tcp_over_quic_rounds": ratios });
+    let json = serde_json::json!({
+        "rows": stats,
+        "over_quic_rounds": ratios,
+        "tcp_over_quic_rounds": ratios[2],
+    });
     let _ = std::fs::write("target/bench-cloud-transports.json", json.to_string());
+}
+
+/// User + system CPU seconds of process `pid` (`self` for this one), from
+/// `/proc` (10 ms ticks: meaningful over a round of calls, not one).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is
+    // field 3, utime and stime fields 14 and 15.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0
 }
 
 /// One quinn connection, one stream, `bytes` from server to client.
@@ -669,9 +776,15 @@ fn main() {
     rt.block_on(async move {
         let bulk = o.bulk_mb * 1024 * 1024;
         let dir = tempfile::tempdir().unwrap();
-        let cloud = start_cloud(bulk).await;
+        let cloud = start_cloud(bulk, true).await;
         if std::env::args().any(|a| a == "--transports") {
-            transports(&cloud, o.samples, o.rounds).await;
+            let streams_only = start_cloud(bulk, false).await;
+            let args: Vec<String> = std::env::args().collect();
+            let base = args
+                .windows(2)
+                .find(|p| p[0] == "--base-broker")
+                .map(|p| PathBuf::from(&p[1]));
+            transports(&cloud, &streams_only, base.as_deref(), o.samples, o.rounds).await;
             return;
         }
         let (_broker, socket) = start_broker(dir.path(), &cloud).await;
