@@ -69,8 +69,9 @@ def start_sshd(d, sftp=False):
     return proc, port
 
 
-def run(*args, **kw):
-    return subprocess.run([BIN, *args], check=True, capture_output=True, text=True, **kw)
+def run(*args, bin=None, **kw):
+    """`switchyard ARGS` (`bin`, default `BIN`), checked, output captured."""
+    return subprocess.run([bin or BIN, *args], check=True, capture_output=True, text=True, **kw)
 
 
 def read_line(stream, want, timeout=30):
@@ -118,34 +119,49 @@ def bench_dir(prefix):
 
 class Switchyard:
     """A service whose device `dev` is the sshd on `port` (key login as the
-    test account; `device_args` add options such as `--forward-ports`), a
-    broker, and the named service `lab` connected. `env` runs the CLI
-    against that broker; `service`/`broker` are the processes (added to
-    `procs`)."""
+    test account, its key `d/client_key`; `device_args` add options such as
+    `--forward-ports`), a broker, and the named service `lab` connected.
+    `bin` is the binary (default `BIN`; another build's, e.g. a base build
+    for an interleaved before/after run); `state` the directory of its
+    config, state and sockets (default `d`). `env` runs the CLI against
+    that broker; `service`/`broker` are the processes (added to `procs`)."""
 
-    def __init__(self, d, port, procs, device_args=()):
-        self.env = dict(os.environ, XDG_CONFIG_HOME=str(d), XDG_STATE_HOME=str(d),
-                        SWITCHYARD_SOCKET=str(d / "broker.sock"), RUST_LOG="warn")
-        env = self.env
-        (d / "admin").write_text("bench-admin-password\n")
-        (d / "alice").write_text("bench-alice-password\n")
-        admin = ["service", "--db", str(d / "inv.db"), "--admin-password-file", str(d / "admin")]
-        run(*admin, "init", env=env)
+    def __init__(self, d, port, procs, device_args=(), bin=None, state=None):
+        self.bin = bin or BIN
+        state = Path(state or d)
+        state.mkdir(parents=True, exist_ok=True)
+        self.env = dict(os.environ, XDG_CONFIG_HOME=str(state), XDG_STATE_HOME=str(state),
+                        SWITCHYARD_SOCKET=str(state / "broker.sock"), RUST_LOG="warn")
+        env, sy = self.env, self.bin
+        (state / "admin").write_text("bench-admin-password\n")
+        (state / "alice").write_text("bench-alice-password\n")
+        admin = ["service", "--db", str(state / "inv.db"), "--admin-password-file",
+                 str(state / "admin")]
+        run(*admin, "init", env=env, bin=sy)
         run(*admin, "device", "add", "dev", "--host", "127.0.0.1", "--port", str(port),
-            "--username", USER, "--key-file", str(d / "client_key"), *device_args, env=env)
-        run(*admin, "user", "add", "alice", "--password-file", str(d / "alice"), env=env)
-        self.service = subprocess.Popen([BIN, *admin, "run", "--listen", "127.0.0.1:0"], env=env,
+            "--username", USER, "--key-file", str(d / "client_key"), *device_args, env=env,
+            bin=sy)
+        run(*admin, "user", "add", "alice", "--password-file", str(state / "alice"), env=env,
+            bin=sy)
+        self.service = subprocess.Popen([sy, *admin, "run", "--listen", "127.0.0.1:0"], env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                         text=True)
         procs.append(self.service)
         rpc = json.loads(read_line(self.service.stdout, "rpc_addr"))["rpc_addr"]
-        self.broker = subprocess.Popen([BIN, "broker"], env=env, stdout=subprocess.DEVNULL,
+        self.broker = subprocess.Popen([sy, "broker"], env=env, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.PIPE, text=True)
         procs.append(self.broker)
         read_line(self.broker.stderr, "listening on")
         host, rport = rpc.rsplit(":", 1)
         run("connect", "direct", "lab", "--host", host, "--port", rport, "--user", "alice",
-            "--password-file", str(d / "alice"), env=env)
+            "--password-file", str(state / "alice"), env=env, bin=sy)
+
+    def ssh_proxy(self, authorized_keys):
+        """Starts this broker's SSH proxy on a free loopback port (logins
+        with the keys in `authorized_keys`); returns its port."""
+        out = run("ssh-proxy", "start", "--listen", "127.0.0.1:0", "--authorized-keys",
+                  str(authorized_keys), env=self.env, bin=self.bin).stdout
+        return out.split()[0].rsplit(":", 1)[1]
 
 
 def start_master(d, port, procs):

@@ -20,6 +20,11 @@ the device's SFTP subsystem relayed over the link). MB/s are
 per round; the table shows the median round and the median of the
 per-round ratios (second table: the proxy against the ControlMaster).
 Results also in target/bench-cp-vs-scp.json.
+
+`--base-bin PATH` adds a fourth tool to the same rounds: `scp` through the
+SSH proxy of another build (its own service and broker, e.g. main's
+release binary), for an interleaved before/after of the proxy path (third
+table).
 """
 
 import argparse
@@ -34,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (ROOT, USER, BIN, Switchyard, bench_dir, medians, ratio,  # noqa: E402
-                     run, start_master, start_sshd)
+                     start_master, start_sshd)
 
 
 def sha(path):
@@ -56,6 +61,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--base-bin", help="another build's switchyard: its SSH proxy in the rounds")
     args = ap.parse_args()
     n = args.mb * 1_000_000
 
@@ -81,9 +87,7 @@ def main():
         opts, _ = start_master(d, port, procs)
         remote = f"{USER}@127.0.0.1"
         # The broker's SSH proxy, logging in with the same client key.
-        out = run("ssh-proxy", "start", "--listen", "127.0.0.1:0",
-                  "--authorized-keys", str(d / "authorized_keys"), env=env).stdout
-        proxy_port = out.split()[0].rsplit(":", 1)[1]
+        proxy_port = sy.ssh_proxy(d / "authorized_keys")
         proxy_opts = ["-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={d}/known-proxy",
                       "-o", "BatchMode=yes", "-i", str(d / "client_key")]
         proxied = "dev@lab@127.0.0.1"
@@ -100,15 +104,19 @@ def main():
         def scp_up(dst):
             return ["scp", "-q", "-P", str(port), *opts, str(source), f"{remote}:{dst}"]
 
-        def proxy_down(dst):
-            return ["scp", "-q", "-P", proxy_port, *proxy_opts, f"{proxied}:{remote_src}",
-                    str(dst)]
+        def proxy_tool(port):
+            def down(dst):
+                return ["scp", "-q", "-P", port, *proxy_opts, f"{proxied}:{remote_src}", str(dst)]
 
-        def proxy_up(dst):
-            return ["scp", "-q", "-P", proxy_port, *proxy_opts, str(source), f"{proxied}:{dst}"]
+            def up(dst):
+                return ["scp", "-q", "-P", port, *proxy_opts, str(source), f"{proxied}:{dst}"]
+            return down, up
 
         tools = {"switchyard": (sy_down, sy_up), "scp": (scp_down, scp_up),
-                 "scp via ssh-proxy": (proxy_down, proxy_up)}
+                 "scp via ssh-proxy": proxy_tool(proxy_port)}
+        if args.base_bin:
+            base = Switchyard(d, port, procs, bin=args.base_bin, state=d / "base")
+            tools["scp via base ssh-proxy"] = proxy_tool(base.ssh_proxy(d / "authorized_keys"))
         # Warm each (first connection, first channel).
         for name, (down, _) in tools.items():
             timed(down(local / f"warm-{name}"), env)
@@ -129,7 +137,10 @@ def main():
                   f"{rows['download']['scp'][-1]:.0f}, up {rows['upload']['switchyard'][-1]:.0f}"
                   f" vs {rows['upload']['scp'][-1]:.0f} MB/s; through the proxy down "
                   f"{rows['download']['scp via ssh-proxy'][-1]:.0f}, up "
-                  f"{rows['upload']['scp via ssh-proxy'][-1]:.0f} MB/s", file=sys.stderr)
+                  f"{rows['upload']['scp via ssh-proxy'][-1]:.0f} MB/s"
+                  + (f"; base proxy down {rows['download']['scp via base ssh-proxy'][-1]:.0f}, up "
+                     f"{rows['upload']['scp via base ssh-proxy'][-1]:.0f} MB/s"
+                     if args.base_bin else ""), file=sys.stderr)
         med = medians(rows)
         ratios = {k: ratio(rows[k], "switchyard", "scp") for k in rows}
         proxy_ratios = {k: ratio(rows[k], "scp via ssh-proxy", "scp") for k in rows}
@@ -146,10 +157,21 @@ def main():
         for k in rows:
             print(f"| {k} | {med[k]['scp via ssh-proxy']:.0f} MB/s | {med[k]['scp']:.0f} MB/s | "
                   f"**{proxy_ratios[k]:.2f}×** |")
+        base_ratios = {}
+        if args.base_bin:
+            base_ratios = {k: ratio(rows[k], "scp via base ssh-proxy", "scp") for k in rows}
+            print()
+            print(f"| {args.mb} MB file, {args.rounds} rounds | base proxy | this proxy | "
+                  f"scp via ControlMaster | base vs ControlMaster | this vs ControlMaster |")
+            print("| --- | --- | --- | --- | --- | --- |")
+            for k in rows:
+                print(f"| {k} | {med[k]['scp via base ssh-proxy']:.0f} MB/s | "
+                      f"{med[k]['scp via ssh-proxy']:.0f} MB/s | {med[k]['scp']:.0f} MB/s | "
+                      f"{base_ratios[k]:.2f}× | **{proxy_ratios[k]:.2f}×** |")
         out = ROOT / "target" / "bench-cp-vs-scp.json"
         out.write_text(json.dumps({"rounds": rows, "median": med, "ratio": ratios,
-                                   "proxy_ratio": proxy_ratios, "load": os.getloadavg()},
-                                  indent=1))
+                                   "proxy_ratio": proxy_ratios, "base_proxy_ratio": base_ratios,
+                                   "load": os.getloadavg()}, indent=1))
 
 
 if __name__ == "__main__":

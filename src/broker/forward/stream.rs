@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::broker::link::{LinkChannel, LinkError};
+use crate::pump::ChunkSink;
 use crate::service::forward::DeviceStream;
 use crate::service::ops::{Principal, ServiceOps};
 use crate::wire::conn::{ConnError, Waiting, read_frame, write_frame};
@@ -183,6 +184,43 @@ impl ForwardStream {
             self.reset();
         }
         result
+    }
+
+    /// As [`Self::splice`], with an SSH channel of the proxy as the local
+    /// end (`read` its incoming data, `write` its outgoing): bytes from
+    /// the device go into the channel as owned chunks
+    /// ([`crate::pump::copy_half_owned`]: read once from the link, sliced
+    /// into SSH packets without another copy), and the device's end of
+    /// file becomes the channel's EOF. The channel is not closed here.
+    pub async fn splice_channel<R, W>(
+        &mut self,
+        read: &mut R,
+        write: &mut W,
+        up: &AtomicU64,
+        down: &AtomicU64,
+    ) -> io::Result<()>
+    where
+        R: AsyncRead + Unpin,
+        W: ChunkSink,
+    {
+        use crate::pump::{copy_half, copy_half_owned};
+        let result = match self {
+            Self::Remote { send, recv, .. } => tokio::try_join!(
+                copy_half(read, send, up),
+                copy_half_owned(recv, write, down)
+            ),
+            Self::Local(device) => {
+                let (mut device_read, mut device_write) = tokio::io::split(device);
+                tokio::try_join!(
+                    copy_half(read, &mut device_write, up),
+                    copy_half_owned(&mut device_read, write, down)
+                )
+            }
+        };
+        if result.is_err() {
+            self.reset();
+        }
+        result.map(|_| ())
     }
 
     /// Sends `bytes` to the device ahead of the pumped ones (a SOCKS5

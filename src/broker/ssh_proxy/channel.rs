@@ -30,12 +30,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use russh::server::{ChannelOpenHandle, Handle, Msg};
-use russh::{Channel, ChannelMsg, ChannelOpenFailure};
+use russh::{Channel, ChannelMsg, ChannelOpenFailure, ChannelWriteHalf};
 
 use super::Shared;
 use super::auth::Target;
 use crate::broker::link::CallStream;
 use crate::broker::routes::{OpenLink, Resolved, ServiceRef};
+use crate::pump::ChunkSink;
 use crate::wire::messages::{ExecFlags, Request, RequestEnvelope, Response, TerminalInput};
 
 /// Exit status for a session that failed before or outside the device.
@@ -171,16 +172,18 @@ pub async fn direct_tcpip(
         }
     };
     reply.accept().await;
-    let mut stream = channel.into_stream();
+    let (mut read, mut write) = channel.split();
+    let mut read = read.make_reader();
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     tokio::select! {
-        pumped = remote.splice(&mut stream, &up, &down) => {
+        pumped = remote.splice_channel(&mut read, &mut write, &up, &down) => {
             if let Err(e) = pumped {
                 shared.stats.set_last_error(&format!("a forwarded channel broke: {e}"));
             }
         }
         _ = link.cancel.cancelled() => remote.reset(),
     }
+    let _ = write.close().await;
 }
 
 /// How long a `subsystem` request waits for the service to start it on the
@@ -232,10 +235,11 @@ async fn subsystem(channel: Channel<Msg>, handle: Handle, user: &str, name: &str
     if handle.channel_success(id).await.is_err() {
         return;
     }
-    let mut stream = channel.into_stream();
+    let (mut read, mut write) = channel.split();
+    let mut read = read.make_reader();
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let status = tokio::select! {
-        pumped = remote.splice(&mut stream, &up, &down) => match pumped {
+        pumped = remote.splice_channel(&mut read, &mut write, &up, &down) => match pumped {
             Ok(()) => 0,
             Err(e) => {
                 shared.stats.set_last_error(&format!("a {name} subsystem channel broke: {e}"));
@@ -250,6 +254,27 @@ async fn subsystem(channel: Channel<Msg>, handle: Handle, user: &str, name: &str
     // The device's own exit status does not travel on a raw stream; both
     // directions ending cleanly is success (`scp` checks it).
     let _ = handle.exit_status_request(id, status).await;
+    let _ = write.close().await;
+}
+
+/// The proxy's side of a relayed channel (`direct-tcpip`, a subsystem)
+/// takes the device's bytes as owned chunks: `data_bytes` slices each
+/// into SSH packets within the client's window and maximum packet size
+/// (RFC 4254, 5.2), with no copy (russh's `AsyncWrite` copies every
+/// packet); it returns once they are queued, so a client that stops
+/// reading holds the link stream back.
+impl ChunkSink for ChannelWriteHalf<Msg> {
+    async fn send(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
+        self.data_bytes(chunk)
+            .await
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::BrokenPipe, e.to_string()))
+    }
+
+    async fn finish(&mut self) -> std::io::Result<()> {
+        self.eof()
+            .await
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::BrokenPipe, e.to_string()))
+    }
 }
 
 /// Opens `request` for the login's target on its service's link.
