@@ -281,11 +281,9 @@ async fn sigterm_drains_running_calls_and_refuses_new_ones() {
     // The output may stream as a chunk before the result or come in it:
     // `run_exec_request` joins both.
     let running = tokio::spawn(async move {
-        let (mut reports, _) = common::broker::run_exec_request(
-            &mut slow_call,
-            req("slow-1", "sleep 1; echo done"),
-        )
-        .await?;
+        let (mut reports, _) =
+            common::broker::run_exec_request(&mut slow_call, req("slow-1", "sleep 1; echo done"))
+                .await?;
         let report = reports.remove(0);
         assert!(report.error.is_empty(), "{}", report.error);
         Ok::<_, tonic::Status>(report.commands[0].output.clone())
