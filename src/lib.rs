@@ -9,6 +9,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod error_chain;
 pub mod fsutil;
 pub mod label;
 pub mod logging;

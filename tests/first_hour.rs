@@ -1185,3 +1185,82 @@ fn default_sigint() {
     // SAFETY: installs the default action, no handler code runs.
     unsafe { signal(Signal::SIGINT, SigHandler::SigDfl) }.unwrap();
 }
+
+/// `service enroll` against a relay whose private CA the host does not
+/// trust (no `--relay-ca`) says it is the certificate; it used to say only
+/// "error sending request for url (…)", which a fresh user could not tell
+/// from a dead host. Nothing is lost: the same one-time password then
+/// enrolls with `--relay-ca`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolling_without_the_relays_private_ca_names_the_certificate() {
+    let relay = TestRelay::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{text}\n")).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let admin = write("admin", "admin password for enrollment");
+    let otp = write("otp", &relay.otp("SN-CA"));
+    let db = dir.join("inv.db").display().to_string();
+    let svc = ["service", "--db", &db, "--admin-password-file", &admin];
+    let init = clean(dir).args(svc).arg("init").output().unwrap();
+    assert!(init.status.success(), "{}", stderr(&init));
+    let url = relay.url();
+    let enroll = ["enroll", "--relay", &url, "--otp-file", &otp];
+
+    let untrusted = clean(dir).args(svc).args(enroll).output().unwrap();
+    assert!(
+        !untrusted.status.success(),
+        "enrolled without trusting the CA"
+    );
+    let error = stderr(&untrusted);
+    assert!(
+        error.contains("cannot reach the relay") && error.contains("certificate"),
+        "{error}"
+    );
+
+    let ca = relay.ca_file().display().to_string();
+    let trusted = clean(dir)
+        .args(svc)
+        .args(enroll)
+        .args(["--relay-ca", &ca])
+        .output()
+        .unwrap();
+    assert!(trusted.status.success(), "{}", stderr(&trusted));
+}
+
+/// The same for a broker's login: a domain naming a relay with a private
+/// CA but no `ca_file` fails, naming the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_without_the_relays_private_ca_names_the_certificate() {
+    let relay = TestRelay::start().await;
+    let config = relay.dir.path().join("no-ca.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[domains.test]\nurl = \"{}\"\ndefault = true\n",
+            relay.url()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let (broker, _) = TestBroker::start_with(&[], &["--config", &config]).await;
+    let token = broker.dir.path().join("token");
+    std::fs::write(&token, relay.token("alice@example.com")).unwrap();
+    let out = within(
+        60,
+        "the login to fail",
+        broker
+            .command()
+            .args(["login", "token", "--token-file"])
+            .arg(&token)
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "logged in without trusting the CA");
+    let error = stderr(&out);
+    assert!(error.contains("certificate"), "{error}");
+}

@@ -212,7 +212,10 @@ impl RelayInfo {
             Ok(response) => response,
             Err(e) => return Err(self.explain(base, e).await),
         };
-        let doc: WellKnown = response.json().await.map_err(|e| self.unreachable(e))?;
+        let doc: WellKnown = response
+            .json()
+            .await
+            .map_err(|e| self.unreachable(crate::error_chain::describe(&e)))?;
         Ok(doc)
     }
 
@@ -221,6 +224,7 @@ impl RelayInfo {
     /// own to the same place does (a refusal names the proxy and its
     /// answer, e.g. 407 for wrong credentials).
     async fn explain(&self, base: &str, e: reqwest::Error) -> CloudError {
+        let e = crate::error_chain::describe(&e);
         let (Some(proxy), Ok(url)) = (&self.proxy, url::Url::parse(base)) else {
             return self.unreachable(e);
         };
@@ -285,7 +289,7 @@ impl RelayInfo {
                     let request = request.map_err(|e| CloudError::Config(e.to_string()))?;
                     oauth2::AsyncHttpClient::call(&self.http, request)
                         .await
-                        .map_err(|e| self.unreachable(e.to_string()))
+                        .map_err(|e| self.unreachable(crate::error_chain::describe(&e)))
                 }
             },
         )
@@ -641,7 +645,7 @@ fn describe<RE: std::error::Error + 'static, T: oauth2::ErrorResponse + 'static>
                 })
             })
             .unwrap_or_else(|| "the relay refused".into()),
-        other => other.to_string(),
+        other => crate::error_chain::describe(other),
     }
 }
 

@@ -291,17 +291,10 @@ impl From<tonic::Status> for CliError {
 /// A status's message, followed by each cause under it that adds
 /// something (e.g. "transport error: ...: lost the broker at PATH: ...").
 fn remote_text(status: &tonic::Status) -> String {
-    let mut text = status.message().to_string();
-    let mut cause = std::error::Error::source(status);
-    while let Some(err) = cause {
-        let more = err.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = err.source();
-    }
-    text
+    crate::error_chain::with_causes(
+        status.message().to_string(),
+        std::error::Error::source(status),
+    )
 }
 
 impl CliError {

@@ -58,7 +58,7 @@ pub async fn enroll(
     };
     let unreachable = |e: reqwest::Error| EnrollError::Unreachable {
         url: relay_url.clone(),
-        reason: e.to_string(),
+        reason: crate::error_chain::describe(&e),
     };
     let response = client
         .post(&url)
