@@ -1114,30 +1114,71 @@ fn completions_and_man_pages_are_generated_from_the_command_line() {
     assert_eq!(named, 4);
 }
 
+/// A home directory with an initialized service inventory (`inv.db`), its
+/// admin password file and a one-time password file for `service enroll`.
+struct ServiceHome {
+    home: tempfile::TempDir,
+    admin: String,
+    otp: String,
+    db: String,
+}
+
+impl ServiceHome {
+    fn init(otp: &str) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = home.path().join(name);
+            std::fs::write(&path, format!("{text}\n")).unwrap();
+            path.to_str().unwrap().to_string()
+        };
+        let admin = write("admin", "admin password for enrollment");
+        let otp = write("otp", otp);
+        let db = home.path().join("inv.db").display().to_string();
+        let this = Self {
+            home,
+            admin,
+            otp,
+            db,
+        };
+        let init = clean(this.dir())
+            .args(this.service_args())
+            .arg("init")
+            .output()
+            .unwrap();
+        assert!(init.status.success(), "{}", stderr(&init));
+        this
+    }
+
+    fn dir(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// `service --db DB --admin-password-file FILE`.
+    fn service_args(&self) -> [&str; 5] {
+        [
+            "service",
+            "--db",
+            &self.db,
+            "--admin-password-file",
+            &self.admin,
+        ]
+    }
+}
+
 /// `service enroll` waits for the relay's answer; against a relay that
 /// accepts the connection and never answers, the first SIGINT (or
 /// SIGTERM) ends it at once, non-zero, and nothing is enrolled.
 async fn first_signal_stops_an_enrollment_waiting_for_the_relay(signal: nix::sys::signal::Signal) {
-    let home = tempfile::tempdir().unwrap();
-    let dir = home.path();
-    let write = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, format!("{text}\n")).unwrap();
-        path.to_str().unwrap().to_string()
-    };
-    let admin = write("admin", "admin password for enrollment");
-    let otp = write("otp", "not-a-real-otp");
-    let db = dir.join("inv.db").display().to_string();
-    let svc = ["service", "--db", &db, "--admin-password-file", &admin];
-    let init = clean(dir).args(svc).arg("init").output().unwrap();
-    assert!(init.status.success(), "{}", stderr(&init));
+    let home = ServiceHome::init("not-a-real-otp");
+    let (dir, otp) = (home.dir(), home.otp.as_str());
+    let svc = home.service_args();
 
     // A "relay" that takes the TCP connection and then says nothing.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://127.0.0.1:{}", silent.local_addr().unwrap().port());
     let mut cmd = tokio::process::Command::from(clean(dir));
     cmd.args(svc)
-        .args(["enroll", "--relay", &url, "--otp-file", &otp])
+        .args(["enroll", "--relay", &url, "--otp-file", otp])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
@@ -1194,21 +1235,11 @@ fn default_sigint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrolling_without_the_relays_private_ca_names_the_certificate() {
     let relay = TestRelay::start().await;
-    let home = tempfile::tempdir().unwrap();
-    let dir = home.path();
-    let write = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, format!("{text}\n")).unwrap();
-        path.to_str().unwrap().to_string()
-    };
-    let admin = write("admin", "admin password for enrollment");
-    let otp = write("otp", &relay.otp("SN-CA"));
-    let db = dir.join("inv.db").display().to_string();
-    let svc = ["service", "--db", &db, "--admin-password-file", &admin];
-    let init = clean(dir).args(svc).arg("init").output().unwrap();
-    assert!(init.status.success(), "{}", stderr(&init));
+    let home = ServiceHome::init(&relay.otp("SN-CA"));
+    let (dir, otp) = (home.dir(), home.otp.as_str());
+    let svc = home.service_args();
     let url = relay.url();
-    let enroll = ["enroll", "--relay", &url, "--otp-file", &otp];
+    let enroll = ["enroll", "--relay", &url, "--otp-file", otp];
 
     let untrusted = clean(dir).args(svc).args(enroll).output().unwrap();
     assert!(
